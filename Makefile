@@ -1,0 +1,57 @@
+# Thin wrapper: set-up is `make demo` and `make test` on a fresh Debian 12
+# machine (as root). Each installs missing Debian packages, configures and
+# builds into build/. The real build is CMake.
+BUILD      ?= build
+ASAN_BUILD ?= $(BUILD)/asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+
+.PHONY: all build test test-asan demo demo-stop bench install clean format
+
+all: build
+
+build:
+	@scripts/deps.sh build
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Every suite, then the C suites again under AddressSanitizer + UBSan.
+test:
+	@scripts/deps.sh test
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+	ctest --test-dir $(BUILD) --output-on-failure
+	$(MAKE) --no-print-directory test-asan
+
+test-asan:
+	@scripts/deps.sh test
+	cmake -S . -B $(ASAN_BUILD) -DNBX_SANITIZE=ON -DNBX_BUILD_BENCH=OFF \
+	    -DNBX_BUILD_NGINX=OFF -DCMAKE_BUILD_TYPE=Debug $(CMAKE_ARGS)
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    ctest --test-dir $(ASAN_BUILD) -L '^c$$' --output-on-failure
+
+demo:
+	@scripts/deps.sh demo
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+	scripts/demo.sh $(BUILD)
+
+demo-stop:
+	scripts/demo.sh $(BUILD) stop
+
+bench:
+	@scripts/deps.sh bench
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+	scripts/bench.sh $(BUILD)
+
+install: build
+	cmake --install $(BUILD)
+
+format:
+	clang-format -i include/*.h core/*.c core/*.h bindings/cli/*.c tests/*.c bench/*.c
+
+clean:
+	rm -rf $(BUILD)

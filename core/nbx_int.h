@@ -1,0 +1,586 @@
+/*
+ * nbx_int.h: the one private header of libnbx.
+ *
+ * Nothing here is API. Sections follow the decision's flow: utilities, JSON,
+ * store (codec, profile, exposures, events), catalog, sandbox, decisions.
+ * Each section names the file that owns it.
+ */
+#ifndef NBX_INT_H
+#define NBX_INT_H
+
+#include "nbx.h"
+
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#define NBX_UNUSED(x) ((void)(x))
+#define NBX_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define NBX_LIKELY(x) __builtin_expect(!!(x), 1)
+#define NBX_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define NBX_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* ========================================================================
+ * Errors (util.c)
+ *
+ * Internal functions report into a caller-supplied nbx_err; public entry
+ * points then publish it as the handle's message (nbx_publish), which also
+ * becomes the calling thread's nbx_last_errmsg().
+ * ======================================================================== */
+
+#define NBX_ERRMSG_MAX 768
+
+typedef struct nbx_err {
+    int code;
+    char msg[NBX_ERRMSG_MAX];
+} nbx_err;
+
+/* Record code and message in e (if not NULL); returns code. */
+int nbx_err_set(nbx_err *e, int code, const char *fmt, ...) NBX_PRINTF(3, 4);
+/* Prepend context ("FILE:LINE: ") to an existing message; returns e->code. */
+int nbx_err_prefix(nbx_err *e, const char *fmt, ...) NBX_PRINTF(2, 3);
+/* Map an LMDB return code; what says which operation failed. */
+int nbx_err_mdb(nbx_err *e, int rc, const char *what);
+/* Map errno after a failed OS call on path. */
+int nbx_err_errno(nbx_err *e, int errnum, const char *what, const char *path);
+/* Thread-local message for an owner handle (NULL: no handle); returns code. */
+int nbx_publish(const void *owner, const nbx_err *e);
+int nbx_fail(const void *owner, int code, const char *fmt, ...) NBX_PRINTF(3, 4);
+void nbx_clear_error(const void *owner);
+const char *nbx_errmsg_of(const void *owner);
+
+/* ========================================================================
+ * Byte buffers and arenas (util.c)
+ * ======================================================================== */
+
+typedef struct nbx_sv {
+    const char *ptr;
+    size_t len;
+} nbx_sv;
+
+#define NBX_SV(lit) ((nbx_sv){(lit), sizeof(lit) - 1})
+static inline nbx_sv nbx_sv_of(const char *s)
+{
+    nbx_sv v = {s, s ? __builtin_strlen(s) : 0};
+    return v;
+}
+int nbx_sv_cmp(nbx_sv a, nbx_sv b);
+static inline bool nbx_sv_eq(nbx_sv a, nbx_sv b)
+{
+    return a.len == b.len && (a.len == 0 || __builtin_memcmp(a.ptr, b.ptr, a.len) == 0);
+}
+static inline bool nbx_sv_eq_cstr(nbx_sv a, const char *s)
+{
+    return nbx_sv_eq(a, nbx_sv_of(s));
+}
+
+/* Growable buffer. On allocation failure `oom` is set and later appends are
+ * dropped, so a writer can check once at the end. */
+typedef struct nbx_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+    bool oom;
+} nbx_buf;
+
+int nbx_buf_reserve(nbx_buf *b, size_t extra);
+void nbx_buf_append(nbx_buf *b, const void *p, size_t n);
+void nbx_buf_putc(nbx_buf *b, char c);
+void nbx_buf_puts(nbx_buf *b, const char *s);
+void nbx_buf_printf(nbx_buf *b, const char *fmt, ...) NBX_PRINTF(2, 3);
+/* NUL-terminate without counting the NUL in len. */
+void nbx_buf_terminate(nbx_buf *b);
+static inline void nbx_buf_reset(nbx_buf *b)
+{
+    b->len = 0;
+    b->oom = false;
+}
+void nbx_buf_free(nbx_buf *b);
+/* msgpack-c packer write callback over an nbx_buf. */
+int nbx_buf_msgpack_write(void *data, const char *buf, size_t len);
+
+/* Bump allocator, reset per record or per decision: the hot path allocates
+ * from memory it already owns. */
+typedef struct nbx_arena_chunk nbx_arena_chunk;
+typedef struct nbx_arena {
+    nbx_arena_chunk *chunks;
+    char *ptr;
+    char *end;
+} nbx_arena;
+
+void *nbx_arena_alloc(nbx_arena *a, size_t size);
+char *nbx_arena_strndup(nbx_arena *a, const char *s, size_t n);
+/* Keep the newest chunk for reuse, free the rest. */
+void nbx_arena_reset(nbx_arena *a);
+void nbx_arena_free(nbx_arena *a);
+
+/* Read a whole (bounded) file into a malloc'd NUL-terminated buffer. */
+int nbx_read_file(const char *path, size_t max, char **out, size_t *len, nbx_err *e);
+
+/* xxh64 as 16 lowercase hex digits plus NUL. */
+void nbx_hex64(uint64_t v, char out[17]);
+uint64_t nbx_hash64(const void *p, size_t n, uint64_t seed);
+
+/* ========================================================================
+ * Time (time.c)
+ * ======================================================================== */
+
+#define NBX_MS_PER_DAY INT64_C(86400000)
+int nbx_time_parse_n(const char *s, size_t n, int64_t *out_ms);
+/* UTC day number (days since the epoch) of a time. */
+static inline uint32_t nbx_day_of(int64_t ms)
+{
+    return (uint32_t)((ms >= 0 ? ms : ms - NBX_MS_PER_DAY + 1) / NBX_MS_PER_DAY);
+}
+int64_t nbx_monotonic_us(void);
+
+/* ========================================================================
+ * JSON (json.c)
+ *
+ * A strict pull reader for the hot input paths (profile and event lines):
+ * zero-copy strings unless escaped, exact fast number parsing, bounded
+ * nesting, UTF-8 validated, NUL rejected. And a writer into nbx_buf.
+ * jansson is used where speed does not matter (catalog, CLI).
+ * ======================================================================== */
+
+typedef enum nbx_jtype {
+    NBX_J_ERROR = 0,
+    NBX_J_NULL,
+    NBX_J_FALSE,
+    NBX_J_TRUE,
+    NBX_J_NUMBER,
+    NBX_J_STRING,
+    NBX_J_OBJECT,
+    NBX_J_ARRAY,
+    NBX_J_END /* no more input */
+} nbx_jtype;
+
+#define NBX_JSON_DEPTH_MAX 32
+
+typedef struct nbx_jr {
+    const char *start;
+    const char *p;
+    const char *end;
+    nbx_arena *scratch; /* unescaped strings; may be NULL: escapes then fail */
+    int depth;
+    uint64_t first; /* bit per nesting level: no element read there yet */
+    char err[160];
+} nbx_jr;
+
+void nbx_jr_init(nbx_jr *r, const char *data, size_t len, nbx_arena *scratch);
+/* Type of the next value, without consuming it. */
+nbx_jtype nbx_jr_peek(nbx_jr *r);
+/* Consume one value of the given kind; return false and set err otherwise. */
+bool nbx_jr_null(nbx_jr *r);
+bool nbx_jr_bool(nbx_jr *r, bool *out);
+bool nbx_jr_number(nbx_jr *r, double *out);
+bool nbx_jr_string(nbx_jr *r, nbx_sv *out);
+bool nbx_jr_skip(nbx_jr *r);
+/* Objects: begin, then next_key until it returns 0 (end) or -1 (error). */
+bool nbx_jr_object_begin(nbx_jr *r);
+int nbx_jr_object_next(nbx_jr *r, nbx_sv *key);
+bool nbx_jr_array_begin(nbx_jr *r);
+int nbx_jr_array_next(nbx_jr *r);
+/* Only whitespace may follow. */
+bool nbx_jr_finish(nbx_jr *r);
+/* 1-based column of the reader position, for messages. */
+size_t nbx_jr_column(const nbx_jr *r);
+
+void nbx_jw_string(nbx_buf *b, const char *s, size_t n);
+static inline void nbx_jw_sv(nbx_buf *b, nbx_sv v)
+{
+    nbx_jw_string(b, v.ptr, v.len);
+}
+/* Shortest form that reads back to the same double; non-finite as null. */
+void nbx_jw_number(nbx_buf *b, double v);
+void nbx_jw_time(nbx_buf *b, int64_t ms);
+/* Parse a double from a bounded decimal string (locale-independent). */
+bool nbx_parse_double(const char *s, size_t n, double *out);
+
+/* ========================================================================
+ * Profiles (profile.c, codec.c)
+ * ======================================================================== */
+
+typedef enum nbx_attr_type { NBX_ATTR_STRING = 1, NBX_ATTR_NUMBER, NBX_ATTR_BOOL } nbx_attr_type;
+
+typedef struct nbx_attr {
+    nbx_sv key;
+    uint8_t type; /* nbx_attr_type; 0 in a patch means "delete this key" */
+    bool boolean;
+    double number;
+    nbx_sv string;
+} nbx_attr;
+
+typedef struct nbx_consent {
+    nbx_sv purpose;
+    uint8_t state; /* 1 granted, 0 refused; 2 in a patch means "delete" */
+} nbx_consent;
+
+typedef struct nbx_prop {
+    nbx_sv key;
+    double value; /* NaN in a patch means "delete" */
+} nbx_prop;
+
+typedef struct nbx_rfm {
+    int64_t first_purchase; /* ms; 0 = no purchase */
+    int64_t last_purchase;
+    uint64_t orders;
+    double revenue;
+    double margin;
+    uint8_t r, f, m; /* 1..5, 0 = not scored */
+    uint8_t segment; /* nbx_segment */
+} nbx_rfm;
+
+/* Fields present in a stored profile, or given in a patch. */
+enum nbx_profile_field {
+    NBX_PF_ATTRS = 1u << 0,
+    NBX_PF_CONSENT = 1u << 1,
+    NBX_PF_PROPENSITY = 1u << 2,
+    NBX_PF_LTV = 1u << 3,
+    NBX_PF_CHURN = 1u << 4,
+    NBX_PF_RFM = 1u << 5,
+    NBX_PF_UPDATED_AT = 1u << 6,
+    /* patch only: which rfm sub-fields were given */
+    NBX_PF_RFM_FIRST = 1u << 8,
+    NBX_PF_RFM_LAST = 1u << 9,
+    NBX_PF_RFM_ORDERS = 1u << 10,
+    NBX_PF_RFM_REVENUE = 1u << 11,
+    NBX_PF_RFM_MARGIN = 1u << 12,
+    NBX_PF_RFM_SCORES = 1u << 13,
+    NBX_PF_RFM_SEGMENT = 1u << 14,
+    /* ltv/churn given as null: clear */
+    NBX_PF_LTV_NULL = 1u << 16,
+    NBX_PF_CHURN_NULL = 1u << 17
+};
+
+/* Maps are sorted by key (bytewise) and keys are unique: lookups bisect. */
+typedef struct nbx_profile {
+    nbx_sv id;
+    nbx_attr *attrs;
+    uint32_t n_attrs;
+    nbx_consent *consent;
+    uint32_t n_consent;
+    nbx_prop *propensity;
+    uint32_t n_propensity;
+    double ltv;
+    double churn;
+    nbx_rfm rfm;
+    int64_t updated_at;
+    unsigned fields; /* nbx_profile_field */
+} nbx_profile;
+
+#define NBX_SCHEMA_VERSION 1
+
+/* codec.c: msgpack encodings of stored values. Decoded strings point into
+ * the source bytes (an LMDB page: valid until the transaction ends); arrays
+ * come from the arena. */
+int nbx_profile_encode(const nbx_profile *p, nbx_buf *out);
+int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e);
+
+/* A minimal bounds-checked msgpack reader: the decision path decodes
+ * without building msgpack-c object trees. */
+typedef struct nbx_mp {
+    const uint8_t *p;
+    const uint8_t *end;
+    bool bad;
+} nbx_mp;
+void nbx_mp_init(nbx_mp *m, const void *data, size_t len);
+uint32_t nbx_mp_array(nbx_mp *m);
+uint32_t nbx_mp_map(nbx_mp *m);
+bool nbx_mp_nil(nbx_mp *m); /* consumes a nil if next; true if it did */
+double nbx_mp_double(nbx_mp *m); /* float or int */
+int64_t nbx_mp_int(nbx_mp *m);
+uint64_t nbx_mp_uint(nbx_mp *m);
+bool nbx_mp_bool(nbx_mp *m);
+nbx_sv nbx_mp_str(nbx_mp *m);
+int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
+void nbx_mp_skip(nbx_mp *m);
+
+/* profile.c */
+/* Parse one profile JSON object into a patch: fields as given, maps sorted,
+ * deletions marked. Errors name the field. Strings point into the JSON or
+ * the arena. */
+int nbx_profile_parse(const char *json, size_t len, nbx_profile *patch, nbx_arena *a, nbx_err *e);
+/* Apply patch over base (NULL: new profile) into out (arena-backed). */
+int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
+                      nbx_arena *a);
+void nbx_profile_to_json(const nbx_profile *p, nbx_buf *out);
+const nbx_prop *nbx_profile_propensity(const nbx_profile *p, nbx_sv key);
+const nbx_consent *nbx_profile_consent(const nbx_profile *p, nbx_sv purpose);
+const nbx_attr *nbx_profile_attr(const nbx_profile *p, nbx_sv key);
+bool nbx_id_valid(nbx_sv id, nbx_err *e);
+
+/* ========================================================================
+ * Store (store.c)
+ * ======================================================================== */
+
+struct nbx_store {
+    MDB_env *env;
+    MDB_dbi profiles;  /* id -> profile */
+    MDB_dbi exposures; /* id \0 offer -> exposure counters; id \0 -> all offers */
+    MDB_dbi budgets;   /* day (4 bytes BE) offer -> daily totals */
+    MDB_dbi events;    /* event id -> event record (seen ids, and the exposure log) */
+    MDB_dbi meta;      /* "schema", "rfm", ... */
+    unsigned flags;    /* nbx_store_flags */
+    char *path;
+};
+
+int nbx_store_read_begin(nbx_store *s, MDB_txn **txn, nbx_err *e);
+int nbx_store_write_begin(nbx_store *s, MDB_txn **txn, nbx_err *e);
+int nbx_store_commit(nbx_store *s, MDB_txn *txn, nbx_err *e);
+/* Profile by id in txn; NBX_ENOTFOUND if absent. */
+int nbx_store_profile_get(nbx_store *s, MDB_txn *txn, nbx_sv id, nbx_profile *p, nbx_arena *a,
+                          nbx_err *e);
+int nbx_store_profile_put(nbx_store *s, MDB_txn *txn, const nbx_profile *p, nbx_buf *scratch,
+                          nbx_err *e);
+/* Merge a patch into the stored profile (or a new one) within txn. */
+int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patch,
+                             int64_t now_ms, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+int nbx_store_meta_get(nbx_store *s, MDB_txn *txn, const char *key, MDB_val *out, nbx_err *e);
+int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *v, size_t n,
+                       nbx_err *e);
+
+/* ========================================================================
+ * Exposures and budgets (exposure.c)
+ *
+ * Counters are bucketed by UTC day so "N in the last D days" is a sum over
+ * at most D buckets. Buckets older than NBX_WINDOW_DAYS_MAX are pruned.
+ * ======================================================================== */
+
+#define NBX_WINDOW_DAYS_MAX 365
+
+typedef enum nbx_event_type {
+    NBX_EV_PURCHASE = 1,
+    NBX_EV_IMPRESSION,
+    NBX_EV_CLICK,
+    NBX_EV_ACCEPT,
+    NBX_EV_DISMISS
+} nbx_event_type;
+
+/* Exposure kinds index the counter arrays. */
+enum { NBX_EXP_IMPRESSION = 0, NBX_EXP_CLICK, NBX_EXP_ACCEPT, NBX_EXP_DISMISS, NBX_EXP_KINDS };
+
+typedef struct nbx_exposure_day {
+    uint32_t day;
+    uint32_t n[NBX_EXP_KINDS];
+} nbx_exposure_day;
+
+typedef struct nbx_exposure {
+    int64_t last[NBX_EXP_KINDS]; /* ms of the latest event of each kind; 0 = never */
+    nbx_exposure_day *days;      /* ascending */
+    uint32_t n_days;
+} nbx_exposure;
+
+int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
+int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
+/* Events in the window of `days` UTC days ending with today (today counts). */
+uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
+
+/* ========================================================================
+ * Events and import (event.c, ingest.c)
+ * ======================================================================== */
+
+typedef struct nbx_event {
+    nbx_sv id;
+    nbx_sv customer;
+    nbx_sv offer;     /* exposure events */
+    nbx_sv placement; /* optional */
+    uint8_t type;     /* nbx_event_type */
+    int64_t ts_ms;
+    double amount; /* purchases */
+    double margin; /* purchases; NaN if not given */
+} nbx_event;
+
+int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e);
+/* Apply in txn: skip a seen id (*applied = 0), else record the id, update
+ * RFM aggregates or exposure counters and budgets. */
+int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
+                        nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+
+/* ========================================================================
+ * Catalog (catalog.c)
+ * ======================================================================== */
+
+typedef enum nbx_offer_kind { NBX_KIND_OFFER = 1, NBX_KIND_MODULE = 2 } nbx_offer_kind;
+
+typedef struct nbx_cap {
+    uint32_t max;         /* 0 with window_days 0: no cap */
+    uint32_t window_days; /* 1..NBX_WINDOW_DAYS_MAX */
+} nbx_cap;
+
+typedef struct nbx_offer {
+    nbx_sv id; /* NUL-terminated */
+    uint32_t index;
+    uint8_t kind;
+    uint32_t *placements; /* placement indices */
+    uint32_t n_placements;
+    double price, unit_cost, discount, serving_cost, base_propensity;
+    double margin;       /* price - unit_cost - discount */
+    double discount_pct; /* 100 * discount / price */
+    nbx_sv purpose;      /* empty: needs no consent ("none") */
+    nbx_sv category;     /* may be empty */
+    int64_t valid_from;  /* ms; INT64_MIN when open */
+    int64_t valid_to;    /* ms; INT64_MAX when open */
+    nbx_cap impressions;
+    nbx_cap accepts;
+    uint32_t dismiss_cooldown_days;
+    int64_t budget_impressions; /* per UTC day; -1: none */
+    int64_t budget_accepts;
+    nbx_prop *segment_propensity; /* sorted by segment name */
+    uint32_t n_segment_propensity;
+    void *json; /* json_t *: the offer object as loaded (every field) */
+} nbx_offer;
+
+typedef struct nbx_placement {
+    nbx_sv id;
+    uint32_t slots;
+    uint32_t *offers; /* offers that may fill it, by offer index */
+    uint32_t n_offers;
+    uint32_t *fallback; /* fallback offers, in catalog order */
+    uint32_t n_fallback;
+} nbx_placement;
+
+typedef struct nbx_guardrails {
+    double max_discount_pct; /* NaN: none */
+    double min_margin;       /* NaN: none */
+    nbx_cap max_contacts;    /* max 0: none */
+    bool consent_default;    /* a purpose missing from the profile: granted? */
+} nbx_guardrails;
+
+typedef struct nbx_catalog {
+    atomic_int refs;
+    char *path;
+    uint64_t version;
+    char version_hex[17];
+    nbx_offer *offers; /* sorted by id; offers[i].index == i */
+    uint32_t n_offers;
+    nbx_placement *placements; /* file order */
+    uint32_t n_placements;
+    nbx_guardrails guardrails;
+    bool has_budgets;
+    void *root;        /* json_t * of the whole file */
+    nbx_arena arena;   /* owns the arrays above */
+} nbx_catalog;
+
+#define NBX_CATALOG_OFFERS_MAX 100000
+#define NBX_CATALOG_PLACEMENTS_MAX 256
+#define NBX_CATALOG_FILE_MAX (64u << 20)
+
+int nbx_catalog_load(const char *path, nbx_catalog **out, nbx_err *e);
+nbx_catalog *nbx_catalog_ref(nbx_catalog *c);
+void nbx_catalog_unref(nbx_catalog *c);
+const nbx_offer *nbx_catalog_offer(const nbx_catalog *c, nbx_sv id);
+int nbx_catalog_placement(const nbx_catalog *c, nbx_sv id); /* index or -1 */
+
+/* ========================================================================
+ * Policies and the sandbox (policy.c, sandbox.c)
+ * ======================================================================== */
+
+/* A policy's source, immutable once loaded, shared by contexts. */
+typedef struct nbx_policy {
+    atomic_int refs;
+    char *path;      /* as given, for messages */
+    char *chunkname; /* "@" basename: Lua error positions read "name.lua:12" */
+    char *source;
+    size_t source_len;
+    uint64_t version; /* xxh64 of the source */
+    char version_hex[17];
+    char name[128]; /* the table's `name` field */
+} nbx_policy;
+
+#define NBX_POLICY_FILE_MAX (1u << 20)
+
+/* Read and check a policy (it compiles and returns a well-formed table, in
+ * a throwaway sandbox). */
+int nbx_policy_load(const char *path, nbx_policy **out, nbx_err *e);
+nbx_policy *nbx_policy_ref(nbx_policy *p);
+void nbx_policy_unref(nbx_policy *p);
+
+typedef struct nbx_limits {
+    uint32_t time_us; /* CPU time per decision */
+    size_t memory;    /* bytes of the Lua state */
+} nbx_limits;
+
+/* Exposure counts of one offer in its caps windows, given to the policy. */
+typedef struct nbx_exposure_summary {
+    uint32_t impressions; /* in caps.impressions.window_days (default 30) */
+    uint32_t clicks;      /* same window as impressions */
+    uint32_t accepts;     /* in caps.accepts.window_days (default 30) */
+    uint32_t dismisses;   /* in dismiss_cooldown_days (default 30) */
+    int64_t last_impression, last_dismiss, last_accept; /* ms, 0 = never */
+} nbx_exposure_summary;
+
+/* One (offer, placement) pair under consideration. */
+typedef struct nbx_candidate {
+    uint32_t offer;     /* index into catalog->offers */
+    uint32_t placement; /* index into catalog->placements */
+    uint8_t excluded;   /* nbx_excluded; the policy sees only NONE */
+    bool scored;
+    double score;
+    double expected_margin; /* NaN when the policy did not return one */
+    const nbx_exposure_summary *exposure; /* NULL: never exposed */
+} nbx_candidate;
+
+typedef struct nbx_sandbox_input {
+    const nbx_profile *profile; /* anonymous profiles have n_* == 0 */
+    bool anonymous;
+    const nbx_kv *session;
+    size_t n_session;
+    int64_t now_ms;
+    uint64_t seed; /* math.random: from customer, clock and policy version */
+    nbx_candidate *cand;
+    size_t n_cand;
+} nbx_sandbox_input;
+
+typedef enum nbx_policy_fault {
+    NBX_FAULT_NONE = 0,
+    NBX_FAULT_RUNTIME, /* the policy raised */
+    NBX_FAULT_TIMEOUT, /* CPU time limit */
+    NBX_FAULT_MEMORY,  /* memory limit */
+    NBX_FAULT_RESULT   /* non-number or non-finite score, bad eligible() */
+} nbx_policy_fault;
+
+typedef struct nbx_policy_error {
+    uint8_t fault;   /* nbx_policy_fault */
+    char where[256]; /* "name.lua:12", or "" if unknown */
+    char reason[512];
+    char offer[NBX_ID_MAX + 1]; /* offer being scored, "" if none */
+} nbx_policy_error;
+
+typedef struct nbx_sandbox nbx_sandbox;
+
+/* A Lua state for one (policy, catalog) pair: allow-listed environment,
+ * offer tables built once. Holds references to both. */
+int nbx_sandbox_open(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits *limits,
+                     nbx_sandbox **out, nbx_err *e);
+void nbx_sandbox_close(nbx_sandbox *sb);
+/* Run eligible() and score() over every candidate with excluded == NONE, in
+ * one call into Lua. Sets score/expected_margin/scored, or excluded =
+ * INELIGIBLE. On a fault returns NBX_EPOLICY with err filled; the sandbox
+ * stays usable (it rebuilds its state itself after a limit fault). */
+int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_error *err);
+size_t nbx_sandbox_memory(const nbx_sandbox *sb);
+const nbx_policy *nbx_sandbox_policy(const nbx_sandbox *sb);
+const nbx_catalog *nbx_sandbox_catalog(const nbx_sandbox *sb);
+
+/* ========================================================================
+ * Eligibility and guardrails (caps.c)
+ * ======================================================================== */
+
+/* Everything eligibility needs about one customer, read in one pass. */
+typedef struct nbx_customer_state {
+    nbx_exposure_summary *summary; /* per catalog offer, indexed by offer */
+    uint8_t *has_summary;          /* per catalog offer */
+    uint32_t contacts;             /* impressions, all offers, in the contacts window */
+} nbx_customer_state;
+
+/* Propensity of a customer for an offer: the profile's value for the offer
+ * id, else its category, else the offer's prior for the customer's segment,
+ * else base_propensity. */
+double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
+
+#endif /* NBX_INT_H */

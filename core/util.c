@@ -1,0 +1,441 @@
+/*
+ * util.c: error codes and messages, buffers, arenas, hashing, file reading.
+ */
+#include "nbx_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+/* ========================================================================
+ * Version
+ * ======================================================================== */
+
+NBX_API const char *nbx_version(int *num)
+{
+    if (num)
+        *num = NBX_VERSION_NUM;
+    return NBX_VERSION_STRING;
+}
+
+NBX_API void nbx_abi_v0(void)
+{
+}
+
+/* ========================================================================
+ * Errors
+ * ======================================================================== */
+
+NBX_API const char *nbx_strerror(int code)
+{
+    switch (code) {
+    case NBX_OK:
+        return "success";
+    case NBX_DONE:
+        return "no more items";
+    case NBX_EINVAL:
+        return "invalid argument";
+    case NBX_ENOMEM:
+        return "out of memory";
+    case NBX_EIO:
+        return "I/O error";
+    case NBX_ENOTFOUND:
+        return "not found";
+    case NBX_ECORRUPT:
+        return "stored data is corrupt";
+    case NBX_EVERSION:
+        return "store written by a newer version of nbx";
+    case NBX_EPARSE:
+        return "malformed input";
+    case NBX_EPOLICY:
+        return "policy error";
+    case NBX_ESTORE:
+        return "store error";
+    case NBX_EFULL:
+        return "store is full";
+    case NBX_ELIMIT:
+        return "limit exceeded";
+    case NBX_EREADONLY:
+        return "opened read-only";
+    default:
+        return "unknown error";
+    }
+}
+
+int nbx_err_set(nbx_err *e, int code, const char *fmt, ...)
+{
+    if (!e)
+        return code;
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int nbx_err_prefix(nbx_err *e, const char *fmt, ...)
+{
+    if (!e)
+        return NBX_EINVAL;
+    char prefix[NBX_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return e->code;
+    /* Truncation is fine: the prefix (the where) matters most. */
+    char joined[2 * NBX_ERRMSG_MAX];
+    snprintf(joined, sizeof joined, "%s%s", prefix, e->msg);
+    memcpy(e->msg, joined, sizeof e->msg - 1);
+    e->msg[sizeof e->msg - 1] = '\0';
+    return e->code;
+}
+
+int nbx_err_mdb(nbx_err *e, int rc, const char *what)
+{
+    int code;
+    switch (rc) {
+    case MDB_NOTFOUND:
+    case ENOENT:
+        code = NBX_ENOTFOUND;
+        break;
+    case MDB_MAP_FULL:
+        code = NBX_EFULL;
+        break;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        code = NBX_ECORRUPT;
+        break;
+    case ENOMEM:
+        code = NBX_ENOMEM;
+        break;
+    case EACCES:
+    case EROFS:
+    case EIO:
+    case ENOSPC:
+        code = NBX_EIO;
+        break;
+    default:
+        code = NBX_ESTORE;
+        break;
+    }
+    if (rc == MDB_MAP_FULL)
+        return nbx_err_set(e, code, "%s: the store reached its size limit (NBX_MAP_SIZE)", what);
+    return nbx_err_set(e, code, "%s: %s", what, mdb_strerror(rc));
+}
+
+int nbx_err_errno(nbx_err *e, int errnum, const char *what, const char *path)
+{
+    int code = errnum == ENOENT ? NBX_ENOTFOUND : errnum == ENOMEM ? NBX_ENOMEM : NBX_EIO;
+    return nbx_err_set(e, code, "%s %s: %s", what, path, strerror(errnum));
+}
+
+/* One message per thread: shared handles (store, engine) are used by many
+ * threads at once, so a per-handle buffer would race. The owner pointer
+ * makes it per handle as well. */
+static _Thread_local struct {
+    const void *owner;
+    char msg[NBX_ERRMSG_MAX];
+} last_error;
+
+int nbx_publish(const void *owner, const nbx_err *e)
+{
+    last_error.owner = owner;
+    snprintf(last_error.msg, sizeof last_error.msg, "%s", e->msg[0] ? e->msg : nbx_strerror(e->code));
+    return e->code;
+}
+
+int nbx_fail(const void *owner, int code, const char *fmt, ...)
+{
+    last_error.owner = owner;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error.msg, sizeof last_error.msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+void nbx_clear_error(const void *owner)
+{
+    if (last_error.owner == owner)
+        last_error.msg[0] = '\0';
+}
+
+const char *nbx_errmsg_of(const void *owner)
+{
+    return last_error.owner == owner ? last_error.msg : "";
+}
+
+NBX_API const char *nbx_last_errmsg(void)
+{
+    return last_error.msg;
+}
+
+NBX_API const char *nbx_store_errmsg(const nbx_store *store)
+{
+    return nbx_errmsg_of(store);
+}
+
+NBX_API void nbx_free(void *ptr)
+{
+    free(ptr);
+}
+
+/* ========================================================================
+ * String views and buffers
+ * ======================================================================== */
+
+int nbx_sv_cmp(nbx_sv a, nbx_sv b)
+{
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    if (c)
+        return c;
+    return a.len < b.len ? -1 : a.len > b.len;
+}
+
+int nbx_buf_reserve(nbx_buf *b, size_t extra)
+{
+    if (b->oom)
+        return NBX_ENOMEM;
+    if (b->cap - b->len > extra)
+        return NBX_OK;
+    size_t need = b->len + extra + 1;
+    if (need < b->len) {
+        b->oom = true;
+        return NBX_ENOMEM;
+    }
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p) {
+        b->oom = true;
+        return NBX_ENOMEM;
+    }
+    b->data = p;
+    b->cap = cap;
+    return NBX_OK;
+}
+
+void nbx_buf_append(nbx_buf *b, const void *p, size_t n)
+{
+    if (nbx_buf_reserve(b, n) != NBX_OK)
+        return;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+void nbx_buf_putc(nbx_buf *b, char c)
+{
+    if (nbx_buf_reserve(b, 1) != NBX_OK)
+        return;
+    b->data[b->len++] = c;
+}
+
+void nbx_buf_puts(nbx_buf *b, const char *s)
+{
+    nbx_buf_append(b, s, strlen(s));
+}
+
+void nbx_buf_printf(nbx_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char small[256];
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = true;
+        return;
+    }
+    if ((size_t)n < sizeof small) {
+        nbx_buf_append(b, small, (size_t)n);
+        return;
+    }
+    if (nbx_buf_reserve(b, (size_t)n) != NBX_OK)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void nbx_buf_terminate(nbx_buf *b)
+{
+    if (nbx_buf_reserve(b, 1) == NBX_OK)
+        b->data[b->len] = '\0';
+}
+
+void nbx_buf_free(nbx_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->oom = false;
+}
+
+int nbx_buf_msgpack_write(void *data, const char *buf, size_t len)
+{
+    nbx_buf *b = data;
+    nbx_buf_append(b, buf, len);
+    return b->oom ? -1 : 0;
+}
+
+/* ========================================================================
+ * Arena
+ * ======================================================================== */
+
+struct nbx_arena_chunk {
+    nbx_arena_chunk *next;
+    size_t size;
+    max_align_t data[];
+};
+
+#define NBX_ARENA_CHUNK 16384
+
+void *nbx_arena_alloc(nbx_arena *a, size_t size)
+{
+    size = (size + 15) & ~(size_t)15;
+    if (size == 0)
+        size = 16;
+    if ((size_t)(a->end - a->ptr) < size) {
+        size_t want = size > NBX_ARENA_CHUNK ? size : NBX_ARENA_CHUNK;
+        nbx_arena_chunk *c = malloc(sizeof *c + want);
+        if (!c)
+            return NULL;
+        c->next = a->chunks;
+        c->size = want;
+        a->chunks = c;
+        a->ptr = (char *)c->data;
+        a->end = a->ptr + want;
+    }
+    void *p = a->ptr;
+    a->ptr += size;
+    return p;
+}
+
+char *nbx_arena_strndup(nbx_arena *a, const char *s, size_t n)
+{
+    char *p = nbx_arena_alloc(a, n + 1);
+    if (!p)
+        return NULL;
+    if (n)
+        memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+void nbx_arena_reset(nbx_arena *a)
+{
+    nbx_arena_chunk *keep = a->chunks;
+    if (!keep)
+        return;
+    /* Keep the largest chunk, so a steady workload stops allocating. */
+    nbx_arena_chunk *c = keep->next;
+    for (; c; c = c->next)
+        if (c->size > keep->size)
+            keep = c;
+    c = a->chunks;
+    while (c) {
+        nbx_arena_chunk *next = c->next;
+        if (c != keep)
+            free(c);
+        c = next;
+    }
+    keep->next = NULL;
+    a->chunks = keep;
+    a->ptr = (char *)keep->data;
+    a->end = a->ptr + keep->size;
+}
+
+void nbx_arena_free(nbx_arena *a)
+{
+    nbx_arena_chunk *c = a->chunks;
+    while (c) {
+        nbx_arena_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    a->chunks = NULL;
+    a->ptr = a->end = NULL;
+}
+
+/* ========================================================================
+ * Files and hashing
+ * ======================================================================== */
+
+int nbx_read_file(const char *path, size_t max, char **out, size_t *len, nbx_err *e)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return nbx_err_errno(e, errno, "cannot open", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return nbx_err_errno(e, err, "cannot stat", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return nbx_err_set(e, NBX_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return nbx_err_set(e, NBX_ELIMIT, "%s: file is %lld bytes, over the limit of %zu", path,
+                           (long long)st.st_size, max);
+    }
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    if (!buf) {
+        close(fd);
+        return nbx_err_set(e, NBX_ENOMEM, "%s: out of memory reading %zu bytes", path, size);
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = read(fd, buf + got, size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int err = errno;
+            free(buf);
+            close(fd);
+            return nbx_err_errno(e, err, "cannot read", path);
+        }
+        if (n == 0)
+            break; /* truncated while reading: use what is there */
+        got += (size_t)n;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *out = buf;
+    if (len)
+        *len = got;
+    return NBX_OK;
+}
+
+uint64_t nbx_hash64(const void *p, size_t n, uint64_t seed)
+{
+    return XXH64(p, n, seed);
+}
+
+void nbx_hex64(uint64_t v, char out[17])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--) {
+        out[i] = digits[v & 0xf];
+        v >>= 4;
+    }
+    out[16] = '\0';
+}

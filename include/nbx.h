@@ -1,0 +1,699 @@
+/**
+ * @file nbx.h
+ * @brief nbx: a next-best-action engine.
+ *
+ * For one customer in one session, nbx decides which offers and onsite
+ * modules to show, ranked by expected contribution margin per session, under
+ * hard guardrails (discount ceilings, margin floors, budgets) and frequency
+ * limits. Customer profiles live in an LMDB store; the ranking logic is a
+ * marketer-written Lua policy run in a sandbox that cannot escape, hang or
+ * crash the host.
+ *
+ * This header is the whole public interface: what is not declared here is
+ * not API. Every function is documented where it is declared.
+ *
+ * @section conventions Conventions
+ * - Every fallible function returns an int: #NBX_OK (0) on success or a
+ *   negative `NBX_E*` code. nbx_strerror() gives static text for a code; the
+ *   handle's errmsg function gives the detail of the last failure (file:line,
+ *   field, offer id), and nbx_last_errmsg() the calling thread's last failure
+ *   on any handle, including a failed open.
+ * - Handles are opaque. `nbx_*_close(NULL)` and `nbx_free(NULL)` are no-ops.
+ * - Strings are UTF-8 and NUL-terminated unless a length is passed with them.
+ * - Times are milliseconds since the Unix epoch, UTC (int64_t).
+ *
+ * @section threads Threads
+ * - #nbx_store and #nbx_engine are shared by threads: every function on them
+ *   may be called concurrently. Writes to one store are serialised by LMDB's
+ *   single writer lock.
+ * - #nbx_ctx (a decision context: its own Lua state and read transaction) is
+ *   never used by two threads at once. You may pass it from one thread to
+ *   another between calls. Open one per thread.
+ * - Results returned by nbx_decide() belong to the context and are valid until
+ *   the next call on that context.
+ *
+ * @section reload Policy and catalog reload
+ * nbx_engine_load_policy() and nbx_engine_load_catalog() swap atomically:
+ * each decision sees exactly one (policy, catalog) pair, decisions already
+ * running finish on the version they started with, and a file that fails to
+ * load is rejected while the previous version keeps serving.
+ *
+ * @section caveats Caveats
+ * - Nothing survives fork(): open stores, engines and contexts after fork(),
+ *   in the process that uses them (in nginx: init_process, not at
+ *   configuration time). A handle inherited through fork() must not be used
+ *   or closed by the child.
+ * - A store directory may be opened by several processes at once (LMDB's
+ *   lock file coordinates them), but not over a network file system.
+ * - Long-lived read access (an nbx_iter left open) keeps old pages alive and
+ *   makes the store file grow while writers run; iterators renew their
+ *   snapshot every few thousand records for that reason.
+ */
+#ifndef NBX_H
+#define NBX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(NBX_BUILDING_LIBRARY) && defined(__GNUC__)
+#define NBX_API __attribute__((visibility("default")))
+#else
+#define NBX_API
+#endif
+
+/* ========================================================================
+ * Version
+ * ======================================================================== */
+
+#define NBX_VERSION_MAJOR 0
+#define NBX_VERSION_MINOR 1
+#define NBX_VERSION_PATCH 0
+/** 0xXXYYZZ: major, minor, patch. */
+#define NBX_VERSION_NUM                                                        \
+    ((NBX_VERSION_MAJOR << 16) | (NBX_VERSION_MINOR << 8) | NBX_VERSION_PATCH)
+#define NBX_VERSION_STRING "0.1.0"
+
+/**
+ * @brief Version of the library actually linked.
+ * @param[out] num if not NULL, receives the library's NBX_VERSION_NUM.
+ * @return static string such as "0.1.0".
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_version(int *num);
+
+/**
+ * @brief ABI marker: exists only in libraries compatible with this header's
+ * major version, so a mismatched library fails at link time. Bindings that
+ * load the library dynamically may call it to check.
+ * @note Thread-safe; does nothing.
+ */
+NBX_API void nbx_abi_v0(void);
+
+/* ========================================================================
+ * Errors
+ * ======================================================================== */
+
+/** Status codes. Success is 0, errors are negative. */
+enum nbx_status {
+    NBX_OK = 0,         /**< success */
+    NBX_DONE = 1,       /**< iteration finished (not an error) */
+    NBX_EINVAL = -1,    /**< invalid argument or API misuse (NULL handle, ...) */
+    NBX_ENOMEM = -2,    /**< out of memory */
+    NBX_EIO = -3,       /**< the operating system refused a file operation */
+    NBX_ENOTFOUND = -4, /**< no such profile, file or key */
+    NBX_ECORRUPT = -5,  /**< a stored value cannot be decoded */
+    NBX_EVERSION = -6,  /**< the store was written by a newer schema */
+    NBX_EPARSE = -7,    /**< malformed input: JSON, catalog, event, profile, time */
+    NBX_EPOLICY = -8,   /**< a policy failed to load */
+    NBX_ESTORE = -9,    /**< the store (LMDB) failed */
+    NBX_EFULL = -10,    /**< the store reached its size limit */
+    NBX_ELIMIT = -11,   /**< a configured bound was exceeded (size, count) */
+    NBX_EREADONLY = -12 /**< a write on a store or engine opened read-only */
+};
+
+/**
+ * @brief Static text for a status code.
+ * @return never NULL; "unknown error" for codes nbx does not define.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_strerror(int code);
+
+/**
+ * @brief Detail of the calling thread's last failed nbx call, whatever the
+ * handle: use it when an open function fails and no handle exists.
+ * @return never NULL; "" when nothing failed yet. Valid until the calling
+ * thread's next nbx call.
+ * @note Thread-safe: each thread has its own message.
+ */
+NBX_API const char *nbx_last_errmsg(void);
+
+/**
+ * @brief Free memory nbx returned to the caller (JSON strings).
+ * @note Thread-safe. NULL is a no-op.
+ */
+NBX_API void nbx_free(void *ptr);
+
+/* ========================================================================
+ * Time
+ * ======================================================================== */
+
+/** Size of a buffer that holds any time nbx_time_format() writes. */
+#define NBX_TIME_BUFSZ 32
+
+/**
+ * @brief Parse an RFC 3339 time ("2026-03-01T12:00:00Z", fractional seconds
+ * and numeric offsets allowed) or epoch seconds ("1767225600", "1767225600.5").
+ * @param text NUL-terminated input.
+ * @param[out] out_ms milliseconds since the epoch.
+ * @return NBX_OK, NBX_EINVAL (NULL argument), NBX_EPARSE (not a time).
+ * @note Thread-safe.
+ */
+NBX_API int nbx_time_parse(const char *text, int64_t *out_ms);
+
+/**
+ * @brief Format a time as RFC 3339 UTC, with milliseconds only when non-zero.
+ * @param buf at least NBX_TIME_BUFSZ bytes.
+ * @return NBX_OK or NBX_EINVAL.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_time_format(int64_t ms, char *buf);
+
+/**
+ * @brief Wall-clock time now, in milliseconds since the epoch.
+ * @note Thread-safe.
+ */
+NBX_API int64_t nbx_time_now(void);
+
+/* ========================================================================
+ * Store: an LMDB environment (a directory) holding customer profiles,
+ * exposure counters, seen event ids and metadata.
+ * ======================================================================== */
+
+typedef struct nbx_store nbx_store;
+
+/** Flags for nbx_store_open(). */
+enum nbx_store_flags {
+    NBX_STORE_CREATE = 0x1,   /**< create the directory and store if missing */
+    NBX_STORE_READONLY = 0x2, /**< never write; writes fail with NBX_EREADONLY */
+    /** Skip the metadata fsync at commit: an OS crash may undo the last
+     * committed transaction, never corrupt the store. Process crashes lose
+     * nothing either way. */
+    NBX_STORE_NOMETASYNC = 0x4
+};
+
+/**
+ * @brief Open (and with NBX_STORE_CREATE, create) a store.
+ *
+ * Checks the schema version: a store written by a newer nbx is refused with
+ * NBX_EVERSION. Clears stale reader slots left by dead processes.
+ *
+ * @param path store directory.
+ * @param flags nbx_store_flags, OR-ed.
+ * @param[out] out the store on success, NULL on failure (see nbx_last_errmsg()).
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND (no store and no CREATE),
+ *   NBX_EIO, NBX_EVERSION, NBX_ECORRUPT, NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe. Open a store once per process and share the handle.
+ */
+NBX_API int nbx_store_open(const char *path, unsigned flags, nbx_store **out);
+
+/**
+ * @brief Close a store. Every context, iterator and engine using it must be
+ * closed first. NULL is a no-op.
+ * @note Not thread-safe with other calls on the same store.
+ */
+NBX_API void nbx_store_close(nbx_store *store);
+
+/**
+ * @brief Detail of the last failure on this store in the calling thread.
+ * @return never NULL; valid until the calling thread's next call on it.
+ * @note Thread-safe: messages are kept per thread.
+ */
+NBX_API const char *nbx_store_errmsg(const nbx_store *store);
+
+/** Counts from nbx_store_stat(). */
+typedef struct nbx_store_stats {
+    uint64_t profiles;       /**< profiles in the store */
+    uint64_t exposure_keys;  /**< (customer, offer) counter records */
+    uint64_t events_seen;    /**< distinct event ids applied */
+    uint64_t bytes_used;     /**< bytes of pages in use */
+    uint64_t map_size;       /**< current size limit in bytes (grows on demand) */
+    uint32_t schema_version; /**< schema of the store */
+    int64_t rfm_as_of;       /**< time of the last RFM rebuild, 0 if never */
+} nbx_store_stats;
+
+/**
+ * @brief Read the store's counts.
+ * @return NBX_OK, NBX_EINVAL, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_store_stat(nbx_store *store, nbx_store_stats *out);
+
+/* ------------------------------------------------------------------------
+ * Profiles. JSON field names are those of docs/data-model.md.
+ * ------------------------------------------------------------------------ */
+
+/** Bounds on profile input; longer or larger input is refused. */
+#define NBX_ID_MAX 256          /**< bytes in a customer id */
+#define NBX_KEY_MAX 256         /**< bytes in an attribute/propensity key */
+#define NBX_VALUE_MAX 4096      /**< bytes in a string attribute */
+#define NBX_MAP_MAX 1024        /**< entries in attrs, consent or propensity */
+#define NBX_LINE_MAX (1 << 20)  /**< bytes in one JSONL line */
+
+/**
+ * @brief Read one profile as JSON.
+ * @param id customer id (1..NBX_ID_MAX bytes).
+ * @param[out] json malloc'd NUL-terminated JSON, free with nbx_free().
+ * @param[out] len if not NULL, its length.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_ECORRUPT, NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_t *len);
+
+/**
+ * @brief Upsert one profile from JSON, merging: fields given replace the
+ * stored ones, absent fields stay (docs/data-model.md, "Merge rules").
+ * @return NBX_OK, NBX_EINVAL, NBX_EPARSE (message names the field),
+ *   NBX_ELIMIT, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe; commits before returning.
+ */
+NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len);
+
+/**
+ * @brief Erase a profile and everything keyed by that customer (exposure
+ * counters included) in one transaction.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EREADONLY, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_profile_delete(nbx_store *store, const char *id);
+
+/* ------------------------------------------------------------------------
+ * Events: purchases and exposures (impression, click, accept, dismiss)
+ * ------------------------------------------------------------------------ */
+
+/**
+ * @brief Apply one event (the JSON object `nbx ingest` reads) and commit.
+ * An event id applied before is skipped.
+ * @param[out] applied if not NULL, 1 if applied, 0 if skipped as a duplicate.
+ * @return NBX_OK, NBX_EINVAL, NBX_EPARSE, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_event_apply(nbx_store *store, const char *json, size_t len, int *applied);
+
+/* ------------------------------------------------------------------------
+ * Bulk import of JSONL files
+ * ------------------------------------------------------------------------ */
+
+/** What a JSONL file holds. */
+typedef enum nbx_import_kind {
+    NBX_IMPORT_PROFILES = 1, /**< one profile per line, merged as nbx_profile_put() */
+    NBX_IMPORT_EVENTS = 2    /**< one event per line, as nbx_event_apply() */
+} nbx_import_kind;
+
+/** Progress callback: lines read so far, bytes read, file size (0 if unknown). */
+typedef void (*nbx_progress_fn)(void *ud, uint64_t lines, uint64_t bytes, uint64_t total);
+
+/** Options for nbx_import_file(). Initialise with nbx_import_options_init(). */
+typedef struct nbx_import_options {
+    size_t size;              /**< sizeof(nbx_import_options) */
+    const char *rejects_path; /**< NULL: any bad line fails the whole file and
+                                   nothing is written. Else bad lines are copied
+                                   here with their reason and the rest applied. */
+    size_t batch_size;        /**< records per write transaction (0: 10000) */
+    nbx_progress_fn progress; /**< called about every 100k lines; may be NULL */
+    void *progress_ud;
+} nbx_import_options;
+
+/** Counts from nbx_import_file(). */
+typedef struct nbx_import_stats {
+    uint64_t lines;      /**< non-blank lines read */
+    uint64_t applied;    /**< records written */
+    uint64_t duplicates; /**< events skipped because their id was seen before */
+    uint64_t rejected;   /**< bad lines copied to rejects_path */
+} nbx_import_stats;
+
+/** @brief Set defaults. @note Thread-safe. */
+NBX_API void nbx_import_options_init(nbx_import_options *opts);
+
+/**
+ * @brief Import a JSONL file of profiles or events.
+ *
+ * Streams in constant memory. The whole file is validated before anything is
+ * written, so a bad line (reported as FILE:LINE, field and problem) leaves the
+ * store untouched unless rejects_path is set. Records are then applied in
+ * batched transactions: a crash leaves every committed batch intact and no
+ * half batch; re-running the same file is safe (profiles merge again, seen
+ * events are skipped).
+ *
+ * @param path file, or "-" for standard input (spooled to a temporary file
+ *   for the validation pass).
+ * @param opts may be NULL for defaults.
+ * @param[out] stats may be NULL.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ELIMIT,
+ *   NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe; concurrent imports serialise on the store's writer.
+ */
+NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *path,
+                            const nbx_import_options *opts, nbx_import_stats *stats);
+
+/* ------------------------------------------------------------------------
+ * Iteration (export, batch --all)
+ * ------------------------------------------------------------------------ */
+
+typedef struct nbx_iter nbx_iter;
+
+/** Flags for nbx_iter_open(). */
+enum nbx_iter_flags {
+    NBX_ITER_IDS = 0x1 /**< ids only: nbx_iter_next() leaves json NULL */
+};
+
+/**
+ * @brief Iterate over all profiles in id order (bytewise).
+ * @param after if not NULL, start after this id (resume point).
+ * @return NBX_OK, NBX_EINVAL, NBX_ESTORE, NBX_ENOMEM.
+ * @note The iterator belongs to one thread at a time.
+ */
+NBX_API int nbx_iter_open(nbx_store *store, unsigned flags, const char *after, nbx_iter **out);
+
+/**
+ * @brief Next profile.
+ * @param[out] id NUL-terminated id, valid until the next call on the iterator.
+ * @param[out] json NUL-terminated profile JSON (NULL with NBX_ITER_IDS), same
+ *   lifetime.
+ * @return NBX_OK, NBX_DONE at the end, NBX_EINVAL, NBX_ECORRUPT, NBX_ESTORE.
+ */
+NBX_API int nbx_iter_next(nbx_iter *it, const char **id, const char **json, size_t *json_len);
+
+/** @brief Close an iterator. NULL is a no-op. */
+NBX_API void nbx_iter_close(nbx_iter *it);
+
+/* ------------------------------------------------------------------------
+ * RFM
+ * ------------------------------------------------------------------------ */
+
+/** RFM segments (docs/data-model.md). */
+typedef enum nbx_segment {
+    NBX_SEGMENT_NONE = 0, /**< not yet scored (no rebuild since first purchase) */
+    NBX_SEGMENT_CHAMPIONS,
+    NBX_SEGMENT_LOYAL,
+    NBX_SEGMENT_POTENTIAL,
+    NBX_SEGMENT_NEW,
+    NBX_SEGMENT_PROMISING,
+    NBX_SEGMENT_NEEDS_ATTENTION,
+    NBX_SEGMENT_AT_RISK,
+    NBX_SEGMENT_CANT_LOSE,
+    NBX_SEGMENT_HIBERNATING,
+    NBX_SEGMENT_LOST,
+    NBX_SEGMENT_PROSPECT, /**< no purchase */
+    NBX_SEGMENT_COUNT
+} nbx_segment;
+
+/**
+ * @brief JSON name of a segment ("champions", "at_risk", ...).
+ * @return static string; NULL for an out-of-range value.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_segment_name(int segment);
+
+/** Result of nbx_rfm_rebuild(). */
+typedef struct nbx_rfm_stats {
+    uint64_t customers;                   /**< profiles visited */
+    uint64_t scored;                      /**< profiles with a purchase */
+    uint64_t segments[NBX_SEGMENT_COUNT]; /**< profiles per segment */
+    double recency_days[4];               /**< quintile cut points, days */
+    double frequency[4];                  /**< quintile cut points, orders */
+    double monetary[4];                   /**< quintile cut points, revenue */
+} nbx_rfm_stats;
+
+/**
+ * @brief Recompute population quintiles and every profile's r, f, m and
+ * segment as of a time, in batched transactions.
+ * @param as_of_ms reference time for recency (0: now).
+ * @param[out] stats may be NULL.
+ * @return NBX_OK, NBX_EINVAL, NBX_EREADONLY, NBX_ECORRUPT, NBX_EFULL, NBX_ESTORE,
+ *   NBX_ENOMEM.
+ * @note Thread-safe; other writers wait between batches.
+ */
+NBX_API int nbx_rfm_rebuild(nbx_store *store, int64_t as_of_ms, nbx_rfm_stats *stats);
+
+/* ========================================================================
+ * Engine: a store, a catalog and a policy, shared by threads.
+ * ======================================================================== */
+
+typedef struct nbx_engine nbx_engine;
+
+/** Log levels passed to nbx_log_fn. */
+enum nbx_log_level { NBX_LOG_ERROR = 0, NBX_LOG_WARN = 1, NBX_LOG_INFO = 2 };
+
+/** Log callback: may be called from any thread that uses the engine. */
+typedef void (*nbx_log_fn)(void *ud, int level, const char *message);
+
+/** Flags for nbx_engine_options.flags. */
+enum nbx_engine_flags {
+    NBX_ENGINE_READONLY = 0x1 /**< open the store read-only: nbx_record() fails */
+};
+
+/** Default policy limits. */
+#define NBX_DEFAULT_TIME_LIMIT_US 2000
+#define NBX_DEFAULT_MEMORY_LIMIT (32u << 20)
+
+/** Options for nbx_engine_open(). Initialise with nbx_engine_options_init(). */
+typedef struct nbx_engine_options {
+    size_t size;              /**< sizeof(nbx_engine_options) */
+    const char *store;        /**< store directory (required) */
+    nbx_store *store_handle;  /**< or an open store to borrow (then store is ignored);
+                                   it must outlive the engine */
+    const char *catalog;      /**< catalog JSON file (required) */
+    const char *policy;       /**< policy Lua file (required) */
+    uint32_t time_limit_us;   /**< policy CPU time per decision (0: default) */
+    size_t memory_limit;      /**< policy Lua state bytes (0: default) */
+    unsigned flags;           /**< nbx_engine_flags */
+    nbx_log_fn log;           /**< policy failures and reloads; NULL: none */
+    void *log_ud;
+} nbx_engine_options;
+
+/** @brief Set defaults. @note Thread-safe. */
+NBX_API void nbx_engine_options_init(nbx_engine_options *opts);
+
+/**
+ * @brief Open an engine: the store, then the catalog, then the policy
+ * (compiled in a test sandbox, so a broken policy fails here, not on the
+ * first decision).
+ * @param[out] out the engine, NULL on failure (see nbx_last_errmsg()).
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE (catalog),
+ *   NBX_EPOLICY, NBX_EVERSION, NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out);
+
+/**
+ * @brief Close an engine. All its contexts must be closed first. NULL is a no-op.
+ * @note Not thread-safe with other calls on the same engine.
+ */
+NBX_API void nbx_engine_close(nbx_engine *engine);
+
+/**
+ * @brief Detail of the last failure on this engine in the calling thread.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_engine_errmsg(const nbx_engine *engine);
+
+/**
+ * @brief Load a policy file and swap it in atomically. On failure the
+ * current policy keeps serving.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPOLICY, NBX_ENOMEM.
+ * @note Thread-safe, also while contexts decide.
+ */
+NBX_API int nbx_engine_load_policy(nbx_engine *engine, const char *path);
+
+/**
+ * @brief Load a catalog file and swap it in atomically. On failure the
+ * current catalog keeps serving.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ENOMEM.
+ * @note Thread-safe, also while contexts decide.
+ */
+NBX_API int nbx_engine_load_catalog(nbx_engine *engine, const char *path);
+
+/** Identity of what an engine serves; see nbx_engine_info(). */
+typedef struct nbx_engine_info {
+    char policy_name[128];
+    char policy_version[17];  /**< xxh64 of the policy source, 16 hex digits */
+    char catalog_version[17]; /**< xxh64 of the catalog file, 16 hex digits */
+    uint32_t offers;          /**< offers and modules in the catalog */
+    uint32_t placements;
+} nbx_engine_info;
+
+/**
+ * @brief What the engine serves now.
+ * @return NBX_OK or NBX_EINVAL.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_engine_info_get(nbx_engine *engine, nbx_engine_info *out);
+
+/**
+ * @brief The engine's store, for profile and event calls.
+ * @return borrowed; valid until nbx_engine_close(). NULL if engine is NULL.
+ * @note Thread-safe.
+ */
+NBX_API nbx_store *nbx_engine_store(nbx_engine *engine);
+
+/**
+ * @brief Check a policy file without an engine: it compiles in the sandbox,
+ * returns a table with a `name` and a `score` function.
+ * @param[out] info if not NULL, receives policy_name and policy_version.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPOLICY (see
+ *   nbx_last_errmsg() for file:line and reason).
+ * @note Thread-safe. Creates and destroys its own Lua state: safe to call
+ *   before fork().
+ */
+NBX_API int nbx_policy_check(const char *path, nbx_engine_info *info);
+
+/**
+ * @brief Check a catalog file without an engine.
+ * @param[out] info if not NULL, receives catalog_version, offers, placements.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE (see
+ *   nbx_last_errmsg(): offer id and field).
+ * @note Thread-safe; safe to call before fork().
+ */
+NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info);
+
+/* ========================================================================
+ * Decisions
+ * ======================================================================== */
+
+typedef struct nbx_ctx nbx_ctx;
+typedef struct nbx_result nbx_result;
+
+/** A session field: what the caller passes (channel, device, page, ...). */
+typedef struct nbx_kv {
+    const char *key;
+    const char *value;
+} nbx_kv;
+
+/** Flags for nbx_request.flags. */
+enum nbx_decide_flags {
+    NBX_DECIDE_EXPLAIN = 0x1, /**< add every candidate and why it was excluded */
+    /** Record each chosen action as an impression in the store, in the same
+     * call, so overlapping campaigns cannot over-contact a customer. */
+    NBX_DECIDE_RECORD = 0x2
+};
+
+/** Limits on one request. */
+#define NBX_REQUEST_PLACEMENTS_MAX 64
+#define NBX_REQUEST_SESSION_MAX 64
+
+/** One decision request. Initialise with nbx_request_init(). */
+typedef struct nbx_request {
+    size_t size;                   /**< sizeof(nbx_request) */
+    const char *customer;          /**< customer id (required) */
+    const char *const *placements; /**< placement ids; n_placements 0: all */
+    size_t n_placements;
+    const nbx_kv *session;         /**< session fields, given to the policy */
+    size_t n_session;
+    int64_t now_ms;                /**< the decision's clock; 0: now */
+    unsigned flags;                /**< nbx_decide_flags */
+} nbx_request;
+
+/** @brief Set defaults. @note Thread-safe. */
+NBX_API void nbx_request_init(nbx_request *req);
+
+/**
+ * @brief Open a decision context on an engine: a Lua state and a read
+ * transaction of its own.
+ * @param[out] out the context, NULL on failure (see nbx_last_errmsg()).
+ * @return NBX_OK, NBX_EINVAL, NBX_EPOLICY, NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe on the engine; the context belongs to one thread at a time.
+ */
+NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out);
+
+/** @brief Close a context. NULL is a no-op. */
+NBX_API void nbx_ctx_close(nbx_ctx *ctx);
+
+/**
+ * @brief Detail of the last failure on this context.
+ * @return never NULL; valid until the next call on the context.
+ */
+NBX_API const char *nbx_ctx_errmsg(const nbx_ctx *ctx);
+
+/**
+ * @brief Decide for one customer and session.
+ *
+ * request -> profile -> candidates -> eligibility -> policy -> guardrails ->
+ * arbitration -> result (docs/decisions.md). An unknown customer gets an
+ * anonymous profile. A policy that raises, exceeds a limit or returns a
+ * non-finite score yields the fallback decision: a result with
+ * nbx_result_fallback() true and an error record, and NBX_OK is returned.
+ *
+ * @param[out] out the result, owned by the context, valid until the next call
+ *   on it.
+ * @return NBX_OK (also on fallback), NBX_EINVAL (bad request: message names
+ *   the field), NBX_ELIMIT, NBX_ECORRUPT, NBX_ESTORE, NBX_EFULL (RECORD),
+ *   NBX_EREADONLY (RECORD), NBX_ENOMEM.
+ */
+NBX_API int nbx_decide(nbx_ctx *ctx, const nbx_request *req, const nbx_result **out);
+
+/**
+ * @brief Apply one event (as nbx_event_apply()) through the context's engine;
+ * the next decision on any context sees it.
+ * @param[out] applied if not NULL, 1 if applied, 0 if a duplicate event id.
+ * @return as nbx_event_apply(); NBX_EREADONLY on a read-only engine.
+ */
+NBX_API int nbx_record(nbx_ctx *ctx, const char *json, size_t len, int *applied);
+
+/** Why a candidate was excluded (explain output and nbx_result_exclusions()). */
+typedef enum nbx_excluded {
+    NBX_EXCLUDED_NONE = 0,
+    NBX_EXCLUDED_CONSENT,
+    NBX_EXCLUDED_FREQUENCY,
+    NBX_EXCLUDED_COOLDOWN,
+    NBX_EXCLUDED_CONTACTS,
+    NBX_EXCLUDED_BUDGET,
+    NBX_EXCLUDED_VALIDITY,
+    NBX_EXCLUDED_INELIGIBLE,
+    NBX_EXCLUDED_GUARDRAIL,
+    NBX_EXCLUDED_POLICY_ERROR,
+    NBX_EXCLUDED_COUNT
+} nbx_excluded;
+
+/**
+ * @brief JSON name of an exclusion reason ("consent", "frequency", ...).
+ * @return static string; NULL for NBX_EXCLUDED_NONE or out of range.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_excluded_name(int reason);
+
+/** One chosen action. Strings are owned by the result. */
+typedef struct nbx_action {
+    const char *offer;
+    const char *placement;
+    double score;
+    double expected_margin;
+} nbx_action;
+
+/**
+ * @brief The result as JSON (docs/decisions.md: decision_id, customer,
+ * policy {name, version}, catalog_version, actions, fallback, error,
+ * candidates with explain).
+ * @param[out] len if not NULL, the length.
+ * @return NUL-terminated JSON owned by the result; NULL if r is NULL.
+ */
+NBX_API const char *nbx_result_json(const nbx_result *r, size_t *len);
+
+/** @brief Number of actions. 0 if r is NULL. */
+NBX_API size_t nbx_result_action_count(const nbx_result *r);
+
+/**
+ * @brief Action i (0-based, in rank order).
+ * @return NBX_OK, NBX_EINVAL (NULL or i out of range).
+ */
+NBX_API int nbx_result_action(const nbx_result *r, size_t i, nbx_action *out);
+
+/** @brief 1 if this is the fallback decision, else 0. */
+NBX_API int nbx_result_fallback(const nbx_result *r);
+
+/** @brief 1 if the customer had no profile (anonymous), else 0. */
+NBX_API int nbx_result_anonymous(const nbx_result *r);
+
+/** @brief The policy error message on fallback, else NULL. */
+NBX_API const char *nbx_result_error(const nbx_result *r);
+
+/** @brief The decision id (unique). */
+NBX_API const char *nbx_result_decision_id(const nbx_result *r);
+
+/** @brief Sum of expected_margin over the actions. */
+NBX_API double nbx_result_expected_margin(const nbx_result *r);
+
+/**
+ * @brief Candidates excluded, counted by reason.
+ * @param[out] counts NBX_EXCLUDED_COUNT entries; counts[0] is the number of
+ *   candidates not excluded.
+ */
+NBX_API void nbx_result_exclusions(const nbx_result *r, uint32_t *counts);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NBX_H */

@@ -1,0 +1,136 @@
+/* Suite: json (core/json.c): the pull reader and the writer. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+#include "nbx_int.h"
+
+static nbx_arena arena;
+
+static void teardown(void)
+{
+    nbx_arena_free(&arena);
+}
+
+TestSuite(json, .fini = teardown);
+
+static nbx_jr reader(const char *s)
+{
+    nbx_jr r;
+    nbx_jr_init(&r, s, strlen(s), &arena);
+    return r;
+}
+
+Test(json, reads_nested_object_in_order)
+{
+    nbx_jr r = reader(" {\"a\": 1, \"b\": [true, null, \"x\"], \"c\": {\"d\": -2.5e1}} ");
+    nbx_sv k;
+    double d;
+    bool b;
+    nbx_sv s;
+    cr_assert(nbx_jr_object_begin(&r));
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 1);
+    cr_assert(nbx_sv_eq_cstr(k, "a"));
+    cr_assert(nbx_jr_number(&r, &d));
+    cr_assert_eq(d, 1.0);
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 1);
+    cr_assert(nbx_jr_array_begin(&r));
+    cr_assert_eq(nbx_jr_array_next(&r), 1);
+    cr_assert(nbx_jr_bool(&r, &b) && b);
+    cr_assert_eq(nbx_jr_array_next(&r), 1);
+    cr_assert(nbx_jr_null(&r));
+    cr_assert_eq(nbx_jr_array_next(&r), 1);
+    cr_assert(nbx_jr_string(&r, &s) && nbx_sv_eq_cstr(s, "x"));
+    cr_assert_eq(nbx_jr_array_next(&r), 0);
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 1);
+    cr_assert(nbx_sv_eq_cstr(k, "c"));
+    cr_assert(nbx_jr_object_begin(&r));
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 1);
+    cr_assert(nbx_jr_number(&r, &d));
+    cr_assert_eq(d, -25.0);
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 0);
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 0);
+    cr_assert(nbx_jr_finish(&r), "%s", r.err);
+}
+
+Test(json, empty_containers)
+{
+    nbx_jr r = reader("{\"a\":{},\"b\":[]}");
+    nbx_sv k;
+    cr_assert(nbx_jr_object_begin(&r));
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 1);
+    cr_assert(nbx_jr_object_begin(&r));
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 0);
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 1);
+    cr_assert(nbx_jr_array_begin(&r));
+    cr_assert_eq(nbx_jr_array_next(&r), 0);
+    cr_assert_eq(nbx_jr_object_next(&r, &k), 0);
+    cr_assert(nbx_jr_finish(&r));
+}
+
+Test(json, numbers_are_exact)
+{
+    const char *cases[] = {"0.1", "0.3", "49.0", "1e-7", "123456789012345678901234567890",
+                           "2.2250738585072014e-308", "0.30000000000000004", "-0", "1e22",
+                           "9007199254740993"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_jr r = reader(cases[i]);
+        double d;
+        cr_assert(nbx_jr_number(&r, &d), "%s: %s", cases[i], r.err);
+        cr_assert_eq(d, strtod(cases[i], NULL), "%s: got %.17g", cases[i], d);
+    }
+}
+
+Test(json, rejects_bad_input_with_column)
+{
+    const char *bad[] = {"{\"a\":}", "{\"a\" 1}", "[1,]", "01", "1.", "\"\\u0000\"", "\"a\x01\"",
+                         "\"\xff\"", "\"\xed\xa0\x80\"", "{\"a\":1", "nul", "\"\\ud800\"",
+                         "1e400"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        nbx_jr r = reader(bad[i]);
+        bool ok = nbx_jr_skip(&r) && nbx_jr_finish(&r);
+        cr_assert(!ok, "accepted bad JSON: %s", bad[i]);
+        cr_assert(strstr(r.err, "column ") == r.err, "message without column: %s", r.err);
+    }
+}
+
+Test(json, depth_is_bounded)
+{
+    char deep[200];
+    memset(deep, '[', 100);
+    memset(deep + 100, ']', 100);
+    nbx_jr r;
+    nbx_jr_init(&r, deep, 200, &arena);
+    cr_assert_not(nbx_jr_skip(&r));
+    cr_assert(strstr(r.err, "nesting") != NULL, "%s", r.err);
+}
+
+Test(json, unescapes_into_scratch)
+{
+    nbx_jr r = reader("\"a\\n\\\"b\\u00e9\\ud83d\\ude00\"");
+    nbx_sv s;
+    cr_assert(nbx_jr_string(&r, &s), "%s", r.err);
+    cr_assert_eq(s.len, strlen("a\n\"b\xc3\xa9\xf0\x9f\x98\x80"));
+    cr_assert(memcmp(s.ptr, "a\n\"b\xc3\xa9\xf0\x9f\x98\x80", s.len) == 0);
+}
+
+Test(json, writer_round_trips_numbers_and_escapes)
+{
+    nbx_buf b = {0};
+    double vals[] = {0.1, 1.0 / 3.0, 49.0, -2.5, 1e300, 0.30000000000000004, 123456789.125};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+        nbx_buf_reset(&b);
+        nbx_jw_number(&b, vals[i]);
+        nbx_buf_terminate(&b);
+        cr_assert_eq(strtod(b.data, NULL), vals[i], "wrote %s for %.17g", b.data, vals[i]);
+    }
+    nbx_buf_reset(&b);
+    nbx_jw_number(&b, NAN);
+    nbx_buf_terminate(&b);
+    cr_assert_str_eq(b.data, "null");
+    nbx_buf_reset(&b);
+    nbx_jw_string(&b, "q\"\\\n\x01\xff", 6);
+    nbx_buf_terminate(&b);
+    cr_assert_str_eq(b.data, "\"q\\\"\\\\\\n\\u0001\\ufffd\"");
+    nbx_buf_free(&b);
+}
