@@ -1,0 +1,611 @@
+/*
+ * catalog.c: load and validate the offer catalog (a JSON file).
+ *
+ * The catalog is immutable once loaded and shared by every context through a
+ * reference count; a reload builds a new one and swaps it in (engine.c).
+ * Validation is complete up front so the decision path can trust every
+ * field: an error names the offer id and the field.
+ */
+#include "nbx_int.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct loader {
+    nbx_catalog *cat;
+    const char *path;
+    nbx_err *e;
+} loader;
+
+/* ========================================================================
+ * Field readers: each names the offer (or section) and the field on error.
+ * ======================================================================== */
+
+static int bad(loader *l, const char *owner, const char *field, const char *problem)
+{
+    return nbx_err_set(l->e, NBX_EPARSE, "%s: %s: field '%s': %s", l->path, owner, field, problem);
+}
+
+static int get_number(loader *l, json_t *obj, const char *owner, const char *field, bool required,
+                      double def, double lo, double hi, double *out)
+{
+    json_t *v = json_object_get(obj, field);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return bad(l, owner, field, "is required");
+        *out = def;
+        return NBX_OK;
+    }
+    if (!json_is_number(v))
+        return bad(l, owner, field, "must be a number");
+    double d = json_number_value(v);
+    if (!isfinite(d) || d < lo || d > hi) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%g is out of range [%g, %g]", d, lo, hi);
+        return bad(l, owner, field, msg);
+    }
+    *out = d;
+    return NBX_OK;
+}
+
+static int get_uint(loader *l, json_t *obj, const char *owner, const char *field, bool required,
+                    int64_t def, int64_t lo, int64_t hi, int64_t *out)
+{
+    json_t *v = json_object_get(obj, field);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return bad(l, owner, field, "is required");
+        *out = def;
+        return NBX_OK;
+    }
+    int64_t n;
+    if (json_is_integer(v)) {
+        n = json_integer_value(v);
+    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+               fabs(json_real_value(v)) < 9e15) {
+        n = (int64_t)json_real_value(v);
+    } else {
+        return bad(l, owner, field, "must be an integer");
+    }
+    if (n < lo || n > hi) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%lld is out of range [%lld, %lld]", (long long)n, (long long)lo,
+                 (long long)hi);
+        return bad(l, owner, field, msg);
+    }
+    *out = n;
+    return NBX_OK;
+}
+
+/* A string field copied into the catalog arena; empty when absent and optional. */
+static int get_string(loader *l, json_t *obj, const char *owner, const char *field, bool required,
+                      nbx_sv *out)
+{
+    json_t *v = json_object_get(obj, field);
+    out->ptr = "";
+    out->len = 0;
+    if (!v || json_is_null(v))
+        return required ? bad(l, owner, field, "is required") : NBX_OK;
+    if (!json_is_string(v))
+        return bad(l, owner, field, "must be a string");
+    size_t n = json_string_length(v);
+    if (n == 0 || n > NBX_ID_MAX)
+        return bad(l, owner, field, "must be 1 to 256 bytes");
+    char *s = nbx_arena_strndup(&l->cat->arena, json_string_value(v), n);
+    if (!s)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    out->ptr = s;
+    out->len = n;
+    return NBX_OK;
+}
+
+static int get_time(loader *l, json_t *obj, const char *owner, const char *field, int64_t def,
+                    int64_t *out)
+{
+    json_t *v = json_object_get(obj, field);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return NBX_OK;
+    }
+    if (!json_is_string(v) ||
+        nbx_time_parse_n(json_string_value(v), json_string_length(v), out) != NBX_OK)
+        return bad(l, owner, field, "must be an RFC 3339 time such as 2026-01-01T00:00:00Z");
+    return NBX_OK;
+}
+
+static int get_cap(loader *l, json_t *caps, const char *owner, const char *field, nbx_cap *out)
+{
+    json_t *v = json_object_get(caps, field);
+    out->max = out->window_days = 0;
+    if (!v || json_is_null(v))
+        return NBX_OK;
+    char name[64];
+    snprintf(name, sizeof name, "caps.%s", field);
+    if (!json_is_object(v))
+        return bad(l, owner, name, "must be an object {\"max\": N, \"window_days\": D}");
+    int64_t max, days;
+    char sub[96];
+    snprintf(sub, sizeof sub, "%s.max", name);
+    json_t *m = json_object_get(v, "max");
+    if (!m)
+        return bad(l, owner, sub, "is required");
+    int rc = get_uint(l, v, owner, "max", true, 0, 0, UINT32_MAX, &max);
+    if (rc)
+        return nbx_err_set(l->e, rc, "%s: %s: field '%s': must be an integer >= 0", l->path, owner,
+                           sub);
+    snprintf(sub, sizeof sub, "%s.window_days", name);
+    rc = get_uint(l, v, owner, "window_days", true, 0, 1, NBX_WINDOW_DAYS_MAX, &days);
+    if (rc)
+        return nbx_err_set(l->e, rc, "%s: %s: field '%s': must be an integer from 1 to %d",
+                           l->path, owner, sub, NBX_WINDOW_DAYS_MAX);
+    out->max = (uint32_t)max;
+    out->window_days = (uint32_t)days;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Sections
+ * ======================================================================== */
+
+static int load_placements(loader *l, json_t *root)
+{
+    json_t *arr = json_object_get(root, "placements");
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'placements': must be a non-empty array",
+                           l->path);
+    size_t n = json_array_size(arr);
+    if (n > NBX_CATALOG_PLACEMENTS_MAX)
+        return nbx_err_set(l->e, NBX_ELIMIT, "%s: field 'placements': %zu entries, limit is %d",
+                           l->path, n, NBX_CATALOG_PLACEMENTS_MAX);
+    nbx_catalog *c = l->cat;
+    c->placements = nbx_arena_alloc(&c->arena, n * sizeof *c->placements);
+    if (!c->placements)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    memset(c->placements, 0, n * sizeof *c->placements);
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = json_array_get(arr, i);
+        char owner[64];
+        snprintf(owner, sizeof owner, "placements[%zu]", i);
+        if (!json_is_object(p))
+            return nbx_err_set(l->e, NBX_EPARSE, "%s: %s: must be an object", l->path, owner);
+        nbx_placement *pl = &c->placements[i];
+        int rc = get_string(l, p, owner, "id", true, &pl->id);
+        if (rc)
+            return rc;
+        int64_t slots;
+        char pown[NBX_ID_MAX + 32];
+        snprintf(pown, sizeof pown, "placement '%s'", pl->id.ptr);
+        rc = get_uint(l, p, pown, "slots", false, 1, 1, 64, &slots);
+        if (rc)
+            return rc;
+        pl->slots = (uint32_t)slots;
+        for (size_t j = 0; j < i; j++)
+            if (nbx_sv_eq(c->placements[j].id, pl->id))
+                return nbx_err_set(l->e, NBX_EPARSE, "%s: placement '%s': field 'id': duplicate",
+                                   l->path, pl->id.ptr);
+    }
+    c->n_placements = (uint32_t)n;
+    return NBX_OK;
+}
+
+static int cmp_offer_json_id(const void *a, const void *b)
+{
+    json_t *const *x = a, *const *y = b;
+    json_t *ix = json_object_get(*x, "id"), *iy = json_object_get(*y, "id");
+    nbx_sv sx = {json_string_value(ix), json_string_length(ix)};
+    nbx_sv sy = {json_string_value(iy), json_string_length(iy)};
+    return nbx_sv_cmp(sx, sy);
+}
+
+static int cmp_prop_key(const void *a, const void *b)
+{
+    const nbx_prop *x = a, *y = b;
+    return nbx_sv_cmp(x->key, y->key);
+}
+
+static int load_segment_propensity(loader *l, json_t *o, nbx_offer *off, const char *owner)
+{
+    json_t *sp = json_object_get(o, "segment_propensity");
+    if (!sp || json_is_null(sp))
+        return NBX_OK;
+    if (!json_is_object(sp))
+        return bad(l, owner, "segment_propensity", "must be an object of segment -> probability");
+    size_t n = json_object_size(sp);
+    off->segment_propensity = nbx_arena_alloc(&l->cat->arena, (n ? n : 1) * sizeof(nbx_prop));
+    if (!off->segment_propensity)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    const char *key;
+    json_t *v;
+    uint32_t k = 0;
+    json_object_foreach(sp, key, v)
+    {
+        bool known = false;
+        for (int s = 1; s < NBX_SEGMENT_COUNT; s++)
+            known |= strcmp(key, nbx_segment_name(s)) == 0;
+        char field[NBX_KEY_MAX + 32];
+        snprintf(field, sizeof field, "segment_propensity.%.256s", key);
+        if (!known)
+            return bad(l, owner, field, "unknown segment (see docs/data-model.md)");
+        if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1)
+            return bad(l, owner, field, "must be a probability in [0, 1]");
+        off->segment_propensity[k].key.ptr = nbx_arena_strndup(&l->cat->arena, key, strlen(key));
+        if (!off->segment_propensity[k].key.ptr)
+            return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+        off->segment_propensity[k].key.len = strlen(key);
+        off->segment_propensity[k].value = json_number_value(v);
+        k++;
+    }
+    qsort(off->segment_propensity, k, sizeof(nbx_prop), cmp_prop_key);
+    off->n_segment_propensity = k;
+    return NBX_OK;
+}
+
+static int load_offer(loader *l, json_t *o, nbx_offer *off)
+{
+    nbx_catalog *c = l->cat;
+    char owner[NBX_ID_MAX + 16];
+    snprintf(owner, sizeof owner, "offer '%s'", off->id.ptr);
+    int rc;
+    json_t *kind = json_object_get(o, "kind");
+    if (!kind || json_is_null(kind))
+        off->kind = NBX_KIND_OFFER;
+    else if (json_is_string(kind) && strcmp(json_string_value(kind), "offer") == 0)
+        off->kind = NBX_KIND_OFFER;
+    else if (json_is_string(kind) && strcmp(json_string_value(kind), "module") == 0)
+        off->kind = NBX_KIND_MODULE;
+    else
+        return bad(l, owner, "kind", "must be \"offer\" or \"module\"");
+
+    json_t *pls = json_object_get(o, "placements");
+    if (!json_is_array(pls) || json_array_size(pls) == 0)
+        return bad(l, owner, "placements", "must be a non-empty array of placement ids");
+    size_t np = json_array_size(pls);
+    if (np > c->n_placements)
+        return bad(l, owner, "placements", "lists more placements than the catalog has");
+    off->placements = nbx_arena_alloc(&c->arena, np * sizeof(uint32_t));
+    if (!off->placements)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    for (size_t i = 0; i < np; i++) {
+        json_t *p = json_array_get(pls, i);
+        if (!json_is_string(p))
+            return bad(l, owner, "placements", "must hold placement id strings");
+        nbx_sv pid = {json_string_value(p), json_string_length(p)};
+        int idx = nbx_catalog_placement(c, pid);
+        if (idx < 0) {
+            char msg[NBX_ID_MAX + 64];
+            snprintf(msg, sizeof msg, "unknown placement '%s'", pid.ptr);
+            return bad(l, owner, "placements", msg);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (off->placements[j] == (uint32_t)idx)
+                return bad(l, owner, "placements", "lists a placement twice");
+        off->placements[i] = (uint32_t)idx;
+    }
+    off->n_placements = (uint32_t)np;
+
+    if ((rc = get_number(l, o, owner, "price", true, 0, 0, 1e12, &off->price)) ||
+        (rc = get_number(l, o, owner, "unit_cost", true, 0, 0, 1e12, &off->unit_cost)) ||
+        (rc = get_number(l, o, owner, "discount", false, 0, 0, 1e12, &off->discount)) ||
+        (rc = get_number(l, o, owner, "serving_cost", false, 0, 0, 1e12, &off->serving_cost)) ||
+        (rc = get_number(l, o, owner, "base_propensity", false, 0, 0, 1, &off->base_propensity)))
+        return rc;
+    off->margin = off->price - off->unit_cost - off->discount;
+    off->discount_pct = off->price > 0   ? 100.0 * off->discount / off->price
+                        : off->discount > 0 ? INFINITY
+                                            : 0.0;
+
+    if ((rc = get_string(l, o, owner, "purpose", true, &off->purpose)))
+        return rc;
+    if (nbx_sv_eq_cstr(off->purpose, "none"))
+        off->purpose = (nbx_sv){"", 0};
+    if ((rc = get_string(l, o, owner, "category", false, &off->category)))
+        return rc;
+    if ((rc = get_time(l, o, owner, "valid_from", INT64_MIN, &off->valid_from)) ||
+        (rc = get_time(l, o, owner, "valid_to", INT64_MAX, &off->valid_to)))
+        return rc;
+    if (off->valid_from >= off->valid_to)
+        return bad(l, owner, "valid_to", "must be after valid_from");
+
+    json_t *caps = json_object_get(o, "caps");
+    if (caps && !json_is_null(caps)) {
+        if (!json_is_object(caps))
+            return bad(l, owner, "caps", "must be an object");
+        int64_t cool;
+        if ((rc = get_cap(l, caps, owner, "impressions", &off->impressions)) ||
+            (rc = get_cap(l, caps, owner, "accepts", &off->accepts)))
+            return rc;
+        rc = get_uint(l, caps, owner, "dismiss_cooldown_days", false, 0, 0, NBX_WINDOW_DAYS_MAX,
+                      &cool);
+        if (rc)
+            return nbx_err_set(l->e, rc,
+                               "%s: %s: field 'caps.dismiss_cooldown_days': must be an integer "
+                               "from 0 to %d",
+                               l->path, owner, NBX_WINDOW_DAYS_MAX);
+        off->dismiss_cooldown_days = (uint32_t)cool;
+    }
+    off->budget_impressions = off->budget_accepts = -1;
+    json_t *budget = json_object_get(o, "budget");
+    if (budget && !json_is_null(budget)) {
+        if (!json_is_object(budget))
+            return bad(l, owner, "budget", "must be an object");
+        if ((rc = get_uint(l, budget, owner, "daily_impressions", false, -1, 0, INT64_C(1) << 40,
+                           &off->budget_impressions)) ||
+            (rc = get_uint(l, budget, owner, "daily_accepts", false, -1, 0, INT64_C(1) << 40,
+                           &off->budget_accepts)))
+            return nbx_err_set(l->e, rc, "%s: %s: field 'budget': %s", l->path, owner,
+                               "daily_impressions and daily_accepts must be integers >= 0");
+        if (off->budget_impressions >= 0 || off->budget_accepts >= 0)
+            c->has_budgets = true;
+    }
+    return load_segment_propensity(l, o, off, owner);
+}
+
+static int load_offers(loader *l, json_t *root)
+{
+    nbx_catalog *c = l->cat;
+    json_t *arr = json_object_get(root, "offers");
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'offers': must be a non-empty array",
+                           l->path);
+    size_t n = json_array_size(arr);
+    if (n > NBX_CATALOG_OFFERS_MAX)
+        return nbx_err_set(l->e, NBX_ELIMIT, "%s: field 'offers': %zu entries, limit is %d",
+                           l->path, n, NBX_CATALOG_OFFERS_MAX);
+    json_t **sorted = malloc(n * sizeof *sorted);
+    if (!sorted)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    int rc = NBX_OK;
+    for (size_t i = 0; i < n && rc == NBX_OK; i++) {
+        json_t *o = json_array_get(arr, i);
+        json_t *id = json_object_get(o, "id");
+        if (!json_is_object(o))
+            rc = nbx_err_set(l->e, NBX_EPARSE, "%s: offers[%zu]: must be an object", l->path, i);
+        else if (!json_is_string(id) || json_string_length(id) == 0 ||
+                 json_string_length(id) > NBX_ID_MAX)
+            rc = nbx_err_set(l->e, NBX_EPARSE,
+                             "%s: offers[%zu]: field 'id': must be a string of 1 to 256 bytes",
+                             l->path, i);
+        sorted[i] = o;
+    }
+    if (rc == NBX_OK) {
+        /* Sorted by id: tie-breaks and joins against stored counters (also
+         * sorted by offer id) need no hashing. */
+        qsort(sorted, n, sizeof *sorted, cmp_offer_json_id);
+        c->offers = nbx_arena_alloc(&c->arena, n * sizeof *c->offers);
+        if (!c->offers)
+            rc = nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    }
+    for (size_t i = 0; i < n && rc == NBX_OK; i++) {
+        nbx_offer *off = &c->offers[i];
+        memset(off, 0, sizeof *off);
+        json_t *id = json_object_get(sorted[i], "id");
+        off->id.len = json_string_length(id);
+        off->id.ptr = nbx_arena_strndup(&c->arena, json_string_value(id), off->id.len);
+        off->index = (uint32_t)i;
+        off->json = sorted[i];
+        if (!off->id.ptr)
+            rc = nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+        else if (i > 0 && nbx_sv_eq(c->offers[i - 1].id, off->id))
+            rc = nbx_err_set(l->e, NBX_EPARSE, "%s: offer '%s': field 'id': duplicate", l->path,
+                             off->id.ptr);
+        else
+            rc = load_offer(l, sorted[i], off);
+    }
+    free(sorted);
+    if (rc == NBX_OK)
+        c->n_offers = (uint32_t)n;
+    return rc;
+}
+
+/* Per placement, the offers that may fill it, in id order. */
+static int index_placements(loader *l)
+{
+    nbx_catalog *c = l->cat;
+    for (uint32_t p = 0; p < c->n_placements; p++) {
+        nbx_placement *pl = &c->placements[p];
+        uint32_t count = 0;
+        for (uint32_t i = 0; i < c->n_offers; i++)
+            for (uint32_t k = 0; k < c->offers[i].n_placements; k++)
+                count += c->offers[i].placements[k] == p;
+        pl->offers = nbx_arena_alloc(&c->arena, (count ? count : 1) * sizeof(uint32_t));
+        if (!pl->offers)
+            return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+        for (uint32_t i = 0; i < c->n_offers; i++)
+            for (uint32_t k = 0; k < c->offers[i].n_placements; k++)
+                if (c->offers[i].placements[k] == p)
+                    pl->offers[pl->n_offers++] = i;
+    }
+    return NBX_OK;
+}
+
+static int load_fallback(loader *l, json_t *root)
+{
+    nbx_catalog *c = l->cat;
+    json_t *fb = json_object_get(root, "fallback");
+    if (!fb || json_is_null(fb))
+        return NBX_OK;
+    if (!json_is_object(fb))
+        return nbx_err_set(l->e, NBX_EPARSE,
+                           "%s: field 'fallback': must be an object of placement -> [offer ids]",
+                           l->path);
+    const char *key;
+    json_t *v;
+    json_object_foreach(fb, key, v)
+    {
+        int p = nbx_catalog_placement(c, nbx_sv_of(key));
+        if (p < 0)
+            return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'fallback.%.256s': unknown placement",
+                               l->path, key);
+        if (!json_is_array(v))
+            return nbx_err_set(l->e, NBX_EPARSE,
+                               "%s: field 'fallback.%.256s': must be an array of offer ids",
+                               l->path, key);
+        nbx_placement *pl = &c->placements[p];
+        size_t n = json_array_size(v);
+        if (n > NBX_CATALOG_OFFERS_MAX)
+            return nbx_err_set(l->e, NBX_ELIMIT, "%s: field 'fallback.%.256s': too many entries",
+                               l->path, key);
+        pl->fallback = nbx_arena_alloc(&c->arena, (n ? n : 1) * sizeof(uint32_t));
+        if (!pl->fallback)
+            return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+        for (size_t i = 0; i < n; i++) {
+            json_t *id = json_array_get(v, i);
+            const nbx_offer *o =
+                json_is_string(id)
+                    ? nbx_catalog_offer(c, (nbx_sv){json_string_value(id), json_string_length(id)})
+                    : NULL;
+            if (!o)
+                return nbx_err_set(l->e, NBX_EPARSE,
+                                   "%s: field 'fallback.%.256s[%zu]': not an offer id of the "
+                                   "catalog",
+                                   l->path, key, i);
+            pl->fallback[pl->n_fallback++] = o->index;
+        }
+    }
+    return NBX_OK;
+}
+
+static int load_guardrails(loader *l, json_t *root)
+{
+    nbx_guardrails *g = &l->cat->guardrails;
+    g->max_discount_pct = NAN;
+    g->min_margin = NAN;
+    g->consent_default = false;
+    json_t *gr = json_object_get(root, "guardrails");
+    if (!gr || json_is_null(gr))
+        return NBX_OK;
+    if (!json_is_object(gr))
+        return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'guardrails': must be an object", l->path);
+    int rc;
+    if ((rc = get_number(l, gr, "guardrails", "max_discount_pct", false, NAN, 0, 100,
+                         &g->max_discount_pct)) ||
+        (rc = get_number(l, gr, "guardrails", "min_margin", false, NAN, -1e12, 1e12,
+                         &g->min_margin)) ||
+        (rc = get_cap(l, gr, "guardrails", "max_contacts", &g->max_contacts)))
+        return rc;
+    json_t *cd = json_object_get(gr, "consent_default");
+    if (cd && !json_is_null(cd)) {
+        if (!json_is_boolean(cd))
+            return bad(l, "guardrails", "consent_default", "must be true or false");
+        g->consent_default = json_is_true(cd);
+    }
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Load, lookups, lifetime
+ * ======================================================================== */
+
+static void catalog_free(nbx_catalog *c)
+{
+    if (!c)
+        return;
+    json_decref(c->root);
+    nbx_arena_free(&c->arena);
+    free(c->path);
+    free(c);
+}
+
+static int catalog_parse(const char *path, const char *text, size_t len, nbx_catalog *c,
+                         nbx_err *e)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    c->root = root;
+    if (!root)
+        return nbx_err_set(e, NBX_EPARSE, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    if (!json_is_object(root))
+        return nbx_err_set(e, NBX_EPARSE, "%s: the catalog must be a JSON object", path);
+    loader l = {c, path, e};
+    int rc;
+    if ((rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
+        (rc = index_placements(&l)) || (rc = load_fallback(&l, root)) ||
+        (rc = load_guardrails(&l, root)))
+        return rc;
+    return NBX_OK;
+}
+
+int nbx_catalog_load(const char *path, nbx_catalog **out, nbx_err *e)
+{
+    *out = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = nbx_read_file(path, NBX_CATALOG_FILE_MAX, &text, &len, e);
+    if (rc)
+        return rc;
+    nbx_catalog *c = calloc(1, sizeof *c);
+    if (!c || !(c->path = strdup(path))) {
+        free(text);
+        free(c);
+        return nbx_err_set(e, NBX_ENOMEM, "%s: out of memory", path);
+    }
+    atomic_init(&c->refs, 1);
+    c->version = nbx_hash64(text, len, 0);
+    nbx_hex64(c->version, c->version_hex);
+    rc = catalog_parse(path, text, len, c, e);
+    free(text);
+    if (rc) {
+        catalog_free(c);
+        return rc;
+    }
+    *out = c;
+    return NBX_OK;
+}
+
+nbx_catalog *nbx_catalog_ref(nbx_catalog *c)
+{
+    if (c)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+void nbx_catalog_unref(nbx_catalog *c)
+{
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        catalog_free(c);
+}
+
+const nbx_offer *nbx_catalog_offer(const nbx_catalog *c, nbx_sv id)
+{
+    uint32_t lo = 0, hi = c->n_offers;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int cmp = nbx_sv_cmp(c->offers[mid].id, id);
+        if (cmp == 0)
+            return &c->offers[mid];
+        if (cmp < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+int nbx_catalog_placement(const nbx_catalog *c, nbx_sv id)
+{
+    for (uint32_t i = 0; i < c->n_placements; i++)
+        if (nbx_sv_eq(c->placements[i].id, id))
+            return (int)i;
+    return -1;
+}
+
+NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info)
+{
+    if (!path)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_catalog_check: path is NULL");
+    nbx_err e = {0};
+    nbx_catalog *c;
+    int rc = nbx_catalog_load(path, &c, &e);
+    if (rc)
+        return nbx_publish(NULL, &e);
+    if (info) {
+        memcpy(info->catalog_version, c->version_hex, sizeof info->catalog_version);
+        info->offers = c->n_offers;
+        info->placements = c->n_placements;
+    }
+    nbx_catalog_unref(c);
+    nbx_clear_error(NULL);
+    return NBX_OK;
+}

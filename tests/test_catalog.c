@@ -1,0 +1,176 @@
+/* Suite: catalog (core/catalog.c): loading and validation. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static char *dir;
+
+static void setup(void)
+{
+    dir = tu_tempdir("catalog");
+    cr_assert_not_null(dir);
+}
+
+static void teardown(void)
+{
+    tu_rmtree(dir);
+    free(dir);
+}
+
+TestSuite(catalog, .init = setup, .fini = teardown);
+
+static nbx_catalog *load_fixture(void)
+{
+    char *path = tu_source_path("tests/data/catalog.json");
+    nbx_err e = {0};
+    nbx_catalog *c = NULL;
+    int rc = nbx_catalog_load(path, &c, &e);
+    cr_assert_eq(rc, NBX_OK, "load failed: %s", e.msg);
+    free(path);
+    return c;
+}
+
+/* Load text as a catalog; return the code and leave the message in e. */
+static int load_text(const char *text, nbx_err *e)
+{
+    char *path = tu_path(dir, "c.json");
+    cr_assert_eq(tu_write_file(path, text), 0);
+    nbx_catalog *c = NULL;
+    int rc = nbx_catalog_load(path, &c, e);
+    nbx_catalog_unref(c);
+    free(path);
+    return rc;
+}
+
+Test(catalog, loads_fixture_sorted_with_derived_fields)
+{
+    nbx_catalog *c = load_fixture();
+    cr_assert_eq(c->n_placements, 2);
+    cr_assert_eq(c->n_offers, 8);
+    for (uint32_t i = 1; i < c->n_offers; i++)
+        cr_assert_lt(nbx_sv_cmp(c->offers[i - 1].id, c->offers[i].id), 0, "offers not sorted");
+    const nbx_offer *fs = nbx_catalog_offer(c, NBX_SV("free_shipping"));
+    cr_assert_not_null(fs);
+    cr_assert_float_eq(fs->margin, 49.0 - 30.0 - 4.9, 1e-9);
+    cr_assert_float_eq(fs->discount_pct, 10.0, 1e-9);
+    cr_assert_eq(fs->impressions.max, 3);
+    cr_assert_eq(fs->impressions.window_days, 7);
+    cr_assert_eq(fs->dismiss_cooldown_days, 14);
+    cr_assert_eq(fs->accepts.max, 1);
+    cr_assert_eq(fs->budget_impressions, 100000);
+    cr_assert_eq(fs->n_placements, 2);
+    cr_assert(c->has_budgets);
+    const nbx_offer *bb = nbx_catalog_offer(c, NBX_SV("brand_banner"));
+    cr_assert_eq(bb->purpose.len, 0, "purpose none must need no consent");
+    cr_assert_eq(bb->kind, NBX_KIND_MODULE);
+    cr_assert_eq(bb->valid_from, INT64_MIN);
+    cr_assert_null(nbx_catalog_offer(c, NBX_SV("nope")));
+    int hero = nbx_catalog_placement(c, NBX_SV("hero"));
+    cr_assert_eq(hero, 0);
+    cr_assert_eq(c->placements[hero].n_fallback, 1);
+    cr_assert_eq(c->placements[hero].fallback[0], bb->index);
+    cr_assert_eq(c->placements[1].slots, 3);
+    cr_assert_float_eq(c->guardrails.max_discount_pct, 30.0, 1e-9);
+    cr_assert_eq(c->guardrails.max_contacts.max, 5);
+    cr_assert_eq(strlen(c->version_hex), 16);
+    const nbx_offer *wb = nbx_catalog_offer(c, NBX_SV("winback_20"));
+    cr_assert_eq(wb->n_segment_propensity, 2);
+    cr_assert(nbx_sv_eq_cstr(wb->segment_propensity[0].key, "at_risk"));
+    nbx_catalog_unref(c);
+}
+
+Test(catalog, placement_lists_its_offers_in_id_order)
+{
+    nbx_catalog *c = load_fixture();
+    const nbx_placement *recs = &c->placements[1];
+    cr_assert_eq(recs->n_offers, 6);
+    for (uint32_t i = 1; i < recs->n_offers; i++)
+        cr_assert_lt(recs->offers[i - 1], recs->offers[i]);
+    nbx_catalog_unref(c);
+}
+
+#define OFFER_OK                                                                              \
+    "\"id\":\"a\",\"placements\":[\"hero\"],\"price\":10,\"unit_cost\":5,\"purpose\":\"none\""
+
+Test(catalog, errors_name_offer_and_field)
+{
+    struct {
+        const char *text;
+        const char *expect;
+    } cases[] = {
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK ",\"price\":\"x\"}]}",
+         "c.json"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{\"id\":\"a\",\"placements\":[\"hero\"],"
+         "\"price\":\"x\",\"unit_cost\":5,\"purpose\":\"none\"}]}",
+         "offer 'a': field 'price': must be a number"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{\"id\":\"a\",\"placements\":[\"side\"],"
+         "\"price\":1,\"unit_cost\":5,\"purpose\":\"none\"}]}",
+         "offer 'a': field 'placements': unknown placement 'side'"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"caps\":{\"impressions\":{\"max\":3,\"window_days\":0}}}]}",
+         "offer 'a': field 'caps.impressions.window_days'"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"base_propensity\":1.5}]}",
+         "offer 'a': field 'base_propensity': 1.5 is out of range"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{\"id\":\"a\",\"placements\":[\"hero\"],"
+         "\"price\":1,\"unit_cost\":5}]}",
+         "offer 'a': field 'purpose': is required"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK "},{" OFFER_OK "}]}",
+         "offer 'a': field 'id': duplicate"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"kind\":\"banner\"}]}",
+         "offer 'a': field 'kind'"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"valid_from\":\"2026-02-01T00:00:00Z\",\"valid_to\":\"2026-01-01T00:00:00Z\"}]}",
+         "offer 'a': field 'valid_to': must be after valid_from"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"valid_to\":\"tomorrow\"}]}",
+         "offer 'a': field 'valid_to': must be an RFC 3339 time"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         "}],\"fallback\":{\"hero\":[\"zzz\"]}}",
+         "fallback.hero[0]"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         "}],\"guardrails\":{\"max_discount_pct\":130}}",
+         "guardrails: field 'max_discount_pct'"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"segment_propensity\":{\"whales\":0.2}}]}",
+         "segment_propensity.whales': unknown segment"},
+        {"{\"placements\":[],\"offers\":[]}", "field 'placements'"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\n\"offers\": [ }", "c.json:2:"},
+        {"[1,2]", "must be a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_err e = {0};
+        int rc = load_text(cases[i].text, &e);
+        cr_assert_neq(rc, NBX_OK, "case %zu accepted", i);
+        cr_assert(strstr(e.msg, cases[i].expect) != NULL, "case %zu: expected '%s' in '%s'", i,
+                  cases[i].expect, e.msg);
+    }
+}
+
+Test(catalog, missing_file_is_not_found)
+{
+    nbx_err e = {0};
+    nbx_catalog *c = NULL;
+    cr_assert_eq(nbx_catalog_load("/nonexistent/catalog.json", &c, &e), NBX_ENOTFOUND);
+    cr_assert_null(c);
+    cr_assert(strstr(e.msg, "/nonexistent/catalog.json") != NULL, "%s", e.msg);
+}
+
+Test(catalog, public_check)
+{
+    char *path = tu_source_path("tests/data/catalog.json");
+    nbx_engine_info info = {0};
+    cr_assert_eq(nbx_catalog_check(path, &info), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(info.offers, 8);
+    cr_assert_eq(info.placements, 2);
+    cr_assert_eq(strlen(info.catalog_version), 16);
+    cr_assert_eq(nbx_catalog_check(NULL, &info), NBX_EINVAL);
+    cr_assert_eq(nbx_catalog_check("/nonexistent.json", NULL), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_last_errmsg(), "/nonexistent.json") != NULL);
+    free(path);
+}
