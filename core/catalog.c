@@ -91,8 +91,8 @@ static int get_string(loader *l, json_t *obj, const char *owner, const char *fie
     if (!json_is_string(v))
         return bad(l, owner, field, "must be a string");
     size_t n = json_string_length(v);
-    if (n == 0 || n > NBX_ID_MAX)
-        return bad(l, owner, field, "must be 1 to 256 bytes");
+    if (n == 0 || n > NBX_OFFER_ID_MAX)
+        return bad(l, owner, field, "must be 1 to 128 bytes");
     char *s = nbx_arena_strndup(&l->cat->arena, json_string_value(v), n);
     if (!s)
         return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
@@ -363,9 +363,9 @@ static int load_offers(loader *l, json_t *root)
         if (!json_is_object(o))
             rc = nbx_err_set(l->e, NBX_EPARSE, "%s: offers[%zu]: must be an object", l->path, i);
         else if (!json_is_string(id) || json_string_length(id) == 0 ||
-                 json_string_length(id) > NBX_ID_MAX)
+                 json_string_length(id) > NBX_OFFER_ID_MAX)
             rc = nbx_err_set(l->e, NBX_EPARSE,
-                             "%s: offers[%zu]: field 'id': must be a string of 1 to 256 bytes",
+                             "%s: offers[%zu]: field 'id': must be a string of 1 to 128 bytes",
                              l->path, i);
         sorted[i] = o;
     }

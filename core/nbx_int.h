@@ -274,6 +274,9 @@ typedef struct nbx_profile {
 } nbx_profile;
 
 #define NBX_SCHEMA_VERSION 1
+/* Offer and placement ids are shorter than customer ids so that a counter
+ * key (customer \0 offer) fits LMDB's 511-byte key limit. */
+#define NBX_OFFER_ID_MAX 128
 
 /* codec.c: msgpack encodings of stored values. Decoded strings point into
  * the source bytes (an LMDB page: valid until the transaction ends); arrays
@@ -324,6 +327,7 @@ struct nbx_store {
     MDB_dbi exposures; /* id \0 offer -> exposure counters; id \0 -> all offers */
     MDB_dbi budgets;   /* day (4 bytes BE) offer -> daily totals */
     MDB_dbi events;    /* event id -> event record (seen ids, and the exposure log) */
+    MDB_dbi history;   /* id \0 event id -> nothing: a customer's events, for erasure */
     MDB_dbi meta;      /* "schema", "rfm", ... */
     unsigned flags;    /* nbx_store_flags */
     char *path;
@@ -379,6 +383,16 @@ int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
 int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
 /* Events in the window of `days` UTC days ending with today (today counts). */
 uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
+/* Keys: out needs NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX (exposure) or
+ * 4 + NBX_OFFER_ID_MAX (budget) bytes. An empty offer keys the all-offers row. */
+size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
+size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
+/* Count one event of kind at ts for (customer, offer) in txn. */
+int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
+                      int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+/* Count one impression (or accept) of offer on ts's UTC day. */
+int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
+                    nbx_err *e);
 
 /* ========================================================================
  * Events and import (event.c, ingest.c)
@@ -396,6 +410,7 @@ typedef struct nbx_event {
 } nbx_event;
 
 int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e);
+const char *nbx_event_type_name(int type);
 /* Apply in txn: skip a seen id (*applied = 0), else record the id, update
  * RFM aggregates or exposure counters and budgets. */
 int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
@@ -501,9 +516,16 @@ nbx_policy *nbx_policy_ref(nbx_policy *p);
 void nbx_policy_unref(nbx_policy *p);
 
 typedef struct nbx_limits {
-    uint32_t time_us; /* CPU time per decision */
-    size_t memory;    /* bytes of the Lua state */
+    uint32_t time_us; /* CPU time per decision (0: NBX_DEFAULT_TIME_LIMIT_US) */
+    size_t memory;    /* bytes the policy may allocate (0: NBX_DEFAULT_MEMORY_LIMIT) */
+    unsigned flags;   /* nbx_limits_flags; 0 in production */
 } nbx_limits;
+
+/* For bench/bench_sandbox.c only: they remove protections. */
+enum nbx_limits_flags {
+    NBX_LIMITS_NO_HOOK = 0x1, /* no time limit: no count hook, no deadline */
+    NBX_LIMITS_JIT = 0x2      /* leave the JIT on (hooks then miss compiled code) */
+};
 
 /* Exposure counts of one offer in its caps windows, given to the policy. */
 typedef struct nbx_exposure_summary {
@@ -566,6 +588,21 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
 size_t nbx_sandbox_memory(const nbx_sandbox *sb);
 const nbx_policy *nbx_sandbox_policy(const nbx_sandbox *sb);
 const nbx_catalog *nbx_sandbox_catalog(const nbx_sandbox *sb);
+
+/* lpattern.c: Lua 5.1 patterns (find, match, gmatch, gsub) written for the
+ * sandbox. LuaJIT's own run in C where hooks never fire, so a pathological
+ * pattern could run for minutes; these count steps and call check(L, ud)
+ * every few thousand steps, which raises a Lua error to abort. Recursion
+ * depth and captures are bounded; gsub refuses function replacements
+ * (recursion through C crashes LuaJIT); plain find is memmem (linear). */
+struct lua_State;
+typedef struct nbx_lp_limit {
+    void (*check)(struct lua_State *L, void *ud); /* may be NULL */
+    void *ud;
+} nbx_lp_limit;
+/* Push a new table {find, match, gmatch, gsub}; limit (may be NULL) must
+ * outlive the Lua state. */
+void nbx_lpattern_push(struct lua_State *L, const nbx_lp_limit *limit);
 
 /* ========================================================================
  * Eligibility and guardrails (caps.c)

@@ -1,0 +1,499 @@
+/*
+ * codec.c: msgpack encodings of stored values (profiles, exposure counters).
+ *
+ * Writing uses msgpack-c's packer. Reading uses the small cursor below: a
+ * decision decodes a profile on every request, and walking the bytes once
+ * into arena arrays, with strings left in the LMDB page, costs a fraction of
+ * building a msgpack-c object tree first (docs/performance.md).
+ *
+ * Profile, schema 1: array [attrs map, consent map, propensity map,
+ * ltv|nil, churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
+ * last_purchase, orders, revenue, margin, r, f, m, segment]. Maps are written
+ * sorted by key. Decoders accept longer arrays and ignore the extra
+ * elements, so a later minor schema can append fields.
+ */
+#include "nbx_int.h"
+
+#include <math.h>
+#include <msgpack.h>
+#include <string.h>
+
+/* ========================================================================
+ * Reader
+ * ======================================================================== */
+
+void nbx_mp_init(nbx_mp *m, const void *data, size_t len)
+{
+    m->p = data;
+    m->end = m->p + len;
+    m->bad = false;
+}
+
+static inline bool need(nbx_mp *m, size_t n)
+{
+    if (NBX_UNLIKELY((size_t)(m->end - m->p) < n)) {
+        m->bad = true;
+        return false;
+    }
+    return true;
+}
+
+static inline uint64_t be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+int nbx_mp_type(const nbx_mp *m)
+{
+    if (m->bad || m->p >= m->end)
+        return -1;
+    uint8_t b = *m->p;
+    if (b <= 0x7f || (b >= 0xcc && b <= 0xcf))
+        return MSGPACK_OBJECT_POSITIVE_INTEGER;
+    if (b >= 0xe0 || (b >= 0xd0 && b <= 0xd3))
+        return MSGPACK_OBJECT_NEGATIVE_INTEGER;
+    if ((b & 0xf0) == 0x80 || b == 0xde || b == 0xdf)
+        return MSGPACK_OBJECT_MAP;
+    if ((b & 0xf0) == 0x90 || b == 0xdc || b == 0xdd)
+        return MSGPACK_OBJECT_ARRAY;
+    if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb))
+        return MSGPACK_OBJECT_STR;
+    switch (b) {
+    case 0xc0:
+        return MSGPACK_OBJECT_NIL;
+    case 0xc2:
+    case 0xc3:
+        return MSGPACK_OBJECT_BOOLEAN;
+    case 0xca:
+        return MSGPACK_OBJECT_FLOAT32;
+    case 0xcb:
+        return MSGPACK_OBJECT_FLOAT64;
+    case 0xc4:
+    case 0xc5:
+    case 0xc6:
+        return MSGPACK_OBJECT_BIN;
+    default:
+        return MSGPACK_OBJECT_EXT;
+    }
+}
+
+static uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16)
+{
+    if (!need(m, 1))
+        return 0;
+    uint8_t b = *m->p;
+    if ((b & fix_mask) == fix_tag) {
+        m->p++;
+        return b & (uint8_t)~fix_mask;
+    }
+    if (b == tag16 && need(m, 3)) {
+        m->p += 3;
+        return (uint32_t)be(m->p - 2, 2);
+    }
+    if (b == tag16 + 1 && need(m, 5)) {
+        m->p += 5;
+        return (uint32_t)be(m->p - 4, 4);
+    }
+    m->bad = true;
+    return 0;
+}
+
+uint32_t nbx_mp_array(nbx_mp *m)
+{
+    return container(m, 0xf0, 0x90, 0xdc);
+}
+
+uint32_t nbx_mp_map(nbx_mp *m)
+{
+    return container(m, 0xf0, 0x80, 0xde);
+}
+
+bool nbx_mp_nil(nbx_mp *m)
+{
+    if (m->p < m->end && *m->p == 0xc0) {
+        m->p++;
+        return true;
+    }
+    return false;
+}
+
+int64_t nbx_mp_int(nbx_mp *m)
+{
+    if (!need(m, 1))
+        return 0;
+    uint8_t b = *m->p++;
+    if (b <= 0x7f)
+        return b;
+    if (b >= 0xe0)
+        return (int8_t)b;
+    int n;
+    bool sign;
+    switch (b) {
+    case 0xcc:
+    case 0xcd:
+    case 0xce:
+    case 0xcf:
+        n = 1 << (b - 0xcc);
+        sign = false;
+        break;
+    case 0xd0:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3:
+        n = 1 << (b - 0xd0);
+        sign = true;
+        break;
+    default:
+        m->bad = true;
+        return 0;
+    }
+    if (!need(m, (size_t)n))
+        return 0;
+    uint64_t v = be(m->p, n);
+    m->p += n;
+    if (sign && n < 8 && (v >> (n * 8 - 1)))
+        v |= ~UINT64_C(0) << (n * 8); /* sign-extend */
+    return (int64_t)v;
+}
+
+uint64_t nbx_mp_uint(nbx_mp *m)
+{
+    int64_t v = nbx_mp_int(m);
+    if (v < 0)
+        m->bad = true;
+    return v < 0 ? 0 : (uint64_t)v;
+}
+
+double nbx_mp_double(nbx_mp *m)
+{
+    if (!need(m, 1))
+        return 0;
+    uint8_t b = *m->p;
+    if (b == 0xcb && need(m, 9)) {
+        uint64_t bits = be(m->p + 1, 8);
+        double d;
+        memcpy(&d, &bits, sizeof d);
+        m->p += 9;
+        return d;
+    }
+    if (b == 0xca && need(m, 5)) {
+        uint32_t bits = (uint32_t)be(m->p + 1, 4);
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        m->p += 5;
+        return f;
+    }
+    return (double)nbx_mp_int(m);
+}
+
+bool nbx_mp_bool(nbx_mp *m)
+{
+    if (!need(m, 1))
+        return false;
+    uint8_t b = *m->p++;
+    if (b == 0xc3)
+        return true;
+    if (b != 0xc2)
+        m->bad = true;
+    return false;
+}
+
+nbx_sv nbx_mp_str(nbx_mp *m)
+{
+    nbx_sv s = {"", 0};
+    if (!need(m, 1))
+        return s;
+    uint8_t b = *m->p;
+    size_t n, hdr;
+    if ((b & 0xe0) == 0xa0) {
+        n = b & 0x1f;
+        hdr = 1;
+    } else if (b == 0xd9 && need(m, 2)) {
+        n = m->p[1];
+        hdr = 2;
+    } else if (b == 0xda && need(m, 3)) {
+        n = (size_t)be(m->p + 1, 2);
+        hdr = 3;
+    } else if (b == 0xdb && need(m, 5)) {
+        n = (size_t)be(m->p + 1, 4);
+        hdr = 5;
+    } else {
+        m->bad = true;
+        return s;
+    }
+    if (!need(m, hdr + n))
+        return s;
+    s.ptr = (const char *)m->p + hdr;
+    s.len = n;
+    m->p += hdr + n;
+    return s;
+}
+
+void nbx_mp_skip(nbx_mp *m)
+{
+    /* Iterative: a pending count instead of recursion, so hostile nesting
+     * cannot exhaust the stack. */
+    uint64_t pending = 1;
+    while (pending > 0 && !m->bad) {
+        pending--;
+        int t = nbx_mp_type(m);
+        switch (t) {
+        case MSGPACK_OBJECT_NIL:
+            m->p++;
+            break;
+        case MSGPACK_OBJECT_BOOLEAN:
+            nbx_mp_bool(m);
+            break;
+        case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+            nbx_mp_int(m);
+            break;
+        case MSGPACK_OBJECT_FLOAT32:
+        case MSGPACK_OBJECT_FLOAT64:
+            nbx_mp_double(m);
+            break;
+        case MSGPACK_OBJECT_STR:
+            nbx_mp_str(m);
+            break;
+        case MSGPACK_OBJECT_ARRAY:
+            pending += nbx_mp_array(m);
+            break;
+        case MSGPACK_OBJECT_MAP:
+            pending += 2 * (uint64_t)nbx_mp_map(m);
+            break;
+        default:
+            m->bad = true;
+        }
+    }
+}
+
+/* ========================================================================
+ * Profiles
+ * ======================================================================== */
+
+static void pack_sv(msgpack_packer *pk, nbx_sv s)
+{
+    msgpack_pack_str(pk, s.len);
+    msgpack_pack_str_body(pk, s.ptr, s.len);
+}
+
+/* Integral values pack as ints: smaller, and exact either way. */
+static void pack_number(msgpack_packer *pk, double v)
+{
+    if (v == floor(v) && fabs(v) < 9007199254740992.0 && !(v == 0 && signbit(v)))
+        msgpack_pack_int64(pk, (int64_t)v);
+    else
+        msgpack_pack_double(pk, v);
+}
+
+int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
+    msgpack_pack_array(&pk, 7);
+
+    msgpack_pack_map(&pk, p->n_attrs);
+    for (uint32_t i = 0; i < p->n_attrs; i++) {
+        const nbx_attr *a = &p->attrs[i];
+        pack_sv(&pk, a->key);
+        if (a->type == NBX_ATTR_STRING)
+            pack_sv(&pk, a->string);
+        else if (a->type == NBX_ATTR_BOOL)
+            a->boolean ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+        else
+            pack_number(&pk, a->number);
+    }
+    msgpack_pack_map(&pk, p->n_consent);
+    for (uint32_t i = 0; i < p->n_consent; i++) {
+        pack_sv(&pk, p->consent[i].purpose);
+        p->consent[i].state ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    }
+    msgpack_pack_map(&pk, p->n_propensity);
+    for (uint32_t i = 0; i < p->n_propensity; i++) {
+        pack_sv(&pk, p->propensity[i].key);
+        msgpack_pack_double(&pk, p->propensity[i].value);
+    }
+    if (p->fields & NBX_PF_LTV)
+        pack_number(&pk, p->ltv);
+    else
+        msgpack_pack_nil(&pk);
+    if (p->fields & NBX_PF_CHURN)
+        msgpack_pack_double(&pk, p->churn);
+    else
+        msgpack_pack_nil(&pk);
+    if (p->fields & NBX_PF_RFM) {
+        const nbx_rfm *r = &p->rfm;
+        msgpack_pack_array(&pk, 9);
+        msgpack_pack_int64(&pk, r->first_purchase);
+        msgpack_pack_int64(&pk, r->last_purchase);
+        msgpack_pack_uint64(&pk, r->orders);
+        pack_number(&pk, r->revenue);
+        pack_number(&pk, r->margin);
+        msgpack_pack_uint8(&pk, r->r);
+        msgpack_pack_uint8(&pk, r->f);
+        msgpack_pack_uint8(&pk, r->m);
+        msgpack_pack_uint8(&pk, r->segment);
+    } else {
+        msgpack_pack_nil(&pk);
+    }
+    msgpack_pack_int64(&pk, p->updated_at);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+static void *arena_array(nbx_arena *a, uint32_t n, size_t size)
+{
+    return nbx_arena_alloc(a, (n ? n : 1) * size);
+}
+
+int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e)
+{
+    nbx_sv id = p->id;
+    memset(p, 0, sizeof *p);
+    p->id = id;
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    uint32_t n = nbx_mp_array(&m);
+    if (m.bad || n < 7)
+        goto corrupt;
+
+    uint32_t k = nbx_mp_map(&m);
+    if (k > NBX_MAP_MAX || !(p->attrs = arena_array(a, k, sizeof *p->attrs)))
+        goto corrupt;
+    for (uint32_t i = 0; i < k && !m.bad; i++) {
+        nbx_attr *at = &p->attrs[i];
+        at->key = nbx_mp_str(&m);
+        int t = nbx_mp_type(&m);
+        if (t == MSGPACK_OBJECT_STR) {
+            at->type = NBX_ATTR_STRING;
+            at->string = nbx_mp_str(&m);
+        } else if (t == MSGPACK_OBJECT_BOOLEAN) {
+            at->type = NBX_ATTR_BOOL;
+            at->boolean = nbx_mp_bool(&m);
+        } else {
+            at->type = NBX_ATTR_NUMBER;
+            at->number = nbx_mp_double(&m);
+        }
+    }
+    p->n_attrs = k;
+
+    k = nbx_mp_map(&m);
+    if (k > NBX_MAP_MAX || !(p->consent = arena_array(a, k, sizeof *p->consent)))
+        goto corrupt;
+    for (uint32_t i = 0; i < k && !m.bad; i++) {
+        p->consent[i].purpose = nbx_mp_str(&m);
+        p->consent[i].state = nbx_mp_bool(&m);
+    }
+    p->n_consent = k;
+
+    k = nbx_mp_map(&m);
+    if (k > NBX_MAP_MAX || !(p->propensity = arena_array(a, k, sizeof *p->propensity)))
+        goto corrupt;
+    for (uint32_t i = 0; i < k && !m.bad; i++) {
+        p->propensity[i].key = nbx_mp_str(&m);
+        p->propensity[i].value = nbx_mp_double(&m);
+    }
+    p->n_propensity = k;
+    p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_UPDATED_AT;
+
+    if (!nbx_mp_nil(&m)) {
+        p->ltv = nbx_mp_double(&m);
+        p->fields |= NBX_PF_LTV;
+    }
+    if (!nbx_mp_nil(&m)) {
+        p->churn = nbx_mp_double(&m);
+        p->fields |= NBX_PF_CHURN;
+    }
+    if (!nbx_mp_nil(&m)) {
+        uint32_t rn = nbx_mp_array(&m);
+        if (rn < 9)
+            goto corrupt;
+        nbx_rfm *r = &p->rfm;
+        r->first_purchase = nbx_mp_int(&m);
+        r->last_purchase = nbx_mp_int(&m);
+        r->orders = nbx_mp_uint(&m);
+        r->revenue = nbx_mp_double(&m);
+        r->margin = nbx_mp_double(&m);
+        r->r = (uint8_t)nbx_mp_uint(&m);
+        r->f = (uint8_t)nbx_mp_uint(&m);
+        r->m = (uint8_t)nbx_mp_uint(&m);
+        r->segment = (uint8_t)nbx_mp_uint(&m);
+        for (uint32_t i = 9; i < rn; i++)
+            nbx_mp_skip(&m);
+        if (r->segment >= NBX_SEGMENT_COUNT || r->r > 5 || r->f > 5 || r->m > 5)
+            goto corrupt;
+        p->fields |= NBX_PF_RFM;
+    }
+    p->updated_at = nbx_mp_int(&m);
+    if (m.bad)
+        goto corrupt;
+    return NBX_OK;
+corrupt:
+    return nbx_err_set(e, NBX_ECORRUPT, "profile '%.*s': stored value cannot be decoded",
+                       (int)(p->id.len > 256 ? 256 : p->id.len), p->id.ptr ? p->id.ptr : "");
+}
+
+/* ========================================================================
+ * Exposure counters: [last x4, [day, n x4]...]
+ * ======================================================================== */
+
+int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
+    msgpack_pack_array(&pk, NBX_EXP_KINDS + 1);
+    for (int k = 0; k < NBX_EXP_KINDS; k++)
+        msgpack_pack_int64(&pk, x->last[k]);
+    msgpack_pack_array(&pk, x->n_days * (1 + NBX_EXP_KINDS));
+    for (uint32_t i = 0; i < x->n_days; i++) {
+        msgpack_pack_uint32(&pk, x->days[i].day);
+        for (int k = 0; k < NBX_EXP_KINDS; k++)
+            msgpack_pack_uint32(&pk, x->days[i].n[k]);
+    }
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a)
+{
+    memset(x, 0, sizeof *x);
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    uint32_t n = nbx_mp_array(&m);
+    if (n < NBX_EXP_KINDS + 1)
+        return NBX_ECORRUPT;
+    for (int k = 0; k < NBX_EXP_KINDS; k++)
+        x->last[k] = nbx_mp_int(&m);
+    uint32_t cells = nbx_mp_array(&m);
+    if (m.bad || cells % (1 + NBX_EXP_KINDS) != 0 ||
+        cells / (1 + NBX_EXP_KINDS) > NBX_WINDOW_DAYS_MAX + 1)
+        return NBX_ECORRUPT;
+    x->n_days = cells / (1 + NBX_EXP_KINDS);
+    x->days = arena_array(a, x->n_days, sizeof *x->days);
+    if (!x->days)
+        return NBX_ENOMEM;
+    for (uint32_t i = 0; i < x->n_days; i++) {
+        x->days[i].day = (uint32_t)nbx_mp_uint(&m);
+        for (int k = 0; k < NBX_EXP_KINDS; k++)
+            x->days[i].n[k] = (uint32_t)nbx_mp_uint(&m);
+    }
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}
+
+uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days)
+{
+    if (days == 0)
+        return 0;
+    uint32_t first = today >= days - 1 ? today - (days - 1) : 0;
+    uint32_t sum = 0;
+    /* Buckets ascend: walk back from the newest. */
+    for (uint32_t i = x->n_days; i-- > 0;) {
+        uint32_t d = x->days[i].day;
+        if (d < first)
+            break;
+        if (d <= today)
+            sum += x->days[i].n[kind];
+    }
+    return sum;
+}

@@ -1,0 +1,283 @@
+/*
+ * event.c: events (purchases and exposures): parse, validate, apply.
+ *
+ * Applying an event is idempotent by event id: the id is stored with the
+ * event record (MDB_NOOVERWRITE), so a second application finds it and
+ * changes nothing. The record is the exposure log later work (audit,
+ * learning) reads; a history key per customer lets erasure find it.
+ */
+#include "nbx_int.h"
+
+#include <math.h>
+#include <msgpack.h>
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    uint8_t type;
+} event_types[] = {{"purchase", NBX_EV_PURCHASE}, {"impression", NBX_EV_IMPRESSION},
+                   {"click", NBX_EV_CLICK},       {"accept", NBX_EV_ACCEPT},
+                   {"dismiss", NBX_EV_DISMISS}};
+
+const char *nbx_event_type_name(int type)
+{
+    for (size_t i = 0; i < NBX_ARRAY_LEN(event_types); i++)
+        if (event_types[i].type == type)
+            return event_types[i].name;
+    return "unknown";
+}
+
+/* ========================================================================
+ * Parse
+ * ======================================================================== */
+
+static int read_id(nbx_jr *r, const char *field, size_t max, nbx_sv *out, nbx_err *e)
+{
+    if (nbx_jr_peek(r) != NBX_J_STRING || !nbx_jr_string(r, out))
+        return nbx_err_set(e, NBX_EPARSE, "field '%s': must be a string", field);
+    if (out->len == 0 || out->len > max)
+        return nbx_err_set(e, NBX_EPARSE, "field '%s': must be 1 to %zu bytes (got %zu)", field,
+                           max, out->len);
+    return NBX_OK;
+}
+
+static int read_ts(nbx_jr *r, int64_t *out, nbx_err *e)
+{
+    nbx_jtype t = nbx_jr_peek(r);
+    if (t == NBX_J_NUMBER) {
+        double secs;
+        if (!nbx_jr_number(r, &secs) || fabs(secs) > 253402300799.0)
+            return nbx_err_set(e, NBX_EPARSE, "field 'ts': not a time in epoch seconds");
+        *out = (int64_t)llround(secs * 1000.0);
+        return NBX_OK;
+    }
+    nbx_sv s;
+    if (t != NBX_J_STRING || !nbx_jr_string(r, &s) || nbx_time_parse_n(s.ptr, s.len, out))
+        return nbx_err_set(e, NBX_EPARSE,
+                           "field 'ts': must be an RFC 3339 time or epoch seconds");
+    return NBX_OK;
+}
+
+static int read_amount(nbx_jr *r, const char *field, double *out, nbx_err *e)
+{
+    if (nbx_jr_peek(r) != NBX_J_NUMBER || !nbx_jr_number(r, out))
+        return nbx_err_set(e, NBX_EPARSE, "field '%s': must be a number", field);
+    if (fabs(*out) > 1e12)
+        return nbx_err_set(e, NBX_EPARSE, "field '%s': %g is out of range", field, *out);
+    return NBX_OK;
+}
+
+int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->margin = NAN;
+    ev->amount = NAN;
+    nbx_jr r;
+    nbx_jr_init(&r, json, len, a);
+    if (nbx_jr_peek(&r) != NBX_J_OBJECT || !nbx_jr_object_begin(&r))
+        return nbx_err_set(e, NBX_EPARSE, "an event must be a JSON object");
+    nbx_sv key, type = {0};
+    bool have_ts = false, have_type = false;
+    int more = 0, rc = NBX_OK;
+    while (rc == NBX_OK && (more = nbx_jr_object_next(&r, &key)) == 1) {
+        if (nbx_sv_eq_cstr(key, "event_id"))
+            rc = read_id(&r, "event_id", NBX_ID_MAX, &ev->id, e);
+        else if (nbx_sv_eq_cstr(key, "customer"))
+            rc = read_id(&r, "customer", NBX_ID_MAX, &ev->customer, e);
+        else if (nbx_sv_eq_cstr(key, "offer"))
+            rc = read_id(&r, "offer", NBX_OFFER_ID_MAX, &ev->offer, e);
+        else if (nbx_sv_eq_cstr(key, "placement"))
+            rc = read_id(&r, "placement", NBX_OFFER_ID_MAX, &ev->placement, e);
+        else if (nbx_sv_eq_cstr(key, "type")) {
+            have_type = true;
+            if (nbx_jr_peek(&r) != NBX_J_STRING || !nbx_jr_string(&r, &type))
+                rc = nbx_err_set(e, NBX_EPARSE, "field 'type': must be a string");
+        } else if (nbx_sv_eq_cstr(key, "ts")) {
+            have_ts = true;
+            rc = read_ts(&r, &ev->ts_ms, e);
+        } else if (nbx_sv_eq_cstr(key, "amount"))
+            rc = read_amount(&r, "amount", &ev->amount, e);
+        else if (nbx_sv_eq_cstr(key, "margin"))
+            rc = read_amount(&r, "margin", &ev->margin, e);
+        else if (!nbx_jr_skip(&r)) /* extra fields (channel, campaign...) are kept out */
+            rc = nbx_err_set(e, NBX_EPARSE, "%s", r.err);
+    }
+    if (rc)
+        return rc;
+    if (more < 0 || !nbx_jr_finish(&r))
+        return nbx_err_set(e, NBX_EPARSE, "%s", r.err);
+    if (!ev->id.len)
+        return nbx_err_set(e, NBX_EPARSE, "field 'event_id': is required");
+    if (!ev->customer.len)
+        return nbx_err_set(e, NBX_EPARSE, "field 'customer': is required");
+    if (memchr(ev->customer.ptr, '\0', ev->customer.len) || memchr(ev->id.ptr, '\0', ev->id.len))
+        return nbx_err_set(e, NBX_EPARSE, "ids must not contain NUL");
+    if (!have_type)
+        return nbx_err_set(e, NBX_EPARSE, "field 'type': is required");
+    for (size_t i = 0; i < NBX_ARRAY_LEN(event_types); i++)
+        if (nbx_sv_eq_cstr(type, event_types[i].name))
+            ev->type = event_types[i].type;
+    if (!ev->type)
+        return nbx_err_set(e, NBX_EPARSE,
+                           "field 'type': unknown event type '%.*s' (purchase, impression, "
+                           "click, accept, dismiss)",
+                           (int)(type.len > 64 ? 64 : type.len), type.ptr);
+    if (!have_ts)
+        return nbx_err_set(e, NBX_EPARSE, "field 'ts': is required");
+    if (ev->type == NBX_EV_PURCHASE) {
+        if (isnan(ev->amount))
+            return nbx_err_set(e, NBX_EPARSE, "field 'amount': is required for a purchase");
+    } else {
+        if (!ev->offer.len)
+            return nbx_err_set(e, NBX_EPARSE, "field 'offer': is required for a %s event",
+                               nbx_event_type_name(ev->type));
+    }
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Apply
+ * ======================================================================== */
+
+static void pack_sv_or_nil(msgpack_packer *pk, nbx_sv s)
+{
+    if (!s.len) {
+        msgpack_pack_nil(pk);
+        return;
+    }
+    msgpack_pack_str(pk, s.len);
+    msgpack_pack_str_body(pk, s.ptr, s.len);
+}
+
+static void pack_double_or_nil(msgpack_packer *pk, double v)
+{
+    if (isnan(v))
+        msgpack_pack_nil(pk);
+    else
+        msgpack_pack_double(pk, v);
+}
+
+/* The event log record: [ts, type, customer, offer, placement, amount, margin]. */
+static int encode_event(const nbx_event *ev, nbx_buf *out)
+{
+    msgpack_packer pk;
+    nbx_buf_reset(out);
+    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
+    msgpack_pack_array(&pk, 7);
+    msgpack_pack_int64(&pk, ev->ts_ms);
+    msgpack_pack_uint8(&pk, ev->type);
+    pack_sv_or_nil(&pk, ev->customer);
+    pack_sv_or_nil(&pk, ev->offer);
+    pack_sv_or_nil(&pk, ev->placement);
+    pack_double_or_nil(&pk, ev->amount);
+    pack_double_or_nil(&pk, ev->margin);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+static int apply_purchase(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
+                          nbx_buf *scratch, nbx_err *e)
+{
+    nbx_profile p = {.id = ev->customer};
+    int rc = nbx_store_profile_get(s, txn, ev->customer, &p, a, e);
+    if (rc == NBX_ENOTFOUND) {
+        /* Purchases may arrive before the CRM's profile import. */
+        memset(&p, 0, sizeof p);
+        p.id = ev->customer;
+        p.fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
+    } else if (rc) {
+        return rc;
+    }
+    nbx_rfm *r = &p.rfm;
+    if (!(p.fields & NBX_PF_RFM))
+        memset(r, 0, sizeof *r);
+    p.fields |= NBX_PF_RFM;
+    r->orders++;
+    r->revenue += ev->amount;
+    if (!isnan(ev->margin))
+        r->margin += ev->margin;
+    if (!r->first_purchase || ev->ts_ms < r->first_purchase)
+        r->first_purchase = ev->ts_ms;
+    if (ev->ts_ms > r->last_purchase)
+        r->last_purchase = ev->ts_ms;
+    p.updated_at = nbx_time_now();
+    return nbx_store_profile_put(s, txn, &p, scratch, e);
+}
+
+static int apply_exposure(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
+                          nbx_buf *scratch, nbx_err *e)
+{
+    int kind = ev->type == NBX_EV_IMPRESSION ? NBX_EXP_IMPRESSION
+               : ev->type == NBX_EV_CLICK    ? NBX_EXP_CLICK
+               : ev->type == NBX_EV_ACCEPT   ? NBX_EXP_ACCEPT
+                                             : NBX_EXP_DISMISS;
+    int rc = nbx_exposure_bump(s, txn, ev->customer, ev->offer, kind, ev->ts_ms, a, scratch, e);
+    if (rc == NBX_OK)
+        rc = nbx_exposure_bump(s, txn, ev->customer, (nbx_sv){"", 0}, kind, ev->ts_ms, a, scratch,
+                               e);
+    if (rc == NBX_OK && (kind == NBX_EXP_IMPRESSION || kind == NBX_EXP_ACCEPT))
+        rc = nbx_budget_bump(s, txn, ev->offer, ev->ts_ms, kind == NBX_EXP_ACCEPT, e);
+    return rc;
+}
+
+int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
+                        nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+{
+    *applied = 0;
+    int rc = encode_event(ev, scratch);
+    if (rc)
+        return nbx_err_set(e, rc, "out of memory");
+    MDB_val k = {ev->id.len, (void *)ev->id.ptr}, v = {scratch->len, scratch->data};
+    int mrc = mdb_put(txn, s->events, &k, &v, MDB_NOOVERWRITE);
+    if (mrc == MDB_KEYEXIST)
+        return NBX_OK;
+    if (mrc)
+        return nbx_err_mdb(e, mrc, "recording an event");
+    char hkey[NBX_ID_MAX + 1 + NBX_ID_MAX];
+    memcpy(hkey, ev->customer.ptr, ev->customer.len);
+    hkey[ev->customer.len] = '\0';
+    memcpy(hkey + ev->customer.len + 1, ev->id.ptr, ev->id.len);
+    MDB_val hk = {ev->customer.len + 1 + ev->id.len, hkey}, hv = {0, ""};
+    mrc = mdb_put(txn, s->history, &hk, &hv, 0);
+    if (mrc)
+        return nbx_err_mdb(e, mrc, "recording an event");
+    rc = ev->type == NBX_EV_PURCHASE ? apply_purchase(s, txn, ev, a, scratch, e)
+                                     : apply_exposure(s, txn, ev, a, scratch, e);
+    if (rc == NBX_OK)
+        *applied = 1;
+    return rc;
+}
+
+NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *applied)
+{
+    if (applied)
+        *applied = 0;
+    if (!s || !json)
+        return nbx_fail(s, NBX_EINVAL, "nbx_event_apply: NULL argument");
+    if (len > NBX_LINE_MAX)
+        return nbx_fail(s, NBX_ELIMIT, "event JSON is %zu bytes, the limit is %d", len,
+                        NBX_LINE_MAX);
+    nbx_err e = {0};
+    nbx_arena arena = {0};
+    nbx_buf scratch = {0};
+    nbx_event ev;
+    MDB_txn *txn = NULL;
+    int done = 0;
+    int rc = nbx_event_parse(json, len, &ev, &arena, &e);
+    if (rc == NBX_OK)
+        rc = nbx_store_write_begin(s, &txn, &e);
+    if (rc == NBX_OK)
+        rc = nbx_event_apply_txn(s, txn, &ev, &done, &arena, &scratch, &e);
+    if (rc == NBX_OK) {
+        rc = nbx_store_commit(s, txn, &e);
+        txn = NULL;
+    }
+    mdb_txn_abort(txn);
+    nbx_arena_free(&arena);
+    nbx_buf_free(&scratch);
+    if (rc)
+        return nbx_publish(s, &e);
+    if (applied)
+        *applied = done;
+    return NBX_OK;
+}

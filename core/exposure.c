@@ -1,0 +1,129 @@
+/*
+ * exposure.c: per-customer exposure counters and per-day offer budgets.
+ *
+ * Keys (docs/data-model.md, "Store layout"):
+ *   exposures: customer \0 offer -> counters for that offer
+ *              customer \0       -> counters over all offers (contacts)
+ *   budgets:   day (4 bytes, big-endian) offer -> [impressions, accepts]
+ * Both sort so that one cursor range reads everything a decision needs: a
+ * customer's counters in offer-id order, and a day's budgets in offer-id
+ * order, joined against the catalog (also in offer-id order).
+ */
+#include "nbx_int.h"
+
+#include <msgpack.h>
+#include <string.h>
+
+size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer)
+{
+    memcpy(out, customer.ptr, customer.len);
+    out[customer.len] = '\0';
+    if (offer.len)
+        memcpy(out + customer.len + 1, offer.ptr, offer.len);
+    return customer.len + 1 + offer.len;
+}
+
+size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
+{
+    out[0] = (char)(day >> 24);
+    out[1] = (char)(day >> 16);
+    out[2] = (char)(day >> 8);
+    out[3] = (char)day;
+    memcpy(out + 4, offer.ptr, offer.len);
+    return 4 + offer.len;
+}
+
+/* Add n events of one kind at ts to x, keeping buckets sorted and at most
+ * NBX_WINDOW_DAYS_MAX days behind the newest one. */
+static int exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a)
+{
+    uint32_t day = nbx_day_of(ts);
+    if (ts > x->last[kind])
+        x->last[kind] = ts;
+    uint32_t i = x->n_days;
+    while (i > 0 && x->days[i - 1].day > day)
+        i--;
+    if (i > 0 && x->days[i - 1].day == day) {
+        x->days[i - 1].n[kind] += n;
+    } else {
+        nbx_exposure_day *days = nbx_arena_alloc(a, (x->n_days + 1) * sizeof *days);
+        if (!days)
+            return NBX_ENOMEM;
+        memcpy(days, x->days, i * sizeof *days);
+        memset(&days[i], 0, sizeof *days);
+        days[i].day = day;
+        days[i].n[kind] = n;
+        memcpy(days + i + 1, x->days + i, (x->n_days - i) * sizeof *days);
+        x->days = days;
+        x->n_days++;
+    }
+    uint32_t newest = x->days[x->n_days - 1].day;
+    uint32_t drop = 0;
+    while (drop < x->n_days && newest - x->days[drop].day > NBX_WINDOW_DAYS_MAX)
+        drop++;
+    x->days += drop;
+    x->n_days -= drop;
+    return NBX_OK;
+}
+
+int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
+                      int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+{
+    char key[NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX];
+    MDB_val k = {nbx_exposure_key(key, customer, offer), key}, v;
+    nbx_exposure x;
+    int rc = mdb_get(txn, s->exposures, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        memset(&x, 0, sizeof x);
+    } else if (rc) {
+        return nbx_err_mdb(e, rc, "reading exposure counters");
+    } else if ((rc = nbx_exposure_decode(v.mv_data, v.mv_size, &x, a)) != NBX_OK) {
+        return nbx_err_set(e, rc, "exposure counters of '%.*s' cannot be decoded",
+                           (int)customer.len, customer.ptr);
+    }
+    if (exposure_add(&x, kind, ts, 1, a) != NBX_OK)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    nbx_buf_reset(scratch);
+    if (nbx_exposure_encode(&x, scratch) != NBX_OK)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    v.mv_size = scratch->len;
+    v.mv_data = scratch->data;
+    rc = mdb_put(txn, s->exposures, &k, &v, 0);
+    return rc ? nbx_err_mdb(e, rc, "writing exposure counters") : NBX_OK;
+}
+
+int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
+                    nbx_err *e)
+{
+    char key[4 + NBX_OFFER_ID_MAX];
+    MDB_val k = {nbx_budget_key(key, nbx_day_of(ts), offer), key}, v;
+    uint64_t counts[2] = {0, 0};
+    int rc = mdb_get(txn, s->budgets, &k, &v);
+    if (rc == 0) {
+        nbx_mp m;
+        nbx_mp_init(&m, v.mv_data, v.mv_size);
+        if (nbx_mp_array(&m) >= 2) {
+            counts[0] = nbx_mp_uint(&m);
+            counts[1] = nbx_mp_uint(&m);
+        }
+        if (m.bad)
+            return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
+                               (int)offer.len, offer.ptr);
+    } else if (rc != MDB_NOTFOUND) {
+        return nbx_err_mdb(e, rc, "reading budget counters");
+    }
+    counts[accept ? 1 : 0]++;
+    char buf[32];
+    nbx_buf out = {0};
+    msgpack_packer pk;
+    out.data = buf;
+    out.cap = sizeof buf; /* never grows: 2 uint64 fit in 19 bytes */
+    msgpack_packer_init(&pk, &out, nbx_buf_msgpack_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint64(&pk, counts[0]);
+    msgpack_pack_uint64(&pk, counts[1]);
+    v.mv_size = out.len;
+    v.mv_data = buf;
+    rc = mdb_put(txn, s->budgets, &k, &v, 0);
+    return rc ? nbx_err_mdb(e, rc, "writing budget counters") : NBX_OK;
+}

@@ -1,0 +1,524 @@
+/*
+ * store.c: the LMDB environment: open, schema, transactions, profile
+ * records, erasure, counts and iteration.
+ *
+ * Durability: LMDB commits are atomic and, by default, fsync'd: a process
+ * killed at any point leaves the last committed transaction intact and
+ * nothing of an uncommitted one. NBX_STORE_NOMETASYNC skips the metadata
+ * sync: an OS crash may then undo the last committed transaction (never
+ * corrupt the store). docs/data-model.md, "Durability".
+ */
+#include "nbx_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Address space reserved for the map; the file grows only as data is
+ * written. Override with NBX_MAP_SIZE (bytes, or with a K/M/G/T suffix). */
+#define NBX_DEFAULT_MAP_SIZE ((size_t)256 << 30)
+#define NBX_MAX_READERS 1024
+
+static size_t map_size_from_env(void)
+{
+    const char *s = getenv("NBX_MAP_SIZE");
+    if (!s || !*s)
+        return NBX_DEFAULT_MAP_SIZE;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    switch (*end) {
+    case 'T':
+    case 't':
+        v <<= 10; /* fall through */
+    case 'G':
+    case 'g':
+        v <<= 10; /* fall through */
+    case 'M':
+    case 'm':
+        v <<= 10; /* fall through */
+    case 'K':
+    case 'k':
+        v <<= 10;
+        break;
+    default:
+        break;
+    }
+    return v >= (1u << 20) ? (size_t)v : NBX_DEFAULT_MAP_SIZE;
+}
+
+/* ========================================================================
+ * Open and close
+ * ======================================================================== */
+
+static int open_dbis(nbx_store *s, nbx_err *e)
+{
+    bool ro = s->flags & NBX_STORE_READONLY;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, ro ? MDB_RDONLY : 0, &txn);
+    if (rc)
+        return nbx_err_mdb(e, rc, s->path);
+    unsigned f = ro ? 0 : MDB_CREATE;
+    struct {
+        const char *name;
+        MDB_dbi *dbi;
+    } dbs[] = {{"profiles", &s->profiles}, {"exposures", &s->exposures},
+               {"budgets", &s->budgets},   {"events", &s->events},
+               {"history", &s->history},   {"meta", &s->meta}};
+    for (size_t i = 0; i < NBX_ARRAY_LEN(dbs); i++) {
+        rc = mdb_dbi_open(txn, dbs[i].name, f, dbs[i].dbi);
+        if (rc == MDB_NOTFOUND) {
+            mdb_txn_abort(txn);
+            return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no '%s' database)",
+                               s->path, dbs[i].name);
+        }
+        if (rc) {
+            mdb_txn_abort(txn);
+            return nbx_err_mdb(e, rc, s->path);
+        }
+    }
+
+    MDB_val v;
+    rc = nbx_store_meta_get(s, txn, "schema", &v, e);
+    if (rc == NBX_ENOTFOUND && !ro) {
+        uint8_t schema = NBX_SCHEMA_VERSION;
+        rc = nbx_store_meta_put(s, txn, "schema", &schema, 1, e);
+    } else if (rc == NBX_ENOTFOUND) {
+        rc = nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no schema version)", s->path);
+    } else if (rc == NBX_OK) {
+        if (v.mv_size != 1)
+            rc = nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable schema version", s->path);
+        else if (((const uint8_t *)v.mv_data)[0] > NBX_SCHEMA_VERSION)
+            rc = nbx_err_set(e, NBX_EVERSION,
+                             "%s: store schema %u is newer than this nbx (schema %d): upgrade nbx",
+                             s->path, ((const uint8_t *)v.mv_data)[0], NBX_SCHEMA_VERSION);
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc)
+        return nbx_err_mdb(e, rc, s->path);
+    return NBX_OK;
+}
+
+static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e)
+{
+    struct stat st;
+    bool ro = flags & NBX_STORE_READONLY;
+    if (stat(path, &st) != 0) {
+        if (errno != ENOENT || !(flags & NBX_STORE_CREATE) || ro)
+            return errno == ENOENT
+                       ? nbx_err_set(e, NBX_ENOTFOUND,
+                                     "%s: no store here (create one with nbx import)", path)
+                       : nbx_err_errno(e, errno, "cannot open store", path);
+        if (mkdir(path, 0775) != 0 && errno != EEXIST)
+            return nbx_err_errno(e, errno, "cannot create store directory", path);
+    } else if (!S_ISDIR(st.st_mode)) {
+        return nbx_err_set(e, NBX_EIO, "%s: a store is a directory, this is a file", path);
+    }
+    char data[4096];
+    snprintf(data, sizeof data, "%s/data.mdb", path);
+    if (!(flags & NBX_STORE_CREATE) && access(data, F_OK) != 0)
+        return nbx_err_set(e, NBX_ENOTFOUND, "%s: no store here (no data.mdb)", path);
+
+    int rc = mdb_env_create(&s->env);
+    if (rc)
+        return nbx_err_mdb(e, rc, path);
+    mdb_env_set_maxdbs(s->env, 8);
+    mdb_env_set_maxreaders(s->env, NBX_MAX_READERS);
+    mdb_env_set_mapsize(s->env, map_size_from_env());
+    /* NOTLS: a context's read transaction is not tied to a thread (contexts
+     * move between threads; one thread may hold several). NORDAHEAD: point
+     * lookups on a store larger than RAM should not read pages around. */
+    unsigned mflags = MDB_NOTLS | MDB_NORDAHEAD;
+    if (ro)
+        mflags |= MDB_RDONLY;
+    if (flags & NBX_STORE_NOMETASYNC)
+        mflags |= MDB_NOMETASYNC;
+    rc = mdb_env_open(s->env, path, mflags, 0664);
+    if (rc) {
+        if (rc == EACCES || rc == EROFS)
+            return nbx_err_set(e, NBX_EIO, "%s: permission denied (%s)", path, mdb_strerror(rc));
+        return nbx_err_mdb(e, rc, path);
+    }
+    /* Reader slots of processes that died (a killed worker) would pin old
+     * pages forever. */
+    int dead = 0;
+    mdb_reader_check(s->env, &dead);
+    return open_dbis(s, e);
+}
+
+NBX_API int nbx_store_open(const char *path, unsigned flags, nbx_store **out)
+{
+    if (out)
+        *out = NULL;
+    if (!path || !out || !*path)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_store_open: path and out are required");
+    if (flags & ~(unsigned)(NBX_STORE_CREATE | NBX_STORE_READONLY | NBX_STORE_NOMETASYNC))
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_store_open: unknown flags 0x%x", flags);
+    nbx_store *s = calloc(1, sizeof *s);
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        return nbx_fail(NULL, NBX_ENOMEM, "out of memory");
+    }
+    s->flags = flags;
+    nbx_err e = {0};
+    int rc = store_open(path, flags, s, &e);
+    if (rc) {
+        nbx_store_close(s);
+        return nbx_publish(NULL, &e);
+    }
+    *out = s;
+    return NBX_OK;
+}
+
+NBX_API void nbx_store_close(nbx_store *s)
+{
+    if (!s)
+        return;
+    if (s->env)
+        mdb_env_close(s->env);
+    free(s->path);
+    free(s);
+}
+
+/* ========================================================================
+ * Transactions and records
+ * ======================================================================== */
+
+int nbx_store_read_begin(nbx_store *s, MDB_txn **txn, nbx_err *e)
+{
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn);
+    return rc ? nbx_err_mdb(e, rc, s->path) : NBX_OK;
+}
+
+int nbx_store_write_begin(nbx_store *s, MDB_txn **txn, nbx_err *e)
+{
+    *txn = NULL;
+    if (s->flags & NBX_STORE_READONLY)
+        return nbx_err_set(e, NBX_EREADONLY, "%s: store opened read-only", s->path);
+    int rc = mdb_txn_begin(s->env, NULL, 0, txn);
+    return rc ? nbx_err_mdb(e, rc, s->path) : NBX_OK;
+}
+
+int nbx_store_commit(nbx_store *s, MDB_txn *txn, nbx_err *e)
+{
+    int rc = mdb_txn_commit(txn);
+    return rc ? nbx_err_mdb(e, rc, s->path) : NBX_OK;
+}
+
+int nbx_store_profile_get(nbx_store *s, MDB_txn *txn, nbx_sv id, nbx_profile *p, nbx_arena *a,
+                          nbx_err *e)
+{
+    MDB_val k = {id.len, (void *)id.ptr}, v;
+    int rc = mdb_get(txn, s->profiles, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return nbx_err_set(e, NBX_ENOTFOUND, "no profile '%.*s'", (int)id.len, id.ptr);
+    if (rc)
+        return nbx_err_mdb(e, rc, "reading a profile");
+    p->id = id;
+    return nbx_profile_decode(v.mv_data, v.mv_size, p, a, e);
+}
+
+int nbx_store_profile_put(nbx_store *s, MDB_txn *txn, const nbx_profile *p, nbx_buf *scratch,
+                          nbx_err *e)
+{
+    nbx_buf_reset(scratch);
+    if (nbx_profile_encode(p, scratch) != NBX_OK)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory encoding a profile");
+    MDB_val k = {p->id.len, (void *)p->id.ptr}, v = {scratch->len, scratch->data};
+    int rc = mdb_put(txn, s->profiles, &k, &v, 0);
+    return rc ? nbx_err_mdb(e, rc, "writing a profile") : NBX_OK;
+}
+
+int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patch, int64_t now_ms,
+                             nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+{
+    nbx_profile base = {.id = patch->id}, merged;
+    int rc = nbx_store_profile_get(s, txn, patch->id, &base, a, e);
+    if (rc && rc != NBX_ENOTFOUND)
+        return rc;
+    rc = nbx_profile_merge(rc == NBX_OK ? &base : NULL, patch, &merged, a);
+    if (rc == NBX_ELIMIT)
+        return nbx_err_set(e, rc, "profile '%.*s': a map would exceed %d entries",
+                           (int)patch->id.len, patch->id.ptr, NBX_MAP_MAX);
+    if (rc)
+        return nbx_err_set(e, rc, "out of memory merging a profile");
+    if (!(patch->fields & NBX_PF_UPDATED_AT))
+        merged.updated_at = now_ms;
+    return nbx_store_profile_put(s, txn, &merged, scratch, e);
+}
+
+int nbx_store_meta_get(nbx_store *s, MDB_txn *txn, const char *key, MDB_val *out, nbx_err *e)
+{
+    MDB_val k = {strlen(key), (void *)key};
+    int rc = mdb_get(txn, s->meta, &k, out);
+    if (rc == MDB_NOTFOUND)
+        return NBX_ENOTFOUND;
+    return rc ? nbx_err_mdb(e, rc, "reading store metadata") : NBX_OK;
+}
+
+int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *v, size_t n,
+                       nbx_err *e)
+{
+    MDB_val k = {strlen(key), (void *)key}, val = {n, (void *)v};
+    int rc = mdb_put(txn, s->meta, &k, &val, 0);
+    return rc ? nbx_err_mdb(e, rc, "writing store metadata") : NBX_OK;
+}
+
+/* ========================================================================
+ * Erasure
+ * ======================================================================== */
+
+/* Delete every key of dbi that starts with prefix; counts deletions. With
+ * events set, keys are "id \0 event id" and the named events go too. */
+static int delete_prefix(nbx_store *s, MDB_txn *txn, MDB_dbi dbi, const char *prefix, size_t n,
+                         bool events, uint64_t *count, nbx_err *e)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc)
+        return nbx_err_mdb(e, rc, "erasing a customer");
+    MDB_val k = {n, (void *)prefix}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size >= n && memcmp(k.mv_data, prefix, n) == 0) {
+        if (events) {
+            MDB_val ev = {k.mv_size - n, (char *)k.mv_data + n};
+            int drc = mdb_del(txn, s->events, &ev, NULL);
+            if (drc && drc != MDB_NOTFOUND) {
+                rc = drc;
+                break;
+            }
+        }
+        rc = mdb_cursor_del(cur, 0);
+        if (rc)
+            break;
+        (*count)++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+        if (rc == EINVAL || rc == MDB_NOTFOUND) /* deleted the last key */
+            rc = MDB_NOTFOUND;
+    }
+    mdb_cursor_close(cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? NBX_OK : nbx_err_mdb(e, rc, "erasing a customer");
+}
+
+NBX_API int nbx_profile_delete(nbx_store *s, const char *id)
+{
+    if (!s || !id)
+        return nbx_fail(s, NBX_EINVAL, "nbx_profile_delete: NULL argument");
+    nbx_err e = {0};
+    nbx_sv sid = nbx_sv_of(id);
+    if (!nbx_id_valid(sid, &e))
+        return nbx_publish(s, &e);
+    char prefix[NBX_ID_MAX + 1];
+    memcpy(prefix, id, sid.len);
+    prefix[sid.len] = '\0';
+    MDB_txn *txn;
+    int rc = nbx_store_write_begin(s, &txn, &e);
+    if (rc)
+        return nbx_publish(s, &e);
+    uint64_t removed = 0;
+    MDB_val k = {sid.len, (void *)id};
+    int mrc = mdb_del(txn, s->profiles, &k, NULL);
+    if (mrc == 0)
+        removed++;
+    else if (mrc != MDB_NOTFOUND)
+        rc = nbx_err_mdb(&e, mrc, "erasing a profile");
+    if (rc == NBX_OK)
+        rc = delete_prefix(s, txn, s->exposures, prefix, sid.len + 1, false, &removed, &e);
+    if (rc == NBX_OK)
+        rc = delete_prefix(s, txn, s->history, prefix, sid.len + 1, true, &removed, &e);
+    if (rc == NBX_OK && removed == 0)
+        rc = nbx_err_set(&e, NBX_ENOTFOUND, "no profile '%s'", id);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return nbx_publish(s, &e);
+    }
+    rc = nbx_store_commit(s, txn, &e);
+    return rc ? nbx_publish(s, &e) : NBX_OK;
+}
+
+/* ========================================================================
+ * Counts
+ * ======================================================================== */
+
+NBX_API int nbx_store_stat(nbx_store *s, nbx_store_stats *out)
+{
+    if (!s || !out)
+        return nbx_fail(s, NBX_EINVAL, "nbx_store_stat: NULL argument");
+    memset(out, 0, sizeof *out);
+    nbx_err e = {0};
+    MDB_txn *txn;
+    int rc = nbx_store_read_begin(s, &txn, &e);
+    if (rc)
+        return nbx_publish(s, &e);
+    MDB_stat st;
+    if (mdb_stat(txn, s->profiles, &st) == 0)
+        out->profiles = st.ms_entries;
+    if (mdb_stat(txn, s->exposures, &st) == 0)
+        out->exposure_keys = st.ms_entries;
+    if (mdb_stat(txn, s->events, &st) == 0)
+        out->events_seen = st.ms_entries;
+    MDB_envinfo info;
+    MDB_stat envst;
+    if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &envst) == 0) {
+        out->bytes_used = (uint64_t)(info.me_last_pgno + 1) * envst.ms_psize;
+        out->map_size = info.me_mapsize;
+    }
+    MDB_val v;
+    out->schema_version = NBX_SCHEMA_VERSION;
+    if (nbx_store_meta_get(s, txn, "schema", &v, NULL) == NBX_OK && v.mv_size == 1)
+        out->schema_version = ((const uint8_t *)v.mv_data)[0];
+    if (nbx_store_meta_get(s, txn, "rfm", &v, NULL) == NBX_OK) {
+        nbx_mp m;
+        nbx_mp_init(&m, v.mv_data, v.mv_size);
+        if (nbx_mp_array(&m) >= 1)
+            out->rfm_as_of = nbx_mp_int(&m);
+        if (m.bad)
+            out->rfm_as_of = 0;
+    }
+    mdb_txn_abort(txn);
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Iteration
+ * ======================================================================== */
+
+/* Records between snapshot renewals: a scan of millions must not pin one
+ * snapshot (and old pages) for its whole duration. */
+#define NBX_ITER_RENEW 4096
+
+struct nbx_iter {
+    nbx_store *store;
+    unsigned flags;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    bool positioned; /* the cursor is on it->id */
+    bool done;
+    uint32_t since_renew;
+    char id[NBX_ID_MAX + 1];
+    size_t id_len;
+    nbx_buf json;
+    nbx_arena arena;
+};
+
+NBX_API int nbx_iter_open(nbx_store *s, unsigned flags, const char *after, nbx_iter **out)
+{
+    if (out)
+        *out = NULL;
+    if (!s || !out)
+        return nbx_fail(s, NBX_EINVAL, "nbx_iter_open: NULL argument");
+    if (after && strlen(after) > NBX_ID_MAX)
+        return nbx_fail(s, NBX_EINVAL, "nbx_iter_open: 'after' is longer than %d bytes",
+                        NBX_ID_MAX);
+    nbx_iter *it = calloc(1, sizeof *it);
+    if (!it)
+        return nbx_fail(s, NBX_ENOMEM, "out of memory");
+    it->store = s;
+    it->flags = flags;
+    nbx_err e = {0};
+    int rc = nbx_store_read_begin(s, &it->txn, &e);
+    if (rc == NBX_OK && (rc = mdb_cursor_open(it->txn, s->profiles, &it->cur)) != 0)
+        rc = nbx_err_mdb(&e, rc, "opening an iterator");
+    if (rc) {
+        nbx_iter_close(it);
+        return nbx_publish(s, &e);
+    }
+    if (after && *after) {
+        it->id_len = strlen(after);
+        memcpy(it->id, after, it->id_len + 1);
+    }
+    *out = it;
+    return NBX_OK;
+}
+
+/* Position on the first key after it->id (the first key if none yet). */
+static int iter_seek(nbx_iter *it, MDB_val *k, MDB_val *v)
+{
+    if (it->id_len == 0)
+        return mdb_cursor_get(it->cur, k, v, MDB_FIRST);
+    k->mv_size = it->id_len;
+    k->mv_data = it->id;
+    int rc = mdb_cursor_get(it->cur, k, v, MDB_SET_RANGE);
+    if (rc == 0 && k->mv_size == it->id_len && memcmp(k->mv_data, it->id, it->id_len) == 0)
+        rc = mdb_cursor_get(it->cur, k, v, MDB_NEXT);
+    return rc;
+}
+
+NBX_API int nbx_iter_next(nbx_iter *it, const char **id, const char **json, size_t *json_len)
+{
+    if (!it)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_iter_next: NULL iterator");
+    if (id)
+        *id = NULL;
+    if (json)
+        *json = NULL;
+    if (it->done)
+        return NBX_DONE;
+    nbx_err e = {0};
+    MDB_val k, v;
+    int rc;
+    if (!it->positioned) {
+        rc = iter_seek(it, &k, &v);
+    } else if (++it->since_renew >= NBX_ITER_RENEW) {
+        it->since_renew = 0;
+        mdb_txn_reset(it->txn);
+        rc = mdb_txn_renew(it->txn);
+        if (rc == 0)
+            rc = mdb_cursor_renew(it->txn, it->cur);
+        if (rc)
+            return nbx_fail(it->store, nbx_err_mdb(&e, rc, "renewing an iterator"), "%s", e.msg);
+        rc = iter_seek(it, &k, &v);
+    } else {
+        rc = mdb_cursor_get(it->cur, &k, &v, MDB_NEXT);
+    }
+    it->positioned = true;
+    if (rc == MDB_NOTFOUND) {
+        it->done = true;
+        return NBX_DONE;
+    }
+    if (rc)
+        return nbx_fail(it->store, nbx_err_mdb(&e, rc, "iterating"), "%s", e.msg);
+    if (k.mv_size > NBX_ID_MAX)
+        return nbx_fail(it->store, NBX_ECORRUPT, "profile key longer than %d bytes", NBX_ID_MAX);
+    memcpy(it->id, k.mv_data, k.mv_size);
+    it->id[k.mv_size] = '\0';
+    it->id_len = k.mv_size;
+    if (!(it->flags & NBX_ITER_IDS)) {
+        nbx_profile p = {.id = {it->id, it->id_len}};
+        nbx_arena_reset(&it->arena);
+        nbx_buf_reset(&it->json);
+        rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &it->arena, &e);
+        if (rc)
+            return nbx_publish(it->store, &e);
+        nbx_profile_to_json(&p, &it->json);
+        nbx_buf_terminate(&it->json);
+        if (it->json.oom)
+            return nbx_fail(it->store, NBX_ENOMEM, "out of memory");
+        if (json)
+            *json = it->json.data;
+        if (json_len)
+            *json_len = it->json.len;
+    }
+    if (id)
+        *id = it->id;
+    return NBX_OK;
+}
+
+NBX_API void nbx_iter_close(nbx_iter *it)
+{
+    if (!it)
+        return;
+    if (it->cur)
+        mdb_cursor_close(it->cur);
+    if (it->txn)
+        mdb_txn_abort(it->txn);
+    nbx_buf_free(&it->json);
+    nbx_arena_free(&it->arena);
+    free(it);
+}

@@ -1,0 +1,171 @@
+/* Suite: codec (core/codec.c): msgpack encodings of profiles and counters,
+ * cross-checked against msgpack-c's own unpacker. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <msgpack.h>
+#include <string.h>
+
+#include "nbx_int.h"
+
+static nbx_arena arena;
+static nbx_buf buf;
+
+static void teardown(void)
+{
+    nbx_arena_free(&arena);
+    nbx_buf_free(&buf);
+}
+
+TestSuite(codec, .fini = teardown);
+
+static nbx_profile sample(void)
+{
+    static nbx_attr attrs[] = {
+        {.key = {"age", 3}, .type = NBX_ATTR_NUMBER, .number = 34},
+        {.key = {"city", 4}, .type = NBX_ATTR_STRING, .string = {"Berlin", 6}},
+        {.key = {"vip", 3}, .type = NBX_ATTR_BOOL, .boolean = true},
+        {.key = {"weight", 6}, .type = NBX_ATTR_NUMBER, .number = 71.25},
+    };
+    static nbx_consent consent[] = {{{"email", 5}, 0}, {{"personalization", 15}, 1}};
+    static nbx_prop props[] = {{{"o1", 2}, 0.125}, {{"shipping", 8}, 0.3}};
+    nbx_profile p = {
+        .id = {"c1", 2},
+        .attrs = attrs,
+        .n_attrs = 4,
+        .consent = consent,
+        .n_consent = 2,
+        .propensity = props,
+        .n_propensity = 2,
+        .ltv = 412.5,
+        .churn = 0.12,
+        .rfm = {.first_purchase = 1767225600000, .last_purchase = 1767312000123, .orders = 3,
+                .revenue = 99.95, .margin = 31.5, .r = 5, .f = 2, .m = 4,
+                .segment = NBX_SEGMENT_POTENTIAL},
+        .updated_at = 1767400000000,
+        .fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_LTV | NBX_PF_CHURN |
+                  NBX_PF_RFM | NBX_PF_UPDATED_AT,
+    };
+    return p;
+}
+
+Test(codec, profile_round_trip)
+{
+    nbx_profile p = sample(), q = {.id = {"c1", 2}};
+    cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+    nbx_err e = {0};
+    cr_assert_eq(nbx_profile_decode(buf.data, buf.len, &q, &arena, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(q.n_attrs, 4);
+    cr_assert(nbx_sv_eq_cstr(q.attrs[1].string, "Berlin"));
+    cr_assert_eq(q.attrs[0].type, NBX_ATTR_NUMBER);
+    cr_assert_eq(q.attrs[0].number, 34);
+    cr_assert_eq(q.attrs[3].number, 71.25);
+    cr_assert(q.attrs[2].boolean);
+    cr_assert_eq(q.consent[0].state, 0);
+    cr_assert_eq(q.consent[1].state, 1);
+    cr_assert_eq(q.propensity[0].value, 0.125);
+    cr_assert_eq(q.ltv, 412.5);
+    cr_assert_eq(q.churn, 0.12);
+    cr_assert(q.fields & NBX_PF_RFM);
+    cr_assert_eq(q.rfm.last_purchase, 1767312000123);
+    cr_assert_eq(q.rfm.orders, 3);
+    cr_assert_eq(q.rfm.revenue, 99.95);
+    cr_assert_eq(q.rfm.segment, NBX_SEGMENT_POTENTIAL);
+    cr_assert_eq(q.updated_at, 1767400000000);
+}
+
+Test(codec, optional_fields_absent)
+{
+    nbx_profile p = {.id = {"x", 1}, .fields = NBX_PF_ATTRS}, q = {.id = {"x", 1}};
+    cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+    cr_assert_eq(nbx_profile_decode(buf.data, buf.len, &q, &arena, NULL), NBX_OK);
+    cr_assert_eq(q.fields & (NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM), 0);
+    cr_assert_eq(q.n_attrs + q.n_consent + q.n_propensity, 0);
+}
+
+Test(codec, msgpack_c_reads_what_we_write)
+{
+    nbx_profile p = sample();
+    cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    cr_assert_eq(msgpack_unpack_next(&u, buf.data, buf.len, &off), MSGPACK_UNPACK_SUCCESS);
+    cr_assert_eq(off, buf.len);
+    cr_assert_eq(u.data.type, MSGPACK_OBJECT_ARRAY);
+    cr_assert_eq(u.data.via.array.size, 7);
+    msgpack_object attrs = u.data.via.array.ptr[0];
+    cr_assert_eq(attrs.type, MSGPACK_OBJECT_MAP);
+    cr_assert_eq(attrs.via.map.size, 4);
+    cr_assert_eq(u.data.via.array.ptr[3].via.f64, 412.5);
+    msgpack_unpacked_destroy(&u);
+}
+
+Test(codec, reader_handles_every_int_width)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    int64_t vals[] = {0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295LL, 4294967296LL,
+                      -1, -32, -33, -128, -129, -32768, -32769, INT64_MIN, INT64_MAX};
+    size_t n = sizeof vals / sizeof vals[0];
+    for (size_t i = 0; i < n; i++)
+        msgpack_pack_int64(&pk, vals[i]);
+    msgpack_pack_float(&pk, 1.5f);
+    nbx_mp m;
+    nbx_mp_init(&m, sb.data, sb.size);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(nbx_mp_int(&m), vals[i], "value %zu", i);
+    cr_assert_eq(nbx_mp_double(&m), 1.5);
+    cr_assert_not(m.bad);
+    cr_assert_eq(m.p, m.end);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+Test(codec, truncated_and_garbage_are_corrupt_not_crashes)
+{
+    nbx_profile p = sample();
+    cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+    for (size_t cut = 0; cut < buf.len; cut++) {
+        nbx_profile q = {.id = {"c1", 2}};
+        nbx_err e = {0};
+        cr_assert_eq(nbx_profile_decode(buf.data, cut, &q, &arena, &e), NBX_ECORRUPT,
+                     "truncated at %zu decoded", cut);
+        cr_assert(strstr(e.msg, "profile 'c1'") != NULL, "%s", e.msg);
+    }
+    /* every single-byte corruption must decode or fail cleanly */
+    for (size_t i = 0; i < buf.len; i++) {
+        char copy[1024];
+        memcpy(copy, buf.data, buf.len);
+        copy[i] ^= 0x5a;
+        nbx_profile q = {.id = {"c1", 2}};
+        (void)nbx_profile_decode(copy, buf.len, &q, &arena, NULL);
+        nbx_arena_reset(&arena);
+    }
+    /* hostile nesting for skip */
+    char deep[4096];
+    memset(deep, 0x91, sizeof deep); /* fixarray(1) forever */
+    nbx_mp m;
+    nbx_mp_init(&m, deep, sizeof deep);
+    nbx_mp_skip(&m);
+    cr_assert(m.bad);
+}
+
+Test(codec, exposure_round_trip_and_windows)
+{
+    nbx_exposure_day days[] = {{100, {1, 0, 0, 0}}, {105, {2, 1, 0, 1}}, {110, {3, 0, 1, 0}}};
+    nbx_exposure x = {.last = {1, 2, 3, 4}, .days = days, .n_days = 3}, y;
+    cr_assert_eq(nbx_exposure_encode(&x, &buf), NBX_OK);
+    cr_assert_eq(nbx_exposure_decode(buf.data, buf.len, &y, &arena), NBX_OK);
+    cr_assert_eq(y.n_days, 3);
+    cr_assert_eq(y.last[3], 4);
+    /* window of 1 day on day 110: today only */
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 110, 1), 3);
+    /* 6 days ending 110: days 105..110 */
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 110, 6), 5);
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 110, 5), 3);
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 110, 365), 6);
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_DISMISS, 105, 1), 1);
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 99, 30), 0);
+    cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 110, 0), 0);
+}

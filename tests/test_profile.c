@@ -1,0 +1,208 @@
+/* Suite: profile (core/profile.c): JSON parse, merge rules, printing, and the
+ * public profile calls on a real store. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static nbx_arena arena;
+static char *dir;
+static nbx_store *store;
+
+static void setup(void)
+{
+    dir = tu_tempdir("profile");
+    cr_assert_eq(nbx_store_open(dir, NBX_STORE_CREATE, &store), NBX_OK, "%s", nbx_last_errmsg());
+}
+
+static void teardown(void)
+{
+    nbx_store_close(store);
+    tu_rmtree(dir);
+    free(dir);
+    nbx_arena_free(&arena);
+}
+
+TestSuite(profile, .init = setup, .fini = teardown);
+
+static int parse(const char *json, nbx_profile *p, nbx_err *e)
+{
+    return nbx_profile_parse(json, strlen(json), p, &arena, e);
+}
+
+static char *get(const char *id)
+{
+    char *json = NULL;
+    int rc = nbx_profile_get(store, id, &json, NULL);
+    cr_assert_eq(rc, NBX_OK, "get %s: %s", id, nbx_store_errmsg(store));
+    return json;
+}
+
+static void put(const char *json)
+{
+    cr_assert_eq(nbx_profile_put(store, json, strlen(json)), NBX_OK, "put: %s",
+                 nbx_store_errmsg(store));
+}
+
+Test(profile, parse_full_profile_sorted)
+{
+    nbx_profile p;
+    nbx_err e = {0};
+    int rc = parse("{\"id\":\"c1\",\"attrs\":{\"z\":1,\"a\":\"x\",\"m\":true},"
+                   "\"consent\":{\"sms\":false,\"email\":true},"
+                   "\"propensity\":{\"o2\":0.5,\"o1\":0},\"ltv\":10,\"churn\":0.5,"
+                   "\"rfm\":{\"orders\":2,\"revenue\":20.5,\"last_purchase\":\"2026-01-02T00:00:00Z\","
+                   "\"segment\":\"loyal\",\"r\":3,\"f\":null},"
+                   "\"updated_at\":1767225600}",
+                   &p, &e);
+    cr_assert_eq(rc, NBX_OK, "%s", e.msg);
+    cr_assert(nbx_sv_eq_cstr(p.id, "c1"));
+    cr_assert_eq(p.n_attrs, 3);
+    cr_assert(nbx_sv_eq_cstr(p.attrs[0].key, "a"));
+    cr_assert(nbx_sv_eq_cstr(p.attrs[2].key, "z"));
+    cr_assert(nbx_sv_eq_cstr(p.consent[0].purpose, "email"));
+    cr_assert(nbx_sv_eq_cstr(p.propensity[0].key, "o1"));
+    cr_assert_eq(p.rfm.orders, 2);
+    cr_assert_eq(p.rfm.segment, NBX_SEGMENT_LOYAL);
+    cr_assert_eq(p.rfm.r, 3);
+    cr_assert_eq(p.updated_at, 1767225600000);
+    cr_assert(p.fields & NBX_PF_RFM_LAST);
+    cr_assert_not(p.fields & NBX_PF_RFM_FIRST);
+}
+
+Test(profile, parse_errors_name_the_field)
+{
+    struct {
+        const char *json;
+        const char *expect;
+    } cases[] = {
+        {"{\"attrs\":{}}", "field 'id': is required"},
+        {"{\"id\":5}", "field 'id': must be a string"},
+        {"{\"id\":\"\"}", "field 'id': must not be empty"},
+        {"{\"id\":\"c\",\"propensity\":{\"o1\":1.5}}", "field 'propensity.o1': 1.5 is outside [0, 1]"},
+        {"{\"id\":\"c\",\"propensity\":{\"o1\":\"high\"}}", "field 'propensity.o1'"},
+        {"{\"id\":\"c\",\"churn\":2}", "field 'churn'"},
+        {"{\"id\":\"c\",\"consent\":{\"email\":\"yes\"}}", "field 'consent.email'"},
+        {"{\"id\":\"c\",\"attrs\":{\"a\":[1]}}", "field 'attrs.a'"},
+        {"{\"id\":\"c\",\"attrs\":[]}", "field 'attrs': must be an object"},
+        {"{\"id\":\"c\",\"attrs\":{\"a\":1,\"a\":2}}", "field 'attrs.a': duplicate key"},
+        {"{\"id\":\"c\",\"nickname\":\"x\"}", "field 'nickname': unknown field"},
+        {"{\"id\":\"c\",\"rfm\":{\"segment\":\"whales\"}}", "unknown segment 'whales'"},
+        {"{\"id\":\"c\",\"rfm\":{\"r\":7}}", "field 'rfm.r'"},
+        {"{\"id\":\"c\",\"updated_at\":\"yesterday\"}", "field 'updated_at'"},
+        {"{\"id\":\"c\"", "column"},
+        {"[]", "must be a JSON object"},
+        {"{\"id\":\"c\"} x", "unexpected data"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_profile p;
+        nbx_err e = {0};
+        cr_assert_neq(parse(cases[i].json, &p, &e), NBX_OK, "accepted: %s", cases[i].json);
+        cr_assert(strstr(e.msg, cases[i].expect) != NULL, "for %s expected '%s', got '%s'",
+                  cases[i].json, cases[i].expect, e.msg);
+    }
+    char longid[400];
+    memset(longid, 'x', sizeof longid);
+    char json[600];
+    snprintf(json, sizeof json, "{\"id\":\"%.*s\"}", 257, longid);
+    nbx_profile p;
+    nbx_err e = {0};
+    cr_assert_eq(parse(json, &p, &e), NBX_EPARSE);
+    cr_assert(strstr(e.msg, "257 bytes") != NULL, "%s", e.msg);
+}
+
+Test(profile, merge_rules)
+{
+    put("{\"id\":\"c1\",\"attrs\":{\"a\":1,\"b\":\"x\"},\"consent\":{\"email\":true},"
+        "\"propensity\":{\"o1\":0.1},\"ltv\":5,\"churn\":0.2}");
+    /* given keys replace, null deletes, absent fields stay */
+    put("{\"id\":\"c1\",\"attrs\":{\"b\":\"y\",\"a\":null,\"c\":false},\"ltv\":null}");
+    char *json = get("c1");
+    cr_assert(strstr(json, "\"attrs\":{\"b\":\"y\",\"c\":false}") != NULL, "%s", json);
+    cr_assert(strstr(json, "\"consent\":{\"email\":true}") != NULL, "%s", json);
+    cr_assert(strstr(json, "\"propensity\":{\"o1\":0.1}") != NULL, "%s", json);
+    cr_assert(strstr(json, "\"ltv\"") == NULL, "ltv not cleared: %s", json);
+    cr_assert(strstr(json, "\"churn\":0.2") != NULL, "%s", json);
+    nbx_free(json);
+    put("{\"id\":\"c1\",\"rfm\":{\"orders\":4}}");
+    put("{\"id\":\"c1\",\"rfm\":{\"revenue\":12.5}}");
+    json = get("c1");
+    cr_assert(strstr(json, "\"orders\":4,\"revenue\":12.5") != NULL, "%s", json);
+    nbx_free(json);
+}
+
+Test(profile, json_round_trip_is_identical)
+{
+    const char *in = "{\"id\":\"c\\u00e9\",\"attrs\":{\"n\":0.1,\"q\":\"a\\\"b\"},"
+                     "\"consent\":{\"email\":false},\"propensity\":{\"o\":0.30000000000000004},"
+                     "\"ltv\":-3.5,\"rfm\":{\"first_purchase\":\"2026-01-01T00:00:00Z\","
+                     "\"last_purchase\":\"2026-02-01T10:00:00.250Z\",\"orders\":2,"
+                     "\"revenue\":10,\"margin\":2.5,\"r\":5,\"f\":1,\"m\":2,"
+                     "\"segment\":\"new\"},\"updated_at\":\"2026-03-01T00:00:00Z\"}";
+    put(in);
+    char *out = get("c\xc3\xa9");
+    put(out);
+    char *again = get("c\xc3\xa9");
+    cr_assert_str_eq(out, again);
+    cr_assert(strstr(out, "\"updated_at\":\"2026-03-01T00:00:00Z\"") != NULL, "%s", out);
+    cr_assert(strstr(out, "\"last_purchase\":\"2026-02-01T10:00:00.250Z\"") != NULL, "%s", out);
+    cr_assert(strstr(out, "0.30000000000000004") != NULL, "%s", out);
+    nbx_free(out);
+    nbx_free(again);
+}
+
+Test(profile, updated_at_defaults_to_now)
+{
+    int64_t before = nbx_time_now();
+    put("{\"id\":\"c2\"}");
+    char *json = get("c2");
+    const char *at = strstr(json, "\"updated_at\":\"");
+    cr_assert_not_null(at);
+    char t[40] = {0};
+    const char *end = strchr(at + 14, '"');
+    cr_assert_not_null(end);
+    memcpy(t, at + 14, (size_t)(end - (at + 14)));
+    int64_t ms;
+    cr_assert_eq(nbx_time_parse(t, &ms), NBX_OK, "%s", t);
+    cr_assert_geq(ms, before - 1000);
+    nbx_free(json);
+}
+
+Test(profile, public_misuse_and_errors)
+{
+    char *json = (char *)1;
+    cr_assert_eq(nbx_profile_get(NULL, "c", &json, NULL), NBX_EINVAL);
+    cr_assert_null(json);
+    cr_assert_eq(nbx_profile_get(store, NULL, &json, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_get(store, "c", NULL, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_get(store, "missing", &json, NULL), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_store_errmsg(store), "missing") != NULL);
+    cr_assert_eq(nbx_profile_get(store, "", &json, NULL), NBX_EPARSE);
+    cr_assert_eq(nbx_profile_put(NULL, "{}", 2), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_put(store, NULL, 2), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_put(store, "{\"id\":\"c\",\"churn\":9}", 21), NBX_EPARSE);
+    cr_assert(strstr(nbx_store_errmsg(store), "churn") != NULL, "%s", nbx_store_errmsg(store));
+    cr_assert_eq(nbx_profile_get(store, "c", &json, NULL), NBX_ENOTFOUND, "bad put wrote");
+    cr_assert_eq(nbx_profile_delete(NULL, "c"), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_delete(store, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_delete(store, "nobody"), NBX_ENOTFOUND);
+}
+
+Test(profile, lookups_bisect)
+{
+    nbx_profile p;
+    cr_assert_eq(parse("{\"id\":\"c\",\"propensity\":{\"b\":0.2,\"a\":0.1,\"c\":0.3},"
+                       "\"consent\":{\"email\":true},\"attrs\":{\"k\":\"v\"}}",
+                       &p, NULL),
+                 NBX_OK);
+    cr_assert_eq(nbx_profile_propensity(&p, NBX_SV("c"))->value, 0.3);
+    cr_assert_eq(nbx_profile_propensity(&p, NBX_SV("a"))->value, 0.1);
+    cr_assert_null(nbx_profile_propensity(&p, NBX_SV("d")));
+    cr_assert_eq(nbx_profile_consent(&p, NBX_SV("email"))->state, 1);
+    cr_assert_null(nbx_profile_consent(&p, NBX_SV("sms")));
+    cr_assert(nbx_sv_eq_cstr(nbx_profile_attr(&p, NBX_SV("k"))->string, "v"));
+}
