@@ -1,0 +1,1581 @@
+
+/*
+ * ngx_http_nbx_module: next-best-action decisions served by nginx.
+ *
+ * A thin layer over the public nbx API (nbx.h and nothing else):
+ *
+ *   nbx_decide;   GET  -> nbx_decide()  -> the decision JSON
+ *   nbx_event;    POST -> nbx_record()  -> 204
+ *
+ * Each worker opens, in init_process and never before fork, one nbx_store per
+ * store directory and one nbx_engine with one nbx_ctx per distinct (store,
+ * catalog, policy, limits) configuration. A worker is single-threaded, so
+ * one context serves all its requests; nbx_decide() runs to completion
+ * inside the handler (bounded by the policy's time limit, enforced by the
+ * library with a Lua count hook, never with signals or timers).
+ *
+ * The master only checks the policy and catalog files while it parses the
+ * configuration (nbx_policy_check(), nbx_catalog_check()): each creates and
+ * destroys its own Lua state, opens no LMDB environment and leaves nothing
+ * behind to be inherited through fork(). A broken file thus fails
+ * `nginx -t` and `nginx -s reload`, and the old workers keep serving.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <nbx.h>
+
+
+#define NGX_HTTP_NBX_DECIDE          1
+#define NGX_HTTP_NBX_EVENT           2
+
+/* How often a worker retries an engine that failed to open (store absent). */
+#define NGX_HTTP_NBX_RETRY_SEC       1
+
+/* Engine messages (policy failures) logged per window; the rest counted. */
+#define NGX_HTTP_NBX_LOG_WINDOW      10
+#define NGX_HTTP_NBX_LOG_BURST       10
+
+#define NGX_HTTP_NBX_TIME_LIMIT_MAX  10000000     /* 10 s in microseconds */
+#define NGX_HTTP_NBX_BODY_DEFAULT    16384
+
+
+typedef struct ngx_http_nbx_store_s  ngx_http_nbx_store_t;
+
+/*
+ * A store directory. LMDB must not open one environment twice in a process
+ * (closing either would drop the other's locks), so every engine on the
+ * same directory borrows one handle. Directories spelled differently are
+ * matched by device and inode when they are opened.
+ */
+struct ngx_http_nbx_store_s {
+    ngx_str_t                  path;          /* NUL-terminated */
+    nbx_store                 *store;
+    ngx_http_nbx_store_t      *owner;         /* who opened store, or self */
+    dev_t                      dev;
+    ino_t                      ino;
+};
+
+
+/* One engine and decision context per worker and configuration. */
+typedef struct {
+    ngx_http_nbx_store_t      *store;
+    ngx_str_t                  catalog;       /* NUL-terminated */
+    ngx_str_t                  policy;        /* NUL-terminated */
+    ngx_uint_t                 time_limit;    /* microseconds, 0: default */
+    size_t                     memory_limit;  /* bytes, 0: default */
+
+    nbx_engine                *engine;
+    nbx_ctx                   *ctx;
+    time_t                     retry_at;
+
+    /* where engine messages go during a call, and their rate limit */
+    ngx_log_t                 *log;
+    time_t                     log_window;
+    ngx_uint_t                 log_count;
+    ngx_uint_t                 log_suppressed;
+} ngx_http_nbx_engine_t;
+
+
+typedef struct {
+    ngx_array_t                stores;        /* ngx_http_nbx_store_t * */
+    ngx_array_t                engines;       /* ngx_http_nbx_engine_t * */
+} ngx_http_nbx_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                  key;           /* NUL-terminated */
+    ngx_http_complex_value_t   value;
+} ngx_http_nbx_session_t;
+
+
+typedef struct {
+    ngx_str_t                  store;
+    ngx_str_t                  catalog;
+    ngx_str_t                  policy;
+    ngx_http_complex_value_t  *customer;
+    ngx_array_t               *session;       /* ngx_http_nbx_session_t */
+    ngx_flag_t                 explain;
+    ngx_flag_t                 record_impressions;
+    ngx_uint_t                 time_limit;
+    size_t                     memory_limit;
+    size_t                     event_max_body;
+
+    ngx_uint_t                 handler;       /* NGX_HTTP_NBX_DECIDE, _EVENT */
+    ngx_http_nbx_engine_t     *engine;
+} ngx_http_nbx_loc_conf_t;
+
+
+static ngx_int_t ngx_http_nbx_decide_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_nbx_placements(ngx_http_request_t *r,
+    ngx_array_t *placements, const char **err);
+static ngx_int_t ngx_http_nbx_session_fields(ngx_http_request_t *r,
+    ngx_http_nbx_loc_conf_t *nlcf, ngx_array_t *fields, const char **err);
+static ngx_int_t ngx_http_nbx_event_handler(ngx_http_request_t *r);
+static void ngx_http_nbx_event_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_nbx_read_body(ngx_http_request_t *r, size_t max,
+    ngx_str_t *body, const char **err);
+static ngx_int_t ngx_http_nbx_status(int rc);
+static ngx_int_t ngx_http_nbx_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, const u_char *json, size_t len);
+static ngx_int_t ngx_http_nbx_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *message);
+static ngx_int_t ngx_http_nbx_not_allowed(ngx_http_request_t *r,
+    const char *allow);
+static u_char *ngx_http_nbx_json_escape(u_char *dst, const u_char *src,
+    size_t len);
+
+static ngx_int_t ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine,
+    ngx_log_t *log);
+static nbx_store *ngx_http_nbx_store_get(ngx_cycle_t *cycle,
+    ngx_http_nbx_store_t *store, ngx_log_t *log);
+static void ngx_http_nbx_engine_log(void *ud, int level, const char *message);
+static void ngx_http_nbx_cleanup(void *data);
+
+static char *ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_nbx_session(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_nbx_time_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_nbx_handler(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_http_nbx_engine_t *ngx_http_nbx_engine_conf(ngx_conf_t *cf,
+    ngx_http_nbx_loc_conf_t *nlcf);
+static void *ngx_http_nbx_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_nbx_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_nbx_init_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_http_nbx_body_bounds = {
+    ngx_conf_check_num_bounds, 1, NBX_LINE_MAX
+};
+
+
+static ngx_command_t  ngx_http_nbx_commands[] = {
+
+    { ngx_string("nbx_store"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_nbx_file,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, store),
+      NULL },
+
+    { ngx_string("nbx_catalog"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_nbx_file,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, catalog),
+      NULL },
+
+    { ngx_string("nbx_policy"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_nbx_file,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, policy),
+      NULL },
+
+    { ngx_string("nbx_customer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, customer),
+      NULL },
+
+    { ngx_string("nbx_session"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_nbx_session,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("nbx_explain"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, explain),
+      NULL },
+
+    { ngx_string("nbx_record_impressions"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, record_impressions),
+      NULL },
+
+    { ngx_string("nbx_time_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_nbx_time_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, time_limit),
+      NULL },
+
+    { ngx_string("nbx_memory_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, memory_limit),
+      NULL },
+
+    { ngx_string("nbx_event_max_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, event_max_body),
+      &ngx_http_nbx_body_bounds },
+
+    { ngx_string("nbx_decide"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_nbx_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_NBX_DECIDE,
+      NULL },
+
+    { ngx_string("nbx_event"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_nbx_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_NBX_EVENT,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_nbx_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_nbx_create_main_conf,         /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_nbx_create_loc_conf,          /* create location configuration */
+    ngx_http_nbx_merge_loc_conf            /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_nbx_module = {
+    NGX_MODULE_V1,
+    &ngx_http_nbx_module_ctx,              /* module context */
+    ngx_http_nbx_commands,                 /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_nbx_init_process,             /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_str_t  ngx_http_nbx_json_type = ngx_string("application/json");
+static ngx_str_t  ngx_http_nbx_placement_arg = ngx_string("placement");
+
+
+/* ========================================================================
+ * Decisions
+ * ======================================================================== */
+
+static ngx_int_t
+ngx_http_nbx_decide_handler(ngx_http_request_t *r)
+{
+    int                       rc;
+    size_t                    len;
+    u_char                   *customer;
+    ngx_int_t                 status;
+    ngx_str_t                 value;
+    const char               *json, *err;
+    nbx_request               req;
+    ngx_array_t               placements, fields;
+    const nbx_result         *result;
+    ngx_http_nbx_engine_t    *engine;
+    ngx_http_nbx_loc_conf_t  *nlcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_nbx_not_allowed(r, "GET, HEAD");
+    }
+
+    status = ngx_http_discard_request_body(r);
+    if (status != NGX_OK) {
+        return status;
+    }
+
+    nlcf = ngx_http_get_module_loc_conf(r, ngx_http_nbx_module);
+
+    if (ngx_http_complex_value(r, nlcf->customer, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (value.len == 0) {
+        return ngx_http_nbx_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "no customer id");
+    }
+
+    if (value.len > NBX_ID_MAX
+        || ngx_strlchr(value.data, value.data + value.len, '\0') != NULL)
+    {
+        return ngx_http_nbx_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid customer id");
+    }
+
+    customer = ngx_pnalloc(r->pool, value.len + 1);
+    if (customer == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(customer, value.data, value.len);
+    customer[value.len] = '\0';
+
+    err = NULL;
+
+    status = ngx_http_nbx_placements(r, &placements, &err);
+
+    if (status == NGX_OK) {
+        status = ngx_http_nbx_session_fields(r, nlcf, &fields, &err);
+    }
+
+    if (status != NGX_OK) {
+        return err ? ngx_http_nbx_send_error(r, status, err) : status;
+    }
+
+    engine = nlcf->engine;
+
+    if (ngx_http_nbx_engine_ready(engine, r->connection->log) != NGX_OK) {
+        return ngx_http_nbx_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "nbx store unavailable");
+    }
+
+    nbx_request_init(&req);
+    req.customer = (const char *) customer;
+    req.placements = placements.elts;
+    req.n_placements = placements.nelts;
+    req.session = fields.elts;
+    req.n_session = fields.nelts;
+
+    if (nlcf->explain) {
+        req.flags |= NBX_DECIDE_EXPLAIN;
+    }
+
+    if (nlcf->record_impressions) {
+        req.flags |= NBX_DECIDE_RECORD;
+    }
+
+    engine->log = r->connection->log;
+    rc = nbx_decide(engine->ctx, &req, &result);
+    engine->log = NULL;
+
+    if (rc != NBX_OK) {
+        status = ngx_http_nbx_status(rc);
+
+        if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "nbx_decide() failed: %s: %s",
+                          nbx_strerror(rc), nbx_ctx_errmsg(engine->ctx));
+        }
+
+        return ngx_http_nbx_send_error(r, status, nbx_ctx_errmsg(engine->ctx));
+    }
+
+    json = nbx_result_json(result, &len);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the result belongs to the context: send a copy */
+    return ngx_http_nbx_send_json(r, NGX_HTTP_OK, (const u_char *) json, len);
+}
+
+
+/*
+ * Every `placement` argument, unescaped and NUL-terminated, in order.
+ * nginx's $arg_ variables keep only the first of repeated arguments.
+ */
+static ngx_int_t
+ngx_http_nbx_placements(ngx_http_request_t *r, ngx_array_t *placements,
+    const char **err)
+{
+    size_t       name_len;
+    u_char      *p, *end, *arg_end, *value, *dst, *src;
+    const char **slot;
+
+    if (ngx_array_init(placements, r->pool, 4, sizeof(const char *))
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    name_len = ngx_http_nbx_placement_arg.len;
+    p = r->args.data;
+    end = r->args.data + r->args.len;
+
+    while (p < end) {
+        arg_end = ngx_strlchr(p, end, '&');
+        if (arg_end == NULL) {
+            arg_end = end;
+        }
+
+        if ((size_t) (arg_end - p) > name_len
+            && p[name_len] == '='
+            && ngx_strncasecmp(p, ngx_http_nbx_placement_arg.data, name_len)
+               == 0)
+        {
+            if (placements->nelts == NBX_REQUEST_PLACEMENTS_MAX) {
+                *err = "too many placements";
+                return NGX_HTTP_BAD_REQUEST;
+            }
+
+            src = p + name_len + 1;
+            value = ngx_pnalloc(r->pool, arg_end - src + 1);
+            if (value == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            dst = value;
+            ngx_unescape_uri(&dst, &src, arg_end - src, 0);
+
+            if (dst == value || ngx_strlchr(value, dst, '\0') != NULL) {
+                *err = "invalid placement id";
+                return NGX_HTTP_BAD_REQUEST;
+            }
+
+            *dst = '\0';
+
+            slot = ngx_array_push(placements);
+            if (slot == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            *slot = (const char *) value;
+        }
+
+        p = arg_end + 1;
+    }
+
+    return NGX_OK;
+}
+
+
+/* Session fields from nbx_session; a field whose value is empty is left out. */
+static ngx_int_t
+ngx_http_nbx_session_fields(ngx_http_request_t *r,
+    ngx_http_nbx_loc_conf_t *nlcf, ngx_array_t *fields, const char **err)
+{
+    u_char                  *p;
+    nbx_kv                  *kv;
+    ngx_str_t                value;
+    ngx_uint_t               i, n;
+    ngx_http_nbx_session_t  *session;
+
+    n = nlcf->session ? nlcf->session->nelts : 0;
+
+    if (ngx_array_init(fields, r->pool, n ? n : 1, sizeof(nbx_kv)) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    session = n ? nlcf->session->elts : NULL;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_complex_value(r, &session[i].value, &value) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (value.len == 0) {
+            continue;
+        }
+
+        if (value.len > NBX_VALUE_MAX
+            || ngx_strlchr(value.data, value.data + value.len, '\0') != NULL)
+        {
+            *err = "invalid session field";
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        p = ngx_pnalloc(r->pool, value.len + 1);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(p, value.data, value.len);
+        p[value.len] = '\0';
+
+        kv = ngx_array_push(fields);
+        if (kv == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        kv->key = (const char *) session[i].key.data;
+        kv->value = (const char *) p;
+    }
+
+    return NGX_OK;
+}
+
+
+/* ========================================================================
+ * Events
+ * ======================================================================== */
+
+static ngx_int_t
+ngx_http_nbx_event_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_http_nbx_loc_conf_t  *nlcf;
+
+    if (r->method != NGX_HTTP_POST) {
+        return ngx_http_nbx_not_allowed(r, "POST");
+    }
+
+    nlcf = ngx_http_get_module_loc_conf(r, ngx_http_nbx_module);
+
+    if (r->headers_in.content_length_n > (off_t) nlcf->event_max_body) {
+        r->keepalive = 0;
+        (void) ngx_http_discard_request_body(r);
+        return ngx_http_nbx_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                       "event body too large");
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_nbx_event_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_nbx_event_body(ngx_http_request_t *r)
+{
+    int                       rc, applied;
+    ngx_int_t                 status;
+    ngx_str_t                 body;
+    const char               *err;
+    ngx_table_elt_t          *h;
+    ngx_http_nbx_engine_t    *engine;
+    ngx_http_nbx_loc_conf_t  *nlcf;
+
+    nlcf = ngx_http_get_module_loc_conf(r, ngx_http_nbx_module);
+
+    err = NULL;
+
+    status = ngx_http_nbx_read_body(r, nlcf->event_max_body, &body, &err);
+    if (status != NGX_OK) {
+        ngx_http_finalize_request(r,
+            err ? ngx_http_nbx_send_error(r, status, err) : status);
+        return;
+    }
+
+    engine = nlcf->engine;
+
+    if (ngx_http_nbx_engine_ready(engine, r->connection->log) != NGX_OK) {
+        ngx_http_finalize_request(r,
+            ngx_http_nbx_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                    "nbx store unavailable"));
+        return;
+    }
+
+    applied = 0;
+
+    engine->log = r->connection->log;
+    rc = nbx_record(engine->ctx, (const char *) body.data, body.len, &applied);
+    engine->log = NULL;
+
+    if (rc != NBX_OK) {
+        status = ngx_http_nbx_status(rc);
+
+        if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "nbx_record() failed: %s: %s",
+                          nbx_strerror(rc), nbx_ctx_errmsg(engine->ctx));
+        }
+
+        ngx_http_finalize_request(r,
+            ngx_http_nbx_send_error(r, status, nbx_ctx_errmsg(engine->ctx)));
+        return;
+    }
+
+    /* a replayed event id is accepted and skipped: say which it was */
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-Nbx-Applied");
+    if (applied) {
+        ngx_str_set(&h->value, "1");
+    } else {
+        ngx_str_set(&h->value, "0");
+    }
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    ngx_http_finalize_request(r, ngx_http_send_header(r));
+}
+
+
+/*
+ * The request body as one NUL-terminated string. Small bodies are in memory;
+ * nginx spools larger ones to a temporary file, read back here up to max.
+ */
+static ngx_int_t
+ngx_http_nbx_read_body(ngx_http_request_t *r, size_t max, ngx_str_t *body,
+    const char **err)
+{
+    off_t         size;
+    size_t        len;
+    u_char       *p;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        *err = "empty request body: expected one JSON event";
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        size = ngx_buf_size(cl->buf);
+
+        if (size < 0 || (size_t) size > max - len) {
+            *err = "event body too large";
+            return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        }
+
+        len += (size_t) size;
+    }
+
+    if (len == 0) {
+        *err = "empty request body: expected one JSON event";
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    body->data = ngx_pnalloc(r->pool, len + 1);
+    if (body->data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = body->data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        if (b->in_file && b->file_last > b->file_pos) {
+            size = b->file_last - b->file_pos;
+
+            n = ngx_read_file(b->file, p, (size_t) size, b->file_pos);
+            if (n != size) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "nbx: short read of the request body file");
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            p += n;
+        }
+    }
+
+    *p = '\0';
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+/* ========================================================================
+ * Responses
+ * ======================================================================== */
+
+static ngx_int_t
+ngx_http_nbx_status(int rc)
+{
+    switch (rc) {
+
+    case NBX_EINVAL:
+    case NBX_EPARSE:
+    case NBX_ELIMIT:
+        return NGX_HTTP_BAD_REQUEST;
+
+    case NBX_EREADONLY:
+        return NGX_HTTP_FORBIDDEN;
+
+    case NBX_EFULL:
+        return NGX_HTTP_INSUFFICIENT_STORAGE;
+
+    case NBX_EIO:
+    case NBX_ENOTFOUND:
+    case NBX_ECORRUPT:
+    case NBX_EVERSION:
+    case NBX_ESTORE:
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_nbx_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    const u_char *json, size_t len)
+{
+    ngx_int_t         rc;
+    ngx_buf_t        *b;
+    ngx_chain_t       out;
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* a decision is for one customer and one moment */
+    h->hash = 1;
+    ngx_str_set(&h->key, "Cache-Control");
+    ngx_str_set(&h->value, "no-store");
+
+    r->headers_out.status = status;
+    r->headers_out.content_type = ngx_http_nbx_json_type;
+    r->headers_out.content_type_len = ngx_http_nbx_json_type.len;
+    r->headers_out.content_length_n = len;
+
+    if (r->method == NGX_HTTP_HEAD) {
+        r->header_only = 1;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, json, len);
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_nbx_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *message)
+{
+    size_t   len;
+    u_char  *json, *p;
+
+    len = ngx_strlen(message);
+
+    /* escaping at most sextuples a byte */
+    json = ngx_pnalloc(r->pool, sizeof("{\"error\":\"\",\"status\":}\n") - 1
+                                + len * 6 + NGX_INT_T_LEN);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(json, "{\"error\":\"", sizeof("{\"error\":\"") - 1);
+    p = ngx_http_nbx_json_escape(p, (const u_char *) message, len);
+    p = ngx_sprintf(p, "\",\"status\":%ui}\n", status);
+
+    return ngx_http_nbx_send_json(r, status, json, p - json);
+}
+
+
+static ngx_int_t
+ngx_http_nbx_not_allowed(ngx_http_request_t *r, const char *allow)
+{
+    ngx_int_t         rc;
+    ngx_table_elt_t  *h;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.data = (u_char *) allow;
+    h->value.len = ngx_strlen(allow);
+
+    return ngx_http_nbx_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                   "method not allowed");
+}
+
+
+/*
+ * JSON string escaping. Messages may quote client input, so bytes that are
+ * not valid UTF-8 become '?' rather than invalid JSON.
+ */
+static u_char *
+ngx_http_nbx_json_escape(u_char *dst, const u_char *src, size_t len)
+{
+    u_char          *p, *start;
+    uint32_t         u;
+    const u_char    *end;
+    static u_char    hex[] = "0123456789abcdef";
+
+    end = src + len;
+    p = (u_char *) src;
+
+    while (p < end) {
+
+        if (*p >= 0x80) {
+            start = p;
+            u = ngx_utf8_decode(&p, end - p);
+
+            if (u > 0x10ffff) {
+                *dst++ = '?';
+                p = start + 1;
+
+            } else {
+                dst = ngx_cpymem(dst, start, p - start);
+            }
+
+            continue;
+        }
+
+        switch (*p) {
+
+        case '"':
+        case '\\':
+            *dst++ = '\\';
+            *dst++ = *p;
+            break;
+
+        case '\n':
+            *dst++ = '\\';
+            *dst++ = 'n';
+            break;
+
+        case '\t':
+            *dst++ = '\\';
+            *dst++ = 't';
+            break;
+
+        default:
+            if (*p < 0x20 || *p == 0x7f) {
+                dst = ngx_cpymem(dst, "\\u00", 4);
+                *dst++ = hex[*p >> 4];
+                *dst++ = hex[*p & 0xf];
+
+            } else {
+                *dst++ = *p;
+            }
+        }
+
+        p++;
+    }
+
+    return dst;
+}
+
+
+/* ========================================================================
+ * Engines, per worker
+ * ======================================================================== */
+
+/*
+ * Open the engine and its context on first use and after a failure, at
+ * most once per NGX_HTTP_NBX_RETRY_SEC: a store that appears later starts
+ * serving without a reload, and a missing one costs no more than a stat()
+ * per second.
+ */
+static ngx_int_t
+ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
+{
+    int                 rc;
+    nbx_store          *store;
+    nbx_engine_options  opts;
+
+    if (engine->ctx != NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_time() < engine->retry_at) {
+        return NGX_DECLINED;
+    }
+
+    engine->retry_at = ngx_time() + NGX_HTTP_NBX_RETRY_SEC;
+
+    store = ngx_http_nbx_store_get((ngx_cycle_t *) ngx_cycle, engine->store,
+                                   log);
+    if (store == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (engine->engine == NULL) {
+        nbx_engine_options_init(&opts);
+        opts.store_handle = store;
+        opts.catalog = (const char *) engine->catalog.data;
+        opts.policy = (const char *) engine->policy.data;
+        opts.time_limit_us = (uint32_t) engine->time_limit;
+        opts.memory_limit = engine->memory_limit;
+        opts.log = ngx_http_nbx_engine_log;
+        opts.log_ud = engine;
+
+        engine->log = log;
+        rc = nbx_engine_open(&opts, &engine->engine);
+        engine->log = NULL;
+
+        if (rc != NBX_OK) {
+            engine->engine = NULL;
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "nbx: cannot open the engine on \"%V\" "
+                          "(catalog \"%V\", policy \"%V\"): %s: %s",
+                          &engine->store->path, &engine->catalog,
+                          &engine->policy, nbx_strerror(rc),
+                          nbx_last_errmsg());
+            return NGX_DECLINED;
+        }
+    }
+
+    rc = nbx_ctx_open(engine->engine, &engine->ctx);
+    if (rc != NBX_OK) {
+        engine->ctx = NULL;
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "nbx: cannot open a decision context on \"%V\": %s: %s",
+                      &engine->store->path, nbx_strerror(rc),
+                      nbx_last_errmsg());
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "nbx: serving \"%V\" with catalog \"%V\", policy \"%V\"",
+                  &engine->store->path, &engine->catalog, &engine->policy);
+
+    return NGX_OK;
+}
+
+
+static nbx_store *
+ngx_http_nbx_store_get(ngx_cycle_t *cycle, ngx_http_nbx_store_t *store,
+    ngx_log_t *log)
+{
+    int                        rc;
+    ngx_uint_t                 i;
+    ngx_file_info_t            fi;
+    ngx_http_nbx_store_t     **stores;
+    ngx_http_nbx_main_conf_t  *nmcf;
+
+    if (store->store != NULL) {
+        return store->store;
+    }
+
+    if (ngx_file_info(store->path.data, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "nbx: store \"%V\" unavailable", &store->path);
+        return NULL;
+    }
+
+    nmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_nbx_module);
+    stores = nmcf->stores.elts;
+
+    for (i = 0; i < nmcf->stores.nelts; i++) {
+        if (stores[i] != store
+            && stores[i]->owner == stores[i]
+            && stores[i]->store != NULL
+            && stores[i]->dev == fi.st_dev
+            && stores[i]->ino == fi.st_ino)
+        {
+            store->owner = stores[i];
+            store->store = stores[i]->store;
+            return store->store;
+        }
+    }
+
+    rc = nbx_store_open((const char *) store->path.data, 0, &store->store);
+    if (rc != NBX_OK) {
+        store->store = NULL;
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "nbx: cannot open store \"%V\": %s: %s",
+                      &store->path, nbx_strerror(rc), nbx_last_errmsg());
+        return NULL;
+    }
+
+    store->owner = store;
+    store->dev = fi.st_dev;
+    store->ino = fi.st_ino;
+
+    return store->store;
+}
+
+
+/*
+ * The engine reports policy failures and reloads here. A policy failing on
+ * every request would flood the log, so each engine logs a burst per window
+ * and then counts what it drops.
+ */
+static void
+ngx_http_nbx_engine_log(void *ud, int level, const char *message)
+{
+    time_t                  now;
+    ngx_log_t              *log;
+    ngx_uint_t              ngx_level;
+    ngx_http_nbx_engine_t  *engine;
+
+    engine = ud;
+    log = engine->log ? engine->log : ngx_cycle->log;
+    now = ngx_time();
+
+    if (now - engine->log_window >= NGX_HTTP_NBX_LOG_WINDOW) {
+        if (engine->log_suppressed) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "nbx: %ui similar messages suppressed in the last "
+                          "%d seconds", engine->log_suppressed,
+                          NGX_HTTP_NBX_LOG_WINDOW);
+        }
+
+        engine->log_window = now;
+        engine->log_count = 0;
+        engine->log_suppressed = 0;
+    }
+
+    if (engine->log_count >= NGX_HTTP_NBX_LOG_BURST) {
+        engine->log_suppressed++;
+        return;
+    }
+
+    engine->log_count++;
+
+    switch (level) {
+    case NBX_LOG_ERROR:
+        ngx_level = NGX_LOG_ERR;
+        break;
+    case NBX_LOG_WARN:
+        ngx_level = NGX_LOG_WARN;
+        break;
+    default:
+        ngx_level = NGX_LOG_INFO;
+    }
+
+    ngx_log_error(ngx_level, log, 0, "nbx: %s", message);
+}
+
+
+static ngx_int_t
+ngx_http_nbx_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                 i;
+    ngx_pool_cleanup_t        *cln;
+    ngx_http_nbx_engine_t    **engines;
+    ngx_http_nbx_main_conf_t  *nmcf;
+
+    nmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_nbx_module);
+    if (nmcf == NULL || nmcf->engines.nelts == 0) {
+        return NGX_OK;
+    }
+
+    /* the cache manager and loader never decide */
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_nbx_cleanup;
+    cln->data = nmcf;
+
+    /* a failure here is retried on the first request, not fatal */
+    engines = nmcf->engines.elts;
+
+    for (i = 0; i < nmcf->engines.nelts; i++) {
+        (void) ngx_http_nbx_engine_ready(engines[i], cycle->log);
+    }
+
+    return NGX_OK;
+}
+
+
+/* Contexts before engines before stores: each borrows from the next. */
+static void
+ngx_http_nbx_cleanup(void *data)
+{
+    ngx_http_nbx_main_conf_t  *nmcf = data;
+
+    ngx_uint_t               i;
+    ngx_http_nbx_store_t   **stores;
+    ngx_http_nbx_engine_t  **engines;
+
+    engines = nmcf->engines.elts;
+
+    for (i = 0; i < nmcf->engines.nelts; i++) {
+        nbx_ctx_close(engines[i]->ctx);
+        engines[i]->ctx = NULL;
+        nbx_engine_close(engines[i]->engine);
+        engines[i]->engine = NULL;
+    }
+
+    stores = nmcf->stores.elts;
+
+    for (i = 0; i < nmcf->stores.nelts; i++) {
+        if (stores[i]->owner == stores[i]) {
+            nbx_store_close(stores[i]->store);
+        }
+
+        stores[i]->store = NULL;
+        stores[i]->owner = NULL;
+    }
+}
+
+
+/* ========================================================================
+ * Configuration
+ * ======================================================================== */
+
+/*
+ * nbx_store, nbx_catalog, nbx_policy: a path relative to the configuration
+ * prefix. Catalogs and policies are checked now, so that `nginx -t` and a
+ * reload reject a broken file; the store is opened only by workers.
+ */
+static char *
+ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    int               rc;
+    u_char           *name;
+    ngx_str_t        *field, *value;
+    nbx_engine_info   info;
+    ngx_file_info_t   fi;
+
+    field = (ngx_str_t *) (p + cmd->offset);
+
+    if (field->data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "takes a non-empty path";
+    }
+
+    *field = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, field, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* own NUL-terminated copy: the library takes C strings */
+    name = ngx_pnalloc(cf->pool, field->len + 1);
+    if (name == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(name, field->data, field->len);
+    name[field->len] = '\0';
+    field->data = name;
+
+    if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, policy)) {
+        rc = nbx_policy_check((const char *) name, &info);
+        if (rc != NBX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid nbx policy \"%s\": %s: %s",
+                               name, nbx_strerror(rc), nbx_last_errmsg());
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, catalog)) {
+        rc = nbx_catalog_check((const char *) name, &info);
+        if (rc != NBX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid nbx catalog \"%s\": %s: %s",
+                               name, nbx_strerror(rc), nbx_last_errmsg());
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (ngx_file_info(name, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, ngx_errno,
+                           "nbx store \"%s\" is not there yet: requests "
+                           "get 503 until it is", name);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* nbx_session KEY VALUE; VALUE may hold variables. */
+static char *
+ngx_http_nbx_session(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_nbx_loc_conf_t *nlcf = conf;
+
+    u_char                            *key;
+    ngx_str_t                         *value;
+    ngx_uint_t                         i;
+    ngx_http_nbx_session_t            *session;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > NBX_KEY_MAX
+        || ngx_strlchr(value[1].data, value[1].data + value[1].len, '\0'))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid nbx_session key \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (nlcf->session == NGX_CONF_UNSET_PTR) {
+        nlcf->session = ngx_array_create(cf->pool, 4,
+                                         sizeof(ngx_http_nbx_session_t));
+        if (nlcf->session == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    session = nlcf->session->elts;
+
+    for (i = 0; i < nlcf->session->nelts; i++) {
+        if (session[i].key.len == value[1].len
+            && ngx_strncmp(session[i].key.data, value[1].data,
+                           value[1].len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate nbx_session key \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (nlcf->session->nelts == NBX_REQUEST_SESSION_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many nbx_session fields (at most %d)",
+                           NBX_REQUEST_SESSION_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    session = ngx_array_push(nlcf->session);
+    if (session == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    key = ngx_pnalloc(cf->pool, value[1].len + 1);
+    if (key == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(key, value[1].data, value[1].len);
+    key[value[1].len] = '\0';
+    session->key.data = key;
+    session->key.len = value[1].len;
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = &session->value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* nbx_time_limit 500us | 2ms | 1s: the policy's CPU time per decision. */
+static char *
+ngx_http_nbx_time_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, v;
+    ngx_uint_t  *field;
+
+    field = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*field != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    v = value[1];
+
+    if (v.len > 2 && ngx_strncmp(v.data + v.len - 2, "us", 2) == 0) {
+        n = ngx_atoi(v.data, v.len - 2);
+
+    } else {
+        n = ngx_parse_time(&v, 0);
+        if (n != NGX_ERROR) {
+            n = (n > NGX_HTTP_NBX_TIME_LIMIT_MAX / 1000)
+                ? NGX_HTTP_NBX_TIME_LIMIT_MAX + 1 : n * 1000;
+        }
+    }
+
+    if (n == NGX_ERROR || n <= 0 || n > NGX_HTTP_NBX_TIME_LIMIT_MAX) {
+        return "takes a time from 1us to 10s, such as 500us or 2ms";
+    }
+
+    *field = (ngx_uint_t) n;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_nbx_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_nbx_loc_conf_t *nlcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (nlcf->handler) {
+        return "is duplicate: a location has one nbx handler";
+    }
+
+    nlcf->handler = cmd->offset;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (nlcf->handler == NGX_HTTP_NBX_DECIDE) {
+        clcf->handler = ngx_http_nbx_decide_handler;
+
+    } else {
+        clcf->handler = ngx_http_nbx_event_handler;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The engine slot a handler location uses: shared by every location with
+ * the same store, catalog, policy and limits, so a worker opens each
+ * configuration once.
+ */
+static ngx_http_nbx_engine_t *
+ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
+{
+    ngx_uint_t                  i;
+    ngx_http_nbx_store_t       *store, **stores, **ps;
+    ngx_http_nbx_engine_t      *engine, **engines, **pe;
+    ngx_http_nbx_main_conf_t   *nmcf;
+
+    nmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_nbx_module);
+
+    store = NULL;
+    stores = nmcf->stores.elts;
+
+    for (i = 0; i < nmcf->stores.nelts; i++) {
+        if (stores[i]->path.len == nlcf->store.len
+            && ngx_strncmp(stores[i]->path.data, nlcf->store.data,
+                           nlcf->store.len) == 0)
+        {
+            store = stores[i];
+            break;
+        }
+    }
+
+    if (store == NULL) {
+        store = ngx_pcalloc(cf->pool, sizeof(ngx_http_nbx_store_t));
+        if (store == NULL) {
+            return NULL;
+        }
+
+        store->path = nlcf->store;
+
+        ps = ngx_array_push(&nmcf->stores);
+        if (ps == NULL) {
+            return NULL;
+        }
+
+        *ps = store;
+    }
+
+    engines = nmcf->engines.elts;
+
+    for (i = 0; i < nmcf->engines.nelts; i++) {
+        engine = engines[i];
+
+        if (engine->store == store
+            && engine->time_limit == nlcf->time_limit
+            && engine->memory_limit == nlcf->memory_limit
+            && engine->catalog.len == nlcf->catalog.len
+            && engine->policy.len == nlcf->policy.len
+            && ngx_strncmp(engine->catalog.data, nlcf->catalog.data,
+                           nlcf->catalog.len) == 0
+            && ngx_strncmp(engine->policy.data, nlcf->policy.data,
+                           nlcf->policy.len) == 0)
+        {
+            return engine;
+        }
+    }
+
+    engine = ngx_pcalloc(cf->pool, sizeof(ngx_http_nbx_engine_t));
+    if (engine == NULL) {
+        return NULL;
+    }
+
+    engine->store = store;
+    engine->catalog = nlcf->catalog;
+    engine->policy = nlcf->policy;
+    engine->time_limit = nlcf->time_limit;
+    engine->memory_limit = nlcf->memory_limit;
+
+    pe = ngx_array_push(&nmcf->engines);
+    if (pe == NULL) {
+        return NULL;
+    }
+
+    *pe = engine;
+
+    return engine;
+}
+
+
+static void *
+ngx_http_nbx_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_nbx_main_conf_t  *nmcf;
+
+    nmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_nbx_main_conf_t));
+    if (nmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&nmcf->stores, cf->pool, 2,
+                       sizeof(ngx_http_nbx_store_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    if (ngx_array_init(&nmcf->engines, cf->pool, 2,
+                       sizeof(ngx_http_nbx_engine_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return nmcf;
+}
+
+
+static void *
+ngx_http_nbx_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_nbx_loc_conf_t  *nlcf;
+
+    nlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_nbx_loc_conf_t));
+    if (nlcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     nlcf->store = { 0, NULL };
+     *     nlcf->catalog = { 0, NULL };
+     *     nlcf->policy = { 0, NULL };
+     *     nlcf->handler = 0;
+     *     nlcf->engine = NULL;
+     */
+
+    nlcf->customer = NGX_CONF_UNSET_PTR;
+    nlcf->session = NGX_CONF_UNSET_PTR;
+    nlcf->explain = NGX_CONF_UNSET;
+    nlcf->record_impressions = NGX_CONF_UNSET;
+    nlcf->time_limit = NGX_CONF_UNSET_UINT;
+    nlcf->memory_limit = NGX_CONF_UNSET_SIZE;
+    nlcf->event_max_body = NGX_CONF_UNSET_SIZE;
+
+    return nlcf;
+}
+
+
+static char *
+ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_nbx_loc_conf_t *prev = parent;
+    ngx_http_nbx_loc_conf_t *conf = child;
+
+    if (conf->store.data == NULL) {
+        conf->store = prev->store;
+    }
+
+    if (conf->catalog.data == NULL) {
+        conf->catalog = prev->catalog;
+    }
+
+    if (conf->policy.data == NULL) {
+        conf->policy = prev->policy;
+    }
+
+    ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
+    ngx_conf_merge_ptr_value(conf->session, prev->session, NULL);
+    ngx_conf_merge_value(conf->explain, prev->explain, 0);
+    ngx_conf_merge_value(conf->record_impressions, prev->record_impressions,
+                         0);
+    ngx_conf_merge_uint_value(conf->time_limit, prev->time_limit, 0);
+    ngx_conf_merge_size_value(conf->memory_limit, prev->memory_limit, 0);
+    ngx_conf_merge_size_value(conf->event_max_body, prev->event_max_body,
+                              NGX_HTTP_NBX_BODY_DEFAULT);
+
+    if (conf->handler == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->store.data == NULL || conf->catalog.data == NULL
+        || conf->policy.data == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s needs nbx_store, nbx_catalog and nbx_policy",
+                           conf->handler == NGX_HTTP_NBX_DECIDE
+                           ? "nbx_decide" : "nbx_event");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->handler == NGX_HTTP_NBX_DECIDE && conf->customer == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "nbx_decide needs nbx_customer "
+                           "(such as $cookie_uid or $arg_customer)");
+        return NGX_CONF_ERROR;
+    }
+
+    conf->engine = ngx_http_nbx_engine_conf(cf, conf);
+    if (conf->engine == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
