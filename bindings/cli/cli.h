@@ -1,0 +1,184 @@
+/*
+ * cli.h: the private header of the nbx command-line tool.
+ *
+ * The CLI is a thin layer over include/nbx.h and never includes core/
+ * internals. Commands are described by tables (cli_command, cli_flag); one
+ * parser reads every command's flags, so "--flag value", "--flag=value",
+ * flags before or after positional arguments, --help and the usage errors
+ * behave the same everywhere.
+ *
+ * Exit codes: CLI_OK (0) success, CLI_FAIL (1) runtime failure, CLI_USAGE (2)
+ * usage error.
+ */
+#ifndef NBX_CLI_H
+#define NBX_CLI_H
+
+#include "nbx.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CLI_OK 0
+#define CLI_FAIL 1
+#define CLI_USAGE 2
+
+#define CLI_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* ========================================================================
+ * Command and flag tables (args.c)
+ * ======================================================================== */
+
+typedef enum cli_kind {
+    CLI_BOOL = 1, /* --flag; "--flag=..." is refused */
+    CLI_STRING,   /* --flag VALUE */
+    CLI_LIST,     /* --flag VALUE, repeatable */
+    CLI_UINT,     /* unsigned integer within [min, max] */
+    CLI_BYTES,    /* unsigned integer with an optional K, M or G suffix (binary) */
+    CLI_TIME      /* RFC 3339 or epoch seconds, parsed by nbx_time_parse() */
+} cli_kind;
+
+typedef struct cli_flag {
+    const char *name; /* without the leading "--" */
+    cli_kind kind;
+    const char *metavar; /* "DIR", "N"; NULL for CLI_BOOL */
+    const char *help;
+    uint64_t min, max; /* CLI_UINT and CLI_BYTES; max 0 means UINT64_MAX */
+} cli_flag;
+
+#define CLI_FLAGS_MAX 24
+#define CLI_POSITIONALS_MAX 8
+
+typedef struct cli_value {
+    bool set;
+    const char *text; /* last value given, as typed */
+    uint64_t number;  /* CLI_UINT, CLI_BYTES */
+    int64_t time_ms;  /* CLI_TIME */
+    const char **list; /* CLI_LIST: every value, in order */
+    size_t n_list;
+} cli_value;
+
+struct cli_command;
+
+typedef struct cli_args {
+    const struct cli_command *cmd;
+    cli_value values[CLI_FLAGS_MAX]; /* parallel to cmd->flags */
+    const char *positional[CLI_POSITIONALS_MAX];
+    size_t n_positional;
+} cli_args;
+
+typedef struct cli_command {
+    const char *group;      /* "import", "stats" */
+    const char *sub;        /* "profiles", or NULL for a command without one */
+    const char *positional; /* synopsis of positional arguments, "" if none */
+    unsigned min_positional, max_positional;
+    const cli_flag *flags; /* terminated by an entry with name NULL */
+    const char *summary;   /* one line */
+    const char *details;   /* paragraphs for "nbx help COMMAND", may be NULL */
+    int (*run)(cli_args *args);
+} cli_command;
+
+/* Every command, in help order, terminated by an entry with group NULL. */
+extern const cli_command cli_commands[];
+
+/* Flags shared by the tables. */
+#define CLI_FLAG_STORE                                                                             \
+    {"store", CLI_STRING, "DIR", "store directory (default: $NBX_STORE)", 0, 0}
+#define CLI_FLAG_END {NULL, 0, NULL, NULL, 0, 0}
+
+/* Parse argv (everything after the command words) for cmd into out.
+ * Returns CLI_OK, CLI_USAGE (message printed), or -1 when --help was given
+ * and the help was printed. */
+int cli_parse(const cli_command *cmd, int argc, char **argv, cli_args *out);
+void cli_args_free(cli_args *args);
+
+/* Flag values by name; the name must exist in the command's table. */
+const cli_value *cli_flag_value(const cli_args *args, const char *name);
+bool cli_has(const cli_args *args, const char *name);
+const char *cli_string(const cli_args *args, const char *name, const char *fallback);
+uint64_t cli_uint(const cli_args *args, const char *name, uint64_t fallback);
+int64_t cli_time(const cli_args *args, const char *name, int64_t fallback);
+
+/* "nbx import profiles" */
+void cli_command_name(const cli_command *cmd, char *buf, size_t size);
+void cli_print_usage(FILE *out, const cli_command *cmd);
+void cli_print_help(FILE *out, const cli_command *cmd);
+/* Print "nbx CMD: message", the usage line and a hint; returns CLI_USAGE. */
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* Print "nbx CMD: message" on stderr; returns CLI_FAIL. */
+int cli_error(const cli_command *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* Report a failed nbx call: the detail message if there is one, else the
+ * code's text. Returns CLI_FAIL. */
+int cli_nbx_error(const cli_command *cmd, int rc, const char *detail);
+
+/* ========================================================================
+ * Shared helpers (main.c)
+ * ======================================================================== */
+
+/* --store, else $NBX_STORE; NULL after printing a usage error. */
+const char *cli_store_path(cli_args *args);
+/* Open the store named by --store/$NBX_STORE. On failure prints the error,
+ * sets *exit_code and returns NULL. */
+nbx_store *cli_open_store(cli_args *args, unsigned flags, int *exit_code);
+/* Monotonic seconds, for elapsed times and rates. */
+double cli_now_seconds(void);
+/* Read a whole stream (up to max bytes) into a malloc'd NUL-terminated buffer.
+ * Returns 0, or -1 with errno set (EFBIG when longer than max). */
+int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
+
+/* ========================================================================
+ * Transitional: library functions still being written
+ *
+ * The CLI is written against nbx.h while libnbx is filled in. Until a
+ * function exists in the library, it is a weak reference here so the nbx
+ * binary (and everyone's build) still links; the command that needs it
+ * fails with a clear message. Each line goes away when its function lands.
+ * ======================================================================== */
+
+#pragma weak nbx_import_options_init
+#pragma weak nbx_import_file
+#pragma weak nbx_rfm_rebuild
+#pragma weak nbx_policy_check
+#pragma weak nbx_engine_options_init
+#pragma weak nbx_engine_open
+#pragma weak nbx_engine_close
+#pragma weak nbx_ctx_open
+#pragma weak nbx_ctx_close
+#pragma weak nbx_ctx_errmsg
+#pragma weak nbx_request_init
+#pragma weak nbx_decide
+#pragma weak nbx_result_json
+
+/* Return from the calling command if the library lacks fn. */
+#define CLI_REQUIRE(args, fn)                                                                      \
+    do {                                                                                           \
+        if (!(fn))                                                                                 \
+            return cli_error((args)->cmd, "this libnbx does not provide %s yet", #fn);             \
+    } while (0)
+
+/* ========================================================================
+ * Command entry points
+ * ======================================================================== */
+
+/* store.c */
+int cli_run_import_profiles(cli_args *args);
+int cli_run_import_events(cli_args *args);
+int cli_run_rfm_rebuild(cli_args *args);
+int cli_run_profile_get(cli_args *args);
+int cli_run_profile_delete(cli_args *args);
+int cli_run_profile_put(cli_args *args);
+int cli_run_export_profiles(cli_args *args);
+int cli_run_stats(cli_args *args);
+
+/* decide.c */
+int cli_run_decide(cli_args *args);
+int cli_run_policy_check(cli_args *args);
+int cli_run_catalog_check(cli_args *args);
+
+/* gen.c */
+int cli_run_gen_profiles(cli_args *args);
+int cli_run_gen_events(cli_args *args);
+int cli_run_gen_catalog(cli_args *args);
+
+#endif /* NBX_CLI_H */

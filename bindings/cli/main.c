@@ -1,0 +1,468 @@
+/*
+ * main.c: the command table, dispatch, help and version, and the helpers
+ * every command shares (store path, opening the store, reading stdin).
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ========================================================================
+ * Flag tables
+ * ======================================================================== */
+
+#define FLAG_JSON {"json", CLI_BOOL, NULL, "print JSON instead of text", 0, 0}
+#define FLAG_OUT {"out", CLI_STRING, "FILE", "write to FILE instead of standard output", 0, 0}
+#define FLAG_SEED {"seed", CLI_UINT, "S", "random seed (default 1); same seed, same output", 0, 0}
+#define FLAG_OFFERS                                                                                \
+    {"offers", CLI_UINT, "M", "offers in the catalog, ids o001.. (default 50)", 1, 100000}
+
+static const cli_flag import_flags[] = {
+    CLI_FLAG_STORE,
+    {"skip-invalid", CLI_STRING, "REJECTS.jsonl",
+     "apply the good lines, copy each bad one with its reason to REJECTS.jsonl", 0, 0},
+    {"batch-size", CLI_UINT, "N", "records per write transaction (default 10000)", 1, 10000000},
+    CLI_FLAG_END,
+};
+
+static const cli_flag rfm_flags[] = {
+    CLI_FLAG_STORE,
+    {"as-of", CLI_TIME, "TIME", "reference time for recency (default: now)", 0, 0},
+    FLAG_JSON,
+    CLI_FLAG_END,
+};
+
+static const cli_flag store_only_flags[] = {CLI_FLAG_STORE, CLI_FLAG_END};
+
+static const cli_flag export_flags[] = {CLI_FLAG_STORE, FLAG_OUT, CLI_FLAG_END};
+
+static const cli_flag stats_flags[] = {CLI_FLAG_STORE, FLAG_JSON, CLI_FLAG_END};
+
+static const cli_flag decide_flags[] = {
+    CLI_FLAG_STORE,
+    {"catalog", CLI_STRING, "FILE", "catalog JSON file (required)", 0, 0},
+    {"policy", CLI_STRING, "FILE", "policy Lua file (required)", 0, 0},
+    {"customer", CLI_STRING, "ID", "customer id (required)", 0, 0},
+    {"placement", CLI_LIST, "P", "placement to fill (default: all)", 0, 0},
+    {"session", CLI_LIST, "KEY=VALUE", "session field given to the policy", 0, 0},
+    {"as-of", CLI_TIME, "TIME", "the decision's clock (default: now)", 0, 0},
+    {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded", 0, 0},
+    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1,
+     60000000},
+    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)",
+     65536, UINT64_C(1) << 40},
+    {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
+    CLI_FLAG_END,
+};
+
+static const cli_flag check_flags[] = {FLAG_JSON, CLI_FLAG_END};
+
+static const cli_flag gen_profiles_flags[] = {
+    {"count", CLI_UINT, "N", "profiles to generate (required)", 0, 100000000},
+    FLAG_SEED,
+    FLAG_OFFERS,
+    {"as-of", CLI_TIME, "TIME", "end of the purchase history (default 2026-03-01T00:00:00Z)", 0,
+     0},
+    FLAG_OUT,
+    CLI_FLAG_END,
+};
+
+static const cli_flag gen_events_flags[] = {
+    {"customers", CLI_UINT, "N", "customers c0000001..cN the events are about (required)", 1,
+     100000000},
+    {"count", CLI_UINT, "K", "events to generate (required)", 0, UINT64_C(10000000000)},
+    FLAG_SEED,
+    {"start", CLI_TIME, "TIME", "first event time (default 2026-01-01T00:00:00Z)", 0, 0},
+    {"days", CLI_UINT, "D", "events spread over D days from --start (default 60)", 1, 36500},
+    FLAG_OFFERS,
+    FLAG_OUT,
+    CLI_FLAG_END,
+};
+
+static const cli_flag gen_catalog_flags[] = {
+    {"offers", CLI_UINT, "M", "offers and modules besides the fallback modules (required)", 1,
+     100000},
+    FLAG_SEED,
+    {"start", CLI_TIME, "TIME", "validity windows are laid around TIME (default 2026-01-01)", 0,
+     0},
+    FLAG_OUT,
+    CLI_FLAG_END,
+};
+
+/* ========================================================================
+ * Command table
+ * ======================================================================== */
+
+const cli_command cli_commands[] = {
+    {"import", "profiles", "FILE.jsonl|-", 1, 1, import_flags,
+     "Import profiles from a JSONL file (one profile object per line) into a store.",
+     "The store is created if missing. The whole file is checked before anything is\n"
+     "written: a bad line fails the import with FILE:LINE, the field and the problem,\n"
+     "and leaves the store as it was, unless --skip-invalid is given. Records are then\n"
+     "written in batched transactions: a crash keeps every committed batch and no half\n"
+     "batch, and running the same file again is safe (profiles merge again).\n"
+     "'-' reads standard input. Progress goes to standard error when it is a terminal;\n"
+     "a one-line summary is always printed at the end.\n",
+     cli_run_import_profiles},
+    {"import", "events", "FILE.jsonl|-", 1, 1, import_flags,
+     "Apply events from a JSONL file; the same as 'nbx ingest'.", NULL, cli_run_import_events},
+    {"ingest", NULL, "FILE.jsonl|-", 1, 1, import_flags,
+     "Apply purchase and exposure events from a JSONL file to a store.",
+     "Each line is one event: event_id (required), customer, type (purchase,\n"
+     "impression, click, accept, dismiss), ts (RFC 3339 or epoch seconds); purchases\n"
+     "carry amount and optionally margin, exposures carry offer and optionally\n"
+     "placement. An event id applied before is skipped, so re-running an ingest\n"
+     "changes nothing. Validation, batching, --skip-invalid and '-' behave as in\n"
+     "'nbx import profiles'.\n",
+     cli_run_import_events},
+    {"rfm", "rebuild", "", 0, 0, rfm_flags,
+     "Recompute RFM quintiles, scores and segments for every profile.",
+     "Prints the number of customers and of scored customers (those with a purchase),\n"
+     "the quintile cut points of recency (days), frequency (orders) and monetary\n"
+     "value (revenue), and how many customers fall in each segment.\n",
+     cli_run_rfm_rebuild},
+    {"profile", "get", "ID", 1, 1, store_only_flags, "Print one profile as JSON.",
+     "An unknown id is an error (exit status 1).\n", cli_run_profile_get},
+    {"profile", "delete", "ID", 1, 1, store_only_flags,
+     "Erase a profile and everything keyed by that customer (exposure counters).", NULL,
+     cli_run_profile_delete},
+    {"profile", "put", "JSON|-", 1, 1, store_only_flags,
+     "Merge-upsert one profile given as a JSON object ('-': read it from standard input).",
+     "Fields given replace the stored ones; fields not given stay as they are.\n"
+     "The store is created if missing.\n",
+     cli_run_profile_put},
+    {"export", "profiles", "", 0, 0, export_flags,
+     "Write every profile as JSONL, in id order.",
+     "Importing the output into an empty store reproduces the same profiles.\n",
+     cli_run_export_profiles},
+    {"stats", NULL, "", 0, 0, stats_flags, "Print the store's counts and sizes.", NULL,
+     cli_run_stats},
+    {"decide", NULL, "", 0, 0, decide_flags,
+     "Decide the next best actions for one customer and print the result JSON.",
+     "Opens the store read-only (read-write with --record), loads the catalog and\n"
+     "the policy, and runs one decision. A policy failure yields the fallback\n"
+     "decision, which is still a success (exit status 0); a missing or invalid\n"
+     "catalog, policy or store is an error (exit status 1).\n",
+     cli_run_decide},
+    {"policy", "check", "FILE", 1, 1, check_flags,
+     "Check that a policy file loads; print its name and version.",
+     "On failure the error names FILE:LINE and the reason.\n", cli_run_policy_check},
+    {"catalog", "check", "FILE", 1, 1, check_flags,
+     "Check that a catalog file loads; print its version, offers and placements.",
+     "On failure the error names the offer and the field.\n", cli_run_catalog_check},
+    {"gen", "profiles", "", 0, 0, gen_profiles_flags,
+     "Generate synthetic profiles as JSONL (deterministic for a seed).",
+     "Ids c0000001..; attributes, consent, 20 propensities (offer ids o001.. and\n"
+     "categories), ltv, churn and purchase aggregates with realistic skew: many\n"
+     "one-time buyers, heavy-tailed spend, a mix of recent and lapsed customers.\n",
+     cli_run_gen_profiles},
+    {"gen", "events", "", 0, 0, gen_events_flags,
+     "Generate synthetic purchase and exposure events as JSONL (deterministic for a seed).",
+     "Events are in time order within [--start, --start + --days), with unique\n"
+     "event ids that include the seed. A few customers produce many events.\n",
+     cli_run_gen_events},
+    {"gen", "catalog", "", 0, 0, gen_catalog_flags,
+     "Generate a synthetic catalog JSON (deterministic for a seed).",
+     "Placements hero (1 slot), recs (3) and sidebar (2); offers o001..oM, some of them\n"
+     "modules, some breaking the guardrails on purpose; fallback modules brand_banner\n"
+     "(hero) and bestsellers (recs).\n",
+     cli_run_gen_catalog},
+    {NULL, NULL, NULL, 0, 0, NULL, NULL, NULL, NULL},
+};
+
+/* ========================================================================
+ * Shared helpers
+ * ======================================================================== */
+
+const char *cli_store_path(cli_args *args)
+{
+    const char *path = cli_string(args, "store", NULL);
+    if (!path) {
+        path = getenv("NBX_STORE");
+        if (path && !*path)
+            path = NULL;
+    }
+    if (!path)
+        cli_usage_error(args->cmd, "no store given: pass --store DIR or set NBX_STORE");
+    return path;
+}
+
+nbx_store *cli_open_store(cli_args *args, unsigned flags, int *exit_code)
+{
+    const char *path = cli_store_path(args);
+    if (!path) {
+        *exit_code = CLI_USAGE;
+        return NULL;
+    }
+    nbx_store *store = NULL;
+    int rc = nbx_store_open(path, flags, &store);
+    if (rc != NBX_OK) {
+        if (rc == NBX_ENOTFOUND && !(flags & NBX_STORE_CREATE))
+            cli_error(args->cmd, "no store at %s (%s)", path, nbx_last_errmsg());
+        else
+            cli_nbx_error(args->cmd, rc, nbx_last_errmsg());
+        *exit_code = CLI_FAIL;
+        return NULL;
+    }
+    *exit_code = CLI_OK;
+    return store;
+}
+
+double cli_now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int cli_read_stream(FILE *in, size_t max, char **out, size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (!buf)
+        return -1;
+    for (;;) {
+        if (cap - n < 2) {
+            if (cap > max + 1) {
+                free(buf);
+                errno = EFBIG;
+                return -1;
+            }
+            char *grown = realloc(buf, cap * 2);
+            if (!grown) {
+                free(buf);
+                return -1;
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, in);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    if (ferror(in) || n > max) {
+        int saved = ferror(in) ? EIO : EFBIG;
+        free(buf);
+        errno = saved;
+        return -1;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* ========================================================================
+ * Help and dispatch
+ * ======================================================================== */
+
+static void print_overview(FILE *out)
+{
+    fprintf(out, "usage: nbx COMMAND [ARGS] [--store DIR] [FLAGS]\n\n"
+                 "nbx decides the next best actions for a customer from profiles in an LMDB\n"
+                 "store, a catalog and a Lua policy.\n\nCommands:\n");
+    for (const cli_command *c = cli_commands; c->group; c++) {
+        char name[64];
+        cli_command_name(c, name, sizeof name);
+        fprintf(out, "  %-22s %s\n", name + 4, c->summary);
+    }
+    fprintf(out, "\n  %-22s %s\n  %-22s %s\n\n", "help [COMMAND]", "describe a command",
+            "--version", "print the version");
+    fprintf(out, "Store commands take --store DIR (default: $NBX_STORE). Flags may come before\n"
+                 "or after arguments, as '--flag value' or '--flag=value'.\n"
+                 "Exit status: 0 success, 1 failure, 2 usage error.\n");
+}
+
+static const cli_command *find_command(const char *group, const char *sub)
+{
+    for (const cli_command *c = cli_commands; c->group; c++) {
+        if (strcmp(c->group, group) != 0)
+            continue;
+        if (!c->sub || (sub && strcmp(c->sub, sub) == 0))
+            return c;
+    }
+    return NULL;
+}
+
+static bool group_has_subcommands(const char *group)
+{
+    for (const cli_command *c = cli_commands; c->group; c++)
+        if (strcmp(c->group, group) == 0)
+            return c->sub != NULL;
+    return false;
+}
+
+static bool group_exists(const char *group)
+{
+    for (const cli_command *c = cli_commands; c->group; c++)
+        if (strcmp(c->group, group) == 0)
+            return true;
+    return false;
+}
+
+static void print_group_help(FILE *out, const char *group)
+{
+    fprintf(out, "usage: nbx %s SUBCOMMAND ...\n\nSubcommands:\n", group);
+    for (const cli_command *c = cli_commands; c->group; c++) {
+        if (strcmp(c->group, group) != 0)
+            continue;
+        fprintf(out, "  ");
+        cli_print_usage(out, c);
+        fprintf(out, "      %s\n", c->summary);
+    }
+    fprintf(out, "\nRun 'nbx %s SUBCOMMAND --help' for details.\n", group);
+}
+
+static void list_subcommands(char *buf, size_t size, const char *group)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (const cli_command *c = cli_commands; c->group && n < size; c++) {
+        if (strcmp(c->group, group) == 0)
+            n += (size_t)snprintf(buf + n, size - n, "%s%s", n ? ", " : "", c->sub);
+    }
+}
+
+/* Does any command of the group take this flag with a value? Used to skip a
+ * flag's value while looking for the subcommand word. */
+static bool group_flag_takes_value(const char *group, const char *arg)
+{
+    const char *name = arg + 2;
+    if (strchr(name, '='))
+        return false;
+    for (const cli_command *c = cli_commands; c->group; c++) {
+        if (strcmp(c->group, group) != 0)
+            continue;
+        for (const cli_flag *f = c->flags; f->name; f++)
+            if (strcmp(f->name, name) == 0)
+                return f->kind != CLI_BOOL;
+    }
+    return false;
+}
+
+static int help_command(int argc, char **argv)
+{
+    if (argc == 0) {
+        print_overview(stdout);
+        return CLI_OK;
+    }
+    if (!group_exists(argv[0])) {
+        fprintf(stderr, "nbx help: unknown command '%s'; run 'nbx help' for the list\n", argv[0]);
+        return CLI_USAGE;
+    }
+    if (!group_has_subcommands(argv[0])) {
+        cli_print_help(stdout, find_command(argv[0], NULL));
+        return CLI_OK;
+    }
+    if (argc == 1) {
+        print_group_help(stdout, argv[0]);
+        return CLI_OK;
+    }
+    const cli_command *c = find_command(argv[0], argv[1]);
+    if (!c) {
+        char subs[256];
+        list_subcommands(subs, sizeof subs, argv[0]);
+        fprintf(stderr, "nbx help: unknown subcommand '%s %s'; one of: %s\n", argv[0], argv[1],
+                subs);
+        return CLI_USAGE;
+    }
+    cli_print_help(stdout, c);
+    return CLI_OK;
+}
+
+static int run_command(const cli_command *cmd, int argc, char **argv)
+{
+    cli_args args;
+    int rc = cli_parse(cmd, argc, argv, &args);
+    if (rc == -1)
+        rc = CLI_OK; /* --help */
+    else if (rc == CLI_OK)
+        rc = cmd->run(&args);
+    cli_args_free(&args);
+    if (fflush(stdout) != 0 && rc == CLI_OK) {
+        char name[64];
+        cli_command_name(cmd, name, sizeof name);
+        fprintf(stderr, "%s: writing standard output: %s\n", name, strerror(errno));
+        rc = CLI_FAIL;
+    }
+    return rc;
+}
+
+/* Commands with subcommands: the subcommand is the first word that is
+ * neither a flag nor a flag's value, so flags may precede it. */
+static int dispatch_group(const char *group, int argc, char **argv)
+{
+    int sub_at = -1;
+    bool help = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            help = true;
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) == 0) {
+            if (group_flag_takes_value(group, argv[i]))
+                i++;
+            continue;
+        }
+        sub_at = i;
+        break;
+    }
+    char subs[256];
+    list_subcommands(subs, sizeof subs, group);
+    if (sub_at < 0) {
+        if (help) {
+            print_group_help(stdout, group);
+            return CLI_OK;
+        }
+        fprintf(stderr, "nbx %s: missing subcommand: one of %s\n", group, subs);
+        fprintf(stderr, "Run 'nbx help %s' for details.\n", group);
+        return CLI_USAGE;
+    }
+    const cli_command *cmd = find_command(group, argv[sub_at]);
+    if (!cmd) {
+        fprintf(stderr, "nbx %s: unknown subcommand '%s': one of %s\n", group, argv[sub_at],
+                subs);
+        fprintf(stderr, "Run 'nbx help %s' for details.\n", group);
+        return CLI_USAGE;
+    }
+    /* Remove the subcommand word; the rest are the command's arguments. */
+    for (int i = sub_at; i + 1 < argc; i++)
+        argv[i] = argv[i + 1];
+    return run_command(cmd, argc - 1, argv);
+}
+
+static void print_version(void)
+{
+    int num = 0;
+    const char *lib = nbx_version(&num);
+    printf("nbx %s (libnbx %s)\n", NBX_VERSION_STRING, lib);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_overview(stderr);
+        return CLI_USAGE;
+    }
+    const char *word = argv[1];
+    if (strcmp(word, "--version") == 0 || strcmp(word, "version") == 0) {
+        print_version();
+        return CLI_OK;
+    }
+    if (strcmp(word, "help") == 0)
+        return help_command(argc - 2, argv + 2);
+    if (strcmp(word, "--help") == 0 || strcmp(word, "-h") == 0)
+        return help_command(argc - 2, argv + 2);
+    if (!group_exists(word)) {
+        fprintf(stderr, "nbx: unknown command '%s'; run 'nbx help' for the list\n", word);
+        return CLI_USAGE;
+    }
+    if (group_has_subcommands(word))
+        return dispatch_group(word, argc - 2, argv + 2);
+    return run_command(find_command(word, NULL), argc - 2, argv + 2);
+}

@@ -1,0 +1,355 @@
+/*
+ * store.c: commands over a store: import, ingest, rfm rebuild, profile
+ * get/delete/put, export, stats.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ========================================================================
+ * import profiles, import events, ingest
+ * ======================================================================== */
+
+typedef struct progress {
+    double started;
+    bool shown;
+} progress;
+
+/* Called by nbx_import_file() about every 100k lines, only when standard
+ * error is a terminal: a log file should not fill with carriage returns. */
+static void show_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t total)
+{
+    progress *p = ud;
+    double elapsed = cli_now_seconds() - p->started;
+    double rate = elapsed > 0 ? (double)lines / elapsed : 0;
+    if (total > 0)
+        fprintf(stderr, "\r\033[K%" PRIu64 " lines, %.0f lines/s, %.1f%%", lines, rate,
+                100.0 * (double)bytes / (double)total);
+    else
+        fprintf(stderr, "\r\033[K%" PRIu64 " lines, %.0f lines/s", lines, rate);
+    fflush(stderr);
+    p->shown = true;
+}
+
+static int run_import(cli_args *args, nbx_import_kind kind)
+{
+    const char *path = args->positional[0];
+    CLI_REQUIRE(args, nbx_import_file);
+    CLI_REQUIRE(args, nbx_import_options_init);
+    int exit_code;
+    nbx_store *store = cli_open_store(args, NBX_STORE_CREATE, &exit_code);
+    if (!store)
+        return exit_code;
+
+    nbx_import_options opts;
+    nbx_import_options_init(&opts);
+    opts.rejects_path = cli_string(args, "skip-invalid", NULL);
+    opts.batch_size = (size_t)cli_uint(args, "batch-size", 0);
+    progress prog = {cli_now_seconds(), false};
+    if (isatty(STDERR_FILENO)) {
+        opts.progress = show_progress;
+        opts.progress_ud = &prog;
+    }
+
+    nbx_import_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = nbx_import_file(store, kind, path, &opts, &st);
+    double elapsed = cli_now_seconds() - prog.started;
+    if (prog.shown)
+        fprintf(stderr, "\r\033[K");
+
+    if (rc != NBX_OK) {
+        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+    } else {
+        double rate = elapsed > 0 ? (double)st.lines / elapsed : 0;
+        printf("%s: %" PRIu64 " lines, %" PRIu64 " applied, %" PRIu64 " duplicates, %" PRIu64
+               " rejected in %.2f s (%.0f lines/s)\n",
+               strcmp(path, "-") == 0 ? "stdin" : path, st.lines, st.applied, st.duplicates,
+               st.rejected, elapsed, rate);
+        if (st.rejected > 0)
+            fprintf(stderr, "%s: %" PRIu64 " rejected lines written to %s\n", path, st.rejected,
+                    opts.rejects_path);
+        exit_code = CLI_OK;
+    }
+    nbx_store_close(store);
+    return exit_code;
+}
+
+int cli_run_import_profiles(cli_args *args)
+{
+    return run_import(args, NBX_IMPORT_PROFILES);
+}
+
+int cli_run_import_events(cli_args *args)
+{
+    return run_import(args, NBX_IMPORT_EVENTS);
+}
+
+/* ========================================================================
+ * rfm rebuild
+ * ======================================================================== */
+
+static void print_cuts(const char *label, const double *cuts, bool json)
+{
+    if (json) {
+        printf("\"%s\":[%.17g,%.17g,%.17g,%.17g]", label, cuts[0], cuts[1], cuts[2], cuts[3]);
+        return;
+    }
+    printf("  %-14s %12.2f %12.2f %12.2f %12.2f\n", label, cuts[0], cuts[1], cuts[2], cuts[3]);
+}
+
+static void print_rfm_json(const nbx_rfm_stats *st, int64_t as_of)
+{
+    char when[NBX_TIME_BUFSZ];
+    nbx_time_format(as_of, when);
+    printf("{\"as_of\":\"%s\",\"customers\":%" PRIu64 ",\"scored\":%" PRIu64 ",\"cuts\":{", when,
+           st->customers, st->scored);
+    print_cuts("recency_days", st->recency_days, true);
+    putchar(',');
+    print_cuts("frequency", st->frequency, true);
+    putchar(',');
+    print_cuts("monetary", st->monetary, true);
+    printf("},\"segments\":{");
+    bool first = true;
+    for (int s = 0; s < NBX_SEGMENT_COUNT; s++) {
+        const char *name = nbx_segment_name(s);
+        if (!name)
+            continue;
+        printf("%s\"%s\":%" PRIu64, first ? "" : ",", name, st->segments[s]);
+        first = false;
+    }
+    printf("}}\n");
+}
+
+static void print_rfm_text(const nbx_rfm_stats *st, int64_t as_of)
+{
+    char when[NBX_TIME_BUFSZ];
+    nbx_time_format(as_of, when);
+    printf("as of:     %s\ncustomers: %" PRIu64 "\nscored:    %" PRIu64 "\n\n", when,
+           st->customers, st->scored);
+    printf("quintile cut points   %12s %12s %12s %12s\n", "20%", "40%", "60%", "80%");
+    print_cuts("recency_days", st->recency_days, false);
+    print_cuts("frequency", st->frequency, false);
+    print_cuts("monetary", st->monetary, false);
+    printf("\nsegments:\n");
+    for (int s = 0; s < NBX_SEGMENT_COUNT; s++) {
+        const char *name = nbx_segment_name(s);
+        if (!name)
+            continue;
+        double pct =
+            st->customers ? 100.0 * (double)st->segments[s] / (double)st->customers : 0.0;
+        printf("  %-18s %12" PRIu64 " %6.1f%%\n", name, st->segments[s], pct);
+    }
+}
+
+int cli_run_rfm_rebuild(cli_args *args)
+{
+    CLI_REQUIRE(args, nbx_rfm_rebuild);
+    int exit_code;
+    nbx_store *store = cli_open_store(args, 0, &exit_code);
+    if (!store)
+        return exit_code;
+    int64_t as_of = cli_time(args, "as-of", 0);
+    if (as_of == 0)
+        as_of = nbx_time_now();
+    nbx_rfm_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = nbx_rfm_rebuild(store, as_of, &st);
+    if (rc != NBX_OK) {
+        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+    } else {
+        if (cli_has(args, "json"))
+            print_rfm_json(&st, as_of);
+        else
+            print_rfm_text(&st, as_of);
+        exit_code = CLI_OK;
+    }
+    nbx_store_close(store);
+    return exit_code;
+}
+
+/* ========================================================================
+ * profile get, delete, put
+ * ======================================================================== */
+
+int cli_run_profile_get(cli_args *args)
+{
+    const char *id = args->positional[0];
+    int exit_code;
+    nbx_store *store = cli_open_store(args, NBX_STORE_READONLY, &exit_code);
+    if (!store)
+        return exit_code;
+    char *json = NULL;
+    size_t len = 0;
+    int rc = nbx_profile_get(store, id, &json, &len);
+    if (rc == NBX_ENOTFOUND) {
+        exit_code = cli_error(args->cmd, "no profile with id '%s'", id);
+    } else if (rc != NBX_OK) {
+        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+    } else {
+        fwrite(json, 1, len, stdout);
+        putchar('\n');
+        exit_code = CLI_OK;
+    }
+    nbx_free(json);
+    nbx_store_close(store);
+    return exit_code;
+}
+
+int cli_run_profile_delete(cli_args *args)
+{
+    const char *id = args->positional[0];
+    int exit_code;
+    nbx_store *store = cli_open_store(args, 0, &exit_code);
+    if (!store)
+        return exit_code;
+    int rc = nbx_profile_delete(store, id);
+    if (rc == NBX_ENOTFOUND)
+        exit_code = cli_error(args->cmd, "no profile with id '%s'", id);
+    else if (rc != NBX_OK)
+        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+    else
+        exit_code = CLI_OK;
+    nbx_store_close(store);
+    return exit_code;
+}
+
+int cli_run_profile_put(cli_args *args)
+{
+    const char *arg = args->positional[0];
+    char *owned = NULL;
+    const char *json = arg;
+    size_t len = strlen(arg);
+    if (strcmp(arg, "-") == 0) {
+        if (cli_read_stream(stdin, NBX_LINE_MAX, &owned, &len) != 0)
+            return cli_error(args->cmd, "reading standard input: %s",
+                             errno == EFBIG ? "longer than the 1 MiB a profile may take"
+                                            : strerror(errno));
+        json = owned;
+    }
+    int exit_code;
+    nbx_store *store = cli_open_store(args, NBX_STORE_CREATE, &exit_code);
+    if (store) {
+        int rc = nbx_profile_put(store, json, len);
+        exit_code = rc == NBX_OK ? CLI_OK : cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+        nbx_store_close(store);
+    }
+    free(owned);
+    return exit_code;
+}
+
+/* ========================================================================
+ * export profiles
+ * ======================================================================== */
+
+static int export_to(cli_args *args, nbx_store *store, FILE *out, const char *out_name,
+                     uint64_t *count)
+{
+    nbx_iter *it = NULL;
+    int rc = nbx_iter_open(store, 0, NULL, &it);
+    if (rc != NBX_OK)
+        return cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+    int exit_code = CLI_OK;
+    for (;;) {
+        const char *id, *json;
+        size_t len;
+        rc = nbx_iter_next(it, &id, &json, &len);
+        if (rc == NBX_DONE)
+            break;
+        if (rc != NBX_OK) {
+            exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+            break;
+        }
+        if (fwrite(json, 1, len, out) != len || putc('\n', out) == EOF) {
+            exit_code = cli_error(args->cmd, "writing %s: %s", out_name, strerror(errno));
+            break;
+        }
+        (*count)++;
+    }
+    nbx_iter_close(it);
+    return exit_code;
+}
+
+int cli_run_export_profiles(cli_args *args)
+{
+    int exit_code;
+    nbx_store *store = cli_open_store(args, NBX_STORE_READONLY, &exit_code);
+    if (!store)
+        return exit_code;
+    const char *out_path = cli_string(args, "out", NULL);
+    FILE *out = stdout;
+    if (out_path) {
+        out = fopen(out_path, "w");
+        if (!out) {
+            exit_code = cli_error(args->cmd, "cannot create %s: %s", out_path, strerror(errno));
+            nbx_store_close(store);
+            return exit_code;
+        }
+    }
+    static char buffer[1 << 20];
+    setvbuf(out, buffer, _IOFBF, sizeof buffer);
+    uint64_t count = 0;
+    exit_code = export_to(args, store, out, out_path ? out_path : "standard output", &count);
+    if (out_path) {
+        if (fclose(out) != 0 && exit_code == CLI_OK)
+            exit_code = cli_error(args->cmd, "writing %s: %s", out_path, strerror(errno));
+        if (exit_code != CLI_OK)
+            remove(out_path);
+        else
+            fprintf(stderr, "%s: %" PRIu64 " profiles\n", out_path, count);
+    }
+    nbx_store_close(store);
+    return exit_code;
+}
+
+/* ========================================================================
+ * stats
+ * ======================================================================== */
+
+int cli_run_stats(cli_args *args)
+{
+    int exit_code;
+    nbx_store *store = cli_open_store(args, NBX_STORE_READONLY, &exit_code);
+    if (!store)
+        return exit_code;
+    nbx_store_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = nbx_store_stat(store, &st);
+    if (rc != NBX_OK) {
+        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+        nbx_store_close(store);
+        return exit_code;
+    }
+    char rfm[NBX_TIME_BUFSZ] = "never";
+    if (st.rfm_as_of)
+        nbx_time_format(st.rfm_as_of, rfm);
+    if (cli_has(args, "json")) {
+        printf("{\"profiles\":%" PRIu64 ",\"exposure_keys\":%" PRIu64 ",\"events_seen\":%" PRIu64
+               ",\"bytes_used\":%" PRIu64 ",\"map_size\":%" PRIu64
+               ",\"schema_version\":%" PRIu32 ",\"rfm_as_of\":",
+               st.profiles, st.exposure_keys, st.events_seen, st.bytes_used, st.map_size,
+               st.schema_version);
+        if (st.rfm_as_of)
+            printf("\"%s\"}\n", rfm);
+        else
+            printf("null}\n");
+    } else {
+        printf("store:          %s\n"
+               "profiles:       %" PRIu64 "\n"
+               "exposure keys:  %" PRIu64 "\n"
+               "events seen:    %" PRIu64 "\n"
+               "bytes used:     %" PRIu64 " (%.1f MiB)\n"
+               "map size:       %" PRIu64 " (%.1f MiB)\n"
+               "schema version: %" PRIu32 "\n"
+               "rfm as of:      %s\n",
+               cli_store_path(args), st.profiles, st.exposure_keys, st.events_seen,
+               st.bytes_used, (double)st.bytes_used / 1048576.0, st.map_size,
+               (double)st.map_size / 1048576.0, st.schema_version, rfm);
+    }
+    nbx_store_close(store);
+    return CLI_OK;
+}
