@@ -608,16 +608,66 @@ void nbx_lpattern_push(struct lua_State *L, const nbx_lp_limit *limit);
  * Eligibility and guardrails (caps.c)
  * ======================================================================== */
 
-/* Everything eligibility needs about one customer, read in one pass. */
-typedef struct nbx_customer_state {
-    nbx_exposure_summary *summary; /* per catalog offer, indexed by offer */
-    uint8_t *has_summary;          /* per catalog offer */
-    uint32_t contacts;             /* impressions, all offers, in the contacts window */
-} nbx_customer_state;
+/* What eligibility knows about one customer and today's budgets. Arrays are
+ * per catalog offer, owned by a context, sized at catalog switch. */
+typedef struct nbx_caps {
+    const nbx_catalog *catalog;
+    nbx_exposure_summary *summary; /* per offer; valid where has_summary */
+    uint8_t *has_summary;
+    uint32_t contacts;          /* impressions over all offers in the contacts window */
+    uint64_t *budget_impressions; /* per offer, today (UTC) */
+    uint64_t *budget_accepts;
+    /* Budgets change only when a write commits: reuse them while the read
+     * snapshot (txn id) and the day are the same. */
+    size_t budget_txn_id;
+    uint32_t budget_day;
+    bool budget_valid;
+} nbx_caps;
+
+int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
+void nbx_caps_free(nbx_caps *c);
+/* Read the customer's counters (one cursor range) and today's budgets. */
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int64_t now_ms,
+                  nbx_arena *a, nbx_err *e);
+/* First reason the offer may not be shown to this customer now, or NONE:
+ * validity, consent, contacts, frequency, cooldown, budget. */
+int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms);
+/* The guardrails that hold whatever the policy scored: discount ceiling and
+ * margin floor. */
+bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
 
 /* Propensity of a customer for an offer: the profile's value for the offer
  * id, else its category, else the offer's prior for the customer's segment,
  * else base_propensity. */
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
+
+/* ========================================================================
+ * Engine and decisions (engine.c, decide.c)
+ * ======================================================================== */
+
+/* What one decision sees: a (policy, catalog) pair. Immutable. */
+typedef struct nbx_snapshot {
+    atomic_int refs;
+    nbx_policy *policy;
+    nbx_catalog *catalog;
+    uint64_t generation;
+} nbx_snapshot;
+
+struct nbx_engine {
+    nbx_store *store;
+    bool own_store;
+    pthread_mutex_t lock; /* guards current */
+    nbx_snapshot *current;
+    atomic_uint_fast64_t generation; /* current->generation, readable without the lock */
+    nbx_limits limits;
+    unsigned flags;
+    nbx_log_fn log;
+    void *log_ud;
+};
+
+/* A new reference to the current snapshot. */
+nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
+void nbx_snapshot_unref(nbx_snapshot *s);
+void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
 
 #endif /* NBX_INT_H */

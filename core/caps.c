@@ -1,0 +1,241 @@
+/*
+ * caps.c: eligibility (consent, frequency caps, dismiss cooldown, contact
+ * policy, daily budgets, validity) and the guardrails enforced after the
+ * policy, whatever it returned.
+ *
+ * Everything here reads state gathered once per decision by nbx_caps_load:
+ * one cursor range over the customer's counters and, when the catalog has
+ * budgets, one range over today's budget keys, both joined against the
+ * catalog in offer-id order. No per-offer lookups, no allocation per offer.
+ */
+#include "nbx_int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Window for counts given to the policy when an offer sets no cap. */
+#define NBX_DEFAULT_WINDOW_DAYS 30
+
+int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
+{
+    memset(c, 0, sizeof *c);
+    c->catalog = catalog;
+    size_t n = catalog->n_offers ? catalog->n_offers : 1;
+    c->summary = calloc(n, sizeof *c->summary);
+    c->has_summary = calloc(n, 1);
+    c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
+    c->budget_accepts = calloc(n, sizeof *c->budget_accepts);
+    if (!c->summary || !c->has_summary || !c->budget_impressions || !c->budget_accepts) {
+        nbx_caps_free(c);
+        return NBX_ENOMEM;
+    }
+    return NBX_OK;
+}
+
+void nbx_caps_free(nbx_caps *c)
+{
+    free(c->summary);
+    free(c->has_summary);
+    free(c->budget_impressions);
+    free(c->budget_accepts);
+    memset(c, 0, sizeof *c);
+}
+
+/* Advance *j over catalog offers until offers[*j].id >= id; true on a match. */
+static bool join_offer(const nbx_catalog *cat, uint32_t *j, nbx_sv id)
+{
+    while (*j < cat->n_offers) {
+        int cmp = nbx_sv_cmp(cat->offers[*j].id, id);
+        if (cmp == 0)
+            return true;
+        if (cmp > 0)
+            return false;
+        (*j)++;
+    }
+    return false;
+}
+
+static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today,
+                      nbx_exposure_summary *s)
+{
+    uint32_t imp_days = o->impressions.window_days ? o->impressions.window_days
+                                                   : NBX_DEFAULT_WINDOW_DAYS;
+    uint32_t acc_days = o->accepts.window_days ? o->accepts.window_days : NBX_DEFAULT_WINDOW_DAYS;
+    uint32_t dis_days = o->dismiss_cooldown_days ? o->dismiss_cooldown_days
+                                                 : NBX_DEFAULT_WINDOW_DAYS;
+    s->impressions = nbx_exposure_count(x, NBX_EXP_IMPRESSION, today, imp_days);
+    s->clicks = nbx_exposure_count(x, NBX_EXP_CLICK, today, imp_days);
+    s->accepts = nbx_exposure_count(x, NBX_EXP_ACCEPT, today, acc_days);
+    s->dismisses = nbx_exposure_count(x, NBX_EXP_DISMISS, today, dis_days);
+    s->last_impression = x->last[NBX_EXP_IMPRESSION];
+    s->last_accept = x->last[NBX_EXP_ACCEPT];
+    s->last_dismiss = x->last[NBX_EXP_DISMISS];
+}
+
+static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer,
+                          uint32_t today, nbx_arena *a, nbx_err *e)
+{
+    const nbx_catalog *cat = c->catalog;
+    memset(c->has_summary, 0, cat->n_offers);
+    c->contacts = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->exposures, &cur);
+    if (rc)
+        return nbx_err_mdb(e, rc, "reading exposure counters");
+    char prefix[NBX_ID_MAX + 1];
+    size_t plen = nbx_exposure_key(prefix, customer, (nbx_sv){"", 0});
+    MDB_val k = {plen, prefix}, v;
+    uint32_t j = 0;
+    int status = NBX_OK;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
+            break;
+        nbx_sv offer = {(const char *)k.mv_data + plen, k.mv_size - plen};
+        bool all_offers = offer.len == 0;
+        if (!all_offers && !join_offer(cat, &j, offer))
+            continue; /* counters of an offer no longer in the catalog */
+        nbx_exposure x;
+        if (nbx_exposure_decode(v.mv_data, v.mv_size, &x, a) != NBX_OK) {
+            status = nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
+                                 (int)customer.len, customer.ptr);
+            break;
+        }
+        if (all_offers) {
+            const nbx_cap *mc = &cat->guardrails.max_contacts;
+            if (mc->window_days)
+                c->contacts = nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, mc->window_days);
+        } else {
+            summarise(&cat->offers[j], &x, today, &c->summary[j]);
+            c->has_summary[j] = 1;
+        }
+    }
+    if (status == NBX_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = nbx_err_mdb(e, rc, "reading exposure counters");
+    mdb_cursor_close(cur);
+    return status;
+}
+
+static int load_budgets(nbx_caps *c, nbx_store *s, MDB_txn *txn, uint32_t today, nbx_err *e)
+{
+    const nbx_catalog *cat = c->catalog;
+    size_t txn_id = mdb_txn_id(txn);
+    if (c->budget_valid && c->budget_txn_id == txn_id && c->budget_day == today)
+        return NBX_OK;
+    memset(c->budget_impressions, 0, cat->n_offers * sizeof *c->budget_impressions);
+    memset(c->budget_accepts, 0, cat->n_offers * sizeof *c->budget_accepts);
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->budgets, &cur);
+    if (rc)
+        return nbx_err_mdb(e, rc, "reading budgets");
+    char prefix[4];
+    nbx_budget_key(prefix, today, (nbx_sv){"", 0});
+    MDB_val k = {4, prefix}, v;
+    uint32_t j = 0;
+    int status = NBX_OK;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 4 || memcmp(k.mv_data, prefix, 4) != 0)
+            break;
+        nbx_sv offer = {(const char *)k.mv_data + 4, k.mv_size - 4};
+        if (!join_offer(cat, &j, offer))
+            continue;
+        nbx_mp m;
+        nbx_mp_init(&m, v.mv_data, v.mv_size);
+        if (nbx_mp_array(&m) >= 2) {
+            c->budget_impressions[j] = nbx_mp_uint(&m);
+            c->budget_accepts[j] = nbx_mp_uint(&m);
+        }
+        if (m.bad) {
+            status = nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
+                                 (int)offer.len, offer.ptr);
+            break;
+        }
+    }
+    if (status == NBX_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = nbx_err_mdb(e, rc, "reading budgets");
+    mdb_cursor_close(cur);
+    if (status == NBX_OK) {
+        c->budget_valid = true;
+        c->budget_txn_id = txn_id;
+        c->budget_day = today;
+    }
+    return status;
+}
+
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int64_t now_ms,
+                  nbx_arena *a, nbx_err *e)
+{
+    uint32_t today = nbx_day_of(now_ms);
+    int rc = load_exposures(c, s, txn, customer, today, a, e);
+    if (rc == NBX_OK && c->catalog->has_budgets)
+        rc = load_budgets(c, s, txn, today, e);
+    return rc;
+}
+
+/* ========================================================================
+ * Checks
+ * ======================================================================== */
+
+static bool consented(const nbx_catalog *cat, const nbx_offer *o, const nbx_profile *p)
+{
+    if (o->purpose.len == 0)
+        return true;
+    const nbx_consent *c = nbx_profile_consent(p, o->purpose);
+    return c ? c->state == 1 : cat->guardrails.consent_default;
+}
+
+int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms)
+{
+    const nbx_catalog *cat = c->catalog;
+    if (now_ms < o->valid_from || now_ms > o->valid_to)
+        return NBX_EXCLUDED_VALIDITY;
+    if (!consented(cat, o, p))
+        return NBX_EXCLUDED_CONSENT;
+    const nbx_cap *mc = &cat->guardrails.max_contacts;
+    if (mc->window_days && c->contacts >= mc->max)
+        return NBX_EXCLUDED_CONTACTS;
+    if (c->has_summary[o->index]) {
+        const nbx_exposure_summary *s = &c->summary[o->index];
+        if (o->impressions.window_days && s->impressions >= o->impressions.max)
+            return NBX_EXCLUDED_FREQUENCY;
+        if (o->accepts.window_days && s->accepts >= o->accepts.max)
+            return NBX_EXCLUDED_FREQUENCY;
+        if (o->dismiss_cooldown_days && s->last_dismiss &&
+            now_ms - s->last_dismiss < (int64_t)o->dismiss_cooldown_days * NBX_MS_PER_DAY)
+            return NBX_EXCLUDED_COOLDOWN;
+    }
+    if (o->budget_impressions >= 0 &&
+        c->budget_impressions[o->index] >= (uint64_t)o->budget_impressions)
+        return NBX_EXCLUDED_BUDGET;
+    if (o->budget_accepts >= 0 && c->budget_accepts[o->index] >= (uint64_t)o->budget_accepts)
+        return NBX_EXCLUDED_BUDGET;
+    return NBX_EXCLUDED_NONE;
+}
+
+bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
+{
+    const nbx_guardrails *g = &c->guardrails;
+    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct)
+        return false;
+    if (!isnan(g->min_margin) && o->margin < g->min_margin)
+        return false;
+    return true;
+}
+
+double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o)
+{
+    const nbx_prop *pr = nbx_profile_propensity(p, o->id);
+    if (pr)
+        return pr->value;
+    if (o->category.len && (pr = nbx_profile_propensity(p, o->category)))
+        return pr->value;
+    if (o->n_segment_propensity && p->rfm.segment) {
+        nbx_sv seg = nbx_sv_of(nbx_segment_name(p->rfm.segment));
+        for (uint32_t i = 0; i < o->n_segment_propensity; i++)
+            if (nbx_sv_eq(o->segment_propensity[i].key, seg))
+                return o->segment_propensity[i].value;
+    }
+    return o->base_propensity;
+}

@@ -1,0 +1,794 @@
+/*
+ * decide.c: decision contexts and the decision pipeline.
+ *
+ *   request -> profile (store) -> candidates (catalog) -> eligibility (caps)
+ *   -> policy (sandbox) -> guardrails (caps) -> arbitration -> result
+ *
+ * A context owns everything a decision touches: a read transaction (renewed
+ * per decision, reset after, never held idle), a Lua sandbox for the current
+ * (policy, catalog) snapshot, per-offer state arrays and an arena. A steady
+ * stream of decisions allocates nothing once these have grown.
+ */
+#include "nbx_int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+struct nbx_result {
+    nbx_buf json;
+    nbx_action *actions;
+    size_t n_actions;
+    bool fallback;
+    bool anonymous;
+    bool has_error;
+    char decision_id[37];
+    char error[1024];
+    uint32_t exclusions[NBX_EXCLUDED_COUNT];
+    double expected_margin;
+};
+
+struct nbx_ctx {
+    nbx_engine *engine;
+    nbx_snapshot *snap;
+    nbx_sandbox *sandbox;
+    int sandbox_rc; /* why the sandbox could not be built, for fallbacks */
+    char sandbox_err[NBX_ERRMSG_MAX];
+    nbx_caps caps;
+    MDB_txn *txn;
+    nbx_arena arena;
+    nbx_buf scratch;
+    /* per catalog: sized at snapshot switch */
+    nbx_candidate *cand;
+    uint32_t *order;
+    size_t cand_cap;
+    uint8_t *offer_used;
+    uint32_t *slots_left; /* per placement */
+    uint8_t *placement_wanted;
+    nbx_action *actions;
+    size_t actions_cap;
+    nbx_result result;
+    nbx_err err;
+    uint64_t rng[2]; /* decision ids */
+    int64_t last_log_us;
+    uint32_t suppressed_logs;
+};
+
+/* ========================================================================
+ * Context lifetime
+ * ======================================================================== */
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void free_catalog_arrays(nbx_ctx *c)
+{
+    free(c->cand);
+    free(c->order);
+    free(c->offer_used);
+    free(c->slots_left);
+    free(c->placement_wanted);
+    free(c->actions);
+    c->cand = NULL;
+    c->order = NULL;
+    c->offer_used = NULL;
+    c->slots_left = NULL;
+    c->placement_wanted = NULL;
+    c->actions = NULL;
+    c->cand_cap = c->actions_cap = 0;
+    nbx_caps_free(&c->caps);
+}
+
+static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
+{
+    size_t n = 0, slots = 0;
+    for (uint32_t p = 0; p < cat->n_placements; p++) {
+        n += cat->placements[p].n_offers;
+        slots += cat->placements[p].slots + cat->placements[p].n_fallback;
+    }
+    n = n ? n : 1;
+    c->cand = calloc(n, sizeof *c->cand);
+    c->order = calloc(n, sizeof *c->order);
+    c->offer_used = calloc(cat->n_offers ? cat->n_offers : 1, 1);
+    c->slots_left = calloc(cat->n_placements, sizeof *c->slots_left);
+    c->placement_wanted = calloc(cat->n_placements, 1);
+    c->actions = calloc(slots ? slots : 1, sizeof *c->actions);
+    c->cand_cap = n;
+    c->actions_cap = slots;
+    if (!c->cand || !c->order || !c->offer_used || !c->slots_left || !c->placement_wanted ||
+        !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
+        free_catalog_arrays(c);
+        return NBX_ENOMEM;
+    }
+    return NBX_OK;
+}
+
+/* Move the context to the engine's current snapshot if it changed. */
+static int ctx_refresh(nbx_ctx *c, nbx_err *e)
+{
+    nbx_engine *eng = c->engine;
+    uint64_t gen = atomic_load_explicit(&eng->generation, memory_order_acquire);
+    if (c->snap && c->snap->generation == gen)
+        return NBX_OK;
+    nbx_snapshot *s = nbx_engine_snapshot(eng);
+    bool catalog_changed = !c->snap || c->snap->catalog != s->catalog;
+    bool policy_changed = !c->snap || c->snap->policy != s->policy;
+    if (catalog_changed) {
+        free_catalog_arrays(c);
+        if (alloc_catalog_arrays(c, s->catalog) != NBX_OK) {
+            nbx_snapshot_unref(s);
+            return nbx_err_set(e, NBX_ENOMEM, "out of memory sizing for the catalog");
+        }
+    }
+    if (catalog_changed || policy_changed || !c->sandbox) {
+        nbx_sandbox_close(c->sandbox);
+        c->sandbox = NULL;
+        nbx_err serr = {0};
+        c->sandbox_rc = nbx_sandbox_open(s->policy, s->catalog, &eng->limits, &c->sandbox, &serr);
+        snprintf(c->sandbox_err, sizeof c->sandbox_err, "%s", serr.msg);
+        if (c->sandbox_rc)
+            nbx_engine_log(eng, NBX_LOG_ERROR, "policy %s: %s", s->policy->name, serr.msg);
+    }
+    nbx_snapshot_unref(c->snap);
+    c->snap = s;
+    return NBX_OK;
+}
+
+NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
+{
+    if (out)
+        *out = NULL;
+    if (!engine || !out)
+        return nbx_fail(engine, NBX_EINVAL, "nbx_ctx_open: NULL argument");
+    nbx_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return nbx_fail(engine, NBX_ENOMEM, "out of memory");
+    c->engine = engine;
+    uint64_t seed[2] = {0, 0};
+    if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uintptr_t)c;
+    }
+    c->rng[0] = seed[0];
+    c->rng[1] = seed[1];
+    nbx_err e = {0};
+    int rc = ctx_refresh(c, &e);
+    if (rc == NBX_OK && c->sandbox_rc)
+        rc = nbx_err_set(&e, c->sandbox_rc, "%s", c->sandbox_err);
+    if (rc == NBX_OK) {
+        rc = nbx_store_read_begin(engine->store, &c->txn, &e);
+        if (rc == NBX_OK)
+            mdb_txn_reset(c->txn); /* hold no snapshot while idle */
+    }
+    if (rc) {
+        nbx_ctx_close(c);
+        return nbx_publish(engine, &e);
+    }
+    *out = c;
+    return NBX_OK;
+}
+
+NBX_API void nbx_ctx_close(nbx_ctx *c)
+{
+    if (!c)
+        return;
+    if (c->txn)
+        mdb_txn_abort(c->txn);
+    nbx_sandbox_close(c->sandbox);
+    nbx_snapshot_unref(c->snap);
+    free_catalog_arrays(c);
+    nbx_arena_free(&c->arena);
+    nbx_buf_free(&c->scratch);
+    nbx_buf_free(&c->result.json);
+    free(c);
+}
+
+NBX_API const char *nbx_ctx_errmsg(const nbx_ctx *c)
+{
+    if (!c)
+        return "NULL context";
+    return c->err.msg;
+}
+
+static int ctx_fail(nbx_ctx *c, const nbx_err *e)
+{
+    c->err = *e;
+    return nbx_publish(c, e);
+}
+
+/* ========================================================================
+ * Requests
+ * ======================================================================== */
+
+NBX_API void nbx_request_init(nbx_request *r)
+{
+    if (!r)
+        return;
+    memset(r, 0, sizeof *r);
+    r->size = sizeof *r;
+}
+
+static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
+{
+    if (!r)
+        return nbx_err_set(e, NBX_EINVAL, "nbx_decide: request is NULL");
+    if (r->size < sizeof *r)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "nbx_decide: request.size is %zu, expected %zu (call nbx_request_init)",
+                           r->size, sizeof *r);
+    if (!r->customer)
+        return nbx_err_set(e, NBX_EINVAL, "field 'customer': is required");
+    if (!nbx_id_valid(nbx_sv_of(r->customer), e)) {
+        e->code = NBX_EINVAL;
+        return nbx_err_prefix(e, "customer: ");
+    }
+    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
+        return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
+    if (r->n_placements > NBX_REQUEST_PLACEMENTS_MAX)
+        return nbx_err_set(e, NBX_EINVAL, "field 'placement': %zu given, the limit is %d",
+                           r->n_placements, NBX_REQUEST_PLACEMENTS_MAX);
+    if (r->n_placements && !r->placements)
+        return nbx_err_set(e, NBX_EINVAL, "field 'placement': n_placements set, list is NULL");
+    if (r->n_session > NBX_REQUEST_SESSION_MAX)
+        return nbx_err_set(e, NBX_EINVAL, "field 'session': %zu keys, the limit is %d",
+                           r->n_session, NBX_REQUEST_SESSION_MAX);
+    if (r->n_session && !r->session)
+        return nbx_err_set(e, NBX_EINVAL, "field 'session': n_session set, list is NULL");
+    for (size_t i = 0; i < r->n_session; i++) {
+        const nbx_kv *kv = &r->session[i];
+        if (!kv->key || !kv->value || !*kv->key)
+            return nbx_err_set(e, NBX_EINVAL, "field 'session': entry %zu has no key or value",
+                               i);
+        if (strlen(kv->key) > NBX_KEY_MAX || strlen(kv->value) > NBX_VALUE_MAX)
+            return nbx_err_set(e, NBX_EINVAL, "field 'session.%.64s': key or value too long",
+                               kv->key);
+    }
+    const nbx_catalog *cat = c->snap->catalog;
+    memset(c->placement_wanted, 0, cat->n_placements);
+    for (size_t i = 0; i < r->n_placements; i++) {
+        const char *pid = r->placements[i];
+        int p = pid ? nbx_catalog_placement(cat, nbx_sv_of(pid)) : -1;
+        if (p < 0)
+            return nbx_err_set(e, NBX_EINVAL,
+                               "field 'placement': '%.128s' is not a placement of the catalog",
+                               pid ? pid : "(null)");
+        c->placement_wanted[p] = 1;
+    }
+    if (r->n_placements == 0)
+        memset(c->placement_wanted, 1, cat->n_placements);
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Pipeline
+ * ======================================================================== */
+
+/* Candidates: each requested placement (catalog order) x its offers. */
+static size_t build_candidates(nbx_ctx *c)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    size_t n = 0;
+    for (uint32_t p = 0; p < cat->n_placements; p++) {
+        if (!c->placement_wanted[p])
+            continue;
+        const nbx_placement *pl = &cat->placements[p];
+        for (uint32_t i = 0; i < pl->n_offers; i++) {
+            nbx_candidate *cd = &c->cand[n++];
+            cd->offer = pl->offers[i];
+            cd->placement = p;
+            cd->excluded = NBX_EXCLUDED_NONE;
+            cd->scored = false;
+            cd->score = NAN;
+            cd->expected_margin = NAN;
+            cd->exposure = NULL;
+        }
+    }
+    return n;
+}
+
+static void check_eligibility(nbx_ctx *c, size_t n, const nbx_profile *p, int64_t now)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    for (size_t i = 0; i < n; i++) {
+        nbx_candidate *cd = &c->cand[i];
+        const nbx_offer *o = &cat->offers[cd->offer];
+        cd->excluded = (uint8_t)nbx_caps_check(&c->caps, o, p, now);
+        if (c->caps.has_summary[cd->offer])
+            cd->exposure = &c->caps.summary[cd->offer];
+    }
+}
+
+static void apply_guardrails(nbx_ctx *c, size_t n, const nbx_profile *p)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    for (size_t i = 0; i < n; i++) {
+        nbx_candidate *cd = &c->cand[i];
+        if (cd->excluded)
+            continue;
+        const nbx_offer *o = &cat->offers[cd->offer];
+        if (!nbx_guardrails_pass(cat, o))
+            cd->excluded = NBX_EXCLUDED_GUARDRAIL;
+        else if (isnan(cd->expected_margin))
+            cd->expected_margin = nbx_offer_propensity(p, o) * o->margin - o->serving_cost;
+    }
+}
+
+static int by_rank(const void *a, const void *b, void *cand)
+{
+    const nbx_candidate *x = &((const nbx_candidate *)cand)[*(const uint32_t *)a];
+    const nbx_candidate *y = &((const nbx_candidate *)cand)[*(const uint32_t *)b];
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    if (x->offer != y->offer)
+        return x->offer < y->offer ? -1 : 1; /* offer index order is id order */
+    return x->placement < y->placement ? -1 : x->placement > y->placement;
+}
+
+static void add_action(nbx_ctx *c, const nbx_offer *o, uint32_t placement, double score,
+                       double margin)
+{
+    nbx_result *r = &c->result;
+    if (r->n_actions >= c->actions_cap)
+        return;
+    nbx_action *a = &c->actions[r->n_actions++];
+    a->offer = o->id.ptr;
+    a->placement = c->snap->catalog->placements[placement].id.ptr;
+    a->score = score;
+    a->expected_margin = margin;
+    r->expected_margin += margin;
+    c->offer_used[o->index] = 1;
+    c->slots_left[placement]--;
+}
+
+static void reset_slots(nbx_ctx *c)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    memset(c->offer_used, 0, cat->n_offers);
+    for (uint32_t p = 0; p < cat->n_placements; p++)
+        c->slots_left[p] = c->placement_wanted[p] ? cat->placements[p].slots : 0;
+}
+
+/* Greedy by rank: the best remaining candidate takes a slot of its
+ * placement if one is free and the offer is not shown elsewhere. */
+static void arbitrate(nbx_ctx *c, size_t n)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!c->cand[i].excluded)
+            c->order[m++] = (uint32_t)i;
+    qsort_r(c->order, m, sizeof *c->order, by_rank, c->cand);
+    reset_slots(c);
+    for (size_t k = 0; k < m; k++) {
+        const nbx_candidate *cd = &c->cand[c->order[k]];
+        if (c->slots_left[cd->placement] == 0 || c->offer_used[cd->offer])
+            continue;
+        add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
+    }
+}
+
+/* The fallback decision: the catalog's fallback actions for the requested
+ * placements that are live, consented and pass the guardrails. */
+static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    reset_slots(c);
+    for (uint32_t pi = 0; pi < cat->n_placements; pi++) {
+        const nbx_placement *pl = &cat->placements[pi];
+        if (!c->placement_wanted[pi])
+            continue;
+        for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi]; k++) {
+            const nbx_offer *o = &cat->offers[pl->fallback[k]];
+            int why = nbx_caps_check(&c->caps, o, p, now);
+            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
+            if (!safe || !nbx_guardrails_pass(cat, o) || c->offer_used[o->index])
+                continue;
+            add_action(c, o, pi, NAN,
+                       nbx_offer_propensity(p, o) * o->margin - o->serving_cost);
+        }
+    }
+}
+
+static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
+{
+    /* UUIDv7 layout: 48-bit wall-clock milliseconds, then random bits. */
+    uint64_t hi = ((uint64_t)wall_ms << 16) | 0x7000 | (splitmix64(&c->rng[0]) & 0x0fff);
+    uint64_t lo = (splitmix64(&c->rng[1]) & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;
+    snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(hi >> 32),
+             (unsigned)(hi >> 16) & 0xffff, (unsigned)hi & 0xffff, (unsigned)(lo >> 48),
+             (unsigned long long)(lo & 0xffffffffffffULL));
+}
+
+/* ========================================================================
+ * Result JSON
+ * ======================================================================== */
+
+static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t now,
+                         const nbx_policy_error *perr)
+{
+    const nbx_catalog *cat = c->snap->catalog;
+    const nbx_policy *pol = c->snap->policy;
+    nbx_result *r = &c->result;
+    nbx_buf *b = &r->json;
+    nbx_buf_reset(b);
+    nbx_buf_puts(b, "{\"decision_id\":\"");
+    nbx_buf_puts(b, r->decision_id);
+    nbx_buf_puts(b, "\",\"customer\":");
+    nbx_jw_string(b, req->customer, strlen(req->customer));
+    nbx_buf_puts(b, ",\"policy\":{\"name\":");
+    nbx_jw_string(b, pol->name, strlen(pol->name));
+    nbx_buf_puts(b, ",\"version\":\"");
+    nbx_buf_puts(b, pol->version_hex);
+    nbx_buf_puts(b, "\"},\"catalog_version\":\"");
+    nbx_buf_puts(b, cat->version_hex);
+    nbx_buf_puts(b, "\",\"as_of\":");
+    nbx_jw_time(b, now);
+    nbx_buf_puts(b, ",\"actions\":[");
+    for (size_t i = 0; i < r->n_actions; i++) {
+        const nbx_action *a = &r->actions[i];
+        nbx_buf_puts(b, i ? ",{\"offer\":" : "{\"offer\":");
+        nbx_jw_string(b, a->offer, strlen(a->offer));
+        nbx_buf_puts(b, ",\"placement\":");
+        nbx_jw_string(b, a->placement, strlen(a->placement));
+        nbx_buf_puts(b, ",\"score\":");
+        nbx_jw_number(b, a->score);
+        nbx_buf_puts(b, ",\"expected_margin\":");
+        nbx_jw_number(b, a->expected_margin);
+        nbx_buf_putc(b, '}');
+    }
+    nbx_buf_puts(b, "],\"fallback\":");
+    nbx_buf_puts(b, r->fallback ? "true" : "false");
+    nbx_buf_puts(b, ",\"anonymous\":");
+    nbx_buf_puts(b, r->anonymous ? "true" : "false");
+    if (r->has_error) {
+        nbx_buf_puts(b, ",\"error\":{\"policy\":");
+        nbx_jw_string(b, pol->name, strlen(pol->name));
+        nbx_buf_puts(b, ",\"version\":\"");
+        nbx_buf_puts(b, pol->version_hex);
+        nbx_buf_puts(b, "\",\"kind\":\"");
+        static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
+        nbx_buf_puts(b, perr && perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault]
+                                                                     : "unavailable");
+        nbx_buf_puts(b, "\",\"where\":");
+        const char *where = perr ? perr->where : "";
+        nbx_jw_string(b, where, strlen(where));
+        nbx_buf_puts(b, ",\"offer\":");
+        if (perr && perr->offer[0])
+            nbx_jw_string(b, perr->offer, strlen(perr->offer));
+        else
+            nbx_buf_puts(b, "null");
+        nbx_buf_puts(b, ",\"message\":");
+        nbx_jw_string(b, r->error, strlen(r->error));
+        nbx_buf_putc(b, '}');
+    }
+    if (req->flags & NBX_DECIDE_EXPLAIN) {
+        nbx_buf_puts(b, ",\"candidates\":[");
+        for (size_t i = 0; i < n; i++) {
+            const nbx_candidate *cd = &c->cand[i];
+            nbx_buf_puts(b, i ? ",{\"offer\":" : "{\"offer\":");
+            nbx_jw_sv(b, cat->offers[cd->offer].id);
+            nbx_buf_puts(b, ",\"placement\":");
+            nbx_jw_sv(b, cat->placements[cd->placement].id);
+            nbx_buf_puts(b, ",\"score\":");
+            nbx_jw_number(b, cd->scored ? cd->score : NAN);
+            nbx_buf_puts(b, ",\"expected_margin\":");
+            nbx_jw_number(b, cd->expected_margin);
+            nbx_buf_puts(b, ",\"excluded\":");
+            const char *why = nbx_excluded_name(cd->excluded);
+            if (why) {
+                nbx_buf_putc(b, '"');
+                nbx_buf_puts(b, why);
+                nbx_buf_putc(b, '"');
+            } else {
+                nbx_buf_puts(b, "null");
+            }
+            nbx_buf_putc(b, '}');
+        }
+        nbx_buf_putc(b, ']');
+    }
+    nbx_buf_putc(b, '}');
+    nbx_buf_terminate(b);
+}
+
+/* ========================================================================
+ * Policy failures
+ * ======================================================================== */
+
+static void log_policy_failure(nbx_ctx *c, const char *customer, const char *msg)
+{
+    /* At most one line a second per context: a broken policy under load
+     * must not flood the host's log. */
+    int64_t now = nbx_monotonic_us();
+    if (now - c->last_log_us < 1000000) {
+        c->suppressed_logs++;
+        return;
+    }
+    const nbx_policy *pol = c->snap->policy;
+    if (c->suppressed_logs)
+        nbx_engine_log(c->engine, NBX_LOG_ERROR,
+                       "policy %s (version %s) failed, fallback served for customer %.64s: %s "
+                       "(%u more failures not logged)",
+                       pol->name, pol->version_hex, customer, msg, c->suppressed_logs);
+    else
+        nbx_engine_log(c->engine, NBX_LOG_ERROR,
+                       "policy %s (version %s) failed, fallback served for customer %.64s: %s",
+                       pol->name, pol->version_hex, customer, msg);
+    c->last_log_us = now;
+    c->suppressed_logs = 0;
+}
+
+static void take_fallback(nbx_ctx *c, size_t n, const nbx_profile *p, int64_t now,
+                          const char *customer, const nbx_policy_error *perr)
+{
+    nbx_result *r = &c->result;
+    r->fallback = true;
+    r->has_error = true;
+    if (perr)
+        snprintf(r->error, sizeof r->error, "%.255s%s%.511s", perr->where, perr->where[0] ? ": " : "",
+                 perr->reason);
+    else
+        snprintf(r->error, sizeof r->error, "policy unavailable: %s", c->sandbox_err);
+    for (size_t i = 0; i < n; i++)
+        if (!c->cand[i].excluded) {
+            c->cand[i].excluded = NBX_EXCLUDED_POLICY_ERROR;
+            c->cand[i].scored = false;
+        }
+    r->n_actions = 0;
+    r->expected_margin = 0;
+    fallback_actions(c, p, now);
+    log_policy_failure(c, customer, r->error);
+}
+
+/* ========================================================================
+ * Recording chosen actions (NBX_DECIDE_RECORD)
+ * ======================================================================== */
+
+static int record_actions(nbx_ctx *c, const char *customer, int64_t now, nbx_err *e)
+{
+    nbx_result *r = &c->result;
+    if (r->n_actions == 0)
+        return NBX_OK;
+    if (c->engine->flags & NBX_ENGINE_READONLY)
+        return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
+    MDB_txn *txn;
+    int rc = nbx_store_write_begin(c->engine->store, &txn, e);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < r->n_actions && rc == NBX_OK; i++) {
+        char eid[64];
+        int len = snprintf(eid, sizeof eid, "%s:%zu", r->decision_id, i);
+        nbx_event ev = {
+            .id = {eid, (size_t)len},
+            .customer = nbx_sv_of(customer),
+            .offer = nbx_sv_of(r->actions[i].offer),
+            .placement = nbx_sv_of(r->actions[i].placement),
+            .type = NBX_EV_IMPRESSION,
+            .ts_ms = now,
+            .amount = NAN,
+            .margin = NAN,
+        };
+        int applied;
+        rc = nbx_event_apply_txn(c->engine->store, txn, &ev, &applied, &c->arena, &c->scratch, e);
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return nbx_store_commit(c->engine->store, txn, e);
+}
+
+/* ========================================================================
+ * Decide
+ * ======================================================================== */
+
+NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
+{
+    if (out)
+        *out = NULL;
+    if (!c || !out)
+        return nbx_fail(c, NBX_EINVAL, "nbx_decide: NULL argument");
+    nbx_err e = {0};
+    int rc = ctx_refresh(c, &e);
+    if (rc == NBX_OK)
+        rc = check_request(c, req, &e);
+    if (rc)
+        return ctx_fail(c, &e);
+
+    nbx_result *r = &c->result;
+    r->n_actions = 0;
+    r->actions = c->actions;
+    r->fallback = r->anonymous = r->has_error = false;
+    r->error[0] = '\0';
+    r->expected_margin = 0;
+    int64_t wall = nbx_time_now();
+    int64_t now = req->now_ms ? req->now_ms : wall;
+    new_decision_id(c, wall, r->decision_id);
+    nbx_arena_reset(&c->arena);
+
+    nbx_store *store = c->engine->store;
+    nbx_sv customer = nbx_sv_of(req->customer);
+    int mrc = mdb_txn_renew(c->txn);
+    if (mrc) {
+        nbx_err_mdb(&e, mrc, "starting a read");
+        return ctx_fail(c, &e);
+    }
+    nbx_profile profile = {.id = customer};
+    rc = nbx_store_profile_get(store, c->txn, customer, &profile, &c->arena, &e);
+    if (rc == NBX_ENOTFOUND) {
+        memset(&profile, 0, sizeof profile);
+        profile.id = customer;
+        r->anonymous = true;
+        rc = NBX_OK;
+    }
+    if (rc == NBX_OK)
+        rc = nbx_caps_load(&c->caps, store, c->txn, customer, now, &c->arena, &e);
+    if (rc) {
+        mdb_txn_reset(c->txn);
+        return ctx_fail(c, &e);
+    }
+
+    size_t n = build_candidates(c);
+    check_eligibility(c, n, &profile, now);
+    nbx_policy_error perr;
+    memset(&perr, 0, sizeof perr);
+    bool failed = false;
+    if (!c->sandbox) {
+        failed = true;
+    } else {
+        nbx_sandbox_input in = {
+            .profile = &profile,
+            .anonymous = r->anonymous,
+            .session = req->session,
+            .n_session = req->n_session,
+            .now_ms = now,
+            .seed = nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
+            .cand = c->cand,
+            .n_cand = n,
+        };
+        failed = nbx_sandbox_run(c->sandbox, &in, &perr) != NBX_OK;
+    }
+    if (failed) {
+        take_fallback(c, n, &profile, now, req->customer, c->sandbox ? &perr : NULL);
+    } else {
+        apply_guardrails(c, n, &profile);
+        arbitrate(c, n);
+    }
+    mdb_txn_reset(c->txn);
+
+    memset(r->exclusions, 0, sizeof r->exclusions);
+    for (size_t i = 0; i < n; i++)
+        r->exclusions[c->cand[i].excluded]++;
+    if (req->flags & NBX_DECIDE_RECORD) {
+        rc = record_actions(c, req->customer, now, &e);
+        if (rc)
+            return ctx_fail(c, &e);
+    }
+    write_result(c, req, n, now, failed && c->sandbox ? &perr : NULL);
+    if (r->json.oom) {
+        nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");
+        return ctx_fail(c, &e);
+    }
+    c->err.code = NBX_OK;
+    c->err.msg[0] = '\0';
+    *out = r;
+    return NBX_OK;
+}
+
+NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
+{
+    if (applied)
+        *applied = 0;
+    if (!c || !json)
+        return nbx_fail(c, NBX_EINVAL, "nbx_record: NULL argument");
+    nbx_err e = {0};
+    if (c->engine->flags & NBX_ENGINE_READONLY) {
+        nbx_err_set(&e, NBX_EREADONLY, "cannot record: the engine is read-only");
+        return ctx_fail(c, &e);
+    }
+    if (len > NBX_LINE_MAX) {
+        nbx_err_set(&e, NBX_ELIMIT, "event JSON is %zu bytes, the limit is %d", len, NBX_LINE_MAX);
+        return ctx_fail(c, &e);
+    }
+    nbx_arena_reset(&c->arena);
+    nbx_event ev;
+    MDB_txn *txn = NULL;
+    int done = 0;
+    nbx_store *s = c->engine->store;
+    int rc = nbx_event_parse(json, len, &ev, &c->arena, &e);
+    if (rc == NBX_OK)
+        rc = nbx_store_write_begin(s, &txn, &e);
+    if (rc == NBX_OK)
+        rc = nbx_event_apply_txn(s, txn, &ev, &done, &c->arena, &c->scratch, &e);
+    if (rc == NBX_OK) {
+        rc = nbx_store_commit(s, txn, &e);
+        txn = NULL;
+    }
+    if (txn)
+        mdb_txn_abort(txn);
+    if (rc)
+        return ctx_fail(c, &e);
+    if (applied)
+        *applied = done;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Results
+ * ======================================================================== */
+
+NBX_API const char *nbx_excluded_name(int reason)
+{
+    static const char *const names[NBX_EXCLUDED_COUNT] = {
+        NULL,       "consent",    "frequency", "cooldown",  "contacts",
+        "budget",   "validity",   "ineligible", "guardrail", "policy_error"};
+    if (reason <= 0 || reason >= NBX_EXCLUDED_COUNT)
+        return NULL;
+    return names[reason];
+}
+
+NBX_API const char *nbx_result_json(const nbx_result *r, size_t *len)
+{
+    if (!r)
+        return NULL;
+    if (len)
+        *len = r->json.len;
+    return r->json.data;
+}
+
+NBX_API size_t nbx_result_action_count(const nbx_result *r)
+{
+    return r ? r->n_actions : 0;
+}
+
+NBX_API int nbx_result_action(const nbx_result *r, size_t i, nbx_action *out)
+{
+    if (!r || !out || i >= r->n_actions)
+        return NBX_EINVAL;
+    *out = r->actions[i];
+    return NBX_OK;
+}
+
+NBX_API int nbx_result_fallback(const nbx_result *r)
+{
+    return r && r->fallback;
+}
+
+NBX_API int nbx_result_anonymous(const nbx_result *r)
+{
+    return r && r->anonymous;
+}
+
+NBX_API const char *nbx_result_error(const nbx_result *r)
+{
+    return r && r->has_error ? r->error : NULL;
+}
+
+NBX_API const char *nbx_result_decision_id(const nbx_result *r)
+{
+    return r ? r->decision_id : NULL;
+}
+
+NBX_API double nbx_result_expected_margin(const nbx_result *r)
+{
+    return r ? r->expected_margin : 0;
+}
+
+NBX_API void nbx_result_exclusions(const nbx_result *r, uint32_t *counts)
+{
+    if (!counts)
+        return;
+    if (!r) {
+        memset(counts, 0, NBX_EXCLUDED_COUNT * sizeof *counts);
+        return;
+    }
+    memcpy(counts, r->exclusions, sizeof r->exclusions);
+}

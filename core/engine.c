@@ -1,0 +1,225 @@
+/*
+ * engine.c: the engine handle: a store, and the current (policy, catalog)
+ * snapshot, swapped atomically on reload.
+ *
+ * Reload model: a snapshot is immutable and reference counted. The engine
+ * holds the current one under a mutex and bumps a generation counter on
+ * every swap. A context compares the generation (one atomic load) at the
+ * start of each decision and only then takes the mutex to pick up the new
+ * snapshot; a decision in flight keeps its own reference, so it finishes on
+ * the version it started with.
+ */
+#include "nbx_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ========================================================================
+ * Snapshots
+ * ======================================================================== */
+
+static nbx_snapshot *snapshot_new(nbx_policy *policy, nbx_catalog *catalog, uint64_t generation)
+{
+    nbx_snapshot *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 1);
+    s->policy = nbx_policy_ref(policy);
+    s->catalog = nbx_catalog_ref(catalog);
+    s->generation = generation;
+    return s;
+}
+
+void nbx_snapshot_unref(nbx_snapshot *s)
+{
+    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        nbx_policy_unref(s->policy);
+        nbx_catalog_unref(s->catalog);
+        free(s);
+    }
+}
+
+nbx_snapshot *nbx_engine_snapshot(nbx_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    nbx_snapshot *s = e->current;
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&e->lock);
+    return s;
+}
+
+/* Install a new snapshot built from the current one with one part replaced. */
+static int engine_swap(nbx_engine *e, nbx_policy *policy, nbx_catalog *catalog)
+{
+    pthread_mutex_lock(&e->lock);
+    nbx_snapshot *old = e->current;
+    nbx_snapshot *s = snapshot_new(policy ? policy : old->policy,
+                                   catalog ? catalog : old->catalog, old->generation + 1);
+    if (!s) {
+        pthread_mutex_unlock(&e->lock);
+        return NBX_ENOMEM;
+    }
+    e->current = s;
+    atomic_store_explicit(&e->generation, s->generation, memory_order_release);
+    pthread_mutex_unlock(&e->lock);
+    nbx_snapshot_unref(old);
+    return NBX_OK;
+}
+
+void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...)
+{
+    if (!e->log)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    e->log(e->log_ud, level, msg);
+}
+
+/* ========================================================================
+ * Public calls
+ * ======================================================================== */
+
+NBX_API void nbx_engine_options_init(nbx_engine_options *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
+    o->time_limit_us = NBX_DEFAULT_TIME_LIMIT_US;
+    o->memory_limit = NBX_DEFAULT_MEMORY_LIMIT;
+}
+
+NBX_API int nbx_engine_open(const nbx_engine_options *o, nbx_engine **out)
+{
+    if (out)
+        *out = NULL;
+    if (!o || !out)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: options and out are required");
+    if (o->size < sizeof *o)
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "nbx_engine_open: options.size is %zu, expected %zu (call "
+                        "nbx_engine_options_init)",
+                        o->size, sizeof *o);
+    if ((!o->store && !o->store_handle) || !o->catalog || !o->policy)
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "nbx_engine_open: store, catalog and policy are required");
+    nbx_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return nbx_fail(NULL, NBX_ENOMEM, "out of memory");
+    pthread_mutex_init(&e->lock, NULL);
+    e->limits.time_us = o->time_limit_us ? o->time_limit_us : NBX_DEFAULT_TIME_LIMIT_US;
+    e->limits.memory = o->memory_limit ? o->memory_limit : NBX_DEFAULT_MEMORY_LIMIT;
+    e->flags = o->flags;
+    e->log = o->log;
+    e->log_ud = o->log_ud;
+
+    nbx_err err = {0};
+    nbx_catalog *catalog = NULL;
+    nbx_policy *policy = NULL;
+    int rc = NBX_OK;
+    if (o->store_handle) {
+        e->store = o->store_handle;
+    } else {
+        unsigned sflags = (o->flags & NBX_ENGINE_READONLY) ? NBX_STORE_READONLY : 0;
+        rc = nbx_store_open(o->store, sflags, &e->store);
+        if (rc)
+            nbx_err_set(&err, rc, "%s", nbx_last_errmsg());
+        e->own_store = true;
+    }
+    if (rc == NBX_OK)
+        rc = nbx_catalog_load(o->catalog, &catalog, &err);
+    if (rc == NBX_OK)
+        rc = nbx_policy_load(o->policy, &policy, &err);
+    if (rc == NBX_OK && !(e->current = snapshot_new(policy, catalog, 1)))
+        rc = nbx_err_set(&err, NBX_ENOMEM, "out of memory");
+    nbx_policy_unref(policy);
+    nbx_catalog_unref(catalog);
+    if (rc) {
+        nbx_engine_close(e);
+        return nbx_publish(NULL, &err);
+    }
+    atomic_init(&e->generation, 1);
+    *out = e;
+    return NBX_OK;
+}
+
+NBX_API void nbx_engine_close(nbx_engine *e)
+{
+    if (!e)
+        return;
+    nbx_snapshot_unref(e->current);
+    if (e->own_store)
+        nbx_store_close(e->store);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+}
+
+NBX_API const char *nbx_engine_errmsg(const nbx_engine *e)
+{
+    return nbx_errmsg_of(e);
+}
+
+NBX_API int nbx_engine_load_policy(nbx_engine *e, const char *path)
+{
+    if (!e || !path)
+        return nbx_fail(e, NBX_EINVAL, "nbx_engine_load_policy: NULL argument");
+    nbx_err err = {0};
+    nbx_policy *p;
+    int rc = nbx_policy_load(path, &p, &err);
+    if (rc) {
+        nbx_engine_log(e, NBX_LOG_ERROR, "policy %s rejected, the current one keeps serving: %s",
+                       path, err.msg);
+        return nbx_publish(e, &err);
+    }
+    rc = engine_swap(e, p, NULL);
+    if (rc == NBX_OK)
+        nbx_engine_log(e, NBX_LOG_INFO, "policy %s loaded: %s version %s", path, p->name,
+                       p->version_hex);
+    nbx_policy_unref(p);
+    return rc ? nbx_fail(e, rc, "out of memory") : NBX_OK;
+}
+
+NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
+{
+    if (!e || !path)
+        return nbx_fail(e, NBX_EINVAL, "nbx_engine_load_catalog: NULL argument");
+    nbx_err err = {0};
+    nbx_catalog *c;
+    int rc = nbx_catalog_load(path, &c, &err);
+    if (rc) {
+        nbx_engine_log(e, NBX_LOG_ERROR, "catalog %s rejected, the current one keeps serving: %s",
+                       path, err.msg);
+        return nbx_publish(e, &err);
+    }
+    rc = engine_swap(e, NULL, c);
+    if (rc == NBX_OK)
+        nbx_engine_log(e, NBX_LOG_INFO, "catalog %s loaded: version %s, %u offers", path,
+                       c->version_hex, c->n_offers);
+    nbx_catalog_unref(c);
+    return rc ? nbx_fail(e, rc, "out of memory") : NBX_OK;
+}
+
+NBX_API int nbx_engine_info_get(nbx_engine *e, nbx_engine_info *info)
+{
+    if (!e || !info)
+        return nbx_fail(e, NBX_EINVAL, "nbx_engine_info_get: NULL argument");
+    nbx_snapshot *s = nbx_engine_snapshot(e);
+    memset(info, 0, sizeof *info);
+    snprintf(info->policy_name, sizeof info->policy_name, "%s", s->policy->name);
+    memcpy(info->policy_version, s->policy->version_hex, sizeof info->policy_version);
+    memcpy(info->catalog_version, s->catalog->version_hex, sizeof info->catalog_version);
+    info->offers = s->catalog->n_offers;
+    info->placements = s->catalog->n_placements;
+    nbx_snapshot_unref(s);
+    return NBX_OK;
+}
+
+NBX_API nbx_store *nbx_engine_store(nbx_engine *e)
+{
+    return e ? e->store : NULL;
+}
