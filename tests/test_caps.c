@@ -1,0 +1,201 @@
+/* Suite: caps (core/caps.c): eligibility from real counters written by real
+ * events, guardrails, and the propensity fallback chain. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static char *dir;
+static nbx_store *store;
+static nbx_catalog *cat;
+static nbx_caps caps;
+static nbx_arena arena;
+
+/* 2026-03-10T12:00:00Z */
+#define NOW INT64_C(1773144000000)
+#define DAY NBX_MS_PER_DAY
+
+static void setup(void)
+{
+    dir = tu_tempdir("caps");
+    char *sdir = tu_path(dir, "store");
+    cr_assert_eq(nbx_store_open(sdir, NBX_STORE_CREATE, &store), NBX_OK, "%s", nbx_last_errmsg());
+    free(sdir);
+    char *path = tu_source_path("tests/data/catalog.json");
+    nbx_err e = {0};
+    cr_assert_eq(nbx_catalog_load(path, &cat, &e), NBX_OK, "%s", e.msg);
+    free(path);
+    cr_assert_eq(nbx_caps_init(&caps, cat), NBX_OK);
+}
+
+static void teardown(void)
+{
+    nbx_caps_free(&caps);
+    nbx_catalog_unref(cat);
+    nbx_store_close(store);
+    nbx_arena_free(&arena);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+TestSuite(caps, .init = setup, .fini = teardown);
+
+static int seq;
+
+static void event(const char *customer, const char *type, const char *offer, int64_t ts)
+{
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"e%d\",\"customer\":\"%s\",\"type\":\"%s\",\"offer\":\"%s\","
+             "\"ts\":%.3f}",
+             ++seq, customer, type, offer, (double)ts / 1000.0);
+    int applied = 0;
+    cr_assert_eq(nbx_event_apply(store, json, strlen(json), &applied), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(applied, 1);
+}
+
+static void profile(const char *json)
+{
+    cr_assert_eq(nbx_profile_put(store, json, strlen(json)), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+}
+
+/* Load state for customer at now, return the exclusion for offer id. */
+static int check(const char *customer, const char *offer, int64_t now)
+{
+    MDB_txn *txn;
+    nbx_err e = {0};
+    cr_assert_eq(nbx_store_read_begin(store, &txn, &e), NBX_OK);
+    nbx_profile p = {.id = nbx_sv_of(customer)};
+    int rc = nbx_store_profile_get(store, txn, p.id, &p, &arena, &e);
+    if (rc == NBX_ENOTFOUND) {
+        memset(&p, 0, sizeof p);
+        p.id = nbx_sv_of(customer);
+    }
+    cr_assert_eq(nbx_caps_load(&caps, store, txn, nbx_sv_of(customer), now, &arena, &e), NBX_OK,
+                 "%s", e.msg);
+    const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(offer));
+    cr_assert_not_null(o, "no offer %s", offer);
+    int why = nbx_caps_check(&caps, o, &p, now);
+    mdb_txn_abort(txn);
+    return why;
+}
+
+#define CONSENTED(id) profile("{\"id\":\"" id "\",\"consent\":{\"personalization\":true}}")
+
+Test(caps, frequency_cap_counts_the_window)
+{
+    CONSENTED("c1");
+    cr_assert_eq(check("c1", "free_shipping", NOW), NBX_EXCLUDED_NONE);
+    event("c1", "impression", "free_shipping", NOW - 6 * DAY);
+    event("c1", "impression", "free_shipping", NOW - 2 * DAY);
+    cr_assert_eq(check("c1", "free_shipping", NOW), NBX_EXCLUDED_NONE, "2 of 3");
+    event("c1", "impression", "free_shipping", NOW - 1000);
+    cr_assert_eq(check("c1", "free_shipping", NOW), NBX_EXCLUDED_FREQUENCY, "3 of 3");
+    /* a week later the oldest ones left the 7-day window */
+    cr_assert_eq(check("c1", "free_shipping", NOW + 5 * DAY), NBX_EXCLUDED_NONE);
+    /* other offers are unaffected (contacts: 3 of 5) */
+    cr_assert_eq(check("c1", "winback_20", NOW), NBX_EXCLUDED_NONE);
+}
+
+Test(caps, accept_cap_and_dismiss_cooldown)
+{
+    CONSENTED("c2");
+    event("c2", "accept", "free_shipping", NOW - 20 * DAY);
+    cr_assert_eq(check("c2", "free_shipping", NOW), NBX_EXCLUDED_FREQUENCY, "accepts 1 of 1");
+    cr_assert_eq(check("c2", "free_shipping", NOW + 11 * DAY), NBX_EXCLUDED_NONE, "30 days on");
+    CONSENTED("c3");
+    event("c3", "dismiss", "free_shipping", NOW - 13 * DAY);
+    cr_assert_eq(check("c3", "free_shipping", NOW), NBX_EXCLUDED_COOLDOWN);
+    cr_assert_eq(check("c3", "free_shipping", NOW + DAY), NBX_EXCLUDED_NONE, "14 days passed");
+}
+
+Test(caps, contacts_across_offers)
+{
+    CONSENTED("c4");
+    const char *offers[] = {"winback_20", "carousel_new", "email_only", "loss_leader",
+                            "deep_discount"};
+    for (int i = 0; i < 4; i++)
+        event("c4", "impression", offers[i], NOW - i * DAY);
+    cr_assert_eq(check("c4", "free_shipping", NOW), NBX_EXCLUDED_NONE, "4 of 5 contacts");
+    event("c4", "impression", offers[4], NOW - 6 * DAY);
+    cr_assert_eq(check("c4", "free_shipping", NOW), NBX_EXCLUDED_CONTACTS, "5 of 5 contacts");
+    cr_assert_eq(check("c4", "free_shipping", NOW + DAY), NBX_EXCLUDED_NONE,
+                 "the oldest contact left the 7-day window");
+}
+
+Test(caps, consent_and_validity)
+{
+    profile("{\"id\":\"c5\",\"consent\":{\"personalization\":false,\"email\":true}}");
+    cr_assert_eq(check("c5", "free_shipping", NOW), NBX_EXCLUDED_CONSENT);
+    cr_assert_eq(check("c5", "email_only", NOW), NBX_EXCLUDED_NONE);
+    cr_assert_eq(check("c5", "brand_banner", NOW), NBX_EXCLUDED_NONE, "purpose none");
+    cr_assert_eq(check("nobody", "free_shipping", NOW), NBX_EXCLUDED_CONSENT,
+                 "no profile: no consent");
+    CONSENTED("c6");
+    int64_t before = NOW - 365 * DAY;
+    cr_assert_eq(check("c6", "free_shipping", before), NBX_EXCLUDED_VALIDITY);
+    cr_assert_eq(check("c6", "winback_20", before), NBX_EXCLUDED_NONE, "no validity window");
+    /* withdrawn consent takes effect on the next check */
+    profile("{\"id\":\"c6\",\"consent\":{\"personalization\":false}}");
+    cr_assert_eq(check("c6", "free_shipping", NOW), NBX_EXCLUDED_CONSENT);
+}
+
+Test(caps, daily_budget_is_global_and_per_day)
+{
+    char *path = tu_path(dir, "budget.json");
+    cr_assert_eq(tu_write_file(path,
+                               "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{\"id\":\"b\","
+                               "\"placements\":[\"hero\"],\"price\":10,\"unit_cost\":1,"
+                               "\"purpose\":\"none\",\"budget\":{\"daily_impressions\":2,"
+                               "\"daily_accepts\":1}},{\"id\":\"c\",\"placements\":[\"hero\"],"
+                               "\"price\":10,\"unit_cost\":1,\"purpose\":\"none\"}]}"),
+                 0);
+    nbx_caps_free(&caps);
+    nbx_catalog_unref(cat);
+    nbx_err e = {0};
+    cr_assert_eq(nbx_catalog_load(path, &cat, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_caps_init(&caps, cat), NBX_OK);
+    free(path);
+    event("x1", "impression", "b", NOW - 3600000);
+    cr_assert_eq(check("x3", "b", NOW), NBX_EXCLUDED_NONE);
+    event("x2", "impression", "b", NOW - 60000);
+    cr_assert_eq(check("x3", "b", NOW), NBX_EXCLUDED_BUDGET, "2 of 2 today, other customers");
+    cr_assert_eq(check("x3", "c", NOW), NBX_EXCLUDED_NONE);
+    cr_assert_eq(check("x3", "b", NOW + DAY), NBX_EXCLUDED_NONE, "a new day");
+    event("x1", "accept", "b", NOW + DAY);
+    cr_assert_eq(check("x3", "b", NOW + DAY), NBX_EXCLUDED_BUDGET, "accept budget 1 of 1");
+}
+
+Test(caps, guardrails)
+{
+    cr_assert(nbx_guardrails_pass(cat, nbx_catalog_offer(cat, NBX_SV("free_shipping"))));
+    cr_assert_not(nbx_guardrails_pass(cat, nbx_catalog_offer(cat, NBX_SV("deep_discount"))),
+                  "45%% discount over the 30%% ceiling");
+    cr_assert_not(nbx_guardrails_pass(cat, nbx_catalog_offer(cat, NBX_SV("loss_leader"))),
+                  "negative margin under the floor");
+}
+
+Test(caps, propensity_fallback_chain)
+{
+    nbx_profile p;
+    nbx_err e = {0};
+    const char *json = "{\"id\":\"c\",\"propensity\":{\"free_shipping\":0.4,\"apparel\":0.2},"
+                       "\"rfm\":{\"segment\":\"at_risk\"}}";
+    cr_assert_eq(nbx_profile_parse(json, strlen(json), &p, &arena, &e), NBX_OK, "%s", e.msg);
+    p.rfm.segment = NBX_SEGMENT_AT_RISK;
+    cr_assert_eq(nbx_offer_propensity(&p, nbx_catalog_offer(cat, NBX_SV("free_shipping"))), 0.4,
+                 "own id");
+    cr_assert_eq(nbx_offer_propensity(&p, nbx_catalog_offer(cat, NBX_SV("carousel_new"))), 0.2,
+                 "category");
+    cr_assert_eq(nbx_offer_propensity(&p, nbx_catalog_offer(cat, NBX_SV("winback_20"))), 0.2,
+                 "segment prior");
+    p.rfm.segment = NBX_SEGMENT_LOYAL;
+    cr_assert_eq(nbx_offer_propensity(&p, nbx_catalog_offer(cat, NBX_SV("winback_20"))), 0.05,
+                 "base propensity");
+}
