@@ -1,0 +1,425 @@
+/* Suite: decide (core/decide.c, core/engine.c): the pipeline end to end on a
+ * real store with real policies, reload under concurrent decisions. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static char *dir, *store_dir, *catalog_path;
+static nbx_engine *engine;
+static nbx_ctx *ctx;
+
+/* 2026-03-10T12:00:00Z: inside every validity window of the fixture. */
+#define NOW INT64_C(1773144000000)
+
+static const char *BY_PRICE = "return { name = 'by_price',\n"
+                              "  score = function(o, c, s) return o.price end }\n";
+static const char *CONSTANT = "return { name = 'constant', score = function() return 1 end }\n";
+static const char *FAILING = "return { name = 'failing',\n"
+                             "  score = function(o) error('boom on ' .. o.id) end }\n";
+static const char *FS_FIRST = "return { name = 'fs_first', score = function(o)\n"
+                              "  if o.id == 'free_shipping' then return 100 end\n"
+                              "  return o.price end }\n";
+
+static char *write_policy(const char *name, const char *src)
+{
+    char *path = tu_path(dir, name);
+    cr_assert_eq(tu_write_file(path, src), 0);
+    return path;
+}
+
+static void open_engine(const char *policy_src)
+{
+    char *policy = write_policy("policy.lua", policy_src);
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.policy = policy;
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
+    free(policy);
+}
+
+static void setup(void)
+{
+    dir = tu_tempdir("decide");
+    store_dir = tu_path(dir, "store");
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_CREATE, &s), NBX_OK);
+    const char *profiles[] = {
+        "{\"id\":\"alice\",\"consent\":{\"personalization\":true},"
+        "\"propensity\":{\"winback_20\":0.5}}",
+        "{\"id\":\"bob\",\"consent\":{\"personalization\":false}}",
+    };
+    for (size_t i = 0; i < 2; i++)
+        cr_assert_eq(nbx_profile_put(s, profiles[i], strlen(profiles[i])), NBX_OK);
+    nbx_store_close(s);
+    catalog_path = tu_source_path("tests/data/catalog.json");
+}
+
+static void teardown(void)
+{
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+    ctx = NULL;
+    engine = NULL;
+    tu_rmtree(dir);
+    free(dir);
+    free(store_dir);
+    free(catalog_path);
+}
+
+TestSuite(decide, .init = setup, .fini = teardown);
+
+static const nbx_result *decide_full(const char *customer, const char **placements, size_t n,
+                                     unsigned flags, int64_t now)
+{
+    nbx_request r;
+    nbx_request_init(&r);
+    r.customer = customer;
+    r.placements = placements;
+    r.n_placements = n;
+    r.now_ms = now;
+    r.flags = flags;
+    const nbx_result *res = NULL;
+    int rc = nbx_decide(ctx, &r, &res);
+    cr_assert_eq(rc, NBX_OK, "decide: %s", nbx_ctx_errmsg(ctx));
+    return res;
+}
+
+static const nbx_result *decide(const char *customer, unsigned flags)
+{
+    return decide_full(customer, NULL, 0, flags, NOW);
+}
+
+static void expect_actions(const nbx_result *r, const char *const *want, size_t n)
+{
+    const char *json = nbx_result_json(r, NULL);
+    cr_assert_eq(nbx_result_action_count(r), n, "expected %zu actions: %s", n, json);
+    for (size_t i = 0; i < n; i++) {
+        nbx_action a;
+        cr_assert_eq(nbx_result_action(r, i, &a), NBX_OK);
+        char got[300];
+        snprintf(got, sizeof got, "%s/%s", a.offer, a.placement);
+        cr_assert_str_eq(got, want[i], "action %zu: expected %s, got %s in %s", i, want[i], got,
+                         json);
+    }
+}
+
+Test(decide, ranks_fills_slots_and_guardrails_beat_the_policy)
+{
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("alice", 0);
+    /* deep_discount (price 100) scores highest but breaks the 30% discount
+     * ceiling; loss_leader breaks the margin floor; email_only lacks consent. */
+    const char *want[] = {"winback_20/hero", "free_shipping/recs", "carousel_new/recs",
+                          "bestsellers/recs"};
+    expect_actions(r, want, 4);
+    cr_assert_not(nbx_result_fallback(r));
+    cr_assert_not(nbx_result_anonymous(r));
+    const char *json = nbx_result_json(r, NULL);
+    cr_assert(strstr(json, "\"policy\":{\"name\":\"by_price\",\"version\":\"") != NULL, "%s",
+              json);
+    cr_assert(strstr(json, "\"catalog_version\":\"") != NULL);
+    cr_assert(strstr(json, "\"fallback\":false") != NULL);
+    cr_assert(strstr(json, "\"candidates\"") == NULL, "explain off");
+}
+
+Test(decide, explain_names_every_exclusion)
+{
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    const char *json = nbx_result_json(r, NULL);
+    cr_assert(strstr(json, "{\"offer\":\"deep_discount\",\"placement\":\"hero\",\"score\":100,"
+                           "\"expected_margin\":null,\"excluded\":\"guardrail\"}") != NULL,
+              "%s", json);
+    cr_assert(strstr(json, "\"offer\":\"email_only\",\"placement\":\"recs\",\"score\":null,"
+                           "\"expected_margin\":null,\"excluded\":\"consent\"") != NULL,
+              "%s", json);
+    cr_assert(strstr(json, "\"offer\":\"loss_leader\",\"placement\":\"recs\",\"score\":20,")
+                  != NULL, "%s", json);
+    uint32_t counts[NBX_EXCLUDED_COUNT];
+    nbx_result_exclusions(r, counts);
+    cr_assert_eq(counts[NBX_EXCLUDED_GUARDRAIL], 3, "deep_discount x2, loss_leader");
+    cr_assert_eq(counts[NBX_EXCLUDED_CONSENT], 1);
+}
+
+Test(decide, expected_margin_defaults_to_propensity_times_margin)
+{
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("alice", 0);
+    nbx_action a;
+    cr_assert_eq(nbx_result_action(r, 0, &a), NBX_OK);
+    /* winback_20: propensity 0.5 x margin (80-40-16) - serving 0.02 */
+    cr_assert_float_eq(a.expected_margin, 0.5 * 24.0 - 0.02, 1e-9);
+    cr_assert_float_eq(a.score, 80.0, 1e-12);
+}
+
+Test(decide, never_the_same_offer_twice)
+{
+    open_engine(FS_FIRST);
+    const nbx_result *r = decide("alice", 0);
+    const char *want[] = {"free_shipping/hero", "carousel_new/recs", "bestsellers/recs"};
+    expect_actions(r, want, 3);
+}
+
+Test(decide, ties_break_by_offer_id)
+{
+    open_engine(CONSTANT);
+    const char *hero[] = {"hero"};
+    const nbx_result *r = decide_full("alice", hero, 1, 0, NOW);
+    const char *want[] = {"brand_banner/hero"};
+    expect_actions(r, want, 1);
+}
+
+Test(decide, anonymous_and_withdrawn_consent)
+{
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("stranger", 0);
+    cr_assert(nbx_result_anonymous(r));
+    /* only purpose "none" modules remain */
+    const char *want[] = {"bestsellers/recs", "brand_banner/hero"};
+    expect_actions(r, want, 2);
+    r = decide("bob", 0);
+    cr_assert_not(nbx_result_anonymous(r));
+    expect_actions(r, want, 2);
+}
+
+Test(decide, policy_failure_gives_fallback_and_next_decision_runs)
+{
+    open_engine(FAILING);
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    cr_assert(nbx_result_fallback(r));
+    const char *json = nbx_result_json(r, NULL);
+    const char *want[] = {"brand_banner/hero", "bestsellers/recs"};
+    expect_actions(r, want, 2);
+    cr_assert_not_null(nbx_result_error(r));
+    cr_assert(strstr(nbx_result_error(r), "policy.lua:2") != NULL, "%s", nbx_result_error(r));
+    cr_assert(strstr(json, "\"error\":{\"policy\":\"failing\",\"version\":\"") != NULL, "%s",
+              json);
+    cr_assert(strstr(json, "\"kind\":\"runtime\"") != NULL, "%s", json);
+    cr_assert(strstr(json, "\"excluded\":\"policy_error\"") != NULL, "%s", json);
+    /* the context is unharmed: swap in a good policy and decide again */
+    char *good = write_policy("good.lua", BY_PRICE);
+    cr_assert_eq(nbx_engine_load_policy(engine, good), NBX_OK, "%s", nbx_engine_errmsg(engine));
+    free(good);
+    r = decide("alice", 0);
+    cr_assert_not(nbx_result_fallback(r));
+    cr_assert_null(nbx_result_error(r));
+}
+
+Test(decide, recorded_impressions_reach_the_frequency_cap)
+{
+    open_engine(FS_FIRST);
+    for (int i = 0; i < 3; i++) {
+        char ev[256];
+        snprintf(ev, sizeof ev,
+                 "{\"event_id\":\"i%d\",\"customer\":\"alice\",\"type\":\"impression\","
+                 "\"offer\":\"free_shipping\",\"placement\":\"hero\",\"ts\":%lld}",
+                 i, (long long)(NOW / 1000 - 3600));
+        const nbx_result *r = decide("alice", 0);
+        nbx_action a;
+        nbx_result_action(r, 0, &a);
+        cr_assert_str_eq(a.offer, "free_shipping", "before impression %d", i);
+        int applied;
+        cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK, "%s",
+                     nbx_ctx_errmsg(ctx));
+        cr_assert_eq(applied, 1);
+        cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK);
+        cr_assert_eq(applied, 0, "duplicate event id applied twice");
+    }
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    const char *json = nbx_result_json(r, NULL);
+    cr_assert(strstr(json, "\"offer\":\"free_shipping\",\"placement\":\"hero\",\"score\":null,"
+                           "\"expected_margin\":null,\"excluded\":\"frequency\"") != NULL,
+              "%s", json);
+    nbx_action a;
+    nbx_result_action(r, 0, &a);
+    cr_assert_str_eq(a.offer, "winback_20");
+}
+
+Test(decide, record_flag_commits_exposures)
+{
+    open_engine(FS_FIRST);
+    const char *hero[] = {"hero"};
+    for (int i = 0; i < 3; i++) {
+        const nbx_result *r = decide_full("alice", hero, 1, NBX_DECIDE_RECORD, NOW + i * 1000);
+        nbx_action a;
+        nbx_result_action(r, 0, &a);
+        cr_assert_str_eq(a.offer, "free_shipping");
+    }
+    const nbx_result *r = decide_full("alice", hero, 1, 0, NOW + 5000);
+    nbx_action a;
+    nbx_result_action(r, 0, &a);
+    cr_assert_str_eq(a.offer, "winback_20", "cap of 3 reached through recorded decisions");
+}
+
+Test(decide, replay_with_as_of_is_identical)
+{
+    open_engine("return { name = 'rand', score = function(o) return math.random() end }\n");
+    const nbx_result *r = decide("alice", 0);
+    char first[4096];
+    snprintf(first, sizeof first, "%s", strstr(nbx_result_json(r, NULL), "\"actions\""));
+    r = decide("alice", 0);
+    cr_assert_str_eq(strstr(nbx_result_json(r, NULL), "\"actions\""), first);
+    r = decide_full("alice", NULL, 0, 0, NOW + 1);
+    cr_assert_str_neq(strstr(nbx_result_json(r, NULL), "\"actions\""), first,
+                      "a different clock should reseed math.random");
+}
+
+Test(decide, bad_requests_name_the_field)
+{
+    open_engine(BY_PRICE);
+    nbx_request r;
+    nbx_request_init(&r);
+    const nbx_result *res;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "customer") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    const char *bad[] = {"sidebar"};
+    r.customer = "alice";
+    r.placements = bad;
+    r.n_placements = 1;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "'sidebar'") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_null(res);
+    cr_assert_eq(nbx_decide(NULL, &r, &res), NBX_EINVAL);
+    cr_assert_eq(nbx_decide(ctx, NULL, &res), NBX_EINVAL);
+    cr_assert_eq(nbx_decide(ctx, &r, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_record(ctx, "{\"event_id\":\"x\"}", 16, NULL), NBX_EPARSE);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "customer") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(nbx_record(NULL, "{}", 2, NULL), NBX_EINVAL);
+    /* the context still works */
+    const nbx_result *ok = decide("alice", 0);
+    cr_assert_eq(nbx_result_action_count(ok), 4);
+}
+
+Test(decide, engine_open_errors)
+{
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    nbx_engine *e = (nbx_engine *)1;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_EINVAL);
+    cr_assert_null(e);
+    char *policy = write_policy("p.lua", BY_PRICE);
+    o.store = store_dir;
+    o.catalog = "/nonexistent/catalog.json";
+    o.policy = policy;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_last_errmsg(), "/nonexistent/catalog.json") != NULL);
+    o.catalog = catalog_path;
+    o.store = "/nonexistent/store";
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_last_errmsg(), "/nonexistent/store") != NULL, "%s", nbx_last_errmsg());
+    o.store = store_dir;
+    char *broken = write_policy("broken.lua", "return { name = 'x', score = ");
+    o.policy = broken;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_EPOLICY);
+    cr_assert(strstr(nbx_last_errmsg(), "broken.lua") != NULL, "%s", nbx_last_errmsg());
+    free(policy);
+    free(broken);
+    nbx_engine_close(NULL);
+    nbx_ctx_close(NULL);
+    cr_assert_eq(nbx_ctx_open(NULL, &ctx), NBX_EINVAL);
+}
+
+Test(decide, failed_reload_keeps_serving_the_old_version)
+{
+    open_engine(BY_PRICE);
+    nbx_engine_info before, after;
+    nbx_engine_info_get(engine, &before);
+    char *broken = write_policy("broken.lua", "return 42");
+    cr_assert_eq(nbx_engine_load_policy(engine, broken), NBX_EPOLICY);
+    cr_assert(strstr(nbx_engine_errmsg(engine), "broken.lua") != NULL, "%s",
+              nbx_engine_errmsg(engine));
+    char *bad_catalog = write_policy("bad.json", "{\"placements\": 3}");
+    cr_assert_eq(nbx_engine_load_catalog(engine, bad_catalog), NBX_EPARSE);
+    nbx_engine_info_get(engine, &after);
+    cr_assert_str_eq(before.policy_version, after.policy_version);
+    cr_assert_str_eq(before.catalog_version, after.catalog_version);
+    const nbx_result *r = decide("alice", 0);
+    cr_assert_eq(nbx_result_action_count(r), 4);
+    free(broken);
+    free(bad_catalog);
+}
+
+/* Reload under load: two threads decide while the main thread swaps policies. */
+struct worker {
+    nbx_engine *engine;
+    char v1[17], v2[17];
+    int decisions, with_v1, with_v2, bad;
+    volatile int *stop;
+};
+
+static void *work(void *arg)
+{
+    struct worker *w = arg;
+    nbx_ctx *c;
+    if (nbx_ctx_open(w->engine, &c) != NBX_OK) {
+        w->bad++;
+        return NULL;
+    }
+    nbx_request r;
+    nbx_request_init(&r);
+    r.customer = "alice";
+    r.now_ms = NOW;
+    while (!*w->stop) {
+        const nbx_result *res;
+        if (nbx_decide(c, &r, &res) != NBX_OK || nbx_result_fallback(res)) {
+            w->bad++;
+            continue;
+        }
+        const char *json = nbx_result_json(res, NULL);
+        bool h1 = strstr(json, w->v1) != NULL, h2 = strstr(json, w->v2) != NULL;
+        if (h1 == h2)
+            w->bad++;
+        w->with_v1 += h1;
+        w->with_v2 += h2;
+        w->decisions++;
+    }
+    nbx_ctx_close(c);
+    return NULL;
+}
+
+Test(decide, reload_under_concurrent_decisions)
+{
+    open_engine(BY_PRICE);
+    char *p1 = write_policy("v1.lua", BY_PRICE);
+    char *p2 = write_policy("v2.lua", "-- v2\nreturn { name = 'by_price',\n"
+                                      "  score = function(o, c, s) return o.price end }\n");
+    nbx_engine_info i1, i2;
+    cr_assert_eq(nbx_policy_check(p1, &i1), NBX_OK);
+    cr_assert_eq(nbx_policy_check(p2, &i2), NBX_OK);
+    cr_assert_str_neq(i1.policy_version, i2.policy_version);
+    volatile int stop = 0;
+    struct worker w[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].engine = engine;
+        memcpy(w[i].v1, i1.policy_version, 17);
+        memcpy(w[i].v2, i2.policy_version, 17);
+        w[i].stop = &stop;
+        pthread_create(&t[i], NULL, work, &w[i]);
+    }
+    for (int k = 0; k < 200; k++) {
+        cr_assert_eq(nbx_engine_load_policy(engine, k % 2 ? p1 : p2), NBX_OK);
+        struct timespec ts = {0, 500000};
+        nanosleep(&ts, NULL);
+    }
+    stop = 1;
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(w[i].bad, 0, "thread %d: %d results without exactly one version", i,
+                     w[i].bad);
+        cr_assert_gt(w[i].with_v1, 0, "thread %d never saw v1", i);
+        cr_assert_gt(w[i].with_v2, 0, "thread %d never saw v2", i);
+    }
+    free(p1);
+    free(p2);
+}
