@@ -1,0 +1,192 @@
+#!/bin/sh
+# nbx_decide through nginx under wrk, against nginx serving a static JSON
+# body of the same size, in the same run.
+#
+# Usage: bench/nginx_wrk.sh [BUILD_DIR]
+#
+# Environment (optional):
+#   NBX_BENCH_PROFILES     profiles in the store       (default 1000000)
+#   NBX_BENCH_OFFERS       offers in the catalog       (default 100)
+#   NBX_BENCH_DURATION     seconds per wrk run         (default 20)
+#   NBX_BENCH_CONNECTIONS  wrk connections             (default 64)
+#   NBX_BENCH_THREADS      wrk threads                 (default 2)
+#   NBX_BENCH_WORKERS      nginx worker processes      (default 2)
+#   NBX_BENCH_POLICY       policy file (default policies/margin_per_session.lua)
+#
+# The store is generated once with `nbx gen` + `nbx import` and kept in
+# BUILD_DIR/bench-nginx for the next run. Targets: nbx requests/s at least
+# half the static rate, nbx p99 at most 2 ms.
+set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+profiles="${NBX_BENCH_PROFILES:-1000000}"
+offers="${NBX_BENCH_OFFERS:-100}"
+duration="${NBX_BENCH_DURATION:-20}"
+connections="${NBX_BENCH_CONNECTIONS:-64}"
+threads="${NBX_BENCH_THREADS:-2}"
+workers="${NBX_BENCH_WORKERS:-2}"
+policy="${NBX_BENCH_POLICY:-$root/policies/margin_per_session.lua}"
+module="$build/bindings/nginx/ngx_http_nbx_module.so"
+nbx="$build/nbx"
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+work="$build/bench-nginx"
+data="$work/data-$profiles-$offers"
+run="$work/run"
+
+die() { echo "nginx_wrk: $*" >&2; exit 1; }
+
+[ -f "$module" ] || die "$module is missing (nginx-dev installed? make)"
+[ -x "$nbx" ] || die "$nbx is missing (make)"
+[ -f "$policy" ] || die "no policy $policy"
+if ! command -v wrk >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "wrk is not installed: sudo apt-get install -y wrk"
+    echo "nginx_wrk: installing wrk" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y --no-install-recommends wrk >/dev/null; }
+fi
+
+# ---------------------------------------------------------------------------
+# Data: catalog and store, generated once
+# ---------------------------------------------------------------------------
+if [ ! -f "$data/ready" ]; then
+    rm -rf "$data"
+    mkdir -p "$data"
+    echo "nginx_wrk: generating $profiles profiles and $offers offers in $data" >&2
+    "$nbx" gen catalog --offers "$offers" --out "$data/catalog.json"
+    "$nbx" gen profiles --count "$profiles" --offers "$offers" --out "$data/profiles.jsonl"
+    "$nbx" import profiles "$data/profiles.jsonl" --store "$data/store" >&2
+    rm -f "$data/profiles.jsonl"
+    touch "$data/ready"
+fi
+
+# ---------------------------------------------------------------------------
+# nginx: /decide (nbx) and /static (return 200 with a body of the same size)
+# ---------------------------------------------------------------------------
+rm -rf "$run"
+mkdir -p "$run/tmp"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+write_conf() {
+    user_line=""
+    [ "$(id -u)" = 0 ] && user_line="user $(stat -c '%U %G' "$data/store");"
+    cat >"$run/nginx.conf" <<EOF
+load_module $module;
+$user_line
+worker_processes $workers;
+pid $run/nginx.pid;
+error_log $run/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $run/tmp/body;
+    proxy_temp_path $run/tmp/proxy;
+    fastcgi_temp_path $run/tmp/fastcgi;
+    uwsgi_temp_path $run/tmp/uwsgi;
+    scgi_temp_path $run/tmp/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        location = /decide {
+            nbx_store $data/store;
+            nbx_catalog $data/catalog.json;
+            nbx_policy $policy;
+            nbx_customer \$arg_customer;
+            nbx_decide;
+        }
+        location = /static {
+            default_type application/json;
+            add_header Cache-Control no-store;
+            return 200 '$1';
+        }
+    }
+}
+EOF
+}
+
+stop_nginx() {
+    if [ -s "$run/nginx.pid" ]; then
+        kill "$(cat "$run/nginx.pid")" 2>/dev/null || true
+        sleep 0.5
+    fi
+}
+trap stop_nginx EXIT INT TERM
+
+write_conf '{}'
+"$nginx" -p "$run" -c "$run/nginx.conf" -q
+sleep 0.5
+
+# A real decision, to size the static body like it.
+sample=$(curl -sf "http://127.0.0.1:$port/decide?customer=c0000001") ||
+    die "the first decision failed; see $run/error.log"
+size=$(printf '%s' "$sample" | wc -c)
+pad=$(python3 -c "import sys; print('x' * max(0, int(sys.argv[1]) - 14))" "$size")
+write_conf "{\"static\":\"$pad\"}"
+"$nginx" -p "$run" -c "$run/nginx.conf" -s reload
+sleep 1
+
+# The store's pages in the page cache and every worker warm.
+cat "$data/store/data.mdb" >/dev/null
+export NBX_BENCH_CUSTOMERS="$profiles"
+wrk -t "$threads" -c "$connections" -d 5s -s "$root/bench/nginx_wrk.lua" \
+    "http://127.0.0.1:$port" >/dev/null
+
+fallbacks=0
+i=0
+while [ $i -lt 50 ]; do
+    c=$(printf 'c%07d' $(( (i * 7919) % profiles + 1 )))
+    curl -s "http://127.0.0.1:$port/decide?customer=$c" | grep -q '"fallback": *true' &&
+        fallbacks=$((fallbacks + 1))
+    i=$((i + 1))
+done
+
+run_wrk() { # name, then wrk arguments
+    name=$1
+    shift
+    wrk -t "$threads" -c "$connections" -d "${duration}s" --latency "$@" >"$work/$name.txt"
+}
+
+run_wrk nbx -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
+run_wrk static "http://127.0.0.1:$port/static"
+
+# wrk prints "Requests/sec: N" and, with --latency, "99%  1.23ms".
+rps() { awk '/^Requests\/sec:/ { print $2 }' "$work/$1.txt"; }
+p99() {
+    awk '$1 == "99%" {
+        v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+        if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
+        printf "%.3f\n", v }' "$work/$1.txt"
+}
+errors() {
+    awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { n += 1 } END { print n + 0 }' \
+        "$work/$1.txt"
+}
+
+nbx_rps=$(rps nbx)
+static_rps=$(rps static)
+nbx_p99=$(p99 nbx)
+static_p99=$(p99 static)
+
+cat <<EOF
+
+nbx on nginx: $workers workers, $profiles profiles, $offers offers, policy $(basename "$policy")
+wrk: $threads threads, $connections connections, ${duration}s per run, random customers
+response size: $size bytes (the static body is padded to the same size)
+
+                 requests/s    p99 (ms)   errors
+  nbx_decide     $(printf '%10s  %10s  %7s' "$nbx_rps" "$nbx_p99" "$(errors nbx)")
+  static 200     $(printf '%10s  %10s  %7s' "$static_rps" "$static_p99" "$(errors static)")
+
+EOF
+
+python3 - "$nbx_rps" "$static_rps" "$nbx_p99" "$fallbacks" <<'EOF'
+import sys
+nbx, static, p99, fallbacks = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+ratio = nbx / static if static else 0.0
+print("  nbx / static   %.2f   (target >= 0.50: %s)" % (ratio, "met" if ratio >= 0.5 else "MISSED"))
+print("  nbx p99        %.3f ms (target <= 2 ms: %s)" % (p99, "met" if p99 <= 2.0 else "MISSED"))
+print("  fallbacks in 50 sampled decisions: %d" % fallbacks)
+EOF
+echo
+echo "raw wrk output: $work/nbx.txt, $work/static.txt; nginx log: $run/error.log"
