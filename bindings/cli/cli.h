@@ -140,15 +140,6 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
 #pragma weak nbx_import_file
 #pragma weak nbx_rfm_rebuild
 #pragma weak nbx_policy_check
-#pragma weak nbx_engine_options_init
-#pragma weak nbx_engine_open
-#pragma weak nbx_engine_close
-#pragma weak nbx_ctx_open
-#pragma weak nbx_ctx_close
-#pragma weak nbx_ctx_errmsg
-#pragma weak nbx_request_init
-#pragma weak nbx_decide
-#pragma weak nbx_result_json
 
 /* Return from the calling command if the library lacks fn. */
 #define CLI_REQUIRE(args, fn)                                                                      \

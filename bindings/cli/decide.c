@@ -50,15 +50,6 @@ static int require_flag(cli_args *args, const char *name, const char *metavar)
 
 int cli_run_decide(cli_args *args)
 {
-    CLI_REQUIRE(args, nbx_engine_options_init);
-    CLI_REQUIRE(args, nbx_engine_open);
-    CLI_REQUIRE(args, nbx_engine_close);
-    CLI_REQUIRE(args, nbx_ctx_open);
-    CLI_REQUIRE(args, nbx_ctx_close);
-    CLI_REQUIRE(args, nbx_ctx_errmsg);
-    CLI_REQUIRE(args, nbx_request_init);
-    CLI_REQUIRE(args, nbx_decide);
-    CLI_REQUIRE(args, nbx_result_json);
     int rc = require_flag(args, "catalog", "FILE");
     if (rc == CLI_OK)
         rc = require_flag(args, "policy", "FILE");

@@ -71,7 +71,7 @@ static const cli_flag gen_profiles_flags[] = {
 
 static const cli_flag gen_events_flags[] = {
     {"customers", CLI_UINT, "N", "customers c0000001..cN the events are about (required)", 1,
-     100000000},
+     1000000000},
     {"count", CLI_UINT, "K", "events to generate (required)", 0, UINT64_C(10000000000)},
     FLAG_SEED,
     {"start", CLI_TIME, "TIME", "first event time (default 2026-01-01T00:00:00Z)", 0, 0},
@@ -199,10 +199,11 @@ nbx_store *cli_open_store(cli_args *args, unsigned flags, int *exit_code)
     nbx_store *store = NULL;
     int rc = nbx_store_open(path, flags, &store);
     if (rc != NBX_OK) {
-        if (rc == NBX_ENOTFOUND && !(flags & NBX_STORE_CREATE))
-            cli_error(args->cmd, "no store at %s (%s)", path, nbx_last_errmsg());
+        const char *detail = nbx_last_errmsg();
+        if (rc == NBX_ENOTFOUND && !*detail)
+            cli_error(args->cmd, "no store at %s", path);
         else
-            cli_nbx_error(args->cmd, rc, nbx_last_errmsg());
+            cli_nbx_error(args->cmd, rc, detail);
         *exit_code = CLI_FAIL;
         return NULL;
     }

@@ -1,0 +1,121 @@
+"""Helpers for the nbx CLI tests: run the real binary on real stores.
+
+NBX_BIN names the binary (set by ctest); without it the tests look for a
+build in build-cli/ or build/ under the source tree, so a developer can run
+`python3 -m unittest -v test_cli` from tests/cli.
+"""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.environ.get("NBX_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
+
+
+def _find_binary():
+    path = os.environ.get("NBX_BIN")
+    if path:
+        return path
+    for build in ("build-cli", "build"):
+        candidate = os.path.join(SOURCE_DIR, build, "nbx")
+        if os.path.exists(candidate):
+            return candidate
+    raise RuntimeError("set NBX_BIN to the nbx binary")
+
+
+NBX = _find_binary()
+POLICY = os.path.join(SOURCE_DIR, "policies", "margin_per_session.lua")
+CATALOG = os.path.join(SOURCE_DIR, "tests", "data", "catalog.json")
+
+
+class CliTestCase(unittest.TestCase):
+    """A temporary directory per test, and shortcuts for running nbx."""
+
+    maxDiff = 4000
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="nbx-cli-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.store = os.path.join(self.tmp, "store")
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def nbx(self, *args, input=None, env=None, timeout=300):
+        """Run nbx; returns the CompletedProcess (text mode). NBX_STORE is
+        removed from the environment unless env sets it."""
+        full_env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        if env:
+            full_env.update(env)
+        return subprocess.run([NBX, *args], input=input, capture_output=True, text=True,
+                              env=full_env, timeout=timeout)
+
+    def ok(self, *args, **kw):
+        """Run nbx and require exit status 0."""
+        r = self.nbx(*args, **kw)
+        self.assertEqual(r.returncode, 0,
+                         f"nbx {' '.join(args)}: expected exit 0, got {r.returncode}\n"
+                         f"stdout: {r.stdout[:2000]}\nstderr: {r.stderr[:2000]}")
+        return r
+
+    def fails(self, code, *args, **kw):
+        """Run nbx and require the given exit status and a message on stderr."""
+        r = self.nbx(*args, **kw)
+        self.assertEqual(r.returncode, code,
+                         f"nbx {' '.join(args)}: expected exit {code}, got {r.returncode}\n"
+                         f"stdout: {r.stdout[:2000]}\nstderr: {r.stderr[:2000]}")
+        self.assertTrue(r.stderr.strip(), f"nbx {' '.join(args)}: no message on stderr")
+        return r
+
+    def write(self, name, text):
+        path = self.path(name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def write_jsonl(self, name, records):
+        """Records are dicts (dumped) or strings (written as they are)."""
+        lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+        return self.write(name, "".join(line + "\n" for line in lines))
+
+    def stats(self, store=None):
+        r = self.ok("stats", "--json", "--store", store or self.store)
+        return json.loads(r.stdout)
+
+    def export(self, store=None):
+        return self.ok("export", "profiles", "--store", store or self.store).stdout
+
+    def profile(self, customer, store=None):
+        r = self.ok("profile", "get", customer, "--store", store or self.store)
+        return json.loads(r.stdout)
+
+    def gen(self, *args):
+        return self.ok("gen", *args).stdout
+
+
+def profile(n, **fields):
+    """A small valid profile with id pNNN."""
+    p = {"id": f"p{n:03d}", "attrs": {"country": "DE", "age": 30 + n, "vip": n % 2 == 0},
+         "consent": {"personalization": True, "email": n % 3 != 0},
+         "propensity": {"free_shipping": 0.1, "apparel": 0.02 * (n % 10)},
+         "ltv": 10.0 * n, "churn": 0.1}
+    p.update(fields)
+    return p
+
+
+def purchase(event_id, customer, ts, amount, margin=None):
+    e = {"event_id": event_id, "customer": customer, "type": "purchase", "ts": ts,
+         "amount": amount}
+    if margin is not None:
+        e["margin"] = margin
+    return e
+
+
+def exposure(event_id, customer, kind, offer, ts, placement=None):
+    e = {"event_id": event_id, "customer": customer, "type": kind, "ts": ts, "offer": offer}
+    if placement:
+        e["placement"] = placement
+    return e
