@@ -1205,6 +1205,16 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     name[field->len] = '\0';
     field->data = name;
 
+    /*
+     * `nginx -s reload|stop|quit` parses the configuration only to find the
+     * master's pid: checking there would make a broken policy stop `-s stop`
+     * and keep `-s reload` from reaching the master, whose own check logs
+     * the error and keeps the old workers.
+     */
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_CONF_OK;
+    }
+
     if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, policy)) {
         rc = nbx_policy_check((const char *) name, &info);
         if (rc != NBX_OK) {

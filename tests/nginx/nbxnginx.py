@@ -258,8 +258,8 @@ class Nginx:
 
     def start(self, port, timeout=15):
         self.port = port
-        self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.prefix, "stderr.log"), "w"))
+        with open(os.path.join(self.prefix, "stderr.log"), "w") as err:
+            self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

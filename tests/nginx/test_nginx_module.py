@@ -260,6 +260,12 @@ class ModuleTest(nx.NginxTestCase):
         q = "&".join(["placement=hero"] * 65)
         self.assertJsonError(self.get("/decide?customer=c1&" + q), 400, "65 placements")
 
+    def test_25b_unknown_placement_is_400(self):
+        self.assertJsonError(self.get("/decide?customer=c1&placement=nowhere"), 400,
+                             "unknown placement", "nowhere")
+        self.assertJsonError(self.get("/decide?customer=c1&placement="), 400,
+                             "empty placement", "placement")
+
     def test_26_policy_failure_falls_back_with_a_rate_limited_log(self):
         before = self.server.log_size()
         for i in range(40):
@@ -272,7 +278,8 @@ class ModuleTest(nx.NginxTestCase):
                                                   ("brand_banner", "hero")], d)
         time.sleep(0.2)
         log = self.server.log_since(before)
-        lines = [l for l in log.splitlines() if "nbx-test-policy-failure" in l]
+        lines = [l for l in log.splitlines()
+                 if "[error]" in l and "nbx: policy raising" in l and "fallback" in l]
         self.assertTrue(lines, "no error-log line for the policy failure:\n" + log)
         self.assertLessEqual(len(lines), 20, "the log is not rate-limited: %d lines"
                              % len(lines))
