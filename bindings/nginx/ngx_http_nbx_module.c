@@ -1135,6 +1135,9 @@ ngx_http_nbx_cleanup(void *data)
     ngx_http_nbx_store_t   **stores;
     ngx_http_nbx_engine_t  **engines;
 
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "nbx: closing contexts, engines and stores");
+
     engines = nmcf->engines.elts;
 
     for (i = 0; i < nmcf->engines.nelts; i++) {
