@@ -693,6 +693,205 @@ NBX_API double nbx_result_expected_margin(const nbx_result *r);
  */
 NBX_API void nbx_result_exclusions(const nbx_result *r, uint32_t *counts);
 
+/* ========================================================================
+ * Batches: many decisions on a pool of threads, results in submission order
+ *
+ * A batch owns worker threads, each with its own decision context, and a
+ * window of slots. The caller submits customers and takes results back in
+ * the order it submitted them, whatever the number of threads; memory is
+ * bounded by the window, not by the number of customers. The CLI
+ * (`nbx batch`) and the Python binding are built on it. A driver loop:
+ *
+ *     while (more input) {
+ *         while (nbx_batch_space(b) == 0 && nbx_batch_next(b, &item) == NBX_OK)
+ *             consume(item);
+ *         nbx_batch_submit(b, id, NULL, 0, NULL);
+ *     }
+ *     while (nbx_batch_next(b, &item) == NBX_OK)
+ *         consume(item);
+ * ======================================================================== */
+
+typedef struct nbx_batch nbx_batch;
+
+/** Bounds on nbx_batch_options. */
+#define NBX_BATCH_THREADS_MAX 256
+#define NBX_BATCH_WINDOW_MAX (1u << 20)
+
+/** Options for nbx_batch_open(). Initialise with nbx_batch_options_init(). */
+typedef struct nbx_batch_options {
+    size_t size;                   /**< sizeof(nbx_batch_options) */
+    unsigned threads;              /**< worker threads, 1..NBX_BATCH_THREADS_MAX (0: the
+                                        CPUs this process may run on) */
+    size_t window;                 /**< decisions submitted and not yet taken back, at most
+                                        (0: 256 per thread); bounds the memory */
+    const char *const *placements; /**< placements of every decision; n_placements 0: all */
+    size_t n_placements;
+    const nbx_kv *session;         /**< session fields of every decision; a customer's own
+                                        field with the same key replaces one of these */
+    size_t n_session;
+    int64_t now_ms;                /**< the clock of every decision (0: the wall clock at
+                                        nbx_batch_open(), the same for the whole batch) */
+    unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
+                                        NBX_DECIDE_RECORD (needs a read-write engine) */
+} nbx_batch_options;
+
+/**
+ * One decision of a batch, as nbx_batch_next() hands it back. The fields
+ * are those of the nbx_result the decision produced (see nbx_result_json()
+ * and the nbx_result_* accessors), copied out of the worker's context.
+ * More fields may be added at the end; the batch allocates the item.
+ */
+typedef struct nbx_batch_item {
+    uint64_t index;            /**< submission number, from 0 */
+    const char *customer;      /**< the customer id submitted */
+    void *user;                /**< the pointer given to nbx_batch_submit() */
+    int status;                /**< NBX_OK, or what nbx_decide() returned for it */
+    const char *errmsg;        /**< when status is not NBX_OK, why; else "" */
+    const char *json;          /**< nbx_result_json(); NULL when status is not NBX_OK */
+    size_t json_len;
+    const char *decision_id;   /**< "" when status is not NBX_OK */
+    const nbx_action *actions; /**< in rank order */
+    size_t n_actions;
+    int fallback;              /**< nbx_result_fallback() */
+    int anonymous;             /**< nbx_result_anonymous(): the id has no profile */
+    const char *policy_error;  /**< nbx_result_error(): NULL unless fallback */
+    double expected_margin;    /**< nbx_result_expected_margin() */
+    uint32_t exclusions[NBX_EXCLUDED_COUNT]; /**< nbx_result_exclusions() */
+} nbx_batch_item;
+
+/** Totals over the items nbx_batch_next() has handed back. */
+typedef struct nbx_batch_stats {
+    uint64_t submitted; /**< accepted by nbx_batch_submit*() */
+    uint64_t taken;     /**< handed back by nbx_batch_next() (decided + failed) */
+    uint64_t decided;   /**< taken with status NBX_OK */
+    uint64_t failed;    /**< taken with another status */
+    uint64_t fallbacks; /**< decided with the fallback decision */
+    uint64_t anonymous; /**< decided for ids not in the store */
+    uint64_t actions;   /**< actions over all decisions */
+    uint64_t exclusions[NBX_EXCLUDED_COUNT]; /**< candidates by reason, summed */
+    double expected_margin; /**< sum of nbx_result_expected_margin() */
+} nbx_batch_stats;
+
+/** @brief Set defaults. @note Thread-safe. */
+NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
+
+/**
+ * @brief Start a batch on an engine: open one context per worker thread and
+ * start the threads.
+ *
+ * Options are copied: placements and session may be freed after the call.
+ * Placements are checked against the engine's current catalog.
+ *
+ * @param engine the engine; must outlive the batch (close the batch first).
+ * @param opts may be NULL for defaults.
+ * @param[out] out the batch, NULL on failure (see nbx_last_errmsg()).
+ * @return NBX_OK; NBX_EINVAL (NULL engine or out, opts->size too small,
+ *   threads or window out of range, unknown flags, an unknown placement, a
+ *   bad session field: the message names it); NBX_EREADONLY
+ *   (NBX_DECIDE_RECORD on a read-only engine); NBX_EPOLICY, NBX_ESTORE,
+ *   NBX_ENOMEM (opening a context or starting a thread).
+ * @note Thread-safe on the engine. The returned batch belongs to one thread
+ *   at a time (see nbx_batch_next()). Its worker threads block every signal.
+ */
+NBX_API int nbx_batch_open(nbx_engine *engine, const nbx_batch_options *opts, nbx_batch **out);
+
+/**
+ * @brief How many more customers nbx_batch_submit() accepts before results
+ * must be taken with nbx_batch_next().
+ * @return free slots of the window; 0 if b is NULL.
+ */
+NBX_API size_t nbx_batch_space(const nbx_batch *b);
+
+/**
+ * @brief Submitted customers whose results have not been taken yet.
+ * @return 0 if b is NULL.
+ */
+NBX_API size_t nbx_batch_pending(const nbx_batch *b);
+
+/**
+ * @brief Queue one decision. Never blocks.
+ *
+ * The customer and the session are copied. The session is merged over
+ * nbx_batch_options.session (same key: this one wins).
+ *
+ * @param customer customer id, 1..NBX_ID_MAX bytes, no NUL.
+ * @param session this customer's session fields, may be NULL if n_session is 0.
+ * @param user handed back unchanged in nbx_batch_item.user; nbx never reads it.
+ * @return NBX_OK; NBX_EINVAL (NULL batch or customer, a bad id, a session
+ *   field without key or value or too long, more than
+ *   NBX_REQUEST_SESSION_MAX fields once merged: nothing is queued, see
+ *   nbx_batch_errmsg()); NBX_ELIMIT (the window is full: take results first);
+ *   NBX_ENOMEM.
+ * @note Not thread-safe on the batch: see nbx_batch_next().
+ */
+NBX_API int nbx_batch_submit(nbx_batch *b, const char *customer, const nbx_kv *session,
+                             size_t n_session, void *user);
+
+/**
+ * @brief Queue one decision given as a JSON object: "id" (the customer, a
+ * string) and the customer's session fields, whose values are strings,
+ * numbers (passed as written) or booleans ("true"/"false"); a null value
+ * leaves the field out. Never blocks.
+ *
+ * Example: {"id": "c0000042", "channel": "email", "day": 3}
+ *
+ * @param json the object (one line of a JSONL file); len its length.
+ * @return NBX_OK; NBX_EPARSE (not such an object: the message gives the
+ *   column or names the field; nothing is queued); NBX_ELIMIT (window full,
+ *   or len > NBX_LINE_MAX); NBX_EINVAL (NULL argument, too many fields);
+ *   NBX_ENOMEM.
+ * @note Not thread-safe on the batch: see nbx_batch_next().
+ */
+NBX_API int nbx_batch_submit_json(nbx_batch *b, const char *json, size_t len, void *user);
+
+/**
+ * @brief Take the result of the oldest submitted decision not taken yet,
+ * waiting for it if it is still running.
+ *
+ * A decision that fails (nbx_decide() returned an error) is still handed
+ * back, in its place, with item->status and item->errmsg set: one bad
+ * customer does not stop the batch.
+ *
+ * @param[out] out the item, owned by the batch; valid until the next call of
+ *   nbx_batch_next() or nbx_batch_close() on this batch.
+ * @return NBX_OK; NBX_DONE when every submitted decision has been taken
+ *   (*out is NULL); NBX_EINVAL (NULL argument).
+ * @note A batch belongs to one thread at a time: nbx_batch_submit*(),
+ *   nbx_batch_next(), nbx_batch_stats_get() and nbx_batch_close() must not
+ *   run concurrently on it. Decisions run on the batch's own threads.
+ */
+NBX_API int nbx_batch_next(nbx_batch *b, const nbx_batch_item **out);
+
+/**
+ * @brief Totals over the items taken so far.
+ * @return NBX_OK or NBX_EINVAL.
+ */
+NBX_API int nbx_batch_stats_get(const nbx_batch *b, nbx_batch_stats *out);
+
+/**
+ * @brief Detail of the last failed call on this batch (submit, next).
+ * @return never NULL; valid until the next call on the batch.
+ */
+NBX_API const char *nbx_batch_errmsg(const nbx_batch *b);
+
+/**
+ * @brief Stop the batch: decisions still queued are dropped, decisions
+ * running finish (with NBX_DECIDE_RECORD their impressions are recorded),
+ * the threads are joined and the contexts closed. NULL is a no-op.
+ * @note Not thread-safe with other calls on the same batch.
+ */
+NBX_API void nbx_batch_close(nbx_batch *b);
+
+/**
+ * @brief The shard of a customer id: xxh64 of the id's bytes (no NUL) with
+ * seed 0, modulo n. N tasks that each take the ids with shard I (0..N-1)
+ * cover every customer exactly once; `nbx batch --shard I/N` uses it, and
+ * any tool with an xxh64 (XXH64 from xxHash) reproduces it.
+ * @return 0..n-1; UINT32_MAX if id is NULL or n is 0.
+ * @note Thread-safe.
+ */
+NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
+
 #ifdef __cplusplus
 }
 #endif
