@@ -63,6 +63,7 @@ struct nbx_batch {
     /* Request parts shared by every decision, owned by the batch. */
     unsigned flags;
     int64_t now_ms;
+    uint32_t shard_count, shard_index;
     const char **placements;
     size_t n_placements;
     nbx_kv *base;
@@ -145,6 +146,10 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
                            o->window, NBX_BATCH_WINDOW_MAX);
     if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: unknown flags 0x%x", o->flags);
+    if (o->shard_count && o->shard_index >= o->shard_count)
+        return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: shard %u/%u: the index must be below "
+                                          "the count",
+                           o->shard_index, o->shard_count);
     if ((o->flags & NBX_DECIDE_RECORD) && (engine->flags & NBX_ENGINE_READONLY))
         return nbx_err_set(e, NBX_EREADONLY,
                            "cannot record exposures: the engine is read-only");
@@ -450,6 +455,8 @@ NBX_API int nbx_batch_open(nbx_engine *engine, const nbx_batch_options *opts, nb
     if (b->wake_mark > WAKE_MARK_MAX)
         b->wake_mark = WAKE_MARK_MAX;
     b->flags = o->flags;
+    b->shard_count = o->shard_count;
+    b->shard_index = o->shard_index;
     b->now_ms = o->now_ms ? o->now_ms : nbx_time_now();
 
     rc = copy_shared_request(b, o);
@@ -579,6 +586,11 @@ NBX_API int nbx_batch_submit(nbx_batch *b, const char *customer, const nbx_kv *s
     size_t id_len = strnlen(customer, NBX_ID_MAX + 1);
     if (check_customer((nbx_sv){customer, id_len}, &e))
         return batch_fail(b, &e);
+    if (b->shard_count &&
+        nbx_hash64(customer, id_len, 0) % b->shard_count != b->shard_index) {
+        b->stats.other_shard++;
+        return NBX_DONE;
+    }
     if (n_session > NBX_REQUEST_SESSION_MAX) {
         nbx_err_set(&e, NBX_EINVAL, "field 'session': %zu keys, the limit is %d", n_session,
                     NBX_REQUEST_SESSION_MAX);

@@ -733,6 +733,9 @@ typedef struct nbx_batch_options {
                                         nbx_batch_open(), the same for the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
                                         NBX_DECIDE_RECORD (needs a read-write engine) */
+    uint32_t shard_count;          /**< 0: decide every customer submitted; else only those
+                                        with nbx_shard_of(id, shard_count) == shard_index */
+    uint32_t shard_index;          /**< 0..shard_count-1 */
 } nbx_batch_options;
 
 /**
@@ -761,7 +764,8 @@ typedef struct nbx_batch_item {
 
 /** Totals over the items nbx_batch_next() has handed back. */
 typedef struct nbx_batch_stats {
-    uint64_t submitted; /**< accepted by nbx_batch_submit*() */
+    uint64_t submitted; /**< queued by nbx_batch_submit*() */
+    uint64_t other_shard; /**< not queued: another shard's customers */
     uint64_t taken;     /**< handed back by nbx_batch_next() (decided + failed) */
     uint64_t decided;   /**< taken with status NBX_OK */
     uint64_t failed;    /**< taken with another status */
@@ -786,8 +790,9 @@ NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
  * @param opts may be NULL for defaults.
  * @param[out] out the batch, NULL on failure (see nbx_last_errmsg()).
  * @return NBX_OK; NBX_EINVAL (NULL engine or out, opts->size too small,
- *   threads or window out of range, unknown flags, an unknown placement, a
- *   bad session field: the message names it); NBX_EREADONLY
+ *   threads or window out of range, unknown flags, shard_index not below
+ *   shard_count, an unknown placement, a bad session field: the message
+ *   names it); NBX_EREADONLY
  *   (NBX_DECIDE_RECORD on a read-only engine); NBX_EPOLICY, NBX_ESTORE,
  *   NBX_ENOMEM (opening a context or starting a thread).
  * @note Thread-safe on the engine. The returned batch belongs to one thread
@@ -817,7 +822,8 @@ NBX_API size_t nbx_batch_pending(const nbx_batch *b);
  * @param customer customer id, 1..NBX_ID_MAX bytes, no NUL.
  * @param session this customer's session fields, may be NULL if n_session is 0.
  * @param user handed back unchanged in nbx_batch_item.user; nbx never reads it.
- * @return NBX_OK; NBX_EINVAL (NULL batch or customer, a bad id, a session
+ * @return NBX_OK; NBX_DONE (not an error: the customer belongs to another
+ *   shard, see nbx_batch_options.shard_count; nothing is queued); NBX_EINVAL (NULL batch or customer, a bad id, a session
  *   field without key or value or too long, more than
  *   NBX_REQUEST_SESSION_MAX fields once merged: nothing is queued, see
  *   nbx_batch_errmsg()); NBX_ELIMIT (the window is full: take results first);
@@ -836,7 +842,8 @@ NBX_API int nbx_batch_submit(nbx_batch *b, const char *customer, const nbx_kv *s
  * Example: {"id": "c0000042", "channel": "email", "day": 3}
  *
  * @param json the object (one line of a JSONL file); len its length.
- * @return NBX_OK; NBX_EPARSE (not such an object: the message gives the
+ * @return NBX_OK; NBX_DONE (another shard's customer, as nbx_batch_submit());
+ *   NBX_EPARSE (not such an object: the message gives the
  *   column or names the field; nothing is queued); NBX_ELIMIT (window full,
  *   or len > NBX_LINE_MAX); NBX_EINVAL (NULL argument, too many fields);
  *   NBX_ENOMEM.

@@ -684,3 +684,55 @@ Test(batch, shard_is_xxh64_seed_0_mod_n)
         cr_assert_gt(counts[s], CUSTOMERS / 8, "shard %d has %u of %d ids", s, counts[s],
                      CUSTOMERS);
 }
+
+Test(batch, shards_of_a_batch_partition_the_customers)
+{
+    open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
+    int seen[CUSTOMERS] = {0};
+    for (uint32_t shard = 0; shard < 3; shard++) {
+        nbx_batch_options o;
+        nbx_batch_options_init(&o);
+        o.threads = 2;
+        o.now_ms = NOW;
+        o.shard_count = 3;
+        o.shard_index = shard;
+        cr_assert_eq(nbx_batch_open(engine, &o, &batch), NBX_OK, "%s", nbx_last_errmsg());
+        uint64_t others = 0;
+        for (int i = 0; i < CUSTOMERS; i++) {
+            char id[16];
+            customer_id(id, sizeof id, i);
+            const nbx_batch_item *it;
+            while (nbx_batch_space(batch) == 0 && nbx_batch_next(batch, &it) == NBX_OK)
+                seen[(intptr_t)it->user]++;
+            char line[64];
+            snprintf(line, sizeof line, "{\"id\":\"%s\"}", id);
+            int rc = i % 2 ? nbx_batch_submit(batch, id, NULL, 0, (void *)(intptr_t)i)
+                           : nbx_batch_submit_json(batch, line, strlen(line), (void *)(intptr_t)i);
+            if (nbx_shard_of(id, 3) == shard) {
+                cr_assert_eq(rc, NBX_OK, "%s", nbx_batch_errmsg(batch));
+            } else {
+                cr_assert_eq(rc, NBX_DONE, "%s is in shard %u, not %u: got %d", id,
+                             nbx_shard_of(id, 3), shard, rc);
+                others++;
+            }
+        }
+        const nbx_batch_item *it;
+        while (nbx_batch_next(batch, &it) == NBX_OK)
+            seen[(intptr_t)it->user]++;
+        nbx_batch_stats st;
+        nbx_batch_stats_get(batch, &st);
+        cr_assert_eq(st.other_shard, others);
+        cr_assert_eq(st.submitted + st.other_shard, CUSTOMERS);
+        nbx_batch_close(batch);
+        batch = NULL;
+    }
+    for (int i = 0; i < CUSTOMERS; i++)
+        cr_assert_eq(seen[i], 1, "customer %d decided %d times over 3 shards", i, seen[i]);
+
+    nbx_batch_options o;
+    nbx_batch_options_init(&o);
+    o.shard_count = 3;
+    o.shard_index = 3;
+    nbx_batch *b;
+    cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_EINVAL);
+}
