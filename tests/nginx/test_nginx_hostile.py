@@ -12,11 +12,27 @@ import nbxnginx as nx
 from nbxnginx import request
 
 POLICY_DIR = os.path.join(nx.SOURCE_DIR, "tests", "policies")
-KINDS = ("runtime", "timeout", "memory", "result")
+
+# `-- expect: ok` | `-- expect: fallback KIND[: MESSAGE]` |
+# `-- expect: load_error: MESSAGE`
+EXPECT = re.compile(r"--\s*expect:\s*(?:(?P<ok>ok)"
+                    r"|fallback\s+(?P<kind>\w+)(?::\s*(?P<fmsg>.*?))?"
+                    r"|load_error:\s*(?P<lmsg>.*?))\s*$")
+
+
+class Expect:
+    def __init__(self, line):
+        m = EXPECT.match(line.strip())
+        if not m:
+            raise ValueError(line)
+        self.text = line.strip()
+        self.load_error = m.group("lmsg")
+        self.kind = m.group("kind")
+        self.message = m.group("fmsg") or m.group("lmsg") or None
 
 
 def hostile_policies():
-    """[(name, path, expect)] for every tests/policies/*.lua."""
+    """[(name, path, Expect)] for every tests/policies/*.lua."""
     out = []
     if os.path.isdir(POLICY_DIR):
         for name in sorted(os.listdir(POLICY_DIR)):
@@ -25,16 +41,12 @@ def hostile_policies():
             path = os.path.join(POLICY_DIR, name)
             with open(path, errors="replace") as f:
                 first = f.readline()
-            m = re.match(r"\s*--\s*expect:\s*(.*)", first)
-            if not m:
-                raise AssertionError("%s: the first line is not '-- expect: ...'" % path)
-            out.append((name[:-4], path, m.group(1).strip().lower()))
+            try:
+                out.append((name[:-4], path, Expect(first)))
+            except ValueError:
+                raise AssertionError("%s: the first line is not '-- expect: ok|fallback "
+                                     "KIND[: MESSAGE]|load_error: MESSAGE': %r" % (path, first))
     return out
-
-
-def refused_at_load(expect):
-    return re.search(r"\b(load|reject|refuse|compile|check|syntax)", expect) is not None \
-        and "fallback" not in expect
 
 
 class HostileTest(nx.NginxTestCase):
@@ -52,7 +64,7 @@ class HostileTest(nx.NginxTestCase):
         nx.give_to_workers(self.store)
 
     def test_hostile_policies_fall_back_and_workers_survive(self):
-        serving = [(n, p, e) for n, p, e in self.policies if not refused_at_load(e)]
+        serving = [(n, p, e) for n, p, e in self.policies if e.load_error is None]
         if not serving:
             self.skipTest("every hostile policy is refused at load")
         locations = "".join("""
@@ -66,8 +78,6 @@ class HostileTest(nx.NginxTestCase):
                 listen 127.0.0.1:%%(port)s;
                 nbx_store %s;
                 nbx_catalog %s;
-                nbx_time_limit 2ms;
-                nbx_memory_limit 16m;
                 location = /good {
                     nbx_policy %s;
                     nbx_customer $arg_customer;
@@ -81,23 +91,26 @@ class HostileTest(nx.NginxTestCase):
             for i in range(6):  # enough to reach both workers, and repeat
                 r = request(server.url("/p/%s?customer=c%d&placement=hero&placement=recs"
                                        % (name, i % 4 + 1)), timeout=30)
-                self.assertStatus(r, 200, "%s (expect: %s)" % (name, expect))
+                what = "%s (%s)" % (name, expect.text)
+                self.assertStatus(r, 200, what)
+                self.assertEqual(server.worker_pids(), pids, "a worker died serving " + what)
                 d = r.json()
-                if "fallback" in expect:
-                    self.assertIs(d["fallback"], True, "%s: %s" % (name, d))
-                    kind = d.get("error", {}).get("kind")
-                    for k in KINDS:
-                        if k in expect:
-                            self.assertEqual(kind, k, "%s: %s" % (name, d))
-                self.assertEqual(server.worker_pids(), pids,
-                                 "a worker died serving %s" % name)
+                if expect.kind is None:
+                    self.assertIs(d["fallback"], False, "%s: %s" % (what, d))
+                    continue
+                self.assertIs(d["fallback"], True, "%s: %s" % (what, d))
+                error = d.get("error") or {}
+                self.assertEqual(error.get("kind"), expect.kind, "%s: %s" % (what, d))
+                if expect.message:
+                    self.assertIn(expect.message, error.get("message", ""),
+                                  "%s: %s" % (what, d))
             # the worker still decides normally afterwards
             d = request(server.url("/good?customer=c1")).json()
             self.assertIs(d["fallback"], False, "after %s: %s" % (name, d))
         self.assertEqual(server.worker_pids(), pids)
 
     def test_policies_the_sandbox_refuses_fail_nginx_t(self):
-        refused = [(n, p, e) for n, p, e in self.policies if refused_at_load(e)]
+        refused = [(n, p, e) for n, p, e in self.policies if e.load_error is not None]
         if not refused:
             self.skipTest("no hostile policy is refused at load")
         for name, path, expect in refused:
@@ -111,8 +124,9 @@ class HostileTest(nx.NginxTestCase):
                     }
                 }""" % (self.store, self.catalog, path), name="t-" + name, start=False)
             ok, out = server.test_conf()
-            self.assertFalse(ok, "%s (expect: %s) was accepted:\n%s" % (name, expect, out))
-            self.assertIn(os.path.basename(path), out)
+            self.assertFalse(ok, "%s (%s) was accepted:\n%s" % (name, expect.text, out))
+            self.assertIn("invalid nbx policy", out)
+            self.assertIn(expect.load_error, out, "%s: nginx -t said:\n%s" % (name, out))
 
 
 if __name__ == "__main__":
