@@ -149,5 +149,20 @@ class ReloadTest(nx.NginxTestCase):
         self.assertEqual(set(seen), {expected})
 
 
+    def test_profiles_imported_while_serving_are_seen_without_reload(self):
+        d = request(self.server.url("/decide?customer=late1")).json()
+        self.assertIs(d["anonymous"], True, d)
+        load = self.load()
+        # a batch import into the live store (LMDB: readers never wait)
+        rows = [nx.profile("late%d" % i) for i in range(1, 2001)]
+        src = nx.write_jsonl(self.path("late.jsonl"), rows)
+        nx.nbx("import", "profiles", src, "--store", self.store)
+        seen = self.finish(load)
+        self.assertEqual(len(set(seen)), 1)
+        for c in ("late1", "late2000"):
+            d = request(self.server.url("/decide?customer=" + c)).json()
+            self.assertIs(d["anonymous"], False, d)
+
+
 if __name__ == "__main__":
     unittest.main()
