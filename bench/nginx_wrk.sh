@@ -123,7 +123,7 @@ sample=$(curl -sf "http://127.0.0.1:$port/decide?customer=c0000001") ||
 size=$(printf '%s' "$sample" | wc -c)
 pad=$(python3 -c "import sys; print('x' * max(0, int(sys.argv[1]) - 14))" "$size")
 write_conf "{\"static\":\"$pad\"}"
-"$nginx" -p "$run" -c "$run/nginx.conf" -s reload
+"$nginx" -p "$run" -c "$run/nginx.conf" -s reload 2>/dev/null
 sleep 1
 
 # The store's pages in the page cache and every worker warm.
@@ -149,9 +149,25 @@ run_wrk() { # name, then wrk arguments
 
 run_wrk nbx -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
 run_wrk static "http://127.0.0.1:$port/static"
+# The same at low concurrency (one connection per worker): latency there is
+# the service time, not queueing behind 63 other connections.
+low=$workers
+connections_main=$connections
+connections=$low
+run_wrk nbx_low -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
+run_wrk static_low "http://127.0.0.1:$port/static"
+connections=$connections_main
 
 # wrk prints "Requests/sec: N" and, with --latency, "99%  1.23ms".
 rps() { awk '/^Requests\/sec:/ { print $2 }' "$work/$1.txt"; }
+row() { printf '%11s  %11s  %10s  %10s  %7s' "$2" "$(rps "$1")" "$(pct "$1" 50%)" \
+    "$(pct "$1" 99%)" "$(errors "$1")"; }
+pct() {
+    awk -v p="$2" '$1 == p {
+        v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+        if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
+        printf "%.3f\n", v }' "$work/$1.txt"
+}
 p99() {
     awk '$1 == "99%" {
         v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
@@ -174,9 +190,11 @@ nbx on nginx: $workers workers, $profiles profiles, $offers offers, policy $(bas
 wrk: $threads threads, $connections connections, ${duration}s per run, random customers
 response size: $size bytes (the static body is padded to the same size)
 
-                 requests/s    p99 (ms)   errors
-  nbx_decide     $(printf '%10s  %10s  %7s' "$nbx_rps" "$nbx_p99" "$(errors nbx)")
-  static 200     $(printf '%10s  %10s  %7s' "$static_rps" "$static_p99" "$(errors static)")
+                 connections   requests/s    p50 (ms)    p99 (ms)   errors
+  nbx_decide     $(row nbx "$connections")
+  static 200     $(row static "$connections")
+  nbx_decide     $(row nbx_low "$low")
+  static 200     $(row static_low "$low")
 
 EOF
 
