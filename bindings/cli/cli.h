@@ -136,10 +136,7 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
  * fails with a clear message. Each line goes away when its function lands.
  * ======================================================================== */
 
-#pragma weak nbx_import_options_init
-#pragma weak nbx_import_file
 #pragma weak nbx_rfm_rebuild
-#pragma weak nbx_policy_check
 
 /* Return from the calling command if the library lacks fn. */
 #define CLI_REQUIRE(args, fn)                                                                      \

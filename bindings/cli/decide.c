@@ -147,7 +147,6 @@ static int check_failed(cli_args *args, int rc, const char *path)
 int cli_run_policy_check(cli_args *args)
 {
     const char *path = args->positional[0];
-    CLI_REQUIRE(args, nbx_policy_check);
     nbx_engine_info info;
     memset(&info, 0, sizeof info);
     int rc = nbx_policy_check(path, &info);

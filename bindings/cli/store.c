@@ -40,8 +40,6 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     const char *path = args->positional[0];
     if (!cli_store_path(args))
         return CLI_USAGE;
-    CLI_REQUIRE(args, nbx_import_file);
-    CLI_REQUIRE(args, nbx_import_options_init);
     int exit_code;
     nbx_store *store = cli_open_store(args, NBX_STORE_CREATE, &exit_code);
     if (!store)

@@ -1,0 +1,1238 @@
+/*
+ * batch.c: nbx batch, one decision per customer for a campaign.
+ *
+ * The threads and the ordering are the library's (nbx_batch_*); this file
+ * reads the input (a customer file or every profile), writes JSONL or CSV,
+ * shows progress, prints the summary, and keeps the checkpoint that lets a
+ * killed run resume with every customer in the output exactly once.
+ *
+ * Checkpoint protocol: every --checkpoint-every customers, the output is
+ * flushed and fsync'ed, then a small text file records how many output
+ * bytes are committed, where in the input the last written customer ended
+ * and the running totals; it is written to FILE.tmp, fsync'ed and renamed
+ * over FILE. On a rerun the output is truncated to the committed bytes and
+ * the input resumes after the committed customer. Anything written after
+ * the last checkpoint is cut off and decided again.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ========================================================================
+ * Command table entry (referenced from main.c)
+ * ======================================================================== */
+
+const cli_flag cli_batch_flags[] = {
+    CLI_FLAG_STORE,
+    {"catalog", CLI_STRING, "FILE", "catalog JSON file (required)", 0, 0},
+    {"policy", CLI_STRING, "FILE", "policy Lua file (required)", 0, 0},
+    {"customers", CLI_STRING, "FILE",
+     "customer ids, one a line, or JSONL with id and session fields ('-': stdin)", 0, 0},
+    {"all", CLI_BOOL, NULL, "every profile in the store, in id order", 0, 0},
+    {"placement", CLI_LIST, "P", "placement to fill (default: all)", 0, 0},
+    {"session", CLI_LIST, "KEY=VALUE", "session field for every customer", 0, 0},
+    {"as-of", CLI_TIME, "TIME", "the clock of every decision (default: now, once)", 0, 0},
+    {"threads", CLI_UINT, "N", "decision threads (default: the CPUs available)", 1,
+     NBX_BATCH_THREADS_MAX},
+    {"shard", CLI_STRING, "I/N", "only customers with xxh64(id, seed 0) mod N = I", 0, 0},
+    {"format", CLI_STRING, "jsonl|csv", "output format (default jsonl)", 0, 0},
+    {"out", CLI_STRING, "FILE", "write to FILE instead of standard output", 0, 0},
+    {"checkpoint", CLI_STRING, "FILE", "resumable run: progress is recorded in FILE", 0, 0},
+    {"checkpoint-every", CLI_UINT, "N", "customers between checkpoints (default 100000)", 1,
+     UINT64_C(1000000000)},
+    {"commit-exposures", CLI_BOOL, NULL,
+     "record each chosen action as an impression (consumes caps)", 0, 0},
+    {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded (jsonl)", 0, 0},
+    {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
+    {"window", CLI_UINT, "N", "decisions in flight at most (default 256 per thread)", 1,
+     NBX_BATCH_WINDOW_MAX},
+    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1,
+     60000000},
+    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)",
+     65536, UINT64_C(1) << 40},
+    CLI_FLAG_END,
+};
+
+const char cli_batch_details[] =
+    "Decides for every customer of --customers FILE (input order) or of the store\n"
+    "(--all, id order), as 'nbx decide' would, and writes one result per customer:\n"
+    "the decision JSON a line (--format jsonl), or CSV with a header and one row per\n"
+    "action (customer,decision_id,rank,offer,placement,score,expected_margin,\n"
+    "fallback,anonymous,policy_version,as_of; a customer without action gets one\n"
+    "row with rank 0). The output order does not depend on --threads.\n"
+    "\n"
+    "FILE holds one customer id a line, or JSON objects {\"id\": ..., FIELD: VALUE}\n"
+    "whose other fields are that customer's session fields (they replace --session\n"
+    "fields of the same name). A malformed line is reported as FILE:LINE and\n"
+    "skipped; the exit status is then 1. Unknown ids are decided as anonymous.\n"
+    "\n"
+    "By default the store is opened read-only: the batch plans contacts and\n"
+    "consumes no caps. --commit-exposures records each chosen action as an\n"
+    "impression as it is decided, so a later or overlapping batch respects caps.\n"
+    "\n"
+    "--checkpoint FILE (needs --out) makes the run resumable: after a crash or a\n"
+    "kill, run the same command again and the output ends up with every customer\n"
+    "exactly once. A rerun with different parameters is refused; a rerun of a\n"
+    "finished run does nothing. SIGINT and SIGTERM stop at a checkpoint.\n"
+    "\n"
+    "--shard I/N keeps the customers whose xxh64(id, seed 0) mod N is I, so N runs\n"
+    "with I = 0..N-1 cover every customer once. A progress bar is shown when\n"
+    "standard error is a terminal; a summary is always printed (standard error).\n"
+    "See docs/batch.md.\n";
+
+/* ========================================================================
+ * State
+ * ======================================================================== */
+
+#define MALFORMED_REPORTED_MAX 100
+#define FAILED_REPORTED_MAX 20
+#define CHECKPOINT_MAX (64u << 10)
+
+/* Where an item came from, for the checkpoint: recorded at submission,
+ * read back when the item is written. */
+typedef struct position {
+    uint64_t input_offset; /* byte after the customer's line */
+    uint64_t input_line;
+    uint64_t malformed; /* lines skipped before it, this run */
+    uint64_t other_shard;
+} position;
+
+/* Totals that survive a resume. */
+typedef struct totals {
+    uint64_t customers, decided, failed, fallbacks, anonymous, actions, malformed, other_shard;
+    uint64_t exclusions[NBX_EXCLUDED_COUNT];
+    double expected_margin;
+    double elapsed;
+} totals;
+
+typedef struct reader {
+    const char *path;
+    int fd;
+    char *buf;
+    size_t cap, start, end;
+    bool eof;
+    uint64_t offset; /* file offset of buf[start] */
+    uint64_t line;   /* number of the last line returned */
+    uint64_t size;   /* 0 if unknown (a pipe) */
+} reader;
+
+typedef struct run {
+    cli_args *args;
+    const cli_command *cmd;
+    /* parameters */
+    const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
+    const char *checkpoint_path, *summary_path;
+    bool all, csv, commit, explain;
+    uint32_t shard_index, shard_count;
+    int64_t as_of;
+    bool as_of_given;
+    nbx_kv session[NBX_REQUEST_SESSION_MAX];
+    size_t n_session;
+    uint64_t checkpoint_every;
+    nbx_engine_info info;
+    char as_of_text[NBX_TIME_BUFSZ];
+    /* resources */
+    nbx_engine *engine;
+    nbx_batch *batch;
+    nbx_iter *iter;
+    reader in;
+    FILE *out;
+    position *ring;
+    size_t window;
+    /* progress */
+    uint64_t queued;    /* items submitted this run */
+    uint64_t malformed; /* this run */
+    uint64_t other_shard;
+    uint64_t out_bytes; /* committed before this run + written since */
+    totals base;        /* from the checkpoint */
+    position last;      /* of the last item written */
+    char last_id[NBX_ID_MAX + 1];
+    bool wrote_any;
+    uint64_t since_checkpoint;
+    double started;
+    double next_progress;
+    bool progress_shown;
+    uint64_t expected_total; /* customers, for the progress bar; 0 unknown */
+    bool failed_fatally;
+} run;
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void log_to_stderr(void *ud, int level, const char *message)
+{
+    (void)ud;
+    if (level <= NBX_LOG_WARN)
+        fprintf(stderr, "nbx batch: %s: %s\n", level == NBX_LOG_ERROR ? "error" : "warning",
+                message);
+}
+
+/* ========================================================================
+ * Input: a bounded line reader with byte offsets
+ * ======================================================================== */
+
+static int reader_open(reader *r, const char *path, uint64_t offset, uint64_t line)
+{
+    memset(r, 0, sizeof *r);
+    r->path = path;
+    r->cap = (size_t)NBX_LINE_MAX + 2;
+    r->buf = malloc(r->cap);
+    if (!r->buf)
+        return -1;
+    if (strcmp(path, "-") == 0) {
+        r->fd = STDIN_FILENO;
+        r->path = "stdin";
+    } else {
+        r->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (r->fd < 0)
+            return -1;
+        struct stat st;
+        if (fstat(r->fd, &st) == 0 && S_ISREG(st.st_mode))
+            r->size = (uint64_t)st.st_size;
+        if (offset && lseek(r->fd, (off_t)offset, SEEK_SET) < 0)
+            return -1;
+    }
+    r->offset = offset;
+    r->line = line;
+    return 0;
+}
+
+static void reader_close(reader *r)
+{
+    if (r->fd > STDIN_FILENO)
+        close(r->fd);
+    free(r->buf);
+    r->buf = NULL;
+}
+
+/* Next line, without its "\n" or "\r\n". Returns 1 and the line, 0 at the
+ * end, -1 on a read error (errno). A line longer than NBX_LINE_MAX is
+ * returned empty with *too_long set, its bytes skipped. */
+static int reader_next(reader *r, const char **line, size_t *len, bool *too_long)
+{
+    *too_long = false;
+    for (;;) {
+        char *start = r->buf + r->start;
+        char *nl = memchr(start, '\n', r->end - r->start);
+        if (nl || (r->eof && r->end > r->start)) {
+            size_t n = nl ? (size_t)(nl - start) : r->end - r->start;
+            size_t used = nl ? n + 1 : n;
+            r->start += used;
+            r->offset += used;
+            r->line++;
+            if (n && start[n - 1] == '\r')
+                n--;
+            *line = start;
+            *len = *too_long ? 0 : n;
+            return 1;
+        }
+        if (r->eof) {
+            if (*too_long) {
+                r->line++;
+                *line = r->buf;
+                *len = 0;
+                return 1;
+            }
+            return 0;
+        }
+        if (r->end - r->start >= r->cap - 1) {
+            /* No newline in a full buffer: drop what we have of the line. */
+            *too_long = true;
+            r->offset += r->end - r->start;
+            r->start = r->end = 0;
+        } else if (r->start > 0) {
+            memmove(r->buf, r->buf + r->start, r->end - r->start);
+            r->end -= r->start;
+            r->start = 0;
+        }
+        ssize_t got = read(r->fd, r->buf + r->end, r->cap - 1 - r->end);
+        if (got < 0) {
+            if (errno == EINTR && !stop_requested)
+                continue;
+            return -1;
+        }
+        if (got == 0)
+            r->eof = true;
+        r->end += (size_t)got;
+    }
+}
+
+/* ========================================================================
+ * Output
+ * ======================================================================== */
+
+/* Shortest of %.15g, %.16g, %.17g that reads back to the same double:
+ * the shortest round-trip form, as the result JSON writes numbers. */
+static void format_number(char *buf, size_t size, double v)
+{
+    if (!isfinite(v)) {
+        buf[0] = '\0';
+        return;
+    }
+    for (int precision = 15; precision <= 17; precision++) {
+        snprintf(buf, size, "%.*g", precision, v);
+        if (strtod(buf, NULL) == v)
+            return;
+    }
+}
+
+static void csv_field(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static const char CSV_HEADER[] = "customer,decision_id,rank,offer,placement,score,"
+                                 "expected_margin,fallback,anonymous,policy_version,as_of\n";
+
+static void write_csv_row(run *r, const nbx_batch_item *it, size_t rank, const nbx_action *a)
+{
+    char score[40] = "", margin[40] = "";
+    csv_field(r->out, it->customer);
+    fprintf(r->out, ",%s,%zu,", it->decision_id, rank);
+    if (a) {
+        csv_field(r->out, a->offer);
+        fputc(',', r->out);
+        csv_field(r->out, a->placement);
+        format_number(score, sizeof score, a->score);
+        format_number(margin, sizeof margin, a->expected_margin);
+    } else {
+        fputc(',', r->out);
+    }
+    fprintf(r->out, ",%s,%s,%s,%s,%s,%s\n", score, margin, it->fallback ? "true" : "false",
+            it->anonymous ? "true" : "false", r->info.policy_version, r->as_of_text);
+}
+
+static void write_item(run *r, const nbx_batch_item *it)
+{
+    long before = ftell(r->out);
+    if (!r->csv) {
+        fwrite(it->json, 1, it->json_len, r->out);
+        fputc('\n', r->out);
+    } else if (it->n_actions == 0) {
+        write_csv_row(r, it, 0, NULL);
+    } else {
+        for (size_t i = 0; i < it->n_actions; i++)
+            write_csv_row(r, it, i + 1, &it->actions[i]);
+    }
+    long after = ftell(r->out);
+    if (before >= 0 && after >= before)
+        r->out_bytes += (uint64_t)(after - before);
+}
+
+/* ========================================================================
+ * Checkpoint file: "key value" lines, values percent-encoded
+ * ======================================================================== */
+
+static void put_encoded(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p <= ' ' || *p >= 0x7f || *p == '%' || *p == ',')
+            fprintf(f, "%%%02X", *p);
+        else
+            fputc(*p, f);
+    }
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Decode in place; false on a bad escape. */
+static bool decode_in_place(char *s)
+{
+    char *w = s;
+    for (char *p = s; *p; p++) {
+        if (*p != '%') {
+            *w++ = *p;
+            continue;
+        }
+        int hi = hex_value(p[1]), lo = hi < 0 ? -1 : hex_value(p[2]);
+        if (hi < 0 || lo < 0)
+            return false;
+        *w++ = (char)(hi * 16 + lo);
+        p += 2;
+    }
+    *w = '\0';
+    return true;
+}
+
+/* An absolute form of a path, without resolving links: what the user
+ * typed, made independent of the directory the rerun starts in. */
+static char *absolute_path(const char *path)
+{
+    if (!path)
+        return strdup("");
+    if (path[0] == '/' || strcmp(path, "-") == 0)
+        return strdup(path);
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return strdup(path);
+    while (path[0] == '.' && path[1] == '/')
+        path += 2;
+    size_t n = strlen(cwd) + strlen(path) + 2;
+    char *out = malloc(n);
+    if (out)
+        snprintf(out, n, "%s/%s", cwd, path);
+    return out;
+}
+
+/* The parameters that must match for a resume, in the order written. */
+static void write_params(run *r, FILE *f)
+{
+    char *store = absolute_path(r->store_path);
+    char *input = r->all ? strdup("--all") : absolute_path(r->customers_path);
+    char *out = absolute_path(r->out_path);
+    fprintf(f, "store ");
+    put_encoded(f, store ? store : "");
+    fprintf(f, "\ncatalog_version %s\npolicy_version %s\ninput ", r->info.catalog_version,
+            r->info.policy_version);
+    put_encoded(f, input ? input : "");
+    fprintf(f, "\nplacements ");
+    const cli_value *pl = cli_flag_value(r->args, "placement");
+    for (size_t i = 0; i < pl->n_list; i++) {
+        if (i)
+            fputc(',', f);
+        put_encoded(f, pl->list[i]);
+    }
+    fprintf(f, "\nsession ");
+    for (size_t i = 0; i < r->n_session; i++) {
+        if (i)
+            fputc(',', f);
+        put_encoded(f, r->session[i].key);
+        fputs("%3D", f);
+        put_encoded(f, r->session[i].value);
+    }
+    if (r->shard_count)
+        fprintf(f, "\nshard %" PRIu32 "/%" PRIu32, r->shard_index, r->shard_count);
+    else
+        fprintf(f, "\nshard -");
+    fprintf(f, "\nformat %s\ncommit_exposures %d\nexplain %d\nout ", r->csv ? "csv" : "jsonl",
+            r->commit, r->explain);
+    put_encoded(f, out ? out : "");
+    fprintf(f, "\nas_of %" PRId64 "\n", r->as_of);
+    free(store);
+    free(input);
+    free(out);
+}
+
+static void write_totals(FILE *f, const char *prefix, const totals *t)
+{
+    fprintf(f,
+            "%scustomers %" PRIu64 "\n%sdecided %" PRIu64 "\n%sfailed %" PRIu64
+            "\n%sfallbacks %" PRIu64 "\n%sanonymous %" PRIu64 "\n%sactions %" PRIu64
+            "\n%smalformed %" PRIu64 "\n%sother_shard %" PRIu64 "\n%sexpected_margin %.17g\n"
+            "%selapsed %.3f\n",
+            prefix, t->customers, prefix, t->decided, prefix, t->failed, prefix, t->fallbacks,
+            prefix, t->anonymous, prefix, t->actions, prefix, t->malformed, prefix,
+            t->other_shard, prefix, t->expected_margin, prefix, t->elapsed);
+    for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
+        fprintf(f, "%sexcluded.%s %" PRIu64 "\n", prefix, nbx_excluded_name(i), t->exclusions[i]);
+}
+
+/* Totals as of the last item written: the checkpoint's base plus this
+ * run's batch statistics (which count exactly the items taken). */
+static void current_totals(run *r, const position *p, totals *t)
+{
+    *t = r->base;
+    nbx_batch_stats st;
+    memset(&st, 0, sizeof st);
+    if (r->batch)
+        nbx_batch_stats_get(r->batch, &st);
+    t->customers += st.taken;
+    t->decided += st.decided;
+    t->failed += st.failed;
+    t->fallbacks += st.fallbacks;
+    t->anonymous += st.anonymous;
+    t->actions += st.actions;
+    t->expected_margin += st.expected_margin;
+    for (int i = 0; i < NBX_EXCLUDED_COUNT; i++)
+        t->exclusions[i] += st.exclusions[i];
+    t->malformed += p->malformed;
+    t->other_shard += p->other_shard;
+    t->elapsed += cli_now_seconds() - r->started;
+}
+
+static int fsync_directory_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return -1;
+    char *slash = strrchr(copy, '/');
+    const char *dir = ".";
+    if (slash == copy)
+        dir = "/";
+    else if (slash) {
+        *slash = '\0';
+        dir = copy;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = fd < 0 ? -1 : fsync(fd);
+    if (fd >= 0)
+        close(fd);
+    free(copy);
+    return rc;
+}
+
+/* Commit the output written so far and record it. */
+static int write_checkpoint(run *r, const position *p, const char *after_id, bool complete)
+{
+    if (fflush(r->out) != 0 || fdatasync(fileno(r->out)) != 0)
+        return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
+    size_t n = strlen(r->checkpoint_path) + 5;
+    char *tmp = malloc(n);
+    if (!tmp)
+        return cli_error(r->cmd, "out of memory");
+    snprintf(tmp, n, "%s.tmp", r->checkpoint_path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        int rc = cli_error(r->cmd, "%s: %s", tmp, strerror(errno));
+        free(tmp);
+        return rc;
+    }
+    totals t;
+    current_totals(r, p, &t);
+    fprintf(f, "nbx-batch-checkpoint 1\n");
+    write_params(r, f);
+    fprintf(f, "complete %d\noutput_offset %" PRIu64 "\ninput_offset %" PRIu64
+               "\ninput_line %" PRIu64 "\nafter_id ",
+            complete, r->out_bytes, p->input_offset, p->input_line);
+    put_encoded(f, after_id);
+    fputc('\n', f);
+    write_totals(f, "total.", &t);
+    int rc = CLI_OK;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+        rc = cli_error(r->cmd, "%s: %s", tmp, strerror(errno));
+    if (fclose(f) != 0 && rc == CLI_OK)
+        rc = cli_error(r->cmd, "%s: %s", tmp, strerror(errno));
+    if (rc == CLI_OK && rename(tmp, r->checkpoint_path) != 0)
+        rc = cli_error(r->cmd, "renaming %s: %s", tmp, strerror(errno));
+    if (rc == CLI_OK)
+        fsync_directory_of(r->checkpoint_path);
+    free(tmp);
+    r->since_checkpoint = 0;
+    return rc;
+}
+
+typedef struct checkpoint {
+    char *text; /* owns the strings below */
+    bool complete;
+    uint64_t output_offset, input_offset, input_line;
+    const char *after_id;
+    totals totals;
+} checkpoint;
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || *s == '-')
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool read_total(const char *key, const char *value, totals *t)
+{
+    struct {
+        const char *name;
+        uint64_t *field;
+    } fields[] = {{"customers", &t->customers}, {"decided", &t->decided},
+                  {"failed", &t->failed},       {"fallbacks", &t->fallbacks},
+                  {"anonymous", &t->anonymous}, {"actions", &t->actions},
+                  {"malformed", &t->malformed}, {"other_shard", &t->other_shard}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (strcmp(key, fields[i].name) == 0)
+            return parse_u64(value, fields[i].field);
+    if (strcmp(key, "expected_margin") == 0 || strcmp(key, "elapsed") == 0) {
+        char *end;
+        double d = strtod(value, &end);
+        if (end == value || *end)
+            return false;
+        *(strcmp(key, "elapsed") == 0 ? &t->elapsed : &t->expected_margin) = d;
+        return true;
+    }
+    if (strncmp(key, "excluded.", 9) == 0) {
+        for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
+            if (strcmp(key + 9, nbx_excluded_name(i)) == 0)
+                return parse_u64(value, &t->exclusions[i]);
+    }
+    return false;
+}
+
+/* Read FILE and compare its parameters with this run's. Returns CLI_OK
+ * with *found false when there is no checkpoint yet. */
+static int load_checkpoint(run *r, checkpoint *ck, bool *found)
+{
+    memset(ck, 0, sizeof *ck);
+    *found = false;
+    FILE *f = fopen(r->checkpoint_path, "r");
+    if (!f) {
+        if (errno == ENOENT)
+            return CLI_OK;
+        return cli_error(r->cmd, "%s: %s", r->checkpoint_path, strerror(errno));
+    }
+    size_t len = 0;
+    int rrc = cli_read_stream(f, CHECKPOINT_MAX, &ck->text, &len);
+    fclose(f);
+    if (rrc != 0)
+        return cli_error(r->cmd, "%s: %s", r->checkpoint_path, strerror(errno));
+
+    /* This run's parameters, rendered the same way. The as_of of a run that
+     * did not give --as-of is the checkpoint's: a resumed run keeps its clock. */
+    char *mine = NULL;
+    size_t mine_len = 0;
+    FILE *m = open_memstream(&mine, &mine_len);
+    if (!m)
+        return cli_error(r->cmd, "out of memory");
+    write_params(r, m);
+    fclose(m);
+
+    int rc = CLI_OK;
+    bool header = false, have_offsets = false;
+    char *save = NULL, *mine_save = NULL;
+    char *mine_line = strtok_r(mine, "\n", &mine_save);
+    for (char *line = strtok_r(ck->text, "\n", &save); line && rc == CLI_OK;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *value = strchr(line, ' ');
+        if (value)
+            *value++ = '\0';
+        else
+            value = line + strlen(line);
+        if (!header) {
+            if (strcmp(line, "nbx-batch-checkpoint") != 0 || strcmp(value, "1") != 0)
+                rc = cli_error(r->cmd, "%s: not an nbx batch checkpoint (version 1)",
+                               r->checkpoint_path);
+            header = true;
+            continue;
+        }
+        if (mine_line) {
+            /* Parameters come first, in write_params() order. */
+            char *mine_value = strchr(mine_line, ' ');
+            *mine_value++ = '\0';
+            if (strcmp(line, mine_line) != 0) {
+                rc = cli_error(r->cmd, "%s: unexpected line '%s'", r->checkpoint_path, line);
+            } else if (strcmp(line, "as_of") == 0 && !r->as_of_given) {
+                uint64_t v;
+                if (!parse_u64(value, &v))
+                    rc = cli_error(r->cmd, "%s: bad as_of '%s'", r->checkpoint_path, value);
+                r->as_of = (int64_t)v;
+            } else if (strcmp(value, mine_value) != 0) {
+                decode_in_place(value);
+                decode_in_place(mine_value);
+                rc = cli_error(r->cmd,
+                               "%s was written by a different command: %s was '%s', now '%s'; "
+                               "rerun the same command to resume, or delete %s to start over",
+                               r->checkpoint_path, line, value, mine_value, r->checkpoint_path);
+            }
+            mine_line = strtok_r(NULL, "\n", &mine_save);
+            continue;
+        }
+        bool ok = true;
+        if (strcmp(line, "complete") == 0)
+            ck->complete = strcmp(value, "1") == 0;
+        else if (strcmp(line, "output_offset") == 0)
+            ok = parse_u64(value, &ck->output_offset), have_offsets = true;
+        else if (strcmp(line, "input_offset") == 0)
+            ok = parse_u64(value, &ck->input_offset);
+        else if (strcmp(line, "input_line") == 0)
+            ok = parse_u64(value, &ck->input_line);
+        else if (strcmp(line, "after_id") == 0)
+            ok = decode_in_place(value), ck->after_id = value;
+        else if (strncmp(line, "total.", 6) == 0)
+            ok = read_total(line + 6, value, &ck->totals);
+        else
+            ok = false;
+        if (!ok)
+            rc = cli_error(r->cmd, "%s: bad line '%s %s'", r->checkpoint_path, line, value);
+    }
+    free(mine);
+    if (rc == CLI_OK && (!header || mine_line || !have_offsets))
+        rc = cli_error(r->cmd, "%s: truncated checkpoint", r->checkpoint_path);
+    if (rc == CLI_OK)
+        *found = true;
+    return rc;
+}
+
+/* ========================================================================
+ * Summary and progress
+ * ======================================================================== */
+
+static void print_summary(run *r, const totals *t, bool interrupted)
+{
+    double rate = t->elapsed > 0 ? (double)t->customers / t->elapsed : 0;
+    fprintf(stderr,
+            "nbx batch: %" PRIu64 " customers: %" PRIu64 " decided, %" PRIu64 " failed, %" PRIu64
+            " fallbacks, %" PRIu64 " anonymous; %" PRIu64 " malformed lines skipped",
+            t->customers, t->decided, t->failed, t->fallbacks, t->anonymous, t->malformed);
+    if (r->shard_count)
+        fprintf(stderr, "; %" PRIu64 " in other shards (shard %" PRIu32 "/%" PRIu32 ")",
+                t->other_shard, r->shard_index, r->shard_count);
+    fprintf(stderr, "\nnbx batch: %" PRIu64 " actions, expected margin %.2f\nnbx batch: exclusions:",
+            t->actions, t->expected_margin);
+    for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
+        fprintf(stderr, "%s %s %" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i),
+                t->exclusions[i]);
+    fprintf(stderr, "\nnbx batch: %.2f s, %.0f customers/s%s\n", t->elapsed, rate,
+            interrupted ? "; interrupted" : "");
+}
+
+static int write_summary_json(run *r, const totals *t, bool complete)
+{
+    FILE *f = fopen(r->summary_path, "w");
+    if (!f)
+        return cli_error(r->cmd, "%s: %s", r->summary_path, strerror(errno));
+    fprintf(f,
+            "{\"customers\":%" PRIu64 ",\"decided\":%" PRIu64 ",\"failed\":%" PRIu64
+            ",\"fallbacks\":%" PRIu64 ",\"anonymous\":%" PRIu64 ",\"malformed\":%" PRIu64
+            ",\"other_shard\":%" PRIu64 ",\"actions\":%" PRIu64 ",\"expected_margin\":%.17g"
+            ",\"exclusions\":{",
+            t->customers, t->decided, t->failed, t->fallbacks, t->anonymous, t->malformed,
+            t->other_shard, t->actions, t->expected_margin);
+    for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
+        fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i), t->exclusions[i]);
+    fprintf(f, "},\"elapsed_s\":%.3f,\"rate\":%.1f,\"complete\":%s,\"policy_version\":\"%s\","
+               "\"catalog_version\":\"%s\",\"as_of\":\"%s\"}\n",
+            t->elapsed, t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0,
+            complete ? "true" : "false", r->info.policy_version, r->info.catalog_version,
+            r->as_of_text);
+    if (fclose(f) != 0)
+        return cli_error(r->cmd, "%s: %s", r->summary_path, strerror(errno));
+    return CLI_OK;
+}
+
+static void show_progress(run *r, bool force)
+{
+    double now = cli_now_seconds();
+    if (!force && now < r->next_progress)
+        return;
+    r->next_progress = now + 0.25;
+    nbx_batch_stats st;
+    nbx_batch_stats_get(r->batch, &st);
+    double elapsed = now - r->started;
+    double rate = elapsed > 0 ? (double)st.taken / elapsed : 0;
+    uint64_t done = r->base.customers + st.taken;
+    double fraction = -1;
+    if (!r->all && r->in.size > 0)
+        fraction = (double)r->in.offset / (double)r->in.size;
+    else if (r->all && r->expected_total > 0)
+        fraction = (double)done / (double)r->expected_total;
+    if (fraction > 1)
+        fraction = 1;
+    char bar[32] = "";
+    char eta[32] = "";
+    if (fraction >= 0) {
+        int filled = (int)(fraction * 20);
+        for (int i = 0; i < 20; i++)
+            bar[i] = i < filled ? '#' : '.';
+        bar[20] = '\0';
+        if (rate > 0 && fraction > 0) {
+            double left = elapsed * (1 - fraction) / fraction;
+            snprintf(eta, sizeof eta, " ETA %d:%02d", (int)(left / 60), (int)left % 60);
+        }
+        fprintf(stderr, "\r\033[K[%s] %5.1f%% %" PRIu64 " customers, %.0f/s%s", bar,
+                100 * fraction, done, rate, eta);
+    } else {
+        fprintf(stderr, "\r\033[K%" PRIu64 " customers, %.0f/s", done, rate);
+    }
+    fflush(stderr);
+    r->progress_shown = true;
+}
+
+/* ========================================================================
+ * The run
+ * ======================================================================== */
+
+static int take_one(run *r)
+{
+    const nbx_batch_item *it;
+    if (nbx_batch_next(r->batch, &it) != NBX_OK)
+        return CLI_OK;
+    const position *p = &r->ring[it->index % r->window];
+    if (it->status != NBX_OK) {
+        nbx_batch_stats st;
+        nbx_batch_stats_get(r->batch, &st);
+        if (st.failed <= FAILED_REPORTED_MAX)
+            fprintf(stderr, "%snbx batch: customer %s: %s\n", r->progress_shown ? "\r\033[K" : "",
+                    it->customer, it->errmsg);
+    } else {
+        write_item(r, it);
+        if (ferror(r->out))
+            return cli_error(r->cmd, "writing %s: %s", r->out_path ? r->out_path : "output",
+                             strerror(errno));
+    }
+    r->last = *p;
+    snprintf(r->last_id, sizeof r->last_id, "%s", it->customer);
+    r->wrote_any = true;
+    r->since_checkpoint++;
+    if (r->checkpoint_path && r->since_checkpoint >= r->checkpoint_every) {
+        int rc = write_checkpoint(r, &r->last, r->last_id, false);
+        if (rc != CLI_OK)
+            return rc;
+    }
+    return CLI_OK;
+}
+
+static void report_malformed(run *r, const char *msg)
+{
+    r->malformed++;
+    if (r->malformed <= MALFORMED_REPORTED_MAX)
+        fprintf(stderr, "%s%s:%" PRIu64 ": %s; line skipped\n", r->progress_shown ? "\r\033[K" : "",
+                r->in.path, r->in.line, msg);
+    else if (r->malformed == MALFORMED_REPORTED_MAX + 1)
+        fprintf(stderr, "nbx batch: more malformed lines; only the first %d are reported\n",
+                MALFORMED_REPORTED_MAX);
+}
+
+/* Queue one customer: an id, or a JSON line from the customer file. */
+static int submit(run *r, const char *id, const char *json, size_t json_len)
+{
+    while (nbx_batch_space(r->batch) == 0) {
+        int rc = take_one(r);
+        if (rc != CLI_OK)
+            return rc;
+    }
+    int rc = json ? nbx_batch_submit_json(r->batch, json, json_len, NULL)
+                  : nbx_batch_submit(r->batch, id, NULL, 0, NULL);
+    if (rc == NBX_OK) {
+        position *p = &r->ring[r->queued % r->window];
+        p->input_offset = r->in.offset;
+        p->input_line = r->in.line;
+        p->malformed = r->malformed;
+        p->other_shard = r->other_shard;
+        r->queued++;
+        return CLI_OK;
+    }
+    if (rc == NBX_DONE) {
+        r->other_shard++;
+        return CLI_OK;
+    }
+    if (rc == NBX_EPARSE || rc == NBX_EINVAL) {
+        if (r->all)
+            return cli_error(r->cmd, "profile id '%s': %s", id, nbx_batch_errmsg(r->batch));
+        report_malformed(r, nbx_batch_errmsg(r->batch));
+        return CLI_OK;
+    }
+    return cli_nbx_error(r->cmd, rc, nbx_batch_errmsg(r->batch));
+}
+
+static int feed_customer_file(run *r)
+{
+    const char *line;
+    size_t len;
+    bool too_long;
+    int got;
+    while (!stop_requested && (got = reader_next(&r->in, &line, &len, &too_long)) == 1) {
+        if (too_long) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "longer than %d bytes", NBX_LINE_MAX);
+            report_malformed(r, msg);
+            continue;
+        }
+        size_t lead = 0;
+        while (lead < len && (line[lead] == ' ' || line[lead] == '\t'))
+            lead++;
+        if (lead == len)
+            continue; /* blank line */
+        int rc;
+        if (line[lead] == '{') {
+            rc = submit(r, NULL, line, len);
+        } else if (len > NBX_ID_MAX) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "customer id longer than %d bytes", NBX_ID_MAX);
+            report_malformed(r, msg);
+            rc = CLI_OK;
+        } else if (memchr(line, '\0', len)) {
+            report_malformed(r, "customer id contains a NUL byte");
+            rc = CLI_OK;
+        } else {
+            char id[NBX_ID_MAX + 1];
+            memcpy(id, line, len);
+            id[len] = '\0';
+            rc = submit(r, id, NULL, 0);
+        }
+        if (rc != CLI_OK)
+            return rc;
+        if (r->progress_shown || isatty(STDERR_FILENO))
+            show_progress(r, false);
+    }
+    if (!stop_requested && got < 0)
+        return cli_error(r->cmd, "reading %s: %s", r->in.path, strerror(errno));
+    return CLI_OK;
+}
+
+static int feed_all_profiles(run *r)
+{
+    const char *id;
+    int rc;
+    bool tty = isatty(STDERR_FILENO);
+    while (!stop_requested && (rc = nbx_iter_next(r->iter, &id, NULL, NULL)) == NBX_OK) {
+        int src = submit(r, id, NULL, 0);
+        if (src != CLI_OK)
+            return src;
+        if (tty)
+            show_progress(r, false);
+    }
+    if (!stop_requested && rc != NBX_DONE)
+        return cli_nbx_error(r->cmd, rc, nbx_last_errmsg());
+    return CLI_OK;
+}
+
+static int drain(run *r)
+{
+    while (nbx_batch_pending(r->batch) > 0) {
+        int rc = take_one(r);
+        if (rc != CLI_OK)
+            return rc;
+        if (r->progress_shown)
+            show_progress(r, false);
+    }
+    return CLI_OK;
+}
+
+/* ========================================================================
+ * Set-up
+ * ======================================================================== */
+
+static int parse_shard(run *r, const char *text)
+{
+    char *end;
+    errno = 0;
+    unsigned long i = strtoul(text, &end, 10);
+    if (errno || end == text || *end != '/' || text[0] == '-')
+        return cli_usage_error(r->cmd, "--shard: '%s' is not I/N", text);
+    const char *ntext = end + 1;
+    unsigned long n = strtoul(ntext, &end, 10);
+    if (errno || end == ntext || *end || ntext[0] == '-' || n == 0 || n > UINT32_MAX)
+        return cli_usage_error(r->cmd, "--shard: '%s' is not I/N with N from 1 to %u", text,
+                               UINT32_MAX);
+    if (i >= n)
+        return cli_usage_error(r->cmd, "--shard %s: I must be below N (0..%lu)", text, n - 1);
+    r->shard_index = (uint32_t)i;
+    r->shard_count = (uint32_t)n;
+    return CLI_OK;
+}
+
+static int parse_session(run *r)
+{
+    const cli_value *v = cli_flag_value(r->args, "session");
+    if (v->n_list > NBX_REQUEST_SESSION_MAX)
+        return cli_usage_error(r->cmd, "--session given %zu times; at most %d fields", v->n_list,
+                               NBX_REQUEST_SESSION_MAX);
+    for (size_t i = 0; i < v->n_list; i++) {
+        char *text = (char *)v->list[i];
+        char *eq = strchr(text, '=');
+        if (!eq || eq == text)
+            return cli_usage_error(r->cmd, "--session: '%s' is not KEY=VALUE", text);
+        *eq = '\0';
+        r->session[i].key = text;
+        r->session[i].value = eq + 1;
+        r->n_session++;
+    }
+    return CLI_OK;
+}
+
+static int parse_parameters(run *r)
+{
+    cli_args *args = r->args;
+    if (!cli_has(args, "catalog"))
+        return cli_usage_error(r->cmd, "--catalog FILE is required");
+    if (!cli_has(args, "policy"))
+        return cli_usage_error(r->cmd, "--policy FILE is required");
+    r->all = cli_has(args, "all");
+    r->customers_path = cli_string(args, "customers", NULL);
+    if (r->all == (r->customers_path != NULL))
+        return cli_usage_error(r->cmd, "give either --customers FILE or --all");
+    r->store_path = cli_store_path(args);
+    if (!r->store_path)
+        return CLI_USAGE;
+    r->catalog_path = cli_string(args, "catalog", NULL);
+    r->policy_path = cli_string(args, "policy", NULL);
+    r->out_path = cli_string(args, "out", NULL);
+    r->checkpoint_path = cli_string(args, "checkpoint", NULL);
+    r->summary_path = cli_string(args, "summary", NULL);
+    r->commit = cli_has(args, "commit-exposures");
+    r->explain = cli_has(args, "explain");
+    r->checkpoint_every = cli_uint(args, "checkpoint-every", 100000);
+    const char *format = cli_string(args, "format", "jsonl");
+    if (strcmp(format, "csv") == 0)
+        r->csv = true;
+    else if (strcmp(format, "jsonl") != 0)
+        return cli_usage_error(r->cmd, "--format: '%s' is not jsonl or csv", format);
+    if (r->csv && r->explain)
+        return cli_usage_error(r->cmd, "--explain needs --format jsonl");
+    if (r->checkpoint_path && !r->out_path)
+        return cli_usage_error(r->cmd, "--checkpoint needs --out FILE (standard output cannot "
+                                       "be truncated on resume)");
+    if (r->checkpoint_path && r->customers_path && strcmp(r->customers_path, "-") == 0)
+        return cli_usage_error(r->cmd, "--checkpoint needs a customer file, not standard input");
+    const cli_value *pl = cli_flag_value(args, "placement");
+    if (pl->n_list > NBX_REQUEST_PLACEMENTS_MAX)
+        return cli_usage_error(r->cmd, "--placement given %zu times; at most %d", pl->n_list,
+                               NBX_REQUEST_PLACEMENTS_MAX);
+    if (cli_has(args, "shard")) {
+        int rc = parse_shard(r, cli_string(args, "shard", NULL));
+        if (rc != CLI_OK)
+            return rc;
+    }
+    r->as_of_given = cli_has(args, "as-of");
+    r->as_of = r->as_of_given ? cli_time(args, "as-of", 0) : nbx_time_now();
+    return parse_session(r);
+}
+
+static int open_engine(run *r)
+{
+    nbx_engine_options opts;
+    nbx_engine_options_init(&opts);
+    opts.store = r->store_path;
+    opts.catalog = r->catalog_path;
+    opts.policy = r->policy_path;
+    opts.time_limit_us = (uint32_t)cli_uint(r->args, "time-limit-us", 0);
+    opts.memory_limit = (size_t)cli_uint(r->args, "memory-limit", 0);
+    opts.flags = r->commit ? 0 : NBX_ENGINE_READONLY;
+    opts.log = log_to_stderr;
+    int rc = nbx_engine_open(&opts, &r->engine);
+    if (rc != NBX_OK)
+        return cli_nbx_error(r->cmd, rc, nbx_last_errmsg());
+    nbx_engine_info_get(r->engine, &r->info);
+    return CLI_OK;
+}
+
+/* Open the output: fresh, or truncated to what the checkpoint committed. */
+static int open_output(run *r, const checkpoint *ck, bool resume)
+{
+    if (!r->out_path) {
+        r->out = stdout;
+    } else {
+        int fd = open(r->out_path, O_WRONLY | O_CREAT | O_CLOEXEC | (resume ? 0 : O_TRUNC), 0644);
+        if (fd < 0)
+            return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
+        if (resume) {
+            struct stat st;
+            if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < ck->output_offset) {
+                close(fd);
+                return cli_error(r->cmd,
+                                 "%s is shorter than the %" PRIu64 " bytes %s says were written; "
+                                 "delete %s to start over",
+                                 r->out_path, ck->output_offset, r->checkpoint_path,
+                                 r->checkpoint_path);
+            }
+            if (ftruncate(fd, (off_t)ck->output_offset) != 0 ||
+                lseek(fd, (off_t)ck->output_offset, SEEK_SET) < 0) {
+                close(fd);
+                return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
+            }
+        }
+        r->out = fdopen(fd, "w");
+        if (!r->out) {
+            close(fd);
+            return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
+        }
+    }
+    /* Full buffering: a line per customer would be a write per customer. */
+    setvbuf(r->out, NULL, _IOFBF, 1 << 20);
+    r->out_bytes = resume ? ck->output_offset : 0;
+    if (r->csv && r->out_bytes == 0) {
+        fputs(CSV_HEADER, r->out);
+        r->out_bytes += sizeof CSV_HEADER - 1;
+    }
+    return CLI_OK;
+}
+
+static int open_input(run *r, const checkpoint *ck, bool resume)
+{
+    if (r->all) {
+        nbx_store *store = nbx_engine_store(r->engine);
+        const char *after = resume && ck->after_id && *ck->after_id ? ck->after_id : NULL;
+        int rc = nbx_iter_open(store, NBX_ITER_IDS, after, &r->iter);
+        if (rc != NBX_OK)
+            return cli_nbx_error(r->cmd, rc, nbx_last_errmsg());
+        nbx_store_stats st;
+        if (nbx_store_stat(store, &st) == NBX_OK)
+            r->expected_total = r->shard_count ? st.profiles / r->shard_count : st.profiles;
+        return CLI_OK;
+    }
+    uint64_t offset = resume ? ck->input_offset : 0, line = resume ? ck->input_line : 0;
+    if (reader_open(&r->in, r->customers_path, offset, line) != 0)
+        return cli_error(r->cmd, "%s: %s", r->customers_path, strerror(errno));
+    if (resume && r->in.size < offset)
+        return cli_error(r->cmd, "%s is shorter than where %s says the run stopped",
+                         r->customers_path, r->checkpoint_path);
+    return CLI_OK;
+}
+
+static int open_batch(run *r)
+{
+    const cli_value *pl = cli_flag_value(r->args, "placement");
+    nbx_batch_options o;
+    nbx_batch_options_init(&o);
+    o.threads = (unsigned)cli_uint(r->args, "threads", 0);
+    o.window = (size_t)cli_uint(r->args, "window", 0);
+    o.placements = pl->list;
+    o.n_placements = pl->n_list;
+    o.session = r->session;
+    o.n_session = r->n_session;
+    o.now_ms = r->as_of;
+    o.flags = (r->commit ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u);
+    o.shard_count = r->shard_count;
+    o.shard_index = r->shard_index;
+    int rc = nbx_batch_open(r->engine, &o, &r->batch);
+    if (rc != NBX_OK)
+        return cli_nbx_error(r->cmd, rc, nbx_last_errmsg());
+    unsigned threads = o.threads;
+    if (!threads) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (unsigned)n : 1;
+    }
+    /* nbx_batch_space() counts the window; never more than that pending. */
+    r->window = nbx_batch_space(r->batch);
+    r->ring = calloc(r->window, sizeof *r->ring);
+    if (!r->ring)
+        return cli_error(r->cmd, "out of memory");
+    return CLI_OK;
+}
+
+static void install_stop_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static void release(run *r)
+{
+    nbx_batch_close(r->batch);
+    nbx_iter_close(r->iter);
+    nbx_engine_close(r->engine);
+    if (r->in.buf)
+        reader_close(&r->in);
+    if (r->out && r->out != stdout)
+        fclose(r->out);
+    free(r->ring);
+}
+
+int cli_run_batch(cli_args *args)
+{
+    run r;
+    memset(&r, 0, sizeof r);
+    r.args = args;
+    r.cmd = args->cmd;
+    r.started = cli_now_seconds();
+    int rc = parse_parameters(&r);
+    if (rc == CLI_OK)
+        rc = open_engine(&r);
+
+    checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    bool resume = false;
+    if (rc == CLI_OK && r.checkpoint_path)
+        rc = load_checkpoint(&r, &ck, &resume);
+    nbx_time_format(r.as_of, r.as_of_text);
+    if (rc == CLI_OK && resume && ck.complete) {
+        fprintf(stderr, "nbx batch: %s: this run is already complete; delete it to run again\n",
+                r.checkpoint_path);
+        print_summary(&r, &ck.totals, false);
+        rc = ck.totals.malformed || ck.totals.failed ? CLI_FAIL : CLI_OK;
+        free(ck.text);
+        release(&r);
+        return rc;
+    }
+    if (resume) {
+        r.base = ck.totals;
+        r.last.input_offset = ck.input_offset;
+        r.last.input_line = ck.input_line;
+        snprintf(r.last_id, sizeof r.last_id, "%s", ck.after_id ? ck.after_id : "");
+        fprintf(stderr, "nbx batch: resuming from %s after %" PRIu64 " customers\n",
+                r.checkpoint_path, ck.totals.customers);
+    }
+    if (rc == CLI_OK)
+        rc = open_output(&r, &ck, resume);
+    if (rc == CLI_OK)
+        rc = open_input(&r, &ck, resume);
+    if (rc == CLI_OK)
+        rc = open_batch(&r);
+    free(ck.text);
+    if (rc != CLI_OK) {
+        release(&r);
+        return rc;
+    }
+
+    stop_requested = 0;
+    install_stop_handlers();
+    /* The input position of the last customer written, for a checkpoint
+     * taken before any customer of this run is written. */
+    r.last.malformed = 0;
+    r.last.other_shard = 0;
+    rc = r.all ? feed_all_profiles(&r) : feed_customer_file(&r);
+    int drain_rc = drain(&r);
+    if (rc == CLI_OK)
+        rc = drain_rc;
+    bool interrupted = stop_requested != 0;
+    if (r.progress_shown)
+        fprintf(stderr, "\r\033[K");
+
+    /* At the end of the input, the whole input is accounted for. */
+    position end = r.last;
+    bool complete = rc == CLI_OK && !interrupted;
+    if (complete) {
+        end.input_offset = r.in.offset;
+        end.input_line = r.in.line;
+        end.malformed = r.malformed;
+        end.other_shard = r.other_shard;
+    }
+    if (rc == CLI_OK && fflush(r.out) != 0)
+        rc = cli_error(r.cmd, "writing %s: %s", r.out_path ? r.out_path : "output",
+                       strerror(errno));
+    if (rc == CLI_OK && r.checkpoint_path)
+        rc = write_checkpoint(&r, &end, r.last_id, complete);
+
+    totals t;
+    current_totals(&r, &end, &t);
+    print_summary(&r, &t, interrupted);
+    if (r.summary_path) {
+        int src = write_summary_json(&r, &t, complete);
+        if (rc == CLI_OK)
+            rc = src;
+    }
+    if (interrupted)
+        fprintf(stderr, "nbx batch: interrupted%s\n",
+                r.checkpoint_path ? "; run the same command again to resume" : "");
+    if (rc == CLI_OK && (interrupted || t.malformed || t.failed))
+        rc = CLI_FAIL;
+    release(&r);
+    return rc;
+}
