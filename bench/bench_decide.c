@@ -12,6 +12,7 @@
 #include "nbx.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,7 +107,8 @@ static void *decide_loop(void *arg)
             die("decide", nbx_ctx_errmsg(ctx));
         if (r->lat)
             r->lat[i] = now_us() - t0;
-        r->fallbacks += nbx_result_fallback(res);
+        if (nbx_result_fallback(res) && r->fallbacks++ < 3)
+            fprintf(stderr, "fallback for %s: %s\n", req.customer, nbx_result_error(res));
     }
     r->elapsed_us = now_us() - start;
     nbx_ctx_close(ctx);

@@ -322,15 +322,15 @@ static void apply_guardrails(nbx_ctx *c, size_t n, const nbx_profile *p)
     }
 }
 
-static int by_rank(const void *a, const void *b, void *cand)
+/* Does candidate x rank before y: higher score, then lower offer index (id
+ * order), then earlier placement. */
+static inline bool ranks_before(const nbx_candidate *x, const nbx_candidate *y)
 {
-    const nbx_candidate *x = &((const nbx_candidate *)cand)[*(const uint32_t *)a];
-    const nbx_candidate *y = &((const nbx_candidate *)cand)[*(const uint32_t *)b];
     if (x->score != y->score)
-        return x->score > y->score ? -1 : 1;
+        return x->score > y->score;
     if (x->offer != y->offer)
-        return x->offer < y->offer ? -1 : 1; /* offer index order is id order */
-    return x->placement < y->placement ? -1 : x->placement > y->placement;
+        return x->offer < y->offer;
+    return x->placement < y->placement;
 }
 
 static void add_action(nbx_ctx *c, const nbx_offer *o, uint32_t placement, double score,
@@ -358,21 +358,39 @@ static void reset_slots(nbx_ctx *c)
 }
 
 /* Greedy by rank: the best remaining candidate takes a slot of its
- * placement if one is free and the offer is not shown elsewhere. */
+ * placement if one is free and the offer is not shown elsewhere. Slots are
+ * few and candidates many, so select the best live candidate per slot
+ * (O(candidates x slots)) instead of sorting them all; candidates that can
+ * no longer be placed drop out of the live list as they are met. */
 static void arbitrate(nbx_ctx *c, size_t n)
 {
     const nbx_catalog *cat = c->snap->catalog;
+    reset_slots(c);
+    uint32_t slots = 0;
+    for (uint32_t p = 0; p < cat->n_placements; p++)
+        slots += c->slots_left[p];
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         if (!c->cand[i].excluded)
             c->order[m++] = (uint32_t)i;
-    qsort_r(c->order, m, sizeof *c->order, by_rank, c->cand);
-    reset_slots(c);
-    for (size_t k = 0; k < m; k++) {
-        const nbx_candidate *cd = &c->cand[c->order[k]];
-        if (c->slots_left[cd->placement] == 0 || c->offer_used[cd->offer])
-            continue;
+    while (slots > 0 && m > 0) {
+        size_t best = SIZE_MAX;
+        for (size_t k = 0; k < m;) {
+            const nbx_candidate *cd = &c->cand[c->order[k]];
+            if (c->slots_left[cd->placement] == 0 || c->offer_used[cd->offer]) {
+                c->order[k] = c->order[--m]; /* can never be placed now */
+                continue;
+            }
+            if (best == SIZE_MAX || ranks_before(cd, &c->cand[c->order[best]]))
+                best = k;
+            k++;
+        }
+        if (best == SIZE_MAX)
+            break;
+        const nbx_candidate *cd = &c->cand[c->order[best]];
         add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
+        c->order[best] = c->order[--m];
+        slots--;
     }
 }
 
@@ -440,9 +458,9 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
         nbx_buf_puts(b, ",\"placement\":");
         nbx_jw_string(b, a->placement, strlen(a->placement));
         nbx_buf_puts(b, ",\"score\":");
-        nbx_jw_number(b, a->score);
+        nbx_jw_decimal(b, a->score);
         nbx_buf_puts(b, ",\"expected_margin\":");
-        nbx_jw_number(b, a->expected_margin);
+        nbx_jw_decimal(b, a->expected_margin);
         nbx_buf_putc(b, '}');
     }
     nbx_buf_puts(b, "],\"fallback\":");
@@ -479,9 +497,9 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
             nbx_buf_puts(b, ",\"placement\":");
             nbx_jw_sv(b, cat->placements[cd->placement].id);
             nbx_buf_puts(b, ",\"score\":");
-            nbx_jw_number(b, cd->scored ? cd->score : NAN);
+            nbx_jw_decimal(b, cd->scored ? cd->score : NAN);
             nbx_buf_puts(b, ",\"expected_margin\":");
-            nbx_jw_number(b, cd->expected_margin);
+            nbx_jw_decimal(b, cd->expected_margin);
             nbx_buf_puts(b, ",\"excluded\":");
             const char *why = nbx_excluded_name(cd->excluded);
             if (why) {

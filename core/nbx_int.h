@@ -197,6 +197,9 @@ static inline void nbx_jw_sv(nbx_buf *b, nbx_sv v)
 }
 /* Shortest form that reads back to the same double; non-finite as null. */
 void nbx_jw_number(nbx_buf *b, double v);
+/* Fixed point, up to 9 decimals (exact form outside [1e-3, 1e9)): for
+ * decision results, where speed matters more than the last bits. */
+void nbx_jw_decimal(nbx_buf *b, double v);
 void nbx_jw_time(nbx_buf *b, int64_t ms);
 /* Parse a double from a bounded decimal string (locale-independent). */
 bool nbx_parse_double(const char *s, size_t n, double *out);
@@ -341,6 +344,10 @@ int nbx_store_profile_get(nbx_store *s, MDB_txn *txn, nbx_sv id, nbx_profile *p,
                           nbx_err *e);
 int nbx_store_profile_put(nbx_store *s, MDB_txn *txn, const nbx_profile *p, nbx_buf *scratch,
                           nbx_err *e);
+/* Merge patch over base (NULL: a new profile) as an upsert does: updated_at
+ * becomes now_ms unless the patch gives it. */
+int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, int64_t now_ms,
+                      nbx_profile *out, nbx_arena *a, nbx_err *e);
 /* Merge a patch into the stored profile (or a new one) within txn. */
 int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patch,
                              int64_t now_ms, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
@@ -393,6 +400,11 @@ int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer,
 /* Count one impression (or accept) of offer on ts's UTC day. */
 int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
                     nbx_err *e);
+/* Add n events of one kind at ts to x (arrays reallocated from a). */
+int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a);
+/* Add counts to offer's budget row for a UTC day. */
+int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
+                   uint64_t accepts, nbx_err *e);
 
 /* ========================================================================
  * Events and import (event.c, ingest.c)
@@ -415,6 +427,15 @@ const char *nbx_event_type_name(int type);
  * RFM aggregates or exposure counters and budgets. */
 int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
                         nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+/* The pieces of nbx_event_apply_txn, for bulk ingest (ingest.c), which
+ * groups them per key: the event log record (appended to out), the history
+ * key (out needs NBX_ID_MAX + 1 + NBX_ID_MAX bytes), the counter kind of an
+ * exposure event, and a purchase added to a profile's RFM aggregates
+ * (exists false: p holds only its id and becomes a new profile). */
+int nbx_event_encode(const nbx_event *ev, nbx_buf *out);
+size_t nbx_history_key(char *out, nbx_sv customer, nbx_sv event_id);
+int nbx_event_exposure_kind(int type);
+void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms);
 
 /* ========================================================================
  * Catalog (catalog.c)

@@ -134,3 +134,23 @@ Test(json, writer_round_trips_numbers_and_escapes)
     cr_assert_str_eq(b.data, "\"q\\\"\\\\\\n\\u0001\\ufffd\"");
     nbx_buf_free(&b);
 }
+
+Test(json, decimal_writer_fixed_point_and_fallback)
+{
+    struct {
+        double v;
+        const char *want;
+    } cases[] = {{0, "0"},          {1, "1"},           {-2.5, "-2.5"},
+                 {0.1, "0.1"},      {1.0 / 3, "0.333333333"}, {12.0199999999, "12.02"},
+                 {123456789.5, "123456789.5"}, {1e-9, "1e-09"},
+                 {2e9, "2000000000"}, {-0.0004999, "-0.0004999"}};
+    nbx_buf b = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_buf_reset(&b);
+        nbx_jw_decimal(&b, cases[i].v);
+        nbx_buf_terminate(&b);
+        cr_assert_str_eq(b.data, cases[i].want, "%.17g: got %s, want %s", cases[i].v, b.data,
+                         cases[i].want);
+    }
+    nbx_buf_free(&b);
+}
