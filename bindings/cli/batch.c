@@ -156,13 +156,12 @@ typedef struct run {
     totals base;        /* from the checkpoint */
     position last;      /* of the last item written */
     char last_id[NBX_ID_MAX + 1];
-    bool wrote_any;
     uint64_t since_checkpoint;
     double started;
     double next_progress;
     bool progress_shown;
+    bool tty; /* standard error is a terminal: show progress */
     uint64_t expected_total; /* customers, for the progress bar; 0 unknown */
-    bool failed_fatally;
 } run;
 
 static volatile sig_atomic_t stop_requested;
@@ -290,19 +289,41 @@ static void format_number(char *buf, size_t size, double v)
     }
 }
 
-static void csv_field(FILE *f, const char *s)
+/* A CSV row is built in memory, then written with one fwrite: its length
+ * is what the checkpoint counts. Every field is bounded (ids 256 bytes,
+ * offer and placement ids 128, numbers 24), so a fixed buffer holds a row
+ * even with every character quoted. */
+typedef struct row {
+    char data[4096];
+    size_t len;
+} row;
+
+static void row_add(row *w, const char *s, size_t n)
+{
+    if (n > sizeof w->data - w->len)
+        n = sizeof w->data - w->len;
+    memcpy(w->data + w->len, s, n);
+    w->len += n;
+}
+
+static void row_puts(row *w, const char *s)
+{
+    row_add(w, s, strlen(s));
+}
+
+static void row_field(row *w, const char *s)
 {
     if (!strpbrk(s, ",\"\r\n")) {
-        fputs(s, f);
+        row_puts(w, s);
         return;
     }
-    fputc('"', f);
+    row_add(w, "\"", 1);
     for (; *s; s++) {
         if (*s == '"')
-            fputc('"', f);
-        fputc(*s, f);
+            row_add(w, "\"", 1);
+        row_add(w, s, 1);
     }
-    fputc('"', f);
+    row_add(w, "\"", 1);
 }
 
 static const char CSV_HEADER[] = "customer,decision_id,rank,offer,placement,score,"
@@ -310,37 +331,49 @@ static const char CSV_HEADER[] = "customer,decision_id,rank,offer,placement,scor
 
 static void write_csv_row(run *r, const nbx_batch_item *it, size_t rank, const nbx_action *a)
 {
-    char score[40] = "", margin[40] = "";
-    csv_field(r->out, it->customer);
-    fprintf(r->out, ",%s,%zu,", it->decision_id, rank);
+    row w;
+    w.len = 0;
+    char number[40];
+    row_field(&w, it->customer);
+    row_add(&w, ",", 1);
+    row_puts(&w, it->decision_id);
+    snprintf(number, sizeof number, ",%zu,", rank);
+    row_puts(&w, number);
     if (a) {
-        csv_field(r->out, a->offer);
-        fputc(',', r->out);
-        csv_field(r->out, a->placement);
-        format_number(score, sizeof score, a->score);
-        format_number(margin, sizeof margin, a->expected_margin);
+        row_field(&w, a->offer);
+        row_add(&w, ",", 1);
+        row_field(&w, a->placement);
+        row_add(&w, ",", 1);
+        format_number(number, sizeof number, a->score);
+        row_puts(&w, number);
+        row_add(&w, ",", 1);
+        format_number(number, sizeof number, a->expected_margin);
+        row_puts(&w, number);
     } else {
-        fputc(',', r->out);
+        row_puts(&w, ",,,");
     }
-    fprintf(r->out, ",%s,%s,%s,%s,%s,%s\n", score, margin, it->fallback ? "true" : "false",
-            it->anonymous ? "true" : "false", r->info.policy_version, r->as_of_text);
+    row_puts(&w, it->fallback ? ",true" : ",false");
+    row_puts(&w, it->anonymous ? ",true," : ",false,");
+    row_puts(&w, r->info.policy_version);
+    row_add(&w, ",", 1);
+    row_puts(&w, r->as_of_text);
+    row_add(&w, "\n", 1);
+    fwrite(w.data, 1, w.len, r->out);
+    r->out_bytes += w.len;
 }
 
 static void write_item(run *r, const nbx_batch_item *it)
 {
-    long before = ftell(r->out);
     if (!r->csv) {
         fwrite(it->json, 1, it->json_len, r->out);
         fputc('\n', r->out);
+        r->out_bytes += it->json_len + 1;
     } else if (it->n_actions == 0) {
         write_csv_row(r, it, 0, NULL);
     } else {
         for (size_t i = 0; i < it->n_actions; i++)
             write_csv_row(r, it, i + 1, &it->actions[i]);
     }
-    long after = ftell(r->out);
-    if (before >= 0 && after >= before)
-        r->out_bytes += (uint64_t)(after - before);
 }
 
 /* ========================================================================
@@ -794,7 +827,6 @@ static int take_one(run *r)
     }
     r->last = *p;
     snprintf(r->last_id, sizeof r->last_id, "%s", it->customer);
-    r->wrote_any = true;
     r->since_checkpoint++;
     if (r->checkpoint_path && r->since_checkpoint >= r->checkpoint_every) {
         int rc = write_checkpoint(r, &r->last, r->last_id, false);
@@ -884,7 +916,7 @@ static int feed_customer_file(run *r)
         }
         if (rc != CLI_OK)
             return rc;
-        if (r->progress_shown || isatty(STDERR_FILENO))
+        if (r->tty)
             show_progress(r, false);
     }
     if (!stop_requested && got < 0)
@@ -896,12 +928,11 @@ static int feed_all_profiles(run *r)
 {
     const char *id;
     int rc;
-    bool tty = isatty(STDERR_FILENO);
     while (!stop_requested && (rc = nbx_iter_next(r->iter, &id, NULL, NULL)) == NBX_OK) {
         int src = submit(r, id, NULL, 0);
         if (src != CLI_OK)
             return src;
-        if (tty)
+        if (r->tty)
             show_progress(r, false);
     }
     if (!stop_requested && rc != NBX_DONE)
@@ -1110,11 +1141,6 @@ static int open_batch(run *r)
     int rc = nbx_batch_open(r->engine, &o, &r->batch);
     if (rc != NBX_OK)
         return cli_nbx_error(r->cmd, rc, nbx_last_errmsg());
-    unsigned threads = o.threads;
-    if (!threads) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (unsigned)n : 1;
-    }
     /* nbx_batch_space() counts the window; never more than that pending. */
     r->window = nbx_batch_space(r->batch);
     r->ring = calloc(r->window, sizeof *r->ring);
@@ -1152,6 +1178,7 @@ int cli_run_batch(cli_args *args)
     r.args = args;
     r.cmd = args->cmd;
     r.started = cli_now_seconds();
+    r.tty = isatty(STDERR_FILENO) != 0;
     int rc = parse_parameters(&r);
     if (rc == CLI_OK)
         rc = open_engine(&r);

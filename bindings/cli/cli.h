@@ -169,4 +169,9 @@ int cli_run_gen_profiles(cli_args *args);
 int cli_run_gen_events(cli_args *args);
 int cli_run_gen_catalog(cli_args *args);
 
+/* batch.c: its flag table and help text live with it */
+extern const cli_flag cli_batch_flags[];
+extern const char cli_batch_details[];
+int cli_run_batch(cli_args *args);
+
 #endif /* NBX_CLI_H */

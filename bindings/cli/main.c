@@ -146,6 +146,7 @@ const cli_command cli_commands[] = {
      "decision, which is still a success (exit status 0); a missing or invalid\n"
      "catalog, policy or store is an error (exit status 1).\n",
      cli_run_decide},
+    {"batch", NULL, "", 0, 0, cli_batch_flags, "Decide for many customers (a campaign): one result per customer, in input order.", cli_batch_details, cli_run_batch},
     {"policy", "check", "FILE", 1, 1, check_flags,
      "Check that a policy file loads; print its name and version.",
      "On failure the error names FILE:LINE and the reason.\n", cli_run_policy_check},
