@@ -35,6 +35,7 @@
 /* Stack levels searched for the policy's frame when locating a fault. */
 #define SB_WHERE_LEVELS 256
 #define SB_NAME_MAX 127
+#define SB_PCALL_DEPTH_MAX 64
 
 /* Values the C side keeps in the state, in one table referenced from the
  * registry. */
@@ -63,7 +64,7 @@ enum sb_slot {
     SLOT_X,       /* exposure numbers, 7 per exposed candidate */
     SLOT_S,       /* scores out: number, or false when ineligible */
     SLOT_M,       /* expected margins out: number or false */
-    SLOT_ST,      /* [1] candidate being run, [2] a rejected result value */
+    SLOT_ST,      /* [1] candidate being run (negative: in eligible), [2] a rejected result */
     SLOT_MSG_TIMEOUT,
     SLOT_MSG_MEMORY,
     SLOT_COUNT
@@ -90,6 +91,7 @@ struct nbx_sandbox {
 
     /* Deadline (nanoseconds, CLOCK_MONOTONIC and thread CPU time). */
     int64_t budget_ns;
+    int64_t sample_ns; /* wall time before the first CPU clock reading */
     int64_t wall_start;
     int64_t wall_check; /* INT64_MAX when no policy code runs */
     int64_t cpu_base;
@@ -103,9 +105,11 @@ struct nbx_sandbox {
     char where[256];
     char reason[512];
     char short_src[LUA_IDSIZE]; /* the policy's chunk as Lua prints it */
-    char score_where[256];
+    char score_where[256];      /* "name.lua:LINE" where score is defined */
+    char eligible_where[256];
 
     uint64_t rng;
+    int pcall_depth;
     nbx_lp_limit lp_limit;
 
     size_t *live; /* per run: live candidate k -> index into in->cand */
@@ -119,6 +123,173 @@ static inline nbx_sandbox *sb_of(lua_State *L)
     lua_getallocf(L, &ud);
     return ud;
 }
+
+/* ========================================================================
+ * Helpers and driver written in Lua (chunk "=nbx", its own environment)
+ * ======================================================================== */
+
+static const char sb_lib_source[] =
+    "local N = ...\n"
+    "local type, ipairs, check_sortable = N.type, N.ipairs, N.check_sortable\n"
+    "local huge = N.huge\n"
+    "local state = { now = 0 }\n"
+    "\n"
+    /* Stable bottom-up merge sort in Lua: the native sort calls the
+     * comparator from C, and a comparator that sorts again recurses through
+     * the C stack. Here recursion stays on the Lua stack, which is bounded. */
+    "local RUN = 8\n"
+    "local function sort(t, lt)\n"
+    "  local n = check_sortable(t, lt)\n"
+    "  if n < 2 then return end\n"
+    "  for lo = 1, n, RUN do\n"
+    "    local hi = lo + RUN - 1\n"
+    "    if hi > n then hi = n end\n"
+    "    for i = lo + 1, hi do\n"
+    "      local v, j = t[i], i - 1\n"
+    "      while j >= lo do\n"
+    "        local w = t[j]\n"
+    "        local before\n"
+    "        if lt then before = lt(v, w) else before = v < w end\n"
+    "        if not before then break end\n"
+    "        t[j + 1] = w\n"
+    "        j = j - 1\n"
+    "      end\n"
+    "      t[j + 1] = v\n"
+    "    end\n"
+    "  end\n"
+    "  local src, dst, width = t, {}, RUN\n"
+    "  while width < n do\n"
+    "    for lo = 1, n, 2 * width do\n"
+    "      local mid, hi = lo + width - 1, lo + 2 * width - 1\n"
+    "      if mid > n then mid = n end\n"
+    "      if hi > n then hi = n end\n"
+    "      local i, j, k = lo, mid + 1, lo\n"
+    "      while i <= mid and j <= hi do\n"
+    "        local x, y = src[i], src[j]\n"
+    "        local right\n"
+    "        if lt then right = lt(y, x) else right = y < x end\n"
+    "        if right then dst[k] = y; j = j + 1 else dst[k] = x; i = i + 1 end\n"
+    "        k = k + 1\n"
+    "      end\n"
+    "      while i <= mid do dst[k] = src[i]; i = i + 1; k = k + 1 end\n"
+    "      while j <= hi do dst[k] = src[j]; j = j + 1; k = k + 1 end\n"
+    "    end\n"
+    "    src, dst = dst, src\n"
+    "    width = width * 2\n"
+    "  end\n"
+    "  if src ~= t then for i = 1, n do t[i] = src[i] end end\n"
+    "end\n"
+    "\n"
+    /* Must agree with nbx_offer_propensity() in caps.c. */
+    "local function propensity(customer, offer)\n"
+    "  local p = customer.propensity\n"
+    "  if p ~= nil then\n"
+    "    local v = p[offer.id]\n"
+    "    if v ~= nil then return v end\n"
+    "    local cat = offer.category\n"
+    "    if cat ~= nil and cat ~= '' then\n"
+    "      v = p[cat]\n"
+    "      if v ~= nil then return v end\n"
+    "    end\n"
+    "  end\n"
+    "  local rfm = customer.rfm\n"
+    "  local seg = rfm ~= nil and rfm.segment or nil\n"
+    "  if seg ~= nil then\n"
+    "    local sp = offer.segment_propensity\n"
+    "    if sp ~= nil then\n"
+    "      local v = sp[seg]\n"
+    "      if v ~= nil then return v end\n"
+    "    end\n"
+    "  end\n"
+    "  return offer.base_propensity or 0\n"
+    "end\n"
+    "\n"
+    "local function expected_margin(customer, offer)\n"
+    "  return propensity(customer, offer) * offer.margin - (offer.serving_cost or 0)\n"
+    "end\n"
+    "\n"
+    "local function clamp(x, lo, hi)\n"
+    "  if x < lo then return lo end\n"
+    "  if x > hi then return hi end\n"
+    "  return x\n"
+    "end\n"
+    "\n"
+    "local function days_since(t, now)\n"
+    "  if t == nil then return nil end\n"
+    "  return ((now or state.now) - t) / 86400\n"
+    "end\n"
+    "\n"
+    "local function contains(list, value)\n"
+    "  if list == nil then return false end\n"
+    "  for _, v in ipairs(list) do\n"
+    "    if v == value then return true end\n"
+    "  end\n"
+    "  return false\n"
+    "end\n"
+    "\n"
+    /* The per-decision loop. C has filled CO/CP/X and the maps; customer
+     * scalars come as arguments (cheaper than C setting fields by name). */
+    "local function make_driver(score, eligible, offers, places, customer, session,\n"
+    "                           cust, rfm, expo, sess, CO, CP, X, S, M, ST)\n"
+    "  local dirty = false\n"
+    "  return function(n, now, id, anonymous, ltv, churn, r, f, m, segment, first, last,\n"
+    "                  orders, revenue, margin, recency)\n"
+    "    cust.id = id; cust.anonymous = anonymous; cust.ltv = ltv; cust.churn = churn\n"
+    "    rfm.r = r; rfm.f = f; rfm.m = m; rfm.segment = segment\n"
+    "    rfm.first_purchase = first; rfm.last_purchase = last; rfm.orders = orders\n"
+    "    rfm.revenue = revenue; rfm.margin = margin; rfm.recency_days = recency\n"
+    "    sess.now = now\n"
+    "    state.now = now\n"
+    "    local xj = 0\n"
+    "    for k = 1, n do\n"
+    "      ST[1] = k\n"
+    "      local code = CO[k]\n"
+    "      if code < 0 then\n"
+    "        code = -code\n"
+    "        local b = xj * 7\n"
+    "        xj = xj + 1\n"
+    "        expo.impressions = X[b + 1]; expo.clicks = X[b + 2]\n"
+    "        expo.accepts = X[b + 3]; expo.dismisses = X[b + 4]\n"
+    "        expo.last_impression = X[b + 5]; expo.last_dismiss = X[b + 6]\n"
+    "        expo.last_accept = X[b + 7]\n"
+    "        dirty = true\n"
+    "      elseif dirty then\n"
+    "        expo.impressions = 0; expo.clicks = 0; expo.accepts = 0; expo.dismisses = 0\n"
+    "        expo.last_impression = nil; expo.last_dismiss = nil; expo.last_accept = nil\n"
+    "        dirty = false\n"
+    "      end\n"
+    "      local offer = offers[code]\n"
+    "      sess.placement = places[CP[k]]\n"
+    "      local ok = true\n"
+    "      if eligible ~= nil then\n"
+    "        ST[1] = -k\n"
+    "        ok = eligible(offer, customer, session)\n"
+    "        ST[1] = k\n"
+    "      end\n"
+    "      if not ok then\n"
+    "        S[k] = false\n"
+    "      else\n"
+    "        local s, em = score(offer, customer, session)\n"
+    "        if type(s) ~= 'number' or s ~= s or s == huge or s == -huge then\n"
+    "          ST[2] = s\n"
+    "          return 1\n"
+    "        end\n"
+    "        if em ~= nil and (type(em) ~= 'number' or em ~= em or em == huge or em == -huge) "
+    "then\n"
+    "          ST[2] = em\n"
+    "          return 2\n"
+    "        end\n"
+    "        S[k] = s\n"
+    "        if em == nil then M[k] = false else M[k] = em end\n"
+    "      end\n"
+    "    end\n"
+    "    return 0\n"
+    "  end\n"
+    "end\n"
+    "\n"
+    "return { sort = sort, propensity = propensity,\n"
+    "         expected_margin = expected_margin, clamp = clamp, days_since = days_since,\n"
+    "         contains = contains, make_driver = make_driver }\n";
 
 /* ========================================================================
  * Allocator
@@ -167,14 +338,19 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 /* ========================================================================
  * Deadline
  *
- * CLOCK_THREAD_CPUTIME_ID is a system call on Linux (about 730 ns here; no
- * vDSO), CLOCK_MONOTONIC about 30 ns. Thread CPU time can never run ahead of
- * wall time, so checks read the cheap clock until half the budget has passed
- * on it; from then on the CPU clock decides, with the first half charged as
- * if the thread had run throughout. A normal decision never reads the CPU
- * clock, and a preempted thread is not timed out for time it did not run
- * (beyond that first half).
+ * The limit is on the thread's CPU time, so a thread preempted mid-decision
+ * is not blamed for time it did not run. But CLOCK_THREAD_CPUTIME_ID is a
+ * system call on Linux (about 730 ns here, no vDSO) where CLOCK_MONOTONIC
+ * costs 30 ns, and a decision should take about 20 us. So checks read the
+ * cheap clock, and the CPU clock is first read once SB_CPU_SAMPLE_NS of wall
+ * time have passed: a normal decision never reads it. That unmeasured start
+ * is charged as wall time, capped at twice the window (preemption there
+ * costs the policy at most that). From the first reading on, CPU time
+ * decides; the next check is due no sooner than the remaining budget, since
+ * CPU time cannot run ahead of wall time.
  * ======================================================================== */
+
+#define SB_CPU_SAMPLE_NS INT64_C(100000)
 
 static int64_t sb_clock_ns(clockid_t id)
 {
@@ -182,6 +358,8 @@ static int64_t sb_clock_ns(clockid_t id)
     clock_gettime(id, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+static void sb_hook(lua_State *L, lua_Debug *ar);
 
 static void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
 {
@@ -191,9 +369,13 @@ static void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
         sb->wall_check = INT64_MAX;
         return;
     }
+    /* A full count per run: where the first check falls must not depend on
+     * what ran before (cheap: the dispatch mode does not change). */
+    lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, SB_HOOK_COUNT);
     sb->budget_ns = (int64_t)budget_us * 1000;
+    sb->sample_ns = sb->budget_ns / 4 < SB_CPU_SAMPLE_NS ? sb->budget_ns / 4 : SB_CPU_SAMPLE_NS;
     sb->wall_start = sb_clock_ns(CLOCK_MONOTONIC);
-    sb->wall_check = sb->wall_start + sb->budget_ns / 2;
+    sb->wall_check = sb->wall_start + sb->sample_ns;
 }
 
 static void sb_clock_stop(nbx_sandbox *sb)
@@ -211,6 +393,8 @@ static bool sb_time_up(nbx_sandbox *sb)
         sb->cpu_mode = true;
         sb->cpu_base = cpu;
         sb->charged_ns = now - sb->wall_start;
+        if (sb->charged_ns > 2 * sb->sample_ns)
+            sb->charged_ns = 2 * sb->sample_ns;
     }
     int64_t spent = sb->charged_ns + (cpu - sb->cpu_base);
     if (spent >= sb->budget_ns)
@@ -218,8 +402,6 @@ static bool sb_time_up(nbx_sandbox *sb)
     sb->wall_check = now + (sb->budget_ns - spent);
     return false;
 }
-
-static void sb_hook(lua_State *L, lua_Debug *ar);
 
 /* Called by the hook and by the pattern functions: raise once time is up,
  * and from then on on every VM instruction, so pcall cannot swallow it. */
@@ -253,15 +435,17 @@ static void sb_pattern_check(lua_State *L, void *ud)
  * Fault records
  * ======================================================================== */
 
-/* "name.lua:LINE" of the innermost policy frame at or above level. */
+/* "name.lua:LINE" of the innermost policy frame at or above level; "" when
+ * there is none (a tail call leaves no frame of its caller): nbx_sandbox_run
+ * then falls back to the definition of the function being run. */
 static bool sb_policy_where(nbx_sandbox *sb, lua_State *L, int level, char *out, size_t n)
 {
     lua_Debug ar;
     const char *chunk = sb->policy->chunkname;
     for (int i = level; i < level + SB_WHERE_LEVELS && lua_getstack(L, i, &ar); i++) {
-        if (!lua_getinfo(L, "Sl", &ar))
+        if (!lua_getinfo(L, "Sl", &ar) || !ar.source)
             continue;
-        if (ar.currentline > 0 && ar.source && strcmp(ar.source, chunk) == 0) {
+        if (ar.currentline > 0 && strcmp(ar.source, chunk) == 0) {
             snprintf(out, n, "%s:%d", chunk + 1, ar.currentline);
             return true;
         }
@@ -506,16 +690,28 @@ static int sb_check_sortable(lua_State *L)
     return 1;
 }
 
-/* After the policy's pcall returns: a limit fault is not the policy's to
- * handle. Otherwise return the pcall results unchanged. */
-static int sb_check_faults(lua_State *L)
+/* The policy's pcall. A limit fault is not the policy's to handle: it is
+ * raised again as soon as the protected call returns. Nesting is capped:
+ * each level is a C frame (bounded recursion through C), and when a timeout
+ * unwinds, each level costs a throw, so 64 levels bound that too (LuaJIT's
+ * own pcall nests as deep as the Lua stack, thousands of levels, and
+ * unwinding a timeout through them took over 70 ms). */
+static int sb_pcall(lua_State *L)
 {
     nbx_sandbox *sb = sb_of(L);
+    luaL_checkany(L, 1);
+    if (sb->pcall_depth >= SB_PCALL_DEPTH_MAX)
+        return sb_raise(L, 1, "pcall nested more than %d deep", SB_PCALL_DEPTH_MAX);
+    sb->pcall_depth++;
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    sb->pcall_depth--;
     if (NBX_UNLIKELY(sb->timed_out || sb->mem_exceeded)) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, sb->ref_slots);
         lua_rawgeti(L, -1, sb->timed_out ? SLOT_MSG_TIMEOUT : SLOT_MSG_MEMORY);
         return lua_error(L);
     }
+    lua_pushboolean(L, st == 0);
+    lua_insert(L, 1);
     return lua_gettop(L);
 }
 
@@ -553,175 +749,6 @@ static int sb_random(lua_State *L)
         return luaL_error(L, "wrong number of arguments");
     }
 }
-
-/* ========================================================================
- * Helpers and driver written in Lua (chunk "=nbx", its own environment)
- * ======================================================================== */
-
-static const char sb_lib_source[] =
-    "local N = ...\n"
-    "local type, error, ipairs = N.type, N.error, N.ipairs\n"
-    "local native_pcall, check_faults, check_sortable = N.pcall, N.check_faults, "
-    "N.check_sortable\n"
-    "local huge = N.huge\n"
-    "local state = { now = 0 }\n"
-    "\n"
-    /* The policy's pcall: LuaJIT's own (no C recursion), then a check that
-     * re-raises limit faults. */
-    "local function pcall_(f, ...)\n"
-    "  return check_faults(native_pcall(f, ...))\n"
-    "end\n"
-    "\n"
-    /* Stable bottom-up merge sort in Lua: the native sort calls the
-     * comparator from C, and a comparator that sorts again recurses through
-     * the C stack. Here recursion stays on the Lua stack, which is bounded. */
-    "local RUN = 8\n"
-    "local function sort(t, lt)\n"
-    "  local n = check_sortable(t, lt)\n"
-    "  if n < 2 then return end\n"
-    "  for lo = 1, n, RUN do\n"
-    "    local hi = lo + RUN - 1\n"
-    "    if hi > n then hi = n end\n"
-    "    for i = lo + 1, hi do\n"
-    "      local v, j = t[i], i - 1\n"
-    "      while j >= lo do\n"
-    "        local w = t[j]\n"
-    "        local before\n"
-    "        if lt then before = lt(v, w) else before = v < w end\n"
-    "        if not before then break end\n"
-    "        t[j + 1] = w\n"
-    "        j = j - 1\n"
-    "      end\n"
-    "      t[j + 1] = v\n"
-    "    end\n"
-    "  end\n"
-    "  local src, dst, width = t, {}, RUN\n"
-    "  while width < n do\n"
-    "    for lo = 1, n, 2 * width do\n"
-    "      local mid, hi = lo + width - 1, lo + 2 * width - 1\n"
-    "      if mid > n then mid = n end\n"
-    "      if hi > n then hi = n end\n"
-    "      local i, j, k = lo, mid + 1, lo\n"
-    "      while i <= mid and j <= hi do\n"
-    "        local x, y = src[i], src[j]\n"
-    "        local right\n"
-    "        if lt then right = lt(y, x) else right = y < x end\n"
-    "        if right then dst[k] = y; j = j + 1 else dst[k] = x; i = i + 1 end\n"
-    "        k = k + 1\n"
-    "      end\n"
-    "      while i <= mid do dst[k] = src[i]; i = i + 1; k = k + 1 end\n"
-    "      while j <= hi do dst[k] = src[j]; j = j + 1; k = k + 1 end\n"
-    "    end\n"
-    "    src, dst = dst, src\n"
-    "    width = width * 2\n"
-    "  end\n"
-    "  if src ~= t then for i = 1, n do t[i] = src[i] end end\n"
-    "end\n"
-    "\n"
-    /* Must agree with nbx_offer_propensity() in caps.c. */
-    "local function propensity(customer, offer)\n"
-    "  local p = customer.propensity\n"
-    "  if p ~= nil then\n"
-    "    local v = p[offer.id]\n"
-    "    if v ~= nil then return v end\n"
-    "    local cat = offer.category\n"
-    "    if cat ~= nil and cat ~= '' then\n"
-    "      v = p[cat]\n"
-    "      if v ~= nil then return v end\n"
-    "    end\n"
-    "  end\n"
-    "  local rfm = customer.rfm\n"
-    "  local seg = rfm ~= nil and rfm.segment or nil\n"
-    "  if seg ~= nil then\n"
-    "    local sp = offer.segment_propensity\n"
-    "    if sp ~= nil then\n"
-    "      local v = sp[seg]\n"
-    "      if v ~= nil then return v end\n"
-    "    end\n"
-    "  end\n"
-    "  return offer.base_propensity or 0\n"
-    "end\n"
-    "\n"
-    "local function expected_margin(customer, offer)\n"
-    "  return propensity(customer, offer) * offer.margin - (offer.serving_cost or 0)\n"
-    "end\n"
-    "\n"
-    "local function clamp(x, lo, hi)\n"
-    "  if x < lo then return lo end\n"
-    "  if x > hi then return hi end\n"
-    "  return x\n"
-    "end\n"
-    "\n"
-    "local function days_since(t, now)\n"
-    "  if t == nil then return nil end\n"
-    "  return ((now or state.now) - t) / 86400\n"
-    "end\n"
-    "\n"
-    "local function contains(list, value)\n"
-    "  if list == nil then return false end\n"
-    "  for _, v in ipairs(list) do\n"
-    "    if v == value then return true end\n"
-    "  end\n"
-    "  return false\n"
-    "end\n"
-    "\n"
-    /* The per-decision loop. C has filled CO/CP/X and the maps; customer
-     * scalars come as arguments (cheaper than C setting fields by name). */
-    "local function make_driver(score, eligible, offers, places, customer, session,\n"
-    "                           cust, rfm, expo, sess, CO, CP, X, S, M, ST)\n"
-    "  local dirty = false\n"
-    "  return function(n, now, id, anonymous, ltv, churn, r, f, m, segment, first, last,\n"
-    "                  orders, revenue, margin, recency)\n"
-    "    cust.id = id; cust.anonymous = anonymous; cust.ltv = ltv; cust.churn = churn\n"
-    "    rfm.r = r; rfm.f = f; rfm.m = m; rfm.segment = segment\n"
-    "    rfm.first_purchase = first; rfm.last_purchase = last; rfm.orders = orders\n"
-    "    rfm.revenue = revenue; rfm.margin = margin; rfm.recency_days = recency\n"
-    "    sess.now = now\n"
-    "    state.now = now\n"
-    "    local xj = 0\n"
-    "    for k = 1, n do\n"
-    "      ST[1] = k\n"
-    "      local code = CO[k]\n"
-    "      if code < 0 then\n"
-    "        code = -code\n"
-    "        local b = xj * 7\n"
-    "        xj = xj + 1\n"
-    "        expo.impressions = X[b + 1]; expo.clicks = X[b + 2]\n"
-    "        expo.accepts = X[b + 3]; expo.dismisses = X[b + 4]\n"
-    "        expo.last_impression = X[b + 5]; expo.last_dismiss = X[b + 6]\n"
-    "        expo.last_accept = X[b + 7]\n"
-    "        dirty = true\n"
-    "      elseif dirty then\n"
-    "        expo.impressions = 0; expo.clicks = 0; expo.accepts = 0; expo.dismisses = 0\n"
-    "        expo.last_impression = nil; expo.last_dismiss = nil; expo.last_accept = nil\n"
-    "        dirty = false\n"
-    "      end\n"
-    "      local offer = offers[code]\n"
-    "      sess.placement = places[CP[k]]\n"
-    "      if eligible ~= nil and not eligible(offer, customer, session) then\n"
-    "        S[k] = false\n"
-    "      else\n"
-    "        local s, em = score(offer, customer, session)\n"
-    "        if type(s) ~= 'number' or s ~= s or s == huge or s == -huge then\n"
-    "          ST[2] = s\n"
-    "          return 1\n"
-    "        end\n"
-    "        if em ~= nil and (type(em) ~= 'number' or em ~= em or em == huge or em == -huge) "
-    "then\n"
-    "          ST[2] = em\n"
-    "          return 2\n"
-    "        end\n"
-    "        S[k] = s\n"
-    "        if em == nil then M[k] = false else M[k] = em end\n"
-    "      end\n"
-    "    end\n"
-    "    return 0\n"
-    "  end\n"
-    "end\n"
-    "\n"
-    "return { pcall = pcall_, sort = sort, propensity = propensity,\n"
-    "         expected_margin = expected_margin, clamp = clamp, days_since = days_since,\n"
-    "         contains = contains, make_driver = make_driver }\n";
 
 /* ========================================================================
  * Building a state
@@ -944,9 +971,7 @@ static int sb_build_state(lua_State *L)
     /* The helpers chunk and its private environment. */
     lua_createtable(L, 0, 8);
     int natives = lua_gettop(L);
-    sb_copy_fields(L, natives, G, (const char *const[]){"type", "error", "pcall", NULL});
-    lua_pushcfunction(L, sb_check_faults);
-    lua_setfield(L, natives, "check_faults");
+    sb_copy_fields(L, natives, G, (const char *const[]){"type", NULL});
     lua_pushcfunction(L, sb_check_sortable);
     lua_setfield(L, natives, "check_sortable");
     sb_push_closure_with(L, sb_ipairs, sb_inext);
@@ -975,7 +1000,7 @@ static int sb_build_state(lua_State *L)
     lua_setfield(L, D, "ipairs");
     lua_pushcfunction(L, sb_unpack);
     lua_setfield(L, D, "unpack");
-    lua_getfield(L, lib, "pcall");
+    lua_pushcfunction(L, sb_pcall);
     lua_setfield(L, D, "pcall");
 
     lua_createtable(L, 0, 32);
@@ -1163,6 +1188,7 @@ static int sb_load_policy(lua_State *L)
     lua_setfenv(L, chunk);
 
     sb->rng = 0;
+    sb->pcall_depth = 0;
     sb->in_policy = true;
     sb_clock_start(sb, SB_LOAD_TIME_US);
     st = lua_pcall(L, 0, 1, 2);
@@ -1205,6 +1231,8 @@ static int sb_load_policy(lua_State *L)
     if (pol->name[0] == '\0')
         memcpy(pol->name, name, name_len + 1);
     sb_where_of_function(sb, L, score, sb->score_where, sizeof sb->score_where);
+    if (!lua_isnil(L, eligible))
+        sb_where_of_function(sb, L, eligible, sb->eligible_where, sizeof sb->eligible_where);
 
     sb_slot_get(L, slots, SLOT_ENV_MT);
     sb_slot_get(L, slots, SLOT_GLOBAL_WRITE);
@@ -1301,8 +1329,6 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
     }
     sb->engine_bytes = sb->used;
     sb->limit_abs = sb->engine_bytes + sb->limits.memory;
-    if (!(sb->limits.flags & NBX_LIMITS_NO_HOOK))
-        lua_sethook(L, sb_hook, LUA_MASKCOUNT, SB_HOOK_COUNT);
 
     sb_load ld = {.sb = sb};
     st = lua_cpcall(L, sb_load_policy, &ld);
@@ -1408,6 +1434,7 @@ typedef struct sb_run {
     int driver_rc;      /* 0 ok, 1 bad score, 2 bad expected margin */
     char bad_value[96]; /* description of a rejected result */
     size_t current;     /* 1-based live candidate at a fault, 0 if none */
+    bool in_eligible;   /* the fault happened in eligible(), not score() */
 } sb_run;
 
 /* Clear an input map if an earlier decision filled it. */
@@ -1607,6 +1634,7 @@ static int sb_run_body(lua_State *L)
     int nargs = sb_push_driver_args(L, r);
 
     sb->rng = r->in->seed;
+    sb->pcall_depth = 0;
     sb->in_policy = true;
     sb_clock_start(sb, sb->limits.time_us);
     r->status = lua_pcall(L, nargs, 1, 2);
@@ -1618,7 +1646,9 @@ static int sb_run_body(lua_State *L)
     sb_slot_get(L, slots, SLOT_ST);
     int st = lua_gettop(L);
     lua_rawgeti(L, st, 1);
-    r->current = (size_t)lua_tointeger(L, -1);
+    lua_Integer cur = lua_tointeger(L, -1);
+    r->current = (size_t)(cur < 0 ? -cur : cur);
+    r->in_eligible = cur < 0;
     lua_pop(L, 1);
     if (r->driver_rc) {
         lua_rawgeti(L, st, 2);
@@ -1748,6 +1778,11 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
     int st = lua_cpcall(L, sb_run_body, &r);
     const char *offer = sb_current_offer(sb, &r);
 
+    /* No policy frame on the stack (a tail call, or no room to look): the
+     * definition of the function the driver was in. */
+    if (!sb->where[0] && r.current)
+        snprintf(sb->where, sizeof sb->where, "%s",
+                 r.in_eligible ? sb->eligible_where : sb->score_where);
     rc = NBX_EPOLICY;
     if (sb->real_oom) {
         sb_error(err, NBX_FAULT_MEMORY, sb->where, offer, "out of memory");
@@ -1761,6 +1796,11 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
     } else if (st != 0) {
         sb_error(err, NBX_FAULT_RUNTIME, NULL, offer, "sandbox error: %s",
                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "unknown");
+    } else if (r.status == LUA_ERRERR) {
+        /* No message handler ran: LuaJIT refuses to grow a stack still
+         * extended from an earlier overflow (one the policy caught). No
+         * policy code handles errors, so this is always a stack overflow. */
+        sb_error(err, NBX_FAULT_RUNTIME, sb->where, offer, "stack overflow");
     } else if (r.status != 0) {
         sb_error(err, NBX_FAULT_RUNTIME, sb->where, offer, "%s",
                  sb->reason[0] ? sb->reason : "the policy raised an error");

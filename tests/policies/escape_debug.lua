@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to index global 'debug'
+-- Reaches for debug, which is not there.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "escape_debug" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    debug.getregistry()
+  end
+  return offer.margin
+end
+
+return policy

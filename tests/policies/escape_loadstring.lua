@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to call global 'loadstring'
+-- Reaches for loadstring, which is not there.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "escape_loadstring" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    loadstring('return 1')()
+  end
+  return offer.margin
+end
+
+return policy

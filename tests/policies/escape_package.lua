@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to index global 'package'
+-- Reaches for package, which is not there.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "escape_package" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    package.loaded.os.exit()
+  end
+  return offer.margin
+end
+
+return policy

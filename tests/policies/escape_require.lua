@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to call global 'require'
+-- Reaches for require, which is not there.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "escape_require" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    require('ffi')
+  end
+  return offer.margin
+end
+
+return policy

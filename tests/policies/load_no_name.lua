@@ -1,0 +1,3 @@
+-- expect: load_error: needs a 'name' string
+-- The table has no name.
+return { score = function(offer) return offer.margin end }

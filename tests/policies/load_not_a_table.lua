@@ -1,0 +1,3 @@
+-- expect: load_error: must return a table
+-- Returns a number instead of the policy table.
+return 42

@@ -1,0 +1,14 @@
+-- expect: fallback memory
+-- Doubles a string until memory runs out.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "memory_concat" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    local s = 'x'
+    while true do s = s .. s end
+  end
+  return offer.margin
+end
+
+return policy

@@ -1,0 +1,17 @@
+-- expect: fallback memory
+-- string.rep with a separator, and table.concat of a huge table.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "memory_rep_separator" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    local parts = {}
+    for i = 1, 64 do parts[i] = string.rep(tostring(i), 4e5, ',') end
+    local s = table.concat(parts, ';')
+    local t = {}
+    for i = 1, 64 do t[i] = s .. i end
+  end
+  return offer.margin
+end
+
+return policy

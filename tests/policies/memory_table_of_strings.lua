@@ -1,0 +1,14 @@
+-- expect: fallback memory
+-- Fills a table with distinct 1-2 MB strings (equal strings would be shared).
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "memory_table_of_strings" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    local t = {}
+    for i = 1, 1e6 do t[i] = string.rep(tostring(i), 1e6) end
+  end
+  return offer.margin
+end
+
+return policy

@@ -1,0 +1,13 @@
+-- expect: fallback result: second result
+-- A NaN expected margin.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "result_margin_nan" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    return 1, 0 / 0
+  end
+  return offer.margin
+end
+
+return policy

@@ -1,0 +1,13 @@
+-- expect: fallback runtime: pattern too complex
+-- A pattern nesting too deep for the matcher's bounded recursion.
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "runtime_pattern_too_complex" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    return string.match(('a'):rep(400), ('a?'):rep(400) .. 'b')
+  end
+  return offer.margin
+end
+
+return policy

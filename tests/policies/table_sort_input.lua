@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to sort a read-only table
+-- Tries: table.sort(offer.placements)
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "table_sort_input" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    table.sort(offer.placements)
+  end
+  return offer.margin
+end
+
+return policy

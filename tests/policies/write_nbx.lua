@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to write field 'propensity'
+-- Tries: nbx.propensity = function() return 1 end
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "write_nbx" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    nbx.propensity = function() return 1 end
+  end
+  return offer.margin
+end
+
+return policy

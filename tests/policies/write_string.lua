@@ -1,0 +1,13 @@
+-- expect: fallback runtime: attempt to write field 'rep'
+-- Tries: string.rep = nil
+-- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+local policy = { name = "write_string" }
+
+function policy.score(offer, customer, session)
+  if session.mode ~= "normal" then
+    string.rep = nil
+  end
+  return offer.margin
+end
+
+return policy
