@@ -1,0 +1,453 @@
+"""The Engine: decisions, events and batches over one libnbx engine."""
+import collections
+import ctypes
+import datetime
+import json
+import logging
+import os
+import threading
+import weakref
+
+from . import _native as N
+from .errors import Error, InvalidArgument, error_for
+
+_log = logging.getLogger("nbx")
+_LOG_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}
+_ON_ERROR = ("raise", "skip", "return")
+
+
+def _text(value, what):
+    """str or bytes -> bytes for C; anything else is a caller mistake."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+
+
+def _session_value(value):
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, (int, float)):
+        return repr(value).encode()
+    return _text(value, "a session value")
+
+
+def _session_array(session):
+    """A dict (or (key, value) pairs) -> (Kv array, count, keep-alive list).
+    None values are left out, as a JSON null is on the CLI."""
+    if not session:
+        return None, 0
+    pairs = session.items() if isinstance(session, dict) else session
+    encoded = [(_text(k, "a session key"), _session_value(v)) for k, v in pairs if v is not None]
+    if not encoded:
+        return None, 0
+    arr = (N.Kv * len(encoded))()
+    for i, (k, v) in enumerate(encoded):
+        arr[i].key = k
+        arr[i].value = v
+    # ctypes keeps the bytes objects alive through the array's _objects.
+    return arr, len(encoded)
+
+
+def _placement_array(placements):
+    if not placements:
+        return None, 0
+    if isinstance(placements, (str, bytes)):
+        placements = [placements]
+    arr = (ctypes.c_char_p * len(placements))(*[_text(p, "a placement") for p in placements])
+    return arr, len(placements)
+
+
+def as_of_ms(as_of):
+    """The decision clock in milliseconds since the epoch (0: now).
+
+    Accepts None (now), a datetime (naive means UTC), an RFC 3339 string or
+    epoch seconds as a string ("2026-03-01T12:00:00Z", "1767225600"), or a
+    number of epoch seconds (int or float).
+    """
+    if as_of is None:
+        return 0
+    if isinstance(as_of, datetime.datetime):
+        if as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=datetime.timezone.utc)
+        return int(round(as_of.timestamp() * 1000))
+    if isinstance(as_of, bool):
+        raise InvalidArgument("as_of must be a time, not a bool")
+    if isinstance(as_of, (int, float)):
+        return int(round(as_of * 1000))
+    out = ctypes.c_int64()
+    rc = N.nbx_time_parse(_text(as_of, "as_of"), ctypes.byref(out))
+    if rc != N.NBX_OK:
+        raise error_for(rc, f"as_of: '{as_of}' is not a time: use RFC 3339 or epoch seconds")
+    return out.value
+
+
+def _last_error(rc):
+    msg = N.nbx_last_errmsg() or b""
+    return error_for(rc, msg.decode("utf-8", "replace") or N.nbx_strerror(rc).decode())
+
+
+def shard_of(customer, n):
+    """The shard (0..n-1) of a customer id: xxh64(id bytes, seed 0) mod n,
+    the same partition as ``nbx batch --shard I/N``."""
+    if not isinstance(n, int) or n < 1 or n > 0xFFFFFFFF:
+        raise InvalidArgument(f"shard count must be an integer from 1 to 2^32-1, got {n!r}")
+    return N.nbx_shard_of(_text(customer, "customer"), n)
+
+
+class Engine:
+    """An nbx engine: a store, a catalog and a policy.
+
+    Thread-safe: any thread may call decide(), record() and batch(); each
+    thread gets its own decision context (an nbx_ctx belongs to one thread),
+    opened on first use and closed by close(). close() itself must not run
+    while other threads still use the engine.
+
+    Use it as a context manager, or call close() (idempotent). An engine does
+    not survive fork(): open it in the process that uses it (in a Dask task,
+    a worker process, ...).
+    """
+
+    def __init__(self, store, catalog, policy, readonly=False, time_limit_us=0,
+                 memory_limit=0, log=None):
+        self._handle = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._contexts = []
+        self._batches = weakref.WeakSet()
+        self._log = log
+        self._log_cb = N.LOG_FN(self._on_log)
+        self._keep = [_text(os.fspath(store), "store"), _text(os.fspath(catalog), "catalog"),
+                      _text(os.fspath(policy), "policy")]
+        opts = N.EngineOptions()
+        N.nbx_engine_options_init(ctypes.byref(opts))
+        opts.store, opts.catalog, opts.policy = self._keep
+        opts.time_limit_us = int(time_limit_us or 0)
+        opts.memory_limit = int(memory_limit or 0)
+        opts.flags = N.NBX_ENGINE_READONLY if readonly else 0
+        opts.log = self._log_cb
+        handle = ctypes.c_void_p()
+        rc = N.nbx_engine_open(ctypes.byref(opts), ctypes.byref(handle))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+        self._handle = handle.value
+        self.readonly = bool(readonly)
+
+    # -- lifetime ---------------------------------------------------------
+
+    def close(self):
+        """Close batches, contexts and the engine. Calling it again does nothing."""
+        if self._handle is None:
+            return
+        for b in list(self._batches):
+            b.close()
+        with self._lock:
+            contexts, self._contexts = self._contexts, []
+            handle, self._handle = self._handle, None
+        if os.getpid() != self._pid:
+            return  # inherited through fork(): never touch the parent's handles
+        for ctx in contexts:
+            N.nbx_ctx_close(ctx)
+        N.nbx_engine_close(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone
+            pass
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def _check(self):
+        if self._handle is None:
+            raise InvalidArgument("the engine is closed")
+        if os.getpid() != self._pid:
+            raise InvalidArgument("the engine was opened in another process: open it after "
+                                  "fork(), in the process that uses it")
+        return self._handle
+
+    def _ctx(self):
+        handle = self._check()
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is not None and self._local.engine == handle:
+            return ctx
+        out = ctypes.c_void_p()
+        rc = N.nbx_ctx_open(handle, ctypes.byref(out))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+        with self._lock:
+            self._contexts.append(out.value)
+        self._local.ctx = out.value
+        self._local.engine = handle
+        return out.value
+
+    def _on_log(self, ud, level, message):
+        # Called from any thread that decides, with the GIL taken by ctypes.
+        try:
+            text = message.decode("utf-8", "replace")
+            if self._log is not None:
+                self._log(level, text)
+            else:
+                _log.log(_LOG_LEVELS.get(level, logging.INFO), "%s", text)
+        except Exception:  # an exception must not unwind into C
+            pass
+
+    # -- engine -----------------------------------------------------------
+
+    def info(self):
+        """What the engine serves: policy name and version, catalog version,
+        offer and placement counts."""
+        info = N.EngineInfo()
+        rc = N.nbx_engine_info_get(self._check(), ctypes.byref(info))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+        return {"policy_name": info.policy_name.decode(),
+                "policy_version": info.policy_version.decode(),
+                "catalog_version": info.catalog_version.decode(),
+                "offers": info.offers, "placements": info.placements}
+
+    def load_policy(self, path):
+        """Swap in a new policy file atomically; on failure the old one serves."""
+        rc = N.nbx_engine_load_policy(self._check(), _text(os.fspath(path), "path"))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+
+    def load_catalog(self, path):
+        """Swap in a new catalog file atomically; on failure the old one serves."""
+        rc = N.nbx_engine_load_catalog(self._check(), _text(os.fspath(path), "path"))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+
+    # -- decisions ----------------------------------------------------------
+
+    def decide(self, customer, session=None, placements=None, explain=False, as_of=None,
+               record=False):
+        """Decide for one customer: the result as a dict (docs/decisions.md).
+
+        session: dict of session fields (str, numbers and bools are passed as
+        text). placements: list of placement ids (default: all). explain:
+        add every candidate and why it was excluded. as_of: the decision's
+        clock (see as_of_ms). record: record the chosen actions as
+        impressions (needs an engine not opened read-only).
+        """
+        ctx = self._ctx()
+        req = N.Request()
+        req.size = ctypes.sizeof(N.Request)
+        req.customer = _text(customer, "customer")
+        pl, req.n_placements = _placement_array(placements)
+        if pl is not None:
+            req.placements = pl
+        kv, req.n_session = _session_array(session)
+        if kv is not None:
+            req.session = kv
+        req.now_ms = as_of_ms(as_of)
+        req.flags = (N.NBX_DECIDE_EXPLAIN if explain else 0) | (N.NBX_DECIDE_RECORD if record else 0)
+        result = ctypes.c_void_p()
+        rc = N.nbx_decide(ctx, ctypes.byref(req), ctypes.byref(result))
+        if rc != N.NBX_OK:
+            raise error_for(rc, (N.nbx_ctx_errmsg(ctx) or b"").decode("utf-8", "replace"))
+        size = ctypes.c_size_t()
+        ptr = N.nbx_result_json(result, ctypes.byref(size))
+        return json.loads(ctypes.string_at(ptr, size.value))
+
+    def record(self, event):
+        """Apply one event (a dict or a JSON string: impression, click,
+        accept, dismiss, purchase). Returns True if applied, False if its
+        event_id was seen before."""
+        ctx = self._ctx()
+        if isinstance(event, dict):
+            data = json.dumps(event, separators=(",", ":")).encode()
+        else:
+            data = _text(event, "event")
+        applied = ctypes.c_int()
+        rc = N.nbx_record(ctx, data, len(data), ctypes.byref(applied))
+        if rc != N.NBX_OK:
+            raise error_for(rc, (N.nbx_ctx_errmsg(ctx) or b"").decode("utf-8", "replace"))
+        return bool(applied.value)
+
+    # -- the store ------------------------------------------------------------
+
+    def customer_ids(self, shard=None, after=None):
+        """Every profile id in the store, in id order (a generator). shard=(i, n)
+        keeps the ids with shard_of(id, n) == i; after resumes after an id."""
+        store = N.nbx_engine_store(self._check())
+        if shard is not None:
+            index, count = shard
+            if not 0 <= index < count:
+                raise InvalidArgument(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+        it = ctypes.c_void_p()
+        rc = N.nbx_iter_open(store, N.NBX_ITER_IDS,
+                             None if after is None else _text(after, "after"), ctypes.byref(it))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+        try:
+            cid = ctypes.c_char_p()
+            while True:
+                rc = N.nbx_iter_next(it, ctypes.byref(cid), None, None)
+                if rc == N.NBX_DONE:
+                    return
+                if rc != N.NBX_OK:
+                    raise _last_error(rc)
+                raw = cid.value
+                if shard is None or N.nbx_shard_of(raw, count) == index:
+                    yield raw.decode("utf-8", "surrogateescape")
+        finally:
+            N.nbx_iter_close(it)
+
+    # -- batches --------------------------------------------------------------
+
+    def batch(self, customers, threads=None, session=None, placements=None, as_of=None,
+              explain=False, record=False, shard=None, window=None, on_error="raise",
+              raw=False):
+        """Decide for many customers on the library's worker threads; yields
+        the results in input order (a generator, consumed by one thread).
+
+        customers: an iterable of ids, or of dicts with "id" and that
+        customer's session fields (they replace `session` fields of the same
+        name). threads: worker threads (default: the CPUs available).
+        as_of: one clock for the whole batch (default: now, fixed when the
+        batch starts). shard=(i, n): decide only the customers with
+        shard_of(id, n) == i, skipping the others. record: record each chosen
+        action as an impression (read-write engine). window: decisions in
+        flight (default 256 per thread). raw: yield the result JSON text
+        instead of a dict.
+
+        on_error: what a customer that cannot be decided (a bad id, a failed
+        decision) yields: "raise" raises its nbx.Error when its turn comes,
+        "skip" yields nothing for it, "return" yields
+        {"customer": id, "error": {"code", "name", "message"}}.
+        """
+        if on_error not in _ON_ERROR:
+            raise InvalidArgument(f"on_error must be one of {', '.join(_ON_ERROR)}")
+        handle = self._check()
+        opts = N.BatchOptions()
+        N.nbx_batch_options_init(ctypes.byref(opts))
+        opts.threads = int(threads or 0)
+        opts.window = int(window or 0)
+        pl, opts.n_placements = _placement_array(placements)
+        if pl is not None:
+            opts.placements = pl
+        kv, opts.n_session = _session_array(session)
+        if kv is not None:
+            opts.session = kv
+        opts.now_ms = as_of_ms(as_of)
+        opts.flags = (N.NBX_DECIDE_EXPLAIN if explain else 0) | (N.NBX_DECIDE_RECORD if record else 0)
+        if shard is not None:
+            index, count = shard
+            opts.shard_count, opts.shard_index = int(count), int(index)
+        out = ctypes.c_void_p()
+        rc = N.nbx_batch_open(handle, ctypes.byref(opts), ctypes.byref(out))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
+        b = _Batch(out.value)
+        self._batches.add(b)
+        return _run_batch(b, customers, on_error, raw)
+
+
+class _Batch:
+    """Owns an nbx_batch handle; closed by the generator or by Engine.close()."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def close(self):
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            N.nbx_batch_close(handle)
+
+
+def _error_record(customer, err):
+    return {"customer": customer,
+            "error": {"code": err.code, "name": getattr(err, "name", "NBX_ERROR"),
+                      "message": err.message}}
+
+
+def _submit(handle, item):
+    """Queue one customer; returns (rc, customer id)."""
+    if isinstance(item, dict):
+        if "id" not in item:
+            return N.NBX_EPARSE, None
+        customer = item["id"]
+        fields = {k: v for k, v in item.items() if k != "id"}
+        kv, n = _session_array(fields)
+        return N.nbx_batch_submit(handle, _text(customer, "customer id"), kv, n, None), customer
+    return N.nbx_batch_submit(handle, _text(item, "customer id"), None, 0, None), item
+
+
+def _run_batch(b, customers, on_error, raw):
+    item_ptr = ctypes.POINTER(N.BatchItem)()
+    try:
+        window = N.nbx_batch_space(b.handle)
+        source = iter(customers)
+        # In order: None for a queued decision, else an error to hand out in
+        # its place. Bounded: queued decisions by the window, errors by
+        # stopping the reading at twice the window.
+        pending = collections.deque()
+        in_flight = 0
+        exhausted = False
+        while True:
+            while not exhausted and in_flight < window and len(pending) < 2 * window:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if b.handle is None:
+                    raise InvalidArgument("the engine was closed during the batch")
+                try:
+                    rc, customer = _submit(b.handle, item)
+                except Error as e:
+                    pending.append((item, e))
+                    continue
+                if rc == N.NBX_OK:
+                    pending.append(None)
+                    in_flight += 1
+                elif rc == N.NBX_DONE:
+                    continue  # another shard's customer
+                elif customer is None:
+                    pending.append((item, error_for(rc, "field 'id': is required")))
+                else:
+                    msg = (N.nbx_batch_errmsg(b.handle) or b"").decode("utf-8", "replace")
+                    err = error_for(rc, msg)
+                    if rc not in (N.NBX_EINVAL, N.NBX_EPARSE):  # the batch cannot go on
+                        raise err
+                    pending.append((customer, err))
+            if not pending:
+                return
+            head = pending.popleft()
+            if head is not None:
+                customer, err = head
+                if on_error == "raise":
+                    raise err
+                if on_error == "return":
+                    yield _error_record(customer, err)
+                continue
+            if b.handle is None:
+                raise InvalidArgument("the engine was closed during the batch")
+            rc = N.nbx_batch_next(b.handle, ctypes.byref(item_ptr))
+            if rc != N.NBX_OK:
+                raise _last_error(rc)
+            in_flight -= 1
+            it = item_ptr.contents
+            if it.status != N.NBX_OK:
+                customer = ctypes.string_at(it.customer).decode("utf-8", "surrogateescape")
+                err = error_for(it.status, ctypes.string_at(it.errmsg).decode("utf-8", "replace"))
+                if on_error == "raise":
+                    raise err
+                if on_error == "return":
+                    yield _error_record(customer, err)
+                continue
+            text = ctypes.string_at(it.json, it.json_len)
+            yield text.decode() if raw else json.loads(text)
+    finally:
+        b.close()

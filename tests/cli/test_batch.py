@@ -1,0 +1,630 @@
+"""Tests of `nbx batch`: the real binary on real LMDB stores built with
+`nbx gen` and `nbx import`. Run by ctest (label "cli") or from tests/cli with
+`python3 -m unittest -v test_batch`.
+"""
+import csv
+import io
+import json
+import os
+import pty
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from cliutil import CATALOG, NBX, POLICY, CliTestCase
+
+AS_OF = "2026-03-01T12:00:00Z"
+PROFILES = 3000
+SUMMARY = re.compile(r"nbx batch: (\d+) customers: (\d+) decided, (\d+) failed, (\d+) fallbacks, "
+                     r"(\d+) anonymous; (\d+) malformed lines skipped")
+
+
+# ---------------------------------------------------------------------------
+# XXH64, written out from the specification, so the test checks that
+# --shard is the documented hash and not just whatever nbx_shard_of does.
+# ---------------------------------------------------------------------------
+
+_P1, _P2, _P3 = 11400714785074694791, 14029467366897019727, 1609587929392839161
+_P4, _P5 = 9650029242287828579, 2870177450012600261
+_M = (1 << 64) - 1
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _round(acc, lane):
+    return (_rotl((acc + lane * _P2) & _M, 31) * _P1) & _M
+
+
+def _merge(h, v):
+    return ((h ^ _round(0, v)) * _P1 + _P4) & _M
+
+
+def xxh64(data, seed=0):
+    n, i = len(data), 0
+    le = int.from_bytes
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M, (seed + _P2) & _M, seed & _M, (seed - _P1) & _M]
+        while i + 32 <= n:
+            for k in range(4):
+                v[k] = _round(v[k], le(data[i + 8 * k:i + 8 * k + 8], "little"))
+            i += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
+        for k in range(4):
+            h = _merge(h, v[k])
+    else:
+        h = (seed + _P5) & _M
+    h = (h + n) & _M
+    while i + 8 <= n:
+        h = ((_rotl(h ^ _round(0, le(data[i:i + 8], "little")), 27)) * _P1 + _P4) & _M
+        i += 8
+    if i + 4 <= n:
+        h = (_rotl(h ^ ((le(data[i:i + 4], "little") * _P1) & _M), 23) * _P2 + _P3) & _M
+        i += 4
+    while i < n:
+        h = (_rotl(h ^ ((data[i] * _P5) & _M), 11) * _P1) & _M
+        i += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M
+    h ^= h >> 29
+    h = (h * _P3) & _M
+    return h ^ (h >> 32)
+
+
+# ---------------------------------------------------------------------------
+# A store shared by the read-only tests (built once: gen + import)
+# ---------------------------------------------------------------------------
+
+_shared = {}
+
+
+def setUpModule():
+    tmp = tempfile.mkdtemp(prefix="nbx-batch-")
+    _shared["tmp"] = tmp
+    env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+
+    def run(*args):
+        r = subprocess.run([NBX, *args], capture_output=True, text=True, env=env, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"nbx {' '.join(args)}: {r.stderr}")
+        return r
+
+    profiles = os.path.join(tmp, "profiles.jsonl")
+    catalog = os.path.join(tmp, "catalog.json")
+    store = os.path.join(tmp, "store")
+    run("gen", "profiles", "--count", str(PROFILES), "--offers", "20", "--out", profiles)
+    run("gen", "catalog", "--offers", "20", "--out", catalog)
+    run("import", "profiles", profiles, "--store", store)
+    _shared.update(store=store, catalog=catalog)
+
+
+def tearDownModule():
+    shutil.rmtree(_shared["tmp"], True)
+
+
+def strip_id(line):
+    """A result line as a dict without its decision_id (the only field that
+    differs between two decisions of one customer at the same clock)."""
+    d = json.loads(line)
+    self_id = d.pop("decision_id")
+    assert re.fullmatch(r"[0-9a-f-]{36}", self_id), self_id
+    return d
+
+
+def read_results(path):
+    with open(path, encoding="utf-8") as f:
+        return [strip_id(line) for line in f]
+
+
+class BatchCase(CliTestCase):
+    """Shortcuts for batch runs on the shared store."""
+
+    def batch_args(self, *extra, store=None, catalog=None, policy=POLICY):
+        return ["batch", "--store", store or _shared["store"], "--catalog",
+                catalog or _shared["catalog"], "--policy", policy, "--as-of", AS_OF, *extra]
+
+    def batch(self, *extra, code=0, **kw):
+        r = self.nbx(*self.batch_args(*extra, **{k: kw.pop(k) for k in list(kw)
+                                                  if k in ("store", "catalog", "policy")}),
+                     **kw)
+        self.assertEqual(r.returncode, code,
+                         f"nbx batch {' '.join(extra)}: expected exit {code}, got {r.returncode}"
+                         f"\nstderr: {r.stderr[-3000:]}")
+        return r
+
+    def summary(self, stderr):
+        m = SUMMARY.search(stderr)
+        self.assertIsNotNone(m, f"no summary in stderr: {stderr!r}")
+        keys = ("customers", "decided", "failed", "fallbacks", "anonymous", "malformed")
+        return dict(zip(keys, (int(g) for g in m.groups())))
+
+    def ids(self, n=PROFILES):
+        return [f"c{i:07d}" for i in range(1, n + 1)]
+
+
+# ===========================================================================
+# 1. Results equal nbx decide
+# ===========================================================================
+
+class T01SameAsDecide(BatchCase):
+
+    def decide(self, customer, *extra):
+        r = self.ok("decide", "--store", _shared["store"], "--catalog", _shared["catalog"],
+                    "--policy", POLICY, "--as-of", AS_OF, "--customer", customer, *extra)
+        return strip_id(r.stdout)
+
+    def test_01_sampled_customers_equal_decide(self):
+        out = self.path("all.jsonl")
+        self.batch("--all", "--threads", "2", "--out", out)
+        results = read_results(out)
+        self.assertEqual([r["customer"] for r in results], self.ids())
+        for i in sorted(random.Random(7).sample(range(PROFILES), 12)):
+            with self.subTest(customer=results[i]["customer"]):
+                self.assertEqual(results[i], self.decide(results[i]["customer"]))
+
+    def test_02_placements_sessions_and_per_customer_fields(self):
+        customers = self.write_jsonl("c.jsonl", [
+            "c0000007",
+            {"id": "c0000011", "channel": "push", "tier": 3},
+            {"id": "c0000012", "vip": True, "ignored": None},
+            "nobody-here",
+        ])
+        r = self.batch("--customers", customers, "--placement", "hero", "--placement", "recs",
+                       "--session", "channel=email", "--session", "page=home")
+        got = [strip_id(line) for line in r.stdout.splitlines()]
+        want_sessions = [
+            ["channel=email", "page=home"],
+            ["channel=push", "page=home", "tier=3"],
+            ["channel=email", "page=home", "vip=true"],
+            ["channel=email", "page=home"],
+        ]
+        ids = ["c0000007", "c0000011", "c0000012", "nobody-here"]
+        self.assertEqual([g["customer"] for g in got], ids)
+        for g, customer, sess in zip(got, ids, want_sessions):
+            args = ["--placement", "hero", "--placement", "recs"]
+            for s in sess:
+                args += ["--session", s]
+            self.assertEqual(g, self.decide(customer, *args))
+            self.assertTrue(all(a["placement"] in ("hero", "recs") for a in g["actions"]), g)
+
+    def test_03_explain_matches(self):
+        customers = self.write("ids.txt", "c0000005\n")
+        r = self.batch("--customers", customers, "--explain")
+        got = strip_id(r.stdout)
+        self.assertIn("candidates", got)
+        self.assertEqual(got, self.decide("c0000005", "--explain"))
+
+
+# ===========================================================================
+# 2. Order
+# ===========================================================================
+
+class T02Order(BatchCase):
+
+    def test_01_same_output_for_1_2_4_threads(self):
+        outputs = {}
+        for threads in ("1", "2", "4"):
+            out = self.path(f"t{threads}.jsonl")
+            self.batch("--all", "--threads", threads, "--out", out)
+            outputs[threads] = read_results(out)
+        self.assertEqual(len(outputs["1"]), PROFILES)
+        self.assertEqual(outputs["1"], outputs["2"])
+        self.assertEqual(outputs["1"], outputs["4"])
+
+    def test_02_input_order_is_kept(self):
+        ids = self.ids(1500)
+        random.Random(3).shuffle(ids)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in ids))
+        for threads, window in (("1", "1"), ("2", "5"), ("4", "1000")):
+            r = self.batch("--customers", customers, "--threads", threads, "--window", window)
+            got = [json.loads(line)["customer"] for line in r.stdout.splitlines()]
+            self.assertEqual(got, ids, f"--threads {threads} --window {window}")
+
+    def test_03_decision_ids_are_unique(self):
+        r = self.batch("--all", "--threads", "2")
+        ids = [json.loads(line)["decision_id"] for line in r.stdout.splitlines()]
+        self.assertEqual(len(set(ids)), PROFILES)
+
+
+# ===========================================================================
+# 3. Shards
+# ===========================================================================
+
+class T03Shards(BatchCase):
+
+    def test_01_xxh64_reference(self):
+        # Published XXH64 values (seed 0) of the specification's test inputs.
+        self.assertEqual(xxh64(b""), 0xEF46DB3751D8E999)
+        self.assertEqual(xxh64(b"a"), 0xD24EC4F1A98C6E5B)
+        self.assertEqual(xxh64(b"abc"), 0x44BC2CF5AD770999)
+
+    def test_02_shards_partition_the_store(self):
+        n = 3
+        seen = []
+        for i in range(n):
+            r = self.batch("--all", "--shard", f"{i}/{n}", "--threads", "2")
+            shard = [strip_id(line) for line in r.stdout.splitlines()]
+            for res in shard:
+                self.assertEqual(xxh64(res["customer"].encode()) % n, i, res["customer"])
+            ids = [res["customer"] for res in shard]
+            self.assertEqual(ids, sorted(ids), "a shard of --all is in id order")
+            self.assertIn(f"in other shards (shard {i}/{n})", r.stderr)
+            seen += shard
+        self.assertEqual(sorted(s["customer"] for s in seen), self.ids())
+        full = self.batch("--all", "--threads", "2")
+        self.assertEqual(sorted(seen, key=lambda s: s["customer"]),
+                         [strip_id(line) for line in full.stdout.splitlines()])
+
+    def test_03_shards_of_a_customer_file(self):
+        ids = self.ids(400) + ["ghost-1", "ghost-2", "x"]
+        customers = self.write("ids.txt", "".join(i + "\n" for i in ids))
+        got = []
+        for i in range(2):
+            r = self.batch("--customers", customers, "--shard", f"{i}/2")
+            got += [json.loads(line)["customer"] for line in r.stdout.splitlines()]
+        self.assertEqual(sorted(got), sorted(ids))
+
+    def test_04_bad_shard(self):
+        for bad in ("3/3", "1", "a/2", "1/0", "-1/2", "1/2/3"):
+            r = self.nbx(*self.batch_args("--all", "--shard", bad))
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn("--shard", r.stderr)
+
+
+# ===========================================================================
+# 4. Exposures: plan by default, commit on request
+# ===========================================================================
+
+class T04Exposures(BatchCase):
+
+    def setUp(self):
+        super().setUp()
+        # The test catalog with at most 4 contacts a week: one committed
+        # campaign (4 actions: hero + 3 recs) uses a customer's allowance.
+        with open(CATALOG, encoding="utf-8") as f:
+            cat = json.load(f)
+        cat["guardrails"]["max_contacts"] = {"max": 4, "window_days": 7}
+        self.catalog = self.write("catalog.json", json.dumps(cat))
+        self.store = self.path("store")
+        for i in range(1, 7):
+            self.ok("profile", "put", json.dumps({"id": f"u{i}", "consent": {
+                "personalization": True, "email": True}}), "--store", self.store)
+
+    def run_ids(self, ids, *extra):
+        customers = self.write("ids.txt", "".join(i + "\n" for i in ids))
+        r = self.batch("--customers", customers, "--as-of", "2026-03-10T12:00:00Z",
+                       "--threads", "2", *extra, store=self.store, catalog=self.catalog)
+        return {d["customer"]: d for d in map(json.loads, r.stdout.splitlines())}
+
+    def test_01_planning_consumes_nothing(self):
+        first = self.run_ids(["u1", "u2", "u3"])
+        again = self.run_ids(["u1", "u2", "u3"])
+        for c in ("u1", "u2", "u3"):
+            self.assertEqual(len(first[c]["actions"]), 4, first[c])
+            self.assertEqual(first[c]["actions"], again[c]["actions"])
+        st = self.stats()
+        self.assertEqual((st["events_seen"], st["exposure_keys"]), (0, 0), st)
+
+    def test_02_committed_campaign_caps_an_overlapping_one(self):
+        a = self.run_ids(["u1", "u2", "u3"], "--commit-exposures")
+        self.assertTrue(all(len(d["actions"]) == 4 for d in a.values()), a)
+        self.assertEqual(self.stats()["events_seen"], 12)
+        b = self.run_ids(["u2", "u3", "u4"], "--commit-exposures")
+        self.assertEqual(b["u2"]["actions"], [], "u2 was contacted 4 times already")
+        self.assertEqual(b["u3"]["actions"], [])
+        self.assertEqual(len(b["u4"]["actions"]), 4)
+        self.assertEqual(self.stats()["events_seen"], 16)
+        r = self.batch("--customers", self.write("one.txt", "u2\n"), "--as-of",
+                       "2026-03-10T12:00:00Z", "--explain", store=self.store,
+                       catalog=self.catalog)
+        excluded = {c["excluded"] for c in json.loads(r.stdout)["candidates"]}
+        self.assertIn("contacts", excluded)
+        self.assertIn("exclusions: consent 0, frequency 0, cooldown 0, contacts ", r.stderr)
+
+    def test_03_impressions_are_the_decided_actions(self):
+        a = self.run_ids(["u5"], "--commit-exposures")
+        export = self.ok("export", "profiles", "--store", self.store).stdout
+        self.assertIn("u5", export)
+        decision = a["u5"]["decision_id"]
+        # Each action is an impression event with id DECISION_ID:INDEX: a
+        # second apply of the same ids is a duplicate.
+        events = [{"event_id": f"{decision}:{i}", "customer": "u5", "type": "impression",
+                   "ts": "2026-03-10T12:00:00Z", "offer": act["offer"]}
+                  for i, act in enumerate(a["u5"]["actions"])]
+        r = self.ok("ingest", self.write_jsonl("ev.jsonl", events), "--store", self.store)
+        self.assertIn(f"{len(events)} duplicates", r.stdout)
+
+
+# ===========================================================================
+# 5. Checkpoints
+# ===========================================================================
+
+class T05Checkpoint(BatchCase):
+
+    def setUp(self):
+        super().setUp()
+        # Repeat the ids so the run lasts long enough to be killed mid-way;
+        # each line is a distinct input position.
+        self.lines = self.ids() * 4
+        self.customers = self.write("ids.txt", "".join(i + "\n" for i in self.lines))
+        self.out = self.path("out.jsonl")
+        self.ckpt = self.path("run.ckpt")
+
+    def args(self, *extra):
+        return self.batch_args("--customers", self.customers, "--out", self.out,
+                               "--checkpoint", self.ckpt, "--checkpoint-every", "200", *extra)
+
+    def start(self, *extra):
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        return subprocess.Popen([NBX, *self.args(*extra)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=env)
+
+    def kill(self, proc, sig=signal.SIGKILL):
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        return err
+
+    def wait_for_checkpoint(self, proc, min_customers=400):
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if os.path.exists(self.ckpt):
+                with open(self.ckpt) as f:
+                    m = re.search(r"total\.customers (\d+)", f.read())
+                if m and int(m.group(1)) >= min_customers:
+                    return
+            if proc.poll() is not None:
+                self.fail(f"the batch ended before a checkpoint: {proc.stderr.read()}")
+            time.sleep(0.02)
+        self.fail("no checkpoint within 120 s")
+
+    def check_complete_output(self):
+        results = read_results(self.out)
+        self.assertEqual([r["customer"] for r in results], self.lines,
+                         "every input line exactly once, in order")
+        reference = self.path("reference.jsonl")
+        self.batch("--customers", self.customers, "--out", reference)
+        self.assertEqual(results, read_results(reference))
+
+    def test_01_kill_9_and_resume(self):
+        proc = self.start("--threads", "1")
+        self.wait_for_checkpoint(proc)
+        self.kill(proc)
+        self.assertEqual(proc.returncode, -signal.SIGKILL)
+        partial = os.path.getsize(self.out)
+        r = self.nbx(*self.args("--threads", "2"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("resuming from", r.stderr)
+        self.assertGreater(os.path.getsize(self.out), partial)
+        self.check_complete_output()
+        s = self.summary(r.stderr)
+        self.assertEqual(s["customers"], len(self.lines), "the summary covers the whole run")
+        # A finished run is not run again.
+        before = os.path.getmtime(self.out), os.path.getsize(self.out)
+        r = self.nbx(*self.args())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("already complete", r.stderr)
+        self.assertEqual((os.path.getmtime(self.out), os.path.getsize(self.out)), before)
+
+    def test_02_kill_twice_csv(self):
+        for _ in range(2):
+            proc = self.start("--threads", "2", "--format", "csv")
+            self.wait_for_checkpoint(proc, min_customers=600 if _ else 300)
+            self.kill(proc)
+        r = self.nbx(*self.args("--format", "csv"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(self.out, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        seen = []
+        for row in rows:
+            key = row["decision_id"]
+            if not seen or seen[-1][0] != key:
+                seen.append((key, row["customer"]))
+        self.assertEqual([c for _, c in seen], self.lines)
+        with open(self.out, encoding="utf-8") as f:
+            self.assertEqual(sum(1 for line in f if line.startswith("customer,")), 1,
+                             "one CSV header")
+
+    def test_03_sigterm_stops_at_a_checkpoint(self):
+        proc = self.start("--threads", "1")
+        self.wait_for_checkpoint(proc, min_customers=200)
+        err = self.kill(proc, signal.SIGTERM)
+        self.assertEqual(proc.returncode, 1, err)
+        self.assertIn("interrupted; run the same command again to resume", err)
+        with open(self.ckpt) as f:
+            text = f.read()
+        committed = int(re.search(r"output_offset (\d+)", text).group(1))
+        self.assertEqual(os.path.getsize(self.out), committed,
+                         "a graceful stop commits everything it wrote")
+        r = self.nbx(*self.args())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_complete_output()
+
+    def test_04_different_parameters_are_refused(self):
+        proc = self.start("--threads", "1")
+        self.wait_for_checkpoint(proc, min_customers=200)
+        self.kill(proc)
+        size = os.path.getsize(self.out)
+        for extra, name in ((["--placement", "hero"], "placements"),
+                            (["--session", "k=v"], "session"),
+                            (["--as-of", "2026-03-02T00:00:00Z"], "as_of"),
+                            (["--shard", "0/2"], "shard")):
+            r = self.nbx(*self.args(*extra))
+            self.assertEqual(r.returncode, 1, extra)
+            self.assertIn(f"different command: {name} was", r.stderr)
+            self.assertEqual(os.path.getsize(self.out), size, "the output was not touched")
+        # --as-of may be left out on resume (the checkpoint keeps the clock),
+        # and --threads may change.
+        r = self.nbx(*self.args("--threads", "2"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_complete_output()
+
+    def test_05_checkpoint_needs_a_file_output(self):
+        r = self.nbx(*self.batch_args("--customers", self.customers, "--checkpoint", self.ckpt))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--checkpoint needs --out", r.stderr)
+
+
+# ===========================================================================
+# 6. Bad input, anonymous ids
+# ===========================================================================
+
+class T06Input(BatchCase):
+
+    def test_01_malformed_lines_are_reported_and_skipped(self):
+        lines = ["c0000001", '{"id": 17}', "c0000002", '{"id": "c0000003", "geo": {"x": 1}}',
+                 "", '{"id": "c0000004"', "x" * 300, '{"name": "no id"}', "c0000005\r",
+                 '{"id": "c0000006", "channel": "sms"}']
+        customers = self.write("bad.txt", "\n".join(lines) + "\n")
+        r = self.batch("--customers", customers, code=1)
+        got = [json.loads(line)["customer"] for line in r.stdout.splitlines()]
+        self.assertEqual(got, ["c0000001", "c0000002", "c0000005", "c0000006"])
+        for line_no, what in ((2, "'id'"), (4, "'geo'"), (6, "column"), (7, "longer than"),
+                              (8, "'id'")):
+            self.assertRegex(r.stderr, rf"{re.escape(customers)}:{line_no}: .*{re.escape(what)}")
+        self.assertNotIn(f"{customers}:5:", r.stderr, "a blank line is not an error")
+        s = self.summary(r.stderr)
+        self.assertEqual((s["customers"], s["malformed"]), (4, 5))
+
+    def test_02_unknown_ids_are_anonymous(self):
+        customers = self.write("ids.txt", "c0000001\nghost-a\nc0000002\nghost-b\nghost-c\n")
+        r = self.batch("--customers", customers)
+        got = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual([g["anonymous"] for g in got], [False, True, False, True, True])
+        self.assertEqual(self.summary(r.stderr)["anonymous"], 3)
+
+    def test_03_usage_errors(self):
+        for extra, says in (([], "either --customers FILE or --all"),
+                            (["--all", "--customers", "x"], "either --customers FILE or --all"),
+                            (["--all", "--format", "xml"], "--format"),
+                            (["--all", "--format", "csv", "--explain"], "--explain"),
+                            (["--all", "--threads", "0"], "--threads")):
+            r = self.nbx(*self.batch_args(*extra))
+            self.assertEqual(r.returncode, 2, extra)
+            self.assertIn(says, r.stderr)
+        r = self.nbx("batch", "--store", _shared["store"], "--policy", POLICY, "--all")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--catalog FILE is required", r.stderr)
+        r = self.nbx(*self.batch_args("--customers", self.path("missing.txt")))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("missing.txt", r.stderr)
+        r = self.nbx(*self.batch_args("--all", "--placement", "nowhere"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("nowhere", r.stderr)
+
+    def test_04_customers_from_stdin(self):
+        r = self.batch("--customers", "-", input="c0000009\nc0000008\n")
+        self.assertEqual([json.loads(line)["customer"] for line in r.stdout.splitlines()],
+                         ["c0000009", "c0000008"])
+
+
+# ===========================================================================
+# 7. CSV and the summary
+# ===========================================================================
+
+class T07CsvAndSummary(BatchCase):
+
+    def test_01_csv_rows_match_jsonl(self):
+        ids = self.ids(200) + ["ghost,with \"quotes\""]
+        customers = self.write("ids.txt", "".join(i + "\n" for i in ids))
+        jsonl = [json.loads(line) for line in self.batch("--customers", customers).stdout.splitlines()]
+        r = self.batch("--customers", customers, "--format", "csv")
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        self.assertEqual(r.stdout.splitlines()[0],
+                         "customer,decision_id,rank,offer,placement,score,expected_margin,"
+                         "fallback,anonymous,policy_version,as_of")
+        by_customer = {}
+        for row in rows:
+            by_customer.setdefault(row["customer"], []).append(row)
+        self.assertEqual(list(by_customer), ids, "customers in input order")
+        for d in jsonl:
+            got = by_customer[d["customer"]]
+            if not d["actions"]:
+                self.assertEqual([(g["rank"], g["offer"]) for g in got], [("0", "")])
+                continue
+            self.assertEqual([int(g["rank"]) for g in got], list(range(1, len(d["actions"]) + 1)))
+            for g, a in zip(got, d["actions"]):
+                self.assertEqual((g["offer"], g["placement"]), (a["offer"], a["placement"]))
+                self.assertEqual(float(g["expected_margin"]), a["expected_margin"])
+                self.assertEqual(g["score"] == "", a["score"] is None)
+                if a["score"] is not None:
+                    self.assertEqual(float(g["score"]), a["score"])
+                self.assertEqual(g["fallback"], "true" if d["fallback"] else "false")
+                self.assertEqual(g["anonymous"], "true" if d["anonymous"] else "false")
+                self.assertEqual(g["policy_version"], d["policy"]["version"])
+                self.assertEqual(g["as_of"], d["as_of"])
+            self.assertEqual(len({g["decision_id"] for g in got}), 1)
+
+    def test_02_summary_adds_up(self):
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500) + ["nope"]))
+        summary = self.path("summary.json")
+        r = self.batch("--customers", customers, "--summary", summary, "--explain")
+        results = [json.loads(line) for line in r.stdout.splitlines()]
+        with open(summary) as f:
+            s = json.load(f)
+        self.assertEqual(s["customers"], 501)
+        self.assertEqual(s["decided"], 501)
+        self.assertEqual(s["anonymous"], 1)
+        self.assertEqual(s["fallbacks"], sum(d["fallback"] for d in results))
+        self.assertEqual(s["actions"], sum(len(d["actions"]) for d in results))
+        margin = sum(a["expected_margin"] for d in results for a in d["actions"])
+        self.assertAlmostEqual(s["expected_margin"], margin, places=6)
+        counts = {}
+        for d in results:
+            for c in d["candidates"]:
+                if c["excluded"]:
+                    counts[c["excluded"]] = counts.get(c["excluded"], 0) + 1
+        for reason, n in s["exclusions"].items():
+            self.assertEqual(n, counts.get(reason, 0), reason)
+        self.assertTrue(s["complete"])
+        self.assertEqual(s["as_of"], "2026-03-01T12:00:00Z")
+        # The text summary on stderr says the same.
+        self.assertEqual(self.summary(r.stderr)["customers"], 501)
+        self.assertIn(f"{s['actions']} actions, expected margin {s['expected_margin']:.2f}",
+                      r.stderr)
+        text = ", ".join(f"{k} {v}" for k, v in s["exclusions"].items())
+        self.assertIn(f"exclusions: {text}", r.stderr)
+        self.assertRegex(r.stderr, r"nbx batch: [\d.]+ s, \d+ customers/s")
+
+    def test_03_fallbacks_are_counted(self):
+        policy = self.write("failing.lua",
+                            "return { name = 'failing', score = function(o) error('no') end }\n")
+        customers = self.write("ids.txt", "c0000001\nc0000002\n")
+        r = self.batch("--customers", customers, policy=policy)
+        self.assertTrue(all(json.loads(line)["fallback"] for line in r.stdout.splitlines()))
+        self.assertEqual(self.summary(r.stderr)["fallbacks"], 2)
+
+    def test_04_progress_only_on_a_terminal(self):
+        r = self.batch("--all")
+        self.assertNotIn("\r", r.stderr, "no progress when stderr is not a terminal")
+        master, slave = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        proc = subprocess.Popen([NBX, *self.batch_args("--all", "--threads", "1",
+                                                         "--out", self.path("o.jsonl"))],
+                                stdout=subprocess.DEVNULL, stderr=slave, env=env)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=120)
+        os.close(master)
+        text = b"".join(chunks).decode(errors="replace")
+        self.assertEqual(proc.returncode, 0, text)
+        self.assertIn("\r", text)
+        self.assertRegex(text, r"\d+\.\d% \d+ customers, \d+/s")
+        self.assertIn(f"nbx batch: {PROFILES} customers", text)
+
+
+if __name__ == "__main__":
+    unittest.main()
