@@ -274,6 +274,20 @@ void nbx_mp_skip(nbx_mp *m)
  * Profiles
  * ======================================================================== */
 
+/* msgpack-c calls its writer for every element: copy inline while the
+ * buffer has room (a reused scratch buffer always has) and leave growth to
+ * nbx_buf. */
+static int pack_write(void *data, const char *buf, size_t len)
+{
+    nbx_buf *b = data;
+    if (NBX_LIKELY(b->cap - b->len > len)) {
+        memcpy(b->data + b->len, buf, len);
+        b->len += len;
+        return 0;
+    }
+    return nbx_buf_msgpack_write(data, buf, len);
+}
+
 static void pack_sv(msgpack_packer *pk, nbx_sv s)
 {
     msgpack_pack_str(pk, s.len);
@@ -292,7 +306,7 @@ static void pack_number(msgpack_packer *pk, double v)
 int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
 {
     msgpack_packer pk;
-    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
+    msgpack_packer_init(&pk, out, pack_write);
     msgpack_pack_array(&pk, 7);
 
     msgpack_pack_map(&pk, p->n_attrs);
@@ -442,7 +456,7 @@ corrupt:
 int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out)
 {
     msgpack_packer pk;
-    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
+    msgpack_packer_init(&pk, out, pack_write);
     msgpack_pack_array(&pk, NBX_EXP_KINDS + 1);
     for (int k = 0; k < NBX_EXP_KINDS; k++)
         msgpack_pack_int64(&pk, x->last[k]);

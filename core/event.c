@@ -113,6 +113,12 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
         return nbx_err_set(e, NBX_EPARSE, "field 'customer': is required");
     if (memchr(ev->customer.ptr, '\0', ev->customer.len) || memchr(ev->id.ptr, '\0', ev->id.len))
         return nbx_err_set(e, NBX_EPARSE, "ids must not contain NUL");
+    /* The history key (customer \0 event id) must fit LMDB's 511-byte keys. */
+    if (ev->customer.len + 1 + ev->id.len > 511)
+        return nbx_err_set(e, NBX_EPARSE,
+                           "field 'event_id': %zu bytes with a %zu-byte customer; the two "
+                           "together are limited to 510 bytes",
+                           ev->id.len, ev->customer.len);
     if (!have_type)
         return nbx_err_set(e, NBX_EPARSE, "field 'type': is required");
     for (size_t i = 0; i < NBX_ARRAY_LEN(event_types); i++)
@@ -158,11 +164,11 @@ static void pack_double_or_nil(msgpack_packer *pk, double v)
         msgpack_pack_double(pk, v);
 }
 
-/* The event log record: [ts, type, customer, offer, placement, amount, margin]. */
-static int encode_event(const nbx_event *ev, nbx_buf *out)
+/* The event log record: [ts, type, customer, offer, placement, amount, margin],
+ * appended to out. */
+int nbx_event_encode(const nbx_event *ev, nbx_buf *out)
 {
     msgpack_packer pk;
-    nbx_buf_reset(out);
     msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
     msgpack_pack_array(&pk, 7);
     msgpack_pack_int64(&pk, ev->ts_ms);
@@ -175,23 +181,19 @@ static int encode_event(const nbx_event *ev, nbx_buf *out)
     return out->oom ? NBX_ENOMEM : NBX_OK;
 }
 
-static int apply_purchase(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
-                          nbx_buf *scratch, nbx_err *e)
+void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms)
 {
-    nbx_profile p = {.id = ev->customer};
-    int rc = nbx_store_profile_get(s, txn, ev->customer, &p, a, e);
-    if (rc == NBX_ENOTFOUND) {
+    if (!exists) {
         /* Purchases may arrive before the CRM's profile import. */
-        memset(&p, 0, sizeof p);
-        p.id = ev->customer;
-        p.fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
-    } else if (rc) {
-        return rc;
+        nbx_sv id = p->id;
+        memset(p, 0, sizeof *p);
+        p->id = id;
+        p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
     }
-    nbx_rfm *r = &p.rfm;
-    if (!(p.fields & NBX_PF_RFM))
+    nbx_rfm *r = &p->rfm;
+    if (!(p->fields & NBX_PF_RFM))
         memset(r, 0, sizeof *r);
-    p.fields |= NBX_PF_RFM;
+    p->fields |= NBX_PF_RFM;
     r->orders++;
     r->revenue += ev->amount;
     if (!isnan(ev->margin))
@@ -200,17 +202,41 @@ static int apply_purchase(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_a
         r->first_purchase = ev->ts_ms;
     if (ev->ts_ms > r->last_purchase)
         r->last_purchase = ev->ts_ms;
-    p.updated_at = nbx_time_now();
+    p->updated_at = now_ms;
+}
+
+static int apply_purchase(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
+                          nbx_buf *scratch, nbx_err *e)
+{
+    nbx_profile p = {.id = ev->customer};
+    int rc = nbx_store_profile_get(s, txn, ev->customer, &p, a, e);
+    if (rc && rc != NBX_ENOTFOUND)
+        return rc;
+    p.id = ev->customer;
+    nbx_event_add_purchase(&p, rc == NBX_OK, ev, nbx_time_now());
     return nbx_store_profile_put(s, txn, &p, scratch, e);
+}
+
+int nbx_event_exposure_kind(int type)
+{
+    return type == NBX_EV_IMPRESSION ? NBX_EXP_IMPRESSION
+           : type == NBX_EV_CLICK    ? NBX_EXP_CLICK
+           : type == NBX_EV_ACCEPT   ? NBX_EXP_ACCEPT
+                                     : NBX_EXP_DISMISS;
+}
+
+size_t nbx_history_key(char *out, nbx_sv customer, nbx_sv event_id)
+{
+    memcpy(out, customer.ptr, customer.len);
+    out[customer.len] = '\0';
+    memcpy(out + customer.len + 1, event_id.ptr, event_id.len);
+    return customer.len + 1 + event_id.len;
 }
 
 static int apply_exposure(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
                           nbx_buf *scratch, nbx_err *e)
 {
-    int kind = ev->type == NBX_EV_IMPRESSION ? NBX_EXP_IMPRESSION
-               : ev->type == NBX_EV_CLICK    ? NBX_EXP_CLICK
-               : ev->type == NBX_EV_ACCEPT   ? NBX_EXP_ACCEPT
-                                             : NBX_EXP_DISMISS;
+    int kind = nbx_event_exposure_kind(ev->type);
     int rc = nbx_exposure_bump(s, txn, ev->customer, ev->offer, kind, ev->ts_ms, a, scratch, e);
     if (rc == NBX_OK)
         rc = nbx_exposure_bump(s, txn, ev->customer, (nbx_sv){"", 0}, kind, ev->ts_ms, a, scratch,
@@ -224,7 +250,8 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ap
                         nbx_arena *a, nbx_buf *scratch, nbx_err *e)
 {
     *applied = 0;
-    int rc = encode_event(ev, scratch);
+    nbx_buf_reset(scratch);
+    int rc = nbx_event_encode(ev, scratch);
     if (rc)
         return nbx_err_set(e, rc, "out of memory");
     MDB_val k = {ev->id.len, (void *)ev->id.ptr}, v = {scratch->len, scratch->data};
@@ -234,10 +261,7 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ap
     if (mrc)
         return nbx_err_mdb(e, mrc, "recording an event");
     char hkey[NBX_ID_MAX + 1 + NBX_ID_MAX];
-    memcpy(hkey, ev->customer.ptr, ev->customer.len);
-    hkey[ev->customer.len] = '\0';
-    memcpy(hkey + ev->customer.len + 1, ev->id.ptr, ev->id.len);
-    MDB_val hk = {ev->customer.len + 1 + ev->id.len, hkey}, hv = {0, ""};
+    MDB_val hk = {nbx_history_key(hkey, ev->customer, ev->id), hkey}, hv = {0, ""};
     mrc = mdb_put(txn, s->history, &hk, &hv, 0);
     if (mrc)
         return nbx_err_mdb(e, mrc, "recording an event");

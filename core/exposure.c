@@ -34,8 +34,9 @@ size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
 }
 
 /* Add n events of one kind at ts to x, keeping buckets sorted and at most
- * NBX_WINDOW_DAYS_MAX days behind the newest one. */
-static int exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a)
+ * NBX_WINDOW_DAYS_MAX days behind the newest one. The result does not depend
+ * on the order events are added in, which lets bulk ingest group them. */
+int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a)
 {
     uint32_t day = nbx_day_of(ts);
     if (ts > x->last[kind])
@@ -81,7 +82,7 @@ int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer,
         return nbx_err_set(e, rc, "exposure counters of '%.*s' cannot be decoded",
                            (int)customer.len, customer.ptr);
     }
-    if (exposure_add(&x, kind, ts, 1, a) != NBX_OK)
+    if (nbx_exposure_add(&x, kind, ts, 1, a) != NBX_OK)
         return nbx_err_set(e, NBX_ENOMEM, "out of memory");
     nbx_buf_reset(scratch);
     if (nbx_exposure_encode(&x, scratch) != NBX_OK)
@@ -95,8 +96,14 @@ int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer,
 int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
                     nbx_err *e)
 {
+    return nbx_budget_add(s, txn, offer, nbx_day_of(ts), accept ? 0 : 1, accept ? 1 : 0, e);
+}
+
+int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
+                   uint64_t accepts, nbx_err *e)
+{
     char key[4 + NBX_OFFER_ID_MAX];
-    MDB_val k = {nbx_budget_key(key, nbx_day_of(ts), offer), key}, v;
+    MDB_val k = {nbx_budget_key(key, day, offer), key}, v;
     uint64_t counts[2] = {0, 0};
     int rc = mdb_get(txn, s->budgets, &k, &v);
     if (rc == 0) {
@@ -112,7 +119,8 @@ int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool a
     } else if (rc != MDB_NOTFOUND) {
         return nbx_err_mdb(e, rc, "reading budget counters");
     }
-    counts[accept ? 1 : 0]++;
+    counts[0] += impressions;
+    counts[1] += accepts;
     char buf[32];
     nbx_buf out = {0};
     msgpack_packer pk;

@@ -1,0 +1,1586 @@
+/*
+ * ingest.c: bulk import of JSONL profiles and events (nbx_import_file).
+ *
+ * Two passes, so that a bad line anywhere leaves the store untouched:
+ *
+ * 1. Validation. The calling thread reads the input in chunks of whole lines
+ *    (a file or a pipe alike: standard input is read once) and hands them to
+ *    parser threads. Each line is parsed with nbx_profile_parse() or
+ *    nbx_event_parse() and, if good, appended in a compact binary form to a
+ *    spool: an unlinked temporary file in the store directory, gone when the
+ *    process is. Chunks are collected in file order, so an error names the
+ *    first bad line and the spool keeps the file's order. The store is not
+ *    written.
+ * 2. Apply. A preparer thread reads the spool back one batch at a time
+ *    (decoding a spooled record costs a fraction of parsing its JSON again),
+ *    sorts the batch by key and encodes what does not depend on the store.
+ *    The calling thread writes each batch in one transaction, in key order:
+ *    LMDB inserts in key order touch each page once, updates of one key are
+ *    grouped into one read and one write, and a batch of ids above every
+ *    stored one is appended. LMDB commits are atomic, so a crash keeps every
+ *    committed batch and no half batch; re-running the file completes it.
+ *
+ * Grouping changes no result: the records of one key are applied in file
+ * order, exactly as nbx_profile_put() or nbx_event_apply() line by line
+ * would (tests/test_ingest.c compares the two).
+ *
+ * Memory is bounded by the chunk and batch sizes, never by the file.
+ */
+#include "nbx_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Input bytes per validation chunk: whole lines, so more than NBX_LINE_MAX. */
+#define CHUNK_CAP ((size_t)4 << 20)
+#define DEFAULT_BATCH 10000
+#define BATCH_MAX 10000000
+#define PROGRESS_EVERY 100000
+#define PARSER_THREADS_MAX 8
+/* Of a line over NBX_LINE_MAX, the rejects file gets this much. */
+#define REJECT_PREFIX 1024
+
+_Static_assert(CHUNK_CAP > NBX_LINE_MAX + 1, "a chunk must hold the longest line");
+
+NBX_API void nbx_import_options_init(nbx_import_options *opts)
+{
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
+    opts->batch_size = DEFAULT_BATCH;
+}
+
+/* ========================================================================
+ * Small I/O helpers
+ * ======================================================================== */
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Read up to n bytes; fewer only at end of input. Returns bytes or -1. */
+static ssize_t read_full(int fd, void *p, size_t n)
+{
+    char *c = p;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, c + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* An unlinked temporary file in dir: nothing to clean up after a crash. */
+static int open_spool(const char *dir, nbx_err *e)
+{
+#ifdef O_TMPFILE
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+#endif
+    char path[4096];
+    snprintf(path, sizeof path, "%s/.nbx-import-XXXXXX", dir);
+    int tfd = mkstemp(path);
+    if (tfd < 0)
+        return nbx_err_errno(e, errno, "cannot create the import spool in", dir), -1;
+    unlink(path);
+    return tfd;
+}
+
+/* ========================================================================
+ * Spool records
+ *
+ * Native byte order (the spool never leaves the process). A record is
+ * u32 length (all of it), u32 line within its chunk, then the payload:
+ *   profile: u32 fields, id, f64 ltv, f64 churn, i64 updated_at,
+ *            i64 first, i64 last, u64 orders, f64 revenue, f64 margin,
+ *            u8 r, f, m, segment,
+ *            u16 n, n x (key, u8 type, string | f64 | u8 | nothing),
+ *            u16 n, n x (purpose, u8 state), u16 n, n x (key, f64)
+ *   event:   u8 type, i64 ts, f64 amount, f64 margin, id, customer, offer,
+ *            placement
+ * where a string is u16 length and bytes. Chunks go to the spool as frames:
+ * u64 first line, u64 input offset at the end, u32 records, u32 bytes.
+ * ======================================================================== */
+
+/* Writers into room reserved beforehand: records are sized first, then
+ * written with plain stores (no bounds check per field). */
+typedef struct writer_cursor {
+    char *p;
+} wcur;
+
+static inline void put_raw(wcur *w, const void *src, size_t n)
+{
+    memcpy(w->p, src, n);
+    w->p += n;
+}
+#define PUT(name, type)                                                                            \
+    static inline void put_##name(wcur *w, type v)                                                 \
+    {                                                                                              \
+        put_raw(w, &v, sizeof v);                                                                  \
+    }
+PUT(u8, uint8_t)
+PUT(u16, uint16_t)
+PUT(u32, uint32_t)
+PUT(u64, uint64_t)
+PUT(i64, int64_t)
+PUT(f64, double)
+#undef PUT
+
+/* Every string spooled is bounded by the parsers (NBX_VALUE_MAX at most). */
+static inline void put_sv(wcur *w, nbx_sv s)
+{
+    put_u16(w, (uint16_t)s.len);
+    put_raw(w, s.ptr, s.len);
+}
+
+/* Room for a record of size bytes in b; its header written. */
+static bool record_begin(nbx_buf *b, size_t size, uint32_t line, wcur *w)
+{
+    if (nbx_buf_reserve(b, size) != NBX_OK)
+        return false;
+    w->p = b->data + b->len;
+    put_u32(w, (uint32_t)size);
+    put_u32(w, line);
+    b->len += size;
+    return true;
+}
+
+typedef struct reader {
+    const char *p;
+    const char *end;
+    bool bad;
+} reader;
+
+static inline const char *take(reader *r, size_t n)
+{
+    if ((size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const char *at = r->p;
+    r->p += n;
+    return at;
+}
+#define GET(r, type)                                                                               \
+    static inline type get_##type(reader *r)                                                       \
+    {                                                                                              \
+        type v = 0;                                                                                \
+        const char *at = take(r, sizeof v);                                                        \
+        if (at)                                                                                    \
+            memcpy(&v, at, sizeof v);                                                              \
+        return v;                                                                                  \
+    }
+GET(r, uint8_t)
+GET(r, uint16_t)
+GET(r, uint32_t)
+GET(r, uint64_t)
+GET(r, int64_t)
+GET(r, double)
+#undef GET
+
+static inline nbx_sv get_sv(reader *r)
+{
+    nbx_sv s = {"", 0};
+    uint16_t n = get_uint16_t(r);
+    const char *at = take(r, n);
+    if (at) {
+        s.ptr = at;
+        s.len = n;
+    }
+    return s;
+}
+
+static size_t profile_record_size(const nbx_profile *p)
+{
+    size_t n = 8 + 4 + 2 + p->id.len + 3 * 8 + 5 * 8 + 4 + 3 * 2;
+    for (uint32_t i = 0; i < p->n_attrs; i++) {
+        const nbx_attr *a = &p->attrs[i];
+        n += 2 + a->key.len + 1;
+        n += a->type == NBX_ATTR_STRING ? 2 + a->string.len
+             : a->type == NBX_ATTR_NUMBER ? 8
+             : a->type == NBX_ATTR_BOOL   ? 1
+                                          : 0;
+    }
+    for (uint32_t i = 0; i < p->n_consent; i++)
+        n += 2 + p->consent[i].purpose.len + 1;
+    for (uint32_t i = 0; i < p->n_propensity; i++)
+        n += 2 + p->propensity[i].key.len + 8;
+    return n;
+}
+
+static void spool_profile(nbx_buf *b, uint32_t line, const nbx_profile *p)
+{
+    wcur w;
+    if (!record_begin(b, profile_record_size(p), line, &w))
+        return;
+    put_u32(&w, p->fields);
+    put_sv(&w, p->id);
+    put_f64(&w, p->ltv);
+    put_f64(&w, p->churn);
+    put_i64(&w, p->updated_at);
+    const nbx_rfm *r = &p->rfm;
+    put_i64(&w, r->first_purchase);
+    put_i64(&w, r->last_purchase);
+    put_u64(&w, r->orders);
+    put_f64(&w, r->revenue);
+    put_f64(&w, r->margin);
+    const uint8_t scores[4] = {r->r, r->f, r->m, r->segment};
+    put_raw(&w, scores, sizeof scores);
+    put_u16(&w, (uint16_t)p->n_attrs);
+    for (uint32_t i = 0; i < p->n_attrs; i++) {
+        const nbx_attr *a = &p->attrs[i];
+        put_sv(&w, a->key);
+        put_u8(&w, a->type);
+        if (a->type == NBX_ATTR_STRING)
+            put_sv(&w, a->string);
+        else if (a->type == NBX_ATTR_NUMBER)
+            put_f64(&w, a->number);
+        else if (a->type == NBX_ATTR_BOOL)
+            put_u8(&w, a->boolean);
+    }
+    put_u16(&w, (uint16_t)p->n_consent);
+    for (uint32_t i = 0; i < p->n_consent; i++) {
+        put_sv(&w, p->consent[i].purpose);
+        put_u8(&w, p->consent[i].state);
+    }
+    put_u16(&w, (uint16_t)p->n_propensity);
+    for (uint32_t i = 0; i < p->n_propensity; i++) {
+        put_sv(&w, p->propensity[i].key);
+        put_f64(&w, p->propensity[i].value);
+    }
+}
+
+/* Strings point into the record, arrays come from a. */
+static int unspool_profile(const char *rec, size_t len, nbx_profile *p, nbx_arena *a)
+{
+    reader r = {rec + 8, rec + len, false};
+    memset(p, 0, sizeof *p);
+    p->fields = get_uint32_t(&r);
+    p->id = get_sv(&r);
+    p->ltv = get_double(&r);
+    p->churn = get_double(&r);
+    p->updated_at = get_int64_t(&r);
+    nbx_rfm *f = &p->rfm;
+    f->first_purchase = get_int64_t(&r);
+    f->last_purchase = get_int64_t(&r);
+    f->orders = get_uint64_t(&r);
+    f->revenue = get_double(&r);
+    f->margin = get_double(&r);
+    f->r = get_uint8_t(&r);
+    f->f = get_uint8_t(&r);
+    f->m = get_uint8_t(&r);
+    f->segment = get_uint8_t(&r);
+    p->n_attrs = get_uint16_t(&r);
+    p->attrs = nbx_arena_alloc(a, (p->n_attrs + 1) * sizeof *p->attrs);
+    if (!p->attrs)
+        return NBX_ENOMEM;
+    for (uint32_t i = 0; i < p->n_attrs && !r.bad; i++) {
+        nbx_attr *at = &p->attrs[i];
+        memset(at, 0, sizeof *at);
+        at->key = get_sv(&r);
+        at->type = get_uint8_t(&r);
+        if (at->type == NBX_ATTR_STRING)
+            at->string = get_sv(&r);
+        else if (at->type == NBX_ATTR_NUMBER)
+            at->number = get_double(&r);
+        else if (at->type == NBX_ATTR_BOOL)
+            at->boolean = get_uint8_t(&r) != 0;
+    }
+    p->n_consent = get_uint16_t(&r);
+    p->consent = nbx_arena_alloc(a, (p->n_consent + 1) * sizeof *p->consent);
+    if (!p->consent)
+        return NBX_ENOMEM;
+    for (uint32_t i = 0; i < p->n_consent && !r.bad; i++) {
+        p->consent[i].purpose = get_sv(&r);
+        p->consent[i].state = get_uint8_t(&r);
+    }
+    p->n_propensity = get_uint16_t(&r);
+    p->propensity = nbx_arena_alloc(a, (p->n_propensity + 1) * sizeof *p->propensity);
+    if (!p->propensity)
+        return NBX_ENOMEM;
+    for (uint32_t i = 0; i < p->n_propensity && !r.bad; i++) {
+        p->propensity[i].key = get_sv(&r);
+        p->propensity[i].value = get_double(&r);
+    }
+    return r.bad ? NBX_EIO : NBX_OK;
+}
+
+static void spool_event(nbx_buf *b, uint32_t line, const nbx_event *ev)
+{
+    wcur w;
+    size_t size = 8 + 1 + 3 * 8 + 4 * 2 + ev->id.len + ev->customer.len + ev->offer.len +
+                  ev->placement.len;
+    if (!record_begin(b, size, line, &w))
+        return;
+    put_u8(&w, ev->type);
+    put_i64(&w, ev->ts_ms);
+    put_f64(&w, ev->amount);
+    put_f64(&w, ev->margin);
+    put_sv(&w, ev->id);
+    put_sv(&w, ev->customer);
+    put_sv(&w, ev->offer);
+    put_sv(&w, ev->placement);
+}
+
+static int unspool_event(const char *rec, size_t len, nbx_event *ev)
+{
+    reader r = {rec + 8, rec + len, false};
+    ev->type = get_uint8_t(&r);
+    ev->ts_ms = get_int64_t(&r);
+    ev->amount = get_double(&r);
+    ev->margin = get_double(&r);
+    ev->id = get_sv(&r);
+    ev->customer = get_sv(&r);
+    ev->offer = get_sv(&r);
+    ev->placement = get_sv(&r);
+    return r.bad ? NBX_EIO : NBX_OK;
+}
+
+typedef struct frame_header {
+    uint64_t first_line; /* 1-based line number of the chunk's first line */
+    uint64_t end_offset; /* input bytes up to the end of the chunk */
+    uint32_t records;
+    uint32_t bytes;
+} frame_header;
+
+/* ========================================================================
+ * Pass 1: validation
+ * ======================================================================== */
+
+enum { CHUNK_FREE, CHUNK_READY, CHUNK_PARSING, CHUNK_DONE };
+
+typedef struct chunk {
+    int state;
+    char *data; /* whole lines; CHUNK_CAP bytes */
+    size_t len;
+    bool overlong;         /* data holds the start of one line over NBX_LINE_MAX */
+    uint64_t overlong_len; /* that line's length */
+    uint64_t end_offset;
+    /* results */
+    nbx_buf spool;
+    uint32_t records;
+    uint32_t lines; /* lines in the chunk, blank ones included */
+    uint32_t nonblank;
+    nbx_buf rejects; /* u32 line, u32 length, JSON text after {"line":N */
+    uint32_t n_rejects;
+    int err;
+    uint32_t err_line;
+    char err_msg[NBX_ERRMSG_MAX];
+} chunk;
+
+typedef struct validator {
+    nbx_import_kind kind;
+    bool keep_going; /* rejects_path set: record bad lines and go on */
+    pthread_mutex_t mu;
+    pthread_cond_t work; /* a chunk is ready, or stop */
+    pthread_cond_t done; /* a chunk is parsed */
+    chunk *chunks;
+    unsigned n_chunks;
+    uint64_t next_parse; /* sequence number of the next chunk to parse */
+    uint64_t filled;     /* chunks filled so far */
+    bool stop;
+} validator;
+
+static bool blank_line(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
+            return false;
+    return true;
+}
+
+static void add_reject(chunk *c, uint32_t line, const char *msg, const char *input, size_t n,
+                       bool truncated)
+{
+    nbx_buf *b = &c->rejects;
+    uint32_t head[2] = {line, 0};
+    size_t at = b->len;
+    nbx_buf_append(b, head, sizeof head);
+    size_t text = b->len;
+    nbx_buf_puts(b, ",\"error\":");
+    nbx_jw_string(b, msg, strlen(msg));
+    nbx_buf_puts(b, ",\"input\":");
+    nbx_jw_string(b, input, n);
+    if (truncated)
+        nbx_buf_puts(b, ",\"truncated\":true");
+    nbx_buf_puts(b, "}\n");
+    if (!b->oom) {
+        uint32_t len = (uint32_t)(b->len - text);
+        memcpy(b->data + at + 4, &len, sizeof len);
+    }
+    c->n_rejects++;
+}
+
+/* A bad line: a reject, or the chunk's error (and the end of its parse). */
+static bool bad_line(validator *v, chunk *c, uint32_t line, const nbx_err *e, const char *input,
+                     size_t n, bool truncated)
+{
+    if (v->keep_going) {
+        add_reject(c, line, e->msg, input, n, truncated);
+        return true;
+    }
+    c->err = e->code;
+    c->err_line = line;
+    memcpy(c->err_msg, e->msg, sizeof c->err_msg);
+    return false;
+}
+
+static void parse_chunk(validator *v, chunk *c, nbx_arena *arena)
+{
+    nbx_buf_reset(&c->spool);
+    nbx_buf_reset(&c->rejects);
+    c->records = c->lines = c->nonblank = c->n_rejects = 0;
+    c->err = NBX_OK;
+    nbx_err e = {0};
+    if (c->overlong) {
+        c->lines = c->nonblank = 1;
+        nbx_err_set(&e, NBX_ELIMIT, "line is %llu bytes, the limit is %d (NBX_LINE_MAX)",
+                    (unsigned long long)c->overlong_len, NBX_LINE_MAX);
+        bad_line(v, c, 0, &e, c->data, c->len, true);
+        return;
+    }
+    const char *p = c->data, *end = c->data + c->len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        size_t n = (size_t)(le - p);
+        uint32_t line = c->lines++;
+        const char *next = nl ? nl + 1 : end;
+        if (blank_line(p, n)) {
+            p = next;
+            continue;
+        }
+        c->nonblank++;
+        int rc;
+        if (n > NBX_LINE_MAX) {
+            rc = nbx_err_set(&e, NBX_ELIMIT, "line is %zu bytes, the limit is %d (NBX_LINE_MAX)",
+                             n, NBX_LINE_MAX);
+        } else {
+            nbx_arena_reset(arena);
+            if (v->kind == NBX_IMPORT_PROFILES) {
+                nbx_profile patch;
+                rc = nbx_profile_parse(p, n, &patch, arena, &e);
+                if (rc == NBX_OK)
+                    spool_profile(&c->spool, line, &patch);
+            } else {
+                nbx_event ev;
+                rc = nbx_event_parse(p, n, &ev, arena, &e);
+                if (rc == NBX_OK)
+                    spool_event(&c->spool, line, &ev);
+            }
+        }
+        if (rc == NBX_OK) {
+            c->records++;
+        } else if (rc == NBX_ENOMEM) {
+            /* not the line's fault: fail the import whatever the mode */
+            c->err = rc;
+            c->err_line = line;
+            snprintf(c->err_msg, sizeof c->err_msg, "%s", e.msg);
+            return;
+        } else {
+            bool truncated = n > NBX_LINE_MAX;
+            if (!bad_line(v, c, line, &e, p, truncated ? REJECT_PREFIX : n, truncated))
+                return;
+        }
+        p = next;
+    }
+    if (c->spool.oom || c->rejects.oom) {
+        c->err = NBX_ENOMEM;
+        c->err_line = c->lines ? c->lines - 1 : 0;
+        snprintf(c->err_msg, sizeof c->err_msg, "out of memory");
+    }
+}
+
+static void *parser_main(void *arg)
+{
+    validator *v = arg;
+    nbx_arena arena = {0};
+    pthread_mutex_lock(&v->mu);
+    while (!v->stop) {
+        if (v->next_parse < v->filled) {
+            chunk *c = &v->chunks[v->next_parse % v->n_chunks];
+            v->next_parse++;
+            c->state = CHUNK_PARSING;
+            pthread_mutex_unlock(&v->mu);
+            parse_chunk(v, c, &arena);
+            pthread_mutex_lock(&v->mu);
+            c->state = CHUNK_DONE;
+            pthread_cond_broadcast(&v->done);
+            continue;
+        }
+        pthread_cond_wait(&v->work, &v->mu);
+    }
+    pthread_mutex_unlock(&v->mu);
+    nbx_arena_free(&arena);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * The import's state, shared by both passes
+ * ------------------------------------------------------------------------ */
+
+typedef struct import {
+    nbx_store *store;
+    nbx_import_kind kind;
+    const char *name; /* the path, or "<stdin>", for messages */
+    const nbx_import_options *opts;
+    size_t batch_size;
+    nbx_import_stats stats;
+    nbx_err err;
+    /* input */
+    int in_fd;
+    bool in_eof;
+    uint64_t in_offset;
+    uint64_t in_total; /* 0 if unknown */
+    char *carry;       /* a partial line left over from the last chunk */
+    size_t carry_len;
+    /* outputs of pass 1 */
+    int spool_fd;
+    uint64_t spool_records;
+    int rejects_fd;
+    nbx_buf rejects_buf;
+    uint64_t lines_seen; /* lines so far, blank ones included */
+    uint64_t next_progress;
+} import;
+
+static void progress(import *im, uint64_t lines, uint64_t bytes)
+{
+    if (!im->opts->progress || lines < im->next_progress)
+        return;
+    im->next_progress = (lines / PROGRESS_EVERY + 1) * PROGRESS_EVERY;
+    im->opts->progress(im->opts->progress_ud, lines, bytes, im->in_total);
+}
+
+static int input_error(import *im, int errnum)
+{
+    return nbx_err_errno(&im->err, errnum, "cannot read", im->name);
+}
+
+/* Skip the rest of a line over NBX_LINE_MAX, in constant memory whatever
+ * its length; c keeps its first REJECT_PREFIX bytes for the rejects file.
+ * What follows the line's newline becomes the carry. */
+static int skip_long_line(import *im, chunk *c, size_t have)
+{
+    c->overlong = true;
+    c->overlong_len = have;
+    c->len = REJECT_PREFIX;
+    for (;;) {
+        ssize_t n = read_full(im->in_fd, im->carry, CHUNK_CAP);
+        if (n < 0)
+            return input_error(im, errno);
+        im->in_offset += (uint64_t)n;
+        if ((size_t)n < CHUNK_CAP)
+            im->in_eof = true;
+        char *nl = n > 0 ? memchr(im->carry, '\n', (size_t)n) : NULL;
+        if (nl) {
+            c->overlong_len += (uint64_t)(nl - im->carry);
+            im->carry_len = (size_t)(im->carry + n - (nl + 1));
+            memmove(im->carry, nl + 1, im->carry_len);
+            return NBX_OK;
+        }
+        c->overlong_len += (uint64_t)n;
+        if (im->in_eof)
+            return NBX_OK;
+    }
+}
+
+/* Fill c with whole lines: the carry, then input up to CHUNK_CAP bytes, cut
+ * after the last newline. c->len is 0 at the end of the input. */
+static int fill_chunk(import *im, chunk *c)
+{
+    c->overlong = false;
+    memcpy(c->data, im->carry, im->carry_len);
+    size_t have = im->carry_len;
+    im->carry_len = 0;
+    if (!im->in_eof) {
+        ssize_t n = read_full(im->in_fd, c->data + have, CHUNK_CAP - have);
+        if (n < 0)
+            return input_error(im, errno);
+        im->in_offset += (uint64_t)n;
+        have += (size_t)n;
+        if (have < CHUNK_CAP)
+            im->in_eof = true;
+    }
+    c->len = have;
+    if (have == 0 || im->in_eof) {
+        c->end_offset = im->in_offset;
+        return NBX_OK; /* the last line may lack its newline */
+    }
+    char *nl = memrchr(c->data, '\n', have);
+    if (!nl) {
+        int rc = skip_long_line(im, c, have);
+        c->end_offset = im->in_offset - im->carry_len;
+        return rc;
+    }
+    c->len = (size_t)(nl + 1 - c->data);
+    im->carry_len = have - c->len;
+    memcpy(im->carry, nl + 1, im->carry_len);
+    c->end_offset = im->in_offset - im->carry_len;
+    return NBX_OK;
+}
+
+static int flush_rejects(import *im)
+{
+    if (im->rejects_buf.len == 0)
+        return NBX_OK;
+    if (im->rejects_buf.oom)
+        return nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
+    int rc = write_all(im->rejects_fd, im->rejects_buf.data, im->rejects_buf.len);
+    nbx_buf_reset(&im->rejects_buf);
+    return rc ? nbx_err_errno(&im->err, errno, "cannot write", im->opts->rejects_path) : NBX_OK;
+}
+
+/* Take a parsed chunk in file order: its records to the spool, its bad lines
+ * to the rejects file, or its error to the caller. */
+static int collect_chunk(import *im, chunk *c)
+{
+    uint64_t first_line = im->lines_seen + 1;
+    if (c->err) {
+        im->err.code = c->err;
+        snprintf(im->err.msg, sizeof im->err.msg, "%s", c->err_msg);
+        return nbx_err_prefix(&im->err, "%s:%llu: ", im->name,
+                              (unsigned long long)(first_line + c->err_line));
+    }
+    const char *p = c->rejects.data, *end = p + c->rejects.len;
+    while (p < end) {
+        uint32_t line, len;
+        memcpy(&line, p, 4);
+        memcpy(&len, p + 4, 4);
+        nbx_buf_printf(&im->rejects_buf, "{\"line\":%llu",
+                       (unsigned long long)(first_line + line));
+        nbx_buf_append(&im->rejects_buf, p + 8, len);
+        p += 8 + len;
+        if (im->rejects_buf.len >= (1u << 16) && flush_rejects(im) != NBX_OK)
+            return im->err.code;
+    }
+    if (c->records > 0) {
+        frame_header h = {first_line, c->end_offset, c->records, (uint32_t)c->spool.len};
+        if (write_all(im->spool_fd, &h, sizeof h) != 0 ||
+            write_all(im->spool_fd, c->spool.data, c->spool.len) != 0)
+            return nbx_err_errno(&im->err, errno, "cannot write the import spool in",
+                                 im->store->path);
+    }
+    im->spool_records += c->records;
+    im->lines_seen += c->lines;
+    im->stats.lines += c->nonblank;
+    im->stats.rejected += c->n_rejects;
+    progress(im, im->stats.lines, c->end_offset);
+    return NBX_OK;
+}
+
+static unsigned parser_threads(void)
+{
+    const char *s = getenv("NBX_IMPORT_THREADS");
+    long n = s && *s ? strtol(s, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return n > PARSER_THREADS_MAX ? PARSER_THREADS_MAX : (unsigned)n;
+}
+
+/* The calling thread reads and collects; parser threads parse. */
+static int validate(import *im)
+{
+    validator v = {.kind = im->kind, .keep_going = im->opts->rejects_path != NULL};
+    unsigned n_threads = parser_threads();
+    v.n_chunks = n_threads + 2;
+    pthread_t threads[PARSER_THREADS_MAX];
+    unsigned started = 0;
+    int rc = NBX_OK;
+    pthread_mutex_init(&v.mu, NULL);
+    pthread_cond_init(&v.work, NULL);
+    pthread_cond_init(&v.done, NULL);
+    v.chunks = calloc(v.n_chunks, sizeof *v.chunks);
+    im->carry = malloc(CHUNK_CAP);
+    if (!v.chunks || !im->carry)
+        rc = nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
+    for (unsigned i = 0; rc == NBX_OK && i < v.n_chunks; i++)
+        if (!(v.chunks[i].data = malloc(CHUNK_CAP)))
+            rc = nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
+    for (; rc == NBX_OK && started < n_threads; started++)
+        if (pthread_create(&threads[started], NULL, parser_main, &v) != 0)
+            rc = nbx_err_set(&im->err, NBX_ENOMEM, "cannot start a parser thread");
+
+    uint64_t collected = 0;
+    bool input_done = false;
+    while (rc == NBX_OK) {
+        pthread_mutex_lock(&v.mu);
+        chunk *next = NULL;
+        bool fill = false;
+        for (;;) {
+            if (collected < v.filled &&
+                v.chunks[collected % v.n_chunks].state == CHUNK_DONE) {
+                next = &v.chunks[collected % v.n_chunks];
+                break;
+            }
+            if (!input_done && v.filled - collected < v.n_chunks) {
+                next = &v.chunks[v.filled % v.n_chunks];
+                fill = true;
+                break;
+            }
+            if (input_done && collected == v.filled)
+                break;
+            pthread_cond_wait(&v.done, &v.mu);
+        }
+        pthread_mutex_unlock(&v.mu);
+        if (!next)
+            break;
+        if (fill) {
+            rc = fill_chunk(im, next);
+            if (rc != NBX_OK)
+                break;
+            if (next->len == 0 && !next->overlong) {
+                input_done = true;
+                continue;
+            }
+            if (im->in_eof && im->carry_len == 0)
+                input_done = true;
+            pthread_mutex_lock(&v.mu);
+            next->state = CHUNK_READY;
+            v.filled++;
+            pthread_cond_signal(&v.work);
+            pthread_mutex_unlock(&v.mu);
+        } else {
+            rc = collect_chunk(im, next);
+            pthread_mutex_lock(&v.mu);
+            next->state = CHUNK_FREE;
+            pthread_mutex_unlock(&v.mu);
+            collected++;
+        }
+    }
+
+    pthread_mutex_lock(&v.mu);
+    v.stop = true;
+    pthread_cond_broadcast(&v.work);
+    pthread_mutex_unlock(&v.mu);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    if (rc == NBX_OK && v.keep_going)
+        rc = flush_rejects(im);
+    for (unsigned i = 0; v.chunks && i < v.n_chunks; i++) {
+        free(v.chunks[i].data);
+        nbx_buf_free(&v.chunks[i].spool);
+        nbx_buf_free(&v.chunks[i].rejects);
+    }
+    free(v.chunks);
+    free(im->carry);
+    im->carry = NULL;
+    pthread_cond_destroy(&v.done);
+    pthread_cond_destroy(&v.work);
+    pthread_mutex_destroy(&v.mu);
+    return rc;
+}
+
+/* ========================================================================
+ * Pass 2: apply
+ * ======================================================================== */
+
+/* A key and the record it came from: sorting by (key, record) keeps file
+ * order within one key. */
+typedef struct kref {
+    const char *key;
+    uint32_t len;
+    uint32_t rec;
+} kref;
+
+static int kref_cmp(const void *a, const void *b)
+{
+    const kref *x = a, *y = b;
+    uint32_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->key, y->key, n);
+    if (c)
+        return c;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->rec < y->rec ? -1 : x->rec > y->rec;
+}
+
+static inline bool kref_same(const kref *x, const kref *y)
+{
+    return x->len == y->len && memcmp(x->key, y->key, x->len) == 0;
+}
+
+/* A value encoded by the preparer: offset and length in batch->vals. */
+typedef struct val_ref {
+    size_t off;
+    size_t len;
+} val_ref;
+
+enum { BATCH_FREE, BATCH_FULL };
+
+typedef struct batch {
+    int state;
+    int status;  /* preparer's error, or NBX_DONE after the last batch */
+    nbx_err err; /* its message */
+    uint32_t n;  /* records */
+    nbx_buf bytes;   /* spooled records, copied */
+    size_t *rec_off; /* record i at bytes.data + rec_off[i] */
+    uint64_t *line;  /* record i's line in the file */
+    uint64_t end_offset;
+    int64_t now_ms;
+    nbx_arena arena;
+    nbx_buf vals; /* values encoded ahead */
+    /* profiles */
+    nbx_profile *patch;
+    kref *by_id;
+    val_ref *fresh; /* per record: the group's value as a new profile (first of group) */
+    int *fresh_rc;
+    /* events */
+    nbx_event *ev;
+    val_ref *log;     /* per record: the event log record */
+    kref *by_event;   /* event id */
+    kref *by_history; /* customer \0 event id */
+    kref *purchases;  /* customer */
+    uint32_t n_purchases;
+    kref *exposures; /* customer \0 offer and customer \0, two per exposure event */
+    uint32_t n_exposures;
+    kref *budgets; /* day offer, impressions and accepts */
+    uint32_t n_budgets;
+    uint8_t *applied; /* writer: 1 if the event was new */
+    size_t cap;       /* records the arrays above hold */
+} batch;
+
+typedef struct applier {
+    import *im;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    batch batches[2];
+    bool abort;
+    /* preparer's spool reading */
+    nbx_buf frame;
+    size_t frame_pos;
+    uint32_t frame_left;
+    frame_header hdr;
+} applier;
+
+static void batch_free(batch *b)
+{
+    nbx_buf_free(&b->bytes);
+    nbx_buf_free(&b->vals);
+    nbx_arena_free(&b->arena);
+    free(b->rec_off);
+    free(b->line);
+    free(b->patch);
+    free(b->by_id);
+    free(b->fresh);
+    free(b->fresh_rc);
+    free(b->ev);
+    free(b->log);
+    free(b->by_event);
+    free(b->by_history);
+    free(b->purchases);
+    free(b->exposures);
+    free(b->budgets);
+    free(b->applied);
+}
+
+#define GROW(ptr, n) ((ptr) = realloc((ptr), (n) * sizeof *(ptr)))
+
+static int batch_reserve(batch *b, nbx_import_kind kind, size_t n)
+{
+    if (b->cap >= n)
+        return NBX_OK;
+    bool ok = GROW(b->rec_off, n) && GROW(b->line, n);
+    if (ok && kind == NBX_IMPORT_PROFILES)
+        ok = GROW(b->patch, n) && GROW(b->by_id, n) && GROW(b->fresh, n) && GROW(b->fresh_rc, n);
+    if (ok && kind == NBX_IMPORT_EVENTS)
+        ok = GROW(b->ev, n) && GROW(b->log, n) && GROW(b->by_event, n) && GROW(b->by_history, n) &&
+             GROW(b->purchases, n) && GROW(b->exposures, 2 * n) && GROW(b->budgets, n) &&
+             GROW(b->applied, n);
+    if (!ok)
+        return NBX_ENOMEM;
+    b->cap = n;
+    return NBX_OK;
+}
+
+/* Next spooled record, copied into b->bytes. Returns 1, 0 at the end of the
+ * spool, or an error. */
+static int next_record(applier *ap, batch *b, int fd)
+{
+    if (ap->frame_left == 0) {
+        ssize_t n = read_full(fd, &ap->hdr, sizeof ap->hdr);
+        if (n == 0)
+            return 0;
+        if (n != (ssize_t)sizeof ap->hdr)
+            return nbx_err_set(&b->err, NBX_EIO, "the import spool is truncated");
+        nbx_buf_reset(&ap->frame);
+        if (nbx_buf_reserve(&ap->frame, ap->hdr.bytes) != NBX_OK)
+            return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+        if (read_full(fd, ap->frame.data, ap->hdr.bytes) != (ssize_t)ap->hdr.bytes)
+            return nbx_err_set(&b->err, NBX_EIO, "the import spool is truncated");
+        ap->frame.len = ap->hdr.bytes;
+        ap->frame_pos = 0;
+        ap->frame_left = ap->hdr.records;
+    }
+    const char *rec = ap->frame.data + ap->frame_pos;
+    uint32_t len, line;
+    if (ap->frame.len - ap->frame_pos < 8)
+        return nbx_err_set(&b->err, NBX_EIO, "the import spool is corrupt");
+    memcpy(&len, rec, 4);
+    memcpy(&line, rec + 4, 4);
+    if (len < 8 || len > ap->frame.len - ap->frame_pos)
+        return nbx_err_set(&b->err, NBX_EIO, "the import spool is corrupt");
+    b->rec_off[b->n] = b->bytes.len;
+    b->line[b->n] = ap->hdr.first_line + line;
+    nbx_buf_append(&b->bytes, rec, len);
+    b->end_offset = ap->hdr.end_offset;
+    b->n++;
+    ap->frame_pos += len;
+    ap->frame_left--;
+    return 1;
+}
+
+
+
+static inline uint32_t record_len(const batch *b, uint32_t i)
+{
+    uint32_t len;
+    memcpy(&len, b->bytes.data + b->rec_off[i], sizeof len);
+    return len;
+}
+
+/* The patches of one id (by_id[from, to)) merged in file order over base
+ * (NULL: a new profile), as nbx_profile_put() line by line would. */
+static int merge_group(const batch *b, uint32_t from, uint32_t to, const nbx_profile *base,
+                       nbx_profile *out, nbx_arena *a, nbx_err *e)
+{
+    nbx_profile cur;
+    for (uint32_t j = from; j < to; j++) {
+        int rc = nbx_profile_patch(base, &b->patch[b->by_id[j].rec], b->now_ms, &cur, a, e);
+        if (rc)
+            return rc;
+        base = &cur;
+    }
+    *out = cur;
+    return NBX_OK;
+}
+
+static uint32_t group_end(const kref *k, uint32_t from, uint32_t n)
+{
+    uint32_t to = from + 1;
+    while (to < n && kref_same(&k[from], &k[to]))
+        to++;
+    return to;
+}
+
+/* Profiles: decode, sort by id, and for each id encode the merge of its
+ * patches over nothing: what a new profile gets, the common case. */
+static int prepare_profiles(batch *b)
+{
+    for (uint32_t i = 0; i < b->n; i++) {
+        if (unspool_profile(b->bytes.data + b->rec_off[i], record_len(b, i), &b->patch[i],
+                            &b->arena) != NBX_OK)
+            return nbx_err_set(&b->err, NBX_EIO, "the import spool is corrupt");
+        b->by_id[i] = (kref){b->patch[i].id.ptr, (uint32_t)b->patch[i].id.len, i};
+    }
+    qsort(b->by_id, b->n, sizeof *b->by_id, kref_cmp);
+    for (uint32_t from = 0, to; from < b->n; from = to) {
+        to = group_end(b->by_id, from, b->n);
+        nbx_profile merged;
+        nbx_err e = {0};
+        b->fresh_rc[from] = merge_group(b, from, to, NULL, &merged, &b->arena, &e);
+        if (b->fresh_rc[from] != NBX_OK)
+            continue; /* the writer redoes it and reports, if it needs it */
+        size_t off = b->vals.len;
+        if (nbx_profile_encode(&merged, &b->vals) != NBX_OK)
+            return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+        b->fresh[from] = (val_ref){off, b->vals.len - off};
+    }
+    return b->vals.oom ? nbx_err_set(&b->err, NBX_ENOMEM, "out of memory") : NBX_OK;
+}
+
+static char *arena_key(nbx_arena *a, size_t max, size_t *len, nbx_sv x, nbx_sv y, bool sep)
+{
+    char *k = nbx_arena_alloc(a, max);
+    if (!k)
+        return NULL;
+    memcpy(k, x.ptr, x.len);
+    size_t n = x.len;
+    if (sep)
+        k[n++] = '\0';
+    memcpy(k + n, y.ptr, y.len);
+    *len = n + y.len;
+    return k;
+}
+
+/* Events: decode, encode the log records, and sort every kind of key the
+ * writer touches: event ids, history keys, customers with purchases,
+ * exposure counter keys, budget keys. */
+static int prepare_events(batch *b)
+{
+    b->n_purchases = b->n_exposures = b->n_budgets = 0;
+    nbx_sv none = {"", 0};
+    for (uint32_t i = 0; i < b->n; i++) {
+        nbx_event *ev = &b->ev[i];
+        if (unspool_event(b->bytes.data + b->rec_off[i], record_len(b, i), ev) != NBX_OK)
+            return nbx_err_set(&b->err, NBX_EIO, "the import spool is corrupt");
+        size_t off = b->vals.len;
+        nbx_event_encode(ev, &b->vals);
+        b->log[i] = (val_ref){off, b->vals.len - off};
+        b->by_event[i] = (kref){ev->id.ptr, (uint32_t)ev->id.len, i};
+        size_t len;
+        char *hk = arena_key(&b->arena, ev->customer.len + 1 + ev->id.len, &len, ev->customer,
+                             ev->id, true);
+        if (!hk)
+            return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+        b->by_history[i] = (kref){hk, (uint32_t)len, i};
+        if (ev->type == NBX_EV_PURCHASE) {
+            b->purchases[b->n_purchases++] = (kref){ev->customer.ptr, (uint32_t)ev->customer.len, i};
+            continue;
+        }
+        char *xk = arena_key(&b->arena, ev->customer.len + 1 + ev->offer.len, &len, ev->customer,
+                             ev->offer, true);
+        char *all = arena_key(&b->arena, ev->customer.len + 1, &len, ev->customer, none, true);
+        if (!xk || !all)
+            return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+        b->exposures[b->n_exposures++] =
+            (kref){xk, (uint32_t)(ev->customer.len + 1 + ev->offer.len), i};
+        b->exposures[b->n_exposures++] = (kref){all, (uint32_t)(ev->customer.len + 1), i};
+        if (ev->type == NBX_EV_IMPRESSION || ev->type == NBX_EV_ACCEPT) {
+            char *bk = nbx_arena_alloc(&b->arena, 4 + ev->offer.len);
+            if (!bk)
+                return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+            len = nbx_budget_key(bk, nbx_day_of(ev->ts_ms), ev->offer);
+            b->budgets[b->n_budgets++] = (kref){bk, (uint32_t)len, i};
+        }
+    }
+    if (b->vals.oom)
+        return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+    qsort(b->by_event, b->n, sizeof(kref), kref_cmp);
+    qsort(b->by_history, b->n, sizeof(kref), kref_cmp);
+    qsort(b->purchases, b->n_purchases, sizeof(kref), kref_cmp);
+    qsort(b->exposures, b->n_exposures, sizeof(kref), kref_cmp);
+    qsort(b->budgets, b->n_budgets, sizeof(kref), kref_cmp);
+    return NBX_OK;
+}
+
+/* Read the next batch from the spool and prepare it. NBX_DONE when the
+ * spool is exhausted. */
+static int fill_batch(applier *ap, batch *b)
+{
+    import *im = ap->im;
+    b->n = 0;
+    nbx_buf_reset(&b->bytes);
+    nbx_buf_reset(&b->vals);
+    nbx_arena_reset(&b->arena);
+    if (batch_reserve(b, im->kind, im->batch_size) != NBX_OK)
+        return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+    while (b->n < im->batch_size) {
+        int rc = next_record(ap, b, im->spool_fd);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            break;
+    }
+    if (b->bytes.oom)
+        return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
+    if (b->n == 0)
+        return NBX_DONE;
+    b->now_ms = nbx_time_now();
+    return im->kind == NBX_IMPORT_PROFILES ? prepare_profiles(b) : prepare_events(b);
+}
+
+static void *preparer_main(void *arg)
+{
+    applier *ap = arg;
+    for (uint64_t k = 0;; k++) {
+        batch *b = &ap->batches[k % 2];
+        pthread_mutex_lock(&ap->mu);
+        while (b->state != BATCH_FREE && !ap->abort)
+            pthread_cond_wait(&ap->cond, &ap->mu);
+        bool abort = ap->abort;
+        pthread_mutex_unlock(&ap->mu);
+        if (abort)
+            return NULL;
+        int rc = fill_batch(ap, b);
+        pthread_mutex_lock(&ap->mu);
+        b->status = rc;
+        b->state = BATCH_FULL;
+        pthread_cond_broadcast(&ap->cond);
+        pthread_mutex_unlock(&ap->mu);
+        if (rc != NBX_OK)
+            return NULL;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Writers: one transaction per batch, keys in order
+ * ------------------------------------------------------------------------ */
+
+typedef struct writer {
+    import *im;
+    MDB_txn *txn;
+    nbx_arena arena;
+    nbx_buf scratch;
+    uint64_t fail_line; /* line of the record that failed, 0 if none */
+} writer;
+
+static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
+{
+    w->fail_line = line;
+    return nbx_err_mdb(&w->im->err, rc, what);
+}
+
+static int write_profiles(writer *w, const batch *b)
+{
+    nbx_store *s = w->im->store;
+    nbx_err *e = &w->im->err;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(w->txn, s->profiles, &cur);
+    if (rc)
+        return mdb_fail(w, rc, "writing profiles", 0);
+    /* Ids above every stored one (a first import of a sorted file) are
+     * appended: no search, and pages filled instead of split in half. */
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    bool append = rc == MDB_NOTFOUND;
+    if (rc == 0) {
+        nbx_sv last = {k.mv_data, k.mv_size}, first = {b->by_id[0].key, b->by_id[0].len};
+        append = nbx_sv_cmp(first, last) > 0;
+    } else if (rc != MDB_NOTFOUND) {
+        mdb_cursor_close(cur);
+        return mdb_fail(w, rc, "writing profiles", 0);
+    }
+    rc = NBX_OK;
+    for (uint32_t from = 0, to; rc == NBX_OK && from < b->n; from = to) {
+        to = group_end(b->by_id, from, b->n);
+        const kref *id = &b->by_id[from];
+        uint64_t line = b->line[id->rec];
+        k = (MDB_val){id->len, (void *)id->key};
+        int found = append ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        if (found != 0 && found != MDB_NOTFOUND) {
+            rc = mdb_fail(w, found, "reading a profile", line);
+            break;
+        }
+        nbx_arena_reset(&w->arena);
+        if (found == MDB_NOTFOUND && b->fresh_rc[from] == NBX_OK) {
+            MDB_val val = {b->fresh[from].len, b->vals.data + b->fresh[from].off};
+            int mrc = mdb_cursor_put(cur, &k, &val, append ? MDB_APPEND : 0);
+            if (mrc)
+                rc = mdb_fail(w, mrc, "writing a profile", line);
+        } else {
+            nbx_profile base = {.id = {id->key, id->len}}, merged;
+            if (found == 0)
+                rc = nbx_profile_decode(v.mv_data, v.mv_size, &base, &w->arena, e);
+            if (rc == NBX_OK)
+                rc = merge_group(b, from, to, found == 0 ? &base : NULL, &merged, &w->arena, e);
+            nbx_buf_reset(&w->scratch);
+            if (rc == NBX_OK && nbx_profile_encode(&merged, &w->scratch) != NBX_OK)
+                rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
+            if (rc == NBX_OK) {
+                MDB_val val = {w->scratch.len, w->scratch.data};
+                k = (MDB_val){id->len, (void *)id->key};
+                int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
+                if (mrc)
+                    rc = mdb_fail(w, mrc, "writing a profile", line);
+            }
+            if (rc)
+                w->fail_line = line;
+        }
+        if (rc == NBX_OK)
+            w->im->stats.applied += to - from;
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* Event ids first: they decide which events are new. */
+static int write_event_log(writer *w, batch *b, uint64_t *applied)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(w->txn, w->im->store->events, &cur);
+    if (rc)
+        return mdb_fail(w, rc, "recording events", 0);
+    for (uint32_t j = 0; j < b->n; j++) {
+        const kref *id = &b->by_event[j];
+        MDB_val k = {id->len, (void *)id->key};
+        MDB_val v = {b->log[id->rec].len, b->vals.data + b->log[id->rec].off};
+        rc = mdb_cursor_put(cur, &k, &v, MDB_NOOVERWRITE);
+        b->applied[id->rec] = rc == 0;
+        if (rc == MDB_KEYEXIST) {
+            rc = 0;
+            continue;
+        }
+        if (rc) {
+            rc = mdb_fail(w, rc, "recording an event", b->line[id->rec]);
+            break;
+        }
+        (*applied)++;
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+static int write_history(writer *w, const batch *b)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(w->txn, w->im->store->history, &cur);
+    if (rc)
+        return mdb_fail(w, rc, "recording events", 0);
+    for (uint32_t j = 0; j < b->n; j++) {
+        const kref *h = &b->by_history[j];
+        if (!b->applied[h->rec])
+            continue;
+        MDB_val k = {h->len, (void *)h->key}, v = {0, ""};
+        rc = mdb_cursor_put(cur, &k, &v, 0);
+        if (rc) {
+            rc = mdb_fail(w, rc, "recording an event", b->line[h->rec]);
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+static bool group_applied(const batch *b, const kref *k, uint32_t from, uint32_t to)
+{
+    for (uint32_t j = from; j < to; j++)
+        if (b->applied[k[j].rec])
+            return true;
+    return false;
+}
+
+/* Purchases of one customer: one read, the purchases in file order, one write. */
+static int write_purchases(writer *w, const batch *b)
+{
+    nbx_err *e = &w->im->err;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(w->txn, w->im->store->profiles, &cur);
+    if (rc)
+        return mdb_fail(w, rc, "writing profiles", 0);
+    rc = NBX_OK;
+    for (uint32_t from = 0, to; rc == NBX_OK && from < b->n_purchases; from = to) {
+        to = group_end(b->purchases, from, b->n_purchases);
+        if (!group_applied(b, b->purchases, from, to))
+            continue;
+        const kref *c = &b->purchases[from];
+        uint64_t line = b->line[c->rec];
+        MDB_val k = {c->len, (void *)c->key}, v;
+        int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        if (found != 0 && found != MDB_NOTFOUND) {
+            rc = mdb_fail(w, found, "reading a profile", line);
+            break;
+        }
+        nbx_arena_reset(&w->arena);
+        nbx_profile p = {.id = {c->key, c->len}};
+        if (found == 0 && (rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &w->arena, e))) {
+            w->fail_line = line;
+            break;
+        }
+        bool exists = found == 0;
+        for (uint32_t j = from; j < to; j++) {
+            if (!b->applied[b->purchases[j].rec])
+                continue;
+            nbx_event_add_purchase(&p, exists, &b->ev[b->purchases[j].rec], b->now_ms);
+            exists = true;
+        }
+        nbx_buf_reset(&w->scratch);
+        if (nbx_profile_encode(&p, &w->scratch) != NBX_OK) {
+            rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
+            break;
+        }
+        MDB_val val = {w->scratch.len, w->scratch.data};
+        k = (MDB_val){c->len, (void *)c->key};
+        int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
+        if (mrc)
+            rc = mdb_fail(w, mrc, "writing a profile", line);
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* Counters of one key: one read, every event in file order, one write. */
+static int write_exposures(writer *w, const batch *b)
+{
+    nbx_err *e = &w->im->err;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(w->txn, w->im->store->exposures, &cur);
+    if (rc)
+        return mdb_fail(w, rc, "writing exposure counters", 0);
+    rc = NBX_OK;
+    for (uint32_t from = 0, to; rc == NBX_OK && from < b->n_exposures; from = to) {
+        to = group_end(b->exposures, from, b->n_exposures);
+        if (!group_applied(b, b->exposures, from, to))
+            continue;
+        const kref *x = &b->exposures[from];
+        uint64_t line = b->line[x->rec];
+        MDB_val k = {x->len, (void *)x->key}, v;
+        int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        if (found != 0 && found != MDB_NOTFOUND) {
+            rc = mdb_fail(w, found, "reading exposure counters", line);
+            break;
+        }
+        nbx_arena_reset(&w->arena);
+        nbx_exposure counters;
+        memset(&counters, 0, sizeof counters);
+        if (found == 0 &&
+            nbx_exposure_decode(v.mv_data, v.mv_size, &counters, &w->arena) != NBX_OK) {
+            const nbx_event *ev = &b->ev[x->rec];
+            rc = nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
+                             (int)ev->customer.len, ev->customer.ptr);
+            w->fail_line = line;
+            break;
+        }
+        for (uint32_t j = from; j < to && rc == NBX_OK; j++) {
+            const nbx_event *ev = &b->ev[b->exposures[j].rec];
+            if (b->applied[b->exposures[j].rec] &&
+                nbx_exposure_add(&counters, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1,
+                                 &w->arena) != NBX_OK)
+                rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
+        }
+        nbx_buf_reset(&w->scratch);
+        if (rc == NBX_OK && nbx_exposure_encode(&counters, &w->scratch) != NBX_OK)
+            rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
+        if (rc)
+            break;
+        MDB_val val = {w->scratch.len, w->scratch.data};
+        /* after a hit, k points into the page the put rewrites */
+        k = (MDB_val){x->len, (void *)x->key};
+        int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
+        if (mrc)
+            rc = mdb_fail(w, mrc, "writing exposure counters", line);
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* Budgets of one (day, offer): counted over the batch, written once. */
+static int write_budgets(writer *w, const batch *b)
+{
+    for (uint32_t from = 0, to; from < b->n_budgets; from = to) {
+        to = group_end(b->budgets, from, b->n_budgets);
+        uint64_t counts[2] = {0, 0};
+        for (uint32_t j = from; j < to; j++)
+            if (b->applied[b->budgets[j].rec])
+                counts[b->ev[b->budgets[j].rec].type == NBX_EV_ACCEPT]++;
+        if (counts[0] + counts[1] == 0)
+            continue;
+        const nbx_event *ev = &b->ev[b->budgets[from].rec];
+        int rc = nbx_budget_add(w->im->store, w->txn, ev->offer, nbx_day_of(ev->ts_ms), counts[0],
+                                counts[1], &w->im->err);
+        if (rc) {
+            w->fail_line = b->line[b->budgets[from].rec];
+            return rc;
+        }
+    }
+    return NBX_OK;
+}
+
+static int write_events(writer *w, batch *b)
+{
+    uint64_t applied = 0;
+    int rc = write_event_log(w, b, &applied);
+    if (rc == NBX_OK)
+        rc = write_history(w, b);
+    if (rc == NBX_OK)
+        rc = write_purchases(w, b);
+    if (rc == NBX_OK)
+        rc = write_exposures(w, b);
+    if (rc == NBX_OK)
+        rc = write_budgets(w, b);
+    if (rc == NBX_OK) {
+        w->im->stats.applied += applied;
+        w->im->stats.duplicates += b->n - applied;
+    }
+    return rc;
+}
+
+static int write_batch(writer *w, batch *b)
+{
+    import *im = w->im;
+    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates;
+    int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
+    if (rc)
+        return rc;
+    rc = im->kind == NBX_IMPORT_PROFILES ? write_profiles(w, b) : write_events(w, b);
+    if (rc == NBX_OK) {
+        rc = nbx_store_commit(im->store, w->txn, &im->err);
+    } else {
+        mdb_txn_abort(w->txn);
+    }
+    w->txn = NULL;
+    if (rc) {
+        /* nothing of this batch is in the store */
+        im->stats.applied = applied;
+        im->stats.duplicates = duplicates;
+    }
+    return rc;
+}
+
+/* A preparer thread reads and sorts batch k + 1 while the calling thread
+ * writes batch k. */
+static int apply(import *im, uint64_t *stopped_at)
+{
+    applier ap = {.im = im};
+    writer w = {.im = im};
+    pthread_mutex_init(&ap.mu, NULL);
+    pthread_cond_init(&ap.cond, NULL);
+    pthread_t thread;
+    int rc = NBX_OK;
+    *stopped_at = 0;
+    if (pthread_create(&thread, NULL, preparer_main, &ap) != 0) {
+        rc = nbx_err_set(&im->err, NBX_ENOMEM, "cannot start the import's preparer thread");
+        goto done;
+    }
+    im->next_progress = PROGRESS_EVERY;
+    for (uint64_t k = 0;; k++) {
+        batch *b = &ap.batches[k % 2];
+        pthread_mutex_lock(&ap.mu);
+        while (b->state != BATCH_FULL)
+            pthread_cond_wait(&ap.cond, &ap.mu);
+        pthread_mutex_unlock(&ap.mu);
+        if (b->status == NBX_DONE)
+            break;
+        if (b->status != NBX_OK) {
+            im->err = b->err;
+            rc = b->status;
+            break;
+        }
+        rc = write_batch(&w, b);
+        if (rc) {
+            *stopped_at = b->line[0];
+            if (w.fail_line)
+                nbx_err_prefix(&im->err, "%s:%llu: ", im->name, (unsigned long long)w.fail_line);
+            break;
+        }
+        progress(im, b->line[b->n - 1], b->end_offset);
+        pthread_mutex_lock(&ap.mu);
+        b->state = BATCH_FREE;
+        pthread_cond_broadcast(&ap.cond);
+        pthread_mutex_unlock(&ap.mu);
+    }
+    pthread_mutex_lock(&ap.mu);
+    ap.abort = true;
+    pthread_cond_broadcast(&ap.cond);
+    pthread_mutex_unlock(&ap.mu);
+    pthread_join(thread, NULL);
+done:
+    batch_free(&ap.batches[0]);
+    batch_free(&ap.batches[1]);
+    nbx_buf_free(&ap.frame);
+    nbx_arena_free(&w.arena);
+    nbx_buf_free(&w.scratch);
+    pthread_cond_destroy(&ap.cond);
+    pthread_mutex_destroy(&ap.mu);
+    return rc;
+}
+
+/* ========================================================================
+ * Public entry point
+ * ======================================================================== */
+
+static int open_input(import *im, const char *path)
+{
+    if (strcmp(path, "-") == 0) {
+        im->in_fd = STDIN_FILENO;
+        im->name = "<stdin>";
+    } else {
+        im->in_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (im->in_fd < 0)
+            return nbx_err_errno(&im->err, errno, "cannot open", path);
+    }
+    struct stat st;
+    if (fstat(im->in_fd, &st) != 0)
+        return nbx_err_errno(&im->err, errno, "cannot stat", im->name);
+    if (S_ISDIR(st.st_mode))
+        return nbx_err_set(&im->err, NBX_EIO, "%s: is a directory, not a JSONL file", im->name);
+    if (S_ISREG(st.st_mode)) {
+        im->in_total = (uint64_t)st.st_size;
+        posix_fadvise(im->in_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+    return NBX_OK;
+}
+
+NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *path,
+                            const nbx_import_options *opts, nbx_import_stats *stats)
+{
+    if (stats)
+        memset(stats, 0, sizeof *stats);
+    if (!store || !path)
+        return nbx_fail(store, NBX_EINVAL, "nbx_import_file: store and path are required");
+    if (kind != NBX_IMPORT_PROFILES && kind != NBX_IMPORT_EVENTS)
+        return nbx_fail(store, NBX_EINVAL, "nbx_import_file: unknown kind %d", (int)kind);
+    nbx_import_options defaults;
+    nbx_import_options_init(&defaults);
+    if (!opts)
+        opts = &defaults;
+    if (opts->size < sizeof *opts)
+        return nbx_fail(store, NBX_EINVAL,
+                        "nbx_import_file: options not set up with nbx_import_options_init()");
+    if (opts->batch_size > BATCH_MAX)
+        return nbx_fail(store, NBX_EINVAL, "nbx_import_file: batch_size %zu is over %d",
+                        opts->batch_size, BATCH_MAX);
+    if (store->flags & NBX_STORE_READONLY)
+        return nbx_fail(store, NBX_EREADONLY, "%s: store opened read-only", store->path);
+
+    import im = {.store = store,
+                 .kind = kind,
+                 .name = path,
+                 .opts = opts,
+                 .batch_size = opts->batch_size ? opts->batch_size : DEFAULT_BATCH,
+                 .in_fd = -1,
+                 .spool_fd = -1,
+                 .rejects_fd = -1,
+                 .next_progress = PROGRESS_EVERY};
+    uint64_t stopped_at = 0;
+    int rc = open_input(&im, path);
+    if (rc == NBX_OK && opts->rejects_path) {
+        im.rejects_fd = open(opts->rejects_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (im.rejects_fd < 0)
+            rc = nbx_err_errno(&im.err, errno, "cannot create", opts->rejects_path);
+    }
+    if (rc == NBX_OK && (im.spool_fd = open_spool(store->path, &im.err)) < 0)
+        rc = im.err.code;
+    if (rc == NBX_OK)
+        rc = validate(&im);
+    if (rc == NBX_OK && lseek(im.spool_fd, 0, SEEK_SET) != 0)
+        rc = nbx_err_errno(&im.err, errno, "cannot rewind the import spool in", store->path);
+    if (rc == NBX_OK && im.spool_records > 0)
+        rc = apply(&im, &stopped_at);
+    if (rc && stopped_at > 1) {
+        char note[160];
+        snprintf(note, sizeof note,
+                 " (lines before %llu are in the store; running the file again completes it)",
+                 (unsigned long long)stopped_at);
+        size_t n = strlen(im.err.msg);
+        snprintf(im.err.msg + n, sizeof im.err.msg - n, "%s", note);
+    }
+
+    if (im.rejects_fd >= 0 && close(im.rejects_fd) != 0 && rc == NBX_OK)
+        rc = nbx_err_errno(&im.err, errno, "cannot write", opts->rejects_path);
+    if (im.spool_fd >= 0)
+        close(im.spool_fd);
+    if (im.in_fd >= 0 && im.in_fd != STDIN_FILENO)
+        close(im.in_fd);
+    nbx_buf_free(&im.rejects_buf);
+    if (stats)
+        *stats = im.stats;
+    if (rc)
+        return nbx_publish(store, &im.err);
+    nbx_clear_error(store);
+    return NBX_OK;
+}

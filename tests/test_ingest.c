@@ -1,0 +1,794 @@
+/* Suite: ingest (core/ingest.c): nbx_import_file() for profiles and events on
+ * real stores: validation before any write, rejects, standard input, batch
+ * boundaries, re-runs, equivalence with line-by-line application, and a
+ * SIGKILL in the middle of an import. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static char *dir;
+static nbx_store *store;
+
+static void setup(void)
+{
+    dir = tu_tempdir("ingest");
+    cr_assert_not_null(dir);
+    char *path = tu_path(dir, "store");
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &store), NBX_OK, "%s",
+                 nbx_last_errmsg());
+    free(path);
+}
+
+static void teardown(void)
+{
+    nbx_store_close(store);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+TestSuite(ingest, .init = setup, .fini = teardown, .timeout = 120);
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ * ------------------------------------------------------------------------ */
+
+static char *write_tmp(const char *name, const char *content)
+{
+    char *path = tu_path(dir, name);
+    cr_assert_eq(tu_write_file(path, content), 0, "cannot write %s", path);
+    return path;
+}
+
+static int import(nbx_import_kind kind, const char *path, size_t batch, const char *rejects,
+                  nbx_import_stats *st)
+{
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.batch_size = batch;
+    o.rejects_path = rejects;
+    return nbx_import_file(store, kind, path, &o, st);
+}
+
+static char *get(const char *id)
+{
+    char *json = NULL;
+    int rc = nbx_profile_get(store, id, &json, NULL);
+    cr_assert_eq(rc, NBX_OK, "get %s: %s", id, nbx_store_errmsg(store));
+    return json;
+}
+
+static nbx_store_stats stat_of(void)
+{
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    return st;
+}
+
+/* A digest of every key and value in every database: "the store is
+ * unchanged" means this is equal. */
+static uint64_t store_digest(nbx_store *s)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_dbi dbis[] = {s->profiles, s->exposures, s->budgets, s->events, s->history, s->meta};
+    uint64_t h = 0;
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+        MDB_cursor *c;
+        cr_assert_eq(mdb_cursor_open(txn, dbis[i], &c), 0);
+        MDB_val k, v;
+        int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        while (rc == 0) {
+            h = nbx_hash64(k.mv_data, k.mv_size, h + i);
+            h = nbx_hash64(v.mv_data, v.mv_size, h);
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(c);
+    }
+    mdb_txn_abort(txn);
+    return h;
+}
+
+/* Exposure counters of (customer, offer) as the decision path reads them. */
+static uint32_t exposure_count(const char *customer, const char *offer, int kind, int64_t now,
+                               uint32_t days)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    char key[NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX];
+    MDB_val k = {nbx_exposure_key(key, nbx_sv_of(customer), nbx_sv_of(offer)), key}, v;
+    uint32_t n = 0;
+    if (mdb_get(txn, store->exposures, &k, &v) == 0) {
+        nbx_arena a = {0};
+        nbx_exposure x;
+        cr_assert_eq(nbx_exposure_decode(v.mv_data, v.mv_size, &x, &a), NBX_OK);
+        n = nbx_exposure_count(&x, kind, nbx_day_of(now), days);
+        nbx_arena_free(&a);
+    }
+    mdb_txn_abort(txn);
+    return n;
+}
+
+static const char *good_profiles =
+    "{\"id\":\"c1\",\"attrs\":{\"country\":\"NL\",\"age\":40},\"consent\":{\"email\":true},"
+    "\"propensity\":{\"o1\":0.25},\"ltv\":120.5}\n"
+    "\n"
+    "{\"id\":\"c2\",\"attrs\":{\"country\":\"DE\"},\"churn\":0.4}\n"
+    "{\"id\":\"c1\",\"attrs\":{\"age\":41,\"tier\":\"gold\",\"country\":null}}\n";
+
+/* ------------------------------------------------------------------------
+ * Good input
+ * ------------------------------------------------------------------------ */
+
+Test(ingest, good_profiles_file_merges_in_file_order)
+{
+    char *path = write_tmp("p.jsonl", good_profiles);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.lines, 3, "blank lines are not counted: got %llu",
+                 (unsigned long long)st.lines);
+    cr_assert_eq(st.applied, 3);
+    cr_assert_eq(st.rejected, 0);
+    cr_assert_eq(stat_of().profiles, 2);
+    char *c1 = get("c1");
+    cr_assert(strstr(c1, "\"attrs\":{\"age\":41,\"tier\":\"gold\"}") != NULL, "%s", c1);
+    cr_assert(strstr(c1, "\"consent\":{\"email\":true}") != NULL, "%s", c1);
+    cr_assert(strstr(c1, "\"ltv\":120.5") != NULL, "%s", c1);
+    nbx_free(c1);
+    char *c2 = get("c2");
+    cr_assert(strstr(c2, "\"churn\":0.4") != NULL, "%s", c2);
+    nbx_free(c2);
+    free(path);
+}
+
+Test(ingest, crlf_and_missing_final_newline)
+{
+    char *path = write_tmp("p.jsonl", "{\"id\":\"a\"}\r\n  \r\n{\"id\":\"b\",\"ltv\":1}");
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.lines, 2);
+    cr_assert_eq(stat_of().profiles, 2);
+    free(path);
+}
+
+Test(ingest, empty_file_is_fine)
+{
+    char *path = write_tmp("empty.jsonl", "");
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.lines, 0);
+    cr_assert_eq(st.applied, 0);
+    free(path);
+}
+
+static const char *good_events =
+    "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"impression\",\"offer\":\"o1\","
+    "\"ts\":\"2026-03-01T10:00:00Z\",\"placement\":\"hero\"}\n"
+    "{\"event_id\":\"e2\",\"customer\":\"c1\",\"type\":\"impression\",\"offer\":\"o1\","
+    "\"ts\":\"2026-03-02T10:00:00Z\"}\n"
+    "{\"event_id\":\"e3\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"o1\","
+    "\"ts\":\"2026-03-02T10:00:05Z\"}\n"
+    "{\"event_id\":\"e4\",\"customer\":\"c1\",\"type\":\"impression\",\"offer\":\"o2\","
+    "\"ts\":\"2026-03-02T11:00:00Z\"}\n"
+    "{\"event_id\":\"e5\",\"customer\":\"c2\",\"type\":\"accept\",\"offer\":\"o1\","
+    "\"ts\":\"2026-03-02T12:00:00Z\"}\n"
+    "{\"event_id\":\"e6\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":50,"
+    "\"margin\":10,\"ts\":\"2026-03-02T13:00:00Z\"}\n"
+    "{\"event_id\":\"e7\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":25.5,"
+    "\"ts\":\"2026-02-01T13:00:00Z\",\"channel\":\"web\"}\n"
+    "{\"event_id\":\"e2\",\"customer\":\"c1\",\"type\":\"impression\",\"offer\":\"o1\","
+    "\"ts\":\"2026-03-02T10:00:00Z\"}\n";
+
+Test(ingest, good_events_file_updates_counters_budgets_and_rfm)
+{
+    char *path = write_tmp("e.jsonl", good_events);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.lines, 8);
+    cr_assert_eq(st.applied, 7);
+    cr_assert_eq(st.duplicates, 1, "e2 twice in one file: expected 1 duplicate, got %llu",
+                 (unsigned long long)st.duplicates);
+    int64_t now;
+    cr_assert_eq(nbx_time_parse("2026-03-02T23:00:00Z", &now), NBX_OK);
+    cr_assert_eq(exposure_count("c1", "o1", NBX_EXP_IMPRESSION, now, 1), 1);
+    cr_assert_eq(exposure_count("c1", "o1", NBX_EXP_IMPRESSION, now, 2), 2);
+    cr_assert_eq(exposure_count("c1", "o1", NBX_EXP_CLICK, now, 30), 1);
+    cr_assert_eq(exposure_count("c1", "", NBX_EXP_IMPRESSION, now, 30), 3,
+                 "the all-offers row counts every offer");
+    cr_assert_eq(exposure_count("c2", "o1", NBX_EXP_ACCEPT, now, 30), 1);
+    cr_assert_eq(exposure_count("c2", "o1", NBX_EXP_IMPRESSION, now, 30), 0);
+
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    char key[4 + NBX_OFFER_ID_MAX];
+    MDB_val k = {nbx_budget_key(key, nbx_day_of(now), NBX_SV("o1")), key}, v;
+    cr_assert_eq(mdb_get(txn, store->budgets, &k, &v), 0, "no budget row for o1 on 2026-03-02");
+    nbx_mp m;
+    nbx_mp_init(&m, v.mv_data, v.mv_size);
+    cr_assert_eq(nbx_mp_array(&m), 2);
+    cr_assert_eq(nbx_mp_uint(&m), 1, "impressions of o1 on 2026-03-02");
+    cr_assert_eq(nbx_mp_uint(&m), 1, "accepts of o1 on 2026-03-02");
+    mdb_txn_abort(txn);
+
+    char *c1 = get("c1");
+    cr_assert(strstr(c1, "\"first_purchase\":\"2026-02-01T13:00:00Z\","
+                         "\"last_purchase\":\"2026-03-02T13:00:00Z\",\"orders\":2,"
+                         "\"revenue\":75.5,\"margin\":10") != NULL,
+              "%s", c1);
+    nbx_free(c1);
+    cr_assert_eq(stat_of().events_seen, 7);
+    free(path);
+}
+
+Test(ingest, rerun_changes_nothing)
+{
+    char *path = write_tmp("e.jsonl", good_events);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 2, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    uint64_t before = store_digest(store);
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 3, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 0);
+    cr_assert_eq(st.duplicates, 8);
+    cr_assert_eq(store_digest(store), before, "a re-run changed the store");
+
+    char *ppath = write_tmp("p.jsonl",
+                            "{\"id\":\"p1\",\"attrs\":{\"a\":1},\"updated_at\":\"2026-01-01T00:00:00Z\"}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, ppath, 0, NULL, &st), NBX_OK);
+    before = store_digest(store);
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, ppath, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(store_digest(store), before, "re-importing a profile changed it");
+    free(path);
+    free(ppath);
+}
+
+/* Ids repeated across and within batches of 3: the last line wins, as
+ * line-by-line puts would give. */
+Test(ingest, batch_boundaries)
+{
+    char buf[4096] = "";
+    for (int i = 0; i < 20; i++) {
+        char line[128];
+        snprintf(line, sizeof line, "{\"id\":\"k%02d\",\"attrs\":{\"n\":%d,\"first\":%d}}\n",
+                 i % 7, i, i < 7 ? i : -1);
+        strcat(buf, line);
+    }
+    char *path = write_tmp("p.jsonl", buf);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 3, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 20);
+    cr_assert_eq(stat_of().profiles, 7);
+    for (int id = 0; id < 7; id++) {
+        int last = id + 14 < 20 ? id + 14 : id + 7;
+        char name[8], expect[64];
+        snprintf(name, sizeof name, "k%02d", id);
+        snprintf(expect, sizeof expect, "\"attrs\":{\"first\":-1,\"n\":%d}", last);
+        char *json = get(name);
+        cr_assert(strstr(json, expect) != NULL, "%s: expected %s in %s", name, expect, json);
+        nbx_free(json);
+    }
+    free(path);
+}
+
+/* The grouped, sorted apply gives byte for byte the counters and budgets
+ * that nbx_event_apply() line by line gives. */
+Test(ingest, same_result_as_line_by_line)
+{
+    char *path = tu_path(dir, "many.jsonl");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    const char *types[] = {"impression", "impression", "click", "accept", "dismiss", "purchase"};
+    unsigned seed = 7;
+    for (int i = 0; i < 3000; i++) {
+        seed = seed * 1103515245u + 12345u;
+        int t = (int)((seed >> 16) % 6), c = (int)((seed >> 8) % 40), o = (int)(seed % 9);
+        long ts = 1767225600L + (long)((seed >> 4) % (400 * 86400));
+        if (t == 5)
+            fprintf(f, "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"purchase\","
+                       "\"amount\":%d.25,\"ts\":%ld}\n", i % 2800, c, i % 97, ts);
+        else
+            fprintf(f, "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"%s\","
+                       "\"offer\":\"o%d\",\"ts\":%ld}\n", i % 2800, c, types[t], o, ts);
+    }
+    cr_assert_eq(fclose(f), 0);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 500, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+
+    char *other_path = tu_path(dir, "other");
+    nbx_store *other;
+    cr_assert_eq(nbx_store_open(other_path, NBX_STORE_CREATE, &other), NBX_OK);
+    size_t len;
+    char *text = tu_read_file(path, &len);
+    uint64_t applied = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        int ok;
+        cr_assert_eq(nbx_event_apply(other, line, strlen(line), &ok), NBX_OK, "%s",
+                     nbx_store_errmsg(other));
+        applied += ok;
+    }
+    cr_assert_eq(st.applied, applied);
+    cr_assert_eq(st.duplicates, 3000 - applied);
+
+    MDB_txn *ta, *tb;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &ta), 0);
+    cr_assert_eq(mdb_txn_begin(other->env, NULL, MDB_RDONLY, &tb), 0);
+    MDB_dbi da[] = {store->exposures, store->budgets, store->events, store->history};
+    MDB_dbi db[] = {other->exposures, other->budgets, other->events, other->history};
+    const char *names[] = {"exposures", "budgets", "events", "history"};
+    for (int i = 0; i < 4; i++) {
+        MDB_cursor *ca, *cb;
+        cr_assert_eq(mdb_cursor_open(ta, da[i], &ca), 0);
+        cr_assert_eq(mdb_cursor_open(tb, db[i], &cb), 0);
+        MDB_val ka, va, kb, vb;
+        int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST), rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
+        size_t n = 0;
+        while (ra == 0 && rb == 0) {
+            cr_assert(ka.mv_size == kb.mv_size && memcmp(ka.mv_data, kb.mv_data, ka.mv_size) == 0,
+                      "%s: key %zu differs", names[i], n);
+            cr_assert(va.mv_size == vb.mv_size && memcmp(va.mv_data, vb.mv_data, va.mv_size) == 0,
+                      "%s: value of key %zu differs", names[i], n);
+            ra = mdb_cursor_get(ca, &ka, &va, MDB_NEXT);
+            rb = mdb_cursor_get(cb, &kb, &vb, MDB_NEXT);
+            n++;
+        }
+        cr_assert(ra == MDB_NOTFOUND && rb == MDB_NOTFOUND, "%s: record counts differ", names[i]);
+        cr_assert_gt(n, 0, "%s is empty", names[i]);
+        mdb_cursor_close(ca);
+        mdb_cursor_close(cb);
+    }
+    /* profiles: equal RFM aggregates (updated_at is the clock) */
+    nbx_arena arena = {0};
+    for (int c = 0; c < 40; c++) {
+        char id[8];
+        snprintf(id, sizeof id, "c%d", c);
+        nbx_profile pa = {0}, pb = {0};
+        int rca = nbx_store_profile_get(store, ta, nbx_sv_of(id), &pa, &arena, NULL);
+        int rcb = nbx_store_profile_get(other, tb, nbx_sv_of(id), &pb, &arena, NULL);
+        cr_assert_eq(rca, rcb, "%s: present in one store only", id);
+        if (rca)
+            continue;
+        cr_assert_eq(pa.rfm.orders, pb.rfm.orders, "%s orders", id);
+        cr_assert_eq(pa.rfm.revenue, pb.rfm.revenue, "%s revenue", id);
+        cr_assert_eq(pa.rfm.first_purchase, pb.rfm.first_purchase, "%s first", id);
+        cr_assert_eq(pa.rfm.last_purchase, pb.rfm.last_purchase, "%s last", id);
+    }
+    nbx_arena_free(&arena);
+    mdb_txn_abort(ta);
+    mdb_txn_abort(tb);
+    nbx_store_close(other);
+    free(text);
+    free(other_path);
+    free(path);
+}
+
+/* ------------------------------------------------------------------------
+ * Bad input: FILE:LINE, the field, and nothing written
+ * ------------------------------------------------------------------------ */
+
+typedef struct bad_case {
+    nbx_import_kind kind;
+    const char *line;
+    const char *expect; /* in the message after FILE:LINE */
+    int code;
+} bad_case;
+
+static const char *ok_event = "{\"event_id\":\"g%d\",\"customer\":\"c%d\",\"type\":\"impression\","
+                              "\"offer\":\"o1\",\"ts\":1767225600}\n";
+static const char *ok_profile = "{\"id\":\"c%d\",\"attrs\":{\"n\":%d}}\n";
+
+/* A file of good lines with the bad one at line `at` (1-based). */
+static char *file_with_bad_line(const bad_case *bc, int lines, int at)
+{
+    char *path = tu_path(dir, "bad.jsonl");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 1; i <= lines; i++) {
+        if (i == at)
+            fprintf(f, "%s\n", bc->line);
+        else if (bc->kind == NBX_IMPORT_EVENTS)
+            fprintf(f, ok_event, i, i);
+        else
+            fprintf(f, ok_profile, i, i);
+    }
+    cr_assert_eq(fclose(f), 0);
+    return path;
+}
+
+static void check_bad(const bad_case *bc, int lines, int at, size_t batch)
+{
+    uint64_t before = store_digest(store);
+    char *path = file_with_bad_line(bc, lines, at);
+    nbx_import_stats st;
+    int rc = import(bc->kind, path, batch, NULL, &st);
+    cr_assert_eq(rc, bc->code, "%s: expected %s, got %d (%s)", bc->line, nbx_strerror(bc->code),
+                 rc, nbx_store_errmsg(store));
+    char where[4200];
+    snprintf(where, sizeof where, "%s:%d: ", path, at);
+    const char *msg = nbx_store_errmsg(store);
+    cr_assert(strncmp(msg, where, strlen(where)) == 0, "expected the message to start with '%s', got '%s'",
+              where, msg);
+    cr_assert(strstr(msg, bc->expect) != NULL, "expected '%s' in '%s'", bc->expect, msg);
+    cr_assert_eq(st.applied, 0);
+    cr_assert_eq(store_digest(store), before, "%s: the store changed", bc->line);
+    free(path);
+}
+
+static const bad_case bad_cases[] = {
+    {NBX_IMPORT_PROFILES, "{\"id\":\"c\",\"attrs\":{\"a\":1}", "column", NBX_EPARSE},
+    {NBX_IMPORT_PROFILES, "{\"id\":7}", "field 'id': must be a string", NBX_EPARSE},
+    {NBX_IMPORT_PROFILES, "{\"attrs\":{\"a\":1}}", "field 'id': is required", NBX_EPARSE},
+    {NBX_IMPORT_PROFILES, "{\"id\":\"c\",\"propensity\":{\"o1\":1.2}}",
+     "field 'propensity.o1': 1.2 is outside [0, 1]", NBX_EPARSE},
+    {NBX_IMPORT_PROFILES, "{\"id\":\"c\",\"ltv\":\"high\"}", "field 'ltv': must be a number",
+     NBX_EPARSE},
+    {NBX_IMPORT_EVENTS, "{\"event_id\":\"x\",\"customer\":\"c\",\"type\":\"view\",\"ts\":1}",
+     "field 'type': unknown event type 'view'", NBX_EPARSE},
+    {NBX_IMPORT_EVENTS, "{\"event_id\":\"x\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+     "field 'customer': is required", NBX_EPARSE},
+    {NBX_IMPORT_EVENTS, "{\"event_id\":\"x\",\"customer\":\"c\",\"type\":\"purchase\",\"ts\":1}",
+     "field 'amount': is required", NBX_EPARSE},
+    {NBX_IMPORT_EVENTS, "{\"event_id\":\"x\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\","
+                        "\"ts\":\"yesterday\"}",
+     "field 'ts'", NBX_EPARSE},
+    {NBX_IMPORT_EVENTS, "[1,2]", "must be a JSON object", NBX_EPARSE},
+};
+
+Test(ingest, each_bad_input_names_file_line_field_and_writes_nothing)
+{
+    /* something already in the store, which must stay as it is */
+    char *seed = write_tmp("seed.jsonl", good_profiles);
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, seed, 0, NULL, NULL), NBX_OK);
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        check_bad(&bad_cases[i], 5, 3, 0);
+        check_bad(&bad_cases[i], 40, 40, 4); /* after many batches' worth of good lines */
+        check_bad(&bad_cases[i], 3, 1, 0);
+    }
+    free(seed);
+}
+
+Test(ingest, id_too_long)
+{
+    char line[1024], id[300];
+    memset(id, 'x', 257);
+    id[257] = '\0';
+    snprintf(line, sizeof line, "{\"id\":\"%s\"}", id);
+    bad_case p = {NBX_IMPORT_PROFILES, line, "field 'id': 257 bytes, the limit is 256", NBX_EPARSE};
+    check_bad(&p, 4, 2, 0);
+    snprintf(line, sizeof line,
+             "{\"event_id\":\"e\",\"customer\":\"%s\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+             id);
+    bad_case e = {NBX_IMPORT_EVENTS, line, "field 'customer': must be 1 to 256 bytes", NBX_EPARSE};
+    check_bad(&e, 4, 4, 0);
+}
+
+/* A line over NBX_LINE_MAX: one that fits a read chunk, and one longer than
+ * a chunk (skipped without being held in memory). Lines after it keep their
+ * numbers. */
+Test(ingest, line_over_the_limit)
+{
+    size_t sizes[] = {NBX_LINE_MAX + 10, (size_t)9 << 20};
+    for (int i = 0; i < 2; i++) {
+        char *path = tu_path(dir, "long.jsonl");
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        fprintf(f, ok_profile, 1, 1);
+        fputs("{\"id\":\"big\",\"attrs\":{\"s\":\"", f);
+        for (size_t n = 0; n < sizes[i]; n++)
+            fputc('a', f);
+        fputs("\"}}\n", f);
+        fprintf(f, ok_profile, 3, 3);
+        fputs("{\"id\":3}\n", f);
+        cr_assert_eq(fclose(f), 0);
+
+        uint64_t before = store_digest(store);
+        int rc = import(NBX_IMPORT_PROFILES, path, 0, NULL, NULL);
+        cr_assert_eq(rc, NBX_ELIMIT, "got %d: %s", rc, nbx_store_errmsg(store));
+        char where[4200];
+        snprintf(where, sizeof where, "%s:2: line is ", path);
+        cr_assert(strstr(nbx_store_errmsg(store), where) != NULL, "%s",
+                  nbx_store_errmsg(store));
+        cr_assert(strstr(nbx_store_errmsg(store), "NBX_LINE_MAX") != NULL);
+        cr_assert_eq(store_digest(store), before);
+
+        /* with rejects: the long line and line 4 rejected, 1 and 3 applied */
+        char *rejects = tu_path(dir, "rejects.jsonl");
+        nbx_import_stats st;
+        cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, rejects, &st), NBX_OK, "%s",
+                     nbx_store_errmsg(store));
+        cr_assert_eq(st.rejected, 2);
+        cr_assert_eq(st.applied, 2);
+        json_error_t je;
+        json_t *first = json_load_file(rejects, JSON_DISABLE_EOF_CHECK, &je);
+        cr_assert_not_null(first, "rejects file is not JSON: %s", je.text);
+        cr_assert_eq(json_integer_value(json_object_get(first, "line")), 2);
+        cr_assert(json_is_true(json_object_get(first, "truncated")));
+        cr_assert_leq(strlen(json_string_value(json_object_get(first, "input"))), 1024);
+        json_decref(first);
+        free(rejects);
+        free(path);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Rejects
+ * ------------------------------------------------------------------------ */
+
+Test(ingest, rejects_file_gets_bad_lines_and_the_rest_is_applied)
+{
+    char *path = write_tmp("mixed.jsonl",
+                           "{\"id\":\"a\"}\n"
+                           "{\"id\":\"b\",\"propensity\":{\"o\":2}}\n"
+                           "not json\n"
+                           "\n"
+                           "{\"id\":\"c\",\"churn\":0.5}\n"
+                           "{\"id\":\"d\",\"nickname\":\"x\\u00e9\"}\n");
+    char *rejects = tu_path(dir, "rejects.jsonl");
+    cr_assert_eq(tu_write_file(rejects, "stale content\n"), 0);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, rejects, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.lines, 5);
+    cr_assert_eq(st.applied, 2);
+    cr_assert_eq(st.rejected, 3);
+    cr_assert_eq(stat_of().profiles, 2);
+
+    size_t len;
+    char *text = tu_read_file(rejects, &len);
+    cr_assert_not_null(text);
+    int expect_lines[] = {2, 3, 6};
+    const char *expect_error[] = {"field 'propensity.o': 2 is outside [0, 1]",
+                                  "must be a JSON object",
+                                  "field 'nickname': unknown field"};
+    const char *expect_input[] = {"{\"id\":\"b\",\"propensity\":{\"o\":2}}", "not json",
+                                  "{\"id\":\"d\",\"nickname\":\"x\\u00e9\"}"};
+    int n = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), n++) {
+        cr_assert_lt(n, 3, "more than 3 rejects: %s", line);
+        json_error_t je;
+        json_t *r = json_loads(line, 0, &je);
+        cr_assert_not_null(r, "reject %d is not JSON: %s", n, line);
+        cr_assert_eq(json_integer_value(json_object_get(r, "line")), expect_lines[n], "%s", line);
+        cr_assert(strstr(json_string_value(json_object_get(r, "error")), expect_error[n]) != NULL,
+                  "%s", line);
+        cr_assert_str_eq(json_string_value(json_object_get(r, "input")), expect_input[n]);
+        cr_assert_null(json_object_get(r, "truncated"));
+        json_decref(r);
+    }
+    cr_assert_eq(n, 3);
+    free(text);
+    free(rejects);
+    free(path);
+}
+
+Test(ingest, rejects_file_that_cannot_be_created)
+{
+    char *path = write_tmp("p.jsonl", good_profiles);
+    int rc = import(NBX_IMPORT_PROFILES, path, 0, "/nonexistent-dir/rejects.jsonl", NULL);
+    cr_assert_eq(rc, NBX_ENOTFOUND, "got %d", rc);
+    cr_assert(strstr(nbx_store_errmsg(store), "/nonexistent-dir/rejects.jsonl") != NULL);
+    cr_assert_eq(stat_of().profiles, 0);
+    free(path);
+}
+
+/* ------------------------------------------------------------------------
+ * Standard input
+ * ------------------------------------------------------------------------ */
+
+static int with_stdin(const char *file, nbx_import_kind kind, nbx_import_stats *st)
+{
+    int saved = dup(STDIN_FILENO);
+    int fd = open(file, O_RDONLY);
+    cr_assert(saved >= 0 && fd >= 0);
+    cr_assert_eq(dup2(fd, STDIN_FILENO), STDIN_FILENO);
+    close(fd);
+    int rc = import(kind, "-", 0, NULL, st);
+    cr_assert_eq(dup2(saved, STDIN_FILENO), STDIN_FILENO);
+    close(saved);
+    return rc;
+}
+
+Test(ingest, stdin_is_read_once_and_spooled)
+{
+    char *path = write_tmp("e.jsonl", good_events);
+    nbx_import_stats st;
+    cr_assert_eq(with_stdin(path, NBX_IMPORT_EVENTS, &st), NBX_OK, "%s", nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 7);
+    cr_assert_eq(stat_of().events_seen, 7);
+    free(path);
+
+    /* through a pipe, which cannot seek */
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        close(fds[0]);
+        for (int i = 0; i < 20000; i++) {
+            char line[128];
+            int n = snprintf(line, sizeof line, ok_profile, i, i);
+            if (write(fds[1], line, (size_t)n) != n)
+                _exit(1);
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    int saved = dup(STDIN_FILENO);
+    cr_assert_eq(dup2(fds[0], STDIN_FILENO), STDIN_FILENO);
+    close(fds[0]);
+    int rc = import(NBX_IMPORT_PROFILES, "-", 0, NULL, &st);
+    dup2(saved, STDIN_FILENO);
+    close(saved);
+    waitpid(pid, NULL, 0);
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 20000);
+    cr_assert_eq(stat_of().profiles, 20000);
+}
+
+Test(ingest, stdin_errors_name_stdin)
+{
+    bad_case bc = {NBX_IMPORT_PROFILES, "{\"id\":\"c\",\"churn\":3}", "field 'churn'", NBX_EPARSE};
+    char *path = file_with_bad_line(&bc, 3, 2);
+    uint64_t before = store_digest(store);
+    nbx_import_stats st;
+    cr_assert_eq(with_stdin(path, NBX_IMPORT_PROFILES, &st), NBX_EPARSE);
+    cr_assert(strncmp(nbx_store_errmsg(store), "<stdin>:2: field 'churn'", 24) == 0, "%s",
+              nbx_store_errmsg(store));
+    cr_assert_eq(store_digest(store), before);
+    free(path);
+}
+
+/* ------------------------------------------------------------------------
+ * Progress, misuse
+ * ------------------------------------------------------------------------ */
+
+static void count_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t total)
+{
+    uint64_t *calls = ud;
+    cr_assert_leq(bytes, total);
+    cr_assert_gt(lines, 0);
+    (*calls)++;
+}
+
+Test(ingest, progress_is_reported)
+{
+    char *path = tu_path(dir, "many.jsonl");
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 250000; i++)
+        fprintf(f, ok_event, i, i % 1000);
+    cr_assert_eq(fclose(f), 0);
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    uint64_t calls = 0;
+    o.progress = count_progress;
+    o.progress_ud = &calls;
+    o.batch_size = 50000;
+    nbx_import_stats st;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &st), NBX_OK);
+    cr_assert_eq(st.applied, 250000);
+    /* 2 in validation (100k, 200k) and 2 while applying */
+    cr_assert_geq(calls, 4, "progress called %llu times", (unsigned long long)calls);
+    cr_assert_leq(calls, 6, "progress called %llu times", (unsigned long long)calls);
+    free(path);
+}
+
+Test(ingest, misuse)
+{
+    nbx_import_options o;
+    nbx_import_options_init(NULL);
+    nbx_import_options_init(&o);
+    cr_assert_eq(o.size, sizeof o);
+    cr_assert_eq(o.batch_size, 10000);
+    cr_assert_null(o.rejects_path);
+    char *path = write_tmp("p.jsonl", good_profiles);
+    nbx_import_stats st = {.lines = 99};
+    cr_assert_eq(nbx_import_file(NULL, NBX_IMPORT_PROFILES, path, NULL, &st), NBX_EINVAL);
+    cr_assert_eq(st.lines, 0, "stats are cleared on failure");
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, NULL, NULL, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_import_file(store, (nbx_import_kind)7, path, NULL, NULL), NBX_EINVAL);
+    o.size = 0;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, NULL), NBX_EINVAL);
+    cr_assert(strstr(nbx_store_errmsg(store), "nbx_import_options_init") != NULL);
+    nbx_import_options_init(&o);
+    o.batch_size = 100000000;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, NULL), NBX_EINVAL);
+    /* defaults with NULL options */
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, NULL, NULL), NBX_OK);
+
+    char *missing = tu_path(dir, "missing.jsonl");
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, missing, NULL, NULL), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_store_errmsg(store), missing) != NULL, "%s", nbx_store_errmsg(store));
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, dir, NULL, NULL), NBX_EIO);
+    free(missing);
+
+    nbx_store *ro;
+    cr_assert_eq(nbx_store_open(store->path, NBX_STORE_READONLY, &ro), NBX_OK);
+    cr_assert_eq(nbx_import_file(ro, NBX_IMPORT_PROFILES, path, NULL, NULL), NBX_EREADONLY);
+    nbx_store_close(ro);
+    free(path);
+}
+
+/* ------------------------------------------------------------------------
+ * A SIGKILL while batches are being applied
+ * ------------------------------------------------------------------------ */
+
+Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
+{
+    enum { LINES = 300000, BATCH = 1000 };
+    char *path = tu_path(dir, "big.jsonl");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < LINES; i++)
+        fprintf(f, "{\"id\":\"k%07d\",\"attrs\":{\"n\":%d,\"s\":\"some text\"},"
+                   "\"propensity\":{\"o1\":0.5,\"o2\":0.25}}\n",
+                i, i);
+    cr_assert_eq(fclose(f), 0);
+    char *store_path = strdup(store->path);
+    nbx_store_close(store);
+    store = NULL;
+
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        nbx_store *s;
+        if (nbx_store_open(store_path, 0, &s) != NBX_OK)
+            _exit(2);
+        nbx_import_options o;
+        nbx_import_options_init(&o);
+        o.batch_size = BATCH;
+        _exit(nbx_import_file(s, NBX_IMPORT_PROFILES, path, &o, NULL) == NBX_OK ? 0 : 1);
+    }
+    /* wait until some batches are committed, then kill */
+    nbx_store *watch;
+    cr_assert_eq(nbx_store_open(store_path, NBX_STORE_READONLY, &watch), NBX_OK);
+    nbx_store_stats st = {0};
+    for (int i = 0; i < 600000; i++) {
+        cr_assert_eq(nbx_store_stat(watch, &st), NBX_OK);
+        if (st.profiles >= 5 * BATCH)
+            break;
+        usleep(100);
+    }
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    nbx_store_close(watch);
+    cr_assert(WIFSIGNALED(status), "the import finished before it was killed (%llu profiles)",
+              (unsigned long long)st.profiles);
+
+    cr_assert_eq(nbx_store_open(store_path, 0, &store), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_store_stats after = stat_of();
+    cr_assert_geq(after.profiles, 5 * BATCH);
+    cr_assert_lt(after.profiles, LINES, "the import was not interrupted");
+    cr_assert_eq(after.profiles % BATCH, 0, "a half batch is in the store: %llu profiles",
+                 (unsigned long long)after.profiles);
+    char *last = NULL;
+    char id[16];
+    snprintf(id, sizeof id, "k%07llu", (unsigned long long)after.profiles - 1);
+    cr_assert_eq(nbx_profile_get(store, id, &last, NULL), NBX_OK, "%s missing", id);
+    nbx_free(last);
+
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.batch_size = BATCH;
+    nbx_import_stats ist;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, &ist), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(stat_of().profiles, LINES);
+    free(store_path);
+    free(path);
+}
