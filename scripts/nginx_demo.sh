@@ -114,9 +114,9 @@ EOF
 }
 
 start() {
-    if pid=$(master_pid); then
-        echo "nginx_demo: already running (pid $pid); stop it with: $0 stop $build"
-        return 0
+    # A running demo may map a store that was regenerated since: restart.
+    if master_pid >/dev/null; then
+        stop
     fi
     [ -f "$module" ] || {
         echo "nginx_demo: $module is missing (is nginx-dev installed? run make)" >&2
