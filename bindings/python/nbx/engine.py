@@ -351,7 +351,7 @@ class Engine:
             raise _last_error(rc)
         b = _Batch(out.value)
         self._batches.add(b)
-        return _run_batch(b, customers, on_error, raw)
+        return _run_batch(self, b, customers, on_error, raw)
 
 
 class _Batch:
@@ -384,7 +384,9 @@ def _submit(handle, item):
     return N.nbx_batch_submit(handle, _text(item, "customer id"), None, 0, None), item
 
 
-def _run_batch(b, customers, on_error, raw):
+def _run_batch(engine, b, customers, on_error, raw):
+    # `engine` is held so that the engine outlives the generator even when
+    # the caller keeps no other reference to it.
     item_ptr = ctypes.POINTER(N.BatchItem)()
     try:
         window = N.nbx_batch_space(b.handle)
