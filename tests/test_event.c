@@ -1,0 +1,382 @@
+/* Suite: event (core/event.c, core/exposure.c): parsing events, applying
+ * them idempotently, exposure counters and their windows, daily budgets,
+ * RFM aggregates from purchases. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static char *dir;
+static nbx_store *store;
+static nbx_arena arena;
+
+static void setup(void)
+{
+    dir = tu_tempdir("event");
+    cr_assert_not_null(dir);
+    cr_assert_eq(nbx_store_open(dir, NBX_STORE_CREATE, &store), NBX_OK, "%s", nbx_last_errmsg());
+}
+
+static void teardown(void)
+{
+    nbx_store_close(store);
+    tu_rmtree(dir);
+    free(dir);
+    nbx_arena_free(&arena);
+}
+
+TestSuite(event, .init = setup, .fini = teardown, .timeout = 60);
+
+static int apply(const char *json)
+{
+    int applied = -1;
+    int rc = nbx_event_apply(store, json, strlen(json), &applied);
+    cr_assert_eq(rc, NBX_OK, "%s: %s", json, nbx_store_errmsg(store));
+    return applied;
+}
+
+static void exposure(const char *id, const char *customer, const char *type, const char *offer,
+                     const char *ts)
+{
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"%s\",\"offer\":\"%s\",\"ts\":\"%s\"}",
+             id, customer, type, offer, ts);
+    cr_assert_eq(apply(json), 1, "%s was not applied", id);
+}
+
+static int64_t t(const char *s)
+{
+    int64_t ms;
+    cr_assert_eq(nbx_time_parse(s, &ms), NBX_OK, "%s", s);
+    return ms;
+}
+
+/* The counters of (customer, offer); offer "" is the all-offers row. */
+static bool counters(const char *customer, const char *offer, nbx_exposure *x)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    char key[NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX];
+    MDB_val k = {nbx_exposure_key(key, nbx_sv_of(customer), nbx_sv_of(offer)), key}, v;
+    int rc = mdb_get(txn, store->exposures, &k, &v);
+    if (rc == 0)
+        cr_assert_eq(nbx_exposure_decode(v.mv_data, v.mv_size, x, &arena), NBX_OK);
+    mdb_txn_abort(txn);
+    return rc == 0;
+}
+
+static bool budget(const char *offer, const char *day, uint64_t *impressions, uint64_t *accepts)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    char key[4 + NBX_OFFER_ID_MAX];
+    MDB_val k = {nbx_budget_key(key, nbx_day_of(t(day)), nbx_sv_of(offer)), key}, v;
+    int rc = mdb_get(txn, store->budgets, &k, &v);
+    if (rc == 0) {
+        nbx_mp m;
+        nbx_mp_init(&m, v.mv_data, v.mv_size);
+        cr_assert_eq(nbx_mp_array(&m), 2);
+        *impressions = nbx_mp_uint(&m);
+        *accepts = nbx_mp_uint(&m);
+        cr_assert_not(m.bad);
+    }
+    mdb_txn_abort(txn);
+    return rc == 0;
+}
+
+static uint64_t digest(void)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_dbi dbis[] = {store->profiles, store->exposures, store->budgets, store->events,
+                      store->history};
+    uint64_t h = 0;
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+        MDB_cursor *c;
+        cr_assert_eq(mdb_cursor_open(txn, dbis[i], &c), 0);
+        MDB_val k, v;
+        while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+            h = nbx_hash64(k.mv_data, k.mv_size, h + i);
+            h = nbx_hash64(v.mv_data, v.mv_size, h);
+        }
+        mdb_cursor_close(c);
+    }
+    mdb_txn_abort(txn);
+    return h;
+}
+
+/* ------------------------------------------------------------------------
+ * Parsing
+ * ------------------------------------------------------------------------ */
+
+Test(event, parse_a_purchase_and_an_exposure)
+{
+    nbx_event ev;
+    nbx_err e = {0};
+    const char *p = "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":19.5,"
+                    "\"margin\":4,\"ts\":\"2026-03-01T10:00:00Z\",\"campaign\":{\"a\":[1]}}";
+    cr_assert_eq(nbx_event_parse(p, strlen(p), &ev, &arena, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(ev.type, NBX_EV_PURCHASE);
+    cr_assert(nbx_sv_eq_cstr(ev.id, "e1") && nbx_sv_eq_cstr(ev.customer, "c1"));
+    cr_assert_eq(ev.amount, 19.5);
+    cr_assert_eq(ev.margin, 4);
+    cr_assert_eq(ev.ts_ms, t("2026-03-01T10:00:00Z"));
+    const char *x = "{\"type\":\"dismiss\",\"ts\":1767225600.5,\"event_id\":\"e2\","
+                    "\"customer\":\"c1\",\"offer\":\"o9\",\"placement\":\"hero\"}";
+    cr_assert_eq(nbx_event_parse(x, strlen(x), &ev, &arena, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(ev.type, NBX_EV_DISMISS);
+    cr_assert_eq(ev.ts_ms, 1767225600500);
+    cr_assert(nbx_sv_eq_cstr(ev.placement, "hero"));
+    cr_assert(isnan(ev.margin), "margin not given is NaN");
+}
+
+Test(event, parse_errors_name_the_field)
+{
+    char long_id[300];
+    memset(long_id, 'e', 257);
+    long_id[257] = '\0';
+    char long_line[700], long_pair[700];
+    snprintf(long_line, sizeof long_line,
+             "{\"event_id\":\"%s\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+             long_id);
+    long_id[256] = '\0';
+    snprintf(long_pair, sizeof long_pair,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+             long_id, long_id);
+    struct {
+        const char *json;
+        const char *expect;
+    } cases[] = {
+        {"{\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+         "field 'event_id': is required"},
+        {"{\"event_id\":\"e\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+         "field 'customer': is required"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"offer\":\"o\",\"ts\":1}",
+         "field 'type': is required"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\"}",
+         "field 'ts': is required"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"view\",\"offer\":\"o\",\"ts\":1}",
+         "field 'type': unknown event type 'view'"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":5,\"offer\":\"o\",\"ts\":1}",
+         "field 'type': must be a string"},
+        {"{\"event_id\":7,\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+         "field 'event_id': must be a string"},
+        {"{\"event_id\":\"e\",\"customer\":\"\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+         "field 'customer': must be 1 to 256 bytes"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"ts\":1}",
+         "field 'offer': is required for a click event"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"ts\":1}",
+         "field 'amount': is required for a purchase"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"amount\":\"9\",\"ts\":1}",
+         "field 'amount': must be a number"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"amount\":1e13,\"ts\":1}",
+         "field 'amount': 1e+13 is out of range"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"amount\":1,"
+         "\"margin\":null,\"ts\":1}",
+         "field 'margin': must be a number"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":\"soon\"}",
+         "field 'ts': must be an RFC 3339 time"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1e12}",
+         "field 'ts': not a time in epoch seconds"},
+        {long_line, "field 'event_id': must be 1 to 256 bytes (got 257)"},
+        {long_pair, "field 'event_id': 256 bytes with a 256-byte customer"},
+        {"[\"e\"]", "an event must be a JSON object"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1} {}",
+         "unexpected"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_event ev;
+        nbx_err e = {0};
+        int rc = nbx_event_parse(cases[i].json, strlen(cases[i].json), &ev, &arena, &e);
+        cr_assert_eq(rc, NBX_EPARSE, "accepted: %s", cases[i].json);
+        cr_assert(strstr(e.msg, cases[i].expect) != NULL, "for %s expected '%s', got '%s'",
+                  cases[i].json, cases[i].expect, e.msg);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Applying
+ * ------------------------------------------------------------------------ */
+
+Test(event, apply_is_idempotent_by_event_id)
+{
+    const char *ev = "{\"event_id\":\"once\",\"customer\":\"c1\",\"type\":\"impression\","
+                     "\"offer\":\"o1\",\"ts\":\"2026-03-01T10:00:00Z\"}";
+    cr_assert_eq(apply(ev), 1);
+    uint64_t before = digest();
+    cr_assert_eq(apply(ev), 0, "a seen event id was applied again");
+    /* same id, other content: still a duplicate */
+    cr_assert_eq(apply("{\"event_id\":\"once\",\"customer\":\"c2\",\"type\":\"purchase\","
+                       "\"amount\":5,\"ts\":\"2026-03-01T10:00:00Z\"}"),
+                 0);
+    cr_assert_eq(digest(), before, "a duplicate changed the store");
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 1);
+    cr_assert_eq(st.profiles, 0, "the duplicate purchase created a profile");
+}
+
+Test(event, counters_and_windows)
+{
+    exposure("i1", "c1", "impression", "o1", "2026-02-01T10:00:00Z");
+    exposure("i2", "c1", "impression", "o1", "2026-02-25T10:00:00Z");
+    exposure("i3", "c1", "impression", "o1", "2026-03-01T09:00:00Z");
+    exposure("i4", "c1", "impression", "o1", "2026-03-01T23:59:59Z");
+    exposure("k1", "c1", "click", "o1", "2026-03-01T09:00:05Z");
+    exposure("d1", "c1", "dismiss", "o1", "2026-02-20T00:00:00Z");
+    exposure("a1", "c1", "accept", "o2", "2026-02-28T12:00:00Z");
+    exposure("i5", "c2", "impression", "o1", "2026-03-01T09:00:00Z");
+
+    nbx_exposure x;
+    cr_assert(counters("c1", "o1", &x));
+    uint32_t today = nbx_day_of(t("2026-03-01T12:00:00Z"));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 1), 2, "today");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 5), 3, "5 days: 02-25..03-01");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 4), 2, "4 days: 02-26..03-01");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 28), 3, "02-02..03-01");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 29), 4, "02-01..03-01");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 0), 0);
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today - 1, 1), 0, "yesterday");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_CLICK, today, 7), 1);
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_DISMISS, today, 10), 1);
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_DISMISS, today, 9), 0);
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_ACCEPT, today, 30), 0, "accept was on o2");
+    cr_assert_eq(x.last[NBX_EXP_IMPRESSION], t("2026-03-01T23:59:59Z"));
+    cr_assert_eq(x.last[NBX_EXP_DISMISS], t("2026-02-20T00:00:00Z"));
+    cr_assert_eq(x.last[NBX_EXP_ACCEPT], 0);
+
+    cr_assert(counters("c1", "", &x), "no all-offers row");
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 30), 4);
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_ACCEPT, today, 30), 1);
+    cr_assert(counters("c1", "o2", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_ACCEPT, today, 2), 1);
+    cr_assert(counters("c2", "o1", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 1), 1);
+    cr_assert_not(counters("c2", "o2", &x));
+    cr_assert_not(counters("c3", "", &x));
+}
+
+Test(event, buckets_older_than_a_year_are_pruned)
+{
+    exposure("old", "c1", "impression", "o1", "2024-01-01T00:00:00Z");
+    exposure("mid", "c1", "impression", "o1", "2025-06-01T00:00:00Z");
+    exposure("new", "c1", "impression", "o1", "2026-03-01T00:00:00Z");
+    /* late arrival older than the window: counted nowhere */
+    exposure("late", "c1", "impression", "o1", "2024-06-01T00:00:00Z");
+    nbx_exposure x;
+    cr_assert(counters("c1", "o1", &x));
+    cr_assert_eq(x.n_days, 2, "expected the 2025-06 and 2026-03 buckets, got %u", x.n_days);
+    cr_assert_eq(x.days[0].day, nbx_day_of(t("2025-06-01T00:00:00Z")));
+    uint32_t today = nbx_day_of(t("2026-03-01T00:00:00Z"));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, NBX_WINDOW_DAYS_MAX), 2);
+}
+
+Test(event, budgets_count_impressions_and_accepts_per_day)
+{
+    exposure("b1", "c1", "impression", "o1", "2026-03-01T01:00:00Z");
+    exposure("b2", "c2", "impression", "o1", "2026-03-01T02:00:00Z");
+    exposure("b3", "c2", "accept", "o1", "2026-03-01T02:00:10Z");
+    exposure("b4", "c2", "click", "o1", "2026-03-01T02:00:05Z");
+    exposure("b5", "c3", "dismiss", "o1", "2026-03-01T03:00:00Z");
+    exposure("b6", "c3", "impression", "o1", "2026-03-02T00:00:00Z");
+    exposure("b7", "c3", "impression", "o2", "2026-03-01T00:00:00Z");
+    uint64_t imp, acc;
+    cr_assert(budget("o1", "2026-03-01T12:00:00Z", &imp, &acc));
+    cr_assert_eq(imp, 2, "clicks and dismisses are not impressions");
+    cr_assert_eq(acc, 1);
+    cr_assert(budget("o1", "2026-03-02T12:00:00Z", &imp, &acc));
+    cr_assert_eq(imp, 1);
+    cr_assert_eq(acc, 0);
+    cr_assert(budget("o2", "2026-03-01T12:00:00Z", &imp, &acc));
+    cr_assert_eq(imp, 1);
+    cr_assert_not(budget("o3", "2026-03-01T12:00:00Z", &imp, &acc));
+}
+
+Test(event, purchases_update_rfm_aggregates)
+{
+    const char *profile = "{\"id\":\"c1\",\"attrs\":{\"tier\":\"gold\"},"
+                          "\"rfm\":{\"orders\":1,\"revenue\":10,\"first_purchase\":"
+                          "\"2025-12-01T00:00:00Z\",\"last_purchase\":\"2025-12-01T00:00:00Z\"}}";
+    cr_assert_eq(nbx_profile_put(store, profile, strlen(profile)), NBX_OK);
+    cr_assert_eq(apply("{\"event_id\":\"p1\",\"customer\":\"c1\",\"type\":\"purchase\","
+                       "\"amount\":20.25,\"margin\":5,\"ts\":\"2026-02-01T00:00:00Z\"}"),
+                 1);
+    cr_assert_eq(apply("{\"event_id\":\"p2\",\"customer\":\"c1\",\"type\":\"purchase\","
+                       "\"amount\":4.75,\"ts\":\"2025-11-01T00:00:00Z\"}"),
+                 1, "an earlier purchase arriving late");
+    cr_assert_eq(apply("{\"event_id\":\"p3\",\"customer\":\"c1\",\"type\":\"purchase\","
+                       "\"amount\":-5,\"margin\":-1,\"ts\":\"2026-01-01T00:00:00Z\"}"),
+                 1, "a refund");
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(store, "c1", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"first_purchase\":\"2025-11-01T00:00:00Z\","
+                           "\"last_purchase\":\"2026-02-01T00:00:00Z\",\"orders\":4,"
+                           "\"revenue\":30,\"margin\":4") != NULL,
+              "%s", json);
+    cr_assert(strstr(json, "\"attrs\":{\"tier\":\"gold\"}") != NULL, "attrs lost: %s", json);
+    nbx_free(json);
+
+    /* a purchase before the profile import creates a bare profile */
+    cr_assert_eq(apply("{\"event_id\":\"p4\",\"customer\":\"new\",\"type\":\"purchase\","
+                       "\"amount\":8,\"ts\":\"2026-02-02T00:00:00Z\"}"),
+                 1);
+    cr_assert_eq(nbx_profile_get(store, "new", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"attrs\":{},\"consent\":{},\"propensity\":{},\"rfm\":{"
+                           "\"first_purchase\":\"2026-02-02T00:00:00Z\","
+                           "\"last_purchase\":\"2026-02-02T00:00:00Z\",\"orders\":1,"
+                           "\"revenue\":8,\"margin\":0") != NULL,
+              "%s", json);
+    nbx_free(json);
+    /* a later profile import merges over it and keeps the aggregates */
+    const char *later = "{\"id\":\"new\",\"attrs\":{\"tier\":\"silver\"}}";
+    cr_assert_eq(nbx_profile_put(store, later, strlen(later)), NBX_OK);
+    cr_assert_eq(nbx_profile_get(store, "new", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"orders\":1,\"revenue\":8") != NULL, "%s", json);
+    nbx_free(json);
+}
+
+Test(event, erasure_removes_counters_history_and_event_ids)
+{
+    exposure("x1", "c1", "impression", "o1", "2026-03-01T01:00:00Z");
+    exposure("x2", "c10", "impression", "o1", "2026-03-01T01:00:00Z");
+    cr_assert_eq(apply("{\"event_id\":\"x3\",\"customer\":\"c1\",\"type\":\"purchase\","
+                       "\"amount\":8,\"ts\":\"2026-02-02T00:00:00Z\"}"),
+                 1);
+    cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK, "%s", nbx_store_errmsg(store));
+    nbx_exposure x;
+    cr_assert_not(counters("c1", "o1", &x));
+    cr_assert_not(counters("c1", "", &x));
+    cr_assert(counters("c10", "o1", &x), "erasing c1 touched c10");
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 1, "c1's event ids were not erased");
+    cr_assert_eq(st.exposure_keys, 2);
+    /* the erased customer's event ids are forgotten: re-sent events apply */
+    exposure("x1", "c1", "impression", "o1", "2026-03-01T01:00:00Z");
+    cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK, "an exposure-only customer erases");
+    cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_ENOTFOUND);
+}
+
+Test(event, misuse)
+{
+    int applied = 7;
+    cr_assert_eq(nbx_event_apply(NULL, "{}", 2, &applied), NBX_EINVAL);
+    cr_assert_eq(applied, 0);
+    cr_assert_eq(nbx_event_apply(store, NULL, 2, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_event_apply(store, "{}", (size_t)NBX_LINE_MAX + 1, NULL), NBX_ELIMIT);
+    cr_assert_eq(nbx_event_apply(store, "{\"event_id\":1}", 14, NULL), NBX_EPARSE);
+    cr_assert(strstr(nbx_store_errmsg(store), "event_id") != NULL);
+    nbx_store *ro;
+    cr_assert_eq(nbx_store_open(dir, NBX_STORE_READONLY, &ro), NBX_OK);
+    const char *ev = "{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\","
+                     "\"ts\":1}";
+    cr_assert_eq(nbx_event_apply(ro, ev, strlen(ev), NULL), NBX_EREADONLY);
+    nbx_store_close(ro);
+    cr_assert_str_eq(nbx_event_type_name(NBX_EV_ACCEPT), "accept");
+    cr_assert_str_eq(nbx_event_type_name(99), "unknown");
+}
