@@ -128,24 +128,6 @@ double cli_now_seconds(void);
 int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
 
 /* ========================================================================
- * Transitional: library functions still being written
- *
- * The CLI is written against nbx.h while libnbx is filled in. Until a
- * function exists in the library, it is a weak reference here so the nbx
- * binary (and everyone's build) still links; the command that needs it
- * fails with a clear message. Each line goes away when its function lands.
- * ======================================================================== */
-
-#pragma weak nbx_rfm_rebuild
-
-/* Return from the calling command if the library lacks fn. */
-#define CLI_REQUIRE(args, fn)                                                                      \
-    do {                                                                                           \
-        if (!(fn))                                                                                 \
-            return cli_error((args)->cmd, "this libnbx does not provide %s yet", #fn);             \
-    } while (0)
-
-/* ========================================================================
  * Command entry points
  * ======================================================================== */
 

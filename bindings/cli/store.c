@@ -38,8 +38,6 @@ static void show_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t tot
 static int run_import(cli_args *args, nbx_import_kind kind)
 {
     const char *path = args->positional[0];
-    if (!cli_store_path(args))
-        return CLI_USAGE;
     int exit_code;
     nbx_store *store = cli_open_store(args, NBX_STORE_CREATE, &exit_code);
     if (!store)
@@ -148,9 +146,6 @@ static void print_rfm_text(const nbx_rfm_stats *st, int64_t as_of)
 
 int cli_run_rfm_rebuild(cli_args *args)
 {
-    if (!cli_store_path(args))
-        return CLI_USAGE;
-    CLI_REQUIRE(args, nbx_rfm_rebuild);
     int exit_code;
     nbx_store *store = cli_open_store(args, 0, &exit_code);
     if (!store)

@@ -1000,6 +1000,17 @@ class T10Gen(CliTestCase):
         self.assertEqual(summary_counts(r.stdout), (2000, 2000, 0, 0))
         r = self.ok("ingest", events, "--store", self.store)
         self.assertEqual(summary_counts(r.stdout), (10000, 10000, 0, 0))
+        # Events about known customers add to their profiles, never beside them.
+        self.assertEqual(self.stats()["profiles"], 2000)
+        with open(profiles, encoding="utf-8") as f:
+            generated = [json.loads(line) for line in f]
+        stored = [json.loads(line) for line in self.export().splitlines()]
+        self.assertEqual([p["id"] for p in stored], [p["id"] for p in generated])
+        for before, after in zip(generated, stored):
+            self.assertEqual(after["attrs"], before["attrs"], before["id"])
+            self.assertEqual(after["propensity"], before["propensity"], before["id"])
+            if "rfm" in before:
+                self.assertGreaterEqual(after["rfm"]["orders"], before["rfm"]["orders"])
 
     def test_06_wide_ids(self):
         lines = self.gen("events", "--customers", "123456789", "--count", "3",
