@@ -119,6 +119,8 @@ static void ngx_http_nbx_event_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_nbx_read_body(ngx_http_request_t *r, size_t max,
     ngx_str_t *body, const char **err);
 static ngx_int_t ngx_http_nbx_status(int rc);
+static ngx_int_t ngx_http_nbx_library_error(ngx_http_request_t *r, int rc,
+    ngx_http_nbx_engine_t *engine, const char *call);
 static ngx_int_t ngx_http_nbx_send_json(ngx_http_request_t *r,
     ngx_uint_t status, const u_char *json, size_t len);
 static ngx_int_t ngx_http_nbx_send_error(ngx_http_request_t *r,
@@ -375,15 +377,7 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
     engine->log = NULL;
 
     if (rc != NBX_OK) {
-        status = ngx_http_nbx_status(rc);
-
-        if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "nbx_decide() failed: %s: %s",
-                          nbx_strerror(rc), nbx_ctx_errmsg(engine->ctx));
-        }
-
-        return ngx_http_nbx_send_error(r, status, nbx_ctx_errmsg(engine->ctx));
+        return ngx_http_nbx_library_error(r, rc, engine, "nbx_decide()");
     }
 
     json = nbx_result_json(result, &len);
@@ -593,16 +587,8 @@ ngx_http_nbx_event_body(ngx_http_request_t *r)
     engine->log = NULL;
 
     if (rc != NBX_OK) {
-        status = ngx_http_nbx_status(rc);
-
-        if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "nbx_record() failed: %s: %s",
-                          nbx_strerror(rc), nbx_ctx_errmsg(engine->ctx));
-        }
-
         ngx_http_finalize_request(r,
-            ngx_http_nbx_send_error(r, status, nbx_ctx_errmsg(engine->ctx)));
+            ngx_http_nbx_library_error(r, rc, engine, "nbx_record()"));
         return;
     }
 
@@ -733,6 +719,34 @@ ngx_http_nbx_status(int rc)
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+}
+
+
+/*
+ * A failed library call: the client learns what was wrong with its request
+ * (4xx, the context's message names the field); server-side failures are
+ * logged with their detail and answered without it.
+ */
+static ngx_int_t
+ngx_http_nbx_library_error(ngx_http_request_t *r, int rc,
+    ngx_http_nbx_engine_t *engine, const char *call)
+{
+    ngx_int_t    status;
+    const char  *message;
+
+    status = ngx_http_nbx_status(rc);
+    message = nbx_ctx_errmsg(engine->ctx);
+
+    if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "nbx: %s failed: %s: %s", call, nbx_strerror(rc),
+                      message);
+
+        message = (status == NGX_HTTP_SERVICE_UNAVAILABLE)
+                  ? "nbx store unavailable" : nbx_strerror(rc);
+    }
+
+    return ngx_http_nbx_send_error(r, status, message);
 }
 
 
