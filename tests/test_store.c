@@ -1,0 +1,409 @@
+/* Suite: store (core/store.c): opening, creating, read-only use, schema
+ * versions, counts, iteration, erasure, and every public store call with
+ * NULL arguments. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "nbx_int.h"
+#include "testutil.h"
+
+static char *dir;
+static char *path; /* dir/store: does not exist until a test creates it */
+
+static void setup(void)
+{
+    dir = tu_tempdir("store");
+    cr_assert_not_null(dir);
+    path = tu_path(dir, "store");
+}
+
+static void teardown(void)
+{
+    tu_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+TestSuite(store, .init = setup, .fini = teardown, .timeout = 120);
+
+static nbx_store *create(void)
+{
+    nbx_store *s = NULL;
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &s), NBX_OK, "%s", nbx_last_errmsg());
+    return s;
+}
+
+static void put(nbx_store *s, const char *json)
+{
+    cr_assert_eq(nbx_profile_put(s, json, strlen(json)), NBX_OK, "%s: %s", json,
+                 nbx_store_errmsg(s));
+}
+
+static void event(nbx_store *s, const char *json)
+{
+    cr_assert_eq(nbx_event_apply(s, json, strlen(json), NULL), NBX_OK, "%s: %s", json,
+                 nbx_store_errmsg(s));
+}
+
+/* ------------------------------------------------------------------------
+ * Open, create, read-only, schema
+ * ------------------------------------------------------------------------ */
+
+Test(store, missing_store_is_not_found_and_named)
+{
+    nbx_store *s = (nbx_store *)1;
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_ENOTFOUND);
+    cr_assert_null(s, "out must be NULL on failure");
+    cr_assert(strstr(nbx_last_errmsg(), path) != NULL, "message does not name %s: %s", path,
+              nbx_last_errmsg());
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &s), NBX_ENOTFOUND);
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY | NBX_STORE_CREATE, &s), NBX_ENOTFOUND,
+                 "read-only never creates");
+    struct stat st;
+    cr_assert_neq(stat(path, &st), 0, "a failed open created %s", path);
+    /* a directory that holds no store */
+    cr_assert_eq(mkdir(path, 0775), 0);
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_last_errmsg(), path) != NULL, "%s", nbx_last_errmsg());
+    /* a file where the store should be */
+    char *file = tu_path(dir, "file");
+    cr_assert_eq(tu_write_file(file, "x"), 0);
+    cr_assert_eq(nbx_store_open(file, NBX_STORE_CREATE, &s), NBX_EIO);
+    cr_assert(strstr(nbx_last_errmsg(), "directory") != NULL, "%s", nbx_last_errmsg());
+    free(file);
+}
+
+Test(store, create_then_reopen_keeps_data)
+{
+    nbx_store *s = create();
+    put(s, "{\"id\":\"c1\",\"ltv\":3}");
+    nbx_store_close(s);
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK, "%s", nbx_last_errmsg());
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c1", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"ltv\":3") != NULL, "%s", json);
+    nbx_free(json);
+    nbx_store_close(s);
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_NOMETASYNC, &s), NBX_OK);
+    put(s, "{\"id\":\"c2\"}");
+    nbx_store_close(s);
+    cr_assert_eq(nbx_store_open(path, 0x100, &s), NBX_EINVAL, "unknown flags");
+}
+
+Test(store, read_only_reads_and_refuses_writes)
+{
+    nbx_store *w = create();
+    put(w, "{\"id\":\"c1\"}");
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &s), NBX_OK, "%s", nbx_last_errmsg());
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c1", &json, NULL), NBX_OK);
+    nbx_free(json);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.profiles, 1);
+
+    cr_assert_eq(nbx_profile_put(s, "{\"id\":\"c2\"}", 11), NBX_EREADONLY);
+    cr_assert(strstr(nbx_store_errmsg(s), "read-only") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_profile_delete(s, "c1"), NBX_EREADONLY);
+    const char *ev = "{\"event_id\":\"e\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"o\","
+                     "\"ts\":1}";
+    cr_assert_eq(nbx_event_apply(s, ev, strlen(ev), NULL), NBX_EREADONLY);
+    char *file = tu_path(dir, "p.jsonl");
+    cr_assert_eq(tu_write_file(file, "{\"id\":\"c3\"}\n"), 0);
+    cr_assert_eq(nbx_import_file(s, NBX_IMPORT_PROFILES, file, NULL, NULL), NBX_EREADONLY);
+    cr_assert_eq(nbx_rfm_rebuild(s, 0, NULL), NBX_EREADONLY);
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.profiles, 1, "a refused write wrote");
+    nbx_store_close(s);
+    nbx_store_close(w);
+    free(file);
+}
+
+/* Write the meta "schema" byte with raw LMDB, as a future nbx would. */
+static void set_schema(const void *value, size_t len)
+{
+    MDB_env *env;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
+    MDB_txn *txn;
+    MDB_dbi meta;
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    MDB_val k = {6, "schema"}, v = {len, (void *)value};
+    cr_assert_eq(mdb_put(txn, meta, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+Test(store, newer_schema_is_refused)
+{
+    nbx_store_close(create());
+    uint8_t newer = NBX_SCHEMA_VERSION + 1;
+    set_schema(&newer, 1);
+    nbx_store *s = (nbx_store *)1;
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_EVERSION, "%s", nbx_last_errmsg());
+    cr_assert_null(s);
+    cr_assert(strstr(nbx_last_errmsg(), "newer") != NULL, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &s), NBX_EVERSION);
+
+    uint8_t garbled[2] = {1, 1};
+    set_schema(garbled, 2);
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_ECORRUPT, "%s", nbx_last_errmsg());
+
+    uint8_t same = NBX_SCHEMA_VERSION;
+    set_schema(&same, 1);
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.schema_version, NBX_SCHEMA_VERSION);
+    nbx_store_close(s);
+}
+
+Test(store, corrupt_profile_value_is_reported)
+{
+    nbx_store *s = create();
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, 0, &txn), 0);
+    MDB_val k = {3, "bad"}, v = {3, "\x93\x01\x02"};
+    cr_assert_eq(mdb_put(txn, s->profiles, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "bad", &json, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "'bad'") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_profile_put(s, "{\"id\":\"bad\"}", 12), NBX_ECORRUPT,
+                 "merging over an undecodable value must fail, not overwrite it");
+    cr_assert_eq(nbx_rfm_rebuild(s, 0, NULL), NBX_ECORRUPT);
+    nbx_store_close(s);
+}
+
+/* ------------------------------------------------------------------------
+ * NULL and misuse, every public store call
+ * ------------------------------------------------------------------------ */
+
+Test(store, null_arguments_everywhere)
+{
+    nbx_store *s = create();
+    nbx_store *out = (nbx_store *)1;
+    cr_assert_eq(nbx_store_open(NULL, 0, &out), NBX_EINVAL);
+    cr_assert_null(out);
+    cr_assert_eq(nbx_store_open(path, 0, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_store_open("", NBX_STORE_CREATE, &out), NBX_EINVAL);
+    nbx_store_close(NULL);
+    cr_assert_not_null(nbx_store_errmsg(NULL));
+    cr_assert_not_null(nbx_store_errmsg(s));
+
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(NULL, &st), NBX_EINVAL);
+    cr_assert_eq(nbx_store_stat(s, NULL), NBX_EINVAL);
+
+    char *json = (char *)1;
+    cr_assert_eq(nbx_profile_get(NULL, "c", &json, NULL), NBX_EINVAL);
+    cr_assert_null(json);
+    cr_assert_eq(nbx_profile_get(s, NULL, &json, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_get(s, "c", NULL, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_put(NULL, "{}", 2), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_put(s, NULL, 0), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_delete(NULL, "c"), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_delete(s, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_event_apply(NULL, "{}", 2, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_event_apply(s, NULL, 0, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_import_file(NULL, NBX_IMPORT_EVENTS, "x", NULL, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_import_file(s, NBX_IMPORT_EVENTS, NULL, NULL, NULL), NBX_EINVAL);
+    nbx_import_options_init(NULL);
+    cr_assert_eq(nbx_rfm_rebuild(NULL, 0, NULL), NBX_EINVAL);
+
+    nbx_iter *it = (nbx_iter *)1;
+    cr_assert_eq(nbx_iter_open(NULL, 0, NULL, &it), NBX_EINVAL);
+    cr_assert_null(it);
+    cr_assert_eq(nbx_iter_open(s, 0, NULL, NULL), NBX_EINVAL);
+    char long_after[NBX_ID_MAX + 2];
+    memset(long_after, 'a', sizeof long_after - 1);
+    long_after[sizeof long_after - 1] = '\0';
+    cr_assert_eq(nbx_iter_open(s, 0, long_after, &it), NBX_EINVAL);
+    cr_assert_eq(nbx_iter_next(NULL, NULL, NULL, NULL), NBX_EINVAL);
+    nbx_iter_close(NULL);
+    nbx_store_close(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Counts
+ * ------------------------------------------------------------------------ */
+
+Test(store, stat_counts)
+{
+    nbx_store *s = create();
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.profiles, 0);
+    cr_assert_eq(st.schema_version, NBX_SCHEMA_VERSION);
+    cr_assert_eq(st.rfm_as_of, 0);
+    cr_assert_gt(st.map_size, 0);
+    put(s, "{\"id\":\"c1\"}");
+    put(s, "{\"id\":\"c2\"}");
+    event(s, "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"impression\",\"offer\":\"o1\","
+             "\"ts\":1767225600}");
+    event(s, "{\"event_id\":\"e2\",\"customer\":\"c1\",\"type\":\"impression\",\"offer\":\"o2\","
+             "\"ts\":1767225600}");
+    event(s, "{\"event_id\":\"e3\",\"customer\":\"c3\",\"type\":\"purchase\",\"amount\":1,"
+             "\"ts\":1767225600}");
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.profiles, 3, "the purchase created c3");
+    cr_assert_eq(st.exposure_keys, 3, "c1/o1, c1/o2 and c1's all-offers row");
+    cr_assert_eq(st.events_seen, 3);
+    cr_assert_gt(st.bytes_used, 0);
+    cr_assert_leq(st.bytes_used, st.map_size);
+    cr_assert_eq(nbx_rfm_rebuild(s, 1767225600000, NULL), NBX_OK);
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.rfm_as_of, 1767225600000);
+    nbx_store_close(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Iteration
+ * ------------------------------------------------------------------------ */
+
+Test(store, iteration_order_and_resume_after)
+{
+    nbx_store *s = create();
+    const char *ids[] = {"b", "a", "B", "ab", "a\xc3\xa9", "c", "aa"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        char json[64];
+        snprintf(json, sizeof json, "{\"id\":\"%s\",\"ltv\":%zu}", ids[i], i);
+        put(s, json);
+    }
+    const char *order[] = {"B", "a", "aa", "ab", "a\xc3\xa9", "b", "c"};
+    nbx_iter *it;
+    cr_assert_eq(nbx_iter_open(s, 0, NULL, &it), NBX_OK);
+    const char *id, *json;
+    size_t len;
+    for (size_t i = 0; i < 7; i++) {
+        cr_assert_eq(nbx_iter_next(it, &id, &json, &len), NBX_OK);
+        cr_assert_str_eq(id, order[i], "position %zu", i);
+        cr_assert_not_null(json);
+        cr_assert_eq(strlen(json), len);
+        cr_assert(strncmp(json, "{\"id\":", 6) == 0, "%s", json);
+    }
+    cr_assert_eq(nbx_iter_next(it, &id, &json, &len), NBX_DONE);
+    cr_assert_eq(nbx_iter_next(it, &id, &json, &len), NBX_DONE, "DONE stays DONE");
+    nbx_iter_close(it);
+
+    /* resume after an existing id, after one that is not there, after the last */
+    cr_assert_eq(nbx_iter_open(s, NBX_ITER_IDS, "ab", &it), NBX_OK);
+    cr_assert_eq(nbx_iter_next(it, &id, &json, NULL), NBX_OK);
+    cr_assert_str_eq(id, "a\xc3\xa9");
+    cr_assert_null(json, "NBX_ITER_IDS gives no JSON");
+    nbx_iter_close(it);
+    cr_assert_eq(nbx_iter_open(s, NBX_ITER_IDS, "abc", &it), NBX_OK);
+    cr_assert_eq(nbx_iter_next(it, &id, NULL, NULL), NBX_OK);
+    cr_assert_str_eq(id, "a\xc3\xa9");
+    nbx_iter_close(it);
+    cr_assert_eq(nbx_iter_open(s, NBX_ITER_IDS, "c", &it), NBX_OK);
+    cr_assert_eq(nbx_iter_next(it, &id, NULL, NULL), NBX_DONE);
+    nbx_iter_close(it);
+    nbx_store_close(s);
+}
+
+/* An iterator renews its snapshot every 4096 records: it sees every record
+ * once, in order, and after a renewal it sees writes made meanwhile. */
+Test(store, iterator_across_snapshot_renewals)
+{
+    nbx_store *s = create();
+    enum { N = 10000 };
+    char *file = tu_path(dir, "p.jsonl");
+    FILE *f = fopen(file, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < N; i++)
+        fprintf(f, "{\"id\":\"p%05d\",\"attrs\":{\"i\":%d}}\n", i, i);
+    cr_assert_eq(fclose(f), 0);
+    cr_assert_eq(nbx_import_file(s, NBX_IMPORT_PROFILES, file, NULL, NULL), NBX_OK);
+
+    nbx_iter *it;
+    cr_assert_eq(nbx_iter_open(s, 0, NULL, &it), NBX_OK);
+    const char *id, *json;
+    char prev[NBX_ID_MAX + 1] = "";
+    int n = 0;
+    bool saw_late = false;
+    int rc;
+    while ((rc = nbx_iter_next(it, &id, &json, NULL)) == NBX_OK) {
+        cr_assert_gt(strcmp(id, prev), 0, "%s after %s", id, prev);
+        snprintf(prev, sizeof prev, "%s", id);
+        if (strcmp(id, "zzz") == 0) {
+            saw_late = true;
+            continue;
+        }
+        cr_assert_neq(strcmp(id, "p09999"), 0, "p09999 was deleted before the renewal");
+        char expect[32];
+        snprintf(expect, sizeof expect, "\"attrs\":{\"i\":%d}", atoi(id + 1));
+        cr_assert(strstr(json, expect) != NULL, "%s: %s", id, json);
+        if (++n == 100) {
+            put(s, "{\"id\":\"zzz\"}");
+            cr_assert_eq(nbx_profile_delete(s, "p09999"), NBX_OK);
+        }
+    }
+    cr_assert_eq(rc, NBX_DONE, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(n, N - 1);
+    cr_assert(saw_late, "a write made during the scan never became visible");
+    nbx_iter_close(it);
+    free(file);
+    nbx_store_close(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Erasure
+ * ------------------------------------------------------------------------ */
+
+static size_t count_prefix(nbx_store *s, MDB_dbi dbi, const char *prefix, size_t n)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_cursor *c;
+    cr_assert_eq(mdb_cursor_open(txn, dbi, &c), 0);
+    MDB_val k = {n, (void *)prefix}, v;
+    size_t count = 0;
+    int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size >= n && memcmp(k.mv_data, prefix, n) == 0) {
+        count++;
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    return count;
+}
+
+Test(store, profile_delete_removes_counters_and_history)
+{
+    nbx_store *s = create();
+    put(s, "{\"id\":\"c1\",\"attrs\":{\"email\":\"a@example.com\"}}");
+    put(s, "{\"id\":\"c10\"}");
+    for (int i = 0; i < 30; i++) {
+        char ev[256];
+        snprintf(ev, sizeof ev,
+                 "{\"event_id\":\"e%d\",\"customer\":\"%s\",\"type\":\"%s\",\"offer\":\"o%d\","
+                 "\"amount\":3,\"ts\":%d}",
+                 i, i % 3 == 0 ? "c10" : "c1", i % 5 == 0 ? "purchase" : "impression", i % 4,
+                 1767225600 + i * 3600);
+        event(s, ev);
+    }
+    cr_assert_eq(count_prefix(s, s->exposures, "c1", 3), 5, "4 offers and the all-offers row");
+    cr_assert_eq(count_prefix(s, s->history, "c1", 3), 20);
+    cr_assert_eq(nbx_profile_delete(s, "c1"), NBX_OK, "%s", nbx_store_errmsg(s));
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c1", &json, NULL), NBX_ENOTFOUND);
+    cr_assert_eq(count_prefix(s, s->exposures, "c1", 3), 0, "counters left behind");
+    cr_assert_eq(count_prefix(s, s->history, "c1", 3), 0, "history left behind");
+    cr_assert_eq(count_prefix(s, s->history, "c10", 4), 10, "c10's history was touched");
+    cr_assert_gt(count_prefix(s, s->exposures, "c10", 4), 0);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 10, "c1's 20 event records are gone, c10's 10 stay");
+    cr_assert_eq(nbx_profile_get(s, "c10", &json, NULL), NBX_OK);
+    nbx_free(json);
+    cr_assert_eq(nbx_profile_delete(s, "c1"), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_store_errmsg(s), "c1") != NULL);
+    nbx_store_close(s);
+}
