@@ -110,12 +110,31 @@ struct nbx_sandbox {
 
     uint64_t rng;
     int pcall_depth;
+    /* score is nbx.expected_margin_score and there is no eligible(): runs
+     * in C, no Lua at all */
+    bool native_score;
     nbx_lp_limit lp_limit;
 
     size_t *live; /* per run: live candidate k -> index into in->cand */
     size_t live_cap;
+    /* What CO and CP hold from the last decision: only changes are written
+     * (consecutive decisions mostly see the same candidates). */
+    struct sb_cached_cand {
+        double co, cp;
+    } *cached;
+    size_t n_cached;
+    /* Results read from S and M, committed to the candidates only once all
+     * of them have been checked. */
+    struct sb_result {
+        double score, margin;
+        bool eligible;
+    } *results;
     bool map_dirty[MAP_COUNT];
 };
+
+/* Its address marks an ineligible candidate in S: no policy can produce a
+ * light userdata, so a score can never be mistaken for it. */
+static const char sb_ineligible = 0;
 
 static inline nbx_sandbox *sb_of(lua_State *L)
 {
@@ -130,13 +149,12 @@ static inline nbx_sandbox *sb_of(lua_State *L)
 
 static const char sb_lib_source[] =
     "local N = ...\n"
-    "local type, ipairs, check_sortable = N.type, N.ipairs, N.check_sortable\n"
-    "local huge = N.huge\n"
+    "local ipairs, check_sortable = N.ipairs, N.check_sortable\n"
     "local state = { now = 0 }\n"
     "\n"
-    /* Stable bottom-up merge sort in Lua: the native sort calls the
-     * comparator from C, and a comparator that sorts again recurses through
-     * the C stack. Here recursion stays on the Lua stack, which is bounded. */
+    "-- Stable bottom-up merge sort in Lua: the native sort calls the comparator\n"
+    "-- from C, and a comparator that sorts again recurses through the C stack.\n"
+    "-- Here recursion stays on the Lua stack, which is bounded.\n"
     "local RUN = 8\n"
     "local function sort(t, lt)\n"
     "  local n = check_sortable(t, lt)\n"
@@ -180,32 +198,94 @@ static const char sb_lib_source[] =
     "  if src ~= t then for i = 1, n do t[i] = src[i] end end\n"
     "end\n"
     "\n"
-    /* Must agree with nbx_offer_propensity() in caps.c. */
-    "local function propensity(customer, offer)\n"
-    "  local p = customer.propensity\n"
+    "-- Set by init() once the inputs exist: the live customer proxy, the data\n"
+    "-- behind its maps, and per offer proxy a plain record { id, category or\n"
+    "-- false, segment_propensity data or false, base_propensity, margin,\n"
+    "-- serving_cost }, so the common case never goes through a proxy.\n"
+    "local customer, pdata, rfmdata\n"
+    "local orec = {}\n"
+    "\n"
+    "local function init(t)\n"
+    "  customer, pdata, rfmdata, orec = t.customer, t.pdata, t.rfmdata, t.orec\n"
+    "end\n"
+    "\n"
+    "-- Both must agree with nbx_offer_propensity() in caps.c: the profile's\n"
+    "-- value for the offer id, else its category, else the offer's prior for the\n"
+    "-- customer's segment, else base_propensity.\n"
+    "local function slow_propensity(c, o)\n"
+    "  local p = c.propensity\n"
     "  if p ~= nil then\n"
-    "    local v = p[offer.id]\n"
+    "    local v = p[o.id]\n"
     "    if v ~= nil then return v end\n"
-    "    local cat = offer.category\n"
+    "    local cat = o.category\n"
     "    if cat ~= nil and cat ~= '' then\n"
     "      v = p[cat]\n"
     "      if v ~= nil then return v end\n"
     "    end\n"
     "  end\n"
-    "  local rfm = customer.rfm\n"
+    "  local rfm = c.rfm\n"
     "  local seg = rfm ~= nil and rfm.segment or nil\n"
     "  if seg ~= nil then\n"
-    "    local sp = offer.segment_propensity\n"
+    "    local sp = o.segment_propensity\n"
     "    if sp ~= nil then\n"
     "      local v = sp[seg]\n"
     "      if v ~= nil then return v end\n"
     "    end\n"
     "  end\n"
-    "  return offer.base_propensity or 0\n"
+    "  return o.base_propensity or 0\n"
     "end\n"
     "\n"
-    "local function expected_margin(customer, offer)\n"
-    "  return propensity(customer, offer) * offer.margin - (offer.serving_cost or 0)\n"
+    "local function fast_propensity(r)\n"
+    "  local v = pdata[r[1]]\n"
+    "  if v == nil then\n"
+    "    local cat = r[2]\n"
+    "    if cat then v = pdata[cat] end\n"
+    "    if v == nil then\n"
+    "      local sp = r[3]\n"
+    "      if sp then\n"
+    "        local seg = rfmdata.segment\n"
+    "        if seg ~= nil then v = sp[seg] end\n"
+    "      end\n"
+    "      if v == nil then v = r[4] end\n"
+    "    end\n"
+    "  end\n"
+    "  return v\n"
+    "end\n"
+    "\n"
+    "local function propensity(c, o)\n"
+    "  local r = orec[o]\n"
+    "  if r ~= nil and c == customer then return fast_propensity(r) end\n"
+    "  return slow_propensity(c, o)\n"
+    "end\n"
+    "\n"
+    "-- The default policy's whole score: fast_propensity inlined.\n"
+    "local function expected_margin(c, o)\n"
+    "  local r = orec[o]\n"
+    "  if r ~= nil and c == customer then\n"
+    "    local v = pdata[r[1]]\n"
+    "    if v == nil then\n"
+    "      local cat = r[2]\n"
+    "      if cat then v = pdata[cat] end\n"
+    "      if v == nil then\n"
+    "        local sp = r[3]\n"
+    "        if sp then\n"
+    "          local seg = rfmdata.segment\n"
+    "          if seg ~= nil then v = sp[seg] end\n"
+    "        end\n"
+    "        if v == nil then v = r[4] end\n"
+    "      end\n"
+    "    end\n"
+    "    return v * r[5] - r[6]\n"
+    "  end\n"
+    "  return slow_propensity(c, o) * o.margin - (o.serving_cost or 0)\n"
+    "end\n"
+    "\n"
+    "-- As a whole score: (expected margin, expected margin). A policy whose\n"
+    "-- score is this very function is run natively by the sandbox (same\n"
+    "-- arithmetic in C); called from Lua it is an ordinary helper.\n"
+    "local function expected_margin_score(o, c, s)\n"
+    "  local m = expected_margin(c, o)\n"
+    "  return m, m\n"
     "end\n"
     "\n"
     "local function clamp(x, lo, hi)\n"
@@ -227,69 +307,97 @@ static const char sb_lib_source[] =
     "  return false\n"
     "end\n"
     "\n"
-    /* The per-decision loop. C has filled CO/CP/X and the maps; customer
-     * scalars come as arguments (cheaper than C setting fields by name). */
+    "-- The per-decision loop, in two variants so a policy without eligible()\n"
+    "-- pays nothing for it; every bytecode here is paid for every candidate.\n"
+    "-- C has filled CO, CP, X and the input maps; the customer's scalars come as\n"
+    "-- arguments (cheaper than C setting fields by name). Results go to S and M\n"
+    "-- unchecked: C checks them as it reads them. ST[1] is the candidate being\n"
+    "-- run, negated while in eligible(), so a fault can name the offer and the\n"
+    "-- function.\n"
     "local function make_driver(score, eligible, offers, places, customer, session,\n"
-    "                           cust, rfm, expo, sess, CO, CP, X, S, M, ST)\n"
+    "                           cust, rfm, expo, sess, CO, CP, X, S, M, ST, INELIGIBLE)\n"
     "  local dirty = false\n"
-    "  return function(n, now, id, anonymous, ltv, churn, r, f, m, segment, first, last,\n"
-    "                  orders, revenue, margin, recency)\n"
+    "  local function prepare(now, id, anonymous, ltv, churn, r, f, m, segment, first, last,\n"
+    "                         orders, revenue, margin, recency)\n"
     "    cust.id = id; cust.anonymous = anonymous; cust.ltv = ltv; cust.churn = churn\n"
     "    rfm.r = r; rfm.f = f; rfm.m = m; rfm.segment = segment\n"
     "    rfm.first_purchase = first; rfm.last_purchase = last; rfm.orders = orders\n"
     "    rfm.revenue = revenue; rfm.margin = margin; rfm.recency_days = recency\n"
     "    sess.now = now\n"
     "    state.now = now\n"
-    "    local xj = 0\n"
-    "    for k = 1, n do\n"
-    "      ST[1] = k\n"
-    "      local code = CO[k]\n"
-    "      if code < 0 then\n"
-    "        code = -code\n"
-    "        local b = xj * 7\n"
-    "        xj = xj + 1\n"
-    "        expo.impressions = X[b + 1]; expo.clicks = X[b + 2]\n"
-    "        expo.accepts = X[b + 3]; expo.dismisses = X[b + 4]\n"
-    "        expo.last_impression = X[b + 5]; expo.last_dismiss = X[b + 6]\n"
-    "        expo.last_accept = X[b + 7]\n"
-    "        dirty = true\n"
-    "      elseif dirty then\n"
-    "        expo.impressions = 0; expo.clicks = 0; expo.accepts = 0; expo.dismisses = 0\n"
-    "        expo.last_impression = nil; expo.last_dismiss = nil; expo.last_accept = nil\n"
-    "        dirty = false\n"
-    "      end\n"
-    "      local offer = offers[code]\n"
-    "      sess.placement = places[CP[k]]\n"
-    "      local ok = true\n"
-    "      if eligible ~= nil then\n"
-    "        ST[1] = -k\n"
-    "        ok = eligible(offer, customer, session)\n"
+    "  end\n"
+    "  local function exposures(b)\n"
+    "    if b then\n"
+    "      expo.impressions = X[b + 1]; expo.clicks = X[b + 2]\n"
+    "      expo.accepts = X[b + 3]; expo.dismisses = X[b + 4]\n"
+    "      expo.last_impression = X[b + 5]; expo.last_dismiss = X[b + 6]\n"
+    "      expo.last_accept = X[b + 7]\n"
+    "      dirty = true\n"
+    "    else\n"
+    "      expo.impressions = 0; expo.clicks = 0; expo.accepts = 0; expo.dismisses = 0\n"
+    "      expo.last_impression = nil; expo.last_dismiss = nil; expo.last_accept = nil\n"
+    "      dirty = false\n"
+    "    end\n"
+    "  end\n"
+    "  if eligible == nil then\n"
+    "    return function(n, ...)\n"
+    "      prepare(...)\n"
+    "      local score, offers, places, customer, session = score, offers, places, customer, session\n"
+    "      local sess, CO, CP, S, M, ST = sess, CO, CP, S, M, ST\n"
+    "      local xj, lastp = 0, nil\n"
+    "      for k = 1, n do\n"
     "        ST[1] = k\n"
-    "      end\n"
-    "      if not ok then\n"
-    "        S[k] = false\n"
-    "      else\n"
-    "        local s, em = score(offer, customer, session)\n"
-    "        if type(s) ~= 'number' or s ~= s or s == huge or s == -huge then\n"
-    "          ST[2] = s\n"
-    "          return 1\n"
+    "        local code, p = CO[k], CP[k]\n"
+    "        if code < 0 then\n"
+    "          code = -code\n"
+    "          exposures(xj)\n"
+    "          xj = xj + 7\n"
+    "        elseif dirty then\n"
+    "          exposures(nil)\n"
     "        end\n"
-    "        if em ~= nil and (type(em) ~= 'number' or em ~= em or em == huge or em == -huge) "
-    "then\n"
-    "          ST[2] = em\n"
-    "          return 2\n"
+    "        if p ~= lastp then\n"
+    "          sess.placement = places[p]\n"
+    "          lastp = p\n"
     "        end\n"
-    "        S[k] = s\n"
-    "        if em == nil then M[k] = false else M[k] = em end\n"
+    "        S[k], M[k] = score(offers[code], customer, session)\n"
     "      end\n"
     "    end\n"
-    "    return 0\n"
+    "  end\n"
+    "  return function(n, ...)\n"
+    "    prepare(...)\n"
+    "    local score, eligible, offers, places, customer, session = score, eligible, offers, places,\n"
+    "                                                               customer, session\n"
+    "    local sess, CO, CP, S, M, ST = sess, CO, CP, S, M, ST\n"
+    "    local xj, lastp = 0, nil\n"
+    "    for k = 1, n do\n"
+    "      ST[1] = -k\n"
+    "      local code, p = CO[k], CP[k]\n"
+    "      if code < 0 then\n"
+    "        code = -code\n"
+    "        exposures(xj)\n"
+    "        xj = xj + 7\n"
+    "      elseif dirty then\n"
+    "        exposures(nil)\n"
+    "      end\n"
+    "      if p ~= lastp then\n"
+    "        sess.placement = places[p]\n"
+    "        lastp = p\n"
+    "      end\n"
+    "      local offer = offers[code]\n"
+    "      if eligible(offer, customer, session) then\n"
+    "        ST[1] = k\n"
+    "        S[k], M[k] = score(offer, customer, session)\n"
+    "      else\n"
+    "        S[k] = INELIGIBLE\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "\n"
-    "return { sort = sort, propensity = propensity,\n"
-    "         expected_margin = expected_margin, clamp = clamp, days_since = days_since,\n"
-    "         contains = contains, make_driver = make_driver }\n";
+    "return { sort = sort, propensity = propensity, expected_margin = expected_margin,\n"
+    "         expected_margin_score = expected_margin_score,\n"
+    "         clamp = clamp, days_since = days_since, contains = contains,\n"
+    "         make_driver = make_driver, init = init }\n";
 
 /* ========================================================================
  * Allocator
@@ -860,6 +968,12 @@ static void sb_push_json(lua_State *L, int slots, json_t *v, int depth)
     }
 }
 
+static void sb_array_number(lua_State *L, int t, int i, double v)
+{
+    lua_pushnumber(L, v);
+    lua_rawseti(L, t, i);
+}
+
 static void sb_set_number(lua_State *L, int t, const char *field, double v)
 {
     lua_pushnumber(L, v);
@@ -867,8 +981,11 @@ static void sb_set_number(lua_State *L, int t, const char *field, double v)
 }
 
 /* One offer: every field of its JSON object, then the values the engine
- * uses, with the catalog's defaults applied, so nbx helpers agree with C. */
-static void sb_push_offer(lua_State *L, int slots, const nbx_offer *o)
+ * uses, with the catalog's defaults applied, so nbx helpers agree with C.
+ * Leaves the proxy on the stack, and the helpers' plain record of it in
+ * orec[proxy]: { id, category or false, segment_propensity data or false,
+ * base_propensity, margin, serving_cost }. */
+static void sb_push_offer(lua_State *L, int slots, const nbx_offer *o, int orec)
 {
     json_t *obj = o->json;
     lua_createtable(L, 0, obj ? (int)json_object_size(obj) + 4 : 12);
@@ -900,7 +1017,33 @@ static void sb_push_offer(lua_State *L, int slots, const nbx_offer *o)
     sb_set_number(L, t, "base_propensity", o->base_propensity);
     sb_set_number(L, t, "margin", o->margin);
     sb_set_number(L, t, "discount_pct", o->discount_pct);
+    lua_createtable(L, 6, 0);
+    int rec = lua_gettop(L);
+    lua_pushlstring(L, o->id.ptr, o->id.len);
+    lua_rawseti(L, rec, 1);
+    if (o->category.len)
+        lua_pushlstring(L, o->category.ptr, o->category.len);
+    else
+        lua_pushboolean(L, 0);
+    lua_rawseti(L, rec, 2);
+    /* The data behind the segment_propensity proxy, if it is a table. */
+    lua_getfield(L, t, "segment_propensity");
+    if (!(lua_type(L, -1) == LUA_TTABLE && sb_unwrap(L, lua_gettop(L)))) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 0);
+    }
+    lua_rawseti(L, rec, 3);
+    sb_array_number(L, rec, 4, o->base_propensity);
+    sb_array_number(L, rec, 5, o->margin);
+    sb_array_number(L, rec, 6, o->serving_cost);
+
+    lua_pushvalue(L, t);
     sb_make_proxy(L, slots);
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, rec);
+    lua_rawset(L, orec);
+    lua_replace(L, t);
+    lua_settop(L, t);
 }
 
 /* Data table plus proxy for one input table; the data goes to data_slot,
@@ -933,6 +1076,11 @@ static int sb_build_state(lua_State *L)
     sb_open_lib(L, luaopen_math, LUA_MATHLIBNAME);
     sb_open_lib(L, luaopen_string, LUA_STRLIBNAME);
     sb_open_lib(L, luaopen_table, LUA_TABLIBNAME);
+    /* The JIT compiler is switched on by its library; production states
+     * never open it (and turn the engine off besides). The `jit` global is
+     * dropped below either way. */
+    if (sb->limits.flags & NBX_LIMITS_JIT)
+        sb_open_lib(L, luaopen_jit, LUA_JITLIBNAME);
 
     lua_createtable(L, SLOT_COUNT, 0);
     int slots = lua_gettop(L); /* 1 */
@@ -1047,8 +1195,8 @@ static int sb_build_state(lua_State *L)
 
     lua_createtable(L, 0, 8);
     sb_copy_fields(L, lua_gettop(L), lib,
-                   (const char *const[]){"propensity", "expected_margin", "clamp", "days_since",
-                                         "contains", NULL});
+                   (const char *const[]){"propensity", "expected_margin", "expected_margin_score",
+                                         "clamp", "days_since", "contains", NULL});
     lua_pushcfunction(L, sb_len);
     lua_setfield(L, -2, "len");
     sb_make_proxy(L, slots);
@@ -1097,22 +1245,39 @@ static int sb_build_state(lua_State *L)
     sb_input_table(L, slots, SLOT_SESS, 0, 8);
     sb_slot_set(L, slots, SLOT_SESSION);
 
-    static const int arrays[] = {SLOT_CO, SLOT_CP, SLOT_X, SLOT_S, SLOT_M};
-    for (size_t i = 0; i < NBX_ARRAY_LEN(arrays); i++) {
+    static const int per_candidate[] = {SLOT_CO, SLOT_CP, SLOT_X, SLOT_S, SLOT_M};
+    for (size_t i = 0; i < NBX_ARRAY_LEN(per_candidate); i++) {
         lua_createtable(L, 128, 0);
-        sb_slot_set(L, slots, arrays[i]);
+        sb_slot_set(L, slots, per_candidate[i]);
     }
     lua_createtable(L, 2, 0);
     sb_slot_set(L, slots, SLOT_ST);
 
     /* Offers and placements, built once per state. */
     const nbx_catalog *c = sb->catalog;
-    lua_createtable(L, c ? (int)c->n_offers : 0, 0);
-    for (uint32_t i = 0; c && i < c->n_offers; i++) {
-        sb_push_offer(L, slots, &c->offers[i]);
-        lua_rawseti(L, -2, (int)i + 1);
+    int n_offers = c ? (int)c->n_offers : 0;
+    lua_createtable(L, 0, n_offers);
+    int orec = lua_gettop(L);
+    lua_createtable(L, n_offers, 0);
+    for (int i = 0; i < n_offers; i++) {
+        sb_push_offer(L, slots, &c->offers[i], orec);
+        lua_rawseti(L, -2, i + 1);
     }
     sb_slot_set(L, slots, SLOT_OFFERS);
+
+    /* Hand the helpers their fast-path data. */
+    lua_getfield(L, lib, "init");
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, orec);
+    lua_setfield(L, -2, "orec");
+    sb_slot_get(L, slots, SLOT_CUSTOMER);
+    lua_setfield(L, -2, "customer");
+    sb_slot_get(L, slots, SLOT_PROPENSITY);
+    lua_setfield(L, -2, "pdata");
+    sb_slot_get(L, slots, SLOT_RFM);
+    lua_setfield(L, -2, "rfmdata");
+    lua_call(L, 1, 0);
+    lua_pop(L, 1); /* orec */
     lua_createtable(L, c ? (int)c->n_placements : 0, 0);
     for (uint32_t i = 0; c && i < c->n_placements; i++) {
         lua_pushlstring(L, c->placements[i].id.ptr, c->placements[i].id.len);
@@ -1231,6 +1396,10 @@ static int sb_load_policy(lua_State *L)
     if (pol->name[0] == '\0')
         memcpy(pol->name, name, name_len + 1);
     sb_where_of_function(sb, L, score, sb->score_where, sizeof sb->score_where);
+    sb_slot_get(L, slots, SLOT_LIB);
+    lua_getfield(L, -1, "expected_margin_score");
+    sb->native_score = lua_isnil(L, eligible) && lua_rawequal(L, -1, score);
+    lua_pop(L, 2);
     if (!lua_isnil(L, eligible))
         sb_where_of_function(sb, L, eligible, sb->eligible_where, sizeof sb->eligible_where);
 
@@ -1249,10 +1418,17 @@ static int sb_load_policy(lua_State *L)
                                SLOT_M,      SLOT_ST};
     for (size_t i = 0; i < NBX_ARRAY_LEN(args); i++)
         sb_slot_get(L, slots, args[i]);
-    lua_call(L, 2 + (int)NBX_ARRAY_LEN(args), 1);
+    lua_pushlightuserdata(L, (void *)&sb_ineligible);
+    lua_call(L, 3 + (int)NBX_ARRAY_LEN(args), 1);
     sb_slot_set(L, slots, SLOT_DRIVER);
     lua_settop(L, 0);
     return 0;
+}
+
+/* What the policy holds: the state beyond the engine's own tables. */
+static size_t sb_policy_bytes(const nbx_sandbox *sb)
+{
+    return sb->used > sb->engine_bytes ? sb->used - sb->engine_bytes : 0;
 }
 
 static void sb_close_state(nbx_sandbox *sb)
@@ -1261,6 +1437,7 @@ static void sb_close_state(nbx_sandbox *sb)
         lua_close(sb->L);
     sb->L = NULL;
     sb->used = 0;
+    sb->n_cached = 0;
 }
 
 /* Keep collection ahead of the limit: LuaJIT starts a cycle when the heap
@@ -1327,6 +1504,8 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
         sb_close_state(sb);
         return code;
     }
+    /* The build's garbage is not the engine's: collect it first. */
+    lua_gc(L, LUA_GCCOLLECT, 0);
     sb->engine_bytes = sb->used;
     sb->limit_abs = sb->engine_bytes + sb->limits.memory;
 
@@ -1404,6 +1583,8 @@ void nbx_sandbox_close(nbx_sandbox *sb)
     nbx_policy_unref(sb->policy);
     nbx_catalog_unref(sb->catalog);
     free(sb->live);
+    free(sb->cached);
+    free(sb->results);
     free(sb);
 }
 
@@ -1431,7 +1612,7 @@ typedef struct sb_run {
     const nbx_sandbox_input *in;
     size_t n;           /* live candidates */
     int status;         /* of the driver call */
-    int driver_rc;      /* 0 ok, 1 bad score, 2 bad expected margin */
+    int bad_result;     /* 0 ok, 1 bad score, 2 bad expected margin */
     char bad_value[96]; /* description of a rejected result */
     size_t current;     /* 1-based live candidate at a fault, 0 if none */
     bool in_eligible;   /* the fault happened in eligible(), not score() */
@@ -1524,6 +1705,8 @@ static void sb_push_time(lua_State *L, int64_t ms)
         lua_pushnil(L);
 }
 
+/* CO/CP/X for the live candidates. CO and CP entries are written only
+ * where they differ from the last decision's. */
 static void sb_fill_candidates(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
 {
     sb_slot_get(L, slots, SLOT_CO);
@@ -1536,10 +1719,19 @@ static void sb_fill_candidates(lua_State *L, nbx_sandbox *sb, int slots, sb_run 
     for (size_t k = 0; k < r->n; k++) {
         const nbx_candidate *c = &r->in->cand[sb->live[k]];
         const nbx_exposure_summary *s = c->exposure;
-        lua_pushnumber(L, s ? -(double)c->offer - 1 : (double)c->offer + 1);
-        lua_rawseti(L, co, (int)k + 1);
-        lua_pushnumber(L, (double)c->placement + 1);
-        lua_rawseti(L, cp, (int)k + 1);
+        double vco = s ? -(double)c->offer - 1 : (double)c->offer + 1;
+        double vcp = (double)c->placement + 1;
+        struct sb_cached_cand *m = &sb->cached[k];
+        if (k >= sb->n_cached || m->co != vco) {
+            lua_pushnumber(L, vco);
+            lua_rawseti(L, co, (int)k + 1);
+            m->co = vco;
+        }
+        if (k >= sb->n_cached || m->cp != vcp) {
+            lua_pushnumber(L, vcp);
+            lua_rawseti(L, cp, (int)k + 1);
+            m->cp = vcp;
+        }
         if (!s)
             continue;
         int b = xj * 7;
@@ -1559,6 +1751,8 @@ static void sb_fill_candidates(lua_State *L, nbx_sandbox *sb, int slots, sb_run 
         sb_push_time(L, s->last_accept);
         lua_rawseti(L, x, b + 7);
     }
+    if (r->n > sb->n_cached)
+        sb->n_cached = r->n;
     lua_pop(L, 3);
 }
 
@@ -1618,6 +1812,61 @@ static void sb_describe_value(lua_State *L, int idx, char *out, size_t n)
     }
 }
 
+/* Read S and M in one pass of API calls into sb->results; commit them to
+ * the candidates only if every score is a finite number and every expected
+ * margin nil or one. Otherwise note the first offending candidate and
+ * leave the candidates untouched. */
+static void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
+{
+    sb_slot_get(L, slots, SLOT_S);
+    int s = lua_gettop(L);
+    sb_slot_get(L, slots, SLOT_M);
+    int m = lua_gettop(L);
+    for (size_t k = 0; k < r->n; k++) {
+        struct sb_result *out = &sb->results[k];
+        lua_rawgeti(L, s, (int)k + 1);
+        int t = lua_type(L, -1);
+        if (t == LUA_TNUMBER) {
+            out->score = lua_tonumber(L, -1);
+            out->eligible = true;
+            if (!isfinite(out->score)) {
+                r->bad_result = 1;
+            } else {
+                lua_rawgeti(L, m, (int)k + 1);
+                t = lua_type(L, -1);
+                if (t == LUA_TNUMBER)
+                    out->margin = lua_tonumber(L, -1);
+                else
+                    out->margin = NAN;
+                if ((t == LUA_TNUMBER && !isfinite(out->margin)) ||
+                    (t != LUA_TNUMBER && t != LUA_TNIL))
+                    r->bad_result = 2;
+            }
+        } else if (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == &sb_ineligible) {
+            out->eligible = false;
+        } else {
+            r->bad_result = 1;
+        }
+        if (r->bad_result) {
+            sb_describe_value(L, -1, r->bad_value, sizeof r->bad_value);
+            r->current = k + 1;
+            return;
+        }
+        lua_settop(L, m);
+    }
+    for (size_t k = 0; k < r->n; k++) {
+        nbx_candidate *c = &r->in->cand[sb->live[k]];
+        const struct sb_result *res = &sb->results[k];
+        c->scored = res->eligible;
+        if (res->eligible) {
+            c->score = res->score;
+            c->expected_margin = res->margin;
+        } else {
+            c->excluded = NBX_EXCLUDED_INELIGIBLE;
+        }
+    }
+}
+
 static int sb_run_body(lua_State *L)
 {
     sb_run *r = lua_touserdata(L, 1);
@@ -1637,50 +1886,21 @@ static int sb_run_body(lua_State *L)
     sb->pcall_depth = 0;
     sb->in_policy = true;
     sb_clock_start(sb, sb->limits.time_us);
-    r->status = lua_pcall(L, nargs, 1, 2);
+    r->status = lua_pcall(L, nargs, 0, 2);
     sb_clock_stop(sb);
     sb->in_policy = false;
-    r->driver_rc = r->status == 0 ? (int)lua_tointeger(L, -1) : 0;
     lua_settop(L, slots);
 
     sb_slot_get(L, slots, SLOT_ST);
-    int st = lua_gettop(L);
-    lua_rawgeti(L, st, 1);
+    lua_rawgeti(L, -1, 1);
     lua_Integer cur = lua_tointeger(L, -1);
-    r->current = (size_t)(cur < 0 ? -cur : cur);
-    r->in_eligible = cur < 0;
-    lua_pop(L, 1);
-    if (r->driver_rc) {
-        lua_rawgeti(L, st, 2);
-        sb_describe_value(L, -1, r->bad_value, sizeof r->bad_value);
-        lua_pop(L, 1);
-        lua_pushnil(L);
-        lua_rawseti(L, st, 2);
-    }
-    lua_pushnumber(L, 0);
-    lua_rawseti(L, st, 1);
-    if (r->status != 0 || r->driver_rc != 0 || sb->timed_out || sb->mem_exceeded)
+    lua_pop(L, 2);
+    if (r->status != 0 || sb->timed_out || sb->mem_exceeded) {
+        r->current = (size_t)(cur < 0 ? -cur : cur);
+        r->in_eligible = cur < 0;
         return 0;
-
-    sb_slot_get(L, slots, SLOT_S);
-    int s = lua_gettop(L);
-    sb_slot_get(L, slots, SLOT_M);
-    int m = lua_gettop(L);
-    for (size_t k = 0; k < r->n; k++) {
-        nbx_candidate *c = &r->in->cand[sb->live[k]];
-        lua_rawgeti(L, s, (int)k + 1);
-        if (lua_type(L, -1) == LUA_TNUMBER) {
-            c->score = lua_tonumber(L, -1);
-            c->scored = true;
-            lua_rawgeti(L, m, (int)k + 1);
-            c->expected_margin = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : NAN;
-            lua_pop(L, 2);
-        } else {
-            c->excluded = NBX_EXCLUDED_INELIGIBLE;
-            c->scored = false;
-            lua_pop(L, 1);
-        }
     }
+    sb_read_results(L, sb, slots, r);
     lua_settop(L, 0);
     return 0;
 }
@@ -1705,6 +1925,24 @@ static const char *sb_current_offer(const nbx_sandbox *sb, const sb_run *r)
         return "";
     const nbx_candidate *c = &r->in->cand[sb->live[r->current - 1]];
     return sb->catalog->offers[c->offer].id.ptr;
+}
+
+/* nbx.expected_margin_score in C: the arithmetic of the Lua helper, with
+ * nbx_offer_propensity() (which the helper mirrors), so results are the
+ * same to the bit. It cannot fail: every input is a finite catalog or
+ * profile number. */
+static void sb_native_score(nbx_sandbox *sb, const nbx_sandbox_input *in, size_t n)
+{
+    static const nbx_profile empty;
+    const nbx_profile *p = in->profile ? in->profile : &empty;
+    for (size_t k = 0; k < n; k++) {
+        nbx_candidate *c = &in->cand[sb->live[k]];
+        const nbx_offer *o = &sb->catalog->offers[c->offer];
+        double m = nbx_offer_propensity(p, o) * o->margin - o->serving_cost;
+        c->score = m;
+        c->expected_margin = m;
+        c->scored = true;
+    }
 }
 
 static int sb_validate_input(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_error *err)
@@ -1750,11 +1988,17 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
     if (in->n_cand > sb->live_cap) {
         size_t cap = in->n_cand < 64 ? 64 : in->n_cand;
         size_t *live = realloc(sb->live, cap * sizeof *live);
-        if (!live) {
+        if (live)
+            sb->live = live;
+        struct sb_cached_cand *cached = live ? realloc(sb->cached, cap * sizeof *cached) : NULL;
+        if (cached)
+            sb->cached = cached;
+        struct sb_result *results = cached ? realloc(sb->results, cap * sizeof *results) : NULL;
+        if (!results) {
             sb_error(err, NBX_FAULT_NONE, NULL, NULL, "out of memory");
             return NBX_ENOMEM;
         }
-        sb->live = live;
+        sb->results = results;
         sb->live_cap = cap;
     }
     for (size_t i = 0; i < in->n_cand; i++)
@@ -1762,6 +2006,10 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
             sb->live[n++] = i;
     if (n == 0)
         return NBX_OK;
+    if (sb->native_score) {
+        sb_native_score(sb, in, n);
+        return NBX_OK;
+    }
 
     if (!sb->L) {
         nbx_err e = {0};
@@ -1804,10 +2052,10 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
     } else if (r.status != 0) {
         sb_error(err, NBX_FAULT_RUNTIME, sb->where, offer, "%s",
                  sb->reason[0] ? sb->reason : "the policy raised an error");
-    } else if (r.driver_rc == 1) {
+    } else if (r.bad_result == 1) {
         sb_error(err, NBX_FAULT_RESULT, sb->score_where, offer,
                  "score returned %s; it must return a finite number", r.bad_value);
-    } else if (r.driver_rc == 2) {
+    } else if (r.bad_result == 2) {
         sb_error(err, NBX_FAULT_RESULT, sb->score_where, offer,
                  "score's second result (expected margin) is %s; it must be nil or a finite "
                  "number",
@@ -1823,7 +2071,8 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
         return rc;
     }
     lua_settop(L, 0);
-    if (sb->used - sb->engine_bytes > sb->limits.memory / 2) {
+    /* Collect outside the policy's time when garbage nears the limit. */
+    if (sb_policy_bytes(sb) > sb->limits.memory / 2) {
         lua_gc(L, LUA_GCCOLLECT, 0);
         sb_tune_gc(sb);
     }

@@ -9,6 +9,8 @@
 -- retention offer that loses money in expectation gets no boost. Within each
 -- group, candidates rank by expected margin, and the expected margin is what
 -- the policy reports as the second result in every case.
+--
+-- params are read once, when the policy loads: edit the file to change them.
 -- See docs/policies.md.
 
 local policy = {
@@ -23,21 +25,35 @@ local policy = {
 }
 
 local params = policy.params
+-- Locals are one lookup; the global nbx goes through the frozen environment.
+local expected_margin = nbx.expected_margin
+local churn_threshold, boost, floor =
+  params.churn_threshold, params.boost, params.min_expected_margin
+
+-- Sets, so each check is one lookup rather than a walk over a list.
+local function set_of(list)
+  local set = {}
+  for _, v in ipairs(list) do set[v] = true end
+  return set
+end
+local risky_segments = set_of(params.segments)
+local retention_categories = set_of(params.categories)
 
 local function at_risk(customer)
   local churn = customer.churn
-  if churn ~= nil and churn >= params.churn_threshold then
+  if churn ~= nil and churn >= churn_threshold then
     return true
   end
   local segment = customer.rfm.segment
-  return segment ~= nil and nbx.contains(params.segments, segment)
+  return segment ~= nil and risky_segments[segment] == true
 end
 
 function policy.score(offer, customer, session)
-  local m = nbx.expected_margin(customer, offer)
-  if m >= params.min_expected_margin and nbx.contains(params.categories, offer.category)
+  local m = expected_margin(customer, offer)
+  local category = offer.category
+  if category ~= nil and retention_categories[category] and m >= floor
       and at_risk(customer) then
-    return params.boost + m, m
+    return boost + m, m
   end
   return m, m
 end

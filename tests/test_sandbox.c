@@ -1326,6 +1326,61 @@ Test(sandbox, margin_per_session_scores_expected_margin)
     nbx_policy_unref(p);
 }
 
+Test(sandbox, native_expected_margin_score_equals_the_lua_path)
+{
+    /* margin_per_session's score is nbx.expected_margin_score, computed in
+     * C; the same helper called from Lua, and a policy that has eligible()
+     * (which keeps the Lua path), must give the same bits. */
+    nbx_policy *native = shipped("policies/margin_per_session.lua");
+    nbx_policy *lua = policy_src("lua_em.lua",
+                                 "return { name = 'lua_em', score = function(o, c, s)\n"
+                                 "  return nbx.expected_margin_score(o, c, s)\n"
+                                 "end }\n");
+    nbx_policy *elig = policy_src("elig_em.lua",
+                                  "return { name = 'elig_em', score = nbx.expected_margin_score,\n"
+                                  "  eligible = function() return true end }\n");
+    nbx_sandbox *sn = open_sb(native, NULL), *sl = open_sb(lua, NULL), *se = open_sb(elig, NULL);
+    nbx_candidate a[CAND_MAX], b[CAND_MAX], c[CAND_MAX];
+    size_t n = all_candidates(a);
+    all_candidates(b);
+    all_candidates(c);
+    nbx_profile profs[] = {full_profile(), anonymous_profile(), full_profile()};
+    profs[2].rfm.segment = NBX_SEGMENT_CHAMPIONS;
+    profs[2].n_propensity = 1;
+    nbx_exposure_summary x = {.impressions = 1};
+    a[2].exposure = b[2].exposure = c[2].exposure = &x;
+    for (size_t k = 0; k < NBX_ARRAY_LEN(profs); k++) {
+        nbx_policy_error pe;
+        run_args ra = {.profile = &profs[k], .anonymous = k == 1};
+        cr_assert_eq(run(sn, a, n, &ra, &pe), NBX_OK, "%s", pe.reason);
+        cr_assert_eq(run(sl, b, n, &ra, &pe), NBX_OK, "%s", pe.reason);
+        cr_assert_eq(run(se, c, n, &ra, &pe), NBX_OK, "%s", pe.reason);
+        for (size_t i = 0; i < n; i++) {
+            cr_expect(a[i].scored && b[i].scored && c[i].scored);
+            cr_expect(memcmp(&a[i].score, &b[i].score, sizeof(double)) == 0 &&
+                          memcmp(&a[i].score, &c[i].score, sizeof(double)) == 0,
+                      "profile %zu, %s: native %.17g, Lua %.17g, with eligible %.17g", k,
+                      offer_of(&a[i])->id.ptr, a[i].score, b[i].score, c[i].score);
+            cr_expect(memcmp(&a[i].expected_margin, &b[i].expected_margin, sizeof(double)) == 0);
+        }
+    }
+    /* Pre-excluded candidates stay untouched on the native path too. */
+    reset_candidates(a, n);
+    a[0].excluded = NBX_EXCLUDED_BUDGET;
+    nbx_profile p = full_profile();
+    nbx_sandbox_input in = {.profile = &p, .now_ms = NOW_MS, .cand = a, .n_cand = n};
+    cr_assert_eq(nbx_sandbox_run(sn, &in, NULL), NBX_OK);
+    cr_expect_eq(a[0].excluded, NBX_EXCLUDED_BUDGET);
+    cr_expect_not(a[0].scored);
+    cr_expect(a[1].scored);
+    nbx_sandbox_close(sn);
+    nbx_sandbox_close(sl);
+    nbx_sandbox_close(se);
+    nbx_policy_unref(native);
+    nbx_policy_unref(lua);
+    nbx_policy_unref(elig);
+}
+
 /* Rank the live candidates of one placement by score, best first. */
 static size_t rank(const nbx_candidate *cand, size_t n, uint32_t placement, const char **ids)
 {
