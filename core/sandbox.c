@@ -86,7 +86,8 @@ struct nbx_sandbox {
     size_t used;
     size_t limit_abs;
     size_t engine_bytes;
-    bool mem_exceeded; /* sticky until the state is rebuilt */
+    size_t policy_live; /* what the policy held after the last full collection */
+    bool mem_exceeded;  /* sticky until the state is rebuilt */
     bool real_oom;
 
     /* Deadline (nanoseconds, CLOCK_MONOTONIC and thread CPU time). */
@@ -1431,6 +1432,23 @@ static size_t sb_policy_bytes(const nbx_sandbox *sb)
     return sb->used > sb->engine_bytes ? sb->used - sb->engine_bytes : 0;
 }
 
+static void sb_tune_gc(nbx_sandbox *sb);
+
+/* LuaJIT raises "not enough memory" without trying a collection first, so
+ * garbage must never be what reaches the limit: collect fully, outside the
+ * policy's time, once garbage has used half the headroom the policy's live
+ * data leaves. */
+static void sb_collect_if_needed(nbx_sandbox *sb)
+{
+    size_t live = sb->policy_live;
+    size_t headroom = sb->limits.memory > live ? sb->limits.memory - live : 0;
+    if (sb_policy_bytes(sb) <= live + headroom / 2)
+        return;
+    lua_gc(sb->L, LUA_GCCOLLECT, 0);
+    sb->policy_live = sb_policy_bytes(sb);
+    sb_tune_gc(sb);
+}
+
 static void sb_close_state(nbx_sandbox *sb)
 {
     if (sb->L)
@@ -1534,6 +1552,7 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
     }
     lua_settop(L, 0);
     lua_gc(L, LUA_GCCOLLECT, 0);
+    sb->policy_live = sb_policy_bytes(sb);
     sb_tune_gc(sb);
     sb_fault_reset(sb);
     return NBX_OK;
@@ -2071,10 +2090,6 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
         return rc;
     }
     lua_settop(L, 0);
-    /* Collect outside the policy's time when garbage nears the limit. */
-    if (sb_policy_bytes(sb) > sb->limits.memory / 2) {
-        lua_gc(L, LUA_GCCOLLECT, 0);
-        sb_tune_gc(sb);
-    }
+    sb_collect_if_needed(sb);
     return rc;
 }

@@ -880,6 +880,32 @@ Test(sandbox, garbage_alone_never_hits_the_limit)
     nbx_policy_unref(p);
 }
 
+Test(sandbox, large_live_data_and_garbage_fit_the_limit)
+{
+    /* 20 MB kept from load, 1.5 MB of garbage per call, 32 MiB allowed. */
+    nbx_policy *p = policy_src("big.lua", "local keep = {}\n"
+                                          "for i = 1, 20 do keep[i] = ('k'):rep(1e6 + i) end\n"
+                                          "return { name = 'big', score = function(o)\n"
+                                          "  local t = {}\n"
+                                          "  for i = 1, 30 do t[i] = ('x'):rep(50000 + i) end\n"
+                                          "  return #keep + #t\n"
+                                          "end }\n");
+    nbx_limits lim = {.time_us = 1000000};
+    nbx_sandbox *sb = open_sb(p, &lim);
+    cr_expect_gt(nbx_sandbox_memory(sb), 20000000, "the kept data is counted: %zu bytes",
+                 nbx_sandbox_memory(sb));
+    nbx_candidate cand[CAND_MAX];
+    size_t n = all_candidates(cand);
+    nbx_policy_error pe;
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(run_simple(sb, cand, n, NULL, 0, &pe), NBX_OK, "decision %d: %s", i,
+                     pe.reason);
+        cr_expect_eq(cand[0].score, 50);
+    }
+    nbx_sandbox_close(sb);
+    nbx_policy_unref(p);
+}
+
 Test(sandbox, policy_state_does_not_leak_into_another_sandbox)
 {
     /* A policy that mutates everything it can reach, in every way the
