@@ -181,10 +181,10 @@ static int set_value(const cli_command *cmd, int idx, const char *text, int argc
         uint64_t max = f->max ? f->max : UINT64_MAX;
         uint64_t n;
         if (!parse_unsigned(text, f->kind == CLI_BYTES, &n))
-            return cli_usage_error(cmd, "--%s: '%s' is not %s", f->name, text,
-                                   f->kind == CLI_BYTES
-                                       ? "a size in bytes (a whole number, optionally with K, M or G)"
-                                       : "a whole number");
+            return cli_usage_error(
+                cmd, "--%s: '%s' is not %s", f->name, text,
+                f->kind == CLI_BYTES ? "a size in bytes (a whole number, optionally with K, M or G)"
+                                     : "a whole number");
         if (n < f->min || n > max)
             return cli_usage_error(cmd, "--%s must be between %llu and %llu, got %s", f->name,
                                    (unsigned long long)f->min, (unsigned long long)max, text);
@@ -261,8 +261,7 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, cli_args *out)
         }
         if (!flags_done && arg[0] == '-' && arg[1] != '\0')
             return cli_usage_error(cmd, "unknown flag %s", arg);
-        if (out->n_positional >= cmd->max_positional ||
-            out->n_positional >= CLI_POSITIONALS_MAX) {
+        if (out->n_positional >= cmd->max_positional || out->n_positional >= CLI_POSITIONALS_MAX) {
             return cli_usage_error(cmd, "unexpected argument '%s'", arg);
         }
         out->positional[out->n_positional++] = arg;

@@ -52,9 +52,9 @@ typedef struct cli_flag {
 
 typedef struct cli_value {
     bool set;
-    const char *text; /* last value given, as typed */
-    uint64_t number;  /* CLI_UINT, CLI_BYTES */
-    int64_t time_ms;  /* CLI_TIME */
+    const char *text;  /* last value given, as typed */
+    uint64_t number;   /* CLI_UINT, CLI_BYTES */
+    int64_t time_ms;   /* CLI_TIME */
     const char **list; /* CLI_LIST: every value, in order */
     size_t n_list;
 } cli_value;
@@ -83,9 +83,11 @@ typedef struct cli_command {
 extern const cli_command cli_commands[];
 
 /* Flags shared by the tables. */
+/* clang-format off */
 #define CLI_FLAG_STORE                                                                             \
     {"store", CLI_STRING, "DIR", "store directory (default: $NBX_STORE)", 0, 0}
 #define CLI_FLAG_END {NULL, 0, NULL, NULL, 0, 0}
+/* clang-format on */
 
 /* Parse argv (everything after the command words) for cmd into out.
  * Returns CLI_OK, CLI_USAGE (message printed), or -1 when --help was given

@@ -15,7 +15,9 @@
 static void log_to_stderr(void *ud, int level, const char *message)
 {
     const char *name = ud;
-    const char *label = level == NBX_LOG_ERROR ? "error" : level == NBX_LOG_WARN ? "warning" : "info";
+    const char *label = level == NBX_LOG_ERROR  ? "error"
+                        : level == NBX_LOG_WARN ? "warning"
+                                                : "info";
     if (level <= NBX_LOG_WARN)
         fprintf(stderr, "%s: %s: %s\n", name, label, message);
 }
@@ -26,8 +28,8 @@ static int parse_session(cli_args *args, nbx_kv *kv, size_t *n)
     const cli_value *v = cli_flag_value(args, "session");
     *n = 0;
     if (v->n_list > NBX_REQUEST_SESSION_MAX)
-        return cli_usage_error(args->cmd, "--session given %zu times; at most %d fields",
-                               v->n_list, NBX_REQUEST_SESSION_MAX);
+        return cli_usage_error(args->cmd, "--session given %zu times; at most %d fields", v->n_list,
+                               NBX_REQUEST_SESSION_MAX);
     for (size_t i = 0; i < v->n_list; i++) {
         char *text = (char *)v->list[i];
         char *eq = strchr(text, '=');
@@ -105,8 +107,8 @@ int cli_run_decide(cli_args *args)
     req.session = session;
     req.n_session = n_session;
     req.now_ms = cli_time(args, "as-of", 0);
-    req.flags = (cli_has(args, "explain") ? NBX_DECIDE_EXPLAIN : 0u) |
-                (record ? NBX_DECIDE_RECORD : 0u);
+    req.flags =
+        (cli_has(args, "explain") ? NBX_DECIDE_EXPLAIN : 0u) | (record ? NBX_DECIDE_RECORD : 0u);
 
     const nbx_result *result = NULL;
     rc = nbx_decide(ctx, &req, &result);
@@ -156,8 +158,7 @@ int cli_run_policy_check(cli_args *args)
         printf("{\"file\":\"%s\",\"name\":\"%s\",\"version\":\"%s\"}\n", path, info.policy_name,
                info.policy_version);
     else
-        printf("%s: ok\nname:    %s\nversion: %s\n", path, info.policy_name,
-               info.policy_version);
+        printf("%s: ok\nname:    %s\nversion: %s\n", path, info.policy_name, info.policy_version);
     return CLI_OK;
 }
 

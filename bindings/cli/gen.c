@@ -404,8 +404,8 @@ static void put_offer_id(writer *w, uint64_t n, unsigned width)
  * The shared world: placements, categories, offers by index
  * ======================================================================== */
 
-static const char *const categories[] = {"shipping", "apparel",  "electronics", "home",
-                                         "beauty",   "sports",   "books",       "grocery",
+static const char *const categories[] = {"shipping",  "apparel", "electronics", "home",
+                                         "beauty",    "sports",  "books",       "grocery",
                                          "retention", "loyalty"};
 #define N_CATEGORIES (sizeof categories / sizeof categories[0])
 
@@ -629,9 +629,9 @@ static void write_profile(writer *w, rng *r, uint64_t n, unsigned id_width, uint
         put_fixed(w, propensity_value(r), 4);
     }
 
-    double ltv = h.orders ? h.margin * (1.0 + sqrt((double)h.orders)) *
-                                (h.recency_days < 90 ? 1.5 : 0.6)
-                          : rng_lognormal(r, 4.0, 0.8);
+    double ltv = h.orders
+                     ? h.margin * (1.0 + sqrt((double)h.orders)) * (h.recency_days < 90 ? 1.5 : 0.6)
+                     : rng_lognormal(r, 4.0, 0.8);
     double churn = h.orders ? 1.0 - exp(-h.recency_days / 150.0) : 0.5;
     churn = clamp(churn + rng_normal(r) * 0.08, 0.01, 0.99);
     PUT_LIT(w, "},\"ltv\":");
@@ -812,10 +812,11 @@ static void write_offer(writer *w, rng *r, uint64_t i, unsigned offer_width, int
         unit_cost = price * rng_range(r, 0.4, 0.65);
     } else {
         price = clamp(rng_lognormal(r, 40.0, 0.8), 5.0, 2000.0);
-        double cost_share = rng_chance(r, 0.06) ? rng_range(r, 0.85, 1.05) : rng_range(r, 0.35, 0.7);
+        double cost_share =
+            rng_chance(r, 0.06) ? rng_range(r, 0.85, 1.05) : rng_range(r, 0.35, 0.7);
         unit_cost = price * cost_share;
         double u = rng_unit(r);
-        double pct = u < 0.70 ? rng_range(r, 0.0, 0.2)
+        double pct = u < 0.70   ? rng_range(r, 0.0, 0.2)
                      : u < 0.85 ? rng_range(r, 0.2, 0.3)
                                 : rng_range(r, 0.31, 0.5);
         discount = price * pct;
@@ -831,7 +832,9 @@ static void write_offer(writer *w, rng *r, uint64_t i, unsigned offer_width, int
 
     double pu = rng_unit(r);
     const char *purpose = module ? (pu < 0.6 ? "personalization" : "none")
-                                 : (pu < 0.60 ? "personalization" : pu < 0.75 ? "email" : "none");
+                                 : (pu < 0.60   ? "personalization"
+                                    : pu < 0.75 ? "email"
+                                                : "none");
     PUT_LIT(w, ", \"purpose\": \"");
     put_str(w, purpose);
     PUT_LIT(w, "\", \"category\": \"");

@@ -13,11 +13,24 @@
  * Flag tables
  * ======================================================================== */
 
-#define FLAG_JSON {"json", CLI_BOOL, NULL, "print JSON instead of text", 0, 0}
-#define FLAG_OUT {"out", CLI_STRING, "FILE", "write to FILE instead of standard output", 0, 0}
-#define FLAG_SEED {"seed", CLI_UINT, "S", "random seed (default 1); same seed, same output", 0, 0}
+/* clang-format off: it would spread these initialisers over four lines each */
+#define FLAG_JSON                                                                                  \
+    {                                                                                              \
+        "json", CLI_BOOL, NULL, "print JSON instead of text", 0, 0                                 \
+    }
+#define FLAG_OUT                                                                                   \
+    {                                                                                              \
+        "out", CLI_STRING, "FILE", "write to FILE instead of standard output", 0, 0                \
+    }
+#define FLAG_SEED                                                                                  \
+    {                                                                                              \
+        "seed", CLI_UINT, "S", "random seed (default 1); same seed, same output", 0, 0             \
+    }
 #define FLAG_OFFERS                                                                                \
-    {"offers", CLI_UINT, "M", "offers in the catalog, ids o001.. (default 50)", 1, 100000}
+    {                                                                                              \
+        "offers", CLI_UINT, "M", "offers in the catalog, ids o001.. (default 50)", 1, 100000       \
+    }
+/* clang-format on */
 
 static const cli_flag import_flags[] = {
     CLI_FLAG_STORE,
@@ -49,10 +62,9 @@ static const cli_flag decide_flags[] = {
     {"session", CLI_LIST, "KEY=VALUE", "session field given to the policy", 0, 0},
     {"as-of", CLI_TIME, "TIME", "the decision's clock (default: now)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded", 0, 0},
-    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1,
-     60000000},
-    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)",
-     65536, UINT64_C(1) << 40},
+    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1, 60000000},
+    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)", 65536,
+     UINT64_C(1) << 40},
     {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
     CLI_FLAG_END,
 };
@@ -63,8 +75,7 @@ static const cli_flag gen_profiles_flags[] = {
     {"count", CLI_UINT, "N", "profiles to generate (required)", 0, 100000000},
     FLAG_SEED,
     FLAG_OFFERS,
-    {"as-of", CLI_TIME, "TIME", "end of the purchase history (default 2026-03-01T00:00:00Z)", 0,
-     0},
+    {"as-of", CLI_TIME, "TIME", "end of the purchase history (default 2026-03-01T00:00:00Z)", 0, 0},
     FLAG_OUT,
     CLI_FLAG_END,
 };
@@ -85,8 +96,7 @@ static const cli_flag gen_catalog_flags[] = {
     {"offers", CLI_UINT, "M", "offers and modules besides the fallback modules (required)", 1,
      100000},
     FLAG_SEED,
-    {"start", CLI_TIME, "TIME", "validity windows are laid around TIME (default 2026-01-01)", 0,
-     0},
+    {"start", CLI_TIME, "TIME", "validity windows are laid around TIME (default 2026-01-01)", 0, 0},
     FLAG_OUT,
     CLI_FLAG_END,
 };
@@ -133,8 +143,7 @@ const cli_command cli_commands[] = {
      "Fields given replace the stored ones; fields not given stay as they are.\n"
      "The store is created if missing.\n",
      cli_run_profile_put},
-    {"export", "profiles", "", 0, 0, export_flags,
-     "Write every profile as JSONL, in id order.",
+    {"export", "profiles", "", 0, 0, export_flags, "Write every profile as JSONL, in id order.",
      "Importing the output into an empty store reproduces the same profiles.\n",
      cli_run_export_profiles},
     {"stats", NULL, "", 0, 0, stats_flags, "Print the store's counts and sizes.", NULL,
@@ -146,7 +155,9 @@ const cli_command cli_commands[] = {
      "decision, which is still a success (exit status 0); a missing or invalid\n"
      "catalog, policy or store is an error (exit status 1).\n",
      cli_run_decide},
-    {"batch", NULL, "", 0, 0, cli_batch_flags, "Decide for many customers (a campaign): one result per customer, in input order.", cli_batch_details, cli_run_batch},
+    {"batch", NULL, "", 0, 0, cli_batch_flags,
+     "Decide for many customers (a campaign): one result per customer, in input order.",
+     cli_batch_details, cli_run_batch},
     {"policy", "check", "FILE", 1, 1, check_flags,
      "Check that a policy file loads; print its name and version.",
      "On failure the error names FILE:LINE and the reason.\n", cli_run_policy_check},
@@ -427,8 +438,7 @@ static int dispatch_group(const char *group, int argc, char **argv)
     }
     const cli_command *cmd = find_command(group, argv[sub_at]);
     if (!cmd) {
-        fprintf(stderr, "nbx %s: unknown subcommand '%s': one of %s\n", group, argv[sub_at],
-                subs);
+        fprintf(stderr, "nbx %s: unknown subcommand '%s': one of %s\n", group, argv[sub_at], subs);
         fprintf(stderr, "Run 'nbx help %s' for details.\n", group);
         return CLI_USAGE;
     }

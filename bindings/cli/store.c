@@ -127,8 +127,8 @@ static void print_rfm_text(const nbx_rfm_stats *st, int64_t as_of)
 {
     char when[NBX_TIME_BUFSZ];
     nbx_time_format(as_of, when);
-    printf("as of:     %s\ncustomers: %" PRIu64 "\nscored:    %" PRIu64 "\n\n", when,
-           st->customers, st->scored);
+    printf("as of:     %s\ncustomers: %" PRIu64 "\nscored:    %" PRIu64 "\n\n", when, st->customers,
+           st->scored);
     printf("quintile cut points   %12s %12s %12s %12s\n", "20%", "40%", "60%", "80%");
     print_cuts("recency_days", st->recency_days, false);
     print_cuts("frequency", st->frequency, false);
@@ -138,8 +138,7 @@ static void print_rfm_text(const nbx_rfm_stats *st, int64_t as_of)
         const char *name = nbx_segment_name(s);
         if (!name)
             continue;
-        double pct =
-            st->customers ? 100.0 * (double)st->segments[s] / (double)st->customers : 0.0;
+        double pct = st->customers ? 100.0 * (double)st->segments[s] / (double)st->customers : 0.0;
         printf("  %-18s %12" PRIu64 " %6.1f%%\n", name, st->segments[s], pct);
     }
 }
@@ -326,8 +325,8 @@ int cli_run_stats(cli_args *args)
         nbx_time_format(st.rfm_as_of, rfm);
     if (cli_has(args, "json")) {
         printf("{\"profiles\":%" PRIu64 ",\"exposure_keys\":%" PRIu64 ",\"events_seen\":%" PRIu64
-               ",\"bytes_used\":%" PRIu64 ",\"map_size\":%" PRIu64
-               ",\"schema_version\":%" PRIu32 ",\"rfm_as_of\":",
+               ",\"bytes_used\":%" PRIu64 ",\"map_size\":%" PRIu64 ",\"schema_version\":%" PRIu32
+               ",\"rfm_as_of\":",
                st.profiles, st.exposure_keys, st.events_seen, st.bytes_used, st.map_size,
                st.schema_version);
         if (st.rfm_as_of)
@@ -343,9 +342,9 @@ int cli_run_stats(cli_args *args)
                "map size:       %" PRIu64 " (%.1f MiB)\n"
                "schema version: %" PRIu32 "\n"
                "rfm as of:      %s\n",
-               cli_store_path(args), st.profiles, st.exposure_keys, st.events_seen,
-               st.bytes_used, (double)st.bytes_used / 1048576.0, st.map_size,
-               (double)st.map_size / 1048576.0, st.schema_version, rfm);
+               cli_store_path(args), st.profiles, st.exposure_keys, st.events_seen, st.bytes_used,
+               (double)st.bytes_used / 1048576.0, st.map_size, (double)st.map_size / 1048576.0,
+               st.schema_version, rfm);
     }
     nbx_store_close(store);
     return CLI_OK;
