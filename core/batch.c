@@ -14,9 +14,24 @@
  * or nothing else is running, and the owner wakes idle workers when that
  * many are queued or when it is about to wait. A futex round trip per
  * decision would cost as much as a small decision.
+ *
+ * Recording (NBX_DECIDE_RECORD) is done here rather than by nbx_decide(),
+ * for two reasons. Throughput: nbx_decide() commits each decision's
+ * impressions in its own transaction, an fsync per customer; a worker here
+ * decides without recording and commits the impressions of up to
+ * RECORD_GROUP_MAX decisions in one transaction. Atomicity: a decision reads
+ * caps in a read snapshot, so two processes deciding for the same customer
+ * at once could both see room and both record. In the write transaction
+ * (LMDB has one writer at a time, across processes) each decision's actions
+ * are checked again against the counters as they are now; a decision whose
+ * actions no longer pass is made again after the commit, on counters that
+ * include the other writer's impressions. A slot is handed back only once
+ * its impressions are committed. The events are those nbx_decide() records:
+ * one impression per action, id DECISION_ID:INDEX, at the decision's clock.
  */
 #include "nbx_int.h"
 
+#include <math.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,9 +43,16 @@ enum slot_state { SLOT_FREE = 0, SLOT_QUEUED, SLOT_RUNNING, SLOT_DONE };
 
 #define WAKE_MARK_MAX 64
 #define WINDOW_PER_THREAD 256
+/* NBX_DECIDE_RECORD: decisions whose impressions share one write
+ * transaction (one fsync), and how often a decision is made again when
+ * another writer moved its caps before it could be recorded. */
+#define RECORD_GROUP_MAX 128
+#define RECORD_RETRIES_MAX 8
 
 typedef struct slot {
     uint8_t state; /* slot_state, under the batch lock */
+    uint8_t retries; /* NBX_DECIDE_RECORD: decided again because caps moved */
+    bool stale;
     /* Input, written by the owner while the slot is FREE: the customer id,
      * then this customer's own session keys and values, NUL-terminated. */
     nbx_buf in;
@@ -50,6 +72,14 @@ typedef struct worker {
     nbx_ctx *ctx;
     pthread_t thread;
     bool started;
+    /* NBX_DECIDE_RECORD: decided slots whose impressions are not committed
+     * yet, and what checking them at commit needs. */
+    slot **pending;
+    size_t n_pending;
+    nbx_snapshot *caps_snap; /* keeps caps.catalog alive */
+    nbx_caps caps;
+    nbx_arena arena;
+    nbx_buf scratch;
 } worker;
 
 struct nbx_batch {
@@ -313,7 +343,7 @@ static void run_one(nbx_batch *b, worker *w, slot *s)
     req.session = s->session;
     req.n_session = s->n_session;
     req.now_ms = b->now_ms;
-    req.flags = b->flags;
+    req.flags = b->flags & ~(unsigned)NBX_DECIDE_RECORD; /* recorded by record_group() */
     const nbx_result *r = NULL;
     int rc = nbx_decide(w->ctx, &req, &r);
     copy_result(s, rc, r, rc ? nbx_ctx_errmsg(w->ctx) : NULL);
@@ -327,33 +357,182 @@ static bool owner_should_wake(const nbx_batch *b)
     return b->done_untaken >= b->wake_mark || (b->running == 0 && b->claimed == b->submitted);
 }
 
+/* Called with the lock held: the slot's result may be taken. */
+static void mark_done(nbx_batch *b, slot *s)
+{
+    s->state = SLOT_DONE;
+    b->running--;
+    b->done_untaken++;
+    if (b->owner_waiting && owner_should_wake(b))
+        pthread_cond_signal(&b->done_cv);
+}
+
+/* ------------------------------------------------------------------------
+ * Recording (NBX_DECIDE_RECORD)
+ * ------------------------------------------------------------------------ */
+
+static int worker_caps_for(worker *w, nbx_snapshot *snap)
+{
+    if (w->caps_snap && w->caps_snap->catalog == snap->catalog) {
+        nbx_snapshot_unref(snap);
+        return NBX_OK;
+    }
+    nbx_caps_free(&w->caps);
+    nbx_snapshot_unref(w->caps_snap);
+    w->caps_snap = NULL;
+    int rc = nbx_caps_init(&w->caps, snap->catalog);
+    if (rc) {
+        nbx_snapshot_unref(snap);
+        return rc;
+    }
+    w->caps_snap = snap;
+    return NBX_OK;
+}
+
+/* Check one decision's actions against the counters as they are in txn and
+ * record them. Returns NBX_OK (recorded), 1 (stale: decide again) or an
+ * error. */
+static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e)
+{
+    const nbx_batch_item *it = &s->item;
+    if (it->n_actions == 0)
+        return NBX_OK;
+    nbx_store *store = b->engine->store;
+    const nbx_catalog *cat = w->caps_snap->catalog;
+    nbx_sv customer = nbx_sv_of(s->in.data);
+    nbx_arena_reset(&w->arena);
+    nbx_profile p = {.id = customer};
+    int rc = nbx_store_profile_get(store, txn, customer, &p, &w->arena, e);
+    if (rc == NBX_ENOTFOUND) {
+        memset(&p, 0, sizeof p);
+        p.id = customer;
+        rc = NBX_OK;
+    }
+    /* Budgets are cached per transaction id: this transaction writes them. */
+    w->caps.budget_valid = false;
+    if (rc == NBX_OK)
+        rc = nbx_caps_load(&w->caps, store, txn, customer, b->now_ms, &w->arena, e);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < it->n_actions; i++) {
+        const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(it->actions[i].offer));
+        if (!o)
+            return 1; /* the catalog was reloaded */
+        int why = nbx_caps_check(&w->caps, o, &p, b->now_ms);
+        /* Fallback actions ignore caps and budgets, as in nbx_decide(). */
+        if (it->fallback ? why == NBX_EXCLUDED_VALIDITY || why == NBX_EXCLUDED_CONSENT
+                         : why != NBX_EXCLUDED_NONE)
+            return 1;
+    }
+    for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++) {
+        char eid[64];
+        int len = snprintf(eid, sizeof eid, "%s:%zu", it->decision_id, i);
+        nbx_event ev = {
+            .id = {eid, (size_t)len},
+            .customer = customer,
+            .offer = nbx_sv_of(it->actions[i].offer),
+            .placement = nbx_sv_of(it->actions[i].placement),
+            .type = NBX_EV_IMPRESSION,
+            .ts_ms = b->now_ms,
+            .amount = NAN,
+            .margin = NAN,
+        };
+        int applied;
+        rc = nbx_event_apply_txn(store, txn, &ev, &applied, &w->arena, &w->scratch, e);
+    }
+    return rc;
+}
+
+/* Commit the impressions of the worker's pending decisions in one
+ * transaction; hand back the recorded ones, decide the stale ones again
+ * (they stay pending). Called without the lock. */
+static void record_group(nbx_batch *b, worker *w)
+{
+    nbx_err e = {0};
+    nbx_store *store = b->engine->store;
+    MDB_txn *txn = NULL;
+    int rc = worker_caps_for(w, nbx_engine_snapshot(b->engine));
+    if (rc)
+        nbx_err_set(&e, rc, "out of memory recording exposures");
+    if (rc == NBX_OK)
+        rc = nbx_store_write_begin(store, &txn, &e);
+    for (size_t i = 0; i < w->n_pending && rc == NBX_OK; i++) {
+        int v = record_one(b, w, txn, w->pending[i], &e);
+        w->pending[i]->stale = v == 1;
+        if (v < 0)
+            rc = v;
+    }
+    if (txn && rc == NBX_OK)
+        rc = nbx_store_commit(store, txn, &e);
+    else if (txn)
+        mdb_txn_abort(txn);
+    if (rc)
+        nbx_err_prefix(&e, "recording exposures: ");
+
+    size_t keep = 0;
+    for (size_t i = 0; i < w->n_pending; i++) {
+        slot *s = w->pending[i];
+        bool done = true;
+        if (rc) {
+            copy_result(s, rc, NULL, e.msg);
+        } else if (s->stale && ++s->retries > RECORD_RETRIES_MAX) {
+            copy_result(s, NBX_ELIMIT, NULL,
+                        "recording exposures: the customer's caps kept changing under "
+                        "concurrent writers; not recorded");
+        } else if (s->stale) {
+            run_one(b, w, s);
+            done = s->item.status != NBX_OK;
+        }
+        if (done) {
+            pthread_mutex_lock(&b->lock);
+            mark_done(b, s);
+            pthread_mutex_unlock(&b->lock);
+        } else {
+            w->pending[keep++] = s;
+        }
+    }
+    w->n_pending = keep;
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
     nbx_batch *b = w->batch;
+    bool record = (b->flags & NBX_DECIDE_RECORD) != 0;
     pthread_mutex_lock(&b->lock);
     for (;;) {
-        while (!b->stop && b->claimed == b->submitted) {
+        if (b->stop)
+            break; /* pending decisions are dropped unrecorded */
+        if (w->n_pending &&
+            (b->claimed == b->submitted || w->n_pending >= RECORD_GROUP_MAX)) {
+            /* Before going idle, or when the group is full. */
+            pthread_mutex_unlock(&b->lock);
+            record_group(b, w);
+            pthread_mutex_lock(&b->lock);
+            continue;
+        }
+        if (b->claimed == b->submitted) {
             b->idle++;
             pthread_cond_wait(&b->work_cv, &b->lock);
             b->idle--;
+            continue;
         }
-        if (b->stop)
-            break;
         slot *s = &b->slots[b->claimed % b->n_slots];
         b->claimed++;
         s->state = SLOT_RUNNING;
+        s->retries = 0;
         b->running++;
         pthread_mutex_unlock(&b->lock);
 
         run_one(b, w, s);
 
+        if (record && s->item.status == NBX_OK) {
+            w->pending[w->n_pending++] = s;
+            pthread_mutex_lock(&b->lock);
+            continue;
+        }
         pthread_mutex_lock(&b->lock);
-        s->state = SLOT_DONE;
-        b->running--;
-        b->done_untaken++;
-        if (b->owner_waiting && owner_should_wake(b))
-            pthread_cond_signal(&b->done_cv);
+        mark_done(b, s);
     }
     pthread_mutex_unlock(&b->lock);
     return NULL;
@@ -373,8 +552,15 @@ static void batch_free(nbx_batch *b)
         for (unsigned i = 0; i < b->n_threads; i++)
             if (b->workers[i].started)
                 pthread_join(b->workers[i].thread, NULL);
-        for (unsigned i = 0; i < b->n_threads; i++)
-            nbx_ctx_close(b->workers[i].ctx);
+        for (unsigned i = 0; i < b->n_threads; i++) {
+            worker *w = &b->workers[i];
+            nbx_ctx_close(w->ctx);
+            free(w->pending);
+            nbx_caps_free(&w->caps);
+            nbx_snapshot_unref(w->caps_snap);
+            nbx_arena_free(&w->arena);
+            nbx_buf_free(&w->scratch);
+        }
         free(b->workers);
     }
     if (b->slots) {
@@ -401,6 +587,11 @@ static int start_workers(nbx_batch *b, nbx_err *e)
     for (unsigned i = 0; i < b->n_threads; i++) {
         worker *w = &b->workers[i];
         w->batch = b;
+        if (b->flags & NBX_DECIDE_RECORD) {
+            w->pending = calloc(RECORD_GROUP_MAX, sizeof *w->pending);
+            if (!w->pending)
+                return nbx_err_set(e, NBX_ENOMEM, "out of memory starting a batch");
+        }
         int rc = nbx_ctx_open(b->engine, &w->ctx);
         if (rc) {
             nbx_err_set(e, rc, "%s", nbx_last_errmsg());

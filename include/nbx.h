@@ -732,7 +732,8 @@ typedef struct nbx_batch_options {
     int64_t now_ms;                /**< the clock of every decision (0: the wall clock at
                                         nbx_batch_open(), the same for the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
-                                        NBX_DECIDE_RECORD (needs a read-write engine) */
+                                        NBX_DECIDE_RECORD (needs a read-write engine;
+                                        see nbx_batch_open()) */
     uint32_t shard_count;          /**< 0: decide every customer submitted; else only those
                                         with nbx_shard_of(id, shard_count) == shard_index */
     uint32_t shard_index;          /**< 0..shard_count-1 */
@@ -786,6 +787,18 @@ NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
  * Options are copied: placements and session may be freed after the call.
  * Placements are checked against the engine's current catalog.
  *
+ * With NBX_DECIDE_RECORD the chosen actions are recorded as the same
+ * impression events nbx_decide() records (id DECISION_ID:INDEX, at the
+ * decision's clock), with two differences that matter for campaigns: the
+ * impressions of many decisions are committed in one transaction (one
+ * fsync per group, not per customer), and in that transaction each
+ * decision's actions are checked again against the caps as they are then;
+ * a decision another writer (another batch, another process) made stale is
+ * made again on the new counters before it is recorded. So overlapping
+ * campaigns, even running at the same time, never record more than the caps
+ * allow. An item is handed back only once its impressions are committed; a
+ * decision still stale after 8 attempts fails with NBX_ELIMIT, unrecorded.
+ *
  * @param engine the engine; must outlive the batch (close the batch first).
  * @param opts may be NULL for defaults.
  * @param[out] out the batch, NULL on failure (see nbx_last_errmsg()).
@@ -823,7 +836,8 @@ NBX_API size_t nbx_batch_pending(const nbx_batch *b);
  * @param session this customer's session fields, may be NULL if n_session is 0.
  * @param user handed back unchanged in nbx_batch_item.user; nbx never reads it.
  * @return NBX_OK; NBX_DONE (not an error: the customer belongs to another
- *   shard, see nbx_batch_options.shard_count; nothing is queued); NBX_EINVAL (NULL batch or customer, a bad id, a session
+ *   shard, see nbx_batch_options.shard_count; nothing is queued);
+ *   NBX_EINVAL (NULL batch or customer, a bad id, a session
  *   field without key or value or too long, more than
  *   NBX_REQUEST_SESSION_MAX fields once merged: nothing is queued, see
  *   nbx_batch_errmsg()); NBX_ELIMIT (the window is full: take results first);
@@ -883,8 +897,11 @@ NBX_API const char *nbx_batch_errmsg(const nbx_batch *b);
 
 /**
  * @brief Stop the batch: decisions still queued are dropped, decisions
- * running finish (with NBX_DECIDE_RECORD their impressions are recorded),
- * the threads are joined and the contexts closed. NULL is a no-op.
+ * running finish, the threads are joined and the contexts closed. With
+ * NBX_DECIDE_RECORD, impressions of items not handed back may already be
+ * committed (a group is committed before its items are handed back);
+ * decisions whose group was not committed yet are not recorded. NULL is a
+ * no-op.
  * @note Not thread-safe with other calls on the same batch.
  */
 NBX_API void nbx_batch_close(nbx_batch *b);

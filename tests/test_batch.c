@@ -1,6 +1,7 @@
 /* Suite: batch (core/batch.c): decisions on worker threads handed back in
  * submission order, on a real store with real policies. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -735,4 +736,91 @@ Test(batch, shards_of_a_batch_partition_the_customers)
     o.shard_index = 3;
     nbx_batch *b;
     cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_EINVAL);
+}
+
+/* Two campaigns over the same customers at the same time, each recording.
+ * With at most 1 contact a week, whichever campaign records first for a
+ * customer gets its actions and the other must find the customer capped:
+ * never both. */
+typedef struct campaign {
+    int actions[CUSTOMERS];
+    int failed;
+} campaign;
+
+static void *run_campaign(void *arg)
+{
+    campaign *c = arg;
+    nbx_batch_options o;
+    nbx_batch_options_init(&o);
+    o.threads = 2;
+    o.window = 16;
+    o.now_ms = NOW;
+    o.flags = NBX_DECIDE_RECORD;
+    nbx_batch *b;
+    if (nbx_batch_open(engine, &o, &b) != NBX_OK) {
+        c->failed = -1;
+        return NULL;
+    }
+    const nbx_batch_item *it;
+    for (int i = 0; i < 200; i++) {
+        char id[16];
+        customer_id(id, sizeof id, 3 * i + 1); /* consenting customers */
+        while (nbx_batch_space(b) == 0 && nbx_batch_next(b, &it) == NBX_OK) {
+            if (it->status == NBX_OK)
+                c->actions[(intptr_t)it->user] = (int)it->n_actions;
+            else
+                c->failed++;
+        }
+        nbx_batch_submit(b, id, NULL, 0, (void *)(intptr_t)(3 * i + 1));
+    }
+    while (nbx_batch_next(b, &it) == NBX_OK) {
+        if (it->status == NBX_OK)
+            c->actions[(intptr_t)it->user] = (int)it->n_actions;
+        else
+            c->failed++;
+    }
+    nbx_batch_close(b);
+    return NULL;
+}
+
+Test(batch, concurrent_recording_campaigns_never_exceed_the_caps)
+{
+    char *fixture = tu_read_file(catalog_path, NULL);
+    cr_assert_not_null(fixture);
+    char *at = strstr(fixture, "\"max_contacts\": {\"max\": 5");
+    cr_assert_not_null(at, "the fixture's contact policy moved");
+    at[strlen("\"max_contacts\": {\"max\": ")] = '1';
+    char *four = tu_path(dir, "one_contact.json");
+    cr_assert_eq(tu_write_file(four, fixture), 0);
+    free(fixture);
+    free(catalog_path);
+    catalog_path = four;
+    open_engine(FS_FIRST, 0);
+
+    static campaign a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, run_campaign, &a);
+    pthread_create(&tb, NULL, run_campaign, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    cr_assert_eq(a.failed, 0);
+    cr_assert_eq(b.failed, 0);
+    uint64_t recorded = 0;
+    int from_a = 0;
+    for (int i = 0; i < 200; i++) {
+        int c = 3 * i + 1;
+        cr_assert((a.actions[c] > 0) != (b.actions[c] > 0),
+                  "customer %d: campaign A recorded %d actions, B %d; the contact cap is 1", c,
+                  a.actions[c], b.actions[c]);
+        recorded += (uint64_t)(a.actions[c] + b.actions[c]);
+        from_a += a.actions[c] > 0;
+    }
+    /* What the store holds: exactly the actions handed back. */
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(nbx_engine_store(engine), &st), NBX_OK);
+    cr_assert_eq(st.events_seen, recorded, "events recorded: %llu, actions handed back: %llu",
+                 (unsigned long long)st.events_seen, (unsigned long long)recorded);
+    cr_log_info("campaign A took %d of 200 customers", from_a);
 }

@@ -274,19 +274,38 @@ static int reader_next(reader *r, const char **line, size_t *len, bool *too_long
  * Output
  * ======================================================================== */
 
-/* Shortest of %.15g, %.16g, %.17g that reads back to the same double:
- * the shortest round-trip form, as the result JSON writes numbers. */
+/* Numbers as the result JSON writes them, so that the CSV and the JSONL of
+ * one run agree to the digit: from 0.001 up to 1e9, fixed point with up to
+ * nine decimals (trailing zeros dropped, from the value scaled by 1e9 and
+ * rounded); outside that range, the shortest form that reads back to the
+ * same double. */
 static void format_number(char *buf, size_t size, double v)
 {
+    double a = fabs(v);
     if (!isfinite(v)) {
         buf[0] = '\0';
         return;
     }
-    for (int precision = 15; precision <= 17; precision++) {
-        snprintf(buf, size, "%.*g", precision, v);
-        if (strtod(buf, NULL) == v)
-            return;
+    if (a >= 1e9 || (a < 1e-3 && a != 0)) {
+        for (int precision = 15; precision <= 17; precision++) {
+            snprintf(buf, size, "%.*g", precision, v);
+            if (strtod(buf, NULL) == v)
+                return;
+        }
+        return;
     }
+    long long scaled = llround(a * 1e9);
+    long long ip = scaled / 1000000000LL, fp = scaled % 1000000000LL;
+    int digits = 9;
+    while (fp && fp % 10 == 0) {
+        fp /= 10;
+        digits--;
+    }
+    const char *sign = v < 0 && scaled != 0 ? "-" : "";
+    if (fp)
+        snprintf(buf, size, "%s%lld.%0*lld", sign, ip, digits, fp);
+    else
+        snprintf(buf, size, "%s%lld", sign, ip);
 }
 
 /* A CSV row is built in memory, then written with one fwrite: its length

@@ -341,6 +341,43 @@ class T04Exposures(BatchCase):
         self.assertIn(f"{len(events)} duplicates", r.stdout)
 
 
+    def test_04_concurrent_campaigns_never_exceed_the_caps(self):
+        # Two processes record for the same 400 customers at the same time,
+        # with at most one contact a week: each customer ends up with the
+        # actions of exactly one campaign.
+        with open(self.catalog, encoding="utf-8") as f:
+            cat = json.load(f)
+        cat["guardrails"]["max_contacts"] = {"max": 1, "window_days": 7}
+        catalog = self.write("one.json", json.dumps(cat))
+        ids = [f"v{i:04d}" for i in range(400)]
+        self.ok("import", "profiles", self.write_jsonl("v.jsonl", [
+            {"id": i, "consent": {"personalization": True}} for i in ids]), "--store", self.store)
+        customers = self.write("v.txt", "".join(i + "\n" for i in ids))
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        procs = []
+        for name in ("a", "b"):
+            args = self.batch_args("--customers", customers, "--as-of", "2026-03-10T12:00:00Z",
+                                   "--commit-exposures", "--threads", "2", "--window", "8",
+                                   "--out", self.path(f"{name}.jsonl"), store=self.store,
+                                   catalog=catalog)
+            procs.append(subprocess.Popen([NBX, *args], stderr=subprocess.PIPE, text=True,
+                                          env=env))
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            self.assertEqual(p.returncode, 0, err)
+        got = {}
+        for name in ("a", "b"):
+            with open(self.path(f"{name}.jsonl")) as f:
+                for d in map(json.loads, f):
+                    got.setdefault(d["customer"], []).append(len(d["actions"]))
+        self.assertEqual(sorted(got), ids)
+        twice = [c for c, n in got.items() if n[0] and n[1]]
+        never = [c for c, n in got.items() if not n[0] and not n[1]]
+        self.assertEqual(twice, [], "customers contacted by both campaigns")
+        self.assertEqual(never, [], "customers contacted by neither")
+        self.assertEqual(self.stats()["events_seen"], sum(sum(n) for n in got.values()))
+
+
 # ===========================================================================
 # 5. Checkpoints
 # ===========================================================================
