@@ -406,6 +406,12 @@ static const char sb_lib_source[] =
 
 static void sb_note_where(nbx_sandbox *sb, lua_State *L, int level);
 
+static bool sb_time_up(nbx_sandbox *sb);
+static void sb_hook(lua_State *L, lua_Debug *ar);
+
+/* Growth from which an allocation also checks the deadline. */
+#define SB_BIG_ALLOC 65536
+
 /* Lua's allocator contract: nsize 0 frees; shrinking never fails. LuaJIT
  * raises "not enough memory" without trying an emergency collection first,
  * so sb_run collects between decisions when garbage piles up. */
@@ -429,6 +435,20 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
                  * policy's line now. Reading the stack allocates nothing. */
                 if (sb->in_policy && sb->L && !sb->recorded)
                     sb_note_where(sb, sb->L, 0);
+            }
+            return NULL;
+        }
+        /* Hooks count VM instructions, but one instruction can run a long
+         * C function (string.rep, ..), and those allocate: a big allocation
+         * checks the deadline too, and past it is refused. The hook then
+         * fires on the next instruction, so a pcall cannot absorb it. */
+        if (grow >= SB_BIG_ALLOC && sb->in_policy && sb->L &&
+            (sb->timed_out || sb_time_up(sb))) {
+            if (!sb->timed_out) {
+                sb->timed_out = true;
+                if (!sb->recorded)
+                    sb_note_where(sb, sb->L, 0);
+                lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, 1);
             }
             return NULL;
         }
@@ -467,8 +487,6 @@ static int64_t sb_clock_ns(clockid_t id)
     clock_gettime(id, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
-
-static void sb_hook(lua_State *L, lua_Debug *ar);
 
 static void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
 {
