@@ -984,12 +984,13 @@ Test(sandbox, recursion_through_pcall_and_sort_ends_cleanly)
  * ======================================================================== */
 
 typedef struct expectation {
-    char kind[32];   /* ok, timeout, memory, runtime, result, load_error */
+    char kind[32];   /* ok, timeout, memory, limit, runtime, result, load_error */
     char detail[256]; /* substring of the reason or message, may be empty */
 } expectation;
 
 /* "-- expect: fallback runtime: text", "-- expect: load_error: text",
- * "-- expect: ok". */
+ * "-- expect: ok". "limit" accepts a memory or a timeout fault: for bombs
+ * where which limit is reached first depends on the machine. */
 static bool parse_expectation(const char *text, expectation *x)
 {
     memset(x, 0, sizeof *x);
@@ -1015,8 +1016,8 @@ static bool parse_expectation(const char *text, expectation *x)
             return false;
         memcpy(x->detail, p, d);
     }
-    static const char *const kinds[] = {"ok",      "timeout", "memory",
-                                        "runtime", "result",  "load_error"};
+    static const char *const kinds[] = {"ok",     "timeout", "memory",    "limit",
+                                        "runtime", "result", "load_error"};
     for (size_t i = 0; i < NBX_ARRAY_LEN(kinds); i++)
         if (strcmp(x->kind, kinds[i]) == 0)
             return true;
@@ -1065,8 +1066,11 @@ static void check_hostile(const char *dir, const char *file)
                      fault_name(pe.fault), pe.reason, pe.where);
     } else {
         cr_expect_eq(rc, NBX_EPOLICY, "%s: expected a %s fault, got rc %d", file, x.kind, rc);
-        cr_expect_str_eq(fault_name(pe.fault), x.kind, "%s: expected a %s fault, got %s: %s",
-                         file, x.kind, fault_name(pe.fault), pe.reason);
+        bool limit = strcmp(x.kind, "limit") == 0 &&
+                     (pe.fault == NBX_FAULT_MEMORY || pe.fault == NBX_FAULT_TIMEOUT);
+        cr_expect(limit || strcmp(fault_name(pe.fault), x.kind) == 0,
+                  "%s: expected a %s fault, got %s: %s", file, x.kind, fault_name(pe.fault),
+                  pe.reason);
         cr_expect(strstr(pe.reason, x.detail), "%s: expected '%s' in the reason, got: %s", file,
                   x.detail, pe.reason);
         size_t base = strlen(file);
@@ -1074,8 +1078,11 @@ static void check_hostile(const char *dir, const char *file)
                   "%s: where should be %s:LINE, got '%s'", file, file, pe.where);
         cr_expect_neq(pe.offer[0], '\0', "%s: the record names no offer", file);
         cr_expect_lt(strlen(pe.reason), sizeof pe.reason);
-        if (strcmp(x.kind, "timeout") == 0)
-            cr_expect_lt(ms, 20, "%s: a 2 ms limit took %.1f ms of CPU to fire", file, ms);
+        /* A few ms past the limit is one long C call (documented); without
+         * the allocator's deadline check, timeout_big_allocations took over
+         * 130 ms. */
+        if (pe.fault == NBX_FAULT_TIMEOUT)
+            cr_expect_lt(ms, 50, "%s: a 2 ms limit took %.1f ms of CPU to fire", file, ms);
     }
     /* A normal decision on the same sandbox works and is right. */
     nbx_kv kv[] = {{"mode", "normal"}};
@@ -1285,14 +1292,15 @@ Test(sandbox, plain_find_is_linear)
     /* LuaJIT's plain find is a naive search: 'a'*n against 'a'*(n/2)..'b'
      * is quadratic. memmem is not. */
     lua_State *L = pattern_state(NULL);
-    int64_t t0 = nbx_monotonic_us();
+    double t0 = cpu_ms();
     cr_assert_eq(luaL_dostring(L, "local s = ('a'):rep(4e6)\n"
                                   "local p = ('a'):rep(2e6) .. 'b'\n"
                                   "assert(lp.find(s, p, 1, true) == nil)\n"
                                   "assert(lp.find(s .. 'b', p, 1, true) == 2e6 + 1)"),
                  0, "%s", lua_tostring(L, -1));
-    double ms = elapsed_ms(t0);
-    cr_expect_lt(ms, 500, "plain find of a 2 MB needle in 4 MB took %.0f ms", ms);
+    double ms = cpu_ms() - t0;
+    /* Quadratic would be hours; linear is milliseconds. */
+    cr_expect_lt(ms, 2000, "plain find of a 2 MB needle in 4 MB took %.0f ms of CPU", ms);
     lua_close(L);
 }
 

@@ -1,5 +1,6 @@
--- expect: fallback memory
--- Doubles a string until memory runs out.
+-- expect: fallback limit
+-- Doubles a string until the memory or the time limit ends it (which comes
+-- first depends on the machine: both are fine).
 -- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
 local policy = { name = "memory_concat" }
 

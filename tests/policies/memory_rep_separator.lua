@@ -1,5 +1,7 @@
--- expect: fallback memory
--- string.rep with a separator, and table.concat of a huge table.
+-- expect: fallback limit
+-- string.rep with a separator, and table.concat of a huge table, until the
+-- memory or the time limit ends it (which comes first depends on the
+-- machine: both are fine).
 -- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
 local policy = { name = "memory_rep_separator" }
 

@@ -1,5 +1,7 @@
--- expect: fallback memory
--- Fills a table with distinct 1-2 MB strings (equal strings would be shared).
+-- expect: fallback limit
+-- Fills a table with distinct 1-2 MB strings (equal strings would be shared)
+-- until the memory or the time limit ends it: which comes first depends on
+-- the machine, both are fine.
 -- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
 local policy = { name = "memory_table_of_strings" }
 
