@@ -3,6 +3,7 @@ temporary directories. Run by ctest (label "cli") or from tests/cli with
 `python3 -m unittest -v test_cli`.
 """
 import collections
+import datetime
 import json
 import os
 import pty
@@ -640,19 +641,22 @@ class T07Rfm(CliTestCase):
             for k in ("r", "f", "m"):
                 self.assertIn(rfm[k], (1, 2, 3, 4, 5), rfm)
 
-        def check(key, score, sign=1):
+        def check(key, score, value=lambda v: v):
             groups = collections.defaultdict(set)
             for rfm in buyers:
-                groups[sign * rfm[key]].add(rfm[score])
+                groups[value(rfm[key])].add(rfm[score])
             values = sorted(groups)
             for lo, hi in zip(values, values[1:]):
                 self.assertLessEqual(max(groups[lo]), min(groups[hi]),
-                                     f"{score}: {key} {sign * lo} scored {groups[lo]}, "
-                                     f"{sign * hi} scored {groups[hi]}")
+                                     f"{score}: {key} {lo} scored {groups[lo]}, "
+                                     f"{hi} scored {groups[hi]}")
 
-        check("revenue", "m")          # more revenue never a lower m
-        check("orders", "f")           # more orders never a lower f
-        check("last_purchase", "r")    # RFC 3339 UTC strings sort as times
+        def when(text):
+            return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+        check("revenue", "m")                # more revenue never a lower m
+        check("orders", "f")                 # more orders never a lower f
+        check("last_purchase", "r", when)    # more recent never a lower r
 
     def test_03_text_report(self):
         r = self.ok("rfm", "rebuild", "--store", self.store, "--as-of", "1772323200")
