@@ -193,10 +193,8 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, 
         return NBX_EXCLUDED_VALIDITY;
     if (!consented(cat, o, p))
         return NBX_EXCLUDED_CONSENT;
-    /* The contact policy limits marketing contacts: offers. Onsite modules
-     * (carousels, banners) are page content and stay available. */
     const nbx_cap *mc = &cat->guardrails.max_contacts;
-    if (o->kind == NBX_KIND_OFFER && mc->window_days && c->contacts >= mc->max)
+    if (mc->window_days && c->contacts >= mc->max)
         return NBX_EXCLUDED_CONTACTS;
     if (c->has_summary[o->index]) {
         const nbx_exposure_summary *s = &c->summary[o->index];

@@ -349,6 +349,17 @@ static void add_action(nbx_ctx *c, const nbx_offer *o, uint32_t placement, doubl
     c->slots_left[placement]--;
 }
 
+/* Actions this decision may still place under the contact policy: every
+ * action shown is a contact, so a decision never takes a customer past
+ * max_contacts. */
+static uint32_t contacts_left(const nbx_ctx *c)
+{
+    const nbx_cap *mc = &c->snap->catalog->guardrails.max_contacts;
+    if (!mc->window_days)
+        return UINT32_MAX;
+    return mc->max > c->caps.contacts ? mc->max - c->caps.contacts : 0;
+}
+
 static void reset_slots(nbx_ctx *c)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -369,6 +380,8 @@ static void arbitrate(nbx_ctx *c, size_t n)
     uint32_t slots = 0;
     for (uint32_t p = 0; p < cat->n_placements; p++)
         slots += c->slots_left[p];
+    if (slots > contacts_left(c))
+        slots = contacts_left(c);
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         if (!c->cand[i].excluded)
@@ -395,16 +408,19 @@ static void arbitrate(nbx_ctx *c, size_t n)
 }
 
 /* The fallback decision: the catalog's fallback actions for the requested
- * placements that are live, consented and pass the guardrails. */
+ * placements that are live, consented, pass the guardrails and fit the
+ * contact policy. Frequency caps and budgets do not apply: fallbacks are the
+ * generic content shown when personalisation is unavailable. */
 static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
 {
     const nbx_catalog *cat = c->snap->catalog;
     reset_slots(c);
+    uint32_t left = contacts_left(c);
     for (uint32_t pi = 0; pi < cat->n_placements; pi++) {
         const nbx_placement *pl = &cat->placements[pi];
         if (!c->placement_wanted[pi])
             continue;
-        for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi]; k++) {
+        for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi] && left; k++) {
             const nbx_offer *o = &cat->offers[pl->fallback[k]];
             int why = nbx_caps_check(&c->caps, o, p, now);
             bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
@@ -412,6 +428,7 @@ static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
                 continue;
             add_action(c, o, pi, NAN,
                        nbx_offer_propensity(p, o) * o->margin - o->serving_cost);
+            left--;
         }
     }
 }
@@ -570,38 +587,78 @@ static void take_fallback(nbx_ctx *c, size_t n, const nbx_profile *p, int64_t no
  * Recording chosen actions (NBX_DECIDE_RECORD)
  * ======================================================================== */
 
-static int record_actions(nbx_ctx *c, const char *customer, int64_t now, nbx_err *e)
+/* Drop action i: another writer got there first. Its candidate says why. */
+static void drop_action(nbx_ctx *c, size_t n, size_t i, int why)
+{
+    nbx_result *r = &c->result;
+    const nbx_action *a = &r->actions[i];
+    for (size_t k = 0; k < n; k++) {
+        nbx_candidate *cd = &c->cand[k];
+        const nbx_catalog *cat = c->snap->catalog;
+        if (!cd->excluded && strcmp(cat->offers[cd->offer].id.ptr, a->offer) == 0 &&
+            strcmp(cat->placements[cd->placement].id.ptr, a->placement) == 0)
+            cd->excluded = (uint8_t)why;
+    }
+    r->expected_margin -= a->expected_margin;
+    memmove(&r->actions[i], &r->actions[i + 1], (r->n_actions - i - 1) * sizeof *r->actions);
+    r->n_actions--;
+}
+
+/* Record the chosen actions as impressions. The decision read a snapshot;
+ * by now another context or process (an overlapping campaign) may have
+ * recorded for the same customer. So under the writer lock, which orders all
+ * writers, the counters are read again and each action re-checked against
+ * the caps, in rank order, before it is recorded: two campaigns can never
+ * both take a customer's last contact. */
+static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t now, nbx_err *e)
 {
     nbx_result *r = &c->result;
     if (r->n_actions == 0)
         return NBX_OK;
     if (c->engine->flags & NBX_ENGINE_READONLY)
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
+    nbx_store *store = c->engine->store;
     MDB_txn *txn;
-    int rc = nbx_store_write_begin(c->engine->store, &txn, e);
+    int rc = nbx_store_write_begin(store, &txn, e);
     if (rc)
         return rc;
-    for (size_t i = 0; i < r->n_actions && rc == NBX_OK; i++) {
+    rc = nbx_caps_load(&c->caps, store, txn, p->id, now, &c->arena, e);
+    /* loaded inside a write: not a committed snapshot's state to reuse */
+    c->caps.budget_valid = false;
+    const nbx_catalog *cat = c->snap->catalog;
+    uint32_t left = contacts_left(c);
+    for (size_t i = 0; i < r->n_actions && rc == NBX_OK;) {
+        const nbx_action *a = &r->actions[i];
+        const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(a->offer));
+        int why = left ? NBX_EXCLUDED_NONE : NBX_EXCLUDED_CONTACTS;
+        if (!why && !r->fallback)
+            why = nbx_caps_check(&c->caps, o, p, now);
+        if (why) {
+            drop_action(c, n, i, why);
+            continue;
+        }
         char eid[64];
         int len = snprintf(eid, sizeof eid, "%s:%zu", r->decision_id, i);
         nbx_event ev = {
             .id = {eid, (size_t)len},
-            .customer = nbx_sv_of(customer),
-            .offer = nbx_sv_of(r->actions[i].offer),
-            .placement = nbx_sv_of(r->actions[i].placement),
+            .customer = p->id,
+            .offer = o->id,
+            .placement = nbx_sv_of(a->placement),
             .type = NBX_EV_IMPRESSION,
             .ts_ms = now,
             .amount = NAN,
             .margin = NAN,
         };
         int applied;
-        rc = nbx_event_apply_txn(c->engine->store, txn, &ev, &applied, &c->arena, &c->scratch, e);
+        rc = nbx_event_apply_txn(store, txn, &ev, &applied, &c->arena, &c->scratch, e);
+        left--;
+        i++;
     }
     if (rc) {
         mdb_txn_abort(txn);
         return rc;
     }
-    return nbx_store_commit(c->engine->store, txn, e);
+    return nbx_store_commit(store, txn, e);
 }
 
 /* ========================================================================
@@ -680,16 +737,17 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         apply_guardrails(c, n, &profile);
         arbitrate(c, n);
     }
+    /* Recording reads the profile (consent), whose strings live in the read
+     * snapshot: record before the snapshot is released. */
+    if (req->flags & NBX_DECIDE_RECORD)
+        rc = record_actions(c, &profile, n, now, &e);
     mdb_txn_reset(c->txn);
+    if (rc)
+        return ctx_fail(c, &e);
 
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
-    if (req->flags & NBX_DECIDE_RECORD) {
-        rc = record_actions(c, req->customer, now, &e);
-        if (rc)
-            return ctx_fail(c, &e);
-    }
     write_result(c, req, n, now, failed && c->sandbox ? &perr : NULL);
     if (r->json.oom) {
         nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");

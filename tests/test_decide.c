@@ -423,3 +423,26 @@ Test(decide, reload_under_concurrent_decisions)
     free(p1);
     free(p2);
 }
+
+Test(decide, a_decision_never_passes_the_contact_limit)
+{
+    /* the fixture allows 5 contacts a week; make it 2 */
+    char *fixture = tu_read_file(catalog_path, NULL);
+    char *at = strstr(fixture, "\"max_contacts\": {\"max\": 5");
+    cr_assert_not_null(at);
+    at[strlen("\"max_contacts\": {\"max\": ")] = '2';
+    free(catalog_path);
+    catalog_path = tu_path(dir, "two_contacts.json");
+    cr_assert_eq(tu_write_file(catalog_path, fixture), 0);
+    free(fixture);
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("alice", 0);
+    const char *want[] = {"winback_20/hero", "free_shipping/recs"};
+    expect_actions(r, want, 2);
+    r = decide_full("alice", NULL, 0, NBX_DECIDE_RECORD, NOW);
+    expect_actions(r, want, 2);
+    r = decide("alice", NBX_DECIDE_EXPLAIN);
+    cr_assert_eq(nbx_result_action_count(r), 0, "2 of 2 contacts used: %s",
+                 nbx_result_json(r, NULL));
+    cr_assert(strstr(nbx_result_json(r, NULL), "\"excluded\":\"contacts\"") != NULL);
+}
