@@ -50,11 +50,13 @@ int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_aren
         nbx_exposure_day *days = nbx_arena_alloc(a, (x->n_days + 1) * sizeof *days);
         if (!days)
             return NBX_ENOMEM;
-        memcpy(days, x->days, i * sizeof *days);
+        if (x->n_days) /* x->days may be NULL when empty: no memcpy from NULL */
+            memcpy(days, x->days, i * sizeof *days);
         memset(&days[i], 0, sizeof *days);
         days[i].day = day;
         days[i].n[kind] = n;
-        memcpy(days + i + 1, x->days + i, (x->n_days - i) * sizeof *days);
+        if (x->n_days)
+            memcpy(days + i + 1, x->days + i, (x->n_days - i) * sizeof *days);
         x->days = days;
         x->n_days++;
     }

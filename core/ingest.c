@@ -135,7 +135,8 @@ typedef struct writer_cursor {
 
 static inline void put_raw(wcur *w, const void *src, size_t n)
 {
-    memcpy(w->p, src, n);
+    if (n) /* empty strings may be NULL views */
+        memcpy(w->p, src, n);
     w->p += n;
 }
 #define PUT(name, type)                                                                            \
@@ -221,7 +222,7 @@ static size_t profile_record_size(const nbx_profile *p)
     for (uint32_t i = 0; i < p->n_attrs; i++) {
         const nbx_attr *a = &p->attrs[i];
         n += 2 + a->key.len + 1;
-        n += a->type == NBX_ATTR_STRING ? 2 + a->string.len
+        n += a->type == NBX_ATTR_STRING   ? 2 + a->string.len
              : a->type == NBX_ATTR_NUMBER ? 8
              : a->type == NBX_ATTR_BOOL   ? 1
                                           : 0;
@@ -333,8 +334,8 @@ static int unspool_profile(const char *rec, size_t len, nbx_profile *p, nbx_aren
 static void spool_event(nbx_buf *b, uint32_t line, const nbx_event *ev)
 {
     wcur w;
-    size_t size = 8 + 1 + 3 * 8 + 4 * 2 + ev->id.len + ev->customer.len + ev->offer.len +
-                  ev->placement.len;
+    size_t size =
+        8 + 1 + 3 * 8 + 4 * 2 + ev->id.len + ev->customer.len + ev->offer.len + ev->placement.len;
     if (!record_begin(b, size, line, &w))
         return;
     put_u8(&w, ev->type);
@@ -478,8 +479,8 @@ static void parse_chunk(validator *v, chunk *c, nbx_arena *arena)
         c->nonblank++;
         int rc;
         if (n > NBX_LINE_MAX) {
-            rc = nbx_err_set(&e, NBX_ELIMIT, "line is %zu bytes, the limit is %d (NBX_LINE_MAX)",
-                             n, NBX_LINE_MAX);
+            rc = nbx_err_set(&e, NBX_ELIMIT, "line is %zu bytes, the limit is %d (NBX_LINE_MAX)", n,
+                             NBX_LINE_MAX);
         } else {
             nbx_arena_reset(arena);
             if (v->kind == NBX_IMPORT_PROFILES) {
@@ -671,8 +672,7 @@ static int collect_chunk(import *im, chunk *c)
         uint32_t line, len;
         memcpy(&line, p, 4);
         memcpy(&len, p + 4, 4);
-        nbx_buf_printf(&im->rejects_buf, "{\"line\":%llu",
-                       (unsigned long long)(first_line + line));
+        nbx_buf_printf(&im->rejects_buf, "{\"line\":%llu", (unsigned long long)(first_line + line));
         nbx_buf_append(&im->rejects_buf, p + 8, len);
         p += 8 + len;
         if (im->rejects_buf.len >= (1u << 16) && flush_rejects(im) != NBX_OK)
@@ -721,9 +721,12 @@ static int validate(import *im)
     for (unsigned i = 0; rc == NBX_OK && i < v.n_chunks; i++)
         if (!(v.chunks[i].data = malloc(CHUNK_CAP)))
             rc = nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
-    for (; rc == NBX_OK && started < n_threads; started++)
+    while (rc == NBX_OK && started < n_threads) {
         if (pthread_create(&threads[started], NULL, parser_main, &v) != 0)
             rc = nbx_err_set(&im->err, NBX_ENOMEM, "cannot start a parser thread");
+        else
+            started++;
+    }
 
     uint64_t collected = 0;
     bool input_done = false;
@@ -732,8 +735,7 @@ static int validate(import *im)
         chunk *next = NULL;
         bool fill = false;
         for (;;) {
-            if (collected < v.filled &&
-                v.chunks[collected % v.n_chunks].state == CHUNK_DONE) {
+            if (collected < v.filled && v.chunks[collected % v.n_chunks].state == CHUNK_DONE) {
                 next = &v.chunks[collected % v.n_chunks];
                 break;
             }
@@ -834,9 +836,9 @@ enum { BATCH_FREE, BATCH_FULL };
 
 typedef struct batch {
     int state;
-    int status;  /* preparer's error, or NBX_DONE after the last batch */
-    nbx_err err; /* its message */
-    uint32_t n;  /* records */
+    int status;      /* preparer's error, or NBX_DONE after the last batch */
+    nbx_err err;     /* its message */
+    uint32_t n;      /* records */
     nbx_buf bytes;   /* spooled records, copied */
     size_t *rec_off; /* record i at bytes.data + rec_off[i] */
     uint64_t *line;  /* record i's line in the file */
@@ -954,8 +956,6 @@ static int next_record(applier *ap, batch *b, int fd)
     return 1;
 }
 
-
-
 static inline uint32_t record_len(const batch *b, uint32_t i)
 {
     uint32_t len;
@@ -968,14 +968,16 @@ static inline uint32_t record_len(const batch *b, uint32_t i)
 static int merge_group(const batch *b, uint32_t from, uint32_t to, const nbx_profile *base,
                        nbx_profile *out, nbx_arena *a, nbx_err *e)
 {
-    nbx_profile cur;
-    for (uint32_t j = from; j < to; j++) {
-        int rc = nbx_profile_patch(base, &b->patch[b->by_id[j].rec], b->now_ms, &cur, a, e);
+    /* two results in turn: a merge never reads and writes one struct */
+    nbx_profile step[2];
+    int k = 0;
+    for (uint32_t j = from; j < to; j++, k ^= 1) {
+        int rc = nbx_profile_patch(base, &b->patch[b->by_id[j].rec], b->now_ms, &step[k], a, e);
         if (rc)
             return rc;
-        base = &cur;
+        base = &step[k];
     }
-    *out = cur;
+    *out = *base;
     return NBX_OK;
 }
 
@@ -1049,7 +1051,8 @@ static int prepare_events(batch *b)
             return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
         b->by_history[i] = (kref){hk, (uint32_t)len, i};
         if (ev->type == NBX_EV_PURCHASE) {
-            b->purchases[b->n_purchases++] = (kref){ev->customer.ptr, (uint32_t)ev->customer.len, i};
+            b->purchases[b->n_purchases++] =
+                (kref){ev->customer.ptr, (uint32_t)ev->customer.len, i};
             continue;
         }
         char *xk = arena_key(&b->arena, ev->customer.len + 1 + ev->offer.len, &len, ev->customer,
@@ -1537,15 +1540,7 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
     if (store->flags & NBX_STORE_READONLY)
         return nbx_fail(store, NBX_EREADONLY, "%s: store opened read-only", store->path);
 
-    import im = {.store = store,
-                 .kind = kind,
-                 .name = path,
-                 .opts = opts,
-                 .batch_size = opts->batch_size ? opts->batch_size : DEFAULT_BATCH,
-                 .in_fd = -1,
-                 .spool_fd = -1,
-                 .rejects_fd = -1,
-                 .next_progress = PROGRESS_EVERY};
+import im = {.store = store, .kind = kind, .name = path, .opts = opts, .batch_size = opts->batch_size ? opts->batch_size:DEFAULT_BATCH, .in_fd = - 1, .spool_fd = - 1, .rejects_fd = - 1, .next_progress = PROGRESS_EVERY };
     uint64_t stopped_at = 0;
     int rc = open_input(&im, path);
     if (rc == NBX_OK && opts->rejects_path) {
