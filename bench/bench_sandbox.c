@@ -34,8 +34,8 @@
 #define ROUNDS 10
 #define WARMUP 1000
 
-static const char *const categories[] = {"apparel", "shoes", "beauty", "home",
-                                         "retention", "shipping", "toys", "garden"};
+static const char *const categories[] = {"apparel",   "shoes",    "beauty", "home",
+                                         "retention", "shipping", "toys",   "garden"};
 static const char *const placements[] = {"hero", "recs", "sidebar", "checkout"};
 
 static char *write_catalog(const char *dir)
@@ -101,9 +101,8 @@ static nbx_prop props[CUSTOMERS][32];
 static char keys[CUSTOMERS][32][16];
 static char ids[CUSTOMERS][16];
 static nbx_profile profiles[CUSTOMERS];
-static nbx_exposure_summary seen = {.impressions = 2,
-                                    .clicks = 1,
-                                    .last_impression = INT64_C(1767000000000)};
+static nbx_exposure_summary seen = {
+    .impressions = 2, .clicks = 1, .last_impression = INT64_C(1767000000000)};
 
 static void make_customers(void)
 {
@@ -136,8 +135,7 @@ static void make_customers(void)
                                     .fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY |
                                               NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM};
         profiles[c].rfm = (nbx_rfm){.first_purchase = INT64_C(1700000000000),
-                                    .last_purchase =
-                                        INT64_C(1765000000000) - c * INT64_C(86400000),
+                                    .last_purchase = INT64_C(1765000000000) - c * INT64_C(86400000),
                                     .orders = 9,
                                     .revenue = 812.4,
                                     .margin = 301.2,
@@ -249,8 +247,8 @@ static void bench_policy(const char *policy_path, nbx_catalog *catalog, int deci
 
     printf("\npolicy %s (%s): %d decisions per set-up\n", policy->name, policy_path,
            per_round * ROUNDS);
-    printf("%-34s %8s %8s %8s %8s %10s %9s\n", "set-up", "p50 us", "p99 us", "mean us",
-           "cpu us", "ns/cand", "state KB");
+    printf("%-34s %8s %8s %8s %8s %10s %9s\n", "set-up", "p50 us", "p99 us", "mean us", "cpu us",
+           "ns/cand", "state KB");
     for (size_t i = 0; i < NBX_ARRAY_LEN(setups); i++) {
         setup *s = &setups[i];
         double sum = 0;

@@ -43,8 +43,8 @@ typedef struct lp_match {
     } capture[LP_MAXCAPTURES];
 } lp_match;
 
-static void lp_init(lp_match *m, lua_State *L, const nbx_lp_limit *limit, const char *s,
-                    size_t ls, const char *p, size_t lp)
+static void lp_init(lp_match *m, lua_State *L, const nbx_lp_limit *limit, const char *s, size_t ls,
+                    const char *p, size_t lp)
 {
     m->src_init = s;
     m->src_end = s + ls;

@@ -62,12 +62,21 @@ enum sb_slot {
     SLOT_CO,      /* candidate k -> offer index + 1, negated when it has exposures */
     SLOT_CP,      /* candidate k -> placement index + 1 */
     SLOT_X,       /* exposure numbers, 7 per exposed candidate */
-    SLOT_S,       /* scores out: number, or false when ineligible */
-    SLOT_M,       /* expected margins out: number or false */
-    SLOT_ST,      /* [1] candidate being run (negative: in eligible), [2] a rejected result */
+    SLOT_S,       /* scores out, as returned; the ineligible marker if excluded */
+    SLOT_M,       /* second results out, as returned */
+    SLOT_ST,      /* [1] candidate being run (negative: in eligible) */
     SLOT_MSG_TIMEOUT,
     SLOT_MSG_MEMORY,
     SLOT_COUNT
+};
+
+struct sb_cached_cand {
+    double co, cp;
+};
+
+struct sb_result {
+    double score, margin;
+    bool eligible;
 };
 
 /* Customer maps cleared before each decision that refills them. */
@@ -120,16 +129,11 @@ struct nbx_sandbox {
     size_t live_cap;
     /* What CO and CP hold from the last decision: only changes are written
      * (consecutive decisions mostly see the same candidates). */
-    struct sb_cached_cand {
-        double co, cp;
-    } *cached;
+    struct sb_cached_cand *cached;
     size_t n_cached;
     /* Results read from S and M, committed to the candidates only once all
      * of them have been checked. */
-    struct sb_result {
-        double score, margin;
-        bool eligible;
-    } *results;
+    struct sb_result *results;
     bool map_dirty[MAP_COUNT];
 };
 
@@ -343,7 +347,8 @@ static const char sb_lib_source[] =
     "  if eligible == nil then\n"
     "    return function(n, ...)\n"
     "      prepare(...)\n"
-    "      local score, offers, places, customer, session = score, offers, places, customer, session\n"
+    "      local score, offers, places = score, offers, places\n"
+    "      local customer, session = customer, session\n"
     "      local sess, CO, CP, S, M, ST = sess, CO, CP, S, M, ST\n"
     "      local xj, lastp = 0, nil\n"
     "      for k = 1, n do\n"
@@ -366,8 +371,8 @@ static const char sb_lib_source[] =
     "  end\n"
     "  return function(n, ...)\n"
     "    prepare(...)\n"
-    "    local score, eligible, offers, places, customer, session = score, eligible, offers, places,\n"
-    "                                                               customer, session\n"
+    "    local score, eligible, offers, places = score, eligible, offers, places\n"
+    "    local customer, session = customer, session\n"
     "    local sess, CO, CP, S, M, ST = sess, CO, CP, S, M, ST\n"
     "    local xj, lastp = 0, nil\n"
     "    for k = 1, n do\n"
@@ -414,7 +419,7 @@ static void sb_hook(lua_State *L, lua_Debug *ar);
 
 /* Lua's allocator contract: nsize 0 frees; shrinking never fails. LuaJIT
  * raises "not enough memory" without trying an emergency collection first,
- * so sb_run collects between decisions when garbage piles up. */
+ * so sb_collect_if_needed() runs between decisions. */
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     nbx_sandbox *sb = ud;
@@ -442,8 +447,7 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
          * C function (string.rep, ..), and those allocate: a big allocation
          * checks the deadline too, and past it is refused. The hook then
          * fires on the next instruction, so a pcall cannot absorb it. */
-        if (grow >= SB_BIG_ALLOC && sb->in_policy && sb->L &&
-            (sb->timed_out || sb_time_up(sb))) {
+        if (grow >= SB_BIG_ALLOC && sb->in_policy && sb->L && (sb->timed_out || sb_time_up(sb))) {
             if (!sb->timed_out) {
                 sb->timed_out = true;
                 if (!sb->recorded)
@@ -626,8 +630,8 @@ static void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx)
     if (rest) {
         /* The message names its own position (error("...", 2) points at the
          * caller): trust it over the stack. */
-        snprintf(sb->where, sizeof sb->where, "%s:%.*s", sb->policy->chunkname + 1,
-                 (int)line_len, msg + strlen(sb->short_src) + 1);
+        snprintf(sb->where, sizeof sb->where, "%s:%.*s", sb->policy->chunkname + 1, (int)line_len,
+                 msg + strlen(sb->short_src) + 1);
     } else {
         sb_policy_where(sb, L, 0, sb->where, sizeof sb->where);
         rest = sb_skip_position(msg, len, "nbx", &line_len); /* our helpers' chunk */
@@ -702,8 +706,9 @@ static int sb_readonly_write(lua_State *L)
 static int sb_global_write(lua_State *L)
 {
     if (lua_type(L, 2) == LUA_TSTRING)
-        return sb_raise(L, 1, "assignment to global '%.64s' (globals are frozen once the "
-                              "policy has loaded; use a local)",
+        return sb_raise(L, 1,
+                        "assignment to global '%.64s' (globals are frozen once the "
+                        "policy has loaded; use a local)",
                         lua_tostring(L, 2));
     return sb_raise(L, 1, "assignment to a global (globals are frozen once the policy has loaded)");
 }
@@ -1076,12 +1081,12 @@ static void sb_input_table(lua_State *L, int slots, int data_slot, int narr, int
 }
 
 static const char *const sb_math_names[] = {
-    "abs",  "acos",  "asin", "atan", "atan2", "ceil", "cos",  "cosh", "deg",  "exp", "floor",
-    "fmod", "frexp", "huge", "ldexp", "log",  "log10", "max", "min",  "modf", "pi",  "pow",
-    "rad",  "sin",   "sinh", "sqrt", "tan",  "tanh", NULL};
+    "abs",   "acos", "asin",  "atan", "atan2", "ceil", "cos",   "cosh", "deg", "exp",
+    "floor", "fmod", "frexp", "huge", "ldexp", "log",  "log10", "max",  "min", "modf",
+    "pi",    "pow",  "rad",   "sin",  "sinh",  "sqrt", "tan",   "tanh", NULL};
 /* string.find/match/gmatch/gsub come from lpattern.c; dump never. */
-static const char *const sb_string_names[] = {"byte", "char", "format", "len",     "lower",
-                                              "rep",  "reverse", "sub", "upper", NULL};
+static const char *const sb_string_names[] = {"byte", "char",    "format", "len",   "lower",
+                                              "rep",  "reverse", "sub",    "upper", NULL};
 static const char *const sb_base_names[] = {"type",  "tostring", "tonumber", "select",
                                             "error", "assert",   NULL};
 
@@ -1114,8 +1119,7 @@ static int sb_build_state(lua_State *L)
     sb_slot_set(L, slots, SLOT_MSGH);
     lua_pushfstring(L, "policy exceeded its CPU time limit (%d us)", (int)sb->limits.time_us);
     sb_slot_set(L, slots, SLOT_MSG_TIMEOUT);
-    lua_pushfstring(L, "policy exceeded its memory limit (%d KiB)",
-                    (int)(sb->limits.memory >> 10));
+    lua_pushfstring(L, "policy exceeded its memory limit (%d KiB)", (int)(sb->limits.memory >> 10));
     sb_slot_set(L, slots, SLOT_MSG_MEMORY);
 
     /* LuaJIT's table.clear, reached through its preload entry (package is
@@ -1138,13 +1142,10 @@ static int sb_build_state(lua_State *L)
     /* The helpers chunk and its private environment. */
     lua_createtable(L, 0, 8);
     int natives = lua_gettop(L);
-    sb_copy_fields(L, natives, G, (const char *const[]){"type", NULL});
     lua_pushcfunction(L, sb_check_sortable);
     lua_setfield(L, natives, "check_sortable");
     sb_push_closure_with(L, sb_ipairs, sb_inext);
     lua_setfield(L, natives, "ipairs");
-    lua_pushnumber(L, HUGE_VAL);
-    lua_setfield(L, natives, "huge");
     if (luaL_loadbuffer(L, sb_lib_source, sizeof sb_lib_source - 1, "=nbx") != 0)
         return lua_error(L);
     lua_createtable(L, 0, 0);
@@ -1183,7 +1184,8 @@ static int sb_build_state(lua_State *L)
     int str = lua_gettop(L);
     sb_copy_fields(L, str, native_string, sb_string_names);
     nbx_lpattern_push(L, &sb->lp_limit);
-    sb_copy_fields(L, str, lua_gettop(L), (const char *const[]){"find", "match", "gmatch", "gsub", NULL});
+    sb_copy_fields(L, str, lua_gettop(L),
+                   (const char *const[]){"find", "match", "gmatch", "gsub", NULL});
     lua_pop(L, 1);
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
@@ -1306,10 +1308,10 @@ static int sb_build_state(lua_State *L)
 
     /* Nothing the policy needs is left in the real globals' reach except
      * through D; drop LuaJIT's copies of dangerous functions anyway. */
-    static const char *const drop[] = {"load",     "loadstring", "dofile",  "loadfile",
-                                       "getfenv",  "setfenv",    "newproxy", "collectgarbage",
-                                       "coroutine", "require",   "module",  "rawset",
-                                       "setmetatable", "getmetatable", "debug", "jit", NULL};
+    static const char *const drop[] = {
+        "load",         "loadstring",     "dofile",    "loadfile", "getfenv", "setfenv",
+        "newproxy",     "collectgarbage", "coroutine", "require",  "module",  "rawset",
+        "setmetatable", "getmetatable",   "debug",     "jit",      NULL};
     for (const char *const *d = drop; *d; d++) {
         lua_pushnil(L);
         lua_setfield(L, G, *d);
@@ -1322,7 +1324,7 @@ static int sb_build_state(lua_State *L)
 
 typedef struct sb_load {
     nbx_sandbox *sb;
-    int status;      /* of the chunk: LUA_OK or an error */
+    int status;                   /* of the chunk: LUA_OK or an error */
     char problem[NBX_ERRMSG_MAX]; /* a contract violation, or "" */
 } sb_load;
 
@@ -1431,10 +1433,9 @@ static int sb_load_policy(lua_State *L)
     lua_getfield(L, -1, "make_driver");
     lua_pushvalue(L, score);
     lua_pushvalue(L, eligible);
-    static const int args[] = {SLOT_OFFERS, SLOT_PLACES, SLOT_CUSTOMER, SLOT_SESSION,
-                               SLOT_CUST,   SLOT_RFM,    SLOT_EXPOSURES, SLOT_SESS,
-                               SLOT_CO,     SLOT_CP,     SLOT_X,        SLOT_S,
-                               SLOT_M,      SLOT_ST};
+    static const int args[] = {SLOT_OFFERS, SLOT_PLACES,    SLOT_CUSTOMER, SLOT_SESSION, SLOT_CUST,
+                               SLOT_RFM,    SLOT_EXPOSURES, SLOT_SESS,     SLOT_CO,      SLOT_CP,
+                               SLOT_X,      SLOT_S,         SLOT_M,        SLOT_ST};
     for (size_t i = 0; i < NBX_ARRAY_LEN(args); i++)
         sb_slot_get(L, slots, args[i]);
     lua_pushlightuserdata(L, (void *)&sb_ineligible);
@@ -2052,8 +2053,8 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
         nbx_err e = {0};
         rc = sb_build(sb, &e);
         if (rc != NBX_OK) {
-            sb_error(err, rc == NBX_ENOMEM ? NBX_FAULT_MEMORY : NBX_FAULT_RUNTIME, NULL, NULL,
-                     "%s", e.msg);
+            sb_error(err, rc == NBX_ENOMEM ? NBX_FAULT_MEMORY : NBX_FAULT_RUNTIME, NULL, NULL, "%s",
+                     e.msg);
             return rc == NBX_ENOMEM ? NBX_ENOMEM : NBX_EPOLICY;
         }
     }

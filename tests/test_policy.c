@@ -85,7 +85,8 @@ Test(policy, version_follows_the_source)
 {
     char *a = write_policy("a.lua", good_src);
     char *b = write_policy("b.lua", good_src);
-    char *c = write_policy("c.lua", "return { name = 'good one', score = function() return 2 end }");
+    char *c =
+        write_policy("c.lua", "return { name = 'good one', score = function() return 2 end }");
     nbx_policy *pa, *pb, *pc;
     nbx_err e = {0};
     cr_assert_eq(nbx_policy_load(a, &pa, &e), NBX_OK);
@@ -175,8 +176,7 @@ Test(policy, load_reports_runtime_errors_with_line)
 
 Test(policy, load_checks_the_returned_table)
 {
-    expect_load_error("nil.lua", "local x = 1", NBX_EPOLICY,
-                      NEEDLES("must return a table", "nil"));
+    expect_load_error("nil.lua", "local x = 1", NBX_EPOLICY, NEEDLES("must return a table", "nil"));
     expect_load_error("num.lua", "return 3", NBX_EPOLICY, NEEDLES("must return a table", "number"));
     expect_load_error("noname.lua", "return { score = function() return 1 end }", NBX_EPOLICY,
                       NEEDLES("needs a 'name' string"));
@@ -195,9 +195,8 @@ Test(policy, load_checks_the_returned_table)
                       NEEDLES("needs a 'score' function", "string"));
     expect_load_error("elig.lua", "return { name = 'x', score = print or tostring, eligible = 1 }",
                       NBX_EPOLICY, NEEDLES("'eligible' must be a function"));
-    expect_load_error("params.lua",
-                      "return { name = 'x', score = tostring, params = true }", NBX_EPOLICY,
-                      NEEDLES("'params' must be a table"));
+    expect_load_error("params.lua", "return { name = 'x', score = tostring, params = true }",
+                      NBX_EPOLICY, NEEDLES("'params' must be a table"));
 }
 
 Test(policy, name_of_127_bytes_and_c_function_score_are_fine)
@@ -286,8 +285,7 @@ Test(policy, check_shipped_policies)
     for (size_t i = 0; i < NBX_ARRAY_LEN(files); i++) {
         char *path = tu_source_path(files[i]);
         nbx_engine_info info;
-        cr_expect_eq(nbx_policy_check(path, &info), NBX_OK, "%s: %s", files[i],
-                     nbx_last_errmsg());
+        cr_expect_eq(nbx_policy_check(path, &info), NBX_OK, "%s: %s", files[i], nbx_last_errmsg());
         cr_expect_str_eq(info.policy_name, names[i]);
         cr_expect_eq(strlen(info.policy_version), 16);
         free(path);

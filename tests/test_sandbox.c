@@ -121,8 +121,8 @@ static nbx_profile full_profile(void)
                       .f = 3,
                       .m = 5,
                       .segment = NBX_SEGMENT_AT_RISK};
-    p.fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_LTV | NBX_PF_CHURN |
-               NBX_PF_RFM;
+    p.fields =
+        NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM;
     return p;
 }
 
@@ -157,8 +157,8 @@ static int run(nbx_sandbox *sb, nbx_candidate *cand, size_t n, const run_args *a
 }
 
 /* Run with the full profile and the given session. */
-static int run_simple(nbx_sandbox *sb, nbx_candidate *cand, size_t n, const nbx_kv *kv,
-                      size_t nkv, nbx_policy_error *pe)
+static int run_simple(nbx_sandbox *sb, nbx_candidate *cand, size_t n, const nbx_kv *kv, size_t nkv,
+                      nbx_policy_error *pe)
 {
     nbx_profile p = full_profile();
     run_args a = {.profile = &p, .session = kv, .n_session = nkv, .seed = 42};
@@ -454,8 +454,8 @@ Test(sandbox, policy_reads_every_input_field)
         cr_assert_eq(rc, NBX_OK, "round %d: %s at %s (offer %s)", round, pe.reason, pe.where,
                      pe.offer);
         for (size_t i = 0; i < n; i++) {
-            bool hero = cand[i].placement == (uint32_t)nbx_catalog_placement(catalog,
-                                                                              NBX_SV("hero"));
+            bool hero =
+                cand[i].placement == (uint32_t)nbx_catalog_placement(catalog, NBX_SV("hero"));
             cr_expect_eq(cand[i].score, hero ? 1 : 2, "%s saw the wrong placement",
                          offer_of(&cand[i])->id.ptr);
         }
@@ -497,11 +497,9 @@ Test(sandbox, anonymous_customer_and_refilled_maps)
     cr_expect_eq(cand[0].score, 3 + 2 * 10 + 2 * 100 + 4 * 1000, "got %g", cand[0].score);
     run_args b = {.profile = &anon, .anonymous = true};
     cr_assert_eq(run(sb, cand, n, &b, &pe), NBX_OK, "%s", pe.reason);
-    cr_expect_eq(cand[0].score, -2000, "only placement and now in session, got %g",
-                 cand[0].score);
+    cr_expect_eq(cand[0].score, -2000, "only placement and now in session, got %g", cand[0].score);
     run_args c = {.profile = NULL};
-    cr_assert_eq(run(sb, cand, n, &c, &pe), NBX_OK, "a NULL profile is anonymous: %s",
-                 pe.reason);
+    cr_assert_eq(run(sb, cand, n, &c, &pe), NBX_OK, "a NULL profile is anonymous: %s", pe.reason);
     cr_expect_eq(cand[0].score, -2000);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
@@ -520,7 +518,8 @@ Test(sandbox, helpers_see_through_read_only_proxies)
         "  eq(nbx.days_since(s.now - 86400 * 2), 2, 'days_since default now')\n"
         "  eq(nbx.days_since(100, 100 + 43200), 0.5, 'days_since')\n"
         "  eq(nbx.days_since(nil), nil, 'days_since nil')\n"
-        "  eq(nbx.len(o.placements), o.id == 'free_shipping' and 2 or nbx.len(o.placements), 'len')\n"
+        "  eq(nbx.len(o.placements), o.id == 'free_shipping' and 2 or nbx.len(o.placements), "
+        "'len')\n"
         "  eq(nbx.len('abc'), 3, 'len of a string')\n"
         "  eq(#o.placements, 0, '# of a proxy is 0 in LuaJIT 5.1 mode')\n"
         "  eq(nbx.contains(o.placements, s.placement), true, 'contains')\n"
@@ -550,8 +549,7 @@ Test(sandbox, helpers_see_through_read_only_proxies)
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_policy_error pe;
-    cr_assert_eq(run_simple(sb, cand, n, NULL, 0, &pe), NBX_OK, "%s at %s", pe.reason,
-                 pe.where);
+    cr_assert_eq(run_simple(sb, cand, n, NULL, 0, &pe), NBX_OK, "%s at %s", pe.reason, pe.where);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
 }
@@ -642,8 +640,8 @@ Test(sandbox, math_random_is_deterministic_per_seed)
 /* nbx.propensity must agree with the C engine's nbx_offer_propensity(). */
 Test(sandbox, propensity_helper_matches_c)
 {
-    nbx_policy *p = policy_src("prop.lua",
-                               "return { name = 'p', score = function(o, c)\n"
+    nbx_policy *p =
+        policy_src("prop.lua", "return { name = 'p', score = function(o, c)\n"
                                "  return nbx.propensity(c, o), nbx.expected_margin(c, o)\n"
                                "end }\n");
     nbx_sandbox *sb = open_sb(p, NULL);
@@ -791,18 +789,18 @@ Test(sandbox, timeout_is_bounded_located_and_recovered)
 Test(sandbox, time_limit_is_configurable)
 {
     /* Busy for about 5 ms of CPU on the first candidate only. */
-    nbx_policy *p = policy_src("busy.lua",
-                               "local P = { name = 'busy' }\n"
-                               "local clock_free_work = function(n)\n"
-                               "  local x = 0\n"
-                               "  for i = 1, n do x = x + i % 7 end\n"
-                               "  return x\n"
-                               "end\n"
-                               "function P.score(o, c, s)\n"
-                               "  if o.id == 'bestsellers' then clock_free_work(tonumber(s.n)) end\n"
-                               "  return 1\n"
-                               "end\n"
-                               "return P\n");
+    nbx_policy *p = policy_src(
+        "busy.lua", "local P = { name = 'busy' }\n"
+                    "local clock_free_work = function(n)\n"
+                    "  local x = 0\n"
+                    "  for i = 1, n do x = x + i % 7 end\n"
+                    "  return x\n"
+                    "end\n"
+                    "function P.score(o, c, s)\n"
+                    "  if o.id == 'bestsellers' then clock_free_work(tonumber(s.n)) end\n"
+                    "  return 1\n"
+                    "end\n"
+                    "return P\n");
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_policy_error pe;
@@ -846,8 +844,7 @@ Test(sandbox, memory_limit_is_configurable_and_recovered)
     size_t n = all_candidates(cand);
     nbx_policy_error pe;
     nbx_kv kv[] = {{"bytes", "500000"}};
-    cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "500 KB under 1 MiB: %s",
-                 pe.reason);
+    cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "500 KB under 1 MiB: %s", pe.reason);
     kv[0].value = "2000000";
     cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_EPOLICY, "2 MB under 1 MiB");
     cr_expect_eq(pe.fault, NBX_FAULT_MEMORY, "fault %d: %s", pe.fault, pe.reason);
@@ -911,25 +908,25 @@ Test(sandbox, policy_state_does_not_leak_into_another_sandbox)
     /* A policy that mutates everything it can reach, in every way the
      * sandbox allows, then a different policy in a sandbox of the same
      * thread must see pristine libraries and inputs. */
-    nbx_policy *vandal = policy_src(
-        "vandal.lua", "local P = { name = 'vandal' }\n"
-                      "function P.score(o, c, s)\n"
-                      "  pcall(function() string.rep = nil end)\n"
-                      "  pcall(function() math.floor = nil end)\n"
-                      "  pcall(function() nbx.propensity = nil end)\n"
-                      "  pcall(function() o.margin = -1 end)\n"
-                      "  pcall(table.insert, o.placements, 'x')\n"
-                      "  pcall(function() ('').len = nil end)\n"
-                      "  local t = {}; for i = 1, 50 do t[i] = ('junk'):rep(i) end\n"
-                      "  return 1\n"
-                      "end\n"
-                      "return P\n");
-    nbx_policy *good = policy_src(
-        "good.lua", "return { name = 'good', score = function(o, c, s)\n"
-                    "  assert(string.rep('ab', 2) == 'abab' and math.floor(1.5) == 1)\n"
-                    "  assert(nbx.len(o.placements) <= 2 and ('abc'):len() == 3)\n"
-                    "  return o.margin, nbx.expected_margin(c, o)\n"
-                    "end }\n");
+    nbx_policy *vandal =
+        policy_src("vandal.lua", "local P = { name = 'vandal' }\n"
+                                 "function P.score(o, c, s)\n"
+                                 "  pcall(function() string.rep = nil end)\n"
+                                 "  pcall(function() math.floor = nil end)\n"
+                                 "  pcall(function() nbx.propensity = nil end)\n"
+                                 "  pcall(function() o.margin = -1 end)\n"
+                                 "  pcall(table.insert, o.placements, 'x')\n"
+                                 "  pcall(function() ('').len = nil end)\n"
+                                 "  local t = {}; for i = 1, 50 do t[i] = ('junk'):rep(i) end\n"
+                                 "  return 1\n"
+                                 "end\n"
+                                 "return P\n");
+    nbx_policy *good =
+        policy_src("good.lua", "return { name = 'good', score = function(o, c, s)\n"
+                               "  assert(string.rep('ab', 2) == 'abab' and math.floor(1.5) == 1)\n"
+                               "  assert(nbx.len(o.placements) <= 2 and ('abc'):len() == 3)\n"
+                               "  return o.margin, nbx.expected_margin(c, o)\n"
+                               "end }\n");
     nbx_sandbox *sv = open_sb(vandal, NULL), *sg = open_sb(good, NULL);
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
@@ -984,7 +981,7 @@ Test(sandbox, recursion_through_pcall_and_sort_ends_cleanly)
  * ======================================================================== */
 
 typedef struct expectation {
-    char kind[32];   /* ok, timeout, memory, limit, runtime, result, load_error */
+    char kind[32];    /* ok, timeout, memory, limit, runtime, result, load_error */
     char detail[256]; /* substring of the reason or message, may be empty */
 } expectation;
 
@@ -1016,8 +1013,8 @@ static bool parse_expectation(const char *text, expectation *x)
             return false;
         memcpy(x->detail, p, d);
     }
-    static const char *const kinds[] = {"ok",     "timeout", "memory",    "limit",
-                                        "runtime", "result", "load_error"};
+    static const char *const kinds[] = {"ok",      "timeout", "memory",    "limit",
+                                        "runtime", "result",  "load_error"};
     for (size_t i = 0; i < NBX_ARRAY_LEN(kinds); i++)
         if (strcmp(x->kind, kinds[i]) == 0)
             return true;
@@ -1046,8 +1043,9 @@ static void check_hostile(const char *dir, const char *file)
         cr_expect_eq(rc, NBX_EPOLICY, "%s: expected a load error, got %d (%s)", file, rc, e.msg);
         cr_expect(strstr(e.msg, x.detail), "%s: expected '%s' in the message, got: %s", file,
                   x.detail, e.msg);
-        cr_expect(strncmp(e.msg, path, strlen(path)) == 0, "%s: message must start with the "
-                                                           "path: %s",
+        cr_expect(strncmp(e.msg, path, strlen(path)) == 0,
+                  "%s: message must start with the "
+                  "path: %s",
                   file, e.msg);
         cr_expect_null(p);
         free(path);
@@ -1088,8 +1086,8 @@ static void check_hostile(const char *dir, const char *file)
     nbx_kv kv[] = {{"mode", "normal"}};
     for (int round = 0; round < 2; round++) {
         rc = run_simple(sb, cand, n, kv, 1, &pe);
-        cr_expect_eq(rc, NBX_OK, "%s: the normal decision after the fault failed: %s at %s",
-                     file, pe.reason, pe.where);
+        cr_expect_eq(rc, NBX_OK, "%s: the normal decision after the fault failed: %s at %s", file,
+                     pe.reason, pe.where);
         for (size_t i = 0; rc == NBX_OK && i < n; i++) {
             cr_expect(cand[i].scored, "%s: %s not scored", file, offer_of(&cand[i])->id.ptr);
             cr_expect_eq(cand[i].score, offer_of(&cand[i])->margin,
@@ -1167,12 +1165,14 @@ static const char pattern_cases[] =
     "  {'a,b,,c', '([^,]*)'}, {'abc', '.'}, {'abc', 'x*'}, {'aaa', 'a-b'}, {'aaab', 'a-b'},\n"
     "  {'xyz', '^(x?)(y?)(z?)$'}, {'caaab', 'ca-b'}, {'ca', 'a*$'}, {'hello.lua', '%.lua$'},\n"
     "  {'path/to/file', '[^/]+$'}, {'  ', '^%s*$'}, {'$100', '^%$%d+'}, {'x$', 'x$'},\n"
-    "  {'a\\nb', '.+'}, {'a\\255b', '[\\128-\\255]'}, {'ab12', '[%d%a]+'}, {'-12.5e3', '^[+-]?%d+%.?%d*'},\n"
+    "  {'a\\nb', '.+'}, {'a\\255b', '[\\128-\\255]'}, {'ab12', '[%d%a]+'}, {'-12.5e3', "
+    "'^[+-]?%d+%.?%d*'},\n"
     "}\n"
     "local function pack(...) return { n = select('#', ...), ... } end\n"
     "local function show(t)\n"
     "  local out = {}\n"
-    "  for i = 1, t.n do out[i] = type(t[i]) == 'string' and ('%q'):format(t[i]) or tostring(t[i]) end\n"
+    "  for i = 1, t.n do out[i] = type(t[i]) == 'string' and ('%q'):format(t[i]) or tostring(t[i]) "
+    "end\n"
     "  return '{' .. table.concat(out, ', ') .. '}'\n"
     "end\n"
     "local function same(a, b)\n"
@@ -1266,8 +1266,8 @@ Test(sandbox, patterns_check_the_limit_and_stay_bounded)
                  lua_tostring(L, -1));
     int cheap = pattern_limit_calls;
     cr_expect_lt(cheap, 5, "a linear search checked the limit %d times", cheap);
-    cr_assert_eq(luaL_dostring(L, "assert(lp.find(('a'):rep(60), '.-.-.-.-b$') == nil)"), 0,
-                 "%s", lua_tostring(L, -1));
+    cr_assert_eq(luaL_dostring(L, "assert(lp.find(('a'):rep(60), '.-.-.-.-b$') == nil)"), 0, "%s",
+                 lua_tostring(L, -1));
     cr_expect_gt(pattern_limit_calls - cheap, 20, "a backtracking search checked only %d times",
                  pattern_limit_calls - cheap);
     cr_assert_neq(luaL_dostring(L, "return lp.match(('a'):rep(300), ('a?'):rep(300))"), 0);
@@ -1366,12 +1366,12 @@ Test(sandbox, native_expected_margin_score_equals_the_lua_path)
      * C; the same helper called from Lua, and a policy that has eligible()
      * (which keeps the Lua path), must give the same bits. */
     nbx_policy *native = shipped("policies/margin_per_session.lua");
-    nbx_policy *lua = policy_src("lua_em.lua",
-                                 "return { name = 'lua_em', score = function(o, c, s)\n"
+    nbx_policy *lua =
+        policy_src("lua_em.lua", "return { name = 'lua_em', score = function(o, c, s)\n"
                                  "  return nbx.expected_margin_score(o, c, s)\n"
                                  "end }\n");
-    nbx_policy *elig = policy_src("elig_em.lua",
-                                  "return { name = 'elig_em', score = nbx.expected_margin_score,\n"
+    nbx_policy *elig =
+        policy_src("elig_em.lua", "return { name = 'elig_em', score = nbx.expected_margin_score,\n"
                                   "  eligible = function() return true end }\n");
     nbx_sandbox *sn = open_sb(native, NULL), *sl = open_sb(lua, NULL), *se = open_sb(elig, NULL);
     nbx_candidate a[CAND_MAX], b[CAND_MAX], c[CAND_MAX];
