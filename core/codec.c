@@ -40,13 +40,25 @@ static inline bool need(nbx_mp *m, size_t n)
 
 static inline uint64_t be(const uint8_t *p, int n)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
+    switch (n) {
+    case 8: {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        return __builtin_bswap64(v);
+    }
+    case 4: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        return __builtin_bswap32(v);
+    }
+    case 2:
+        return (uint64_t)p[0] << 8 | p[1];
+    default:
+        return p[0];
+    }
 }
 
-int nbx_mp_type(const nbx_mp *m)
+static inline int mp_type(const nbx_mp *m)
 {
     if (m->bad || m->p >= m->end)
         return -1;
@@ -80,7 +92,7 @@ int nbx_mp_type(const nbx_mp *m)
     }
 }
 
-static uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16)
+static inline uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16)
 {
     if (!need(m, 1))
         return 0;
@@ -101,17 +113,17 @@ static uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t 
     return 0;
 }
 
-uint32_t nbx_mp_array(nbx_mp *m)
+static inline uint32_t mp_array(nbx_mp *m)
 {
     return container(m, 0xf0, 0x90, 0xdc);
 }
 
-uint32_t nbx_mp_map(nbx_mp *m)
+static inline uint32_t mp_map(nbx_mp *m)
 {
     return container(m, 0xf0, 0x80, 0xde);
 }
 
-bool nbx_mp_nil(nbx_mp *m)
+static inline bool mp_nil(nbx_mp *m)
 {
     if (m->p < m->end && *m->p == 0xc0) {
         m->p++;
@@ -120,7 +132,7 @@ bool nbx_mp_nil(nbx_mp *m)
     return false;
 }
 
-int64_t nbx_mp_int(nbx_mp *m)
+static inline int64_t mp_int(nbx_mp *m)
 {
     if (!need(m, 1))
         return 0;
@@ -159,15 +171,15 @@ int64_t nbx_mp_int(nbx_mp *m)
     return (int64_t)v;
 }
 
-uint64_t nbx_mp_uint(nbx_mp *m)
+static inline uint64_t mp_uint(nbx_mp *m)
 {
-    int64_t v = nbx_mp_int(m);
+    int64_t v = mp_int(m);
     if (v < 0)
         m->bad = true;
     return v < 0 ? 0 : (uint64_t)v;
 }
 
-double nbx_mp_double(nbx_mp *m)
+static inline double mp_double(nbx_mp *m)
 {
     if (!need(m, 1))
         return 0;
@@ -186,10 +198,10 @@ double nbx_mp_double(nbx_mp *m)
         m->p += 5;
         return f;
     }
-    return (double)nbx_mp_int(m);
+    return (double)mp_int(m);
 }
 
-bool nbx_mp_bool(nbx_mp *m)
+static inline bool mp_bool(nbx_mp *m)
 {
     if (!need(m, 1))
         return false;
@@ -201,7 +213,7 @@ bool nbx_mp_bool(nbx_mp *m)
     return false;
 }
 
-nbx_sv nbx_mp_str(nbx_mp *m)
+static inline nbx_sv mp_str(nbx_mp *m)
 {
     nbx_sv s = {"", 0};
     if (!need(m, 1))
@@ -239,35 +251,82 @@ void nbx_mp_skip(nbx_mp *m)
     uint64_t pending = 1;
     while (pending > 0 && !m->bad) {
         pending--;
-        int t = nbx_mp_type(m);
+        int t = mp_type(m);
         switch (t) {
         case MSGPACK_OBJECT_NIL:
             m->p++;
             break;
         case MSGPACK_OBJECT_BOOLEAN:
-            nbx_mp_bool(m);
+            mp_bool(m);
             break;
         case MSGPACK_OBJECT_POSITIVE_INTEGER:
         case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-            nbx_mp_int(m);
+            mp_int(m);
             break;
         case MSGPACK_OBJECT_FLOAT32:
         case MSGPACK_OBJECT_FLOAT64:
-            nbx_mp_double(m);
+            mp_double(m);
             break;
         case MSGPACK_OBJECT_STR:
-            nbx_mp_str(m);
+            mp_str(m);
             break;
         case MSGPACK_OBJECT_ARRAY:
-            pending += nbx_mp_array(m);
+            pending += mp_array(m);
             break;
         case MSGPACK_OBJECT_MAP:
-            pending += 2 * (uint64_t)nbx_mp_map(m);
+            pending += 2 * (uint64_t)mp_map(m);
             break;
         default:
             m->bad = true;
         }
     }
+}
+
+
+/* The exported reader; codec.c's own decoders use the inline versions. */
+int nbx_mp_type(const nbx_mp *m)
+{
+    return mp_type(m);
+}
+
+int64_t nbx_mp_int(nbx_mp *m)
+{
+    return mp_int(m);
+}
+
+uint64_t nbx_mp_uint(nbx_mp *m)
+{
+    return mp_uint(m);
+}
+
+double nbx_mp_double(nbx_mp *m)
+{
+    return mp_double(m);
+}
+
+bool nbx_mp_bool(nbx_mp *m)
+{
+    return mp_bool(m);
+}
+
+nbx_sv nbx_mp_str(nbx_mp *m)
+{
+    return mp_str(m);
+}
+
+bool nbx_mp_nil(nbx_mp *m)
+{
+    return mp_nil(m);
+}
+
+uint32_t nbx_mp_array(nbx_mp *m)
+{
+    return mp_array(m);
+}
+
+uint32_t nbx_mp_map(nbx_mp *m)
+{
+    return mp_map(m);
 }
 
 /* ========================================================================
@@ -369,78 +428,78 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
     p->id = id;
     nbx_mp m;
     nbx_mp_init(&m, data, len);
-    uint32_t n = nbx_mp_array(&m);
+    uint32_t n = mp_array(&m);
     if (m.bad || n < 7)
         goto corrupt;
 
-    uint32_t k = nbx_mp_map(&m);
+    uint32_t k = mp_map(&m);
     if (k > NBX_MAP_MAX || !(p->attrs = arena_array(a, k, sizeof *p->attrs)))
         goto corrupt;
     for (uint32_t i = 0; i < k && !m.bad; i++) {
         nbx_attr *at = &p->attrs[i];
-        at->key = nbx_mp_str(&m);
-        int t = nbx_mp_type(&m);
+        at->key = mp_str(&m);
+        int t = mp_type(&m);
         if (t == MSGPACK_OBJECT_STR) {
             at->type = NBX_ATTR_STRING;
-            at->string = nbx_mp_str(&m);
+            at->string = mp_str(&m);
         } else if (t == MSGPACK_OBJECT_BOOLEAN) {
             at->type = NBX_ATTR_BOOL;
-            at->boolean = nbx_mp_bool(&m);
+            at->boolean = mp_bool(&m);
         } else {
             at->type = NBX_ATTR_NUMBER;
-            at->number = nbx_mp_double(&m);
+            at->number = mp_double(&m);
         }
     }
     p->n_attrs = k;
 
-    k = nbx_mp_map(&m);
+    k = mp_map(&m);
     if (k > NBX_MAP_MAX || !(p->consent = arena_array(a, k, sizeof *p->consent)))
         goto corrupt;
     for (uint32_t i = 0; i < k && !m.bad; i++) {
-        p->consent[i].purpose = nbx_mp_str(&m);
-        p->consent[i].state = nbx_mp_bool(&m);
+        p->consent[i].purpose = mp_str(&m);
+        p->consent[i].state = mp_bool(&m);
     }
     p->n_consent = k;
 
-    k = nbx_mp_map(&m);
+    k = mp_map(&m);
     if (k > NBX_MAP_MAX || !(p->propensity = arena_array(a, k, sizeof *p->propensity)))
         goto corrupt;
     for (uint32_t i = 0; i < k && !m.bad; i++) {
-        p->propensity[i].key = nbx_mp_str(&m);
-        p->propensity[i].value = nbx_mp_double(&m);
+        p->propensity[i].key = mp_str(&m);
+        p->propensity[i].value = mp_double(&m);
     }
     p->n_propensity = k;
     p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_UPDATED_AT;
 
-    if (!nbx_mp_nil(&m)) {
-        p->ltv = nbx_mp_double(&m);
+    if (!mp_nil(&m)) {
+        p->ltv = mp_double(&m);
         p->fields |= NBX_PF_LTV;
     }
-    if (!nbx_mp_nil(&m)) {
-        p->churn = nbx_mp_double(&m);
+    if (!mp_nil(&m)) {
+        p->churn = mp_double(&m);
         p->fields |= NBX_PF_CHURN;
     }
-    if (!nbx_mp_nil(&m)) {
-        uint32_t rn = nbx_mp_array(&m);
+    if (!mp_nil(&m)) {
+        uint32_t rn = mp_array(&m);
         if (rn < 9)
             goto corrupt;
         nbx_rfm *r = &p->rfm;
-        r->first_purchase = nbx_mp_int(&m);
-        r->last_purchase = nbx_mp_int(&m);
-        r->orders = nbx_mp_uint(&m);
-        r->revenue = nbx_mp_double(&m);
-        r->margin = nbx_mp_double(&m);
-        r->r = (uint8_t)nbx_mp_uint(&m);
-        r->f = (uint8_t)nbx_mp_uint(&m);
-        r->m = (uint8_t)nbx_mp_uint(&m);
-        r->segment = (uint8_t)nbx_mp_uint(&m);
+        r->first_purchase = mp_int(&m);
+        r->last_purchase = mp_int(&m);
+        r->orders = mp_uint(&m);
+        r->revenue = mp_double(&m);
+        r->margin = mp_double(&m);
+        r->r = (uint8_t)mp_uint(&m);
+        r->f = (uint8_t)mp_uint(&m);
+        r->m = (uint8_t)mp_uint(&m);
+        r->segment = (uint8_t)mp_uint(&m);
         for (uint32_t i = 9; i < rn; i++)
             nbx_mp_skip(&m);
         if (r->segment >= NBX_SEGMENT_COUNT || r->r > 5 || r->f > 5 || r->m > 5)
             goto corrupt;
         p->fields |= NBX_PF_RFM;
     }
-    p->updated_at = nbx_mp_int(&m);
+    p->updated_at = mp_int(&m);
     if (m.bad)
         goto corrupt;
     return NBX_OK;
@@ -474,12 +533,12 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
     memset(x, 0, sizeof *x);
     nbx_mp m;
     nbx_mp_init(&m, data, len);
-    uint32_t n = nbx_mp_array(&m);
+    uint32_t n = mp_array(&m);
     if (n < NBX_EXP_KINDS + 1)
         return NBX_ECORRUPT;
     for (int k = 0; k < NBX_EXP_KINDS; k++)
-        x->last[k] = nbx_mp_int(&m);
-    uint32_t cells = nbx_mp_array(&m);
+        x->last[k] = mp_int(&m);
+    uint32_t cells = mp_array(&m);
     if (m.bad || cells % (1 + NBX_EXP_KINDS) != 0 ||
         cells / (1 + NBX_EXP_KINDS) > NBX_WINDOW_DAYS_MAX + 1)
         return NBX_ECORRUPT;
@@ -488,9 +547,9 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
     if (!x->days)
         return NBX_ENOMEM;
     for (uint32_t i = 0; i < x->n_days; i++) {
-        x->days[i].day = (uint32_t)nbx_mp_uint(&m);
+        x->days[i].day = (uint32_t)mp_uint(&m);
         for (int k = 0; k < NBX_EXP_KINDS; k++)
-            x->days[i].n[k] = (uint32_t)nbx_mp_uint(&m);
+            x->days[i].n[k] = (uint32_t)mp_uint(&m);
     }
     return m.bad ? NBX_ECORRUPT : NBX_OK;
 }

@@ -968,6 +968,8 @@ static inline uint32_t record_len(const batch *b, uint32_t i)
 static int merge_group(const batch *b, uint32_t from, uint32_t to, const nbx_profile *base,
                        nbx_profile *out, nbx_arena *a, nbx_err *e)
 {
+    if (from >= to) /* groups are never empty */
+        return nbx_err_set(e, NBX_EINVAL, "internal error: empty group");
     /* two results in turn: a merge never reads and writes one struct */
     nbx_profile step[2];
     int k = 0;

@@ -82,6 +82,7 @@ static int quintile(double v, const double cuts[4])
 
 /* Segment by recency and the rounded-up mean of frequency and monetary
  * (docs/data-model.md, "Segments"). Rows r = 5..1, columns fm = 1..5. */
+/* clang-format off */
 static const uint8_t segment_map[5][5] = {
     /* r=5 */ {NBX_SEGMENT_NEW, NBX_SEGMENT_PROMISING, NBX_SEGMENT_POTENTIAL,
                NBX_SEGMENT_CHAMPIONS, NBX_SEGMENT_CHAMPIONS},
@@ -94,6 +95,7 @@ static const uint8_t segment_map[5][5] = {
     /* r=1 */ {NBX_SEGMENT_LOST, NBX_SEGMENT_LOST, NBX_SEGMENT_HIBERNATING, NBX_SEGMENT_AT_RISK,
                NBX_SEGMENT_CANT_LOSE},
 };
+/* clang-format on */
 
 static uint8_t segment_of(int r, int f, int m)
 {
@@ -262,8 +264,7 @@ static int put_meta(nbx_store *s, MDB_txn *txn, int64_t as_of_ms, const rfm_cuts
 /* Pass 2: score every profile, RFM_BATCH per write transaction; a profile
  * whose scores do not change is not rewritten. The meta record goes with
  * the last batch, so it names a completed rebuild. */
-static int rescore(nbx_store *s, int64_t as_of_ms, const rfm_cuts *c, nbx_rfm_stats *st,
-                   nbx_err *e)
+static int rescore(nbx_store *s, int64_t as_of_ms, const rfm_cuts *c, nbx_rfm_stats *st, nbx_err *e)
 {
     nbx_arena arena = {0};
     nbx_buf scratch = {0};

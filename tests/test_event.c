@@ -43,9 +43,10 @@ static void exposure(const char *id, const char *customer, const char *type, con
                      const char *ts)
 {
     char json[512];
-    snprintf(json, sizeof json,
-             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"%s\",\"offer\":\"%s\",\"ts\":\"%s\"}",
-             id, customer, type, offer, ts);
+    snprintf(
+        json, sizeof json,
+        "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"%s\",\"offer\":\"%s\",\"ts\":\"%s\"}",
+        id, customer, type, offer, ts);
     cr_assert_eq(apply(json), 1, "%s was not applied", id);
 }
 
@@ -118,8 +119,9 @@ Test(event, parse_a_purchase_and_an_exposure)
 {
     nbx_event ev;
     nbx_err e = {0};
-    const char *p = "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":19.5,"
-                    "\"margin\":4,\"ts\":\"2026-03-01T10:00:00Z\",\"campaign\":{\"a\":[1]}}";
+    const char *p =
+        "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":19.5,"
+        "\"margin\":4,\"ts\":\"2026-03-01T10:00:00Z\",\"campaign\":{\"a\":[1]}}";
     cr_assert_eq(nbx_event_parse(p, strlen(p), &ev, &arena, &e), NBX_OK, "%s", e.msg);
     cr_assert_eq(ev.type, NBX_EV_PURCHASE);
     cr_assert(nbx_sv_eq_cstr(ev.id, "e1") && nbx_sv_eq_cstr(ev.customer, "c1"));
@@ -145,9 +147,10 @@ Test(event, parse_errors_name_the_field)
              "{\"event_id\":\"%s\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
              long_id);
     long_id[256] = '\0';
-    snprintf(long_pair, sizeof long_pair,
-             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
-             long_id, long_id);
+    snprintf(
+        long_pair, sizeof long_pair,
+        "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+        long_id, long_id);
     struct {
         const char *json;
         const char *expect;
@@ -179,7 +182,8 @@ Test(event, parse_errors_name_the_field)
         {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"amount\":1,"
          "\"margin\":null,\"ts\":1}",
          "field 'margin': must be a number"},
-        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":\"soon\"}",
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":"
+         "\"soon\"}",
          "field 'ts': must be an RFC 3339 time"},
         {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1e12}",
          "field 'ts': not a time in epoch seconds"},

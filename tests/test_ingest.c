@@ -24,8 +24,7 @@ static void setup(void)
     dir = tu_tempdir("ingest");
     cr_assert_not_null(dir);
     char *path = tu_path(dir, "store");
-    cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &store), NBX_OK, "%s",
-                 nbx_last_errmsg());
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &store), NBX_OK, "%s", nbx_last_errmsg());
     free(path);
 }
 
@@ -246,8 +245,8 @@ Test(ingest, rerun_changes_nothing)
     cr_assert_eq(st.duplicates, 8);
     cr_assert_eq(store_digest(store), before, "a re-run changed the store");
 
-    char *ppath = write_tmp("p.jsonl",
-                            "{\"id\":\"p1\",\"attrs\":{\"a\":1},\"updated_at\":\"2026-01-01T00:00:00Z\"}\n");
+    char *ppath = write_tmp(
+        "p.jsonl", "{\"id\":\"p1\",\"attrs\":{\"a\":1},\"updated_at\":\"2026-01-01T00:00:00Z\"}\n");
     cr_assert_eq(import(NBX_IMPORT_PROFILES, ppath, 0, NULL, &st), NBX_OK);
     before = store_digest(store);
     cr_assert_eq(import(NBX_IMPORT_PROFILES, ppath, 0, NULL, &st), NBX_OK);
@@ -263,8 +262,8 @@ Test(ingest, batch_boundaries)
     char buf[4096] = "";
     for (int i = 0; i < 20; i++) {
         char line[128];
-        snprintf(line, sizeof line, "{\"id\":\"k%02d\",\"attrs\":{\"n\":%d,\"first\":%d}}\n",
-                 i % 7, i, i < 7 ? i : -1);
+        snprintf(line, sizeof line, "{\"id\":\"k%02d\",\"attrs\":{\"n\":%d,\"first\":%d}}\n", i % 7,
+                 i, i < 7 ? i : -1);
         strcat(buf, line);
     }
     char *path = write_tmp("p.jsonl", buf);
@@ -299,11 +298,15 @@ Test(ingest, same_result_as_line_by_line)
         int t = (int)((seed >> 16) % 6), c = (int)((seed >> 8) % 40), o = (int)(seed % 9);
         long ts = 1767225600L + (long)((seed >> 4) % (400 * 86400));
         if (t == 5)
-            fprintf(f, "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"purchase\","
-                       "\"amount\":%d.25,\"ts\":%ld}\n", i % 2800, c, i % 97, ts);
+            fprintf(f,
+                    "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"purchase\","
+                    "\"amount\":%d.25,\"ts\":%ld}\n",
+                    i % 2800, c, i % 97, ts);
         else
-            fprintf(f, "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"%s\","
-                       "\"offer\":\"o%d\",\"ts\":%ld}\n", i % 2800, c, types[t], o, ts);
+            fprintf(f,
+                    "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"%s\","
+                    "\"offer\":\"o%d\",\"ts\":%ld}\n",
+                    i % 2800, c, types[t], o, ts);
     }
     cr_assert_eq(fclose(f), 0);
     nbx_import_stats st;
@@ -336,7 +339,8 @@ Test(ingest, same_result_as_line_by_line)
         cr_assert_eq(mdb_cursor_open(ta, da[i], &ca), 0);
         cr_assert_eq(mdb_cursor_open(tb, db[i], &cb), 0);
         MDB_val ka, va, kb, vb;
-        int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST), rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
+        int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST),
+            rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
         size_t n = 0;
         while (ra == 0 && rb == 0) {
             cr_assert(ka.mv_size == kb.mv_size && memcmp(ka.mv_data, kb.mv_data, ka.mv_size) == 0,
@@ -416,13 +420,13 @@ static void check_bad(const bad_case *bc, int lines, int at, size_t batch)
     char *path = file_with_bad_line(bc, lines, at);
     nbx_import_stats st;
     int rc = import(bc->kind, path, batch, NULL, &st);
-    cr_assert_eq(rc, bc->code, "%s: expected %s, got %d (%s)", bc->line, nbx_strerror(bc->code),
-                 rc, nbx_store_errmsg(store));
+    cr_assert_eq(rc, bc->code, "%s: expected %s, got %d (%s)", bc->line, nbx_strerror(bc->code), rc,
+                 nbx_store_errmsg(store));
     char where[4200];
     snprintf(where, sizeof where, "%s:%d: ", path, at);
     const char *msg = nbx_store_errmsg(store);
-    cr_assert(strncmp(msg, where, strlen(where)) == 0, "expected the message to start with '%s', got '%s'",
-              where, msg);
+    cr_assert(strncmp(msg, where, strlen(where)) == 0,
+              "expected the message to start with '%s', got '%s'", where, msg);
     cr_assert(strstr(msg, bc->expect) != NULL, "expected '%s' in '%s'", bc->expect, msg);
     cr_assert_eq(st.applied, 0);
     cr_assert_eq(store_digest(store), before, "%s: the store changed", bc->line);
@@ -443,8 +447,9 @@ static const bad_case bad_cases[] = {
      "field 'customer': is required", NBX_EPARSE},
     {NBX_IMPORT_EVENTS, "{\"event_id\":\"x\",\"customer\":\"c\",\"type\":\"purchase\",\"ts\":1}",
      "field 'amount': is required", NBX_EPARSE},
-    {NBX_IMPORT_EVENTS, "{\"event_id\":\"x\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\","
-                        "\"ts\":\"yesterday\"}",
+    {NBX_IMPORT_EVENTS,
+     "{\"event_id\":\"x\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\","
+     "\"ts\":\"yesterday\"}",
      "field 'ts'", NBX_EPARSE},
     {NBX_IMPORT_EVENTS, "[1,2]", "must be a JSON object", NBX_EPARSE},
 };
@@ -501,8 +506,7 @@ Test(ingest, line_over_the_limit)
         cr_assert_eq(rc, NBX_ELIMIT, "got %d: %s", rc, nbx_store_errmsg(store));
         char where[4200];
         snprintf(where, sizeof where, "%s:2: line is ", path);
-        cr_assert(strstr(nbx_store_errmsg(store), where) != NULL, "%s",
-                  nbx_store_errmsg(store));
+        cr_assert(strstr(nbx_store_errmsg(store), where) != NULL, "%s", nbx_store_errmsg(store));
         cr_assert(strstr(nbx_store_errmsg(store), "NBX_LINE_MAX") != NULL);
         cr_assert_eq(store_digest(store), before);
 
@@ -531,13 +535,12 @@ Test(ingest, line_over_the_limit)
 
 Test(ingest, rejects_file_gets_bad_lines_and_the_rest_is_applied)
 {
-    char *path = write_tmp("mixed.jsonl",
-                           "{\"id\":\"a\"}\n"
-                           "{\"id\":\"b\",\"propensity\":{\"o\":2}}\n"
-                           "not json\n"
-                           "\n"
-                           "{\"id\":\"c\",\"churn\":0.5}\n"
-                           "{\"id\":\"d\",\"nickname\":\"x\\u00e9\"}\n");
+    char *path = write_tmp("mixed.jsonl", "{\"id\":\"a\"}\n"
+                                          "{\"id\":\"b\",\"propensity\":{\"o\":2}}\n"
+                                          "not json\n"
+                                          "\n"
+                                          "{\"id\":\"c\",\"churn\":0.5}\n"
+                                          "{\"id\":\"d\",\"nickname\":\"x\\u00e9\"}\n");
     char *rejects = tu_path(dir, "rejects.jsonl");
     cr_assert_eq(tu_write_file(rejects, "stale content\n"), 0);
     nbx_import_stats st;
@@ -553,8 +556,7 @@ Test(ingest, rejects_file_gets_bad_lines_and_the_rest_is_applied)
     cr_assert_not_null(text);
     int expect_lines[] = {2, 3, 6};
     const char *expect_error[] = {"field 'propensity.o': 2 is outside [0, 1]",
-                                  "must be a JSON object",
-                                  "field 'nickname': unknown field"};
+                                  "must be a JSON object", "field 'nickname': unknown field"};
     const char *expect_input[] = {"{\"id\":\"b\",\"propensity\":{\"o\":2}}", "not json",
                                   "{\"id\":\"d\",\"nickname\":\"x\\u00e9\"}"};
     int n = 0;
@@ -734,8 +736,9 @@ Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     for (int i = 0; i < LINES; i++)
-        fprintf(f, "{\"id\":\"k%07d\",\"attrs\":{\"n\":%d,\"s\":\"some text\"},"
-                   "\"propensity\":{\"o1\":0.5,\"o2\":0.25}}\n",
+        fprintf(f,
+                "{\"id\":\"k%07d\",\"attrs\":{\"n\":%d,\"s\":\"some text\"},"
+                "\"propensity\":{\"o1\":0.5,\"o2\":0.25}}\n",
                 i, i);
     cr_assert_eq(fclose(f), 0);
     char *store_path = strdup(store->path);

@@ -122,7 +122,8 @@ Test(rfm, monotonic_under_heavy_ties)
         snprintf(id, sizeof id, "t%04d", i);
         s[i] = scores_of(id);
         cr_assert(s[i].r >= 1 && s[i].r <= 5 && s[i].f >= 1 && s[i].f <= 5 && s[i].m >= 1 &&
-                  s[i].m <= 5, "%s: scores out of range", id);
+                      s[i].m <= 5,
+                  "%s: scores out of range", id);
     }
     for (int i = 0; i < N; i++)
         for (int j = 0; j < N; j++) {
@@ -289,8 +290,9 @@ Test(rfm, batches_and_idempotence)
         if (i % 4 == 0)
             fprintf(f, "{\"id\":\"b%05d\"}\n", i);
         else
-            fprintf(f, "{\"id\":\"b%05d\",\"rfm\":{\"last_purchase\":%d,\"orders\":%d,"
-                       "\"revenue\":%d}}\n",
+            fprintf(f,
+                    "{\"id\":\"b%05d\",\"rfm\":{\"last_purchase\":%d,\"orders\":%d,"
+                    "\"revenue\":%d}}\n",
                     i, 1760000000 + i * 100, 1 + i % 9, 10 + i % 1000);
     }
     cr_assert_eq(fclose(f), 0);
