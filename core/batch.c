@@ -15,19 +15,20 @@
  * many are queued or when it is about to wait. A futex round trip per
  * decision would cost as much as a small decision.
  *
- * Recording (NBX_DECIDE_RECORD) is done here rather than by nbx_decide(),
- * for two reasons. Throughput: nbx_decide() commits each decision's
- * impressions in its own transaction, an fsync per customer; a worker here
+ * Recording (NBX_DECIDE_RECORD) is done here rather than by nbx_decide():
+ * nbx_decide() commits each decision's impressions in its own transaction,
+ * an fsync per customer, a few hundred customers a second; a worker here
  * decides without recording and commits the impressions of up to
- * RECORD_GROUP_MAX decisions in one transaction. Atomicity: a decision reads
- * caps in a read snapshot, so two processes deciding for the same customer
- * at once could both see room and both record. In the write transaction
- * (LMDB has one writer at a time, across processes) each decision's actions
- * are checked again against the counters as they are now; a decision whose
- * actions no longer pass is made again after the commit, on counters that
- * include the other writer's impressions. A slot is handed back only once
- * its impressions are committed. The events are those nbx_decide() records:
- * one impression per action, id DECISION_ID:INDEX, at the decision's clock.
+ * RECORD_GROUP_MAX decisions in one transaction. The rules are those of
+ * nbx_decide()'s recording: a decision read its caps in a snapshot, so in
+ * the write transaction (LMDB has one writer at a time, across processes)
+ * its actions are checked again against the counters as they are now. Where
+ * nbx_decide() drops an action that no longer fits, a decision here is made
+ * again after the commit, on counters that include the other writer's
+ * impressions: the customer still gets the best actions that fit. A slot is
+ * handed back only once its impressions are committed. The events are those
+ * nbx_decide() records: one impression per action, id DECISION_ID:INDEX, at
+ * the decision's clock.
  */
 #include "nbx_int.h"
 
@@ -50,7 +51,7 @@ enum slot_state { SLOT_FREE = 0, SLOT_QUEUED, SLOT_RUNNING, SLOT_DONE };
 #define RECORD_RETRIES_MAX 8
 
 typedef struct slot {
-    uint8_t state; /* slot_state, under the batch lock */
+    uint8_t state;   /* slot_state, under the batch lock */
     uint8_t retries; /* NBX_DECIDE_RECORD: decided again because caps moved */
     bool stale;
     /* Input, written by the owner while the slot is FREE: the customer id,
@@ -177,12 +178,12 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
     if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: unknown flags 0x%x", o->flags);
     if (o->shard_count && o->shard_index >= o->shard_count)
-        return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: shard %u/%u: the index must be below "
-                                          "the count",
+        return nbx_err_set(e, NBX_EINVAL,
+                           "nbx_batch_open: shard %u/%u: the index must be below "
+                           "the count",
                            o->shard_index, o->shard_count);
     if ((o->flags & NBX_DECIDE_RECORD) && (engine->flags & NBX_ENGINE_READONLY))
-        return nbx_err_set(e, NBX_EREADONLY,
-                           "cannot record exposures: the engine is read-only");
+        return nbx_err_set(e, NBX_EREADONLY, "cannot record exposures: the engine is read-only");
     if (o->n_placements > NBX_REQUEST_PLACEMENTS_MAX)
         return nbx_err_set(e, NBX_EINVAL, "field 'placement': %zu given, the limit is %d",
                            o->n_placements, NBX_REQUEST_PLACEMENTS_MAX);
@@ -414,14 +415,19 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
         rc = nbx_caps_load(&w->caps, store, txn, customer, b->now_ms, &w->arena, e);
     if (rc)
         return rc;
+    /* The rules nbx_decide() applies when it records: every action is a
+     * contact, so the contacts left must cover them all; each offer of a
+     * personalised decision must still pass its caps and budget; fallback
+     * actions are held to the contact policy only. */
+    const nbx_cap *mc = &cat->guardrails.max_contacts;
+    if (mc->window_days &&
+        (w->caps.contacts >= mc->max || it->n_actions > mc->max - w->caps.contacts))
+        return 1;
     for (size_t i = 0; i < it->n_actions; i++) {
         const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(it->actions[i].offer));
         if (!o)
             return 1; /* the catalog was reloaded */
-        int why = nbx_caps_check(&w->caps, o, &p, b->now_ms);
-        /* Fallback actions ignore caps and budgets, as in nbx_decide(). */
-        if (it->fallback ? why == NBX_EXCLUDED_VALIDITY || why == NBX_EXCLUDED_CONSENT
-                         : why != NBX_EXCLUDED_NONE)
+        if (!it->fallback && nbx_caps_check(&w->caps, o, &p, b->now_ms) != NBX_EXCLUDED_NONE)
             return 1;
     }
     for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++) {
@@ -503,8 +509,7 @@ static void *worker_main(void *arg)
     for (;;) {
         if (b->stop)
             break; /* pending decisions are dropped unrecorded */
-        if (w->n_pending &&
-            (b->claimed == b->submitted || w->n_pending >= RECORD_GROUP_MAX)) {
+        if (w->n_pending && (b->claimed == b->submitted || w->n_pending >= RECORD_GROUP_MAX)) {
             /* Before going idle, or when the group is full. */
             pthread_mutex_unlock(&b->lock);
             record_group(b, w);
@@ -607,8 +612,7 @@ static int start_workers(nbx_batch *b, nbx_err *e)
     for (unsigned i = 0; i < b->n_threads && rc == NBX_OK; i++) {
         int err = pthread_create(&b->workers[i].thread, NULL, worker_main, &b->workers[i]);
         if (err)
-            rc = nbx_err_set(e, NBX_ENOMEM, "starting batch thread %u: %s", i + 1,
-                             strerror(err));
+            rc = nbx_err_set(e, NBX_ENOMEM, "starting batch thread %u: %s", i + 1, strerror(err));
         else
             b->workers[i].started = true;
     }
@@ -746,8 +750,9 @@ static int merge_session(nbx_batch *b, slot *s, size_t n_own, nbx_err *e)
             s->session[n++] = b->base[i];
     }
     if (n + n_own > NBX_REQUEST_SESSION_MAX)
-        return nbx_err_set(e, NBX_EINVAL, "field 'session': %zu keys with the batch's own, the "
-                                          "limit is %d",
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'session': %zu keys with the batch's own, the "
+                           "limit is %d",
                            n + n_own, NBX_REQUEST_SESSION_MAX);
     memcpy(s->session + n, own, n_own * sizeof *own);
     s->n_session = n + n_own;
@@ -777,8 +782,7 @@ NBX_API int nbx_batch_submit(nbx_batch *b, const char *customer, const nbx_kv *s
     size_t id_len = strnlen(customer, NBX_ID_MAX + 1);
     if (check_customer((nbx_sv){customer, id_len}, &e))
         return batch_fail(b, &e);
-    if (b->shard_count &&
-        nbx_hash64(customer, id_len, 0) % b->shard_count != b->shard_index) {
+    if (b->shard_count && nbx_hash64(customer, id_len, 0) % b->shard_count != b->shard_index) {
         b->stats.other_shard++;
         return NBX_DONE;
     }
@@ -852,16 +856,15 @@ static int read_field_value(nbx_jr *r, nbx_sv key, nbx_sv *value, bool *present,
         return nbx_err_set(e, NBX_EPARSE, "%s", r->err);
     if (*present && value->len > NBX_VALUE_MAX)
         return nbx_err_set(e, NBX_EPARSE, "field '%.*s': %zu bytes, the limit is %d",
-                           (int)(key.len > 64 ? 64 : key.len), key.ptr, value->len,
-                           NBX_VALUE_MAX);
+                           (int)(key.len > 64 ? 64 : key.len), key.ptr, value->len, NBX_VALUE_MAX);
     if (*present && memchr(value->ptr, '\0', value->len))
         return nbx_err_set(e, NBX_EPARSE, "field '%.*s': must not contain NUL",
                            (int)(key.len > 64 ? 64 : key.len), key.ptr);
     return NBX_OK;
 }
 
-static int parse_customer_line(nbx_batch *b, const char *json, size_t len, nbx_sv *id,
-                               nbx_kv *kv, size_t *n_kv, nbx_err *e)
+static int parse_customer_line(nbx_batch *b, const char *json, size_t len, nbx_sv *id, nbx_kv *kv,
+                               size_t *n_kv, nbx_err *e)
 {
     /* Keys and values point into the line or the scratch arena; they are
      * NUL-terminated by copying into the arena. */

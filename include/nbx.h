@@ -789,15 +789,16 @@ NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
  *
  * With NBX_DECIDE_RECORD the chosen actions are recorded as the same
  * impression events nbx_decide() records (id DECISION_ID:INDEX, at the
- * decision's clock), with two differences that matter for campaigns: the
- * impressions of many decisions are committed in one transaction (one
- * fsync per group, not per customer), and in that transaction each
- * decision's actions are checked again against the caps as they are then;
- * a decision another writer (another batch, another process) made stale is
- * made again on the new counters before it is recorded. So overlapping
- * campaigns, even running at the same time, never record more than the caps
- * allow. An item is handed back only once its impressions are committed; a
- * decision still stale after 8 attempts fails with NBX_ELIMIT, unrecorded.
+ * decision's clock), re-checked the same way against the caps as they are
+ * in the write transaction, so overlapping campaigns, even running at the
+ * same time, never record more than the caps allow. Two differences matter
+ * for campaigns: the impressions of many decisions are committed in one
+ * transaction (one fsync per group, not per customer); and a decision that
+ * another writer (another batch, another process) made stale is not cut
+ * down but made again on the new counters, so the customer still gets the
+ * best actions that fit. An item is handed back only once its impressions
+ * are committed; a decision still stale after 8 attempts fails with
+ * NBX_ELIMIT, unrecorded.
  *
  * @param engine the engine; must outlive the batch (close the batch first).
  * @param opts may be NULL for defaults.
@@ -810,6 +811,8 @@ NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
  *   NBX_ENOMEM (opening a context or starting a thread).
  * @note Thread-safe on the engine. The returned batch belongs to one thread
  *   at a time (see nbx_batch_next()). Its worker threads block every signal.
+ *   Like every handle, a batch does not survive fork(): its threads do not
+ *   exist in the child.
  */
 NBX_API int nbx_batch_open(nbx_engine *engine, const nbx_batch_options *opts, nbx_batch **out);
 

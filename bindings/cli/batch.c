@@ -55,10 +55,9 @@ const cli_flag cli_batch_flags[] = {
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
     {"window", CLI_UINT, "N", "decisions in flight at most (default 256 per thread)", 1,
      NBX_BATCH_WINDOW_MAX},
-    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1,
-     60000000},
-    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)",
-     65536, UINT64_C(1) << 40},
+    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1, 60000000},
+    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)", 65536,
+     UINT64_C(1) << 40},
     CLI_FLAG_END,
 };
 
@@ -160,7 +159,7 @@ typedef struct run {
     double started;
     double next_progress;
     bool progress_shown;
-    bool tty; /* standard error is a terminal: show progress */
+    bool tty;                /* standard error is a terminal: show progress */
     uint64_t expected_total; /* customers, for the progress bar; 0 unknown */
 } run;
 
@@ -506,8 +505,8 @@ static void write_totals(FILE *f, const char *prefix, const totals *t)
             "\n%smalformed %" PRIu64 "\n%sother_shard %" PRIu64 "\n%sexpected_margin %.17g\n"
             "%selapsed %.3f\n",
             prefix, t->customers, prefix, t->decided, prefix, t->failed, prefix, t->fallbacks,
-            prefix, t->anonymous, prefix, t->actions, prefix, t->malformed, prefix,
-            t->other_shard, prefix, t->expected_margin, prefix, t->elapsed);
+            prefix, t->anonymous, prefix, t->actions, prefix, t->malformed, prefix, t->other_shard,
+            prefix, t->expected_margin, prefix, t->elapsed);
     for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
         fprintf(f, "%sexcluded.%s %" PRIu64 "\n", prefix, nbx_excluded_name(i), t->exclusions[i]);
 }
@@ -576,8 +575,9 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
     current_totals(r, p, &t);
     fprintf(f, "nbx-batch-checkpoint 1\n");
     write_params(r, f);
-    fprintf(f, "complete %d\noutput_offset %" PRIu64 "\ninput_offset %" PRIu64
-               "\ninput_line %" PRIu64 "\nafter_id ",
+    fprintf(f,
+            "complete %d\noutput_offset %" PRIu64 "\ninput_offset %" PRIu64 "\ninput_line %" PRIu64
+            "\nafter_id ",
             complete, r->out_bytes, p->input_offset, p->input_line);
     put_encoded(f, after_id);
     fputc('\n', f);
@@ -751,11 +751,11 @@ static void print_summary(run *r, const totals *t, bool interrupted)
     if (r->shard_count)
         fprintf(stderr, "; %" PRIu64 " in other shards (shard %" PRIu32 "/%" PRIu32 ")",
                 t->other_shard, r->shard_index, r->shard_count);
-    fprintf(stderr, "\nnbx batch: %" PRIu64 " actions, expected margin %.2f\nnbx batch: exclusions:",
+    fprintf(stderr,
+            "\nnbx batch: %" PRIu64 " actions, expected margin %.2f\nnbx batch: exclusions:",
             t->actions, t->expected_margin);
     for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
-        fprintf(stderr, "%s %s %" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i),
-                t->exclusions[i]);
+        fprintf(stderr, "%s %s %" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i), t->exclusions[i]);
     fprintf(stderr, "\nnbx batch: %.2f s, %.0f customers/s%s\n", t->elapsed, rate,
             interrupted ? "; interrupted" : "");
 }
@@ -774,8 +774,9 @@ static int write_summary_json(run *r, const totals *t, bool complete)
             t->other_shard, t->actions, t->expected_margin);
     for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
         fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i), t->exclusions[i]);
-    fprintf(f, "},\"elapsed_s\":%.3f,\"rate\":%.1f,\"complete\":%s,\"policy_version\":\"%s\","
-               "\"catalog_version\":\"%s\",\"as_of\":\"%s\"}\n",
+    fprintf(f,
+            "},\"elapsed_s\":%.3f,\"rate\":%.1f,\"complete\":%s,\"policy_version\":\"%s\","
+            "\"catalog_version\":\"%s\",\"as_of\":\"%s\"}\n",
             t->elapsed, t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0,
             complete ? "true" : "false", r->info.policy_version, r->info.catalog_version,
             r->as_of_text);
@@ -813,8 +814,8 @@ static void show_progress(run *r, bool force)
             double left = elapsed * (1 - fraction) / fraction;
             snprintf(eta, sizeof eta, " ETA %d:%02d", (int)(left / 60), (int)left % 60);
         }
-        fprintf(stderr, "\r\033[K[%s] %5.1f%% %" PRIu64 " customers, %.0f/s%s", bar,
-                100 * fraction, done, rate, eta);
+        fprintf(stderr, "\r\033[K[%s] %5.1f%% %" PRIu64 " customers, %.0f/s%s", bar, 100 * fraction,
+                done, rate, eta);
     } else {
         fprintf(stderr, "\r\033[K%" PRIu64 " customers, %.0f/s", done, rate);
     }
@@ -1261,8 +1262,8 @@ int cli_run_batch(cli_args *args)
         end.other_shard = r.other_shard;
     }
     if (rc == CLI_OK && fflush(r.out) != 0)
-        rc = cli_error(r.cmd, "writing %s: %s", r.out_path ? r.out_path : "output",
-                       strerror(errno));
+        rc =
+            cli_error(r.cmd, "writing %s: %s", r.out_path ? r.out_path : "output", strerror(errno));
     if (rc == CLI_OK && r.checkpoint_path)
         rc = write_checkpoint(&r, &end, r.last_id, complete);
 
