@@ -904,7 +904,7 @@ static int feed_customer_file(run *r)
     const char *line;
     size_t len;
     bool too_long;
-    int got;
+    int got = 0;
     while (!stop_requested && (got = reader_next(&r->in, &line, &len, &too_long)) == 1) {
         if (too_long) {
             char msg[64];
@@ -947,7 +947,7 @@ static int feed_customer_file(run *r)
 static int feed_all_profiles(run *r)
 {
     const char *id;
-    int rc;
+    int rc = NBX_DONE;
     while (!stop_requested && (rc = nbx_iter_next(r->iter, &id, NULL, NULL)) == NBX_OK) {
         int src = submit(r, id, NULL, 0);
         if (src != CLI_OK)
