@@ -415,19 +415,15 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
         rc = nbx_caps_load(&w->caps, store, txn, customer, b->now_ms, &w->arena, e);
     if (rc)
         return rc;
-    /* The rules nbx_decide() applies when it records: every action is a
-     * contact, so the contacts left must cover them all; each offer of a
-     * personalised decision must still pass its caps and budget; fallback
-     * actions are held to the contact policy only. */
-    const nbx_cap *mc = &cat->guardrails.max_contacts;
-    if (mc->window_days &&
-        (w->caps.contacts >= mc->max || it->n_actions > mc->max - w->caps.contacts))
-        return 1;
-    for (size_t i = 0; i < it->n_actions; i++) {
+    /* The rules nbx_decide() applies when it records (nbx_caps_recheck);
+     * a batch decides a stale customer again rather than dropping actions,
+     * so any action that no longer fits makes the whole decision stale. */
+    uint32_t left = nbx_caps_contacts_left(&w->caps);
+    for (size_t i = 0; i < it->n_actions; i++, left--) {
         const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(it->actions[i].offer));
         if (!o)
             return 1; /* the catalog was reloaded */
-        if (!it->fallback && nbx_caps_check(&w->caps, o, &p, b->now_ms) != NBX_EXCLUDED_NONE)
+        if (nbx_caps_recheck(&w->caps, o, &p, b->now_ms, it->fallback, left) != NBX_EXCLUDED_NONE)
             return 1;
     }
     for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++) {

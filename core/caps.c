@@ -214,6 +214,22 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, 
     return NBX_EXCLUDED_NONE;
 }
 
+uint32_t nbx_caps_contacts_left(const nbx_caps *c)
+{
+    const nbx_cap *mc = &c->catalog->guardrails.max_contacts;
+    if (!mc->window_days)
+        return UINT32_MAX;
+    return mc->max > c->contacts ? mc->max - c->contacts : 0;
+}
+
+int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms,
+                     bool fallback, uint32_t contacts_left)
+{
+    if (contacts_left == 0)
+        return NBX_EXCLUDED_CONTACTS;
+    return fallback ? NBX_EXCLUDED_NONE : nbx_caps_check(c, o, p, now_ms);
+}
+
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
 {
     const nbx_guardrails *g = &c->guardrails;

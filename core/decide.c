@@ -349,17 +349,6 @@ static void add_action(nbx_ctx *c, const nbx_offer *o, uint32_t placement, doubl
     c->slots_left[placement]--;
 }
 
-/* Actions this decision may still place under the contact policy: every
- * action shown is a contact, so a decision never takes a customer past
- * max_contacts. */
-static uint32_t contacts_left(const nbx_ctx *c)
-{
-    const nbx_cap *mc = &c->snap->catalog->guardrails.max_contacts;
-    if (!mc->window_days)
-        return UINT32_MAX;
-    return mc->max > c->caps.contacts ? mc->max - c->caps.contacts : 0;
-}
-
 static void reset_slots(nbx_ctx *c)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -380,8 +369,8 @@ static void arbitrate(nbx_ctx *c, size_t n)
     uint32_t slots = 0;
     for (uint32_t p = 0; p < cat->n_placements; p++)
         slots += c->slots_left[p];
-    if (slots > contacts_left(c))
-        slots = contacts_left(c);
+    if (slots > nbx_caps_contacts_left(&c->caps))
+        slots = nbx_caps_contacts_left(&c->caps);
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         if (!c->cand[i].excluded)
@@ -415,7 +404,7 @@ static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
 {
     const nbx_catalog *cat = c->snap->catalog;
     reset_slots(c);
-    uint32_t left = contacts_left(c);
+    uint32_t left = nbx_caps_contacts_left(&c->caps);
     for (uint32_t pi = 0; pi < cat->n_placements; pi++) {
         const nbx_placement *pl = &cat->placements[pi];
         if (!c->placement_wanted[pi])
@@ -626,13 +615,11 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
     /* loaded inside a write: not a committed snapshot's state to reuse */
     c->caps.budget_valid = false;
     const nbx_catalog *cat = c->snap->catalog;
-    uint32_t left = contacts_left(c);
+    uint32_t left = nbx_caps_contacts_left(&c->caps);
     for (size_t i = 0; i < r->n_actions && rc == NBX_OK;) {
         const nbx_action *a = &r->actions[i];
         const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(a->offer));
-        int why = left ? NBX_EXCLUDED_NONE : NBX_EXCLUDED_CONTACTS;
-        if (!why && !r->fallback)
-            why = nbx_caps_check(&c->caps, o, p, now);
+        int why = nbx_caps_recheck(&c->caps, o, p, now, r->fallback, left);
         if (why) {
             drop_action(c, n, i, why);
             continue;

@@ -653,6 +653,15 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int6
 /* First reason the offer may not be shown to this customer now, or NONE:
  * validity, consent, contacts, frequency, cooldown, budget. */
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms);
+/* Actions a decision may still place under the contact policy (every action
+ * is a contact); UINT32_MAX when the catalog sets none. */
+uint32_t nbx_caps_contacts_left(const nbx_caps *c);
+/* The rules an action must pass when it is recorded, with c loaded in the
+ * write transaction (the latest counters, writers ordered): a contact left,
+ * and unless it is a fallback action, its caps and budget. Used by every
+ * recording path (nbx_decide, batches) so they cannot drift apart. */
+int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms,
+                     bool fallback, uint32_t contacts_left);
 /* The guardrails that hold whatever the policy scored: discount ceiling and
  * margin floor. */
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
