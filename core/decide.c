@@ -424,12 +424,20 @@ static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
 
 static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
 {
-    /* UUIDv7 layout: 48-bit wall-clock milliseconds, then random bits. */
+    /* UUIDv7 layout: 48-bit wall-clock milliseconds, version 7, then random
+     * bits with the RFC 4122 variant. Written by hand: printf was a visible
+     * share of a decision. */
+    static const char hex[] = "0123456789abcdef";
     uint64_t hi = ((uint64_t)wall_ms << 16) | 0x7000 | (splitmix64(&c->rng[0]) & 0x0fff);
     uint64_t lo = (splitmix64(&c->rng[1]) & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;
-    snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(hi >> 32),
-             (unsigned)(hi >> 16) & 0xffff, (unsigned)hi & 0xffff, (unsigned)(lo >> 48),
-             (unsigned long long)(lo & 0xffffffffffffULL));
+    char *p = out;
+    for (int i = 0; i < 32; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20)
+            *p++ = '-';
+        uint64_t word = i < 16 ? hi : lo;
+        *p++ = hex[(word >> (60 - 4 * (i % 16))) & 0xf];
+    }
+    *p = '\0';
 }
 
 /* ========================================================================

@@ -446,3 +446,21 @@ Test(decide, a_decision_never_passes_the_contact_limit)
                  nbx_result_json(r, NULL));
     cr_assert(strstr(nbx_result_json(r, NULL), "\"excluded\":\"contacts\"") != NULL);
 }
+
+Test(decide, decision_ids_are_unique_uuidv7)
+{
+    open_engine(BY_PRICE);
+    char seen[200][37];
+    for (int i = 0; i < 200; i++) {
+        const nbx_result *r = decide("alice", 0);
+        const char *id = nbx_result_decision_id(r);
+        cr_assert_eq(strlen(id), 36, "%s", id);
+        cr_assert(id[8] == '-' && id[13] == '-' && id[18] == '-' && id[23] == '-', "%s", id);
+        cr_assert_eq(id[14], '7', "version nibble: %s", id);
+        cr_assert(strchr("89ab", id[19]) != NULL, "variant nibble: %s", id);
+        cr_assert(strstr(nbx_result_json(r, NULL), id) != NULL);
+        for (int k = 0; k < i; k++)
+            cr_assert_str_neq(seen[k], id, "duplicate decision id");
+        memcpy(seen[i], id, 37);
+    }
+}
