@@ -146,22 +146,6 @@ static unsigned available_cpus(void)
     return n > 0 ? (unsigned)n : 1;
 }
 
-static bool session_field_ok(const nbx_kv *kv, size_t i, const char *what, nbx_err *e)
-{
-    if (!kv->key || !kv->value || !*kv->key) {
-        nbx_err_set(e, NBX_EINVAL, "%s: session field %zu has no key or value", what, i);
-        return false;
-    }
-    size_t klen = strlen(kv->key), vlen = strlen(kv->value);
-    if (klen > NBX_KEY_MAX || vlen > NBX_VALUE_MAX) {
-        nbx_err_set(e, NBX_EINVAL,
-                    "%s: session field '%.64s': key or value too long (limits %d and %d bytes)",
-                    what, kv->key, NBX_KEY_MAX, NBX_VALUE_MAX);
-        return false;
-    }
-    return true;
-}
-
 static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err *e)
 {
     if (o->size < sizeof *o)
@@ -184,30 +168,13 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
                            o->shard_index, o->shard_count);
     if ((o->flags & NBX_DECIDE_RECORD) && (engine->flags & NBX_ENGINE_READONLY))
         return nbx_err_set(e, NBX_EREADONLY, "cannot record exposures: the engine is read-only");
-    if (o->n_placements > NBX_REQUEST_PLACEMENTS_MAX)
-        return nbx_err_set(e, NBX_EINVAL, "field 'placement': %zu given, the limit is %d",
-                           o->n_placements, NBX_REQUEST_PLACEMENTS_MAX);
-    if (o->n_placements && !o->placements)
-        return nbx_err_set(e, NBX_EINVAL, "field 'placement': n_placements set, list is NULL");
-    if (o->n_session > NBX_REQUEST_SESSION_MAX)
-        return nbx_err_set(e, NBX_EINVAL, "field 'session': %zu keys, the limit is %d",
-                           o->n_session, NBX_REQUEST_SESSION_MAX);
-    if (o->n_session && !o->session)
-        return nbx_err_set(e, NBX_EINVAL, "field 'session': n_session set, list is NULL");
-    for (size_t i = 0; i < o->n_session; i++)
-        if (!session_field_ok(&o->session[i], i, "nbx_batch_open", e))
-            return NBX_EINVAL;
     /* Checked once here, so a typo fails the batch rather than every item. */
     nbx_snapshot *snap = nbx_engine_snapshot(engine);
-    int rc = NBX_OK;
-    for (size_t i = 0; i < o->n_placements && rc == NBX_OK; i++) {
-        const char *p = o->placements[i];
-        if (!p || nbx_catalog_placement(snap->catalog, nbx_sv_of(p)) < 0)
-            rc = nbx_err_set(e, NBX_EINVAL,
-                             "field 'placement': '%.128s' is not a placement of the catalog",
-                             p ? p : "(null)");
-    }
+    int rc = nbx_request_lists_check(snap->catalog, o->placements, o->n_placements, o->session,
+                                     o->n_session, e);
     nbx_snapshot_unref(snap);
+    if (rc)
+        nbx_err_prefix(e, "nbx_batch_open: ");
     return rc;
 }
 
@@ -796,8 +763,10 @@ NBX_API int nbx_batch_submit(nbx_batch *b, const char *customer, const nbx_kv *s
     nbx_buf_append(in, customer, id_len);
     nbx_buf_putc(in, '\0');
     for (size_t i = 0; i < n_session; i++) {
-        if (!session_field_ok(&session[i], i, "nbx_batch_submit", &e))
+        if (nbx_session_field_check(&session[i], i, &e)) {
+            nbx_err_prefix(&e, "nbx_batch_submit: ");
             return batch_fail(b, &e);
+        }
         nbx_buf_append(in, session[i].key, strlen(session[i].key) + 1);
         nbx_buf_append(in, session[i].value, strlen(session[i].value) + 1);
     }

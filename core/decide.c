@@ -217,6 +217,46 @@ NBX_API void nbx_request_init(nbx_request *r)
     r->size = sizeof *r;
 }
 
+int nbx_session_field_check(const nbx_kv *kv, size_t i, nbx_err *e)
+{
+    if (!kv->key || !kv->value || !*kv->key)
+        return nbx_err_set(e, NBX_EINVAL, "field 'session': entry %zu has no key or value", i);
+    if (strlen(kv->key) > NBX_KEY_MAX || strlen(kv->value) > NBX_VALUE_MAX)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'session.%.64s': key or value too long (limits %d and %d bytes)",
+                           kv->key, NBX_KEY_MAX, NBX_VALUE_MAX);
+    return NBX_OK;
+}
+
+int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placements,
+                            size_t n_placements, const nbx_kv *session, size_t n_session,
+                            nbx_err *e)
+{
+    if (n_placements > NBX_REQUEST_PLACEMENTS_MAX)
+        return nbx_err_set(e, NBX_EINVAL, "field 'placement': %zu given, the limit is %d",
+                           n_placements, NBX_REQUEST_PLACEMENTS_MAX);
+    if (n_placements && !placements)
+        return nbx_err_set(e, NBX_EINVAL, "field 'placement': n_placements set, list is NULL");
+    if (n_session > NBX_REQUEST_SESSION_MAX)
+        return nbx_err_set(e, NBX_EINVAL, "field 'session': %zu keys, the limit is %d", n_session,
+                           NBX_REQUEST_SESSION_MAX);
+    if (n_session && !session)
+        return nbx_err_set(e, NBX_EINVAL, "field 'session': n_session set, list is NULL");
+    for (size_t i = 0; i < n_session; i++) {
+        int rc = nbx_session_field_check(&session[i], i, e);
+        if (rc)
+            return rc;
+    }
+    for (size_t i = 0; i < n_placements; i++) {
+        const char *p = placements[i];
+        if (!p || nbx_catalog_placement(cat, nbx_sv_of(p)) < 0)
+            return nbx_err_set(e, NBX_EINVAL,
+                               "field 'placement': '%.128s' is not a placement of the catalog",
+                               p ? p : "(null)");
+    }
+    return NBX_OK;
+}
+
 static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
 {
     if (!r)
@@ -233,36 +273,14 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     }
     if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
-    if (r->n_placements > NBX_REQUEST_PLACEMENTS_MAX)
-        return nbx_err_set(e, NBX_EINVAL, "field 'placement': %zu given, the limit is %d",
-                           r->n_placements, NBX_REQUEST_PLACEMENTS_MAX);
-    if (r->n_placements && !r->placements)
-        return nbx_err_set(e, NBX_EINVAL, "field 'placement': n_placements set, list is NULL");
-    if (r->n_session > NBX_REQUEST_SESSION_MAX)
-        return nbx_err_set(e, NBX_EINVAL, "field 'session': %zu keys, the limit is %d",
-                           r->n_session, NBX_REQUEST_SESSION_MAX);
-    if (r->n_session && !r->session)
-        return nbx_err_set(e, NBX_EINVAL, "field 'session': n_session set, list is NULL");
-    for (size_t i = 0; i < r->n_session; i++) {
-        const nbx_kv *kv = &r->session[i];
-        if (!kv->key || !kv->value || !*kv->key)
-            return nbx_err_set(e, NBX_EINVAL, "field 'session': entry %zu has no key or value",
-                               i);
-        if (strlen(kv->key) > NBX_KEY_MAX || strlen(kv->value) > NBX_VALUE_MAX)
-            return nbx_err_set(e, NBX_EINVAL, "field 'session.%.64s': key or value too long",
-                               kv->key);
-    }
+    int rc = nbx_request_lists_check(c->snap->catalog, r->placements, r->n_placements, r->session,
+                                     r->n_session, e);
+    if (rc)
+        return rc;
     const nbx_catalog *cat = c->snap->catalog;
     memset(c->placement_wanted, 0, cat->n_placements);
-    for (size_t i = 0; i < r->n_placements; i++) {
-        const char *pid = r->placements[i];
-        int p = pid ? nbx_catalog_placement(cat, nbx_sv_of(pid)) : -1;
-        if (p < 0)
-            return nbx_err_set(e, NBX_EINVAL,
-                               "field 'placement': '%.128s' is not a placement of the catalog",
-                               pid ? pid : "(null)");
-        c->placement_wanted[p] = 1;
-    }
+    for (size_t i = 0; i < r->n_placements; i++)
+        c->placement_wanted[nbx_catalog_placement(cat, nbx_sv_of(r->placements[i]))] = 1;
     if (r->n_placements == 0)
         memset(c->placement_wanted, 1, cat->n_placements);
     return NBX_OK;
@@ -545,15 +563,12 @@ static void log_policy_failure(nbx_ctx *c, const char *customer, const char *msg
         return;
     }
     const nbx_policy *pol = c->snap->policy;
+    char more[64] = "";
     if (c->suppressed_logs)
-        nbx_engine_log(c->engine, NBX_LOG_ERROR,
-                       "policy %s (version %s) failed, fallback served for customer %.64s: %s "
-                       "(%u more failures not logged)",
-                       pol->name, pol->version_hex, customer, msg, c->suppressed_logs);
-    else
-        nbx_engine_log(c->engine, NBX_LOG_ERROR,
-                       "policy %s (version %s) failed, fallback served for customer %.64s: %s",
-                       pol->name, pol->version_hex, customer, msg);
+        snprintf(more, sizeof more, " (%u more failures not logged)", c->suppressed_logs);
+    nbx_engine_log(c->engine, NBX_LOG_ERROR,
+                   "policy %s (version %s) failed, fallback served for customer %.64s: %s%s",
+                   pol->name, pol->version_hex, customer, msg, more);
     c->last_log_us = now;
     c->suppressed_logs = 0;
 }

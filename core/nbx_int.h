@@ -695,6 +695,14 @@ struct nbx_engine {
     void *log_ud;
 };
 
+/* Checks shared by every way a request arrives (nbx_decide, batches):
+ * bounds and presence of placements and session fields; placement ids must
+ * be the catalog's. Messages name the field. */
+int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placements,
+                            size_t n_placements, const nbx_kv *session, size_t n_session,
+                            nbx_err *e);
+int nbx_session_field_check(const nbx_kv *kv, size_t i, nbx_err *e);
+
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
 void nbx_snapshot_unref(nbx_snapshot *s);
