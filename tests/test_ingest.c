@@ -795,3 +795,48 @@ Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
     free(store_path);
     free(path);
 }
+
+/* Maps arrive in any order: small ones (sorted by insertion) and large ones
+ * (qsort) come out sorted, and a duplicate key is refused either way. */
+Test(ingest, maps_in_any_order)
+{
+    int sizes[] = {40, 200};
+    for (int s = 0; s < 2; s++) {
+        int n = sizes[s];
+        char *path = tu_path(dir, "maps.jsonl");
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        fprintf(f, "{\"id\":\"m%d\",\"propensity\":{", n);
+        for (int i = 0; i < n; i++) /* a scrambled order */
+            fprintf(f, "%s\"k%03d\":0.5", i ? "," : "", (i * 37) % n);
+        fprintf(f, "}}\n{\"id\":\"dup%d\",\"attrs\":{", n);
+        for (int i = 0; i < n; i++)
+            fprintf(f, "%s\"a%03d\":%d", i ? "," : "", n - 1 - i, i);
+        fprintf(f, ",\"a%03d\":1}}\n", n / 2);
+        cr_assert_eq(fclose(f), 0);
+        char *rejects = tu_path(dir, "rejects.jsonl");
+        nbx_import_stats st;
+        cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, rejects, &st), NBX_OK);
+        cr_assert_eq(st.rejected, 1);
+        char *text = tu_read_file(rejects, NULL);
+        char expect[64];
+        snprintf(expect, sizeof expect, "field 'attrs.a%03d': duplicate key", n / 2);
+        cr_assert(strstr(text, expect) != NULL, "%s", text);
+        free(text);
+        char id[16];
+        snprintf(id, sizeof id, "m%d", n);
+        char *json = get(id);
+        const char *p = strstr(json, "\"propensity\":{");
+        cr_assert_not_null(p);
+        for (int i = 0; i < n; i++) {
+            char key[16];
+            snprintf(key, sizeof key, "\"k%03d\"", i);
+            const char *at = strstr(p, key);
+            cr_assert(at != NULL && at > p, "%s missing or out of order in %s", key, json);
+            p = at;
+        }
+        nbx_free(json);
+        free(rejects);
+        free(path);
+    }
+}
