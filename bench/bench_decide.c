@@ -23,6 +23,7 @@ typedef struct config {
     const char *placements[16];
     size_t n_placements;
     long decisions;
+    long warmup;
     int threads;
     bool no_limits;
 } config;
@@ -117,7 +118,7 @@ static void *decide_loop(void *arg)
 
 int main(int argc, char **argv)
 {
-    config cfg = {.decisions = 200000, .threads = 2};
+    config cfg = {.decisions = 200000, .warmup = 20000, .threads = 2};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -136,6 +137,8 @@ int main(int argc, char **argv)
             cfg.policy = v;
         else if (!strcmp(a, "--decisions"))
             cfg.decisions = atol(v);
+        else if (!strcmp(a, "--warmup"))
+            cfg.warmup = atol(v);
         else if (!strcmp(a, "--threads"))
             cfg.threads = atoi(v);
         else if (!strcmp(a, "--placement") && cfg.n_placements < 16)
@@ -167,7 +170,7 @@ int main(int argc, char **argv)
            cfg.store, n_ids, info.offers, info.placements, info.policy_name, info.policy_version);
 
     /* warm up: page cache, Lua state, arenas */
-    run warm = {.cfg = &cfg, .engine = engine, .decisions = 20000, .seed = 7};
+    run warm = {.cfg = &cfg, .engine = engine, .decisions = cfg.warmup, .seed = 7};
     decide_loop(&warm);
 
     run one = {.cfg = &cfg, .engine = engine, .decisions = cfg.decisions, .seed = 42};

@@ -24,9 +24,13 @@ int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
     size_t n = catalog->n_offers ? catalog->n_offers : 1;
     c->summary = calloc(n, sizeof *c->summary);
     c->has_summary = calloc(n, 1);
+    c->propensity = calloc(n, sizeof *c->propensity);
+    c->category_propensity = calloc(catalog->n_categories ? catalog->n_categories : 1,
+                                    sizeof *c->category_propensity);
     c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
     c->budget_accepts = calloc(n, sizeof *c->budget_accepts);
-    if (!c->summary || !c->has_summary || !c->budget_impressions || !c->budget_accepts) {
+    if (!c->summary || !c->has_summary || !c->propensity || !c->category_propensity ||
+        !c->budget_impressions || !c->budget_accepts) {
         nbx_caps_free(c);
         return NBX_ENOMEM;
     }
@@ -37,6 +41,8 @@ void nbx_caps_free(nbx_caps *c)
 {
     free(c->summary);
     free(c->has_summary);
+    free(c->propensity);
+    free(c->category_propensity);
     free(c->budget_impressions);
     free(c->budget_accepts);
     memset(c, 0, sizeof *c);
@@ -240,6 +246,15 @@ bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
     return true;
 }
 
+/* The end of the fallback chain, once the profile has no value. */
+static double prior(const nbx_profile *p, const nbx_offer *o)
+{
+    if (p->rfm.segment && p->rfm.segment < NBX_SEGMENT_COUNT &&
+        !isnan(o->segment_prior[p->rfm.segment]))
+        return o->segment_prior[p->rfm.segment];
+    return o->base_propensity;
+}
+
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o)
 {
     const nbx_prop *pr = nbx_profile_propensity(p, o->id);
@@ -247,11 +262,37 @@ double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o)
         return pr->value;
     if (o->category.len && (pr = nbx_profile_propensity(p, o->category)))
         return pr->value;
-    if (o->n_segment_propensity && p->rfm.segment) {
-        nbx_sv seg = nbx_sv_of(nbx_segment_name(p->rfm.segment));
-        for (uint32_t i = 0; i < o->n_segment_propensity; i++)
-            if (nbx_sv_eq(o->segment_propensity[i].key, seg))
-                return o->segment_propensity[i].value;
+    return prior(p, o);
+}
+
+/* out[j] = the profile's value for keys[j] (sorted), NaN when absent. */
+static void join_keys(const nbx_profile *p, const nbx_sv *keys, size_t stride, uint32_t n,
+                      double *out)
+{
+    uint32_t i = 0, j = 0;
+    while (j < n) {
+        const nbx_sv *key = (const nbx_sv *)(const void *)((const char *)keys + j * stride);
+        int cmp = i < p->n_propensity ? nbx_sv_cmp(p->propensity[i].key, *key) : 1;
+        if (cmp < 0) {
+            i++;
+        } else {
+            out[j++] = cmp == 0 ? p->propensity[i].value : NAN;
+        }
     }
-    return o->base_propensity;
+}
+
+void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p)
+{
+    const nbx_catalog *cat = c->catalog;
+    join_keys(p, &cat->offers[0].id, sizeof(nbx_offer), cat->n_offers, c->propensity);
+    join_keys(p, cat->categories, sizeof(nbx_sv), cat->n_categories, c->category_propensity);
+    for (uint32_t k = 0; k < cat->n_offers; k++) {
+        const nbx_offer *o = &cat->offers[k];
+        if (!isnan(c->propensity[k]))
+            continue;
+        if (o->category_index != UINT32_MAX && !isnan(c->category_propensity[o->category_index]))
+            c->propensity[k] = c->category_propensity[o->category_index];
+        else
+            c->propensity[k] = prior(p, o);
+    }
 }

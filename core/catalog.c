@@ -199,46 +199,36 @@ static int cmp_offer_json_id(const void *a, const void *b)
     return nbx_sv_cmp(sx, sy);
 }
 
-static int cmp_prop_key(const void *a, const void *b)
+static int cmp_sv(const void *a, const void *b)
 {
-    const nbx_prop *x = a, *y = b;
-    return nbx_sv_cmp(x->key, y->key);
+    return nbx_sv_cmp(*(const nbx_sv *)a, *(const nbx_sv *)b);
 }
 
 static int load_segment_propensity(loader *l, json_t *o, nbx_offer *off, const char *owner)
 {
+    for (int s = 0; s < NBX_SEGMENT_COUNT; s++)
+        off->segment_prior[s] = NAN;
     json_t *sp = json_object_get(o, "segment_propensity");
     if (!sp || json_is_null(sp))
         return NBX_OK;
     if (!json_is_object(sp))
         return bad(l, owner, "segment_propensity", "must be an object of segment -> probability");
-    size_t n = json_object_size(sp);
-    off->segment_propensity = nbx_arena_alloc(&l->cat->arena, (n ? n : 1) * sizeof(nbx_prop));
-    if (!off->segment_propensity)
-        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
     const char *key;
     json_t *v;
-    uint32_t k = 0;
     json_object_foreach(sp, key, v)
     {
-        bool known = false;
+        int seg = -1;
         for (int s = 1; s < NBX_SEGMENT_COUNT; s++)
-            known |= strcmp(key, nbx_segment_name(s)) == 0;
+            if (strcmp(key, nbx_segment_name(s)) == 0)
+                seg = s;
         char field[NBX_KEY_MAX + 32];
         snprintf(field, sizeof field, "segment_propensity.%.256s", key);
-        if (!known)
+        if (seg < 0)
             return bad(l, owner, field, "unknown segment (see docs/data-model.md)");
         if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1)
             return bad(l, owner, field, "must be a probability in [0, 1]");
-        off->segment_propensity[k].key.ptr = nbx_arena_strndup(&l->cat->arena, key, strlen(key));
-        if (!off->segment_propensity[k].key.ptr)
-            return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
-        off->segment_propensity[k].key.len = strlen(key);
-        off->segment_propensity[k].value = json_number_value(v);
-        k++;
+        off->segment_prior[seg] = json_number_value(v);
     }
-    qsort(off->segment_propensity, k, sizeof(nbx_prop), cmp_prop_key);
-    off->n_segment_propensity = k;
     return NBX_OK;
 }
 
@@ -399,6 +389,34 @@ static int load_offers(loader *l, json_t *root)
     return rc;
 }
 
+/* Distinct categories, sorted, and each offer's index into them. */
+static int index_categories(loader *l)
+{
+    nbx_catalog *c = l->cat;
+    c->categories = nbx_arena_alloc(&c->arena, (c->n_offers ? c->n_offers : 1) * sizeof(nbx_sv));
+    if (!c->categories)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->n_offers; i++)
+        if (c->offers[i].category.len)
+            c->categories[n++] = c->offers[i].category;
+    qsort(c->categories, n, sizeof(nbx_sv), cmp_sv);
+    uint32_t unique = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (unique == 0 || !nbx_sv_eq(c->categories[unique - 1], c->categories[i]))
+            c->categories[unique++] = c->categories[i];
+    c->n_categories = unique;
+    for (uint32_t i = 0; i < c->n_offers; i++) {
+        nbx_offer *o = &c->offers[i];
+        o->category_index = UINT32_MAX;
+        if (!o->category.len)
+            continue;
+        nbx_sv *hit = bsearch(&o->category, c->categories, unique, sizeof(nbx_sv), cmp_sv);
+        o->category_index = (uint32_t)(hit - c->categories);
+    }
+    return NBX_OK;
+}
+
 /* Per placement, the offers that may fill it, in id order. */
 static int index_placements(loader *l)
 {
@@ -521,7 +539,8 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
     loader l = {c, path, e};
     int rc;
     if ((rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
-        (rc = index_placements(&l)) || (rc = load_fallback(&l, root)) ||
+        (rc = index_categories(&l)) || (rc = index_placements(&l)) ||
+        (rc = load_fallback(&l, root)) ||
         (rc = load_guardrails(&l, root)))
         return rc;
     return NBX_OK;

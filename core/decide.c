@@ -325,7 +325,7 @@ static void check_eligibility(nbx_ctx *c, size_t n, const nbx_profile *p, int64_
     }
 }
 
-static void apply_guardrails(nbx_ctx *c, size_t n, const nbx_profile *p)
+static void apply_guardrails(nbx_ctx *c, size_t n)
 {
     const nbx_catalog *cat = c->snap->catalog;
     for (size_t i = 0; i < n; i++) {
@@ -336,7 +336,7 @@ static void apply_guardrails(nbx_ctx *c, size_t n, const nbx_profile *p)
         if (!nbx_guardrails_pass(cat, o))
             cd->excluded = NBX_EXCLUDED_GUARDRAIL;
         else if (isnan(cd->expected_margin))
-            cd->expected_margin = nbx_offer_propensity(p, o) * o->margin - o->serving_cost;
+            cd->expected_margin = c->caps.propensity[cd->offer] * o->margin - o->serving_cost;
     }
 }
 
@@ -433,8 +433,7 @@ static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
             bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
             if (!safe || !nbx_guardrails_pass(cat, o) || c->offer_used[o->index])
                 continue;
-            add_action(c, o, pi, NAN,
-                       nbx_offer_propensity(p, o) * o->margin - o->serving_cost);
+            add_action(c, o, pi, NAN, c->caps.propensity[o->index] * o->margin - o->serving_cost);
             left--;
         }
     }
@@ -723,6 +722,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
 
     size_t n = build_candidates(c);
     check_eligibility(c, n, &profile, now);
+    nbx_caps_propensities(&c->caps, &profile);
     nbx_policy_error perr;
     memset(&perr, 0, sizeof perr);
     bool failed = false;
@@ -736,6 +736,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             .n_session = req->n_session,
             .now_ms = now,
             .seed = nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
+            .propensity = c->caps.propensity,
             .cand = c->cand,
             .n_cand = n,
         };
@@ -744,7 +745,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     if (failed) {
         take_fallback(c, n, &profile, now, req->customer, c->sandbox ? &perr : NULL);
     } else {
-        apply_guardrails(c, n, &profile);
+        apply_guardrails(c, n);
         arbitrate(c, n);
     }
     /* Recording reads the profile (consent), whose strings live in the read

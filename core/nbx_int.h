@@ -466,8 +466,8 @@ typedef struct nbx_offer {
     uint32_t dismiss_cooldown_days;
     int64_t budget_impressions; /* per UTC day; -1: none */
     int64_t budget_accepts;
-    nbx_prop *segment_propensity; /* sorted by segment name */
-    uint32_t n_segment_propensity;
+    double segment_prior[NBX_SEGMENT_COUNT]; /* P(accept) by RFM segment; NaN: none */
+    uint32_t category_index; /* into catalog->categories; UINT32_MAX: no category */
     void *json; /* json_t *: the offer object as loaded (every field) */
 } nbx_offer;
 
@@ -496,6 +496,8 @@ typedef struct nbx_catalog {
     uint32_t n_offers;
     nbx_placement *placements; /* file order */
     uint32_t n_placements;
+    nbx_sv *categories; /* distinct offer categories, sorted */
+    uint32_t n_categories;
     nbx_guardrails guardrails;
     bool has_budgets;
     void *root;        /* json_t * of the whole file */
@@ -575,6 +577,7 @@ typedef struct nbx_sandbox_input {
     size_t n_session;
     int64_t now_ms;
     uint64_t seed; /* math.random: from customer, clock and policy version */
+    const double *propensity; /* per offer (nbx_caps_propensities), or NULL */
     nbx_candidate *cand;
     size_t n_cand;
 } nbx_sandbox_input;
@@ -636,6 +639,8 @@ typedef struct nbx_caps {
     nbx_exposure_summary *summary; /* per offer; valid where has_summary */
     uint8_t *has_summary;
     uint32_t contacts;          /* impressions over all offers in the contacts window */
+    double *propensity;         /* per offer: nbx_caps_propensities() */
+    double *category_propensity; /* per catalog category, scratch */
     uint64_t *budget_impressions; /* per offer, today (UTC) */
     uint64_t *budget_accepts;
     /* Budgets change only when a write commits: reuse them while the read
@@ -670,6 +675,10 @@ bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
  * id, else its category, else the offer's prior for the customer's segment,
  * else base_propensity. */
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
+/* The same for every offer of the catalog at once, into c->propensity: two
+ * merge joins of the profile's sorted keys against the sorted offer ids and
+ * categories, instead of two bisections per candidate. */
+void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p);
 
 /* ========================================================================
  * Engine and decisions (engine.c, decide.c)

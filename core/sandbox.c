@@ -1976,7 +1976,8 @@ static void sb_native_score(nbx_sandbox *sb, const nbx_sandbox_input *in, size_t
     for (size_t k = 0; k < n; k++) {
         nbx_candidate *c = &in->cand[sb->live[k]];
         const nbx_offer *o = &sb->catalog->offers[c->offer];
-        double m = nbx_offer_propensity(p, o) * o->margin - o->serving_cost;
+        double pr = in->propensity ? in->propensity[c->offer] : nbx_offer_propensity(p, o);
+        double m = pr * o->margin - o->serving_cost;
         c->score = m;
         c->expected_margin = m;
         c->scored = true;

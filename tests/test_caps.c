@@ -201,3 +201,28 @@ Test(caps, propensity_fallback_chain)
     cr_assert_eq(nbx_offer_propensity(&p, nbx_catalog_offer(cat, NBX_SV("winback_20"))), 0.05,
                  "base propensity");
 }
+
+/* The all-offers join gives exactly what one lookup per offer gives. */
+Test(caps, propensities_join_equals_lookup)
+{
+    const char *profiles[] = {
+        "{\"id\":\"c\"}",
+        "{\"id\":\"c\",\"propensity\":{\"free_shipping\":0.4,\"apparel\":0.2,\"zz\":0.9}}",
+        "{\"id\":\"c\",\"propensity\":{\"a\":0.1,\"bestsellers\":0.3,\"retention\":0.7,"
+        "\"winback_20\":0.6}}",
+        "{\"id\":\"c\",\"propensity\":{\"beauty\":0.11,\"shipping\":0.12}}",
+    };
+    int segments[] = {0, NBX_SEGMENT_AT_RISK, NBX_SEGMENT_CHAMPIONS, NBX_SEGMENT_LOST};
+    for (size_t i = 0; i < sizeof profiles / sizeof profiles[0]; i++)
+        for (size_t k = 0; k < sizeof segments / sizeof segments[0]; k++) {
+            nbx_profile p;
+            cr_assert_eq(nbx_profile_parse(profiles[i], strlen(profiles[i]), &p, &arena, NULL),
+                         NBX_OK);
+            p.rfm.segment = (uint8_t)segments[k];
+            nbx_caps_propensities(&caps, &p);
+            for (uint32_t o = 0; o < cat->n_offers; o++)
+                cr_assert_eq(caps.propensity[o], nbx_offer_propensity(&p, &cat->offers[o]),
+                             "profile %zu segment %d offer %s", i, segments[k],
+                             cat->offers[o].id.ptr);
+        }
+}

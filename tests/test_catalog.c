@@ -78,8 +78,15 @@ Test(catalog, loads_fixture_sorted_with_derived_fields)
     cr_assert_eq(c->guardrails.max_contacts.max, 5);
     cr_assert_eq(strlen(c->version_hex), 16);
     const nbx_offer *wb = nbx_catalog_offer(c, NBX_SV("winback_20"));
-    cr_assert_eq(wb->n_segment_propensity, 2);
-    cr_assert(nbx_sv_eq_cstr(wb->segment_propensity[0].key, "at_risk"));
+    cr_assert_eq(wb->segment_prior[NBX_SEGMENT_AT_RISK], 0.2);
+    cr_assert_eq(wb->segment_prior[NBX_SEGMENT_CHAMPIONS], 0.01);
+    cr_assert(isnan(wb->segment_prior[NBX_SEGMENT_LOYAL]));
+    /* categories: distinct, sorted, indexed from the offers */
+    cr_assert_eq(c->n_categories, 4, "apparel, beauty, retention, shipping");
+    for (uint32_t i = 1; i < c->n_categories; i++)
+        cr_assert_lt(nbx_sv_cmp(c->categories[i - 1], c->categories[i]), 0);
+    cr_assert(nbx_sv_eq(c->categories[wb->category_index], wb->category));
+    cr_assert_eq(nbx_catalog_offer(c, NBX_SV("brand_banner"))->category_index, UINT32_MAX);
     nbx_catalog_unref(c);
 }
 
