@@ -1,0 +1,65 @@
+#!/bin/sh
+# Every benchmark behind docs/performance.md, in one run: `make bench`.
+#
+# Usage: scripts/bench.sh [BUILD_DIR]
+#
+# Data (about 3 GB) goes to $NBX_BENCH_DATA (default /tmp/nbx-bench-data) and
+# is generated once with `nbx gen` (seeded), then reused. Each part prints
+# the command that reproduces it before its figures. The machine these
+# figures come from has 2 shared cores: quote medians and ratios from one run.
+set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+data=${NBX_BENCH_DATA:-/tmp/nbx-bench-data}
+nbx=$build/nbx
+default_policy=$root/policies/margin_per_session.lua
+mkdir -p "$data"
+
+part() { printf '\n===== %s =====\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+# A 1,000,000-profile store (10 attributes, 20 propensities each) and
+# catalogs of 100 and 1,000 offers over 3 placements.
+store=$data/decide-store-1m
+if [ ! -f "$store/data.mdb" ]; then
+    part "data: 1,000,000 profiles"
+    run "$nbx" gen profiles --count 1000000 --offers 100 --seed 1 --out "$data/decide-profiles.jsonl"
+    run "$nbx" import profiles "$data/decide-profiles.jsonl" --store "$store"
+    rm -f "$data/decide-profiles.jsonl"
+fi
+[ -f "$data/catalog-100.json" ] || "$nbx" gen catalog --offers 100 --seed 1 --out "$data/catalog-100.json"
+[ -f "$data/catalog-1000.json" ] || "$nbx" gen catalog --offers 1000 --seed 1 --out "$data/catalog-1000.json"
+# The default policy's formula written as a Lua score(), to measure the
+# sandbox itself (the shipped policy uses the built-in scorer).
+cat >"$data/margin_lua.lua" <<'EOF'
+local policy = { name = "margin_per_session_lua", params = {} }
+function policy.score(offer, customer, session)
+  local m = nbx.expected_margin(customer, offer)
+  return m, m
+end
+return policy
+EOF
+
+part "store: import, ingest, point lookups, bytes per profile, rfm rebuild"
+NBX_BENCH_DATA=$data run "$root/bench/store.sh" "$build" --runs 3
+
+part "decisions: 1M profiles, 100 offers over 3 placements, random customers"
+for policy in "$default_policy" "$data/margin_lua.lua" "$root/policies/retention.lua"; do
+    run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-100.json" \
+        --policy "$policy" --decisions 200000 --threads 2
+done
+part "decisions: the same at 1,000 offers"
+for policy in "$default_policy" "$data/margin_lua.lua"; do
+    run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-1000.json" \
+        --policy "$policy" --decisions 50000 --threads 2
+done
+
+part "sandbox: limits on / off / JIT on, 100 candidates"
+run "$build/bench/bench_sandbox"
+
+part "batch: nbx batch --all, Python binding overhead"
+run "$root/bench/bench_batch.sh" "$build" "$data/batch"
+
+part "nginx: nbx_decide vs a static body under wrk"
+run "$root/bench/nginx_wrk.sh" "$build"
