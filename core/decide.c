@@ -31,6 +31,15 @@ struct nbx_result {
     double expected_margin;
 };
 
+/* A candidate's rank as two integers, so ranking compares integers only:
+ * key orders scores (IEEE bits mapped to an order-preserving unsigned), tie
+ * prefers the lower offer index (id order), then the earlier placement. */
+struct rank_entry {
+    uint64_t key;
+    uint32_t tie;
+    uint32_t cand;
+};
+
 struct nbx_ctx {
     nbx_engine *engine;
     nbx_snapshot *snap;
@@ -43,7 +52,7 @@ struct nbx_ctx {
     nbx_buf scratch;
     /* per catalog: sized at snapshot switch */
     nbx_candidate *cand;
-    uint32_t *order;
+    struct rank_entry *ranked; /* arbitration heap */
     size_t cand_cap;
     uint8_t *offer_used;
     uint32_t *slots_left; /* per placement */
@@ -72,13 +81,13 @@ static uint64_t splitmix64(uint64_t *state)
 static void free_catalog_arrays(nbx_ctx *c)
 {
     free(c->cand);
-    free(c->order);
+    free(c->ranked);
     free(c->offer_used);
     free(c->slots_left);
     free(c->placement_wanted);
     free(c->actions);
     c->cand = NULL;
-    c->order = NULL;
+    c->ranked = NULL;
     c->offer_used = NULL;
     c->slots_left = NULL;
     c->placement_wanted = NULL;
@@ -96,14 +105,14 @@ static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
     }
     n = n ? n : 1;
     c->cand = calloc(n, sizeof *c->cand);
-    c->order = calloc(n, sizeof *c->order);
+    c->ranked = calloc(n, sizeof *c->ranked);
     c->offer_used = calloc(cat->n_offers ? cat->n_offers : 1, 1);
     c->slots_left = calloc(cat->n_placements, sizeof *c->slots_left);
     c->placement_wanted = calloc(cat->n_placements, 1);
     c->actions = calloc(slots ? slots : 1, sizeof *c->actions);
     c->cand_cap = n;
     c->actions_cap = slots;
-    if (!c->cand || !c->order || !c->offer_used || !c->slots_left || !c->placement_wanted ||
+    if (!c->cand || !c->ranked || !c->offer_used || !c->slots_left || !c->placement_wanted ||
         !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
         free_catalog_arrays(c);
         return NBX_ENOMEM;
@@ -340,15 +349,39 @@ static void apply_guardrails(nbx_ctx *c, size_t n)
     }
 }
 
-/* Does candidate x rank before y: higher score, then lower offer index (id
- * order), then earlier placement. */
-static inline bool ranks_before(const nbx_candidate *x, const nbx_candidate *y)
+_Static_assert(((uint64_t)NBX_CATALOG_OFFERS_MAX << 8) < UINT32_MAX &&
+                   NBX_CATALOG_PLACEMENTS_MAX <= 256,
+               "offer and placement indices must pack into a 32-bit tie-break");
+
+static inline uint64_t score_key(double score)
 {
-    if (x->score != y->score)
-        return x->score > y->score;
-    if (x->offer != y->offer)
-        return x->offer < y->offer;
-    return x->placement < y->placement;
+    if (score == 0)
+        score = 0; /* -0 and +0 rank alike */
+    uint64_t u;
+    memcpy(&u, &score, sizeof u);
+    return (u >> 63) ? ~u : u | (UINT64_C(1) << 63);
+}
+
+static inline bool ranks_higher(const struct rank_entry *a, const struct rank_entry *b)
+{
+    return a->key != b->key ? a->key > b->key : a->tie > b->tie;
+}
+
+static void sift_down(struct rank_entry *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t best = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && ranks_higher(&h[l], &h[best]))
+            best = l;
+        if (r < n && ranks_higher(&h[r], &h[best]))
+            best = r;
+        if (best == i)
+            return;
+        struct rank_entry t = h[i];
+        h[i] = h[best];
+        h[best] = t;
+        i = best;
+    }
 }
 
 static void add_action(nbx_ctx *c, const nbx_offer *o, uint32_t placement, double score,
@@ -377,9 +410,8 @@ static void reset_slots(nbx_ctx *c)
 
 /* Greedy by rank: the best remaining candidate takes a slot of its
  * placement if one is free and the offer is not shown elsewhere. Slots are
- * few and candidates many, so select the best live candidate per slot
- * (O(candidates x slots)) instead of sorting them all; candidates that can
- * no longer be placed drop out of the live list as they are met. */
+ * few and candidates many: build a max-heap in O(candidates) and pop only
+ * until the slots are filled, instead of sorting everything. */
 static void arbitrate(nbx_ctx *c, size_t n)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -389,27 +421,26 @@ static void arbitrate(nbx_ctx *c, size_t n)
         slots += c->slots_left[p];
     if (slots > nbx_caps_contacts_left(&c->caps))
         slots = nbx_caps_contacts_left(&c->caps);
+    struct rank_entry *h = c->ranked;
     size_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!c->cand[i].excluded)
-            c->order[m++] = (uint32_t)i;
+    for (size_t i = 0; i < n; i++) {
+        const nbx_candidate *cd = &c->cand[i];
+        if (cd->excluded)
+            continue;
+        h[m].key = score_key(cd->score);
+        h[m].tie = UINT32_MAX - ((cd->offer << 8) | cd->placement);
+        h[m].cand = (uint32_t)i;
+        m++;
+    }
+    for (size_t i = m / 2; i-- > 0;)
+        sift_down(h, m, i);
     while (slots > 0 && m > 0) {
-        size_t best = SIZE_MAX;
-        for (size_t k = 0; k < m;) {
-            const nbx_candidate *cd = &c->cand[c->order[k]];
-            if (c->slots_left[cd->placement] == 0 || c->offer_used[cd->offer]) {
-                c->order[k] = c->order[--m]; /* can never be placed now */
-                continue;
-            }
-            if (best == SIZE_MAX || ranks_before(cd, &c->cand[c->order[best]]))
-                best = k;
-            k++;
-        }
-        if (best == SIZE_MAX)
-            break;
-        const nbx_candidate *cd = &c->cand[c->order[best]];
+        const nbx_candidate *cd = &c->cand[h[0].cand];
+        h[0] = h[--m];
+        sift_down(h, m, 0);
+        if (c->slots_left[cd->placement] == 0 || c->offer_used[cd->offer])
+            continue;
         add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
-        c->order[best] = c->order[--m];
         slots--;
     }
 }

@@ -464,3 +464,13 @@ Test(decide, decision_ids_are_unique_uuidv7)
         memcpy(seen[i], id, 37);
     }
 }
+
+Test(decide, negative_and_zero_scores_rank_in_order)
+{
+    /* -price: cheapest first; brand_banner scores -0, which ranks as 0 */
+    open_engine("return { name = 'cheap', score = function(o) return -o.price end }\n");
+    const nbx_result *r = decide("alice", 0);
+    const char *want[] = {"brand_banner/hero", "bestsellers/recs", "carousel_new/recs",
+                          "free_shipping/recs"};
+    expect_actions(r, want, 4);
+}
