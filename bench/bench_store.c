@@ -318,8 +318,10 @@ int main(int argc, char **argv)
     if (c.events)
         printf("  events:   %s (%llu applied, %.0f MB)\n", c.events,
                (unsigned long long)f[0].events_applied, (double)est.st_size / 1e6);
-    printf("  %d runs, medians; batch %zu; sync %s; NBX_IMPORT_THREADS %s\n\n", c.runs,
-           c.batch ? c.batch : 10000,
+    char batch[64] = "default (profiles 10000, events 100000)";
+    if (c.batch)
+        snprintf(batch, sizeof batch, "%zu", c.batch);
+    printf("  %d runs, medians; batch %s; sync %s; NBX_IMPORT_THREADS %s\n\n", c.runs, batch,
            c.store_flags & NBX_STORE_NOMETASYNC ? "NBX_STORE_NOMETASYNC" : "default (fsync)",
            getenv("NBX_IMPORT_THREADS") ? getenv("NBX_IMPORT_THREADS") : "default");
     printf("  import profiles        %10.0f profiles/s\n", MEDIAN(import_rate));

@@ -86,10 +86,11 @@ static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv custom
     memset(c->has_summary, 0, cat->n_offers);
     c->contacts = 0;
     MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, s->exposures, &cur);
+    int rc = mdb_cursor_open(txn, s->customers, &cur);
     if (rc)
         return nbx_err_mdb(e, rc, "reading exposure counters");
-    char prefix[NBX_ID_MAX + 1];
+    /* the counters sub-range only: the customer's event records follow it */
+    char prefix[NBX_ID_MAX + 2];
     size_t plen = nbx_exposure_key(prefix, customer, (nbx_sv){"", 0});
     MDB_val k = {plen, prefix}, v;
     uint32_t j = 0;

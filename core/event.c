@@ -1,10 +1,12 @@
 /*
  * event.c: events (purchases and exposures): parse, validate, apply.
  *
- * Applying an event is idempotent by event id: the id is stored with the
- * event record (MDB_NOOVERWRITE), so a second application finds it and
- * changes nothing. The record is the exposure log later work (audit,
- * learning) reads; a history key per customer lets erasure find it.
+ * Applying an event is idempotent per (customer, event id): the record is
+ * stored under customer \0 \x02 event id (MDB_NOOVERWRITE), beside the
+ * customer's counters, so a second application finds it and changes
+ * nothing, and an event touches one neighbourhood of the tree. The records
+ * are the exposure log later work (audit, learning) reads; erasing a
+ * customer's range erases them with the counters.
  */
 #include "nbx_int.h"
 
@@ -113,12 +115,12 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
         return nbx_err_set(e, NBX_EPARSE, "field 'customer': is required");
     if (memchr(ev->customer.ptr, '\0', ev->customer.len) || memchr(ev->id.ptr, '\0', ev->id.len))
         return nbx_err_set(e, NBX_EPARSE, "ids must not contain NUL");
-    /* The history key (customer \0 event id) must fit LMDB's 511-byte keys. */
-    if (ev->customer.len + 1 + ev->id.len > 511)
+    /* The record's key (customer \0 \x02 event id) must fit LMDB's 511-byte keys. */
+    if (ev->customer.len + ev->id.len > NBX_EVENT_IDS_MAX)
         return nbx_err_set(e, NBX_EPARSE,
                            "field 'event_id': %zu bytes with a %zu-byte customer; the two "
-                           "together are limited to 510 bytes",
-                           ev->id.len, ev->customer.len);
+                           "together are limited to %d bytes",
+                           ev->id.len, ev->customer.len, NBX_EVENT_IDS_MAX);
     if (!have_type)
         return nbx_err_set(e, NBX_EPARSE, "field 'type': is required");
     for (size_t i = 0; i < NBX_ARRAY_LEN(event_types); i++)
@@ -164,16 +166,15 @@ static void pack_double_or_nil(msgpack_packer *pk, double v)
         msgpack_pack_double(pk, v);
 }
 
-/* The event log record: [ts, type, customer, offer, placement, amount, margin],
- * appended to out. */
+/* The event record: [ts, type, offer, placement, amount, margin], appended to
+ * out. The customer and the event id are in its key. */
 int nbx_event_encode(const nbx_event *ev, nbx_buf *out)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
-    msgpack_pack_array(&pk, 7);
+    msgpack_pack_array(&pk, 6);
     msgpack_pack_int64(&pk, ev->ts_ms);
     msgpack_pack_uint8(&pk, ev->type);
-    pack_sv_or_nil(&pk, ev->customer);
     pack_sv_or_nil(&pk, ev->offer);
     pack_sv_or_nil(&pk, ev->placement);
     pack_double_or_nil(&pk, ev->amount);
@@ -225,12 +226,13 @@ int nbx_event_exposure_kind(int type)
                                      : NBX_EXP_DISMISS;
 }
 
-size_t nbx_history_key(char *out, nbx_sv customer, nbx_sv event_id)
+size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id)
 {
     memcpy(out, customer.ptr, customer.len);
     out[customer.len] = '\0';
-    memcpy(out + customer.len + 1, event_id.ptr, event_id.len);
-    return customer.len + 1 + event_id.len;
+    out[customer.len + 1] = NBX_TAG_EVENT;
+    memcpy(out + customer.len + 2, event_id.ptr, event_id.len);
+    return customer.len + 2 + event_id.len;
 }
 
 static int apply_exposure(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
@@ -254,19 +256,18 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ap
     int rc = nbx_event_encode(ev, scratch);
     if (rc)
         return nbx_err_set(e, rc, "out of memory");
-    MDB_val k = {ev->id.len, (void *)ev->id.ptr}, v = {scratch->len, scratch->data};
-    int mrc = mdb_put(txn, s->events, &k, &v, MDB_NOOVERWRITE);
+    char key[NBX_EVENT_KEY_MAX];
+    MDB_val k = {nbx_event_key(key, ev->customer, ev->id), key};
+    MDB_val v = {scratch->len, scratch->data};
+    int mrc = mdb_put(txn, s->customers, &k, &v, MDB_NOOVERWRITE);
     if (mrc == MDB_KEYEXIST)
         return NBX_OK;
     if (mrc)
         return nbx_err_mdb(e, mrc, "recording an event");
-    char hkey[NBX_ID_MAX + 1 + NBX_ID_MAX];
-    MDB_val hk = {nbx_history_key(hkey, ev->customer, ev->id), hkey}, hv = {0, ""};
-    mrc = mdb_put(txn, s->history, &hk, &hv, 0);
-    if (mrc)
-        return nbx_err_mdb(e, mrc, "recording an event");
     rc = ev->type == NBX_EV_PURCHASE ? apply_purchase(s, txn, ev, a, scratch, e)
                                      : apply_exposure(s, txn, ev, a, scratch, e);
+    if (rc == NBX_OK)
+        rc = nbx_store_events_add(s, txn, 1, e);
     if (rc == NBX_OK)
         *applied = 1;
     return rc;

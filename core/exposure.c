@@ -2,12 +2,13 @@
  * exposure.c: per-customer exposure counters and per-day offer budgets.
  *
  * Keys (docs/data-model.md, "Store layout"):
- *   exposures: customer \0 offer -> counters for that offer
- *              customer \0       -> counters over all offers (contacts)
+ *   customers: customer \0 \x01 offer -> counters for that offer
+ *              customer \0 \x01       -> counters over all offers (contacts)
  *   budgets:   day (4 bytes, big-endian) offer -> [impressions, accepts]
  * Both sort so that one cursor range reads everything a decision needs: a
- * customer's counters in offer-id order, and a day's budgets in offer-id
- * order, joined against the catalog (also in offer-id order).
+ * customer's counters in offer-id order (the customer's event records sort
+ * after them, under \x02), and a day's budgets in offer-id order, joined
+ * against the catalog (also in offer-id order).
  */
 #include "nbx_int.h"
 
@@ -18,9 +19,10 @@ size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer)
 {
     memcpy(out, customer.ptr, customer.len);
     out[customer.len] = '\0';
+    out[customer.len + 1] = NBX_TAG_COUNTERS;
     if (offer.len)
-        memcpy(out + customer.len + 1, offer.ptr, offer.len);
-    return customer.len + 1 + offer.len;
+        memcpy(out + customer.len + 2, offer.ptr, offer.len);
+    return customer.len + 2 + offer.len;
 }
 
 size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
@@ -72,10 +74,10 @@ int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_aren
 int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
                       int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e)
 {
-    char key[NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX];
+    char key[NBX_COUNTER_KEY_MAX];
     MDB_val k = {nbx_exposure_key(key, customer, offer), key}, v;
     nbx_exposure x;
-    int rc = mdb_get(txn, s->exposures, &k, &v);
+    int rc = mdb_get(txn, s->customers, &k, &v);
     if (rc == MDB_NOTFOUND) {
         memset(&x, 0, sizeof x);
     } else if (rc) {
@@ -91,7 +93,7 @@ int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer,
         return nbx_err_set(e, NBX_ENOMEM, "out of memory");
     v.mv_size = scratch->len;
     v.mv_data = scratch->data;
-    rc = mdb_put(txn, s->exposures, &k, &v, 0);
+    rc = mdb_put(txn, s->customers, &k, &v, 0);
     return rc ? nbx_err_mdb(e, rc, "writing exposure counters") : NBX_OK;
 }
 

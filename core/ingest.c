@@ -9,22 +9,29 @@
  *    nbx_event_parse() and, if good, appended in a compact binary form to a
  *    spool: an unlinked temporary file in the store directory, gone when the
  *    process is. Chunks are collected in file order, so an error names the
- *    first bad line and the spool keeps the file's order. The store is not
+ *    first bad line. Profiles are spooled in file order; events in runs
+ *    sorted by (customer, line), RUN_BYTES of records each. The store is not
  *    written.
  * 2. Apply. A preparer thread reads the spool back one batch at a time
- *    (decoding a spooled record costs a fraction of parsing its JSON again),
- *    sorts the batch by key and encodes what does not depend on the store.
+ *    (decoding a spooled record costs a fraction of parsing its JSON again)
+ *    and encodes what does not depend on the store: profiles a batch of
+ *    lines in file order, sorted by id; events the next records of a merge
+ *    of the runs, so they arrive customer by customer over the whole file.
  *    The calling thread writes each batch in one transaction, in key order:
  *    LMDB inserts in key order touch each page once, updates of one key are
- *    grouped into one read and one write, and a batch of ids above every
- *    stored one is appended. LMDB commits are atomic, so a crash keeps every
- *    committed batch and no half batch; re-running the file completes it.
+ *    grouped into one read and one write, a batch of profile ids above every
+ *    stored one is appended, and successive event batches write successive
+ *    ranges of the tree, so each page is written about once per import
+ *    whatever the batch size. LMDB commits are atomic, so a crash keeps
+ *    every committed transaction and nothing of the one in progress; an
+ *    event transaction holds whole events; re-running the file completes it.
  *
  * Grouping changes no result: the records of one key are applied in file
  * order, exactly as nbx_profile_put() or nbx_event_apply() line by line
- * would (tests/test_ingest.c compares the two).
+ * would (tests/test_ingest.c compares the two); events of different
+ * customers touch different keys, and budgets are sums.
  *
- * Memory is bounded by the chunk and batch sizes, never by the file.
+ * Memory is bounded by the chunk, run and batch sizes, never by the file.
  */
 #include "nbx_int.h"
 
@@ -39,7 +46,11 @@
 
 /* Input bytes per validation chunk: whole lines, so more than NBX_LINE_MAX. */
 #define CHUNK_CAP ((size_t)4 << 20)
-#define DEFAULT_BATCH 10000
+/* Records per transaction by default. Events are applied in key order over
+ * the whole file, so a larger transaction mostly saves commits (fsyncs);
+ * memory is about 400 bytes a record, for two batches. */
+#define DEFAULT_BATCH_PROFILES 10000
+#define DEFAULT_BATCH_EVENTS 100000
 #define BATCH_MAX 10000000
 #define PROGRESS_EVERY 100000
 #define PARSER_THREADS_MAX 8
@@ -48,13 +59,15 @@
 
 _Static_assert(CHUNK_CAP > NBX_LINE_MAX + 1, "a chunk must hold the longest line");
 
+#define GROW(ptr, n) ((ptr) = realloc((ptr), (n) * sizeof *(ptr)))
+
 NBX_API void nbx_import_options_init(nbx_import_options *opts)
 {
     if (!opts)
         return;
     memset(opts, 0, sizeof *opts);
     opts->size = sizeof *opts;
-    opts->batch_size = DEFAULT_BATCH;
+    opts->batch_size = 0; /* the kind's default */
 }
 
 /* ========================================================================
@@ -370,6 +383,57 @@ typedef struct frame_header {
 } frame_header;
 
 /* ========================================================================
+ * Sort keys
+ * ======================================================================== */
+
+/* A key and the record it came from: sorting by (key, record) keeps file
+ * order within one key. head holds the key's first 8 bytes (big-endian,
+ * zero-padded), which settle most comparisons without a call to memcmp. */
+typedef struct kref {
+    const char *key;
+    uint32_t len;
+    uint32_t rec;
+    uint64_t head;
+} kref;
+
+static inline kref kref_of(const char *key, size_t len, uint32_t rec)
+{
+    uint64_t h = 0;
+    if (len >= 8) {
+        memcpy(&h, key, 8);
+        h = __builtin_bswap64(h);
+    } else {
+        for (size_t i = 0; i < len; i++)
+            h |= (uint64_t)(uint8_t)key[i] << (56 - 8 * i);
+    }
+    return (kref){key, (uint32_t)len, rec, h};
+}
+
+/* Bytewise, a prefix first, then by record. Equal heads mean equal first
+ * min(len, 8) bytes, the rest of the shorter key's head being zeros. */
+static int kref_cmp(const void *a, const void *b)
+{
+    const kref *x = a, *y = b;
+    if (x->head != y->head)
+        return x->head < y->head ? -1 : 1;
+    uint32_t n = x->len < y->len ? x->len : y->len;
+    if (n > 8) {
+        int c = memcmp(x->key + 8, y->key + 8, n - 8);
+        if (c)
+            return c;
+    }
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->rec < y->rec ? -1 : x->rec > y->rec;
+}
+
+static inline bool kref_same(const kref *x, const kref *y)
+{
+    return x->head == y->head && x->len == y->len &&
+           (x->len <= 8 || memcmp(x->key + 8, y->key + 8, x->len - 8) == 0);
+}
+
+/* ========================================================================
  * Pass 1: validation
  * ======================================================================== */
 
@@ -545,7 +609,29 @@ static void *parser_main(void *arg)
  * The import's state, shared by both passes
  * ------------------------------------------------------------------------ */
 
-typedef struct import {
+/* Events are applied customer by customer, not in file order: pass 1 cuts
+ * the spool into runs sorted by (customer, line), pass 2 merges them. The
+ * store then sees each customer's keys once per import, in key order, and a
+ * transaction writes a range of the tree rather than pages all over it.
+ * A run entry is the record's line (u64) and the spooled record. */
+#define RUN_BYTES ((size_t)64 << 20)
+
+typedef struct run_buf {
+    nbx_buf bytes;  /* spooled records of the run being collected */
+    uint64_t *off;  /* per record: offset in bytes */
+    uint64_t *line; /* per record: line in the file */
+    kref *order;    /* sort keys */
+    size_t n, cap;
+    nbx_buf out; /* write buffer */
+} run_buf;
+
+typedef struct run_ref {
+    uint64_t offset; /* in the spool */
+    uint64_t bytes;
+    uint64_t records;
+} run_ref;
+
+typedef struct importer {
     nbx_store *store;
     nbx_import_kind kind;
     const char *name; /* the path, or "<stdin>", for messages */
@@ -563,13 +649,17 @@ typedef struct import {
     /* outputs of pass 1 */
     int spool_fd;
     uint64_t spool_records;
+    uint64_t spool_bytes;
+    run_buf run;   /* events: the run being collected */
+    run_ref *runs; /* events: the sorted runs written to the spool */
+    size_t n_runs, runs_cap;
     int rejects_fd;
     nbx_buf rejects_buf;
     uint64_t lines_seen; /* lines so far, blank ones included */
     uint64_t next_progress;
-} import;
+} importer;
 
-static void progress(import *im, uint64_t lines, uint64_t bytes)
+static void progress(importer *im, uint64_t lines, uint64_t bytes)
 {
     if (!im->opts->progress || lines < im->next_progress)
         return;
@@ -577,7 +667,7 @@ static void progress(import *im, uint64_t lines, uint64_t bytes)
     im->opts->progress(im->opts->progress_ud, lines, bytes, im->in_total);
 }
 
-static int input_error(import *im, int errnum)
+static int input_error(importer *im, int errnum)
 {
     return nbx_err_errno(&im->err, errnum, "cannot read", im->name);
 }
@@ -585,7 +675,7 @@ static int input_error(import *im, int errnum)
 /* Skip the rest of a line over NBX_LINE_MAX, in constant memory whatever
  * its length; c keeps its first REJECT_PREFIX bytes for the rejects file.
  * What follows the line's newline becomes the carry. */
-static int skip_long_line(import *im, chunk *c, size_t have)
+static int skip_long_line(importer *im, chunk *c, size_t have)
 {
     c->overlong = true;
     c->overlong_len = have;
@@ -612,7 +702,7 @@ static int skip_long_line(import *im, chunk *c, size_t have)
 
 /* Fill c with whole lines: the carry, then input up to CHUNK_CAP bytes, cut
  * after the last newline. c->len is 0 at the end of the input. */
-static int fill_chunk(import *im, chunk *c)
+static int fill_chunk(importer *im, chunk *c)
 {
     c->overlong = false;
     memcpy(c->data, im->carry, im->carry_len);
@@ -645,7 +735,7 @@ static int fill_chunk(import *im, chunk *c)
     return NBX_OK;
 }
 
-static int flush_rejects(import *im)
+static int flush_rejects(importer *im)
 {
     if (im->rejects_buf.len == 0)
         return NBX_OK;
@@ -656,9 +746,119 @@ static int flush_rejects(import *im)
     return rc ? nbx_err_errno(&im->err, errno, "cannot write", im->opts->rejects_path) : NBX_OK;
 }
 
-/* Take a parsed chunk in file order: its records to the spool, its bad lines
- * to the rejects file, or its error to the caller. */
-static int collect_chunk(import *im, chunk *c)
+static int spool_error(importer *im)
+{
+    return nbx_err_errno(&im->err, errno, "cannot write the import spool in", im->store->path);
+}
+
+static int run_write(importer *im, const void *p, size_t n)
+{
+    nbx_buf *out = &im->run.out;
+    if (out->len + n > ((size_t)1 << 20) && out->len > 0) {
+        if (write_all(im->spool_fd, out->data, out->len) != 0)
+            return spool_error(im);
+        out->len = 0;
+    }
+    nbx_buf_append(out, p, n);
+    return out->oom ? nbx_err_set(&im->err, NBX_ENOMEM, "out of memory") : NBX_OK;
+}
+
+/* Sort the run collected so far by (customer, line) and append it to the
+ * spool. */
+static int run_flush(importer *im)
+{
+    run_buf *r = &im->run;
+    if (r->n == 0)
+        return NBX_OK;
+    for (size_t i = 0; i < r->n; i++) {
+        nbx_event ev;
+        const char *rec = r->bytes.data + r->off[i];
+        uint32_t len;
+        memcpy(&len, rec, sizeof len);
+        if (unspool_event(rec, len, &ev) != NBX_OK)
+            return nbx_err_set(&im->err, NBX_EIO, "the import spool is corrupt");
+        r->order[i] = kref_of(ev.customer.ptr, ev.customer.len, (uint32_t)i);
+    }
+    qsort(r->order, r->n, sizeof *r->order, kref_cmp);
+    if (im->n_runs == im->runs_cap) {
+        size_t cap = im->runs_cap ? 2 * im->runs_cap : 16;
+        run_ref *runs = realloc(im->runs, cap * sizeof *runs);
+        if (!runs)
+            return nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
+        im->runs = runs;
+        im->runs_cap = cap;
+    }
+    run_ref *ref = &im->runs[im->n_runs++];
+    *ref = (run_ref){im->spool_bytes, 0, r->n};
+    nbx_buf_reset(&r->out);
+    for (size_t j = 0; j < r->n; j++) {
+        uint32_t i = r->order[j].rec;
+        const char *rec = r->bytes.data + r->off[i];
+        uint32_t len;
+        memcpy(&len, rec, sizeof len);
+        int rc = run_write(im, &r->line[i], sizeof r->line[i]);
+        if (rc == NBX_OK)
+            rc = run_write(im, rec, len);
+        if (rc)
+            return rc;
+        ref->bytes += sizeof r->line[i] + len;
+    }
+    if (r->out.len && write_all(im->spool_fd, r->out.data, r->out.len) != 0)
+        return spool_error(im);
+    nbx_buf_reset(&r->out);
+    im->spool_bytes += ref->bytes;
+    nbx_buf_reset(&r->bytes);
+    r->n = 0;
+    return NBX_OK;
+}
+
+/* A chunk's event records join the run; a run that would pass RUN_BYTES is
+ * written first. */
+static int run_add(importer *im, const chunk *c, uint64_t first_line)
+{
+    run_buf *r = &im->run;
+    if (r->bytes.len + c->spool.len > RUN_BYTES) {
+        int rc = run_flush(im);
+        if (rc)
+            return rc;
+    }
+    if (r->n + c->records > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->n + c->records)
+            cap *= 2;
+        if (!GROW(r->off, cap) || !GROW(r->line, cap) || !GROW(r->order, cap))
+            return nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
+        r->cap = cap;
+    }
+    size_t base = r->bytes.len;
+    nbx_buf_append(&r->bytes, c->spool.data, c->spool.len);
+    if (r->bytes.oom)
+        return nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
+    for (size_t at = 0; at < c->spool.len;) {
+        uint32_t len, line;
+        memcpy(&len, c->spool.data + at, 4);
+        memcpy(&line, c->spool.data + at + 4, 4);
+        r->off[r->n] = base + at;
+        r->line[r->n] = first_line + line;
+        r->n++;
+        at += len;
+    }
+    return NBX_OK;
+}
+
+static void run_buf_free(run_buf *r)
+{
+    nbx_buf_free(&r->bytes);
+    nbx_buf_free(&r->out);
+    free(r->off);
+    free(r->line);
+    free(r->order);
+}
+
+/* Take a parsed chunk in file order: its records to the spool (events: to
+ * the run being collected), its bad lines to the rejects file, or its error
+ * to the caller. */
+static int collect_chunk(importer *im, chunk *c)
 {
     uint64_t first_line = im->lines_seen + 1;
     if (c->err) {
@@ -678,7 +878,11 @@ static int collect_chunk(import *im, chunk *c)
         if (im->rejects_buf.len >= (1u << 16) && flush_rejects(im) != NBX_OK)
             return im->err.code;
     }
-    if (c->records > 0) {
+    if (c->records > 0 && im->kind == NBX_IMPORT_EVENTS) {
+        int rc = run_add(im, c, first_line);
+        if (rc)
+            return rc;
+    } else if (c->records > 0) {
         frame_header h = {first_line, c->end_offset, c->records, (uint32_t)c->spool.len};
         if (write_all(im->spool_fd, &h, sizeof h) != 0 ||
             write_all(im->spool_fd, c->spool.data, c->spool.len) != 0)
@@ -703,7 +907,7 @@ static unsigned parser_threads(void)
 }
 
 /* The calling thread reads and collects; parser threads parse. */
-static int validate(import *im)
+static int validate(importer *im)
 {
     validator v = {.kind = im->kind, .keep_going = im->opts->rejects_path != NULL};
     unsigned n_threads = parser_threads();
@@ -781,6 +985,9 @@ static int validate(import *im)
     pthread_mutex_unlock(&v.mu);
     for (unsigned i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
+    if (rc == NBX_OK && im->kind == NBX_IMPORT_EVENTS)
+        rc = run_flush(im);
+    run_buf_free(&im->run);
     if (rc == NBX_OK && v.keep_going)
         rc = flush_rejects(im);
     for (unsigned i = 0; v.chunks && i < v.n_chunks; i++) {
@@ -801,31 +1008,6 @@ static int validate(import *im)
  * Pass 2: apply
  * ======================================================================== */
 
-/* A key and the record it came from: sorting by (key, record) keeps file
- * order within one key. */
-typedef struct kref {
-    const char *key;
-    uint32_t len;
-    uint32_t rec;
-} kref;
-
-static int kref_cmp(const void *a, const void *b)
-{
-    const kref *x = a, *y = b;
-    uint32_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->key, y->key, n);
-    if (c)
-        return c;
-    if (x->len != y->len)
-        return x->len < y->len ? -1 : 1;
-    return x->rec < y->rec ? -1 : x->rec > y->rec;
-}
-
-static inline bool kref_same(const kref *x, const kref *y)
-{
-    return x->len == y->len && memcmp(x->key, y->key, x->len) == 0;
-}
-
 /* A value encoded by the preparer: offset and length in batch->vals. */
 typedef struct val_ref {
     size_t off;
@@ -833,6 +1015,17 @@ typedef struct val_ref {
 } val_ref;
 
 enum { BATCH_FREE, BATCH_FULL };
+
+/* An event as the writer takes it: records of one customer in file order,
+ * customers in key order, everything the writer reads next to each other
+ * (it walks them in sequence instead of jumping about the batch). */
+typedef struct wrec {
+    nbx_event ev; /* customer, id and offer point into the batch's wbytes */
+    MDB_val key;  /* customer \0 \x02 event id */
+    MDB_val val;  /* the event record */
+    uint64_t line;
+    bool applied; /* set by the writer: the event was new */
+} wrec;
 
 typedef struct batch {
     int state;
@@ -851,33 +1044,48 @@ typedef struct batch {
     kref *by_id;
     val_ref *fresh; /* per record: the group's value as a new profile (first of group) */
     int *fresh_rc;
-    /* events */
-    nbx_event *ev;
-    val_ref *log;     /* per record: the event log record */
-    kref *by_event;   /* event id */
-    kref *by_history; /* customer \0 event id */
-    kref *purchases;  /* customer */
-    uint32_t n_purchases;
-    kref *exposures; /* customer \0 offer and customer \0, two per exposure event */
-    uint32_t n_exposures;
-    kref *budgets; /* day offer, impressions and accepts */
-    uint32_t n_budgets;
-    uint8_t *applied; /* writer: 1 if the event was new */
-    size_t cap;       /* records the arrays above hold */
+    /* events, in (customer, line) order */
+    nbx_event *ev;   /* strings point into bytes */
+    wrec *w;         /* the same, as the writer takes them */
+    nbx_buf wbytes;  /* their keys, values and offer ids, in the same order */
+    uint32_t *units; /* index into w where each customer starts, then n */
+    uint32_t n_units;
+    size_t cap; /* records the arrays above hold */
 } batch;
 
+/* One sorted run of the spool, read through a buffer. */
+typedef struct run_reader {
+    uint64_t pos, end; /* spool offsets still to read */
+    uint64_t left;     /* records not yet taken */
+    char *buf;
+    size_t cap, len, at; /* buffer size, bytes in it, the current entry's offset */
+    /* the current entry */
+    uint64_t line;
+    const char *rec;
+    uint32_t rec_len;
+    kref key; /* its customer */
+} run_reader;
+
 typedef struct applier {
-    import *im;
+    importer *im;
     pthread_mutex_t mu;
     pthread_cond_t cond;
     batch batches[2];
     bool abort;
-    /* preparer's spool reading */
+    /* preparer's spool reading: profiles */
     nbx_buf frame;
     size_t frame_pos;
     uint32_t frame_left;
     frame_header hdr;
+    /* events: a merge of the sorted runs, a heap of readers by (customer, line) */
+    run_reader *readers;
+    run_reader **heap;
+    size_t n_heap;
 } applier;
+
+/* Merge budget for the run readers' buffers, and the least each gets. */
+#define MERGE_BYTES ((size_t)64 << 20)
+#define READER_MIN ((size_t)64 << 10)
 
 static void batch_free(batch *b)
 {
@@ -891,16 +1099,10 @@ static void batch_free(batch *b)
     free(b->fresh);
     free(b->fresh_rc);
     free(b->ev);
-    free(b->log);
-    free(b->by_event);
-    free(b->by_history);
-    free(b->purchases);
-    free(b->exposures);
-    free(b->budgets);
-    free(b->applied);
+    free(b->w);
+    nbx_buf_free(&b->wbytes);
+    free(b->units);
 }
-
-#define GROW(ptr, n) ((ptr) = realloc((ptr), (n) * sizeof *(ptr)))
 
 static int batch_reserve(batch *b, nbx_import_kind kind, size_t n)
 {
@@ -910,9 +1112,7 @@ static int batch_reserve(batch *b, nbx_import_kind kind, size_t n)
     if (ok && kind == NBX_IMPORT_PROFILES)
         ok = GROW(b->patch, n) && GROW(b->by_id, n) && GROW(b->fresh, n) && GROW(b->fresh_rc, n);
     if (ok && kind == NBX_IMPORT_EVENTS)
-        ok = GROW(b->ev, n) && GROW(b->log, n) && GROW(b->by_event, n) && GROW(b->by_history, n) &&
-             GROW(b->purchases, n) && GROW(b->exposures, 2 * n) && GROW(b->budgets, n) &&
-             GROW(b->applied, n);
+        ok = GROW(b->ev, n) && GROW(b->w, n) && GROW(b->units, n + 1);
     if (!ok)
         return NBX_ENOMEM;
     b->cap = n;
@@ -953,6 +1153,140 @@ static int next_record(applier *ap, batch *b, int fd)
     b->n++;
     ap->frame_pos += len;
     ap->frame_left--;
+    return 1;
+}
+
+/* Make the reader's current entry the next one of its run: 1, 0 at the end
+ * of the run, or an error. */
+static int reader_next(run_reader *r, int fd, nbx_err *e)
+{
+    if (r->rec)
+        r->at += 8 + r->rec_len;
+    r->rec = NULL;
+    if (r->left == 0)
+        return 0;
+    for (int pass = 0;; pass++) {
+        size_t have = r->len - r->at;
+        if (have >= 12) {
+            uint32_t len;
+            memcpy(&len, r->buf + r->at + 8, 4);
+            if (len < 8 || 8 + (size_t)len > r->cap)
+                return nbx_err_set(e, NBX_EIO, "the import spool is corrupt");
+            if (have >= 8 + (size_t)len) {
+                memcpy(&r->line, r->buf + r->at, 8);
+                r->rec = r->buf + r->at + 8;
+                r->rec_len = len;
+                break;
+            }
+        }
+        if (pass > 0 || r->pos >= r->end)
+            return nbx_err_set(e, NBX_EIO, "the import spool is truncated");
+        memmove(r->buf, r->buf + r->at, have);
+        r->len = have;
+        r->at = 0;
+        size_t want = r->cap - have;
+        if (want > r->end - r->pos)
+            want = (size_t)(r->end - r->pos);
+        ssize_t n = pread(fd, r->buf + have, want, (off_t)r->pos);
+        while (n < 0 && errno == EINTR)
+            n = pread(fd, r->buf + have, want, (off_t)r->pos);
+        if (n <= 0)
+            return nbx_err_set(e, NBX_EIO, "the import spool is truncated");
+        r->pos += (uint64_t)n;
+        r->len += (size_t)n;
+    }
+    nbx_event ev;
+    if (unspool_event(r->rec, r->rec_len, &ev) != NBX_OK)
+        return nbx_err_set(e, NBX_EIO, "the import spool is corrupt");
+    r->key = kref_of(ev.customer.ptr, ev.customer.len, 0);
+    r->left--;
+    return 1;
+}
+
+static inline bool reader_before(const run_reader *x, const run_reader *y)
+{
+    kref a = x->key, b = y->key;
+    a.rec = b.rec = 0;
+    int c = kref_cmp(&a, &b);
+    return c ? c < 0 : x->line < y->line;
+}
+
+static void heap_down(applier *ap, size_t i)
+{
+    run_reader **h = ap->heap;
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        if (l < ap->n_heap && reader_before(h[l], h[m]))
+            m = l;
+        if (l + 1 < ap->n_heap && reader_before(h[l + 1], h[m]))
+            m = l + 1;
+        if (m == i)
+            return;
+        run_reader *t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+/* Readers for every run, each at its first entry, in a heap. */
+static int merge_open(applier *ap, nbx_err *e)
+{
+    importer *im = ap->im;
+    size_t n = im->n_runs;
+    ap->readers = calloc(n ? n : 1, sizeof *ap->readers);
+    ap->heap = calloc(n ? n : 1, sizeof *ap->heap);
+    if (!ap->readers || !ap->heap)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    size_t cap = n ? MERGE_BYTES / n : MERGE_BYTES;
+    if (cap < READER_MIN)
+        cap = READER_MIN;
+    for (size_t i = 0; i < n; i++) {
+        run_reader *r = &ap->readers[i];
+        r->pos = im->runs[i].offset;
+        r->end = im->runs[i].offset + im->runs[i].bytes;
+        r->left = im->runs[i].records;
+        r->cap = cap < r->end - r->pos ? cap : (size_t)(r->end - r->pos);
+        if (r->cap < READER_MIN)
+            r->cap = READER_MIN;
+        if (!(r->buf = malloc(r->cap)))
+            return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+        int rc = reader_next(r, im->spool_fd, e);
+        if (rc < 0)
+            return rc;
+        if (rc == 1)
+            ap->heap[ap->n_heap++] = r;
+    }
+    for (size_t i = ap->n_heap; i-- > 0;)
+        heap_down(ap, i);
+    return NBX_OK;
+}
+
+static void merge_close(applier *ap)
+{
+    for (size_t i = 0; ap->readers && i < ap->im->n_runs; i++)
+        free(ap->readers[i].buf);
+    free(ap->readers);
+    free(ap->heap);
+}
+
+/* The next event in (customer, line) order, copied into b->bytes: 1, 0 when
+ * every run is taken, or an error. */
+static int next_event(applier *ap, batch *b)
+{
+    if (ap->n_heap == 0)
+        return 0;
+    run_reader *r = ap->heap[0];
+    b->rec_off[b->n] = b->bytes.len;
+    b->line[b->n] = r->line;
+    nbx_buf_append(&b->bytes, r->rec, r->rec_len);
+    b->n++;
+    int rc = reader_next(r, ap->im->spool_fd, &b->err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        ap->heap[0] = ap->heap[--ap->n_heap];
+    heap_down(ap, 0);
     return 1;
 }
 
@@ -999,7 +1333,7 @@ static int prepare_profiles(batch *b)
         if (unspool_profile(b->bytes.data + b->rec_off[i], record_len(b, i), &b->patch[i],
                             &b->arena) != NBX_OK)
             return nbx_err_set(&b->err, NBX_EIO, "the import spool is corrupt");
-        b->by_id[i] = (kref){b->patch[i].id.ptr, (uint32_t)b->patch[i].id.len, i};
+        b->by_id[i] = kref_of(b->patch[i].id.ptr, b->patch[i].id.len, i);
     }
     qsort(b->by_id, b->n, sizeof *b->by_id, kref_cmp);
     for (uint32_t from = 0, to; from < b->n; from = to) {
@@ -1017,69 +1351,54 @@ static int prepare_profiles(batch *b)
     return b->vals.oom ? nbx_err_set(&b->err, NBX_ENOMEM, "out of memory") : NBX_OK;
 }
 
-static char *arena_key(nbx_arena *a, size_t max, size_t *len, nbx_sv x, nbx_sv y, bool sep)
-{
-    char *k = nbx_arena_alloc(a, max);
-    if (!k)
-        return NULL;
-    memcpy(k, x.ptr, x.len);
-    size_t n = x.len;
-    if (sep)
-        k[n++] = '\0';
-    memcpy(k + n, y.ptr, y.len);
-    *len = n + y.len;
-    return k;
-}
-
-/* Events: decode, encode the log records, and sort every kind of key the
- * writer touches: event ids, history keys, customers with purchases,
- * exposure counter keys, budget keys. */
+/* Events arrive from the merge in (customer, line) order: decode them and
+ * lay them out with their keys and values encoded. The writer takes one
+ * customer at a time, and everything an event writes but its day's budget
+ * lies in that customer's neighbourhood. A customer's records may continue
+ * in the next batch. */
 static int prepare_events(batch *b)
 {
-    b->n_purchases = b->n_exposures = b->n_budgets = 0;
-    nbx_sv none = {"", 0};
+    size_t room = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         nbx_event *ev = &b->ev[i];
         if (unspool_event(b->bytes.data + b->rec_off[i], record_len(b, i), ev) != NBX_OK)
             return nbx_err_set(&b->err, NBX_EIO, "the import spool is corrupt");
-        size_t off = b->vals.len;
-        nbx_event_encode(ev, &b->vals);
-        b->log[i] = (val_ref){off, b->vals.len - off};
-        b->by_event[i] = (kref){ev->id.ptr, (uint32_t)ev->id.len, i};
-        size_t len;
-        char *hk = arena_key(&b->arena, ev->customer.len + 1 + ev->id.len, &len, ev->customer,
-                             ev->id, true);
-        if (!hk)
-            return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
-        b->by_history[i] = (kref){hk, (uint32_t)len, i};
-        if (ev->type == NBX_EV_PURCHASE) {
-            b->purchases[b->n_purchases++] =
-                (kref){ev->customer.ptr, (uint32_t)ev->customer.len, i};
-            continue;
-        }
-        char *xk = arena_key(&b->arena, ev->customer.len + 1 + ev->offer.len, &len, ev->customer,
-                             ev->offer, true);
-        char *all = arena_key(&b->arena, ev->customer.len + 1, &len, ev->customer, none, true);
-        if (!xk || !all)
-            return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
-        b->exposures[b->n_exposures++] =
-            (kref){xk, (uint32_t)(ev->customer.len + 1 + ev->offer.len), i};
-        b->exposures[b->n_exposures++] = (kref){all, (uint32_t)(ev->customer.len + 1), i};
-        if (ev->type == NBX_EV_IMPRESSION || ev->type == NBX_EV_ACCEPT) {
-            char *bk = nbx_arena_alloc(&b->arena, 4 + ev->offer.len);
-            if (!bk)
-                return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
-            len = nbx_budget_key(bk, nbx_day_of(ev->ts_ms), ev->offer);
-            b->budgets[b->n_budgets++] = (kref){bk, (uint32_t)len, i};
-        }
+        /* key, the record (at most 36 bytes besides its strings), the offer */
+        room += ev->customer.len + 2 + ev->id.len + 36 + 2 * ev->offer.len + ev->placement.len;
     }
-    if (b->vals.oom)
+    /* reserved once: the views into wbytes stay valid */
+    nbx_buf_reset(&b->wbytes);
+    if (nbx_buf_reserve(&b->wbytes, room) != NBX_OK)
         return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
-    qsort(b->by_event, b->n, sizeof(kref), kref_cmp);
-    qsort(b->by_history, b->n, sizeof(kref), kref_cmp);
-    qsort(b->purchases, b->n_purchases, sizeof(kref), kref_cmp);
-    qsort(b->exposures, b->n_exposures, sizeof(kref), kref_cmp);
-    qsort(b->budgets, b->n_budgets, sizeof(kref), kref_cmp);
+    b->n_units = 0;
+    for (uint32_t j = 0; j < b->n; j++) {
+        const nbx_event *ev = &b->ev[j];
+        if (j > 0 && nbx_sv_cmp(b->ev[j - 1].customer, ev->customer) > 0)
+            return nbx_err_set(&b->err, NBX_EIO, "the import spool is out of order");
+        if (j == 0 || !nbx_sv_eq(b->ev[j - 1].customer, ev->customer))
+            b->units[b->n_units++] = j;
+        wrec *r = &b->w[j];
+        char *key = b->wbytes.data + b->wbytes.len;
+        size_t klen = nbx_event_key(key, ev->customer, ev->id);
+        b->wbytes.len += klen;
+        char *val = b->wbytes.data + b->wbytes.len;
+        nbx_event_encode(ev, &b->wbytes);
+        size_t vlen = (size_t)(b->wbytes.data + b->wbytes.len - val);
+        char *offer = b->wbytes.data + b->wbytes.len;
+        nbx_buf_append(&b->wbytes, ev->offer.ptr, ev->offer.len);
+        if (b->wbytes.len > room)
+            return nbx_err_set(&b->err, NBX_EINVAL, "internal error: event records overran");
+        r->ev = *ev;
+        r->ev.customer = (nbx_sv){key, ev->customer.len};
+        r->ev.id = (nbx_sv){key + ev->customer.len + 2, ev->id.len};
+        r->ev.offer = (nbx_sv){offer, ev->offer.len};
+        r->ev.placement = (nbx_sv){"", 0};
+        r->key = (MDB_val){klen, key};
+        r->val = (MDB_val){vlen, val};
+        r->line = b->line[j];
+        r->applied = false;
+    }
+    b->units[b->n_units] = b->n;
     return NBX_OK;
 }
 
@@ -1087,7 +1406,7 @@ static int prepare_events(batch *b)
  * spool is exhausted. */
 static int fill_batch(applier *ap, batch *b)
 {
-    import *im = ap->im;
+    importer *im = ap->im;
     b->n = 0;
     nbx_buf_reset(&b->bytes);
     nbx_buf_reset(&b->vals);
@@ -1095,7 +1414,8 @@ static int fill_batch(applier *ap, batch *b)
     if (batch_reserve(b, im->kind, im->batch_size) != NBX_OK)
         return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
     while (b->n < im->batch_size) {
-        int rc = next_record(ap, b, im->spool_fd);
+        int rc =
+            im->kind == NBX_IMPORT_EVENTS ? next_event(ap, b) : next_record(ap, b, im->spool_fd);
         if (rc < 0)
             return rc;
         if (rc == 0)
@@ -1136,12 +1456,34 @@ static void *preparer_main(void *arg)
  * Writers: one transaction per batch, keys in order
  * ------------------------------------------------------------------------ */
 
+/* Budget rows a transaction adds to: (UTC day, offer) -> counts, written
+ * once each, in key order, just before the transaction commits. */
+typedef struct budget_slot {
+    nbx_sv offer; /* points into the batch */
+    uint32_t day;
+    uint32_t rec;  /* a record counted here (index into w), for messages */
+    uint64_t n[2]; /* impressions, accepts */
+    bool used;
+} budget_slot;
+
+typedef struct budget_map {
+    budget_slot *slots;
+    uint32_t cap; /* a power of two, or 0 */
+    uint32_t n;
+} budget_map;
+
 typedef struct writer {
-    import *im;
+    importer *im;
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
     uint64_t fail_line; /* line of the record that failed, 0 if none */
+    /* events */
+    budget_map budgets;
+    kref *exposures; /* scratch: one customer's new exposure events, by offer */
+    size_t exposures_cap;
+    uint64_t txn_applied; /* new events in the open transaction */
+    uint32_t units_max;   /* customers per transaction once one was too big; 0: any */
 } writer;
 
 static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
@@ -1213,215 +1555,301 @@ static int write_profiles(writer *w, const batch *b)
     return rc;
 }
 
-/* Event ids first: they decide which events are new. */
-static int write_event_log(writer *w, batch *b, uint64_t *applied)
+/* ------------------------------------------------------------------------
+ * Events: one customer at a time
+ * ------------------------------------------------------------------------ */
+
+static int budget_grow(budget_map *m)
 {
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(w->txn, w->im->store->events, &cur);
-    if (rc)
-        return mdb_fail(w, rc, "recording events", 0);
-    for (uint32_t j = 0; j < b->n; j++) {
-        const kref *id = &b->by_event[j];
-        MDB_val k = {id->len, (void *)id->key};
-        MDB_val v = {b->log[id->rec].len, b->vals.data + b->log[id->rec].off};
-        rc = mdb_cursor_put(cur, &k, &v, MDB_NOOVERWRITE);
-        b->applied[id->rec] = rc == 0;
-        if (rc == MDB_KEYEXIST) {
-            rc = 0;
+    uint32_t cap = m->cap ? m->cap * 2 : 256;
+    budget_slot *slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        return NBX_ENOMEM;
+    for (uint32_t i = 0; i < m->cap; i++) {
+        if (!m->slots[i].used)
             continue;
-        }
-        if (rc) {
-            rc = mdb_fail(w, rc, "recording an event", b->line[id->rec]);
-            break;
-        }
-        (*applied)++;
+        const budget_slot *o = &m->slots[i];
+        uint32_t h = (uint32_t)nbx_hash64(o->offer.ptr, o->offer.len, o->day) & (cap - 1);
+        while (slots[h].used)
+            h = (h + 1) & (cap - 1);
+        slots[h] = *o;
     }
-    mdb_cursor_close(cur);
-    return rc;
+    free(m->slots);
+    m->slots = slots;
+    m->cap = cap;
+    return NBX_OK;
 }
 
-static int write_history(writer *w, const batch *b)
+/* Count one impression (or accept) of an applied event. */
+static int budget_count(budget_map *m, const nbx_event *ev, uint32_t rec)
 {
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(w->txn, w->im->store->history, &cur);
-    if (rc)
-        return mdb_fail(w, rc, "recording events", 0);
-    for (uint32_t j = 0; j < b->n; j++) {
-        const kref *h = &b->by_history[j];
-        if (!b->applied[h->rec])
-            continue;
-        MDB_val k = {h->len, (void *)h->key}, v = {0, ""};
-        rc = mdb_cursor_put(cur, &k, &v, 0);
-        if (rc) {
-            rc = mdb_fail(w, rc, "recording an event", b->line[h->rec]);
-            break;
-        }
+    if (2 * (m->n + 1) > m->cap && budget_grow(m) != NBX_OK)
+        return NBX_ENOMEM;
+    uint32_t day = nbx_day_of(ev->ts_ms);
+    uint32_t h = (uint32_t)nbx_hash64(ev->offer.ptr, ev->offer.len, day) & (m->cap - 1);
+    while (m->slots[h].used && !(m->slots[h].day == day && nbx_sv_eq(m->slots[h].offer, ev->offer)))
+        h = (h + 1) & (m->cap - 1);
+    budget_slot *b = &m->slots[h];
+    if (!b->used) {
+        *b = (budget_slot){.offer = ev->offer, .day = day, .rec = rec, .used = true};
+        m->n++;
     }
-    mdb_cursor_close(cur);
-    return rc;
+    b->n[ev->type == NBX_EV_ACCEPT]++;
+    return NBX_OK;
 }
 
-static bool group_applied(const batch *b, const kref *k, uint32_t from, uint32_t to)
+static int budget_slot_cmp(const void *x, const void *y)
 {
-    for (uint32_t j = from; j < to; j++)
-        if (b->applied[k[j].rec])
-            return true;
-    return false;
+    const budget_slot *a = x, *b = y;
+    if (a->day != b->day)
+        return a->day < b->day ? -1 : 1;
+    return nbx_sv_cmp(a->offer, b->offer);
 }
 
-/* Purchases of one customer: one read, the purchases in file order, one write. */
-static int write_purchases(writer *w, const batch *b)
+static void budget_clear(budget_map *m)
 {
-    nbx_err *e = &w->im->err;
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(w->txn, w->im->store->profiles, &cur);
-    if (rc)
-        return mdb_fail(w, rc, "writing profiles", 0);
-    rc = NBX_OK;
-    for (uint32_t from = 0, to; rc == NBX_OK && from < b->n_purchases; from = to) {
-        to = group_end(b->purchases, from, b->n_purchases);
-        if (!group_applied(b, b->purchases, from, to))
-            continue;
-        const kref *c = &b->purchases[from];
-        uint64_t line = b->line[c->rec];
-        MDB_val k = {c->len, (void *)c->key}, v;
-        int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
-        if (found != 0 && found != MDB_NOTFOUND) {
-            rc = mdb_fail(w, found, "reading a profile", line);
-            break;
-        }
-        nbx_arena_reset(&w->arena);
-        nbx_profile p = {.id = {c->key, c->len}};
-        if (found == 0 && (rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &w->arena, e))) {
-            w->fail_line = line;
-            break;
-        }
-        bool exists = found == 0;
-        for (uint32_t j = from; j < to; j++) {
-            if (!b->applied[b->purchases[j].rec])
-                continue;
-            nbx_event_add_purchase(&p, exists, &b->ev[b->purchases[j].rec], b->now_ms);
-            exists = true;
-        }
-        nbx_buf_reset(&w->scratch);
-        if (nbx_profile_encode(&p, &w->scratch) != NBX_OK) {
-            rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
-            break;
-        }
-        MDB_val val = {w->scratch.len, w->scratch.data};
-        k = (MDB_val){c->len, (void *)c->key};
-        int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-        if (mrc)
-            rc = mdb_fail(w, mrc, "writing a profile", line);
-    }
-    mdb_cursor_close(cur);
-    return rc;
+    if (m->n)
+        memset(m->slots, 0, m->cap * sizeof *m->slots);
+    m->n = 0;
 }
 
-/* Counters of one key: one read, every event in file order, one write. */
-static int write_exposures(writer *w, const batch *b)
-{
-    nbx_err *e = &w->im->err;
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(w->txn, w->im->store->exposures, &cur);
-    if (rc)
-        return mdb_fail(w, rc, "writing exposure counters", 0);
-    rc = NBX_OK;
-    for (uint32_t from = 0, to; rc == NBX_OK && from < b->n_exposures; from = to) {
-        to = group_end(b->exposures, from, b->n_exposures);
-        if (!group_applied(b, b->exposures, from, to))
-            continue;
-        const kref *x = &b->exposures[from];
-        uint64_t line = b->line[x->rec];
-        MDB_val k = {x->len, (void *)x->key}, v;
-        int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
-        if (found != 0 && found != MDB_NOTFOUND) {
-            rc = mdb_fail(w, found, "reading exposure counters", line);
-            break;
-        }
-        nbx_arena_reset(&w->arena);
-        nbx_exposure counters;
-        memset(&counters, 0, sizeof counters);
-        if (found == 0 &&
-            nbx_exposure_decode(v.mv_data, v.mv_size, &counters, &w->arena) != NBX_OK) {
-            const nbx_event *ev = &b->ev[x->rec];
-            rc = nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
-                             (int)ev->customer.len, ev->customer.ptr);
-            w->fail_line = line;
-            break;
-        }
-        for (uint32_t j = from; j < to && rc == NBX_OK; j++) {
-            const nbx_event *ev = &b->ev[b->exposures[j].rec];
-            if (b->applied[b->exposures[j].rec] &&
-                nbx_exposure_add(&counters, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1,
-                                 &w->arena) != NBX_OK)
-                rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
-        }
-        nbx_buf_reset(&w->scratch);
-        if (rc == NBX_OK && nbx_exposure_encode(&counters, &w->scratch) != NBX_OK)
-            rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
-        if (rc)
-            break;
-        MDB_val val = {w->scratch.len, w->scratch.data};
-        /* after a hit, k points into the page the put rewrites */
-        k = (MDB_val){x->len, (void *)x->key};
-        int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-        if (mrc)
-            rc = mdb_fail(w, mrc, "writing exposure counters", line);
-    }
-    mdb_cursor_close(cur);
-    return rc;
-}
-
-/* Budgets of one (day, offer): counted over the batch, written once. */
+/* Write the transaction's budget rows in key order (day, then offer), and
+ * empty the map for the next transaction. */
 static int write_budgets(writer *w, const batch *b)
 {
-    for (uint32_t from = 0, to; from < b->n_budgets; from = to) {
-        to = group_end(b->budgets, from, b->n_budgets);
-        uint64_t counts[2] = {0, 0};
-        for (uint32_t j = from; j < to; j++)
-            if (b->applied[b->budgets[j].rec])
-                counts[b->ev[b->budgets[j].rec].type == NBX_EV_ACCEPT]++;
-        if (counts[0] + counts[1] == 0)
-            continue;
-        const nbx_event *ev = &b->ev[b->budgets[from].rec];
-        int rc = nbx_budget_add(w->im->store, w->txn, ev->offer, nbx_day_of(ev->ts_ms), counts[0],
-                                counts[1], &w->im->err);
+    budget_map *m = &w->budgets;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < m->cap; i++)
+        if (m->slots[i].used)
+            m->slots[n++] = m->slots[i];
+    qsort(m->slots, n, sizeof *m->slots, budget_slot_cmp);
+    int rc = NBX_OK;
+    for (uint32_t i = 0; i < n && rc == NBX_OK; i++) {
+        const budget_slot *s = &m->slots[i];
+        rc = nbx_budget_add(w->im->store, w->txn, s->offer, s->day, s->n[0], s->n[1], &w->im->err);
+        if (rc)
+            w->fail_line = b->w[s->rec].line;
+    }
+    budget_clear(m);
+    return rc;
+}
+
+/* One counter row of a customer (offer empty: the all-offers row): one read,
+ * the new exposure events xs[from, to), one write. */
+static int write_counters(writer *w, const batch *b, MDB_cursor *cur, nbx_sv customer, nbx_sv offer,
+                          const kref *xs, uint32_t from, uint32_t to)
+{
+    nbx_err *e = &w->im->err;
+    uint64_t line = b->w[xs[from].rec].line;
+    char key[NBX_COUNTER_KEY_MAX];
+    size_t klen = nbx_exposure_key(key, customer, offer);
+    MDB_val k = {klen, key}, v;
+    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+    if (found != 0 && found != MDB_NOTFOUND)
+        return mdb_fail(w, found, "reading exposure counters", line);
+    nbx_arena_reset(&w->arena);
+    nbx_exposure counters;
+    memset(&counters, 0, sizeof counters);
+    if (found == 0 && nbx_exposure_decode(v.mv_data, v.mv_size, &counters, &w->arena) != NBX_OK) {
+        w->fail_line = line;
+        return nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
+                           (int)customer.len, customer.ptr);
+    }
+    for (uint32_t j = from; j < to; j++) {
+        const nbx_event *ev = &b->w[xs[j].rec].ev;
+        if (nbx_exposure_add(&counters, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1,
+                             &w->arena) != NBX_OK)
+            return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    }
+    nbx_buf_reset(&w->scratch);
+    if (nbx_exposure_encode(&counters, &w->scratch) != NBX_OK)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    MDB_val val = {w->scratch.len, w->scratch.data};
+    /* after a hit, k points into the page the put rewrites */
+    k = (MDB_val){klen, key};
+    int rc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
+    return rc ? mdb_fail(w, rc, "writing exposure counters", line) : NBX_OK;
+}
+
+/* The customer's new purchases among w[from, to): one read, each purchase
+ * in file order, one write. */
+static int write_purchases(writer *w, const batch *b, MDB_cursor *cur, nbx_sv customer,
+                           uint32_t from, uint32_t to)
+{
+    nbx_err *e = &w->im->err;
+    uint64_t line = b->w[from].line;
+    MDB_val k = {customer.len, (void *)customer.ptr}, v;
+    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+    if (found != 0 && found != MDB_NOTFOUND)
+        return mdb_fail(w, found, "reading a profile", line);
+    nbx_arena_reset(&w->arena);
+    nbx_profile p = {.id = customer};
+    if (found == 0) {
+        int rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &w->arena, e);
         if (rc) {
-            w->fail_line = b->line[b->budgets[from].rec];
+            w->fail_line = line;
             return rc;
         }
     }
-    return NBX_OK;
+    bool exists = found == 0;
+    for (uint32_t j = from; j < to; j++) {
+        const wrec *r = &b->w[j];
+        if (r->applied && r->ev.type == NBX_EV_PURCHASE) {
+            nbx_event_add_purchase(&p, exists, &r->ev, b->now_ms);
+            exists = true;
+        }
+    }
+    nbx_buf_reset(&w->scratch);
+    if (nbx_profile_encode(&p, &w->scratch) != NBX_OK)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    MDB_val val = {w->scratch.len, w->scratch.data};
+    k = (MDB_val){customer.len, (void *)customer.ptr};
+    int rc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
+    return rc ? mdb_fail(w, rc, "writing a profile", line) : NBX_OK;
+}
+
+/* Everything one customer's events of the batch write: their records (an
+ * id this customer already has is a duplicate), then the counter rows (the
+ * all-offers row, then each offer's, in key order), the profile if there
+ * are purchases, and the budget counts. */
+static int write_customer(writer *w, batch *b, MDB_cursor *customers, MDB_cursor *profiles,
+                          uint32_t u)
+{
+    uint32_t from = b->units[u], to = b->units[u + 1];
+    nbx_sv customer = b->w[from].ev.customer;
+    if (w->exposures_cap < to - from) {
+        kref *x = realloc(w->exposures, (to - from) * sizeof *x);
+        if (!x)
+            return nbx_err_set(&w->im->err, NBX_ENOMEM, "out of memory");
+        w->exposures = x;
+        w->exposures_cap = to - from;
+    }
+    uint32_t n_new = 0, n_exposures = 0;
+    bool purchases = false;
+    for (uint32_t j = from; j < to; j++) {
+        wrec *r = &b->w[j];
+        MDB_val k = r->key, v = r->val;
+        int rc = mdb_cursor_put(customers, &k, &v, MDB_NOOVERWRITE);
+        r->applied = rc == 0;
+        if (rc == MDB_KEYEXIST)
+            continue;
+        if (rc)
+            return mdb_fail(w, rc, "recording an event", r->line);
+        n_new++;
+        if (r->ev.type == NBX_EV_PURCHASE)
+            purchases = true;
+        else
+            w->exposures[n_exposures++] = kref_of(r->ev.offer.ptr, r->ev.offer.len, j);
+    }
+    int rc = NBX_OK;
+    if (n_exposures) {
+        const kref *xs = w->exposures;
+        if (n_exposures > 1)
+            qsort(w->exposures, n_exposures, sizeof *xs, kref_cmp);
+        rc = write_counters(w, b, customers, customer, (nbx_sv){"", 0}, xs, 0, n_exposures);
+        for (uint32_t g = 0, h; rc == NBX_OK && g < n_exposures; g = h) {
+            h = group_end(xs, g, n_exposures);
+            nbx_sv offer = {xs[g].key, xs[g].len};
+            rc = write_counters(w, b, customers, customer, offer, xs, g, h);
+        }
+        for (uint32_t j = 0; rc == NBX_OK && j < n_exposures; j++) {
+            const nbx_event *ev = &b->w[xs[j].rec].ev;
+            if ((ev->type == NBX_EV_IMPRESSION || ev->type == NBX_EV_ACCEPT) &&
+                budget_count(&w->budgets, ev, xs[j].rec) != NBX_OK)
+                rc = nbx_err_set(&w->im->err, NBX_ENOMEM, "out of memory");
+        }
+    }
+    if (rc == NBX_OK && purchases)
+        rc = write_purchases(w, b, profiles, customer, from, to);
+    w->txn_applied += n_new;
+    return rc;
+}
+
+/* Customers [u0, u1) of the batch in one transaction, with their budget
+ * counts and the event count: every committed transaction holds whole
+ * events. */
+static int write_events_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
+{
+    importer *im = w->im;
+    nbx_store *s = im->store;
+    w->fail_line = 0;
+    w->txn_applied = 0;
+    int rc = nbx_store_write_begin(s, &w->txn, &im->err);
+    if (rc)
+        return rc;
+    MDB_cursor *customers = NULL, *profiles = NULL;
+    int mrc = mdb_cursor_open(w->txn, s->customers, &customers);
+    if (mrc == 0)
+        mrc = mdb_cursor_open(w->txn, s->profiles, &profiles);
+    if (mrc)
+        rc = mdb_fail(w, mrc, "recording events", 0);
+    for (uint32_t u = u0; rc == NBX_OK && u < u1; u++)
+        rc = write_customer(w, b, customers, profiles, u);
+    if (profiles)
+        mdb_cursor_close(profiles);
+    if (customers)
+        mdb_cursor_close(customers);
+    if (rc == NBX_OK)
+        rc = write_budgets(w, b);
+    budget_clear(&w->budgets);
+    if (rc == NBX_OK)
+        rc = nbx_store_events_add(s, w->txn, (int64_t)w->txn_applied, &im->err);
+    if (rc == NBX_OK)
+        rc = nbx_store_commit(s, w->txn, &im->err);
+    else
+        mdb_txn_abort(w->txn);
+    w->txn = NULL;
+    if (rc == NBX_OK) {
+        im->stats.applied += w->txn_applied;
+        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->txn_applied;
+    } else if (w->fail_line == 0) {
+        /* the budgets, the count or the commit: name the transaction's first event */
+        w->fail_line = b->w[b->units[u0]].line;
+    }
+    return rc;
+}
+
+/* A transaction that fails on a store error may just be too big: LMDB's
+ * dirty-page list per transaction (MDB_TXN_FULL), or a map too full to hold
+ * the new copies of the pages while the old ones are still in use. It is
+ * rolled back and its customers written as two halves, down to one customer
+ * per transaction, where the error is reported. After a dirty-page overflow
+ * later transactions of the import take at most half as many customers. */
+static int write_events_range(writer *w, batch *b, uint32_t u0, uint32_t u1)
+{
+    int rc = write_events_txn(w, b, u0, u1);
+    if (rc == NBX_OK || (rc != NBX_EFULL && rc != NBX_ESTORE) || u1 - u0 < 2)
+        return rc;
+    uint32_t half = (u1 - u0) / 2;
+    if (rc == NBX_ESTORE && (w->units_max == 0 || half < w->units_max))
+        w->units_max = half;
+    rc = write_events_range(w, b, u0, u0 + half);
+    if (rc == NBX_OK)
+        rc = write_events_range(w, b, u0 + half, u1);
+    return rc;
 }
 
 static int write_events(writer *w, batch *b)
 {
-    uint64_t applied = 0;
-    int rc = write_event_log(w, b, &applied);
-    if (rc == NBX_OK)
-        rc = write_history(w, b);
-    if (rc == NBX_OK)
-        rc = write_purchases(w, b);
-    if (rc == NBX_OK)
-        rc = write_exposures(w, b);
-    if (rc == NBX_OK)
-        rc = write_budgets(w, b);
-    if (rc == NBX_OK) {
-        w->im->stats.applied += applied;
-        w->im->stats.duplicates += b->n - applied;
+    int rc = NBX_OK;
+    for (uint32_t u = 0, next; rc == NBX_OK && u < b->n_units; u = next) {
+        next = w->units_max && b->n_units - u > w->units_max ? u + w->units_max : b->n_units;
+        rc = write_events_range(w, b, u, next);
     }
     return rc;
 }
 
+/* Profiles: the batch in one transaction. Events: write_events(). */
 static int write_batch(writer *w, batch *b)
 {
-    import *im = w->im;
+    importer *im = w->im;
+    if (im->kind == NBX_IMPORT_EVENTS)
+        return write_events(w, b);
     uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates;
     int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
     if (rc)
         return rc;
-    rc = im->kind == NBX_IMPORT_PROFILES ? write_profiles(w, b) : write_events(w, b);
+    rc = write_profiles(w, b);
     if (rc == NBX_OK) {
         rc = nbx_store_commit(im->store, w->txn, &im->err);
     } else {
@@ -1436,9 +1864,9 @@ static int write_batch(writer *w, batch *b)
     return rc;
 }
 
-/* A preparer thread reads and sorts batch k + 1 while the calling thread
+/* A preparer thread reads and prepares batch k + 1 while the calling thread
  * writes batch k. */
-static int apply(import *im, uint64_t *stopped_at)
+static int apply(importer *im, uint64_t *stopped_at)
 {
     applier ap = {.im = im};
     writer w = {.im = im};
@@ -1446,7 +1874,10 @@ static int apply(import *im, uint64_t *stopped_at)
     pthread_cond_init(&ap.cond, NULL);
     pthread_t thread;
     int rc = NBX_OK;
+    uint64_t taken = 0;
     *stopped_at = 0;
+    if (im->kind == NBX_IMPORT_EVENTS && (rc = merge_open(&ap, &im->err)) != NBX_OK)
+        goto done;
     if (pthread_create(&thread, NULL, preparer_main, &ap) != 0) {
         rc = nbx_err_set(&im->err, NBX_ENOMEM, "cannot start the import's preparer thread");
         goto done;
@@ -1472,7 +1903,12 @@ static int apply(import *im, uint64_t *stopped_at)
                 nbx_err_prefix(&im->err, "%s:%llu: ", im->name, (unsigned long long)w.fail_line);
             break;
         }
-        progress(im, b->line[b->n - 1], b->end_offset);
+        taken += b->n;
+        if (im->kind == NBX_IMPORT_EVENTS) /* customer order: the share of records taken */
+            progress(im, taken,
+                     (uint64_t)((double)im->in_total * (double)taken / (double)im->spool_records));
+        else
+            progress(im, b->line[b->n - 1], b->end_offset);
         pthread_mutex_lock(&ap.mu);
         b->state = BATCH_FREE;
         pthread_cond_broadcast(&ap.cond);
@@ -1487,8 +1923,11 @@ done:
     batch_free(&ap.batches[0]);
     batch_free(&ap.batches[1]);
     nbx_buf_free(&ap.frame);
+    merge_close(&ap);
     nbx_arena_free(&w.arena);
     nbx_buf_free(&w.scratch);
+    free(w.budgets.slots);
+    free(w.exposures);
     pthread_cond_destroy(&ap.cond);
     pthread_mutex_destroy(&ap.mu);
     return rc;
@@ -1498,7 +1937,7 @@ done:
  * Public entry point
  * ======================================================================== */
 
-static int open_input(import *im, const char *path)
+static int open_input(importer *im, const char *path)
 {
     if (strcmp(path, "-") == 0) {
         im->in_fd = STDIN_FILENO;
@@ -1542,7 +1981,17 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
     if (store->flags & NBX_STORE_READONLY)
         return nbx_fail(store, NBX_EREADONLY, "%s: store opened read-only", store->path);
 
-import im = {.store = store, .kind = kind, .name = path, .opts = opts, .batch_size = opts->batch_size ? opts->batch_size:DEFAULT_BATCH, .in_fd = - 1, .spool_fd = - 1, .rejects_fd = - 1, .next_progress = PROGRESS_EVERY };
+    importer im = {.store = store,
+                   .kind = kind,
+                   .name = path,
+                   .opts = opts,
+                   .batch_size = opts->batch_size            ? opts->batch_size
+                                 : kind == NBX_IMPORT_EVENTS ? DEFAULT_BATCH_EVENTS
+                                                             : DEFAULT_BATCH_PROFILES,
+                   .in_fd = -1,
+                   .spool_fd = -1,
+                   .rejects_fd = -1,
+                   .next_progress = PROGRESS_EVERY};
     uint64_t stopped_at = 0;
     int rc = open_input(&im, path);
     if (rc == NBX_OK && opts->rejects_path) {
@@ -1558,11 +2007,16 @@ import im = {.store = store, .kind = kind, .name = path, .opts = opts, .batch_si
         rc = nbx_err_errno(&im.err, errno, "cannot rewind the import spool in", store->path);
     if (rc == NBX_OK && im.spool_records > 0)
         rc = apply(&im, &stopped_at);
-    if (rc && stopped_at > 1) {
-        char note[160];
+    char note[160] = "";
+    if (rc && kind == NBX_IMPORT_EVENTS && im.stats.applied + im.stats.duplicates > 0)
+        snprintf(note, sizeof note,
+                 " (events are applied customer by customer: some of the file's are in the "
+                 "store; running the file again completes it)");
+    else if (rc && kind == NBX_IMPORT_PROFILES && stopped_at > 1)
         snprintf(note, sizeof note,
                  " (lines before %llu are in the store; running the file again completes it)",
                  (unsigned long long)stopped_at);
+    if (note[0]) {
         size_t n = strlen(im.err.msg);
         snprintf(im.err.msg + n, sizeof im.err.msg - n, "%s", note);
     }
@@ -1571,6 +2025,7 @@ import im = {.store = store, .kind = kind, .name = path, .opts = opts, .batch_si
         rc = nbx_err_errno(&im.err, errno, "cannot write", opts->rejects_path);
     if (im.spool_fd >= 0)
         close(im.spool_fd);
+    free(im.runs);
     if (im.in_fd >= 0 && im.in_fd != STDIN_FILENO)
         close(im.in_fd);
     nbx_buf_free(&im.rejects_buf);

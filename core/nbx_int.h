@@ -278,7 +278,7 @@ typedef struct nbx_profile {
 
 #define NBX_SCHEMA_VERSION 1
 /* Offer and placement ids are shorter than customer ids so that a counter
- * key (customer \0 offer) fits LMDB's 511-byte key limit. */
+ * key (customer \0 \x01 offer) fits LMDB's 511-byte key limit. */
 #define NBX_OFFER_ID_MAX 128
 
 /* codec.c: msgpack encodings of stored values. Decoded strings point into
@@ -324,14 +324,26 @@ bool nbx_id_valid(nbx_sv id, nbx_err *e);
  * Store (store.c)
  * ======================================================================== */
 
+/* Everything keyed by one customer lives under its prefix in `customers`,
+ * in tagged sub-ranges, so an event touches that customer's neighbourhood
+ * only (docs/data-model.md, "Store layout"):
+ *   id \0 \x01 offer     exposure counters of one offer
+ *   id \0 \x01           counters over all offers (the contact policy)
+ *   id \0 \x02 event id  the event record: seen ids and the exposure log */
+#define NBX_TAG_COUNTERS '\x01'
+#define NBX_TAG_EVENT '\x02'
+/* Longest keys: LMDB's limit is 511 bytes, so a customer id and an event id
+ * together are at most 509 bytes. */
+#define NBX_COUNTER_KEY_MAX (NBX_ID_MAX + 2 + NBX_OFFER_ID_MAX)
+#define NBX_EVENT_KEY_MAX 511
+#define NBX_EVENT_IDS_MAX (NBX_EVENT_KEY_MAX - 2)
+
 struct nbx_store {
     MDB_env *env;
     MDB_dbi profiles;  /* id -> profile */
-    MDB_dbi exposures; /* id \0 offer -> exposure counters; id \0 -> all offers */
+    MDB_dbi customers; /* id \0 tag ... -> counters, event records (above) */
     MDB_dbi budgets;   /* day (4 bytes BE) offer -> daily totals */
-    MDB_dbi events;    /* event id -> event record (seen ids, and the exposure log) */
-    MDB_dbi history;   /* id \0 event id -> nothing: a customer's events, for erasure */
-    MDB_dbi meta;      /* "schema", "rfm", ... */
+    MDB_dbi meta;      /* "schema", "events", "rfm" */
     unsigned flags;    /* nbx_store_flags */
     char *path;
 };
@@ -354,6 +366,10 @@ int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patc
 int nbx_store_meta_get(nbx_store *s, MDB_txn *txn, const char *key, MDB_val *out, nbx_err *e);
 int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *v, size_t n,
                        nbx_err *e);
+/* The count of event records (meta "events"), kept in the transaction
+ * that adds or erases them: nbx_store_stats.events_seen. */
+int nbx_store_events_seen(nbx_store *s, MDB_txn *txn, uint64_t *out, nbx_err *e);
+int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e);
 
 /* ========================================================================
  * Exposures and budgets (exposure.c)
@@ -390,7 +406,7 @@ int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
 int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
 /* Events in the window of `days` UTC days ending with today (today counts). */
 uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
-/* Keys: out needs NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX (exposure) or
+/* Keys: out needs NBX_COUNTER_KEY_MAX (customer \0 \x01 offer) or
  * 4 + NBX_OFFER_ID_MAX (budget) bytes. An empty offer keys the all-offers row. */
 size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
 size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
@@ -423,17 +439,18 @@ typedef struct nbx_event {
 
 int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e);
 const char *nbx_event_type_name(int type);
-/* Apply in txn: skip a seen id (*applied = 0), else record the id, update
- * RFM aggregates or exposure counters and budgets. */
+/* Apply in txn: skip an id seen before for this customer (*applied = 0),
+ * else record the event, update RFM aggregates or exposure counters and
+ * budgets, and count it. */
 int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
                         nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 /* The pieces of nbx_event_apply_txn, for bulk ingest (ingest.c), which
- * groups them per key: the event log record (appended to out), the history
- * key (out needs NBX_ID_MAX + 1 + NBX_ID_MAX bytes), the counter kind of an
- * exposure event, and a purchase added to a profile's RFM aggregates
- * (exists false: p holds only its id and becomes a new profile). */
+ * groups them per customer: the event record (appended to out), its key
+ * (customer \0 \x02 event id; out needs NBX_EVENT_KEY_MAX bytes), the
+ * counter kind of an exposure event, and a purchase added to a profile's RFM
+ * aggregates (exists false: p holds only its id and becomes a new profile). */
 int nbx_event_encode(const nbx_event *ev, nbx_buf *out);
-size_t nbx_history_key(char *out, nbx_sv customer, nbx_sv event_id);
+size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id);
 int nbx_event_exposure_kind(int type);
 void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms);
 

@@ -53,6 +53,28 @@ static size_t map_size_from_env(void)
  * Open and close
  * ======================================================================== */
 
+/* Databases of the layout before `customers` (schema 1 as first written,
+ * never shipped): their data is keyed differently, so such a store is
+ * refused rather than misread. */
+static const char *const old_layout_dbs[] = {"events", "history", "exposures"};
+
+static int check_layout(nbx_store *s, MDB_txn *txn, nbx_err *e)
+{
+    for (size_t i = 0; i < NBX_ARRAY_LEN(old_layout_dbs); i++) {
+        MDB_dbi dbi;
+        int rc = mdb_dbi_open(txn, old_layout_dbs[i], 0, &dbi);
+        if (rc == 0)
+            return nbx_err_set(e, NBX_EVERSION,
+                               "%s: store has the earlier layout (an '%s' database), which this "
+                               "nbx does not read: create a new store and import its profiles "
+                               "and events again",
+                               s->path, old_layout_dbs[i]);
+        if (rc != MDB_NOTFOUND)
+            return nbx_err_mdb(e, rc, s->path);
+    }
+    return NBX_OK;
+}
+
 static int open_dbis(nbx_store *s, nbx_err *e)
 {
     bool ro = s->flags & NBX_STORE_READONLY;
@@ -60,13 +82,18 @@ static int open_dbis(nbx_store *s, nbx_err *e)
     int rc = mdb_txn_begin(s->env, NULL, ro ? MDB_RDONLY : 0, &txn);
     if (rc)
         return nbx_err_mdb(e, rc, s->path);
+    if ((rc = check_layout(s, txn, e)) != NBX_OK) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
     unsigned f = ro ? 0 : MDB_CREATE;
     struct {
         const char *name;
         MDB_dbi *dbi;
-    } dbs[] = {{"profiles", &s->profiles}, {"exposures", &s->exposures},
-               {"budgets", &s->budgets},   {"events", &s->events},
-               {"history", &s->history},   {"meta", &s->meta}};
+    } dbs[] = {{"profiles", &s->profiles},
+               {"customers", &s->customers},
+               {"budgets", &s->budgets},
+               {"meta", &s->meta}};
     for (size_t i = 0; i < NBX_ARRAY_LEN(dbs); i++) {
         rc = mdb_dbi_open(txn, dbs[i].name, f, dbs[i].dbi);
         if (rc == MDB_NOTFOUND) {
@@ -283,34 +310,61 @@ int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *
     return rc ? nbx_err_mdb(e, rc, "writing store metadata") : NBX_OK;
 }
 
+int nbx_store_events_seen(nbx_store *s, MDB_txn *txn, uint64_t *out, nbx_err *e)
+{
+    *out = 0;
+    MDB_val v;
+    int rc = nbx_store_meta_get(s, txn, "events", &v, e);
+    if (rc == NBX_ENOTFOUND)
+        return NBX_OK;
+    if (rc)
+        return rc;
+    nbx_mp m;
+    nbx_mp_init(&m, v.mv_data, v.mv_size);
+    *out = nbx_mp_uint(&m);
+    return m.bad ? nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable event count", s->path) : NBX_OK;
+}
+
+int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e)
+{
+    if (delta == 0)
+        return NBX_OK;
+    uint64_t n;
+    int rc = nbx_store_events_seen(s, txn, &n, e);
+    if (rc)
+        return rc;
+    if (delta < 0 && (uint64_t)-delta > n)
+        return nbx_err_set(e, NBX_ECORRUPT, "%s: the event count would go below zero", s->path);
+    n += (uint64_t)delta;
+    /* msgpack uint64: 0xcf and 8 bytes, big-endian */
+    uint8_t buf[9] = {0xcf};
+    for (int i = 0; i < 8; i++)
+        buf[1 + i] = (uint8_t)(n >> (56 - 8 * i));
+    return nbx_store_meta_put(s, txn, "events", buf, sizeof buf, e);
+}
+
 /* ========================================================================
  * Erasure
  * ======================================================================== */
 
-/* Delete every key of dbi that starts with prefix; counts deletions. With
- * events set, keys are "id \0 event id" and the named events go too. */
-static int delete_prefix(nbx_store *s, MDB_txn *txn, MDB_dbi dbi, const char *prefix, size_t n,
-                         bool events, uint64_t *count, nbx_err *e)
+/* Delete every key of the customer's range (id \0 ...): counters and event
+ * records. Counts the keys deleted and, of them, the event records. */
+static int delete_customer(nbx_store *s, MDB_txn *txn, const char *prefix, size_t n, uint64_t *keys,
+                           uint64_t *events, nbx_err *e)
 {
     MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, dbi, &cur);
+    int rc = mdb_cursor_open(txn, s->customers, &cur);
     if (rc)
         return nbx_err_mdb(e, rc, "erasing a customer");
     MDB_val k = {n, (void *)prefix}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && k.mv_size >= n && memcmp(k.mv_data, prefix, n) == 0) {
-        if (events) {
-            MDB_val ev = {k.mv_size - n, (char *)k.mv_data + n};
-            int drc = mdb_del(txn, s->events, &ev, NULL);
-            if (drc && drc != MDB_NOTFOUND) {
-                rc = drc;
-                break;
-            }
-        }
+        bool event = k.mv_size > n && ((const char *)k.mv_data)[n] == NBX_TAG_EVENT;
         rc = mdb_cursor_del(cur, 0);
         if (rc)
             break;
-        (*count)++;
+        (*keys)++;
+        *events += event;
         rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
         if (rc == EINVAL || rc == MDB_NOTFOUND) /* deleted the last key */
             rc = MDB_NOTFOUND;
@@ -334,7 +388,7 @@ NBX_API int nbx_profile_delete(nbx_store *s, const char *id)
     int rc = nbx_store_write_begin(s, &txn, &e);
     if (rc)
         return nbx_publish(s, &e);
-    uint64_t removed = 0;
+    uint64_t removed = 0, events = 0;
     MDB_val k = {sid.len, (void *)id};
     int mrc = mdb_del(txn, s->profiles, &k, NULL);
     if (mrc == 0)
@@ -342,9 +396,9 @@ NBX_API int nbx_profile_delete(nbx_store *s, const char *id)
     else if (mrc != MDB_NOTFOUND)
         rc = nbx_err_mdb(&e, mrc, "erasing a profile");
     if (rc == NBX_OK)
-        rc = delete_prefix(s, txn, s->exposures, prefix, sid.len + 1, false, &removed, &e);
+        rc = delete_customer(s, txn, prefix, sid.len + 1, &removed, &events, &e);
     if (rc == NBX_OK)
-        rc = delete_prefix(s, txn, s->history, prefix, sid.len + 1, true, &removed, &e);
+        rc = nbx_store_events_add(s, txn, -(int64_t)events, &e);
     if (rc == NBX_OK && removed == 0)
         rc = nbx_err_set(&e, NBX_ENOTFOUND, "no profile '%s'", id);
     if (rc) {
@@ -372,10 +426,10 @@ NBX_API int nbx_store_stat(nbx_store *s, nbx_store_stats *out)
     MDB_stat st;
     if (mdb_stat(txn, s->profiles, &st) == 0)
         out->profiles = st.ms_entries;
-    if (mdb_stat(txn, s->exposures, &st) == 0)
-        out->exposure_keys = st.ms_entries;
-    if (mdb_stat(txn, s->events, &st) == 0)
-        out->events_seen = st.ms_entries;
+    /* customers holds counter rows and event records, nothing else */
+    if (nbx_store_events_seen(s, txn, &out->events_seen, NULL) == NBX_OK &&
+        mdb_stat(txn, s->customers, &st) == 0 && st.ms_entries >= out->events_seen)
+        out->exposure_keys = st.ms_entries - out->events_seen;
     MDB_envinfo info;
     MDB_stat envst;
     if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &envst) == 0) {

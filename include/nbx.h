@@ -217,8 +217,10 @@ NBX_API const char *nbx_store_errmsg(const nbx_store *store);
 /** Counts from nbx_store_stat(). */
 typedef struct nbx_store_stats {
     uint64_t profiles;       /**< profiles in the store */
-    uint64_t exposure_keys;  /**< (customer, offer) counter records */
-    uint64_t events_seen;    /**< distinct event ids applied */
+    uint64_t exposure_keys;  /**< counter rows: (customer, offer) and each customer's
+                                  all-offers row */
+    uint64_t events_seen;    /**< event records in the store: distinct (customer, event id)
+                                  pairs applied, less those erased with their customer */
     uint64_t bytes_used;     /**< bytes of pages in use */
     uint64_t map_size;       /**< current size limit in bytes (grows on demand) */
     uint32_t schema_version; /**< schema of the store */
@@ -264,7 +266,8 @@ NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len);
 
 /**
  * @brief Erase a profile and everything keyed by that customer (exposure
- * counters included) in one transaction.
+ * counters and event records) in one transaction. The erased event ids are
+ * forgotten: the same events sent again are applied again.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EREADONLY, NBX_ESTORE.
  * @note Thread-safe.
  */
@@ -276,7 +279,9 @@ NBX_API int nbx_profile_delete(nbx_store *store, const char *id);
 
 /**
  * @brief Apply one event (the JSON object `nbx ingest` reads) and commit.
- * An event id applied before is skipped.
+ * Deduplication is per customer: an event whose event_id this customer has
+ * had before is skipped and changes nothing, whatever its other fields (the
+ * first one wins); the same event_id for another customer is another event.
  * @param[out] applied if not NULL, 1 if applied, 0 if skipped as a duplicate.
  * @return NBX_OK, NBX_EINVAL, NBX_EPARSE, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE.
  * @note Thread-safe.
@@ -302,7 +307,8 @@ typedef struct nbx_import_options {
     const char *rejects_path; /**< NULL: any bad line fails the whole file and
                                    nothing is written. Else bad lines are copied
                                    here with their reason and the rest applied. */
-    size_t batch_size;        /**< records per write transaction (0: 10000) */
+    size_t batch_size;        /**< records per write transaction (0: 10000 for
+                                   profiles, 100000 for events) */
     nbx_progress_fn progress; /**< called about every 100k lines; may be NULL */
     void *progress_ud;
 } nbx_import_options;
@@ -311,7 +317,7 @@ typedef struct nbx_import_options {
 typedef struct nbx_import_stats {
     uint64_t lines;      /**< non-blank lines read */
     uint64_t applied;    /**< records written */
-    uint64_t duplicates; /**< events skipped because their id was seen before */
+    uint64_t duplicates; /**< events skipped: their customer had their id before */
     uint64_t rejected;   /**< bad lines copied to rejects_path */
 } nbx_import_stats;
 
@@ -324,9 +330,18 @@ NBX_API void nbx_import_options_init(nbx_import_options *opts);
  * Streams in constant memory. The whole file is validated before anything is
  * written, so a bad line (reported as FILE:LINE, field and problem) leaves the
  * store untouched unless rejects_path is set. Records are then applied in
- * batched transactions: a crash leaves every committed batch intact and no
- * half batch; re-running the same file is safe (profiles merge again, seen
- * events are skipped).
+ * transactions of batch_size records: a crash leaves every committed
+ * transaction intact and nothing of the one in progress; re-running the same
+ * file is safe (profiles merge again, seen events are skipped).
+ *
+ * Profiles are applied in file order, batch after batch. Events are applied
+ * customer by customer (each customer's in file order, the result being that
+ * of nbx_event_apply() line by line): after an interruption any part of the
+ * file may be in the store, never part of an event. Deduplication is per
+ * (customer, event_id), within the file and against the store. A transaction
+ * too big for the store (LMDB's dirty-page limit, or a map too full for it)
+ * is written as smaller ones of whole customers' events; NBX_EFULL only when
+ * the store really is full.
  *
  * @param path file, or "-" for standard input (spooled to a temporary file
  *   for the validation pass).
@@ -617,8 +632,10 @@ NBX_API int nbx_decide(nbx_ctx *ctx, const nbx_request *req, const nbx_result **
 
 /**
  * @brief Apply one event (as nbx_event_apply()) through the context's engine;
- * the next decision on any context sees it.
- * @param[out] applied if not NULL, 1 if applied, 0 if a duplicate event id.
+ * the next decision on any context sees it. Deduplication is per customer,
+ * as for nbx_event_apply().
+ * @param[out] applied if not NULL, 1 if applied, 0 if this customer had the
+ *   event id before.
  * @return as nbx_event_apply(); NBX_EREADONLY on a read-only engine.
  */
 NBX_API int nbx_record(nbx_ctx *ctx, const char *json, size_t len, int *applied);

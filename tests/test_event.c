@@ -1,6 +1,6 @@
 /* Suite: event (core/event.c, core/exposure.c): parsing events, applying
- * them idempotently, exposure counters and their windows, daily budgets,
- * RFM aggregates from purchases. */
+ * them idempotently per customer, exposure counters and their windows, daily
+ * budgets, RFM aggregates from purchases, the event count, erasure. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -62,9 +62,9 @@ static bool counters(const char *customer, const char *offer, nbx_exposure *x)
 {
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
-    char key[NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX];
+    char key[NBX_COUNTER_KEY_MAX];
     MDB_val k = {nbx_exposure_key(key, nbx_sv_of(customer), nbx_sv_of(offer)), key}, v;
-    int rc = mdb_get(txn, store->exposures, &k, &v);
+    int rc = mdb_get(txn, store->customers, &k, &v);
     if (rc == 0)
         cr_assert_eq(nbx_exposure_decode(v.mv_data, v.mv_size, x, &arena), NBX_OK);
     mdb_txn_abort(txn);
@@ -94,8 +94,7 @@ static uint64_t digest(void)
 {
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
-    MDB_dbi dbis[] = {store->profiles, store->exposures, store->budgets, store->events,
-                      store->history};
+    MDB_dbi dbis[] = {store->profiles, store->customers, store->budgets, store->meta};
     uint64_t h = 0;
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
         MDB_cursor *c;
@@ -207,15 +206,15 @@ Test(event, parse_errors_name_the_field)
  * Applying
  * ------------------------------------------------------------------------ */
 
-Test(event, apply_is_idempotent_by_event_id)
+Test(event, apply_is_idempotent_per_customer_and_event_id)
 {
     const char *ev = "{\"event_id\":\"once\",\"customer\":\"c1\",\"type\":\"impression\","
                      "\"offer\":\"o1\",\"ts\":\"2026-03-01T10:00:00Z\"}";
     cr_assert_eq(apply(ev), 1);
     uint64_t before = digest();
     cr_assert_eq(apply(ev), 0, "a seen event id was applied again");
-    /* same id, other content: still a duplicate */
-    cr_assert_eq(apply("{\"event_id\":\"once\",\"customer\":\"c2\",\"type\":\"purchase\","
+    /* same customer and id, other content: still a duplicate */
+    cr_assert_eq(apply("{\"event_id\":\"once\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":5,\"ts\":\"2026-03-01T10:00:00Z\"}"),
                  0);
     cr_assert_eq(digest(), before, "a duplicate changed the store");
@@ -223,6 +222,162 @@ Test(event, apply_is_idempotent_by_event_id)
     cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
     cr_assert_eq(st.events_seen, 1);
     cr_assert_eq(st.profiles, 0, "the duplicate purchase created a profile");
+}
+
+/* Deduplication is per (customer, event id): the same id for another
+ * customer is another event. */
+Test(event, the_same_id_for_another_customer_is_another_event)
+{
+    cr_assert_eq(apply("{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"impression\","
+                       "\"offer\":\"o1\",\"ts\":\"2026-03-01T10:00:00Z\"}"),
+                 1);
+    cr_assert_eq(apply("{\"event_id\":\"e1\",\"customer\":\"c2\",\"type\":\"purchase\","
+                       "\"amount\":5,\"ts\":\"2026-03-01T10:00:00Z\"}"),
+                 1, "e1 of c2 was taken for e1 of c1");
+    cr_assert_eq(apply("{\"event_id\":\"e1\",\"customer\":\"c10\",\"type\":\"impression\","
+                       "\"offer\":\"o1\",\"ts\":\"2026-03-01T10:00:00Z\"}"),
+                 1);
+    cr_assert_eq(apply("{\"event_id\":\"e1\",\"customer\":\"c2\",\"type\":\"purchase\","
+                       "\"amount\":5,\"ts\":\"2026-03-01T10:00:00Z\"}"),
+                 0, "e1 of c2 twice");
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 3);
+    cr_assert_eq(st.profiles, 1);
+    cr_assert_eq(st.exposure_keys, 4, "c1 and c10: o1 and the all-offers row each");
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(store, "c2", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"orders\":1,") != NULL, "%s", json);
+    nbx_free(json);
+    nbx_exposure x;
+    uint32_t today = nbx_day_of(t("2026-03-01T12:00:00Z"));
+    cr_assert(counters("c10", "o1", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 1), 1);
+}
+
+/* The record sits beside the customer's counters: customer \0 \x02 event id
+ * -> [ts, type, offer, placement, amount, margin]. */
+Test(event, the_record_is_kept_under_the_customer)
+{
+    cr_assert_eq(apply("{\"event_id\":\"k1\",\"customer\":\"c1\",\"type\":\"click\","
+                       "\"offer\":\"o7\",\"placement\":\"hero\",\"ts\":\"2026-03-01T10:00:00Z\","
+                       "\"channel\":\"web\"}"),
+                 1);
+    cr_assert_eq(apply("{\"event_id\":\"p1\",\"customer\":\"c1\",\"type\":\"purchase\","
+                       "\"amount\":2.5,\"margin\":1,\"ts\":\"2026-03-01T11:00:00Z\"}"),
+                 1);
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_val k = {6, "c1\0\x02k1"}, v;
+    cr_assert_eq(mdb_get(txn, store->customers, &k, &v), 0, "no record under c1 \\0 \\x02 k1");
+    nbx_mp m;
+    nbx_mp_init(&m, v.mv_data, v.mv_size);
+    cr_assert_eq(nbx_mp_array(&m), 6);
+    cr_assert_eq(nbx_mp_int(&m), t("2026-03-01T10:00:00Z"));
+    cr_assert_eq(nbx_mp_uint(&m), NBX_EV_CLICK);
+    cr_assert(nbx_sv_eq_cstr(nbx_mp_str(&m), "o7"));
+    cr_assert(nbx_sv_eq_cstr(nbx_mp_str(&m), "hero"));
+    cr_assert(nbx_mp_nil(&m) && nbx_mp_nil(&m), "a click has no amount or margin");
+    cr_assert_not(m.bad);
+    k = (MDB_val){6, "c1\0\x02p1"};
+    cr_assert_eq(mdb_get(txn, store->customers, &k, &v), 0);
+    nbx_mp_init(&m, v.mv_data, v.mv_size);
+    cr_assert_eq(nbx_mp_array(&m), 6);
+    nbx_mp_skip(&m);
+    cr_assert_eq(nbx_mp_uint(&m), NBX_EV_PURCHASE);
+    cr_assert(nbx_mp_nil(&m) && nbx_mp_nil(&m), "a purchase has no offer or placement");
+    cr_assert_eq(nbx_mp_double(&m), 2.5);
+    cr_assert_eq(nbx_mp_double(&m), 1);
+    cr_assert_not(m.bad);
+    /* the counters sub-range holds the counters only: o7 and the all-offers row */
+    MDB_cursor *c;
+    cr_assert_eq(mdb_cursor_open(txn, store->customers, &c), 0);
+    k = (MDB_val){4, "c1\0\x01"};
+    int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    const char *expect[] = {"c1\0\x01", "c1\0\x01o7", "c1\0\x02k1", "c1\0\x02p1"};
+    size_t lens[] = {4, 6, 6, 6};
+    for (size_t i = 0; i < 4; i++, rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        cr_assert_eq(rc, 0, "key %zu missing", i);
+        cr_assert(k.mv_size == lens[i] && memcmp(k.mv_data, expect[i], lens[i]) == 0,
+                  "key %zu is not the expected one", i);
+    }
+    cr_assert_eq(rc, MDB_NOTFOUND, "more keys than the customer's four");
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+}
+
+/* A customer id and an event id together fill at most 509 bytes of the
+ * 511-byte key (customer \0 \x02 event id). */
+Test(event, customer_and_event_id_share_the_key_limit)
+{
+    char customer[NBX_ID_MAX + 1], id[NBX_ID_MAX + 1], json[1200];
+    memset(customer, 'c', NBX_ID_MAX);
+    customer[NBX_ID_MAX] = '\0';
+    memset(id, 'e', NBX_ID_MAX);
+    id[509 - NBX_ID_MAX] = '\0';
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"click\",\"offer\":\"o\","
+             "\"ts\":1}",
+             id, customer);
+    cr_assert_eq(apply(json), 1, "509 bytes together must be accepted");
+    id[509 - NBX_ID_MAX] = 'e';
+    id[510 - NBX_ID_MAX] = '\0';
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"click\",\"offer\":\"o\","
+             "\"ts\":1}",
+             id, customer);
+    cr_assert_eq(nbx_event_apply(store, json, strlen(json), NULL), NBX_EPARSE);
+    cr_assert(strstr(nbx_store_errmsg(store), "limited to 509 bytes") != NULL, "%s",
+              nbx_store_errmsg(store));
+}
+
+/* events_seen is a count kept in the meta database with the records: it
+ * equals the records in the store through applies, duplicates and
+ * erasures, and exposure_keys the counter rows. */
+static void count_keys(uint64_t *events, uint64_t *counters)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_cursor *c;
+    cr_assert_eq(mdb_cursor_open(txn, store->customers, &c), 0);
+    MDB_val k, v;
+    *events = *counters = 0;
+    while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        const char *z = memchr(k.mv_data, '\0', k.mv_size);
+        cr_assert(z && z + 1 < (const char *)k.mv_data + k.mv_size, "a key without a tag");
+        if (z[1] == NBX_TAG_EVENT)
+            (*events)++;
+        else if (z[1] == NBX_TAG_COUNTERS)
+            (*counters)++;
+        else
+            cr_assert_fail("unknown tag %d", z[1]);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+}
+
+Test(event, events_seen_is_the_number_of_records)
+{
+    for (int i = 0; i < 60; i++) {
+        char json[256];
+        snprintf(json, sizeof json,
+                 "{\"event_id\":\"e%d\",\"customer\":\"c%d\",\"type\":\"%s\",\"offer\":\"o%d\","
+                 "\"amount\":1,\"ts\":%d}",
+                 i % 25, i % 7, i % 4 ? "impression" : "purchase", i % 3, 1767225600 + i);
+        int applied = -1;
+        cr_assert_eq(nbx_event_apply(store, json, strlen(json), &applied), NBX_OK);
+    }
+    cr_assert_eq(nbx_profile_delete(store, "c3"), NBX_OK);
+    cr_assert_eq(nbx_profile_delete(store, "c5"), NBX_OK);
+    uint64_t events, counters;
+    count_keys(&events, &counters);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    cr_assert_gt(events, 0);
+    cr_assert_eq(st.events_seen, events, "events_seen %llu, records %llu",
+                 (unsigned long long)st.events_seen, (unsigned long long)events);
+    cr_assert_eq(st.exposure_keys, counters, "exposure_keys %llu, counter rows %llu",
+                 (unsigned long long)st.exposure_keys, (unsigned long long)counters);
 }
 
 Test(event, counters_and_windows)
@@ -344,7 +499,7 @@ Test(event, purchases_update_rfm_aggregates)
     nbx_free(json);
 }
 
-Test(event, erasure_removes_counters_history_and_event_ids)
+Test(event, erasure_removes_counters_and_event_records)
 {
     exposure("x1", "c1", "impression", "o1", "2026-03-01T01:00:00Z");
     exposure("x2", "c10", "impression", "o1", "2026-03-01T01:00:00Z");

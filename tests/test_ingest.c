@@ -79,7 +79,7 @@ static uint64_t store_digest(nbx_store *s)
 {
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
-    MDB_dbi dbis[] = {s->profiles, s->exposures, s->budgets, s->events, s->history, s->meta};
+    MDB_dbi dbis[] = {s->profiles, s->customers, s->budgets, s->meta};
     uint64_t h = 0;
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
         MDB_cursor *c;
@@ -103,10 +103,10 @@ static uint32_t exposure_count(const char *customer, const char *offer, int kind
 {
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
-    char key[NBX_ID_MAX + 1 + NBX_OFFER_ID_MAX];
+    char key[NBX_COUNTER_KEY_MAX];
     MDB_val k = {nbx_exposure_key(key, nbx_sv_of(customer), nbx_sv_of(offer)), key}, v;
     uint32_t n = 0;
-    if (mdb_get(txn, store->exposures, &k, &v) == 0) {
+    if (mdb_get(txn, store->customers, &k, &v) == 0) {
         nbx_arena a = {0};
         nbx_exposure x;
         cr_assert_eq(nbx_exposure_decode(v.mv_data, v.mv_size, &x, &a), NBX_OK);
@@ -284,100 +284,130 @@ Test(ingest, batch_boundaries)
     free(path);
 }
 
-/* The grouped, sorted apply gives byte for byte the counters and budgets
- * that nbx_event_apply() line by line gives. */
-Test(ingest, same_result_as_line_by_line)
+/* Events of 40 customers, ids reused across customers (distinct events)
+ * and lines repeated (duplicates), written to path. */
+static void write_mixed_events(const char *path, int n)
 {
-    char *path = tu_path(dir, "many.jsonl");
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     const char *types[] = {"impression", "impression", "click", "accept", "dismiss", "purchase"};
     unsigned seed = 7;
-    for (int i = 0; i < 3000; i++) {
+    char prev[256] = "";
+    for (int i = 0; i < n; i++) {
         seed = seed * 1103515245u + 12345u;
         int t = (int)((seed >> 16) % 6), c = (int)((seed >> 8) % 40), o = (int)(seed % 9);
         long ts = 1767225600L + (long)((seed >> 4) % (400 * 86400));
+        char line[256];
         if (t == 5)
-            fprintf(f,
-                    "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"purchase\","
-                    "\"amount\":%d.25,\"ts\":%ld}\n",
-                    i % 2800, c, i % 97, ts);
+            snprintf(line, sizeof line,
+                     "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"purchase\","
+                     "\"amount\":%d.25,\"ts\":%ld}\n",
+                     i % 2800, c, i % 97, ts);
         else
-            fprintf(f,
-                    "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"%s\","
-                    "\"offer\":\"o%d\",\"ts\":%ld}\n",
-                    i % 2800, c, types[t], o, ts);
+            snprintf(line, sizeof line,
+                     "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"%s\","
+                     "\"offer\":\"o%d\",\"ts\":%ld}\n",
+                     i % 2800, c, types[t], o, ts);
+        fputs(line, f);
+        if (i % 50 == 7 && prev[0]) /* an earlier line again */
+            fputs(prev, f);
+        if (i % 10 == 3)
+            snprintf(prev, sizeof prev, "%s", line);
     }
     cr_assert_eq(fclose(f), 0);
-    nbx_import_stats st;
-    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 500, NULL, &st), NBX_OK, "%s",
-                 nbx_store_errmsg(store));
+}
 
-    char *other_path = tu_path(dir, "other");
-    nbx_store *other;
-    cr_assert_eq(nbx_store_open(other_path, NBX_STORE_CREATE, &other), NBX_OK);
-    size_t len;
-    char *text = tu_read_file(path, &len);
-    uint64_t applied = 0;
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        int ok;
-        cr_assert_eq(nbx_event_apply(other, line, strlen(line), &ok), NBX_OK, "%s",
-                     nbx_store_errmsg(other));
-        applied += ok;
-    }
-    cr_assert_eq(st.applied, applied);
-    cr_assert_eq(st.duplicates, 3000 - applied);
+/* The grouped, sorted apply gives byte for byte the event records, counters,
+ * budgets and event count that nbx_event_apply() line by line gives, for
+ * batches of any size: 500, and 7 (a customer's events then span several
+ * transactions). */
+Test(ingest, same_result_as_line_by_line)
+{
+    char *path = tu_path(dir, "many.jsonl");
+    write_mixed_events(path, 3000);
+    size_t batches[] = {500, 7};
+    for (int k = 0; k < 2; k++) {
+        nbx_store_close(store);
+        char *store_path = tu_path(dir, k ? "store7" : "store500");
+        cr_assert_eq(nbx_store_open(store_path, NBX_STORE_CREATE, &store), NBX_OK);
+        free(store_path);
+        nbx_import_stats st;
+        cr_assert_eq(import(NBX_IMPORT_EVENTS, path, batches[k], NULL, &st), NBX_OK, "%s",
+                     nbx_store_errmsg(store));
 
-    MDB_txn *ta, *tb;
-    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &ta), 0);
-    cr_assert_eq(mdb_txn_begin(other->env, NULL, MDB_RDONLY, &tb), 0);
-    MDB_dbi da[] = {store->exposures, store->budgets, store->events, store->history};
-    MDB_dbi db[] = {other->exposures, other->budgets, other->events, other->history};
-    const char *names[] = {"exposures", "budgets", "events", "history"};
-    for (int i = 0; i < 4; i++) {
-        MDB_cursor *ca, *cb;
-        cr_assert_eq(mdb_cursor_open(ta, da[i], &ca), 0);
-        cr_assert_eq(mdb_cursor_open(tb, db[i], &cb), 0);
-        MDB_val ka, va, kb, vb;
-        int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST),
-            rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
-        size_t n = 0;
-        while (ra == 0 && rb == 0) {
-            cr_assert(ka.mv_size == kb.mv_size && memcmp(ka.mv_data, kb.mv_data, ka.mv_size) == 0,
-                      "%s: key %zu differs", names[i], n);
-            cr_assert(va.mv_size == vb.mv_size && memcmp(va.mv_data, vb.mv_data, va.mv_size) == 0,
-                      "%s: value of key %zu differs", names[i], n);
-            ra = mdb_cursor_get(ca, &ka, &va, MDB_NEXT);
-            rb = mdb_cursor_get(cb, &kb, &vb, MDB_NEXT);
-            n++;
+        char *other_path = tu_path(dir, "other");
+        nbx_store *other;
+        cr_assert_eq(nbx_store_open(other_path, NBX_STORE_CREATE, &other), NBX_OK);
+        size_t len;
+        char *text = tu_read_file(path, &len);
+        uint64_t applied = 0;
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+            int ok;
+            cr_assert_eq(nbx_event_apply(other, line, strlen(line), &ok), NBX_OK, "%s",
+                         nbx_store_errmsg(other));
+            applied += ok;
         }
-        cr_assert(ra == MDB_NOTFOUND && rb == MDB_NOTFOUND, "%s: record counts differ", names[i]);
-        cr_assert_gt(n, 0, "%s is empty", names[i]);
-        mdb_cursor_close(ca);
-        mdb_cursor_close(cb);
+        cr_assert_eq(st.applied, applied);
+        cr_assert_eq(st.duplicates, st.lines - applied);
+        cr_assert_gt(st.duplicates, 50, "the file repeats lines: %llu duplicates",
+                     (unsigned long long)st.duplicates);
+        cr_assert_gt(applied, 2800, "ids reused for other customers are other events");
+
+        MDB_txn *ta, *tb;
+        cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &ta), 0);
+        cr_assert_eq(mdb_txn_begin(other->env, NULL, MDB_RDONLY, &tb), 0);
+        MDB_dbi da[] = {store->customers, store->budgets, store->meta};
+        MDB_dbi db[] = {other->customers, other->budgets, other->meta};
+        const char *names[] = {"customers", "budgets", "meta"};
+        for (int i = 0; i < 3; i++) {
+            MDB_cursor *ca, *cb;
+            cr_assert_eq(mdb_cursor_open(ta, da[i], &ca), 0);
+            cr_assert_eq(mdb_cursor_open(tb, db[i], &cb), 0);
+            MDB_val ka, va, kb, vb;
+            int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST),
+                rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
+            size_t n = 0;
+            while (ra == 0 && rb == 0) {
+                cr_assert(ka.mv_size == kb.mv_size &&
+                              memcmp(ka.mv_data, kb.mv_data, ka.mv_size) == 0,
+                          "%s: key %zu differs", names[i], n);
+                cr_assert(va.mv_size == vb.mv_size &&
+                              memcmp(va.mv_data, vb.mv_data, va.mv_size) == 0,
+                          "%s: value of key %zu differs", names[i], n);
+                ra = mdb_cursor_get(ca, &ka, &va, MDB_NEXT);
+                rb = mdb_cursor_get(cb, &kb, &vb, MDB_NEXT);
+                n++;
+            }
+            cr_assert(ra == MDB_NOTFOUND && rb == MDB_NOTFOUND, "%s: record counts differ",
+                      names[i]);
+            cr_assert_gt(n, 0, "%s is empty", names[i]);
+            mdb_cursor_close(ca);
+            mdb_cursor_close(cb);
+        }
+        /* profiles: equal RFM aggregates (updated_at is the clock) */
+        nbx_arena arena = {0};
+        for (int c = 0; c < 40; c++) {
+            char id[8];
+            snprintf(id, sizeof id, "c%d", c);
+            nbx_profile pa = {0}, pb = {0};
+            int rca = nbx_store_profile_get(store, ta, nbx_sv_of(id), &pa, &arena, NULL);
+            int rcb = nbx_store_profile_get(other, tb, nbx_sv_of(id), &pb, &arena, NULL);
+            cr_assert_eq(rca, rcb, "%s: present in one store only", id);
+            if (rca)
+                continue;
+            cr_assert_eq(pa.rfm.orders, pb.rfm.orders, "%s orders", id);
+            cr_assert_eq(pa.rfm.revenue, pb.rfm.revenue, "%s revenue", id);
+            cr_assert_eq(pa.rfm.first_purchase, pb.rfm.first_purchase, "%s first", id);
+            cr_assert_eq(pa.rfm.last_purchase, pb.rfm.last_purchase, "%s last", id);
+        }
+        nbx_arena_free(&arena);
+        mdb_txn_abort(ta);
+        mdb_txn_abort(tb);
+        nbx_store_close(other);
+        tu_rmtree(other_path);
+        free(text);
+        free(other_path);
     }
-    /* profiles: equal RFM aggregates (updated_at is the clock) */
-    nbx_arena arena = {0};
-    for (int c = 0; c < 40; c++) {
-        char id[8];
-        snprintf(id, sizeof id, "c%d", c);
-        nbx_profile pa = {0}, pb = {0};
-        int rca = nbx_store_profile_get(store, ta, nbx_sv_of(id), &pa, &arena, NULL);
-        int rcb = nbx_store_profile_get(other, tb, nbx_sv_of(id), &pb, &arena, NULL);
-        cr_assert_eq(rca, rcb, "%s: present in one store only", id);
-        if (rca)
-            continue;
-        cr_assert_eq(pa.rfm.orders, pb.rfm.orders, "%s orders", id);
-        cr_assert_eq(pa.rfm.revenue, pb.rfm.revenue, "%s revenue", id);
-        cr_assert_eq(pa.rfm.first_purchase, pb.rfm.first_purchase, "%s first", id);
-        cr_assert_eq(pa.rfm.last_purchase, pb.rfm.last_purchase, "%s last", id);
-    }
-    nbx_arena_free(&arena);
-    mdb_txn_abort(ta);
-    mdb_txn_abort(tb);
-    nbx_store_close(other);
-    free(text);
-    free(other_path);
     free(path);
 }
 
@@ -695,7 +725,7 @@ Test(ingest, misuse)
     nbx_import_options_init(NULL);
     nbx_import_options_init(&o);
     cr_assert_eq(o.size, sizeof o);
-    cr_assert_eq(o.batch_size, 10000);
+    cr_assert_eq(o.batch_size, 0, "0: the kind's default");
     cr_assert_null(o.rejects_path);
     char *path = write_tmp("p.jsonl", good_profiles);
     nbx_import_stats st = {.lines = 99};
@@ -793,6 +823,309 @@ Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
                  nbx_store_errmsg(store));
     cr_assert_eq(stat_of().profiles, LINES);
     free(store_path);
+    free(path);
+}
+
+/* ------------------------------------------------------------------------
+ * Events: per-customer deduplication, consistency after a SIGKILL,
+ * transactions too big for the map
+ * ------------------------------------------------------------------------ */
+
+Test(ingest, an_event_id_is_a_duplicate_only_for_its_customer)
+{
+    char *path = write_tmp(
+        "e.jsonl",
+        "{\"event_id\":\"e1\",\"customer\":\"a\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}\n"
+        "{\"event_id\":\"e1\",\"customer\":\"b\",\"type\":\"purchase\",\"amount\":2,\"ts\":1}\n"
+        "{\"event_id\":\"e1\",\"customer\":\"a\",\"type\":\"purchase\",\"amount\":9,\"ts\":1}\n"
+        "{\"event_id\":\"e1\",\"customer\":\"b\",\"type\":\"purchase\",\"amount\":3,\"ts\":1}\n");
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 2, "e1 of a and e1 of b: got %llu", (unsigned long long)st.applied);
+    cr_assert_eq(st.duplicates, 2);
+    cr_assert_eq(stat_of().events_seen, 2);
+    char *b = get("b");
+    cr_assert(strstr(b, "\"orders\":1,\"revenue\":2,") != NULL, "the first e1 of b wins: %s", b);
+    nbx_free(b);
+    char *none = NULL;
+    cr_assert_eq(nbx_profile_get(store, "a", &none, NULL), NBX_ENOTFOUND,
+                 "a's second e1 (a purchase) was applied");
+    free(path);
+}
+
+/* Exposure events only (profiles would carry the wall clock): nu customers,
+ * offers o0..o4, all within a year (no bucket is pruned). */
+static void write_exposures(const char *path, int n, int customers, const char *prefix)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    const char *types[] = {"impression", "click", "accept", "dismiss", "impression"};
+    for (int i = 0; i < n; i++) {
+        unsigned h = (unsigned)i * 2654435761u;
+        fprintf(f,
+                "{\"event_id\":\"%s%d\",\"customer\":\"u%06u\",\"type\":\"%s\","
+                "\"offer\":\"o%u\",\"ts\":%u}\n",
+                prefix, i, (h >> 8) % (unsigned)customers, types[(h >> 3) % 5], h % 5,
+                1767225600u + (h >> 12) % (200 * 86400));
+    }
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* Every event applied whole: for each customer, its records and its
+ * counters agree (per offer and in the all-offers row), the budgets count
+ * the impressions and accepts recorded, and events_seen the records. */
+static void check_consistent(nbx_store *s)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_cursor *c;
+    cr_assert_eq(mdb_cursor_open(txn, s->customers, &c), 0);
+    MDB_val k, v;
+    uint64_t records = 0, budgeted = 0;
+    uint64_t recorded[8][NBX_EXP_KINDS]; /* per offer (o0..o4, and all in [7]) */
+    char customer[NBX_ID_MAX + 1] = "";
+    nbx_arena a = {0};
+    int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    while (rc == 0) {
+        /* one customer: counters first (\x01), then records (\x02) */
+        size_t clen = strlen((const char *)k.mv_data);
+        memcpy(customer, k.mv_data, clen);
+        customer[clen] = '\0';
+        uint64_t counted[8][NBX_EXP_KINDS];
+        memset(counted, 0, sizeof counted);
+        memset(recorded, 0, sizeof recorded);
+        for (; rc == 0 && k.mv_size > clen && memcmp(k.mv_data, customer, clen + 1) == 0;
+             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            const char *tail = (const char *)k.mv_data + clen + 1;
+            size_t tlen = k.mv_size - clen - 1;
+            if (tail[0] == NBX_TAG_COUNTERS) {
+                int o = tlen == 1 ? 7 : tail[2] - '0';
+                nbx_exposure x;
+                nbx_arena_reset(&a);
+                cr_assert_eq(nbx_exposure_decode(v.mv_data, v.mv_size, &x, &a), NBX_OK);
+                for (uint32_t d = 0; d < x.n_days; d++)
+                    for (int kind = 0; kind < NBX_EXP_KINDS; kind++)
+                        counted[o][kind] += x.days[d].n[kind];
+            } else {
+                cr_assert_eq(tail[0], NBX_TAG_EVENT);
+                nbx_mp m;
+                nbx_mp_init(&m, v.mv_data, v.mv_size);
+                cr_assert_eq(nbx_mp_array(&m), 6);
+                nbx_mp_skip(&m);
+                int kind = nbx_event_exposure_kind((int)nbx_mp_uint(&m));
+                nbx_sv offer = nbx_mp_str(&m);
+                cr_assert_not(m.bad);
+                recorded[offer.ptr[1] - '0'][kind]++;
+                recorded[7][kind]++;
+                budgeted += kind == NBX_EXP_IMPRESSION || kind == NBX_EXP_ACCEPT;
+                records++;
+            }
+        }
+        cr_assert(memcmp(counted, recorded, sizeof counted) == 0,
+                  "%s: counters and event records disagree: a half-applied event", customer);
+    }
+    mdb_cursor_close(c);
+    uint64_t budgets = 0;
+    cr_assert_eq(mdb_cursor_open(txn, s->budgets, &c), 0);
+    while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        nbx_mp m;
+        nbx_mp_init(&m, v.mv_data, v.mv_size);
+        cr_assert_eq(nbx_mp_array(&m), 2);
+        budgets += nbx_mp_uint(&m);
+        budgets += nbx_mp_uint(&m);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    nbx_arena_free(&a);
+    cr_assert_eq(budgets, budgeted, "budgets count %llu, records %llu", (unsigned long long)budgets,
+                 (unsigned long long)budgeted);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, records, "events_seen %llu, records %llu",
+                 (unsigned long long)st.events_seen, (unsigned long long)records);
+}
+
+/* The digest of the databases events write (profiles aside). */
+static uint64_t events_digest(nbx_store *s)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_dbi dbis[] = {s->customers, s->budgets, s->meta};
+    uint64_t h = 0;
+    for (size_t i = 0; i < 3; i++) {
+        MDB_cursor *c;
+        cr_assert_eq(mdb_cursor_open(txn, dbis[i], &c), 0);
+        MDB_val k, v;
+        while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+            h = nbx_hash64(k.mv_data, k.mv_size, h + i);
+            h = nbx_hash64(v.mv_data, v.mv_size, h);
+        }
+        mdb_cursor_close(c);
+    }
+    mdb_txn_abort(txn);
+    return h;
+}
+
+/* A SIGKILL in the middle of an event ingest keeps whole transactions (each
+ * a batch of whole events: no event half-applied), and running the file
+ * again completes it: the store is then the one an uninterrupted ingest
+ * gives. */
+Test(ingest, sigkill_during_events_leaves_whole_events_and_a_rerun_completes, .timeout = 300)
+{
+    enum { LINES = 300000, BATCH = 1000 };
+    char *path = tu_path(dir, "events.jsonl");
+    write_exposures(path, LINES, 20000, "k");
+    char *store_path = strdup(store->path);
+    nbx_store_close(store);
+    store = NULL;
+
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        nbx_store *s;
+        if (nbx_store_open(store_path, 0, &s) != NBX_OK)
+            _exit(2);
+        nbx_import_options o;
+        nbx_import_options_init(&o);
+        o.batch_size = BATCH;
+        _exit(nbx_import_file(s, NBX_IMPORT_EVENTS, path, &o, NULL) == NBX_OK ? 0 : 1);
+    }
+    nbx_store *watch;
+    cr_assert_eq(nbx_store_open(store_path, NBX_STORE_READONLY, &watch), NBX_OK);
+    nbx_store_stats st = {0};
+    for (int i = 0; i < 600000; i++) {
+        cr_assert_eq(nbx_store_stat(watch, &st), NBX_OK);
+        if (st.events_seen >= 5 * BATCH)
+            break;
+        usleep(100);
+    }
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    nbx_store_close(watch);
+    cr_assert(WIFSIGNALED(status), "the ingest finished before it was killed (%llu events)",
+              (unsigned long long)st.events_seen);
+
+    cr_assert_eq(nbx_store_open(store_path, 0, &store), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_store_stats after = stat_of();
+    cr_assert_geq(after.events_seen, 5 * BATCH);
+    cr_assert_lt(after.events_seen, LINES, "the ingest was not interrupted");
+    cr_assert_eq(after.events_seen % BATCH, 0, "a part of a batch is in the store: %llu events",
+                 (unsigned long long)after.events_seen);
+    check_consistent(store);
+
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.batch_size = BATCH;
+    nbx_import_stats ist;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &ist), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(ist.applied + ist.duplicates, LINES);
+    cr_assert_eq(ist.duplicates, after.events_seen);
+    check_consistent(store);
+
+    char *whole_path = tu_path(dir, "whole");
+    nbx_store *whole;
+    cr_assert_eq(nbx_store_open(whole_path, NBX_STORE_CREATE, &whole), NBX_OK);
+    cr_assert_eq(nbx_import_file(whole, NBX_IMPORT_EVENTS, path, NULL, NULL), NBX_OK);
+    cr_assert_eq(events_digest(store), events_digest(whole),
+                 "killed and re-run differs from an uninterrupted ingest");
+    nbx_store_close(whole);
+    free(whole_path);
+    free(store_path);
+    free(path);
+}
+
+static nbx_store *open_with_map(const char *name, const char *map_size)
+{
+    char *path = tu_path(dir, name);
+    setenv("NBX_MAP_SIZE", map_size, 1);
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &s), NBX_OK, "%s", nbx_last_errmsg());
+    unsetenv("NBX_MAP_SIZE");
+    free(path);
+    return s;
+}
+
+static size_t last_txn(nbx_store *s)
+{
+    MDB_envinfo info;
+    cr_assert_eq(mdb_env_info(s->env, &info), 0);
+    return info.me_last_txnid;
+}
+
+static int import_into(nbx_store *s, const char *path, size_t batch, nbx_import_stats *st)
+{
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.batch_size = batch;
+    return nbx_import_file(s, NBX_IMPORT_EVENTS, path, &o, st);
+}
+
+/* A batch whose transaction needs more pages than the map has free (its
+ * new pages while the old ones are still in use) is written as smaller
+ * transactions of whole customers: the import succeeds, and the store is
+ * the one a roomy map gives. The same path takes a transaction over LMDB's
+ * dirty-page limit (MDB_TXN_FULL). */
+Test(ingest, a_transaction_too_big_for_the_map_is_split)
+{
+    char *first = tu_path(dir, "first.jsonl"), *second = tu_path(dir, "second.jsonl");
+    write_exposures(first, 20000, 2000, "a");
+    write_exposures(second, 20000, 2000, "b");
+    nbx_store *tight = open_with_map("tight", "4M");
+    nbx_import_stats st;
+    cr_assert_eq(import_into(tight, first, 1000, &st), NBX_OK, "%s", nbx_store_errmsg(tight));
+    size_t before = last_txn(tight);
+    cr_assert_eq(import_into(tight, second, 1000000, &st), NBX_OK, "%s", nbx_store_errmsg(tight));
+    cr_assert_eq(st.applied, 20000);
+    cr_assert_gt(last_txn(tight) - before, 1, "one batch, one transaction: nothing was split");
+    check_consistent(tight);
+
+    nbx_store *roomy = open_with_map("roomy", "64M");
+    cr_assert_eq(import_into(roomy, first, 1000, NULL), NBX_OK);
+    before = last_txn(roomy);
+    cr_assert_eq(import_into(roomy, second, 1000000, NULL), NBX_OK);
+    cr_assert_eq(last_txn(roomy) - before, 1, "a roomy map takes the batch in one transaction");
+    cr_assert_eq(events_digest(tight), events_digest(roomy));
+    nbx_store_close(tight);
+    nbx_store_close(roomy);
+    free(first);
+    free(second);
+}
+
+/* A store that is really full: the import fails with NBX_EFULL naming a
+ * line, keeps whole events only, and completes when run again with room. */
+Test(ingest, a_full_map_fails_with_whole_events_and_a_rerun_completes)
+{
+    char *path = tu_path(dir, "first.jsonl");
+    write_exposures(path, 20000, 2000, "a");
+    nbx_store *full = open_with_map("full", "2M");
+    nbx_import_stats st;
+    int rc = import_into(full, path, 1000, &st);
+    cr_assert_eq(rc, NBX_EFULL, "got %d: %s", rc, nbx_store_errmsg(full));
+    const char *msg = nbx_store_errmsg(full);
+    cr_assert(strncmp(msg, path, strlen(path)) == 0 && msg[strlen(path)] == ':',
+              "the message does not name FILE:LINE: %s", msg);
+    cr_assert(strstr(msg, "NBX_MAP_SIZE") != NULL, "%s", msg);
+    cr_assert(strstr(msg, "running the file again completes it") != NULL, "%s", msg);
+    cr_assert_gt(st.applied, 0);
+    cr_assert_lt(st.applied, 20000);
+    check_consistent(full);
+    char *full_path = strdup(full->path);
+    nbx_store_close(full);
+
+    setenv("NBX_MAP_SIZE", "64M", 1);
+    cr_assert_eq(nbx_store_open(full_path, 0, &full), NBX_OK, "%s", nbx_last_errmsg());
+    unsetenv("NBX_MAP_SIZE");
+    cr_assert_eq(import_into(full, path, 1000, &st), NBX_OK, "%s", nbx_store_errmsg(full));
+    check_consistent(full);
+    nbx_store *roomy = open_with_map("roomy", "64M");
+    cr_assert_eq(import_into(roomy, path, 1000, NULL), NBX_OK);
+    cr_assert_eq(events_digest(full), events_digest(roomy));
+    nbx_store_close(full);
+    nbx_store_close(roomy);
+    free(full_path);
     free(path);
 }
 

@@ -164,6 +164,63 @@ Test(store, newer_schema_is_refused)
     nbx_store_close(s);
 }
 
+/* A store of the first layout (schema 1 with global `events` and `history`
+ * databases and counters keyed customer \0 offer), built with raw LMDB as
+ * that nbx wrote it: refused, never misread, and left as it was. */
+static void make_old_layout_store(const char *extra)
+{
+    cr_assert_eq(mkdir(path, 0775), 0);
+    MDB_env *env;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    const char *names[] = {"profiles", "budgets", "meta", extra};
+    MDB_dbi dbi[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(mdb_dbi_open(txn, names[i], MDB_CREATE, &dbi[i]), 0);
+    uint8_t schema = 1;
+    MDB_val k = {6, "schema"}, v = {1, &schema};
+    cr_assert_eq(mdb_put(txn, dbi[2], &k, &v, 0), 0);
+    k = (MDB_val){6, "c1\0o01"};
+    v = (MDB_val){3, "\x93\x00\x00"};
+    cr_assert_eq(mdb_put(txn, dbi[3], &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+Test(store, a_store_of_the_earlier_layout_is_refused)
+{
+    const char *old_dbs[] = {"events", "history", "exposures"};
+    for (int i = 0; i < 3; i++) {
+        make_old_layout_store(old_dbs[i]);
+        char *data = tu_path(path, "data.mdb");
+        size_t before_len;
+        char *before = tu_read_file(data, &before_len);
+        cr_assert_not_null(before);
+        nbx_store *s = (nbx_store *)1;
+        cr_assert_eq(nbx_store_open(path, 0, &s), NBX_EVERSION, "%s: %s", old_dbs[i],
+                     nbx_last_errmsg());
+        cr_assert_null(s);
+        char expect[64];
+        snprintf(expect, sizeof expect, "earlier layout (an '%s' database)", old_dbs[i]);
+        cr_assert(strstr(nbx_last_errmsg(), expect) != NULL, "expected '%s' in '%s'", expect,
+                  nbx_last_errmsg());
+        cr_assert(strstr(nbx_last_errmsg(), path) != NULL, "%s", nbx_last_errmsg());
+        cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &s), NBX_EVERSION);
+        cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &s), NBX_EVERSION);
+        size_t after_len;
+        char *after = tu_read_file(data, &after_len);
+        cr_assert(after && after_len == before_len && memcmp(before, after, after_len) == 0,
+                  "opening the old store changed it");
+        free(before);
+        free(after);
+        free(data);
+        tu_rmtree(path);
+    }
+}
+
 Test(store, corrupt_profile_value_is_reported)
 {
     nbx_store *s = create();
@@ -375,7 +432,10 @@ static size_t count_prefix(nbx_store *s, MDB_dbi dbi, const char *prefix, size_t
     return count;
 }
 
-Test(store, profile_delete_removes_counters_and_history)
+/* Erasure takes the profile and the customer's whole range (counters and
+ * event records) in one transaction, and nothing of a customer whose id
+ * extends it (c10 beside c1). */
+Test(store, profile_delete_removes_counters_and_events)
 {
     nbx_store *s = create();
     put(s, "{\"id\":\"c1\",\"attrs\":{\"email\":\"a@example.com\"}}");
@@ -389,21 +449,29 @@ Test(store, profile_delete_removes_counters_and_history)
                  1767225600 + i * 3600);
         event(s, ev);
     }
-    cr_assert_eq(count_prefix(s, s->exposures, "c1", 3), 5, "4 offers and the all-offers row");
-    cr_assert_eq(count_prefix(s, s->history, "c1", 3), 20);
+    cr_assert_eq(count_prefix(s, s->customers, "c1\0\x01", 4), 5,
+                 "4 offers and the all-offers row");
+    cr_assert_eq(count_prefix(s, s->customers, "c1\0\x02", 4), 20);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 30);
     cr_assert_eq(nbx_profile_delete(s, "c1"), NBX_OK, "%s", nbx_store_errmsg(s));
     char *json = NULL;
     cr_assert_eq(nbx_profile_get(s, "c1", &json, NULL), NBX_ENOTFOUND);
-    cr_assert_eq(count_prefix(s, s->exposures, "c1", 3), 0, "counters left behind");
-    cr_assert_eq(count_prefix(s, s->history, "c1", 3), 0, "history left behind");
-    cr_assert_eq(count_prefix(s, s->history, "c10", 4), 10, "c10's history was touched");
-    cr_assert_gt(count_prefix(s, s->exposures, "c10", 4), 0);
-    nbx_store_stats st;
+    cr_assert_eq(count_prefix(s, s->customers, "c1", 3), 0, "counters or events left behind");
+    cr_assert_eq(count_prefix(s, s->customers, "c10\0\x02", 5), 10, "c10's events were touched");
+    cr_assert_gt(count_prefix(s, s->customers, "c10\0\x01", 5), 0);
     cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
     cr_assert_eq(st.events_seen, 10, "c1's 20 event records are gone, c10's 10 stay");
     cr_assert_eq(nbx_profile_get(s, "c10", &json, NULL), NBX_OK);
     nbx_free(json);
     cr_assert_eq(nbx_profile_delete(s, "c1"), NBX_ENOTFOUND);
     cr_assert(strstr(nbx_store_errmsg(s), "c1") != NULL);
+    /* erased events are forgotten: sent again, they apply */
+    event(s, "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"impression\","
+             "\"offer\":\"o1\",\"ts\":1767225600}");
+    cr_assert_eq(count_prefix(s, s->customers, "c1\0\x02", 4), 1);
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 11);
     nbx_store_close(s);
 }

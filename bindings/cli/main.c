@@ -36,7 +36,8 @@ static const cli_flag import_flags[] = {
     CLI_FLAG_STORE,
     {"skip-invalid", CLI_STRING, "REJECTS.jsonl",
      "apply the good lines, copy each bad one with its reason to REJECTS.jsonl", 0, 0},
-    {"batch-size", CLI_UINT, "N", "records per write transaction (default 10000)", 1, 10000000},
+    {"batch-size", CLI_UINT, "N",
+     "records per write transaction (default 10000 profiles, 100000 events)", 1, 10000000},
     CLI_FLAG_END,
 };
 
@@ -123,9 +124,10 @@ const cli_command cli_commands[] = {
      "Each line is one event: event_id (required), customer, type (purchase,\n"
      "impression, click, accept, dismiss), ts (RFC 3339 or epoch seconds); purchases\n"
      "carry amount and optionally margin, exposures carry offer and optionally\n"
-     "placement. An event id applied before is skipped, so re-running an ingest\n"
-     "changes nothing. Validation, batching, --skip-invalid and '-' behave as in\n"
-     "'nbx import profiles'.\n",
+     "placement. An event id the customer has had before is skipped, so re-running\n"
+     "an ingest changes nothing (the same id for another customer is another event).\n"
+     "Events are applied customer by customer. Validation, batching, --skip-invalid\n"
+     "and '-' behave as in 'nbx import profiles'.\n",
      cli_run_import_events},
     {"rfm", "rebuild", "", 0, 0, rfm_flags,
      "Recompute RFM quintiles, scores and segments for every profile.",

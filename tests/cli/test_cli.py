@@ -539,10 +539,14 @@ class T05Ingest(CliTestCase):
         self.assertEqual(summary_counts(r.stdout), (6, 0, 6, 0))
 
     def test_07_duplicate_ids_within_one_file(self):
-        events = EVENTS[:1] + [purchase("e1", "p002", "2026-05-01T10:00:00Z", 999.0)]
+        # deduplication is per (customer, event_id): e1 of p001 twice is one
+        # event, e1 of p002 is another
+        events = EVENTS[:1] + [purchase("e1", "p001", "2026-05-01T10:00:00Z", 999.0),
+                               purchase("e1", "p002", "2026-05-01T10:00:00Z", 7.0)]
         r = self.ok("ingest", self.write_jsonl("ev.jsonl", events), "--store", self.store)
-        self.assertEqual(summary_counts(r.stdout), (2, 1, 1, 0))
-        self.assertEqual(self.profile("p002").get("rfm", {}).get("orders", 0), 0)
+        self.assertEqual(summary_counts(r.stdout), (3, 2, 1, 0))
+        self.assertEqual(self.profile("p001")["rfm"]["revenue"], 120.0)
+        self.assertEqual(self.profile("p002")["rfm"]["orders"], 1)
 
 
 # ===========================================================================
