@@ -1622,7 +1622,8 @@ static int write_budgets(writer *w, const batch *b)
     for (uint32_t i = 0; i < m->cap; i++)
         if (m->slots[i].used)
             m->slots[n++] = m->slots[i];
-    qsort(m->slots, n, sizeof *m->slots, budget_slot_cmp);
+    if (n > 1)
+        qsort(m->slots, n, sizeof *m->slots, budget_slot_cmp);
     int rc = NBX_OK;
     for (uint32_t i = 0; i < n && rc == NBX_OK; i++) {
         const budget_slot *s = &m->slots[i];
