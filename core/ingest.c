@@ -427,6 +427,52 @@ static int kref_cmp(const void *a, const void *b)
     return x->rec < y->rec ? -1 : x->rec > y->rec;
 }
 
+/* Sort a[0, n) as qsort with kref_cmp would, for a's rec ascending (records
+ * in file order): a stable radix sort on the heads, 16 bits a pass (passes
+ * where every head has the same digit are skipped), then qsort only within
+ * runs of equal heads whose keys go on past 8 bytes or differ in length.
+ * tmp holds n krefs. */
+static int kref_sort(kref *a, kref *tmp, size_t n)
+{
+    if (n < 2)
+        return NBX_OK;
+    uint32_t *count = malloc(4 * 65536 * sizeof *count);
+    if (!count)
+        return NBX_ENOMEM;
+    memset(count, 0, 4 * 65536 * sizeof *count);
+    for (size_t i = 0; i < n; i++)
+        for (int d = 0; d < 4; d++)
+            count[d * 65536 + ((a[i].head >> (16 * d)) & 0xffff)]++;
+    kref *src = a, *dst = tmp;
+    for (int d = 0; d < 4; d++) {
+        uint32_t *c = count + d * 65536;
+        if (c[(src[0].head >> (16 * d)) & 0xffff] == n)
+            continue; /* one digit for all */
+        uint32_t sum = 0;
+        for (size_t k = 0; k < 65536; k++) {
+            uint32_t v = c[k];
+            c[k] = sum;
+            sum += v;
+        }
+        for (size_t i = 0; i < n; i++)
+            dst[c[(src[i].head >> (16 * d)) & 0xffff]++] = src[i];
+        kref *t = src;
+        src = dst;
+        dst = t;
+    }
+    free(count);
+    if (src != a)
+        memcpy(a, src, n * sizeof *a);
+    for (size_t from = 0, to; from < n; from = to) {
+        bool longer = a[from].len > 8;
+        for (to = from + 1; to < n && a[to].head == a[from].head; to++)
+            longer |= a[to].len > 8 || a[to].len != a[from].len;
+        if (longer && to - from > 1)
+            qsort(a + from, to - from, sizeof *a, kref_cmp);
+    }
+    return NBX_OK;
+}
+
 static inline bool kref_same(const kref *x, const kref *y)
 {
     return x->head == y->head && x->len == y->len &&
@@ -621,6 +667,7 @@ typedef struct run_buf {
     uint64_t *off;  /* per record: offset in bytes */
     uint64_t *line; /* per record: line in the file */
     kref *order;    /* sort keys */
+    kref *sorted;   /* room for kref_sort */
     size_t n, cap;
     nbx_buf out; /* write buffer */
 } run_buf;
@@ -779,7 +826,8 @@ static int run_flush(importer *im)
             return nbx_err_set(&im->err, NBX_EIO, "the import spool is corrupt");
         r->order[i] = kref_of(ev.customer.ptr, ev.customer.len, (uint32_t)i);
     }
-    qsort(r->order, r->n, sizeof *r->order, kref_cmp);
+    if (kref_sort(r->order, r->sorted, r->n) != NBX_OK)
+        return nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
     if (im->n_runs == im->runs_cap) {
         size_t cap = im->runs_cap ? 2 * im->runs_cap : 16;
         run_ref *runs = realloc(im->runs, cap * sizeof *runs);
@@ -826,7 +874,8 @@ static int run_add(importer *im, const chunk *c, uint64_t first_line)
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->n + c->records)
             cap *= 2;
-        if (!GROW(r->off, cap) || !GROW(r->line, cap) || !GROW(r->order, cap))
+        if (!GROW(r->off, cap) || !GROW(r->line, cap) || !GROW(r->order, cap) ||
+            !GROW(r->sorted, cap))
             return nbx_err_set(&im->err, NBX_ENOMEM, "out of memory");
         r->cap = cap;
     }
@@ -853,6 +902,7 @@ static void run_buf_free(run_buf *r)
     free(r->off);
     free(r->line);
     free(r->order);
+    free(r->sorted);
 }
 
 /* Take a parsed chunk in file order: its records to the spool (events: to

@@ -285,12 +285,14 @@ Test(ingest, batch_boundaries)
 }
 
 /* Events of 40 customers, ids reused across customers (distinct events)
- * and lines repeated (duplicates), written to path. */
+ * and lines repeated (duplicates), written to path. Customer ids of one to
+ * twelve bytes, some sharing their first 8 (the sort's fast path). */
 static void write_mixed_events(const char *path, int n)
 {
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     const char *types[] = {"impression", "impression", "click", "accept", "dismiss", "purchase"};
+    const char *prefixes[] = {"c", "customer", "customer-"};
     unsigned seed = 7;
     char prev[256] = "";
     for (int i = 0; i < n; i++) {
@@ -300,14 +302,14 @@ static void write_mixed_events(const char *path, int n)
         char line[256];
         if (t == 5)
             snprintf(line, sizeof line,
-                     "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"purchase\","
+                     "{\"event_id\":\"x%d\",\"customer\":\"%s%d\",\"type\":\"purchase\","
                      "\"amount\":%d.25,\"ts\":%ld}\n",
-                     i % 2800, c, i % 97, ts);
+                     i % 2800, prefixes[c % 3], c, i % 97, ts);
         else
             snprintf(line, sizeof line,
-                     "{\"event_id\":\"x%d\",\"customer\":\"c%d\",\"type\":\"%s\","
+                     "{\"event_id\":\"x%d\",\"customer\":\"%s%d\",\"type\":\"%s\","
                      "\"offer\":\"o%d\",\"ts\":%ld}\n",
-                     i % 2800, c, types[t], o, ts);
+                     i % 2800, prefixes[c % 3], c, types[t], o, ts);
         fputs(line, f);
         if (i % 50 == 7 && prev[0]) /* an earlier line again */
             fputs(prev, f);
@@ -386,9 +388,10 @@ Test(ingest, same_result_as_line_by_line)
         }
         /* profiles: equal RFM aggregates (updated_at is the clock) */
         nbx_arena arena = {0};
+        const char *prefixes[] = {"c", "customer", "customer-"};
         for (int c = 0; c < 40; c++) {
-            char id[8];
-            snprintf(id, sizeof id, "c%d", c);
+            char id[16];
+            snprintf(id, sizeof id, "%s%d", prefixes[c % 3], c);
             nbx_profile pa = {0}, pb = {0};
             int rca = nbx_store_profile_get(store, ta, nbx_sv_of(id), &pa, &arena, NULL);
             int rcb = nbx_store_profile_get(other, tb, nbx_sv_of(id), &pb, &arena, NULL);
