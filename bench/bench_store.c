@@ -5,7 +5,7 @@
  * store; medians over the runs are printed. Not a test: it prints figures.
  *
  *   bench_store --profiles P.jsonl [--events E.jsonl] [--dir DIR] [--runs N]
- *               [--batch N] [--lookups N] [--nometasync]
+ *               [--batch N] [--events-batch N] [--lookups N] [--nometasync]
  *
  * bench/store.sh generates the data with `nbx gen` and runs this.
  */
@@ -28,7 +28,8 @@ typedef struct config {
     const char *events;
     const char *dir;
     int runs;
-    size_t batch;
+    size_t batch;        /* profiles, and events unless events_batch */
+    size_t events_batch; /* 0: batch */
     size_t lookups;
     unsigned store_flags;
 } config;
@@ -43,6 +44,7 @@ typedef struct run_figures {
     double ingest_rate;
     double rerun_rate;
     double rfm_seconds;
+    double events_file_mb; /* data.mdb after the events */
     uint64_t profiles, events_applied;
 } run_figures;
 
@@ -236,10 +238,14 @@ static void one_run(const config *c, int r, run_figures *f)
     f->reimport_rate = (double)st.applied / t;
 
     if (c->events) {
-        t = import(s, NBX_IMPORT_EVENTS, c->events, c->batch, &st);
+        size_t eb = c->events_batch ? c->events_batch : c->batch;
+        t = import(s, NBX_IMPORT_EVENTS, c->events, eb, &st);
         f->events_applied = st.applied;
         f->ingest_rate = (double)st.lines / t;
-        t = import(s, NBX_IMPORT_EVENTS, c->events, c->batch, &st);
+        if (stat(data, &fst) != 0)
+            die("stat data.mdb", NULL);
+        f->events_file_mb = (double)fst.st_blocks * 512.0 / 1e6;
+        t = import(s, NBX_IMPORT_EVENTS, c->events, eb, &st);
         f->rerun_rate = (double)st.lines / t;
     }
     nbx_rfm_stats rs;
@@ -261,7 +267,8 @@ static void one_run(const config *c, int r, run_figures *f)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_store --profiles P.jsonl [--events E.jsonl] [--dir DIR]\n"
-                    "                   [--runs N] [--batch N] [--lookups N] [--nometasync]\n");
+                    "                   [--runs N] [--batch N] [--events-batch N] [--lookups N]\n"
+                    "                   [--nometasync]\n");
     exit(2);
 }
 
@@ -287,6 +294,8 @@ int main(int argc, char **argv)
             c.runs = atoi(v);
         else if (!strcmp(a, "--batch"))
             c.batch = (size_t)strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--events-batch"))
+            c.events_batch = (size_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--lookups"))
             c.lookups = (size_t)strtoull(v, NULL, 10);
         else
@@ -319,8 +328,11 @@ int main(int argc, char **argv)
         printf("  events:   %s (%llu applied, %.0f MB)\n", c.events,
                (unsigned long long)f[0].events_applied, (double)est.st_size / 1e6);
     char batch[64] = "default (profiles 10000, events 100000)";
-    if (c.batch)
-        snprintf(batch, sizeof batch, "%zu", c.batch);
+    if (c.batch || c.events_batch)
+        snprintf(batch, sizeof batch, "profiles %zu, events %zu", c.batch ? c.batch : 10000,
+                 c.events_batch ? c.events_batch
+                 : c.batch      ? c.batch
+                                : 100000);
     printf("  %d runs, medians; batch %s; sync %s; NBX_IMPORT_THREADS %s\n\n", c.runs, batch,
            c.store_flags & NBX_STORE_NOMETASYNC ? "NBX_STORE_NOMETASYNC" : "default (fsync)",
            getenv("NBX_IMPORT_THREADS") ? getenv("NBX_IMPORT_THREADS") : "default");
@@ -336,6 +348,7 @@ int main(int argc, char **argv)
     if (c.events) {
         printf("  ingest events          %10.0f events/s\n", MEDIAN(ingest_rate));
         printf("  ingest again (dups)    %10.0f events/s\n", MEDIAN(rerun_rate));
+        printf("  store after events     %10.0f MB (data.mdb)\n", MEDIAN(events_file_mb));
     }
     printf("  rfm rebuild            %10.2f s\n", MEDIAN(rfm_seconds));
     return 0;

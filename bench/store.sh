@@ -2,7 +2,7 @@
 # bench/store.sh: generate the store benchmark's data with `nbx gen` (seeded,
 # so every run sees the same files) and run bench/bench_store.c on it.
 #
-#   bench/store.sh [BUILD_DIR] [bench_store flags: --runs N --batch N ...]
+#   bench/store.sh [BUILD_DIR] [bench_store flags: --runs N --batch N --events-batch N ...]
 #
 # BUILD_DIR defaults to build. Data goes to $NBX_BENCH_DATA (default
 # /tmp/nbx-bench-data), about 1 GB; stores are made and removed under it.
