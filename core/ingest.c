@@ -10,8 +10,8 @@
  *    spool: an unlinked temporary file in the store directory, gone when the
  *    process is. Chunks are collected in file order, so an error names the
  *    first bad line. Profiles are spooled in file order; events in runs
- *    sorted by (customer, line), RUN_BYTES of records each. The store is not
- *    written.
+ *    sorted by (customer, line), RUN_BYTES of records each
+ *    (NBX_IMPORT_RUN_BYTES sets another size). The store is not written.
  * 2. Apply. A preparer thread reads the spool back one batch at a time
  *    (decoding a spooled record costs a fraction of parsing its JSON again)
  *    and encodes what does not depend on the store: profiles a batch of
@@ -662,6 +662,23 @@ static void *parser_main(void *arg)
  * A run entry is the record's line (u64) and the spooled record. */
 #define RUN_BYTES ((size_t)64 << 20)
 
+/* NBX_IMPORT_RUN_BYTES (bytes, or with a K or M suffix) sets another run
+ * size; a run takes at least one chunk's records, so a small value makes a
+ * run per chunk (tests use it to merge many runs). */
+static size_t run_bytes(void)
+{
+    const char *s = getenv("NBX_IMPORT_RUN_BYTES");
+    if (!s || !*s)
+        return RUN_BYTES;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end == 'K' || *end == 'k')
+        v <<= 10;
+    else if (*end == 'M' || *end == 'm')
+        v <<= 20;
+    return v ? (size_t)v : RUN_BYTES;
+}
+
 typedef struct run_buf {
     nbx_buf bytes;  /* spooled records of the run being collected */
     uint64_t *off;  /* per record: offset in bytes */
@@ -697,7 +714,8 @@ typedef struct importer {
     int spool_fd;
     uint64_t spool_records;
     uint64_t spool_bytes;
-    run_buf run;   /* events: the run being collected */
+    run_buf run; /* events: the run being collected */
+    size_t run_bytes;
     run_ref *runs; /* events: the sorted runs written to the spool */
     size_t n_runs, runs_cap;
     int rejects_fd;
@@ -869,12 +887,12 @@ static int run_flush(importer *im)
     return NBX_OK;
 }
 
-/* A chunk's event records join the run; a run that would pass RUN_BYTES is
+/* A chunk's event records join the run; a run that would pass run_bytes is
  * written first. */
 static int run_add(importer *im, const chunk *c, uint64_t first_line)
 {
     run_buf *r = &im->run;
-    if (r->bytes.len + c->spool.len > RUN_BYTES) {
+    if (r->n > 0 && r->bytes.len + c->spool.len > im->run_bytes) {
         int rc = run_flush(im);
         if (rc)
             return rc;
@@ -1215,6 +1233,29 @@ static int next_record(applier *ap, batch *b, int fd)
     return 1;
 }
 
+/* Read more of the reader's run into its buffer, keeping the unread bytes. */
+static int reader_fill(run_reader *r, int fd, nbx_err *e)
+{
+    size_t have = r->len - r->at;
+    memmove(r->buf, r->buf + r->at, have);
+    r->len = have;
+    r->at = 0;
+    size_t want = r->cap - have;
+    if (want > r->end - r->pos)
+        want = (size_t)(r->end - r->pos);
+    if (want == 0)
+        return nbx_err_set(e, NBX_EIO, "the import spool is truncated");
+    ssize_t n;
+    do
+        n = pread(fd, r->buf + have, want, (off_t)r->pos);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return nbx_err_set(e, NBX_EIO, "the import spool is truncated");
+    r->pos += (uint64_t)n;
+    r->len += (size_t)n;
+    return NBX_OK;
+}
+
 /* Make the reader's current entry the next one of its run: 1, 0 at the end
  * of the run, or an error. */
 static int reader_next(run_reader *r, int fd, nbx_err *e)
@@ -1224,36 +1265,23 @@ static int reader_next(run_reader *r, int fd, nbx_err *e)
     r->rec = NULL;
     if (r->left == 0)
         return 0;
-    for (int pass = 0;; pass++) {
+    uint32_t len = 0;
+    for (;;) {
         size_t have = r->len - r->at;
         if (have >= 12) {
-            uint32_t len;
             memcpy(&len, r->buf + r->at + 8, 4);
             if (len < 8 || 8 + (size_t)len > r->cap)
                 return nbx_err_set(e, NBX_EIO, "the import spool is corrupt");
-            if (have >= 8 + (size_t)len) {
-                memcpy(&r->line, r->buf + r->at, 8);
-                r->rec = r->buf + r->at + 8;
-                r->rec_len = len;
+            if (have >= 8 + (size_t)len)
                 break;
-            }
         }
-        if (pass > 0 || r->pos >= r->end)
-            return nbx_err_set(e, NBX_EIO, "the import spool is truncated");
-        memmove(r->buf, r->buf + r->at, have);
-        r->len = have;
-        r->at = 0;
-        size_t want = r->cap - have;
-        if (want > r->end - r->pos)
-            want = (size_t)(r->end - r->pos);
-        ssize_t n = pread(fd, r->buf + have, want, (off_t)r->pos);
-        while (n < 0 && errno == EINTR)
-            n = pread(fd, r->buf + have, want, (off_t)r->pos);
-        if (n <= 0)
-            return nbx_err_set(e, NBX_EIO, "the import spool is truncated");
-        r->pos += (uint64_t)n;
-        r->len += (size_t)n;
+        int rc = reader_fill(r, fd, e);
+        if (rc)
+            return rc;
     }
+    memcpy(&r->line, r->buf + r->at, 8);
+    r->rec = r->buf + r->at + 8;
+    r->rec_len = len;
     nbx_event ev;
     if (unspool_event(r->rec, r->rec_len, &ev) != NBX_OK)
         return nbx_err_set(e, NBX_EIO, "the import spool is corrupt");
@@ -2051,7 +2079,8 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
                    .in_fd = -1,
                    .spool_fd = -1,
                    .rejects_fd = -1,
-                   .next_progress = PROGRESS_EVERY};
+                   .next_progress = PROGRESS_EVERY,
+                   .run_bytes = run_bytes()};
     uint64_t stopped_at = 0;
     int rc = open_input(&im, path);
     if (rc == NBX_OK && opts->rejects_path) {
