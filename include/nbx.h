@@ -332,7 +332,8 @@ NBX_API void nbx_import_options_init(nbx_import_options *opts);
  * store untouched unless rejects_path is set. Records are then applied in
  * transactions of batch_size records: a crash leaves every committed
  * transaction intact and nothing of the one in progress; re-running the same
- * file is safe (profiles merge again, seen events are skipped).
+ * file is safe (profiles merge again, events seen for their customer are
+ * skipped).
  *
  * Profiles are applied in file order, batch after batch. Events are applied
  * customer by customer (each customer's in file order, the result being that

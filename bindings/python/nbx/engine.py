@@ -265,7 +265,7 @@ class Engine:
     def record(self, event):
         """Apply one event (a dict or a JSON string: impression, click,
         accept, dismiss, purchase). Returns True if applied, False if its
-        event_id was seen before."""
+        customer had its event_id before."""
         ctx = self._ctx()
         if isinstance(event, dict):
             data = json.dumps(event, separators=(",", ":")).encode()
