@@ -696,10 +696,11 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
             if (strcmp(line, mine_line) != 0) {
                 rc = cli_error(r->cmd, "%s: unexpected line '%s'", r->checkpoint_path, line);
             } else if (strcmp(line, "as_of") == 0 && !r->as_of_given) {
-                uint64_t v;
-                if (!parse_u64(value, &v))
+                uint64_t v = 0;
+                if (!parse_u64(value, &v) || v > INT64_MAX)
                     rc = cli_error(r->cmd, "%s: bad as_of '%s'", r->checkpoint_path, value);
-                r->as_of = (int64_t)v;
+                else
+                    r->as_of = (int64_t)v;
             } else if (strcmp(value, mine_value) != 0) {
                 decode_in_place(value);
                 decode_in_place(mine_value);
