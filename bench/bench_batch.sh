@@ -33,7 +33,9 @@ if [ ! -f "$work/catalog.json" ]; then
     run "$nbx" gen catalog --offers 100 --out "$work/catalog.json"
 fi
 for n in $sizes; do
-    if [ ! -f "$work/store-$n/data.mdb" ]; then
+    # A store left by an earlier nbx (another format) is generated again.
+    if [ ! -f "$work/store-$n/data.mdb" ] || ! "$nbx" stats --store "$work/store-$n" >/dev/null 2>&1; then
+        rm -rf "$work/store-$n"
         run "$nbx" gen profiles --count "$n" --offers 100 --out "$work/profiles-$n.jsonl"
         run "$nbx" import profiles "$work/profiles-$n.jsonl" --store "$work/store-$n"
         rm -f "$work/profiles-$n.jsonl"

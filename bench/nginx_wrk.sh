@@ -50,6 +50,11 @@ fi
 # ---------------------------------------------------------------------------
 # Data: catalog and store, generated once
 # ---------------------------------------------------------------------------
+# A store left by an earlier nbx (another format) is generated again.
+if [ -f "$data/ready" ] && ! "$nbx" stats --store "$data/store" >/dev/null 2>&1; then
+    echo "nginx_wrk: $data/store does not open with this nbx; generating it again" >&2
+    rm -f "$data/ready"
+fi
 if [ ! -f "$data/ready" ]; then
     rm -rf "$data"
     mkdir -p "$data"

@@ -11,6 +11,7 @@
  */
 #include "nbx_int.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,8 @@ struct nbx_ctx {
     nbx_buf scratch;
     /* per catalog: sized at snapshot switch */
     nbx_candidate *cand;
-    struct rank_entry *ranked; /* arbitration heap */
+    struct rank_entry *ranked; /* arbitration: one heap per placement */
+    uint32_t *heap_at, *heap_len; /* per placement: its heap in ranked */
     size_t cand_cap;
     uint8_t *offer_used;
     uint32_t *slots_left; /* per placement */
@@ -82,12 +84,14 @@ static void free_catalog_arrays(nbx_ctx *c)
 {
     free(c->cand);
     free(c->ranked);
+    free(c->heap_at);
     free(c->offer_used);
     free(c->slots_left);
     free(c->placement_wanted);
     free(c->actions);
     c->cand = NULL;
     c->ranked = NULL;
+    c->heap_at = c->heap_len = NULL;
     c->offer_used = NULL;
     c->slots_left = NULL;
     c->placement_wanted = NULL;
@@ -106,13 +110,15 @@ static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
     n = n ? n : 1;
     c->cand = calloc(n, sizeof *c->cand);
     c->ranked = calloc(n, sizeof *c->ranked);
+    c->heap_at = calloc(2 * (size_t)cat->n_placements + 1, sizeof *c->heap_at);
+    c->heap_len = c->heap_at ? c->heap_at + cat->n_placements : NULL;
     c->offer_used = calloc(cat->n_offers ? cat->n_offers : 1, 1);
     c->slots_left = calloc(cat->n_placements, sizeof *c->slots_left);
     c->placement_wanted = calloc(cat->n_placements, 1);
     c->actions = calloc(slots ? slots : 1, sizeof *c->actions);
     c->cand_cap = n;
     c->actions_cap = slots;
-    if (!c->cand || !c->ranked || !c->offer_used || !c->slots_left || !c->placement_wanted ||
+    if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left || !c->placement_wanted ||
         !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
         free_catalog_arrays(c);
         return NBX_ENOMEM;
@@ -410,38 +416,54 @@ static void reset_slots(nbx_ctx *c)
 
 /* Greedy by rank: the best remaining candidate takes a slot of its
  * placement if one is free and the offer is not shown elsewhere. Slots are
- * few and candidates many: build a max-heap in O(candidates) and pop only
- * until the slots are filled, instead of sorting everything. */
+ * few and candidates many: each placement's candidates (contiguous, from
+ * build_candidates) become a max-heap in O(candidates), and each step pops
+ * the best top among the placements that still have a free slot. A full
+ * placement's candidates are never popped, so the work is the slots filled
+ * (plus offers already shown elsewhere) times log(candidates), whatever the
+ * number of candidates; the order of actions is the global rank order, as a
+ * single heap would give. */
 static void arbitrate(nbx_ctx *c, size_t n)
 {
     const nbx_catalog *cat = c->snap->catalog;
     reset_slots(c);
-    uint32_t slots = 0;
-    for (uint32_t p = 0; p < cat->n_placements; p++)
-        slots += c->slots_left[p];
-    if (slots > nbx_caps_contacts_left(&c->caps))
-        slots = nbx_caps_contacts_left(&c->caps);
+    uint32_t contacts = nbx_caps_contacts_left(&c->caps);
     struct rank_entry *h = c->ranked;
+    memset(c->heap_len, 0, cat->n_placements * sizeof *c->heap_len);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         const nbx_candidate *cd = &c->cand[i];
         if (cd->excluded)
             continue;
+        if (c->heap_len[cd->placement]++ == 0)
+            c->heap_at[cd->placement] = (uint32_t)m;
+        assert(c->heap_at[cd->placement] + c->heap_len[cd->placement] == m + 1);
         h[m].key = score_key(cd->score);
         h[m].tie = UINT32_MAX - ((cd->offer << 8) | cd->placement);
         h[m].cand = (uint32_t)i;
         m++;
     }
-    for (size_t i = m / 2; i-- > 0;)
-        sift_down(h, m, i);
-    while (slots > 0 && m > 0) {
-        const nbx_candidate *cd = &c->cand[h[0].cand];
-        h[0] = h[--m];
-        sift_down(h, m, 0);
-        if (c->slots_left[cd->placement] == 0 || c->offer_used[cd->offer])
+    for (uint32_t p = 0; p < cat->n_placements; p++)
+        for (size_t i = c->heap_len[p] / 2; i-- > 0;)
+            sift_down(h + c->heap_at[p], c->heap_len[p], i);
+    while (contacts > 0) {
+        uint32_t best = UINT32_MAX;
+        for (uint32_t p = 0; p < cat->n_placements; p++) {
+            if (c->slots_left[p] == 0 || c->heap_len[p] == 0)
+                continue;
+            if (best == UINT32_MAX || ranks_higher(&h[c->heap_at[p]], &h[c->heap_at[best]]))
+                best = p;
+        }
+        if (best == UINT32_MAX)
+            break;
+        struct rank_entry *top = h + c->heap_at[best];
+        const nbx_candidate *cd = &c->cand[top[0].cand];
+        top[0] = top[--c->heap_len[best]];
+        sift_down(top, c->heap_len[best], 0);
+        if (c->offer_used[cd->offer])
             continue;
         add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
-        slots--;
+        contacts--;
     }
 }
 

@@ -68,7 +68,18 @@ static inline nbx_sv nbx_sv_of(const char *s)
     nbx_sv v = {s, s ? __builtin_strlen(s) : 0};
     return v;
 }
-int nbx_sv_cmp(nbx_sv a, nbx_sv b);
+/* Byte order, shorter first on a common prefix. Inline: keys and ids are
+ * short and differ early, so a byte loop beats a call to memcmp (it is on
+ * the decision's hot path: propensity joins, consent lookups). */
+static inline int nbx_sv_cmp(nbx_sv a, nbx_sv b)
+{
+    const unsigned char *p = (const unsigned char *)a.ptr, *q = (const unsigned char *)b.ptr;
+    size_t n = a.len < b.len ? a.len : b.len;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != q[i])
+            return p[i] < q[i] ? -1 : 1;
+    return a.len < b.len ? -1 : a.len > b.len;
+}
 static inline bool nbx_sv_eq(nbx_sv a, nbx_sv b)
 {
     return a.len == b.len && (a.len == 0 || __builtin_memcmp(a.ptr, b.ptr, a.len) == 0);

@@ -56,29 +56,17 @@ static int field_err(parser *p, const char *map, nbx_sv key, const char *problem
                        (int)(key.len > 64 ? 64 : key.len), key.ptr, problem);
 }
 
-/* nbx_sv_cmp's order, inline: map keys are short and differ early, so a
- * byte loop beats a call to memcmp. */
-static inline int key_cmp(nbx_sv a, nbx_sv b)
-{
-    const unsigned char *p = (const unsigned char *)a.ptr, *q = (const unsigned char *)b.ptr;
-    size_t n = a.len < b.len ? a.len : b.len;
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != q[i])
-            return p[i] < q[i] ? -1 : 1;
-    return a.len < b.len ? -1 : a.len > b.len;
-}
-
 static int cmp_attr(const void *a, const void *b)
 {
-    return key_cmp(((const nbx_attr *)a)->key, ((const nbx_attr *)b)->key);
+    return nbx_sv_cmp(((const nbx_attr *)a)->key, ((const nbx_attr *)b)->key);
 }
 static int cmp_consent(const void *a, const void *b)
 {
-    return key_cmp(((const nbx_consent *)a)->purpose, ((const nbx_consent *)b)->purpose);
+    return nbx_sv_cmp(((const nbx_consent *)a)->purpose, ((const nbx_consent *)b)->purpose);
 }
 static int cmp_prop(const void *a, const void *b)
 {
-    return key_cmp(((const nbx_prop *)a)->key, ((const nbx_prop *)b)->key);
+    return nbx_sv_cmp(((const nbx_prop *)a)->key, ((const nbx_prop *)b)->key);
 }
 
 /* Maps are small (tens of keys) and mostly in order: an insertion sort that

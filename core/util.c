@@ -49,7 +49,7 @@ NBX_API const char *nbx_strerror(int code)
     case NBX_ECORRUPT:
         return "stored data is corrupt";
     case NBX_EVERSION:
-        return "store written by a newer version of nbx";
+        return "store format not readable by this version of nbx";
     case NBX_EPARSE:
         return "malformed input";
     case NBX_EPOLICY:
@@ -193,15 +193,6 @@ NBX_API void nbx_free(void *ptr)
 /* ========================================================================
  * String views and buffers
  * ======================================================================== */
-
-int nbx_sv_cmp(nbx_sv a, nbx_sv b)
-{
-    size_t n = a.len < b.len ? a.len : b.len;
-    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
-    if (c)
-        return c;
-    return a.len < b.len ? -1 : a.len > b.len;
-}
 
 int nbx_buf_reserve(nbx_buf *b, size_t extra)
 {

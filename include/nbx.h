@@ -106,7 +106,7 @@ enum nbx_status {
     NBX_EIO = -3,       /**< the operating system refused a file operation */
     NBX_ENOTFOUND = -4, /**< no such profile, file or key */
     NBX_ECORRUPT = -5,  /**< a stored value cannot be decoded */
-    NBX_EVERSION = -6,  /**< the store was written by a newer schema */
+    NBX_EVERSION = -6,  /**< the store has a format this nbx does not read */
     NBX_EPARSE = -7,    /**< malformed input: JSON, catalog, event, profile, time */
     NBX_EPOLICY = -8,   /**< a policy failed to load */
     NBX_ESTORE = -9,    /**< the store (LMDB) failed */

@@ -22,7 +22,9 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 # A 1,000,000-profile store (10 attributes, 20 propensities each) and
 # catalogs of 100 and 1,000 offers over 3 placements.
 store=$data/decide-store-1m
-if [ ! -f "$store/data.mdb" ]; then
+# A store left by an earlier nbx (another format) is generated again.
+if [ ! -f "$store/data.mdb" ] || ! "$nbx" stats --store "$store" >/dev/null 2>&1; then
+    rm -rf "$store"
     part "data: 1,000,000 profiles"
     run "$nbx" gen profiles --count 1000000 --offers 100 --seed 1 --out "$data/decide-profiles.jsonl"
     run "$nbx" import profiles "$data/decide-profiles.jsonl" --store "$store"

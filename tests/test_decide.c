@@ -1,6 +1,7 @@
 /* Suite: decide (core/decide.c, core/engine.c): the pipeline end to end on a
  * real store with real policies, reload under concurrent decisions. */
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -473,4 +474,72 @@ Test(decide, negative_and_zero_scores_rank_in_order)
     const char *want[] = {"brand_banner/hero", "bestsellers/recs", "carousel_new/recs",
                           "free_shipping/recs"};
     expect_actions(r, want, 4);
+}
+
+/* The reference for arbitration: sort the explain output's unexcluded
+ * candidates by score (higher first), then offer id, then placement in
+ * catalog order, and fill slots greedily, each offer once, up to the
+ * contacts left. Random scores in {0..3} make ties common. */
+struct ref_cand {
+    const char *offer, *placement;
+    double score;
+    int placement_index;
+};
+
+static int ref_cmp(const void *a, const void *b)
+{
+    const struct ref_cand *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    int c = strcmp(x->offer, y->offer);
+    return c ? c : x->placement_index - y->placement_index;
+}
+
+Test(decide, arbitration_fills_slots_greedily_in_rank_order)
+{
+    open_engine("return { name = 'dice', score = function() return math.random(0, 3) end }\n");
+    for (int k = 0; k < 300; k++) {
+        char customer[32];
+        snprintf(customer, sizeof customer, k % 3 == 0 ? "alice" : "anon%d", k);
+        const nbx_result *r = decide_full(customer, NULL, 0, NBX_DECIDE_EXPLAIN, NOW + k * 1000);
+        const char *text = nbx_result_json(r, NULL);
+        json_error_t jerr;
+        json_t *doc = json_loads(text, 0, &jerr);
+        cr_assert_not_null(doc, "%s: %s", jerr.text, text);
+        json_t *cands = json_object_get(doc, "candidates");
+        struct ref_cand ref[64];
+        size_t n = 0;
+        for (size_t i = 0; i < json_array_size(cands); i++) {
+            json_t *cd = json_array_get(cands, i);
+            if (!json_is_null(json_object_get(cd, "excluded")))
+                continue;
+            cr_assert_lt(n, 64);
+            ref[n].offer = json_string_value(json_object_get(cd, "offer"));
+            ref[n].placement = json_string_value(json_object_get(cd, "placement"));
+            ref[n].score = json_number_value(json_object_get(cd, "score"));
+            ref[n].placement_index = strcmp(ref[n].placement, "hero") == 0 ? 0 : 1;
+            n++;
+        }
+        qsort(ref, n, sizeof ref[0], ref_cmp);
+        int slots[2] = {1, 3};
+        const char *used[8];
+        size_t n_used = 0, want = 0;
+        for (size_t i = 0; i < n && want < 5; i++) {
+            bool dup = false;
+            for (size_t u = 0; u < n_used; u++)
+                dup = dup || strcmp(used[u], ref[i].offer) == 0;
+            if (dup || slots[ref[i].placement_index] == 0)
+                continue;
+            slots[ref[i].placement_index]--;
+            used[n_used++] = ref[i].offer;
+            nbx_action a;
+            cr_assert_eq(nbx_result_action(r, want, &a), NBX_OK, "missing action %zu: %s", want,
+                         text);
+            cr_assert_str_eq(a.offer, ref[i].offer, "action %zu: %s", want, text);
+            cr_assert_str_eq(a.placement, ref[i].placement, "action %zu: %s", want, text);
+            want++;
+        }
+        cr_assert_eq(nbx_result_action_count(r), want, "%s", text);
+        json_decref(doc);
+    }
 }
