@@ -368,7 +368,8 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
         req.flags |= NBX_DECIDE_EXPLAIN;
     }
 
-    if (nlcf->record_impressions) {
+    /* a HEAD (monitors, link checkers) shows nothing: it records nothing */
+    if (nlcf->record_impressions && r->method == NGX_HTTP_GET) {
         req.flags |= NBX_DECIDE_RECORD;
     }
 
@@ -1553,8 +1554,9 @@ ngx_http_nbx_create_loc_conf(ngx_conf_t *cf)
 static char *
 ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
-    ngx_http_nbx_loc_conf_t *prev = parent;
-    ngx_http_nbx_loc_conf_t *conf = child;
+    ngx_http_nbx_loc_conf_t   *prev = parent;
+    ngx_http_nbx_loc_conf_t   *conf = child;
+    ngx_http_core_loc_conf_t  *clcf;
 
     if (conf->store.data == NULL) {
         conf->store = prev->store;
@@ -1577,6 +1579,27 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->memory_limit, prev->memory_limit, 0);
     ngx_conf_merge_size_value(conf->event_max_body, prev->event_max_body,
                               NGX_HTTP_NBX_BODY_DEFAULT);
+
+    /*
+     * An "if" block or a "limit_except" block inside an nbx location has
+     * its own location configuration: nginx runs the outer location's
+     * content handler with it (if), or the block's own handler
+     * (limit_except). Either way the block must carry the handler and an
+     * engine of its own, as proxy_pass does.
+     */
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (conf->handler == 0 && prev->handler != 0
+        && (clcf->noname || clcf->lmt_excpt))
+    {
+        conf->handler = prev->handler;
+
+        if (clcf->handler == NULL) {
+            clcf->handler = conf->handler == NGX_HTTP_NBX_DECIDE
+                            ? ngx_http_nbx_decide_handler
+                            : ngx_http_nbx_event_handler;
+        }
+    }
 
     if (conf->handler == 0) {
         return NGX_CONF_OK;

@@ -36,6 +36,32 @@ SERVER = """
             nbx_event_max_body 2k;
             nbx_event;
         }
+        location = /decide/if {
+            nbx_customer $arg_customer;
+            nbx_decide;
+            if ($arg_debug) {
+                add_header X-Debug 1;
+            }
+        }
+        location = /event/if {
+            nbx_event;
+            if ($arg_debug) {
+                add_header X-Debug 1;
+            }
+        }
+        location = /event/limited {
+            nbx_event;
+            limit_except GET {
+                allow 127.0.0.1;
+                deny all;
+            }
+        }
+        location = /decide/record {
+            nbx_policy %(prefer_fs)s;
+            nbx_customer $arg_customer;
+            nbx_record_impressions on;
+            nbx_decide;
+        }
         location = /missing {
             nbx_store %(tmp)s/no-such-store;
             nbx_customer $arg_customer;
@@ -84,6 +110,9 @@ class ModuleTest(nx.NginxTestCase):
         self.policy = nx.write(self.path("policy.lua"), nx.SIMPLE_POLICY
                                % dict(name="tests", score="1.0"))
         self.raising = nx.write(self.path("raising.lua"), RAISING_POLICY)
+        # free_shipping first in hero: its impression cap (3) shows records
+        self.prefer_fs = nx.write(self.path("prefer_fs.lua"), nx.SIMPLE_POLICY % dict(
+            name="prefer_fs", score="(...).id == 'free_shipping' and 2 or 1"))
         self.store = nx.make_store(self.path("store"), [
             nx.profile("c1", free_shipping=0.9, ten_off=0.1),
             nx.profile("c2", free_shipping=0.2),
@@ -92,7 +121,8 @@ class ModuleTest(nx.NginxTestCase):
         nx.give_to_workers(self.store)
         self.server = self.nginx(SERVER % dict(store=self.store, catalog=self.catalog,
                                                policy=self.policy, tmp=self.tmp,
-                                               raising=self.raising))
+                                               raising=self.raising,
+                                               prefer_fs=self.prefer_fs))
         self.pids = self.server.worker_pids()
 
     def tearDown(self):
@@ -149,6 +179,38 @@ class ModuleTest(nx.NginxTestCase):
         self.assertStatus(r, 200, "HEAD")
         self.assertEqual(r.body, "")
         self.assertGreater(int(r.headers["Content-Length"]), 0)
+
+    def test_06_if_and_limit_except_blocks_keep_the_handler(self):
+        # an "if" that matches runs the handler with the if block's own
+        # configuration; "limit_except" runs the block's own handler
+        r = self.get("/decide/if?customer=c1&placement=hero&debug=1")
+        self.assertStatus(r, 200, "decide in a matching if")
+        self.assertEqual(r.headers.get("X-Debug"), "1")
+        self.assertEqual(r.json()["customer"], "c1")
+        r = self.get("/decide/if?customer=c1&placement=hero")
+        self.assertStatus(r, 200, "decide, if not matching")
+        r = self.event(nx.impression("if-1", "c3", "ten_off", "recs"), path="/event/if?debug=1")
+        self.assertStatus(r, 204, "event in a matching if")
+        self.assertEqual(r.headers.get("X-Nbx-Applied"), "1")
+        r = self.event(nx.impression("lim-1", "c3", "ten_off", "recs"), path="/event/limited")
+        self.assertStatus(r, 204, "event through limit_except")
+        self.assertEqual(r.headers.get("X-Nbx-Applied"), "1")
+
+    def test_07_head_records_no_impression(self):
+        def excluded():
+            d = self.get("/explain?customer=c3&placement=hero").json()
+            return sorted(c["offer"] for c in d["candidates"] if c.get("excluded"))
+
+        self.assertEqual(excluded(), [])
+        for _ in range(4):  # more than free_shipping's cap of 3
+            r = self.get("/decide/record?customer=c3&placement=hero", method="HEAD")
+            self.assertStatus(r, 200, "HEAD")
+        self.assertEqual(excluded(), [], "a HEAD spent a cap")
+        for _ in range(4):
+            r = self.get("/decide/record?customer=c3&placement=hero")
+            self.assertStatus(r, 200, "GET")
+        self.assertEqual(excluded(), ["free_shipping"],
+                         "3 GETs with nbx_record_impressions reach the cap")
 
     # -- events and caps ---------------------------------------------------
 
