@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ========================================================================
@@ -270,33 +271,121 @@ static int export_to(cli_args *args, nbx_store *store, FILE *out, const char *ou
     return exit_code;
 }
 
+/* Where --out goes. A regular file (or a new one) is written to a temporary
+ * file beside it and renamed into place on success, so a failed export
+ * leaves the old file as it was and only ever removes what it created. Any
+ * other kind of file (a device, a FIFO, a dangling link) is written directly
+ * and never removed: it is not nbx's to delete. */
+typedef struct export_target {
+    const char *path; /* as given */
+    char *final;      /* the file the temporary one replaces; NULL: direct */
+    char *temp;       /* NULL: direct */
+    FILE *out;
+} export_target;
+
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+static int target_open(cli_args *args, export_target *t)
+{
+    struct stat st;
+    bool exists = stat(t->path, &st) == 0;
+    if (!exists && errno != ENOENT)
+        return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(errno));
+    struct stat lst;
+    bool dangling = !exists && lstat(t->path, &lst) == 0;
+    if ((exists && !S_ISREG(st.st_mode)) || dangling) {
+        t->out = fopen(t->path, "w");
+        if (!t->out)
+            return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(errno));
+        return CLI_OK;
+    }
+    /* Through a symbolic link the rename must replace the file it names. */
+    t->final = exists ? realpath(t->path, NULL) : strdup(t->path);
+    if (!t->final)
+        return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(errno));
+    char *dir = dir_of(t->final);
+    if (!dir || asprintf(&t->temp, "%s/.nbx-export-XXXXXX", dir) < 0)
+        t->temp = NULL;
+    free(dir);
+    if (!t->temp)
+        return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(ENOMEM));
+    int fd = mkstemp(t->temp);
+    if (fd < 0) {
+        int err = errno;
+        free(t->temp);
+        t->temp = NULL;
+        return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(err));
+    }
+    /* mkstemp makes 0600; keep the mode of the file replaced, or what a new
+     * file would get. */
+    mode_t mode;
+    if (exists) {
+        mode = st.st_mode & 07777;
+    } else {
+        mode_t mask = umask(0);
+        umask(mask);
+        mode = 0666 & ~mask;
+    }
+    if (fchmod(fd, mode) != 0 || !(t->out = fdopen(fd, "w"))) {
+        int err = errno;
+        close(fd);
+        unlink(t->temp);
+        free(t->temp);
+        t->temp = NULL;
+        return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(err));
+    }
+    return CLI_OK;
+}
+
+/* Close the output; on success move the temporary file into place, on
+ * failure remove it (and nothing else). */
+static int target_close(cli_args *args, export_target *t, int exit_code)
+{
+    if (fflush(t->out) != 0 && exit_code == CLI_OK)
+        exit_code = cli_error(args->cmd, "writing %s: %s", t->path, strerror(errno));
+    if (t->temp && exit_code == CLI_OK && fsync(fileno(t->out)) != 0)
+        exit_code = cli_error(args->cmd, "writing %s: %s", t->path, strerror(errno));
+    if (fclose(t->out) != 0 && exit_code == CLI_OK)
+        exit_code = cli_error(args->cmd, "writing %s: %s", t->path, strerror(errno));
+    if (t->temp) {
+        if (exit_code == CLI_OK && rename(t->temp, t->final) != 0)
+            exit_code = cli_error(args->cmd, "cannot replace %s: %s", t->path, strerror(errno));
+        if (exit_code != CLI_OK)
+            unlink(t->temp);
+    }
+    free(t->temp);
+    free(t->final);
+    return exit_code;
+}
+
 int cli_run_export_profiles(cli_args *args)
 {
     int exit_code;
     nbx_store *store = cli_open_store(args, NBX_STORE_READONLY, &exit_code);
     if (!store)
         return exit_code;
-    const char *out_path = cli_string(args, "out", NULL);
-    FILE *out = stdout;
-    if (out_path) {
-        out = fopen(out_path, "w");
-        if (!out) {
-            exit_code = cli_error(args->cmd, "cannot create %s: %s", out_path, strerror(errno));
-            nbx_store_close(store);
-            return exit_code;
-        }
+    export_target target = {.path = cli_string(args, "out", NULL), .out = stdout};
+    if (target.path && (exit_code = target_open(args, &target)) != CLI_OK) {
+        nbx_store_close(store);
+        return exit_code;
     }
     static char buffer[1 << 20];
-    setvbuf(out, buffer, _IOFBF, sizeof buffer);
+    setvbuf(target.out, buffer, _IOFBF, sizeof buffer);
     uint64_t count = 0;
-    exit_code = export_to(args, store, out, out_path ? out_path : "standard output", &count);
-    if (out_path) {
-        if (fclose(out) != 0 && exit_code == CLI_OK)
-            exit_code = cli_error(args->cmd, "writing %s: %s", out_path, strerror(errno));
-        if (exit_code != CLI_OK)
-            remove(out_path);
-        else
-            fprintf(stderr, "%s: %" PRIu64 " profiles\n", out_path, count);
+    exit_code = export_to(args, store, target.out, target.path ? target.path : "standard output",
+                          &count);
+    if (target.path) {
+        exit_code = target_close(args, &target, exit_code);
+        if (exit_code == CLI_OK)
+            fprintf(stderr, "%s: %" PRIu64 " profiles\n", target.path, count);
     }
     nbx_store_close(store);
     return exit_code;

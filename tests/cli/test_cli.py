@@ -8,8 +8,11 @@ import json
 import os
 import pty
 import re
+import resource
 import signal
+import stat
 import subprocess
+import threading
 import time
 import unittest
 
@@ -597,6 +600,69 @@ class T06Export(CliTestCase):
         r = self.fails(1, "export", "profiles", "--store", self.store,
                        "--out", self.path("no/such/dir/out.jsonl"))
         self.assertIn("no/such/dir/out.jsonl", r.stderr)
+
+
+    def run_limited(self, *args, fsize=None):
+        """Run nbx with SIGPIPE and SIGXFSZ ignored (a failed write is then an
+        error nbx reports) and, with fsize, a limit on the size of files."""
+        def limit():
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            if fsize is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        return subprocess.run([NBX, *args], capture_output=True, text=True, env=env,
+                              timeout=300, preexec_fn=limit)
+
+    def test_05_failed_export_keeps_the_old_file(self):
+        self.build_store(self.store)
+        out = self.write("out.jsonl", "old contents\n")
+        os.chmod(out, 0o640)
+        r = self.run_limited("export", "profiles", "--store", self.store, "--out", out,
+                             fsize=4096)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("out.jsonl", r.stderr)
+        with open(out, encoding="utf-8") as f:
+            self.assertEqual(f.read(), "old contents\n")
+        self.assertEqual(sorted(os.listdir(self.tmp)),
+                         sorted(["out.jsonl", "store", "gen-p.jsonl", "gen-e.jsonl"]))
+        # success replaces it whole, keeping its mode, and leaves no temporary file
+        self.ok("export", "profiles", "--store", self.store, "--out", out)
+        with open(out, encoding="utf-8") as f:
+            self.assertEqual(f.read(), self.export())
+        self.assertEqual(os.stat(out).st_mode & 0o777, 0o640)
+        self.assertEqual(len(os.listdir(self.tmp)), 4)
+        # through a symbolic link the file it names is replaced, the link stays
+        link = self.path("link.jsonl")
+        os.symlink("out.jsonl", link)
+        self.ok("export", "profiles", "--store", self.store, "--out", link)
+        self.assertTrue(os.path.islink(link))
+
+    def test_06_failed_export_never_removes_a_fifo(self):
+        self.build_store(self.store)
+        fifo = self.path("pipe")
+        os.mkfifo(fifo)
+
+        def read_a_little():
+            with open(fifo, "rb") as f:
+                f.read(10)
+        reader = threading.Thread(target=read_a_little)
+        reader.start()
+        r = self.run_limited("export", "profiles", "--store", self.store, "--out", fifo)
+        reader.join()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("pipe", r.stderr)
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was removed")
+
+    @unittest.skipUnless(os.geteuid() == 0, "mknod needs root")
+    def test_07_failed_export_never_removes_a_device(self):
+        # a private /dev/full: the real one must not be put at risk
+        self.build_store(self.store)
+        full = self.path("full")
+        os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+        r = self.fails(1, "export", "profiles", "--store", self.store, "--out", full)
+        self.assertIn("No space left on device", r.stderr)
+        self.assertTrue(stat.S_ISCHR(os.lstat(full).st_mode), "the device was removed")
 
 
 # ===========================================================================
