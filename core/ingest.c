@@ -2047,6 +2047,37 @@ static int open_input(importer *im, const char *path)
     return NBX_OK;
 }
 
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+/* The rejects file is truncated before the input is read: it must name
+ * neither the input nor a file of the store. Compared by device and inode,
+ * so another spelling of the path or a link to the file is caught too. */
+static int check_rejects_path(importer *im, const char *rejects)
+{
+    struct stat r, other;
+    if (stat(rejects, &r) != 0)
+        return NBX_OK; /* a new file (or one open() will report) */
+    if (fstat(im->in_fd, &other) == 0 && same_file(&r, &other))
+        return nbx_err_set(&im->err, NBX_EINVAL,
+                           "the rejects file %s is the input %s: it would be overwritten; "
+                           "choose another rejects file",
+                           rejects, im->name);
+    static const char *const store_files[] = {"data.mdb", "lock.mdb"};
+    for (size_t i = 0; i < NBX_ARRAY_LEN(store_files); i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", im->store->path, store_files[i]);
+        if (stat(path, &other) == 0 && same_file(&r, &other))
+            return nbx_err_set(&im->err, NBX_EINVAL,
+                               "the rejects file %s is the store's %s: it would be overwritten; "
+                               "choose another rejects file",
+                               rejects, path);
+    }
+    return NBX_OK;
+}
+
 NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *path,
                             const nbx_import_options *opts, nbx_import_stats *stats)
 {
@@ -2083,6 +2114,8 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
                    .run_bytes = run_bytes()};
     uint64_t stopped_at = 0;
     int rc = open_input(&im, path);
+    if (rc == NBX_OK && opts->rejects_path)
+        rc = check_rejects_path(&im, opts->rejects_path);
     if (rc == NBX_OK && opts->rejects_path) {
         im.rejects_fd = open(opts->rejects_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (im.rejects_fd < 0)

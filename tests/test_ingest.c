@@ -621,6 +621,39 @@ Test(ingest, rejects_file_that_cannot_be_created)
     free(path);
 }
 
+Test(ingest, rejects_file_that_is_the_input_or_the_store_is_refused)
+{
+    const char *text = "{\"id\":\"a\"}\n{\"id\":\"b\",\"ltv\":\"x\"}\n";
+    char *path = write_tmp("p.jsonl", text);
+    char *link = tu_path(dir, "link.jsonl");
+    cr_assert_eq(symlink(path, link), 0);
+    char *data = tu_path(dir, "store/data.mdb");
+    char *lock = tu_path(dir, "store/lock.mdb");
+    uint64_t before = store_digest(store);
+    const char *const rejects[] = {path, link, data, lock};
+    const char *const expect[] = {"is the input", "is the input", "data.mdb", "lock.mdb"};
+    for (size_t i = 0; i < 4; i++) {
+        for (int kind = NBX_IMPORT_PROFILES; kind <= NBX_IMPORT_EVENTS; kind++) {
+            nbx_import_stats st;
+            int rc = import((nbx_import_kind)kind, path, 0, rejects[i], &st);
+            cr_assert_eq(rc, NBX_EINVAL, "rejects %s: expected NBX_EINVAL, got %d (%s)", rejects[i],
+                         rc, nbx_store_errmsg(store));
+            cr_assert(strstr(nbx_store_errmsg(store), expect[i]) != NULL, "message: %s",
+                      nbx_store_errmsg(store));
+        }
+    }
+    char *after = tu_read_file(path, NULL);
+    cr_assert_str_eq(after, text, "the input was changed");
+    cr_assert_eq(store_digest(store), before, "the store was changed");
+    nbx_store_stats st = stat_of();
+    cr_assert_eq(st.profiles, 0);
+    free(after);
+    free(lock);
+    free(data);
+    free(link);
+    free(path);
+}
+
 /* ------------------------------------------------------------------------
  * Standard input
  * ------------------------------------------------------------------------ */

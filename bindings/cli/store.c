@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,17 +37,49 @@ static void show_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t tot
     p->shown = true;
 }
 
+/* Checks that need no store, made before the store is opened: the command
+ * creates a missing store, and a mistake on the command line must not leave
+ * a new empty one behind. The library checks the rejects file again, and
+ * against the store's files. */
+static int check_import_files(cli_args *args, const char *path, const char *rejects)
+{
+    struct stat in, out;
+    if (strcmp(path, "-") != 0) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return cli_error(args->cmd, "cannot open %s: %s", path, strerror(errno));
+        int rc = fstat(fd, &in);
+        int err = errno;
+        close(fd);
+        if (rc != 0)
+            return cli_error(args->cmd, "cannot open %s: %s", path, strerror(err));
+        if (S_ISDIR(in.st_mode))
+            return cli_error(args->cmd, "%s: is a directory, not a JSONL file", path);
+    } else if (fstat(STDIN_FILENO, &in) != 0) {
+        return cli_error(args->cmd, "cannot read standard input: %s", strerror(errno));
+    }
+    if (rejects && stat(rejects, &out) == 0 && out.st_dev == in.st_dev && out.st_ino == in.st_ino)
+        return cli_usage_error(args->cmd,
+                               "--skip-invalid %s is the input file: it would be overwritten; "
+                               "choose another rejects file",
+                               rejects);
+    return CLI_OK;
+}
+
 static int run_import(cli_args *args, nbx_import_kind kind)
 {
     const char *path = args->positional[0];
-    int exit_code;
+    const char *rejects = cli_string(args, "skip-invalid", NULL);
+    int exit_code = check_import_files(args, path, rejects);
+    if (exit_code != CLI_OK)
+        return exit_code;
     nbx_store *store = cli_open_store(args, NBX_STORE_CREATE, &exit_code);
     if (!store)
         return exit_code;
 
     nbx_import_options opts;
     nbx_import_options_init(&opts);
-    opts.rejects_path = cli_string(args, "skip-invalid", NULL);
+    opts.rejects_path = rejects;
     opts.batch_size = (size_t)cli_uint(args, "batch-size", 0);
     progress prog = {cli_now_seconds(), false};
     if (isatty(STDERR_FILENO)) {
@@ -61,7 +94,9 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     if (prog.shown)
         fprintf(stderr, "\r\033[K");
 
-    if (rc != NBX_OK) {
+    if (rc == NBX_EINVAL) /* the CLI bounds every option but the rejects file */
+        exit_code = cli_usage_error(args->cmd, "%s", nbx_store_errmsg(store));
+    else if (rc != NBX_OK) {
         exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
     } else {
         double rate = elapsed > 0 ? (double)st.lines / elapsed : 0;
@@ -380,8 +415,8 @@ int cli_run_export_profiles(cli_args *args)
     static char buffer[1 << 20];
     setvbuf(target.out, buffer, _IOFBF, sizeof buffer);
     uint64_t count = 0;
-    exit_code = export_to(args, store, target.out, target.path ? target.path : "standard output",
-                          &count);
+    exit_code =
+        export_to(args, store, target.out, target.path ? target.path : "standard output", &count);
     if (target.path) {
         exit_code = target_close(args, &target, exit_code);
         if (exit_code == CLI_OK)

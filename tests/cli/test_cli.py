@@ -390,6 +390,46 @@ class T04ImportProfiles(CliTestCase):
         r = self.fails(1, "import", "profiles", self.path("absent.jsonl"), "--store", self.store)
         self.assertIn("absent.jsonl", r.stderr)
 
+    def test_07b_missing_file_creates_no_store(self):
+        new = self.path("new-store")
+        r = self.fails(1, "import", "profiles", self.path("nosuch.jsonl"), "--store", new)
+        self.assertIn("cannot open", r.stderr)
+        self.assertFalse(os.path.exists(new), "a store was created for a missing input")
+        self.fails(1, "ingest", self.path("nosuch.jsonl"), "--store", new)
+        self.assertFalse(os.path.exists(new), "a store was created for a missing input")
+
+    def test_07c_rejects_file_must_not_be_the_input_or_the_store(self):
+        text = json.dumps(profile(1)) + "\n" + '{"id": "p002", "churn": "x"}\n'
+        path = self.write("p.jsonl", text)
+        link = self.path("link.jsonl")
+        os.symlink(path, link)
+        new = self.path("new-store")
+        for command in (["import", "profiles"], ["ingest"], ["import", "events"]):
+            for rejects in (path, link):
+                with self.subTest(command=command, rejects=rejects):
+                    r = self.fails(2, *command, path, "--store", new, "--skip-invalid", rejects)
+                    self.assertIn("is the input", r.stderr)
+                    self.assertIn("usage:", r.stderr)
+                    self.assertFalse(os.path.exists(new))
+            with self.subTest(command=command, rejects="standard input"):
+                with open(path, encoding="utf-8") as stdin:
+                    r = subprocess.run([NBX, *command, "-", "--store", new,
+                                        "--skip-invalid", path], stdin=stdin,
+                                       capture_output=True, text=True, timeout=60)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn("is the input", r.stderr)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), text, "the input was overwritten")
+        # the store's own files
+        export, stats = self.seed_store()
+        for name in ("data.mdb", "lock.mdb"):
+            with self.subTest(rejects=name):
+                r = self.fails(2, "import", "profiles", path, "--store", self.store,
+                               "--skip-invalid", os.path.join(self.store, name))
+                self.assertIn(name, r.stderr)
+                self.assertEqual(self.export(), export)
+                self.assertEqual(self.stats(), stats)
+
     def test_08_batch_size(self):
         path = self.write_jsonl("p.jsonl", [profile(n) for n in range(1, 26)])
         r = self.ok("import", "profiles", path, "--store", self.store, "--batch-size", "4")
