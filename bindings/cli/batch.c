@@ -21,11 +21,17 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* The streaming XXH64 of libxxhash (a build dependency of the library),
+ * header-only: the customer file's fingerprint in the checkpoint. */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 /* ========================================================================
  * Command table entry (referenced from main.c)
@@ -95,6 +101,13 @@ const char cli_batch_details[] =
 #define MALFORMED_REPORTED_MAX 100
 #define FAILED_REPORTED_MAX 20
 #define CHECKPOINT_MAX (64u << 10)
+/* --commit-exposures: the decisions whose impressions the library commits
+ * in one transaction (docs/batch.md, "Group commit"), and the window per
+ * thread that keeps one group per thread in flight. */
+#define COMMIT_GROUP 128
+/* 2: input_hash, time_limit_us and memory_limit. */
+#define CHECKPOINT_VERSION 2
+#define CHECKPOINT_VERSION_TEXT "2"
 
 /* Where an item came from, for the checkpoint: recorded at submission,
  * read back when the item is written. */
@@ -122,6 +135,7 @@ typedef struct reader {
     uint64_t offset; /* file offset of buf[start] */
     uint64_t line;   /* number of the last line returned */
     uint64_t size;   /* 0 if unknown (a pipe) */
+    bool at_start;   /* opened at offset 0: line 1 may start with a BOM */
 } reader;
 
 typedef struct run {
@@ -156,6 +170,10 @@ typedef struct run {
     position last;      /* of the last item written */
     char last_id[NBX_ID_MAX + 1];
     uint64_t since_checkpoint;
+    /* xxh64 of the customer file's first input_hashed bytes: a resume
+     * checks that the part already decided is still the same. */
+    XXH64_state_t input_hash;
+    uint64_t input_hashed;
     double started;
     double next_progress;
     bool progress_shown;
@@ -206,6 +224,7 @@ static int reader_open(reader *r, const char *path, uint64_t offset, uint64_t li
     }
     r->offset = offset;
     r->line = line;
+    r->at_start = offset == 0;
     return 0;
 }
 
@@ -491,6 +510,10 @@ static void write_params(run *r, FILE *f)
     fprintf(f, "\nformat %s\ncommit_exposures %d\nexplain %d\nout ", r->csv ? "csv" : "jsonl",
             r->commit, r->explain);
     put_encoded(f, out ? out : "");
+    /* The policy's limits change decisions too: a decision that runs out of
+     * time or memory falls back. */
+    fprintf(f, "\ntime_limit_us %" PRIu64 "\nmemory_limit %" PRIu64,
+            cli_uint(r->args, "time-limit-us", 0), cli_uint(r->args, "memory-limit", 0));
     fprintf(f, "\nas_of %" PRId64 "\n", r->as_of);
     free(store);
     free(input);
@@ -555,6 +578,27 @@ static int fsync_directory_of(const char *path)
     return rc;
 }
 
+/* Extend the customer file's prefix hash to its first `offset` bytes.
+ * Returns 0, 1 if the file ends before `offset`, -1 on a read error. */
+static int hash_input_to(run *r, uint64_t offset)
+{
+    char buf[1 << 16];
+    while (r->input_hashed < offset) {
+        uint64_t left = offset - r->input_hashed;
+        size_t want = left < sizeof buf ? (size_t)left : sizeof buf;
+        ssize_t got = pread(r->in.fd, buf, want, (off_t)r->input_hashed);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -1;
+        if (got == 0)
+            return 1;
+        XXH64_update(&r->input_hash, buf, (size_t)got);
+        r->input_hashed += (uint64_t)got;
+    }
+    return 0;
+}
+
 /* Commit the output written so far and record it. */
 static int write_checkpoint(run *r, const position *p, const char *after_id, bool complete)
 {
@@ -571,14 +615,28 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
         free(tmp);
         return rc;
     }
+    int hrc = r->all ? 0 : hash_input_to(r, p->input_offset);
+    if (hrc != 0) {
+        int rc = cli_error(r->cmd, "%s: %s", r->in.path,
+                           hrc < 0 ? strerror(errno) : "changed while it was being read");
+        fclose(f);
+        unlink(tmp);
+        free(tmp);
+        return rc;
+    }
     totals t;
     current_totals(r, p, &t);
-    fprintf(f, "nbx-batch-checkpoint 1\n");
+    fprintf(f, "nbx-batch-checkpoint %d\n", CHECKPOINT_VERSION);
     write_params(r, f);
     fprintf(f,
             "complete %d\noutput_offset %" PRIu64 "\ninput_offset %" PRIu64 "\ninput_line %" PRIu64
-            "\nafter_id ",
+            "\n",
             complete, r->out_bytes, p->input_offset, p->input_line);
+    if (r->all)
+        fprintf(f, "input_hash -\n");
+    else
+        fprintf(f, "input_hash %016" PRIx64 "\n", (uint64_t)XXH64_digest(&r->input_hash));
+    fprintf(f, "after_id ");
     put_encoded(f, after_id);
     fputc('\n', f);
     write_totals(f, "total.", &t);
@@ -600,6 +658,8 @@ typedef struct checkpoint {
     char *text; /* owns the strings below */
     bool complete;
     uint64_t output_offset, input_offset, input_line;
+    uint64_t input_hash;
+    bool have_input_hash;
     const char *after_id;
     totals totals;
 } checkpoint;
@@ -612,6 +672,20 @@ static bool parse_u64(const char *s, uint64_t *out)
     if (errno || end == s || *end || *s == '-')
         return false;
     *out = v;
+    return true;
+}
+
+static bool parse_input_hash(const char *s, checkpoint *ck)
+{
+    if (strcmp(s, "-") == 0)
+        return true;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 16);
+    if (errno || strlen(s) != 16 || *end)
+        return false;
+    ck->input_hash = v;
+    ck->have_input_hash = true;
     return true;
 }
 
@@ -683,9 +757,14 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
         else
             value = line + strlen(line);
         if (!header) {
-            if (strcmp(line, "nbx-batch-checkpoint") != 0 || strcmp(value, "1") != 0)
-                rc = cli_error(r->cmd, "%s: not an nbx batch checkpoint (version 1)",
-                               r->checkpoint_path);
+            if (strcmp(line, "nbx-batch-checkpoint") != 0)
+                rc = cli_error(r->cmd, "%s: not an nbx batch checkpoint", r->checkpoint_path);
+            else if (strcmp(value, CHECKPOINT_VERSION_TEXT) != 0)
+                rc = cli_error(r->cmd,
+                               "%s: a checkpoint of version %s, this nbx reads version %d; "
+                               "finish the run with the nbx that started it, or delete %s to "
+                               "start over",
+                               r->checkpoint_path, value, CHECKPOINT_VERSION, r->checkpoint_path);
             header = true;
             continue;
         }
@@ -721,6 +800,8 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
             ok = parse_u64(value, &ck->input_offset);
         else if (strcmp(line, "input_line") == 0)
             ok = parse_u64(value, &ck->input_line);
+        else if (strcmp(line, "input_hash") == 0)
+            ok = parse_input_hash(value, ck);
         else if (strcmp(line, "after_id") == 0)
             ok = decode_in_place(value), ck->after_id = value;
         else if (strncmp(line, "total.", 6) == 0)
@@ -731,7 +812,8 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
             rc = cli_error(r->cmd, "%s: bad line '%s %s'", r->checkpoint_path, line, value);
     }
     free(mine);
-    if (rc == CLI_OK && (!header || mine_line || !have_offsets))
+    if (rc == CLI_OK &&
+        (!header || mine_line || !have_offsets || (!r->all && !ck->have_input_hash)))
         rc = cli_error(r->cmd, "%s: truncated checkpoint", r->checkpoint_path);
     if (rc == CLI_OK)
         *found = true;
@@ -900,6 +982,11 @@ static int submit(run *r, const char *id, const char *json, size_t json_len)
     return cli_nbx_error(r->cmd, rc, nbx_batch_errmsg(r->batch));
 }
 
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
 static int feed_customer_file(run *r)
 {
     const char *line;
@@ -913,14 +1000,26 @@ static int feed_customer_file(run *r)
             report_malformed(r, msg);
             continue;
         }
+        if (r->in.line == 1 && r->in.at_start && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+            line += 3; /* a UTF-8 byte order mark, as some Windows tools write */
+            len -= 3;
+        }
         size_t lead = 0;
-        while (lead < len && (line[lead] == ' ' || line[lead] == '\t'))
+        while (lead < len && is_space(line[lead]))
             lead++;
         if (lead == len)
             continue; /* blank line */
         int rc;
-        if (line[lead] == '{') {
+        if (line[lead] == '{' || line[lead] == '[' || line[lead] == '"') {
+            /* JSON; anything but an object is refused by the library, rather
+             * than `["c1"]` or `"c1"` being decided as a literal id. */
             rc = submit(r, NULL, line, len);
+        } else if (lead > 0 || is_space(line[len - 1])) {
+            /* Most likely a formatting accident; deciding " c1" as an
+             * anonymous customer would hide it. */
+            report_malformed(r, "id has leading or trailing whitespace; use JSONL to pass such "
+                                "an id");
+            rc = CLI_OK;
         } else if (len > NBX_ID_MAX) {
             char msg[64];
             snprintf(msg, sizeof msg, "customer id longer than %d bytes", NBX_ID_MAX);
@@ -977,16 +1076,22 @@ static int drain(run *r)
  * Set-up
  * ======================================================================== */
 
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
 static int parse_shard(run *r, const char *text)
 {
+    /* Digits only: strtoul() alone would also take " 0", "+0" and "-0". */
     char *end;
     errno = 0;
     unsigned long i = strtoul(text, &end, 10);
-    if (errno || end == text || *end != '/' || text[0] == '-')
+    if (errno || !is_digit(text[0]) || *end != '/')
         return cli_usage_error(r->cmd, "--shard: '%s' is not I/N", text);
     const char *ntext = end + 1;
     unsigned long n = strtoul(ntext, &end, 10);
-    if (errno || end == ntext || *end || ntext[0] == '-' || n == 0 || n > UINT32_MAX)
+    if (errno || !is_digit(ntext[0]) || *end || n == 0 || n > UINT32_MAX)
         return cli_usage_error(r->cmd, "--shard: '%s' is not I/N with N from 1 to %u", text,
                                UINT32_MAX);
     if (i >= n)
@@ -1015,6 +1120,121 @@ static int parse_session(run *r)
     return CLI_OK;
 }
 
+/* ------------------------------------------------------------------------
+ * Files that must be distinct
+ * ------------------------------------------------------------------------ */
+
+/* One file the run reads or writes, and who named it. */
+typedef struct named_file {
+    const char *what; /* "--out", "the store's data.mdb", ... */
+    const char *path; /* as given; NULL for standard output */
+    bool written;
+    bool exists, regular;
+    dev_t dev;
+    ino_t ino;
+    char *resolved; /* a file not there yet: its directory resolved, plus its name */
+} named_file;
+
+static void identify_file(named_file *f)
+{
+    struct stat st;
+    int rc = f->path ? stat(f->path, &st) : fstat(STDOUT_FILENO, &st);
+    if (rc == 0) {
+        f->exists = true;
+        f->regular = S_ISREG(st.st_mode);
+        f->dev = st.st_dev;
+        f->ino = st.st_ino;
+        return;
+    }
+    if (!f->path)
+        return;
+    char *copy = strdup(f->path);
+    if (!copy)
+        return;
+    char *slash = strrchr(copy, '/');
+    const char *name = slash ? slash + 1 : copy;
+    const char *dir = slash == copy ? "/" : slash ? copy : ".";
+    if (slash && slash != copy)
+        *slash = '\0';
+    char *real = realpath(dir, NULL);
+    if (real) {
+        size_t n = strlen(real) + strlen(name) + 2;
+        f->resolved = malloc(n);
+        if (f->resolved)
+            snprintf(f->resolved, n, "%s/%s", real, name);
+        free(real);
+    }
+    free(copy);
+}
+
+/* Existing files are the same when they are the same inode (links and
+ * different spellings included); devices and pipes (/dev/null) may be
+ * shared. Files not there yet are the same when their resolved paths are. */
+static bool same_file(const named_file *a, const named_file *b)
+{
+    if (a->exists || b->exists)
+        return a->exists && b->exists && a->regular && b->regular && a->dev == b->dev &&
+               a->ino == b->ino;
+    return a->resolved && b->resolved && strcmp(a->resolved, b->resolved) == 0;
+}
+
+/* Refuse a run whose output would overwrite one of its inputs or another of
+ * its outputs: `--customers x --out x` would truncate the customer list
+ * before reading it, `--out o --checkpoint o` would replace the output by
+ * the checkpoint. Checked before anything is opened for writing. */
+static int check_distinct_files(run *r)
+{
+    char *store_data = NULL, *checkpoint_tmp = NULL;
+    named_file files[9];
+    size_t n = 0;
+    memset(files, 0, sizeof files);
+    if (r->out_path)
+        files[n++] = (named_file){.what = "--out", .path = r->out_path, .written = true};
+    else
+        files[n++] = (named_file){.what = "standard output", .path = NULL, .written = true};
+    if (r->checkpoint_path) {
+        files[n++] =
+            (named_file){.what = "--checkpoint", .path = r->checkpoint_path, .written = true};
+        size_t len = strlen(r->checkpoint_path) + 5;
+        checkpoint_tmp = malloc(len);
+        if (checkpoint_tmp) {
+            snprintf(checkpoint_tmp, len, "%s.tmp", r->checkpoint_path);
+            files[n++] = (named_file){
+                .what = "--checkpoint's temporary file", .path = checkpoint_tmp, .written = true};
+        }
+    }
+    if (r->summary_path)
+        files[n++] = (named_file){.what = "--summary", .path = r->summary_path, .written = true};
+    if (r->customers_path && strcmp(r->customers_path, "-") != 0)
+        files[n++] = (named_file){.what = "--customers", .path = r->customers_path};
+    files[n++] = (named_file){.what = "--catalog", .path = r->catalog_path};
+    files[n++] = (named_file){.what = "--policy", .path = r->policy_path};
+    size_t len = strlen(r->store_path) + sizeof "/data.mdb";
+    store_data = malloc(len);
+    if (store_data) {
+        snprintf(store_data, len, "%s/data.mdb", r->store_path);
+        files[n++] = (named_file){.what = "the store's data.mdb", .path = store_data};
+    }
+    for (size_t i = 0; i < n; i++)
+        identify_file(&files[i]);
+    int rc = CLI_OK;
+    for (size_t i = 0; i < n && rc == CLI_OK; i++) {
+        for (size_t j = i + 1; j < n && rc == CLI_OK; j++) {
+            if ((files[i].written || files[j].written) && same_file(&files[i], &files[j]))
+                rc = cli_usage_error(r->cmd,
+                                     "%s and %s are the same file (%s): nothing was "
+                                     "written; give each its own file",
+                                     files[i].what, files[j].what,
+                                     files[i].path ? files[i].path : files[j].path);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        free(files[i].resolved);
+    free(store_data);
+    free(checkpoint_tmp);
+    return rc;
+}
+
 static int parse_parameters(run *r)
 {
     cli_args *args = r->args;
@@ -1037,6 +1257,11 @@ static int parse_parameters(run *r)
     r->commit = cli_has(args, "commit-exposures");
     r->explain = cli_has(args, "explain");
     r->checkpoint_every = cli_uint(args, "checkpoint-every", 100000);
+    /* Committed impressions of customers not yet in a checkpoint are lost
+     * to a kill (the resume decides them again on spent caps): checkpoint
+     * at every group the library commits. */
+    if (r->commit && r->checkpoint_every > COMMIT_GROUP)
+        r->checkpoint_every = COMMIT_GROUP;
     const char *format = cli_string(args, "format", "jsonl");
     if (strcmp(format, "csv") == 0)
         r->csv = true;
@@ -1060,7 +1285,10 @@ static int parse_parameters(run *r)
     }
     r->as_of_given = cli_has(args, "as-of");
     r->as_of = r->as_of_given ? cli_time(args, "as-of", 0) : nbx_time_now();
-    return parse_session(r);
+    int rc = parse_session(r);
+    if (rc == CLI_OK)
+        rc = check_distinct_files(r);
+    return rc;
 }
 
 static int open_engine(run *r)
@@ -1138,10 +1366,28 @@ static int open_input(run *r, const checkpoint *ck, bool resume)
     uint64_t offset = resume ? ck->input_offset : 0, line = resume ? ck->input_line : 0;
     if (reader_open(&r->in, r->customers_path, offset, line) != 0)
         return cli_error(r->cmd, "%s: %s", r->customers_path, strerror(errno));
-    if (resume && r->in.size < offset)
-        return cli_error(r->cmd, "%s is shorter than where %s says the run stopped",
+    XXH64_reset(&r->input_hash, 0);
+    r->input_hashed = 0;
+    if (!resume)
+        return CLI_OK;
+    /* Resuming at a byte offset is right only if the lines before it are
+     * the ones decided: an edited or replaced file would resume mid-line. */
+    int hrc = hash_input_to(r, offset);
+    if (hrc < 0)
+        return cli_error(r->cmd, "%s: %s", r->customers_path, strerror(errno));
+    if (hrc > 0 || XXH64_digest(&r->input_hash) != ck->input_hash)
+        return cli_error(r->cmd, "%s changed since the checkpoint; delete %s to start over",
                          r->customers_path, r->checkpoint_path);
     return CLI_OK;
+}
+
+static unsigned cpus_available(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return (unsigned)CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
 }
 
 static int open_batch(run *r)
@@ -1151,6 +1397,8 @@ static int open_batch(run *r)
     nbx_batch_options_init(&o);
     o.threads = (unsigned)cli_uint(r->args, "threads", 0);
     o.window = (size_t)cli_uint(r->args, "window", 0);
+    if (r->commit && r->checkpoint_path && o.window == 0)
+        o.window = (size_t)COMMIT_GROUP * (o.threads ? o.threads : cpus_available());
     o.placements = pl->list;
     o.n_placements = pl->n_list;
     o.session = r->session;
@@ -1211,10 +1459,14 @@ int cli_run_batch(cli_args *args)
         rc = load_checkpoint(&r, &ck, &resume);
     nbx_time_format(r.as_of, r.as_of_text);
     if (rc == CLI_OK && resume && ck.complete) {
-        fprintf(stderr, "nbx batch: %s: this run is already complete; delete it to run again\n",
-                r.checkpoint_path);
-        print_summary(&r, &ck.totals, false);
+        /* The exit status is the finished run's, so a job retried after it
+         * succeeded succeeds and one whose input had errors still says so. */
         rc = ck.totals.malformed || ck.totals.failed ? CLI_FAIL : CLI_OK;
+        fprintf(stderr,
+                "nbx batch: %s: this run is already complete; nothing done (exit %d, as the run "
+                "that finished); delete it to run again\n",
+                r.checkpoint_path, rc);
+        print_summary(&r, &ck.totals, false);
         free(ck.text);
         release(&r);
         return rc;
@@ -1227,10 +1479,11 @@ int cli_run_batch(cli_args *args)
         fprintf(stderr, "nbx batch: resuming from %s after %" PRIu64 " customers\n",
                 r.checkpoint_path, ck.totals.customers);
     }
-    if (rc == CLI_OK)
-        rc = open_output(&r, &ck, resume);
+    /* The input first: a resume is refused before the output is touched. */
     if (rc == CLI_OK)
         rc = open_input(&r, &ck, resume);
+    if (rc == CLI_OK)
+        rc = open_output(&r, &ck, resume);
     if (rc == CLI_OK)
         rc = open_batch(&r);
     free(ck.text);

@@ -271,7 +271,8 @@ class T03Shards(BatchCase):
         self.assertEqual(sorted(got), sorted(ids))
 
     def test_04_bad_shard(self):
-        for bad in ("3/3", "1", "a/2", "1/0", "-1/2", "1/2/3"):
+        for bad in ("3/3", "1", "a/2", "1/0", "-1/2", "1/2/3", " 0/3", "+0/3", "0/+3", "0/ 3",
+                    "0/-3"):
             r = self.nbx(*self.batch_args("--all", "--shard", bad))
             self.assertEqual(r.returncode, 2, bad)
             self.assertIn("--shard", r.stderr)
@@ -488,7 +489,9 @@ class T05Checkpoint(BatchCase):
         for extra, name in ((["--placement", "hero"], "placements"),
                             (["--session", "k=v"], "session"),
                             (["--as-of", "2026-03-02T00:00:00Z"], "as_of"),
-                            (["--shard", "0/2"], "shard")):
+                            (["--shard", "0/2"], "shard"),
+                            (["--time-limit-us", "5000"], "time_limit_us"),
+                            (["--memory-limit", "1M"], "memory_limit")):
             r = self.nbx(*self.args(*extra))
             self.assertEqual(r.returncode, 1, extra)
             self.assertIn(f"different command: {name} was", r.stderr)
@@ -498,6 +501,76 @@ class T05Checkpoint(BatchCase):
         r = self.nbx(*self.args("--threads", "2"))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.check_complete_output()
+
+    def test_06_changed_customer_file_is_refused(self):
+        proc = self.start("--threads", "1")
+        self.wait_for_checkpoint(proc, min_customers=200)
+        self.kill(proc)
+        with open(self.ckpt) as f:
+            text = f.read()
+        offset = int(re.search(r"input_offset (\d+)", text).group(1))
+        with open(self.customers, "rb") as f:
+            data = f.read()
+        # The checkpoint holds the documented hash of the part decided.
+        self.assertEqual(re.search(r"input_hash ([0-9a-f]{16})", text).group(1),
+                         f"{xxh64(data[:offset]):016x}")
+        size = os.path.getsize(self.out)
+        # One id a byte longer: the old offset would now fall mid-line.
+        with open(self.customers, "wb") as f:
+            f.write(b"c00000001" + data[len(b"c0000001"):])
+        r = self.nbx(*self.args())
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"{self.customers} changed since the checkpoint; delete {self.ckpt} to "
+                      "start over", r.stderr)
+        self.assertEqual(os.path.getsize(self.out), size, "the output was not touched")
+        # Put back, the run resumes.
+        with open(self.customers, "wb") as f:
+            f.write(data)
+        r = self.nbx(*self.args())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_complete_output()
+
+    def test_07_rerun_of_a_complete_run_keeps_its_exit_status(self):
+        with open(self.customers, "a") as f:
+            f.write('{"id": 5}\n')
+        r = self.nbx(*self.args())
+        self.assertEqual(r.returncode, 1, "a malformed line was skipped")
+        before = os.path.getmtime(self.out), os.path.getsize(self.out)
+        r = self.nbx(*self.args())
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("already complete; nothing done (exit 1, as the run that finished)",
+                      r.stderr)
+        self.assertEqual(self.summary(r.stderr)["malformed"], 1)
+        self.assertEqual((os.path.getmtime(self.out), os.path.getsize(self.out)), before)
+
+    def test_08_commit_exposures_checkpoints_every_group(self):
+        store = self.path("store")
+        shutil.copytree(_shared["store"], store)
+        args = self.batch_args("--customers", self.customers, "--out", self.out, "--checkpoint",
+                               self.ckpt, "--checkpoint-every", "100000", "--commit-exposures",
+                               "--threads", "2", store=store)
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        proc = subprocess.Popen([NBX, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        self.wait_for_checkpoint(proc, min_customers=1)
+        with open(self.ckpt) as f:
+            text = f.read()
+        self.assertIn("complete 0", text, "a checkpoint before the end of the run")
+        first = int(re.search(r"total\.customers (\d+)", text).group(1))
+        self.assertEqual(first % 128, 0, "a checkpoint at every group of 128")
+        self.kill(proc)
+        r = self.nbx(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        results = read_results(self.out)
+        self.assertEqual([d["customer"] for d in results], self.lines)
+        # What a kill costs: impressions committed for customers decided
+        # again on resume, at most (window + group) customers' worth.
+        recorded = self.ok("stats", "--json", "--store", store)
+        events = json.loads(recorded.stdout)["events_seen"]
+        written = sum(len(d["actions"]) for d in results)
+        most = max(len(d["actions"]) for d in results)
+        self.assertLessEqual(events - written, (2 * 128 + 128) * most,
+                             f"{events} impressions recorded, {written} in the output")
 
     def test_05_checkpoint_needs_a_file_output(self):
         r = self.nbx(*self.batch_args("--customers", self.customers, "--checkpoint", self.ckpt))
@@ -552,10 +625,98 @@ class T06Input(BatchCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("nowhere", r.stderr)
 
+    def test_05_ids_with_whitespace_bom_and_json_non_objects(self):
+        data = ("\ufeffc0000001\n c0000002\nc0000003 \nc0000004\t\n\tc0000005\n[1,2]\n"
+                '"c0000006"\n  {"id": "c0000007"}\nc0000008\r\n12345\n')
+        customers = self.path("ids.txt")
+        with open(customers, "w", encoding="utf-8", newline="") as f:
+            f.write(data)
+        r = self.batch("--customers", customers, code=1)
+        got = [json.loads(line)["customer"] for line in r.stdout.splitlines()]
+        self.assertEqual(got, ["c0000001", "c0000007", "c0000008", "12345"])
+        self.assertFalse(json.loads(r.stdout.splitlines()[0])["anonymous"],
+                         "the BOM is not part of the first id")
+        for line_no in (2, 3, 4, 5):
+            self.assertIn(f"{customers}:{line_no}: id has leading or trailing whitespace; use "
+                          "JSONL to pass such an id; line skipped", r.stderr)
+        for line_no in (6, 7):
+            self.assertRegex(r.stderr, rf"{re.escape(customers)}:{line_no}: .*JSON object")
+        self.assertEqual(self.summary(r.stderr)["malformed"], 6)
+
     def test_04_customers_from_stdin(self):
         r = self.batch("--customers", "-", input="c0000009\nc0000008\n")
         self.assertEqual([json.loads(line)["customer"] for line in r.stdout.splitlines()],
                          ["c0000009", "c0000008"])
+
+
+# ===========================================================================
+# 6b. Files that must be distinct
+# ===========================================================================
+
+class T06bDistinctFiles(BatchCase):
+
+    def setUp(self):
+        super().setUp()
+        self.text = "c0000001\nc0000002\n"
+        self.customers = self.write("ids.txt", self.text)
+
+    def refused(self, *extra, names):
+        r = self.nbx(*self.batch_args(*extra))
+        self.assertEqual(r.returncode, 2, f"{extra}: {r.stderr}")
+        for name in names:
+            self.assertIn(name, r.stderr)
+        self.assertIn("are the same file", r.stderr)
+        return r
+
+    def test_01_customers_as_out(self):
+        self.refused("--customers", self.customers, "--out", self.customers,
+                     names=("--out", "--customers"))
+        with open(self.customers) as f:
+            self.assertEqual(f.read(), self.text, "the customer list was not touched")
+        # The same file by another name: a relative path, a symbolic link.
+        link = self.path("link.txt")
+        os.symlink(self.customers, link)
+        self.refused("--customers", self.customers, "--out", link, names=("--out", "--customers"))
+        with open(self.customers) as f:
+            self.assertEqual(f.read(), self.text)
+
+    def test_02_outputs_that_collide(self):
+        out = self.write("out.jsonl", "precious\n")
+        self.refused("--customers", self.customers, "--out", out, "--checkpoint", out,
+                     names=("--out", "--checkpoint"))
+        self.refused("--customers", self.customers, "--out", out, "--summary", out,
+                     names=("--out", "--summary"))
+        self.refused("--customers", self.customers, "--out", out, "--checkpoint",
+                     self.path("ck"), "--summary", self.path("ck.tmp"),
+                     names=("--checkpoint's temporary file", "--summary"))
+        with open(out) as f:
+            self.assertEqual(f.read(), "precious\n", "the output was not touched")
+        # Files not there yet: the same path spelled two ways.
+        fresh = self.path("fresh.jsonl")
+        self.refused("--customers", self.customers, "--out", fresh, "--checkpoint",
+                     os.path.join(self.tmp, ".", "fresh.jsonl"), names=("--out", "--checkpoint"))
+        self.assertFalse(os.path.exists(fresh))
+
+    def test_03_inputs_are_never_written(self):
+        store = self.path("store")
+        shutil.copytree(_shared["store"], store)
+        r = self.nbx(*self.batch_args("--all", "--out", os.path.join(store, "data.mdb"),
+                                      store=store))
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--out and the store's data.mdb are the same file", r.stderr)
+        self.assertEqual(self.stats(store)["profiles"], PROFILES, "the store is intact")
+        self.refused("--customers", self.customers, "--summary", POLICY,
+                     names=("--summary", "--policy"))
+        with open(self.customers, "a") as stdout:
+            r = subprocess.run([NBX, *self.batch_args("--customers", self.customers)],
+                               stdout=stdout, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("standard output and --customers are the same file", r.stderr)
+        with open(self.customers) as f:
+            self.assertEqual(f.read(), self.text)
+
+    def test_04_devices_may_be_shared(self):
+        self.batch("--customers", self.customers, "--out", os.devnull, "--summary", os.devnull)
 
 
 # ===========================================================================
@@ -594,6 +755,16 @@ class T07CsvAndSummary(BatchCase):
                 self.assertEqual(g["policy_version"], d["policy"]["version"])
                 self.assertEqual(g["as_of"], d["as_of"])
             self.assertEqual(len({g["decision_id"] for g in got}), 1)
+
+    def test_05_csv_ids_are_written_as_they_are(self):
+        # RFC 4180, values as-is: an id is an id, even one a spreadsheet
+        # would take for a formula (docs/batch.md, "Output formats").
+        ids = ["=1+2", "+c1", "-c2", "@c3", "=HYPERLINK(\"x\",\"y\")"]
+        customers = self.write_jsonl("ids.jsonl", [{"id": i} for i in ids])
+        r = self.batch("--customers", customers, "--format", "csv")
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        self.assertEqual(list(dict.fromkeys(row["customer"] for row in rows)), ids)
+        self.assertIn('\n"=HYPERLINK(""x"",""y"")",', r.stdout)
 
     def test_02_summary_adds_up(self):
         customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500) + ["nope"]))
