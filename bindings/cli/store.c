@@ -70,6 +70,8 @@ static int run_import(cli_args *args, nbx_import_kind kind)
 {
     const char *path = args->positional[0];
     const char *rejects = cli_string(args, "skip-invalid", NULL);
+    if (!cli_store_path(args)) /* a usage error comes first */
+        return CLI_USAGE;
     int exit_code = check_import_files(args, path, rejects);
     if (exit_code != CLI_OK)
         return exit_code;
