@@ -115,23 +115,55 @@ static int get_time(loader *l, json_t *obj, const char *owner, const char *field
     return NBX_OK;
 }
 
-static int get_cap(loader *l, json_t *caps, const char *owner, const char *field, nbx_cap *out)
+/* Every key of obj must be one of known (NULL-terminated): a misspelt cap
+ * or budget would otherwise be silently absent. */
+static int only_keys(loader *l, json_t *obj, const char *owner, const char *name,
+                     const char *const *known)
 {
-    json_t *v = json_object_get(caps, field);
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key) != 0)
+            i++;
+        if (!known[i]) {
+            char field[160], msg[160] = "unknown field; known:";
+            snprintf(field, sizeof field, "%s.%.64s", name, key);
+            for (i = 0; known[i]; i++) {
+                size_t n = strlen(msg);
+                snprintf(msg + n, sizeof msg - n, "%s %s", i ? "," : "", known[i]);
+            }
+            return bad(l, owner, field, msg);
+        }
+    }
+    return NBX_OK;
+}
+
+/* A cap {"max": N, "window_days": D} at obj[field]; prefix names the
+ * object in messages ("caps" for an offer's, "" for the guardrails'). */
+static int get_cap(loader *l, json_t *obj, const char *owner, const char *prefix,
+                   const char *field, nbx_cap *out)
+{
+    json_t *v = json_object_get(obj, field);
     out->max = out->window_days = 0;
     if (!v || json_is_null(v))
         return NBX_OK;
     char name[64];
-    snprintf(name, sizeof name, "caps.%s", field);
+    snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", field);
     if (!json_is_object(v))
         return bad(l, owner, name, "must be an object {\"max\": N, \"window_days\": D}");
+    static const char *const cap_keys[] = {"max", "window_days", NULL};
+    int rc = only_keys(l, v, owner, name, cap_keys);
+    if (rc)
+        return rc;
     int64_t max, days;
     char sub[96];
     snprintf(sub, sizeof sub, "%s.max", name);
     json_t *m = json_object_get(v, "max");
     if (!m)
         return bad(l, owner, sub, "is required");
-    int rc = get_uint(l, v, owner, "max", true, 0, 0, UINT32_MAX, &max);
+    rc = get_uint(l, v, owner, "max", true, 0, 0, UINT32_MAX, &max);
     if (rc)
         return nbx_err_set(l->e, rc, "%s: %s: field '%s': must be an integer >= 0", l->path, owner,
                            sub);
@@ -232,12 +264,50 @@ static int load_segment_propensity(loader *l, json_t *o, nbx_offer *off, const c
     return NBX_OK;
 }
 
+/* Depth of a JSON value as the sandbox builds it (a scalar is 1); stops
+ * counting past NBX_JSON_DEPTH_MAX. */
+static int json_depth(json_t *v, int depth)
+{
+    if (depth > NBX_JSON_DEPTH_MAX)
+        return depth;
+    int deepest = depth;
+    size_t i;
+    const char *key;
+    json_t *item;
+    if (json_is_object(v)) {
+        json_object_foreach(v, key, item)
+        {
+            int d = json_depth(item, depth + 1);
+            deepest = d > deepest ? d : deepest;
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, item)
+        {
+            int d = json_depth(item, depth + 1);
+            deepest = d > deepest ? d : deepest;
+        }
+    }
+    return deepest;
+}
+
 static int load_offer(loader *l, json_t *o, nbx_offer *off)
 {
     nbx_catalog *c = l->cat;
     char owner[NBX_ID_MAX + 16];
     snprintf(owner, sizeof owner, "offer '%s'", off->id.ptr);
     int rc;
+    const char *key;
+    json_t *field;
+    json_object_foreach(o, key, field)
+    {
+        if (json_depth(field, 1) > NBX_JSON_DEPTH_MAX) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "nested deeper than %d levels", NBX_JSON_DEPTH_MAX);
+            char name[80];
+            snprintf(name, sizeof name, "%.64s", key);
+            return bad(l, owner, name, msg);
+        }
+    }
     json_t *kind = json_object_get(o, "kind");
     if (!kind || json_is_null(kind))
         off->kind = NBX_KIND_OFFER;
@@ -303,8 +373,11 @@ static int load_offer(loader *l, json_t *o, nbx_offer *off)
         if (!json_is_object(caps))
             return bad(l, owner, "caps", "must be an object");
         int64_t cool;
-        if ((rc = get_cap(l, caps, owner, "impressions", &off->impressions)) ||
-            (rc = get_cap(l, caps, owner, "accepts", &off->accepts)))
+        static const char *const caps_keys[] = {"impressions", "accepts",
+                                                "dismiss_cooldown_days", NULL};
+        if ((rc = only_keys(l, caps, owner, "caps", caps_keys)) ||
+            (rc = get_cap(l, caps, owner, "caps", "impressions", &off->impressions)) ||
+            (rc = get_cap(l, caps, owner, "caps", "accepts", &off->accepts)))
             return rc;
         rc = get_uint(l, caps, owner, "dismiss_cooldown_days", false, 0, 0, NBX_WINDOW_DAYS_MAX,
                       &cool);
@@ -320,12 +393,20 @@ static int load_offer(loader *l, json_t *o, nbx_offer *off)
     if (budget && !json_is_null(budget)) {
         if (!json_is_object(budget))
             return bad(l, owner, "budget", "must be an object");
+        static const char *const budget_keys[] = {"daily_impressions", "daily_accepts", NULL};
+        if ((rc = only_keys(l, budget, owner, "budget", budget_keys)))
+            return rc;
         if ((rc = get_uint(l, budget, owner, "daily_impressions", false, -1, 0, INT64_C(1) << 40,
-                           &off->budget_impressions)) ||
-            (rc = get_uint(l, budget, owner, "daily_accepts", false, -1, 0, INT64_C(1) << 40,
+                           &off->budget_impressions)))
+            return nbx_err_set(l->e, rc,
+                               "%s: %s: field 'budget.daily_impressions': must be an integer "
+                               ">= 0",
+                               l->path, owner);
+        if ((rc = get_uint(l, budget, owner, "daily_accepts", false, -1, 0, INT64_C(1) << 40,
                            &off->budget_accepts)))
-            return nbx_err_set(l->e, rc, "%s: %s: field 'budget': %s", l->path, owner,
-                               "daily_impressions and daily_accepts must be integers >= 0");
+            return nbx_err_set(l->e, rc,
+                               "%s: %s: field 'budget.daily_accepts': must be an integer >= 0",
+                               l->path, owner);
         if (off->budget_impressions >= 0 || off->budget_accepts >= 0)
             c->has_budgets = true;
     }
@@ -479,6 +560,14 @@ static int load_fallback(loader *l, json_t *root)
                                    "%s: field 'fallback.%.256s[%zu]': not an offer id of the "
                                    "catalog",
                                    l->path, key, i);
+            bool placed = false;
+            for (uint32_t k = 0; k < o->n_placements; k++)
+                placed = placed || o->placements[k] == (uint32_t)p;
+            if (!placed)
+                return nbx_err_set(l->e, NBX_EPARSE,
+                                   "%s: field 'fallback.%.256s[%zu]': offer '%s' does not list "
+                                   "placement '%.256s' in its placements",
+                                   l->path, key, i, o->id.ptr, key);
             pl->fallback[pl->n_fallback++] = o->index;
         }
     }
@@ -501,7 +590,7 @@ static int load_guardrails(loader *l, json_t *root)
                          &g->max_discount_pct)) ||
         (rc = get_number(l, gr, "guardrails", "min_margin", false, NAN, -1e12, 1e12,
                          &g->min_margin)) ||
-        (rc = get_cap(l, gr, "guardrails", "max_contacts", &g->max_contacts)))
+        (rc = get_cap(l, gr, "guardrails", "", "max_contacts", &g->max_contacts)))
         return rc;
     json_t *cd = json_object_get(gr, "consent_default");
     if (cd && !json_is_null(cd)) {
@@ -554,17 +643,27 @@ int nbx_catalog_load(const char *path, nbx_catalog **out, nbx_err *e)
     int rc = nbx_read_file(path, NBX_CATALOG_FILE_MAX, &text, &len, e);
     if (rc)
         return rc;
+    rc = nbx_catalog_load_text(path, text, len, out, e);
+    free(text);
+    return rc;
+}
+
+int nbx_catalog_load_text(const char *path, const char *text, size_t len, nbx_catalog **out,
+                          nbx_err *e)
+{
+    *out = NULL;
+    if (len > NBX_CATALOG_FILE_MAX)
+        return nbx_err_set(e, NBX_ELIMIT, "%s: the catalog is over the limit of %u bytes", path,
+                           (unsigned)NBX_CATALOG_FILE_MAX);
     nbx_catalog *c = calloc(1, sizeof *c);
     if (!c || !(c->path = strdup(path))) {
-        free(text);
         free(c);
         return nbx_err_set(e, NBX_ENOMEM, "%s: out of memory", path);
     }
     atomic_init(&c->refs, 1);
     c->version = nbx_hash64(text, len, 0);
     nbx_hex64(c->version, c->version_hex);
-    rc = catalog_parse(path, text, len, c, e);
-    free(text);
+    int rc = catalog_parse(path, text, len, c, e);
     if (rc) {
         catalog_free(c);
         return rc;

@@ -12,6 +12,8 @@
 #include "nbx_int.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,22 +52,54 @@ nbx_snapshot *nbx_engine_snapshot(nbx_engine *e)
     return s;
 }
 
-/* Install a new snapshot built from the current one with one part replaced. */
-static int engine_swap(nbx_engine *e, nbx_policy *policy, nbx_catalog *catalog)
+/* Build the sandbox every context will build for (policy, catalog) with
+ * these limits, and close it. Done once at open and at each reload, so a
+ * pair that cannot run together (a policy over its memory limit once the
+ * catalog's offer tables are in its state, say) is refused there with the
+ * reason, instead of serving fallbacks on every decision. */
+static int trial(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits *limits, nbx_err *e)
 {
-    pthread_mutex_lock(&e->lock);
-    nbx_snapshot *old = e->current;
-    nbx_snapshot *s = snapshot_new(policy ? policy : old->policy,
-                                   catalog ? catalog : old->catalog, old->generation + 1);
-    if (!s) {
+    nbx_sandbox *sb = NULL;
+    int rc = nbx_sandbox_open(policy, catalog, limits, &sb, e);
+    nbx_sandbox_close(sb);
+    return rc;
+}
+
+/* Install a new snapshot built from the current one with one part replaced
+ * (exactly one of policy, catalog is given), after a trial of the new part
+ * with the current other part. The trial runs outside the lock; if another
+ * reload swapped the other part meanwhile, it runs again with that one. */
+static int engine_swap(nbx_engine *e, nbx_policy *policy, nbx_catalog *catalog, nbx_err *err)
+{
+    for (;;) {
+        nbx_snapshot *cur = nbx_engine_snapshot(e);
+        int rc = trial(policy ? policy : cur->policy, catalog ? catalog : cur->catalog,
+                       &e->limits, err);
+        if (rc) {
+            nbx_snapshot_unref(cur);
+            return rc;
+        }
+        pthread_mutex_lock(&e->lock);
+        nbx_snapshot *old = e->current;
+        bool other_changed =
+            policy ? old->catalog != cur->catalog : old->policy != cur->policy;
+        nbx_snapshot_unref(cur); /* e->current or our ref keeps old alive */
+        if (other_changed) {
+            pthread_mutex_unlock(&e->lock);
+            continue;
+        }
+        nbx_snapshot *s = snapshot_new(policy ? policy : old->policy,
+                                       catalog ? catalog : old->catalog, old->generation + 1);
+        if (!s) {
+            pthread_mutex_unlock(&e->lock);
+            return nbx_err_set(err, NBX_ENOMEM, "out of memory");
+        }
+        e->current = s;
+        atomic_store_explicit(&e->generation, s->generation, memory_order_release);
         pthread_mutex_unlock(&e->lock);
-        return NBX_ENOMEM;
+        nbx_snapshot_unref(old);
+        return NBX_OK;
     }
-    e->current = s;
-    atomic_store_explicit(&e->generation, s->generation, memory_order_release);
-    pthread_mutex_unlock(&e->lock);
-    nbx_snapshot_unref(old);
-    return NBX_OK;
 }
 
 void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...)
@@ -94,47 +128,93 @@ NBX_API void nbx_engine_options_init(nbx_engine_options *o)
     o->memory_limit = NBX_DEFAULT_MEMORY_LIMIT;
 }
 
-NBX_API int nbx_engine_open(const nbx_engine_options *o, nbx_engine **out)
+/* The caller's options, completed: an older caller's smaller struct (its
+ * size field) gets zeros for the fields added since. */
+static int engine_options(const nbx_engine_options *in, const char *fn, nbx_engine_options *o)
+{
+    if (!in)
+        return nbx_fail(NULL, NBX_EINVAL, "%s: options are required", fn);
+    if (in->size < offsetof(nbx_engine_options, catalog_text))
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "%s: options.size is %zu, expected %zu (call nbx_engine_options_init)",
+                        fn, in->size, sizeof *o);
+    memset(o, 0, sizeof *o);
+    memcpy(o, in, in->size < sizeof *o ? in->size : sizeof *o);
+    if (!o->catalog || !o->policy)
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "%s: catalog and policy are required (file paths, or names with "
+                        "catalog_text and policy_text)",
+                        fn);
+    return NBX_OK;
+}
+
+static void engine_limits(const nbx_engine_options *o, nbx_limits *l)
+{
+    memset(l, 0, sizeof *l);
+    l->time_us = o->time_limit_us ? o->time_limit_us : NBX_DEFAULT_TIME_LIMIT_US;
+    l->memory = o->memory_limit ? o->memory_limit : NBX_DEFAULT_MEMORY_LIMIT;
+}
+
+/* Catalog and policy from their files or from the texts given, then the
+ * trial of the pair with these limits. */
+static int load_pair(const nbx_engine_options *o, const nbx_limits *limits, nbx_catalog **catalog,
+                     nbx_policy **policy, nbx_err *err)
+{
+    *catalog = NULL;
+    *policy = NULL;
+    int rc = o->catalog_text
+                 ? nbx_catalog_load_text(o->catalog, o->catalog_text, o->catalog_len, catalog, err)
+                 : nbx_catalog_load(o->catalog, catalog, err);
+    if (rc == NBX_OK)
+        rc = o->policy_text
+                 ? nbx_policy_load_text(o->policy, o->policy_text, o->policy_len, policy, err)
+                 : nbx_policy_load(o->policy, policy, err);
+    if (rc == NBX_OK)
+        rc = trial(*policy, *catalog, limits, err);
+    if (rc) {
+        nbx_policy_unref(*policy);
+        nbx_catalog_unref(*catalog);
+        *catalog = NULL;
+        *policy = NULL;
+    }
+    return rc;
+}
+
+NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
 {
     if (out)
         *out = NULL;
-    if (!o || !out)
-        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: options and out are required");
-    if (o->size < sizeof *o)
-        return nbx_fail(NULL, NBX_EINVAL,
-                        "nbx_engine_open: options.size is %zu, expected %zu (call "
-                        "nbx_engine_options_init)",
-                        o->size, sizeof *o);
-    if ((!o->store && !o->store_handle) || !o->catalog || !o->policy)
-        return nbx_fail(NULL, NBX_EINVAL,
-                        "nbx_engine_open: store, catalog and policy are required");
+    nbx_engine_options o;
+    int rc = engine_options(opts, "nbx_engine_open", &o);
+    if (rc)
+        return rc;
+    if (!out)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: out is NULL");
+    if (!o.store && !o.store_handle)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: store or store_handle is required");
     nbx_engine *e = calloc(1, sizeof *e);
     if (!e)
         return nbx_fail(NULL, NBX_ENOMEM, "out of memory");
     pthread_mutex_init(&e->lock, NULL);
-    e->limits.time_us = o->time_limit_us ? o->time_limit_us : NBX_DEFAULT_TIME_LIMIT_US;
-    e->limits.memory = o->memory_limit ? o->memory_limit : NBX_DEFAULT_MEMORY_LIMIT;
-    e->flags = o->flags;
-    e->log = o->log;
-    e->log_ud = o->log_ud;
+    engine_limits(&o, &e->limits);
+    e->flags = o.flags;
+    e->log = o.log;
+    e->log_ud = o.log_ud;
 
     nbx_err err = {0};
     nbx_catalog *catalog = NULL;
     nbx_policy *policy = NULL;
-    int rc = NBX_OK;
-    if (o->store_handle) {
-        e->store = o->store_handle;
+    if (o.store_handle) {
+        e->store = o.store_handle;
     } else {
-        unsigned sflags = (o->flags & NBX_ENGINE_READONLY) ? NBX_STORE_READONLY : 0;
-        rc = nbx_store_open(o->store, sflags, &e->store);
+        unsigned sflags = (o.flags & NBX_ENGINE_READONLY) ? NBX_STORE_READONLY : 0;
+        rc = nbx_store_open(o.store, sflags, &e->store);
         if (rc)
             nbx_err_set(&err, rc, "%s", nbx_last_errmsg());
         e->own_store = true;
     }
     if (rc == NBX_OK)
-        rc = nbx_catalog_load(o->catalog, &catalog, &err);
-    if (rc == NBX_OK)
-        rc = nbx_policy_load(o->policy, &policy, &err);
+        rc = load_pair(&o, &e->limits, &catalog, &policy, &err);
     if (rc == NBX_OK && !(e->current = snapshot_new(policy, catalog, 1)))
         rc = nbx_err_set(&err, NBX_ENOMEM, "out of memory");
     nbx_policy_unref(policy);
@@ -145,6 +225,33 @@ NBX_API int nbx_engine_open(const nbx_engine_options *o, nbx_engine **out)
     }
     atomic_init(&e->generation, 1);
     *out = e;
+    return NBX_OK;
+}
+
+NBX_API int nbx_engine_check(const nbx_engine_options *opts, nbx_engine_info *info)
+{
+    nbx_engine_options o;
+    int rc = engine_options(opts, "nbx_engine_check", &o);
+    if (rc)
+        return rc;
+    nbx_limits limits;
+    engine_limits(&o, &limits);
+    nbx_err err = {0};
+    nbx_catalog *catalog;
+    nbx_policy *policy;
+    rc = load_pair(&o, &limits, &catalog, &policy, &err);
+    if (rc)
+        return nbx_publish(NULL, &err);
+    if (info) {
+        memset(info, 0, sizeof *info);
+        snprintf(info->policy_name, sizeof info->policy_name, "%s", policy->name);
+        memcpy(info->policy_version, policy->version_hex, sizeof info->policy_version);
+        memcpy(info->catalog_version, catalog->version_hex, sizeof info->catalog_version);
+        info->offers = catalog->n_offers;
+        info->placements = catalog->n_placements;
+    }
+    nbx_policy_unref(policy);
+    nbx_catalog_unref(catalog);
     return NBX_OK;
 }
 
@@ -176,12 +283,15 @@ NBX_API int nbx_engine_load_policy(nbx_engine *e, const char *path)
                        path, err.msg);
         return nbx_publish(e, &err);
     }
-    rc = engine_swap(e, p, NULL);
+    rc = engine_swap(e, p, NULL, &err);
     if (rc == NBX_OK)
         nbx_engine_log(e, NBX_LOG_INFO, "policy %s loaded: %s version %s", path, p->name,
                        p->version_hex);
+    else
+        nbx_engine_log(e, NBX_LOG_ERROR,
+                       "policy %s rejected, the current one keeps serving: %s", path, err.msg);
     nbx_policy_unref(p);
-    return rc ? nbx_fail(e, rc, "out of memory") : NBX_OK;
+    return rc ? nbx_publish(e, &err) : NBX_OK;
 }
 
 NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
@@ -196,12 +306,15 @@ NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
                        path, err.msg);
         return nbx_publish(e, &err);
     }
-    rc = engine_swap(e, NULL, c);
+    rc = engine_swap(e, NULL, c, &err);
     if (rc == NBX_OK)
         nbx_engine_log(e, NBX_LOG_INFO, "catalog %s loaded: version %s, %u offers", path,
                        c->version_hex, c->n_offers);
+    else
+        nbx_engine_log(e, NBX_LOG_ERROR,
+                       "catalog %s rejected, the current one keeps serving: %s", path, err.msg);
     nbx_catalog_unref(c);
-    return rc ? nbx_fail(e, rc, "out of memory") : NBX_OK;
+    return rc ? nbx_publish(e, &err) : NBX_OK;
 }
 
 NBX_API int nbx_engine_info_get(nbx_engine *e, nbx_engine_info *info)

@@ -537,6 +537,9 @@ typedef struct nbx_catalog {
 #define NBX_CATALOG_FILE_MAX (64u << 20)
 
 int nbx_catalog_load(const char *path, nbx_catalog **out, nbx_err *e);
+/* The same from the catalog's JSON in memory; path names it in messages. */
+int nbx_catalog_load_text(const char *path, const char *text, size_t len, nbx_catalog **out,
+                          nbx_err *e);
 nbx_catalog *nbx_catalog_ref(nbx_catalog *c);
 void nbx_catalog_unref(nbx_catalog *c);
 const nbx_offer *nbx_catalog_offer(const nbx_catalog *c, nbx_sv id);
@@ -563,6 +566,9 @@ typedef struct nbx_policy {
 /* Read and check a policy (it compiles and returns a well-formed table, in
  * a throwaway sandbox). */
 int nbx_policy_load(const char *path, nbx_policy **out, nbx_err *e);
+/* The same from the policy's source in memory (copied); path names it. */
+int nbx_policy_load_text(const char *path, const char *text, size_t len, nbx_policy **out,
+                         nbx_err *e);
 nbx_policy *nbx_policy_ref(nbx_policy *p);
 void nbx_policy_unref(nbx_policy *p);
 

@@ -37,6 +37,9 @@ static char *policy_chunkname(const char *path)
     return name;
 }
 
+static int policy_from_source(const char *path, char *source, size_t len, nbx_policy **out,
+                              nbx_err *e);
+
 int nbx_policy_load(const char *path, nbx_policy **out, nbx_err *e)
 {
     if (!out)
@@ -52,6 +55,33 @@ int nbx_policy_load(const char *path, nbx_policy **out, nbx_err *e)
                            path, NBX_POLICY_FILE_MAX);
     if (rc != NBX_OK)
         return rc;
+    return policy_from_source(path, source, len, out, e);
+}
+
+int nbx_policy_load_text(const char *path, const char *text, size_t len, nbx_policy **out,
+                         nbx_err *e)
+{
+    if (!out)
+        return nbx_err_set(e, NBX_EINVAL, "nbx_policy_load_text: out is NULL");
+    *out = NULL;
+    if (!path || !*path || !text)
+        return nbx_err_set(e, NBX_EINVAL, "nbx_policy_load_text: no name or no text");
+    if (len > NBX_POLICY_FILE_MAX)
+        return nbx_err_set(e, NBX_EPOLICY, "%s: the policy is over the limit of %u bytes", path,
+                           NBX_POLICY_FILE_MAX);
+    char *source = malloc(len + 1);
+    if (!source)
+        return nbx_err_set(e, NBX_ENOMEM, "%s: out of memory", path);
+    memcpy(source, text, len);
+    source[len] = '\0';
+    return policy_from_source(path, source, len, out, e);
+}
+
+/* Takes ownership of source (NUL-terminated, len bytes before the NUL). */
+static int policy_from_source(const char *path, char *source, size_t len, nbx_policy **out,
+                              nbx_err *e)
+{
+    int rc;
     if (len > 0 && source[0] == '\033') {
         free(source);
         return nbx_err_set(e, NBX_EPOLICY,

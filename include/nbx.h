@@ -469,15 +469,25 @@ typedef struct nbx_engine_options {
     unsigned flags;           /**< nbx_engine_flags */
     nbx_log_fn log;           /**< policy failures and reloads; NULL: none */
     void *log_ud;
+    /** The catalog's JSON itself instead of reading the file `catalog`, which
+     * then only names it in messages (len bytes, need not end in NUL). For
+     * hosts that read files once, such as nginx's master process. */
+    const char *catalog_text;
+    size_t catalog_len;
+    /** The policy's Lua source itself; `policy` then names it (chunk name,
+     * messages). The version is the xxh64 of these bytes, as of a file's. */
+    const char *policy_text;
+    size_t policy_len;
 } nbx_engine_options;
 
 /** @brief Set defaults. @note Thread-safe. */
 NBX_API void nbx_engine_options_init(nbx_engine_options *opts);
 
 /**
- * @brief Open an engine: the store, then the catalog, then the policy
- * (compiled in a test sandbox, so a broken policy fails here, not on the
- * first decision).
+ * @brief Open an engine: the store, then the catalog, then the policy, then
+ * a trial sandbox for the pair with the engine's limits (so a broken policy,
+ * or one that cannot hold this catalog within its memory limit, fails here,
+ * not on every decision).
  * @param[out] out the engine, NULL on failure (see nbx_last_errmsg()).
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE (catalog),
  *   NBX_EPOLICY, NBX_EVERSION, NBX_ESTORE, NBX_ENOMEM.
@@ -498,7 +508,8 @@ NBX_API void nbx_engine_close(nbx_engine *engine);
 NBX_API const char *nbx_engine_errmsg(const nbx_engine *engine);
 
 /**
- * @brief Load a policy file and swap it in atomically. On failure the
+ * @brief Load a policy file and swap it in atomically, after a trial
+ * sandbox with the current catalog and the engine's limits. On failure the
  * current policy keeps serving.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPOLICY, NBX_ENOMEM.
  * @note Thread-safe, also while contexts decide.
@@ -506,7 +517,8 @@ NBX_API const char *nbx_engine_errmsg(const nbx_engine *engine);
 NBX_API int nbx_engine_load_policy(nbx_engine *engine, const char *path);
 
 /**
- * @brief Load a catalog file and swap it in atomically. On failure the
+ * @brief Load a catalog file and swap it in atomically, after a trial
+ * sandbox with the current policy and the engine's limits. On failure the
  * current catalog keeps serving.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ENOMEM.
  * @note Thread-safe, also while contexts decide.
@@ -555,6 +567,19 @@ NBX_API int nbx_policy_check(const char *path, nbx_engine_info *info);
  * @note Thread-safe; safe to call before fork().
  */
 NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info);
+
+/**
+ * @brief Check what nbx_engine_open() would load, without a store: the
+ * catalog, the policy, and a sandbox built for the pair with the options'
+ * limits (a policy that cannot load within its memory limit with this
+ * catalog fails here). store and store_handle are ignored.
+ * @param[out] info if not NULL, receives what an engine would serve.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE (catalog),
+ *   NBX_EPOLICY, NBX_ENOMEM; nbx_last_errmsg() names the file and reason.
+ * @note Thread-safe. Creates and destroys its own Lua state and touches no
+ *   store: safe to call before fork().
+ */
+NBX_API int nbx_engine_check(const nbx_engine_options *opts, nbx_engine_info *info);
 
 /* ========================================================================
  * Decisions

@@ -1,6 +1,7 @@
 /* Suite: catalog (core/catalog.c): loading and validation. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,6 +147,27 @@ Test(catalog, errors_name_offer_and_field)
         {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
          ",\"segment_propensity\":{\"whales\":0.2}}]}",
          "segment_propensity.whales': unknown segment"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"caps\":{\"impresions\":{\"max\":3,\"window_days\":7}}}]}",
+         "offer 'a': field 'caps.impresions': unknown field; known: impressions, accepts"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"caps\":{\"impressions\":{\"max\":3,\"days\":7}}}]}",
+         "offer 'a': field 'caps.impressions.days': unknown field"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"budget\":{\"daily_clicks\":5}}]}",
+         "offer 'a': field 'budget.daily_clicks': unknown field"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"budget\":{\"daily_accepts\":-1}}]}",
+         "offer 'a': field 'budget.daily_accepts': must be an integer >= 0"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         "}],\"guardrails\":{\"max_contacts\":{\"max\":5,\"window_days\":0}}}",
+         "guardrails: field 'max_contacts.window_days'"},
+        {"{\"placements\":[{\"id\":\"hero\"},{\"id\":\"recs\"}],\"offers\":[{" OFFER_OK
+         "}],\"fallback\":{\"recs\":[\"a\"]}}",
+         "field 'fallback.recs[0]': offer 'a' does not list placement 'recs'"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"headline\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}",
+         "offer 'a': field 'headline': nested deeper than 32 levels"},
         {"{\"placements\":[],\"offers\":[]}", "field 'placements'"},
         {"{\"placements\":[{\"id\":\"hero\"}],\n\"offers\": [ }", "c.json:2:"},
         {"[1,2]", "must be a JSON object"},
@@ -180,4 +202,17 @@ Test(catalog, public_check)
     cr_assert_eq(nbx_catalog_check("/nonexistent.json", NULL), NBX_ENOTFOUND);
     cr_assert(strstr(nbx_last_errmsg(), "/nonexistent.json") != NULL);
     free(path);
+}
+
+Test(catalog, values_as_deep_as_the_sandbox_takes_load)
+{
+    /* 32 levels (31 arrays around a scalar... the sandbox's limit) load,
+     * and the sandbox builds them (see test_sandbox for the 33rd) */
+    char text[512];
+    snprintf(text, sizeof text,
+             "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+             ",\"headline\":%s1%s}]}",
+             "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]");
+    nbx_err e = {0};
+    cr_assert_eq(load_text(text, &e), NBX_OK, "%s", e.msg);
 }

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -542,4 +543,91 @@ Test(decide, arbitration_fills_slots_greedily_in_rank_order)
         cr_assert_eq(nbx_result_action_count(r), want, "%s", text);
         json_decref(doc);
     }
+}
+
+Test(decide, engine_from_texts_and_engine_check)
+{
+    char *catalog_text = tu_read_file(catalog_path, NULL);
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = "catalog (in memory)";
+    o.catalog_text = catalog_text;
+    o.catalog_len = strlen(catalog_text);
+    o.policy = "by_price.lua";
+    o.policy_text = BY_PRICE;
+    o.policy_len = strlen(BY_PRICE);
+    nbx_engine_info info;
+    cr_assert_eq(nbx_engine_check(&o, &info), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_str_eq(info.policy_name, "by_price");
+    cr_assert_eq(info.offers, 8);
+
+    /* the same bytes from a file give the same versions */
+    char *policy = write_policy("by_price.lua", BY_PRICE);
+    nbx_engine_options f;
+    nbx_engine_options_init(&f);
+    f.catalog = catalog_path;
+    f.policy = policy;
+    nbx_engine_info from_files;
+    cr_assert_eq(nbx_engine_check(&f, &from_files), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_str_eq(info.policy_version, from_files.policy_version);
+    cr_assert_str_eq(info.catalog_version, from_files.catalog_version);
+
+    /* an engine opened from the texts decides; errors name the given name */
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    cr_assert_gt(nbx_result_action_count(decide("alice", 0)), 0);
+    o.policy_text = "return { name = 'x', score = ";
+    o.policy_len = strlen(o.policy_text);
+    cr_assert_eq(nbx_engine_check(&o, NULL), NBX_EPOLICY);
+    cr_assert(strstr(nbx_last_errmsg(), "by_price.lua:1:") != NULL, "%s", nbx_last_errmsg());
+    /* an older caller's smaller options struct still works */
+    nbx_engine_options old = f;
+    old.size = offsetof(nbx_engine_options, catalog_text);
+    cr_assert_eq(nbx_engine_check(&old, NULL), NBX_OK, "%s", nbx_last_errmsg());
+    old.size = offsetof(nbx_engine_options, log);
+    cr_assert_eq(nbx_engine_check(&old, NULL), NBX_EINVAL);
+    free(policy);
+    free(catalog_text);
+}
+
+Test(decide, a_policy_over_the_engines_memory_limit_is_refused_at_open_and_at_reload)
+{
+    /* fits the default 32 MiB (nbx_policy_check passes), not the engine's 256 KiB */
+    static const char *HEAVY = "local t = {}\n"
+                               "for i = 1, 100000 do t[i] = i end\n"
+                               "return { name = 'heavy', score = function() return #t end }\n";
+    char *heavy = write_policy("heavy.lua", HEAVY);
+    cr_assert_eq(nbx_policy_check(heavy, NULL), NBX_OK, "%s", nbx_last_errmsg());
+    char *light = write_policy("light.lua", BY_PRICE);
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.policy = heavy;
+    o.memory_limit = 256u << 10;
+    cr_assert_eq(nbx_engine_check(&o, NULL), NBX_EPOLICY);
+    cr_assert(strstr(nbx_last_errmsg(), "heavy.lua") != NULL &&
+                  strstr(nbx_last_errmsg(), "memory limit (256 KiB)") != NULL,
+              "%s", nbx_last_errmsg());
+    nbx_engine *e = NULL;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_EPOLICY);
+    cr_assert_null(e);
+
+    /* serving the light policy, a reload to the heavy one is refused and the
+     * light one keeps serving, deciding normally */
+    o.policy = light;
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_engine_info before, after;
+    nbx_engine_info_get(engine, &before);
+    cr_assert_eq(nbx_engine_load_policy(engine, heavy), NBX_EPOLICY);
+    cr_assert(strstr(nbx_engine_errmsg(engine), "memory limit") != NULL, "%s",
+              nbx_engine_errmsg(engine));
+    nbx_engine_info_get(engine, &after);
+    cr_assert_str_eq(before.policy_version, after.policy_version);
+    const nbx_result *r = decide("alice", 0);
+    cr_assert_not(nbx_result_fallback(r), "%s", nbx_result_json(r, NULL));
+    free(heavy);
+    free(light);
 }
