@@ -1,8 +1,11 @@
 """Helpers for the nbx CLI tests: run the real binary on real stores.
 
-NBX_BIN names the binary (set by ctest); without it the tests look for a
-build in build-cli/ or build/ under the source tree, so a developer can run
-`python3 -m unittest -v test_cli` from tests/cli.
+NBX_BIN names the binary (ctest sets it to the nbx it built). Without it
+the tests use $NBX_BINARY_DIR/nbx, else build/nbx under the source tree (where
+`make` and CMake's documented commands build), so a developer can run
+`python3 -m unittest -v test_cli` from tests/cli after building. No other
+directory is searched: a stale binary of another build must not be tested
+by accident.
 """
 import json
 import os
@@ -18,12 +21,15 @@ SOURCE_DIR = os.environ.get("NBX_SOURCE_DIR") or os.path.dirname(os.path.dirname
 def _find_binary():
     path = os.environ.get("NBX_BIN")
     if path:
-        return path
-    for build in ("build-cli", "build"):
-        candidate = os.path.join(SOURCE_DIR, build, "nbx")
-        if os.path.exists(candidate):
-            return candidate
-    raise RuntimeError("set NBX_BIN to the nbx binary")
+        where = "NBX_BIN"
+    elif os.environ.get("NBX_BINARY_DIR"):
+        path, where = os.path.join(os.environ["NBX_BINARY_DIR"], "nbx"), "NBX_BINARY_DIR"
+    else:
+        path, where = os.path.join(SOURCE_DIR, "build", "nbx"), "the default build directory"
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise RuntimeError(f"no nbx binary at {path} ({where}): build it "
+                           f"(cmake -S . -B build && cmake --build build) or set NBX_BIN")
+    return path
 
 
 NBX = _find_binary()

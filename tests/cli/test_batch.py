@@ -149,6 +149,43 @@ class BatchCase(CliTestCase):
 
 
 # ===========================================================================
+# 0. The harness tests the binary it was given
+# ===========================================================================
+
+class T00Harness(unittest.TestCase):
+
+    def find(self, env_extra, builds):
+        """The binary cliutil picks in a fake source tree holding `builds`."""
+        with tempfile.TemporaryDirectory() as src:
+            for build in builds:
+                os.makedirs(os.path.join(src, build))
+                path = os.path.join(src, build, "nbx")
+                with open(path, "w") as f:
+                    f.write("#!/bin/sh\n")
+                os.chmod(path, 0o755)
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("NBX_BIN", "NBX_BINARY_DIR")}
+            env.update(NBX_SOURCE_DIR=src, **env_extra)
+            r = subprocess.run(["/usr/bin/python3", "-c", "import cliutil; print(cliutil.NBX)"],
+                               cwd=os.path.dirname(os.path.abspath(__file__)), env=env,
+                               capture_output=True, text=True)
+            return r.returncode, r.stdout.strip().replace(src, "SRC"), r.stderr
+
+    def test_01_build_dir_not_a_stale_build_cli(self):
+        self.assertEqual(self.find({}, ["build-cli", "build"])[:2], (0, "SRC/build/nbx"))
+        rc, _, err = self.find({}, ["build-cli"])
+        self.assertNotEqual(rc, 0, "build-cli/nbx must not be picked up")
+        self.assertRegex(err, r"no nbx binary at \S+/build/nbx \(the default build directory\)")
+
+    def test_02_environment_first(self):
+        rc, path, _ = self.find({"NBX_BIN": NBX}, ["build"])
+        self.assertEqual((rc, path), (0, NBX))
+        rc, _, err = self.find({"NBX_BIN": "/nonexistent/nbx"}, ["build"])
+        self.assertNotEqual(rc, 0)
+        self.assertIn("no nbx binary at /nonexistent/nbx (NBX_BIN)", err)
+
+
+# ===========================================================================
 # 1. Results equal nbx decide
 # ===========================================================================
 
