@@ -94,6 +94,10 @@ class EngineOptions(ctypes.Structure):
         ("flags", ctypes.c_uint),
         ("log", LOG_FN),
         ("log_ud", c_void_p),
+        ("catalog_text", c_char_p),
+        ("catalog_len", c_size_t),
+        ("policy_text", c_char_p),
+        ("policy_len", c_size_t),
     ]
 
 
@@ -232,3 +236,27 @@ nbx_batch_errmsg = _fn("nbx_batch_errmsg", c_char_p, c_void_p)
 nbx_batch_close = _fn("nbx_batch_close", None, c_void_p)
 nbx_shard_of = _fn("nbx_shard_of", ctypes.c_uint32, c_char_p, ctypes.c_uint32)
 nbx_excluded_name = _fn("nbx_excluded_name", c_char_p, c_int)
+
+
+# ---------------------------------------------------------------------------
+# The options structs must be the library's size: its *_init() writes that
+# many bytes, so a struct mirrored short here would be overrun (a crash, not
+# an error). Checked once, on a buffer large enough for any version.
+# ---------------------------------------------------------------------------
+
+def _check_struct_sizes():
+    for init, struct in (("nbx_engine_options_init", EngineOptions),
+                         ("nbx_request_init", Request),
+                         ("nbx_batch_options_init", BatchOptions)):
+        buf = ctypes.create_string_buffer(4096)
+        fn = lib[init]  # a fresh function object: the typed one above is kept
+        fn.restype, fn.argtypes = None, [c_void_p]
+        fn(ctypes.cast(buf, c_void_p))
+        size = c_size_t.from_buffer(buf).value
+        if size != ctypes.sizeof(struct):
+            raise ImportError(f"nbx: {library_path}: {init}() sets a struct of {size} bytes, "
+                              f"this binding's {struct.__name__} has {ctypes.sizeof(struct)}: "
+                              f"the binding and the library are from different versions")
+
+
+_check_struct_sizes()
