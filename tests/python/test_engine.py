@@ -359,5 +359,109 @@ class T04Batch(TempDirCase):
                 pass
 
 
+# ===========================================================================
+# 5. Arguments are checked, never silently bent
+# ===========================================================================
+
+class T05Arguments(SmallStoreCase):
+
+    def assertInvalid(self, call, says):
+        with self.assertRaises(nbx.InvalidArgument) as cm:
+            call()
+        self.assertIn(says, cm.exception.message)
+        return cm.exception
+
+    def test_01_nul_in_strings(self):
+        e = self.engine(readonly=True)
+        self.assertInvalid(lambda: e.decide("u1\0x"), "customer must not contain NUL")
+        self.assertInvalid(lambda: e.decide(b"u1\0x"), "must not contain NUL")
+        self.assertInvalid(lambda: e.decide("u1", session={"k": "a\0b"}), "must not contain NUL")
+        self.assertInvalid(lambda: e.decide("u1", placements=["hero\0"]), "must not contain NUL")
+        got = list(e.batch(["u1", "u2\0x", "u3"], on_error="return", as_of=AS_OF))
+        self.assertEqual([g["customer"] for g in got], ["u1", "u2\0x", "u3"])
+        self.assertEqual(got[1]["error"]["name"], "NBX_EINVAL")
+        self.assertIn("NUL", got[1]["error"]["message"])
+
+    def test_02_shards(self):
+        e = self.engine(readonly=True)
+        for bad, says in (((0, 0), "the count must be from 1"), ((3, 3), "0..2"),
+                          ((-1, 3), "0..2"), ((True, 2), "integers"), (("0", 3), "integers"),
+                          ((1,), "a pair"), (3, "a pair")):
+            with self.subTest(shard=bad):
+                self.assertInvalid(lambda: e.batch(["u1"], shard=bad), says)
+                err = self.assertInvalid(lambda: list(e.customer_ids(shard=bad)), says)
+                self.assertNotIn("..-1", err.message)
+
+    def test_03_customers_must_be_an_iterable_of_items(self):
+        e = self.engine(readonly=True)
+        for bad in ("u1", b"u1"):
+            self.assertInvalid(lambda: e.batch(bad), "not a single string")
+        self.assertInvalid(lambda: e.batch(5), "iterable")
+
+    def test_04_as_of_out_of_range(self):
+        e = self.engine(readonly=True)
+        for bad in (1e20, -1e12, float("nan"), float("inf"), 10 ** 30):
+            with self.subTest(as_of=bad):
+                self.assertInvalid(lambda: e.decide("u1", as_of=bad), "as_of")
+                self.assertInvalid(lambda: e.batch(["u1"], as_of=bad), "as_of")
+                self.assertInvalid(lambda: nbx.as_of_ms(bad), "as_of")
+        self.assertEqual(nbx.as_of_ms(253402300799), 253402300799000)
+
+    def test_05_threads_and_window(self):
+        e = self.engine(readonly=True)
+        for name in ("threads", "window"):
+            for bad in (-1, 2.5, True, "2", 10 ** 9):
+                with self.subTest(name=name, value=bad):
+                    self.assertInvalid(lambda: e.batch(["u1"], **{name: bad}), name)
+        self.assertEqual(len(list(e.batch(["u1", "u2"], threads=1, window=1))), 2)
+
+    def test_06_session_must_be_a_mapping(self):
+        e = self.engine(readonly=True)
+        for bad in ("page=/home", [("page", "/home")], 3):
+            with self.subTest(session=bad):
+                self.assertInvalid(lambda: e.decide("u1", session=bad), "mapping")
+                self.assertInvalid(lambda: e.batch(["u1"], session=bad), "mapping")
+        got = list(e.batch([{"id": "u1", "page": "/home"}], session={"channel": "email"}))
+        self.assertEqual(got[0]["customer"], "u1")
+
+    def test_07_item_without_an_id(self):
+        e = self.engine(readonly=True)
+        got = list(e.batch(["u1", "u2", {"channel": "x"}, "u3"], on_error="return"))
+        self.assertEqual(got[2]["customer"], None, "not the whole dict")
+        self.assertEqual(got[2]["error"]["name"], "NBX_EPARSE")
+        self.assertEqual(got[2]["error"]["message"], "item 2 has no id")
+        with self.assertRaises(nbx.ParseError) as cm:
+            list(e.batch(["u1", {"channel": "x"}]))
+        self.assertEqual(cm.exception.message, "item 1 has no id")
+
+
+# ===========================================================================
+# 6. batch(record=True): every customer recorded reaches the consumer
+# ===========================================================================
+
+class T06RecordedBatch(SmallStoreCase):
+
+    def recorded(self):
+        return json.loads(run_nbx("stats", "--json", "--store", self.store).stdout)["events_seen"]
+
+    def test_01_a_bad_item_stops_the_reading(self):
+        e = self.engine()
+        seen = []
+        with self.assertRaises(nbx.InvalidArgument):
+            for r in e.batch(["u1", "u2", "x" * 300, "u3", "u4"], record=True, window=8,
+                             as_of=AS_OF):
+                seen.append(r)
+        self.assertEqual([r["customer"] for r in seen], ["u1", "u2"])
+        self.assertEqual(self.recorded(), sum(len(r["actions"]) for r in seen),
+                         "customers after the bad item were recorded but never returned")
+
+    def test_02_window_bounds_what_an_early_stop_leaves_recorded(self):
+        e = self.engine()
+        gen = e.batch(["u1", "u2", "u3", "u4"], record=True, window=1, as_of=AS_OF)
+        first = next(gen)
+        gen.close()
+        self.assertEqual(self.recorded(), len(first["actions"]))
+
+
 if __name__ == "__main__":
     unittest.main()

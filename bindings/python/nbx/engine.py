@@ -1,5 +1,6 @@
 """The Engine: decisions, events and batches over one libnbx engine."""
 import collections
+import collections.abc
 import ctypes
 import datetime
 import json
@@ -14,15 +15,58 @@ from .errors import Error, InvalidArgument, error_for
 _log = logging.getLogger("nbx")
 _LOG_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}
 _ON_ERROR = ("raise", "skip", "return")
+# Epoch seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+_EPOCH_MIN, _EPOCH_MAX = -62135596800, 253402300799
+_THREADS_MAX = 256       # NBX_BATCH_THREADS_MAX
+_WINDOW_MAX = 1 << 20    # NBX_BATCH_WINDOW_MAX
 
 
 def _text(value, what):
-    """str or bytes -> bytes for C; anything else is a caller mistake."""
+    """str or bytes -> bytes for C; anything else is a caller mistake. C
+    strings end at NUL, so "a\\0b" would silently become "a": refused."""
     if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes):
-        return value
-    raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+        try:
+            data = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as e:
+            raise InvalidArgument(f"{what} is not valid text: {e}") from None
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+    if b"\0" in data:
+        raise InvalidArgument(f"{what} must not contain NUL: {value!r}")
+    return data
+
+
+def _count(value, what, most):
+    """threads, window: None (or 0) for the default, else an int 1..most."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be an integer from 1 to {most} (or None for the "
+                              f"default), got {value!r}")
+    if value == 0:
+        return 0
+    if not 1 <= value <= most:
+        raise InvalidArgument(f"{what} must be from 1 to {most} (or None for the default), "
+                              f"got {value}")
+    return value
+
+
+def _shard(shard):
+    """shard=(i, n) -> (i, n), checked: n >= 1 and 0 <= i < n."""
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"shard must be a pair (i, n), got {shard!r}") from None
+    for v in (index, count):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InvalidArgument(f"shard must be a pair of integers (i, n), got {shard!r}")
+    if not 1 <= count <= 0xFFFFFFFF:
+        raise InvalidArgument(f"shard {index}/{count}: the count must be from 1 to 2^32-1")
+    if not 0 <= index < count:
+        raise InvalidArgument(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+    return index, count
 
 
 def _session_value(value):
@@ -33,13 +77,16 @@ def _session_value(value):
     return _text(value, "a session value")
 
 
-def _session_array(session):
-    """A dict (or (key, value) pairs) -> (Kv array, count, keep-alive list).
-    None values are left out, as a JSON null is on the CLI."""
-    if not session:
+def _session_array(session, what="session"):
+    """A mapping -> (Kv array, count). None values are left out, as a JSON
+    null is on the CLI."""
+    if session is None:
         return None, 0
-    pairs = session.items() if isinstance(session, dict) else session
-    encoded = [(_text(k, "a session key"), _session_value(v)) for k, v in pairs if v is not None]
+    if not isinstance(session, collections.abc.Mapping):
+        raise InvalidArgument(f"{what} must be a mapping of field names to values (a dict), "
+                              f"got {type(session).__name__}")
+    encoded = [(_text(k, "a session key"), _session_value(v))
+               for k, v in session.items() if v is not None]
     if not encoded:
         return None, 0
     arr = (N.Kv * len(encoded))()
@@ -75,6 +122,10 @@ def as_of_ms(as_of):
     if isinstance(as_of, bool):
         raise InvalidArgument("as_of must be a time, not a bool")
     if isinstance(as_of, (int, float)):
+        # The range RFC 3339 times can have (years 0001-9999); NaN fails it.
+        if not _EPOCH_MIN <= as_of <= _EPOCH_MAX:
+            raise InvalidArgument(f"as_of: {as_of!r} epoch seconds is not a time from year 1 "
+                                  f"to 9999")
         return int(round(as_of * 1000))
     out = ctypes.c_int64()
     rc = N.nbx_time_parse(_text(as_of, "as_of"), ctypes.byref(out))
@@ -284,9 +335,7 @@ class Engine:
         keeps the ids with shard_of(id, n) == i; after resumes after an id."""
         store = N.nbx_engine_store(self._check())
         if shard is not None:
-            index, count = shard
-            if not 0 <= index < count:
-                raise InvalidArgument(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+            index, count = _shard(shard)
         it = ctypes.c_void_p()
         rc = N.nbx_iter_open(store, N.NBX_ITER_IDS,
                              None if after is None else _text(after, "after"), ctypes.byref(it))
@@ -327,15 +376,29 @@ class Engine:
         on_error: what a customer that cannot be decided (a bad id, a failed
         decision) yields: "raise" raises its nbx.Error when its turn comes,
         "skip" yields nothing for it, "return" yields
-        {"customer": id, "error": {"code", "name", "message"}}.
+        {"customer": id, "error": {"code", "name", "message"}} ("customer"
+        is None for a dict item without "id").
+
+        record=True and stopping early: customers are decided (and their
+        impressions recorded) up to `window` ahead of the one being
+        yielded. A bad item stops the reading, so with on_error="raise"
+        nothing after it is decided; a decision that fails is raised after
+        the results already decided behind it have been yielded, so every
+        recorded customer reaches the consumer. But a consumer that leaves
+        the loop early (break, close(), an exception of its own) leaves up
+        to window - 1 customers recorded and never seen: pass a small
+        window (window=1: none) when that matters.
         """
         if on_error not in _ON_ERROR:
             raise InvalidArgument(f"on_error must be one of {', '.join(_ON_ERROR)}")
+        if isinstance(customers, (str, bytes)):
+            raise InvalidArgument("customers must be an iterable of ids or dicts, not a single "
+                                  "string (batch([id]) for one customer)")
         handle = self._check()
         opts = N.BatchOptions()
         N.nbx_batch_options_init(ctypes.byref(opts))
-        opts.threads = int(threads or 0)
-        opts.window = int(window or 0)
+        opts.threads = _count(threads, "threads", _THREADS_MAX)
+        opts.window = _count(window, "window", _WINDOW_MAX)
         pl, opts.n_placements = _placement_array(placements)
         if pl is not None:
             opts.placements = pl
@@ -345,15 +408,20 @@ class Engine:
         opts.now_ms = as_of_ms(as_of)
         opts.flags = (N.NBX_DECIDE_EXPLAIN if explain else 0) | (N.NBX_DECIDE_RECORD if record else 0)
         if shard is not None:
-            index, count = shard
-            opts.shard_count, opts.shard_index = int(count), int(index)
+            index, count = _shard(shard)
+            opts.shard_count, opts.shard_index = count, index
+        try:
+            source = iter(customers)
+        except TypeError:
+            raise InvalidArgument(f"customers must be an iterable of ids or dicts, got "
+                                  f"{type(customers).__name__}") from None
         out = ctypes.c_void_p()
         rc = N.nbx_batch_open(handle, ctypes.byref(opts), ctypes.byref(out))
         if rc != N.NBX_OK:
             raise _last_error(rc)
         b = _Batch(out.value)
         self._batches.add(b)
-        return _run_batch(self, b, customers, on_error, raw)
+        return _run_batch(self, b, source, on_error, raw)
 
 
 class _Batch:
@@ -374,31 +442,49 @@ def _error_record(customer, err):
                       "message": err.message}}
 
 
-def _submit(handle, item):
-    """Queue one customer; returns (rc, customer id)."""
-    if isinstance(item, dict):
+class _Failed:
+    """An item that could not be queued, handed out in its place."""
+
+    __slots__ = ("customer", "error", "fatal")
+
+    def __init__(self, customer, error, fatal=False):
+        self.customer, self.error, self.fatal = customer, error, fatal
+
+
+def _submit(handle, item, index):
+    """Queue one customer; returns (rc, customer id) or raises Error."""
+    if isinstance(item, collections.abc.Mapping):
         if "id" not in item:
-            return N.NBX_EPARSE, None
+            raise error_for(N.NBX_EPARSE, f"item {index} has no id")
         customer = item["id"]
         fields = {k: v for k, v in item.items() if k != "id"}
-        kv, n = _session_array(fields)
+        kv, n = _session_array(fields, f"item {index}")
         return N.nbx_batch_submit(handle, _text(customer, "customer id"), kv, n, None), customer
     return N.nbx_batch_submit(handle, _text(item, "customer id"), None, 0, None), item
 
 
-def _run_batch(engine, b, customers, on_error, raw):
+def _item_customer(item):
+    if isinstance(item, collections.abc.Mapping):
+        return item.get("id")
+    return item
+
+
+def _run_batch(engine, b, source, on_error, raw):
     # `engine` is held so that the engine outlives the generator even when
     # the caller keeps no other reference to it.
     item_ptr = ctypes.POINTER(N.BatchItem)()
     try:
         window = N.nbx_batch_space(b.handle)
-        source = iter(customers)
-        # In order: None for a queued decision, else an error to hand out in
-        # its place. Bounded: queued decisions by the window, errors by
+        # In order: None for a queued decision, else a _Failed to hand out
+        # in its place. Bounded: queued decisions by the window, errors by
         # stopping the reading at twice the window.
         pending = collections.deque()
         in_flight = 0
+        index = 0
         exhausted = False
+        # A decision that failed with on_error="raise": raised once the
+        # decisions queued behind it (decided, perhaps recorded) are yielded.
+        deferred = None
         while True:
             while not exhausted and in_flight < window and len(pending) < 2 * window:
                 try:
@@ -408,33 +494,38 @@ def _run_batch(engine, b, customers, on_error, raw):
                     break
                 if b.handle is None:
                     raise InvalidArgument("the engine was closed during the batch")
+                index += 1
                 try:
-                    rc, customer = _submit(b.handle, item)
+                    rc, customer = _submit(b.handle, item, index - 1)
                 except Error as e:
-                    pending.append((item, e))
-                    continue
-                if rc == N.NBX_OK:
-                    pending.append(None)
-                    in_flight += 1
-                elif rc == N.NBX_DONE:
-                    continue  # another shard's customer
-                elif customer is None:
-                    pending.append((item, error_for(rc, "field 'id': is required")))
+                    rc, customer, err = e.code, _item_customer(item), e
                 else:
+                    if rc == N.NBX_OK:
+                        pending.append(None)
+                        in_flight += 1
+                        continue
+                    if rc == N.NBX_DONE:
+                        continue  # another shard's customer
                     msg = (N.nbx_batch_errmsg(b.handle) or b"").decode("utf-8", "replace")
                     err = error_for(rc, msg)
-                    if rc not in (N.NBX_EINVAL, N.NBX_EPARSE):  # the batch cannot go on
-                        raise err
-                    pending.append((customer, err))
+                fatal = rc not in (N.NBX_EINVAL, N.NBX_EPARSE)  # the batch cannot go on
+                pending.append(_Failed(customer, err, fatal))
+                if fatal or on_error == "raise":
+                    # Nothing after it is decided (or recorded): the error
+                    # is raised in its turn, after the results before it.
+                    exhausted = True
             if not pending:
+                if deferred is not None:
+                    raise deferred
                 return
             head = pending.popleft()
             if head is not None:
-                customer, err = head
-                if on_error == "raise":
-                    raise err
+                if deferred is not None:
+                    continue
+                if head.fatal or on_error == "raise":
+                    raise head.error
                 if on_error == "return":
-                    yield _error_record(customer, err)
+                    yield _error_record(head.customer, head.error)
                 continue
             if b.handle is None:
                 raise InvalidArgument("the engine was closed during the batch")
@@ -447,7 +538,10 @@ def _run_batch(engine, b, customers, on_error, raw):
                 customer = ctypes.string_at(it.customer).decode("utf-8", "surrogateescape")
                 err = error_for(it.status, ctypes.string_at(it.errmsg).decode("utf-8", "replace"))
                 if on_error == "raise":
-                    raise err
+                    if deferred is None:
+                        deferred = err
+                        exhausted = True
+                    continue
                 if on_error == "return":
                     yield _error_record(customer, err)
                 continue
