@@ -132,11 +132,120 @@ static int open_dbis(nbx_store *s, nbx_err *e)
     return NBX_OK;
 }
 
+/* ------------------------------------------------------------------------
+ * Why an open failed, in words: LMDB's own texts ("MDB_INVALID: File is not
+ * an LMDB file") and a bare EACCES do not tell a user what to fix.
+ * ------------------------------------------------------------------------ */
+
+/* Which file the permission problem is about. access() uses the real ids,
+ * which are the process's ids for nbx (it is never installed setuid). */
+static int explain_denied(nbx_err *e, const char *path, bool ro)
+{
+    char data[4096], lock[4096];
+    snprintf(data, sizeof data, "%s/data.mdb", path);
+    snprintf(lock, sizeof lock, "%s/lock.mdb", path);
+    if (access(path, X_OK) != 0)
+        return nbx_err_set(e, NBX_EIO, "%s: permission denied: cannot enter the store directory",
+                           path);
+    if (access(data, F_OK) != 0) {
+        if (access(path, W_OK) != 0)
+            return nbx_err_set(e, NBX_EIO,
+                               "%s: permission denied: creating a store needs write access to "
+                               "the directory",
+                               path);
+    } else if (access(data, ro ? R_OK : R_OK | W_OK) != 0) {
+        return nbx_err_set(e, NBX_EIO, "%s: permission denied: %s needs %s access", path, data,
+                           ro ? "read" : "read and write");
+    }
+    if (access(lock, F_OK) != 0) {
+        if (access(path, W_OK) != 0)
+            return nbx_err_set(e, NBX_EIO,
+                               "%s: permission denied: opening a store creates %s (LMDB's reader "
+                               "table), which needs write access to the directory",
+                               path, lock);
+    } else if (access(lock, R_OK | W_OK) != 0) {
+        return nbx_err_set(e, NBX_EIO,
+                           "%s: permission denied: %s a store needs write access to %s "
+                           "(LMDB's reader table)",
+                           path, ro ? "reading" : "writing", lock);
+    }
+    return nbx_err_set(e, NBX_EIO, "%s: permission denied", path);
+}
+
+static int open_error(nbx_err *e, int rc, const char *path, bool ro)
+{
+    char data[4096];
+    struct stat st;
+    snprintf(data, sizeof data, "%s/data.mdb", path);
+    /* LMDB takes an empty data.mdb for a new store; opened read-only it
+     * cannot write the first pages and fails with ENOENT or EBADF. */
+    if (ro && stat(data, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0)
+        return nbx_err_set(e, NBX_ECORRUPT, "%s: store file is empty", data);
+    switch (rc) {
+    case EACCES:
+    case EPERM:
+        return explain_denied(e, path, ro);
+    case EROFS:
+        return nbx_err_set(e, NBX_EIO,
+                           "%s: the file system is read-only (a store needs write access to "
+                           "its lock.mdb, also to read)",
+                           path);
+    case MDB_INVALID:
+        return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (data.mdb is not an LMDB file)",
+                           path);
+    case MDB_VERSION_MISMATCH:
+        return nbx_err_set(e, NBX_EVERSION,
+                           "%s: the store was written by an incompatible LMDB version", path);
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+        return nbx_err_set(e, NBX_ECORRUPT, "%s: the store is corrupted (a page cannot be read)",
+                           path);
+    case MDB_READERS_FULL:
+        return nbx_err_set(e, NBX_ESTORE, "%s: every reader slot (%d) is in use", path,
+                           NBX_MAX_READERS);
+    default:
+        return nbx_err_mdb(e, rc, path);
+    }
+}
+
+/* LMDB maps the file and does not check it against its meta page: a page
+ * past the end of a truncated file is a SIGBUS in the first reader that
+ * touches it. The meta page says how many pages are in use; the file must
+ * hold them all. mdb_env_info() is read before the size, so a writer
+ * growing the file meanwhile can only make the file larger than needed. */
+static int check_file_size(nbx_store *s, nbx_err *e)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    mdb_filehandle_t fd;
+    struct stat fs;
+    int rc = mdb_env_info(s->env, &info);
+    if (rc == 0)
+        rc = mdb_env_stat(s->env, &st);
+    if (rc == 0)
+        rc = mdb_env_get_fd(s->env, &fd);
+    if (rc)
+        return open_error(e, rc, s->path, s->flags & NBX_STORE_READONLY);
+    if (fstat(fd, &fs) != 0)
+        return nbx_err_errno(e, errno, "cannot stat the store file of", s->path);
+    uint64_t need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+    if ((uint64_t)fs.st_size < need)
+        return nbx_err_set(e, NBX_ECORRUPT,
+                           "%s/data.mdb: store file is truncated: %llu bytes, the store needs "
+                           "%llu",
+                           s->path, (unsigned long long)fs.st_size, (unsigned long long)need);
+    return NBX_OK;
+}
+
 static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e)
 {
     struct stat st;
     bool ro = flags & NBX_STORE_READONLY;
     if (stat(path, &st) != 0) {
+        if (errno == EACCES)
+            return nbx_err_set(e, NBX_EIO,
+                               "%s: permission denied: a directory on the way cannot be entered",
+                               path);
         if (errno != ENOENT || !(flags & NBX_STORE_CREATE) || ro)
             return errno == ENOENT
                        ? nbx_err_set(e, NBX_ENOTFOUND,
@@ -149,8 +258,13 @@ static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e
     }
     char data[4096];
     snprintf(data, sizeof data, "%s/data.mdb", path);
-    if (!(flags & NBX_STORE_CREATE) && access(data, F_OK) != 0)
-        return nbx_err_set(e, NBX_ENOTFOUND, "%s: no store here (no data.mdb)", path);
+    if (!(flags & NBX_STORE_CREATE) && access(data, F_OK) != 0) {
+        if (errno == ENOENT)
+            return nbx_err_set(e, NBX_ENOTFOUND, "%s: no store here (no data.mdb)", path);
+        if (errno == EACCES)
+            return explain_denied(e, path, ro);
+        return nbx_err_errno(e, errno, "cannot open store", path);
+    }
 
     int rc = mdb_env_create(&s->env);
     if (rc)
@@ -160,18 +274,20 @@ static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e
     mdb_env_set_mapsize(s->env, map_size_from_env());
     /* NOTLS: a context's read transaction is not tied to a thread (contexts
      * move between threads; one thread may hold several). NORDAHEAD: point
-     * lookups on a store larger than RAM should not read pages around. */
+     * lookups on a store larger than RAM should not read pages around.
+     * Read-only opens still take a slot in lock.mdb's reader table (so a
+     * writer does not reuse pages a reader sees): MDB_NOLOCK would drop that
+     * protection, so a reader needs write access to lock.mdb. */
     unsigned mflags = MDB_NOTLS | MDB_NORDAHEAD;
     if (ro)
         mflags |= MDB_RDONLY;
     if (flags & NBX_STORE_NOMETASYNC)
         mflags |= MDB_NOMETASYNC;
     rc = mdb_env_open(s->env, path, mflags, 0664);
-    if (rc) {
-        if (rc == EACCES || rc == EROFS)
-            return nbx_err_set(e, NBX_EIO, "%s: permission denied (%s)", path, mdb_strerror(rc));
-        return nbx_err_mdb(e, rc, path);
-    }
+    if (rc)
+        return open_error(e, rc, path, ro);
+    if ((rc = check_file_size(s, e)) != NBX_OK)
+        return rc;
     /* Reader slots of processes that died (a killed worker) would pin old
      * pages forever. */
     int dead = 0;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "nbx_int.h"
 #include "testutil.h"
@@ -219,6 +220,72 @@ Test(store, a_store_of_the_earlier_layout_is_refused)
         free(data);
         tu_rmtree(path);
     }
+}
+
+/* A truncated data.mdb used to be mapped as it was: the first read of a page
+ * past the end was a SIGBUS. It must be refused at open, read-only or not. */
+Test(store, truncated_data_file_is_refused_at_open)
+{
+    nbx_store *s = create();
+    char json[256];
+    for (int i = 0; i < 500; i++) {
+        snprintf(json, sizeof json, "{\"id\":\"c%04d\",\"attrs\":{\"pad\":\"%0100d\"}}", i, i);
+        put(s, json);
+    }
+    nbx_store_close(s);
+    char *data = tu_path(path, "data.mdb");
+    struct stat st;
+    cr_assert_eq(stat(data, &st), 0);
+    cr_assert_gt(st.st_size, 40000, "the store is too small for the test: %lld bytes",
+                 (long long)st.st_size);
+    cr_assert_eq(truncate(data, 20000), 0);
+    const unsigned modes[] = {NBX_STORE_READONLY, 0, NBX_STORE_CREATE};
+    for (size_t i = 0; i < 3; i++) {
+        s = NULL;
+        int rc = nbx_store_open(path, modes[i], &s);
+        cr_assert_eq(rc, NBX_ECORRUPT, "flags %u: expected NBX_ECORRUPT, got %d (%s)", modes[i], rc,
+                     nbx_last_errmsg());
+        cr_assert_null(s);
+        char expect[160];
+        snprintf(expect, sizeof expect,
+                 "store file is truncated: 20000 bytes, the store needs %lld",
+                 (long long)st.st_size);
+        cr_assert(strstr(nbx_last_errmsg(), expect) != NULL, "expected '%s' in: %s", expect,
+                  nbx_last_errmsg());
+        cr_assert(strstr(nbx_last_errmsg(), "data.mdb") != NULL, "%s", nbx_last_errmsg());
+    }
+    struct stat after;
+    cr_assert_eq(stat(data, &after), 0);
+    cr_assert_eq(after.st_size, 20000, "an open changed the truncated file");
+    free(data);
+}
+
+Test(store, not_an_lmdb_file_is_said_in_words)
+{
+    cr_assert_eq(mkdir(path, 0775), 0);
+    char *data = tu_path(path, "data.mdb");
+    char junk[16384];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)('a' + i % 26);
+    junk[sizeof junk - 1] = '\0';
+    cr_assert_eq(tu_write_file(data, junk), 0);
+    const unsigned modes[] = {NBX_STORE_READONLY, 0};
+    for (size_t i = 0; i < 2; i++) {
+        nbx_store *s = NULL;
+        int rc = nbx_store_open(path, modes[i], &s);
+        cr_assert_eq(rc, NBX_ECORRUPT, "expected NBX_ECORRUPT, got %d (%s)", rc, nbx_last_errmsg());
+        cr_assert(strstr(nbx_last_errmsg(), "not an nbx store (data.mdb is not an LMDB file)"),
+                  "%s", nbx_last_errmsg());
+        cr_assert_null(strstr(nbx_last_errmsg(), "MDB_"), "LMDB's text leaked: %s",
+                       nbx_last_errmsg());
+    }
+    /* an empty data.mdb, read-only: LMDB would take it for a new store */
+    cr_assert_eq(tu_write_file(data, ""), 0);
+    nbx_store *s = NULL;
+    int rc = nbx_store_open(path, NBX_STORE_READONLY, &s);
+    cr_assert_eq(rc, NBX_ECORRUPT, "expected NBX_ECORRUPT, got %d (%s)", rc, nbx_last_errmsg());
+    cr_assert(strstr(nbx_last_errmsg(), "store file is empty"), "%s", nbx_last_errmsg());
+    free(data);
 }
 
 Test(store, corrupt_profile_value_is_reported)

@@ -292,6 +292,82 @@ class T03Profiles(CliTestCase):
 
 
 # ===========================================================================
+# 3b. Stores that cannot be used: permissions, damage
+# ===========================================================================
+
+class T03bUnusableStores(CliTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.ok("import", "profiles", self.write_jsonl("p.jsonl", [profile(n) for n in
+                                                                    range(1, 300)]),
+                "--store", self.store)
+
+    def as_other_user(self, *args):
+        """Run nbx as a user without rights: nobody when the tests run as root
+        (root passes every permission check), else the user itself."""
+        os.chmod(self.tmp, 0o755)
+        extra = {}
+        if os.geteuid() == 0:
+            extra = {"user": 65534, "group": 65534, "extra_groups": []}
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        return subprocess.run([NBX, *args], capture_output=True, text=True, env=env,
+                              timeout=60, **extra)
+
+    def assertNoRepeat(self, text):
+        self.assertNotRegex(text.lower(), r"permission denied.*permission denied")
+        self.assertNotIn("MDB_", text)
+
+    def test_01_directory_that_cannot_be_entered(self):
+        os.chmod(self.store, 0)
+        self.addCleanup(os.chmod, self.store, 0o755)
+        for args in (["stats"], ["profile", "get", "p001"], ["profile", "put", "{\"id\":\"x\"}"]):
+            with self.subTest(args=args):
+                r = self.as_other_user(*args, "--store", self.store)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn("permission denied", r.stderr)
+                self.assertIn("cannot enter", r.stderr)
+                self.assertNotIn("no store here", r.stderr)
+                self.assertNoRepeat(r.stderr)
+
+    def test_02_read_only_store_names_lock_mdb(self):
+        for name in ("data.mdb", "lock.mdb"):
+            os.chmod(os.path.join(self.store, name), 0o444)
+        os.chmod(self.store, 0o555)
+        self.addCleanup(os.chmod, self.store, 0o755)
+        r = self.as_other_user("stats", "--store", self.store)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("reading a store needs write access to", r.stderr)
+        self.assertIn("lock.mdb", r.stderr)
+        self.assertNoRepeat(r.stderr)
+        r = self.as_other_user("profile", "put", '{"id":"x"}', "--store", self.store)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("data.mdb needs read and write access", r.stderr)
+        self.assertNoRepeat(r.stderr)
+
+    def test_03_not_an_lmdb_file(self):
+        with open(os.path.join(self.store, "data.mdb"), "wb") as f:
+            f.write(b"this is not a database\n" * 1000)
+        r = self.fails(1, "stats", "--store", self.store)
+        self.assertIn("not an nbx store (data.mdb is not an LMDB file)", r.stderr)
+        self.assertNoRepeat(r.stderr)
+
+    def test_04_truncated_store_is_refused_not_a_crash(self):
+        data = os.path.join(self.store, "data.mdb")
+        size = os.path.getsize(data)
+        self.assertGreater(size, 20000)
+        os.truncate(data, 20000)
+        for args in (["stats"], ["export", "profiles"], ["profile", "get", "p001"],
+                     ["rfm", "rebuild"]):
+            with self.subTest(args=args):
+                r = self.fails(1, *args, "--store", self.store)
+                self.assertIn(f"store file is truncated: 20000 bytes, the store needs {size}",
+                              r.stderr)
+                self.assertIn("data.mdb", r.stderr)
+        self.assertEqual(os.path.getsize(data), 20000)
+
+
+# ===========================================================================
 # 4. import profiles
 # ===========================================================================
 
