@@ -29,6 +29,9 @@
 #include <nbx.h>
 
 
+/* the largest catalog the library takes (NBX_CATALOG_FILE_MAX) */
+#define NGX_HTTP_NBX_FILE_MAX        (64 << 20)
+
 #define NGX_HTTP_NBX_DECIDE          1
 #define NGX_HTTP_NBX_EVENT           2
 
@@ -65,12 +68,15 @@ typedef struct {
     ngx_http_nbx_store_t      *store;
     ngx_str_t                  catalog;       /* NUL-terminated */
     ngx_str_t                  policy;        /* NUL-terminated */
+    ngx_str_t                  catalog_text;  /* the files as the master */
+    ngx_str_t                  policy_text;   /* read them */
     ngx_uint_t                 time_limit;    /* microseconds, 0: default */
     size_t                     memory_limit;  /* bytes, 0: default */
 
     nbx_engine                *engine;
     nbx_ctx                   *ctx;
     time_t                     retry_at;
+    unsigned                   checked:1;     /* nbx_engine_check() passed */
 
     /* where engine messages go during a call, and their rate limit */
     ngx_log_t                 *log;
@@ -96,6 +102,8 @@ typedef struct {
     ngx_str_t                  store;
     ngx_str_t                  catalog;
     ngx_str_t                  policy;
+    ngx_str_t                  catalog_text;
+    ngx_str_t                  policy_text;
     ngx_http_complex_value_t  *customer;
     ngx_array_t               *session;       /* ngx_http_nbx_session_t */
     ngx_flag_t                 explain;
@@ -137,6 +145,10 @@ static nbx_store *ngx_http_nbx_store_get(ngx_cycle_t *cycle,
 static void ngx_http_nbx_engine_log(void *ud, int level, const char *message);
 static void ngx_http_nbx_cleanup(void *data);
 
+static void ngx_http_nbx_engine_options(ngx_http_nbx_engine_t *engine,
+    nbx_engine_options *opts);
+static char *ngx_http_nbx_read(ngx_conf_t *cf, u_char *name, ngx_str_t *text);
+static const char *ngx_http_nbx_unavailable(ngx_int_t rc);
 static char *ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_nbx_session(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -352,9 +364,10 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
 
     engine = nlcf->engine;
 
-    if (ngx_http_nbx_engine_ready(engine, r->connection->log) != NGX_OK) {
+    rc = ngx_http_nbx_engine_ready(engine, r->connection->log);
+    if (rc != NGX_OK) {
         return ngx_http_nbx_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "nbx store unavailable");
+                                       ngx_http_nbx_unavailable(rc));
     }
 
     nbx_request_init(&req);
@@ -574,10 +587,11 @@ ngx_http_nbx_event_body(ngx_http_request_t *r)
 
     engine = nlcf->engine;
 
-    if (ngx_http_nbx_engine_ready(engine, r->connection->log) != NGX_OK) {
+    rc = ngx_http_nbx_engine_ready(engine, r->connection->log);
+    if (rc != NGX_OK) {
         ngx_http_finalize_request(r,
             ngx_http_nbx_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                    "nbx store unavailable"));
+                                    ngx_http_nbx_unavailable(rc)));
         return;
     }
 
@@ -923,6 +937,38 @@ ngx_http_nbx_json_escape(u_char *dst, const u_char *src, size_t len)
  * Engines, per worker
  * ======================================================================== */
 
+/* The 503 body for what ngx_http_nbx_engine_ready() returned. */
+static const char *
+ngx_http_nbx_unavailable(ngx_int_t rc)
+{
+    return rc == NGX_DECLINED ? "nbx store unavailable"
+                              : "nbx engine unavailable (see the error log)";
+}
+
+
+/*
+ * The engine's options: the catalog and the policy as the master read them
+ * while parsing the configuration, so every worker of one configuration
+ * serves the same versions, also a worker started after a reload that was
+ * refused, or after a crash, whatever the files hold by then.
+ */
+static void
+ngx_http_nbx_engine_options(ngx_http_nbx_engine_t *engine,
+    nbx_engine_options *opts)
+{
+    nbx_engine_options_init(opts);
+
+    opts->catalog = (const char *) engine->catalog.data;
+    opts->policy = (const char *) engine->policy.data;
+    opts->catalog_text = (const char *) engine->catalog_text.data;
+    opts->catalog_len = engine->catalog_text.len;
+    opts->policy_text = (const char *) engine->policy_text.data;
+    opts->policy_len = engine->policy_text.len;
+    opts->time_limit_us = (uint32_t) engine->time_limit;
+    opts->memory_limit = engine->memory_limit;
+}
+
+
 /*
  * Open the engine and its context on first use and after a failure, at
  * most once per NGX_HTTP_NBX_RETRY_SEC: a store that appears later starts
@@ -953,12 +999,8 @@ ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
     }
 
     if (engine->engine == NULL) {
-        nbx_engine_options_init(&opts);
+        ngx_http_nbx_engine_options(engine, &opts);
         opts.store_handle = store;
-        opts.catalog = (const char *) engine->catalog.data;
-        opts.policy = (const char *) engine->policy.data;
-        opts.time_limit_us = (uint32_t) engine->time_limit;
-        opts.memory_limit = engine->memory_limit;
         opts.log = ngx_http_nbx_engine_log;
         opts.log_ud = engine;
 
@@ -974,7 +1016,7 @@ ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
                           &engine->store->path, &engine->catalog,
                           &engine->policy, nbx_strerror(rc),
                           nbx_last_errmsg());
-            return NGX_DECLINED;
+            return NGX_ERROR;
         }
     }
 
@@ -985,7 +1027,7 @@ ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
                       "nbx: cannot open a decision context on \"%V\": %s: %s",
                       &engine->store->path, nbx_strerror(rc),
                       nbx_last_errmsg());
-        return NGX_DECLINED;
+        return NGX_ERROR;
     }
 
     ngx_log_error(NGX_LOG_INFO, log, 0,
@@ -1184,6 +1226,71 @@ ngx_http_nbx_cleanup(void *data)
  * prefix. Catalogs and policies are checked now, so that `nginx -t` and a
  * reload reject a broken file; the store is opened only by workers.
  */
+/*
+ * The whole file into the configuration's pool: the workers open their
+ * engines from these bytes (the files are checked again, together and with
+ * the limits, once the location is merged).
+ */
+static char *
+ngx_http_nbx_read(ngx_conf_t *cf, u_char *name, ngx_str_t *text)
+{
+    off_t            size;
+    size_t           got;
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_file_info_t  fi;
+
+    fd = ngx_open_file(name, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%s\" failed", name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_fd_info_n " \"%s\" failed", name);
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    size = ngx_file_size(&fi);
+
+    if (size > NGX_HTTP_NBX_FILE_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" is larger than %d bytes", name,
+                           NGX_HTTP_NBX_FILE_MAX);
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    text->data = ngx_pnalloc(cf->pool, (size_t) size + 1);
+    if (text->data == NULL) {
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    for (got = 0; got < (size_t) size; got += n) {
+        n = ngx_read_fd(fd, text->data + got, (size_t) size - got);
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, n ? ngx_errno : 0,
+                               "reading \"%s\" failed%s", name,
+                               n ? "" : ": the file shrank");
+            (void) ngx_close_file(fd);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    (void) ngx_close_file(fd);
+
+    text->data[got] = '\0';
+    text->len = got;
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -1242,6 +1349,9 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
+        return ngx_http_nbx_read(cf, name,
+                   &((ngx_http_nbx_loc_conf_t *) conf)->policy_text);
+
     } else if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, catalog)) {
         rc = nbx_catalog_check((const char *) name, &info);
         if (rc != NBX_OK) {
@@ -1250,6 +1360,9 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                name, nbx_strerror(rc), nbx_last_errmsg());
             return NGX_CONF_ERROR;
         }
+
+        return ngx_http_nbx_read(cf, name,
+                   &((ngx_http_nbx_loc_conf_t *) conf)->catalog_text);
 
     } else if (ngx_file_info(name, &fi) == NGX_FILE_ERROR) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, ngx_errno,
@@ -1477,6 +1590,8 @@ ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
     engine->store = store;
     engine->catalog = nlcf->catalog;
     engine->policy = nlcf->policy;
+    engine->catalog_text = nlcf->catalog_text;
+    engine->policy_text = nlcf->policy_text;
     engine->time_limit = nlcf->time_limit;
     engine->memory_limit = nlcf->memory_limit;
 
@@ -1556,6 +1671,9 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_http_nbx_loc_conf_t   *prev = parent;
     ngx_http_nbx_loc_conf_t   *conf = child;
+
+    int                        rc;
+    nbx_engine_options         opts;
     ngx_http_core_loc_conf_t  *clcf;
 
     if (conf->store.data == NULL) {
@@ -1564,10 +1682,12 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->catalog.data == NULL) {
         conf->catalog = prev->catalog;
+        conf->catalog_text = prev->catalog_text;
     }
 
     if (conf->policy.data == NULL) {
         conf->policy = prev->policy;
+        conf->policy_text = prev->policy_text;
     }
 
     ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
@@ -1625,6 +1745,26 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     conf->engine = ngx_http_nbx_engine_conf(cf, conf);
     if (conf->engine == NULL) {
         return NGX_CONF_ERROR;
+    }
+
+    /*
+     * The pair as the workers will open it, with this location's limits: a
+     * policy that cannot load within nbx_memory_limit fails "nginx -t", not
+     * every request. No store is touched here (LMDB opens after fork()).
+     */
+    if (!conf->engine->checked && ngx_process != NGX_PROCESS_SIGNALLER) {
+        ngx_http_nbx_engine_options(conf->engine, &opts);
+
+        rc = nbx_engine_check(&opts, NULL);
+        if (rc != NBX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "nbx policy \"%V\" with catalog \"%V\" cannot "
+                               "serve: %s: %s", &conf->policy, &conf->catalog,
+                               nbx_strerror(rc), nbx_last_errmsg());
+            return NGX_CONF_ERROR;
+        }
+
+        conf->engine->checked = 1;
     }
 
     return NGX_CONF_OK;

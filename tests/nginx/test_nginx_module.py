@@ -432,6 +432,18 @@ class ConfigTest(nx.NginxTestCase):
             nbx_policy %s; nbx_decide; }""" % (self.tmp, self.catalog, self.policy),
                            "nbx_customer")
 
+    def test_policy_over_its_memory_limit(self):
+        # loads within the default 32 MiB, not within the location's 256k
+        heavy = nx.write(self.path("heavy.lua"),
+                         "local t = {}\nfor i = 1, 100000 do t[i] = i end\n"
+                         "return { name = 'heavy', score = function() return #t end }\n")
+        loc = ("location / { nbx_store %s/s; nbx_catalog %s; nbx_policy %s; "
+               "nbx_customer $arg_c; %s nbx_decide; }")
+        ok, out = self.conf(loc % (self.tmp, self.catalog, heavy, "")).test_conf()
+        self.assertTrue(ok, out)
+        self.assertRefused(loc % (self.tmp, self.catalog, heavy, "nbx_memory_limit 256k;"),
+                           "heavy.lua", "memory limit (256 KiB)")
+
     def test_bad_time_limit(self):
         self.assertRefused("nbx_time_limit 0ms;", "nbx_time_limit")
         self.assertRefused("nbx_time_limit 1h;", "nbx_time_limit")

@@ -2,6 +2,8 @@
 and none fails; a broken one is refused and the old workers keep serving."""
 
 import json
+import os
+import signal
 import threading
 import time
 import unittest
@@ -135,6 +137,39 @@ class ReloadTest(nx.NginxTestCase):
         self.server.reload()
         d = request(self.server.url("/decide?customer=c2")).json()
         self.assertEqual(d["policy"]["name"], "v3")
+
+    def test_a_worker_started_after_a_refused_reload_serves_the_old_policy(self):
+        # the master keeps what it read: a worker it starts later (after a
+        # crash, here a SIGKILL) serves the same version, whatever the file
+        # holds by then
+        expected = (self.first["policy"]["version"], self.first["catalog_version"])
+        nx.write(self.policy, "return { name = 'broken', score = function( }\n")
+        old, now, log = self.server.reload_expect_failure("invalid nbx policy")
+        self.assertEqual(old, now)
+        victim = sorted(now)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            pids = self.server.worker_pids()
+            if len(pids) == len(now) and victim not in pids:
+                break
+            time.sleep(0.05)
+        else:
+            self.fail("the master did not replace the killed worker")
+        # fresh connections reach both workers
+        for i in range(40):
+            r = request(self.server.url("/decide?customer=c%d" % (i % 3 + 1)))
+            self.assertEqual(r.status, 200, r)
+            d = r.json()
+            self.assertIs(d["fallback"], False, d)
+            self.assertEqual((d["policy"]["version"], d["catalog_version"]), expected)
+        # a valid but different file is not picked up without a reload either
+        nx.write(self.policy, nx.SIMPLE_POLICY % dict(name="v9", score="9.0"))
+        os.kill(sorted(self.server.worker_pids())[0], signal.SIGKILL)
+        time.sleep(0.5)
+        for i in range(20):
+            d = request(self.server.url("/decide?customer=c1")).json()
+            self.assertEqual(d["policy"]["name"], "v1", d)
 
     def test_broken_catalog_is_refused_and_the_old_one_serves(self):
         load = self.load()
