@@ -34,10 +34,25 @@ const char *nbx_event_type_name(int type)
  * Parse
  * ======================================================================== */
 
+/* A string value: "must be a string" only when it is not one; a string the
+ * reader refused gets the reader's reason (invalid UTF-8, a NUL byte, a bad
+ * escape). The reader stops on the byte it refused. */
+static int read_string(nbx_jr *r, const char *field, nbx_sv *out, nbx_err *e)
+{
+    if (nbx_jr_peek(r) != NBX_J_STRING)
+        return nbx_err_set(e, NBX_EPARSE, "field '%s': must be a string", field);
+    if (nbx_jr_string(r, out))
+        return NBX_OK;
+    if (r->p < r->end && *r->p == '\0')
+        return nbx_err_set(e, NBX_EPARSE, "field '%s': contains a NUL byte", field);
+    return nbx_err_set(e, NBX_EPARSE, "field '%s': %s", field, r->err);
+}
+
 static int read_id(nbx_jr *r, const char *field, size_t max, nbx_sv *out, nbx_err *e)
 {
-    if (nbx_jr_peek(r) != NBX_J_STRING || !nbx_jr_string(r, out))
-        return nbx_err_set(e, NBX_EPARSE, "field '%s': must be a string", field);
+    int rc = read_string(r, field, out, e);
+    if (rc)
+        return rc;
     if (out->len == 0 || out->len > max)
         return nbx_err_set(e, NBX_EPARSE, "field '%s': must be 1 to %zu bytes (got %zu)", field,
                            max, out->len);
@@ -55,7 +70,9 @@ static int read_ts(nbx_jr *r, int64_t *out, nbx_err *e)
         return NBX_OK;
     }
     nbx_sv s;
-    if (t != NBX_J_STRING || !nbx_jr_string(r, &s) || nbx_time_parse_n(s.ptr, s.len, out))
+    if (t == NBX_J_STRING && read_string(r, "ts", &s, e) != NBX_OK)
+        return NBX_EPARSE;
+    if (t != NBX_J_STRING || nbx_time_parse_n(s.ptr, s.len, out))
         return nbx_err_set(e, NBX_EPARSE,
                            "field 'ts': must be an RFC 3339 time or epoch seconds");
     return NBX_OK;
@@ -70,6 +87,64 @@ static int read_amount(nbx_jr *r, const char *field, double *out, nbx_err *e)
     return NBX_OK;
 }
 
+/* The fields nbx reads, in the order of their bit in a parse's "seen" mask. */
+static const char *const event_fields[] = {"event_id", "customer", "offer",  "placement",
+                                           "type",     "ts",       "amount", "margin"};
+
+static int field_of(nbx_sv key)
+{
+    for (size_t i = 0; i < NBX_ARRAY_LEN(event_fields); i++)
+        if (nbx_sv_eq_cstr(key, event_fields[i]))
+            return (int)i;
+    return -1;
+}
+
+static int cmp_sv(const void *a, const void *b)
+{
+    return nbx_sv_cmp(*(const nbx_sv *)a, *(const nbx_sv *)b);
+}
+
+/* Fields nbx does not read are skipped, but a key given twice is refused
+ * there too, as everywhere: the keys are collected (rarely more than a few)
+ * and compared once sorted. */
+typedef struct extra_keys {
+    nbx_sv *keys;
+    size_t n, cap;
+} extra_keys;
+
+static int extra_add(extra_keys *x, nbx_sv key, nbx_arena *a, nbx_err *e)
+{
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? 2 * x->cap : 8;
+        nbx_sv *bigger = a ? nbx_arena_alloc(a, cap * sizeof *bigger) : NULL;
+        if (!bigger)
+            return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+        if (x->n)
+            memcpy(bigger, x->keys, x->n * sizeof *bigger);
+        x->keys = bigger;
+        x->cap = cap;
+    }
+    x->keys[x->n++] = key;
+    return NBX_OK;
+}
+
+static int extra_check(extra_keys *x, nbx_err *e)
+{
+    if (x->n < 2)
+        return NBX_OK;
+    qsort(x->keys, x->n, sizeof *x->keys, cmp_sv);
+    for (size_t i = 1; i < x->n; i++)
+        if (nbx_sv_cmp(x->keys[i - 1], x->keys[i]) == 0)
+            return nbx_err_set(e, NBX_EPARSE, "duplicate key '%.*s'",
+                               (int)(x->keys[i].len > 64 ? 64 : x->keys[i].len), x->keys[i].ptr);
+    return NBX_OK;
+}
+
+static const char *article(const char *word)
+{
+    return strchr("aeiou", word[0]) ? "an" : "a";
+}
+
 int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e)
 {
     memset(ev, 0, sizeof *ev);
@@ -82,7 +157,16 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
     nbx_sv key, type = {0};
     bool have_ts = false, have_type = false;
     int more = 0, rc = NBX_OK;
+    uint32_t seen = 0;
+    extra_keys extra = {0};
     while (rc == NBX_OK && (more = nbx_jr_object_next(&r, &key)) == 1) {
+        int field = field_of(key);
+        if (field >= 0 && (seen & (1u << field))) {
+            rc = nbx_err_set(e, NBX_EPARSE, "duplicate key '%s'", event_fields[field]);
+            break;
+        }
+        if (field >= 0)
+            seen |= 1u << field;
         if (nbx_sv_eq_cstr(key, "event_id"))
             rc = read_id(&r, "event_id", NBX_ID_MAX, &ev->id, e);
         else if (nbx_sv_eq_cstr(key, "customer"))
@@ -93,8 +177,7 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
             rc = read_id(&r, "placement", NBX_OFFER_ID_MAX, &ev->placement, e);
         else if (nbx_sv_eq_cstr(key, "type")) {
             have_type = true;
-            if (nbx_jr_peek(&r) != NBX_J_STRING || !nbx_jr_string(&r, &type))
-                rc = nbx_err_set(e, NBX_EPARSE, "field 'type': must be a string");
+            rc = read_string(&r, "type", &type, e);
         } else if (nbx_sv_eq_cstr(key, "ts")) {
             have_ts = true;
             rc = read_ts(&r, &ev->ts_ms, e);
@@ -104,7 +187,11 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
             rc = read_amount(&r, "margin", &ev->margin, e);
         else if (!nbx_jr_skip(&r)) /* extra fields (channel, campaign...) are kept out */
             rc = nbx_err_set(e, NBX_EPARSE, "%s", r.err);
+        else
+            rc = extra_add(&extra, key, a, e);
     }
+    if (rc == NBX_OK)
+        rc = extra_check(&extra, e);
     if (rc)
         return rc;
     if (more < 0 || !nbx_jr_finish(&r))
@@ -138,7 +225,8 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
             return nbx_err_set(e, NBX_EPARSE, "field 'amount': is required for a purchase");
     } else {
         if (!ev->offer.len)
-            return nbx_err_set(e, NBX_EPARSE, "field 'offer': is required for a %s event",
+            return nbx_err_set(e, NBX_EPARSE, "field 'offer': is required for %s %s event",
+                               article(nbx_event_type_name(ev->type)),
                                nbx_event_type_name(ev->type));
     }
     return NBX_OK;

@@ -56,6 +56,34 @@ static int field_err(parser *p, const char *map, nbx_sv key, const char *problem
                        (int)(key.len > 64 ? 64 : key.len), key.ptr, problem);
 }
 
+/* A string value the reader refused: say why (invalid UTF-8, a NUL byte, a
+ * bad escape), not that it is not a string. The reader stops on the byte it
+ * refused. */
+static int string_err(parser *p, const char *field)
+{
+    if (p->r.p < p->r.end && *p->r.p == '\0')
+        return nbx_err_set(p->e, NBX_EPARSE, "field '%s': contains a NUL byte", field);
+    return jerr(p, field);
+}
+
+/* Read a string value; *out on success. */
+static int read_string(parser *p, const char *field, nbx_sv *out)
+{
+    if (nbx_jr_peek(&p->r) != NBX_J_STRING)
+        return nbx_err_set(p->e, NBX_EPARSE, "field '%s': must be a string", field);
+    return nbx_jr_string(&p->r, out) ? NBX_OK : string_err(p, field);
+}
+
+/* Objects with fixed fields keep a bit per field seen: a key given twice is
+ * refused, as in the maps, rather than the last one silently winning. */
+static int seen_once(parser *p, uint32_t *seen, uint32_t bit, const char *field)
+{
+    if (*seen & bit)
+        return nbx_err_set(p->e, NBX_EPARSE, "duplicate key '%s'", field);
+    *seen |= bit;
+    return NBX_OK;
+}
+
 static int cmp_attr(const void *a, const void *b)
 {
     return nbx_sv_cmp(((const nbx_attr *)a)->key, ((const nbx_attr *)b)->key);
@@ -159,7 +187,7 @@ static int attr_entry(parser *p, const char *map, nbx_sv key, void *elem)
     case NBX_J_STRING:
         a->type = NBX_ATTR_STRING;
         if (!nbx_jr_string(&p->r, &a->string))
-            return jerr(p, map);
+            return string_err(p, map);
         if (a->string.len > NBX_VALUE_MAX)
             return field_err(p, map, key, "string longer than 4096 bytes");
         return NBX_OK;
@@ -253,22 +281,30 @@ static int read_time(parser *p, const char *field, int64_t *out)
         return NBX_OK;
     }
     nbx_sv s;
-    if (t != NBX_J_STRING || !nbx_jr_string(&p->r, &s) ||
-        nbx_time_parse_n(s.ptr, s.len, out) != NBX_OK)
+    if (t == NBX_J_STRING && !nbx_jr_string(&p->r, &s))
+        return string_err(p, field);
+    if (t != NBX_J_STRING || nbx_time_parse_n(s.ptr, s.len, out) != NBX_OK)
         return nbx_err_set(p->e, NBX_EPARSE,
                            "field '%s': must be an RFC 3339 time or epoch seconds", field);
     return NBX_OK;
 }
 
+/* 1 to 5, or null. 0 is how the store writes "none", so a 0 given would be
+ * read back as null: it is refused, not silently changed. */
 static int read_score(parser *p, const char *field, uint8_t *out)
 {
     double v;
     bool is_null;
-    int rc = read_number_or_null(p, field, 0, 5, &v, &is_null);
+    nbx_jtype t = nbx_jr_peek(&p->r);
+    if (t != NBX_J_NUMBER && t != NBX_J_NULL)
+        return nbx_err_set(p->e, NBX_EPARSE, "field '%s': must be an integer from 1 to 5 or null",
+                           field);
+    int rc = read_number_or_null(p, field, -INFINITY, INFINITY, &v, &is_null);
     if (rc)
         return rc;
-    if (!is_null && v != floor(v))
-        return nbx_err_set(p->e, NBX_EPARSE, "field '%s': must be an integer from 1 to 5", field);
+    if (!is_null && (v < 1 || v > 5 || v != floor(v)))
+        return nbx_err_set(p->e, NBX_EPARSE, "field '%s': %g is not an integer from 1 to 5", field,
+                           v);
     *out = is_null ? 0 : (uint8_t)v;
     return NBX_OK;
 }
@@ -282,41 +318,60 @@ static int read_rfm(parser *p, nbx_profile *out)
     nbx_rfm *r = &out->rfm;
     nbx_sv key;
     int more = 0, rc = NBX_OK;
+    uint32_t seen = 0;
     bool is_null;
     double d;
     while (rc == NBX_OK && (more = nbx_jr_object_next(&p->r, &key)) == 1) {
         if (nbx_sv_eq_cstr(key, "first_purchase")) {
+            if ((rc = seen_once(p, &seen, 1u << 0, "rfm.first_purchase")) != NBX_OK)
+                continue;
             rc = read_time(p, "rfm.first_purchase", &r->first_purchase);
             out->fields |= NBX_PF_RFM_FIRST;
         } else if (nbx_sv_eq_cstr(key, "last_purchase")) {
+            if ((rc = seen_once(p, &seen, 1u << 1, "rfm.last_purchase")) != NBX_OK)
+                continue;
             rc = read_time(p, "rfm.last_purchase", &r->last_purchase);
             out->fields |= NBX_PF_RFM_LAST;
         } else if (nbx_sv_eq_cstr(key, "orders")) {
+            if ((rc = seen_once(p, &seen, 1u << 2, "rfm.orders")) != NBX_OK)
+                continue;
             rc = read_number_or_null(p, "rfm.orders", 0, 9e15, &d, &is_null);
             if (rc == NBX_OK && d != floor(d))
                 rc = nbx_err_set(p->e, NBX_EPARSE, "field 'rfm.orders': must be an integer");
             r->orders = is_null ? 0 : (uint64_t)d;
             out->fields |= NBX_PF_RFM_ORDERS;
         } else if (nbx_sv_eq_cstr(key, "revenue")) {
+            if ((rc = seen_once(p, &seen, 1u << 3, "rfm.revenue")) != NBX_OK)
+                continue;
             rc = read_number_or_null(p, "rfm.revenue", -1e15, 1e15, &r->revenue, &is_null);
             if (is_null)
                 r->revenue = 0;
             out->fields |= NBX_PF_RFM_REVENUE;
         } else if (nbx_sv_eq_cstr(key, "margin")) {
+            if ((rc = seen_once(p, &seen, 1u << 4, "rfm.margin")) != NBX_OK)
+                continue;
             rc = read_number_or_null(p, "rfm.margin", -1e15, 1e15, &r->margin, &is_null);
             if (is_null)
                 r->margin = 0;
             out->fields |= NBX_PF_RFM_MARGIN;
         } else if (nbx_sv_eq_cstr(key, "r")) {
+            if ((rc = seen_once(p, &seen, 1u << 5, "rfm.r")) != NBX_OK)
+                continue;
             rc = read_score(p, "rfm.r", &r->r);
             out->fields |= NBX_PF_RFM_SCORES;
         } else if (nbx_sv_eq_cstr(key, "f")) {
+            if ((rc = seen_once(p, &seen, 1u << 6, "rfm.f")) != NBX_OK)
+                continue;
             rc = read_score(p, "rfm.f", &r->f);
             out->fields |= NBX_PF_RFM_SCORES;
         } else if (nbx_sv_eq_cstr(key, "m")) {
+            if ((rc = seen_once(p, &seen, 1u << 7, "rfm.m")) != NBX_OK)
+                continue;
             rc = read_score(p, "rfm.m", &r->m);
             out->fields |= NBX_PF_RFM_SCORES;
         } else if (nbx_sv_eq_cstr(key, "segment")) {
+            if ((rc = seen_once(p, &seen, 1u << 8, "rfm.segment")) != NBX_OK)
+                continue;
             nbx_sv s;
             out->fields |= NBX_PF_RFM_SEGMENT;
             if (nbx_jr_peek(&p->r) == NBX_J_NULL) {
@@ -325,10 +380,8 @@ static int read_rfm(parser *p, nbx_profile *out)
                     rc = jerr(p, "rfm.segment");
                 continue;
             }
-            if (nbx_jr_peek(&p->r) != NBX_J_STRING || !nbx_jr_string(&p->r, &s)) {
-                rc = nbx_err_set(p->e, NBX_EPARSE, "field 'rfm.segment': must be a string");
+            if ((rc = read_string(p, "rfm.segment", &s)) != NBX_OK)
                 continue;
-            }
             int seg = -1;
             for (int i = 0; i < NBX_SEGMENT_COUNT; i++)
                 if (nbx_sv_eq_cstr(s, nbx_segment_name(i)))
@@ -360,35 +413,50 @@ int nbx_profile_parse(const char *json, size_t len, nbx_profile *out, nbx_arena 
         return jerr(&p, "profile");
     nbx_sv key;
     int more = 0, rc = NBX_OK;
+    uint32_t seen = 0;
     bool have_id = false, is_null;
     while (rc == NBX_OK && (more = nbx_jr_object_next(&p.r, &key)) == 1) {
         if (nbx_sv_eq_cstr(key, "id")) {
-            if (nbx_jr_peek(&p.r) != NBX_J_STRING || !nbx_jr_string(&p.r, &out->id))
-                rc = nbx_err_set(e, NBX_EPARSE, "field 'id': must be a string");
-            else if (!nbx_id_valid(out->id, e))
+            if ((rc = seen_once(&p, &seen, 1u << 0, "id")) != NBX_OK)
+                continue;
+            if ((rc = read_string(&p, "id", &out->id)) == NBX_OK && !nbx_id_valid(out->id, e))
                 rc = NBX_EPARSE;
             have_id = true;
         } else if (nbx_sv_eq_cstr(key, "attrs")) {
+            if ((rc = seen_once(&p, &seen, 1u << 1, "attrs")) != NBX_OK)
+                continue;
             rc = read_map(&p, "attrs", sizeof(nbx_attr), attr_entry, cmp_attr,
                           (void **)&out->attrs, &out->n_attrs);
             out->fields |= NBX_PF_ATTRS;
         } else if (nbx_sv_eq_cstr(key, "consent")) {
+            if ((rc = seen_once(&p, &seen, 1u << 2, "consent")) != NBX_OK)
+                continue;
             rc = read_map(&p, "consent", sizeof(nbx_consent), consent_entry, cmp_consent,
                           (void **)&out->consent, &out->n_consent);
             out->fields |= NBX_PF_CONSENT;
         } else if (nbx_sv_eq_cstr(key, "propensity")) {
+            if ((rc = seen_once(&p, &seen, 1u << 3, "propensity")) != NBX_OK)
+                continue;
             rc = read_map(&p, "propensity", sizeof(nbx_prop), prop_entry, cmp_prop,
                           (void **)&out->propensity, &out->n_propensity);
             out->fields |= NBX_PF_PROPENSITY;
         } else if (nbx_sv_eq_cstr(key, "ltv")) {
+            if ((rc = seen_once(&p, &seen, 1u << 4, "ltv")) != NBX_OK)
+                continue;
             rc = read_number_or_null(&p, "ltv", -1e15, 1e15, &out->ltv, &is_null);
             out->fields |= is_null ? NBX_PF_LTV_NULL : NBX_PF_LTV;
         } else if (nbx_sv_eq_cstr(key, "churn")) {
+            if ((rc = seen_once(&p, &seen, 1u << 5, "churn")) != NBX_OK)
+                continue;
             rc = read_number_or_null(&p, "churn", 0, 1, &out->churn, &is_null);
             out->fields |= is_null ? NBX_PF_CHURN_NULL : NBX_PF_CHURN;
         } else if (nbx_sv_eq_cstr(key, "rfm")) {
+            if ((rc = seen_once(&p, &seen, 1u << 6, "rfm")) != NBX_OK)
+                continue;
             rc = read_rfm(&p, out);
         } else if (nbx_sv_eq_cstr(key, "updated_at")) {
+            if ((rc = seen_once(&p, &seen, 1u << 7, "updated_at")) != NBX_OK)
+                continue;
             rc = read_time(&p, "updated_at", &out->updated_at);
             out->fields |= NBX_PF_UPDATED_AT;
         } else {
@@ -402,6 +470,13 @@ int nbx_profile_parse(const char *json, size_t len, nbx_profile *out, nbx_arena 
         return nbx_err_set(e, NBX_EPARSE, "%s", p.r.err);
     if (!have_id)
         return nbx_err_set(e, NBX_EPARSE, "field 'id': is required");
+    /* Checked when the object gives both: the stored values are not known
+     * here, and a merge refused at write time would stop an import half-way. */
+    const nbx_rfm *r = &out->rfm;
+    if ((out->fields & NBX_PF_RFM_FIRST) && (out->fields & NBX_PF_RFM_LAST) && r->first_purchase &&
+        r->last_purchase && r->first_purchase > r->last_purchase)
+        return nbx_err_set(e, NBX_EPARSE,
+                           "field 'rfm.first_purchase': later than rfm.last_purchase");
     return NBX_OK;
 }
 

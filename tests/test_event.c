@@ -172,6 +172,29 @@ Test(event, parse_errors_name_the_field)
          "field 'customer': must be 1 to 256 bytes"},
         {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"ts\":1}",
          "field 'offer': is required for a click event"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"impression\",\"ts\":1}",
+         "field 'offer': is required for an impression event"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"ts\":1}",
+         "field 'offer': is required for an accept event"},
+        {"{\"event_id\":\"e\",\"event_id\":\"f\",\"customer\":\"c\",\"type\":\"click\","
+         "\"offer\":\"o\",\"ts\":1}",
+         "duplicate key 'event_id'"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1,"
+         "\"ts\":2}",
+         "duplicate key 'ts'"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"channel\":\"web\",\"type\":\"click\","
+         "\"offer\":\"o\",\"channel\":\"app\",\"ts\":1}",
+         "duplicate key 'channel'"},
+        {"{\"event_id\":\"e\xff\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1}",
+         "field 'event_id': column 15: invalid UTF-8 in string"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\\u0000\",\"type\":\"click\",\"offer\":\"o\","
+         "\"ts\":1}",
+         "field 'customer': column"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"cl\xc3\",\"offer\":\"o\",\"ts\":1}",
+         "field 'type': column"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\","
+         "\"ts\":\"2026\xe2\"}",
+         "field 'ts': column"},
         {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"ts\":1}",
          "field 'amount': is required for a purchase"},
         {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"amount\":\"9\",\"ts\":1}",
@@ -205,6 +228,16 @@ Test(event, parse_errors_name_the_field)
 /* ------------------------------------------------------------------------
  * Applying
  * ------------------------------------------------------------------------ */
+
+Test(event, a_nul_byte_in_a_string_is_named)
+{
+    const char json[] = "{\"event_id\":\"e\0\",\"customer\":\"c\",\"type\":\"click\","
+                        "\"offer\":\"o\",\"ts\":1}";
+    nbx_event ev;
+    nbx_err e = {0};
+    cr_assert_eq(nbx_event_parse(json, sizeof json - 1, &ev, &arena, &e), NBX_EPARSE);
+    cr_assert(strstr(e.msg, "field 'event_id': contains a NUL byte") != NULL, "got '%s'", e.msg);
+}
 
 Test(event, apply_is_idempotent_per_customer_and_event_id)
 {

@@ -115,6 +115,64 @@ Test(profile, parse_errors_name_the_field)
     cr_assert(strstr(e.msg, "257 bytes") != NULL, "%s", e.msg);
 }
 
+/* Audit findings: scores of 0 were stored as null, dates out of order and
+ * top-level keys given twice were accepted, and a string the JSON reader
+ * refused was reported as "must be a string". */
+Test(profile, strict_rfm_duplicate_keys_and_string_reasons)
+{
+    struct {
+        const char *json;
+        size_t len; /* 0: strlen */
+        const char *expect;
+    } cases[] = {
+        {"{\"id\":\"c\",\"rfm\":{\"r\":0,\"f\":1,\"m\":1}}", 0,
+         "field 'rfm.r': 0 is not an integer from 1 to 5"},
+        {"{\"id\":\"c\",\"rfm\":{\"m\":6}}", 0, "field 'rfm.m': 6 is not an integer from 1 to 5"},
+        {"{\"id\":\"c\",\"rfm\":{\"f\":2.5}}", 0,
+         "field 'rfm.f': 2.5 is not an integer from 1 to 5"},
+        {"{\"id\":\"c\",\"rfm\":{\"f\":\"2\"}}", 0,
+         "field 'rfm.f': must be an integer from 1 to 5"},
+        {"{\"id\":\"c\",\"rfm\":{\"first_purchase\":\"2026-02-01T00:00:00Z\","
+         "\"last_purchase\":\"2026-01-01T00:00:00Z\"}}",
+         0, "field 'rfm.first_purchase': later than rfm.last_purchase"},
+        {"{\"id\":\"a\",\"id\":\"b\"}", 0, "duplicate key 'id'"},
+        {"{\"id\":\"a\",\"ltv\":1,\"ltv\":2}", 0, "duplicate key 'ltv'"},
+        {"{\"id\":\"a\",\"attrs\":{},\"attrs\":{\"x\":1}}", 0, "duplicate key 'attrs'"},
+        {"{\"id\":\"a\",\"rfm\":{\"orders\":1,\"orders\":2}}", 0, "duplicate key 'rfm.orders'"},
+        {"{\"id\":\"a\xff\"}", 0, "field 'id': column 9: invalid UTF-8 in string"},
+        {"{\"id\":\"a\\u0000b\"}", 0, "field 'id': column"},
+        {"{\"id\":\"a\\u0000b\"}", 0, "\\u0000 is not allowed"},
+        {"{\"id\":\"a\0b\"}", 12, "field 'id': contains a NUL byte"},
+        {"{\"id\":\"c\",\"attrs\":{\"k\":\"v\0\"}}", 28, "field 'attrs': contains a NUL byte"},
+        {"{\"id\":\"c\",\"rfm\":{\"segment\":\"lo\xc3\"}}", 0,
+         "field 'rfm.segment': column 31: invalid UTF-8 in string"},
+        {"{\"id\":\"c\",\"updated_at\":\"2026\xe2\x82\"}", 0,
+         "field 'updated_at': column 29: invalid UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_profile p;
+        nbx_err e = {0};
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].json);
+        int rc = nbx_profile_parse(cases[i].json, len, &p, &arena, &e);
+        cr_assert_eq(rc, NBX_EPARSE, "case %zu accepted: %s", i, cases[i].json);
+        cr_assert(strstr(e.msg, cases[i].expect) != NULL, "case %zu: expected '%s', got '%s'", i,
+                  cases[i].expect, e.msg);
+        cr_assert_null(strstr(e.msg, "must be a string"), "case %zu: %s", i, e.msg);
+    }
+    /* the bounds themselves, null, and equal dates are fine */
+    const char *good[] = {
+        "{\"id\":\"c\",\"rfm\":{\"r\":1,\"f\":5,\"m\":3}}",
+        "{\"id\":\"c\",\"rfm\":{\"r\":null,\"f\":null,\"m\":null}}",
+        "{\"id\":\"c\",\"rfm\":{\"first_purchase\":5,\"last_purchase\":5}}",
+        "{\"id\":\"c\",\"rfm\":{\"first_purchase\":9,\"last_purchase\":null}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        nbx_profile p;
+        nbx_err e = {0};
+        cr_assert_eq(parse(good[i], &p, &e), NBX_OK, "%s: %s", good[i], e.msg);
+    }
+}
+
 Test(profile, merge_rules)
 {
     put("{\"id\":\"c1\",\"attrs\":{\"a\":1,\"b\":\"x\"},\"consent\":{\"email\":true},"
