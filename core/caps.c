@@ -62,7 +62,11 @@ static bool join_offer(const nbx_catalog *cat, uint32_t *j, nbx_sv id)
     return false;
 }
 
-static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today,
+/* Counts in the offer's windows up to today, and the last times: a last
+ * time after the decision's clock (a replay with --as-of) is not known as
+ * of then, so it reads as never (the day counts still hold what happened up
+ * to today). */
+static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today, int64_t now_ms,
                       nbx_exposure_summary *s)
 {
     uint32_t imp_days = o->impressions.window_days ? o->impressions.window_days
@@ -74,13 +78,14 @@ static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today,
     s->clicks = nbx_exposure_count(x, NBX_EXP_CLICK, today, imp_days);
     s->accepts = nbx_exposure_count(x, NBX_EXP_ACCEPT, today, acc_days);
     s->dismisses = nbx_exposure_count(x, NBX_EXP_DISMISS, today, dis_days);
-    s->last_impression = x->last[NBX_EXP_IMPRESSION];
-    s->last_accept = x->last[NBX_EXP_ACCEPT];
-    s->last_dismiss = x->last[NBX_EXP_DISMISS];
+    s->last_impression = x->last[NBX_EXP_IMPRESSION] <= now_ms ? x->last[NBX_EXP_IMPRESSION] : 0;
+    s->last_accept = x->last[NBX_EXP_ACCEPT] <= now_ms ? x->last[NBX_EXP_ACCEPT] : 0;
+    s->last_dismiss = x->last[NBX_EXP_DISMISS] <= now_ms ? x->last[NBX_EXP_DISMISS] : 0;
+    s->dismiss_later = x->last[NBX_EXP_DISMISS] > now_ms;
 }
 
 static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer,
-                          uint32_t today, nbx_arena *a, nbx_err *e)
+                          uint32_t today, int64_t now_ms, nbx_arena *a, nbx_err *e)
 {
     const nbx_catalog *cat = c->catalog;
     memset(c->has_summary, 0, cat->n_offers);
@@ -114,7 +119,7 @@ static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv custom
             if (mc->window_days)
                 c->contacts = nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, mc->window_days);
         } else {
-            summarise(&cat->offers[j], &x, today, &c->summary[j]);
+            summarise(&cat->offers[j], &x, today, now_ms, &c->summary[j]);
             c->has_summary[j] = 1;
         }
     }
@@ -175,7 +180,7 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int6
                   nbx_arena *a, nbx_err *e)
 {
     uint32_t today = nbx_day_of(now_ms);
-    int rc = load_exposures(c, s, txn, customer, today, a, e);
+    int rc = load_exposures(c, s, txn, customer, today, now_ms, a, e);
     if (rc == NBX_OK && c->catalog->has_budgets)
         rc = load_budgets(c, s, txn, today, e);
     return rc;
@@ -212,6 +217,10 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, 
         if (o->dismiss_cooldown_days && s->last_dismiss &&
             now_ms - s->last_dismiss < (int64_t)o->dismiss_cooldown_days * NBX_MS_PER_DAY)
             return NBX_EXCLUDED_COOLDOWN;
+        /* replaying before the last dismiss: whether an earlier one falls in
+         * the cooldown is known to the day, from the counts */
+        if (o->dismiss_cooldown_days && !s->last_dismiss && s->dismiss_later && s->dismisses)
+            return NBX_EXCLUDED_COOLDOWN;
     }
     if (o->budget_impressions >= 0 &&
         c->budget_impressions[o->index] >= (uint64_t)o->budget_impressions)
@@ -239,10 +248,15 @@ int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p
 
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
 {
+    /* Money in binary floating point: 9.99 / 33.3 is 30.000000000000004 %
+     * and 0.3 - 0.1 - 0.2 is -2.8e-17. An offer exactly at a limit passes:
+     * the comparisons allow the rounding error of the arithmetic (about
+     * 1e-16 of the amounts involved), far below a cent. */
     const nbx_guardrails *g = &c->guardrails;
-    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct)
+    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct + 1e-9)
         return false;
-    if (!isnan(g->min_margin) && o->margin < g->min_margin)
+    double scale = o->price + o->unit_cost + o->discount;
+    if (!isnan(g->min_margin) && o->margin < g->min_margin - 1e-12 * (scale > 1 ? scale : 1))
         return false;
     return true;
 }

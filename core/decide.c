@@ -465,6 +465,21 @@ static void arbitrate(nbx_ctx *c, size_t n)
         add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
         contacts--;
     }
+    if (contacts > 0)
+        return;
+    /* The contact policy ran out with slots still free: the candidates that
+     * would have filled them are excluded for it (explain shows why the
+     * placement stayed empty). */
+    for (uint32_t p = 0; p < cat->n_placements; p++) {
+        if (c->slots_left[p] == 0)
+            continue;
+        const struct rank_entry *top = h + c->heap_at[p];
+        for (uint32_t i = 0; i < c->heap_len[p]; i++) {
+            nbx_candidate *cd = &c->cand[top[i].cand];
+            if (!c->offer_used[cd->offer])
+                cd->excluded = NBX_EXCLUDED_CONTACTS;
+        }
+    }
 }
 
 /* The fallback decision: the catalog's fallback actions for the requested

@@ -590,7 +590,8 @@ typedef struct nbx_exposure_summary {
     uint32_t clicks;      /* same window as impressions */
     uint32_t accepts;     /* in caps.accepts.window_days (default 30) */
     uint32_t dismisses;   /* in dismiss_cooldown_days (default 30) */
-    int64_t last_impression, last_dismiss, last_accept; /* ms, 0 = never */
+    int64_t last_impression, last_dismiss, last_accept; /* ms, 0 = never (or after now) */
+    bool dismiss_later; /* the last dismiss is after now (a replay) */
 } nbx_exposure_summary;
 
 /* One (offer, placement) pair under consideration. */

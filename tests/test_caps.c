@@ -115,6 +115,25 @@ Test(caps, accept_cap_and_dismiss_cooldown)
     cr_assert_eq(check("c3", "free_shipping", NOW + DAY), NBX_EXCLUDED_NONE, "14 days passed");
 }
 
+Test(caps, a_replay_before_a_dismiss_is_not_in_its_cooldown)
+{
+    CONSENTED("c8");
+    event("c8", "dismiss", "free_shipping", NOW + 2 * DAY);
+    cr_assert_eq(check("c8", "free_shipping", NOW), NBX_EXCLUDED_NONE,
+                 "the dismiss comes after the decision's clock");
+    cr_assert_eq(check("c8", "free_shipping", NOW + 3 * DAY), NBX_EXCLUDED_COOLDOWN);
+    cr_assert_eq(caps.summary[nbx_catalog_offer(cat, NBX_SV("free_shipping"))->index].last_dismiss,
+                 NOW + 2 * DAY);
+    check("c8", "free_shipping", NOW);
+    cr_assert_eq(caps.summary[nbx_catalog_offer(cat, NBX_SV("free_shipping"))->index].last_dismiss,
+                 0, "a last time after now reads as never");
+    /* an earlier dismiss within the cooldown still counts (known to the day) */
+    CONSENTED("c9");
+    event("c9", "dismiss", "free_shipping", NOW - 3 * DAY);
+    event("c9", "dismiss", "free_shipping", NOW + 2 * DAY);
+    cr_assert_eq(check("c9", "free_shipping", NOW), NBX_EXCLUDED_COOLDOWN);
+}
+
 Test(caps, contacts_across_offers)
 {
     CONSENTED("c4");
@@ -181,6 +200,36 @@ Test(caps, guardrails)
                   "45%% discount over the 30%% ceiling");
     cr_assert_not(nbx_guardrails_pass(cat, nbx_catalog_offer(cat, NBX_SV("loss_leader"))),
                   "negative margin under the floor");
+}
+
+Test(caps, an_offer_exactly_at_a_guardrail_passes)
+{
+    /* 9.99 / 33.3 is 30.000000000000004 % in binary floating point, and
+     * 3.3 - 3.0 - 0.3 is -1.7e-16: both are exactly at the limits */
+    char *path = tu_path(dir, "edge.json");
+    cr_assert_eq(tu_write_file(path,
+        "{\"placements\":[{\"id\":\"hero\"}],\"offers\":["
+        "{\"id\":\"at_30\",\"placements\":[\"hero\"],\"price\":33.3,\"unit_cost\":1,"
+        "\"discount\":9.99,\"purpose\":\"none\"},"
+        "{\"id\":\"tiny_at_30\",\"placements\":[\"hero\"],\"price\":0.7,\"unit_cost\":0,"
+        "\"discount\":0.21,\"purpose\":\"none\"},"
+        "{\"id\":\"zero_margin\",\"placements\":[\"hero\"],\"price\":3.3,\"unit_cost\":3.0,"
+        "\"discount\":0.3,\"purpose\":\"none\"},"
+        "{\"id\":\"over_30\",\"placements\":[\"hero\"],\"price\":33.3,\"unit_cost\":1,"
+        "\"discount\":10,\"purpose\":\"none\"},"
+        "{\"id\":\"cent_under\",\"placements\":[\"hero\"],\"price\":3.3,\"unit_cost\":3.01,"
+        "\"discount\":0.3,\"purpose\":\"none\"}],"
+        "\"guardrails\":{\"max_discount_pct\":30,\"min_margin\":0}}"), 0);
+    nbx_catalog *edge;
+    nbx_err e = {0};
+    cr_assert_eq(nbx_catalog_load(path, &edge, &e), NBX_OK, "%s", e.msg);
+    cr_assert(nbx_guardrails_pass(edge, nbx_catalog_offer(edge, NBX_SV("at_30"))));
+    cr_assert(nbx_guardrails_pass(edge, nbx_catalog_offer(edge, NBX_SV("tiny_at_30"))));
+    cr_assert(nbx_guardrails_pass(edge, nbx_catalog_offer(edge, NBX_SV("zero_margin"))));
+    cr_assert_not(nbx_guardrails_pass(edge, nbx_catalog_offer(edge, NBX_SV("over_30"))));
+    cr_assert_not(nbx_guardrails_pass(edge, nbx_catalog_offer(edge, NBX_SV("cent_under"))));
+    nbx_catalog_unref(edge);
+    free(path);
 }
 
 Test(caps, propensity_fallback_chain)

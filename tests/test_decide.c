@@ -441,6 +441,15 @@ Test(decide, a_decision_never_passes_the_contact_limit)
     const nbx_result *r = decide("alice", 0);
     const char *want[] = {"winback_20/hero", "free_shipping/recs"};
     expect_actions(r, want, 2);
+    /* the recs slots the contact policy leaves empty say why */
+    r = decide("alice", NBX_DECIDE_EXPLAIN);
+    expect_actions(r, want, 2);
+    cr_assert(strstr(nbx_result_json(r, NULL),
+                     "\"offer\":\"carousel_new\",\"placement\":\"recs\",\"score\":30,"
+                     "\"expected_margin\":") != NULL,
+              "%s", nbx_result_json(r, NULL));
+    cr_assert(strstr(nbx_result_json(r, NULL), "\"excluded\":\"contacts\"") != NULL, "%s",
+              nbx_result_json(r, NULL));
     r = decide_full("alice", NULL, 0, NBX_DECIDE_RECORD, NOW);
     expect_actions(r, want, 2);
     r = decide("alice", NBX_DECIDE_EXPLAIN);
