@@ -106,11 +106,22 @@ void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...)
 {
     if (!e->log)
         return;
-    char msg[1024];
+    char raw[1024], msg[1024 * 4 + 1];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    /* Messages carry policy text (its name, its error messages): control
+     * bytes are escaped, so a policy cannot forge log lines or drive a
+     * terminal (a newline, ANSI escapes). */
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            n += (size_t)snprintf(msg + n, sizeof msg - n, "\\x%02x", *p);
+        else
+            msg[n++] = (char)*p;
+    }
+    msg[n] = '\0';
     e->log(e->log_ud, level, msg);
 }
 

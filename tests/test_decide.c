@@ -640,3 +640,39 @@ Test(decide, a_policy_over_the_engines_memory_limit_is_refused_at_open_and_at_re
     free(heavy);
     free(light);
 }
+
+static char logged[4096];
+static void capture_log(void *ud, int level, const char *message)
+{
+    (void)ud;
+    (void)level;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", message);
+}
+
+Test(decide, policy_text_in_log_lines_is_escaped)
+{
+    /* a name and an error message with a newline and an ANSI escape */
+    char *policy = write_policy("inj.lua", "return { name = 'a\\nFAKE', score = function() "
+                                           "error('\\27[31mred\\nFAKE LINE') end }\n");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.policy = policy;
+    o.log = capture_log;
+    logged[0] = '\0';
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    const nbx_result *r = decide("alice", 0);
+    cr_assert(nbx_result_fallback(r));
+    cr_assert(strstr(logged, "\\x1b[31mred\\x0aFAKE LINE") != NULL, "%s", logged);
+    /* one line per message: every newline ends a message */
+    for (const char *p = logged; *p; p++) {
+        cr_assert((unsigned char)*p >= 0x20 || *p == '\n', "control byte 0x%02x in the log",
+                  (unsigned char)*p);
+        if (*p == '\n')
+            cr_assert(p[1] == '\0' || strncmp(p + 1, "FAKE", 4) != 0, "%s", logged);
+    }
+    free(policy);
+}
