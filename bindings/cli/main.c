@@ -287,7 +287,8 @@ static void print_overview(FILE *out)
     fprintf(out, "\n  %-22s %s\n  %-22s %s\n\n", "help [COMMAND]", "describe a command",
             "--version", "print the version");
     fprintf(out, "Store commands take --store DIR (default: $NBX_STORE). Flags may come before\n"
-                 "or after arguments, as '--flag value' or '--flag=value'.\n"
+                 "or after arguments, even before the command ('nbx --store DIR stats'), as\n"
+                 "'--flag value' or '--flag=value'.\n"
                  "Exit status: 0 success, 1 failure, 2 usage error.\n");
 }
 
@@ -318,15 +319,16 @@ static bool group_exists(const char *group)
     return false;
 }
 
+/* One line per subcommand, its words and arguments, then its summary; the
+ * flags are in each subcommand's own help. */
 static void print_group_help(FILE *out, const char *group)
 {
-    fprintf(out, "usage: nbx %s SUBCOMMAND ...\n\nSubcommands:\n", group);
+    fprintf(out, "usage: nbx %s SUBCOMMAND [ARGS] [FLAGS]\n\nSubcommands:\n", group);
     for (const cli_command *c = cli_commands; c->group; c++) {
         if (strcmp(c->group, group) != 0)
             continue;
-        fprintf(out, "  ");
-        cli_print_usage(out, c);
-        fprintf(out, "      %s\n", c->summary);
+        fprintf(out, "  %s%s%s\n      %s\n", c->sub, *c->positional ? " " : "", c->positional,
+                c->summary);
     }
     fprintf(out, "\nRun 'nbx %s SUBCOMMAND --help' for details.\n", group);
 }
@@ -450,6 +452,44 @@ static int dispatch_group(const char *group, int argc, char **argv)
     return run_command(cmd, argc - 1, argv);
 }
 
+/* Does any command take this flag with a value? Flags before the command
+ * word are looked up in every command's table, as the command is not known
+ * yet; the command then checks them like any other. */
+static bool any_flag_takes_value(const char *arg)
+{
+    const char *name = arg + 2;
+    if (strchr(name, '='))
+        return false;
+    for (const cli_command *c = cli_commands; c->group; c++)
+        for (const cli_flag *f = c->flags; f->name; f++)
+            if (strcmp(f->name, name) == 0 && f->kind != CLI_BOOL)
+                return true;
+    return false;
+}
+
+static bool is_help_or_version(const char *arg)
+{
+    return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0 || strcmp(arg, "--version") == 0;
+}
+
+/* "nbx --store S import profiles -": flags before the command word are moved
+ * after it (ahead of the command's own arguments, so a flag repeated later
+ * still wins). Returns the index of the command word (1 once moved), of a
+ * --help or --version that came first, or argc if there is none. */
+static int hoist_leading_flags(int argc, char **argv)
+{
+    int word = 1;
+    while (word < argc && strncmp(argv[word], "--", 2) == 0 && argv[word][2] &&
+           !is_help_or_version(argv[word]))
+        word += any_flag_takes_value(argv[word]) && word + 1 < argc ? 2 : 1;
+    if (word == 1 || word >= argc || is_help_or_version(argv[word]))
+        return word;
+    char *command = argv[word];
+    memmove(argv + 2, argv + 1, (size_t)(word - 1) * sizeof *argv);
+    argv[1] = command;
+    return 1;
+}
+
 static void print_version(void)
 {
     int num = 0;
@@ -463,15 +503,18 @@ int main(int argc, char **argv)
         print_overview(stderr);
         return CLI_USAGE;
     }
-    const char *word = argv[1];
+    int at = hoist_leading_flags(argc, argv);
+    if (at >= argc) {
+        fprintf(stderr, "nbx: missing command after the flags; run 'nbx help' for the list\n");
+        return CLI_USAGE;
+    }
+    const char *word = argv[at];
     if (strcmp(word, "--version") == 0 || strcmp(word, "version") == 0) {
         print_version();
         return CLI_OK;
     }
-    if (strcmp(word, "help") == 0)
-        return help_command(argc - 2, argv + 2);
-    if (strcmp(word, "--help") == 0 || strcmp(word, "-h") == 0)
-        return help_command(argc - 2, argv + 2);
+    if (strcmp(word, "help") == 0 || strcmp(word, "--help") == 0 || strcmp(word, "-h") == 0)
+        return help_command(argc - at - 1, argv + at + 1);
     if (!group_exists(word)) {
         fprintf(stderr, "nbx: unknown command '%s'; run 'nbx help' for the list\n", word);
         return CLI_USAGE;

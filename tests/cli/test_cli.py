@@ -69,6 +69,11 @@ class T01HelpAndUsage(CliTestCase):
                 r = self.ok(group, "--help")
                 self.assertIn(f"usage: nbx {group} SUBCOMMAND", r.stdout)
                 self.assertEqual(r.stdout, self.ok("help", group).stdout)
+                # one usage line, the group's; each subcommand listed by its words
+                self.assertEqual(r.stdout.count("usage:"), 1, r.stdout)
+                for words in COMMANDS:
+                    if words[0] == group:
+                        self.assertRegex(r.stdout, rf"(?m)^  {words[1]}\b")
 
     def test_05_help_wins_over_other_mistakes(self):
         r = self.ok("stats", "--bogus", "--help")
@@ -180,6 +185,9 @@ class T02FlagPlacement(CliTestCase):
             ["profile", f"--store={self.store}", "get", "p001"],
             ["profile", "get", "p001", f"--store={self.store}"],
             ["profile", "get", "--store", self.store, "--", "p001"],
+            ["--store", self.store, "profile", "get", "p001"],
+            [f"--store={self.store}", "profile", "get", "p001"],
+            ["--store", self.path("other"), "profile", "get", "p001", "--store", self.store],
         ]
         for args in variants:
             with self.subTest(args=args):
@@ -200,6 +208,28 @@ class T02FlagPlacement(CliTestCase):
         self.ok("profile", "put", json.dumps(profile(2, id="--odd")), "--store", self.store)
         r = self.ok("profile", "get", "--store", self.store, "--", "--odd")
         self.assertEqual(json.loads(r.stdout)["id"], "--odd")
+
+
+    def test_05_flags_before_the_command_word(self):
+        r = self.ok("--store", self.store, "import", "profiles", "-",
+                    input=json.dumps(profile(3)) + "\n")
+        self.assertEqual(summary_counts(r.stdout), (1, 1, 0, 0))
+        self.assertEqual(self.ok("--store", self.store, "stats", "--json").stdout,
+                         self.ok("stats", "--json", "--store", self.store).stdout)
+        self.ok("--store", self.store, "ingest", "-",
+                input=json.dumps(purchase("e1", "p003", AS_OF, 5.0)) + "\n")
+        self.assertEqual(self.profile("p003")["rfm"]["orders"], 1)
+        # checked by the command like any other flag
+        r = self.fails(2, "--json", "--store", self.store, "import", "profiles", "-", input="")
+        self.assertIn("unknown flag --json", r.stderr)
+        r = self.fails(2, "--store", self.store)
+        self.assertIn("missing command", r.stderr)
+        # --help and --version still work, before or after such flags
+        self.assertRegex(self.ok("--version").stdout, r"^nbx ")
+        self.assertEqual(self.ok("--store", self.store, "--help").stdout, self.ok("help").stdout)
+        self.assertEqual(self.ok("--store", self.store, "--help", "stats").stdout,
+                         self.ok("help", "stats").stdout)
+        self.assertIn("usage: nbx stats", self.ok("--store", self.store, "stats", "-h").stdout)
 
 
 # ===========================================================================
