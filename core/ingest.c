@@ -732,6 +732,15 @@ static void progress(importer *im, uint64_t lines, uint64_t bytes)
     im->opts->progress(im->opts->progress_ud, lines, bytes, im->in_total);
 }
 
+/* Each pass opens with a call of 0 lines and 0 bytes: the counts start again
+ * from zero in the apply pass, and a display can name the pass it shows. */
+static void progress_pass_begins(importer *im)
+{
+    im->next_progress = PROGRESS_EVERY;
+    if (im->opts->progress)
+        im->opts->progress(im->opts->progress_ud, 0, 0, im->in_total);
+}
+
 static int input_error(importer *im, int errnum)
 {
     return nbx_err_errno(&im->err, errnum, "cannot read", im->name);
@@ -1970,7 +1979,7 @@ static int apply(importer *im, uint64_t *stopped_at)
         rc = nbx_err_set(&im->err, NBX_ENOMEM, "cannot start the import's preparer thread");
         goto done;
     }
-    im->next_progress = PROGRESS_EVERY;
+    progress_pass_begins(im);
     for (uint64_t k = 0;; k++) {
         batch *b = &ap.batches[k % 2];
         pthread_mutex_lock(&ap.mu);
@@ -2123,8 +2132,10 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
     }
     if (rc == NBX_OK && (im.spool_fd = open_spool(store->path, &im.err)) < 0)
         rc = im.err.code;
-    if (rc == NBX_OK)
+    if (rc == NBX_OK) {
+        progress_pass_begins(&im);
         rc = validate(&im);
+    }
     if (rc == NBX_OK && lseek(im.spool_fd, 0, SEEK_SET) != 0)
         rc = nbx_err_errno(&im.err, errno, "cannot rewind the import spool in", store->path);
     if (rc == NBX_OK && im.spool_records > 0)

@@ -654,6 +654,62 @@ Test(ingest, rejects_file_that_is_the_input_or_the_store_is_refused)
     free(path);
 }
 
+typedef struct progress_log {
+    uint64_t lines[64], bytes[64];
+    size_t n;
+} progress_log;
+
+static void log_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t total)
+{
+    progress_log *log = ud;
+    (void)total;
+    if (log->n < 64) {
+        log->lines[log->n] = lines;
+        log->bytes[log->n] = bytes;
+        log->n++;
+    }
+}
+
+/* Both passes count from zero to the end of the file: each opens with a
+ * call of 0 lines and 0 bytes, so a display can say which pass it shows. */
+Test(ingest, progress_opens_each_pass_with_a_call_of_zero_lines)
+{
+    const int count = 230000;
+    char *path = tu_path(dir, "many.jsonl");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < count; i++)
+        fprintf(f, "{\"id\":\"c%07d\"}\n", i);
+    cr_assert_eq(fclose(f), 0);
+    progress_log log = {0};
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.progress = log_progress;
+    o.progress_ud = &log;
+    nbx_import_stats st;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, (uint64_t)count);
+    size_t starts[2], n_starts = 0;
+    for (size_t i = 0; i < log.n; i++)
+        if (log.lines[i] == 0) {
+            cr_assert_eq(log.bytes[i], 0, "a call of 0 lines with %llu bytes",
+                         (unsigned long long)log.bytes[i]);
+            cr_assert_lt(n_starts, 2, "more than two passes began");
+            starts[n_starts++] = i;
+        }
+    cr_assert_eq(n_starts, 2, "expected 2 calls of 0 lines (one per pass), got %zu", n_starts);
+    cr_assert_eq(starts[0], 0, "the first call does not open the validation pass");
+    cr_assert_gt(starts[1], 1, "no progress during validation");
+    cr_assert_gt(log.n, starts[1] + 1, "no progress while applying");
+    for (size_t i = 1; i < log.n; i++)
+        if (i != starts[1])
+            cr_assert_gt(log.lines[i], log.lines[i - 1],
+                         "lines went back within a pass: %llu, %llu",
+                         (unsigned long long)log.lines[i - 1], (unsigned long long)log.lines[i]);
+    free(path);
+}
+
 /* ------------------------------------------------------------------------
  * Standard input
  * ------------------------------------------------------------------------ */
@@ -725,12 +781,14 @@ Test(ingest, stdin_errors_name_stdin)
  * Progress, misuse
  * ------------------------------------------------------------------------ */
 
+/* calls[0]: calls opening a pass (0 lines, 0 bytes); calls[1]: the others */
 static void count_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t total)
 {
     uint64_t *calls = ud;
     cr_assert_leq(bytes, total);
-    cr_assert_gt(lines, 0);
-    (*calls)++;
+    if (lines == 0)
+        cr_assert_eq(bytes, 0, "a call of 0 lines with %llu bytes", (unsigned long long)bytes);
+    calls[lines == 0 ? 0 : 1]++;
 }
 
 Test(ingest, progress_is_reported)
@@ -742,16 +800,17 @@ Test(ingest, progress_is_reported)
     cr_assert_eq(fclose(f), 0);
     nbx_import_options o;
     nbx_import_options_init(&o);
-    uint64_t calls = 0;
+    uint64_t calls[2] = {0, 0};
     o.progress = count_progress;
-    o.progress_ud = &calls;
+    o.progress_ud = calls;
     o.batch_size = 50000;
     nbx_import_stats st;
     cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &st), NBX_OK);
     cr_assert_eq(st.applied, 250000);
-    /* 2 in validation (100k, 200k) and 2 while applying */
-    cr_assert_geq(calls, 4, "progress called %llu times", (unsigned long long)calls);
-    cr_assert_leq(calls, 6, "progress called %llu times", (unsigned long long)calls);
+    /* one opening each pass; 2 in validation (100k, 200k) and 2 while applying */
+    cr_assert_eq(calls[0], 2, "%llu calls of 0 lines", (unsigned long long)calls[0]);
+    cr_assert_geq(calls[1], 4, "progress called %llu times", (unsigned long long)calls[1]);
+    cr_assert_leq(calls[1], 6, "progress called %llu times", (unsigned long long)calls[1]);
     free(path);
 }
 

@@ -17,22 +17,32 @@
  * ======================================================================== */
 
 typedef struct progress {
-    double started;
+    double started; /* of the import, for the summary */
+    double pass_started;
+    int pass; /* 1 validation, 2 apply */
     bool shown;
 } progress;
 
 /* Called by nbx_import_file() about every 100k lines, only when standard
- * error is a terminal: a log file should not fill with carriage returns. */
+ * error is a terminal: a log file should not fill with carriage returns.
+ * The library opens each of its two passes with a call of 0 lines; each runs
+ * to 100%, so the line says which one it is. */
 static void show_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t total)
 {
     progress *p = ud;
-    double elapsed = cli_now_seconds() - p->started;
+    if (lines == 0 && bytes == 0) {
+        p->pass++;
+        p->pass_started = cli_now_seconds();
+        return;
+    }
+    const char *label = p->pass >= 2 ? "writing" : "checking";
+    double elapsed = cli_now_seconds() - p->pass_started;
     double rate = elapsed > 0 ? (double)lines / elapsed : 0;
     if (total > 0)
-        fprintf(stderr, "\r\033[K%" PRIu64 " lines, %.0f lines/s, %.1f%%", lines, rate,
+        fprintf(stderr, "\r\033[K%s: %" PRIu64 " lines, %.0f lines/s, %.1f%%", label, lines, rate,
                 100.0 * (double)bytes / (double)total);
     else
-        fprintf(stderr, "\r\033[K%" PRIu64 " lines, %.0f lines/s", lines, rate);
+        fprintf(stderr, "\r\033[K%s: %" PRIu64 " lines, %.0f lines/s", label, lines, rate);
     fflush(stderr);
     p->shown = true;
 }
@@ -83,7 +93,8 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     nbx_import_options_init(&opts);
     opts.rejects_path = rejects;
     opts.batch_size = (size_t)cli_uint(args, "batch-size", 0);
-    progress prog = {cli_now_seconds(), false};
+    progress prog = {.started = cli_now_seconds()};
+    prog.pass_started = prog.started;
     if (isatty(STDERR_FILENO)) {
         opts.progress = show_progress;
         opts.progress_ud = &prog;

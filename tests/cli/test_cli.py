@@ -568,7 +568,11 @@ class T04ImportProfiles(CliTestCase):
             os.close(master)
         terminal = b"".join(chunks).decode()
         self.assertEqual(proc.returncode, 0, terminal)
-        self.assertRegex(terminal, r"\r\x1b\[K\d+ lines, \d+ lines/s, \d+\.\d%")
+        # each pass runs to 100%, so each is named: validation, then writing
+        self.assertRegex(terminal, r"\r\x1b\[Kchecking: \d+ lines, \d+ lines/s, \d+\.\d%")
+        self.assertRegex(terminal, r"\r\x1b\[Kwriting: \d+ lines, \d+ lines/s, \d+\.\d%")
+        self.assertLess(terminal.index("checking:"), terminal.index("writing:"))
+        self.assertNotIn("checking:", terminal[terminal.index("writing:"):])
         self.assertEqual(summary_counts(proc.stdout), (250000, 250000, 0, 0))
         # Not a terminal: not a byte of progress.
         r = self.ok("import", "profiles", data, "--store", self.store)
