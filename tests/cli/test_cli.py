@@ -415,6 +415,10 @@ BAD_PROFILE_LINES = [
     ("id too long", json.dumps({"id": "x" * 257}), "id"),
     ("churn outside [0,1]", '{"id": "p003", "churn": 1.01}', "churn"),
     ("not an object", '["p003"]', None),
+    ("rfm score 0", '{"id": "p003", "rfm": {"r": 0, "f": 1, "m": 1}}', "rfm.r"),
+    ("first purchase after last", '{"id": "p003", "rfm": {"first_purchase": '
+     '"2026-02-01T00:00:00Z", "last_purchase": "2026-01-01T00:00:00Z"}}', "rfm.first_purchase"),
+    ("duplicate id", '{"id": "p003", "id": "p004"}', "id"),
 ]
 
 
@@ -621,6 +625,17 @@ BAD_EVENT_LINES = [
                                '"ts": "2026-05-01T00:00:00Z"}', "offer"),
     ("customer id too long", json.dumps(purchase("b3", "c" * 257, "2026-05-01T00:00:00Z", 1)),
      "customer"),
+    ("event id too long", json.dumps(purchase("e" * 257, "p001", "2026-05-01T00:00:00Z", 1)),
+     "event_id"),
+    ("type a number", '{"event_id": "b3", "customer": "p001", "type": 1, '
+                      '"ts": "2026-05-01T00:00:00Z", "amount": 3}', "type"),
+    ("type an array", '{"event_id": "b3", "customer": "p001", "type": ["purchase"], '
+                      '"ts": "2026-05-01T00:00:00Z", "amount": 3}', "type"),
+    ("type null", '{"event_id": "b3", "customer": "p001", "type": null, '
+                  '"ts": "2026-05-01T00:00:00Z", "amount": 3}', "type"),
+    ("duplicate key", '{"event_id": "b3", "customer": "p001", "type": "purchase", '
+                      '"customer": "p002", "ts": "2026-05-01T00:00:00Z", "amount": 3}',
+     "customer"),
 ]
 
 
@@ -667,6 +682,12 @@ class T05Ingest(CliTestCase):
                 self.assertIn(f"{path}:3", r.stderr)
                 if field:
                     self.assertIn(f"'{field}'", r.stderr)
+                if name == "event id too long":
+                    self.assertIn("must be 1 to 256 bytes (got 257)", r.stderr)
+                if name.startswith("type "):
+                    self.assertIn("field 'type': must be a string", r.stderr)
+                if name == "duplicate key":
+                    self.assertIn("duplicate key 'customer'", r.stderr)
                 self.assertEqual(self.export(), before_export)
                 self.assertEqual(self.stats(), before_stats)
 
