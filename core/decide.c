@@ -261,6 +261,16 @@ int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placement
         int rc = nbx_session_field_check(&session[i], i, e);
         if (rc)
             return rc;
+        /* the engine sets these two: a caller's value would be dropped */
+        if (strcmp(session[i].key, "placement") == 0 || strcmp(session[i].key, "now") == 0)
+            return nbx_err_set(e, NBX_EINVAL,
+                               "field 'session.%s': set by the engine (the placement being "
+                               "scored, the decision's clock: use placements and now_ms)",
+                               session[i].key);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(session[j].key, session[i].key) == 0)
+                return nbx_err_set(e, NBX_EINVAL, "field 'session.%.64s': given twice",
+                                   session[i].key);
     }
     for (size_t i = 0; i < n_placements; i++) {
         const char *p = placements[i];
@@ -583,6 +593,9 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
             nbx_jw_string(b, perr->offer, strlen(perr->offer));
         else
             nbx_buf_puts(b, "null");
+        nbx_buf_puts(b, ",\"reason\":");
+        const char *reason = perr && perr->reason[0] ? perr->reason : r->error;
+        nbx_jw_string(b, reason, strlen(reason));
         nbx_buf_puts(b, ",\"message\":");
         nbx_jw_string(b, r->error, strlen(r->error));
         nbx_buf_putc(b, '}');

@@ -205,6 +205,8 @@ Test(decide, policy_failure_gives_fallback_and_next_decision_runs)
     cr_assert(strstr(json, "\"error\":{\"policy\":\"failing\",\"version\":\"") != NULL, "%s",
               json);
     cr_assert(strstr(json, "\"kind\":\"runtime\"") != NULL, "%s", json);
+    cr_assert(strstr(json, "\"where\":\"policy.lua:2\"") != NULL, "%s", json);
+    cr_assert(strstr(json, "\"reason\":\"boom on ") != NULL, "%s", json);
     cr_assert(strstr(json, "\"excluded\":\"policy_error\"") != NULL, "%s", json);
     /* the context is unharmed: swap in a good policy and decide again */
     char *good = write_policy("good.lua", BY_PRICE);
@@ -295,6 +297,20 @@ Test(decide, bad_requests_name_the_field)
     cr_assert_eq(nbx_record(ctx, "{\"event_id\":\"x\"}", 16, NULL), NBX_EPARSE);
     cr_assert(strstr(nbx_ctx_errmsg(ctx), "customer") != NULL, "%s", nbx_ctx_errmsg(ctx));
     cr_assert_eq(nbx_record(NULL, "{}", 2, NULL), NBX_EINVAL);
+    /* session keys the engine sets, and a key given twice */
+    r.placements = NULL;
+    r.n_placements = 0;
+    nbx_kv engine_set[] = {{"channel", "web"}, {"now", "2020-01-01T00:00:00Z"}};
+    r.session = engine_set;
+    r.n_session = 2;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "'session.now': set by the engine") != NULL, "%s",
+              nbx_ctx_errmsg(ctx));
+    nbx_kv twice[] = {{"channel", "web"}, {"channel", "email"}};
+    r.session = twice;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "'session.channel': given twice") != NULL, "%s",
+              nbx_ctx_errmsg(ctx));
     /* the context still works */
     const nbx_result *ok = decide("alice", 0);
     cr_assert_eq(nbx_result_action_count(ok), 4);
