@@ -128,9 +128,41 @@ int nbx_err_mdb(nbx_err *e, int rc, const char *what)
         code = NBX_ESTORE;
         break;
     }
-    if (rc == MDB_MAP_FULL)
-        return nbx_err_set(e, code, "%s: the store reached its size limit (NBX_MAP_SIZE)", what);
-    return nbx_err_set(e, code, "%s: %s", what, mdb_strerror(rc));
+    /* LMDB's own texts name its constants ("MDB_CORRUPTED: Located page was
+     * wrong type"): say what they mean for a store instead. */
+    const char *why;
+    switch (rc) {
+    case MDB_MAP_FULL:
+        why = "the store reached its size limit (NBX_MAP_SIZE)";
+        break;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+        why = "the store file is damaged (a page is not what the tree expects)";
+        break;
+    case MDB_INVALID:
+        why = "not an nbx store (not an LMDB file)";
+        break;
+    case MDB_VERSION_MISMATCH:
+        why = "the store was written by another LMDB version";
+        break;
+    case MDB_READERS_FULL:
+        why = "too many processes and threads read the store at once (LMDB's reader table "
+              "is full)";
+        break;
+    case MDB_TXN_FULL:
+        why = "the write transaction is too large";
+        break;
+    case MDB_MAP_RESIZED:
+        why = "another process grew the store's map; reopen the store";
+        break;
+    case MDB_PANIC:
+        why = "a fatal error earlier left the store handle unusable; reopen the store";
+        break;
+    default:
+        why = rc > 0 ? strerror(rc) : mdb_strerror(rc);
+        break;
+    }
+    return nbx_err_set(e, code, "%s: %s", what, why);
 }
 
 int nbx_err_errno(nbx_err *e, int errnum, const char *what, const char *path)

@@ -298,7 +298,9 @@ typedef enum nbx_import_kind {
     NBX_IMPORT_EVENTS = 2    /**< one event per line, as nbx_event_apply() */
 } nbx_import_kind;
 
-/** Progress callback: lines read so far, bytes read, file size (0 if unknown). */
+/** Progress callback: lines read so far, bytes read, file size (0 if
+ * unknown). An import makes two passes over the file (checking, then
+ * writing); each opens with a call of 0 lines and 0 bytes. */
 typedef void (*nbx_progress_fn)(void *ud, uint64_t lines, uint64_t bytes, uint64_t total);
 
 /** Options for nbx_import_file(). Initialise with nbx_import_options_init(). */
@@ -348,7 +350,8 @@ NBX_API void nbx_import_options_init(nbx_import_options *opts);
  *   for the validation pass).
  * @param opts may be NULL for defaults.
  * @param[out] stats may be NULL.
- * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ELIMIT,
+ * @return NBX_OK, NBX_EINVAL (also: rejects_path is the input file or a file
+ *   of the store), NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ELIMIT,
  *   NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
  * @note Thread-safe; concurrent imports serialise on the store's writer.
  */
