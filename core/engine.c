@@ -139,6 +139,16 @@ NBX_API void nbx_engine_options_init(nbx_engine_options *o)
     o->memory_limit = NBX_DEFAULT_MEMORY_LIMIT;
 }
 
+static void fill_info(nbx_engine_info *info, const nbx_policy *policy, const nbx_catalog *catalog)
+{
+    memset(info, 0, sizeof *info);
+    snprintf(info->policy_name, sizeof info->policy_name, "%s", policy->name);
+    memcpy(info->policy_version, policy->version_hex, sizeof info->policy_version);
+    memcpy(info->catalog_version, catalog->version_hex, sizeof info->catalog_version);
+    info->offers = catalog->n_offers;
+    info->placements = catalog->n_placements;
+}
+
 /* The caller's options, completed: an older caller's smaller struct (its
  * size field) gets zeros for the fields added since. */
 static int engine_options(const nbx_engine_options *in, const char *fn, nbx_engine_options *o)
@@ -253,14 +263,8 @@ NBX_API int nbx_engine_check(const nbx_engine_options *opts, nbx_engine_info *in
     rc = load_pair(&o, &limits, &catalog, &policy, &err);
     if (rc)
         return nbx_publish(NULL, &err);
-    if (info) {
-        memset(info, 0, sizeof *info);
-        snprintf(info->policy_name, sizeof info->policy_name, "%s", policy->name);
-        memcpy(info->policy_version, policy->version_hex, sizeof info->policy_version);
-        memcpy(info->catalog_version, catalog->version_hex, sizeof info->catalog_version);
-        info->offers = catalog->n_offers;
-        info->placements = catalog->n_placements;
-    }
+    if (info)
+        fill_info(info, policy, catalog);
     nbx_policy_unref(policy);
     nbx_catalog_unref(catalog);
     return NBX_OK;
@@ -333,12 +337,7 @@ NBX_API int nbx_engine_info_get(nbx_engine *e, nbx_engine_info *info)
     if (!e || !info)
         return nbx_fail(e, NBX_EINVAL, "nbx_engine_info_get: NULL argument");
     nbx_snapshot *s = nbx_engine_snapshot(e);
-    memset(info, 0, sizeof *info);
-    snprintf(info->policy_name, sizeof info->policy_name, "%s", s->policy->name);
-    memcpy(info->policy_version, s->policy->version_hex, sizeof info->policy_version);
-    memcpy(info->catalog_version, s->catalog->version_hex, sizeof info->catalog_version);
-    info->offers = s->catalog->n_offers;
-    info->placements = s->catalog->n_placements;
+    fill_info(info, s->policy, s->catalog);
     nbx_snapshot_unref(s);
     return NBX_OK;
 }
