@@ -59,6 +59,9 @@ static int read_id(nbx_jr *r, const char *field, size_t max, nbx_sv *out, nbx_er
     return NBX_OK;
 }
 
+/* A time after the epoch: counters and budgets count UTC days from
+ * 1970-01-01 in 32 bits, so an earlier day would wrap to the far future and
+ * push every real bucket out of the window; and 0 is RFM's "no purchase". */
 static int read_ts(nbx_jr *r, int64_t *out, nbx_err *e)
 {
     nbx_jtype t = nbx_jr_peek(r);
@@ -67,14 +70,16 @@ static int read_ts(nbx_jr *r, int64_t *out, nbx_err *e)
         if (!nbx_jr_number(r, &secs) || fabs(secs) > 253402300799.0)
             return nbx_err_set(e, NBX_EPARSE, "field 'ts': not a time in epoch seconds");
         *out = (int64_t)llround(secs * 1000.0);
-        return NBX_OK;
+    } else {
+        nbx_sv s;
+        if (t == NBX_J_STRING && read_string(r, "ts", &s, e) != NBX_OK)
+            return NBX_EPARSE;
+        if (t != NBX_J_STRING || nbx_time_parse_n(s.ptr, s.len, out))
+            return nbx_err_set(e, NBX_EPARSE,
+                               "field 'ts': must be an RFC 3339 time or epoch seconds");
     }
-    nbx_sv s;
-    if (t == NBX_J_STRING && read_string(r, "ts", &s, e) != NBX_OK)
-        return NBX_EPARSE;
-    if (t != NBX_J_STRING || nbx_time_parse_n(s.ptr, s.len, out))
-        return nbx_err_set(e, NBX_EPARSE,
-                           "field 'ts': must be an RFC 3339 time or epoch seconds");
+    if (*out <= 0)
+        return nbx_err_set(e, NBX_EPARSE, "field 'ts': must be after 1970-01-01T00:00:00Z");
     return NBX_OK;
 }
 

@@ -209,6 +209,13 @@ Test(event, parse_errors_name_the_field)
          "field 'ts': must be an RFC 3339 time"},
         {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":1e12}",
          "field 'ts': not a time in epoch seconds"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\","
+         "\"ts\":\"1969-12-31T00:00:00Z\"}",
+         "field 'ts': must be after 1970-01-01T00:00:00Z"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"click\",\"offer\":\"o\",\"ts\":-1}",
+         "field 'ts': must be after 1970-01-01T00:00:00Z"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"purchase\",\"amount\":1,\"ts\":0}",
+         "field 'ts': must be after 1970-01-01T00:00:00Z"},
         {long_line, "field 'event_id': must be 1 to 256 bytes (got 257)"},
         {long_pair, "field 'event_id': 256 bytes with a 256-byte customer"},
         {"[\"e\"]", "an event must be a JSON object"},
@@ -466,6 +473,22 @@ Test(event, buckets_older_than_a_year_are_pruned)
     cr_assert_eq(x.days[0].day, nbx_day_of(t("2025-06-01T00:00:00Z")));
     uint32_t today = nbx_day_of(t("2026-03-01T00:00:00Z"));
     cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, NBX_WINDOW_DAYS_MAX), 2);
+}
+
+/* A day before 1970 wrapped to the far future as a 32-bit day number: it
+ * became the newest bucket and pushed every real one out of the window. */
+Test(event, an_event_before_1970_is_refused_and_keeps_the_counters)
+{
+    exposure("new", "c1", "impression", "o1", "2026-03-01T00:00:00Z");
+    const char *old = "{\"event_id\":\"old\",\"customer\":\"c1\",\"type\":\"impression\","
+                      "\"offer\":\"o1\",\"ts\":\"1969-12-31T00:00:00Z\"}";
+    cr_assert_eq(nbx_event_apply(store, old, strlen(old), NULL), NBX_EPARSE);
+    nbx_exposure x;
+    cr_assert(counters("c1", "o1", &x));
+    uint32_t today = nbx_day_of(t("2026-03-01T00:00:00Z"));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 1), 1,
+                 "expected 1 impression today, got %u (%u buckets)",
+                 nbx_exposure_count(&x, NBX_EXP_IMPRESSION, today, 1), x.n_days);
 }
 
 Test(event, budgets_count_impressions_and_accepts_per_day)
