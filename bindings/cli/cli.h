@@ -128,6 +128,10 @@ double cli_now_seconds(void);
 /* Read a whole stream (up to max bytes) into a malloc'd NUL-terminated buffer.
  * Returns 0, or -1 with errno set (EFBIG when longer than max). */
 int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
+/* Write s as a JSON string, quotes included: control characters escaped,
+ * bytes that are not UTF-8 written as U+FFFD (paths and policy names are
+ * arbitrary bytes; the output must still parse). */
+void cli_print_json_string(FILE *out, const char *s);
 
 /* ========================================================================
  * Command entry points

@@ -154,11 +154,16 @@ int cli_run_policy_check(cli_args *args)
     int rc = nbx_policy_check(path, &info);
     if (rc != NBX_OK)
         return check_failed(args, rc, path);
-    if (cli_has(args, "json"))
-        printf("{\"file\":\"%s\",\"name\":\"%s\",\"version\":\"%s\"}\n", path, info.policy_name,
-               info.policy_version);
-    else
+    if (cli_has(args, "json")) {
+        /* The path and the policy's name are any bytes: escaped. */
+        fputs("{\"file\":", stdout);
+        cli_print_json_string(stdout, path);
+        fputs(",\"name\":", stdout);
+        cli_print_json_string(stdout, info.policy_name);
+        printf(",\"version\":\"%s\"}\n", info.policy_version);
+    } else {
         printf("%s: ok\nname:    %s\nversion: %s\n", path, info.policy_name, info.policy_version);
+    }
     return CLI_OK;
 }
 
@@ -170,11 +175,14 @@ int cli_run_catalog_check(cli_args *args)
     int rc = nbx_catalog_check(path, &info);
     if (rc != NBX_OK)
         return check_failed(args, rc, path);
-    if (cli_has(args, "json"))
-        printf("{\"file\":\"%s\",\"version\":\"%s\",\"offers\":%u,\"placements\":%u}\n", path,
-               info.catalog_version, (unsigned)info.offers, (unsigned)info.placements);
-    else
+    if (cli_has(args, "json")) {
+        fputs("{\"file\":", stdout);
+        cli_print_json_string(stdout, path);
+        printf(",\"version\":\"%s\",\"offers\":%u,\"placements\":%u}\n", info.catalog_version,
+               (unsigned)info.offers, (unsigned)info.placements);
+    } else {
         printf("%s: ok\nversion:    %s\noffers:     %u\nplacements: %u\n", path,
                info.catalog_version, (unsigned)info.offers, (unsigned)info.placements);
+    }
     return CLI_OK;
 }

@@ -270,6 +270,56 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len)
     return 0;
 }
 
+/* Length of the UTF-8 sequence at p (1 to 4), or 0 if it is not one:
+ * overlong forms, surrogates and code points past U+10FFFF are not. */
+static size_t utf8_sequence(const unsigned char *p)
+{
+    unsigned c = p[0];
+    size_t n;
+    unsigned min, cp;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2, min = 0x80, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF)
+        n = 3, min = 0x800, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4)
+        n = 4, min = 0x10000, cp = c & 0x07;
+    else
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = cp << 6 | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+void cli_print_json_string(FILE *out, const char *s)
+{
+    putc('"', out);
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        if (*p == '"' || *p == '\\') {
+            putc('\\', out);
+            putc(*p++, out);
+        } else if (*p < 0x20 || *p == 0x7F) {
+            fprintf(out, "\\u%04x", *p++);
+        } else if (*p < 0x80) {
+            putc(*p++, out);
+        } else {
+            size_t n = utf8_sequence(p);
+            if (n) {
+                fwrite(p, 1, n, out);
+                p += n;
+            } else {
+                fputs("\\ufffd", out);
+                p++;
+            }
+        }
+    }
+    putc('"', out);
+}
+
 /* ========================================================================
  * Help and dispatch
  * ======================================================================== */
