@@ -47,6 +47,11 @@ static void show_progress(void *ud, uint64_t lines, uint64_t bytes, uint64_t tot
     p->shown = true;
 }
 
+static bool same_inode(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
 /* Checks that need no store, made before the store is opened: the command
  * creates a missing store, and a mistake on the command line must not leave
  * a new empty one behind. The library checks the rejects file again, and
@@ -68,7 +73,7 @@ static int check_import_files(cli_args *args, const char *path, const char *reje
     } else if (fstat(STDIN_FILENO, &in) != 0) {
         return cli_error(args->cmd, "cannot read standard input: %s", strerror(errno));
     }
-    if (rejects && stat(rejects, &out) == 0 && out.st_dev == in.st_dev && out.st_ino == in.st_ino)
+    if (rejects && stat(rejects, &out) == 0 && same_inode(&out, &in))
         return cli_usage_error(args->cmd,
                                "--skip-invalid %s is the input file: it would be overwritten; "
                                "choose another rejects file",
@@ -341,12 +346,34 @@ static char *dir_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
+/* --out must not name a file of the store: the export would replace
+ * data.mdb (the store lost) or lock.mdb. Compared by inode, so a link or
+ * another spelling of the path is caught too. */
+static int check_out_is_not_the_store(cli_args *args, const char *out_path, const struct stat *out)
+{
+    static const char *const store_files[] = {"data.mdb", "lock.mdb"};
+    for (size_t i = 0; i < sizeof store_files / sizeof store_files[0]; i++) {
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", cli_store_path(args), store_files[i]);
+        if (stat(path, &st) == 0 && same_inode(out, &st))
+            return cli_usage_error(args->cmd,
+                                   "--out %s is the store's %s: it would be overwritten; "
+                                   "choose another file",
+                                   out_path, store_files[i]);
+    }
+    return CLI_OK;
+}
+
 static int target_open(cli_args *args, export_target *t)
 {
     struct stat st;
     bool exists = stat(t->path, &st) == 0;
     if (!exists && errno != ENOENT)
         return cli_error(args->cmd, "cannot create %s: %s", t->path, strerror(errno));
+    int exit_code = exists ? check_out_is_not_the_store(args, t->path, &st) : CLI_OK;
+    if (exit_code != CLI_OK)
+        return exit_code;
     struct stat lst;
     bool dangling = !exists && lstat(t->path, &lst) == 0;
     if ((exists && !S_ISREG(st.st_mode)) || dangling) {

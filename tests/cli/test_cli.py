@@ -835,6 +835,21 @@ class T06Export(CliTestCase):
         self.assertIn("No space left on device", r.stderr)
         self.assertTrue(stat.S_ISCHR(os.lstat(full).st_mode), "the device was removed")
 
+    def test_08_out_never_replaces_a_store_file(self):
+        # the temporary file was renamed over data.mdb: the store was lost
+        self.ok("import", "profiles", self.write_jsonl("p.jsonl", GOOD + TAIL),
+                "--store", self.store)
+        before = self.export()
+        link = self.path("link.mdb")
+        os.symlink(os.path.join(self.store, "data.mdb"), link)
+        for name, out in (("data.mdb", os.path.join(self.store, "data.mdb")),
+                          ("lock.mdb", os.path.join(self.store, ".", "lock.mdb")),
+                          ("data.mdb", link)):
+            with self.subTest(out=out):
+                r = self.fails(2, "export", "profiles", "--store", self.store, "--out", out)
+                self.assertIn(f"--out {out} is the store's {name}", r.stderr)
+                self.assertEqual(self.export(), before)
+
 
 # ===========================================================================
 # 7. rfm rebuild
