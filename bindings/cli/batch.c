@@ -39,12 +39,12 @@
 
 const cli_flag cli_batch_flags[] = {
     CLI_FLAG_STORE,
-    {"catalog", CLI_STRING, "FILE", "catalog JSON file (required)", 0, 0},
-    {"policy", CLI_STRING, "FILE", "policy Lua file (required)", 0, 0},
+    CLI_FLAG_CATALOG,
+    CLI_FLAG_POLICY,
     {"customers", CLI_STRING, "FILE",
      "customer ids, one a line, or JSONL with id and session fields ('-': stdin)", 0, 0},
     {"all", CLI_BOOL, NULL, "every profile in the store, in id order", 0, 0},
-    {"placement", CLI_LIST, "P", "placement to fill (default: all)", 0, 0},
+    CLI_FLAG_PLACEMENT,
     {"session", CLI_LIST, "KEY=VALUE", "session field for every customer", 0, 0},
     {"as-of", CLI_TIME, "TIME", "the clock of every decision (default: now, once)", 0, 0},
     {"threads", CLI_UINT, "N", "decision threads (default: the CPUs available)", 1,
@@ -61,9 +61,8 @@ const cli_flag cli_batch_flags[] = {
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
     {"window", CLI_UINT, "N", "decisions in flight at most (default 256 per thread)", 1,
      NBX_BATCH_WINDOW_MAX},
-    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1, 60000000},
-    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)", 65536,
-     UINT64_C(1) << 40},
+    CLI_FLAG_TIME_LIMIT,
+    CLI_FLAG_MEMORY_LIMIT,
     CLI_FLAG_END,
 };
 
@@ -1101,25 +1100,6 @@ static int parse_shard(run *r, const char *text)
     return CLI_OK;
 }
 
-static int parse_session(run *r)
-{
-    const cli_value *v = cli_flag_value(r->args, "session");
-    if (v->n_list > NBX_REQUEST_SESSION_MAX)
-        return cli_usage_error(r->cmd, "--session given %zu times; at most %d fields", v->n_list,
-                               NBX_REQUEST_SESSION_MAX);
-    for (size_t i = 0; i < v->n_list; i++) {
-        char *text = (char *)v->list[i];
-        char *eq = strchr(text, '=');
-        if (!eq || eq == text)
-            return cli_usage_error(r->cmd, "--session: '%s' is not KEY=VALUE", text);
-        *eq = '\0';
-        r->session[i].key = text;
-        r->session[i].value = eq + 1;
-        r->n_session++;
-    }
-    return CLI_OK;
-}
-
 /* ------------------------------------------------------------------------
  * Files that must be distinct
  * ------------------------------------------------------------------------ */
@@ -1274,10 +1254,6 @@ static int parse_parameters(run *r)
                                        "be truncated on resume)");
     if (r->checkpoint_path && r->customers_path && strcmp(r->customers_path, "-") == 0)
         return cli_usage_error(r->cmd, "--checkpoint needs a customer file, not standard input");
-    const cli_value *pl = cli_flag_value(args, "placement");
-    if (pl->n_list > NBX_REQUEST_PLACEMENTS_MAX)
-        return cli_usage_error(r->cmd, "--placement given %zu times; at most %d", pl->n_list,
-                               NBX_REQUEST_PLACEMENTS_MAX);
     if (cli_has(args, "shard")) {
         int rc = parse_shard(r, cli_string(args, "shard", NULL));
         if (rc != CLI_OK)
@@ -1285,7 +1261,7 @@ static int parse_parameters(run *r)
     }
     r->as_of_given = cli_has(args, "as-of");
     r->as_of = r->as_of_given ? cli_time(args, "as-of", 0) : nbx_time_now();
-    int rc = parse_session(r);
+    int rc = cli_decide_flags(args, r->session, &r->n_session);
     if (rc == CLI_OK)
         rc = check_distinct_files(r);
     return rc;
@@ -1294,13 +1270,7 @@ static int parse_parameters(run *r)
 static int open_engine(run *r)
 {
     nbx_engine_options opts;
-    nbx_engine_options_init(&opts);
-    opts.store = r->store_path;
-    opts.catalog = r->catalog_path;
-    opts.policy = r->policy_path;
-    opts.time_limit_us = (uint32_t)cli_uint(r->args, "time-limit-us", 0);
-    opts.memory_limit = (size_t)cli_uint(r->args, "memory-limit", 0);
-    opts.flags = r->commit ? 0 : NBX_ENGINE_READONLY;
+    cli_engine_options(r->args, r->store_path, r->commit, &opts);
     opts.log = log_to_stderr;
     int rc = nbx_engine_open(&opts, &r->engine);
     if (rc != NBX_OK)

@@ -87,6 +87,16 @@ extern const cli_command cli_commands[];
 #define CLI_FLAG_STORE                                                                             \
     {"store", CLI_STRING, "DIR", "store directory (default: $NBX_STORE)", 0, 0}
 #define CLI_FLAG_END {NULL, 0, NULL, NULL, 0, 0}
+/* Flags of the commands that decide (decide, batch); cli_decide_flags() and
+ * cli_engine_options() read them. */
+#define CLI_FLAG_CATALOG {"catalog", CLI_STRING, "FILE", "catalog JSON file (required)", 0, 0}
+#define CLI_FLAG_POLICY {"policy", CLI_STRING, "FILE", "policy Lua file (required)", 0, 0}
+#define CLI_FLAG_PLACEMENT {"placement", CLI_LIST, "P", "placement to fill (default: all)", 0, 0}
+#define CLI_FLAG_TIME_LIMIT                                                                        \
+    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1, 60000000}
+#define CLI_FLAG_MEMORY_LIMIT                                                                      \
+    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)",       \
+     65536, UINT64_C(1) << 40}
 /* clang-format on */
 
 /* Parse argv (everything after the command words) for cmd into out.
@@ -123,6 +133,14 @@ const char *cli_store_path(cli_args *args);
 /* Open the store named by --store/$NBX_STORE. On failure prints the error,
  * sets *exit_code and returns NULL. */
 nbx_store *cli_open_store(cli_args *args, unsigned flags, int *exit_code);
+/* The flags decide and batch share, checked: --placement at most
+ * NBX_REQUEST_PLACEMENTS_MAX times, and each --session KEY=VALUE split in
+ * place into session (room for NBX_REQUEST_SESSION_MAX). Returns CLI_OK or
+ * CLI_USAGE (message printed). */
+int cli_decide_flags(cli_args *args, nbx_kv *session, size_t *n_session);
+/* Engine options from --catalog, --policy, --time-limit-us, --memory-limit
+ * and the store path; read-only unless write. */
+void cli_engine_options(cli_args *args, const char *store, bool write, nbx_engine_options *opts);
 /* Monotonic seconds, for elapsed times and rates. */
 double cli_now_seconds(void);
 /* Read a whole stream (up to max bytes) into a malloc'd NUL-terminated buffer.

@@ -22,27 +22,6 @@ static void log_to_stderr(void *ud, int level, const char *message)
         fprintf(stderr, "%s: %s: %s\n", name, label, message);
 }
 
-/* Split each --session KEY=VALUE in place into kv; returns CLI_OK or CLI_USAGE. */
-static int parse_session(cli_args *args, nbx_kv *kv, size_t *n)
-{
-    const cli_value *v = cli_flag_value(args, "session");
-    *n = 0;
-    if (v->n_list > NBX_REQUEST_SESSION_MAX)
-        return cli_usage_error(args->cmd, "--session given %zu times; at most %d fields", v->n_list,
-                               NBX_REQUEST_SESSION_MAX);
-    for (size_t i = 0; i < v->n_list; i++) {
-        char *text = (char *)v->list[i];
-        char *eq = strchr(text, '=');
-        if (!eq || eq == text)
-            return cli_usage_error(args->cmd, "--session: '%s' is not KEY=VALUE", text);
-        *eq = '\0';
-        kv[i].key = text;
-        kv[i].value = eq + 1;
-        (*n)++;
-    }
-    return CLI_OK;
-}
-
 static int require_flag(cli_args *args, const char *name, const char *metavar)
 {
     if (cli_has(args, name))
@@ -63,25 +42,15 @@ int cli_run_decide(cli_args *args)
     if (!store_path)
         return CLI_USAGE;
 
-    const cli_value *placements = cli_flag_value(args, "placement");
-    if (placements->n_list > NBX_REQUEST_PLACEMENTS_MAX)
-        return cli_usage_error(args->cmd, "--placement given %zu times; at most %d",
-                               placements->n_list, NBX_REQUEST_PLACEMENTS_MAX);
     nbx_kv session[NBX_REQUEST_SESSION_MAX];
     size_t n_session = 0;
-    rc = parse_session(args, session, &n_session);
+    rc = cli_decide_flags(args, session, &n_session);
     if (rc != CLI_OK)
         return rc;
 
     bool record = cli_has(args, "record");
     nbx_engine_options opts;
-    nbx_engine_options_init(&opts);
-    opts.store = store_path;
-    opts.catalog = cli_string(args, "catalog", NULL);
-    opts.policy = cli_string(args, "policy", NULL);
-    opts.time_limit_us = (uint32_t)cli_uint(args, "time-limit-us", 0);
-    opts.memory_limit = (size_t)cli_uint(args, "memory-limit", 0);
-    opts.flags = record ? 0 : NBX_ENGINE_READONLY;
+    cli_engine_options(args, store_path, record, &opts);
     opts.log = log_to_stderr;
     opts.log_ud = (void *)"nbx decide";
 
@@ -102,6 +71,7 @@ int cli_run_decide(cli_args *args)
     nbx_request req;
     nbx_request_init(&req);
     req.customer = cli_string(args, "customer", NULL);
+    const cli_value *placements = cli_flag_value(args, "placement");
     req.placements = placements->list;
     req.n_placements = placements->n_list;
     req.session = session;

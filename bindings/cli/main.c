@@ -56,16 +56,15 @@ static const cli_flag stats_flags[] = {CLI_FLAG_STORE, FLAG_JSON, CLI_FLAG_END};
 
 static const cli_flag decide_flags[] = {
     CLI_FLAG_STORE,
-    {"catalog", CLI_STRING, "FILE", "catalog JSON file (required)", 0, 0},
-    {"policy", CLI_STRING, "FILE", "policy Lua file (required)", 0, 0},
+    CLI_FLAG_CATALOG,
+    CLI_FLAG_POLICY,
     {"customer", CLI_STRING, "ID", "customer id (required)", 0, 0},
-    {"placement", CLI_LIST, "P", "placement to fill (default: all)", 0, 0},
+    CLI_FLAG_PLACEMENT,
     {"session", CLI_LIST, "KEY=VALUE", "session field given to the policy", 0, 0},
     {"as-of", CLI_TIME, "TIME", "the decision's clock (default: now)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded", 0, 0},
-    {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1, 60000000},
-    {"memory-limit", CLI_BYTES, "BYTES", "policy Lua state size (K, M, G suffixes allowed)", 65536,
-     UINT64_C(1) << 40},
+    CLI_FLAG_TIME_LIMIT,
+    CLI_FLAG_MEMORY_LIMIT,
     {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
     CLI_FLAG_END,
 };
@@ -223,6 +222,41 @@ nbx_store *cli_open_store(cli_args *args, unsigned flags, int *exit_code)
     }
     *exit_code = CLI_OK;
     return store;
+}
+
+int cli_decide_flags(cli_args *args, nbx_kv *session, size_t *n_session)
+{
+    const cli_value *pl = cli_flag_value(args, "placement");
+    if (pl->n_list > NBX_REQUEST_PLACEMENTS_MAX)
+        return cli_usage_error(args->cmd, "--placement given %zu times; at most %d", pl->n_list,
+                               NBX_REQUEST_PLACEMENTS_MAX);
+    const cli_value *v = cli_flag_value(args, "session");
+    *n_session = 0;
+    if (v->n_list > NBX_REQUEST_SESSION_MAX)
+        return cli_usage_error(args->cmd, "--session given %zu times; at most %d fields", v->n_list,
+                               NBX_REQUEST_SESSION_MAX);
+    for (size_t i = 0; i < v->n_list; i++) {
+        char *text = (char *)v->list[i];
+        char *eq = strchr(text, '=');
+        if (!eq || eq == text)
+            return cli_usage_error(args->cmd, "--session: '%s' is not KEY=VALUE", text);
+        *eq = '\0';
+        session[i].key = text;
+        session[i].value = eq + 1;
+        (*n_session)++;
+    }
+    return CLI_OK;
+}
+
+void cli_engine_options(cli_args *args, const char *store, bool write, nbx_engine_options *opts)
+{
+    nbx_engine_options_init(opts);
+    opts->store = store;
+    opts->catalog = cli_string(args, "catalog", NULL);
+    opts->policy = cli_string(args, "policy", NULL);
+    opts->time_limit_us = (uint32_t)cli_uint(args, "time-limit-us", 0);
+    opts->memory_limit = (size_t)cli_uint(args, "memory-limit", 0);
+    opts->flags = write ? 0 : NBX_ENGINE_READONLY;
 }
 
 double cli_now_seconds(void)
