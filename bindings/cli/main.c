@@ -427,19 +427,22 @@ static void list_subcommands(char *buf, size_t size, const char *group)
     }
 }
 
-/* Does any command of the group take this flag with a value? Used to skip a
- * flag's value while looking for the subcommand word. */
-static bool group_flag_takes_value(const char *group, const char *arg)
+/* Does a command of the group (any command: group NULL) take this flag
+ * with a value? Used to skip a flag's value while looking for the command
+ * or subcommand word; flags before the command word are looked up in every
+ * table, as the command is not known yet, and then checked by it like any
+ * other. */
+static bool flag_takes_value(const char *group, const char *arg)
 {
     const char *name = arg + 2;
     if (strchr(name, '='))
         return false;
     for (const cli_command *c = cli_commands; c->group; c++) {
-        if (strcmp(c->group, group) != 0)
+        if (group && strcmp(c->group, group) != 0)
             continue;
         for (const cli_flag *f = c->flags; f->name; f++)
-            if (strcmp(f->name, name) == 0)
-                return f->kind != CLI_BOOL;
+            if (strcmp(f->name, name) == 0 && f->kind != CLI_BOOL)
+                return true;
     }
     return false;
 }
@@ -506,7 +509,7 @@ static int dispatch_group(const char *group, int argc, char **argv)
             continue;
         }
         if (strncmp(argv[i], "--", 2) == 0) {
-            if (group_flag_takes_value(group, argv[i]))
+            if (flag_takes_value(group, argv[i]))
                 i++;
             continue;
         }
@@ -536,21 +539,6 @@ static int dispatch_group(const char *group, int argc, char **argv)
     return run_command(cmd, argc - 1, argv);
 }
 
-/* Does any command take this flag with a value? Flags before the command
- * word are looked up in every command's table, as the command is not known
- * yet; the command then checks them like any other. */
-static bool any_flag_takes_value(const char *arg)
-{
-    const char *name = arg + 2;
-    if (strchr(name, '='))
-        return false;
-    for (const cli_command *c = cli_commands; c->group; c++)
-        for (const cli_flag *f = c->flags; f->name; f++)
-            if (strcmp(f->name, name) == 0 && f->kind != CLI_BOOL)
-                return true;
-    return false;
-}
-
 static bool is_help_or_version(const char *arg)
 {
     return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0 || strcmp(arg, "--version") == 0;
@@ -565,7 +553,7 @@ static int hoist_leading_flags(int argc, char **argv)
     int word = 1;
     while (word < argc && strncmp(argv[word], "--", 2) == 0 && argv[word][2] &&
            !is_help_or_version(argv[word]))
-        word += any_flag_takes_value(argv[word]) && word + 1 < argc ? 2 : 1;
+        word += flag_takes_value(NULL, argv[word]) && word + 1 < argc ? 2 : 1;
     if (word == 1 || word >= argc || is_help_or_version(argv[word]))
         return word;
     char *command = argv[word];
