@@ -415,6 +415,19 @@ class T05Arguments(SmallStoreCase):
                     self.assertInvalid(lambda: e.batch(["u1"], **{name: bad}), name)
         self.assertEqual(len(list(e.batch(["u1", "u2"], threads=1, window=1))), 2)
 
+    def test_05b_engine_limits(self):
+        # ctypes wraps what does not fit the C field: -1 was 71 minutes of
+        # CPU per decision, 2**32 the default, -1 bytes no memory limit.
+        for name, bads in (("time_limit_us", (-1, 2 ** 32, 2.5, True, "2000")),
+                           ("memory_limit", (-1, 2 ** 64, 1.5, True, "32m"))):
+            for bad in bads:
+                with self.subTest(name=name, value=bad):
+                    self.assertInvalid(lambda: self.engine(**{name: bad}), name)
+        e = self.engine(readonly=True, time_limit_us=5000, memory_limit=64 << 20)
+        self.assertEqual(e.decide("u1", as_of=AS_OF)["customer"], "u1")
+        e = self.engine(readonly=True, time_limit_us=None, memory_limit=0)
+        self.assertEqual(e.decide("u1", as_of=AS_OF)["customer"], "u1")
+
     def test_06_session_must_be_a_mapping(self):
         e = self.engine(readonly=True)
         for bad in ("page=/home", [("page", "/home")], 3):

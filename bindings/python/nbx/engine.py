@@ -19,6 +19,9 @@ _ON_ERROR = ("raise", "skip", "return")
 _EPOCH_MIN, _EPOCH_MAX = -62135596800, 253402300799
 _THREADS_MAX = 256       # NBX_BATCH_THREADS_MAX
 _WINDOW_MAX = 1 << 20    # NBX_BATCH_WINDOW_MAX
+# The C fields' ranges: ctypes would wrap a value outside them silently.
+_TIME_LIMIT_MAX = 0xFFFFFFFF                            # uint32_t time_limit_us
+_MEMORY_LIMIT_MAX = (1 << 8 * ctypes.sizeof(ctypes.c_size_t)) - 1  # size_t memory_limit
 
 
 def _text(value, what):
@@ -39,7 +42,8 @@ def _text(value, what):
 
 
 def _count(value, what, most):
-    """threads, window: None (or 0) for the default, else an int 1..most."""
+    """threads, window, limits: None (or 0) for the default, else an int
+    1..most."""
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
@@ -163,6 +167,8 @@ class Engine:
     def __init__(self, store, catalog, policy, readonly=False, time_limit_us=0,
                  memory_limit=0, log=None):
         self._handle = None
+        time_limit_us = _count(time_limit_us, "time_limit_us", _TIME_LIMIT_MAX)
+        memory_limit = _count(memory_limit, "memory_limit", _MEMORY_LIMIT_MAX)
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -175,8 +181,8 @@ class Engine:
         opts = N.EngineOptions()
         N.nbx_engine_options_init(ctypes.byref(opts))
         opts.store, opts.catalog, opts.policy = self._keep
-        opts.time_limit_us = int(time_limit_us or 0)
-        opts.memory_limit = int(memory_limit or 0)
+        opts.time_limit_us = time_limit_us
+        opts.memory_limit = memory_limit
         opts.flags = N.NBX_ENGINE_READONLY if readonly else 0
         opts.log = self._log_cb
         handle = ctypes.c_void_p()
