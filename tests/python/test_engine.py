@@ -437,6 +437,20 @@ class T05Arguments(SmallStoreCase):
         got = list(e.batch([{"id": "u1", "page": "/home"}], session={"channel": "email"}))
         self.assertEqual(got[0]["customer"], "u1")
 
+    def test_06b_placements_must_be_ids(self):
+        e = self.engine(readonly=True)
+        for bad in (5, 2.5, object()):
+            with self.subTest(placements=bad):
+                self.assertInvalid(lambda: e.decide("u1", placements=bad), "placements")
+                self.assertInvalid(lambda: e.batch(["u1"], placements=bad), "placements")
+        self.assertInvalid(lambda: e.decide("u1", placements=[3]), "a placement")
+        # any iterable of ids, as a list is
+        one = e.decide("u1", placements=["hero"], as_of=AS_OF)
+        self.assertEqual(e.decide("u1", placements=iter(["hero"]), as_of=AS_OF)["actions"],
+                         one["actions"])
+        self.assertEqual(e.decide("u1", placements="hero", as_of=AS_OF)["actions"],
+                         one["actions"])
+
     def test_07_item_without_an_id(self):
         e = self.engine(readonly=True)
         got = list(e.batch(["u1", "u2", {"channel": "x"}, "u3"], on_error="return"))

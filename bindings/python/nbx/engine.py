@@ -102,12 +102,32 @@ def _session_array(session, what="session"):
 
 
 def _placement_array(placements):
-    if not placements:
+    """An id or an iterable of ids -> (char * array, count); None: all."""
+    if placements is None:
         return None, 0
     if isinstance(placements, (str, bytes)):
         placements = [placements]
-    arr = (ctypes.c_char_p * len(placements))(*[_text(p, "a placement") for p in placements])
-    return arr, len(placements)
+    try:
+        encoded = [_text(p, "a placement") for p in placements]
+    except TypeError:
+        raise InvalidArgument(f"placements must be a list of placement ids, got "
+                              f"{type(placements).__name__}") from None
+    if not encoded:
+        return None, 0
+    return (ctypes.c_char_p * len(encoded))(*encoded), len(encoded)
+
+
+def _request_fields(req, placements, session, as_of, explain, record):
+    """The fields nbx_request and nbx_batch_options share, checked. The
+    arrays are kept alive by the struct (ctypes' _objects)."""
+    pl, req.n_placements = _placement_array(placements)
+    if pl is not None:
+        req.placements = pl
+    kv, req.n_session = _session_array(session)
+    if kv is not None:
+        req.session = kv
+    req.now_ms = as_of_ms(as_of)
+    req.flags = (N.NBX_DECIDE_EXPLAIN if explain else 0) | (N.NBX_DECIDE_RECORD if record else 0)
 
 
 def as_of_ms(as_of):
@@ -303,14 +323,7 @@ class Engine:
         req = N.Request()
         req.size = ctypes.sizeof(N.Request)
         req.customer = _text(customer, "customer")
-        pl, req.n_placements = _placement_array(placements)
-        if pl is not None:
-            req.placements = pl
-        kv, req.n_session = _session_array(session)
-        if kv is not None:
-            req.session = kv
-        req.now_ms = as_of_ms(as_of)
-        req.flags = (N.NBX_DECIDE_EXPLAIN if explain else 0) | (N.NBX_DECIDE_RECORD if record else 0)
+        _request_fields(req, placements, session, as_of, explain, record)
         result = ctypes.c_void_p()
         rc = N.nbx_decide(ctx, ctypes.byref(req), ctypes.byref(result))
         if rc != N.NBX_OK:
@@ -405,14 +418,7 @@ class Engine:
         N.nbx_batch_options_init(ctypes.byref(opts))
         opts.threads = _count(threads, "threads", _THREADS_MAX)
         opts.window = _count(window, "window", _WINDOW_MAX)
-        pl, opts.n_placements = _placement_array(placements)
-        if pl is not None:
-            opts.placements = pl
-        kv, opts.n_session = _session_array(session)
-        if kv is not None:
-            opts.session = kv
-        opts.now_ms = as_of_ms(as_of)
-        opts.flags = (N.NBX_DECIDE_EXPLAIN if explain else 0) | (N.NBX_DECIDE_RECORD if record else 0)
+        _request_fields(opts, placements, session, as_of, explain, record)
         if shard is not None:
             index, count = _shard(shard)
             opts.shard_count, opts.shard_index = count, index
