@@ -133,8 +133,8 @@ static int open_dbis(nbx_store *s, nbx_err *e)
 }
 
 /* ------------------------------------------------------------------------
- * Why an open failed, in words: LMDB's own texts ("MDB_INVALID: File is not
- * an LMDB file") and a bare EACCES do not tell a user what to fix.
+ * Why an open failed, in words: a bare EACCES does not tell a user what to
+ * fix. LMDB's own conditions are put in words by nbx_err_mdb().
  * ------------------------------------------------------------------------ */
 
 /* Which file the permission problem is about. access() uses the real ids,
@@ -190,19 +190,6 @@ static int open_error(nbx_err *e, int rc, const char *path, bool ro)
                            "%s: the file system is read-only (a store needs write access to "
                            "its lock.mdb, also to read)",
                            path);
-    case MDB_INVALID:
-        return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (data.mdb is not an LMDB file)",
-                           path);
-    case MDB_VERSION_MISMATCH:
-        return nbx_err_set(e, NBX_EVERSION,
-                           "%s: the store was written by an incompatible LMDB version", path);
-    case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND:
-        return nbx_err_set(e, NBX_ECORRUPT, "%s: the store is corrupted (a page cannot be read)",
-                           path);
-    case MDB_READERS_FULL:
-        return nbx_err_set(e, NBX_ESTORE, "%s: every reader slot (%d) is in use", path,
-                           NBX_MAX_READERS);
     default:
         return nbx_err_mdb(e, rc, path);
     }

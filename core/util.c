@@ -100,7 +100,11 @@ int nbx_err_prefix(nbx_err *e, const char *fmt, ...)
 
 int nbx_err_mdb(nbx_err *e, int rc, const char *what)
 {
-    int code;
+    /* One place for LMDB's conditions, at open and after: the code, and in
+     * words what they mean for a store, where LMDB's own texts name its
+     * constants ("MDB_CORRUPTED: Located page was wrong type"). */
+    int code = NBX_ESTORE;
+    const char *why = NULL;
     switch (rc) {
     case MDB_NOTFOUND:
     case ENOENT:
@@ -108,42 +112,20 @@ int nbx_err_mdb(nbx_err *e, int rc, const char *what)
         break;
     case MDB_MAP_FULL:
         code = NBX_EFULL;
-        break;
-    case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND:
-    case MDB_INVALID:
-    case MDB_VERSION_MISMATCH:
-        code = NBX_ECORRUPT;
-        break;
-    case ENOMEM:
-        code = NBX_ENOMEM;
-        break;
-    case EACCES:
-    case EROFS:
-    case EIO:
-    case ENOSPC:
-        code = NBX_EIO;
-        break;
-    default:
-        code = NBX_ESTORE;
-        break;
-    }
-    /* LMDB's own texts name its constants ("MDB_CORRUPTED: Located page was
-     * wrong type"): say what they mean for a store instead. */
-    const char *why;
-    switch (rc) {
-    case MDB_MAP_FULL:
         why = "the store reached its size limit (NBX_MAP_SIZE)";
         break;
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
+        code = NBX_ECORRUPT;
         why = "the store file is damaged (a page is not what the tree expects)";
         break;
     case MDB_INVALID:
-        why = "not an nbx store (not an LMDB file)";
+        code = NBX_ECORRUPT;
+        why = "not an nbx store (data.mdb is not an LMDB file)";
         break;
     case MDB_VERSION_MISMATCH:
-        why = "the store was written by another LMDB version";
+        code = NBX_EVERSION;
+        why = "the store was written by an incompatible LMDB version";
         break;
     case MDB_READERS_FULL:
         why = "too many processes and threads read the store at once (LMDB's reader table "
@@ -158,9 +140,26 @@ int nbx_err_mdb(nbx_err *e, int rc, const char *what)
     case MDB_PANIC:
         why = "a fatal error earlier left the store handle unusable; reopen the store";
         break;
-    default:
-        why = rc > 0 ? strerror(rc) : mdb_strerror(rc);
+    case ENOMEM:
+        code = NBX_ENOMEM;
         break;
+    case EACCES:
+    case EROFS:
+    case EIO:
+    case ENOSPC:
+        code = NBX_EIO;
+        break;
+    default:
+        break;
+    }
+    if (!why && rc > 0) {
+        why = strerror(rc);
+    } else if (!why) {
+        /* The rest keep LMDB's words without the constant's name. */
+        why = mdb_strerror(rc);
+        const char *colon = strncmp(why, "MDB_", 4) == 0 ? strstr(why, ": ") : NULL;
+        if (colon)
+            why = colon + 2;
     }
     return nbx_err_set(e, code, "%s: %s", what, why);
 }

@@ -2,6 +2,7 @@
  * versions, counts, iteration, erasure, and every public store call with
  * NULL arguments. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,6 +287,40 @@ Test(store, not_an_lmdb_file_is_said_in_words)
     cr_assert_eq(rc, NBX_ECORRUPT, "expected NBX_ECORRUPT, got %d (%s)", rc, nbx_last_errmsg());
     cr_assert(strstr(nbx_last_errmsg(), "store file is empty"), "%s", nbx_last_errmsg());
     free(data);
+}
+
+/* The open path and later calls map LMDB's conditions through one function:
+ * the same code and words wherever a condition arises (a version mismatch
+ * was NBX_EVERSION at open, NBX_ECORRUPT after). */
+Test(store, lmdb_conditions_map_to_one_code_and_words)
+{
+    struct {
+        int rc;
+        int code;
+        const char *words;
+    } cases[] = {
+        {MDB_VERSION_MISMATCH, NBX_EVERSION, "incompatible LMDB version"},
+        {MDB_INVALID, NBX_ECORRUPT, "not an nbx store (data.mdb is not an LMDB file)"},
+        {MDB_CORRUPTED, NBX_ECORRUPT, "the store file is damaged"},
+        {MDB_PAGE_NOTFOUND, NBX_ECORRUPT, "the store file is damaged"},
+        {MDB_MAP_FULL, NBX_EFULL, "NBX_MAP_SIZE"},
+        {MDB_READERS_FULL, NBX_ESTORE, "reader table is full"},
+        {MDB_TXN_FULL, NBX_ESTORE, "write transaction is too large"},
+        {MDB_NOTFOUND, NBX_ENOTFOUND, "No matching key/data pair found"},
+        {MDB_BAD_VALSIZE, NBX_ESTORE, "Unsupported size of key/DB name/data"},
+        {EACCES, NBX_EIO, "ermission denied"},
+        {ENOMEM, NBX_ENOMEM, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nbx_err e = {0};
+        cr_assert_eq(nbx_err_mdb(&e, cases[i].rc, "/s"), cases[i].code, "rc %d: got %d (%s)",
+                     cases[i].rc, e.code, e.msg);
+        cr_assert_eq(e.code, cases[i].code);
+        cr_assert(strncmp(e.msg, "/s: ", 4) == 0, "rc %d: %s", cases[i].rc, e.msg);
+        cr_assert(strstr(e.msg, cases[i].words) != NULL, "rc %d: expected '%s', got '%s'",
+                  cases[i].rc, cases[i].words, e.msg);
+        cr_assert_null(strstr(e.msg, "MDB_"), "LMDB's text leaked: %s", e.msg);
+    }
 }
 
 Test(store, corrupt_profile_value_is_reported)
