@@ -20,33 +20,52 @@
 /* Address space reserved for the map; the file grows only as data is
  * written. Override with NBX_MAP_SIZE (bytes, or with a K/M/G/T suffix). */
 #define NBX_DEFAULT_MAP_SIZE ((size_t)256 << 30)
+#define NBX_MIN_MAP_SIZE ((size_t)1 << 20)
 #define NBX_MAX_READERS 1024
 
-static size_t map_size_from_env(void)
+/* A value that does not read as a size is refused, not replaced by the
+ * default: an operator who sets a limit gets that limit or an error. */
+static int map_size_from_env(size_t *out, nbx_err *e)
 {
     const char *s = getenv("NBX_MAP_SIZE");
+    *out = NBX_DEFAULT_MAP_SIZE;
     if (!s || !*s)
-        return NBX_DEFAULT_MAP_SIZE;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
+        return NBX_OK;
+    char *end = (char *)s;
+    unsigned long long v = 0;
+    errno = 0;
+    if (*s >= '0' && *s <= '9') /* strtoull would take spaces and a sign */
+        v = strtoull(s, &end, 10);
+    unsigned shift = 0;
     switch (*end) {
     case 'T':
     case 't':
-        v <<= 10; /* fall through */
+        shift = 40;
+        break;
     case 'G':
     case 'g':
-        v <<= 10; /* fall through */
+        shift = 30;
+        break;
     case 'M':
     case 'm':
-        v <<= 10; /* fall through */
+        shift = 20;
+        break;
     case 'K':
     case 'k':
-        v <<= 10;
+        shift = 10;
         break;
     default:
         break;
     }
-    return v >= (1u << 20) ? (size_t)v : NBX_DEFAULT_MAP_SIZE;
+    if (shift)
+        end++;
+    if (end == s || *end || errno || v > (SIZE_MAX >> shift) || (v << shift) < NBX_MIN_MAP_SIZE)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "NBX_MAP_SIZE: '%.64s' is not a size of at least 1M (bytes, or a "
+                           "number with a K, M, G or T suffix)",
+                           s);
+    *out = (size_t)(v << shift);
+    return NBX_OK;
 }
 
 /* ========================================================================
@@ -228,6 +247,10 @@ static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e
 {
     struct stat st;
     bool ro = flags & NBX_STORE_READONLY;
+    size_t map_size;
+    int rc = map_size_from_env(&map_size, e);
+    if (rc)
+        return rc;
     if (stat(path, &st) != 0) {
         if (errno == EACCES)
             return nbx_err_set(e, NBX_EIO,
@@ -253,12 +276,12 @@ static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e
         return nbx_err_errno(e, errno, "cannot open store", path);
     }
 
-    int rc = mdb_env_create(&s->env);
+    rc = mdb_env_create(&s->env);
     if (rc)
         return nbx_err_mdb(e, rc, path);
     mdb_env_set_maxdbs(s->env, 8);
     mdb_env_set_maxreaders(s->env, NBX_MAX_READERS);
-    mdb_env_set_mapsize(s->env, map_size_from_env());
+    mdb_env_set_mapsize(s->env, map_size);
     /* NOTLS: a context's read transaction is not tied to a thread (contexts
      * move between threads; one thread may hold several). NORDAHEAD: point
      * lookups on a store larger than RAM should not read pages around.
