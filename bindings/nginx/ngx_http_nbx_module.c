@@ -14,11 +14,13 @@
  * inside the handler (bounded by the policy's time limit, enforced by the
  * library with a Lua count hook, never with signals or timers).
  *
- * The master only checks the policy and catalog files while it parses the
- * configuration (nbx_policy_check(), nbx_catalog_check()): each creates and
- * destroys its own Lua state, opens no LMDB environment and leaves nothing
- * behind to be inherited through fork(). A broken file thus fails
- * `nginx -t` and `nginx -s reload`, and the old workers keep serving.
+ * The master checks the policy and catalog files while it parses the
+ * configuration (nbx_policy_check(), nbx_catalog_check(), then
+ * nbx_engine_check() for each pair with its location's limits) and keeps
+ * their bytes, from which the workers open their engines. Each check
+ * creates and destroys its own Lua state, opens no LMDB environment and
+ * leaves nothing behind to be inherited through fork(). A broken file thus
+ * fails `nginx -t` and `nginx -s reload`, and the old workers keep serving.
  */
 
 
@@ -1222,11 +1224,6 @@ ngx_http_nbx_cleanup(void *data)
  * ======================================================================== */
 
 /*
- * nbx_store, nbx_catalog, nbx_policy: a path relative to the configuration
- * prefix. Catalogs and policies are checked now, so that `nginx -t` and a
- * reload reject a broken file; the store is opened only by workers.
- */
-/*
  * The whole file into the configuration's pool: the workers open their
  * engines from these bytes (the files are checked again, together and with
  * the limits, once the location is merged).
@@ -1291,18 +1288,23 @@ ngx_http_nbx_read(ngx_conf_t *cf, u_char *name, ngx_str_t *text)
 }
 
 
+/*
+ * nbx_store, nbx_catalog, nbx_policy: a path relative to the configuration
+ * prefix. Catalogs and policies are checked now, so that `nginx -t` and a
+ * reload reject a broken file; the store is opened only by workers.
+ */
 static char *
 ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    char  *p = conf;
+    ngx_http_nbx_loc_conf_t *nlcf = conf;
 
     int               rc;
     u_char           *name;
-    ngx_str_t        *field, *value;
-    nbx_engine_info   info;
+    ngx_str_t        *field, *value, *text;
+    const char       *what;
     ngx_file_info_t   fi;
 
-    field = (ngx_str_t *) (p + cmd->offset);
+    field = (ngx_str_t *) ((char *) conf + cmd->offset);
 
     if (field->data) {
         return "is duplicate";
@@ -1340,37 +1342,35 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
-    if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, policy)) {
-        rc = nbx_policy_check((const char *) name, &info);
-        if (rc != NBX_OK) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid nbx policy \"%s\": %s: %s",
-                               name, nbx_strerror(rc), nbx_last_errmsg());
-            return NGX_CONF_ERROR;
+    if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, store)) {
+        if (ngx_file_info(name, &fi) == NGX_FILE_ERROR) {
+            ngx_conf_log_error(NGX_LOG_WARN, cf, ngx_errno,
+                               "nbx store \"%s\" is not there yet: requests "
+                               "get 503 until it is", name);
         }
 
-        return ngx_http_nbx_read(cf, name,
-                   &((ngx_http_nbx_loc_conf_t *) conf)->policy_text);
-
-    } else if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, catalog)) {
-        rc = nbx_catalog_check((const char *) name, &info);
-        if (rc != NBX_OK) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid nbx catalog \"%s\": %s: %s",
-                               name, nbx_strerror(rc), nbx_last_errmsg());
-            return NGX_CONF_ERROR;
-        }
-
-        return ngx_http_nbx_read(cf, name,
-                   &((ngx_http_nbx_loc_conf_t *) conf)->catalog_text);
-
-    } else if (ngx_file_info(name, &fi) == NGX_FILE_ERROR) {
-        ngx_conf_log_error(NGX_LOG_WARN, cf, ngx_errno,
-                           "nbx store \"%s\" is not there yet: requests "
-                           "get 503 until it is", name);
+        return NGX_CONF_OK;
     }
 
-    return NGX_CONF_OK;
+    if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, policy)) {
+        what = "policy";
+        rc = nbx_policy_check((const char *) name, NULL);
+        text = &nlcf->policy_text;
+
+    } else {
+        what = "catalog";
+        rc = nbx_catalog_check((const char *) name, NULL);
+        text = &nlcf->catalog_text;
+    }
+
+    if (rc != NBX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid nbx %s \"%s\": %s: %s", what, name,
+                           nbx_strerror(rc), nbx_last_errmsg());
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_nbx_read(cf, name, text);
 }
 
 
