@@ -39,13 +39,9 @@ die() { echo "nginx_wrk: $*" >&2; exit 1; }
 [ -f "$module" ] || die "$module is missing (nginx-dev installed? make)"
 [ -x "$nbx" ] || die "$nbx is missing (make)"
 [ -f "$policy" ] || die "no policy $policy"
-if ! command -v wrk >/dev/null 2>&1; then
-    [ "$(id -u)" = 0 ] || die "wrk is not installed: sudo apt-get install -y wrk"
-    echo "nginx_wrk: installing wrk" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk >/dev/null ||
-        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y --no-install-recommends wrk >/dev/null; }
-fi
+# wrk and the rest of the bench's packages, as `make bench` installs them
+command -v wrk >/dev/null 2>&1 || "$root/scripts/deps.sh" bench ||
+    die "wrk is not installed"
 
 # ---------------------------------------------------------------------------
 # Data: catalog and store, generated once
@@ -173,12 +169,7 @@ pct() {
         if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
         printf "%.3f\n", v }' "$work/$1.txt"
 }
-p99() {
-    awk '$1 == "99%" {
-        v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
-        if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
-        printf "%.3f\n", v }' "$work/$1.txt"
-}
+p99() { pct "$1" 99%; }
 errors() {
     awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { n += 1 } END { print n + 0 }' \
         "$work/$1.txt"
@@ -187,7 +178,6 @@ errors() {
 nbx_rps=$(rps nbx)
 static_rps=$(rps static)
 nbx_p99=$(p99 nbx)
-static_p99=$(p99 static)
 
 cat <<EOF
 
