@@ -172,6 +172,23 @@ static inline nbx_sandbox *sb_of(lua_State *L)
     "      end\n"                                                                                  \
     "    end\n"
 
+/* The start of both driver loops (with and without eligible()): candidate
+ * k's offer index in `code`, its exposures and placement in the input
+ * tables. Spliced, not called, for the same reason. */
+#define SB_DRIVER_CANDIDATE                                                                        \
+    "      local code, p = CO[k], CP[k]\n"                                                         \
+    "      if code < 0 then\n"                                                                     \
+    "        code = -code\n"                                                                       \
+    "        exposures(xj)\n"                                                                      \
+    "        xj = xj + 7\n"                                                                        \
+    "      elseif dirty then\n"                                                                    \
+    "        exposures(nil)\n"                                                                     \
+    "      end\n"                                                                                  \
+    "      if p ~= lastp then\n"                                                                   \
+    "        sess.placement = places[p]\n"                                                         \
+    "        lastp = p\n"                                                                          \
+    "      end\n"
+
 /* One line of C per line of Lua, macros included. */
 /* clang-format off */
 static const char sb_lib_source[] =
@@ -349,18 +366,7 @@ static const char sb_lib_source[] =
     "      local xj, lastp = 0, nil\n"
     "      for k = 1, n do\n"
     "        ST[1] = k\n"
-    "        local code, p = CO[k], CP[k]\n"
-    "        if code < 0 then\n"
-    "          code = -code\n"
-    "          exposures(xj)\n"
-    "          xj = xj + 7\n"
-    "        elseif dirty then\n"
-    "          exposures(nil)\n"
-    "        end\n"
-    "        if p ~= lastp then\n"
-    "          sess.placement = places[p]\n"
-    "          lastp = p\n"
-    "        end\n"
+    SB_DRIVER_CANDIDATE
     "        S[k], M[k] = score(offers[code], customer, session)\n"
     "      end\n"
     "    end\n"
@@ -373,18 +379,7 @@ static const char sb_lib_source[] =
     "    local xj, lastp = 0, nil\n"
     "    for k = 1, n do\n"
     "      ST[1] = -k\n"
-    "      local code, p = CO[k], CP[k]\n"
-    "      if code < 0 then\n"
-    "        code = -code\n"
-    "        exposures(xj)\n"
-    "        xj = xj + 7\n"
-    "      elseif dirty then\n"
-    "        exposures(nil)\n"
-    "      end\n"
-    "      if p ~= lastp then\n"
-    "        sess.placement = places[p]\n"
-    "        lastp = p\n"
-    "      end\n"
+    SB_DRIVER_CANDIDATE
     "      local offer = offers[code]\n"
     "      if eligible(offer, customer, session) then\n"
     "        ST[1] = k\n"
