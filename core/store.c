@@ -57,8 +57,14 @@ static int map_size_from_env(size_t *out, nbx_err *e)
     default:
         break;
     }
-    if (shift)
+    if (shift) {
         end++;
+        /* "64GB" and "64GiB" read as they were meant */
+        if (*end == 'i' && (end[1] == 'B' || end[1] == 'b'))
+            end++;
+        if (*end == 'B' || *end == 'b')
+            end++;
+    }
     if (end == s || *end || errno || v > (SIZE_MAX >> shift) || (v << shift) < NBX_MIN_MAP_SIZE)
         return nbx_err_set(e, NBX_EINVAL,
                            "NBX_MAP_SIZE: '%.64s' is not a size of at least 1M (bytes, or a "

@@ -290,12 +290,11 @@ Test(store, not_an_lmdb_file_is_said_in_words)
 }
 
 /* A value that is not a size used to be replaced by the 256 GiB default in
- * silence ("1.5G", "100", "64GB" all opened with no limit the operator
- * meant). */
+ * silence ("1.5G" and "100" opened with no limit the operator meant). */
 Test(store, map_size_from_the_environment_is_checked)
 {
-    const char *bad[] = {"abc", "1.5G", "100", "1023K", " 64M", "-1G", "+64M",
-                         "64GB", "64G ", "99999999999T", "18446744073709551616"};
+    const char *bad[] = {"abc",  "1.5G",  "100",  "1023K", " 64M",         "-1G",
+                         "+64M", "64GBx", "64G ", "64B",   "99999999999T", "18446744073709551616"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         setenv("NBX_MAP_SIZE", bad[i], 1);
         nbx_store *s = NULL;
@@ -309,12 +308,16 @@ Test(store, map_size_from_the_environment_is_checked)
     const struct {
         const char *text;
         size_t bytes;
-    } good[] = {{"64M", (size_t)64 << 20}, {"1048576", 1048576}, {"1g", (size_t)1 << 30}};
+    } good[] = {{"64M", (size_t)64 << 20},
+                {"1048576", 1048576},
+                {"1g", (size_t)1 << 30},
+                {"2GB", (size_t)2 << 30},
+                {"3GiB", (size_t)3 << 30}};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         setenv("NBX_MAP_SIZE", good[i].text, 1);
         nbx_store *s = NULL;
-        cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &s), NBX_OK, "'%s': %s",
-                     good[i].text, nbx_last_errmsg());
+        cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &s), NBX_OK, "'%s': %s", good[i].text,
+                     nbx_last_errmsg());
         MDB_envinfo info;
         cr_assert_eq(mdb_env_info(s->env, &info), 0);
         cr_assert_eq(info.me_mapsize, good[i].bytes, "'%s': map of %zu bytes", good[i].text,
