@@ -143,6 +143,7 @@ typedef struct run {
     /* parameters */
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
     const char *checkpoint_path, *summary_path;
+    char *checkpoint_tmp; /* checkpoint_path + ".tmp", where it is written first */
     bool all, csv, commit, explain;
     uint32_t shard_index, shard_count;
     int64_t as_of;
@@ -603,24 +604,16 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
 {
     if (fflush(r->out) != 0 || fdatasync(fileno(r->out)) != 0)
         return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
-    size_t n = strlen(r->checkpoint_path) + 5;
-    char *tmp = malloc(n);
-    if (!tmp)
-        return cli_error(r->cmd, "out of memory");
-    snprintf(tmp, n, "%s.tmp", r->checkpoint_path);
+    const char *tmp = r->checkpoint_tmp;
     FILE *f = fopen(tmp, "w");
-    if (!f) {
-        int rc = cli_error(r->cmd, "%s: %s", tmp, strerror(errno));
-        free(tmp);
-        return rc;
-    }
+    if (!f)
+        return cli_error(r->cmd, "%s: %s", tmp, strerror(errno));
     int hrc = r->all ? 0 : hash_input_to(r, p->input_offset);
     if (hrc != 0) {
         int rc = cli_error(r->cmd, "%s: %s", r->in.path,
                            hrc < 0 ? strerror(errno) : "changed while it was being read");
         fclose(f);
         unlink(tmp);
-        free(tmp);
         return rc;
     }
     totals t;
@@ -648,7 +641,6 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
         rc = cli_error(r->cmd, "renaming %s: %s", tmp, strerror(errno));
     if (rc == CLI_OK)
         fsync_directory_of(r->checkpoint_path);
-    free(tmp);
     r->since_checkpoint = 0;
     return rc;
 }
@@ -1164,7 +1156,7 @@ static bool same_file(const named_file *a, const named_file *b)
  * the checkpoint. Checked before anything is opened for writing. */
 static int check_distinct_files(run *r)
 {
-    char *store_data = NULL, *checkpoint_tmp = NULL;
+    char *store_data = NULL;
     named_file files[9];
     size_t n = 0;
     memset(files, 0, sizeof files);
@@ -1175,13 +1167,8 @@ static int check_distinct_files(run *r)
     if (r->checkpoint_path) {
         files[n++] =
             (named_file){.what = "--checkpoint", .path = r->checkpoint_path, .written = true};
-        size_t len = strlen(r->checkpoint_path) + 5;
-        checkpoint_tmp = malloc(len);
-        if (checkpoint_tmp) {
-            snprintf(checkpoint_tmp, len, "%s.tmp", r->checkpoint_path);
-            files[n++] = (named_file){
-                .what = "--checkpoint's temporary file", .path = checkpoint_tmp, .written = true};
-        }
+        files[n++] = (named_file){
+            .what = "--checkpoint's temporary file", .path = r->checkpoint_tmp, .written = true};
     }
     if (r->summary_path)
         files[n++] = (named_file){.what = "--summary", .path = r->summary_path, .written = true};
@@ -1211,7 +1198,6 @@ static int check_distinct_files(run *r)
     for (size_t i = 0; i < n; i++)
         free(files[i].resolved);
     free(store_data);
-    free(checkpoint_tmp);
     return rc;
 }
 
@@ -1254,6 +1240,13 @@ static int parse_parameters(run *r)
                                        "be truncated on resume)");
     if (r->checkpoint_path && r->customers_path && strcmp(r->customers_path, "-") == 0)
         return cli_usage_error(r->cmd, "--checkpoint needs a customer file, not standard input");
+    if (r->checkpoint_path) {
+        size_t len = strlen(r->checkpoint_path) + sizeof ".tmp";
+        r->checkpoint_tmp = malloc(len);
+        if (!r->checkpoint_tmp)
+            return cli_error(r->cmd, "out of memory");
+        snprintf(r->checkpoint_tmp, len, "%s.tmp", r->checkpoint_path);
+    }
     if (cli_has(args, "shard")) {
         int rc = parse_shard(r, cli_string(args, "shard", NULL));
         if (rc != CLI_OK)
@@ -1408,6 +1401,7 @@ static void release(run *r)
     if (r->out && r->out != stdout)
         fclose(r->out);
     free(r->ring);
+    free(r->checkpoint_tmp);
 }
 
 int cli_run_batch(cli_args *args)
