@@ -1648,81 +1648,68 @@ typedef struct sb_run {
     bool in_eligible;   /* the fault happened in eligible(), not score() */
 } sb_run;
 
-/* Clear an input map if an earlier decision filled it. */
-static void sb_clear_map(lua_State *L, nbx_sandbox *sb, int slots, int table, int map)
+/* Push the input map in `slot`, emptied if an earlier decision filled it,
+ * and note whether this decision fills it. Returns its stack index. */
+static int sb_refill_map(lua_State *L, nbx_sandbox *sb, int slots, int slot, int map, bool filling)
 {
-    if (!sb->map_dirty[map])
-        return;
-    sb_slot_get(L, slots, SLOT_CLEAR);
-    lua_pushvalue(L, table);
-    lua_call(L, 1, 0);
-    sb->map_dirty[map] = false;
+    sb_slot_get(L, slots, slot);
+    int t = lua_gettop(L);
+    if (sb->map_dirty[map]) {
+        sb_slot_get(L, slots, SLOT_CLEAR);
+        lua_pushvalue(L, t);
+        lua_call(L, 1, 0);
+    }
+    sb->map_dirty[map] = filling;
+    return t;
 }
 
 static void sb_fill_profile_maps(lua_State *L, nbx_sandbox *sb, int slots, const nbx_profile *p)
 {
-    sb_slot_get(L, slots, SLOT_ATTRS);
-    int t = lua_gettop(L);
-    sb_clear_map(L, sb, slots, t, MAP_ATTRS);
-    if (p && p->n_attrs) {
-        sb->map_dirty[MAP_ATTRS] = true;
-        for (uint32_t i = 0; i < p->n_attrs; i++) {
-            const nbx_attr *a = &p->attrs[i];
-            lua_pushlstring(L, a->key.ptr, a->key.len);
-            if (a->type == NBX_ATTR_STRING)
-                lua_pushlstring(L, a->string.ptr, a->string.len);
-            else if (a->type == NBX_ATTR_NUMBER)
-                lua_pushnumber(L, a->number);
-            else if (a->type == NBX_ATTR_BOOL)
-                lua_pushboolean(L, a->boolean);
-            else
-                lua_pushnil(L);
-            lua_rawset(L, t);
-        }
+    static const nbx_profile empty;
+    if (!p)
+        p = &empty;
+    int t = sb_refill_map(L, sb, slots, SLOT_ATTRS, MAP_ATTRS, p->n_attrs > 0);
+    for (uint32_t i = 0; i < p->n_attrs; i++) {
+        const nbx_attr *a = &p->attrs[i];
+        lua_pushlstring(L, a->key.ptr, a->key.len);
+        if (a->type == NBX_ATTR_STRING)
+            lua_pushlstring(L, a->string.ptr, a->string.len);
+        else if (a->type == NBX_ATTR_NUMBER)
+            lua_pushnumber(L, a->number);
+        else if (a->type == NBX_ATTR_BOOL)
+            lua_pushboolean(L, a->boolean);
+        else
+            lua_pushnil(L);
+        lua_rawset(L, t);
     }
     lua_pop(L, 1);
 
-    sb_slot_get(L, slots, SLOT_CONSENT);
-    t = lua_gettop(L);
-    sb_clear_map(L, sb, slots, t, MAP_CONSENT);
-    if (p && p->n_consent) {
-        sb->map_dirty[MAP_CONSENT] = true;
-        for (uint32_t i = 0; i < p->n_consent; i++) {
-            lua_pushlstring(L, p->consent[i].purpose.ptr, p->consent[i].purpose.len);
-            lua_pushboolean(L, p->consent[i].state == 1);
-            lua_rawset(L, t);
-        }
+    t = sb_refill_map(L, sb, slots, SLOT_CONSENT, MAP_CONSENT, p->n_consent > 0);
+    for (uint32_t i = 0; i < p->n_consent; i++) {
+        lua_pushlstring(L, p->consent[i].purpose.ptr, p->consent[i].purpose.len);
+        lua_pushboolean(L, p->consent[i].state == 1);
+        lua_rawset(L, t);
     }
     lua_pop(L, 1);
 
-    sb_slot_get(L, slots, SLOT_PROPENSITY);
-    t = lua_gettop(L);
-    sb_clear_map(L, sb, slots, t, MAP_PROPENSITY);
-    if (p && p->n_propensity) {
-        sb->map_dirty[MAP_PROPENSITY] = true;
-        for (uint32_t i = 0; i < p->n_propensity; i++) {
-            lua_pushlstring(L, p->propensity[i].key.ptr, p->propensity[i].key.len);
-            lua_pushnumber(L, p->propensity[i].value);
-            lua_rawset(L, t);
-        }
+    t = sb_refill_map(L, sb, slots, SLOT_PROPENSITY, MAP_PROPENSITY, p->n_propensity > 0);
+    for (uint32_t i = 0; i < p->n_propensity; i++) {
+        lua_pushlstring(L, p->propensity[i].key.ptr, p->propensity[i].key.len);
+        lua_pushnumber(L, p->propensity[i].value);
+        lua_rawset(L, t);
     }
     lua_pop(L, 1);
 }
 
 static void sb_fill_session(lua_State *L, nbx_sandbox *sb, int slots, const nbx_sandbox_input *in)
 {
-    sb_slot_get(L, slots, SLOT_SESS);
-    int t = lua_gettop(L);
-    sb_clear_map(L, sb, slots, t, MAP_SESSION);
-    if (in->n_session) {
-        sb->map_dirty[MAP_SESSION] = true;
-        for (size_t i = 0; i < in->n_session; i++) {
-            if (!in->session[i].key || !in->session[i].value)
-                continue;
-            lua_pushstring(L, in->session[i].key);
-            lua_pushstring(L, in->session[i].value);
-            lua_rawset(L, t);
-        }
+    int t = sb_refill_map(L, sb, slots, SLOT_SESS, MAP_SESSION, in->n_session > 0);
+    for (size_t i = 0; i < in->n_session; i++) {
+        if (!in->session[i].key || !in->session[i].value)
+            continue;
+        lua_pushstring(L, in->session[i].key);
+        lua_pushstring(L, in->session[i].value);
+        lua_rawset(L, t);
     }
     lua_pop(L, 1);
 }
