@@ -8,18 +8,22 @@ CMAKE_ARGS ?=
 
 .PHONY: all build test test-asan demo demo-stop bench install clean format
 
+# Configure and build $(BUILD): the first steps of build, test, demo, bench.
+define build_tree
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+endef
+
 all: build
 
 build:
 	@scripts/deps.sh build
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
-	cmake --build $(BUILD) -j $(JOBS)
+	$(build_tree)
 
 # Every suite, then the C suites again under AddressSanitizer + UBSan.
 test:
 	@scripts/deps.sh test
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
-	cmake --build $(BUILD) -j $(JOBS)
+	$(build_tree)
 	ctest --test-dir $(BUILD) --output-on-failure
 	$(MAKE) --no-print-directory test-asan
 
@@ -34,8 +38,7 @@ test-asan:
 
 demo:
 	@scripts/deps.sh demo
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
-	cmake --build $(BUILD) -j $(JOBS)
+	$(build_tree)
 	scripts/demo.sh $(BUILD)
 
 demo-stop:
@@ -43,8 +46,7 @@ demo-stop:
 
 bench:
 	@scripts/deps.sh bench
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
-	cmake --build $(BUILD) -j $(JOBS)
+	$(build_tree)
 	scripts/bench.sh $(BUILD)
 
 install: build
