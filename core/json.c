@@ -642,7 +642,8 @@ void nbx_jw_number(nbx_buf *b, double v)
         return;
     }
     char tmp[40];
-    if (v == (double)(int64_t)v && fabs(v) < 1e15) {
+    /* Range first: converting a double outside int64_t is undefined. */
+    if (fabs(v) < 1e15 && v == (double)(int64_t)v) {
         int64_t i = (int64_t)v;
         char *e = tmp + sizeof tmp, *p = e;
         uint64_t u = i < 0 ? (uint64_t)(-i) : (uint64_t)i;

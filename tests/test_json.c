@@ -117,7 +117,8 @@ Test(json, unescapes_into_scratch)
 Test(json, writer_round_trips_numbers_and_escapes)
 {
     nbx_buf b = {0};
-    double vals[] = {0.1, 1.0 / 3.0, 49.0, -2.5, 1e300, 0.30000000000000004, 123456789.125};
+    double vals[] = {0.1,  1.0 / 3.0, 49.0, -2.5, 1e300, 0.30000000000000004, 123456789.125,
+                     -1e300, 1e19, -9.3e18};
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
         nbx_buf_reset(&b);
         nbx_jw_number(&b, vals[i]);
