@@ -927,6 +927,23 @@ static void sb_push_closure_with(lua_State *L, lua_CFunction fn, lua_CFunction u
     lua_pushcclosure(L, fn, 1);
 }
 
+static void sb_push_json(lua_State *L, int slots, json_t *v, int depth);
+
+/* Every member of a JSON object but the nulls, as fields of the table at t. */
+static void sb_set_json_fields(lua_State *L, int slots, int t, json_t *obj, int depth)
+{
+    const char *key;
+    json_t *item;
+    json_object_foreach(obj, key, item)
+    {
+        if (json_is_null(item))
+            continue;
+        lua_pushstring(L, key);
+        sb_push_json(L, slots, item, depth);
+        lua_rawset(L, t);
+    }
+}
+
 /* A JSON value from the catalog as Lua data: objects and arrays become
  * read-only proxies, null becomes nil. Bounded by NBX_JSON_DEPTH_MAX. */
 static void sb_push_json(lua_State *L, int slots, json_t *v, int depth)
@@ -935,21 +952,11 @@ static void sb_push_json(lua_State *L, int slots, json_t *v, int depth)
         luaL_error(L, "catalog value nested deeper than %d levels", NBX_JSON_DEPTH_MAX);
     luaL_checkstack(L, 4, "catalog value");
     switch (json_typeof(v)) {
-    case JSON_OBJECT: {
+    case JSON_OBJECT:
         lua_createtable(L, 0, (int)json_object_size(v));
-        const char *key;
-        json_t *item;
-        json_object_foreach(v, key, item)
-        {
-            if (json_is_null(item))
-                continue;
-            lua_pushstring(L, key);
-            sb_push_json(L, slots, item, depth + 1);
-            lua_rawset(L, -3);
-        }
+        sb_set_json_fields(L, slots, lua_gettop(L), v, depth + 1);
         sb_make_proxy(L, slots);
         return;
-    }
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
         lua_createtable(L, (int)n, 0);
@@ -1006,18 +1013,8 @@ static void sb_push_offer(lua_State *L, int slots, const nbx_offer *o, int orec)
     json_t *obj = o->json;
     lua_createtable(L, 0, obj ? (int)json_object_size(obj) + 4 : 12);
     int t = lua_gettop(L);
-    if (obj && json_is_object(obj)) {
-        const char *key;
-        json_t *item;
-        json_object_foreach(obj, key, item)
-        {
-            if (json_is_null(item))
-                continue;
-            lua_pushstring(L, key);
-            sb_push_json(L, slots, item, 1);
-            lua_rawset(L, t);
-        }
-    }
+    if (obj && json_is_object(obj))
+        sb_set_json_fields(L, slots, t, obj, 1);
     lua_pushlstring(L, o->id.ptr, o->id.len);
     lua_setfield(L, t, "id");
     lua_pushstring(L, o->kind == NBX_KIND_MODULE ? "module" : "offer");
