@@ -17,7 +17,8 @@
  *    and encodes what does not depend on the store: profiles a batch of
  *    lines in file order, sorted by id; events the next records of a merge
  *    of the runs, so they arrive customer by customer over the whole file.
- *    The calling thread writes each batch in one transaction, in key order:
+ *    The calling thread writes each batch in one transaction (or, when that
+ *    is too big for LMDB, several of whole ids or customers), in key order:
  *    LMDB inserts in key order touch each page once, updates of one key are
  *    grouped into one read and one write, a batch of profile ids above every
  *    stored one is appended, and successive event batches write successive
@@ -1125,18 +1126,21 @@ typedef struct batch {
     int64_t now_ms;
     nbx_arena arena;
     nbx_buf vals; /* values encoded ahead */
+    /* What one transaction takes whole, in key order: profiles the records
+     * of one id (index into by_id), events of one customer (index into w);
+     * where each unit starts, then n. */
+    uint32_t *units;
+    uint32_t n_units;
     /* profiles */
     nbx_profile *patch;
     kref *by_id;
     val_ref *fresh; /* per record: the group's value as a new profile (first of group) */
     int *fresh_rc;
     /* events, in (customer, line) order */
-    nbx_event *ev;   /* strings point into bytes */
-    wrec *w;         /* the same, as the writer takes them */
-    nbx_buf wbytes;  /* their keys, values and offer ids, in the same order */
-    uint32_t *units; /* index into w where each customer starts, then n */
-    uint32_t n_units;
-    size_t cap; /* records the arrays above hold */
+    nbx_event *ev;  /* strings point into bytes */
+    wrec *w;        /* the same, as the writer takes them */
+    nbx_buf wbytes; /* their keys, values and offer ids, in the same order */
+    size_t cap;     /* records the arrays above hold */
 } batch;
 
 /* One sorted run of the spool, read through a buffer. */
@@ -1194,11 +1198,11 @@ static int batch_reserve(batch *b, nbx_import_kind kind, size_t n)
 {
     if (b->cap >= n)
         return NBX_OK;
-    bool ok = GROW(b->rec_off, n) && GROW(b->line, n);
+    bool ok = GROW(b->rec_off, n) && GROW(b->line, n) && GROW(b->units, n + 1);
     if (ok && kind == NBX_IMPORT_PROFILES)
         ok = GROW(b->patch, n) && GROW(b->by_id, n) && GROW(b->fresh, n) && GROW(b->fresh_rc, n);
     if (ok && kind == NBX_IMPORT_EVENTS)
-        ok = GROW(b->ev, n) && GROW(b->w, n) && GROW(b->units, n + 1);
+        ok = GROW(b->ev, n) && GROW(b->w, n);
     if (!ok)
         return NBX_ENOMEM;
     b->cap = n;
@@ -1432,8 +1436,10 @@ static int prepare_profiles(batch *b)
         b->by_id[i] = kref_of(b->patch[i].id.ptr, b->patch[i].id.len, i);
     }
     qsort(b->by_id, b->n, sizeof *b->by_id, kref_cmp);
+    b->n_units = 0;
     for (uint32_t from = 0, to; from < b->n; from = to) {
         to = group_end(b->by_id, from, b->n);
+        b->units[b->n_units++] = from;
         nbx_profile merged;
         nbx_err e = {0};
         b->fresh_rc[from] = merge_group(b, from, to, NULL, &merged, &b->arena, &e);
@@ -1444,6 +1450,7 @@ static int prepare_profiles(batch *b)
             return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
         b->fresh[from] = (val_ref){off, b->vals.len - off};
     }
+    b->units[b->n_units] = b->n;
     return b->vals.oom ? nbx_err_set(&b->err, NBX_ENOMEM, "out of memory") : NBX_OK;
 }
 
@@ -1573,13 +1580,13 @@ typedef struct writer {
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
-    uint64_t fail_line; /* line of the record that failed, 0 if none */
+    uint64_t fail_line;  /* line of the record that failed, 0 if none */
+    uint32_t units_max;  /* units per transaction once one was too big; 0: any */
     /* events */
     budget_map budgets;
     kref *exposures; /* scratch: one customer's new exposure events, by offer */
     size_t exposures_cap;
     uint64_t txn_applied; /* new events in the open transaction */
-    uint32_t units_max;   /* customers per transaction once one was too big; 0: any */
 } writer;
 
 static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
@@ -1588,7 +1595,9 @@ static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
     return nbx_err_mdb(&w->im->err, rc, what);
 }
 
-static int write_profiles(writer *w, const batch *b)
+/* The ids [u0, u1) of the batch, each its patches merged over the stored
+ * profile (or the one prepared as new), in the open transaction. */
+static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
 {
     nbx_store *s = w->im->store;
     nbx_err *e = &w->im->err;
@@ -1602,15 +1611,16 @@ static int write_profiles(writer *w, const batch *b)
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     bool append = rc == MDB_NOTFOUND;
     if (rc == 0) {
-        nbx_sv last = {k.mv_data, k.mv_size}, first = {b->by_id[0].key, b->by_id[0].len};
+        const kref *id = &b->by_id[b->units[u0]];
+        nbx_sv last = {k.mv_data, k.mv_size}, first = {id->key, id->len};
         append = nbx_sv_cmp(first, last) > 0;
     } else if (rc != MDB_NOTFOUND) {
         mdb_cursor_close(cur);
         return mdb_fail(w, rc, "writing profiles", 0);
     }
     rc = NBX_OK;
-    for (uint32_t from = 0, to; rc == NBX_OK && from < b->n; from = to) {
-        to = group_end(b->by_id, from, b->n);
+    for (uint32_t u = u0; rc == NBX_OK && u < u1; u++) {
+        uint32_t from = b->units[u], to = b->units[u + 1];
         const kref *id = &b->by_id[from];
         uint64_t line = b->line[id->rec];
         k = (MDB_val){id->len, (void *)id->key};
@@ -1862,19 +1872,16 @@ static int write_customer(writer *w, batch *b, MDB_cursor *customers, MDB_cursor
     return rc;
 }
 
-/* Customers [u0, u1) of the batch in one transaction, with their budget
- * counts and the event count: every committed transaction holds whole
- * events. */
-static int write_events_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
+/* Customers [u0, u1) of the batch in the open transaction, with their
+ * budget counts and the event count: every committed transaction holds
+ * whole events. */
+static int write_events(writer *w, batch *b, uint32_t u0, uint32_t u1)
 {
     importer *im = w->im;
     nbx_store *s = im->store;
-    w->fail_line = 0;
     w->txn_applied = 0;
-    int rc = nbx_store_write_begin(s, &w->txn, &im->err);
-    if (rc)
-        return rc;
     MDB_cursor *customers = NULL, *profiles = NULL;
+    int rc = NBX_OK;
     int mrc = mdb_cursor_open(w->txn, s->customers, &customers);
     if (mrc == 0)
         mrc = mdb_cursor_open(w->txn, s->profiles, &profiles);
@@ -1891,17 +1898,38 @@ static int write_events_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
     budget_clear(&w->budgets);
     if (rc == NBX_OK)
         rc = nbx_store_events_add(s, w->txn, (int64_t)w->txn_applied, &im->err);
-    if (rc == NBX_OK)
-        rc = nbx_store_commit(s, w->txn, &im->err);
-    else
-        mdb_txn_abort(w->txn);
-    w->txn = NULL;
     if (rc == NBX_OK) {
         im->stats.applied += w->txn_applied;
         im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->txn_applied;
-    } else if (w->fail_line == 0) {
-        /* the budgets, the count or the commit: name the transaction's first event */
-        w->fail_line = b->w[b->units[u0]].line;
+    }
+    return rc;
+}
+
+/* Units [u0, u1) of the batch in one transaction. On failure nothing of it
+ * is in the store, nor in the counts. */
+static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
+{
+    importer *im = w->im;
+    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates;
+    w->fail_line = 0;
+    int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
+    if (rc)
+        return rc;
+    rc = im->kind == NBX_IMPORT_EVENTS ? write_events(w, b, u0, u1)
+                                       : write_profiles(w, b, u0, u1);
+    if (rc == NBX_OK)
+        rc = nbx_store_commit(im->store, w->txn, &im->err);
+    else
+        mdb_txn_abort(w->txn);
+    w->txn = NULL;
+    if (rc) {
+        im->stats.applied = applied;
+        im->stats.duplicates = duplicates;
+        /* the budgets, the count or the commit: name the transaction's first record */
+        if (w->fail_line == 0)
+            w->fail_line = im->kind == NBX_IMPORT_EVENTS
+                               ? b->w[b->units[u0]].line
+                               : b->line[b->by_id[b->units[u0]].rec];
     }
     return rc;
 }
@@ -1909,54 +1937,31 @@ static int write_events_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
 /* A transaction that fails on a store error may just be too big: LMDB's
  * dirty-page list per transaction (MDB_TXN_FULL), or a map too full to hold
  * the new copies of the pages while the old ones are still in use. It is
- * rolled back and its customers written as two halves, down to one customer
- * per transaction, where the error is reported. After a dirty-page overflow
- * later transactions of the import take at most half as many customers. */
-static int write_events_range(writer *w, batch *b, uint32_t u0, uint32_t u1)
+ * rolled back and its units written as two halves, down to one unit (an id,
+ * a customer) per transaction, where the error is reported. After a
+ * dirty-page overflow later transactions of the import take at most half as
+ * many units. */
+static int write_range(writer *w, batch *b, uint32_t u0, uint32_t u1)
 {
-    int rc = write_events_txn(w, b, u0, u1);
+    int rc = write_txn(w, b, u0, u1);
     if (rc == NBX_OK || (rc != NBX_EFULL && rc != NBX_ESTORE) || u1 - u0 < 2)
         return rc;
     uint32_t half = (u1 - u0) / 2;
     if (rc == NBX_ESTORE && (w->units_max == 0 || half < w->units_max))
         w->units_max = half;
-    rc = write_events_range(w, b, u0, u0 + half);
+    rc = write_range(w, b, u0, u0 + half);
     if (rc == NBX_OK)
-        rc = write_events_range(w, b, u0 + half, u1);
+        rc = write_range(w, b, u0 + half, u1);
     return rc;
 }
 
-static int write_events(writer *w, batch *b)
+/* The batch in one transaction, or in several of whole units (above). */
+static int write_batch(writer *w, batch *b)
 {
     int rc = NBX_OK;
     for (uint32_t u = 0, next; rc == NBX_OK && u < b->n_units; u = next) {
         next = w->units_max && b->n_units - u > w->units_max ? u + w->units_max : b->n_units;
-        rc = write_events_range(w, b, u, next);
-    }
-    return rc;
-}
-
-/* Profiles: the batch in one transaction. Events: write_events(). */
-static int write_batch(writer *w, batch *b)
-{
-    importer *im = w->im;
-    if (im->kind == NBX_IMPORT_EVENTS)
-        return write_events(w, b);
-    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates;
-    int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
-    if (rc)
-        return rc;
-    rc = write_profiles(w, b);
-    if (rc == NBX_OK) {
-        rc = nbx_store_commit(im->store, w->txn, &im->err);
-    } else {
-        mdb_txn_abort(w->txn);
-    }
-    w->txn = NULL;
-    if (rc) {
-        /* nothing of this batch is in the store */
-        im->stats.applied = applied;
-        im->stats.duplicates = duplicates;
+        rc = write_range(w, b, u, next);
     }
     return rc;
 }
