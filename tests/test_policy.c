@@ -57,6 +57,23 @@ static void expect_load_error(const char *name, const char *src, int rc_want,
 
 #define NEEDLES(...) ((const char *const[]){__VA_ARGS__, NULL})
 
+/* Load src as name; expect NBX_EPOLICY with a message that is the path,
+ * then `after` (a position and the start of the reason). */
+static void expect_load_error_at(const char *name, const char *src, const char *after)
+{
+    char *path = write_policy(name, src);
+    nbx_policy *p = (nbx_policy *)1;
+    nbx_err e = {0};
+    int rc = nbx_policy_load(path, &p, &e);
+    cr_expect_eq(rc, NBX_EPOLICY, "%s: expected NBX_EPOLICY, got %d (%s)", name, rc, e.msg);
+    cr_expect_null(p, "%s: out must be NULL on failure", name);
+    char prefix[512];
+    snprintf(prefix, sizeof prefix, "%s%s", path, after);
+    cr_expect(strncmp(e.msg, prefix, strlen(prefix)) == 0, "expected '%s...', got: %s", prefix,
+              e.msg);
+    free(path);
+}
+
 /* ========================================================================
  * nbx_policy_load
  * ======================================================================== */
@@ -150,28 +167,13 @@ Test(policy, load_refuses_bytecode)
 
 Test(policy, load_reports_syntax_errors_with_line)
 {
-    char *path = write_policy("syntax.lua", "local P = {}\n\nP.score = function(\nreturn P\n");
-    nbx_policy *p;
-    nbx_err e = {0};
-    cr_expect_eq(nbx_policy_load(path, &p, &e), NBX_EPOLICY);
-    char prefix[512];
-    snprintf(prefix, sizeof prefix, "%s:4: ", path);
-    cr_expect(strncmp(e.msg, prefix, strlen(prefix)) == 0, "expected '%s...', got: %s", prefix,
-              e.msg);
-    free(path);
+    expect_load_error_at("syntax.lua", "local P = {}\n\nP.score = function(\nreturn P\n", ":4: ");
 }
 
 Test(policy, load_reports_runtime_errors_with_line)
 {
-    char *path = write_policy("rt.lua", "local x = nil\nlocal y = x.field\nreturn {}\n");
-    nbx_policy *p;
-    nbx_err e = {0};
-    cr_expect_eq(nbx_policy_load(path, &p, &e), NBX_EPOLICY);
-    char prefix[512];
-    snprintf(prefix, sizeof prefix, "%s:2: attempt to index", path);
-    cr_expect(strncmp(e.msg, prefix, strlen(prefix)) == 0, "expected '%s...', got: %s", prefix,
-              e.msg);
-    free(path);
+    expect_load_error_at("rt.lua", "local x = nil\nlocal y = x.field\nreturn {}\n",
+                         ":2: attempt to index");
 }
 
 Test(policy, load_checks_the_returned_table)
@@ -235,6 +237,79 @@ Test(policy, globals_may_be_defined_while_loading_only)
     cr_expect_eq(nbx_policy_load(path, &p, &e), NBX_OK, "%s", e.msg);
     nbx_policy_unref(p);
     free(path);
+}
+
+/* ========================================================================
+ * nbx_policy_load_text
+ * ======================================================================== */
+
+Test(policy, load_text_is_a_file_load_from_memory)
+{
+    /* Only len bytes count: what follows them in the buffer is not read. */
+    char buf[sizeof good_src + 16];
+    snprintf(buf, sizeof buf, "%s%s", good_src, "error('x')");
+    nbx_policy *p = NULL;
+    nbx_err e = {0};
+    cr_assert_eq(nbx_policy_load_text("conf/good.lua", buf, strlen(good_src), &p, &e), NBX_OK, "%s",
+                 e.msg);
+    cr_expect_str_eq(p->name, "good one");
+    cr_expect_str_eq(p->path, "conf/good.lua");
+    cr_expect_str_eq(p->chunkname, "@good.lua");
+    cr_expect_eq(p->source_len, strlen(good_src));
+    cr_expect_neq(p->source, buf, "the text is copied");
+    cr_expect_eq(memcmp(p->source, good_src, p->source_len), 0);
+    cr_expect_eq(p->source[p->source_len], '\0');
+
+    /* The same version as the same source read from a file. */
+    char *path = write_policy("good.lua", good_src);
+    nbx_policy *f = NULL;
+    cr_assert_eq(nbx_policy_load(path, &f, &e), NBX_OK, "%s", e.msg);
+    cr_expect_str_eq(p->version_hex, f->version_hex);
+    nbx_policy_unref(f);
+    nbx_policy_unref(p);
+    free(path);
+}
+
+Test(policy, load_text_null_arguments)
+{
+    nbx_policy *p = (nbx_policy *)1;
+    nbx_err e = {0};
+    cr_expect_eq(nbx_policy_load_text("x.lua", good_src, strlen(good_src), NULL, &e), NBX_EINVAL);
+    cr_expect(strstr(e.msg, "out is NULL"), "%s", e.msg);
+    cr_expect_eq(nbx_policy_load_text(NULL, good_src, strlen(good_src), &p, &e), NBX_EINVAL);
+    cr_expect_null(p, "out must be NULL after a failed load");
+    cr_expect_eq(nbx_policy_load_text("", good_src, strlen(good_src), &p, &e), NBX_EINVAL);
+    cr_expect_eq(nbx_policy_load_text("x.lua", NULL, 0, &p, &e), NBX_EINVAL);
+    cr_expect_eq(nbx_policy_load_text("x.lua", NULL, 0, &p, NULL), NBX_EINVAL, "e may be NULL");
+}
+
+Test(policy, load_text_errors_name_the_path)
+{
+    static const struct {
+        const char *src;
+        size_t len; /* 0: strlen(src) */
+        const char *want;
+    } cases[] = {
+        {"\033LJ\002", 0, ": precompiled bytecode is not accepted"},
+        {"local P = {}\n\nP.score = function(\nreturn P\n", 0, ":4: "},
+        {"local x = nil\nlocal y = x.field\nreturn {}\n", 0, ":2: attempt to index"},
+        {"return { name = 'x' }", 0, ": the policy table needs a 'score' function"},
+        {"", 0, ": the policy must return a table (it returned nil)"},
+        {"-- length checked before reading", NBX_POLICY_FILE_MAX + 1,
+         ": the policy is over the limit"},
+    };
+    for (size_t i = 0; i < NBX_ARRAY_LEN(cases); i++) {
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].src);
+        nbx_policy *p = (nbx_policy *)1;
+        nbx_err e = {0};
+        int rc = nbx_policy_load_text("conf/bad.lua", cases[i].src, len, &p, &e);
+        cr_expect_eq(rc, NBX_EPOLICY, "case %zu: expected NBX_EPOLICY, got %d (%s)", i, rc, e.msg);
+        cr_expect_null(p, "case %zu: out must be NULL on failure", i);
+        char prefix[256];
+        snprintf(prefix, sizeof prefix, "conf/bad.lua%s", cases[i].want);
+        cr_expect(strncmp(e.msg, prefix, strlen(prefix)) == 0,
+                  "case %zu: expected '%s...', got: %s", i, prefix, e.msg);
+    }
 }
 
 /* ========================================================================
