@@ -483,9 +483,11 @@ static int lp_find_aux(lua_State *L, bool find)
     const char *s = luaL_checklstring(L, 1, &ls);
     const char *p = luaL_checklstring(L, 2, &lp);
     size_t init = lp_start(L, 3, ls);
-    const nbx_lp_limit *limit = lp_limit_of(L);
+    /* '^' anchors only at the start of the pattern; a plain find ignores it. */
+    bool anchor = lp > 0 && *p == '^';
+    const char *pat = anchor ? p + 1 : p;
     lp_match m;
-    lp_init(&m, L, limit, s, ls, p, lp);
+    lp_init(&m, L, lp_limit_of(L), s, ls, pat, lp - anchor);
     if (find && (lua_toboolean(L, 4) || !lp_has_specials(p, lp))) {
         /* memmem is glibc's two-way search: linear, unlike a naive loop. */
         lp_spend(&m, (long)((ls - init) / 64));
@@ -498,10 +500,6 @@ static int lp_find_aux(lua_State *L, bool find)
         lua_pushnil(L);
         return 1;
     }
-    bool anchor = lp > 0 && *p == '^';
-    if (anchor)
-        lp_init(&m, L, limit, s, ls, p + 1, lp - 1);
-    const char *pat = anchor ? p + 1 : p;
     const char *s1 = s + init;
     for (;;) {
         m.level = 0;
