@@ -632,6 +632,10 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
         (rc = load_fallback(&l, root)) ||
         (rc = load_guardrails(&l, root)))
         return rc;
+    /* Offers and guardrails are both fixed once loaded: decide once here
+     * rather than for every candidate of every decision. */
+    for (uint32_t i = 0; i < c->n_offers; i++)
+        c->offers[i].passes_guardrails = nbx_guardrails_pass(c, &c->offers[i]);
     return NBX_OK;
 }
 

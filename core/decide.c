@@ -358,7 +358,7 @@ static void apply_guardrails(nbx_ctx *c, size_t n)
         if (cd->excluded)
             continue;
         const nbx_offer *o = &cat->offers[cd->offer];
-        if (!nbx_guardrails_pass(cat, o))
+        if (!o->passes_guardrails)
             cd->excluded = NBX_EXCLUDED_GUARDRAIL;
         else if (isnan(cd->expected_margin))
             cd->expected_margin = c->caps.propensity[cd->offer] * o->margin - o->serving_cost;
@@ -509,7 +509,7 @@ static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
             const nbx_offer *o = &cat->offers[pl->fallback[k]];
             int why = nbx_caps_check(&c->caps, o, p, now);
             bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
-            if (!safe || !nbx_guardrails_pass(cat, o) || c->offer_used[o->index])
+            if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
             add_action(c, o, pi, NAN, c->caps.propensity[o->index] * o->margin - o->serving_cost);
             left--;

@@ -496,6 +496,7 @@ typedef struct nbx_offer {
     int64_t budget_accepts;
     double segment_prior[NBX_SEGMENT_COUNT]; /* P(accept) by RFM segment; NaN: none */
     uint32_t category_index; /* into catalog->categories; UINT32_MAX: no category */
+    bool passes_guardrails;  /* nbx_guardrails_pass(): fixed for the catalog's life */
     void *json; /* json_t *: the offer object as loaded (every field) */
 } nbx_offer;
 
@@ -703,7 +704,7 @@ uint32_t nbx_caps_contacts_left(const nbx_caps *c);
 int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms,
                      bool fallback, uint32_t contacts_left);
 /* The guardrails that hold whatever the policy scored: discount ceiling and
- * margin floor. */
+ * margin floor. Decided once per offer at catalog load (passes_guardrails). */
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
 
 /* Propensity of a customer for an offer: the profile's value for the offer

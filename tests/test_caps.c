@@ -200,6 +200,11 @@ Test(caps, guardrails)
                   "45%% discount over the 30%% ceiling");
     cr_assert_not(nbx_guardrails_pass(cat, nbx_catalog_offer(cat, NBX_SV("loss_leader"))),
                   "negative margin under the floor");
+    /* decided once at load, for the decision path */
+    for (uint32_t i = 0; i < cat->n_offers; i++)
+        cr_assert_eq(cat->offers[i].passes_guardrails, nbx_guardrails_pass(cat, &cat->offers[i]),
+                     "offer %s: passes_guardrails %d", cat->offers[i].id.ptr,
+                     cat->offers[i].passes_guardrails);
 }
 
 Test(caps, an_offer_exactly_at_a_guardrail_passes)
