@@ -117,13 +117,13 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     else if (rc != NBX_OK) {
         exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
     } else {
+        const char *name = strcmp(path, "-") == 0 ? "stdin" : path;
         double rate = elapsed > 0 ? (double)st.lines / elapsed : 0;
         printf("%s: %" PRIu64 " lines, %" PRIu64 " applied, %" PRIu64 " duplicates, %" PRIu64
                " rejected in %.2f s (%.0f lines/s)\n",
-               strcmp(path, "-") == 0 ? "stdin" : path, st.lines, st.applied, st.duplicates,
-               st.rejected, elapsed, rate);
+               name, st.lines, st.applied, st.duplicates, st.rejected, elapsed, rate);
         if (st.rejected > 0)
-            fprintf(stderr, "%s: %" PRIu64 " rejected lines written to %s\n", path, st.rejected,
+            fprintf(stderr, "%s: %" PRIu64 " rejected lines written to %s\n", name, st.rejected,
                     opts.rejects_path);
         exit_code = CLI_OK;
     }

@@ -487,6 +487,11 @@ class T04ImportProfiles(CliTestCase):
         self.assertEqual(summary_counts(r.stdout), (3, 3, 0, 0))
         self.assertTrue(r.stdout.startswith("stdin:"), r.stdout)
         self.assertEqual(self.stats()["profiles"], 3)
+        # the rejects note names standard input as the summary does, not "-"
+        rejects = self.path("rejects.jsonl")
+        r = self.ok("import", "profiles", "-", "--store", self.store, "--skip-invalid", rejects,
+                    input=text + '{"id": "bad", "churn": 7}\n')
+        self.assertIn(f"stdin: 1 rejected lines written to {rejects}", r.stderr)
 
     def test_06_stdin_bad_line(self):
         before_export, _ = self.seed_store()
