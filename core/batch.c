@@ -379,7 +379,7 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
     /* Budgets are cached per transaction id: this transaction writes them. */
     w->caps.budget_valid = false;
     if (rc == NBX_OK)
-        rc = nbx_caps_load(&w->caps, store, txn, customer, b->now_ms, &w->arena, e);
+        rc = nbx_caps_load(&w->caps, store, txn, &p, b->now_ms, &w->arena, e);
     if (rc)
         return rc;
     /* The rules nbx_decide() applies when it records (nbx_caps_recheck);
@@ -390,7 +390,7 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
         const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(it->actions[i].offer));
         if (!o)
             return 1; /* the catalog was reloaded */
-        if (nbx_caps_recheck(&w->caps, o, &p, b->now_ms, it->fallback, left) != NBX_EXCLUDED_NONE)
+        if (nbx_caps_recheck(&w->caps, o, b->now_ms, it->fallback, left) != NBX_EXCLUDED_NONE)
             return 1;
     }
     for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++) {

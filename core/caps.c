@@ -4,9 +4,9 @@
  * policy, whatever it returned.
  *
  * Everything here reads state gathered once per decision by nbx_caps_load:
- * one cursor range over the customer's counters and, when the catalog has
- * budgets, one range over today's budget keys, both joined against the
- * catalog in offer-id order. No per-offer lookups, no allocation per offer.
+ * the customer's consent per purpose, one cursor range over the customer's
+ * counters and, when the catalog has budgets, one range over today's budget
+ * keys, both joined against the catalog in offer-id order. No per-offer lookups, no allocation per offer.
  */
 #include "nbx_int.h"
 
@@ -24,12 +24,13 @@ int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
     size_t n = catalog->n_offers ? catalog->n_offers : 1;
     c->summary = calloc(n, sizeof *c->summary);
     c->has_summary = calloc(n, 1);
+    c->consented = calloc(catalog->n_purposes ? catalog->n_purposes : 1, 1);
     c->propensity = calloc(n, sizeof *c->propensity);
     c->category_propensity = calloc(catalog->n_categories ? catalog->n_categories : 1,
                                     sizeof *c->category_propensity);
     c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
     c->budget_accepts = calloc(n, sizeof *c->budget_accepts);
-    if (!c->summary || !c->has_summary || !c->propensity || !c->category_propensity ||
+    if (!c->summary || !c->has_summary || !c->consented || !c->propensity || !c->category_propensity ||
         !c->budget_impressions || !c->budget_accepts) {
         nbx_caps_free(c);
         return NBX_ENOMEM;
@@ -41,6 +42,7 @@ void nbx_caps_free(nbx_caps *c)
 {
     free(c->summary);
     free(c->has_summary);
+    free(c->consented);
     free(c->propensity);
     free(c->category_propensity);
     free(c->budget_impressions);
@@ -176,11 +178,23 @@ static int load_budgets(nbx_caps *c, nbx_store *s, MDB_txn *txn, uint32_t today,
     return status;
 }
 
-int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int64_t now_ms,
+/* Catalogs have a handful of purposes and many offers: a lookup per
+ * purpose here, not one per candidate. */
+static void load_consents(nbx_caps *c, const nbx_profile *p)
+{
+    const nbx_catalog *cat = c->catalog;
+    for (uint32_t k = 0; k < cat->n_purposes; k++) {
+        const nbx_consent *x = nbx_profile_consent(p, cat->purposes[k]);
+        c->consented[k] = x ? x->state == 1 : cat->guardrails.consent_default;
+    }
+}
+
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, int64_t now_ms,
                   nbx_arena *a, nbx_err *e)
 {
     uint32_t today = nbx_day_of(now_ms);
-    int rc = load_exposures(c, s, txn, customer, today, now_ms, a, e);
+    load_consents(c, p);
+    int rc = load_exposures(c, s, txn, p->id, today, now_ms, a, e);
     if (rc == NBX_OK && c->catalog->has_budgets)
         rc = load_budgets(c, s, txn, today, e);
     return rc;
@@ -190,20 +204,12 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int6
  * Checks
  * ======================================================================== */
 
-static bool consented(const nbx_catalog *cat, const nbx_offer *o, const nbx_profile *p)
-{
-    if (o->purpose.len == 0)
-        return true;
-    const nbx_consent *c = nbx_profile_consent(p, o->purpose);
-    return c ? c->state == 1 : cat->guardrails.consent_default;
-}
-
-int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms)
+int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
 {
     const nbx_catalog *cat = c->catalog;
     if (now_ms < o->valid_from || now_ms > o->valid_to)
         return NBX_EXCLUDED_VALIDITY;
-    if (!consented(cat, o, p))
+    if (o->purpose_index != UINT32_MAX && !c->consented[o->purpose_index])
         return NBX_EXCLUDED_CONSENT;
     const nbx_cap *mc = &cat->guardrails.max_contacts;
     if (mc->window_days && c->contacts >= mc->max)
@@ -238,12 +244,12 @@ uint32_t nbx_caps_contacts_left(const nbx_caps *c)
     return mc->max > c->contacts ? mc->max - c->contacts : 0;
 }
 
-int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms,
-                     bool fallback, uint32_t contacts_left)
+int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool fallback,
+                     uint32_t contacts_left)
 {
     if (contacts_left == 0)
         return NBX_EXCLUDED_CONTACTS;
-    return fallback ? NBX_EXCLUDED_NONE : nbx_caps_check(c, o, p, now_ms);
+    return fallback ? NBX_EXCLUDED_NONE : nbx_caps_check(c, o, now_ms);
 }
 
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -470,31 +471,37 @@ static int load_offers(loader *l, json_t *root)
     return rc;
 }
 
-/* Distinct categories, sorted, and each offer's index into them. */
-static int index_categories(loader *l)
+static const nbx_sv *sv_at(const nbx_offer *o, size_t offset)
+{
+    return (const nbx_sv *)(const void *)((const char *)o + offset);
+}
+
+/* The distinct non-empty values of an offer field (the nbx_sv at offset
+ * field), sorted, and each offer's index into them (the uint32_t at offset
+ * index; UINT32_MAX where the field is empty): categories, purposes. */
+static int index_distinct(loader *l, size_t field, size_t index, nbx_sv **out, uint32_t *n_out)
 {
     nbx_catalog *c = l->cat;
-    c->categories = nbx_arena_alloc(&c->arena, (c->n_offers ? c->n_offers : 1) * sizeof(nbx_sv));
-    if (!c->categories)
+    nbx_sv *values = nbx_arena_alloc(&c->arena, (c->n_offers ? c->n_offers : 1) * sizeof(nbx_sv));
+    if (!values)
         return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
     uint32_t n = 0;
     for (uint32_t i = 0; i < c->n_offers; i++)
-        if (c->offers[i].category.len)
-            c->categories[n++] = c->offers[i].category;
-    qsort(c->categories, n, sizeof(nbx_sv), cmp_sv);
+        if (sv_at(&c->offers[i], field)->len)
+            values[n++] = *sv_at(&c->offers[i], field);
+    qsort(values, n, sizeof(nbx_sv), cmp_sv);
     uint32_t unique = 0;
     for (uint32_t i = 0; i < n; i++)
-        if (unique == 0 || !nbx_sv_eq(c->categories[unique - 1], c->categories[i]))
-            c->categories[unique++] = c->categories[i];
-    c->n_categories = unique;
+        if (unique == 0 || !nbx_sv_eq(values[unique - 1], values[i]))
+            values[unique++] = values[i];
     for (uint32_t i = 0; i < c->n_offers; i++) {
-        nbx_offer *o = &c->offers[i];
-        o->category_index = UINT32_MAX;
-        if (!o->category.len)
-            continue;
-        nbx_sv *hit = bsearch(&o->category, c->categories, unique, sizeof(nbx_sv), cmp_sv);
-        o->category_index = (uint32_t)(hit - c->categories);
+        const nbx_sv *v = sv_at(&c->offers[i], field);
+        const nbx_sv *hit = v->len ? bsearch(v, values, unique, sizeof(nbx_sv), cmp_sv) : NULL;
+        uint32_t at = hit ? (uint32_t)(hit - values) : UINT32_MAX;
+        memcpy((char *)&c->offers[i] + index, &at, sizeof at);
     }
+    *out = values;
+    *n_out = unique;
     return NBX_OK;
 }
 
@@ -628,7 +635,11 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
     loader l = {c, path, e};
     int rc;
     if ((rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
-        (rc = index_categories(&l)) || (rc = index_placements(&l)) ||
+        (rc = index_distinct(&l, offsetof(nbx_offer, category), offsetof(nbx_offer, category_index),
+                             &c->categories, &c->n_categories)) ||
+        (rc = index_distinct(&l, offsetof(nbx_offer, purpose), offsetof(nbx_offer, purpose_index),
+                             &c->purposes, &c->n_purposes)) ||
+        (rc = index_placements(&l)) ||
         (rc = load_fallback(&l, root)) ||
         (rc = load_guardrails(&l, root)))
         return rc;

@@ -338,13 +338,13 @@ static size_t build_candidates(nbx_ctx *c)
     return n;
 }
 
-static void check_eligibility(nbx_ctx *c, size_t n, const nbx_profile *p, int64_t now)
+static void check_eligibility(nbx_ctx *c, size_t n, int64_t now)
 {
     const nbx_catalog *cat = c->snap->catalog;
     for (size_t i = 0; i < n; i++) {
         nbx_candidate *cd = &c->cand[i];
         const nbx_offer *o = &cat->offers[cd->offer];
-        cd->excluded = (uint8_t)nbx_caps_check(&c->caps, o, p, now);
+        cd->excluded = (uint8_t)nbx_caps_check(&c->caps, o, now);
         if (c->caps.has_summary[cd->offer])
             cd->exposure = &c->caps.summary[cd->offer];
     }
@@ -496,7 +496,7 @@ static void arbitrate(nbx_ctx *c, size_t n)
  * placements that are live, consented, pass the guardrails and fit the
  * contact policy. Frequency caps and budgets do not apply: fallbacks are the
  * generic content shown when personalisation is unavailable. */
-static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
+static void fallback_actions(nbx_ctx *c, int64_t now)
 {
     const nbx_catalog *cat = c->snap->catalog;
     reset_slots(c);
@@ -507,7 +507,7 @@ static void fallback_actions(nbx_ctx *c, const nbx_profile *p, int64_t now)
             continue;
         for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi] && left; k++) {
             const nbx_offer *o = &cat->offers[pl->fallback[k]];
-            int why = nbx_caps_check(&c->caps, o, p, now);
+            int why = nbx_caps_check(&c->caps, o, now);
             bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
@@ -653,8 +653,8 @@ static void log_policy_failure(nbx_ctx *c, const char *customer, const char *msg
     c->suppressed_logs = 0;
 }
 
-static void take_fallback(nbx_ctx *c, size_t n, const nbx_profile *p, int64_t now,
-                          const char *customer, const nbx_policy_error *perr)
+static void take_fallback(nbx_ctx *c, size_t n, int64_t now, const char *customer,
+                          const nbx_policy_error *perr)
 {
     nbx_result *r = &c->result;
     r->fallback = true;
@@ -671,7 +671,7 @@ static void take_fallback(nbx_ctx *c, size_t n, const nbx_profile *p, int64_t no
         }
     r->n_actions = 0;
     r->expected_margin = 0;
-    fallback_actions(c, p, now);
+    fallback_actions(c, now);
     log_policy_failure(c, customer, r->error);
 }
 
@@ -714,7 +714,7 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
     int rc = nbx_store_write_begin(store, &txn, e);
     if (rc)
         return rc;
-    rc = nbx_caps_load(&c->caps, store, txn, p->id, now, &c->arena, e);
+    rc = nbx_caps_load(&c->caps, store, txn, p, now, &c->arena, e);
     /* loaded inside a write: not a committed snapshot's state to reuse */
     c->caps.budget_valid = false;
     const nbx_catalog *cat = c->snap->catalog;
@@ -722,7 +722,7 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
     for (size_t i = 0; i < r->n_actions && rc == NBX_OK;) {
         const nbx_action *a = &r->actions[i];
         const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(a->offer));
-        int why = nbx_caps_recheck(&c->caps, o, p, now, r->fallback, left);
+        int why = nbx_caps_recheck(&c->caps, o, now, r->fallback, left);
         if (why) {
             drop_action(c, n, i, why);
             continue;
@@ -795,14 +795,14 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         rc = NBX_OK;
     }
     if (rc == NBX_OK)
-        rc = nbx_caps_load(&c->caps, store, c->txn, customer, now, &c->arena, &e);
+        rc = nbx_caps_load(&c->caps, store, c->txn, &profile, now, &c->arena, &e);
     if (rc) {
         mdb_txn_reset(c->txn);
         return ctx_fail(c, &e);
     }
 
     size_t n = build_candidates(c);
-    check_eligibility(c, n, &profile, now);
+    check_eligibility(c, n, now);
     nbx_caps_propensities(&c->caps, &profile);
     nbx_policy_error perr;
     memset(&perr, 0, sizeof perr);
@@ -824,7 +824,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         failed = nbx_sandbox_run(c->sandbox, &in, &perr) != NBX_OK;
     }
     if (failed) {
-        take_fallback(c, n, &profile, now, req->customer, c->sandbox ? &perr : NULL);
+        take_fallback(c, n, now, req->customer, c->sandbox ? &perr : NULL);
     } else {
         apply_guardrails(c, n);
         arbitrate(c, n);

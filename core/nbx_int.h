@@ -486,6 +486,7 @@ typedef struct nbx_offer {
     double margin;       /* price - unit_cost - discount */
     double discount_pct; /* 100 * discount / price */
     nbx_sv purpose;      /* empty: needs no consent ("none") */
+    uint32_t purpose_index; /* into catalog->purposes; UINT32_MAX: needs no consent */
     nbx_sv category;     /* may be empty */
     int64_t valid_from;  /* ms; INT64_MIN when open */
     int64_t valid_to;    /* ms; INT64_MAX when open */
@@ -527,6 +528,8 @@ typedef struct nbx_catalog {
     uint32_t n_placements;
     nbx_sv *categories; /* distinct offer categories, sorted */
     uint32_t n_categories;
+    nbx_sv *purposes; /* distinct consent purposes of the offers, sorted */
+    uint32_t n_purposes;
     nbx_guardrails guardrails;
     bool has_budgets;
     void *root;        /* json_t * of the whole file */
@@ -675,6 +678,7 @@ typedef struct nbx_caps {
     nbx_exposure_summary *summary; /* per offer; valid where has_summary */
     uint8_t *has_summary;
     uint32_t contacts;          /* impressions over all offers in the contacts window */
+    uint8_t *consented;         /* per catalog purpose, from the profile */
     double *propensity;         /* per offer: nbx_caps_propensities() */
     double *category_propensity; /* per catalog category, scratch */
     uint64_t *budget_impressions; /* per offer, today (UTC) */
@@ -688,12 +692,13 @@ typedef struct nbx_caps {
 
 int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
 void nbx_caps_free(nbx_caps *c);
-/* Read the customer's counters (one cursor range) and today's budgets. */
-int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, int64_t now_ms,
+/* Read the customer's consents (once per catalog purpose, not per offer),
+ * counters (one cursor range) and today's budgets. */
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, int64_t now_ms,
                   nbx_arena *a, nbx_err *e);
-/* First reason the offer may not be shown to this customer now, or NONE:
- * validity, consent, contacts, frequency, cooldown, budget. */
-int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms);
+/* First reason the offer may not be shown to the customer loaded now, or
+ * NONE: validity, consent, contacts, frequency, cooldown, budget. */
+int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms);
 /* Actions a decision may still place under the contact policy (every action
  * is a contact); UINT32_MAX when the catalog sets none. */
 uint32_t nbx_caps_contacts_left(const nbx_caps *c);
@@ -701,8 +706,8 @@ uint32_t nbx_caps_contacts_left(const nbx_caps *c);
  * write transaction (the latest counters, writers ordered): a contact left,
  * and unless it is a fallback action, its caps and budget. Used by every
  * recording path (nbx_decide, batches) so they cannot drift apart. */
-int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, const nbx_profile *p, int64_t now_ms,
-                     bool fallback, uint32_t contacts_left);
+int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool fallback,
+                     uint32_t contacts_left);
 /* The guardrails that hold whatever the policy scored: discount ceiling and
  * margin floor. Decided once per offer at catalog load (passes_guardrails). */
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);

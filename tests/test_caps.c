@@ -77,16 +77,27 @@ static int check(const char *customer, const char *offer, int64_t now)
         memset(&p, 0, sizeof p);
         p.id = nbx_sv_of(customer);
     }
-    cr_assert_eq(nbx_caps_load(&caps, store, txn, nbx_sv_of(customer), now, &arena, &e), NBX_OK,
-                 "%s", e.msg);
+    cr_assert_eq(nbx_caps_load(&caps, store, txn, &p, now, &arena, &e), NBX_OK, "%s", e.msg);
     const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(offer));
     cr_assert_not_null(o, "no offer %s", offer);
-    int why = nbx_caps_check(&caps, o, &p, now);
+    int why = nbx_caps_check(&caps, o, now);
     mdb_txn_abort(txn);
     return why;
 }
 
 #define CONSENTED(id) profile("{\"id\":\"" id "\",\"consent\":{\"personalization\":true}}")
+
+/* Replace the suite's catalog (and caps sized for it) by the file at path;
+ * frees path. */
+static void use_catalog(char *path)
+{
+    nbx_caps_free(&caps);
+    nbx_catalog_unref(cat);
+    nbx_err e = {0};
+    cr_assert_eq(nbx_catalog_load(path, &cat, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_caps_init(&caps, cat), NBX_OK);
+    free(path);
+}
 
 Test(caps, frequency_cap_counts_the_window)
 {
@@ -167,6 +178,31 @@ Test(caps, consent_and_validity)
     cr_assert_eq(check("c6", "free_shipping", NOW), NBX_EXCLUDED_CONSENT);
 }
 
+/* guardrails.consent_default: a purpose the profile does not mention is
+ * granted; one it refuses stays refused. */
+Test(caps, consent_default_applies_to_missing_purposes_only)
+{
+    char *path = tu_path(dir, "consent_default.json");
+    cr_assert_eq(tu_write_file(path,
+                               "{\"placements\":[{\"id\":\"hero\"}],\"offers\":["
+                               "{\"id\":\"e\",\"placements\":[\"hero\"],\"price\":10,"
+                               "\"unit_cost\":1,\"purpose\":\"email\"},"
+                               "{\"id\":\"p\",\"placements\":[\"hero\"],\"price\":10,"
+                               "\"unit_cost\":1,\"purpose\":\"personalization\"},"
+                               "{\"id\":\"s\",\"placements\":[\"hero\"],\"price\":10,"
+                               "\"unit_cost\":1,\"purpose\":\"sms\"}],"
+                               "\"guardrails\":{\"consent_default\":true}}"),
+                 0);
+    use_catalog(path);
+    profile("{\"id\":\"d1\",\"consent\":{\"email\":false,\"personalization\":true}}");
+    cr_assert_eq(check("d1", "e", NOW), NBX_EXCLUDED_CONSENT, "refused");
+    cr_assert_eq(check("d1", "p", NOW), NBX_EXCLUDED_NONE, "granted");
+    cr_assert_eq(check("d1", "s", NOW), NBX_EXCLUDED_NONE, "not mentioned: the default");
+    cr_assert_eq(check("nobody", "e", NOW), NBX_EXCLUDED_NONE, "no profile: the default");
+    /* the next customer's consents replace the last one's */
+    cr_assert_eq(check("d1", "e", NOW), NBX_EXCLUDED_CONSENT);
+}
+
 Test(caps, daily_budget_is_global_and_per_day)
 {
     char *path = tu_path(dir, "budget.json");
@@ -177,12 +213,7 @@ Test(caps, daily_budget_is_global_and_per_day)
                                "\"daily_accepts\":1}},{\"id\":\"c\",\"placements\":[\"hero\"],"
                                "\"price\":10,\"unit_cost\":1,\"purpose\":\"none\"}]}"),
                  0);
-    nbx_caps_free(&caps);
-    nbx_catalog_unref(cat);
-    nbx_err e = {0};
-    cr_assert_eq(nbx_catalog_load(path, &cat, &e), NBX_OK, "%s", e.msg);
-    cr_assert_eq(nbx_caps_init(&caps, cat), NBX_OK);
-    free(path);
+    use_catalog(path);
     event("x1", "impression", "b", NOW - 3600000);
     cr_assert_eq(check("x3", "b", NOW), NBX_EXCLUDED_NONE);
     event("x2", "impression", "b", NOW - 60000);

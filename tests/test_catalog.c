@@ -88,6 +88,12 @@ Test(catalog, loads_fixture_sorted_with_derived_fields)
         cr_assert_lt(nbx_sv_cmp(c->categories[i - 1], c->categories[i]), 0);
     cr_assert(nbx_sv_eq(c->categories[wb->category_index], wb->category));
     cr_assert_eq(nbx_catalog_offer(c, NBX_SV("brand_banner"))->category_index, UINT32_MAX);
+    /* consent purposes likewise; "none" needs no consent and has no index */
+    cr_assert_eq(c->n_purposes, 2, "email, personalization");
+    cr_assert(nbx_sv_eq_cstr(c->purposes[0], "email"));
+    cr_assert(nbx_sv_eq_cstr(c->purposes[1], "personalization"));
+    cr_assert(nbx_sv_eq(c->purposes[wb->purpose_index], wb->purpose));
+    cr_assert_eq(nbx_catalog_offer(c, NBX_SV("brand_banner"))->purpose_index, UINT32_MAX);
     nbx_catalog_unref(c);
 }
 
