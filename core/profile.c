@@ -742,6 +742,8 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
     int rc = nbx_store_read_begin(store, &txn, &e);
     if (rc == NBX_OK)
         rc = nbx_store_profile_get(store, txn, sid, &p, &arena, &e);
+    if (rc == NBX_ENOTFOUND)
+        nbx_err_set(&e, rc, "no profile '%s'", id);
     if (rc == NBX_OK) {
         nbx_profile_to_json(&p, &out);
         nbx_buf_terminate(&out);

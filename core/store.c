@@ -375,8 +375,12 @@ int nbx_store_profile_get(nbx_store *s, MDB_txn *txn, nbx_sv id, nbx_profile *p,
 {
     MDB_val k = {id.len, (void *)id.ptr}, v;
     int rc = mdb_get(txn, s->profiles, &k, &v);
+    /* No message: every caller but nbx_profile_get takes an absent profile
+     * as an anonymous or a new one, and formatting one would cost a
+     * decision for an unknown customer, or an import per new profile, a
+     * vsnprintf for nothing. */
     if (rc == MDB_NOTFOUND)
-        return nbx_err_set(e, NBX_ENOTFOUND, "no profile '%.*s'", (int)id.len, id.ptr);
+        return NBX_ENOTFOUND;
     if (rc)
         return nbx_err_mdb(e, rc, "reading a profile");
     /* The value is rarely in cache: ask for all its lines at once, so the

@@ -73,28 +73,38 @@ static nbx_store_stats stat_of(void)
     return st;
 }
 
-/* A digest of every key and value in every database: "the store is
- * unchanged" means this is equal. */
-static uint64_t store_digest(nbx_store *s)
+/* A digest of every key and value of the databases dbis[0, n). */
+static uint64_t digest_of(nbx_store *s, const MDB_dbi *dbis, size_t n)
 {
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
-    MDB_dbi dbis[] = {s->profiles, s->customers, s->budgets, s->meta};
     uint64_t h = 0;
-    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+    for (size_t i = 0; i < n; i++) {
         MDB_cursor *c;
         cr_assert_eq(mdb_cursor_open(txn, dbis[i], &c), 0);
         MDB_val k, v;
-        int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        while (rc == 0) {
+        while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
             h = nbx_hash64(k.mv_data, k.mv_size, h + i);
             h = nbx_hash64(v.mv_data, v.mv_size, h);
-            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
         }
         mdb_cursor_close(c);
     }
     mdb_txn_abort(txn);
     return h;
+}
+
+/* Every database: "the store is unchanged" means this is equal. */
+static uint64_t store_digest(nbx_store *s)
+{
+    MDB_dbi dbis[] = {s->profiles, s->customers, s->budgets, s->meta};
+    return digest_of(s, dbis, sizeof dbis / sizeof dbis[0]);
+}
+
+/* The databases events write (profiles aside). */
+static uint64_t events_digest(nbx_store *s)
+{
+    MDB_dbi dbis[] = {s->customers, s->budgets, s->meta};
+    return digest_of(s, dbis, sizeof dbis / sizeof dbis[0]);
 }
 
 /* Exposure counters of (customer, offer) as the decision path reads them. */
@@ -854,6 +864,47 @@ Test(ingest, misuse)
  * A SIGKILL while batches are being applied
  * ------------------------------------------------------------------------ */
 
+/* Import path with the given batch size in a child process and SIGKILL it
+ * once the store holds at least `least` profiles (or events); the store is
+ * closed meanwhile and reopened after. */
+static void kill_an_import(nbx_import_kind kind, const char *path, size_t batch, uint64_t least)
+{
+    const char *what = kind == NBX_IMPORT_PROFILES ? "profiles" : "events";
+    char *store_path = strdup(store->path);
+    nbx_store_close(store);
+    store = NULL;
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        nbx_store *s;
+        if (nbx_store_open(store_path, 0, &s) != NBX_OK)
+            _exit(2);
+        nbx_import_options o;
+        nbx_import_options_init(&o);
+        o.batch_size = batch;
+        _exit(nbx_import_file(s, kind, path, &o, NULL) == NBX_OK ? 0 : 1);
+    }
+    /* wait until some batches are committed, then kill */
+    nbx_store *watch;
+    cr_assert_eq(nbx_store_open(store_path, NBX_STORE_READONLY, &watch), NBX_OK);
+    uint64_t seen = 0;
+    for (int i = 0; i < 600000 && seen < least; i++) {
+        nbx_store_stats st;
+        cr_assert_eq(nbx_store_stat(watch, &st), NBX_OK);
+        seen = kind == NBX_IMPORT_PROFILES ? st.profiles : st.events_seen;
+        if (seen < least)
+            usleep(100);
+    }
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    nbx_store_close(watch);
+    cr_assert(WIFSIGNALED(status), "the import finished before it was killed (%llu %s)",
+              (unsigned long long)seen, what);
+    cr_assert_eq(nbx_store_open(store_path, 0, &store), NBX_OK, "%s", nbx_last_errmsg());
+    free(store_path);
+}
+
 Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
 {
     enum { LINES = 300000, BATCH = 1000 };
@@ -866,39 +917,8 @@ Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
                 "\"propensity\":{\"o1\":0.5,\"o2\":0.25}}\n",
                 i, i);
     cr_assert_eq(fclose(f), 0);
-    char *store_path = strdup(store->path);
-    nbx_store_close(store);
-    store = NULL;
+    kill_an_import(NBX_IMPORT_PROFILES, path, BATCH, 5 * BATCH);
 
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        nbx_store *s;
-        if (nbx_store_open(store_path, 0, &s) != NBX_OK)
-            _exit(2);
-        nbx_import_options o;
-        nbx_import_options_init(&o);
-        o.batch_size = BATCH;
-        _exit(nbx_import_file(s, NBX_IMPORT_PROFILES, path, &o, NULL) == NBX_OK ? 0 : 1);
-    }
-    /* wait until some batches are committed, then kill */
-    nbx_store *watch;
-    cr_assert_eq(nbx_store_open(store_path, NBX_STORE_READONLY, &watch), NBX_OK);
-    nbx_store_stats st = {0};
-    for (int i = 0; i < 600000; i++) {
-        cr_assert_eq(nbx_store_stat(watch, &st), NBX_OK);
-        if (st.profiles >= 5 * BATCH)
-            break;
-        usleep(100);
-    }
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    nbx_store_close(watch);
-    cr_assert(WIFSIGNALED(status), "the import finished before it was killed (%llu profiles)",
-              (unsigned long long)st.profiles);
-
-    cr_assert_eq(nbx_store_open(store_path, 0, &store), NBX_OK, "%s", nbx_last_errmsg());
     nbx_store_stats after = stat_of();
     cr_assert_geq(after.profiles, 5 * BATCH);
     cr_assert_lt(after.profiles, LINES, "the import was not interrupted");
@@ -910,14 +930,10 @@ Test(ingest, sigkill_keeps_whole_batches_and_a_rerun_completes, .timeout = 300)
     cr_assert_eq(nbx_profile_get(store, id, &last, NULL), NBX_OK, "%s missing", id);
     nbx_free(last);
 
-    nbx_import_options o;
-    nbx_import_options_init(&o);
-    o.batch_size = BATCH;
     nbx_import_stats ist;
-    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, &ist), NBX_OK, "%s",
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, BATCH, NULL, &ist), NBX_OK, "%s",
                  nbx_store_errmsg(store));
     cr_assert_eq(stat_of().profiles, LINES);
-    free(store_path);
     free(path);
 }
 
@@ -1041,27 +1057,6 @@ static void check_consistent(nbx_store *s)
                  (unsigned long long)st.events_seen, (unsigned long long)records);
 }
 
-/* The digest of the databases events write (profiles aside). */
-static uint64_t events_digest(nbx_store *s)
-{
-    MDB_txn *txn;
-    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
-    MDB_dbi dbis[] = {s->customers, s->budgets, s->meta};
-    uint64_t h = 0;
-    for (size_t i = 0; i < 3; i++) {
-        MDB_cursor *c;
-        cr_assert_eq(mdb_cursor_open(txn, dbis[i], &c), 0);
-        MDB_val k, v;
-        while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
-            h = nbx_hash64(k.mv_data, k.mv_size, h + i);
-            h = nbx_hash64(v.mv_data, v.mv_size, h);
-        }
-        mdb_cursor_close(c);
-    }
-    mdb_txn_abort(txn);
-    return h;
-}
-
 /* A SIGKILL in the middle of an event ingest keeps whole transactions (each
  * a batch of whole events: no event half-applied), and running the file
  * again completes it: the store is then the one an uninterrupted ingest
@@ -1072,39 +1067,9 @@ Test(ingest, sigkill_during_events_leaves_whole_events_and_a_rerun_completes, .t
     enum { LINES = 300000, BATCH = 1000 };
     char *path = tu_path(dir, "events.jsonl");
     write_exposures(path, LINES, 20000, "k");
-    char *store_path = strdup(store->path);
-    nbx_store_close(store);
-    store = NULL;
     setenv("NBX_IMPORT_RUN_BYTES", "1", 1);
+    kill_an_import(NBX_IMPORT_EVENTS, path, BATCH, 5 * BATCH);
 
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        nbx_store *s;
-        if (nbx_store_open(store_path, 0, &s) != NBX_OK)
-            _exit(2);
-        nbx_import_options o;
-        nbx_import_options_init(&o);
-        o.batch_size = BATCH;
-        _exit(nbx_import_file(s, NBX_IMPORT_EVENTS, path, &o, NULL) == NBX_OK ? 0 : 1);
-    }
-    nbx_store *watch;
-    cr_assert_eq(nbx_store_open(store_path, NBX_STORE_READONLY, &watch), NBX_OK);
-    nbx_store_stats st = {0};
-    for (int i = 0; i < 600000; i++) {
-        cr_assert_eq(nbx_store_stat(watch, &st), NBX_OK);
-        if (st.events_seen >= 5 * BATCH)
-            break;
-        usleep(100);
-    }
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    nbx_store_close(watch);
-    cr_assert(WIFSIGNALED(status), "the ingest finished before it was killed (%llu events)",
-              (unsigned long long)st.events_seen);
-
-    cr_assert_eq(nbx_store_open(store_path, 0, &store), NBX_OK, "%s", nbx_last_errmsg());
     nbx_store_stats after = stat_of();
     cr_assert_geq(after.events_seen, 5 * BATCH);
     cr_assert_lt(after.events_seen, LINES, "the ingest was not interrupted");
@@ -1112,11 +1077,8 @@ Test(ingest, sigkill_during_events_leaves_whole_events_and_a_rerun_completes, .t
                  (unsigned long long)after.events_seen);
     check_consistent(store);
 
-    nbx_import_options o;
-    nbx_import_options_init(&o);
-    o.batch_size = BATCH;
     nbx_import_stats ist;
-    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &ist), NBX_OK, "%s",
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, BATCH, NULL, &ist), NBX_OK, "%s",
                  nbx_store_errmsg(store));
     cr_assert_eq(ist.applied + ist.duplicates, LINES);
     cr_assert_eq(ist.duplicates, after.events_seen);
@@ -1131,7 +1093,6 @@ Test(ingest, sigkill_during_events_leaves_whole_events_and_a_rerun_completes, .t
                  "killed and re-run differs from an uninterrupted ingest");
     nbx_store_close(whole);
     free(whole_path);
-    free(store_path);
     free(path);
 }
 

@@ -361,6 +361,29 @@ Test(store, lmdb_conditions_map_to_one_code_and_words)
     }
 }
 
+/* An absent profile is the common case on the decision path (an unknown
+ * customer) and in imports (a new profile): it is said with the code alone,
+ * no message formatted; the public nbx_profile_get still names the id. */
+Test(store, absent_profile_is_a_code_without_a_message)
+{
+    nbx_store *s = create();
+    MDB_txn *txn;
+    nbx_err e = {0};
+    nbx_arena a = {0};
+    cr_assert_eq(nbx_store_read_begin(s, &txn, &e), NBX_OK, "%s", e.msg);
+    nbx_profile p = {.id = NBX_SV("nobody")};
+    cr_assert_eq(nbx_store_profile_get(s, txn, p.id, &p, &a, &e), NBX_ENOTFOUND);
+    cr_assert_eq(e.code, 0, "a message was formatted: %s", e.msg);
+    cr_assert_str_empty(e.msg);
+    mdb_txn_abort(txn);
+    nbx_arena_free(&a);
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "nobody", &json, NULL), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_store_errmsg(s), "no profile 'nobody'") != NULL, "%s",
+              nbx_store_errmsg(s));
+    nbx_store_close(s);
+}
+
 Test(store, corrupt_profile_value_is_reported)
 {
     nbx_store *s = create();
