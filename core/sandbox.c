@@ -755,12 +755,15 @@ static int sb_unpack(lua_State *L)
     lua_Integer j = lua_isnoneornil(L, 3) ? (lua_Integer)lua_objlen(L, 1) : luaL_checkinteger(L, 3);
     if (i > j)
         return 0;
-    lua_Integer n = j - i + 1;
-    if (n <= 0 || n >= 8000 || !lua_checkstack(L, (int)n))
+    /* In unsigned arithmetic: j - i overflows a signed count for a range
+     * like (-2^62, 2^62). */
+    uint64_t span = (uint64_t)j - (uint64_t)i;
+    if (span >= 7999 || !lua_checkstack(L, (int)span + 1))
         return sb_raise(L, 1, "too many results to unpack");
+    int n = (int)span + 1;
     for (lua_Integer k = i; k <= j; k++)
         lua_rawgeti(L, 1, (int)k);
-    return (int)n;
+    return n;
 }
 
 static int sb_len(lua_State *L)
