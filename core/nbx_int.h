@@ -141,7 +141,11 @@ uint64_t nbx_hash64(const void *p, size_t n, uint64_t seed);
  * ======================================================================== */
 
 #define NBX_MS_PER_DAY INT64_C(86400000)
+/* Times are years 0001 to 9999 (what nbx_time_format() writes); outside
+ * that, NBX_EPARSE. */
 int nbx_time_parse_n(const char *s, size_t n, int64_t *out_ms);
+/* Epoch seconds (JSON numbers in profiles and events) to milliseconds. */
+int nbx_time_from_secs(double secs, int64_t *out_ms);
 /* UTC day number (days since the epoch) of a time. */
 static inline uint32_t nbx_day_of(int64_t ms)
 {

@@ -69,16 +69,30 @@ static bool expect(const char **p, const char *end, char c)
     return true;
 }
 
+/* Years 0001 to 9999, the times nbx_time_format() can write back. */
+#define TIME_MIN_MS INT64_C(-62135596800000) /* 0001-01-01T00:00:00Z */
+#define TIME_MAX_MS INT64_C(253402300799999) /* 9999-12-31T23:59:59.999Z */
+
+int nbx_time_from_secs(double secs, int64_t *out_ms)
+{
+    /* Compared before converting: NaN, infinities and values far out of
+     * range never reach llround. A value out of range is usually a unit
+     * mix-up (milliseconds given as seconds). */
+    if (!(secs >= TIME_MIN_MS / 1000.0 && secs <= TIME_MAX_MS / 1000.0))
+        return NBX_EPARSE;
+    int64_t ms = (int64_t)llround(secs * 1000.0);
+    if (ms < TIME_MIN_MS || ms > TIME_MAX_MS)
+        return NBX_EPARSE;
+    *out_ms = ms;
+    return NBX_OK;
+}
+
 static int parse_epoch(const char *s, size_t n, int64_t *out_ms)
 {
     double secs;
-    if (!nbx_parse_double(s, n, &secs) || !isfinite(secs))
+    if (!nbx_parse_double(s, n, &secs))
         return NBX_EPARSE;
-    /* Year 9999 is about 2.5e11 seconds; anything larger is a unit mix-up. */
-    if (fabs(secs) > 253402300799.0)
-        return NBX_EPARSE;
-    *out_ms = (int64_t)llround(secs * 1000.0);
-    return NBX_OK;
+    return nbx_time_from_secs(secs, out_ms);
 }
 
 int nbx_time_parse_n(const char *s, size_t n, int64_t *out_ms)
@@ -144,7 +158,11 @@ int nbx_time_parse_n(const char *s, size_t n, int64_t *out_ms)
         return NBX_EPARSE;
     int64_t days = days_from_civil(year, mon, day);
     int64_t secs = days * 86400 + hh * 3600 + mm * 60 + ss - offset_min * 60;
-    *out_ms = secs * 1000 + ms_frac;
+    int64_t ms = secs * 1000 + ms_frac;
+    /* An offset can carry a date at either end past the range. */
+    if (ms < TIME_MIN_MS || ms > TIME_MAX_MS)
+        return NBX_EPARSE;
+    *out_ms = ms;
     return NBX_OK;
 }
 
@@ -164,14 +182,18 @@ NBX_API int nbx_time_format(int64_t ms, char *buf)
 {
     if (!buf)
         return NBX_EINVAL;
-    int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-    int milli = (int)(ms - secs * 1000);
+    /* Floor division by remainders: ms - 999 or secs * 1000 would
+     * overflow near INT64_MIN. */
+    int milli = (int)(ms % 1000);
+    if (milli < 0)
+        milli += 1000;
+    int64_t secs = ms / 1000 - (milli != 0 && ms < 0);
     int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
     int64_t rem = secs - days * 86400;
     int y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    if (y < 0 || y > 9999)
+    if (y < 1 || y > 9999)
         return NBX_EINVAL;
     unsigned hh = (unsigned)(rem / 3600), mm = (unsigned)(rem / 60 % 60),
              ss = (unsigned)(rem % 60);

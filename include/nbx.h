@@ -149,7 +149,8 @@ NBX_API void nbx_free(void *ptr);
  * and numeric offsets allowed) or epoch seconds ("1767225600", "1767225600.5").
  * @param text NUL-terminated input.
  * @param[out] out_ms milliseconds since the epoch.
- * @return NBX_OK, NBX_EINVAL (NULL argument), NBX_EPARSE (not a time).
+ * @return NBX_OK, NBX_EINVAL (NULL argument), NBX_EPARSE (not a time, or a
+ *   time outside the years 0001 to 9999).
  * @note Thread-safe.
  */
 NBX_API int nbx_time_parse(const char *text, int64_t *out_ms);
@@ -157,7 +158,8 @@ NBX_API int nbx_time_parse(const char *text, int64_t *out_ms);
 /**
  * @brief Format a time as RFC 3339 UTC, with milliseconds only when non-zero.
  * @param buf at least NBX_TIME_BUFSZ bytes.
- * @return NBX_OK or NBX_EINVAL.
+ * @return NBX_OK, NBX_EINVAL (NULL buf, or a time outside the years 0001 to
+ *   9999).
  * @note Thread-safe.
  */
 NBX_API int nbx_time_format(int64_t ms, char *buf);
