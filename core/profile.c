@@ -275,9 +275,10 @@ static int read_time(parser *p, const char *field, int64_t *out)
         double secs;
         if (!nbx_jr_number(&p->r, &secs))
             return jerr(p, field);
-        if (fabs(secs) > 253402300799.0)
-            return nbx_err_set(p->e, NBX_EPARSE, "field '%s': not a time in epoch seconds", field);
-        *out = (int64_t)llround(secs * 1000.0);
+        if (nbx_time_from_secs(secs, out) != NBX_OK)
+            return nbx_err_set(p->e, NBX_EPARSE,
+                               "field '%s': not a time in epoch seconds (years 0001 to 9999): %g",
+                               field, secs);
         return NBX_OK;
     }
     nbx_sv s;

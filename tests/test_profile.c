@@ -94,6 +94,11 @@ Test(profile, parse_errors_name_the_field)
         {"{\"id\":\"c\",\"rfm\":{\"segment\":\"whales\"}}", "unknown segment 'whales'"},
         {"{\"id\":\"c\",\"rfm\":{\"r\":7}}", "field 'rfm.r'"},
         {"{\"id\":\"c\",\"updated_at\":\"yesterday\"}", "field 'updated_at'"},
+        /* years 0001-9999 only: an earlier time was stored and printed as null */
+        {"{\"id\":\"c\",\"updated_at\":-62135596801}",
+         "field 'updated_at': not a time in epoch seconds (years 0001 to 9999)"},
+        {"{\"id\":\"c\",\"rfm\":{\"last_purchase\":\"0001-01-01T00:00:00+01:00\"}}",
+         "field 'rfm.last_purchase': must be an RFC 3339 time"},
         {"{\"id\":\"c\"", "column"},
         {"[]", "must be a JSON object"},
         {"{\"id\":\"c\"} x", "unexpected data"},
