@@ -67,9 +67,8 @@ static int read_ts(nbx_jr *r, int64_t *out, nbx_err *e)
     nbx_jtype t = nbx_jr_peek(r);
     if (t == NBX_J_NUMBER) {
         double secs;
-        if (!nbx_jr_number(r, &secs) || fabs(secs) > 253402300799.0)
+        if (!nbx_jr_number(r, &secs) || nbx_time_from_secs(secs, out) != NBX_OK)
             return nbx_err_set(e, NBX_EPARSE, "field 'ts': not a time in epoch seconds");
-        *out = (int64_t)llround(secs * 1000.0);
     } else {
         nbx_sv s;
         if (t == NBX_J_STRING && read_string(r, "ts", &s, e) != NBX_OK)
