@@ -539,6 +539,21 @@ static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
  * Result JSON
  * ======================================================================== */
 
+/* The fields an action and an explained candidate have in common, opening
+ * the object: both lists read alike and cannot drift apart. */
+static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
+                         double expected_margin)
+{
+    nbx_buf_puts(b, first ? "{\"offer\":" : ",{\"offer\":");
+    nbx_jw_sv(b, offer);
+    nbx_buf_puts(b, ",\"placement\":");
+    nbx_jw_sv(b, placement);
+    nbx_buf_puts(b, ",\"score\":");
+    nbx_jw_decimal(b, score);
+    nbx_buf_puts(b, ",\"expected_margin\":");
+    nbx_jw_decimal(b, expected_margin);
+}
+
 static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t now,
                          const nbx_policy_error *perr)
 {
@@ -562,14 +577,8 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
     nbx_buf_puts(b, ",\"actions\":[");
     for (size_t i = 0; i < r->n_actions; i++) {
         const nbx_action *a = &r->actions[i];
-        nbx_buf_puts(b, i ? ",{\"offer\":" : "{\"offer\":");
-        nbx_jw_string(b, a->offer, strlen(a->offer));
-        nbx_buf_puts(b, ",\"placement\":");
-        nbx_jw_string(b, a->placement, strlen(a->placement));
-        nbx_buf_puts(b, ",\"score\":");
-        nbx_jw_decimal(b, a->score);
-        nbx_buf_puts(b, ",\"expected_margin\":");
-        nbx_jw_decimal(b, a->expected_margin);
+        write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
+                     a->expected_margin);
         nbx_buf_putc(b, '}');
     }
     nbx_buf_puts(b, "],\"fallback\":");
@@ -604,14 +613,8 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
         nbx_buf_puts(b, ",\"candidates\":[");
         for (size_t i = 0; i < n; i++) {
             const nbx_candidate *cd = &c->cand[i];
-            nbx_buf_puts(b, i ? ",{\"offer\":" : "{\"offer\":");
-            nbx_jw_sv(b, cat->offers[cd->offer].id);
-            nbx_buf_puts(b, ",\"placement\":");
-            nbx_jw_sv(b, cat->placements[cd->placement].id);
-            nbx_buf_puts(b, ",\"score\":");
-            nbx_jw_decimal(b, cd->scored ? cd->score : NAN);
-            nbx_buf_puts(b, ",\"expected_margin\":");
-            nbx_jw_decimal(b, cd->expected_margin);
+            write_choice(b, i == 0, cat->offers[cd->offer].id, cat->placements[cd->placement].id,
+                         cd->scored ? cd->score : NAN, cd->expected_margin);
             nbx_buf_puts(b, ",\"excluded\":");
             const char *why = nbx_excluded_name(cd->excluded);
             if (why) {
