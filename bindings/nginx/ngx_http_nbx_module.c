@@ -78,6 +78,7 @@ typedef struct {
     nbx_engine                *engine;
     nbx_ctx                   *ctx;
     time_t                     retry_at;
+    ngx_int_t                  failure;       /* of the last attempt */
     unsigned                   checked:1;     /* nbx_engine_check() passed */
 
     /* where engine messages go during a call, and their rate limit */
@@ -975,7 +976,8 @@ ngx_http_nbx_engine_options(ngx_http_nbx_engine_t *engine,
  * Open the engine and its context on first use and after a failure, at
  * most once per NGX_HTTP_NBX_RETRY_SEC: a store that appears later starts
  * serving without a reload, and a missing one costs no more than a stat()
- * per second.
+ * per second. NGX_DECLINED: the store did not open; NGX_ERROR: the engine
+ * or its context did not; either stands until the next attempt.
  */
 static ngx_int_t
 ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
@@ -988,15 +990,18 @@ ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
         return NGX_OK;
     }
 
+    /* until the next attempt, requests are told what the last one met */
     if (ngx_time() < engine->retry_at) {
-        return NGX_DECLINED;
+        return engine->failure;
     }
 
     engine->retry_at = ngx_time() + NGX_HTTP_NBX_RETRY_SEC;
+    engine->failure = NGX_ERROR;
 
     store = ngx_http_nbx_store_get((ngx_cycle_t *) ngx_cycle, engine->store,
                                    log);
     if (store == NULL) {
+        engine->failure = NGX_DECLINED;
         return NGX_DECLINED;
     }
 
