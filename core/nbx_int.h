@@ -143,6 +143,8 @@ uint64_t nbx_hash64(const void *p, size_t n, uint64_t seed);
 #define NBX_MS_PER_DAY INT64_C(86400000)
 /* Times are years 0001 to 9999 (what nbx_time_format() writes); outside
  * that, NBX_EPARSE. */
+#define NBX_TIME_MIN_MS INT64_C(-62135596800000) /* 0001-01-01T00:00:00Z */
+#define NBX_TIME_MAX_MS INT64_C(253402300799999) /* 9999-12-31T23:59:59.999Z */
 int nbx_time_parse_n(const char *s, size_t n, int64_t *out_ms);
 /* Epoch seconds (JSON numbers in profiles and events) to milliseconds. */
 int nbx_time_from_secs(double secs, int64_t *out_ms);

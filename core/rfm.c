@@ -344,6 +344,11 @@ NBX_API int nbx_rfm_rebuild(nbx_store *s, int64_t as_of_ms, nbx_rfm_stats *stats
         return nbx_fail(NULL, NBX_EINVAL, "nbx_rfm_rebuild: NULL store");
     if (s->flags & NBX_STORE_READONLY)
         return nbx_fail(s, NBX_EREADONLY, "%s: store opened read-only", s->path);
+    /* Recorded in meta and printed by nbx store stat: a time nbx can write. */
+    if (as_of_ms < NBX_TIME_MIN_MS || as_of_ms > NBX_TIME_MAX_MS)
+        return nbx_fail(s, NBX_EINVAL,
+                        "nbx_rfm_rebuild: as_of_ms %lld is outside the years 0001 to 9999",
+                        (long long)as_of_ms);
     if (as_of_ms == 0)
         as_of_ms = nbx_time_now();
     nbx_err e = {0};

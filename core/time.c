@@ -69,19 +69,15 @@ static bool expect(const char **p, const char *end, char c)
     return true;
 }
 
-/* Years 0001 to 9999, the times nbx_time_format() can write back. */
-#define TIME_MIN_MS INT64_C(-62135596800000) /* 0001-01-01T00:00:00Z */
-#define TIME_MAX_MS INT64_C(253402300799999) /* 9999-12-31T23:59:59.999Z */
-
 int nbx_time_from_secs(double secs, int64_t *out_ms)
 {
     /* Compared before converting: NaN, infinities and values far out of
      * range never reach llround. A value out of range is usually a unit
      * mix-up (milliseconds given as seconds). */
-    if (!(secs >= TIME_MIN_MS / 1000.0 && secs <= TIME_MAX_MS / 1000.0))
+    if (!(secs >= NBX_TIME_MIN_MS / 1000.0 && secs <= NBX_TIME_MAX_MS / 1000.0))
         return NBX_EPARSE;
     int64_t ms = (int64_t)llround(secs * 1000.0);
-    if (ms < TIME_MIN_MS || ms > TIME_MAX_MS)
+    if (ms < NBX_TIME_MIN_MS || ms > NBX_TIME_MAX_MS)
         return NBX_EPARSE;
     *out_ms = ms;
     return NBX_OK;
@@ -160,7 +156,7 @@ int nbx_time_parse_n(const char *s, size_t n, int64_t *out_ms)
     int64_t secs = days * 86400 + hh * 3600 + mm * 60 + ss - offset_min * 60;
     int64_t ms = secs * 1000 + ms_frac;
     /* An offset can carry a date at either end past the range. */
-    if (ms < TIME_MIN_MS || ms > TIME_MAX_MS)
+    if (ms < NBX_TIME_MIN_MS || ms > NBX_TIME_MAX_MS)
         return NBX_EPARSE;
     *out_ms = ms;
     return NBX_OK;

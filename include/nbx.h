@@ -432,7 +432,8 @@ typedef struct nbx_rfm_stats {
 /**
  * @brief Recompute population quintiles and every profile's r, f, m and
  * segment as of a time, in batched transactions.
- * @param as_of_ms reference time for recency (0: now).
+ * @param as_of_ms reference time for recency (0: now); years 0001 to 9999,
+ *   else NBX_EINVAL.
  * @param[out] stats may be NULL.
  * @return NBX_OK, NBX_EINVAL, NBX_EREADONLY, NBX_ECORRUPT, NBX_EFULL, NBX_ESTORE,
  *   NBX_ENOMEM.

@@ -323,6 +323,18 @@ Test(rfm, empty_store_and_misuse)
     cr_assert_eq(st.monetary[3], 0);
     cr_assert_eq(nbx_rfm_rebuild(store, as_of, NULL), NBX_OK);
     cr_assert_eq(nbx_rfm_rebuild(NULL, as_of, &st), NBX_EINVAL);
+    /* a reference time nbx cannot write back was recorded as the rebuild's */
+    const int64_t bad[] = {INT64_MIN, INT64_C(-62135596800001), INT64_C(253402300800000),
+                           INT64_MAX};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(nbx_rfm_rebuild(store, bad[i], &st), NBX_EINVAL, "as_of %lld",
+                     (long long)bad[i]);
+        cr_assert(strstr(nbx_store_errmsg(store), "as_of_ms") != NULL, "%s",
+                  nbx_store_errmsg(store));
+    }
+    nbx_store_stats stats;
+    cr_assert_eq(nbx_store_stat(store, &stats), NBX_OK);
+    cr_assert_eq(stats.rfm_as_of, as_of, "a refused rebuild was recorded");
     nbx_store *ro;
     cr_assert_eq(nbx_store_open(dir, NBX_STORE_READONLY, &ro), NBX_OK);
     cr_assert_eq(nbx_rfm_rebuild(ro, as_of, &st), NBX_EREADONLY);
