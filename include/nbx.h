@@ -345,8 +345,8 @@ NBX_API void nbx_import_options_init(nbx_import_options *opts);
  * file may be in the store, never part of an event. Deduplication is per
  * (customer, event_id), within the file and against the store. A transaction
  * too big for the store (LMDB's dirty-page limit, or a map too full for it)
- * is written as smaller ones of whole customers' events; NBX_EFULL only when
- * the store really is full.
+ * is written as smaller ones of whole profiles or whole customers' events;
+ * NBX_EFULL only when the store really is full.
  *
  * @param path file, or "-" for standard input (spooled to a temporary file
  *   for the validation pass).
