@@ -161,6 +161,10 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
                            o->window, NBX_BATCH_WINDOW_MAX);
     if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: unknown flags 0x%x", o->flags);
+    if (o->now_ms < NBX_TIME_MIN_MS || o->now_ms > NBX_TIME_MAX_MS)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "nbx_batch_open: now_ms %lld is outside the years 0001 to 9999",
+                           (long long)o->now_ms);
     if (o->shard_count && o->shard_index >= o->shard_count)
         return nbx_err_set(e, NBX_EINVAL,
                            "nbx_batch_open: shard %u/%u: the index must be below "

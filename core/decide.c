@@ -298,6 +298,10 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     }
     if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
+    /* Day numbers, cooldowns and the result's as_of hold for these years. */
+    if (r->now_ms < NBX_TIME_MIN_MS || r->now_ms > NBX_TIME_MAX_MS)
+        return nbx_err_set(e, NBX_EINVAL, "field 'now_ms': %lld is outside the years 0001 to 9999",
+                           (long long)r->now_ms);
     int rc = nbx_request_lists_check(c->snap->catalog, r->placements, r->n_placements, r->session,
                                      r->n_session, e);
     if (rc)

@@ -620,7 +620,8 @@ typedef struct nbx_request {
     size_t n_placements;
     const nbx_kv *session;         /**< session fields, given to the policy */
     size_t n_session;
-    int64_t now_ms;                /**< the decision's clock; 0: now */
+    int64_t now_ms;                /**< the decision's clock (epoch ms, years 0001 to 9999,
+                                        else NBX_EINVAL); 0: now */
     unsigned flags;                /**< nbx_decide_flags */
 } nbx_request;
 
@@ -778,8 +779,9 @@ typedef struct nbx_batch_options {
     const nbx_kv *session;         /**< session fields of every decision; a customer's own
                                         field with the same key replaces one of these */
     size_t n_session;
-    int64_t now_ms;                /**< the clock of every decision (0: the wall clock at
-                                        nbx_batch_open(), the same for the whole batch) */
+    int64_t now_ms;                /**< the clock of every decision, as nbx_request's
+                                        (0: the wall clock at nbx_batch_open(), the same for
+                                        the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
                                         NBX_DECIDE_RECORD (needs a read-write engine;
                                         see nbx_batch_open()) */

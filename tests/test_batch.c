@@ -573,6 +573,12 @@ Test(batch, open_errors)
     o.flags = 0x100;
     cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_EINVAL);
     nbx_batch_options_init(&o);
+    o.now_ms = NBX_TIME_MAX_MS + 1;
+    cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_EINVAL);
+    cr_assert(strstr(nbx_last_errmsg(), "now_ms") != NULL, "%s", nbx_last_errmsg());
+    o.now_ms = INT64_MIN;
+    cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_EINVAL);
+    nbx_batch_options_init(&o);
     o.size = 8;
     cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_EINVAL);
     nbx_kv empty_key[] = {{"", "x"}};

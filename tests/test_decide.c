@@ -311,6 +311,24 @@ Test(decide, bad_requests_name_the_field)
     cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL);
     cr_assert(strstr(nbx_ctx_errmsg(ctx), "'session.channel': given twice") != NULL, "%s",
               nbx_ctx_errmsg(ctx));
+    /* a clock outside the years nbx can write (the result's as_of) */
+    r.session = NULL;
+    r.n_session = 0;
+    int64_t clocks[] = {NBX_TIME_MAX_MS + 1, NBX_TIME_MIN_MS - 1, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof clocks / sizeof clocks[0]; i++) {
+        r.now_ms = clocks[i];
+        cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL, "now_ms %lld", (long long)clocks[i]);
+        cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'now_ms'") != NULL, "%s",
+                  nbx_ctx_errmsg(ctx));
+    }
+    r.now_ms = NBX_TIME_MAX_MS;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert(strstr(nbx_result_json(res, NULL), "\"as_of\":\"9999-12-31T23:59:59.999Z\"") != NULL,
+              "%s", nbx_result_json(res, NULL));
+    r.now_ms = NBX_TIME_MIN_MS;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert(strstr(nbx_result_json(res, NULL), "\"as_of\":\"0001-01-01T00:00:00") != NULL,
+              "%s", nbx_result_json(res, NULL));
     /* the context still works */
     const nbx_result *ok = decide("alice", 0);
     cr_assert_eq(nbx_result_action_count(ok), 4);
