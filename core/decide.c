@@ -298,6 +298,9 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     }
     if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
+    /* Misuse, answered whether or not this decision would choose anything. */
+    if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
+        return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
     /* Day numbers, cooldowns and the result's as_of hold for these years. */
     if (r->now_ms < NBX_TIME_MIN_MS || r->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL, "field 'now_ms': %lld is outside the years 0001 to 9999",
@@ -714,8 +717,6 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
     nbx_result *r = &c->result;
     if (r->n_actions == 0)
         return NBX_OK;
-    if (c->engine->flags & NBX_ENGINE_READONLY)
-        return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
     nbx_store *store = c->engine->store;
     MDB_txn *txn;
     int rc = nbx_store_write_begin(store, &txn, e);

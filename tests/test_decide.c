@@ -263,6 +263,36 @@ Test(decide, record_flag_commits_exposures)
     cr_assert_str_eq(a.offer, "winback_20", "cap of 3 reached through recorded decisions");
 }
 
+/* Recording on a read-only engine is refused whether or not the decision
+ * would choose anything: a caller learns it on the first call. */
+Test(decide, record_on_a_read_only_engine_is_refused_even_without_actions)
+{
+    char *policy = write_policy("none.lua", "return { name = 'none',\n"
+                                            "  eligible = function() return false end,\n"
+                                            "  score = function() return 1 end }\n");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.policy = policy;
+    o.flags = NBX_ENGINE_READONLY;
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
+    free(policy);
+    const nbx_result *r = decide("alice", 0);
+    cr_assert_eq(nbx_result_action_count(r), 0, "%s", nbx_result_json(r, NULL));
+    cr_assert_not(nbx_result_fallback(r), "%s", nbx_result_json(r, NULL));
+    nbx_request req;
+    nbx_request_init(&req);
+    req.customer = "alice";
+    req.now_ms = NOW;
+    req.flags = NBX_DECIDE_RECORD;
+    const nbx_result *res = NULL;
+    cr_assert_eq(nbx_decide(ctx, &req, &res), NBX_EREADONLY, "got %d", nbx_decide(ctx, &req, &res));
+    cr_assert_null(res);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "read-only") != NULL, "%s", nbx_ctx_errmsg(ctx));
+}
+
 Test(decide, replay_with_as_of_is_identical)
 {
     open_engine("return { name = 'rand', score = function(o) return math.random() end }\n");
