@@ -28,11 +28,10 @@
  * impressions: the customer still gets the best actions that fit. A slot is
  * handed back only once its impressions are committed. The events are those
  * nbx_decide() records: one impression per action, id DECISION_ID:INDEX, at
- * the decision's clock.
+ * the decision's clock (nbx_record_impression).
  */
 #include "nbx_int.h"
 
-#include <math.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -397,22 +396,11 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
         if (nbx_caps_recheck(&w->caps, o, b->now_ms, it->fallback, left) != NBX_EXCLUDED_NONE)
             return 1;
     }
-    for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++) {
-        char eid[64];
-        int len = snprintf(eid, sizeof eid, "%s:%zu", it->decision_id, i);
-        nbx_event ev = {
-            .id = {eid, (size_t)len},
-            .customer = customer,
-            .offer = nbx_sv_of(it->actions[i].offer),
-            .placement = nbx_sv_of(it->actions[i].placement),
-            .type = NBX_EV_IMPRESSION,
-            .ts_ms = b->now_ms,
-            .amount = NAN,
-            .margin = NAN,
-        };
-        int applied;
-        rc = nbx_event_apply_txn(store, txn, &ev, &applied, &w->arena, &w->scratch, e);
-    }
+    for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++)
+        rc = nbx_record_impression(store, txn, it->decision_id, i, customer,
+                                   nbx_sv_of(it->actions[i].offer),
+                                   nbx_sv_of(it->actions[i].placement), b->now_ms, &w->arena,
+                                   &w->scratch, e);
     return rc;
 }
 

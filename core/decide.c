@@ -706,6 +706,26 @@ static void drop_action(nbx_ctx *c, size_t n, size_t i, int why)
     r->n_actions--;
 }
 
+int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, size_t i,
+                          nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
+                          nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+{
+    char eid[64];
+    int len = snprintf(eid, sizeof eid, "%s:%zu", decision_id, i);
+    nbx_event ev = {
+        .id = {eid, (size_t)len},
+        .customer = customer,
+        .offer = offer,
+        .placement = placement,
+        .type = NBX_EV_IMPRESSION,
+        .ts_ms = now_ms,
+        .amount = NAN,
+        .margin = NAN,
+    };
+    int applied;
+    return nbx_event_apply_txn(s, txn, &ev, &applied, a, scratch, e);
+}
+
 /* Record the chosen actions as impressions. The decision read a snapshot;
  * by now another context or process (an overlapping campaign) may have
  * recorded for the same customer. So under the writer lock, which orders all
@@ -735,20 +755,8 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
             drop_action(c, n, i, why);
             continue;
         }
-        char eid[64];
-        int len = snprintf(eid, sizeof eid, "%s:%zu", r->decision_id, i);
-        nbx_event ev = {
-            .id = {eid, (size_t)len},
-            .customer = p->id,
-            .offer = o->id,
-            .placement = nbx_sv_of(a->placement),
-            .type = NBX_EV_IMPRESSION,
-            .ts_ms = now,
-            .amount = NAN,
-            .margin = NAN,
-        };
-        int applied;
-        rc = nbx_event_apply_txn(store, txn, &ev, &applied, &c->arena, &c->scratch, e);
+        rc = nbx_record_impression(store, txn, r->decision_id, i, p->id, o->id,
+                                   nbx_sv_of(a->placement), now, &c->arena, &c->scratch, e);
         left--;
         i++;
     }

@@ -758,6 +758,12 @@ int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placement
                             size_t n_placements, const nbx_kv *session, size_t n_session,
                             nbx_err *e);
 int nbx_session_field_check(const nbx_kv *kv, size_t i, nbx_err *e);
+/* Record action i of a decision as an impression (event id DECISION_ID:I,
+ * at the decision's clock) in txn: the one event shape of every recording
+ * path (nbx_decide, batches). */
+int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, size_t i,
+                          nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
+                          nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
