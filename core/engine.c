@@ -293,12 +293,8 @@ NBX_API int nbx_engine_load_policy(nbx_engine *e, const char *path)
     nbx_err err = {0};
     nbx_policy *p;
     int rc = nbx_policy_load(path, &p, &err);
-    if (rc) {
-        nbx_engine_log(e, NBX_LOG_ERROR, "policy %s rejected, the current one keeps serving: %s",
-                       path, err.msg);
-        return nbx_publish(e, &err);
-    }
-    rc = engine_swap(e, p, NULL, &err);
+    if (rc == NBX_OK)
+        rc = engine_swap(e, p, NULL, &err);
     if (rc == NBX_OK)
         nbx_engine_log(e, NBX_LOG_INFO, "policy %s loaded: %s version %s", path, p->name,
                        p->version_hex);
@@ -316,12 +312,8 @@ NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
     nbx_err err = {0};
     nbx_catalog *c;
     int rc = nbx_catalog_load(path, &c, &err);
-    if (rc) {
-        nbx_engine_log(e, NBX_LOG_ERROR, "catalog %s rejected, the current one keeps serving: %s",
-                       path, err.msg);
-        return nbx_publish(e, &err);
-    }
-    rc = engine_swap(e, NULL, c, &err);
+    if (rc == NBX_OK)
+        rc = engine_swap(e, NULL, c, &err);
     if (rc == NBX_OK)
         nbx_engine_log(e, NBX_LOG_INFO, "catalog %s loaded: version %s, %u offers", path,
                        c->version_hex, c->n_offers);
