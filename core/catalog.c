@@ -24,8 +24,11 @@ typedef struct loader {
  * Field readers: each names the offer (or section) and the field on error.
  * ======================================================================== */
 
+/* owner NULL: a field of the catalog itself. */
 static int bad(loader *l, const char *owner, const char *field, const char *problem)
 {
+    if (!owner)
+        return nbx_err_set(l->e, NBX_EPARSE, "%s: field '%s': %s", l->path, field, problem);
     return nbx_err_set(l->e, NBX_EPARSE, "%s: %s: field '%s': %s", l->path, owner, field, problem);
 }
 
@@ -116,8 +119,9 @@ static int get_time(loader *l, json_t *obj, const char *owner, const char *field
     return NBX_OK;
 }
 
-/* Every key of obj must be one of known (NULL-terminated): a misspelt cap
- * or budget would otherwise be silently absent. */
+/* Every key of obj must be one of known (NULL-terminated): a misspelt cap,
+ * budget or guardrail would otherwise be silently absent. name prefixes the
+ * key in messages ("" for none). */
 static int only_keys(loader *l, json_t *obj, const char *owner, const char *name,
                      const char *const *known)
 {
@@ -130,7 +134,7 @@ static int only_keys(loader *l, json_t *obj, const char *owner, const char *name
             i++;
         if (!known[i]) {
             char field[160], msg[160] = "unknown field; known:";
-            snprintf(field, sizeof field, "%s.%.64s", name, key);
+            snprintf(field, sizeof field, "%s%s%.64s", name, *name ? "." : "", key);
             for (i = 0; known[i]; i++) {
                 size_t n = strlen(msg);
                 snprintf(msg + n, sizeof msg - n, "%s %s", i ? "," : "", known[i]);
@@ -210,6 +214,9 @@ static int load_placements(loader *l, json_t *root)
         int64_t slots;
         char pown[NBX_ID_MAX + 32];
         snprintf(pown, sizeof pown, "placement '%s'", pl->id.ptr);
+        static const char *const placement_keys[] = {"id", "slots", NULL};
+        if ((rc = only_keys(l, p, pown, "", placement_keys)))
+            return rc;
         rc = get_uint(l, p, pown, "slots", false, 1, 1, 64, &slots);
         if (rc)
             return rc;
@@ -592,8 +599,11 @@ static int load_guardrails(loader *l, json_t *root)
         return NBX_OK;
     if (!json_is_object(gr))
         return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'guardrails': must be an object", l->path);
+    static const char *const guardrail_keys[] = {"max_discount_pct", "min_margin", "max_contacts",
+                                                 "consent_default", NULL};
     int rc;
-    if ((rc = get_number(l, gr, "guardrails", "max_discount_pct", false, NAN, 0, 100,
+    if ((rc = only_keys(l, gr, "guardrails", "", guardrail_keys)) ||
+        (rc = get_number(l, gr, "guardrails", "max_discount_pct", false, NAN, 0, 100,
                          &g->max_discount_pct)) ||
         (rc = get_number(l, gr, "guardrails", "min_margin", false, NAN, -1e12, 1e12,
                          &g->min_margin)) ||
@@ -633,8 +643,10 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
     if (!json_is_object(root))
         return nbx_err_set(e, NBX_EPARSE, "%s: the catalog must be a JSON object", path);
     loader l = {c, path, e};
+    static const char *const catalog_keys[] = {"placements", "offers", "fallback", "guardrails",
+                                               NULL};
     int rc;
-    if ((rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
+    if ((rc = only_keys(&l, root, NULL, "", catalog_keys)) || (rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
         (rc = index_distinct(&l, offsetof(nbx_offer, category), offsetof(nbx_offer, category_index),
                              &c->categories, &c->n_categories)) ||
         (rc = index_distinct(&l, offsetof(nbx_offer, purpose), offsetof(nbx_offer, purpose_index),

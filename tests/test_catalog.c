@@ -174,6 +174,16 @@ Test(catalog, errors_name_offer_and_field)
         {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
          ",\"headline\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}",
          "offer 'a': field 'headline': nested deeper than 32 levels"},
+        /* misspelt keys outside offers would silently drop a guardrail or a
+         * placement's slots: refused like misspelt caps */
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         "}],\"guardrail\":{\"max_discount_pct\":30}}",
+         "c.json: field 'guardrail': unknown field; known: placements, offers, fallback, guardrails"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         "}],\"guardrails\":{\"max_discount\":30}}",
+         "guardrails: field 'max_discount': unknown field; known: max_discount_pct"},
+        {"{\"placements\":[{\"id\":\"hero\",\"slot\":3}],\"offers\":[{" OFFER_OK "}]}",
+         "placement 'hero': field 'slot': unknown field; known: id, slots"},
         {"{\"placements\":[],\"offers\":[]}", "field 'placements'"},
         {"{\"placements\":[{\"id\":\"hero\"}],\n\"offers\": [ }", "c.json:2:"},
         {"[1,2]", "must be a JSON object"},
