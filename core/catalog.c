@@ -170,8 +170,8 @@ static int get_cap(loader *l, json_t *obj, const char *owner, const char *prefix
         return bad(l, owner, sub, "is required");
     rc = get_uint(l, v, owner, "max", true, 0, 0, UINT32_MAX, &max);
     if (rc)
-        return nbx_err_set(l->e, rc, "%s: %s: field '%s': must be an integer >= 0", l->path, owner,
-                           sub);
+        return nbx_err_set(l->e, rc, "%s: %s: field '%s': must be an integer from 0 to %u",
+                           l->path, owner, sub, UINT32_MAX);
     snprintf(sub, sizeof sub, "%s.window_days", name);
     rc = get_uint(l, v, owner, "window_days", true, 0, 1, NBX_WINDOW_DAYS_MAX, &days);
     if (rc)

@@ -184,6 +184,9 @@ Test(catalog, errors_name_offer_and_field)
          "guardrails: field 'max_discount': unknown field; known: max_discount_pct"},
         {"{\"placements\":[{\"id\":\"hero\",\"slot\":3}],\"offers\":[{" OFFER_OK "}]}",
          "placement 'hero': field 'slot': unknown field; known: id, slots"},
+        {"{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK
+         ",\"caps\":{\"impressions\":{\"max\":5000000000,\"window_days\":7}}}]}",
+         "offer 'a': field 'caps.impressions.max': must be an integer from 0 to 4294967295"},
         {"{\"placements\":[],\"offers\":[]}", "field 'placements'"},
         {"{\"placements\":[{\"id\":\"hero\"}],\n\"offers\": [ }", "c.json:2:"},
         {"[1,2]", "must be a JSON object"},
