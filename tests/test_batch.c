@@ -87,7 +87,8 @@ static void open_engine(const char *policy_src, unsigned flags)
     free(policy);
 }
 
-static void open_batch(unsigned threads, size_t window, unsigned flags)
+/* Options with the suite's clock; callers add placements and sessions. */
+static nbx_batch_options batch_options(unsigned threads, size_t window, unsigned flags)
 {
     nbx_batch_options o;
     nbx_batch_options_init(&o);
@@ -95,6 +96,12 @@ static void open_batch(unsigned threads, size_t window, unsigned flags)
     o.window = window;
     o.now_ms = NOW;
     o.flags = flags;
+    return o;
+}
+
+static void open_batch(unsigned threads, size_t window, unsigned flags)
+{
+    nbx_batch_options o = batch_options(threads, window, flags);
     cr_assert_eq(nbx_batch_open(engine, &o, &batch), NBX_OK, "%s", nbx_last_errmsg());
 }
 
@@ -330,10 +337,7 @@ Test(batch, customer_session_fields_replace_the_batch_ones)
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
     nbx_kv base[] = {{"boost", "1000"}, {"channel", "email"}};
     const char *hero[] = {"hero"};
-    nbx_batch_options o;
-    nbx_batch_options_init(&o);
-    o.threads = 2;
-    o.now_ms = NOW;
+    nbx_batch_options o = batch_options(2, 0, 0);
     o.session = base;
     o.n_session = 2;
     o.placements = hero;
@@ -467,10 +471,7 @@ Test(batch, failed_decision_is_handed_back_in_its_place)
 {
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
     const char *hero[] = {"hero"};
-    nbx_batch_options o;
-    nbx_batch_options_init(&o);
-    o.threads = 1;
-    o.now_ms = NOW;
+    nbx_batch_options o = batch_options(1, 0, 0);
     o.placements = hero;
     o.n_placements = 1;
     cr_assert_eq(nbx_batch_open(engine, &o, &batch), NBX_OK);
@@ -626,13 +627,9 @@ Test(batch, null_arguments_are_answered)
 static const char *hero_offer_of_batch(unsigned flags, uint32_t *frequency_exclusions)
 {
     const char *hero[] = {"hero"};
-    nbx_batch_options o;
-    nbx_batch_options_init(&o);
-    o.threads = 2;
-    o.now_ms = NOW;
+    nbx_batch_options o = batch_options(2, 0, flags);
     o.placements = hero;
     o.n_placements = 1;
-    o.flags = flags;
     nbx_batch *b;
     cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_OK, "%s", nbx_last_errmsg());
     cr_assert_eq(nbx_batch_submit(b, "c00001", NULL, 0, NULL), NBX_OK);
@@ -697,10 +694,7 @@ Test(batch, shards_of_a_batch_partition_the_customers)
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
     int seen[CUSTOMERS] = {0};
     for (uint32_t shard = 0; shard < 3; shard++) {
-        nbx_batch_options o;
-        nbx_batch_options_init(&o);
-        o.threads = 2;
-        o.now_ms = NOW;
+        nbx_batch_options o = batch_options(2, 0, 0);
         o.shard_count = 3;
         o.shard_index = shard;
         cr_assert_eq(nbx_batch_open(engine, &o, &batch), NBX_OK, "%s", nbx_last_errmsg());
@@ -766,12 +760,7 @@ static void count_campaign_item(campaign *c, const nbx_batch_item *it)
 static void *run_campaign(void *arg)
 {
     campaign *c = arg;
-    nbx_batch_options o;
-    nbx_batch_options_init(&o);
-    o.threads = 2;
-    o.window = 16;
-    o.now_ms = NOW;
-    o.flags = NBX_DECIDE_RECORD;
+    nbx_batch_options o = batch_options(2, 16, NBX_DECIDE_RECORD); /* no cr_assert: a thread */
     nbx_batch *b;
     int rc = nbx_batch_open(engine, &o, &b);
     /* Both campaigns start submitting together, so that they overlap. */
