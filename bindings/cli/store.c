@@ -449,6 +449,7 @@ int cli_run_export_profiles(cli_args *args)
         return exit_code;
     export_target target = {.path = cli_string(args, "out", NULL), .out = stdout};
     if (target.path && (exit_code = target_open(args, &target)) != CLI_OK) {
+        free(target.final); /* target_open frees its temporary name itself */
         nbx_store_close(store);
         return exit_code;
     }
