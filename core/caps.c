@@ -155,17 +155,11 @@ static int load_budgets(nbx_caps *c, nbx_store *s, MDB_txn *txn, uint32_t today,
         nbx_sv offer = {(const char *)k.mv_data + 4, k.mv_size - 4};
         if (!join_offer(cat, &j, offer))
             continue;
-        nbx_mp m;
-        nbx_mp_init(&m, v.mv_data, v.mv_size);
-        if (nbx_mp_array(&m) >= 2) {
-            c->budget_impressions[j] = nbx_mp_uint(&m);
-            c->budget_accepts[j] = nbx_mp_uint(&m);
-        }
-        if (m.bad) {
-            status = nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
-                                 (int)offer.len, offer.ptr);
+        uint64_t counts[2];
+        if ((status = nbx_budget_decode(v.mv_data, v.mv_size, offer, counts, e)))
             break;
-        }
+        c->budget_impressions[j] = counts[0];
+        c->budget_accepts[j] = counts[1];
     }
     if (status == NBX_OK && rc != 0 && rc != MDB_NOTFOUND)
         status = nbx_err_mdb(e, rc, "reading budgets");

@@ -103,6 +103,21 @@ int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool a
     return nbx_budget_add(s, txn, offer, nbx_day_of(ts), accept ? 0 : 1, accept ? 1 : 0, e);
 }
 
+int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, size);
+    counts[0] = counts[1] = 0;
+    if (nbx_mp_array(&m) >= 2) {
+        counts[0] = nbx_mp_uint(&m);
+        counts[1] = nbx_mp_uint(&m);
+    }
+    if (m.bad)
+        return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
+                           (int)offer.len, offer.ptr);
+    return NBX_OK;
+}
+
 int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
                    uint64_t accepts, nbx_err *e)
 {
@@ -111,15 +126,8 @@ int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint6
     uint64_t counts[2] = {0, 0};
     int rc = mdb_get(txn, s->budgets, &k, &v);
     if (rc == 0) {
-        nbx_mp m;
-        nbx_mp_init(&m, v.mv_data, v.mv_size);
-        if (nbx_mp_array(&m) >= 2) {
-            counts[0] = nbx_mp_uint(&m);
-            counts[1] = nbx_mp_uint(&m);
-        }
-        if (m.bad)
-            return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
-                               (int)offer.len, offer.ptr);
+        if ((rc = nbx_budget_decode(v.mv_data, v.mv_size, offer, counts, e)))
+            return rc;
     } else if (rc != MDB_NOTFOUND) {
         return nbx_err_mdb(e, rc, "reading budget counters");
     }

@@ -435,6 +435,8 @@ int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool a
                     nbx_err *e);
 /* Add n events of one kind at ts to x (arrays reallocated from a). */
 int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a);
+/* A budget row's value: [impressions, accepts] (missing counts are 0). */
+int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e);
 /* Add counts to offer's budget row for a UTC day. */
 int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
                    uint64_t accepts, nbx_err *e);
