@@ -34,16 +34,29 @@ static char *write_policy(const char *name, const char *src)
     return path;
 }
 
-static void open_engine(const char *policy_src)
+/* The suite's engine options: its store and catalog, the policy given. */
+static nbx_engine_options suite_options(const char *policy)
 {
-    char *policy = write_policy("policy.lua", policy_src);
     nbx_engine_options o;
     nbx_engine_options_init(&o);
     o.store = store_dir;
     o.catalog = catalog_path;
     o.policy = policy;
-    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    return o;
+}
+
+/* Open the suite's engine and context with o; both must open. */
+static void open_with(const nbx_engine_options *o)
+{
+    cr_assert_eq(nbx_engine_open(o, &engine), NBX_OK, "%s", nbx_last_errmsg());
     cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
+}
+
+static void open_engine(const char *policy_src)
+{
+    char *policy = write_policy("policy.lua", policy_src);
+    nbx_engine_options o = suite_options(policy);
+    open_with(&o);
     free(policy);
 }
 
@@ -270,14 +283,9 @@ Test(decide, record_on_a_read_only_engine_is_refused_even_without_actions)
     char *policy = write_policy("none.lua", "return { name = 'none',\n"
                                             "  eligible = function() return false end,\n"
                                             "  score = function() return 1 end }\n");
-    nbx_engine_options o;
-    nbx_engine_options_init(&o);
-    o.store = store_dir;
-    o.catalog = catalog_path;
-    o.policy = policy;
+    nbx_engine_options o = suite_options(policy);
     o.flags = NBX_ENGINE_READONLY;
-    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
+    open_with(&o);
     free(policy);
     const nbx_result *r = decide("alice", 0);
     cr_assert_eq(nbx_result_action_count(r), 0, "%s", nbx_result_json(r, NULL));
@@ -621,13 +629,10 @@ Test(decide, arbitration_fills_slots_greedily_in_rank_order)
 Test(decide, engine_from_texts_and_engine_check)
 {
     char *catalog_text = tu_read_file(catalog_path, NULL);
-    nbx_engine_options o;
-    nbx_engine_options_init(&o);
-    o.store = store_dir;
+    nbx_engine_options o = suite_options("by_price.lua");
     o.catalog = "catalog (in memory)";
     o.catalog_text = catalog_text;
     o.catalog_len = strlen(catalog_text);
-    o.policy = "by_price.lua";
     o.policy_text = BY_PRICE;
     o.policy_len = strlen(BY_PRICE);
     nbx_engine_info info;
@@ -637,18 +642,14 @@ Test(decide, engine_from_texts_and_engine_check)
 
     /* the same bytes from a file give the same versions */
     char *policy = write_policy("by_price.lua", BY_PRICE);
-    nbx_engine_options f;
-    nbx_engine_options_init(&f);
-    f.catalog = catalog_path;
-    f.policy = policy;
+    nbx_engine_options f = suite_options(policy);
     nbx_engine_info from_files;
     cr_assert_eq(nbx_engine_check(&f, &from_files), NBX_OK, "%s", nbx_last_errmsg());
     cr_assert_str_eq(info.policy_version, from_files.policy_version);
     cr_assert_str_eq(info.catalog_version, from_files.catalog_version);
 
     /* an engine opened from the texts decides; errors name the given name */
-    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    open_with(&o);
     cr_assert_gt(nbx_result_action_count(decide("alice", 0)), 0);
     o.policy_text = "return { name = 'x', score = ";
     o.policy_len = strlen(o.policy_text);
@@ -673,11 +674,7 @@ Test(decide, a_policy_over_the_engines_memory_limit_is_refused_at_open_and_at_re
     char *heavy = write_policy("heavy.lua", HEAVY);
     cr_assert_eq(nbx_policy_check(heavy, NULL), NBX_OK, "%s", nbx_last_errmsg());
     char *light = write_policy("light.lua", BY_PRICE);
-    nbx_engine_options o;
-    nbx_engine_options_init(&o);
-    o.store = store_dir;
-    o.catalog = catalog_path;
-    o.policy = heavy;
+    nbx_engine_options o = suite_options(heavy);
     o.memory_limit = 256u << 10;
     cr_assert_eq(nbx_engine_check(&o, NULL), NBX_EPOLICY);
     cr_assert(strstr(nbx_last_errmsg(), "heavy.lua") != NULL &&
@@ -690,8 +687,7 @@ Test(decide, a_policy_over_the_engines_memory_limit_is_refused_at_open_and_at_re
     /* serving the light policy, a reload to the heavy one is refused and the
      * light one keeps serving, deciding normally */
     o.policy = light;
-    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    open_with(&o);
     nbx_engine_info before, after;
     nbx_engine_info_get(engine, &before);
     cr_assert_eq(nbx_engine_load_policy(engine, heavy), NBX_EPOLICY);
@@ -719,15 +715,10 @@ Test(decide, policy_text_in_log_lines_is_escaped)
     /* a name and an error message with a newline and an ANSI escape */
     char *policy = write_policy("inj.lua", "return { name = 'a\\nFAKE', score = function() "
                                            "error('\\27[31mred\\nFAKE LINE') end }\n");
-    nbx_engine_options o;
-    nbx_engine_options_init(&o);
-    o.store = store_dir;
-    o.catalog = catalog_path;
-    o.policy = policy;
+    nbx_engine_options o = suite_options(policy);
     o.log = capture_log;
     logged[0] = '\0';
-    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    open_with(&o);
     const nbx_result *r = decide("alice", 0);
     cr_assert(nbx_result_fallback(r));
     cr_assert(strstr(logged, "\\x1b[31mred\\x0aFAKE LINE") != NULL, "%s", logged);
