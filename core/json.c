@@ -153,7 +153,7 @@ bool nbx_parse_double(const char *s, size_t n, double *out)
  * ======================================================================== */
 
 /* Per nesting level, a bit set while no element was read at that level. */
-#define FIRST_BIT(d) (UINT64_C(1) << ((d) & 63))
+#define FIRST_BIT(d) (UINT64_C(1) << ((d)&63))
 
 void nbx_jr_init(nbx_jr *r, const char *data, size_t len, nbx_arena *scratch)
 {
@@ -254,38 +254,6 @@ bool nbx_jr_number(nbx_jr *r, double *out)
         return fail(r, "number out of range");
     r->p += n;
     return true;
-}
-
-/* Length of a valid UTF-8 sequence starting at p (lead byte >= 0x80), or 0. */
-static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char c = p[0];
-    size_t n;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if ((size_t)(end - p) < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    /* overlong forms, surrogates, beyond U+10FFFF */
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return n;
 }
 
 static int hex4(const char *p, const char *end)
@@ -426,7 +394,7 @@ bool nbx_jr_string(nbx_jr *r, nbx_sv *out)
             return fail(r, "control character in string");
         }
         if (c >= 0x80) {
-            size_t n = utf8_seq(p, end);
+            size_t n = nbx_utf8_len(p, end);
             if (n == 0) {
                 r->p = (const char *)p;
                 return fail(r, "invalid UTF-8 in string");
@@ -587,7 +555,7 @@ void nbx_jw_string(nbx_buf *b, const char *s, size_t n)
             continue;
         }
         if (c >= 0x80) {
-            size_t k = utf8_seq(p, end);
+            size_t k = nbx_utf8_len(p, end);
             if (k) {
                 p += k;
                 continue;

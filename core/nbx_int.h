@@ -41,8 +41,17 @@ typedef struct nbx_err {
 
 /* Record code and message in e (if not NULL); returns code. */
 int nbx_err_set(nbx_err *e, int code, const char *fmt, ...) NBX_PRINTF(3, 4);
+/* Messages are stored escaped (nbx_escape_text): no byte of outside text
+ * that could steer a terminal reaches a caller through nbx_err. */
 /* Prepend context ("FILE:LINE: ") to an existing message; returns e->code. */
 int nbx_err_prefix(nbx_err *e, const char *fmt, ...) NBX_PRINTF(2, 3);
+/* Copy n bytes of text into out (cap bytes, always NUL-terminated), with C0
+ * and C1 controls, DEL and invalid UTF-8 written as \xNN; never splits a
+ * character or an escape. Returns the length written. */
+size_t nbx_escape_text(char *out, size_t cap, const char *in, size_t n);
+/* Length of the valid UTF-8 sequence at p (1..4, ASCII is 1), 0 if invalid
+ * (overlong, surrogate, beyond U+10FFFF, truncated). */
+size_t nbx_utf8_len(const unsigned char *p, const unsigned char *end);
 /* Map an LMDB return code; what says which operation failed. */
 int nbx_err_mdb(nbx_err *e, int rc, const char *what);
 /* Map errno after a failed OS call on path. */

@@ -23,9 +23,7 @@ NBX_API const char *nbx_version(int *num)
     return NBX_VERSION_STRING;
 }
 
-NBX_API void nbx_abi_v0(void)
-{
-}
+NBX_API void nbx_abi_v0(void) {}
 
 /* ========================================================================
  * Errors
@@ -67,15 +65,94 @@ NBX_API const char *nbx_strerror(int code)
     }
 }
 
+/* Messages carry text from outside: ids, paths, policy names and the
+ * policy's own error strings. They reach terminals, logs and browsers, so
+ * every byte that could steer a terminal or is not UTF-8 is written as
+ * \xNN: C0 controls, DEL, C1 controls (U+0080..U+009F) and invalid UTF-8. */
+size_t nbx_escape_text(char *out, size_t cap, const char *in, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0)
+        return 0;
+    const unsigned char *p = (const unsigned char *)in, *end = p + n;
+    while (p < end) {
+        size_t seq = nbx_utf8_len(p, end);
+        bool ok = seq > 0 && !(seq == 1 && (*p < 0x20 || *p == 0x7f)) &&
+                  !(seq == 2 && p[0] == 0xc2 && p[1] < 0xa0);
+        if (ok) {
+            if (o + seq >= cap)
+                break;
+            memcpy(out + o, p, seq);
+            o += seq;
+            p += seq;
+            continue;
+        }
+        size_t k = seq ? seq : 1;
+        if (o + 4 * k >= cap)
+            break;
+        for (size_t i = 0; i < k; i++, p++) {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Length of the valid UTF-8 sequence at p (1..4), 0 if invalid. */
+size_t nbx_utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t n;
+    unsigned min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if ((size_t)(end - p) < n)
+        return 0;
+    unsigned cp = c & (0x7f >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+static void err_store(nbx_err *e, const char *text, size_t n)
+{
+    nbx_escape_text(e->msg, sizeof e->msg, text, n);
+}
+
 int nbx_err_set(nbx_err *e, int code, const char *fmt, ...)
 {
     if (!e)
         return code;
     e->code = code;
+    char raw[NBX_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    if (n < 0)
+        n = 0;
+    err_store(e, raw, (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1);
     return code;
 }
 
@@ -90,11 +167,18 @@ int nbx_err_prefix(nbx_err *e, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return e->code;
-    /* Truncation is fine: the prefix (the where) matters most. */
+    /* Truncation is fine: the prefix (the where) matters most. The message
+     * is escaped already; only the prefix is new text. */
+    char escaped[NBX_ERRMSG_MAX];
+    size_t m = nbx_escape_text(escaped, sizeof escaped, prefix,
+                               (size_t)n < sizeof prefix ? (size_t)n : sizeof prefix - 1);
     char joined[2 * NBX_ERRMSG_MAX];
-    snprintf(joined, sizeof joined, "%s%s", prefix, e->msg);
-    memcpy(e->msg, joined, sizeof e->msg - 1);
-    e->msg[sizeof e->msg - 1] = '\0';
+    int len = snprintf(joined, sizeof joined, "%.*s%s", (int)m, escaped, e->msg);
+    /* Text only, so this copies and cuts at a character boundary. */
+    err_store(e, joined,
+              len < 0                       ? 0
+              : (size_t)len < sizeof joined ? (size_t)len
+                                            : sizeof joined - 1);
     return e->code;
 }
 
@@ -181,7 +265,8 @@ static _Thread_local struct {
 int nbx_publish(const void *owner, const nbx_err *e)
 {
     last_error.owner = owner;
-    snprintf(last_error.msg, sizeof last_error.msg, "%s", e->msg[0] ? e->msg : nbx_strerror(e->code));
+    snprintf(last_error.msg, sizeof last_error.msg, "%s",
+             e->msg[0] ? e->msg : nbx_strerror(e->code));
     return e->code;
 }
 
