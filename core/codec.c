@@ -1,16 +1,18 @@
 /*
- * codec.c: msgpack encodings of stored values (profiles, exposure counters).
+ * codec.c: every stored layout: the keys and values of each database, and
+ * the msgpack reader they are decoded with. docs/format.md describes them;
+ * no other file packs or unpacks a stored byte.
  *
  * Writing uses msgpack-c's packer. Reading uses the small cursor below: a
  * decision decodes a profile on every request, and walking the bytes once
  * into arena arrays, with strings left in the LMDB page, costs a fraction of
  * building a msgpack-c object tree first (docs/performance.md).
  *
- * Profile, schema 1: array [attrs map, consent map, propensity map,
- * ltv|nil, churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
+ * Profile: array [attrs map, consent map, propensity map, ltv|nil,
+ * churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
  * last_purchase, orders, revenue, margin, r, f, m, segment]. Maps are written
  * sorted by key. Decoders accept longer arrays and ignore the extra
- * elements, so a later minor schema can append fields.
+ * elements, so a later format can append fields.
  */
 #include "nbx_int.h"
 
@@ -508,6 +510,66 @@ corrupt:
                        (int)(p->id.len > 256 ? 256 : p->id.len), p->id.ptr ? p->id.ptr : "");
 }
 
+/* Just the purchase aggregates of a stored profile, for a scan of every
+ * profile (RFM rebuild): the maps are skipped, not decoded. *has is false
+ * when the profile has no rfm element. */
+int nbx_profile_decode_rfm(const void *data, size_t len, nbx_rfm *r, bool *has)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    memset(r, 0, sizeof *r);
+    *has = false;
+    if (mp_array(&m) < 7)
+        return NBX_ECORRUPT;
+    for (int i = 0; i < 5; i++) /* attrs, consent, propensity, ltv, churn */
+        nbx_mp_skip(&m);
+    if (mp_nil(&m))
+        return m.bad ? NBX_ECORRUPT : NBX_OK;
+    if (mp_array(&m) < 9)
+        return NBX_ECORRUPT;
+    r->first_purchase = mp_int(&m);
+    r->last_purchase = mp_int(&m);
+    r->orders = mp_uint(&m);
+    r->revenue = mp_double(&m);
+    if (m.bad)
+        return NBX_ECORRUPT;
+    *has = true;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Keys of the customers database: id \0 tag ...
+ * ======================================================================== */
+
+size_t nbx_customer_prefix(char *out, nbx_sv customer)
+{
+    memcpy(out, customer.ptr, customer.len);
+    out[customer.len] = '\0';
+    return customer.len + 1;
+}
+
+size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer)
+{
+    size_t n = nbx_customer_prefix(out, customer);
+    out[n++] = NBX_TAG_COUNTERS;
+    if (offer.len)
+        memcpy(out + n, offer.ptr, offer.len);
+    return n + offer.len;
+}
+
+size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id)
+{
+    size_t n = nbx_customer_prefix(out, customer);
+    out[n++] = NBX_TAG_EVENT;
+    memcpy(out + n, event_id.ptr, event_id.len);
+    return n + event_id.len;
+}
+
+int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len)
+{
+    return len > prefix_len ? ((const unsigned char *)key)[prefix_len] : -1;
+}
+
 /* ========================================================================
  * Exposure counters: [last x4, [day, n x4]...]
  * ======================================================================== */
@@ -554,19 +616,178 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
     return m.bad ? NBX_ECORRUPT : NBX_OK;
 }
 
-uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days)
+/* ========================================================================
+ * Event records: [ts, type, offer|nil, placement|nil, amount|nil,
+ * margin|nil]; the customer and the event id are in the key
+ * ======================================================================== */
+
+static void pack_sv_or_nil(msgpack_packer *pk, nbx_sv s)
 {
-    if (days == 0)
-        return 0;
-    uint32_t first = today >= days - 1 ? today - (days - 1) : 0;
-    uint32_t sum = 0;
-    /* Buckets ascend: walk back from the newest. */
-    for (uint32_t i = x->n_days; i-- > 0;) {
-        uint32_t d = x->days[i].day;
-        if (d < first)
-            break;
-        if (d <= today)
-            sum += x->days[i].n[kind];
+    if (!s.len) {
+        msgpack_pack_nil(pk);
+        return;
     }
-    return sum;
+    pack_sv(pk, s);
+}
+
+static void pack_double_or_nil(msgpack_packer *pk, double v)
+{
+    if (isnan(v))
+        msgpack_pack_nil(pk);
+    else
+        msgpack_pack_double(pk, v);
+}
+
+int nbx_event_record_encode(const nbx_event *ev, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_int64(&pk, ev->ts_ms);
+    msgpack_pack_uint8(&pk, ev->type);
+    pack_sv_or_nil(&pk, ev->offer);
+    pack_sv_or_nil(&pk, ev->placement);
+    pack_double_or_nil(&pk, ev->amount);
+    pack_double_or_nil(&pk, ev->margin);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+static nbx_sv str_or_nil(nbx_mp *m)
+{
+    return mp_nil(m) ? (nbx_sv){"", 0} : mp_str(m);
+}
+
+static double double_or_nil(nbx_mp *m)
+{
+    return mp_nil(m) ? NAN : mp_double(m);
+}
+
+int nbx_event_record_decode(const void *data, size_t len, nbx_event *ev)
+{
+    nbx_sv id = ev->id, customer = ev->customer;
+    memset(ev, 0, sizeof *ev);
+    ev->id = id;
+    ev->customer = customer;
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 6)
+        return NBX_ECORRUPT;
+    ev->ts_ms = mp_int(&m);
+    uint64_t type = mp_uint(&m);
+    ev->offer = str_or_nil(&m);
+    ev->placement = str_or_nil(&m);
+    ev->amount = double_or_nil(&m);
+    ev->margin = double_or_nil(&m);
+    if (m.bad || type < NBX_EV_PURCHASE || type > NBX_EV_DISMISS)
+        return NBX_ECORRUPT;
+    ev->type = (uint8_t)type;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Budgets: day (4 bytes, big-endian) offer -> [impressions, accepts]
+ * ======================================================================== */
+
+size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
+{
+    out[0] = (char)(day >> 24);
+    out[1] = (char)(day >> 16);
+    out[2] = (char)(day >> 8);
+    out[3] = (char)day;
+    memcpy(out + 4, offer.ptr, offer.len);
+    return 4 + offer.len;
+}
+
+size_t nbx_budget_encode(const uint64_t counts[2], char out[NBX_BUDGET_VALUE_MAX])
+{
+    nbx_buf b = {.data = out, .cap = NBX_BUDGET_VALUE_MAX}; /* never grows: 19 bytes at most */
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, pack_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint64(&pk, counts[0]);
+    msgpack_pack_uint64(&pk, counts[1]);
+    return b.len;
+}
+
+int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, size);
+    counts[0] = counts[1] = 0;
+    if (mp_array(&m) >= 2) {
+        counts[0] = mp_uint(&m);
+        counts[1] = mp_uint(&m);
+    }
+    if (m.bad)
+        return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
+                           (int)offer.len, offer.ptr);
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Meta values
+ * ======================================================================== */
+
+size_t nbx_schema_encode(uint32_t version, uint8_t out[1])
+{
+    out[0] = (uint8_t)version;
+    return 1;
+}
+
+int nbx_schema_decode(const void *data, size_t len, uint32_t *version)
+{
+    if (len != 1)
+        return NBX_ECORRUPT;
+    *version = ((const uint8_t *)data)[0];
+    return NBX_OK;
+}
+
+/* Always the 9-byte uint64 form, so the value never changes size. */
+size_t nbx_count_encode(uint64_t n, uint8_t out[NBX_COUNT_VALUE_SIZE])
+{
+    out[0] = 0xcf;
+    for (int i = 0; i < 8; i++)
+        out[1 + i] = (uint8_t)(n >> (56 - 8 * i));
+    return NBX_COUNT_VALUE_SIZE;
+}
+
+int nbx_count_decode(const void *data, size_t len, uint64_t *n)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    *n = mp_uint(&m);
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}
+
+int nbx_rfm_meta_encode(const nbx_rfm_meta *r, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_int64(&pk, r->as_of_ms);
+    const double *cuts[3] = {r->recency, r->frequency, r->monetary};
+    for (int i = 0; i < 3; i++) {
+        msgpack_pack_array(&pk, 4);
+        for (int k = 0; k < 4; k++)
+            msgpack_pack_double(&pk, cuts[i][k]);
+    }
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_rfm_meta_decode(const void *data, size_t len, nbx_rfm_meta *r)
+{
+    memset(r, 0, sizeof *r);
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 4)
+        return NBX_ECORRUPT;
+    r->as_of_ms = mp_int(&m);
+    double *cuts[3] = {r->recency, r->frequency, r->monetary};
+    for (int i = 0; i < 3 && !m.bad; i++) {
+        if (mp_array(&m) < 4)
+            return NBX_ECORRUPT;
+        for (int k = 0; k < 4; k++)
+            cuts[i][k] = mp_double(&m);
+    }
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
 }

@@ -11,8 +11,8 @@
 #include "nbx_int.h"
 
 #include <math.h>
-#include <msgpack.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct {
@@ -240,40 +240,6 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
  * Apply
  * ======================================================================== */
 
-static void pack_sv_or_nil(msgpack_packer *pk, nbx_sv s)
-{
-    if (!s.len) {
-        msgpack_pack_nil(pk);
-        return;
-    }
-    msgpack_pack_str(pk, s.len);
-    msgpack_pack_str_body(pk, s.ptr, s.len);
-}
-
-static void pack_double_or_nil(msgpack_packer *pk, double v)
-{
-    if (isnan(v))
-        msgpack_pack_nil(pk);
-    else
-        msgpack_pack_double(pk, v);
-}
-
-/* The event record: [ts, type, offer, placement, amount, margin], appended to
- * out. The customer and the event id are in its key. */
-int nbx_event_encode(const nbx_event *ev, nbx_buf *out)
-{
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
-    msgpack_pack_array(&pk, 6);
-    msgpack_pack_int64(&pk, ev->ts_ms);
-    msgpack_pack_uint8(&pk, ev->type);
-    pack_sv_or_nil(&pk, ev->offer);
-    pack_sv_or_nil(&pk, ev->placement);
-    pack_double_or_nil(&pk, ev->amount);
-    pack_double_or_nil(&pk, ev->margin);
-    return out->oom ? NBX_ENOMEM : NBX_OK;
-}
-
 void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms)
 {
     if (!exists) {
@@ -318,15 +284,6 @@ int nbx_event_exposure_kind(int type)
                                      : NBX_EXP_DISMISS;
 }
 
-size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id)
-{
-    memcpy(out, customer.ptr, customer.len);
-    out[customer.len] = '\0';
-    out[customer.len + 1] = NBX_TAG_EVENT;
-    memcpy(out + customer.len + 2, event_id.ptr, event_id.len);
-    return customer.len + 2 + event_id.len;
-}
-
 static int apply_exposure(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
                           nbx_buf *scratch, nbx_err *e)
 {
@@ -345,7 +302,7 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ap
 {
     *applied = 0;
     nbx_buf_reset(scratch);
-    int rc = nbx_event_encode(ev, scratch);
+    int rc = nbx_event_record_encode(ev, scratch);
     if (rc)
         return nbx_err_set(e, rc, "out of memory");
     char key[NBX_EVENT_KEY_MAX];

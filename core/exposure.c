@@ -12,28 +12,7 @@
  */
 #include "nbx_int.h"
 
-#include <msgpack.h>
 #include <string.h>
-
-size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer)
-{
-    memcpy(out, customer.ptr, customer.len);
-    out[customer.len] = '\0';
-    out[customer.len + 1] = NBX_TAG_COUNTERS;
-    if (offer.len)
-        memcpy(out + customer.len + 2, offer.ptr, offer.len);
-    return customer.len + 2 + offer.len;
-}
-
-size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
-{
-    out[0] = (char)(day >> 24);
-    out[1] = (char)(day >> 16);
-    out[2] = (char)(day >> 8);
-    out[3] = (char)day;
-    memcpy(out + 4, offer.ptr, offer.len);
-    return 4 + offer.len;
-}
 
 /* Add n events of one kind at ts to x, keeping buckets sorted and at most
  * NBX_WINDOW_DAYS_MAX days behind the newest one. The result does not depend
@@ -103,21 +82,6 @@ int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool a
     return nbx_budget_add(s, txn, offer, nbx_day_of(ts), accept ? 0 : 1, accept ? 1 : 0, e);
 }
 
-int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e)
-{
-    nbx_mp m;
-    nbx_mp_init(&m, data, size);
-    counts[0] = counts[1] = 0;
-    if (nbx_mp_array(&m) >= 2) {
-        counts[0] = nbx_mp_uint(&m);
-        counts[1] = nbx_mp_uint(&m);
-    }
-    if (m.bad)
-        return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
-                           (int)offer.len, offer.ptr);
-    return NBX_OK;
-}
-
 int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
                    uint64_t accepts, nbx_err *e)
 {
@@ -133,17 +97,26 @@ int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint6
     }
     counts[0] += impressions;
     counts[1] += accepts;
-    char buf[32];
-    nbx_buf out = {0};
-    msgpack_packer pk;
-    out.data = buf;
-    out.cap = sizeof buf; /* never grows: 2 uint64 fit in 19 bytes */
-    msgpack_packer_init(&pk, &out, nbx_buf_msgpack_write);
-    msgpack_pack_array(&pk, 2);
-    msgpack_pack_uint64(&pk, counts[0]);
-    msgpack_pack_uint64(&pk, counts[1]);
-    v.mv_size = out.len;
+    char buf[NBX_BUDGET_VALUE_MAX];
+    v.mv_size = nbx_budget_encode(counts, buf);
     v.mv_data = buf;
     rc = mdb_put(txn, s->budgets, &k, &v, 0);
     return rc ? nbx_err_mdb(e, rc, "writing budget counters") : NBX_OK;
+}
+
+uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days)
+{
+    if (days == 0)
+        return 0;
+    uint32_t first = today >= days - 1 ? today - (days - 1) : 0;
+    uint32_t sum = 0;
+    /* Buckets ascend: walk back from the newest. */
+    for (uint32_t i = x->n_days; i-- > 0;) {
+        uint32_t d = x->days[i].day;
+        if (d < first)
+            break;
+        if (d <= today)
+            sum += x->days[i].n[kind];
+    }
+    return sum;
 }

@@ -1485,7 +1485,7 @@ static int prepare_events(batch *b)
         size_t klen = nbx_event_key(key, ev->customer, ev->id);
         b->wbytes.len += klen;
         char *val = b->wbytes.data + b->wbytes.len;
-        nbx_event_encode(ev, &b->wbytes);
+        nbx_event_record_encode(ev, &b->wbytes);
         size_t vlen = (size_t)(b->wbytes.data + b->wbytes.len - val);
         char *offer = b->wbytes.data + b->wbytes.len;
         nbx_buf_append(&b->wbytes, ev->offer.ptr, ev->offer.len);

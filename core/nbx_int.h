@@ -302,35 +302,9 @@ typedef struct nbx_profile {
     unsigned fields; /* nbx_profile_field */
 } nbx_profile;
 
-#define NBX_SCHEMA_VERSION 1
 /* Offer and placement ids are shorter than customer ids so that a counter
  * key (customer \0 \x01 offer) fits LMDB's 511-byte key limit. */
 #define NBX_OFFER_ID_MAX 128
-
-/* codec.c: msgpack encodings of stored values. Decoded strings point into
- * the source bytes (an LMDB page: valid until the transaction ends); arrays
- * come from the arena. */
-int nbx_profile_encode(const nbx_profile *p, nbx_buf *out);
-int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e);
-
-/* A minimal bounds-checked msgpack reader: the decision path decodes
- * without building msgpack-c object trees. */
-typedef struct nbx_mp {
-    const uint8_t *p;
-    const uint8_t *end;
-    bool bad;
-} nbx_mp;
-void nbx_mp_init(nbx_mp *m, const void *data, size_t len);
-uint32_t nbx_mp_array(nbx_mp *m);
-uint32_t nbx_mp_map(nbx_mp *m);
-bool nbx_mp_nil(nbx_mp *m); /* consumes a nil if next; true if it did */
-double nbx_mp_double(nbx_mp *m); /* float or int */
-int64_t nbx_mp_int(nbx_mp *m);
-uint64_t nbx_mp_uint(nbx_mp *m);
-bool nbx_mp_bool(nbx_mp *m);
-nbx_sv nbx_mp_str(nbx_mp *m);
-int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
-void nbx_mp_skip(nbx_mp *m);
 
 /* profile.c */
 /* Parse one profile JSON object into a patch: fields as given, maps sorted,
@@ -350,16 +324,8 @@ bool nbx_id_valid(nbx_sv id, nbx_err *e);
  * Store (store.c)
  * ======================================================================== */
 
-/* Everything keyed by one customer lives under its prefix in `customers`,
- * in tagged sub-ranges, so an event touches that customer's neighbourhood
- * only (docs/data-model.md, "Store layout"):
- *   id \0 \x01 offer     exposure counters of one offer
- *   id \0 \x01           counters over all offers (the contact policy)
- *   id \0 \x02 event id  the event record: seen ids and the exposure log */
-#define NBX_TAG_COUNTERS '\x01'
-#define NBX_TAG_EVENT '\x02'
 /* Longest keys: LMDB's limit is 511 bytes, so a customer id and an event id
- * together are at most 509 bytes. */
+ * together are at most 509 bytes (docs/format.md). */
 #define NBX_COUNTER_KEY_MAX (NBX_ID_MAX + 2 + NBX_OFFER_ID_MAX)
 #define NBX_EVENT_KEY_MAX 511
 #define NBX_EVENT_IDS_MAX (NBX_EVENT_KEY_MAX - 2)
@@ -369,7 +335,7 @@ struct nbx_store {
     MDB_dbi profiles;  /* id -> profile */
     MDB_dbi customers; /* id \0 tag ... -> counters, event records (above) */
     MDB_dbi budgets;   /* day (4 bytes BE) offer -> daily totals */
-    MDB_dbi meta;      /* "schema", "events", "rfm" */
+    MDB_dbi meta;      /* NBX_META_* */
     unsigned flags;    /* nbx_store_flags */
     char *path;
 };
@@ -428,14 +394,8 @@ typedef struct nbx_exposure {
     uint32_t n_days;
 } nbx_exposure;
 
-int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
-int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
 /* Events in the window of `days` UTC days ending with today (today counts). */
 uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
-/* Keys: out needs NBX_COUNTER_KEY_MAX (customer \0 \x01 offer) or
- * 4 + NBX_OFFER_ID_MAX (budget) bytes. An empty offer keys the all-offers row. */
-size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
-size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
 /* Count one event of kind at ts for (customer, offer) in txn. */
 int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
                       int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
@@ -444,8 +404,6 @@ int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool a
                     nbx_err *e);
 /* Add n events of one kind at ts to x (arrays reallocated from a). */
 int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a);
-/* A budget row's value: [impressions, accepts] (missing counts are 0). */
-int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e);
 /* Add counts to offer's budget row for a UTC day. */
 int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
                    uint64_t accepts, nbx_err *e);
@@ -472,15 +430,98 @@ const char *nbx_event_type_name(int type);
  * budgets, and count it. */
 int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
                         nbx_arena *a, nbx_buf *scratch, nbx_err *e);
-/* The pieces of nbx_event_apply_txn, for bulk ingest (ingest.c), which
- * groups them per customer: the event record (appended to out), its key
- * (customer \0 \x02 event id; out needs NBX_EVENT_KEY_MAX bytes), the
- * counter kind of an exposure event, and a purchase added to a profile's RFM
- * aggregates (exists false: p holds only its id and becomes a new profile). */
-int nbx_event_encode(const nbx_event *ev, nbx_buf *out);
-size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id);
+/* The counter kind (NBX_EXP_*) of an exposure event. */
 int nbx_event_exposure_kind(int type);
 void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms);
+
+/* ========================================================================
+ * Stored layouts (codec.c; docs/format.md)
+ *
+ * Every key and value of the store is packed and unpacked here and nowhere
+ * else. Decoded strings point into the source bytes (an LMDB page: valid
+ * until the transaction ends); arrays come from the arena.
+ * ======================================================================== */
+
+/* The store's format version (meta "schema"). A store of a newer version
+ * is refused; docs/format.md says what each version added. */
+#define NBX_SCHEMA_VERSION 1
+
+/* Keys of the meta database. */
+#define NBX_META_SCHEMA "schema"
+#define NBX_META_EVENTS "events"
+#define NBX_META_RFM "rfm"
+
+/* Everything keyed by one customer but the profile lives under its prefix
+ * (id \0) in `customers`, in tagged sub-ranges, so an event touches that
+ * customer's neighbourhood only:
+ *   id \0 \x01 offer     exposure counters of one offer
+ *   id \0 \x01           counters over all offers (the contact policy)
+ *   id \0 \x02 event id  the event record: seen ids and the exposure log */
+#define NBX_TAG_COUNTERS '\x01'
+#define NBX_TAG_EVENT '\x02'
+
+/* Keys: out needs NBX_ID_MAX + 1 (prefix), NBX_COUNTER_KEY_MAX (counters;
+ * an empty offer keys the all-offers row), NBX_EVENT_KEY_MAX (event
+ * records) or 4 + NBX_OFFER_ID_MAX (budgets) bytes. */
+size_t nbx_customer_prefix(char *out, nbx_sv customer);
+size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
+size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id);
+size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
+/* The tag of a key in `customers` after a prefix of prefix_len bytes, or
+ * -1 if the key is the prefix itself. */
+int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len);
+
+int nbx_profile_encode(const nbx_profile *p, nbx_buf *out);
+int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e);
+/* Only the purchase aggregates (first, last, orders, revenue) of a stored
+ * profile; *has false when it has none. NBX_OK or NBX_ECORRUPT. */
+int nbx_profile_decode_rfm(const void *data, size_t len, nbx_rfm *r, bool *has);
+
+int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
+int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
+
+/* The event record (appended to out; the customer and the event id are in
+ * its key). Decoding keeps ev->id and ev->customer as the caller set them. */
+int nbx_event_record_encode(const nbx_event *ev, nbx_buf *out);
+int nbx_event_record_decode(const void *data, size_t len, nbx_event *ev);
+
+/* A budget row's value: [impressions, accepts] (missing counts are 0). */
+#define NBX_BUDGET_VALUE_MAX 32
+size_t nbx_budget_encode(const uint64_t counts[2], char out[NBX_BUDGET_VALUE_MAX]);
+int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e);
+
+/* Meta values: the format version (one byte), the event count (a msgpack
+ * uint64, always 9 bytes) and the last RFM rebuild. */
+size_t nbx_schema_encode(uint32_t version, uint8_t out[1]);
+int nbx_schema_decode(const void *data, size_t len, uint32_t *version);
+#define NBX_COUNT_VALUE_SIZE 9
+size_t nbx_count_encode(uint64_t n, uint8_t out[NBX_COUNT_VALUE_SIZE]);
+int nbx_count_decode(const void *data, size_t len, uint64_t *n);
+typedef struct nbx_rfm_meta {
+    int64_t as_of_ms;
+    double recency[4], frequency[4], monetary[4]; /* cut points */
+} nbx_rfm_meta;
+int nbx_rfm_meta_encode(const nbx_rfm_meta *r, nbx_buf *out);
+int nbx_rfm_meta_decode(const void *data, size_t len, nbx_rfm_meta *r);
+
+/* A minimal bounds-checked msgpack reader: the decision path decodes
+ * without building msgpack-c object trees. */
+typedef struct nbx_mp {
+    const uint8_t *p;
+    const uint8_t *end;
+    bool bad;
+} nbx_mp;
+void nbx_mp_init(nbx_mp *m, const void *data, size_t len);
+uint32_t nbx_mp_array(nbx_mp *m);
+uint32_t nbx_mp_map(nbx_mp *m);
+bool nbx_mp_nil(nbx_mp *m); /* consumes a nil if next; true if it did */
+double nbx_mp_double(nbx_mp *m); /* float or int */
+int64_t nbx_mp_int(nbx_mp *m);
+uint64_t nbx_mp_uint(nbx_mp *m);
+bool nbx_mp_bool(nbx_mp *m);
+nbx_sv nbx_mp_str(nbx_mp *m);
+int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
+void nbx_mp_skip(nbx_mp *m);
 
 /* ========================================================================
  * Catalog (catalog.c)

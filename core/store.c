@@ -133,19 +133,21 @@ static int open_dbis(nbx_store *s, nbx_err *e)
     }
 
     MDB_val v;
-    rc = nbx_store_meta_get(s, txn, "schema", &v, e);
+    uint32_t version;
+    rc = nbx_store_meta_get(s, txn, NBX_META_SCHEMA, &v, e);
     if (rc == NBX_ENOTFOUND && !ro) {
-        uint8_t schema = NBX_SCHEMA_VERSION;
-        rc = nbx_store_meta_put(s, txn, "schema", &schema, 1, e);
+        uint8_t schema[1];
+        size_t n = nbx_schema_encode(NBX_SCHEMA_VERSION, schema);
+        rc = nbx_store_meta_put(s, txn, NBX_META_SCHEMA, schema, n, e);
     } else if (rc == NBX_ENOTFOUND) {
         rc = nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no schema version)", s->path);
     } else if (rc == NBX_OK) {
-        if (v.mv_size != 1)
+        if (nbx_schema_decode(v.mv_data, v.mv_size, &version) != NBX_OK)
             rc = nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable schema version", s->path);
-        else if (((const uint8_t *)v.mv_data)[0] > NBX_SCHEMA_VERSION)
+        else if (version > NBX_SCHEMA_VERSION)
             rc = nbx_err_set(e, NBX_EVERSION,
                              "%s: store schema %u is newer than this nbx (schema %d): upgrade nbx",
-                             s->path, ((const uint8_t *)v.mv_data)[0], NBX_SCHEMA_VERSION);
+                             s->path, version, NBX_SCHEMA_VERSION);
     }
     if (rc) {
         mdb_txn_abort(txn);
@@ -450,15 +452,14 @@ int nbx_store_events_seen(nbx_store *s, MDB_txn *txn, uint64_t *out, nbx_err *e)
 {
     *out = 0;
     MDB_val v;
-    int rc = nbx_store_meta_get(s, txn, "events", &v, e);
+    int rc = nbx_store_meta_get(s, txn, NBX_META_EVENTS, &v, e);
     if (rc == NBX_ENOTFOUND)
         return NBX_OK;
     if (rc)
         return rc;
-    nbx_mp m;
-    nbx_mp_init(&m, v.mv_data, v.mv_size);
-    *out = nbx_mp_uint(&m);
-    return m.bad ? nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable event count", s->path) : NBX_OK;
+    if (nbx_count_decode(v.mv_data, v.mv_size, out) != NBX_OK)
+        return nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable event count", s->path);
+    return NBX_OK;
 }
 
 int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e)
@@ -472,11 +473,9 @@ int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e)
     if (delta < 0 && (uint64_t)-delta > n)
         return nbx_err_set(e, NBX_ECORRUPT, "%s: the event count would go below zero", s->path);
     n += (uint64_t)delta;
-    /* msgpack uint64: 0xcf and 8 bytes, big-endian */
-    uint8_t buf[9] = {0xcf};
-    for (int i = 0; i < 8; i++)
-        buf[1 + i] = (uint8_t)(n >> (56 - 8 * i));
-    return nbx_store_meta_put(s, txn, "events", buf, sizeof buf, e);
+    uint8_t buf[NBX_COUNT_VALUE_SIZE];
+    size_t len = nbx_count_encode(n, buf);
+    return nbx_store_meta_put(s, txn, NBX_META_EVENTS, buf, len, e);
 }
 
 /* ========================================================================
@@ -495,7 +494,7 @@ static int delete_customer(nbx_store *s, MDB_txn *txn, const char *prefix, size_
     MDB_val k = {n, (void *)prefix}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && k.mv_size >= n && memcmp(k.mv_data, prefix, n) == 0) {
-        bool event = k.mv_size > n && ((const char *)k.mv_data)[n] == NBX_TAG_EVENT;
+        bool event = nbx_customer_key_tag(k.mv_data, k.mv_size, n) == NBX_TAG_EVENT;
         rc = mdb_cursor_del(cur, 0);
         if (rc)
             break;
@@ -573,17 +572,15 @@ NBX_API int nbx_store_stat(nbx_store *s, nbx_store_stats *out)
         out->map_size = info.me_mapsize;
     }
     MDB_val v;
+    uint32_t version;
     out->schema_version = NBX_SCHEMA_VERSION;
-    if (nbx_store_meta_get(s, txn, "schema", &v, NULL) == NBX_OK && v.mv_size == 1)
-        out->schema_version = ((const uint8_t *)v.mv_data)[0];
-    if (nbx_store_meta_get(s, txn, "rfm", &v, NULL) == NBX_OK) {
-        nbx_mp m;
-        nbx_mp_init(&m, v.mv_data, v.mv_size);
-        if (nbx_mp_array(&m) >= 1)
-            out->rfm_as_of = nbx_mp_int(&m);
-        if (m.bad)
-            out->rfm_as_of = 0;
-    }
+    if (nbx_store_meta_get(s, txn, NBX_META_SCHEMA, &v, NULL) == NBX_OK &&
+        nbx_schema_decode(v.mv_data, v.mv_size, &version) == NBX_OK)
+        out->schema_version = version;
+    nbx_rfm_meta rfm;
+    if (nbx_store_meta_get(s, txn, NBX_META_RFM, &v, NULL) == NBX_OK &&
+        nbx_rfm_meta_decode(v.mv_data, v.mv_size, &rfm) == NBX_OK)
+        out->rfm_as_of = rfm.as_of_ms;
     mdb_txn_abort(txn);
     return NBX_OK;
 }
