@@ -1,12 +1,7 @@
 /*
- * event.c: events (purchases and exposures): parse, validate, apply.
- *
- * Applying an event is idempotent per (customer, event id): the record is
- * stored under customer \0 \x02 event id (MDB_NOOVERWRITE), beside the
- * customer's counters, so a second application finds it and changes
- * nothing, and an event touches one neighbourhood of the tree. The records
- * are the exposure log later work (audit, learning) reads; erasing a
- * customer's range erases them with the counters.
+ * event.c: events (purchases and exposures) as they arrive: parse and
+ * validate one JSON event, and nbx_event_apply(), which applies it in its
+ * own transaction. What an event does to the store is effects.c's.
  */
 #include "nbx_int.h"
 
@@ -237,90 +232,8 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
 }
 
 /* ========================================================================
- * Apply
+ * nbx_event_apply
  * ======================================================================== */
-
-void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms)
-{
-    if (!exists) {
-        /* Purchases may arrive before the CRM's profile import. */
-        nbx_sv id = p->id;
-        memset(p, 0, sizeof *p);
-        p->id = id;
-        p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
-    }
-    nbx_rfm *r = &p->rfm;
-    if (!(p->fields & NBX_PF_RFM))
-        memset(r, 0, sizeof *r);
-    p->fields |= NBX_PF_RFM;
-    r->orders++;
-    r->revenue += ev->amount;
-    if (!isnan(ev->margin))
-        r->margin += ev->margin;
-    if (!r->first_purchase || ev->ts_ms < r->first_purchase)
-        r->first_purchase = ev->ts_ms;
-    if (ev->ts_ms > r->last_purchase)
-        r->last_purchase = ev->ts_ms;
-    p->updated_at = now_ms;
-}
-
-static int apply_purchase(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
-                          nbx_buf *scratch, nbx_err *e)
-{
-    nbx_profile p = {.id = ev->customer};
-    int rc = nbx_store_profile_get(s, txn, ev->customer, &p, a, e);
-    if (rc && rc != NBX_ENOTFOUND)
-        return rc;
-    p.id = ev->customer;
-    nbx_event_add_purchase(&p, rc == NBX_OK, ev, nbx_time_now());
-    return nbx_store_profile_put(s, txn, &p, scratch, e);
-}
-
-int nbx_event_exposure_kind(int type)
-{
-    return type == NBX_EV_IMPRESSION ? NBX_EXP_IMPRESSION
-           : type == NBX_EV_CLICK    ? NBX_EXP_CLICK
-           : type == NBX_EV_ACCEPT   ? NBX_EXP_ACCEPT
-                                     : NBX_EXP_DISMISS;
-}
-
-static int apply_exposure(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
-                          nbx_buf *scratch, nbx_err *e)
-{
-    int kind = nbx_event_exposure_kind(ev->type);
-    int rc = nbx_exposure_bump(s, txn, ev->customer, ev->offer, kind, ev->ts_ms, a, scratch, e);
-    if (rc == NBX_OK)
-        rc = nbx_exposure_bump(s, txn, ev->customer, (nbx_sv){"", 0}, kind, ev->ts_ms, a, scratch,
-                               e);
-    if (rc == NBX_OK && (kind == NBX_EXP_IMPRESSION || kind == NBX_EXP_ACCEPT))
-        rc = nbx_budget_bump(s, txn, ev->offer, ev->ts_ms, kind == NBX_EXP_ACCEPT, e);
-    return rc;
-}
-
-int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
-                        nbx_arena *a, nbx_buf *scratch, nbx_err *e)
-{
-    *applied = 0;
-    nbx_buf_reset(scratch);
-    int rc = nbx_event_record_encode(ev, scratch);
-    if (rc)
-        return nbx_err_set(e, rc, "out of memory");
-    char key[NBX_EVENT_KEY_MAX];
-    MDB_val k = {nbx_event_key(key, ev->customer, ev->id), key};
-    MDB_val v = {scratch->len, scratch->data};
-    int mrc = mdb_put(txn, s->customers, &k, &v, MDB_NOOVERWRITE);
-    if (mrc == MDB_KEYEXIST)
-        return NBX_OK;
-    if (mrc)
-        return nbx_err_mdb(e, mrc, "recording an event");
-    rc = ev->type == NBX_EV_PURCHASE ? apply_purchase(s, txn, ev, a, scratch, e)
-                                     : apply_exposure(s, txn, ev, a, scratch, e);
-    if (rc == NBX_OK)
-        rc = nbx_store_events_add(s, txn, 1, e);
-    if (rc == NBX_OK)
-        *applied = 1;
-    return rc;
-}
 
 NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *applied)
 {

@@ -30,7 +30,8 @@
  * Grouping changes no result: the records of one key are applied in file
  * order, exactly as nbx_profile_put() or nbx_event_apply() line by line
  * would (tests/test_ingest.c compares the two); events of different
- * customers touch different keys, and budgets are sums.
+ * customers touch different keys, and budgets are sums. What an event does
+ * is effects.c's: ingest hands it one customer's events at a time.
  *
  * Memory is bounded by the chunk, run and batch sizes, never by the file.
  */
@@ -1103,17 +1104,6 @@ typedef struct val_ref {
 
 enum { BATCH_FREE, BATCH_FULL };
 
-/* An event as the writer takes it: records of one customer in file order,
- * customers in key order, everything the writer reads next to each other
- * (it walks them in sequence instead of jumping about the batch). */
-typedef struct wrec {
-    nbx_event ev; /* customer, id and offer point into the batch's wbytes */
-    MDB_val key;  /* customer \0 \x02 event id */
-    MDB_val val;  /* the event record */
-    uint64_t line;
-    bool applied; /* set by the writer: the event was new */
-} wrec;
-
 typedef struct batch {
     int state;
     int status;      /* preparer's error, or NBX_DONE after the last batch */
@@ -1137,9 +1127,12 @@ typedef struct batch {
     val_ref *fresh; /* per record: the group's value as a new profile (first of group) */
     int *fresh_rc;
     /* events, in (customer, line) order */
-    nbx_event *ev;  /* strings point into bytes */
-    wrec *w;        /* the same, as the writer takes them */
-    nbx_buf wbytes; /* their keys, values and offer ids, in the same order */
+    nbx_event *ev;    /* strings point into bytes */
+    nbx_fx_event *fx; /* the same, as the effects take them: one customer's
+                         in file order, customers in key order, each with
+                         its record encoded (the writer walks them in
+                         sequence instead of jumping about the batch) */
+    nbx_buf wbytes;   /* their keys, values and offer ids, in the same order */
     size_t cap;     /* records the arrays above hold */
 } batch;
 
@@ -1189,7 +1182,7 @@ static void batch_free(batch *b)
     free(b->fresh);
     free(b->fresh_rc);
     free(b->ev);
-    free(b->w);
+    free(b->fx);
     nbx_buf_free(&b->wbytes);
     free(b->units);
 }
@@ -1202,7 +1195,7 @@ static int batch_reserve(batch *b, nbx_import_kind kind, size_t n)
     if (ok && kind == NBX_IMPORT_PROFILES)
         ok = GROW(b->patch, n) && GROW(b->by_id, n) && GROW(b->fresh, n) && GROW(b->fresh_rc, n);
     if (ok && kind == NBX_IMPORT_EVENTS)
-        ok = GROW(b->ev, n) && GROW(b->w, n);
+        ok = GROW(b->ev, n) && GROW(b->fx, n);
     if (!ok)
         return NBX_ENOMEM;
     b->cap = n;
@@ -1480,7 +1473,7 @@ static int prepare_events(batch *b)
             return nbx_err_set(&b->err, NBX_EIO, "the import spool is out of order");
         if (j == 0 || !nbx_sv_eq(b->ev[j - 1].customer, ev->customer))
             b->units[b->n_units++] = j;
-        wrec *r = &b->w[j];
+        nbx_fx_event *r = &b->fx[j];
         char *key = b->wbytes.data + b->wbytes.len;
         size_t klen = nbx_event_key(key, ev->customer, ev->id);
         b->wbytes.len += klen;
@@ -1498,8 +1491,7 @@ static int prepare_events(batch *b)
         r->ev.placement = (nbx_sv){"", 0};
         r->key = (MDB_val){klen, key};
         r->val = (MDB_val){vlen, val};
-        r->line = b->line[j];
-        r->applied = false;
+        r->outcome = 0;
     }
     b->units[b->n_units] = b->n;
     return NBX_OK;
@@ -1559,22 +1551,6 @@ static void *preparer_main(void *arg)
  * Writers: one transaction per batch, keys in order
  * ------------------------------------------------------------------------ */
 
-/* Budget rows a transaction adds to: (UTC day, offer) -> counts, written
- * once each, in key order, just before the transaction commits. */
-typedef struct budget_slot {
-    nbx_sv offer; /* points into the batch */
-    uint32_t day;
-    uint32_t rec;  /* a record counted here (index into w), for messages */
-    uint64_t n[2]; /* impressions, accepts */
-    bool used;
-} budget_slot;
-
-typedef struct budget_map {
-    budget_slot *slots;
-    uint32_t cap; /* a power of two, or 0 */
-    uint32_t n;
-} budget_map;
-
 typedef struct writer {
     importer *im;
     MDB_txn *txn;
@@ -1582,11 +1558,7 @@ typedef struct writer {
     nbx_buf scratch;
     uint64_t fail_line;  /* line of the record that failed, 0 if none */
     uint32_t units_max;  /* units per transaction once one was too big; 0: any */
-    /* events */
-    budget_map budgets;
-    kref *exposures; /* scratch: one customer's new exposure events, by offer */
-    size_t exposures_cap;
-    uint64_t txn_applied; /* new events in the open transaction */
+    nbx_effects fx;      /* events */
 } writer;
 
 static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
@@ -1662,215 +1634,8 @@ static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
 }
 
 /* ------------------------------------------------------------------------
- * Events: one customer at a time
+ * Events: one customer at a time, through the effects of events
  * ------------------------------------------------------------------------ */
-
-static int budget_grow(budget_map *m)
-{
-    uint32_t cap = m->cap ? m->cap * 2 : 256;
-    budget_slot *slots = calloc(cap, sizeof *slots);
-    if (!slots)
-        return NBX_ENOMEM;
-    for (uint32_t i = 0; i < m->cap; i++) {
-        if (!m->slots[i].used)
-            continue;
-        const budget_slot *o = &m->slots[i];
-        uint32_t h = (uint32_t)nbx_hash64(o->offer.ptr, o->offer.len, o->day) & (cap - 1);
-        while (slots[h].used)
-            h = (h + 1) & (cap - 1);
-        slots[h] = *o;
-    }
-    free(m->slots);
-    m->slots = slots;
-    m->cap = cap;
-    return NBX_OK;
-}
-
-/* Count one impression (or accept) of an applied event. */
-static int budget_count(budget_map *m, const nbx_event *ev, uint32_t rec)
-{
-    if (2 * (m->n + 1) > m->cap && budget_grow(m) != NBX_OK)
-        return NBX_ENOMEM;
-    uint32_t day = nbx_day_of(ev->ts_ms);
-    uint32_t h = (uint32_t)nbx_hash64(ev->offer.ptr, ev->offer.len, day) & (m->cap - 1);
-    while (m->slots[h].used && !(m->slots[h].day == day && nbx_sv_eq(m->slots[h].offer, ev->offer)))
-        h = (h + 1) & (m->cap - 1);
-    budget_slot *b = &m->slots[h];
-    if (!b->used) {
-        *b = (budget_slot){.offer = ev->offer, .day = day, .rec = rec, .used = true};
-        m->n++;
-    }
-    b->n[ev->type == NBX_EV_ACCEPT]++;
-    return NBX_OK;
-}
-
-static int budget_slot_cmp(const void *x, const void *y)
-{
-    const budget_slot *a = x, *b = y;
-    if (a->day != b->day)
-        return a->day < b->day ? -1 : 1;
-    return nbx_sv_cmp(a->offer, b->offer);
-}
-
-static void budget_clear(budget_map *m)
-{
-    if (m->n)
-        memset(m->slots, 0, m->cap * sizeof *m->slots);
-    m->n = 0;
-}
-
-/* Write the transaction's budget rows in key order (day, then offer), and
- * empty the map for the next transaction. */
-static int write_budgets(writer *w, const batch *b)
-{
-    budget_map *m = &w->budgets;
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < m->cap; i++)
-        if (m->slots[i].used)
-            m->slots[n++] = m->slots[i];
-    if (n > 1)
-        qsort(m->slots, n, sizeof *m->slots, budget_slot_cmp);
-    int rc = NBX_OK;
-    for (uint32_t i = 0; i < n && rc == NBX_OK; i++) {
-        const budget_slot *s = &m->slots[i];
-        rc = nbx_budget_add(w->im->store, w->txn, s->offer, s->day, s->n[0], s->n[1], &w->im->err);
-        if (rc)
-            w->fail_line = b->w[s->rec].line;
-    }
-    budget_clear(m);
-    return rc;
-}
-
-/* One counter row of a customer (offer empty: the all-offers row): one read,
- * the new exposure events xs[from, to), one write. */
-static int write_counters(writer *w, const batch *b, MDB_cursor *cur, nbx_sv customer, nbx_sv offer,
-                          const kref *xs, uint32_t from, uint32_t to)
-{
-    nbx_err *e = &w->im->err;
-    uint64_t line = b->w[xs[from].rec].line;
-    char key[NBX_COUNTER_KEY_MAX];
-    size_t klen = nbx_exposure_key(key, customer, offer);
-    MDB_val k = {klen, key}, v;
-    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
-    if (found != 0 && found != MDB_NOTFOUND)
-        return mdb_fail(w, found, "reading exposure counters", line);
-    nbx_arena_reset(&w->arena);
-    nbx_exposure counters;
-    memset(&counters, 0, sizeof counters);
-    if (found == 0 && nbx_exposure_decode(v.mv_data, v.mv_size, &counters, &w->arena) != NBX_OK) {
-        w->fail_line = line;
-        return nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
-                           (int)customer.len, customer.ptr);
-    }
-    for (uint32_t j = from; j < to; j++) {
-        const nbx_event *ev = &b->w[xs[j].rec].ev;
-        if (nbx_exposure_add(&counters, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1,
-                             &w->arena) != NBX_OK)
-            return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    }
-    nbx_buf_reset(&w->scratch);
-    if (nbx_exposure_encode(&counters, &w->scratch) != NBX_OK)
-        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    MDB_val val = {w->scratch.len, w->scratch.data};
-    /* after a hit, k points into the page the put rewrites */
-    k = (MDB_val){klen, key};
-    int rc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-    return rc ? mdb_fail(w, rc, "writing exposure counters", line) : NBX_OK;
-}
-
-/* The customer's new purchases among w[from, to): one read, each purchase
- * in file order, one write. */
-static int write_purchases(writer *w, const batch *b, MDB_cursor *cur, nbx_sv customer,
-                           uint32_t from, uint32_t to)
-{
-    nbx_err *e = &w->im->err;
-    uint64_t line = b->w[from].line;
-    MDB_val k = {customer.len, (void *)customer.ptr}, v;
-    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
-    if (found != 0 && found != MDB_NOTFOUND)
-        return mdb_fail(w, found, "reading a profile", line);
-    nbx_arena_reset(&w->arena);
-    nbx_profile p = {.id = customer};
-    if (found == 0) {
-        int rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &w->arena, e);
-        if (rc) {
-            w->fail_line = line;
-            return rc;
-        }
-    }
-    bool exists = found == 0;
-    for (uint32_t j = from; j < to; j++) {
-        const wrec *r = &b->w[j];
-        if (r->applied && r->ev.type == NBX_EV_PURCHASE) {
-            nbx_event_add_purchase(&p, exists, &r->ev, b->now_ms);
-            exists = true;
-        }
-    }
-    nbx_buf_reset(&w->scratch);
-    if (nbx_profile_encode(&p, &w->scratch) != NBX_OK)
-        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    MDB_val val = {w->scratch.len, w->scratch.data};
-    k = (MDB_val){customer.len, (void *)customer.ptr};
-    int rc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-    return rc ? mdb_fail(w, rc, "writing a profile", line) : NBX_OK;
-}
-
-/* Everything one customer's events of the batch write: their records (an
- * id this customer already has is a duplicate), then the counter rows (the
- * all-offers row, then each offer's, in key order), the profile if there
- * are purchases, and the budget counts. */
-static int write_customer(writer *w, batch *b, MDB_cursor *customers, MDB_cursor *profiles,
-                          uint32_t u)
-{
-    uint32_t from = b->units[u], to = b->units[u + 1];
-    nbx_sv customer = b->w[from].ev.customer;
-    if (w->exposures_cap < to - from) {
-        kref *x = realloc(w->exposures, (to - from) * sizeof *x);
-        if (!x)
-            return nbx_err_set(&w->im->err, NBX_ENOMEM, "out of memory");
-        w->exposures = x;
-        w->exposures_cap = to - from;
-    }
-    uint32_t n_new = 0, n_exposures = 0;
-    bool purchases = false;
-    for (uint32_t j = from; j < to; j++) {
-        wrec *r = &b->w[j];
-        MDB_val k = r->key, v = r->val;
-        int rc = mdb_cursor_put(customers, &k, &v, MDB_NOOVERWRITE);
-        r->applied = rc == 0;
-        if (rc == MDB_KEYEXIST)
-            continue;
-        if (rc)
-            return mdb_fail(w, rc, "recording an event", r->line);
-        n_new++;
-        if (r->ev.type == NBX_EV_PURCHASE)
-            purchases = true;
-        else
-            w->exposures[n_exposures++] = kref_of(r->ev.offer.ptr, r->ev.offer.len, j);
-    }
-    int rc = NBX_OK;
-    if (n_exposures) {
-        const kref *xs = w->exposures;
-        if (n_exposures > 1)
-            qsort(w->exposures, n_exposures, sizeof *xs, kref_cmp);
-        rc = write_counters(w, b, customers, customer, (nbx_sv){"", 0}, xs, 0, n_exposures);
-        for (uint32_t g = 0, h; rc == NBX_OK && g < n_exposures; g = h) {
-            h = group_end(xs, g, n_exposures);
-            nbx_sv offer = {xs[g].key, xs[g].len};
-            rc = write_counters(w, b, customers, customer, offer, xs, g, h);
-        }
-        for (uint32_t j = 0; rc == NBX_OK && j < n_exposures; j++) {
-            const nbx_event *ev = &b->w[xs[j].rec].ev;
-            if ((ev->type == NBX_EV_IMPRESSION || ev->type == NBX_EV_ACCEPT) &&
-                budget_count(&w->budgets, ev, xs[j].rec) != NBX_OK)
-                rc = nbx_err_set(&w->im->err, NBX_ENOMEM, "out of memory");
-        }
-    }
-    if (rc == NBX_OK && purchases)
-        rc = write_purchases(w, b, profiles, customer, from, to);
-    w->txn_applied += n_new;
-    return rc;
-}
 
 /* Customers [u0, u1) of the batch in the open transaction, with their
  * budget counts and the event count: every committed transaction holds
@@ -1878,29 +1643,19 @@ static int write_customer(writer *w, batch *b, MDB_cursor *customers, MDB_cursor
 static int write_events(writer *w, batch *b, uint32_t u0, uint32_t u1)
 {
     importer *im = w->im;
-    nbx_store *s = im->store;
-    w->txn_applied = 0;
-    MDB_cursor *customers = NULL, *profiles = NULL;
-    int rc = NBX_OK;
-    int mrc = mdb_cursor_open(w->txn, s->customers, &customers);
-    if (mrc == 0)
-        mrc = mdb_cursor_open(w->txn, s->profiles, &profiles);
-    if (mrc)
-        rc = mdb_fail(w, mrc, "recording events", 0);
+    int rc = nbx_effects_begin(&w->fx, im->store, w->txn, b->now_ms, &im->err);
     for (uint32_t u = u0; rc == NBX_OK && u < u1; u++)
-        rc = write_customer(w, b, customers, profiles, u);
-    if (profiles)
-        mdb_cursor_close(profiles);
-    if (customers)
-        mdb_cursor_close(customers);
+        rc = nbx_effects_customer(&w->fx, &b->fx[b->units[u]], b->units[u + 1] - b->units[u],
+                                  &im->err);
     if (rc == NBX_OK)
-        rc = write_budgets(w, b);
-    budget_clear(&w->budgets);
-    if (rc == NBX_OK)
-        rc = nbx_store_events_add(s, w->txn, (int64_t)w->txn_applied, &im->err);
+        rc = nbx_effects_end(&w->fx, &im->err);
+    else
+        nbx_effects_cancel(&w->fx);
+    if (rc && w->fx.failed)
+        w->fail_line = b->line[w->fx.failed - b->fx];
     if (rc == NBX_OK) {
-        im->stats.applied += w->txn_applied;
-        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->txn_applied;
+        im->stats.applied += w->fx.applied;
+        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->fx.applied;
     }
     return rc;
 }
@@ -1928,7 +1683,7 @@ static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
         /* the budgets, the count or the commit: name the transaction's first record */
         if (w->fail_line == 0)
             w->fail_line = im->kind == NBX_IMPORT_EVENTS
-                               ? b->w[b->units[u0]].line
+                               ? b->line[b->units[u0]]
                                : b->line[b->by_id[b->units[u0]].rec];
     }
     return rc;
@@ -1972,6 +1727,7 @@ static int apply(importer *im, uint64_t *stopped_at)
 {
     applier ap = {.im = im};
     writer w = {.im = im};
+    nbx_effects_init(&w.fx, &w.arena, &w.scratch);
     pthread_mutex_init(&ap.mu, NULL);
     pthread_cond_init(&ap.cond, NULL);
     pthread_t thread;
@@ -2028,8 +1784,7 @@ done:
     merge_close(&ap);
     nbx_arena_free(&w.arena);
     nbx_buf_free(&w.scratch);
-    free(w.budgets.slots);
-    free(w.exposures);
+    nbx_effects_free(&w.fx);
     pthread_cond_destroy(&ap.cond);
     pthread_mutex_destroy(&ap.mu);
     return rc;

@@ -364,7 +364,7 @@ int nbx_store_events_seen(nbx_store *s, MDB_txn *txn, uint64_t *out, nbx_err *e)
 int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e);
 
 /* ========================================================================
- * Exposures and budgets (exposure.c)
+ * Exposure counters (exposure.c)
  *
  * Counters are bucketed by UTC day so "N in the last D days" is a sum over
  * at most D buckets. Buckets older than NBX_WINDOW_DAYS_MAX are pruned.
@@ -396,20 +396,11 @@ typedef struct nbx_exposure {
 
 /* Events in the window of `days` UTC days ending with today (today counts). */
 uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
-/* Count one event of kind at ts for (customer, offer) in txn. */
-int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
-                      int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
-/* Count one impression (or accept) of offer on ts's UTC day. */
-int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
-                    nbx_err *e);
 /* Add n events of one kind at ts to x (arrays reallocated from a). */
 int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a);
-/* Add counts to offer's budget row for a UTC day. */
-int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
-                   uint64_t accepts, nbx_err *e);
 
 /* ========================================================================
- * Events and import (event.c, ingest.c)
+ * Events: parsing (event.c), effects (effects.c), import (ingest.c)
  * ======================================================================== */
 
 typedef struct nbx_event {
@@ -425,14 +416,77 @@ typedef struct nbx_event {
 
 int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e);
 const char *nbx_event_type_name(int type);
-/* Apply in txn: skip an id seen before for this customer (*applied = 0),
- * else record the event, update RFM aggregates or exposure counters and
- * budgets, and count it. */
+
+/* effects.c: what an event does to a customer, for every path that applies
+ * events. A transaction opens with nbx_effects_begin(), applies groups of
+ * one customer's events with nbx_effects_customer(), and ends with exactly
+ * one of nbx_effects_end() (writes the budget rows and the event count) or
+ * nbx_effects_cancel(), before the transaction commits or aborts. */
+enum nbx_fx_outcome { NBX_FX_APPLIED = 1, NBX_FX_DUPLICATE = 2 };
+
+/* One event as the effects take it: the event, its record encoded
+ * (nbx_event_record_encode) under its key (nbx_event_key); the views must
+ * stay valid until the transaction ends. outcome is set by
+ * nbx_effects_customer(). */
+typedef struct nbx_fx_event {
+    nbx_event ev;
+    MDB_val key;
+    MDB_val val;
+    uint8_t outcome; /* nbx_fx_outcome */
+} nbx_fx_event;
+
+/* The longest event record: an array header, ts, type, offer and placement
+ * (NBX_OFFER_ID_MAX each), amount and margin. */
+#define NBX_EVENT_RECORD_MAX (64 + 2 * (NBX_OFFER_ID_MAX + 2))
+
+/* A budget row a transaction adds to, and one new exposure of a customer
+ * (sorted by offer, then arrival). */
+typedef struct nbx_fx_budget {
+    nbx_sv offer; /* points into the caller's events */
+    uint32_t day;
+    bool used;
+    uint64_t n[2];             /* impressions, accepts */
+    const nbx_fx_event *event; /* one counted here, for messages */
+} nbx_fx_budget;
+typedef struct nbx_fx_ref {
+    nbx_sv offer;
+    uint32_t i; /* index into the customer's events */
+} nbx_fx_ref;
+
+typedef struct nbx_effects {
+    nbx_store *store;
+    MDB_txn *txn;
+    MDB_cursor *customers;
+    MDB_cursor *profiles;  /* opened on the first purchase */
+    int64_t now_ms;        /* the writer's clock: updated_at of purchases */
+    nbx_arena *arena;      /* borrowed; reset per row */
+    nbx_buf *scratch;      /* borrowed */
+    uint64_t applied;      /* new events since nbx_effects_begin() */
+    const nbx_fx_event *failed; /* the event a failure is about, or NULL */
+    /* budget rows of the transaction: an open-addressing table, inline
+     * until it outgrows a few rows */
+    nbx_fx_budget *budgets;
+    uint32_t budget_cap, n_budgets;
+    /* one customer's new exposures, by offer */
+    nbx_fx_ref *refs;
+    size_t refs_cap;
+    nbx_fx_budget budget_inline[8];
+    nbx_fx_ref ref_inline[16];
+} nbx_effects;
+
+void nbx_effects_init(nbx_effects *fx, nbx_arena *arena, nbx_buf *scratch);
+void nbx_effects_free(nbx_effects *fx);
+int nbx_effects_begin(nbx_effects *fx, nbx_store *s, MDB_txn *txn, int64_t now_ms, nbx_err *e);
+/* evs[0, n): events of one customer, in arrival order. */
+int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *e);
+int nbx_effects_end(nbx_effects *fx, nbx_err *e);
+void nbx_effects_cancel(nbx_effects *fx);
+/* The counter kind (NBX_EXP_*) of an exposure event type. */
+int nbx_event_exposure_kind(int type);
+/* One event in txn, through the effects above: *applied 1 if new, 0 if a
+ * duplicate. */
 int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
                         nbx_arena *a, nbx_buf *scratch, nbx_err *e);
-/* The counter kind (NBX_EXP_*) of an exposure event. */
-int nbx_event_exposure_kind(int type);
-void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms);
 
 /* ========================================================================
  * Stored layouts (codec.c; docs/format.md)
