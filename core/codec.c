@@ -284,7 +284,6 @@ void nbx_mp_skip(nbx_mp *m)
     }
 }
 
-
 /* The exported reader; codec.c's own decoders use the inline versions. */
 int nbx_mp_type(const nbx_mp *m)
 {
@@ -602,7 +601,7 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
         x->last[k] = mp_int(&m);
     uint32_t cells = mp_array(&m);
     if (m.bad || cells % (1 + NBX_EXP_KINDS) != 0 ||
-        cells / (1 + NBX_EXP_KINDS) > NBX_WINDOW_DAYS_MAX + 1)
+        cells / (1 + NBX_EXP_KINDS) > NBX_EXPOSURE_DAYS_MAX)
         return NBX_ECORRUPT;
     x->n_days = cells / (1 + NBX_EXP_KINDS);
     x->days = arena_array(a, x->n_days, sizeof *x->days);

@@ -280,7 +280,8 @@ static int write_counters(nbx_effects *fx, const nbx_fx_event *evs, nbx_sv custo
                                    (int)customer.len, customer.ptr));
     for (uint32_t j = from; j < to; j++) {
         const nbx_event *ev = &evs[fx->refs[j].i].ev;
-        if (nbx_exposure_add(&x, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1, fx->arena) != NBX_OK)
+        if (nbx_exposure_add(&x, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1, fx->now_ms,
+                             fx->arena) != NBX_OK)
             return fail_at(fx, first, nbx_err_set(e, NBX_ENOMEM, "out of memory"));
     }
     nbx_buf_reset(fx->scratch);
@@ -326,7 +327,7 @@ static int write_purchases(nbx_effects *fx, const nbx_fx_event *evs, size_t n, n
 {
     const nbx_fx_event *first = NULL;
     for (size_t j = 0; j < n && !first; j++)
-        if (evs[j].outcome == NBX_FX_APPLIED && evs[j].ev.type == NBX_EV_PURCHASE)
+        if (evs[j].outcome == NBX_RECORD_APPLIED && evs[j].ev.type == NBX_EV_PURCHASE)
             first = &evs[j];
     if (!fx->profiles) {
         int rc = mdb_cursor_open(fx->txn, fx->store->profiles, &fx->profiles);
@@ -348,7 +349,7 @@ static int write_purchases(nbx_effects *fx, const nbx_fx_event *evs, size_t n, n
     }
     bool exists = found == 0;
     for (size_t j = 0; j < n; j++) {
-        if (evs[j].outcome == NBX_FX_APPLIED && evs[j].ev.type == NBX_EV_PURCHASE) {
+        if (evs[j].outcome == NBX_RECORD_APPLIED && evs[j].ev.type == NBX_EV_PURCHASE) {
             add_purchase(&p, exists, &evs[j].ev, fx->now_ms);
             exists = true;
         }
@@ -379,12 +380,12 @@ int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *
         MDB_val k = x->key, v = x->val;
         int rc = mdb_cursor_put(fx->customers, &k, &v, MDB_NOOVERWRITE);
         if (rc == MDB_KEYEXIST) {
-            x->outcome = NBX_FX_DUPLICATE;
+            x->outcome = NBX_RECORD_DUPLICATE;
             continue;
         }
         if (rc)
             return fail_at(fx, x, nbx_err_mdb(e, rc, "recording an event"));
-        x->outcome = NBX_FX_APPLIED;
+        x->outcome = NBX_RECORD_APPLIED;
         fx->applied++;
         if (x->ev.type == NBX_EV_PURCHASE)
             purchases = true;
@@ -421,10 +422,10 @@ int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *
  * One event
  * ======================================================================== */
 
-int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
-                        nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *outcome, nbx_arena *a,
+                        nbx_buf *scratch, nbx_err *e)
 {
-    *applied = 0;
+    *outcome = 0;
     /* The record fits on the stack: its strings are bounded by the parser
      * (offer and placement ids) and its numbers are at most 9 bytes each. */
     if (ev->offer.len > NBX_OFFER_ID_MAX || ev->placement.len > NBX_OFFER_ID_MAX ||
@@ -449,6 +450,6 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ap
         nbx_effects_cancel(&fx);
     nbx_effects_free(&fx);
     if (rc == NBX_OK)
-        *applied = x.outcome == NBX_FX_APPLIED;
+        *outcome = x.outcome;
     return rc;
 }

@@ -13,8 +13,10 @@
 static const struct {
     const char *name;
     uint8_t type;
-} event_types[] = {{"purchase", NBX_EV_PURCHASE}, {"impression", NBX_EV_IMPRESSION},
-                   {"click", NBX_EV_CLICK},       {"accept", NBX_EV_ACCEPT},
+} event_types[] = {{"purchase", NBX_EV_PURCHASE},
+                   {"impression", NBX_EV_IMPRESSION},
+                   {"click", NBX_EV_CLICK},
+                   {"accept", NBX_EV_ACCEPT},
                    {"dismiss", NBX_EV_DISMISS}};
 
 const char *nbx_event_type_name(int type)
@@ -144,7 +146,8 @@ static const char *article(const char *word)
     return strchr("aeiou", word[0]) ? "an" : "a";
 }
 
-int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e)
+int nbx_event_parse(const char *json, size_t len, unsigned flags, nbx_event *ev, nbx_arena *a,
+                    nbx_err *e)
 {
     memset(ev, 0, sizeof *ev);
     ev->margin = NAN;
@@ -217,7 +220,7 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
                            "field 'type': unknown event type '%.*s' (purchase, impression, "
                            "click, accept, dismiss)",
                            (int)(type.len > 64 ? 64 : type.len), type.ptr);
-    if (!have_ts)
+    if (!have_ts && !(flags & NBX_EVENT_TS_OPTIONAL))
         return nbx_err_set(e, NBX_EPARSE, "field 'ts': is required");
     if (ev->type == NBX_EV_PURCHASE) {
         if (isnan(ev->amount))
@@ -228,6 +231,43 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
                                article(nbx_event_type_name(ev->type)),
                                nbx_event_type_name(ev->type));
     }
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Checks against the writer: its clock, its catalog
+ * ======================================================================== */
+
+/* The writer's clock is the one clock nbx trusts: an event dated ahead of
+ * it by more than the skew is refused (a client's clock cannot reach into
+ * the future of the counters), while old events (backfills, late arrivals)
+ * are fine. */
+int nbx_event_check(const nbx_event *ev, const nbx_event_rules *r, nbx_err *e)
+{
+    if (ev->ts_ms > r->now_ms && ev->ts_ms - r->now_ms > r->max_skew_ms) {
+        char ts[NBX_TIME_BUFSZ], now[NBX_TIME_BUFSZ];
+        nbx_time_format(ev->ts_ms, ts);
+        nbx_time_format(r->now_ms, now);
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'ts': %s is ahead of this writer's clock (%s) by more than "
+                           "the %lld s an event may be",
+                           ts, now, (long long)(r->max_skew_ms / 1000));
+    }
+    if (r->offer_known && ev->offer.len && !r->offer_known(r->offers, ev->offer))
+        return nbx_err_set(e, NBX_EINVAL, "field 'offer': '%.*s' is not an offer of the catalog",
+                           (int)(ev->offer.len > 128 ? 128 : ev->offer.len), ev->offer.ptr);
+    return NBX_OK;
+}
+
+int nbx_event_skew(int64_t given_ms, int64_t *out_ms, nbx_err *e)
+{
+    if (given_ms < 0 || given_ms > NBX_EVENT_SKEW_MAX_MS)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "the clock skew allowed to events is %lld ms; it must be 0 (the "
+                           "default, %d s) to %d ms",
+                           (long long)given_ms, NBX_DEFAULT_EVENT_SKEW_MS / 1000,
+                           NBX_EVENT_SKEW_MAX_MS);
+    *out_ms = given_ms ? given_ms : NBX_DEFAULT_EVENT_SKEW_MS;
     return NBX_OK;
 }
 
@@ -249,12 +289,16 @@ NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *app
     nbx_buf scratch = {0};
     nbx_event ev;
     MDB_txn *txn = NULL;
-    int done = 0;
-    int rc = nbx_event_parse(json, len, &ev, &arena, &e);
+    int outcome = 0;
+    const nbx_event_rules rules = {.now_ms = nbx_time_now(),
+                                   .max_skew_ms = NBX_DEFAULT_EVENT_SKEW_MS};
+    int rc = nbx_event_parse(json, len, 0, &ev, &arena, &e);
+    if (rc == NBX_OK)
+        rc = nbx_event_check(&ev, &rules, &e);
     if (rc == NBX_OK)
         rc = nbx_store_write_begin(s, &txn, &e);
     if (rc == NBX_OK)
-        rc = nbx_event_apply_txn(s, txn, &ev, &done, &arena, &scratch, &e);
+        rc = nbx_event_apply_txn(s, txn, &ev, &outcome, &arena, &scratch, &e);
     if (rc == NBX_OK) {
         rc = nbx_store_commit(s, txn, &e);
         txn = NULL;
@@ -265,6 +309,6 @@ NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *app
     if (rc)
         return nbx_publish(s, &e);
     if (applied)
-        *applied = done;
+        *applied = outcome == NBX_RECORD_APPLIED;
     return NBX_OK;
 }

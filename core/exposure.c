@@ -8,10 +8,19 @@
 
 #include <string.h>
 
-/* Add n events of one kind at ts to x, keeping buckets sorted and at most
- * NBX_WINDOW_DAYS_MAX days behind the newest one. The result does not depend
- * on the order events are added in, which lets bulk ingest group them. */
-int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a)
+/* Add n events of one kind at ts to x, keeping buckets sorted.
+ *
+ * Pruning: a bucket is dropped when it is more than NBX_WINDOW_DAYS_MAX days
+ * older than the newest bucket AND than the writer's day (now_ms), never
+ * because of an event's own time alone: one event dated a year ahead
+ * (a wrong clock, a hostile client) must not erase the customer's counters
+ * for the days that count now. Rows keep at most NBX_EXPOSURE_DAYS_MAX
+ * buckets (the oldest go first), so buckets ahead of the writer's clock (a
+ * decision recorded with a future clock) cannot grow a row without bound.
+ * Either way the result does not depend on the order events are added in,
+ * for one now_ms, which lets bulk ingest group them. */
+int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, int64_t now_ms,
+                     nbx_arena *a)
 {
     uint32_t day = nbx_day_of(ts);
     if (ts > x->last[kind])
@@ -35,10 +44,14 @@ int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_aren
         x->days = days;
         x->n_days++;
     }
-    uint32_t newest = x->days[x->n_days - 1].day;
+    uint32_t newest = x->days[x->n_days - 1].day, today = nbx_day_of(now_ms);
+    uint32_t anchor = newest < today ? newest : today;
     uint32_t drop = 0;
-    while (drop < x->n_days && newest - x->days[drop].day > NBX_WINDOW_DAYS_MAX)
+    while (drop < x->n_days && x->days[drop].day < anchor &&
+           anchor - x->days[drop].day > NBX_WINDOW_DAYS_MAX)
         drop++;
+    if (x->n_days - drop > NBX_EXPOSURE_DAYS_MAX)
+        drop = x->n_days - NBX_EXPOSURE_DAYS_MAX;
     x->days += drop;
     x->n_days -= drop;
     return NBX_OK;

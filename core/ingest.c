@@ -40,6 +40,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -508,7 +509,8 @@ typedef struct chunk {
 
 typedef struct validator {
     nbx_import_kind kind;
-    bool keep_going; /* rejects_path set: record bad lines and go on */
+    bool keep_going;       /* rejects_path set: record bad lines and go on */
+    nbx_event_rules rules; /* events: the writer's clock, at the start */
     pthread_mutex_t mu;
     pthread_cond_t work; /* a chunk is ready, or stop */
     pthread_cond_t done; /* a chunk is parsed */
@@ -602,7 +604,11 @@ static void parse_chunk(validator *v, chunk *c, nbx_arena *arena)
                     spool_profile(&c->spool, line, &patch);
             } else {
                 nbx_event ev;
-                rc = nbx_event_parse(p, n, &ev, arena, &e);
+                rc = nbx_event_parse(p, n, 0, &ev, arena, &e);
+                /* a line the writer refuses (its clock, its catalog) is a
+                 * bad line like any other */
+                if (rc == NBX_OK && nbx_event_check(&ev, &v->rules, &e) != NBX_OK)
+                    rc = e.code = NBX_EPARSE;
                 if (rc == NBX_OK)
                     spool_event(&c->spool, line, &ev);
             }
@@ -703,6 +709,7 @@ typedef struct importer {
     const char *name; /* the path, or "<stdin>", for messages */
     const nbx_import_options *opts;
     size_t batch_size;
+    int64_t max_skew_ms;
     nbx_import_stats stats;
     nbx_err err;
     /* input */
@@ -997,7 +1004,9 @@ static unsigned parser_threads(void)
 /* The calling thread reads and collects; parser threads parse. */
 static int validate(importer *im)
 {
-    validator v = {.kind = im->kind, .keep_going = im->opts->rejects_path != NULL};
+    validator v = {.kind = im->kind,
+                   .keep_going = im->opts->rejects_path != NULL,
+                   .rules = {.now_ms = nbx_time_now(), .max_skew_ms = im->max_skew_ms}};
     unsigned n_threads = parser_threads();
     v.n_chunks = n_threads + 2;
     pthread_t threads[PARSER_THREADS_MAX];
@@ -1133,7 +1142,7 @@ typedef struct batch {
                          its record encoded (the writer walks them in
                          sequence instead of jumping about the batch) */
     nbx_buf wbytes;   /* their keys, values and offer ids, in the same order */
-    size_t cap;     /* records the arrays above hold */
+    size_t cap;       /* records the arrays above hold */
 } batch;
 
 /* One sorted run of the spool, read through a buffer. */
@@ -1556,9 +1565,9 @@ typedef struct writer {
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
-    uint64_t fail_line;  /* line of the record that failed, 0 if none */
-    uint32_t units_max;  /* units per transaction once one was too big; 0: any */
-    nbx_effects fx;      /* events */
+    uint64_t fail_line; /* line of the record that failed, 0 if none */
+    uint32_t units_max; /* units per transaction once one was too big; 0: any */
+    nbx_effects fx;     /* events */
 } writer;
 
 static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
@@ -1670,8 +1679,7 @@ static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
     int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
     if (rc)
         return rc;
-    rc = im->kind == NBX_IMPORT_EVENTS ? write_events(w, b, u0, u1)
-                                       : write_profiles(w, b, u0, u1);
+    rc = im->kind == NBX_IMPORT_EVENTS ? write_events(w, b, u0, u1) : write_profiles(w, b, u0, u1);
     if (rc == NBX_OK)
         rc = nbx_store_commit(im->store, w->txn, &im->err);
     else
@@ -1682,9 +1690,8 @@ static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
         im->stats.duplicates = duplicates;
         /* the budgets, the count or the commit: name the transaction's first record */
         if (w->fail_line == 0)
-            w->fail_line = im->kind == NBX_IMPORT_EVENTS
-                               ? b->line[b->units[u0]]
-                               : b->line[b->by_id[b->units[u0]].rec];
+            w->fail_line = im->kind == NBX_IMPORT_EVENTS ? b->line[b->units[u0]]
+                                                         : b->line[b->by_id[b->units[u0]].rec];
     }
     return rc;
 }
@@ -1856,16 +1863,25 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
         return nbx_fail(store, NBX_EINVAL, "nbx_import_file: store and path are required");
     if (kind != NBX_IMPORT_PROFILES && kind != NBX_IMPORT_EVENTS)
         return nbx_fail(store, NBX_EINVAL, "nbx_import_file: unknown kind %d", (int)kind);
-    nbx_import_options defaults;
-    nbx_import_options_init(&defaults);
-    if (!opts)
-        opts = &defaults;
-    if (opts->size < sizeof *opts)
+    /* An older caller's smaller struct (its size field) gets zeros for the
+     * fields added since. */
+    nbx_import_options given;
+    nbx_import_options_init(&given);
+    if (opts && opts->size < offsetof(nbx_import_options, max_skew_ms))
         return nbx_fail(store, NBX_EINVAL,
                         "nbx_import_file: options not set up with nbx_import_options_init()");
+    if (opts) {
+        memset(&given, 0, sizeof given);
+        memcpy(&given, opts, opts->size < sizeof given ? opts->size : sizeof given);
+    }
+    opts = &given;
     if (opts->batch_size > BATCH_MAX)
         return nbx_fail(store, NBX_EINVAL, "nbx_import_file: batch_size %zu is over %d",
                         opts->batch_size, BATCH_MAX);
+    nbx_err oe = {0};
+    int64_t max_skew_ms;
+    if (nbx_event_skew(opts->max_skew_ms, &max_skew_ms, &oe) != NBX_OK)
+        return nbx_fail(store, NBX_EINVAL, "nbx_import_file: max_skew_ms: %s", oe.msg);
     if (store->flags & NBX_STORE_READONLY)
         return nbx_fail(store, NBX_EREADONLY, "%s: store opened read-only", store->path);
 
@@ -1876,6 +1892,7 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
                    .batch_size = opts->batch_size            ? opts->batch_size
                                  : kind == NBX_IMPORT_EVENTS ? DEFAULT_BATCH_EVENTS
                                                              : DEFAULT_BATCH_PROFILES,
+                   .max_skew_ms = max_skew_ms,
                    .in_fd = -1,
                    .spool_fd = -1,
                    .rejects_fd = -1,

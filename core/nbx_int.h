@@ -367,10 +367,14 @@ int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e);
  * Exposure counters (exposure.c)
  *
  * Counters are bucketed by UTC day so "N in the last D days" is a sum over
- * at most D buckets. Buckets older than NBX_WINDOW_DAYS_MAX are pruned.
+ * at most D buckets. Buckets more than NBX_WINDOW_DAYS_MAX days behind both
+ * the row's newest bucket and the writer's clock are pruned.
  * ======================================================================== */
 
 #define NBX_WINDOW_DAYS_MAX 365
+/* Buckets a row keeps at most: a year behind the writer's clock and room
+ * for days ahead of it (decisions recorded with a future clock). */
+#define NBX_EXPOSURE_DAYS_MAX (2 * (NBX_WINDOW_DAYS_MAX + 1))
 
 typedef enum nbx_event_type {
     NBX_EV_PURCHASE = 1,
@@ -396,8 +400,10 @@ typedef struct nbx_exposure {
 
 /* Events in the window of `days` UTC days ending with today (today counts). */
 uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
-/* Add n events of one kind at ts to x (arrays reallocated from a). */
-int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a);
+/* Add n events of one kind at ts to x (arrays reallocated from a); now_ms
+ * is the writer's clock, which bounds pruning (exposure.c). */
+int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, int64_t now_ms,
+                     nbx_arena *a);
 
 /* ========================================================================
  * Events: parsing (event.c), effects (effects.c), import (ingest.c)
@@ -414,15 +420,34 @@ typedef struct nbx_event {
     double margin; /* purchases; NaN if not given */
 } nbx_event;
 
-int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e);
+/* Parse one event. NBX_EVENT_TS_OPTIONAL: `ts` may be missing (ts_ms is
+ * then 0; the caller stamps the event with its own clock). */
+enum { NBX_EVENT_TS_OPTIONAL = 0x1 };
+int nbx_event_parse(const char *json, size_t len, unsigned flags, nbx_event *ev, nbx_arena *a,
+                    nbx_err *e);
 const char *nbx_event_type_name(int type);
+
+/* What the writer knows that an event must agree with: its clock (an event
+ * may be dated at most max_skew_ms after now_ms) and, when offer_known is
+ * set, its catalog (the event's offer must be one of it). offer_known is a
+ * callback so that events need not know catalogs (a higher layer). */
+typedef struct nbx_event_rules {
+    int64_t now_ms;
+    int64_t max_skew_ms;
+    bool (*offer_known)(const void *offers, nbx_sv id);
+    const void *offers;
+} nbx_event_rules;
+/* NBX_OK, or NBX_EINVAL naming the field (`ts`, `offer`). */
+int nbx_event_check(const nbx_event *ev, const nbx_event_rules *r, nbx_err *e);
+/* The skew an option asks for (0: the default), checked: NBX_EINVAL outside
+ * 0..NBX_EVENT_SKEW_MAX_MS. */
+int nbx_event_skew(int64_t given_ms, int64_t *out_ms, nbx_err *e);
 
 /* effects.c: what an event does to a customer, for every path that applies
  * events. A transaction opens with nbx_effects_begin(), applies groups of
  * one customer's events with nbx_effects_customer(), and ends with exactly
  * one of nbx_effects_end() (writes the budget rows and the event count) or
  * nbx_effects_cancel(), before the transaction commits or aborts. */
-enum nbx_fx_outcome { NBX_FX_APPLIED = 1, NBX_FX_DUPLICATE = 2 };
 
 /* One event as the effects take it: the event, its record encoded
  * (nbx_event_record_encode) under its key (nbx_event_key); the views must
@@ -432,7 +457,7 @@ typedef struct nbx_fx_event {
     nbx_event ev;
     MDB_val key;
     MDB_val val;
-    uint8_t outcome; /* nbx_fx_outcome */
+    uint8_t outcome; /* nbx_record_outcome */
 } nbx_fx_event;
 
 /* The longest event record: an array header, ts, type, offer and placement
@@ -483,9 +508,9 @@ int nbx_effects_end(nbx_effects *fx, nbx_err *e);
 void nbx_effects_cancel(nbx_effects *fx);
 /* The counter kind (NBX_EXP_*) of an exposure event type. */
 int nbx_event_exposure_kind(int type);
-/* One event in txn, through the effects above: *applied 1 if new, 0 if a
- * duplicate. */
-int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
+/* One event in txn, through the effects above; *outcome is an
+ * nbx_record_outcome. */
+int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *outcome,
                         nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 
 /* ========================================================================
@@ -853,6 +878,7 @@ struct nbx_engine {
     atomic_uint_fast64_t generation; /* current->generation, readable without the lock */
     nbx_limits limits;
     unsigned flags;
+    int64_t event_max_skew_ms; /* nbx_record(): how far ahead an event may be */
     nbx_log_fn log;
     void *log_ud;
 };

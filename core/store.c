@@ -123,8 +123,8 @@ static int open_dbis(nbx_store *s, nbx_err *e)
         rc = mdb_dbi_open(txn, dbs[i].name, f, dbs[i].dbi);
         if (rc == MDB_NOTFOUND) {
             mdb_txn_abort(txn);
-            return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no '%s' database)",
-                               s->path, dbs[i].name);
+            return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no '%s' database)", s->path,
+                               dbs[i].name);
         }
         if (rc) {
             mdb_txn_abort(txn);

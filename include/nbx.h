@@ -279,13 +279,24 @@ NBX_API int nbx_profile_delete(nbx_store *store, const char *id);
  * Events: purchases and exposures (impression, click, accept, dismiss)
  * ------------------------------------------------------------------------ */
 
+/** How far after the writer's clock an event may be dated (`ts`) by
+ * default: further ahead it is refused, naming `ts`. Older events
+ * (backfills, late arrivals) are always taken. */
+#define NBX_DEFAULT_EVENT_SKEW_MS 300000
+/** The largest skew an option may allow (one day). */
+#define NBX_EVENT_SKEW_MAX_MS 86400000
+
 /**
  * @brief Apply one event (the JSON object `nbx ingest` reads) and commit.
  * Deduplication is per customer: an event whose event_id this customer has
  * had before is skipped and changes nothing, whatever its other fields (the
  * first one wins); the same event_id for another customer is another event.
+ * The event's `ts` may be at most NBX_DEFAULT_EVENT_SKEW_MS after this
+ * process's clock; counters are never pruned by an event's own time.
  * @param[out] applied if not NULL, 1 if applied, 0 if skipped as a duplicate.
- * @return NBX_OK, NBX_EINVAL, NBX_EPARSE, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE.
+ * @return NBX_OK, NBX_EINVAL (NULL argument; `ts` too far ahead of the
+ *   clock: the message names `ts`), NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY,
+ *   NBX_EFULL, NBX_ESTORE.
  * @note Thread-safe.
  */
 NBX_API int nbx_event_apply(nbx_store *store, const char *json, size_t len, int *applied);
@@ -315,6 +326,10 @@ typedef struct nbx_import_options {
                                    profiles, 100000 for events) */
     nbx_progress_fn progress; /**< called about every 100k lines; may be NULL */
     void *progress_ud;
+    int64_t max_skew_ms;      /**< events: how far after the importing process's
+                                   clock an event may be dated (0:
+                                   NBX_DEFAULT_EVENT_SKEW_MS; at most
+                                   NBX_EVENT_SKEW_MAX_MS); a later `ts` is a bad line */
 } nbx_import_options;
 
 /** Counts from nbx_import_file(). */
@@ -484,6 +499,10 @@ typedef struct nbx_engine_options {
      * messages). The version is the xxh64 of these bytes, as of a file's. */
     const char *policy_text;
     size_t policy_len;
+    /** How far after the engine's clock an event given to nbx_record() may
+     * be dated (0: NBX_DEFAULT_EVENT_SKEW_MS; at most NBX_EVENT_SKEW_MAX_MS,
+     * else NBX_EINVAL). */
+    int64_t event_max_skew_ms;
 } nbx_engine_options;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -663,13 +682,47 @@ NBX_API const char *nbx_ctx_errmsg(const nbx_ctx *ctx);
  */
 NBX_API int nbx_decide(nbx_ctx *ctx, const nbx_request *req, const nbx_result **out);
 
+/** Flags for nbx_record_ex(). */
+enum nbx_record_flags {
+    /** Stamp the event with the engine's clock: its own `ts` is not trusted
+     * (it may be left out; if given it must still be a time). For events
+     * from browsers and other clients whose clocks nbx cannot trust. */
+    NBX_RECORD_SERVER_TIME = 0x1
+};
+
+/** What nbx_record_ex() did with an event. */
+enum nbx_record_outcome {
+    NBX_RECORD_APPLIED = 1,   /**< new: recorded, counters and aggregates updated */
+    NBX_RECORD_DUPLICATE = 2, /**< this customer had the event id before: nothing changed */
+    NBX_RECORD_SUPPRESSED = 3 /**< the customer was erased: refused, nothing stored */
+};
+
 /**
- * @brief Apply one event (as nbx_event_apply()) through the context's engine;
- * the next decision on any context sees it. Deduplication is per customer,
- * as for nbx_event_apply().
- * @param[out] applied if not NULL, 1 if applied, 0 if this customer had the
- *   event id before.
- * @return as nbx_event_apply(); NBX_EREADONLY on a read-only engine.
+ * @brief Apply one event through the context's engine; the next decision on
+ * any context sees it. Deduplication is per customer, as for
+ * nbx_event_apply().
+ *
+ * Refused with NBX_EINVAL, the message naming the field: an event dated
+ * more than nbx_engine_options.event_max_skew_ms after the engine's clock
+ * (`ts`; not with NBX_RECORD_SERVER_TIME), and an exposure naming an offer
+ * that is not in the engine's current catalog (`offer`).
+ *
+ * @param flags nbx_record_flags, OR-ed.
+ * @param[out] outcome if not NULL, an nbx_record_outcome on NBX_OK, else 0.
+ * @return NBX_OK (also for a duplicate or a suppressed customer: see
+ *   outcome), NBX_EINVAL (NULL argument, unknown flags, `ts`, `offer`),
+ *   NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY (read-only engine), NBX_EFULL,
+ *   NBX_ESTORE, NBX_ENOMEM.
+ * @note The context belongs to one thread at a time.
+ */
+NBX_API int nbx_record_ex(nbx_ctx *ctx, const char *json, size_t len, unsigned flags,
+                          int *outcome);
+
+/**
+ * @brief nbx_record_ex() with flags 0.
+ * @param[out] applied if not NULL, 1 if applied, 0 if not (a duplicate, or
+ *   a suppressed customer).
+ * @return as nbx_record_ex().
  */
 NBX_API int nbx_record(nbx_ctx *ctx, const char *json, size_t len, int *applied);
 

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,7 +309,7 @@ static void write_mixed_events(const char *path, int n)
     for (int i = 0; i < n; i++) {
         seed = seed * 1103515245u + 12345u;
         int t = (int)((seed >> 16) % 6), c = (int)((seed >> 8) % 40), o = (int)(seed % 9);
-        long ts = 1767225600L + (long)((seed >> 4) % (400 * 86400));
+        long ts = 1735689600L + (long)((seed >> 4) % (400 * 86400)); /* 2025-01-01 on */
         char line[256];
         if (t == 5)
             snprintf(line, sizeof line,
@@ -1187,8 +1188,8 @@ Test(ingest, a_profile_transaction_too_big_for_the_map_is_split)
     cr_assert_eq(import_kind_into(tight, NBX_IMPORT_PROFILES, first, 500, &st), NBX_OK, "%s",
                  nbx_store_errmsg(tight));
     size_t before = last_txn(tight);
-    cr_assert_eq(import_kind_into(tight, NBX_IMPORT_PROFILES, second, 1000000, &st), NBX_OK,
-                 "%s", nbx_store_errmsg(tight));
+    cr_assert_eq(import_kind_into(tight, NBX_IMPORT_PROFILES, second, 1000000, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(tight));
     cr_assert_eq(st.applied, 6000);
     cr_assert_gt(last_txn(tight) - before, 1, "one batch, one transaction: nothing was split");
 
@@ -1282,4 +1283,92 @@ Test(ingest, maps_in_any_order)
         free(rejects);
         free(path);
     }
+}
+
+/* ------------------------------------------------------------------------
+ * The writer's clock (issue 9, section 2)
+ * ------------------------------------------------------------------------ */
+
+static int64_t t_ms(const char *text)
+{
+    int64_t ms;
+    cr_assert_eq(nbx_time_parse(text, &ms), NBX_OK, "%s", text);
+    return ms;
+}
+
+/* A click of c1 at ms, as a JSONL line. */
+static void click_line(char *out, size_t n, const char *id, int64_t ms)
+{
+    char ts[NBX_TIME_BUFSZ];
+    cr_assert_eq(nbx_time_format(ms, ts), NBX_OK);
+    snprintf(out, n,
+             "{\"event_id\":\"%s\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"o1\","
+             "\"ts\":\"%s\"}\n",
+             id, ts);
+}
+
+Test(ingest, an_event_ahead_of_the_clock_names_file_line_and_ts)
+{
+    int64_t now = nbx_time_now();
+    char a[256], b[256], c[256], text[1024];
+    click_line(a, sizeof a, "k1", now - 3600000);
+    click_line(b, sizeof b, "k2", now + 365 * NBX_MS_PER_DAY);
+    click_line(c, sizeof c, "k3", t_ms("2020-01-01T00:00:00Z"));
+    snprintf(text, sizeof text, "%s%s%s", a, b, c);
+    char *path = write_tmp("ahead.jsonl", text);
+    uint64_t before = store_digest(store);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_EPARSE);
+    char where[4200];
+    snprintf(where, sizeof where, "%s:2: field 'ts'", path);
+    cr_assert(strncmp(nbx_store_errmsg(store), where, strlen(where)) == 0,
+              "expected '%s...', got '%s'", where, nbx_store_errmsg(store));
+    cr_assert_eq(store_digest(store), before, "a refused file wrote something");
+
+    /* with --skip-invalid the line goes to the rejects, the backfill is applied */
+    char *rejects = tu_path(dir, "rejects.jsonl");
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, rejects, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 2);
+    cr_assert_eq(st.rejected, 1);
+    char *r = tu_read_file(rejects, NULL);
+    cr_assert(strstr(r, "\"line\":2,") && strstr(r, "field 'ts'"), "%s", r);
+    free(r);
+
+    /* the skew is an option */
+    char d[256];
+    click_line(d, sizeof d, "k4", now + 3600000);
+    char *later = write_tmp("later.jsonl", d);
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, later, 0, NULL, &st), NBX_EPARSE);
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.max_skew_ms = 2 * 3600000;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, later, &o, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 1);
+    o.max_skew_ms = -1;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, later, &o, &st), NBX_EINVAL);
+    cr_assert(strstr(nbx_store_errmsg(store), "max_skew_ms") != NULL, "%s",
+              nbx_store_errmsg(store));
+    o.max_skew_ms = NBX_EVENT_SKEW_MAX_MS + 1;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, later, &o, &st), NBX_EINVAL);
+    free(later);
+    free(rejects);
+    free(path);
+}
+
+/* Options from a caller built against the header before max_skew_ms: its
+ * smaller struct is taken, the newer fields get their defaults. */
+Test(ingest, options_of_an_older_caller_are_taken)
+{
+    char *path = write_tmp("p.jsonl", good_profiles);
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.size = offsetof(nbx_import_options, max_skew_ms);
+    o.max_skew_ms = -5; /* beyond the caller's struct: not read */
+    nbx_import_stats st;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 3);
+    free(path);
 }

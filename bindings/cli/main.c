@@ -41,6 +41,17 @@ static const cli_flag import_flags[] = {
     CLI_FLAG_END,
 };
 
+static const cli_flag events_flags[] = {
+    CLI_FLAG_STORE,
+    {"skip-invalid", CLI_STRING, "REJECTS.jsonl",
+     "apply the good lines, copy each bad one with its reason to REJECTS.jsonl", 0, 0},
+    {"batch-size", CLI_UINT, "N",
+     "records per write transaction (default 10000 profiles, 100000 events)", 1, 10000000},
+    {"max-skew", CLI_UINT, "SECONDS",
+     "how far after this machine's clock an event may be dated (default 300)", 1, 86400},
+    CLI_FLAG_END,
+};
+
 static const cli_flag rfm_flags[] = {
     CLI_FLAG_STORE,
     {"as-of", CLI_TIME, "TIME", "reference time for recency (default: now)", 0, 0},
@@ -116,15 +127,17 @@ const cli_command cli_commands[] = {
      "'-' reads standard input. Progress goes to standard error when it is a terminal;\n"
      "a one-line summary is always printed at the end.\n",
      cli_run_import_profiles},
-    {"import", "events", "FILE.jsonl|-", 1, 1, import_flags,
+    {"import", "events", "FILE.jsonl|-", 1, 1, events_flags,
      "Apply events from a JSONL file; the same as 'nbx ingest'.", NULL, cli_run_import_events},
-    {"ingest", NULL, "FILE.jsonl|-", 1, 1, import_flags,
+    {"ingest", NULL, "FILE.jsonl|-", 1, 1, events_flags,
      "Apply purchase and exposure events from a JSONL file to a store.",
      "Each line is one event: event_id (required), customer, type (purchase,\n"
      "impression, click, accept, dismiss), ts (RFC 3339 or epoch seconds); purchases\n"
      "carry amount and optionally margin, exposures carry offer and optionally\n"
      "placement. An event id the customer has had before is skipped, so re-running\n"
      "an ingest changes nothing (the same id for another customer is another event).\n"
+     "An event dated more than --max-skew seconds after this machine's clock is a\n"
+     "bad line (FILE:LINE, field 'ts'); older events are fine.\n"
      "Events are applied customer by customer. Validation, batching, --skip-invalid\n"
      "and '-' behave as in 'nbx import profiles'.\n",
      cli_run_import_events},

@@ -98,6 +98,8 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     nbx_import_options_init(&opts);
     opts.rejects_path = rejects;
     opts.batch_size = (size_t)cli_uint(args, "batch-size", 0);
+    if (kind == NBX_IMPORT_EVENTS)
+        opts.max_skew_ms = (int64_t)cli_uint(args, "max-skew", 0) * 1000;
     progress prog = {.started = cli_now_seconds()};
     prog.pass_started = prog.started;
     if (isatty(STDERR_FILENO)) {

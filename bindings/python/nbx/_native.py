@@ -98,6 +98,7 @@ class EngineOptions(ctypes.Structure):
         ("catalog_len", c_size_t),
         ("policy_text", c_char_p),
         ("policy_len", c_size_t),
+        ("event_max_skew_ms", ctypes.c_int64),
     ]
 
 
