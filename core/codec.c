@@ -10,9 +10,11 @@
  *
  * Profile: array [attrs map, consent map, propensity map, ltv|nil,
  * churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
- * last_purchase, orders, revenue, margin, r, f, m, segment]. Maps are written
- * sorted by key. Decoders accept longer arrays and ignore the extra
- * elements, so a later format can append fields.
+ * last_purchase, orders, revenue, margin, r, f, m, segment (, base)], base
+ * being [as_of, first_purchase, last_purchase, orders, revenue, margin], the
+ * aggregates an import gave. Maps are written sorted by key. Decoders accept
+ * longer arrays and ignore the extra elements, so a later format can append
+ * fields.
  */
 #include "nbx_int.h"
 
@@ -400,7 +402,8 @@ int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
         msgpack_pack_nil(&pk);
     if (p->fields & NBX_PF_RFM) {
         const nbx_rfm *r = &p->rfm;
-        msgpack_pack_array(&pk, 9);
+        bool base = p->fields & NBX_PF_RFM_BASE;
+        msgpack_pack_array(&pk, base ? 10 : 9);
         msgpack_pack_int64(&pk, r->first_purchase);
         msgpack_pack_int64(&pk, r->last_purchase);
         msgpack_pack_uint64(&pk, r->orders);
@@ -410,6 +413,16 @@ int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
         msgpack_pack_uint8(&pk, r->f);
         msgpack_pack_uint8(&pk, r->m);
         msgpack_pack_uint8(&pk, r->segment);
+        if (base) {
+            const nbx_rfm_base *b = &p->rfm_base;
+            msgpack_pack_array(&pk, 6);
+            msgpack_pack_int64(&pk, b->as_of);
+            msgpack_pack_int64(&pk, b->first_purchase);
+            msgpack_pack_int64(&pk, b->last_purchase);
+            msgpack_pack_uint64(&pk, b->orders);
+            pack_number(&pk, b->revenue);
+            pack_number(&pk, b->margin);
+        }
     } else {
         msgpack_pack_nil(&pk);
     }
@@ -494,7 +507,22 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
         r->f = (uint8_t)mp_uint(&m);
         r->m = (uint8_t)mp_uint(&m);
         r->segment = (uint8_t)mp_uint(&m);
-        for (uint32_t i = 9; i < rn; i++)
+        if (rn > 9 && !mp_nil(&m)) {
+            nbx_rfm_base *b = &p->rfm_base;
+            uint32_t bn = mp_array(&m);
+            if (bn < 6)
+                goto corrupt;
+            b->as_of = mp_int(&m);
+            b->first_purchase = mp_int(&m);
+            b->last_purchase = mp_int(&m);
+            b->orders = mp_uint(&m);
+            b->revenue = mp_double(&m);
+            b->margin = mp_double(&m);
+            for (uint32_t i = 6; i < bn; i++)
+                nbx_mp_skip(&m);
+            p->fields |= NBX_PF_RFM_BASE;
+        }
+        for (uint32_t i = 10; i < rn; i++)
             nbx_mp_skip(&m);
         if (r->segment >= NBX_SEGMENT_COUNT || r->r > 5 || r->f > 5 || r->m > 5)
             goto corrupt;

@@ -294,21 +294,20 @@ static int write_counters(nbx_effects *fx, const nbx_fx_event *evs, nbx_sv custo
     return rc ? fail_at(fx, first, nbx_err_mdb(e, rc, "writing exposure counters")) : NBX_OK;
 }
 
-/* A purchase added to a profile's RFM aggregates (exists false: p holds only
- * its id and becomes a new profile). */
-static void add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms)
+/* ========================================================================
+ * Purchase aggregates: an import's base and the purchases after it
+ *
+ * Two sources write a customer's purchase aggregates: profile imports (a
+ * CRM's history) and purchase events. An import's figures are kept as the
+ * profile's base, complete up to its as_of; the aggregates are the base
+ * plus every purchase event dated after as_of (earlier ones are in the base
+ * already). So importing the same file again changes nothing, and an import
+ * never rolls back purchases that events added after its as_of
+ * (docs/data-model.md, "Which source wins").
+ * ======================================================================== */
+
+static void aggregates_add(nbx_rfm *r, const nbx_event *ev)
 {
-    if (!exists) {
-        /* Purchases may arrive before the CRM's profile import. */
-        nbx_sv id = p->id;
-        memset(p, 0, sizeof *p);
-        p->id = id;
-        p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
-    }
-    nbx_rfm *r = &p->rfm;
-    if (!(p->fields & NBX_PF_RFM))
-        memset(r, 0, sizeof *r);
-    p->fields |= NBX_PF_RFM;
     r->orders++;
     r->revenue += ev->amount;
     if (!isnan(ev->margin))
@@ -317,7 +316,79 @@ static void add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64
         r->first_purchase = ev->ts_ms;
     if (ev->ts_ms > r->last_purchase)
         r->last_purchase = ev->ts_ms;
+}
+
+/* Does this purchase count in the aggregates, or is it in the base? */
+static bool after_base(const nbx_profile *p, const nbx_event *ev)
+{
+    return !(p->fields & NBX_PF_RFM_BASE) || ev->ts_ms > p->rfm_base.as_of;
+}
+
+void nbx_profile_settle_base(nbx_profile *p)
+{
+    if (!(p->fields & NBX_PF_RFM_REBASE))
+        return;
+    p->fields &= ~(unsigned)NBX_PF_RFM_REBASE;
+    const nbx_rfm_base *b = &p->rfm_base;
+    nbx_rfm *r = &p->rfm;
+    r->first_purchase = b->first_purchase;
+    r->last_purchase = b->last_purchase;
+    r->orders = b->orders;
+    r->revenue = b->revenue;
+    r->margin = b->margin;
+}
+
+int nbx_profile_settle(nbx_store *s, MDB_txn *txn, nbx_profile *p, nbx_err *e)
+{
+    if (!(p->fields & NBX_PF_RFM_REBASE))
+        return NBX_OK;
+    nbx_profile_settle_base(p);
+    char prefix[NBX_ID_MAX + 2];
+    size_t n = nbx_customer_prefix(prefix, p->id);
+    prefix[n++] = NBX_TAG_EVENT;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->customers, &cur);
+    if (rc)
+        return nbx_err_mdb(e, rc, "reading a customer's purchases");
+    MDB_val k = {n, prefix}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; rc == 0 && k.mv_size >= n && memcmp(k.mv_data, prefix, n) == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        nbx_event ev = {0};
+        if (nbx_event_record_decode(v.mv_data, v.mv_size, &ev) != NBX_OK) {
+            mdb_cursor_close(cur);
+            return nbx_err_set(e, NBX_ECORRUPT,
+                               "customer '%.*s': an event record cannot be decoded", (int)p->id.len,
+                               p->id.ptr);
+        }
+        if (ev.type == NBX_EV_PURCHASE && after_base(p, &ev))
+            aggregates_add(&p->rfm, &ev);
+    }
+    mdb_cursor_close(cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? NBX_OK
+                                         : nbx_err_mdb(e, rc, "reading a customer's purchases");
+}
+
+/* A purchase event's effect on the profile (exists false: p holds only its
+ * id and becomes a new profile). false: it is in the import's base. */
+static bool add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms)
+{
+    if (!exists) {
+        /* Purchases may arrive before the CRM's profile import. */
+        nbx_sv id = p->id;
+        memset(p, 0, sizeof *p);
+        p->id = id;
+        p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
+    }
+    if (!after_base(p, ev))
+        return false;
+    nbx_rfm *r = &p->rfm;
+    if (!(p->fields & NBX_PF_RFM))
+        memset(r, 0, sizeof *r);
+    p->fields |= NBX_PF_RFM;
+    aggregates_add(r, ev);
     p->updated_at = now_ms;
+    return true;
 }
 
 /* The customer's new purchases among evs[0, n): one read of the profile,
@@ -347,13 +418,15 @@ static int write_purchases(nbx_effects *fx, const nbx_fx_event *evs, size_t n, n
         if (rc)
             return fail_at(fx, first, rc);
     }
-    bool exists = found == 0;
+    bool exists = found == 0, changed = false;
     for (size_t j = 0; j < n; j++) {
         if (evs[j].outcome == NBX_RECORD_APPLIED && evs[j].ev.type == NBX_EV_PURCHASE) {
-            add_purchase(&p, exists, &evs[j].ev, fx->now_ms);
+            changed |= add_purchase(&p, exists, &evs[j].ev, fx->now_ms);
             exists = true;
         }
     }
+    if (!changed) /* every purchase is in the import's base already */
+        return NBX_OK;
     nbx_buf_reset(fx->scratch);
     if (nbx_profile_encode(&p, fx->scratch) != NBX_OK)
         return fail_at(fx, first, nbx_err_set(e, NBX_ENOMEM, "out of memory"));
@@ -415,6 +488,62 @@ int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *
     /* 4. purchases */
     if (rc == NBX_OK && purchases)
         rc = write_purchases(fx, evs, n, customer, e);
+    return rc;
+}
+
+/* ========================================================================
+ * Profile imports
+ * ======================================================================== */
+
+int nbx_profile_store(nbx_store *s, MDB_txn *txn, MDB_cursor *cur, const nbx_profile *stored,
+                      const MDB_val *stored_value, nbx_profile *p, bool dated, int64_t now_ms,
+                      bool append, nbx_buf *scratch, nbx_err *e)
+{
+    int rc = stored ? nbx_profile_settle(s, txn, p, e) : (nbx_profile_settle_base(p), NBX_OK);
+    if (rc)
+        return rc;
+    int64_t updated_at = dated ? p->updated_at : now_ms;
+    nbx_buf_reset(scratch);
+    if (stored) {
+        /* An import that changes nothing leaves every byte, updated_at too,
+         * even when it gives one: updated_at is when the profile last
+         * changed, and importing a file again must be harmless. */
+        p->updated_at = stored->updated_at;
+        if (nbx_profile_encode(p, scratch) != NBX_OK)
+            return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+        if (scratch->len == stored_value->mv_size &&
+            memcmp(scratch->data, stored_value->mv_data, scratch->len) == 0)
+            return NBX_OK;
+        nbx_buf_reset(scratch);
+    }
+    p->updated_at = updated_at;
+    if (nbx_profile_encode(p, scratch) != NBX_OK)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    MDB_val k = {p->id.len, (void *)p->id.ptr}, v = {scratch->len, scratch->data};
+    rc = mdb_cursor_put(cur, &k, &v, stored ? MDB_CURRENT : append ? MDB_APPEND : 0);
+    return rc ? nbx_err_mdb(e, rc, "writing a profile") : NBX_OK;
+}
+
+int nbx_profile_import_txn(nbx_store *s, MDB_txn *txn, const nbx_profile *patch, int64_t now_ms,
+                           nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->profiles, &cur);
+    if (rc)
+        return nbx_err_mdb(e, rc, "writing a profile");
+    MDB_val k = {patch->id.len, (void *)patch->id.ptr}, v;
+    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+    nbx_profile base = {.id = patch->id}, merged;
+    if (found == 0)
+        rc = nbx_profile_decode(v.mv_data, v.mv_size, &base, a, e);
+    else if (found != MDB_NOTFOUND)
+        rc = nbx_err_mdb(e, found, "reading a profile");
+    if (rc == NBX_OK)
+        rc = nbx_profile_patch(found == 0 ? &base : NULL, patch, &merged, a, e);
+    if (rc == NBX_OK)
+        rc = nbx_profile_store(s, txn, cur, found == 0 ? &base : NULL, &v, &merged,
+                               patch->fields & NBX_PF_UPDATED_AT, now_ms, false, scratch, e);
+    mdb_cursor_close(cur);
     return rc;
 }
 

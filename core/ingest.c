@@ -34,6 +34,10 @@
  * is effects.c's: ingest hands it one customer's events at a time.
  *
  * Memory is bounded by the chunk, run and batch sizes, never by the file.
+ *
+ * Events are checked against the writer's clock (nbx_event_check) and, with
+ * nbx_import_options.catalog, against a catalog: ingest loads one, so it
+ * sits above the catalog in the layers (docs/architecture.md).
  */
 #include "nbx_int.h"
 
@@ -710,6 +714,7 @@ typedef struct importer {
     const nbx_import_options *opts;
     size_t batch_size;
     int64_t max_skew_ms;
+    nbx_catalog *catalog; /* events: offers must be its (opts->catalog) */
     nbx_import_stats stats;
     nbx_err err;
     /* input */
@@ -1001,12 +1006,22 @@ static unsigned parser_threads(void)
     return n > PARSER_THREADS_MAX ? PARSER_THREADS_MAX : (unsigned)n;
 }
 
+/* The parser threads look offers up in a catalog they only read. */
+static bool offer_in_catalog(const void *catalog, nbx_sv id)
+{
+    return nbx_catalog_offer(catalog, id) != NULL;
+}
+
 /* The calling thread reads and collects; parser threads parse. */
 static int validate(importer *im)
 {
     validator v = {.kind = im->kind,
                    .keep_going = im->opts->rejects_path != NULL,
                    .rules = {.now_ms = nbx_time_now(), .max_skew_ms = im->max_skew_ms}};
+    if (im->catalog) {
+        v.rules.offer_known = offer_in_catalog;
+        v.rules.offers = im->catalog;
+    }
     unsigned n_threads = parser_threads();
     v.n_chunks = n_threads + 2;
     pthread_t threads[PARSER_THREADS_MAX];
@@ -1400,19 +1415,23 @@ static inline uint32_t record_len(const batch *b, uint32_t i)
 }
 
 /* The patches of one id (by_id[from, to)) merged in file order over base
- * (NULL: a new profile), as nbx_profile_put() line by line would. */
+ * (NULL: a new profile), as nbx_profile_put() line by line would. *dated:
+ * some patch gave updated_at. */
 static int merge_group(const batch *b, uint32_t from, uint32_t to, const nbx_profile *base,
-                       nbx_profile *out, nbx_arena *a, nbx_err *e)
+                       nbx_profile *out, bool *dated, nbx_arena *a, nbx_err *e)
 {
     if (from >= to) /* groups are never empty */
         return nbx_err_set(e, NBX_EINVAL, "internal error: empty group");
     /* two results in turn: a merge never reads and writes one struct */
     nbx_profile step[2];
     int k = 0;
+    *dated = false;
     for (uint32_t j = from; j < to; j++, k ^= 1) {
-        int rc = nbx_profile_patch(base, &b->patch[b->by_id[j].rec], b->now_ms, &step[k], a, e);
+        const nbx_profile *patch = &b->patch[b->by_id[j].rec];
+        int rc = nbx_profile_patch(base, patch, &step[k], a, e);
         if (rc)
             return rc;
+        *dated |= (patch->fields & NBX_PF_UPDATED_AT) != 0;
         base = &step[k];
     }
     *out = *base;
@@ -1444,9 +1463,13 @@ static int prepare_profiles(batch *b)
         b->units[b->n_units++] = from;
         nbx_profile merged;
         nbx_err e = {0};
-        b->fresh_rc[from] = merge_group(b, from, to, NULL, &merged, &b->arena, &e);
+        bool dated;
+        b->fresh_rc[from] = merge_group(b, from, to, NULL, &merged, &dated, &b->arena, &e);
         if (b->fresh_rc[from] != NBX_OK)
             continue; /* the writer redoes it and reports, if it needs it */
+        if (!dated)
+            merged.updated_at = b->now_ms;
+        nbx_profile_settle_base(&merged); /* a new customer has no purchases recorded */
         size_t off = b->vals.len;
         if (nbx_profile_encode(&merged, &b->vals) != NBX_OK)
             return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
@@ -1618,20 +1641,15 @@ static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
                 rc = mdb_fail(w, mrc, "writing a profile", line);
         } else {
             nbx_profile base = {.id = {id->key, id->len}}, merged;
+            bool dated = false;
             if (found == 0)
                 rc = nbx_profile_decode(v.mv_data, v.mv_size, &base, &w->arena, e);
             if (rc == NBX_OK)
-                rc = merge_group(b, from, to, found == 0 ? &base : NULL, &merged, &w->arena, e);
-            nbx_buf_reset(&w->scratch);
-            if (rc == NBX_OK && nbx_profile_encode(&merged, &w->scratch) != NBX_OK)
-                rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
-            if (rc == NBX_OK) {
-                MDB_val val = {w->scratch.len, w->scratch.data};
-                k = (MDB_val){id->len, (void *)id->key};
-                int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-                if (mrc)
-                    rc = mdb_fail(w, mrc, "writing a profile", line);
-            }
+                rc = merge_group(b, from, to, found == 0 ? &base : NULL, &merged, &dated, &w->arena,
+                                 e);
+            if (rc == NBX_OK)
+                rc = nbx_profile_store(s, w->txn, cur, found == 0 ? &base : NULL, &v, &merged,
+                                       dated, b->now_ms, append, &w->scratch, e);
             if (rc)
                 w->fail_line = line;
         }
@@ -1900,6 +1918,8 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
                    .run_bytes = run_bytes()};
     uint64_t stopped_at = 0;
     int rc = open_input(&im, path);
+    if (rc == NBX_OK && kind == NBX_IMPORT_EVENTS && opts->catalog)
+        rc = nbx_catalog_load(opts->catalog, &im.catalog, &im.err);
     if (rc == NBX_OK && opts->rejects_path)
         rc = check_rejects_path(&im, opts->rejects_path);
     if (rc == NBX_OK && opts->rejects_path) {
@@ -1939,6 +1959,7 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
     if (im.in_fd >= 0 && im.in_fd != STDIN_FILENO)
         close(im.in_fd);
     nbx_buf_free(&im.rejects_buf);
+    nbx_catalog_unref(im.catalog);
     if (stats)
         *stats = im.stats;
     if (rc)

@@ -264,6 +264,17 @@ typedef struct nbx_rfm {
     uint8_t segment; /* nbx_segment */
 } nbx_rfm;
 
+/* The purchase aggregates a profile import gave (a CRM's history), and the
+ * time they are complete up to: purchase events dated after as_of add to
+ * them, earlier ones are counted in them already. The profile's nbx_rfm
+ * holds the result (docs/data-model.md, "Which source wins"). */
+typedef struct nbx_rfm_base {
+    int64_t as_of; /* ms; 0: covers no purchase event */
+    int64_t first_purchase, last_purchase;
+    uint64_t orders;
+    double revenue, margin;
+} nbx_rfm_base;
+
 /* Fields present in a stored profile, or given in a patch. */
 enum nbx_profile_field {
     NBX_PF_ATTRS = 1u << 0,
@@ -281,10 +292,20 @@ enum nbx_profile_field {
     NBX_PF_RFM_MARGIN = 1u << 12,
     NBX_PF_RFM_SCORES = 1u << 13,
     NBX_PF_RFM_SEGMENT = 1u << 14,
+    NBX_PF_RFM_AS_OF = 1u << 15,
     /* ltv/churn given as null: clear */
     NBX_PF_LTV_NULL = 1u << 16,
-    NBX_PF_CHURN_NULL = 1u << 17
+    NBX_PF_CHURN_NULL = 1u << 17,
+    /* stored: an import's base of the aggregates (rfm_base) */
+    NBX_PF_RFM_BASE = 1u << 18,
+    /* merged, not stored: the base changed, the aggregates must be settled
+     * again from it and the purchases recorded after its as_of */
+    NBX_PF_RFM_REBASE = 1u << 19
 };
+/* The patch fields that give an import's aggregates. */
+#define NBX_PF_RFM_AGGREGATES                                                                      \
+    (NBX_PF_RFM_FIRST | NBX_PF_RFM_LAST | NBX_PF_RFM_ORDERS | NBX_PF_RFM_REVENUE |                 \
+     NBX_PF_RFM_MARGIN)
 
 /* Maps are sorted by key (bytewise) and keys are unique: lookups bisect. */
 typedef struct nbx_profile {
@@ -298,6 +319,7 @@ typedef struct nbx_profile {
     double ltv;
     double churn;
     nbx_rfm rfm;
+    nbx_rfm_base rfm_base; /* with NBX_PF_RFM_BASE; in a patch, rfm_base.as_of */
     int64_t updated_at;
     unsigned fields; /* nbx_profile_field */
 } nbx_profile;
@@ -311,9 +333,17 @@ typedef struct nbx_profile {
  * deletions marked. Errors name the field. Strings point into the JSON or
  * the arena. */
 int nbx_profile_parse(const char *json, size_t len, nbx_profile *patch, nbx_arena *a, nbx_err *e);
-/* Apply patch over base (NULL: new profile) into out (arena-backed). */
+/* Apply patch over base (NULL: new profile) into out (arena-backed).
+ * updated_at stays the base's unless the patch gives one: whether the write
+ * changed the profile, and so dates it, is the writer's to tell
+ * (nbx_profile_store). Aggregates the patch gives become out's rfm_base,
+ * with NBX_PF_RFM_REBASE when it changed. */
 int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
                       nbx_arena *a);
+/* nbx_profile_merge with its errors in words: NBX_ELIMIT (a map over
+ * NBX_MAP_MAX entries) names the profile. */
+int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
+                      nbx_arena *a, nbx_err *e);
 void nbx_profile_to_json(const nbx_profile *p, nbx_buf *out);
 const nbx_prop *nbx_profile_propensity(const nbx_profile *p, nbx_sv key);
 const nbx_consent *nbx_profile_consent(const nbx_profile *p, nbx_sv purpose);
@@ -348,13 +378,6 @@ int nbx_store_profile_get(nbx_store *s, MDB_txn *txn, nbx_sv id, nbx_profile *p,
                           nbx_err *e);
 int nbx_store_profile_put(nbx_store *s, MDB_txn *txn, const nbx_profile *p, nbx_buf *scratch,
                           nbx_err *e);
-/* Merge patch over base (NULL: a new profile) as an upsert does: updated_at
- * becomes now_ms unless the patch gives it. */
-int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, int64_t now_ms,
-                      nbx_profile *out, nbx_arena *a, nbx_err *e);
-/* Merge a patch into the stored profile (or a new one) within txn. */
-int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patch,
-                             int64_t now_ms, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 int nbx_store_meta_get(nbx_store *s, MDB_txn *txn, const char *key, MDB_val *out, nbx_err *e);
 int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *v, size_t n,
                        nbx_err *e);
@@ -508,6 +531,24 @@ int nbx_effects_end(nbx_effects *fx, nbx_err *e);
 void nbx_effects_cancel(nbx_effects *fx);
 /* The counter kind (NBX_EXP_*) of an exposure event type. */
 int nbx_event_exposure_kind(int type);
+
+/* Purchase aggregates after a merge that changed the import's base
+ * (NBX_PF_RFM_REBASE): the base plus the customer's purchases recorded
+ * after its as_of (a scan of the customer's event records); _base: the
+ * base alone, for a profile new to the store (it has no records). */
+int nbx_profile_settle(nbx_store *s, MDB_txn *txn, nbx_profile *p, nbx_err *e);
+void nbx_profile_settle_base(nbx_profile *p);
+/* Write p, an import merged over the profile stored (NULL: none; its value
+ * stored_value) at cur (a profiles cursor on it), with its aggregates
+ * settled. Unchanged: nothing is written, updated_at included. Changed:
+ * dated now_ms unless the import gave updated_at (dated). append: the id
+ * sorts after every stored one. */
+int nbx_profile_store(nbx_store *s, MDB_txn *txn, MDB_cursor *cur, const nbx_profile *stored,
+                      const MDB_val *stored_value, nbx_profile *p, bool dated, int64_t now_ms,
+                      bool append, nbx_buf *scratch, nbx_err *e);
+/* nbx_profile_put() within txn: one patch over the stored profile. */
+int nbx_profile_import_txn(nbx_store *s, MDB_txn *txn, const nbx_profile *patch, int64_t now_ms,
+                           nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 /* One event in txn, through the effects above; *outcome is an
  * nbx_record_outcome. */
 int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *outcome,

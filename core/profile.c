@@ -102,8 +102,7 @@ static int cmp_prop(const void *a, const void *b)
  * per entry in order and a few per entry out of place, where qsort's merge
  * sort copies and calls through a pointer every time (it was a third of the
  * parse time of a 20-key map). Large maps keep qsort's O(n log n). */
-static void sort_entries(char *arr, uint32_t n, size_t size,
-                         int (*cmp)(const void *, const void *))
+static void sort_entries(char *arr, uint32_t n, size_t size, int (*cmp)(const void *, const void *))
 {
     if (n > 64) {
         qsort(arr, n, size, cmp);
@@ -370,6 +369,11 @@ static int read_rfm(parser *p, nbx_profile *out)
                 continue;
             rc = read_score(p, "rfm.m", &r->m);
             out->fields |= NBX_PF_RFM_SCORES;
+        } else if (nbx_sv_eq_cstr(key, "as_of")) {
+            if ((rc = seen_once(p, &seen, 1u << 9, "rfm.as_of")) != NBX_OK)
+                continue;
+            rc = read_time(p, "rfm.as_of", &out->rfm_base.as_of);
+            out->fields |= NBX_PF_RFM_AS_OF;
         } else if (nbx_sv_eq_cstr(key, "segment")) {
             if ((rc = seen_once(p, &seen, 1u << 8, "rfm.segment")) != NBX_OK)
                 continue;
@@ -426,8 +430,8 @@ int nbx_profile_parse(const char *json, size_t len, nbx_profile *out, nbx_arena 
         } else if (nbx_sv_eq_cstr(key, "attrs")) {
             if ((rc = seen_once(&p, &seen, 1u << 1, "attrs")) != NBX_OK)
                 continue;
-            rc = read_map(&p, "attrs", sizeof(nbx_attr), attr_entry, cmp_attr,
-                          (void **)&out->attrs, &out->n_attrs);
+            rc = read_map(&p, "attrs", sizeof(nbx_attr), attr_entry, cmp_attr, (void **)&out->attrs,
+                          &out->n_attrs);
             out->fields |= NBX_PF_ATTRS;
         } else if (nbx_sv_eq_cstr(key, "consent")) {
             if ((rc = seen_once(&p, &seen, 1u << 2, "consent")) != NBX_OK)
@@ -533,6 +537,60 @@ static bool prop_deleted(const void *x)
     return isnan(((const nbx_prop *)x)->value);
 }
 
+static bool same_base(const nbx_rfm_base *a, const nbx_rfm_base *b)
+{
+    /* bitwise: a revenue of 0.1 + 0.2 is another base than 0.3 */
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+/* The rfm sub-fields. Aggregates an import gives form the base (an import's
+ * history as of a time), never the result directly: purchases recorded
+ * after that time are added to it when it is settled (effects.c), so a file
+ * imported again cannot roll back what events advanced. The base's as_of is
+ * the one given, else the last_purchase given, else the base's so far. */
+static void merge_rfm(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out)
+{
+    const nbx_rfm *pr = &patch->rfm;
+    nbx_rfm *r = &out->rfm;
+    unsigned rf = patch->fields;
+    if (rf & (NBX_PF_RFM_AGGREGATES | NBX_PF_RFM_AS_OF)) {
+        nbx_rfm_base b;
+        if (base->fields & NBX_PF_RFM_BASE)
+            b = base->rfm_base;
+        else
+            memset(&b, 0, sizeof b);
+        if (rf & NBX_PF_RFM_FIRST)
+            b.first_purchase = pr->first_purchase;
+        if (rf & NBX_PF_RFM_LAST)
+            b.last_purchase = pr->last_purchase;
+        if (rf & NBX_PF_RFM_ORDERS)
+            b.orders = pr->orders;
+        if (rf & NBX_PF_RFM_REVENUE)
+            b.revenue = pr->revenue;
+        if (rf & NBX_PF_RFM_MARGIN)
+            b.margin = pr->margin;
+        if (rf & NBX_PF_RFM_AS_OF)
+            b.as_of = patch->rfm_base.as_of;
+        else if ((rf & NBX_PF_RFM_LAST) && pr->last_purchase)
+            b.as_of = pr->last_purchase;
+        if (!(base->fields & NBX_PF_RFM_BASE) || !same_base(&b, &base->rfm_base))
+            out->fields |= NBX_PF_RFM_REBASE;
+        out->rfm_base = b;
+        out->fields |= NBX_PF_RFM_BASE | NBX_PF_RFM;
+        if (!(base->fields & NBX_PF_RFM))
+            memset(r, 0, sizeof *r);
+    }
+    if (rf & NBX_PF_RFM_SCORES) {
+        r->r = pr->r;
+        r->f = pr->f;
+        r->m = pr->m;
+    }
+    if (rf & NBX_PF_RFM_SEGMENT)
+        r->segment = pr->segment;
+    if (rf & (NBX_PF_RFM_SCORES | NBX_PF_RFM_SEGMENT))
+        out->fields |= NBX_PF_RFM;
+}
+
 int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
                       nbx_arena *a)
 {
@@ -541,7 +599,8 @@ int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_pro
         base = &empty;
     *out = *base;
     out->id = patch->id;
-    out->fields = base->fields & (NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM);
+    out->fields = base->fields &
+                  (NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM | NBX_PF_RFM_BASE | NBX_PF_RFM_REBASE);
     out->fields |= NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_UPDATED_AT;
     if (patch->fields & NBX_PF_ATTRS) {
         out->attrs = merge_sorted(base->attrs, base->n_attrs, patch->attrs, patch->n_attrs,
@@ -550,9 +609,9 @@ int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_pro
             return NBX_ENOMEM;
     }
     if (patch->fields & NBX_PF_CONSENT) {
-        out->consent = merge_sorted(base->consent, base->n_consent, patch->consent,
-                                    patch->n_consent, sizeof(nbx_consent), consent_deleted, a,
-                                    &out->n_consent);
+        out->consent =
+            merge_sorted(base->consent, base->n_consent, patch->consent, patch->n_consent,
+                         sizeof(nbx_consent), consent_deleted, a, &out->n_consent);
         if (!out->consent)
             return NBX_ENOMEM;
     }
@@ -578,31 +637,21 @@ int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_pro
     } else if (patch->fields & NBX_PF_CHURN_NULL) {
         out->fields &= ~(unsigned)NBX_PF_CHURN;
     }
-    const nbx_rfm *pr = &patch->rfm;
-    nbx_rfm *r = &out->rfm;
-    unsigned rf = patch->fields;
-    if (rf & NBX_PF_RFM_FIRST)
-        r->first_purchase = pr->first_purchase;
-    if (rf & NBX_PF_RFM_LAST)
-        r->last_purchase = pr->last_purchase;
-    if (rf & NBX_PF_RFM_ORDERS)
-        r->orders = pr->orders;
-    if (rf & NBX_PF_RFM_REVENUE)
-        r->revenue = pr->revenue;
-    if (rf & NBX_PF_RFM_MARGIN)
-        r->margin = pr->margin;
-    if (rf & NBX_PF_RFM_SCORES) {
-        r->r = pr->r;
-        r->f = pr->f;
-        r->m = pr->m;
-    }
-    if (rf & NBX_PF_RFM_SEGMENT)
-        r->segment = pr->segment;
-    if (rf & (NBX_PF_RFM_FIRST | NBX_PF_RFM_LAST | NBX_PF_RFM_ORDERS | NBX_PF_RFM_REVENUE |
-              NBX_PF_RFM_MARGIN | NBX_PF_RFM_SCORES | NBX_PF_RFM_SEGMENT))
-        out->fields |= NBX_PF_RFM;
+    merge_rfm(base, patch, out);
     if (patch->fields & NBX_PF_UPDATED_AT)
         out->updated_at = patch->updated_at;
+    return NBX_OK;
+}
+
+int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
+                      nbx_arena *a, nbx_err *e)
+{
+    int rc = nbx_profile_merge(base, patch, out, a);
+    if (rc == NBX_ELIMIT)
+        return nbx_err_set(e, rc, "profile '%.*s': a map would exceed %d entries",
+                           (int)patch->id.len, patch->id.ptr, NBX_MAP_MAX);
+    if (rc)
+        return nbx_err_set(e, rc, "out of memory merging a profile");
     return NBX_OK;
 }
 
@@ -779,7 +828,7 @@ NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len)
     if (rc == NBX_OK)
         rc = nbx_store_write_begin(store, &txn, &e);
     if (rc == NBX_OK)
-        rc = nbx_store_profile_upsert(store, txn, &patch, nbx_time_now(), &arena, &scratch, &e);
+        rc = nbx_profile_import_txn(store, txn, &patch, nbx_time_now(), &arena, &scratch, &e);
     if (rc == NBX_OK) {
         rc = nbx_store_commit(store, txn, &e);
         txn = NULL;

@@ -404,33 +404,6 @@ int nbx_store_profile_put(nbx_store *s, MDB_txn *txn, const nbx_profile *p, nbx_
     return rc ? nbx_err_mdb(e, rc, "writing a profile") : NBX_OK;
 }
 
-int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, int64_t now_ms,
-                      nbx_profile *out, nbx_arena *a, nbx_err *e)
-{
-    int rc = nbx_profile_merge(base, patch, out, a);
-    if (rc == NBX_ELIMIT)
-        return nbx_err_set(e, rc, "profile '%.*s': a map would exceed %d entries",
-                           (int)patch->id.len, patch->id.ptr, NBX_MAP_MAX);
-    if (rc)
-        return nbx_err_set(e, rc, "out of memory merging a profile");
-    if (!(patch->fields & NBX_PF_UPDATED_AT))
-        out->updated_at = now_ms;
-    return NBX_OK;
-}
-
-int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patch, int64_t now_ms,
-                             nbx_arena *a, nbx_buf *scratch, nbx_err *e)
-{
-    nbx_profile base = {.id = patch->id}, merged;
-    int rc = nbx_store_profile_get(s, txn, patch->id, &base, a, e);
-    if (rc && rc != NBX_ENOTFOUND)
-        return rc;
-    rc = nbx_profile_patch(rc == NBX_OK ? &base : NULL, patch, now_ms, &merged, a, e);
-    if (rc)
-        return rc;
-    return nbx_store_profile_put(s, txn, &merged, scratch, e);
-}
-
 int nbx_store_meta_get(nbx_store *s, MDB_txn *txn, const char *key, MDB_val *out, nbx_err *e)
 {
     MDB_val k = {strlen(key), (void *)key};

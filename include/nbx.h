@@ -259,7 +259,11 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
 
 /**
  * @brief Upsert one profile from JSON, merging: fields given replace the
- * stored ones, absent fields stay (docs/data-model.md, "Merge rules").
+ * stored ones, absent fields stay (docs/data-model.md, "Merge rules"). RFM
+ * aggregates given are the import's figures as of `rfm.as_of` (default: its
+ * last_purchase); purchase events dated later add to them and are never
+ * rolled back ("Which source wins"). A put that changes nothing writes
+ * nothing, updated_at included.
  * @return NBX_OK, NBX_EINVAL, NBX_EPARSE (message names the field),
  *   NBX_ELIMIT, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
  * @note Thread-safe; commits before returning.
@@ -330,6 +334,9 @@ typedef struct nbx_import_options {
                                    clock an event may be dated (0:
                                    NBX_DEFAULT_EVENT_SKEW_MS; at most
                                    NBX_EVENT_SKEW_MAX_MS); a later `ts` is a bad line */
+    const char *catalog;      /**< events: a catalog file; an exposure naming an
+                                   offer not in it is a bad line (field `offer`).
+                                   NULL: offers are not checked */
 } nbx_import_options;
 
 /** Counts from nbx_import_file(). */

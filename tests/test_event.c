@@ -521,13 +521,25 @@ Test(event, purchases_update_rfm_aggregates)
     cr_assert_eq(apply("{\"event_id\":\"p1\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":20.25,\"margin\":5,\"ts\":\"2026-02-01T00:00:00Z\"}"),
                  1);
+    /* the import's figures are complete up to its last_purchase: a purchase
+     * dated before it arriving late is in them already */
     cr_assert_eq(apply("{\"event_id\":\"p2\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":4.75,\"ts\":\"2025-11-01T00:00:00Z\"}"),
-                 1, "an earlier purchase arriving late");
+                 1, "an earlier purchase arriving late is recorded");
     cr_assert_eq(apply("{\"event_id\":\"p3\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":-5,\"margin\":-1,\"ts\":\"2026-01-01T00:00:00Z\"}"),
                  1, "a refund");
     char *json = NULL;
+    cr_assert_eq(nbx_profile_get(store, "c1", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"first_purchase\":\"2025-12-01T00:00:00Z\","
+                           "\"last_purchase\":\"2026-02-01T00:00:00Z\",\"orders\":3,"
+                           "\"revenue\":25.25,\"margin\":4") != NULL,
+              "%s", json);
+    nbx_free(json);
+    /* an import saying its figures are complete only up to October: the late
+     * purchase counts too, from its record */
+    const char *earlier = "{\"id\":\"c1\",\"rfm\":{\"as_of\":\"2025-10-01T00:00:00Z\"}}";
+    cr_assert_eq(nbx_profile_put(store, earlier, strlen(earlier)), NBX_OK);
     cr_assert_eq(nbx_profile_get(store, "c1", &json, NULL), NBX_OK);
     cr_assert(strstr(json, "\"first_purchase\":\"2025-11-01T00:00:00Z\","
                            "\"last_purchase\":\"2026-02-01T00:00:00Z\",\"orders\":4,"
@@ -854,6 +866,38 @@ Test(event, the_engine_s_skew_is_an_option)
     cr_assert_eq(record(ctx, 0, "free_shipping", "h1", now + 1800000, &outcome), NBX_OK, "%s",
                  nbx_ctx_errmsg(ctx));
     cr_assert_eq(record(ctx, 0, "free_shipping", "h2", now + 2 * 3600000, &outcome), NBX_EINVAL);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
+
+/* The engine knows its catalog: an exposure naming another offer is refused
+ * naming `offer` (it was applied, and nginx answered 204). */
+Test(event, record_ex_refuses_an_offer_not_in_the_catalog)
+{
+    int rc;
+    nbx_engine *engine = open_engine(0, &rc);
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
+    nbx_ctx *ctx;
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    int64_t now = nbx_time_now();
+    int outcome = 9;
+    uint64_t before = digest();
+    for (unsigned flags = 0; flags <= NBX_RECORD_SERVER_TIME; flags++) {
+        rc = record(ctx, flags, "NOPE", "x1", now, &outcome);
+        cr_assert_eq(rc, NBX_EINVAL, "flags %u: got %d", flags, rc);
+        cr_assert_eq(outcome, 0);
+        cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'offer': 'NOPE'") != NULL, "%s",
+                  nbx_ctx_errmsg(ctx));
+    }
+    cr_assert_eq(digest(), before);
+    cr_assert_eq(record(ctx, 0, "free_shipping", "x1", now, &outcome), NBX_OK);
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    /* a purchase names no offer */
+    const char *purchase = "{\"event_id\":\"p\",\"customer\":\"u1\",\"type\":\"purchase\","
+                           "\"amount\":5,\"ts\":\"2026-01-01T00:00:00Z\"}";
+    cr_assert_eq(nbx_record_ex(ctx, purchase, strlen(purchase), 0, &outcome), NBX_OK, "%s",
+                 nbx_ctx_errmsg(ctx));
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
 }

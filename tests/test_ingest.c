@@ -1372,3 +1372,153 @@ Test(ingest, options_of_an_older_caller_are_taken)
     cr_assert_eq(st.applied, 3);
     free(path);
 }
+
+/* ------------------------------------------------------------------------
+ * Imports lose nothing (issue 9, section 5)
+ * ------------------------------------------------------------------------ */
+
+/* Every profile as nbx export prints it. */
+static char *export_all(void)
+{
+    nbx_iter *it;
+    cr_assert_eq(nbx_iter_open(store, 0, NULL, &it), NBX_OK);
+    nbx_buf out = {0};
+    const char *id, *json;
+    size_t len;
+    while (nbx_iter_next(it, &id, &json, &len) == NBX_OK) {
+        nbx_buf_append(&out, json, len);
+        nbx_buf_putc(&out, '\n');
+    }
+    nbx_iter_close(it);
+    nbx_buf_terminate(&out);
+    return out.data;
+}
+
+/* The report: the nightly sequence (import profiles, ingest events, rebuild
+ * RFM) run a second time with a profiles file carrying rfm turned orders 4,
+ * last_purchase 2026-01-07 into orders 3, last_purchase 2025-05-09, for
+ * good (the purchase's event id is marked seen). */
+Test(ingest, the_nightly_sequence_twice_is_the_nightly_sequence_once)
+{
+    char *profiles = write_tmp(
+        "crm.jsonl",
+        "{\"id\":\"c0000002\",\"attrs\":{\"tier\":\"gold\"},\"rfm\":{\"first_purchase\":"
+        "\"2024-03-01T00:00:00Z\",\"last_purchase\":\"2025-05-09T00:00:00Z\",\"orders\":3,"
+        "\"revenue\":300.1,\"margin\":30}}\n"
+        "{\"id\":\"c0000003\",\"attrs\":{\"tier\":\"silver\"}}\n");
+    char *events = write_tmp(
+        "events.jsonl",
+        "{\"event_id\":\"o-1\",\"customer\":\"c0000002\",\"type\":\"purchase\",\"amount\":84.5,"
+        "\"margin\":8.45,\"ts\":\"2026-01-07T10:00:00Z\"}\n"
+        "{\"event_id\":\"o-2\",\"customer\":\"c0000003\",\"type\":\"purchase\",\"amount\":12,"
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+        "{\"event_id\":\"i-1\",\"customer\":\"c0000003\",\"type\":\"impression\","
+        "\"offer\":\"o1\",\"ts\":\"2026-01-08T10:00:00Z\"}\n");
+    int64_t as_of = t_ms("2026-02-01T00:00:00Z");
+    char *after[2];
+    uint64_t digest[2];
+    for (int run = 0; run < 2; run++) {
+        nbx_import_stats st;
+        cr_assert_eq(import(NBX_IMPORT_PROFILES, profiles, 0, NULL, &st), NBX_OK);
+        cr_assert_eq(import(NBX_IMPORT_EVENTS, events, 0, NULL, &st), NBX_OK);
+        cr_assert_eq(st.applied, run ? 0 : 3);
+        cr_assert_eq(nbx_rfm_rebuild(store, as_of, NULL), NBX_OK);
+        after[run] = export_all();
+        digest[run] = store_digest(store);
+        char *c2 = get("c0000002");
+        cr_assert(strstr(c2, "\"first_purchase\":\"2024-03-01T00:00:00Z\","
+                             "\"last_purchase\":\"2026-01-07T10:00:00Z\",\"orders\":4,") != NULL,
+                  "run %d rolled the purchase back: %s", run + 1, c2);
+        nbx_free(c2);
+    }
+    cr_assert_str_eq(after[1], after[0]);
+    cr_assert_eq(digest[1], digest[0], "the second run changed some byte of the store");
+
+    /* the CRM's next file counts the purchase itself (as of its last one):
+     * no double count */
+    char *next = write_tmp(
+        "crm2.jsonl",
+        "{\"id\":\"c0000002\",\"rfm\":{\"last_purchase\":\"2026-01-07T10:00:00Z\",\"orders\":4,"
+        "\"revenue\":384.6}}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, next, 0, NULL, NULL), NBX_OK);
+    char *c2 = get("c0000002");
+    cr_assert(strstr(c2, "\"orders\":4,\"revenue\":384.6,") != NULL, "%s", c2);
+    nbx_free(c2);
+    /* and a purchase after it adds */
+    char *more = write_tmp("more.jsonl",
+                           "{\"event_id\":\"o-3\",\"customer\":\"c0000002\",\"type\":\"purchase\","
+                           "\"amount\":10,\"ts\":\"2026-01-20T10:00:00Z\"}\n");
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, more, 0, NULL, NULL), NBX_OK);
+    c2 = get("c0000002");
+    cr_assert(strstr(c2, "\"last_purchase\":\"2026-01-20T10:00:00Z\",\"orders\":5,") != NULL, "%s",
+              c2);
+    nbx_free(c2);
+    free(more);
+    free(next);
+    free(after[0]);
+    free(after[1]);
+    free(events);
+    free(profiles);
+}
+
+/* A profile that an import does not change keeps every byte: updated_at is
+ * the time of the last change, not of the last import. */
+Test(ingest, importing_the_same_file_twice_changes_no_byte)
+{
+    char *path = write_tmp("p.jsonl", good_profiles);
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, NULL), NBX_OK);
+    uint64_t once = store_digest(store);
+    char *c1 = get("c1");
+    usleep(20000); /* a later clock: updated_at would move */
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(st.applied, 3);
+    cr_assert_eq(store_digest(store), once, "the same file again changed the store");
+    /* a change dates the profile again */
+    char *change = write_tmp("change.jsonl", "{\"id\":\"c1\",\"attrs\":{\"age\":42}}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, change, 0, NULL, NULL), NBX_OK);
+    char *again = get("c1");
+    cr_assert_str_neq(again, c1);
+    cr_assert(strcmp(strstr(again, "\"updated_at\""), strstr(c1, "\"updated_at\"")) != 0,
+              "changed, not dated again: %s", again);
+    nbx_free(again);
+    nbx_free(c1);
+    free(change);
+    free(path);
+}
+
+Test(ingest, a_catalog_names_the_offers_events_may_have)
+{
+    char *catalog = tu_source_path("tests/data/catalog.json");
+    char *path = write_tmp(
+        "offers.jsonl",
+        "{\"event_id\":\"a\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"free_shipping\","
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+        "{\"event_id\":\"b\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":1,"
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+        "{\"event_id\":\"c\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"NOPE\","
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n");
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.catalog = catalog;
+    uint64_t before = store_digest(store);
+    nbx_import_stats st;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &st), NBX_EPARSE);
+    char where[4200];
+    snprintf(where, sizeof where, "%s:3: field 'offer': 'NOPE'", path);
+    cr_assert(strncmp(nbx_store_errmsg(store), where, strlen(where)) == 0,
+              "expected '%s...', got '%s'", where, nbx_store_errmsg(store));
+    cr_assert_eq(store_digest(store), before);
+    /* without a catalog the file is taken as it is */
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(st.applied, 3);
+    /* a catalog that does not load is the import's error */
+    char *missing = tu_path(dir, "no-catalog.json");
+    o.catalog = missing;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &st), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_store_errmsg(store), "no-catalog.json") != NULL, "%s",
+              nbx_store_errmsg(store));
+    free(missing);
+    free(path);
+    free(catalog);
+}

@@ -49,6 +49,7 @@ static const cli_flag events_flags[] = {
      "records per write transaction (default 10000 profiles, 100000 events)", 1, 10000000},
     {"max-skew", CLI_UINT, "SECONDS",
      "how far after this machine's clock an event may be dated (default 300)", 1, 86400},
+    {"catalog", CLI_STRING, "FILE", "refuse events naming an offer that is not in FILE", 0, 0},
     CLI_FLAG_END,
 };
 
@@ -137,7 +138,8 @@ const cli_command cli_commands[] = {
      "placement. An event id the customer has had before is skipped, so re-running\n"
      "an ingest changes nothing (the same id for another customer is another event).\n"
      "An event dated more than --max-skew seconds after this machine's clock is a\n"
-     "bad line (FILE:LINE, field 'ts'); older events are fine.\n"
+     "bad line (FILE:LINE, field 'ts'); older events are fine. With --catalog, so is\n"
+     "an exposure naming an offer that is not in the catalog (field 'offer').\n"
      "Events are applied customer by customer. Validation, batching, --skip-invalid\n"
      "and '-' behave as in 'nbx import profiles'.\n",
      cli_run_import_events},

@@ -98,8 +98,10 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     nbx_import_options_init(&opts);
     opts.rejects_path = rejects;
     opts.batch_size = (size_t)cli_uint(args, "batch-size", 0);
-    if (kind == NBX_IMPORT_EVENTS)
+    if (kind == NBX_IMPORT_EVENTS) {
         opts.max_skew_ms = (int64_t)cli_uint(args, "max-skew", 0) * 1000;
+        opts.catalog = cli_string(args, "catalog", NULL);
+    }
     progress prog = {.started = cli_now_seconds()};
     prog.pass_started = prog.started;
     if (isatty(STDERR_FILENO)) {
@@ -128,6 +130,12 @@ static int run_import(cli_args *args, nbx_import_kind kind)
             fprintf(stderr, "%s: %" PRIu64 " rejected lines written to %s\n", name, st.rejected,
                     opts.rejects_path);
         exit_code = CLI_OK;
+        /* --skip-invalid is for the odd bad line: a file of nothing but bad
+         * lines (the wrong file, a changed format) is a failure */
+        if (st.rejected > 0 && st.rejected == st.lines)
+            exit_code = cli_error(args->cmd,
+                                  "%s: every line was rejected (%" PRIu64 "): nothing was applied",
+                                  name, st.lines);
     }
     nbx_store_close(store);
     return exit_code;

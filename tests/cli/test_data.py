@@ -93,3 +93,72 @@ class T01Clock(CliTestCase):
         later = self.decide(self.now + 400 * DAY, "--record")
         self.assertTrue(later, "nothing recorded a year ahead")
         self.assertEqual(self.decide(self.now), [])
+
+
+# ===========================================================================
+# 2. Imports lose nothing
+# ===========================================================================
+
+class T02Imports(CliTestCase):
+
+    def nightly(self, profiles, events, as_of):
+        self.ok("import", "profiles", profiles, "--store", self.store)
+        self.ok("ingest", events, "--store", self.store)
+        self.ok("rfm", "rebuild", "--store", self.store, "--as-of", as_of)
+        return self.export()
+
+    def test_01_the_nightly_sequence_twice_is_the_sequence_once(self):
+        """import profiles -> ingest events -> rfm rebuild, run twice with the
+        same files (profiles carrying rfm), leaves the export byte for byte as
+        after once, and events advanced the CRM's aggregates."""
+        profiles, events = self.path("profiles.jsonl"), self.path("events.jsonl")
+        self.ok("gen", "profiles", "--count", "400", "--seed", "3", "--as-of",
+                "2025-12-01T00:00:00Z", "--out", profiles)
+        self.ok("gen", "events", "--customers", "400", "--count", "4000", "--seed", "3",
+                "--start", "2026-01-01T00:00:00Z", "--days", "30", "--out", events)
+        once = self.nightly(profiles, events, "2026-02-01T00:00:00Z")
+        twice = self.nightly(profiles, events, "2026-02-01T00:00:00Z")
+        self.assertEqual(twice, once)
+        crm = {p["id"]: p for p in map(json.loads, open(profiles))}
+        advanced = 0
+        for line in once.splitlines():
+            p = json.loads(line)
+            given = crm.get(p["id"], {}).get("rfm")
+            if given and p["rfm"]["orders"] > given["orders"]:
+                advanced += 1
+                self.assertGreater(p["rfm"]["last_purchase"], given["last_purchase"])
+        self.assertGreater(advanced, 10, "events advanced few of the CRM's customers")
+
+    def test_02_importing_the_same_file_twice_is_harmless(self):
+        path = self.write_jsonl("p.jsonl", [{"id": f"p{i}", "attrs": {"n": i}} for i in range(5)])
+        self.ok("import", "profiles", path, "--store", self.store)
+        once = self.export()
+        self.ok("import", "profiles", path, "--store", self.store)
+        self.assertEqual(self.export(), once, "updated_at moved on an import that changed nothing")
+
+    def test_03_every_line_rejected_is_a_failure(self):
+        """--skip-invalid is for the odd bad line, not for the wrong file."""
+        bad = self.write("bad.jsonl", "not json\n{\"id\": 7}\n")
+        rejects = self.path("rejects.jsonl")
+        r = self.fails(1, "import", "profiles", bad, "--skip-invalid", rejects, "--store",
+                       self.store)
+        self.assertIn("every line was rejected", r.stderr)
+        self.assertIn("2 lines, 0 applied, 0 duplicates, 2 rejected", r.stdout)
+        good = self.write("mixed.jsonl", "not json\n{\"id\": \"p1\"}\n")
+        self.ok("import", "profiles", good, "--skip-invalid", rejects, "--store", self.store)
+        r = self.fails(1, "ingest", bad, "--skip-invalid", rejects, "--store", self.store)
+        self.assertIn("every line was rejected", r.stderr)
+
+    def test_04_ingest_with_a_catalog_refuses_unknown_offers(self):
+        catalog = self.path("catalog.json")
+        self.ok("gen", "catalog", "--offers", "5", "--out", catalog)
+        path = self.write_jsonl("ev.jsonl", [
+            exposure("a", "c1", "click", "o001", "2026-01-02T00:00:00Z"),
+            exposure("b", "c1", "click", "NOPE", "2026-01-02T00:00:00Z")])
+        r = self.fails(1, "ingest", path, "--catalog", catalog, "--store", self.store)
+        self.assertIn(f"{path}:2: field 'offer': 'NOPE'", r.stderr)
+        self.assertEqual(self.stats()["events_seen"], 0)
+        r = self.fails(1, "ingest", path, "--catalog", self.path("missing.json"), "--store",
+                       self.store)
+        self.assertIn("missing.json", r.stderr)
+        self.ok("ingest", path, "--store", self.store)

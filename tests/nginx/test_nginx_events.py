@@ -112,6 +112,16 @@ class EventTest(nx.NginxTestCase):
         self.assertError(self.event(ev, path="/event/client"), 400, "ts")
 
 
+    def test_04_an_offer_not_in_the_catalog_is_400(self):
+        for path in ("/event", "/event/client"):
+            with self.subTest(path=path):
+                r = self.event(click("nope-" + path, "u2", "NOPE", time.time()), path=path)
+                self.assertError(r, 400, "offer")
+        purchase = {"event_id": "p1", "customer": "u2", "type": "purchase", "amount": 5,
+                    "ts": nx.iso(time.time())}
+        self.assertStatus(self.event(purchase), 204, "a purchase names no offer")
+
+
 class EventConfigTest(nx.NginxTestCase):
 
     def test_directives_are_checked(self):
