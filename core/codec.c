@@ -818,3 +818,33 @@ int nbx_rfm_meta_decode(const void *data, size_t len, nbx_rfm_meta *r)
     }
     return m.bad ? NBX_ECORRUPT : NBX_OK;
 }
+
+/* ========================================================================
+ * Suppression records: keyed hash of a customer id -> [erased_at]
+ * ======================================================================== */
+
+void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
+                         const uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE], nbx_sv customer)
+{
+    nbx_siphash128(secret, customer.ptr, customer.len, out);
+}
+
+size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX])
+{
+    nbx_buf b = {.data = out, .cap = NBX_SUPPRESSION_VALUE_MAX}; /* 10 bytes at most */
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, pack_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_int64(&pk, erased_at_ms);
+    return b.len;
+}
+
+int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 1)
+        return NBX_ECORRUPT;
+    *erased_at_ms = mp_int(&m);
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}

@@ -7,6 +7,8 @@
  * In one write transaction, for a group of one customer's events in the
  * order they arrived:
  *
+ *   0. a customer erased (nbx_profile_erase) and not restored gets nothing:
+ *      every event is refused as suppressed;
  *   1. the event record (customer \0 \x02 event id) is added; an id this
  *      customer already has is a duplicate and changes nothing else;
  *   2. each new exposure counts in the customer's all-offers row and the
@@ -163,11 +165,14 @@ int nbx_effects_begin(nbx_effects *fx, nbx_store *s, MDB_txn *txn, int64_t now_m
     fx->store = s;
     fx->txn = txn;
     fx->now_ms = now_ms;
-    fx->applied = 0;
+    fx->applied = fx->suppressed = 0;
     fx->failed = NULL;
-    fx->profiles = NULL;
+    fx->profiles = fx->customers = NULL;
     budget_clear(fx);
-    int rc = mdb_cursor_open(txn, s->customers, &fx->customers);
+    int rc = nbx_suppressions_begin(s, txn, &fx->erased, e);
+    if (rc)
+        return rc;
+    rc = mdb_cursor_open(txn, s->customers, &fx->customers);
     if (rc) {
         fx->customers = NULL;
         return nbx_err_mdb(e, rc, "recording events");
@@ -442,6 +447,15 @@ int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *
         return NBX_OK;
     nbx_sv customer = evs[0].ev.customer;
     fx->failed = NULL;
+    int erased = nbx_suppressed(fx->store, fx->txn, &fx->erased, customer, e);
+    if (erased < 0)
+        return fail_at(fx, &evs[0], erased);
+    if (erased) {
+        for (size_t j = 0; j < n; j++)
+            evs[j].outcome = NBX_RECORD_SUPPRESSED;
+        fx->suppressed += n;
+        return NBX_OK;
+    }
     if (refs_reserve(fx, n) != NBX_OK)
         return fail_at(fx, &evs[0], nbx_err_set(e, NBX_ENOMEM, "out of memory"));
 
@@ -527,8 +541,17 @@ int nbx_profile_store(nbx_store *s, MDB_txn *txn, MDB_cursor *cur, const nbx_pro
 int nbx_profile_import_txn(nbx_store *s, MDB_txn *txn, const nbx_profile *patch, int64_t now_ms,
                            nbx_arena *a, nbx_buf *scratch, nbx_err *e)
 {
+    nbx_suppressions erased;
+    int rc = nbx_suppressions_begin(s, txn, &erased, e);
+    if (rc == NBX_OK && (rc = nbx_suppressed(s, txn, &erased, patch->id, e)) == 1)
+        rc = nbx_err_set(e, NBX_EINVAL,
+                         "customer '%.*s' was erased: data for it is refused until it is "
+                         "restored (nbx profile restore)",
+                         (int)patch->id.len, patch->id.ptr);
+    if (rc)
+        return rc;
     MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, s->profiles, &cur);
+    rc = mdb_cursor_open(txn, s->profiles, &cur);
     if (rc)
         return nbx_err_mdb(e, rc, "writing a profile");
     MDB_val k = {patch->id.len, (void *)patch->id.ptr}, v;

@@ -1622,11 +1622,21 @@ static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
         mdb_cursor_close(cur);
         return mdb_fail(w, rc, "writing profiles", 0);
     }
-    rc = NBX_OK;
+    nbx_suppressions erased;
+    rc = nbx_suppressions_begin(s, w->txn, &erased, e);
     for (uint32_t u = u0; rc == NBX_OK && u < u1; u++) {
         uint32_t from = b->units[u], to = b->units[u + 1];
         const kref *id = &b->by_id[from];
         uint64_t line = b->line[id->rec];
+        int gone = nbx_suppressed(s, w->txn, &erased, (nbx_sv){id->key, id->len}, e);
+        if (gone) { /* an erased customer's lines are refused, or an error */
+            if (gone < 0) {
+                rc = gone;
+                w->fail_line = line;
+            } else
+                w->im->stats.suppressed += to - from;
+            continue;
+        }
         k = (MDB_val){id->len, (void *)id->key};
         int found = append ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
         if (found != 0 && found != MDB_NOTFOUND) {
@@ -1682,7 +1692,8 @@ static int write_events(writer *w, batch *b, uint32_t u0, uint32_t u1)
         w->fail_line = b->line[w->fx.failed - b->fx];
     if (rc == NBX_OK) {
         im->stats.applied += w->fx.applied;
-        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->fx.applied;
+        im->stats.suppressed += w->fx.suppressed;
+        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->fx.applied - w->fx.suppressed;
     }
     return rc;
 }
@@ -1692,7 +1703,8 @@ static int write_events(writer *w, batch *b, uint32_t u0, uint32_t u1)
 static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
 {
     importer *im = w->im;
-    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates;
+    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates,
+             suppressed = im->stats.suppressed;
     w->fail_line = 0;
     int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
     if (rc)
@@ -1706,6 +1718,7 @@ static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
     if (rc) {
         im->stats.applied = applied;
         im->stats.duplicates = duplicates;
+        im->stats.suppressed = suppressed;
         /* the budgets, the count or the commit: name the transaction's first record */
         if (w->fail_line == 0)
             w->fail_line = im->kind == NBX_IMPORT_EVENTS ? b->line[b->units[u0]]

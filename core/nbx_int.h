@@ -141,6 +141,10 @@ void nbx_arena_free(nbx_arena *a);
 /* Read a whole (bounded) file into a malloc'd NUL-terminated buffer. */
 int nbx_read_file(const char *path, size_t max, char **out, size_t *len, nbx_err *e);
 
+/* SipHash-2-4, 128-bit output (siphash.c): a keyed hash, for ids that must
+ * not be stored in the clear. */
+void nbx_siphash128(const uint8_t key[16], const void *data, size_t len, uint8_t out[16]);
+
 /* xxh64 as 16 lowercase hex digits plus NUL. */
 void nbx_hex64(uint64_t v, char out[17]);
 uint64_t nbx_hash64(const void *p, size_t n, uint64_t seed);
@@ -360,12 +364,26 @@ bool nbx_id_valid(nbx_sv id, nbx_err *e);
 #define NBX_EVENT_KEY_MAX 511
 #define NBX_EVENT_IDS_MAX (NBX_EVENT_KEY_MAX - 2)
 
+/* nbx_store_open() flag for nbx_store_upgrade() only: bring an older format
+ * to this nbx's within the open. */
+#define NBX_STORE_UPGRADE 0x10000u
+
+/* Suppression records: sizes of the store's secret, of a record's key (a
+ * keyed hash) and of its value (docs/format.md). */
+#define NBX_SUPPRESSION_SECRET_SIZE 16
+#define NBX_SUPPRESSION_KEY_SIZE 16
+#define NBX_SUPPRESSION_VALUE_MAX 16
+
 struct nbx_store {
     MDB_env *env;
     MDB_dbi profiles;  /* id -> profile */
     MDB_dbi customers; /* id \0 tag ... -> counters, event records (above) */
     MDB_dbi budgets;   /* day (4 bytes BE) offer -> daily totals */
     MDB_dbi meta;      /* NBX_META_* */
+    MDB_dbi suppressed; /* keyed hash of an erased id -> erased_at (format 2) */
+    bool has_suppressed; /* false: a format-1 store read as it is */
+    uint32_t schema;     /* the format version the store has */
+    uint32_t schema_before; /* ... had at open (nbx_store_upgrade) */
     unsigned flags;    /* nbx_store_flags */
     char *path;
 };
@@ -385,6 +403,18 @@ int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *
  * that adds or erases them: nbx_store_stats.events_seen. */
 int nbx_store_events_seen(nbx_store *s, MDB_txn *txn, uint64_t *out, nbx_err *e);
 int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e);
+
+/* Erased customers (store.c, "Erasure"). A lookup reads the store's secret
+ * once: nbx_suppressions_begin() tells whether any customer is suppressed
+ * at all (the common case: none, and no id needs hashing). */
+typedef struct nbx_suppressions {
+    bool any;
+    uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE];
+} nbx_suppressions;
+int nbx_suppressions_begin(nbx_store *s, MDB_txn *txn, nbx_suppressions *sp, nbx_err *e);
+/* 1 if the customer was erased (and not restored), 0 if not, or an error. */
+int nbx_suppressed(nbx_store *s, MDB_txn *txn, const nbx_suppressions *sp, nbx_sv customer,
+                   nbx_err *e);
 
 /* ========================================================================
  * Exposure counters (exposure.c)
@@ -510,6 +540,8 @@ typedef struct nbx_effects {
     nbx_arena *arena;      /* borrowed; reset per row */
     nbx_buf *scratch;      /* borrowed */
     uint64_t applied;      /* new events since nbx_effects_begin() */
+    uint64_t suppressed;   /* events refused since then: their customer was erased */
+    nbx_suppressions erased; /* read at nbx_effects_begin() */
     const nbx_fx_event *failed; /* the event a failure is about, or NULL */
     /* budget rows of the transaction: an open-addressing table, inline
      * until it outgrows a few rows */
@@ -563,13 +595,15 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ou
  * ======================================================================== */
 
 /* The store's format version (meta "schema"). A store of a newer version
- * is refused; docs/format.md says what each version added. */
-#define NBX_SCHEMA_VERSION 1
+ * is refused; an older one is read, but written only after `nbx store
+ * upgrade`. docs/format.md says what each version added. */
+#define NBX_SCHEMA_VERSION 2
 
 /* Keys of the meta database. */
 #define NBX_META_SCHEMA "schema"
 #define NBX_META_EVENTS "events"
 #define NBX_META_RFM "rfm"
+#define NBX_META_SUPPRESSION_SECRET "suppression_key"
 
 /* Everything keyed by one customer but the profile lives under its prefix
  * (id \0) in `customers`, in tagged sub-ranges, so an event touches that
@@ -617,6 +651,14 @@ int nbx_schema_decode(const void *data, size_t len, uint32_t *version);
 #define NBX_COUNT_VALUE_SIZE 9
 size_t nbx_count_encode(uint64_t n, uint8_t out[NBX_COUNT_VALUE_SIZE]);
 int nbx_count_decode(const void *data, size_t len, uint64_t *n);
+/* Suppression records (database `suppressed`): the keyed hash of an erased
+ * customer's id (nbx_siphash128 with the store's secret, meta
+ * "suppression_key") -> [erased_at]. No byte of the id is stored. */
+void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
+                         const uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE], nbx_sv customer);
+size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX]);
+int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms);
+
 typedef struct nbx_rfm_meta {
     int64_t as_of_ms;
     double recency[4], frequency[4], monetary[4]; /* cut points */

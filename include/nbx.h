@@ -230,6 +230,39 @@ typedef struct nbx_store_stats {
 } nbx_store_stats;
 
 /**
+ * @brief Write a compacted copy of the store to out_dir (LMDB's compacting
+ * copy: only pages in use, renumbered, free pages left out), which becomes
+ * a store of its own (data.mdb; lock.mdb is made when it is opened). Runs
+ * beside readers and writers: the copy is one consistent snapshot.
+ *
+ * After an erasure, the copy holds no byte of the erased customers (their
+ * pages were freed and are not copied), where the store's own file may
+ * still hold them in freed pages: compact, check, then replace the store
+ * with the copy while writers are stopped (docs/data-model.md, "Erasure").
+ *
+ * @param out_dir a new directory (created) or an empty one; not the store.
+ * @return NBX_OK, NBX_EINVAL (NULL, not a directory, not empty, the store
+ *   itself), NBX_ENOTFOUND (out_dir's parent is missing), NBX_EIO,
+ *   NBX_ESTORE, NBX_EFULL, NBX_ENOMEM. On failure the partial copy is
+ *   removed.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_store_compact(nbx_store *store, const char *out_dir);
+
+/**
+ * @brief Bring a store written by an older nbx to this one's format
+ * (docs/format.md). An older store opens read-only as it is; a read-write
+ * open refuses it with NBX_EVERSION until it is upgraded, so that a store
+ * is never written by two versions that disagree on it.
+ * @param[out] from, to if not NULL, the format before and after (equal
+ *   when there was nothing to do).
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EVERSION (newer
+ *   than this nbx), NBX_ECORRUPT, NBX_ESTORE.
+ * @note Stop writers of other versions first.
+ */
+NBX_API int nbx_store_upgrade(const char *path, uint32_t *from, uint32_t *to);
+
+/**
  * @brief Read the store's counts.
  * @return NBX_OK, NBX_EINVAL, NBX_ESTORE.
  * @note Thread-safe.
@@ -271,13 +304,53 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
 NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len);
 
 /**
- * @brief Erase a profile and everything keyed by that customer (exposure
- * counters and event records) in one transaction. The erased event ids are
- * forgotten: the same events sent again are applied again.
- * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EREADONLY, NBX_ESTORE.
+ * @brief Erase customers: for each id, in one transaction for the whole
+ * list, its profile and everything keyed by it (exposure counters, event
+ * records), leaving a suppression record: a keyed hash of the id, no byte
+ * of personal data (docs/data-model.md, "Erasure").
+ *
+ * Until nbx_profile_restore(), everything later sent for a suppressed id is
+ * refused and counted as suppressed: profile imports (nbx_import_file()
+ * skips its lines, nbx_profile_put() fails), events (nbx_event_apply()
+ * applies nothing, nbx_record_ex() reports NBX_RECORD_SUPPRESSED) and the
+ * impressions decisions record. An id the store holds nothing for is
+ * suppressed all the same (0 records).
+ *
+ * Erased bytes stay in the store's file until LMDB reuses their pages: see
+ * nbx_store_compact().
+ *
+ * @param ids n customer ids, each 1..NBX_ID_MAX bytes; the same id twice
+ *   is erased once.
+ * @param[out] records if not NULL, n counts: the records each id lost
+ *   (its profile, counter rows and event records); zeros on failure.
+ * @return NBX_OK (also for ids that held nothing); NBX_EINVAL (NULL
+ *   argument, a bad id: the message names its index; nothing is erased);
+ *   NBX_EREADONLY; NBX_EVERSION (a format-1 store opened read-only: upgrade
+ *   it); NBX_EIO (no randomness for the store's first key); NBX_ESTORE
+ *   (also a list too large for one transaction: erase it in parts);
+ *   NBX_EFULL; NBX_ECORRUPT.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_profile_erase(nbx_store *store, const char *const *ids, size_t n,
+                              uint64_t *records);
+
+/**
+ * @brief nbx_profile_erase() of one id.
+ * @return as nbx_profile_erase(), and NBX_ENOTFOUND when the store held
+ *   nothing for the id (it is suppressed all the same).
  * @note Thread-safe.
  */
 NBX_API int nbx_profile_delete(nbx_store *store, const char *id);
+
+/**
+ * @brief Lift an erasure (renewed consent): the id's suppression record is
+ * removed, and data sent for it is taken again. What was erased stays
+ * erased.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND (the id is not suppressed),
+ *   NBX_EREADONLY, NBX_EVERSION, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_profile_restore(nbx_store *store, const char *id);
 
 /* ------------------------------------------------------------------------
  * Events: purchases and exposures (impression, click, accept, dismiss)
@@ -345,6 +418,8 @@ typedef struct nbx_import_stats {
     uint64_t applied;    /**< records written */
     uint64_t duplicates; /**< events skipped: their customer had their id before */
     uint64_t rejected;   /**< bad lines copied to rejects_path */
+    uint64_t suppressed; /**< records refused: their customer was erased
+                              (nbx_profile_erase()) */
 } nbx_import_stats;
 
 /** @brief Set defaults. @note Thread-safe. */

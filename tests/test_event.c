@@ -583,7 +583,13 @@ Test(event, erasure_removes_counters_and_event_records)
     cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
     cr_assert_eq(st.events_seen, 1, "c1's event ids were not erased");
     cr_assert_eq(st.exposure_keys, 2);
-    /* the erased customer's event ids are forgotten: re-sent events apply */
+    /* the erased customer stays erased: re-sent events are refused */
+    const char *x1 = "{\"event_id\":\"x1\",\"customer\":\"c1\",\"type\":\"impression\","
+                     "\"offer\":\"o1\",\"ts\":\"2026-03-01T01:00:00Z\"}";
+    cr_assert_eq(apply(x1), 0);
+    cr_assert_not(counters("c1", "", &x));
+    /* restored (renewed consent), they apply again */
+    cr_assert_eq(nbx_profile_restore(store, "c1"), NBX_OK);
     exposure("x1", "c1", "impression", "o1", "2026-03-01T01:00:00Z");
     cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK, "an exposure-only customer erases");
     cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_ENOTFOUND);
@@ -898,6 +904,44 @@ Test(event, record_ex_refuses_an_offer_not_in_the_catalog)
     cr_assert_eq(nbx_record_ex(ctx, purchase, strlen(purchase), 0, &outcome), NBX_OK, "%s",
                  nbx_ctx_errmsg(ctx));
     cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
+
+/* An erased customer's events through nbx_record_ex: refused, reported as
+ * suppressed, nothing stored; a decision recorded for them stores nothing
+ * either. */
+Test(event, record_ex_reports_an_erased_customer_as_suppressed)
+{
+    int rc;
+    nbx_engine *engine = open_engine(0, &rc);
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
+    nbx_ctx *ctx;
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    int64_t now = nbx_time_now();
+    int outcome = 0;
+    cr_assert_eq(record(ctx, 0, "free_shipping", "s1", now, &outcome), NBX_OK);
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    cr_assert_eq(nbx_profile_delete(store, "u1"), NBX_OK, "%s", nbx_store_errmsg(store));
+    uint64_t before = digest();
+    for (unsigned flags = 0; flags <= NBX_RECORD_SERVER_TIME; flags++) {
+        cr_assert_eq(record(ctx, flags, "free_shipping", "s1", now, &outcome), NBX_OK);
+        cr_assert_eq(outcome, NBX_RECORD_SUPPRESSED);
+        cr_assert_eq(record(ctx, flags, "free_shipping", "s2", now, &outcome), NBX_OK);
+        cr_assert_eq(outcome, NBX_RECORD_SUPPRESSED);
+    }
+    int applied = 9;
+    const char *ev = "{\"event_id\":\"s3\",\"customer\":\"u1\",\"type\":\"click\","
+                     "\"offer\":\"free_shipping\",\"ts\":\"2026-01-01T00:00:00Z\"}";
+    cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK);
+    cr_assert_eq(applied, 0);
+    nbx_request req;
+    nbx_request_init(&req);
+    req.customer = "u1";
+    req.flags = NBX_DECIDE_RECORD;
+    const nbx_result *r;
+    cr_assert_eq(nbx_decide(ctx, &req, &r), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(digest(), before, "something of the erased customer was stored");
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
 }

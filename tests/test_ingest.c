@@ -1522,3 +1522,34 @@ Test(ingest, a_catalog_names_the_offers_events_may_have)
     free(path);
     free(catalog);
 }
+
+/* Imports of an erased customer's lines are refused and counted. */
+Test(ingest, an_erased_customer_s_lines_are_counted_suppressed)
+{
+    char *profiles = write_tmp("p.jsonl", good_profiles); /* c1 twice, c2 */
+    char *events = write_tmp(
+        "e.jsonl", "{\"event_id\":\"a\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"o1\","
+                   "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+                   "{\"event_id\":\"b\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":1,"
+                   "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+                   "{\"event_id\":\"c\",\"customer\":\"c2\",\"type\":\"purchase\",\"amount\":1,"
+                   "\"ts\":\"2026-01-08T10:00:00Z\"}\n");
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, profiles, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, events, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(st.applied, 3);
+    cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK);
+    uint64_t before = store_digest(store);
+    for (size_t batch = 1; batch <= 1000; batch *= 1000) {
+        cr_assert_eq(import(NBX_IMPORT_PROFILES, profiles, batch, NULL, &st), NBX_OK);
+        cr_assert_eq(st.suppressed, 2, "c1's two lines");
+        cr_assert_eq(st.applied, 1);
+        cr_assert_eq(import(NBX_IMPORT_EVENTS, events, batch, NULL, &st), NBX_OK);
+        cr_assert_eq(st.suppressed, 2);
+        cr_assert_eq(st.duplicates, 1, "c2's purchase");
+        cr_assert_eq(st.applied, 0);
+        cr_assert_eq(store_digest(store), before, "the erased customer came back");
+    }
+    free(events);
+    free(profiles);
+}

@@ -3,6 +3,7 @@ client corrupt (issue 9): the server's clock dates events by default, a
 client's clock is checked against a skew, an offer must be the catalog's,
 an erased customer's events are refused. A real nginx, a real store."""
 
+import json
 import time
 
 import nbxnginx as nx
@@ -120,6 +121,22 @@ class EventTest(nx.NginxTestCase):
         purchase = {"event_id": "p1", "customer": "u2", "type": "purchase", "amount": 5,
                     "ts": nx.iso(time.time())}
         self.assertStatus(self.event(purchase), 204, "a purchase names no offer")
+
+
+    def test_05_an_erased_customer_s_events_are_not_applied(self):
+        """Erasure lasts: 204 with X-Nbx-Applied: 0, nothing stored."""
+        r = self.event(click("e1", "u2", "socks", time.time()))
+        self.assertEqual(r.headers.get("X-Nbx-Applied"), "1")
+        p = nx.nbx("profile", "delete", "u2", "--store", self.store)
+        self.assertEqual(json.loads(p.stdout)["id"], "u2")
+        for event_id in ("e1", "e2"):
+            r = self.event(click(event_id, "u2", "socks", time.time()))
+            self.assertStatus(r, 204, event_id)
+            self.assertEqual(r.headers.get("X-Nbx-Applied"), "0", event_id)
+        r = request(self.server.url("/decide?customer=u2"))
+        self.assertIs(r.json()["anonymous"], True)
+        stats = json.loads(nx.nbx("stats", "--json", "--store", self.store).stdout)
+        self.assertEqual(stats["events_seen"], 0)
 
 
 class EventConfigTest(nx.NginxTestCase):
