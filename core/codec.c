@@ -96,35 +96,45 @@ static inline int mp_type(const nbx_mp *m)
     }
 }
 
-static inline uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16)
+/* A container's element count, checked against the bytes that follow:
+ * every element takes at least one byte (a map entry two), so a count the
+ * value cannot hold is corrupt here, before any caller loops over it (a
+ * damaged count of 4294967295 kept readers busy for seconds). */
+static inline uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16,
+                                 unsigned bytes_per_element)
 {
     if (!need(m, 1))
         return 0;
     uint8_t b = *m->p;
+    uint32_t n;
     if ((b & fix_mask) == fix_tag) {
         m->p++;
-        return b & (uint8_t)~fix_mask;
-    }
-    if (b == tag16 && need(m, 3)) {
+        n = b & (uint8_t)~fix_mask;
+    } else if (b == tag16 && need(m, 3)) {
         m->p += 3;
-        return (uint32_t)be(m->p - 2, 2);
-    }
-    if (b == tag16 + 1 && need(m, 5)) {
+        n = (uint32_t)be(m->p - 2, 2);
+    } else if (b == tag16 + 1 && need(m, 5)) {
         m->p += 5;
-        return (uint32_t)be(m->p - 4, 4);
+        n = (uint32_t)be(m->p - 4, 4);
+    } else {
+        m->bad = true;
+        return 0;
     }
-    m->bad = true;
-    return 0;
+    if ((uint64_t)n * bytes_per_element > (uint64_t)(m->end - m->p)) {
+        m->bad = true;
+        return 0;
+    }
+    return n;
 }
 
 static inline uint32_t mp_array(nbx_mp *m)
 {
-    return container(m, 0xf0, 0x90, 0xdc);
+    return container(m, 0xf0, 0x90, 0xdc, 1);
 }
 
 static inline uint32_t mp_map(nbx_mp *m)
 {
-    return container(m, 0xf0, 0x80, 0xde);
+    return container(m, 0xf0, 0x80, 0xde, 2);
 }
 
 static inline bool mp_nil(nbx_mp *m)
@@ -518,11 +528,11 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
             b->orders = mp_uint(&m);
             b->revenue = mp_double(&m);
             b->margin = mp_double(&m);
-            for (uint32_t i = 6; i < bn; i++)
+            for (uint32_t i = 6; i < bn && !m.bad; i++)
                 nbx_mp_skip(&m);
             p->fields |= NBX_PF_RFM_BASE;
         }
-        for (uint32_t i = 10; i < rn; i++)
+        for (uint32_t i = 10; i < rn && !m.bad; i++)
             nbx_mp_skip(&m);
         if (r->segment >= NBX_SEGMENT_COUNT || r->r > 5 || r->f > 5 || r->m > 5)
             goto corrupt;
@@ -558,6 +568,11 @@ int nbx_profile_decode_rfm(const void *data, size_t len, nbx_rfm *r, bool *has)
     r->last_purchase = mp_int(&m);
     r->orders = mp_uint(&m);
     r->revenue = mp_double(&m);
+    if (m.bad)
+        return NBX_ECORRUPT;
+    /* the rest of it must be there too, as for nbx_profile_decode */
+    for (int i = 4; i < 9 && !m.bad; i++)
+        nbx_mp_skip(&m);
     if (m.bad)
         return NBX_ECORRUPT;
     *has = true;

@@ -336,9 +336,12 @@ static int read_rfm(parser *p, nbx_profile *out)
             if ((rc = seen_once(p, &seen, 1u << 2, "rfm.orders")) != NBX_OK)
                 continue;
             rc = read_number_or_null(p, "rfm.orders", 0, 9e15, &d, &is_null);
-            if (rc == NBX_OK && d != floor(d))
+            if (rc == NBX_OK && !is_null && d != floor(d))
                 rc = nbx_err_set(p->e, NBX_EPARSE, "field 'rfm.orders': must be an integer");
-            r->orders = is_null ? 0 : (uint64_t)d;
+            /* converted only once known to be in range: 2e74 or inf as an
+             * integer is undefined behaviour */
+            if (rc == NBX_OK)
+                r->orders = is_null ? 0 : (uint64_t)d;
             out->fields |= NBX_PF_RFM_ORDERS;
         } else if (nbx_sv_eq_cstr(key, "revenue")) {
             if ((rc = seen_once(p, &seen, 1u << 3, "rfm.revenue")) != NBX_OK)

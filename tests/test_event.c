@@ -945,3 +945,34 @@ Test(event, record_ex_reports_an_erased_customer_as_suppressed)
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
 }
+
+/* A decision for a customer whose stored profile is damaged (the report's
+ * 21 bytes, with a nil tenth element) fails at once with NBX_ECORRUPT
+ * naming the customer; it spun for seconds. */
+Test(event, a_decision_over_a_damaged_profile_fails_at_once, .timeout = 60)
+{
+    static const uint8_t damaged[21] = {0x97, 0x80, 0x80, 0x80, 0xc0, 0xc0, 0xdd,
+                                        0xff, 0xff, 0xff, 0xff, 0,    0,    0,
+                                        0,    0,    0,    0,    0,    0,    0xc0};
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, 0, &txn), 0);
+    MDB_val k = {2, "u9"}, v = {sizeof damaged, (void *)damaged};
+    cr_assert_eq(mdb_put(txn, store->profiles, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    int rc;
+    nbx_engine *engine = open_engine(0, &rc);
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
+    nbx_ctx *ctx;
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_request req;
+    nbx_request_init(&req);
+    req.customer = "u9";
+    const nbx_result *r;
+    int64_t t0 = nbx_monotonic_us();
+    cr_assert_eq(nbx_decide(ctx, &req, &r), NBX_ECORRUPT);
+    double took = (double)(nbx_monotonic_us() - t0) / 1e6;
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "profile 'u9'") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_lt(took, 5.0, "took %.1f s", took);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}

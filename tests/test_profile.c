@@ -292,3 +292,24 @@ Test(profile, a_put_that_changes_nothing_keeps_updated_at)
     nbx_free(again);
     nbx_free(changed);
 }
+
+/* rfm.orders out of range (2e74, 1e300) was converted to an integer before
+ * its range was checked: undefined behaviour (UBSan's float-cast-overflow,
+ * found by fuzzing). Refused naming the field, converted only when valid. */
+Test(profile, an_out_of_range_order_count_is_refused_before_it_is_converted)
+{
+    const char *cases[] = {"2e74", "1e300", "-1", "9000000000000001", "1.5", "-1e300"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[128];
+        snprintf(json, sizeof json, "{\"id\":\"c\",\"rfm\":{\"orders\":%s}}", cases[i]);
+        nbx_profile patch;
+        nbx_err e = {0};
+        cr_assert_eq(nbx_profile_parse(json, strlen(json), &patch, &arena, &e), NBX_EPARSE, "%s",
+                     json);
+        cr_assert(strstr(e.msg, "rfm.orders") != NULL, "%s: %s", json, e.msg);
+    }
+    const char *ok = "{\"id\":\"c\",\"rfm\":{\"orders\":9000000000000000}}";
+    nbx_profile patch;
+    cr_assert_eq(nbx_profile_parse(ok, strlen(ok), &patch, &arena, NULL), NBX_OK);
+    cr_assert_eq(patch.rfm.orders, UINT64_C(9000000000000000));
+}

@@ -896,3 +896,53 @@ Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
     free(out);
     nbx_store_close(s);
 }
+
+/* ------------------------------------------------------------------------
+ * Damaged values (issue 10, section 5)
+ * ------------------------------------------------------------------------ */
+
+/* A stored profile replaced with raw bytes, as a damaged disk would. */
+static void put_raw_profile(const char *id, const void *value, size_t len)
+{
+    MDB_env *env;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "profiles", 0, &dbi), 0);
+    MDB_val k = {strlen(id), (void *)id}, v = {len, (void *)value};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* The report's 21 bytes (with a nil tenth element): profile get, export
+ * and the RFM rebuild spun for seconds before reporting it. Each answers
+ * NBX_ECORRUPT naming the customer, at once (a generous bound: decoding 21
+ * bytes takes microseconds). */
+Test(store, a_damaged_profile_is_reported_at_once, .timeout = 60)
+{
+    static const uint8_t damaged[21] = {0x97, 0x80, 0x80, 0x80, 0xc0, 0xc0, 0xdd,
+                                        0xff, 0xff, 0xff, 0xff, 0,    0,    0,
+                                        0,    0,    0,    0,    0,    0,    0xc0};
+    nbx_store_close(create());
+    put_raw_profile("c0000007", damaged, sizeof damaged);
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK);
+    int64_t t0 = nbx_monotonic_us();
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c0000007", &json, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "profile 'c0000007'") != NULL, "%s", nbx_store_errmsg(s));
+    nbx_iter *it;
+    cr_assert_eq(nbx_iter_open(s, 0, NULL, &it), NBX_OK);
+    const char *id, *text;
+    cr_assert_eq(nbx_iter_next(it, &id, &text, NULL), NBX_ECORRUPT);
+    nbx_iter_close(it);
+    cr_assert_eq(nbx_rfm_rebuild(s, 0, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "c0000007") != NULL, "%s", nbx_store_errmsg(s));
+    double took = (double)(nbx_monotonic_us() - t0) / 1e6;
+    cr_assert_lt(took, 5.0, "reporting a damaged value took %.1f s", took);
+    nbx_store_close(s);
+}

@@ -265,3 +265,23 @@ class T03Erasure(CliTestCase):
     def test_04_upgrade_of_a_current_store_changes_nothing(self):
         r = self.ok("store", "upgrade", "--store", self.store)
         self.assertIn("format 2, nothing to do", r.stdout)
+
+
+# ===========================================================================
+# 4. Damaged and odd inputs
+# ===========================================================================
+
+class T04OddInputs(CliTestCase):
+
+    def test_01_a_fifo_as_catalog_or_policy_is_refused_at_once(self):
+        """A FIFO blocked nbx (and nginx -t) in open() before the
+        regular-file check."""
+        fifo = self.path("fifo")
+        os.mkfifo(fifo)
+        self.ok("profile", "put", '{"id": "c1"}', "--store", self.store)
+        for args in (["catalog", "check", fifo], ["policy", "check", fifo],
+                     ["decide", "--store", self.store, "--catalog", fifo, "--policy", POLICY,
+                      "--customer", "c1"]):
+            with self.subTest(command=args[0]):
+                r = self.fails(1, *args, timeout=30)
+                self.assertIn("not a regular file (a FIFO)", r.stderr)
