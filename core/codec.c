@@ -607,6 +607,24 @@ size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id)
     return n + event_id.len;
 }
 
+/* What a customer id may be, as every key built from one needs it. */
+bool nbx_id_valid(nbx_sv id, nbx_err *e)
+{
+    if (id.len == 0) {
+        nbx_err_set(e, NBX_EPARSE, "field 'id': must not be empty");
+        return false;
+    }
+    if (id.len > NBX_ID_MAX) {
+        nbx_err_set(e, NBX_EPARSE, "field 'id': %zu bytes, the limit is %d", id.len, NBX_ID_MAX);
+        return false;
+    }
+    if (memchr(id.ptr, '\0', id.len)) {
+        nbx_err_set(e, NBX_EPARSE, "field 'id': must not contain NUL");
+        return false;
+    }
+    return true;
+}
+
 int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len)
 {
     return len > prefix_len ? ((const unsigned char *)key)[prefix_len] : -1;

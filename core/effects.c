@@ -2,7 +2,9 @@
  * effects.c: what an event does to a customer, written once for every path
  * that applies events: nbx_event_apply() and nbx_record() (one event), the
  * impressions a decision records (nbx_record_impression), and bulk ingest
- * (a file's events, customer by customer).
+ * (a file's events, customer by customer). Profile imports (nbx_profile_put,
+ * nbx import profiles) are here too: they are the other writer of a
+ * customer's purchase aggregates.
  *
  * In one write transaction, for a group of one customer's events in the
  * order they arrived:
@@ -568,6 +570,33 @@ int nbx_profile_import_txn(nbx_store *s, MDB_txn *txn, const nbx_profile *patch,
                                patch->fields & NBX_PF_UPDATED_AT, now_ms, false, scratch, e);
     mdb_cursor_close(cur);
     return rc;
+}
+
+NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len)
+{
+    if (!store || !json)
+        return nbx_fail(store, NBX_EINVAL, "nbx_profile_put: NULL argument");
+    if (len > NBX_LINE_MAX)
+        return nbx_fail(store, NBX_ELIMIT, "profile JSON is %zu bytes, the limit is %d", len,
+                        NBX_LINE_MAX);
+    nbx_err e = {0};
+    nbx_arena arena = {0};
+    nbx_buf scratch = {0};
+    nbx_profile patch;
+    MDB_txn *txn = NULL;
+    int rc = nbx_profile_parse(json, len, &patch, &arena, &e);
+    if (rc == NBX_OK)
+        rc = nbx_store_write_begin(store, &txn, &e);
+    if (rc == NBX_OK)
+        rc = nbx_profile_import_txn(store, txn, &patch, nbx_time_now(), &arena, &scratch, &e);
+    if (rc == NBX_OK) {
+        rc = nbx_store_commit(store, txn, &e);
+        txn = NULL;
+    }
+    mdb_txn_abort(txn);
+    nbx_arena_free(&arena);
+    nbx_buf_free(&scratch);
+    return rc ? nbx_publish(store, &e) : NBX_OK;
 }
 
 /* ========================================================================

@@ -352,7 +352,6 @@ void nbx_profile_to_json(const nbx_profile *p, nbx_buf *out);
 const nbx_prop *nbx_profile_propensity(const nbx_profile *p, nbx_sv key);
 const nbx_consent *nbx_profile_consent(const nbx_profile *p, nbx_sv purpose);
 const nbx_attr *nbx_profile_attr(const nbx_profile *p, nbx_sv key);
-bool nbx_id_valid(nbx_sv id, nbx_err *e);
 
 /* ========================================================================
  * Store (store.c)
@@ -621,6 +620,9 @@ size_t nbx_customer_prefix(char *out, nbx_sv customer);
 size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
 size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id);
 size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
+/* A customer id is 1..NBX_ID_MAX bytes without NUL (false: e names the
+ * field 'id' and the problem, NBX_EPARSE). */
+bool nbx_id_valid(nbx_sv id, nbx_err *e);
 /* The tag of a key in `customers` after a prefix of prefix_len bytes, or
  * -1 if the key is the prefix itself. */
 int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len);

@@ -1,6 +1,7 @@
 /*
  * profile.c: profiles as JSON (parse, print), merge rules, lookups, and the
- * public profile calls.
+ * public calls that read profiles (nbx_profile_get, the iterator). Writing
+ * one (nbx_profile_put) is a profile import: effects.c.
  *
  * Merge rules (docs/data-model.md): a field given replaces the stored one, an
  * absent field stays. Maps (attrs, consent, propensity) merge per key: a key
@@ -13,27 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ========================================================================
- * Validation helpers
- * ======================================================================== */
-
-bool nbx_id_valid(nbx_sv id, nbx_err *e)
-{
-    if (id.len == 0) {
-        nbx_err_set(e, NBX_EPARSE, "field 'id': must not be empty");
-        return false;
-    }
-    if (id.len > NBX_ID_MAX) {
-        nbx_err_set(e, NBX_EPARSE, "field 'id': %zu bytes, the limit is %d", id.len, NBX_ID_MAX);
-        return false;
-    }
-    if (memchr(id.ptr, '\0', id.len)) {
-        nbx_err_set(e, NBX_EPARSE, "field 'id': must not contain NUL");
-        return false;
-    }
-    return true;
-}
 
 /* ========================================================================
  * Parsing
@@ -815,29 +795,140 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
     return NBX_OK;
 }
 
-NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len)
+/* ========================================================================
+ * Iteration
+ * ======================================================================== */
+
+/* Records between snapshot renewals: a scan of millions must not pin one
+ * snapshot (and old pages) for its whole duration. */
+#define NBX_ITER_RENEW 4096
+
+struct nbx_iter {
+    nbx_store *store;
+    unsigned flags;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    bool positioned; /* the cursor is on it->id */
+    bool done;
+    uint32_t since_renew;
+    char id[NBX_ID_MAX + 1];
+    size_t id_len;
+    nbx_buf json;
+    nbx_arena arena;
+};
+
+NBX_API int nbx_iter_open(nbx_store *s, unsigned flags, const char *after, nbx_iter **out)
 {
-    if (!store || !json)
-        return nbx_fail(store, NBX_EINVAL, "nbx_profile_put: NULL argument");
-    if (len > NBX_LINE_MAX)
-        return nbx_fail(store, NBX_ELIMIT, "profile JSON is %zu bytes, the limit is %d", len,
-                        NBX_LINE_MAX);
+    if (out)
+        *out = NULL;
+    if (!s || !out)
+        return nbx_fail(s, NBX_EINVAL, "nbx_iter_open: NULL argument");
+    if (after && strlen(after) > NBX_ID_MAX)
+        return nbx_fail(s, NBX_EINVAL, "nbx_iter_open: 'after' is longer than %d bytes",
+                        NBX_ID_MAX);
+    nbx_iter *it = calloc(1, sizeof *it);
+    if (!it)
+        return nbx_fail(s, NBX_ENOMEM, "out of memory");
+    it->store = s;
+    it->flags = flags;
     nbx_err e = {0};
-    nbx_arena arena = {0};
-    nbx_buf scratch = {0};
-    nbx_profile patch;
-    MDB_txn *txn = NULL;
-    int rc = nbx_profile_parse(json, len, &patch, &arena, &e);
-    if (rc == NBX_OK)
-        rc = nbx_store_write_begin(store, &txn, &e);
-    if (rc == NBX_OK)
-        rc = nbx_profile_import_txn(store, txn, &patch, nbx_time_now(), &arena, &scratch, &e);
-    if (rc == NBX_OK) {
-        rc = nbx_store_commit(store, txn, &e);
-        txn = NULL;
+    int rc = nbx_store_read_begin(s, &it->txn, &e);
+    if (rc == NBX_OK && (rc = mdb_cursor_open(it->txn, s->profiles, &it->cur)) != 0)
+        rc = nbx_err_mdb(&e, rc, "opening an iterator");
+    if (rc) {
+        nbx_iter_close(it);
+        return nbx_publish(s, &e);
     }
-    mdb_txn_abort(txn);
-    nbx_arena_free(&arena);
-    nbx_buf_free(&scratch);
-    return rc ? nbx_publish(store, &e) : NBX_OK;
+    if (after && *after) {
+        it->id_len = strlen(after);
+        memcpy(it->id, after, it->id_len + 1);
+    }
+    *out = it;
+    return NBX_OK;
+}
+
+/* Position on the first key after it->id (the first key if none yet). */
+static int iter_seek(nbx_iter *it, MDB_val *k, MDB_val *v)
+{
+    if (it->id_len == 0)
+        return mdb_cursor_get(it->cur, k, v, MDB_FIRST);
+    k->mv_size = it->id_len;
+    k->mv_data = it->id;
+    int rc = mdb_cursor_get(it->cur, k, v, MDB_SET_RANGE);
+    if (rc == 0 && k->mv_size == it->id_len && memcmp(k->mv_data, it->id, it->id_len) == 0)
+        rc = mdb_cursor_get(it->cur, k, v, MDB_NEXT);
+    return rc;
+}
+
+NBX_API int nbx_iter_next(nbx_iter *it, const char **id, const char **json, size_t *json_len)
+{
+    if (!it)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_iter_next: NULL iterator");
+    if (id)
+        *id = NULL;
+    if (json)
+        *json = NULL;
+    if (it->done)
+        return NBX_DONE;
+    nbx_err e = {0};
+    MDB_val k, v;
+    int rc;
+    if (!it->positioned) {
+        rc = iter_seek(it, &k, &v);
+    } else if (++it->since_renew >= NBX_ITER_RENEW) {
+        it->since_renew = 0;
+        mdb_txn_reset(it->txn);
+        rc = mdb_txn_renew(it->txn);
+        if (rc == 0)
+            rc = mdb_cursor_renew(it->txn, it->cur);
+        if (rc)
+            return nbx_fail(it->store, nbx_err_mdb(&e, rc, "renewing an iterator"), "%s", e.msg);
+        rc = iter_seek(it, &k, &v);
+    } else {
+        rc = mdb_cursor_get(it->cur, &k, &v, MDB_NEXT);
+    }
+    it->positioned = true;
+    if (rc == MDB_NOTFOUND) {
+        it->done = true;
+        return NBX_DONE;
+    }
+    if (rc)
+        return nbx_fail(it->store, nbx_err_mdb(&e, rc, "iterating"), "%s", e.msg);
+    if (k.mv_size > NBX_ID_MAX)
+        return nbx_fail(it->store, NBX_ECORRUPT, "profile key longer than %d bytes", NBX_ID_MAX);
+    memcpy(it->id, k.mv_data, k.mv_size);
+    it->id[k.mv_size] = '\0';
+    it->id_len = k.mv_size;
+    if (!(it->flags & NBX_ITER_IDS)) {
+        nbx_profile p = {.id = {it->id, it->id_len}};
+        nbx_arena_reset(&it->arena);
+        nbx_buf_reset(&it->json);
+        rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &it->arena, &e);
+        if (rc)
+            return nbx_publish(it->store, &e);
+        nbx_profile_to_json(&p, &it->json);
+        nbx_buf_terminate(&it->json);
+        if (it->json.oom)
+            return nbx_fail(it->store, NBX_ENOMEM, "out of memory");
+        if (json)
+            *json = it->json.data;
+        if (json_len)
+            *json_len = it->json.len;
+    }
+    if (id)
+        *id = it->id;
+    return NBX_OK;
+}
+
+NBX_API void nbx_iter_close(nbx_iter *it)
+{
+    if (!it)
+        return;
+    if (it->cur)
+        mdb_cursor_close(it->cur);
+    if (it->txn)
+        mdb_txn_abort(it->txn);
+    nbx_buf_free(&it->json);
+    nbx_arena_free(&it->arena);
+    free(it);
 }
