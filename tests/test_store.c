@@ -693,6 +693,8 @@ static char *db_bytes(nbx_store *s, MDB_dbi dbi, size_t *len)
     }
     mdb_cursor_close(c);
     mdb_txn_abort(txn);
+    nbx_buf_terminate(&b); /* an empty database: still a buffer, not NULL */
+    cr_assert_not(b.oom);
     *len = b.len;
     return b.data;
 }
