@@ -12,8 +12,8 @@
  * churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
  * last_purchase, orders, revenue, margin, r, f, m, segment (, base)], base
  * being [as_of, first_purchase, last_purchase, orders, revenue, margin], the
- * aggregates an import gave. Maps are written sorted by key. Decoders accept
- * longer arrays and ignore the extra elements, so a later format can append
+ * aggregates an import gave, or [as_of] when they are the aggregates. Maps are written sorted by
+ * key. Decoders accept longer arrays and ignore the extra elements, so a later format can append
  * fields.
  */
 #include "nbx_int.h"
@@ -424,14 +424,23 @@ int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
         msgpack_pack_uint8(&pk, r->m);
         msgpack_pack_uint8(&pk, r->segment);
         if (base) {
+            /* Most imported customers have no purchase after the import's
+             * as_of: their base is their aggregates, and [as_of] says so
+             * in 10 bytes instead of 50. */
             const nbx_rfm_base *b = &p->rfm_base;
-            msgpack_pack_array(&pk, 6);
+            bool same = b->first_purchase == r->first_purchase &&
+                        b->last_purchase == r->last_purchase && b->orders == r->orders &&
+                        memcmp(&b->revenue, &r->revenue, sizeof b->revenue) == 0 &&
+                        memcmp(&b->margin, &r->margin, sizeof b->margin) == 0;
+            msgpack_pack_array(&pk, same ? 1 : 6);
             msgpack_pack_int64(&pk, b->as_of);
-            msgpack_pack_int64(&pk, b->first_purchase);
-            msgpack_pack_int64(&pk, b->last_purchase);
-            msgpack_pack_uint64(&pk, b->orders);
-            pack_number(&pk, b->revenue);
-            pack_number(&pk, b->margin);
+            if (!same) {
+                msgpack_pack_int64(&pk, b->first_purchase);
+                msgpack_pack_int64(&pk, b->last_purchase);
+                msgpack_pack_uint64(&pk, b->orders);
+                pack_number(&pk, b->revenue);
+                pack_number(&pk, b->margin);
+            }
         }
     } else {
         msgpack_pack_nil(&pk);
@@ -520,14 +529,22 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
         if (rn > 9 && !mp_nil(&m)) {
             nbx_rfm_base *b = &p->rfm_base;
             uint32_t bn = mp_array(&m);
-            if (bn < 6)
+            if (bn < 1 || (bn > 1 && bn < 6))
                 goto corrupt;
             b->as_of = mp_int(&m);
-            b->first_purchase = mp_int(&m);
-            b->last_purchase = mp_int(&m);
-            b->orders = mp_uint(&m);
-            b->revenue = mp_double(&m);
-            b->margin = mp_double(&m);
+            if (bn == 1) { /* the base is the aggregates */
+                b->first_purchase = r->first_purchase;
+                b->last_purchase = r->last_purchase;
+                b->orders = r->orders;
+                b->revenue = r->revenue;
+                b->margin = r->margin;
+            } else {
+                b->first_purchase = mp_int(&m);
+                b->last_purchase = mp_int(&m);
+                b->orders = mp_uint(&m);
+                b->revenue = mp_double(&m);
+                b->margin = mp_double(&m);
+            }
             for (uint32_t i = 6; i < bn && !m.bad; i++)
                 nbx_mp_skip(&m);
             p->fields |= NBX_PF_RFM_BASE;

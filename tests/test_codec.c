@@ -281,3 +281,37 @@ Test(codec, every_decoder_stops_within_the_value, .timeout = 60)
     nbx_buf_free(&counters);
     nbx_buf_free(&record);
 }
+
+/* An import's base of the purchase aggregates: stored whole when events
+ * added to it, as [as_of] alone when it is the aggregates (most customers). */
+Test(codec, the_rfm_base_round_trips_in_both_forms)
+{
+    nbx_profile p = sample();
+    p.fields |= NBX_PF_RFM | NBX_PF_RFM_BASE;
+    p.rfm.orders = 4;
+    p.rfm.revenue = 384.6;
+    p.rfm.last_purchase = 1767780000000;
+    p.rfm_base = (nbx_rfm_base){.as_of = 1746748800000,
+                                .first_purchase = p.rfm.first_purchase,
+                                .last_purchase = 1746748800000,
+                                .orders = 3,
+                                .revenue = 300.1,
+                                .margin = p.rfm.margin};
+    size_t whole = 0;
+    for (int same = 0; same < 2; same++) {
+        if (same)
+            p.rfm_base = (nbx_rfm_base){p.rfm_base.as_of, p.rfm.first_purchase, p.rfm.last_purchase,
+                                        p.rfm.orders,     p.rfm.revenue,        p.rfm.margin};
+        nbx_buf_reset(&buf);
+        cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+        nbx_profile q = {.id = {"c1", 2}};
+        cr_assert_eq(nbx_profile_decode(buf.data, buf.len, &q, &arena, NULL), NBX_OK);
+        cr_assert(q.fields & NBX_PF_RFM_BASE);
+        cr_assert_eq(memcmp(&q.rfm_base, &p.rfm_base, sizeof q.rfm_base), 0, "same %d", same);
+        cr_assert_eq(q.rfm.orders, p.rfm.orders);
+        if (same)
+            cr_assert_lt(buf.len, whole - 30, "[as_of] alone: %zu bytes against %zu", buf.len,
+                         whole);
+        whole = buf.len;
+    }
+}
