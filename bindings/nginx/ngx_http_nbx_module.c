@@ -432,8 +432,16 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
     req.session = fields.elts;
     req.n_session = fields.nelts;
 
+    /*
+     * A fallback tells the client only its kind: the policy's file, line
+     * and message are for the error log (the library logs them), or for a
+     * debugging location with nbx_explain on.
+     */
     if (nlcf->explain) {
         req.flags |= NBX_DECIDE_EXPLAIN;
+
+    } else {
+        req.flags |= NBX_DECIDE_ERROR_KIND_ONLY;
     }
 
     /* a HEAD (monitors, link checkers) shows nothing: it records nothing */

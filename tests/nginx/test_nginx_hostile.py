@@ -91,11 +91,14 @@ class HostileTest(nx.NginxTestCase):
         serving = [(n, p, e) for n, p, e in self.policies if e.load_error is None]
         if not serving:
             self.skipTest("every hostile policy is refused at load")
+        # nbx_explain on: the error's message is the test's to read (a
+        # client without it gets only the kind: test_nginx_errors)
         locations = "".join("""
             location = /p/%s {
                 nbx_policy %s;
                 %s
                 nbx_customer $arg_customer;
+                nbx_explain on;
                 nbx_decide;
             }""" % (name, path, limits_for(expect)) for name, path, expect in serving)
         server = self.nginx("""
