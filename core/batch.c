@@ -173,8 +173,11 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
         return nbx_err_set(e, NBX_EREADONLY, "cannot record exposures: the engine is read-only");
     /* Checked once here, so a typo fails the batch rather than every item. */
     nbx_snapshot *snap = nbx_engine_snapshot(engine);
+    uint32_t channel;
     int rc = nbx_request_lists_check(snap->catalog, o->placements, o->n_placements, o->session,
                                      o->n_session, e);
+    if (rc == NBX_OK)
+        rc = nbx_catalog_channel(snap->catalog, o->session, o->n_session, &channel, e);
     nbx_snapshot_unref(snap);
     if (rc)
         nbx_err_prefix(e, "nbx_batch_open: ");
@@ -381,8 +384,11 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
     }
     /* Budgets are cached per transaction id: this transaction writes them. */
     w->caps.budget_valid = false;
+    uint32_t channel;
+    if (rc == NBX_OK && nbx_catalog_channel(cat, s->session, s->n_session, &channel, e) != NBX_OK)
+        return 1; /* the catalog was reloaded without the channel: decide again, and fail */
     if (rc == NBX_OK)
-        rc = nbx_caps_load(&w->caps, store, txn, &p, b->now_ms, &w->arena, e);
+        rc = nbx_caps_load(&w->caps, store, txn, &p, channel, b->now_ms, &w->arena, e);
     if (rc)
         return rc;
     /* The rules nbx_decide() applies when it records (nbx_caps_recheck);

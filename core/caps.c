@@ -173,7 +173,8 @@ static int load_budgets(nbx_caps *c, nbx_store *s, MDB_txn *txn, uint32_t today,
 }
 
 /* Catalogs have a handful of purposes and many offers: a lookup per
- * purpose here, not one per candidate. */
+ * purpose here (offers', channels' and personalisation's alike), not one
+ * per candidate. */
 static void load_consents(nbx_caps *c, const nbx_profile *p)
 {
     const nbx_catalog *cat = c->catalog;
@@ -183,11 +184,12 @@ static void load_consents(nbx_caps *c, const nbx_profile *p)
     }
 }
 
-int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, int64_t now_ms,
-                  nbx_arena *a, nbx_err *e)
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
+                  int64_t now_ms, nbx_arena *a, nbx_err *e)
 {
     uint32_t today = nbx_day_of(now_ms);
     load_consents(c, p);
+    c->channel_refused = channel != UINT32_MAX && !c->consented[channel];
     int rc = load_exposures(c, s, txn, p->id, today, now_ms, a, e);
     if (rc == NBX_OK && c->catalog->has_budgets)
         rc = load_budgets(c, s, txn, today, e);
@@ -203,7 +205,9 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
     const nbx_catalog *cat = c->catalog;
     if (now_ms < o->valid_from || now_ms > o->valid_to)
         return NBX_EXCLUDED_VALIDITY;
-    if (o->purpose_index != UINT32_MAX && !c->consented[o->purpose_index])
+    /* A contact through a channel uses the data for the channel's purpose
+     * too: an email needs the email consent whatever the offer. */
+    if (c->channel_refused || (o->purpose_index != UINT32_MAX && !c->consented[o->purpose_index]))
         return NBX_EXCLUDED_CONSENT;
     const nbx_cap *mc = &cat->guardrails.max_contacts;
     if (mc->window_days && c->contacts >= mc->max)
@@ -228,6 +232,12 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
     if (o->budget_accepts >= 0 && c->budget_accepts[o->index] >= (uint64_t)o->budget_accepts)
         return NBX_EXCLUDED_BUDGET;
     return NBX_EXCLUDED_NONE;
+}
+
+bool nbx_caps_personalized(const nbx_caps *c)
+{
+    uint32_t k = c->catalog->personalization_index;
+    return k == UINT32_MAX || c->consented[k];
 }
 
 uint32_t nbx_caps_contacts_left(const nbx_caps *c)

@@ -105,6 +105,16 @@ static int get_string(loader *l, json_t *obj, const char *owner, const char *fie
     return NBX_OK;
 }
 
+/* A consent purpose: a string of 1 to 128 bytes; "none" (empty out) for
+ * content that needs no consent. */
+static int get_purpose(loader *l, json_t *obj, const char *owner, const char *field, nbx_sv *out)
+{
+    int rc = get_string(l, obj, owner, field, true, out);
+    if (rc == NBX_OK && nbx_sv_eq_cstr(*out, "none"))
+        *out = (nbx_sv){"", 0};
+    return rc;
+}
+
 static int get_time(loader *l, json_t *obj, const char *owner, const char *field, int64_t def,
                     int64_t *out)
 {
@@ -244,6 +254,19 @@ static int cmp_sv(const void *a, const void *b)
     return nbx_sv_cmp(*(const nbx_sv *)a, *(const nbx_sv *)b);
 }
 
+static int cmp_channel(const void *a, const void *b)
+{
+    return nbx_sv_cmp(((const nbx_channel *)a)->name, ((const nbx_channel *)b)->name);
+}
+
+/* Index of a purpose in c->purposes; UINT32_MAX for none (empty) or absent. */
+static uint32_t purpose_index(const nbx_catalog *c, nbx_sv purpose)
+{
+    const nbx_sv *hit =
+        purpose.len ? bsearch(&purpose, c->purposes, c->n_purposes, sizeof(nbx_sv), cmp_sv) : NULL;
+    return hit ? (uint32_t)(hit - c->purposes) : UINT32_MAX;
+}
+
 static int load_segment_propensity(loader *l, json_t *o, nbx_offer *off, const char *owner)
 {
     for (int s = 0; s < NBX_SEGMENT_COUNT; s++)
@@ -364,10 +387,8 @@ static int load_offer(loader *l, json_t *o, nbx_offer *off)
                         : off->discount > 0 ? INFINITY
                                             : 0.0;
 
-    if ((rc = get_string(l, o, owner, "purpose", true, &off->purpose)))
+    if ((rc = get_purpose(l, o, owner, "purpose", &off->purpose)))
         return rc;
-    if (nbx_sv_eq_cstr(off->purpose, "none"))
-        off->purpose = (nbx_sv){"", 0};
     if ((rc = get_string(l, o, owner, "category", false, &off->category)))
         return rc;
     if ((rc = get_time(l, o, owner, "valid_from", INT64_MIN, &off->valid_from)) ||
@@ -484,18 +505,24 @@ static const nbx_sv *sv_at(const nbx_offer *o, size_t offset)
 }
 
 /* The distinct non-empty values of an offer field (the nbx_sv at offset
- * field), sorted, and each offer's index into them (the uint32_t at offset
- * index; UINT32_MAX where the field is empty): categories, purposes. */
-static int index_distinct(loader *l, size_t field, size_t index, nbx_sv **out, uint32_t *n_out)
+ * field) and of extra[0..n_extra), sorted, and each offer's index into them
+ * (the uint32_t at offset index; UINT32_MAX where the field is empty):
+ * categories, purposes. */
+static int index_distinct(loader *l, size_t field, size_t index, const nbx_sv *extra,
+                          uint32_t n_extra, nbx_sv **out, uint32_t *n_out)
 {
     nbx_catalog *c = l->cat;
-    nbx_sv *values = nbx_arena_alloc(&c->arena, (c->n_offers ? c->n_offers : 1) * sizeof(nbx_sv));
+    size_t cap = (size_t)c->n_offers + n_extra;
+    nbx_sv *values = nbx_arena_alloc(&c->arena, (cap ? cap : 1) * sizeof(nbx_sv));
     if (!values)
         return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
     uint32_t n = 0;
     for (uint32_t i = 0; i < c->n_offers; i++)
         if (sv_at(&c->offers[i], field)->len)
             values[n++] = *sv_at(&c->offers[i], field);
+    for (uint32_t i = 0; i < n_extra; i++)
+        if (extra[i].len)
+            values[n++] = extra[i];
     qsort(values, n, sizeof(nbx_sv), cmp_sv);
     uint32_t unique = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -594,13 +621,15 @@ static int load_guardrails(loader *l, json_t *root)
     g->max_discount_pct = NAN;
     g->min_margin = NAN;
     g->consent_default = false;
+    g->personalization_purpose = NBX_SV("personalization");
     json_t *gr = json_object_get(root, "guardrails");
     if (!gr || json_is_null(gr))
         return NBX_OK;
     if (!json_is_object(gr))
         return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'guardrails': must be an object", l->path);
-    static const char *const guardrail_keys[] = {"max_discount_pct", "min_margin", "max_contacts",
-                                                 "consent_default", NULL};
+    static const char *const guardrail_keys[] = {
+        "max_discount_pct",        "min_margin", "max_contacts", "consent_default",
+        "personalization_purpose", NULL};
     int rc;
     if ((rc = only_keys(l, gr, "guardrails", "", guardrail_keys)) ||
         (rc = get_number(l, gr, "guardrails", "max_discount_pct", false, NAN, 0, 100,
@@ -615,6 +644,96 @@ static int load_guardrails(loader *l, json_t *root)
             return bad(l, "guardrails", "consent_default", "must be true or false");
         g->consent_default = json_is_true(cd);
     }
+    /* Absent: the default purpose. null or "none", as for a channel: the
+     * catalog says personalisation needs no consent. */
+    json_t *pp = json_object_get(gr, "personalization_purpose");
+    if (pp && json_is_null(pp))
+        g->personalization_purpose = (nbx_sv){"", 0};
+    else if (pp && (rc = get_purpose(l, gr, "guardrails", "personalization_purpose",
+                                     &g->personalization_purpose)))
+        return rc;
+    return NBX_OK;
+}
+
+/* "channels": {"email": {"purpose": "email"}, "web": {"purpose": null}}.
+ * Sorted by name so that a decision finds its channel by bisection. */
+static int load_channels(loader *l, json_t *root)
+{
+    nbx_catalog *c = l->cat;
+    json_t *ch = json_object_get(root, "channels");
+    if (!ch || json_is_null(ch))
+        return NBX_OK;
+    if (!json_is_object(ch))
+        return nbx_err_set(l->e, NBX_EPARSE,
+                           "%s: field 'channels': must be an object of channel -> "
+                           "{\"purpose\": P}",
+                           l->path);
+    size_t n = json_object_size(ch);
+    if (n > NBX_CATALOG_CHANNELS_MAX)
+        return nbx_err_set(l->e, NBX_ELIMIT, "%s: field 'channels': %zu entries, limit is %d",
+                           l->path, n, NBX_CATALOG_CHANNELS_MAX);
+    c->channels = nbx_arena_alloc(&c->arena, (n ? n : 1) * sizeof *c->channels);
+    if (!c->channels)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    c->channels_declared = true;
+    const char *key;
+    json_t *v;
+    json_object_foreach(ch, key, v)
+    {
+        char owner[NBX_OFFER_ID_MAX + 32];
+        snprintf(owner, sizeof owner, "channel '%.128s'", key);
+        size_t len = strlen(key);
+        if (len == 0 || len > NBX_OFFER_ID_MAX)
+            return nbx_err_set(l->e, NBX_EPARSE,
+                               "%s: field 'channels': a channel name must be 1 to %d bytes",
+                               l->path, NBX_OFFER_ID_MAX);
+        if (!json_is_object(v))
+            return bad(l, owner, "purpose",
+                       "the channel must be an object {\"purpose\": P} (null or \"none\": no "
+                       "consent needed)");
+        static const char *const channel_keys[] = {"purpose", NULL};
+        int rc = only_keys(l, v, owner, "", channel_keys);
+        if (rc)
+            return rc;
+        json_t *p = json_object_get(v, "purpose");
+        if (!p)
+            return bad(l, owner, "purpose",
+                       "is required (null or \"none\" for a channel that needs no consent)");
+        nbx_channel *out = &c->channels[c->n_channels++];
+        out->name.ptr = nbx_arena_strndup(&c->arena, key, len);
+        out->name.len = len;
+        out->purpose = (nbx_sv){"", 0};
+        out->purpose_index = UINT32_MAX; /* set by index_purposes() */
+        if (!out->name.ptr)
+            return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+        if (!json_is_null(p) && (rc = get_purpose(l, v, owner, "purpose", &out->purpose)))
+            return rc;
+    }
+    qsort(c->channels, c->n_channels, sizeof *c->channels, cmp_channel);
+    return NBX_OK;
+}
+
+/* Every purpose the catalog names, each offer's, each channel's and the
+ * personalisation purpose's index into them: a decision then reads each
+ * purpose's consent once and every check is an array lookup. */
+static int index_purposes(loader *l)
+{
+    nbx_catalog *c = l->cat;
+    uint32_t n_extra = c->n_channels + 1;
+    nbx_sv *extra = malloc(n_extra * sizeof *extra);
+    if (!extra)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    for (uint32_t i = 0; i < c->n_channels; i++)
+        extra[i] = c->channels[i].purpose;
+    extra[c->n_channels] = c->guardrails.personalization_purpose;
+    int rc = index_distinct(l, offsetof(nbx_offer, purpose), offsetof(nbx_offer, purpose_index),
+                            extra, n_extra, &c->purposes, &c->n_purposes);
+    free(extra);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < c->n_channels; i++)
+        c->channels[i].purpose_index = purpose_index(c, c->channels[i].purpose);
+    c->personalization_index = purpose_index(c, c->guardrails.personalization_purpose);
     return NBX_OK;
 }
 
@@ -643,17 +762,15 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
     if (!json_is_object(root))
         return nbx_err_set(e, NBX_EPARSE, "%s: the catalog must be a JSON object", path);
     loader l = {c, path, e};
-    static const char *const catalog_keys[] = {"placements", "offers", "fallback", "guardrails",
-                                               NULL};
+    static const char *const catalog_keys[] = {"placements", "offers",   "fallback",
+                                               "guardrails", "channels", NULL};
     int rc;
-    if ((rc = only_keys(&l, root, NULL, "", catalog_keys)) || (rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
+    if ((rc = only_keys(&l, root, NULL, "", catalog_keys)) || (rc = load_placements(&l, root)) ||
+        (rc = load_offers(&l, root)) || (rc = load_guardrails(&l, root)) ||
+        (rc = load_channels(&l, root)) ||
         (rc = index_distinct(&l, offsetof(nbx_offer, category), offsetof(nbx_offer, category_index),
-                             &c->categories, &c->n_categories)) ||
-        (rc = index_distinct(&l, offsetof(nbx_offer, purpose), offsetof(nbx_offer, purpose_index),
-                             &c->purposes, &c->n_purposes)) ||
-        (rc = index_placements(&l)) ||
-        (rc = load_fallback(&l, root)) ||
-        (rc = load_guardrails(&l, root)))
+                             NULL, 0, &c->categories, &c->n_categories)) ||
+        (rc = index_purposes(&l)) || (rc = index_placements(&l)) || (rc = load_fallback(&l, root)))
         return rc;
     /* Offers and guardrails are both fixed once loaded: decide once here
      * rather than for every candidate of every decision. */
@@ -734,6 +851,49 @@ int nbx_catalog_placement(const nbx_catalog *c, nbx_sv id)
         if (nbx_sv_eq(c->placements[i].id, id))
             return (int)i;
     return -1;
+}
+
+int nbx_catalog_channel(const nbx_catalog *c, const nbx_kv *session, size_t n_session,
+                        uint32_t *purpose, nbx_err *e)
+{
+    *purpose = UINT32_MAX;
+    const char *channel = NULL;
+    for (size_t i = 0; i < n_session && !channel; i++)
+        if (session[i].key && session[i].value && strcmp(session[i].key, "channel") == 0)
+            channel = session[i].value;
+    if (!channel)
+        return NBX_OK;
+    nbx_sv name = nbx_sv_of(channel);
+    if (!c->channels_declared) {
+        *purpose = purpose_index(c, name);
+        return NBX_OK;
+    }
+    uint32_t lo = 0, hi = c->n_channels;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int cmp = nbx_sv_cmp(c->channels[mid].name, name);
+        if (cmp == 0) {
+            *purpose = c->channels[mid].purpose_index;
+            return NBX_OK;
+        }
+        if (cmp < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    char known[512] = "";
+    for (uint32_t i = 0; i < c->n_channels; i++) {
+        size_t n = strlen(known);
+        if (n + c->channels[i].name.len + 8 >= sizeof known) {
+            snprintf(known + n, sizeof known - n, ", ...");
+            break;
+        }
+        snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "", c->channels[i].name.ptr);
+    }
+    return nbx_err_set(e, NBX_EINVAL,
+                       "field 'session.channel': '%.128s' is not a channel of the catalog "
+                       "(channels: %s)",
+                       channel, known);
 }
 
 NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info)

@@ -59,6 +59,7 @@ struct nbx_ctx {
     uint8_t *offer_used;
     uint32_t *slots_left; /* per placement */
     uint8_t *placement_wanted;
+    uint32_t channel; /* the request's channel purpose (nbx_catalog_channel) */
     nbx_action *actions;
     size_t actions_cap;
     nbx_result result;
@@ -307,6 +308,8 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
                            (long long)r->now_ms);
     int rc = nbx_request_lists_check(c->snap->catalog, r->placements, r->n_placements, r->session,
                                      r->n_session, e);
+    if (rc == NBX_OK)
+        rc = nbx_catalog_channel(c->snap->catalog, r->session, r->n_session, &c->channel, e);
     if (rc)
         return rc;
     const nbx_catalog *cat = c->snap->catalog;
@@ -742,7 +745,7 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
     int rc = nbx_store_write_begin(store, &txn, e);
     if (rc)
         return rc;
-    rc = nbx_caps_load(&c->caps, store, txn, p, now, &c->arena, e);
+    rc = nbx_caps_load(&c->caps, store, txn, p, c->channel, now, &c->arena, e);
     /* loaded inside a write: not a committed snapshot's state to reuse */
     c->caps.budget_valid = false;
     const nbx_catalog *cat = c->snap->catalog;
@@ -811,15 +814,24 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         rc = NBX_OK;
     }
     if (rc == NBX_OK)
-        rc = nbx_caps_load(&c->caps, store, c->txn, &profile, now, &c->arena, &e);
+        rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
     if (rc) {
         mdb_txn_reset(c->txn);
         return ctx_fail(c, &e);
     }
+    /* Without consent to personalisation the customer is ranked as an
+     * anonymous visitor: eligibility above used their consents and
+     * counters, scoring below sees none of their data (docs/decisions.md). */
+    nbx_profile visitor = {.id = customer};
+    const nbx_profile *seen = &profile;
+    if (!nbx_caps_personalized(&c->caps)) {
+        seen = &visitor;
+        r->anonymous = true;
+    }
 
     size_t n = build_candidates(c);
     check_eligibility(c, n, now);
-    nbx_caps_propensities(&c->caps, &profile);
+    nbx_caps_propensities(&c->caps, seen);
     nbx_policy_error perr;
     memset(&perr, 0, sizeof perr);
     bool failed = false;
@@ -827,12 +839,13 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         failed = true;
     } else {
         nbx_sandbox_input in = {
-            .profile = &profile,
+            .profile = seen,
             .anonymous = r->anonymous,
             .session = req->session,
             .n_session = req->n_session,
             .now_ms = now,
-            .seed = nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
+            .seed =
+                nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
             .propensity = c->caps.propensity,
             .cand = c->cand,
             .n_cand = n,

@@ -335,7 +335,7 @@ Test(batch, close_with_decisions_in_flight)
 Test(batch, customer_session_fields_replace_the_batch_ones)
 {
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
-    nbx_kv base[] = {{"boost", "1000"}, {"channel", "email"}};
+    nbx_kv base[] = {{"boost", "1000"}, {"channel", "web"}};
     const char *hero[] = {"hero"};
     nbx_batch_options o = batch_options(2, 0, 0);
     o.session = base;
@@ -350,9 +350,9 @@ Test(batch, customer_session_fields_replace_the_batch_ones)
     cr_assert_eq(nbx_batch_submit_json(batch, line, strlen(line), NULL), NBX_OK, "%s",
                  nbx_batch_errmsg(batch));
     const double min_score[] = {1000, 5000, 7000};
-    nbx_kv want_session[3][3] = {{{"boost", "1000"}, {"channel", "email"}},
-                                 {{"channel", "email"}, {"boost", "5000"}},
-                                 {{"channel", "email"}, {"boost", "7000"}, {"vip", "true"}}};
+    nbx_kv want_session[3][3] = {{{"boost", "1000"}, {"channel", "web"}},
+                                 {{"channel", "web"}, {"boost", "5000"}},
+                                 {{"channel", "web"}, {"boost", "7000"}, {"vip", "true"}}};
     const size_t n_want[] = {2, 2, 3};
     for (int i = 0; i < 3; i++) {
         const nbx_batch_item *it;
@@ -442,9 +442,10 @@ Test(batch, stats_sum_the_items)
     cr_assert_eq(st.actions, want.actions);
     cr_assert_eq(st.expected_margin, want.expected_margin);
     cr_assert_arr_eq(st.exclusions, want.exclusions, sizeof st.exclusions);
-    /* a third of the customers refuse personalisation */
+    /* a third of the customers refuse personalisation: decided as
+     * anonymous visitors (c00000, c00003, ..., c00099) */
     cr_assert_eq(st.exclusions[NBX_EXCLUDED_CONSENT] > 0, 1);
-    cr_assert_eq(st.anonymous, 0);
+    cr_assert_eq(st.anonymous, 34);
 }
 
 /* ========================================================================

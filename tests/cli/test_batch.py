@@ -616,6 +616,69 @@ class T05Checkpoint(BatchCase):
 
 
 # ===========================================================================
+# 5b. Consent binds the channel
+# ===========================================================================
+
+class T05bChannelConsent(BatchCase):
+    """Issue 9: `--session channel=email` gave actions to customers who had
+    refused email."""
+
+    def setUp(self):
+        super().setUp()
+        with open(CATALOG, encoding="utf-8") as f:
+            cat = json.load(f)
+        self.plain = self.write("plain.json", json.dumps(cat))
+        cat["channels"] = {"email": {"purpose": "email"}, "web": {"purpose": None}}
+        self.catalog = self.write("channels.json", json.dumps(cat))
+        self.store = self.path("store")
+        rows = [{"id": f"r{i:03d}", "consent": {"personalization": True, "email": False}}
+                for i in range(300)]
+        rows += [{"id": f"g{i:03d}", "consent": {"personalization": True, "email": True}}
+                 for i in range(100)]
+        self.ok("import", "profiles", self.write_jsonl("p.jsonl", rows), "--store", self.store)
+        self.customers = self.write("ids.txt", "".join(r["id"] + "\n" for r in rows))
+
+    def run_batch(self, *extra, catalog=None, code=0):
+        r = self.batch("--customers", self.customers, "--as-of", "2026-03-10T12:00:00Z",
+                       "--threads", "2", *extra, store=self.store,
+                       catalog=catalog or self.catalog, code=code)
+        return r, [json.loads(line) for line in r.stdout.splitlines()]
+
+    def test_01_refused_email_gets_nothing_by_email(self):
+        for catalog in (self.catalog, self.plain):  # declared, and named like a purpose
+            with self.subTest(catalog=os.path.basename(catalog)):
+                _, got = self.run_batch("--session", "channel=email", catalog=catalog)
+                self.assertEqual(len(got), 400)
+                refused = [d for d in got if d["customer"].startswith("r")]
+                self.assertEqual(sum(len(d["actions"]) for d in refused), 0,
+                                 [d for d in refused if d["actions"]][:2])
+                granted = [d for d in got if d["customer"].startswith("g")]
+                self.assertTrue(all(d["actions"] for d in granted))
+        # the same customers on the web get offers
+        _, got = self.run_batch("--session", "channel=web")
+        self.assertTrue(all(d["actions"] for d in got))
+
+    def test_02_an_unknown_channel_fails_the_batch_or_the_customer(self):
+        r, got = self.run_batch("--session", "channel=fax", code=1)
+        self.assertEqual(got, [])
+        self.assertIn("field 'session.channel': 'fax' is not a channel of the catalog "
+                      "(channels: email, web)", r.stderr)
+        customers = self.write_jsonl("c.jsonl", [
+            {"id": "g001", "channel": "email"}, {"id": "g002", "channel": "fax"},
+            {"id": "g003"}])
+        r = self.batch("--customers", customers, "--as-of", "2026-03-10T12:00:00Z",
+                       store=self.store, catalog=self.catalog, code=1)
+        self.assertEqual([json.loads(line)["customer"] for line in r.stdout.splitlines()],
+                         ["g001", "g003"])
+        self.assertIn("customer g002: field 'session.channel': 'fax' is not a channel", r.stderr)
+        self.assertEqual(self.summary(r.stderr)["failed"], 1)
+        r = self.nbx("decide", "--store", self.store, "--catalog", self.catalog, "--policy",
+                     POLICY, "--customer", "g001", "--session", "channel=fax")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("'fax' is not a channel", r.stderr)
+
+
+# ===========================================================================
 # 6. Bad input, anonymous ids
 # ===========================================================================
 
@@ -812,7 +875,15 @@ class T07CsvAndSummary(BatchCase):
             s = json.load(f)
         self.assertEqual(s["customers"], 501)
         self.assertEqual(s["decided"], 501)
-        self.assertEqual(s["anonymous"], 1)
+        # the unknown id, and the customers decided as anonymous visitors
+        # because they refused personalisation
+        decided = set(self.ids(500))
+        refused = sum(not p["consent"].get("personalization", False)
+                      for p in map(json.loads, self.export(_shared["store"]).splitlines())
+                      if p["id"] in decided)
+        self.assertGreater(refused, 0)
+        self.assertEqual(s["anonymous"], 1 + refused)
+        self.assertEqual(s["anonymous"], sum(d["anonymous"] for d in results))
         self.assertEqual(s["fallbacks"], sum(d["fallback"] for d in results))
         self.assertEqual(s["actions"], sum(len(d["actions"]) for d in results))
         margin = sum(a["expected_margin"] for d in results for a in d["actions"])
