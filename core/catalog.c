@@ -321,6 +321,112 @@ static int json_depth(json_t *v, int depth)
     return deepest;
 }
 
+/* ------------------------------------------------------------------------
+ * An offer's free fields
+ *
+ * Any field an offer has beyond the engine's is handed to the policy, so a
+ * misspelt one (`base_propensty`) would be a free field, silently, and the
+ * engine would use the default. A free field must therefore be more than a
+ * slip of the keyboard away from every field the engine reads: at most two
+ * edits for names of 7 characters or more, one for 3 to 6, none but letter
+ * case for shorter ones (`id`: "ad" or "url" are fine free fields, "ID" is
+ * refused). docs/decisions.md, "The catalog".
+ * ------------------------------------------------------------------------ */
+
+/* clang-format off */
+static const char *const offer_fields[] = {
+    "id", "kind", "placements", "price", "unit_cost", "discount", "serving_cost", "purpose",
+    "category", "base_propensity", "segment_propensity", "valid_from", "valid_to", "caps",
+    "budget", NULL};
+/* clang-format on */
+
+/* Set by the engine in the policy's offer table, from the fields above: a
+ * catalog value of the same name would never reach the policy. */
+static const char *const derived_fields[] = {"margin", "discount_pct", NULL};
+
+static size_t edits_allowed(size_t known_len)
+{
+    return known_len <= 2 ? 0 : known_len <= 6 ? 1 : 2;
+}
+
+static unsigned char ascii_lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+#define NAME_MAX_EDITS 24 /* longer than any known name plus the edits allowed */
+
+/* Edits (insert, delete, replace, swap two neighbours) from a to b, letter
+ * case ignored; any value above limit means "more than limit". */
+static size_t edit_distance(const char *a, size_t na, const char *b, size_t nb, size_t limit)
+{
+    if ((na > nb ? na - nb : nb - na) > limit || na >= NAME_MAX_EDITS || nb >= NAME_MAX_EDITS)
+        return limit + 1;
+    size_t d[NAME_MAX_EDITS + 1][NAME_MAX_EDITS + 1];
+    for (size_t i = 0; i <= na; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= nb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        for (size_t j = 1; j <= nb; j++) {
+            unsigned char x = ascii_lower((unsigned char)a[i - 1]);
+            unsigned char y = ascii_lower((unsigned char)b[j - 1]);
+            size_t best = d[i - 1][j - 1] + (x != y);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && x == ascii_lower((unsigned char)b[j - 2]) &&
+                ascii_lower((unsigned char)a[i - 2]) == y && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[na][nb];
+}
+
+static bool in_list(const char *const *list, const char *key)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(list[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* A field of an offer is one the engine reads, or a free field for the
+ * policy that cannot be mistaken for one. */
+static int check_offer_field(loader *l, const char *owner, const char *key)
+{
+    if (in_list(offer_fields, key))
+        return NBX_OK;
+    char field[80], msg[200];
+    snprintf(field, sizeof field, "%.64s", key);
+    if (in_list(derived_fields, key))
+        return bad(l, owner, field,
+                   "is computed by the engine (margin = price - unit_cost - discount, "
+                   "discount_pct = 100 x discount / price): a value given here would never "
+                   "reach the policy; remove it or give it another name");
+    size_t n = strlen(key);
+    for (size_t i = 0; offer_fields[i]; i++) {
+        size_t known = strlen(offer_fields[i]);
+        size_t limit = edits_allowed(known);
+        size_t d = edit_distance(key, n, offer_fields[i], known, limit);
+        if (d > limit)
+            continue;
+        if (d == 0)
+            snprintf(msg, sizeof msg,
+                     "unknown field; did you mean '%s'? (names are case-sensitive)",
+                     offer_fields[i]);
+        else
+            snprintf(msg, sizeof msg,
+                     "unknown field within %zu edit%s of '%s': a misspelling? A field of your "
+                     "own for the policy needs a name further from the engine's",
+                     d, d == 1 ? "" : "s", offer_fields[i]);
+        return bad(l, owner, field, msg);
+    }
+    return NBX_OK;
+}
+
 static int load_offer(loader *l, json_t *o, nbx_offer *off)
 {
     nbx_catalog *c = l->cat;
@@ -331,6 +437,8 @@ static int load_offer(loader *l, json_t *o, nbx_offer *off)
     json_t *field;
     json_object_foreach(o, key, field)
     {
+        if ((rc = check_offer_field(l, owner, key)))
+            return rc;
         if (json_depth(field, 1) > NBX_JSON_DEPTH_MAX) {
             char msg[96];
             snprintf(msg, sizeof msg, "nested deeper than %d levels", NBX_JSON_DEPTH_MAX);

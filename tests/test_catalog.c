@@ -371,3 +371,81 @@ Test(catalog, bad_channels_and_personalization_purpose_are_refused)
                   cases[i].expect, e.msg);
     }
 }
+
+/* ========================================================================
+ * Free fields of an offer
+ * ======================================================================== */
+
+/* Issue 10: a misspelt `base_propensty` passed `catalog check` as a free
+ * field, and the offer ran on the default propensity. */
+Test(catalog, a_free_field_near_a_known_name_is_refused_naming_both)
+{
+    struct {
+        const char *field, *known, *edits;
+    } cases[] = {
+        {"base_propensty", "base_propensity", "within 1 edit"},
+        {"base_porpensity", "base_propensity", "within 1 edit"}, /* a swap is one edit */
+        {"placement", "placements", "within 1 edit"},
+        {"unit-cost", "unit_cost", "within 1 edit"},
+        {"valid_form", "valid_from", "within 1 edit"},
+        {"sgement_propensty", "segment_propensity", "within 2 edits"},
+        {"purpse", "purpose", "within 1 edit"},
+        {"servng_cst", "serving_cost", "within 2 edits"},
+        {"prices", "price", "within 1 edit"},
+        {"Price", "price", "did you mean"},
+        {"ID", "id", "did you mean"},
+        {"kinds", "kind", "within 1 edit"},
+        {"cap", "caps", "within 1 edit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK ",\"%s\":0.2}]}",
+                 cases[i].field);
+        nbx_err e = {0};
+        cr_assert_eq(load_text(text, &e), NBX_EPARSE, "'%s' accepted", cases[i].field);
+        char want[256];
+        snprintf(want, sizeof want, "offer 'a': field '%s': unknown field", cases[i].field);
+        cr_assert(strstr(e.msg, want) != NULL, "expected '%s' in '%s'", want, e.msg);
+        snprintf(want, sizeof want, "'%s'", cases[i].known);
+        cr_assert(strstr(e.msg, want) != NULL && strstr(e.msg, cases[i].edits) != NULL,
+                  "expected %s of %s in '%s'", cases[i].edits, want, e.msg);
+    }
+}
+
+/* Short known names allow fewer edits, so that ordinary free fields load:
+ * `ad` and `url` are not misspellings of `id`, `tags` and `link` not of
+ * `caps` and `kind`. */
+Test(catalog, free_fields_for_the_policy_load)
+{
+    const char *fields[] = {"headline",      "tags",       "link",  "ad",    "url",   "x",
+                            "sku",           "name",       "title", "image", "brand", "widget",
+                            "priority",      "price_eur",  "valid", "cost",  "rank",  "purchase",
+                            "discount_code", "categories", "idx"};
+    char text[2048];
+    size_t n = (size_t)snprintf(text, sizeof text,
+                                "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, ",\"%s\":1", fields[i]);
+    snprintf(text + n, sizeof text - n, "}]}");
+    nbx_err e = {0};
+    cr_assert_eq(load_text(text, &e), NBX_OK, "%s", e.msg);
+}
+
+/* margin and discount_pct are computed: a catalog value would be replaced
+ * before the policy sees it. */
+Test(catalog, fields_the_engine_computes_are_refused)
+{
+    const char *fields[] = {"margin", "discount_pct"};
+    for (size_t i = 0; i < 2; i++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK ",\"%s\":12}]}",
+                 fields[i]);
+        nbx_err e = {0};
+        cr_assert_eq(load_text(text, &e), NBX_EPARSE, "%s accepted", fields[i]);
+        char want[128];
+        snprintf(want, sizeof want, "offer 'a': field '%s': is computed by the engine", fields[i]);
+        cr_assert(strstr(e.msg, want) != NULL, "expected '%s' in '%s'", want, e.msg);
+    }
+}
