@@ -59,6 +59,9 @@ const cli_flag cli_batch_flags[] = {
      "record each chosen action as an impression (consumes caps)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded (jsonl)", 0, 0},
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
+    {"max-fallback-rate", CLI_STRING, "R",
+     "share of decisions (0 to 1) that may fall back before the exit status is 3 (default 0)", 0,
+     0},
     {"window", CLI_UINT, "N", "decisions in flight at most (default 256 per thread)", 1,
      NBX_BATCH_WINDOW_MAX},
     CLI_FLAG_TIME_LIMIT,
@@ -77,7 +80,7 @@ const char cli_batch_details[] =
     "FILE holds one customer id a line, or JSON objects {\"id\": ..., FIELD: VALUE}\n"
     "whose other fields are that customer's session fields (they replace --session\n"
     "fields of the same name). A malformed line is reported as FILE:LINE and\n"
-    "skipped; the exit status is then 1. Unknown ids are decided as anonymous.\n"
+    "skipped. Unknown ids are decided as anonymous.\n"
     "\n"
     "By default the store is opened read-only: the batch plans contacts and\n"
     "consumes no caps. --commit-exposures records each chosen action as an\n"
@@ -91,6 +94,18 @@ const char cli_batch_details[] =
     "--shard I/N keeps the customers whose xxh64(id, seed 0) mod N is I, so N runs\n"
     "with I = 0..N-1 cover every customer once. A progress bar is shown when\n"
     "standard error is a terminal; a summary is always printed (standard error).\n"
+    "When decisions fell back (the policy failed for them), the summary's first\n"
+    "line says how many, and the most common reasons follow.\n"
+    "\n"
+    "Exit status:\n"
+    "  0  every customer decided, none fell back (or no more than\n"
+    "     --max-fallback-rate of them)\n"
+    "  1  something went wrong: a malformed line skipped, a decision failed (also\n"
+    "     an unknown channel), the run interrupted, a file unreadable or\n"
+    "     unwritable, a checkpoint that does not match\n"
+    "  2  usage error\n"
+    "  3  every customer decided, but more decisions fell back than\n"
+    "     --max-fallback-rate allows (default: none); the output is complete\n"
     "See docs/batch.md.\n";
 
 /* ========================================================================
@@ -99,6 +114,9 @@ const char cli_batch_details[] =
 
 #define MALFORMED_REPORTED_MAX 100
 #define FAILED_REPORTED_MAX 20
+/* Distinct fallback reasons the summary lists (the rest are counted). */
+#define FALLBACK_REASONS_MAX 5
+#define FALLBACK_REASON_LEN 300
 #define CHECKPOINT_MAX (64u << 10)
 /* --commit-exposures: the decisions whose impressions the library commits
  * in one transaction (docs/batch.md, "Group commit"), and the window per
@@ -124,6 +142,18 @@ typedef struct totals {
     double expected_margin;
     double elapsed;
 } totals;
+
+/* Why decisions fell back, this run: the most frequent first in the
+ * summary. The first FALLBACK_REASONS_MAX distinct messages are kept. */
+typedef struct fallback_reasons {
+    size_t n;
+    struct {
+        char text[FALLBACK_REASON_LEN];
+        char first_customer[NBX_ID_MAX + 1];
+        uint64_t count;
+    } reason[FALLBACK_REASONS_MAX];
+    uint64_t other; /* fallbacks with another message */
+} fallback_reasons;
 
 typedef struct reader {
     const char *path;
@@ -151,6 +181,7 @@ typedef struct run {
     nbx_kv session[NBX_REQUEST_SESSION_MAX];
     size_t n_session;
     uint64_t checkpoint_every;
+    double max_fallback_rate; /* fallbacks / decided allowed before CLI_FALLBACKS */
     nbx_engine_info info;
     char as_of_text[NBX_TIME_BUFSZ];
     /* resources */
@@ -170,6 +201,7 @@ typedef struct run {
     position last;      /* of the last item written */
     char last_id[NBX_ID_MAX + 1];
     uint64_t since_checkpoint;
+    fallback_reasons fallbacks;
     /* xxh64 of the customer file's first input_hashed bytes: a resume
      * checks that the part already decided is still the same. */
     XXH64_state_t input_hash;
@@ -815,8 +847,86 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
  * Summary and progress
  * ======================================================================== */
 
-static void print_summary(run *r, const totals *t, bool interrupted)
+static bool fallbacks_exceeded(const run *r, const totals *t)
 {
+    return (double)t->fallbacks > r->max_fallback_rate * (double)t->decided;
+}
+
+/* The exit status of a run with these totals: anything that went wrong
+ * first (the output is then incomplete), then fallbacks beyond the
+ * allowance (the output is complete, but the policy failed for them). */
+static int run_status(const run *r, const totals *t, bool interrupted)
+{
+    if (interrupted || t->malformed || t->failed)
+        return CLI_FAIL;
+    return fallbacks_exceeded(r, t) ? CLI_FALLBACKS : CLI_OK;
+}
+
+static void note_fallback(run *r, const nbx_batch_item *it)
+{
+    fallback_reasons *fr = &r->fallbacks;
+    const char *why = it->policy_error ? it->policy_error : "unknown";
+    for (size_t i = 0; i < fr->n; i++) {
+        if (strncmp(fr->reason[i].text, why, FALLBACK_REASON_LEN - 1) == 0) {
+            fr->reason[i].count++;
+            return;
+        }
+    }
+    if (fr->n == FALLBACK_REASONS_MAX) {
+        fr->other++;
+        return;
+    }
+    snprintf(fr->reason[fr->n].text, FALLBACK_REASON_LEN, "%s", why);
+    snprintf(fr->reason[fr->n].first_customer, NBX_ID_MAX + 1, "%s", it->customer);
+    fr->reason[fr->n].count = 1;
+    fr->n++;
+}
+
+static int by_count(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Fallbacks come first: a job's log shows them even when it keeps only
+ * the head of the output. */
+static void print_fallbacks(run *r, const totals *t, int status)
+{
+    if (t->fallbacks == 0 || t->decided == 0)
+        return;
+    double share = 100.0 * (double)t->fallbacks / (double)t->decided;
+    fprintf(stderr,
+            "nbx batch: %" PRIu64 " of %" PRIu64 " decisions fell back to the fallback decision "
+            "(%.2f %%), %s --max-fallback-rate (%g %%)%s\n",
+            t->fallbacks, t->decided, share, fallbacks_exceeded(r, t) ? "more than" : "within",
+            100 * r->max_fallback_rate, status == CLI_FALLBACKS ? ": exit status 3" : "");
+    fallback_reasons *fr = &r->fallbacks;
+    if (fr->n == 0)
+        return;
+    /* (count, index) pairs, most frequent first */
+    uint64_t order[FALLBACK_REASONS_MAX][2];
+    for (size_t i = 0; i < fr->n; i++) {
+        order[i][0] = fr->reason[i].count;
+        order[i][1] = i;
+    }
+    qsort(order, fr->n, sizeof order[0], by_count);
+    fprintf(stderr, "nbx batch: fallback reasons%s:\n",
+            r->base.customers ? " (customers decided since the resume)" : "");
+    for (size_t k = 0; k < fr->n; k++) {
+        size_t i = (size_t)order[k][1];
+        fprintf(stderr, "nbx batch:   %" PRIu64 " x ", fr->reason[i].count);
+        cli_print_escaped(stderr, fr->reason[i].text);
+        fputs(" (first: ", stderr);
+        cli_print_escaped(stderr, fr->reason[i].first_customer);
+        fputs(")\n", stderr);
+    }
+    if (fr->other)
+        fprintf(stderr, "nbx batch:   %" PRIu64 " with other reasons\n", fr->other);
+}
+
+static void print_summary(run *r, const totals *t, bool interrupted, int status)
+{
+    print_fallbacks(r, t, status);
     double rate = t->elapsed > 0 ? (double)t->customers / t->elapsed : 0;
     fprintf(stderr,
             "nbx batch: %" PRIu64 " customers: %" PRIu64 " decided, %" PRIu64 " failed, %" PRIu64
@@ -834,24 +944,62 @@ static void print_summary(run *r, const totals *t, bool interrupted)
             interrupted ? "; interrupted" : "");
 }
 
-static int write_summary_json(run *r, const totals *t, bool complete)
+/* A JSON number, or null when v is not finite: JSON has no inf or NaN (a
+ * sum of finite margins can overflow). The library's JSON writer's rule. */
+static void json_number(FILE *f, const char *fmt, double v)
+{
+    if (isfinite(v))
+        fprintf(f, fmt, v);
+    else
+        fputs("null", f);
+}
+
+static const char *status_name(int status, bool interrupted)
+{
+    if (status == CLI_OK)
+        return "ok";
+    if (status == CLI_FALLBACKS)
+        return "fallbacks";
+    return interrupted ? "interrupted" : "failed";
+}
+
+static int write_summary_json(run *r, const totals *t, bool complete, bool interrupted, int status)
 {
     FILE *f = fopen(r->summary_path, "w");
     if (!f)
         return cli_error(r->cmd, "%s: %s", r->summary_path, strerror(errno));
+    /* What the job needs to know first: how it went. */
+    fprintf(f, "{\"status\":\"%s\",\"exit_status\":%d,\"fallback_rate\":",
+            status_name(status, interrupted), status);
+    json_number(f, "%.17g", t->decided ? (double)t->fallbacks / (double)t->decided : 0.0);
+    fputs(",\"max_fallback_rate\":", f);
+    json_number(f, "%.17g", r->max_fallback_rate);
     fprintf(f,
-            "{\"customers\":%" PRIu64 ",\"decided\":%" PRIu64 ",\"failed\":%" PRIu64
+            ",\"customers\":%" PRIu64 ",\"decided\":%" PRIu64 ",\"failed\":%" PRIu64
             ",\"fallbacks\":%" PRIu64 ",\"anonymous\":%" PRIu64 ",\"malformed\":%" PRIu64
-            ",\"other_shard\":%" PRIu64 ",\"actions\":%" PRIu64 ",\"expected_margin\":%.17g"
-            ",\"exclusions\":{",
+            ",\"other_shard\":%" PRIu64 ",\"actions\":%" PRIu64 ",\"expected_margin\":",
             t->customers, t->decided, t->failed, t->fallbacks, t->anonymous, t->malformed,
-            t->other_shard, t->actions, t->expected_margin);
+            t->other_shard, t->actions);
+    json_number(f, "%.17g", t->expected_margin);
+    fputs(",\"exclusions\":{", f);
     for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
         fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i), t->exclusions[i]);
+    fputs("},\"fallback_reasons\":[", f);
+    const fallback_reasons *fr = &r->fallbacks;
+    for (size_t i = 0; i < fr->n; i++) {
+        fputs(i ? ",{\"reason\":" : "{\"reason\":", f);
+        cli_print_json_string(f, fr->reason[i].text);
+        fprintf(f, ",\"count\":%" PRIu64 ",\"first_customer\":", fr->reason[i].count);
+        cli_print_json_string(f, fr->reason[i].first_customer);
+        fputc('}', f);
+    }
+    fprintf(f, "],\"other_fallback_reasons\":%" PRIu64 ",\"elapsed_s\":", fr->other);
+    json_number(f, "%.3f", t->elapsed);
+    fputs(",\"rate\":", f);
+    json_number(f, "%.1f", t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0);
     fprintf(f,
-            "},\"elapsed_s\":%.3f,\"rate\":%.1f,\"complete\":%s,\"policy_version\":\"%s\","
-            "\"catalog_version\":\"%s\",\"as_of\":\"%s\"}\n",
-            t->elapsed, t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0,
+            ",\"complete\":%s,\"policy_version\":\"%s\",\"catalog_version\":\"%s\","
+            "\"as_of\":\"%s\"}\n",
             complete ? "true" : "false", r->info.policy_version, r->info.catalog_version,
             r->as_of_text);
     if (fclose(f) != 0)
@@ -910,10 +1058,14 @@ static int take_one(run *r)
     if (it->status != NBX_OK) {
         nbx_batch_stats st;
         nbx_batch_stats_get(r->batch, &st);
-        if (st.failed <= FAILED_REPORTED_MAX)
-            fprintf(stderr, "%snbx batch: customer %s: %s\n", r->progress_shown ? "\r\033[K" : "",
-                    it->customer, it->errmsg);
+        if (st.failed <= FAILED_REPORTED_MAX) {
+            fprintf(stderr, "%snbx batch: customer ", r->progress_shown ? "\r\033[K" : "");
+            cli_print_escaped(stderr, it->customer);
+            fprintf(stderr, ": %s\n", it->errmsg);
+        }
     } else {
+        if (it->fallback)
+            note_fallback(r, it);
         write_item(r, it);
         if (ferror(r->out))
             return cli_error(r->cmd, "writing %s: %s", r->out_path ? r->out_path : "output",
@@ -1252,6 +1404,18 @@ static int parse_parameters(run *r)
         if (rc != CLI_OK)
             return rc;
     }
+    if (cli_has(args, "max-fallback-rate")) {
+        const char *text = cli_string(args, "max-fallback-rate", NULL);
+        char *end;
+        errno = 0;
+        r->max_fallback_rate = strtod(text, &end);
+        if (errno || end == text || *end || !(r->max_fallback_rate >= 0) ||
+            r->max_fallback_rate > 1)
+            return cli_usage_error(r->cmd,
+                                   "--max-fallback-rate: '%s' is not a number from 0 to 1 (a "
+                                   "share of the decisions: 0.01 allows 1 %%)",
+                                   text);
+    }
     r->as_of_given = cli_has(args, "as-of");
     r->as_of = r->as_of_given ? cli_time(args, "as-of", 0) : nbx_time_now();
     int rc = cli_decide_flags(args, r->session, &r->n_session);
@@ -1425,12 +1589,12 @@ int cli_run_batch(cli_args *args)
     if (rc == CLI_OK && resume && ck.complete) {
         /* The exit status is the finished run's, so a job retried after it
          * succeeded succeeds and one whose input had errors still says so. */
-        rc = ck.totals.malformed || ck.totals.failed ? CLI_FAIL : CLI_OK;
+        rc = run_status(&r, &ck.totals, false);
+        print_summary(&r, &ck.totals, false, rc);
         fprintf(stderr,
                 "nbx batch: %s: this run is already complete; nothing done (exit %d, as the run "
                 "that finished); delete it to run again\n",
                 r.checkpoint_path, rc);
-        print_summary(&r, &ck.totals, false);
         free(ck.text);
         release(&r);
         return rc;
@@ -1487,17 +1651,17 @@ int cli_run_batch(cli_args *args)
 
     totals t;
     current_totals(&r, &end, &t);
-    print_summary(&r, &t, interrupted);
+    if (rc == CLI_OK)
+        rc = run_status(&r, &t, interrupted);
+    print_summary(&r, &t, interrupted, rc);
     if (r.summary_path) {
-        int src = write_summary_json(&r, &t, complete);
-        if (rc == CLI_OK)
+        int src = write_summary_json(&r, &t, complete, interrupted, rc);
+        if (src != CLI_OK)
             rc = src;
     }
     if (interrupted)
         fprintf(stderr, "nbx batch: interrupted%s\n",
                 r.checkpoint_path ? "; run the same command again to resume" : "");
-    if (rc == CLI_OK && (interrupted || t.malformed || t.failed))
-        rc = CLI_FAIL;
     release(&r);
     return rc;
 }

@@ -909,9 +909,112 @@ class T07CsvAndSummary(BatchCase):
         policy = self.write("failing.lua",
                             "return { name = 'failing', score = function(o) error('no') end }\n")
         customers = self.write("ids.txt", "c0000001\nc0000002\n")
-        r = self.batch("--customers", customers, policy=policy)
+        r = self.batch("--customers", customers, policy=policy, code=3)
         self.assertTrue(all(json.loads(line)["fallback"] for line in r.stdout.splitlines()))
         self.assertEqual(self.summary(r.stderr)["fallbacks"], 2)
+
+    # Issue 10: a policy that fell back for 669 of 5,000 customers left a
+    # batch that exited 0. Failures cannot hide: a distinct exit status, and
+    # the summary says so first.
+    SEVENS = ("return { name = 'sevens', score = function(o, c)\n"
+              "  if c.id:sub(-1) == '7' then return c.attrs.nope < 1 end\n"
+              "  return o.price end }\n")
+
+    def summary_lines(self, stderr):
+        """The summary: from its first line on (engine log lines come before)."""
+        lines = [line for line in stderr.splitlines() if "fallback served" not in line]
+        return lines
+
+    def test_06_fallbacks_exit_3_and_lead_the_summary(self):
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500)))
+        summary = self.path("summary.json")
+        r = self.batch("--customers", customers, "--summary", summary, policy=policy, code=3)
+        got = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual(len(got), 500, "the output is complete")
+        self.assertEqual(sum(d["fallback"] for d in got), 50)
+        lines = self.summary_lines(r.stderr)
+        self.assertEqual(lines[0], "nbx batch: 50 of 500 decisions fell back to the fallback "
+                                   "decision (10.00 %), more than --max-fallback-rate (0 %): "
+                                   "exit status 3", r.stderr)
+        self.assertEqual(lines[1], "nbx batch: fallback reasons:")
+        self.assertRegex(lines[2], r"^nbx batch:   50 x sevens\.lua:2: attempt to compare .*nil"
+                                   r".* \(first: c0000007\)$")
+        with open(summary, encoding="utf-8") as f:
+            text = f.read()
+        s = json.loads(text)
+        self.assertTrue(text.startswith('{"status":"fallbacks","exit_status":3,'), text[:80])
+        self.assertEqual((s["fallbacks"], s["fallback_rate"], s["max_fallback_rate"]),
+                         (50, 0.1, 0))
+        self.assertEqual(s["fallback_reasons"][0]["count"], 50)
+        self.assertEqual(s["fallback_reasons"][0]["first_customer"], "c0000007")
+
+    def test_07_max_fallback_rate_allows_some(self):
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500)))
+        for rate, code in (("0.1", 0), ("1", 0), ("0.09", 3), ("0", 3)):
+            with self.subTest(rate=rate):
+                r = self.batch("--customers", customers, "--max-fallback-rate", rate,
+                               policy=policy, code=code)
+                first = self.summary_lines(r.stderr)[0]
+                self.assertTrue(first.startswith("nbx batch: 50 of 500 decisions fell back"),
+                                first)
+                self.assertIn("within" if code == 0 else "more than", first)
+        # no fallback: the summary starts as it always did, exit 0
+        r = self.batch("--customers", customers)
+        self.assertRegex(r.stderr.splitlines()[0], r"^nbx batch: 500 customers:")
+        for bad in ("-0.1", "1.5", "x", "nan", "", "0.1x"):
+            r = self.nbx(*self.batch_args("--customers", customers, "--max-fallback-rate", bad))
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn("--max-fallback-rate", r.stderr)
+
+    def test_08_failures_come_before_fallbacks(self):
+        # a malformed line and fallbacks: the output is incomplete, exit 1
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "c0000007\n{\"id\": 3}\nc0000001\n")
+        r = self.batch("--customers", customers, policy=policy, code=1)
+        self.assertIn("1 of 2 decisions fell back", r.stderr)
+
+    def test_09_rerun_of_a_complete_run_with_fallbacks_exits_3(self):
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(30)))
+        args = ["--customers", customers, "--out", self.path("o.jsonl"), "--checkpoint",
+                self.path("ck")]
+        self.batch(*args, policy=policy, code=3)
+        r = self.batch(*args, policy=policy, code=3)
+        self.assertTrue(self.summary_lines(r.stderr)[0].startswith(
+            "nbx batch: 3 of 30 decisions fell back"), r.stderr)
+        self.assertIn("already complete", r.stderr)
+        self.batch(*args, "--max-fallback-rate", "0.1", policy=policy, code=0)
+
+    def test_10_every_json_written_is_json(self):
+        # Issue 10: scores of 1e308 summed to "expected_margin":inf in the
+        # summary, which is not JSON.
+        policy = self.write("huge.lua", "return { name = 'huge', score = function(o)\n"
+                                        "  return 1e308, 1e308 end }\n")
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(20)))
+        summary = self.path("summary.json")
+
+        def strict(text):
+            def refuse(constant):
+                raise ValueError(f"{constant} is not JSON")
+            return json.loads(text, parse_constant=refuse)
+
+        r = self.batch("--customers", customers, "--summary", summary, policy=policy)
+        for line in r.stdout.splitlines():
+            d = strict(line)
+            self.assertEqual(d["actions"][0]["expected_margin"], 1e308)
+        with open(summary, encoding="utf-8") as f:
+            s = strict(f.read())
+        self.assertIsNone(s["expected_margin"], "an overflowed sum is null, not inf")
+        self.assertIn("expected margin inf", r.stderr)
+
+    def test_11_help_lists_the_exit_statuses(self):
+        r = self.ok("batch", "--help")
+        for line in ("  0  every customer decided", "  1  something went wrong",
+                     "  2  usage error", "  3  every customer decided, but more decisions fell "
+                     "back", "--max-fallback-rate R"):
+            self.assertIn(line, r.stdout)
 
     def test_04_progress_only_on_a_terminal(self):
         r = self.batch("--all")
