@@ -75,7 +75,9 @@ const char cli_batch_details[] =
     "the decision JSON a line (--format jsonl), or CSV with a header and one row per\n"
     "action (customer,decision_id,rank,offer,placement,score,expected_margin,\n"
     "fallback,anonymous,policy_version,as_of; a customer without action gets one\n"
-    "row with rank 0). The output order does not depend on --threads.\n"
+    "row with rank 0). In CSV, an id that starts with = + - @, a tab or a CR is\n"
+    "written as text (a leading ' and quoted) so that spreadsheets do not run it\n"
+    "as a formula. The output order does not depend on --threads.\n"
     "\n"
     "FILE holds one customer id a line, or JSON objects {\"id\": ..., FIELD: VALUE}\n"
     "whose other fields are that customer's session fields (they replace --session\n"
@@ -361,7 +363,7 @@ static void format_number(char *buf, size_t size, double v)
 /* A CSV row is built in memory, then written with one fwrite: its length
  * is what the checkpoint counts. Every field is bounded (ids 256 bytes,
  * offer and placement ids 128, numbers 24), so a fixed buffer holds a row
- * even with every character quoted. */
+ * even with every character quoted and an apostrophe in front. */
 typedef struct row {
     char data[4096];
     size_t len;
@@ -380,13 +382,27 @@ static void row_puts(row *w, const char *s)
     row_add(w, s, strlen(s));
 }
 
+/* A spreadsheet takes a cell that starts with one of these for a formula
+ * (OWASP, "CSV Injection"): `=HYPERLINK(...)` in a customer id would run
+ * when a CRM user opens the file. */
+static bool formula_start(char c)
+{
+    return c == '=' || c == '+' || c == '-' || c == '@' || c == '\t' || c == '\r';
+}
+
+/* A text field (an id: outside input): RFC 4180 quoting for `,` `"` and
+ * line breaks, and a field that a spreadsheet would evaluate is written
+ * as text instead, with a leading apostrophe and quoted, as OWASP
+ * recommends: `=1+2` becomes `"'=1+2"`. Numbers the batch computes go
+ * through row_puts, never here, so a negative score stays a number. */
 static void row_field(row *w, const char *s)
 {
-    if (!strpbrk(s, ",\"\r\n")) {
+    bool neutralise = formula_start(s[0]);
+    if (!neutralise && !strpbrk(s, ",\"\r\n")) {
         row_puts(w, s);
         return;
     }
-    row_add(w, "\"", 1);
+    row_add(w, neutralise ? "\"'" : "\"", neutralise ? 2 : 1);
     for (; *s; s++) {
         if (*s == '"')
             row_add(w, "\"", 1);

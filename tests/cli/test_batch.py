@@ -856,15 +856,44 @@ class T07CsvAndSummary(BatchCase):
                 self.assertEqual(g["as_of"], d["as_of"])
             self.assertEqual(len({g["decision_id"] for g in got}), 1)
 
-    def test_05_csv_ids_are_written_as_they_are(self):
-        # RFC 4180, values as-is: an id is an id, even one a spreadsheet
-        # would take for a formula (docs/batch.md, "Output formats").
-        ids = ["=1+2", "+c1", "-c2", "@c3", "=HYPERLINK(\"x\",\"y\")"]
+    def test_05_csv_neutralises_formulas_and_keeps_numbers(self):
+        # Issue 10: ids starting with = + - @ were written as they are, and a
+        # spreadsheet runs them as formulas. They are written as text, with
+        # a leading apostrophe, quoted (docs/batch.md, "Output formats").
+        ids = ["=1+2", "+c1", "-c2", "@c3", "=HYPERLINK(\"x\",\"y\")", "\tc4", "\rc5",
+               "c6=ok", "plain"]
         customers = self.write_jsonl("ids.jsonl", [{"id": i} for i in ids])
         r = self.batch("--customers", customers, "--format", "csv")
-        rows = list(csv.DictReader(io.StringIO(r.stdout)))
-        self.assertEqual(list(dict.fromkeys(row["customer"] for row in rows)), ids)
-        self.assertIn('\n"=HYPERLINK(""x"",""y"")",', r.stdout)
+        rows = list(csv.DictReader(io.StringIO(r.stdout, newline="")))
+        want = ["'" + i if i[0] in "=+-@\t\r" else i for i in ids]
+        # standard output is read in text mode: the quoted CR comes back as LF
+        want = [w.replace("\r", "\n") for w in want]
+        self.assertEqual(list(dict.fromkeys(row["customer"] for row in rows)), want)
+        self.assertIn('\n"\'=HYPERLINK(""x"",""y"")",', r.stdout)
+        self.assertIn('\n"\'=1+2",', r.stdout)
+        self.assertIn("\nc6=ok,", r.stdout)
+        for line in r.stdout.splitlines()[1:]:
+            self.assertNotRegex(line, r"^[=+\-@\t]", "a cell a spreadsheet would evaluate")
+        # ids of the catalog too, and negative numbers stay numbers
+        with open(CATALOG, encoding="utf-8") as f:
+            cat = json.load(f)
+        for o in cat["offers"]:
+            if o["id"] == "bestsellers":
+                o["id"] = "-bestsellers"
+        cat["fallback"]["recs"] = ["-bestsellers"]
+        catalog = self.write("catalog.json", json.dumps(cat))
+        policy = self.write("cheap.lua", "return { name = 'cheap', score = function(o)\n"
+                                         "  return -o.price - 0.25, -1.5 end }\n")
+        r = self.batch("--customers", customers, "--format", "csv", catalog=catalog,
+                       policy=policy)
+        rows = list(csv.DictReader(io.StringIO(r.stdout, newline="")))
+        self.assertIn("'-bestsellers", {row["offer"] for row in rows})
+        scored = [row for row in rows if row["score"]]
+        self.assertTrue(scored)
+        for row in scored:
+            self.assertLess(float(row["score"]), 0)
+            self.assertEqual(row["expected_margin"], "-1.5")
+        self.assertRegex(r.stdout, r",-25\.25,-1\.5,", "numbers are written unquoted")
 
     def test_02_summary_adds_up(self):
         customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500) + ["nope"]))
