@@ -12,7 +12,8 @@
  * and the running totals; it is written to FILE.tmp, fsync'ed and renamed
  * over FILE. On a rerun the output is truncated to the committed bytes and
  * the input resumes after the committed customer. Anything written after
- * the last checkpoint is cut off and decided again.
+ * the last checkpoint is cut off and decided again. One run at a time holds
+ * FILE.lock (lock_run()), so two runs never share FILE.tmp or the output.
  */
 #include "cli.h"
 
@@ -25,6 +26,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -91,7 +93,8 @@ const char cli_batch_details[] =
     "--checkpoint FILE (needs --out) makes the run resumable: after a crash or a\n"
     "kill, run the same command again and the output ends up with every customer\n"
     "exactly once. A rerun with different parameters is refused; a rerun of a\n"
-    "finished run does nothing. SIGINT and SIGTERM stop at a checkpoint.\n"
+    "finished run does nothing; a rerun while the first still runs waits for it\n"
+    "(FILE.lock). SIGINT and SIGTERM stop at a checkpoint.\n"
     "\n"
     "--shard I/N keeps the customers whose xxh64(id, seed 0) mod N is I, so N runs\n"
     "with I = 0..N-1 cover every customer once. A progress bar is shown when\n"
@@ -176,6 +179,8 @@ typedef struct run {
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
     const char *checkpoint_path, *summary_path;
     char *checkpoint_tmp; /* checkpoint_path + ".tmp", where it is written first */
+    char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */
+    int lock_fd;           /* -1: no lock held */
     bool all, csv, commit, explain;
     uint32_t shard_index, shard_count;
     int64_t as_of;
@@ -691,6 +696,78 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
         fsync_directory_of(r->checkpoint_path);
     r->since_checkpoint = 0;
     return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * One run per checkpoint
+ *
+ * Two processes on one checkpoint (a resume started while the killed run
+ * still lives: `kill -9` of a shell wrapper leaves its nbx running) write
+ * the same output and rename each other's FILE.tmp ("renaming FILE.tmp: No
+ * such file or directory"). So a run holds an exclusive lock on FILE.lock
+ * from before it reads the checkpoint until it exits; a second run waits
+ * for the first to stop, then reads what it left: a finished run ("already
+ * complete"), or a checkpoint to resume from. The kernel drops the lock when
+ * its holder dies, however it dies. The holder removes the file when it is
+ * done, so a waiter that gets the lock checks that the file it locked is
+ * still the one at the path (else it locks again).
+ * ------------------------------------------------------------------------ */
+
+static int lock_run(run *r)
+{
+    const char *path = r->checkpoint_lock;
+    bool told = false;
+    for (;;) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return cli_error(r->cmd, "%s: %s", path, strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            if (errno != EWOULDBLOCK) {
+                int rc = cli_error(r->cmd, "locking %s: %s", path, strerror(errno));
+                close(fd);
+                return rc;
+            }
+            if (!told) {
+                char pid[32] = "";
+                ssize_t got = pread(fd, pid, sizeof pid - 1, 0);
+                pid[got > 0 ? got : 0] = '\0';
+                pid[strcspn(pid, "\n")] = '\0';
+                fprintf(stderr,
+                        "nbx batch: %s is in use by another nbx batch%s%s%s; waiting for it to "
+                        "stop\n",
+                        r->checkpoint_path, *pid ? " (pid " : "", pid, *pid ? ")" : "");
+                told = true;
+            }
+            int rc;
+            while ((rc = flock(fd, LOCK_EX)) != 0 && errno == EINTR)
+                ;
+            if (rc != 0) {
+                rc = cli_error(r->cmd, "locking %s: %s", path, strerror(errno));
+                close(fd);
+                return rc;
+            }
+        }
+        struct stat held, now;
+        if (fstat(fd, &held) == 0 && stat(path, &now) == 0 && held.st_dev == now.st_dev &&
+            held.st_ino == now.st_ino) {
+            char pid[32];
+            int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+            bool noted = ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) == n;
+            (void)noted; /* the pid only serves a waiter's message */
+            r->lock_fd = fd;
+            return CLI_OK;
+        }
+        close(fd); /* its holder removed it on the way out: lock the new one */
+    }
+}
+
+static void unlock_run(run *r)
+{
+    if (r->lock_fd < 0)
+        return;
+    unlink(r->checkpoint_lock);
+    close(r->lock_fd);
+    r->lock_fd = -1;
 }
 
 typedef struct checkpoint {
@@ -1325,7 +1402,7 @@ static bool same_file(const named_file *a, const named_file *b)
 static int check_distinct_files(run *r)
 {
     char *store_data = NULL;
-    named_file files[9];
+    named_file files[10];
     size_t n = 0;
     memset(files, 0, sizeof files);
     if (r->out_path)
@@ -1337,6 +1414,8 @@ static int check_distinct_files(run *r)
             (named_file){.what = "--checkpoint", .path = r->checkpoint_path, .written = true};
         files[n++] = (named_file){
             .what = "--checkpoint's temporary file", .path = r->checkpoint_tmp, .written = true};
+        files[n++] = (named_file){
+            .what = "--checkpoint's lock file", .path = r->checkpoint_lock, .written = true};
     }
     if (r->summary_path)
         files[n++] = (named_file){.what = "--summary", .path = r->summary_path, .written = true};
@@ -1414,6 +1493,11 @@ static int parse_parameters(run *r)
         if (!r->checkpoint_tmp)
             return cli_error(r->cmd, "out of memory");
         snprintf(r->checkpoint_tmp, len, "%s.tmp", r->checkpoint_path);
+        len = strlen(r->checkpoint_path) + sizeof ".lock";
+        r->checkpoint_lock = malloc(len);
+        if (!r->checkpoint_lock)
+            return cli_error(r->cmd, "out of memory");
+        snprintf(r->checkpoint_lock, len, "%s.lock", r->checkpoint_path);
     }
     if (cli_has(args, "shard")) {
         int rc = parse_shard(r, cli_string(args, "shard", NULL));
@@ -1581,7 +1665,9 @@ static void release(run *r)
     if (r->out && r->out != stdout)
         fclose(r->out);
     free(r->ring);
+    unlock_run(r);
     free(r->checkpoint_tmp);
+    free(r->checkpoint_lock);
 }
 
 int cli_run_batch(cli_args *args)
@@ -1592,7 +1678,10 @@ int cli_run_batch(cli_args *args)
     r.cmd = args->cmd;
     r.started = cli_now_seconds();
     r.tty = isatty(STDERR_FILENO) != 0;
+    r.lock_fd = -1;
     int rc = parse_parameters(&r);
+    if (rc == CLI_OK && r.checkpoint_path)
+        rc = lock_run(&r);
     if (rc == CLI_OK)
         rc = open_engine(&r);
 
