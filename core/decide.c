@@ -60,6 +60,7 @@ struct nbx_ctx {
     uint32_t *slots_left; /* per placement */
     uint8_t *placement_wanted;
     uint32_t channel; /* the request's channel purpose (nbx_catalog_channel) */
+    const nbx_budget_plan *plan; /* a planning batch's budgets (nbx_ctx_plan_budgets) */
     nbx_action *actions;
     size_t actions_cap;
     nbx_result result;
@@ -143,6 +144,7 @@ static int ctx_refresh(nbx_ctx *c, nbx_err *e)
             nbx_snapshot_unref(s);
             return nbx_err_set(e, NBX_ENOMEM, "out of memory sizing for the catalog");
         }
+        c->caps.plan = c->plan && c->plan->catalog == s->catalog ? c->plan : NULL;
     }
     if (catalog_changed || policy_changed || !c->sandbox) {
         nbx_sandbox_close(c->sandbox);
@@ -191,6 +193,12 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     }
     *out = c;
     return NBX_OK;
+}
+
+void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan)
+{
+    c->plan = plan;
+    c->caps.plan = plan && c->snap && plan->catalog == c->snap->catalog ? plan : NULL;
 }
 
 NBX_API void nbx_ctx_close(nbx_ctx *c)
@@ -477,11 +485,16 @@ static void arbitrate(nbx_ctx *c, size_t n)
         if (best == UINT32_MAX)
             break;
         struct rank_entry *top = h + c->heap_at[best];
-        const nbx_candidate *cd = &c->cand[top[0].cand];
+        nbx_candidate *cd = &c->cand[top[0].cand];
         top[0] = top[--c->heap_len[best]];
         sift_down(top, c->heap_len[best], 0);
         if (c->offer_used[cd->offer])
             continue;
+        /* a planning batch's own actions used the offer's budget up */
+        if (!nbx_caps_plan_impression(&c->caps, &cat->offers[cd->offer], false)) {
+            cd->excluded = NBX_EXCLUDED_BUDGET;
+            continue;
+        }
         add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
         contacts--;
     }
@@ -521,6 +534,7 @@ static void fallback_actions(nbx_ctx *c, int64_t now)
             bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
+            nbx_caps_plan_impression(&c->caps, o, true);
             add_action(c, o, pi, NAN, c->caps.propensity[o->index] * o->margin - o->serving_cost);
             left--;
         }

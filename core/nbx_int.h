@@ -712,6 +712,18 @@ void nbx_lpattern_push(struct lua_State *L, const nbx_lp_limit *limit);
  * Eligibility and guardrails (caps.c)
  * ======================================================================== */
 
+/* A planning batch's impressions per offer (it records nothing): counted
+ * against daily budgets as a committing run's recorded ones are, so a plan
+ * gives a budgeted offer to as many customers as a committing run would.
+ * Shared by the batch's worker threads, in memory, never in the store. */
+typedef struct nbx_budget_plan {
+    nbx_catalog *catalog;          /* holds a reference; offers index the counts */
+    _Atomic uint64_t *impressions; /* per offer, planned by this batch */
+} nbx_budget_plan;
+
+int nbx_budget_plan_open(nbx_catalog *catalog, nbx_budget_plan **out);
+void nbx_budget_plan_close(nbx_budget_plan *p);
+
 /* What eligibility knows about one customer and today's budgets. Arrays are
  * per catalog offer, owned by a context, sized at catalog switch. */
 typedef struct nbx_caps {
@@ -730,6 +742,7 @@ typedef struct nbx_caps {
     size_t budget_txn_id;
     uint32_t budget_day;
     bool budget_valid;
+    const nbx_budget_plan *plan; /* a planning batch's; NULL otherwise */
 } nbx_caps;
 
 int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
@@ -747,6 +760,12 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms);
  * personalisation purpose (a missing consent counts as consent_default);
  * without it the policy sees an anonymous visitor. */
 bool nbx_caps_personalized(const nbx_caps *c);
+/* An action of a planning batch (c->plan set) about to be placed: take one
+ * impression of the offer's daily budget in the plan, if the budget has
+ * room for it counting the store's impressions and the plan's; a fallback
+ * action is counted without the check, as recording it would be. Always
+ * true without a plan or a budget. Atomic: worker threads share the plan. */
+bool nbx_caps_plan_impression(const nbx_caps *c, const nbx_offer *o, bool fallback);
 /* Actions a decision may still place under the contact policy (every action
  * is a contact); UINT32_MAX when the catalog sets none. */
 uint32_t nbx_caps_contacts_left(const nbx_caps *c);
@@ -806,6 +825,11 @@ int nbx_session_field_check(const nbx_kv *kv, size_t i, nbx_err *e);
 int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, size_t i,
                           nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
                           nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+
+/* Count this context's decisions against a planning batch's budgets (NULL:
+ * stop); the plan must outlive the context's use of it. Applies while the
+ * context decides on the plan's catalog. */
+void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
 
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);

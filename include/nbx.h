@@ -856,6 +856,11 @@ NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
  * are committed; a decision still stale after 8 attempts fails with
  * NBX_ELIMIT, unrecorded.
  *
+ * Without NBX_DECIDE_RECORD the batch plans: it records nothing, but counts
+ * its own actions against the offers' daily impression budgets (in memory,
+ * shared by its threads, on top of the store's counts), so a budgeted offer
+ * reaches as many customers as a recording batch would give it.
+ *
  * @param engine the engine; must outlive the batch (close the batch first).
  * @param opts may be NULL for defaults.
  * @param[out] out the batch, NULL on failure (see nbx_last_errmsg()).
