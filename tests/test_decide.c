@@ -91,20 +91,30 @@ static void teardown(void)
 
 TestSuite(decide, .init = setup, .fini = teardown);
 
-static const nbx_result *decide_full(const char *customer, const char **placements, size_t n,
-                                     unsigned flags, int64_t now)
+/* A decision that must succeed. */
+static const nbx_result *decide_request(const char *customer, const char **placements, size_t n,
+                                        const nbx_kv *session, size_t n_session, unsigned flags,
+                                        int64_t now)
 {
     nbx_request r;
     nbx_request_init(&r);
     r.customer = customer;
     r.placements = placements;
     r.n_placements = n;
+    r.session = session;
+    r.n_session = n_session;
     r.now_ms = now;
     r.flags = flags;
     const nbx_result *res = NULL;
     int rc = nbx_decide(ctx, &r, &res);
     cr_assert_eq(rc, NBX_OK, "decide: %s", nbx_ctx_errmsg(ctx));
     return res;
+}
+
+static const nbx_result *decide_full(const char *customer, const char **placements, size_t n,
+                                     unsigned flags, int64_t now)
+{
+    return decide_request(customer, placements, n, NULL, 0, flags, now);
 }
 
 static const nbx_result *decide(const char *customer, unsigned flags)
@@ -762,16 +772,7 @@ static void use_fixture_with(const char *replace, const char *with)
 static const nbx_result *decide_session(const char *customer, const nbx_kv *session, size_t n,
                                         unsigned flags)
 {
-    nbx_request r;
-    nbx_request_init(&r);
-    r.customer = customer;
-    r.session = session;
-    r.n_session = n;
-    r.now_ms = NOW;
-    r.flags = flags;
-    const nbx_result *res = NULL;
-    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_OK, "decide: %s", nbx_ctx_errmsg(ctx));
-    return res;
+    return decide_request(customer, NULL, 0, session, n, flags, NOW);
 }
 
 static void put_profile(const char *json)

@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from cliutil import CATALOG, NBX, POLICY, CliTestCase
+from cliutil import CATALOG, NBX, POLICY, CliTestCase, generated_store
 
 AS_OF = "2026-03-01T12:00:00Z"
 PROFILES = 3000
@@ -87,20 +87,7 @@ _shared = {}
 def setUpModule():
     tmp = tempfile.mkdtemp(prefix="nbx-batch-")
     _shared["tmp"] = tmp
-    env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
-
-    def run(*args):
-        r = subprocess.run([NBX, *args], capture_output=True, text=True, env=env, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"nbx {' '.join(args)}: {r.stderr}")
-        return r
-
-    profiles = os.path.join(tmp, "profiles.jsonl")
-    catalog = os.path.join(tmp, "catalog.json")
-    store = os.path.join(tmp, "store")
-    run("gen", "profiles", "--count", str(PROFILES), "--offers", "20", "--out", profiles)
-    run("gen", "catalog", "--offers", "20", "--out", catalog)
-    run("import", "profiles", profiles, "--store", store)
+    store, catalog = generated_store(tmp, PROFILES)
     _shared.update(store=store, catalog=catalog)
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 import unittest
 
-from cliutil import NBX, POLICY, CliTestCase
+from cliutil import NBX, POLICY, CliTestCase, generated_store
 
 AS_OF = "2026-03-01T12:00:00Z"
 PROFILES = 20000
@@ -35,22 +35,11 @@ _shared = {}
 def setUpModule():
     tmp = tempfile.mkdtemp(prefix="nbx-resume-")
     _shared["tmp"] = tmp
+    store, catalog = generated_store(tmp, PROFILES)
     env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
-
-    def run(*args):
-        r = subprocess.run([NBX, *args], capture_output=True, text=True, env=env, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"nbx {' '.join(args)}: {r.stderr}")
-        return r
-
-    profiles = os.path.join(tmp, "profiles.jsonl")
-    catalog = os.path.join(tmp, "catalog.json")
-    store = os.path.join(tmp, "store")
-    run("gen", "profiles", "--count", str(PROFILES), "--offers", "20", "--out", profiles)
-    run("gen", "catalog", "--offers", "20", "--out", catalog)
-    run("import", "profiles", profiles, "--store", store)
-    ids = [json.loads(line)["id"] for line in
-           run("export", "profiles", "--store", store).stdout.splitlines()]
+    export = subprocess.run([NBX, "export", "profiles", "--store", store], capture_output=True,
+                            text=True, env=env, timeout=600, check=True)
+    ids = [json.loads(line)["id"] for line in export.stdout.splitlines()]
     _shared.update(store=store, catalog=catalog, ids=ids, env=env)
 
 
