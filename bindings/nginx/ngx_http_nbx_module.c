@@ -1881,9 +1881,9 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
  * Every store must open for the workers as they will open it: as their
  * user (the `user` directive, or nginx's default, when the master runs as
  * root), read-write if a location writes to it, read-only otherwise. A store
- * root created and the workers cannot open used to pass `nginx -t` and
- * answer 503 to every request; now the configuration is refused with the
- * library's reason ("... data.mdb needs read and write access").
+ * they cannot open (one root created, say) is a configuration error with
+ * the library's reason ("... data.mdb needs read and write access"), not a
+ * 503 on every request once traffic arrives.
  *
  * The check opens the store with nbx_store_open() in a child process that
  * takes the workers' ids and environment and exits. Not in the master:
