@@ -408,6 +408,24 @@ void cli_print_json_string(FILE *out, const char *s)
     putc('"', out);
 }
 
+void cli_print_escaped(FILE *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
+        /* C0 controls, DEL and C1 controls (U+0080..U+009F: C2 80..C2 9F)
+         * steer terminals; bytes that are not UTF-8 may start one. */
+        bool control = n == 1 ? (*p < 0x20 || *p == 0x7F) : n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
+        if (n == 0 || control) {
+            for (size_t i = 0; i < (n ? n : 1); i++)
+                fprintf(out, "\\x%02x", p[i]);
+            p += n ? n : 1;
+        } else {
+            fwrite(p, 1, n, out);
+            p += n;
+        }
+    }
+}
+
 /* ========================================================================
  * Help and dispatch
  * ======================================================================== */
