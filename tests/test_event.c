@@ -767,6 +767,17 @@ static nbx_engine *open_engine(int64_t skew_ms, int *rc)
     return e;
 }
 
+/* An engine on the suite's store and a context on it; both must open. */
+static nbx_ctx *open_ctx(int64_t skew_ms, nbx_engine **engine)
+{
+    int rc;
+    *engine = open_engine(skew_ms, &rc);
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
+    nbx_ctx *ctx;
+    cr_assert_eq(nbx_ctx_open(*engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
+    return ctx;
+}
+
 static int record(nbx_ctx *ctx, unsigned flags, const char *offer, const char *id, int64_t ms,
                   int *outcome)
 {
@@ -797,10 +808,8 @@ static nbx_event stored_event(const char *id)
 Test(event, record_ex_refuses_a_future_ts_and_server_time_ignores_it)
 {
     int rc;
-    nbx_engine *engine = open_engine(0, &rc);
-    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
-    nbx_ctx *ctx;
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
     int64_t now = nbx_time_now();
     int outcome = 9;
 
@@ -863,10 +872,8 @@ Test(event, the_engine_s_skew_is_an_option)
     cr_assert_null(open_engine(NBX_EVENT_SKEW_MAX_MS + 1, &rc));
     cr_assert_eq(rc, NBX_EINVAL);
 
-    nbx_engine *engine = open_engine(3600000, &rc);
-    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
-    nbx_ctx *ctx;
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(3600000, &engine);
     int64_t now = nbx_time_now();
     int outcome;
     cr_assert_eq(record(ctx, 0, "free_shipping", "h1", now + 1800000, &outcome), NBX_OK, "%s",
@@ -881,10 +888,8 @@ Test(event, the_engine_s_skew_is_an_option)
 Test(event, record_ex_refuses_an_offer_not_in_the_catalog)
 {
     int rc;
-    nbx_engine *engine = open_engine(0, &rc);
-    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
-    nbx_ctx *ctx;
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
     int64_t now = nbx_time_now();
     int outcome = 9;
     uint64_t before = digest();
@@ -913,11 +918,8 @@ Test(event, record_ex_refuses_an_offer_not_in_the_catalog)
  * either. */
 Test(event, record_ex_reports_an_erased_customer_as_suppressed)
 {
-    int rc;
-    nbx_engine *engine = open_engine(0, &rc);
-    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
-    nbx_ctx *ctx;
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
     int64_t now = nbx_time_now();
     int outcome = 0;
     cr_assert_eq(record(ctx, 0, "free_shipping", "s1", now, &outcome), NBX_OK);
@@ -959,11 +961,8 @@ Test(event, a_decision_over_a_damaged_profile_fails_at_once, .timeout = 60)
     MDB_val k = {2, "u9"}, v = {sizeof damaged, (void *)damaged};
     cr_assert_eq(mdb_put(txn, store->profiles, &k, &v, 0), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);
-    int rc;
-    nbx_engine *engine = open_engine(0, &rc);
-    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
-    nbx_ctx *ctx;
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
     nbx_request req;
     nbx_request_init(&req);
     req.customer = "u9";

@@ -125,21 +125,40 @@ Test(store, read_only_reads_and_refuses_writes)
     free(file);
 }
 
+/* A write transaction on the suite's store with raw LMDB, as another nbx
+ * (or a damaged disk) would write; raw_end() commits and closes. */
+static MDB_txn *raw_begin(MDB_env **env)
+{
+    cr_assert_eq(mdb_env_create(env), 0);
+    mdb_env_set_maxdbs(*env, 8);
+    cr_assert_eq(mdb_env_open(*env, path, MDB_NOTLS, 0664), 0);
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(*env, NULL, 0, &txn), 0);
+    return txn;
+}
+
+static void raw_end(MDB_env *env, MDB_txn *txn)
+{
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* Put one record into a database of the suite's store with raw LMDB. */
+static void raw_put(const char *db, const void *key, size_t klen, const void *value, size_t len)
+{
+    MDB_env *env;
+    MDB_txn *txn = raw_begin(&env);
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_dbi_open(txn, db, 0, &dbi), 0);
+    MDB_val k = {klen, (void *)key}, v = {len, (void *)value};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    raw_end(env, txn);
+}
+
 /* Write the meta "schema" byte with raw LMDB, as a future nbx would. */
 static void set_schema(const void *value, size_t len)
 {
-    MDB_env *env;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
-    MDB_txn *txn;
-    MDB_dbi meta;
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
-    MDB_val k = {6, "schema"}, v = {len, (void *)value};
-    cr_assert_eq(mdb_put(txn, meta, &k, &v, 0), 0);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    raw_put("meta", "schema", 6, value, len);
 }
 
 Test(store, newer_schema_is_refused)
@@ -807,16 +826,11 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     put(s, "{\"id\":\"c1\",\"ltv\":5}");
     nbx_store_close(s);
     MDB_env *env;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
-    MDB_txn *txn;
+    MDB_txn *txn = raw_begin(&env);
     MDB_dbi dbi;
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     cr_assert_eq(mdb_dbi_open(txn, "suppressed", 0, &dbi), 0);
     cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    raw_end(env, txn);
     uint8_t one = 1;
     set_schema(&one, 1);
 
@@ -903,23 +917,6 @@ Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
  * Damaged values (issue 10, section 5)
  * ------------------------------------------------------------------------ */
 
-/* A stored profile replaced with raw bytes, as a damaged disk would. */
-static void put_raw_profile(const char *id, const void *value, size_t len)
-{
-    MDB_env *env;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "profiles", 0, &dbi), 0);
-    MDB_val k = {strlen(id), (void *)id}, v = {len, (void *)value};
-    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
-}
-
 /* The report's 21 bytes (with a nil tenth element): profile get, export
  * and the RFM rebuild spun for seconds before reporting it. Each answers
  * NBX_ECORRUPT naming the customer, at once (a generous bound: decoding 21
@@ -930,7 +927,7 @@ Test(store, a_damaged_profile_is_reported_at_once, .timeout = 60)
                                         0xff, 0xff, 0xff, 0xff, 0,    0,    0,
                                         0,    0,    0,    0,    0,    0,    0xc0};
     nbx_store_close(create());
-    put_raw_profile("c0000007", damaged, sizeof damaged);
+    raw_put("profiles", "c0000007", 8, damaged, sizeof damaged);
     nbx_store *s;
     cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK);
     int64_t t0 = nbx_monotonic_us();
