@@ -144,7 +144,7 @@ static int budgets_write(nbx_effects *fx, nbx_err *e)
 void nbx_effects_init(nbx_effects *fx, nbx_arena *arena, nbx_buf *scratch)
 {
     memset(fx, 0, sizeof *fx);
-    fx->arena = arena;
+    fx->rows = arena ? arena : &fx->own;
     fx->scratch = scratch;
     fx->budgets = fx->budget_inline;
     fx->budget_cap = NBX_ARRAY_LEN(fx->budget_inline);
@@ -160,6 +160,15 @@ void nbx_effects_free(nbx_effects *fx)
         free(fx->refs);
     fx->budgets = fx->budget_inline;
     fx->refs = fx->ref_inline;
+    nbx_arena_free(&fx->own);
+}
+
+/* Room for the next row: the own arena starts again, a caller's is kept. */
+static nbx_arena *row_arena(nbx_effects *fx)
+{
+    if (fx->rows == &fx->own)
+        nbx_arena_reset(&fx->own);
+    return fx->rows;
 }
 
 int nbx_effects_begin(nbx_effects *fx, nbx_store *s, MDB_txn *txn, int64_t now_ms, nbx_err *e)
@@ -278,17 +287,17 @@ static int write_counters(nbx_effects *fx, const nbx_fx_event *evs, nbx_sv custo
     int found = mdb_cursor_get(fx->customers, &k, &v, MDB_SET_KEY);
     if (found != 0 && found != MDB_NOTFOUND)
         return fail_at(fx, first, nbx_err_mdb(e, found, "reading exposure counters"));
-    nbx_arena_reset(fx->arena);
+    nbx_arena *a = row_arena(fx);
     nbx_exposure x;
     memset(&x, 0, sizeof x);
-    if (found == 0 && nbx_exposure_decode(v.mv_data, v.mv_size, &x, fx->arena) != NBX_OK)
+    if (found == 0 && nbx_exposure_decode(v.mv_data, v.mv_size, &x, a) != NBX_OK)
         return fail_at(fx, first,
                        nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
                                    (int)customer.len, customer.ptr));
     for (uint32_t j = from; j < to; j++) {
         const nbx_event *ev = &evs[fx->refs[j].i].ev;
-        if (nbx_exposure_add(&x, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1, fx->now_ms,
-                             fx->arena) != NBX_OK)
+        if (nbx_exposure_add(&x, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1, fx->now_ms, a) !=
+            NBX_OK)
             return fail_at(fx, first, nbx_err_set(e, NBX_ENOMEM, "out of memory"));
     }
     nbx_buf_reset(fx->scratch);
@@ -418,10 +427,10 @@ static int write_purchases(nbx_effects *fx, const nbx_fx_event *evs, size_t n, n
     int found = mdb_cursor_get(fx->profiles, &k, &v, MDB_SET_KEY);
     if (found != 0 && found != MDB_NOTFOUND)
         return fail_at(fx, first, nbx_err_mdb(e, found, "reading a profile"));
-    nbx_arena_reset(fx->arena);
+    nbx_arena *a = row_arena(fx);
     nbx_profile p = {.id = customer};
     if (found == 0) {
-        int rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, fx->arena, e);
+        int rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, a, e);
         if (rc)
             return fail_at(fx, first, rc);
     }

@@ -1765,7 +1765,7 @@ static int apply(importer *im, uint64_t *stopped_at)
 {
     applier ap = {.im = im};
     writer w = {.im = im};
-    nbx_effects_init(&w.fx, &w.arena, &w.scratch);
+    nbx_effects_init(&w.fx, NULL, &w.scratch);
     pthread_mutex_init(&ap.mu, NULL);
     pthread_cond_init(&ap.cond, NULL);
     pthread_t thread;

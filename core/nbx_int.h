@@ -536,8 +536,10 @@ typedef struct nbx_effects {
     MDB_cursor *customers;
     MDB_cursor *profiles;  /* opened on the first purchase */
     int64_t now_ms;        /* the writer's clock: updated_at of purchases */
-    nbx_arena *arena;      /* borrowed; reset per row */
-    nbx_buf *scratch;      /* borrowed */
+    nbx_arena *rows;       /* the rows a group reads, decoded: own (reset per
+                              row) or the caller's (never reset) */
+    nbx_arena own;
+    nbx_buf *scratch;      /* borrowed: the value being written */
     uint64_t applied;      /* new events since nbx_effects_begin() */
     uint64_t suppressed;   /* events refused since then: their customer was erased */
     nbx_suppressions erased; /* read at nbx_effects_begin() */
@@ -553,6 +555,11 @@ typedef struct nbx_effects {
     nbx_fx_ref ref_inline[16];
 } nbx_effects;
 
+/* arena NULL: rows read are decoded into the effects' own arena, reset per
+ * row (bulk ingest: memory bounded by a row). Else into the caller's, which
+ * is never reset: it may hold what the effects still read (a parsed
+ * event's unescaped strings); a few events grow it by a few rows. scratch
+ * is the caller's; its content is not kept. */
 void nbx_effects_init(nbx_effects *fx, nbx_arena *arena, nbx_buf *scratch);
 void nbx_effects_free(nbx_effects *fx);
 int nbx_effects_begin(nbx_effects *fx, nbx_store *s, MDB_txn *txn, int64_t now_ms, nbx_err *e);

@@ -975,3 +975,38 @@ Test(event, a_decision_over_a_damaged_profile_fails_at_once, .timeout = 60)
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
 }
+
+/* The effects decode rows into an arena. Given the caller's (nbx_record's
+ * context arena, which holds the parsed event: an escaped customer id is
+ * unescaped into it), they must not reset it: the customer's id would be
+ * overwritten by the profile decoded after it. */
+Test(event, applying_an_event_keeps_the_caller_s_arena)
+{
+    const char *profile = "{\"id\":\"\\u00e9ve\",\"attrs\":{\"a\":\"aaaaaaaaaaaaaaaaaaaaaaaa\","
+                          "\"b\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\",\"c\":1,\"d\":2,\"e\":3}}";
+    cr_assert_eq(nbx_profile_put(store, profile, strlen(profile)), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
+    const char *events[] = {
+        "{\"event_id\":\"p1\",\"customer\":\"\\u00e9ve\",\"type\":\"purchase\",\"amount\":5,"
+        "\"ts\":\"2026-01-01T00:00:00Z\"}",
+        "{\"event_id\":\"k1\",\"customer\":\"\\u00e9ve\",\"type\":\"click\","
+        "\"offer\":\"free_shipping\",\"ts\":\"2026-01-01T00:00:00Z\"}"};
+    for (int i = 0; i < 2; i++) {
+        int outcome;
+        cr_assert_eq(nbx_record_ex(ctx, events[i], strlen(events[i]), 0, &outcome), NBX_OK, "%s",
+                     nbx_ctx_errmsg(ctx));
+        cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    }
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(store, "\xc3\xa9ve", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"orders\":1") != NULL, "%s", json);
+    nbx_free(json);
+    nbx_exposure x;
+    cr_assert(counters("\xc3\xa9ve", "free_shipping", &x), "the click counted elsewhere");
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    cr_assert_eq(st.profiles, 1, "a profile under another key");
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
