@@ -638,12 +638,12 @@ static int erase_one(nbx_store *s, MDB_txn *txn, const uint8_t *secret, nbx_sv i
     return mrc ? nbx_err_mdb(e, mrc, "recording an erasure") : NBX_OK;
 }
 
-static int writable_format(nbx_store *s, const char *fn)
+/* A store of an older format opens read-only only: writable means it has
+ * the suppressed database. */
+static int writable(nbx_store *s)
 {
     if (s->flags & NBX_STORE_READONLY)
         return nbx_fail(s, NBX_EREADONLY, "%s: store opened read-only", s->path);
-    if (!s->has_suppressed) /* only a read-only open reaches here with format 1 */
-        return nbx_fail(s, NBX_EVERSION, "%s: %s needs `nbx store upgrade`", s->path, fn);
     return NBX_OK;
 }
 
@@ -663,7 +663,7 @@ NBX_API int nbx_profile_erase(nbx_store *s, const char *const *ids, size_t n, ui
             return nbx_publish(s, &e);
         }
     }
-    int rc = writable_format(s, "nbx_profile_erase");
+    int rc = writable(s);
     if (rc || n == 0)
         return rc;
     MDB_txn *txn;
@@ -712,7 +712,7 @@ NBX_API int nbx_profile_restore(nbx_store *s, const char *id)
         e.code = NBX_EINVAL;
         return nbx_publish(s, &e);
     }
-    int rc = writable_format(s, "nbx_profile_restore");
+    int rc = writable(s);
     if (rc)
         return rc;
     MDB_txn *txn;

@@ -297,8 +297,10 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
  * last_purchase); purchase events dated later add to them and are never
  * rolled back ("Which source wins"). A put that changes nothing writes
  * nothing, updated_at included.
- * @return NBX_OK, NBX_EINVAL, NBX_EPARSE (message names the field),
- *   NBX_ELIMIT, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ * @return NBX_OK, NBX_EINVAL (NULL argument; an erased customer, see
+ *   nbx_profile_erase()), NBX_EPARSE (message names the field),
+ *   NBX_ELIMIT, NBX_EREADONLY, NBX_ECORRUPT (the stored profile is
+ *   damaged), NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
  * @note Thread-safe; commits before returning.
  */
 NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len);
@@ -325,10 +327,11 @@ NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len);
  *   (its profile, counter rows and event records); zeros on failure.
  * @return NBX_OK (also for ids that held nothing); NBX_EINVAL (NULL
  *   argument, a bad id: the message names its index; nothing is erased);
- *   NBX_EREADONLY; NBX_EVERSION (a format-1 store opened read-only: upgrade
- *   it); NBX_EIO (no randomness for the store's first key); NBX_ESTORE
- *   (also a list too large for one transaction: erase it in parts);
- *   NBX_EFULL; NBX_ECORRUPT.
+ *   NBX_EREADONLY (also a store of an older format, which opens read-only
+ *   only: see nbx_store_upgrade()); NBX_EIO (no randomness for the store's
+ *   first key); NBX_ESTORE (also a list too large for one transaction:
+ *   erase it in parts); NBX_EFULL; NBX_ECORRUPT (the store's key is
+ *   damaged).
  * @note Thread-safe.
  */
 NBX_API int nbx_profile_erase(nbx_store *store, const char *const *ids, size_t n,
@@ -347,7 +350,7 @@ NBX_API int nbx_profile_delete(nbx_store *store, const char *id);
  * removed, and data sent for it is taken again. What was erased stays
  * erased.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND (the id is not suppressed),
- *   NBX_EREADONLY, NBX_EVERSION, NBX_ESTORE.
+ *   NBX_EREADONLY, NBX_ECORRUPT, NBX_ESTORE.
  * @note Thread-safe.
  */
 NBX_API int nbx_profile_restore(nbx_store *store, const char *id);
@@ -373,7 +376,8 @@ NBX_API int nbx_profile_restore(nbx_store *store, const char *id);
  * @param[out] applied if not NULL, 1 if applied, 0 if skipped as a duplicate.
  * @return NBX_OK, NBX_EINVAL (NULL argument; `ts` too far ahead of the
  *   clock: the message names `ts`), NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY,
- *   NBX_EFULL, NBX_ESTORE.
+ *   NBX_ECORRUPT (a damaged stored value of the customer), NBX_EFULL,
+ *   NBX_ESTORE.
  * @note Thread-safe.
  */
 NBX_API int nbx_event_apply(nbx_store *store, const char *json, size_t len, int *applied);
@@ -451,7 +455,8 @@ NBX_API void nbx_import_options_init(nbx_import_options *opts);
  * @param[out] stats may be NULL.
  * @return NBX_OK, NBX_EINVAL (also: rejects_path is the input file or a file
  *   of the store), NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ELIMIT,
- *   NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ *   NBX_EREADONLY, NBX_ECORRUPT (a damaged stored value), NBX_EFULL,
+ *   NBX_ESTORE, NBX_ENOMEM.
  * @note Thread-safe; concurrent imports serialise on the store's writer.
  */
 NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *path,
@@ -801,8 +806,8 @@ enum nbx_record_outcome {
  * @param[out] outcome if not NULL, an nbx_record_outcome on NBX_OK, else 0.
  * @return NBX_OK (also for a duplicate or a suppressed customer: see
  *   outcome), NBX_EINVAL (NULL argument, unknown flags, `ts`, `offer`),
- *   NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY (read-only engine), NBX_EFULL,
- *   NBX_ESTORE, NBX_ENOMEM.
+ *   NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY (read-only engine), NBX_ECORRUPT
+ *   (a damaged stored value), NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
  * @note The context belongs to one thread at a time.
  */
 NBX_API int nbx_record_ex(nbx_ctx *ctx, const char *json, size_t len, unsigned flags,

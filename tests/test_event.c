@@ -859,8 +859,26 @@ Test(event, record_ex_refuses_a_future_ts_and_server_time_ignores_it)
     cr_assert_eq(nbx_record_ex(NULL, no_ts, strlen(no_ts), 0, &outcome), NBX_EINVAL);
     cr_assert_eq(nbx_record_ex(ctx, NULL, 0, 0, &outcome), NBX_EINVAL);
     cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), NBX_RECORD_SERVER_TIME, NULL), NBX_OK);
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, (size_t)NBX_LINE_MAX + 1, 0, &outcome), NBX_ELIMIT);
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
+    /* a read-only engine records nothing */
+    char *catalog = tu_source_path("tests/data/catalog.json");
+    char *policy = tu_source_path("policies/margin_per_session.lua");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = dir;
+    o.catalog = catalog;
+    o.policy = policy;
+    o.flags = NBX_ENGINE_READONLY;
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), NBX_RECORD_SERVER_TIME, &outcome),
+                 NBX_EREADONLY);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+    free(catalog);
+    free(policy);
 }
 
 Test(event, the_engine_s_skew_is_an_option)

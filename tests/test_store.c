@@ -810,6 +810,19 @@ Test(store, erase_misuse)
     cr_assert_eq(nbx_profile_restore(NULL, "c1"), NBX_EINVAL);
     cr_assert_eq(nbx_profile_restore(s, NULL), NBX_EINVAL);
     cr_assert_eq(nbx_profile_restore(s, ""), NBX_EINVAL);
+    /* a damaged key of the erased ids' hashes is reported, not used */
+    cr_assert_eq(nbx_profile_erase(s, ids, 1, NULL), NBX_OK);
+    nbx_store_close(s);
+    raw_put("meta", NBX_META_SUPPRESSION_SECRET, strlen(NBX_META_SUPPRESSION_SECRET), "short", 5);
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK);
+    const char *c2[] = {"c2"};
+    cr_assert_eq(nbx_profile_erase(s, c2, 1, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "suppression key") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_profile_restore(s, "c1"), NBX_ECORRUPT);
+    int applied;
+    const char *ev = "{\"event_id\":\"e\",\"customer\":\"c2\",\"type\":\"click\","
+                     "\"offer\":\"o1\",\"ts\":1767225600}";
+    cr_assert_eq(nbx_event_apply(s, ev, strlen(ev), &applied), NBX_ECORRUPT);
     nbx_store_close(s);
     nbx_store *ro;
     cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &ro), NBX_OK);
