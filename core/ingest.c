@@ -138,7 +138,7 @@ static int open_spool(const char *dir, nbx_err *e)
  * u32 length (all of it), u32 line within its chunk, then the payload:
  *   profile: u32 fields, id, f64 ltv, f64 churn, i64 updated_at,
  *            i64 first, i64 last, u64 orders, f64 revenue, f64 margin,
- *            u8 r, f, m, segment,
+ *            u8 r, f, m, segment, i64 rfm as_of,
  *            u16 n, n x (key, u8 type, string | f64 | u8 | nothing),
  *            u16 n, n x (purpose, u8 state), u16 n, n x (key, f64)
  *   event:   u8 type, i64 ts, f64 amount, f64 margin, id, customer, offer,
@@ -238,7 +238,7 @@ static inline nbx_sv get_sv(reader *r)
 
 static size_t profile_record_size(const nbx_profile *p)
 {
-    size_t n = 8 + 4 + 2 + p->id.len + 3 * 8 + 5 * 8 + 4 + 3 * 2;
+    size_t n = 8 + 4 + 2 + p->id.len + 3 * 8 + 5 * 8 + 4 + 8 + 3 * 2;
     for (uint32_t i = 0; i < p->n_attrs; i++) {
         const nbx_attr *a = &p->attrs[i];
         n += 2 + a->key.len + 1;
@@ -272,6 +272,7 @@ static void spool_profile(nbx_buf *b, uint32_t line, const nbx_profile *p)
     put_f64(&w, r->margin);
     const uint8_t scores[4] = {r->r, r->f, r->m, r->segment};
     put_raw(&w, scores, sizeof scores);
+    put_i64(&w, p->rfm_base.as_of);
     put_u16(&w, (uint16_t)p->n_attrs);
     for (uint32_t i = 0; i < p->n_attrs; i++) {
         const nbx_attr *a = &p->attrs[i];
@@ -316,6 +317,7 @@ static int unspool_profile(const char *rec, size_t len, nbx_profile *p, nbx_aren
     f->f = get_uint8_t(&r);
     f->m = get_uint8_t(&r);
     f->segment = get_uint8_t(&r);
+    p->rfm_base.as_of = get_int64_t(&r);
     p->n_attrs = get_uint16_t(&r);
     p->attrs = nbx_arena_alloc(a, (p->n_attrs + 1) * sizeof *p->attrs);
     if (!p->attrs)

@@ -1553,3 +1553,32 @@ Test(ingest, an_erased_customer_s_lines_are_counted_suppressed)
     free(events);
     free(profiles);
 }
+
+/* rfm.as_of travels through the import's spool like every other field. */
+Test(ingest, an_import_s_rfm_as_of_is_kept)
+{
+    char *path = write_tmp(
+        "asof.jsonl", "{\"id\":\"c1\",\"rfm\":{\"orders\":2,\"revenue\":10,\"as_of\":"
+                      "\"2025-10-01T00:00:00Z\",\"last_purchase\":\"2025-12-01T00:00:00Z\"}}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, NULL), NBX_OK);
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    nbx_arena a = {0};
+    nbx_profile p = {0};
+    cr_assert_eq(nbx_store_profile_get(store, txn, NBX_SV("c1"), &p, &a, NULL), NBX_OK);
+    cr_assert(p.fields & NBX_PF_RFM_BASE);
+    cr_assert_eq(p.rfm_base.as_of, t_ms("2025-10-01T00:00:00Z"), "as_of %lld",
+                 (long long)p.rfm_base.as_of);
+    mdb_txn_abort(txn);
+    nbx_arena_free(&a);
+    /* a purchase between as_of and last_purchase counts */
+    char *ev =
+        write_tmp("ev.jsonl", "{\"event_id\":\"o\",\"customer\":\"c1\",\"type\":\"purchase\","
+                              "\"amount\":5,\"ts\":\"2025-11-01T00:00:00Z\"}\n");
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, ev, 0, NULL, NULL), NBX_OK);
+    char *json = get("c1");
+    cr_assert(strstr(json, "\"orders\":3,\"revenue\":15") != NULL, "%s", json);
+    nbx_free(json);
+    free(ev);
+    free(path);
+}
