@@ -230,15 +230,17 @@ typedef struct nbx_store_stats {
 } nbx_store_stats;
 
 /**
- * @brief Write a compacted copy of the store to out_dir (LMDB's compacting
- * copy: only pages in use, renumbered, free pages left out), which becomes
- * a store of its own (data.mdb; lock.mdb is made when it is opened). Runs
- * beside readers and writers: the copy is one consistent snapshot.
+ * @brief Write a compacted copy of the store to out_dir: every live record
+ * of every database, from one read snapshot, appended in key order into a
+ * new environment (data.mdb and its lock.mdb), which is a store of its own.
+ * Runs beside readers and writers.
  *
- * After an erasure, the copy holds no byte of the erased customers (their
- * pages were freed and are not copied), where the store's own file may
- * still hold them in freed pages: compact, check, then replace the store
- * with the copy while writers are stopped (docs/data-model.md, "Erasure").
+ * After an erasure, the copy holds no byte of the erased customers: its
+ * pages hold live records only, where the store's own file may still hold
+ * them in freed pages, and LMDB's own compacting copy (mdb_env_copy2 with
+ * MDB_CP_COMPACT) in the separator keys its branch pages keep. Compact, then
+ * replace the store with the copy while writers are stopped
+ * (docs/data-model.md, "Erasure").
  *
  * @param out_dir a new directory (created) or an empty one; not the store.
  * @return NBX_OK, NBX_EINVAL (NULL, not a directory, not empty, the store

@@ -190,10 +190,11 @@ const cli_command cli_commands[] = {
     {"stats", NULL, "", 0, 0, stats_flags, "Print the store's counts and sizes.", NULL,
      cli_run_stats},
     {"store", "compact", "", 0, 0, compact_flags,
-     "Write a compacted copy of the store to --out DIR (LMDB's compacting copy).",
-     "Only pages in use are copied: after 'nbx profile delete', the copy holds no\n"
-     "byte of the erased customers, which the store's own file may still hold in\n"
-     "freed pages. Runs beside readers and writers (the copy is one snapshot); to\n"
+     "Write a compacted copy of the store to --out DIR: its live records only.",
+     "Every record is copied, in key order, into a new store: after 'nbx profile\n"
+     "delete', the copy holds no byte of the erased customers, which the store's\n"
+     "own file may still hold in freed pages (and LMDB's own compacting copy in\n"
+     "branch pages). Runs beside readers and writers (the copy is one snapshot); to\n"
      "replace the store, stop the writers and swap the directories. DIR must be new\n"
      "or empty, and not the store.\n",
      cli_run_store_compact},
