@@ -1,16 +1,20 @@
 /*
- * codec.c: msgpack encodings of stored values (profiles, exposure counters).
+ * codec.c: every stored layout: the keys and values of each database, and
+ * the msgpack reader they are decoded with. docs/format.md describes them;
+ * no other file packs or unpacks a stored byte.
  *
  * Writing uses msgpack-c's packer. Reading uses the small cursor below: a
  * decision decodes a profile on every request, and walking the bytes once
  * into arena arrays, with strings left in the LMDB page, costs a fraction of
  * building a msgpack-c object tree first (docs/performance.md).
  *
- * Profile, schema 1: array [attrs map, consent map, propensity map,
- * ltv|nil, churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
- * last_purchase, orders, revenue, margin, r, f, m, segment]. Maps are written
- * sorted by key. Decoders accept longer arrays and ignore the extra
- * elements, so a later minor schema can append fields.
+ * Profile: array [attrs map, consent map, propensity map, ltv|nil,
+ * churn|nil, rfm|nil, updated_at]; rfm is array [first_purchase,
+ * last_purchase, orders, revenue, margin, r, f, m, segment (, base)], base
+ * being [as_of, first_purchase, last_purchase, orders, revenue, margin], the
+ * aggregates an import gave, or [as_of] when they are the aggregates. Maps are written sorted by
+ * key. Decoders accept longer arrays and ignore the extra elements, so a later format can append
+ * fields.
  */
 #include "nbx_int.h"
 
@@ -92,35 +96,45 @@ static inline int mp_type(const nbx_mp *m)
     }
 }
 
-static inline uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16)
+/* A container's element count, checked against the bytes that follow:
+ * every element takes at least one byte (a map entry two), so a count the
+ * value cannot hold is corrupt here, before any caller loops over it (a
+ * damaged count of 4294967295 kept readers busy for seconds). */
+static inline uint32_t container(nbx_mp *m, uint8_t fix_mask, uint8_t fix_tag, uint8_t tag16,
+                                 unsigned bytes_per_element)
 {
     if (!need(m, 1))
         return 0;
     uint8_t b = *m->p;
+    uint32_t n;
     if ((b & fix_mask) == fix_tag) {
         m->p++;
-        return b & (uint8_t)~fix_mask;
-    }
-    if (b == tag16 && need(m, 3)) {
+        n = b & (uint8_t)~fix_mask;
+    } else if (b == tag16 && need(m, 3)) {
         m->p += 3;
-        return (uint32_t)be(m->p - 2, 2);
-    }
-    if (b == tag16 + 1 && need(m, 5)) {
+        n = (uint32_t)be(m->p - 2, 2);
+    } else if (b == tag16 + 1 && need(m, 5)) {
         m->p += 5;
-        return (uint32_t)be(m->p - 4, 4);
+        n = (uint32_t)be(m->p - 4, 4);
+    } else {
+        m->bad = true;
+        return 0;
     }
-    m->bad = true;
-    return 0;
+    if ((uint64_t)n * bytes_per_element > (uint64_t)(m->end - m->p)) {
+        m->bad = true;
+        return 0;
+    }
+    return n;
 }
 
 static inline uint32_t mp_array(nbx_mp *m)
 {
-    return container(m, 0xf0, 0x90, 0xdc);
+    return container(m, 0xf0, 0x90, 0xdc, 1);
 }
 
 static inline uint32_t mp_map(nbx_mp *m)
 {
-    return container(m, 0xf0, 0x80, 0xde);
+    return container(m, 0xf0, 0x80, 0xde, 2);
 }
 
 static inline bool mp_nil(nbx_mp *m)
@@ -282,7 +296,6 @@ void nbx_mp_skip(nbx_mp *m)
     }
 }
 
-
 /* The exported reader; codec.c's own decoders use the inline versions. */
 int nbx_mp_type(const nbx_mp *m)
 {
@@ -399,7 +412,8 @@ int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
         msgpack_pack_nil(&pk);
     if (p->fields & NBX_PF_RFM) {
         const nbx_rfm *r = &p->rfm;
-        msgpack_pack_array(&pk, 9);
+        bool base = p->fields & NBX_PF_RFM_BASE;
+        msgpack_pack_array(&pk, base ? 10 : 9);
         msgpack_pack_int64(&pk, r->first_purchase);
         msgpack_pack_int64(&pk, r->last_purchase);
         msgpack_pack_uint64(&pk, r->orders);
@@ -409,6 +423,25 @@ int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
         msgpack_pack_uint8(&pk, r->f);
         msgpack_pack_uint8(&pk, r->m);
         msgpack_pack_uint8(&pk, r->segment);
+        if (base) {
+            /* Most imported customers have no purchase after the import's
+             * as_of: their base is their aggregates, and [as_of] says so
+             * in 10 bytes instead of 50. */
+            const nbx_rfm_base *b = &p->rfm_base;
+            bool same = b->first_purchase == r->first_purchase &&
+                        b->last_purchase == r->last_purchase && b->orders == r->orders &&
+                        memcmp(&b->revenue, &r->revenue, sizeof b->revenue) == 0 &&
+                        memcmp(&b->margin, &r->margin, sizeof b->margin) == 0;
+            msgpack_pack_array(&pk, same ? 1 : 6);
+            msgpack_pack_int64(&pk, b->as_of);
+            if (!same) {
+                msgpack_pack_int64(&pk, b->first_purchase);
+                msgpack_pack_int64(&pk, b->last_purchase);
+                msgpack_pack_uint64(&pk, b->orders);
+                pack_number(&pk, b->revenue);
+                pack_number(&pk, b->margin);
+            }
+        }
     } else {
         msgpack_pack_nil(&pk);
     }
@@ -493,7 +526,30 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
         r->f = (uint8_t)mp_uint(&m);
         r->m = (uint8_t)mp_uint(&m);
         r->segment = (uint8_t)mp_uint(&m);
-        for (uint32_t i = 9; i < rn; i++)
+        if (rn > 9 && !mp_nil(&m)) {
+            nbx_rfm_base *b = &p->rfm_base;
+            uint32_t bn = mp_array(&m);
+            if (bn < 1 || (bn > 1 && bn < 6))
+                goto corrupt;
+            b->as_of = mp_int(&m);
+            if (bn == 1) { /* the base is the aggregates */
+                b->first_purchase = r->first_purchase;
+                b->last_purchase = r->last_purchase;
+                b->orders = r->orders;
+                b->revenue = r->revenue;
+                b->margin = r->margin;
+            } else {
+                b->first_purchase = mp_int(&m);
+                b->last_purchase = mp_int(&m);
+                b->orders = mp_uint(&m);
+                b->revenue = mp_double(&m);
+                b->margin = mp_double(&m);
+            }
+            for (uint32_t i = 6; i < bn && !m.bad; i++)
+                nbx_mp_skip(&m);
+            p->fields |= NBX_PF_RFM_BASE;
+        }
+        for (uint32_t i = 10; i < rn && !m.bad; i++)
             nbx_mp_skip(&m);
         if (r->segment >= NBX_SEGMENT_COUNT || r->r > 5 || r->f > 5 || r->m > 5)
             goto corrupt;
@@ -506,6 +562,89 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
 corrupt:
     return nbx_err_set(e, NBX_ECORRUPT, "profile '%.*s': stored value cannot be decoded",
                        (int)(p->id.len > 256 ? 256 : p->id.len), p->id.ptr ? p->id.ptr : "");
+}
+
+/* Just the purchase aggregates of a stored profile, for a scan of every
+ * profile (RFM rebuild): the maps are skipped, not decoded. *has is false
+ * when the profile has no rfm element. */
+int nbx_profile_decode_rfm(const void *data, size_t len, nbx_rfm *r, bool *has)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    memset(r, 0, sizeof *r);
+    *has = false;
+    if (mp_array(&m) < 7)
+        return NBX_ECORRUPT;
+    for (int i = 0; i < 5; i++) /* attrs, consent, propensity, ltv, churn */
+        nbx_mp_skip(&m);
+    if (mp_nil(&m))
+        return m.bad ? NBX_ECORRUPT : NBX_OK;
+    if (mp_array(&m) < 9)
+        return NBX_ECORRUPT;
+    r->first_purchase = mp_int(&m);
+    r->last_purchase = mp_int(&m);
+    r->orders = mp_uint(&m);
+    r->revenue = mp_double(&m);
+    if (m.bad)
+        return NBX_ECORRUPT;
+    /* the rest of it must be there too, as for nbx_profile_decode */
+    for (int i = 4; i < 9 && !m.bad; i++)
+        nbx_mp_skip(&m);
+    if (m.bad)
+        return NBX_ECORRUPT;
+    *has = true;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Keys of the customers database: id \0 tag ...
+ * ======================================================================== */
+
+size_t nbx_customer_prefix(char *out, nbx_sv customer)
+{
+    memcpy(out, customer.ptr, customer.len);
+    out[customer.len] = '\0';
+    return customer.len + 1;
+}
+
+size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer)
+{
+    size_t n = nbx_customer_prefix(out, customer);
+    out[n++] = NBX_TAG_COUNTERS;
+    if (offer.len)
+        memcpy(out + n, offer.ptr, offer.len);
+    return n + offer.len;
+}
+
+size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id)
+{
+    size_t n = nbx_customer_prefix(out, customer);
+    out[n++] = NBX_TAG_EVENT;
+    memcpy(out + n, event_id.ptr, event_id.len);
+    return n + event_id.len;
+}
+
+/* What a customer id may be, as every key built from one needs it. */
+bool nbx_id_valid(nbx_sv id, nbx_err *e)
+{
+    if (id.len == 0) {
+        nbx_err_set(e, NBX_EPARSE, "field 'id': must not be empty");
+        return false;
+    }
+    if (id.len > NBX_ID_MAX) {
+        nbx_err_set(e, NBX_EPARSE, "field 'id': %zu bytes, the limit is %d", id.len, NBX_ID_MAX);
+        return false;
+    }
+    if (memchr(id.ptr, '\0', id.len)) {
+        nbx_err_set(e, NBX_EPARSE, "field 'id': must not contain NUL");
+        return false;
+    }
+    return true;
+}
+
+int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len)
+{
+    return len > prefix_len ? ((const unsigned char *)key)[prefix_len] : -1;
 }
 
 /* ========================================================================
@@ -540,7 +679,7 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
         x->last[k] = mp_int(&m);
     uint32_t cells = mp_array(&m);
     if (m.bad || cells % (1 + NBX_EXP_KINDS) != 0 ||
-        cells / (1 + NBX_EXP_KINDS) > NBX_WINDOW_DAYS_MAX + 1)
+        cells / (1 + NBX_EXP_KINDS) > NBX_EXPOSURE_DAYS_MAX)
         return NBX_ECORRUPT;
     x->n_days = cells / (1 + NBX_EXP_KINDS);
     x->days = arena_array(a, x->n_days, sizeof *x->days);
@@ -554,19 +693,208 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
     return m.bad ? NBX_ECORRUPT : NBX_OK;
 }
 
-uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days)
+/* ========================================================================
+ * Event records: [ts, type, offer|nil, placement|nil, amount|nil,
+ * margin|nil]; the customer and the event id are in the key
+ * ======================================================================== */
+
+static void pack_sv_or_nil(msgpack_packer *pk, nbx_sv s)
 {
-    if (days == 0)
-        return 0;
-    uint32_t first = today >= days - 1 ? today - (days - 1) : 0;
-    uint32_t sum = 0;
-    /* Buckets ascend: walk back from the newest. */
-    for (uint32_t i = x->n_days; i-- > 0;) {
-        uint32_t d = x->days[i].day;
-        if (d < first)
-            break;
-        if (d <= today)
-            sum += x->days[i].n[kind];
+    if (!s.len) {
+        msgpack_pack_nil(pk);
+        return;
     }
-    return sum;
+    pack_sv(pk, s);
+}
+
+static void pack_double_or_nil(msgpack_packer *pk, double v)
+{
+    if (isnan(v))
+        msgpack_pack_nil(pk);
+    else
+        msgpack_pack_double(pk, v);
+}
+
+int nbx_event_record_encode(const nbx_event *ev, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_int64(&pk, ev->ts_ms);
+    msgpack_pack_uint8(&pk, ev->type);
+    pack_sv_or_nil(&pk, ev->offer);
+    pack_sv_or_nil(&pk, ev->placement);
+    pack_double_or_nil(&pk, ev->amount);
+    pack_double_or_nil(&pk, ev->margin);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+static nbx_sv str_or_nil(nbx_mp *m)
+{
+    return mp_nil(m) ? (nbx_sv){"", 0} : mp_str(m);
+}
+
+static double double_or_nil(nbx_mp *m)
+{
+    return mp_nil(m) ? NAN : mp_double(m);
+}
+
+int nbx_event_record_decode(const void *data, size_t len, nbx_event *ev)
+{
+    nbx_sv id = ev->id, customer = ev->customer;
+    memset(ev, 0, sizeof *ev);
+    ev->id = id;
+    ev->customer = customer;
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 6)
+        return NBX_ECORRUPT;
+    ev->ts_ms = mp_int(&m);
+    uint64_t type = mp_uint(&m);
+    ev->offer = str_or_nil(&m);
+    ev->placement = str_or_nil(&m);
+    ev->amount = double_or_nil(&m);
+    ev->margin = double_or_nil(&m);
+    if (m.bad || type < NBX_EV_PURCHASE || type > NBX_EV_DISMISS)
+        return NBX_ECORRUPT;
+    ev->type = (uint8_t)type;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Budgets: day (4 bytes, big-endian) offer -> [impressions, accepts]
+ * ======================================================================== */
+
+size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
+{
+    out[0] = (char)(day >> 24);
+    out[1] = (char)(day >> 16);
+    out[2] = (char)(day >> 8);
+    out[3] = (char)day;
+    memcpy(out + 4, offer.ptr, offer.len);
+    return 4 + offer.len;
+}
+
+size_t nbx_budget_encode(const uint64_t counts[2], char out[NBX_BUDGET_VALUE_MAX])
+{
+    nbx_buf b = {.data = out, .cap = NBX_BUDGET_VALUE_MAX}; /* never grows: 19 bytes at most */
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, pack_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint64(&pk, counts[0]);
+    msgpack_pack_uint64(&pk, counts[1]);
+    return b.len;
+}
+
+int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, size);
+    counts[0] = counts[1] = 0;
+    if (mp_array(&m) >= 2) {
+        counts[0] = mp_uint(&m);
+        counts[1] = mp_uint(&m);
+    }
+    if (m.bad)
+        return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
+                           (int)offer.len, offer.ptr);
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Meta values
+ * ======================================================================== */
+
+size_t nbx_schema_encode(uint32_t version, uint8_t out[1])
+{
+    out[0] = (uint8_t)version;
+    return 1;
+}
+
+int nbx_schema_decode(const void *data, size_t len, uint32_t *version)
+{
+    if (len != 1)
+        return NBX_ECORRUPT;
+    *version = ((const uint8_t *)data)[0];
+    return NBX_OK;
+}
+
+/* Always the 9-byte uint64 form, so the value never changes size. */
+size_t nbx_count_encode(uint64_t n, uint8_t out[NBX_COUNT_VALUE_SIZE])
+{
+    out[0] = 0xcf;
+    for (int i = 0; i < 8; i++)
+        out[1 + i] = (uint8_t)(n >> (56 - 8 * i));
+    return NBX_COUNT_VALUE_SIZE;
+}
+
+int nbx_count_decode(const void *data, size_t len, uint64_t *n)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    *n = mp_uint(&m);
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}
+
+int nbx_rfm_meta_encode(const nbx_rfm_meta *r, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_int64(&pk, r->as_of_ms);
+    const double *cuts[3] = {r->recency, r->frequency, r->monetary};
+    for (int i = 0; i < 3; i++) {
+        msgpack_pack_array(&pk, 4);
+        for (int k = 0; k < 4; k++)
+            msgpack_pack_double(&pk, cuts[i][k]);
+    }
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_rfm_meta_decode(const void *data, size_t len, nbx_rfm_meta *r)
+{
+    memset(r, 0, sizeof *r);
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 4)
+        return NBX_ECORRUPT;
+    r->as_of_ms = mp_int(&m);
+    double *cuts[3] = {r->recency, r->frequency, r->monetary};
+    for (int i = 0; i < 3 && !m.bad; i++) {
+        if (mp_array(&m) < 4)
+            return NBX_ECORRUPT;
+        for (int k = 0; k < 4; k++)
+            cuts[i][k] = mp_double(&m);
+    }
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}
+
+/* ========================================================================
+ * Suppression records: keyed hash of a customer id -> [erased_at]
+ * ======================================================================== */
+
+void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
+                         const uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE], nbx_sv customer)
+{
+    nbx_siphash128(secret, customer.ptr, customer.len, out);
+}
+
+size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX])
+{
+    nbx_buf b = {.data = out, .cap = NBX_SUPPRESSION_VALUE_MAX}; /* 10 bytes at most */
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, pack_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_int64(&pk, erased_at_ms);
+    return b.len;
+}
+
+int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 1)
+        return NBX_ECORRUPT;
+    *erased_at_ms = mp_int(&m);
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
 }

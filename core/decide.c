@@ -900,13 +900,22 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     return NBX_OK;
 }
 
-NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
+static bool offer_in_catalog(const void *catalog, nbx_sv id)
 {
-    if (applied)
-        *applied = 0;
+    return nbx_catalog_offer(catalog, id) != NULL;
+}
+
+NBX_API int nbx_record_ex(nbx_ctx *c, const char *json, size_t len, unsigned flags, int *outcome)
+{
+    if (outcome)
+        *outcome = 0;
     if (!c || !json)
-        return nbx_fail(c, NBX_EINVAL, "nbx_record: NULL argument");
+        return nbx_fail(c, NBX_EINVAL, "nbx_record_ex: NULL argument");
     nbx_err e = {0};
+    if (flags & ~(unsigned)NBX_RECORD_SERVER_TIME) {
+        nbx_err_set(&e, NBX_EINVAL, "nbx_record_ex: unknown flags 0x%x", flags);
+        return ctx_fail(c, &e);
+    }
     if (c->engine->flags & NBX_ENGINE_READONLY) {
         nbx_err_set(&e, NBX_EREADONLY, "cannot record: the engine is read-only");
         return ctx_fail(c, &e);
@@ -920,7 +929,21 @@ NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
     MDB_txn *txn = NULL;
     int done = 0;
     nbx_store *s = c->engine->store;
-    int rc = nbx_event_parse(json, len, &ev, &c->arena, &e);
+    bool server_time = flags & NBX_RECORD_SERVER_TIME;
+    /* The catalog the engine serves now (the context's own snapshot may be
+     * older until its next decision). */
+    nbx_snapshot *snap = nbx_engine_snapshot(c->engine);
+    nbx_event_rules rules = {.now_ms = nbx_time_now(),
+                             .max_skew_ms = c->engine->event_max_skew_ms,
+                             .offer_known = offer_in_catalog,
+                             .offers = snap->catalog};
+    int rc = nbx_event_parse(json, len, server_time ? NBX_EVENT_TS_OPTIONAL : 0, &ev, &c->arena,
+                             &e);
+    if (rc == NBX_OK && server_time)
+        ev.ts_ms = rules.now_ms;
+    if (rc == NBX_OK)
+        rc = nbx_event_check(&ev, &rules, &e);
+    nbx_snapshot_unref(snap);
     if (rc == NBX_OK)
         rc = nbx_store_write_begin(s, &txn, &e);
     if (rc == NBX_OK)
@@ -933,9 +956,18 @@ NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
         mdb_txn_abort(txn);
     if (rc)
         return ctx_fail(c, &e);
-    if (applied)
-        *applied = done;
+    if (outcome)
+        *outcome = done;
     return NBX_OK;
+}
+
+NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
+{
+    int outcome = 0;
+    int rc = nbx_record_ex(c, json, len, 0, &outcome);
+    if (applied)
+        *applied = rc == NBX_OK && outcome == NBX_RECORD_APPLIED;
+    return rc;
 }
 
 /* ========================================================================

@@ -166,6 +166,9 @@ static int engine_options(const nbx_engine_options *in, const char *fn, nbx_engi
                         "%s: catalog and policy are required (file paths, or names with "
                         "catalog_text and policy_text)",
                         fn);
+    nbx_err e = {0};
+    if (nbx_event_skew(o->event_max_skew_ms, &o->event_max_skew_ms, &e) != NBX_OK)
+        return nbx_fail(NULL, NBX_EINVAL, "%s: event_max_skew_ms: %s", fn, e.msg);
     return NBX_OK;
 }
 
@@ -219,6 +222,7 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
     pthread_mutex_init(&e->lock, NULL);
     engine_limits(&o, &e->limits);
     e->flags = o.flags;
+    e->event_max_skew_ms = o.event_max_skew_ms;
     e->log = o.log;
     e->log_ud = o.log_ud;
 

@@ -1,25 +1,22 @@
 /*
- * event.c: events (purchases and exposures): parse, validate, apply.
- *
- * Applying an event is idempotent per (customer, event id): the record is
- * stored under customer \0 \x02 event id (MDB_NOOVERWRITE), beside the
- * customer's counters, so a second application finds it and changes
- * nothing, and an event touches one neighbourhood of the tree. The records
- * are the exposure log later work (audit, learning) reads; erasing a
- * customer's range erases them with the counters.
+ * event.c: events (purchases and exposures) as they arrive: parse and
+ * validate one JSON event, and nbx_event_apply(), which applies it in its
+ * own transaction. What an event does to the store is effects.c's.
  */
 #include "nbx_int.h"
 
 #include <math.h>
-#include <msgpack.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct {
     const char *name;
     uint8_t type;
-} event_types[] = {{"purchase", NBX_EV_PURCHASE}, {"impression", NBX_EV_IMPRESSION},
-                   {"click", NBX_EV_CLICK},       {"accept", NBX_EV_ACCEPT},
+} event_types[] = {{"purchase", NBX_EV_PURCHASE},
+                   {"impression", NBX_EV_IMPRESSION},
+                   {"click", NBX_EV_CLICK},
+                   {"accept", NBX_EV_ACCEPT},
                    {"dismiss", NBX_EV_DISMISS}};
 
 const char *nbx_event_type_name(int type)
@@ -149,7 +146,8 @@ static const char *article(const char *word)
     return strchr("aeiou", word[0]) ? "an" : "a";
 }
 
-int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e)
+int nbx_event_parse(const char *json, size_t len, unsigned flags, nbx_event *ev, nbx_arena *a,
+                    nbx_err *e)
 {
     memset(ev, 0, sizeof *ev);
     ev->margin = NAN;
@@ -222,7 +220,7 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
                            "field 'type': unknown event type '%.*s' (purchase, impression, "
                            "click, accept, dismiss)",
                            (int)(type.len > 64 ? 64 : type.len), type.ptr);
-    if (!have_ts)
+    if (!have_ts && !(flags & NBX_EVENT_TS_OPTIONAL))
         return nbx_err_set(e, NBX_EPARSE, "field 'ts': is required");
     if (ev->type == NBX_EV_PURCHASE) {
         if (isnan(ev->amount))
@@ -237,133 +235,45 @@ int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, n
 }
 
 /* ========================================================================
- * Apply
+ * Checks against the writer: its clock, its catalog
  * ======================================================================== */
 
-static void pack_sv_or_nil(msgpack_packer *pk, nbx_sv s)
+/* The writer's clock is the one clock nbx trusts: an event dated ahead of
+ * it by more than the skew is refused (a client's clock cannot reach into
+ * the future of the counters), while old events (backfills, late arrivals)
+ * are fine. */
+int nbx_event_check(const nbx_event *ev, const nbx_event_rules *r, nbx_err *e)
 {
-    if (!s.len) {
-        msgpack_pack_nil(pk);
-        return;
+    if (ev->ts_ms > r->now_ms && ev->ts_ms - r->now_ms > r->max_skew_ms) {
+        char ts[NBX_TIME_BUFSZ], now[NBX_TIME_BUFSZ];
+        nbx_time_format(ev->ts_ms, ts);
+        nbx_time_format(r->now_ms, now);
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'ts': %s is ahead of this writer's clock (%s) by more than "
+                           "the %lld s an event may be",
+                           ts, now, (long long)(r->max_skew_ms / 1000));
     }
-    msgpack_pack_str(pk, s.len);
-    msgpack_pack_str_body(pk, s.ptr, s.len);
+    if (r->offer_known && ev->offer.len && !r->offer_known(r->offers, ev->offer))
+        return nbx_err_set(e, NBX_EINVAL, "field 'offer': '%.*s' is not an offer of the catalog",
+                           (int)(ev->offer.len > 128 ? 128 : ev->offer.len), ev->offer.ptr);
+    return NBX_OK;
 }
 
-static void pack_double_or_nil(msgpack_packer *pk, double v)
+int nbx_event_skew(int64_t given_ms, int64_t *out_ms, nbx_err *e)
 {
-    if (isnan(v))
-        msgpack_pack_nil(pk);
-    else
-        msgpack_pack_double(pk, v);
+    if (given_ms < 0 || given_ms > NBX_EVENT_SKEW_MAX_MS)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "the clock skew allowed to events is %lld ms; it must be 0 (the "
+                           "default, %d s) to %d ms",
+                           (long long)given_ms, NBX_DEFAULT_EVENT_SKEW_MS / 1000,
+                           NBX_EVENT_SKEW_MAX_MS);
+    *out_ms = given_ms ? given_ms : NBX_DEFAULT_EVENT_SKEW_MS;
+    return NBX_OK;
 }
 
-/* The event record: [ts, type, offer, placement, amount, margin], appended to
- * out. The customer and the event id are in its key. */
-int nbx_event_encode(const nbx_event *ev, nbx_buf *out)
-{
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, nbx_buf_msgpack_write);
-    msgpack_pack_array(&pk, 6);
-    msgpack_pack_int64(&pk, ev->ts_ms);
-    msgpack_pack_uint8(&pk, ev->type);
-    pack_sv_or_nil(&pk, ev->offer);
-    pack_sv_or_nil(&pk, ev->placement);
-    pack_double_or_nil(&pk, ev->amount);
-    pack_double_or_nil(&pk, ev->margin);
-    return out->oom ? NBX_ENOMEM : NBX_OK;
-}
-
-void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms)
-{
-    if (!exists) {
-        /* Purchases may arrive before the CRM's profile import. */
-        nbx_sv id = p->id;
-        memset(p, 0, sizeof *p);
-        p->id = id;
-        p->fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY;
-    }
-    nbx_rfm *r = &p->rfm;
-    if (!(p->fields & NBX_PF_RFM))
-        memset(r, 0, sizeof *r);
-    p->fields |= NBX_PF_RFM;
-    r->orders++;
-    r->revenue += ev->amount;
-    if (!isnan(ev->margin))
-        r->margin += ev->margin;
-    if (!r->first_purchase || ev->ts_ms < r->first_purchase)
-        r->first_purchase = ev->ts_ms;
-    if (ev->ts_ms > r->last_purchase)
-        r->last_purchase = ev->ts_ms;
-    p->updated_at = now_ms;
-}
-
-static int apply_purchase(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
-                          nbx_buf *scratch, nbx_err *e)
-{
-    nbx_profile p = {.id = ev->customer};
-    int rc = nbx_store_profile_get(s, txn, ev->customer, &p, a, e);
-    if (rc && rc != NBX_ENOTFOUND)
-        return rc;
-    p.id = ev->customer;
-    nbx_event_add_purchase(&p, rc == NBX_OK, ev, nbx_time_now());
-    return nbx_store_profile_put(s, txn, &p, scratch, e);
-}
-
-int nbx_event_exposure_kind(int type)
-{
-    return type == NBX_EV_IMPRESSION ? NBX_EXP_IMPRESSION
-           : type == NBX_EV_CLICK    ? NBX_EXP_CLICK
-           : type == NBX_EV_ACCEPT   ? NBX_EXP_ACCEPT
-                                     : NBX_EXP_DISMISS;
-}
-
-size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id)
-{
-    memcpy(out, customer.ptr, customer.len);
-    out[customer.len] = '\0';
-    out[customer.len + 1] = NBX_TAG_EVENT;
-    memcpy(out + customer.len + 2, event_id.ptr, event_id.len);
-    return customer.len + 2 + event_id.len;
-}
-
-static int apply_exposure(nbx_store *s, MDB_txn *txn, const nbx_event *ev, nbx_arena *a,
-                          nbx_buf *scratch, nbx_err *e)
-{
-    int kind = nbx_event_exposure_kind(ev->type);
-    int rc = nbx_exposure_bump(s, txn, ev->customer, ev->offer, kind, ev->ts_ms, a, scratch, e);
-    if (rc == NBX_OK)
-        rc = nbx_exposure_bump(s, txn, ev->customer, (nbx_sv){"", 0}, kind, ev->ts_ms, a, scratch,
-                               e);
-    if (rc == NBX_OK && (kind == NBX_EXP_IMPRESSION || kind == NBX_EXP_ACCEPT))
-        rc = nbx_budget_bump(s, txn, ev->offer, ev->ts_ms, kind == NBX_EXP_ACCEPT, e);
-    return rc;
-}
-
-int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
-                        nbx_arena *a, nbx_buf *scratch, nbx_err *e)
-{
-    *applied = 0;
-    nbx_buf_reset(scratch);
-    int rc = nbx_event_encode(ev, scratch);
-    if (rc)
-        return nbx_err_set(e, rc, "out of memory");
-    char key[NBX_EVENT_KEY_MAX];
-    MDB_val k = {nbx_event_key(key, ev->customer, ev->id), key};
-    MDB_val v = {scratch->len, scratch->data};
-    int mrc = mdb_put(txn, s->customers, &k, &v, MDB_NOOVERWRITE);
-    if (mrc == MDB_KEYEXIST)
-        return NBX_OK;
-    if (mrc)
-        return nbx_err_mdb(e, mrc, "recording an event");
-    rc = ev->type == NBX_EV_PURCHASE ? apply_purchase(s, txn, ev, a, scratch, e)
-                                     : apply_exposure(s, txn, ev, a, scratch, e);
-    if (rc == NBX_OK)
-        rc = nbx_store_events_add(s, txn, 1, e);
-    if (rc == NBX_OK)
-        *applied = 1;
-    return rc;
-}
+/* ========================================================================
+ * nbx_event_apply
+ * ======================================================================== */
 
 NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *applied)
 {
@@ -379,12 +289,16 @@ NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *app
     nbx_buf scratch = {0};
     nbx_event ev;
     MDB_txn *txn = NULL;
-    int done = 0;
-    int rc = nbx_event_parse(json, len, &ev, &arena, &e);
+    int outcome = 0;
+    const nbx_event_rules rules = {.now_ms = nbx_time_now(),
+                                   .max_skew_ms = NBX_DEFAULT_EVENT_SKEW_MS};
+    int rc = nbx_event_parse(json, len, 0, &ev, &arena, &e);
+    if (rc == NBX_OK)
+        rc = nbx_event_check(&ev, &rules, &e);
     if (rc == NBX_OK)
         rc = nbx_store_write_begin(s, &txn, &e);
     if (rc == NBX_OK)
-        rc = nbx_event_apply_txn(s, txn, &ev, &done, &arena, &scratch, &e);
+        rc = nbx_event_apply_txn(s, txn, &ev, &outcome, &arena, &scratch, &e);
     if (rc == NBX_OK) {
         rc = nbx_store_commit(s, txn, &e);
         txn = NULL;
@@ -395,6 +309,6 @@ NBX_API int nbx_event_apply(nbx_store *s, const char *json, size_t len, int *app
     if (rc)
         return nbx_publish(s, &e);
     if (applied)
-        *applied = done;
+        *applied = outcome == NBX_RECORD_APPLIED;
     return NBX_OK;
 }

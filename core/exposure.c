@@ -1,44 +1,26 @@
 /*
- * exposure.c: per-customer exposure counters and per-day offer budgets.
- *
- * Keys (docs/data-model.md, "Store layout"):
- *   customers: customer \0 \x01 offer -> counters for that offer
- *              customer \0 \x01       -> counters over all offers (contacts)
- *   budgets:   day (4 bytes, big-endian) offer -> [impressions, accepts]
- * Both sort so that one cursor range reads everything a decision needs: a
- * customer's counters in offer-id order (the customer's event records sort
- * after them, under \x02), and a day's budgets in offer-id order, joined
- * against the catalog (also in offer-id order).
+ * exposure.c: exposure counters, bucketed by UTC day: adding events to a
+ * counter row and counting a row over a window. The rows are read by
+ * eligibility (caps.c) and written by the effects of events (effects.c);
+ * their layout is codec.c's (docs/format.md).
  */
 #include "nbx_int.h"
 
-#include <msgpack.h>
 #include <string.h>
 
-size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer)
-{
-    memcpy(out, customer.ptr, customer.len);
-    out[customer.len] = '\0';
-    out[customer.len + 1] = NBX_TAG_COUNTERS;
-    if (offer.len)
-        memcpy(out + customer.len + 2, offer.ptr, offer.len);
-    return customer.len + 2 + offer.len;
-}
-
-size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer)
-{
-    out[0] = (char)(day >> 24);
-    out[1] = (char)(day >> 16);
-    out[2] = (char)(day >> 8);
-    out[3] = (char)day;
-    memcpy(out + 4, offer.ptr, offer.len);
-    return 4 + offer.len;
-}
-
-/* Add n events of one kind at ts to x, keeping buckets sorted and at most
- * NBX_WINDOW_DAYS_MAX days behind the newest one. The result does not depend
- * on the order events are added in, which lets bulk ingest group them. */
-int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a)
+/* Add n events of one kind at ts to x, keeping buckets sorted.
+ *
+ * Pruning: a bucket is dropped when it is more than NBX_WINDOW_DAYS_MAX days
+ * older than the newest bucket AND than the writer's day (now_ms), never
+ * because of an event's own time alone: one event dated a year ahead
+ * (a wrong clock, a hostile client) must not erase the customer's counters
+ * for the days that count now. Rows keep at most NBX_EXPOSURE_DAYS_MAX
+ * buckets (the oldest go first), so buckets ahead of the writer's clock (a
+ * decision recorded with a future clock) cannot grow a row without bound.
+ * Either way the result does not depend on the order events are added in,
+ * for one now_ms, which lets bulk ingest group them. */
+int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, int64_t now_ms,
+                     nbx_arena *a)
 {
     uint32_t day = nbx_day_of(ts);
     if (ts > x->last[kind])
@@ -62,88 +44,32 @@ int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_aren
         x->days = days;
         x->n_days++;
     }
-    uint32_t newest = x->days[x->n_days - 1].day;
+    uint32_t newest = x->days[x->n_days - 1].day, today = nbx_day_of(now_ms);
+    uint32_t anchor = newest < today ? newest : today;
     uint32_t drop = 0;
-    while (drop < x->n_days && newest - x->days[drop].day > NBX_WINDOW_DAYS_MAX)
+    while (drop < x->n_days && x->days[drop].day < anchor &&
+           anchor - x->days[drop].day > NBX_WINDOW_DAYS_MAX)
         drop++;
+    if (x->n_days - drop > NBX_EXPOSURE_DAYS_MAX)
+        drop = x->n_days - NBX_EXPOSURE_DAYS_MAX;
     x->days += drop;
     x->n_days -= drop;
     return NBX_OK;
 }
 
-int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
-                      int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e)
+uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days)
 {
-    char key[NBX_COUNTER_KEY_MAX];
-    MDB_val k = {nbx_exposure_key(key, customer, offer), key}, v;
-    nbx_exposure x;
-    int rc = mdb_get(txn, s->customers, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        memset(&x, 0, sizeof x);
-    } else if (rc) {
-        return nbx_err_mdb(e, rc, "reading exposure counters");
-    } else if ((rc = nbx_exposure_decode(v.mv_data, v.mv_size, &x, a)) != NBX_OK) {
-        return nbx_err_set(e, rc, "exposure counters of '%.*s' cannot be decoded",
-                           (int)customer.len, customer.ptr);
+    if (days == 0)
+        return 0;
+    uint32_t first = today >= days - 1 ? today - (days - 1) : 0;
+    uint32_t sum = 0;
+    /* Buckets ascend: walk back from the newest. */
+    for (uint32_t i = x->n_days; i-- > 0;) {
+        uint32_t d = x->days[i].day;
+        if (d < first)
+            break;
+        if (d <= today)
+            sum += x->days[i].n[kind];
     }
-    if (nbx_exposure_add(&x, kind, ts, 1, a) != NBX_OK)
-        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    nbx_buf_reset(scratch);
-    if (nbx_exposure_encode(&x, scratch) != NBX_OK)
-        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    v.mv_size = scratch->len;
-    v.mv_data = scratch->data;
-    rc = mdb_put(txn, s->customers, &k, &v, 0);
-    return rc ? nbx_err_mdb(e, rc, "writing exposure counters") : NBX_OK;
-}
-
-int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
-                    nbx_err *e)
-{
-    return nbx_budget_add(s, txn, offer, nbx_day_of(ts), accept ? 0 : 1, accept ? 1 : 0, e);
-}
-
-int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e)
-{
-    nbx_mp m;
-    nbx_mp_init(&m, data, size);
-    counts[0] = counts[1] = 0;
-    if (nbx_mp_array(&m) >= 2) {
-        counts[0] = nbx_mp_uint(&m);
-        counts[1] = nbx_mp_uint(&m);
-    }
-    if (m.bad)
-        return nbx_err_set(e, NBX_ECORRUPT, "budget counters of '%.*s' cannot be decoded",
-                           (int)offer.len, offer.ptr);
-    return NBX_OK;
-}
-
-int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
-                   uint64_t accepts, nbx_err *e)
-{
-    char key[4 + NBX_OFFER_ID_MAX];
-    MDB_val k = {nbx_budget_key(key, day, offer), key}, v;
-    uint64_t counts[2] = {0, 0};
-    int rc = mdb_get(txn, s->budgets, &k, &v);
-    if (rc == 0) {
-        if ((rc = nbx_budget_decode(v.mv_data, v.mv_size, offer, counts, e)))
-            return rc;
-    } else if (rc != MDB_NOTFOUND) {
-        return nbx_err_mdb(e, rc, "reading budget counters");
-    }
-    counts[0] += impressions;
-    counts[1] += accepts;
-    char buf[32];
-    nbx_buf out = {0};
-    msgpack_packer pk;
-    out.data = buf;
-    out.cap = sizeof buf; /* never grows: 2 uint64 fit in 19 bytes */
-    msgpack_packer_init(&pk, &out, nbx_buf_msgpack_write);
-    msgpack_pack_array(&pk, 2);
-    msgpack_pack_uint64(&pk, counts[0]);
-    msgpack_pack_uint64(&pk, counts[1]);
-    v.mv_size = out.len;
-    v.mv_data = buf;
-    rc = mdb_put(txn, s->budgets, &k, &v, 0);
-    return rc ? nbx_err_mdb(e, rc, "writing budget counters") : NBX_OK;
+    return sum;
 }

@@ -30,15 +30,21 @@
  * Grouping changes no result: the records of one key are applied in file
  * order, exactly as nbx_profile_put() or nbx_event_apply() line by line
  * would (tests/test_ingest.c compares the two); events of different
- * customers touch different keys, and budgets are sums.
+ * customers touch different keys, and budgets are sums. What an event does
+ * is effects.c's: ingest hands it one customer's events at a time.
  *
  * Memory is bounded by the chunk, run and batch sizes, never by the file.
+ *
+ * Events are checked against the writer's clock (nbx_event_check) and, with
+ * nbx_import_options.catalog, against a catalog: ingest loads one, so it
+ * sits above the catalog in the layers (docs/architecture.md).
  */
 #include "nbx_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,7 +138,7 @@ static int open_spool(const char *dir, nbx_err *e)
  * u32 length (all of it), u32 line within its chunk, then the payload:
  *   profile: u32 fields, id, f64 ltv, f64 churn, i64 updated_at,
  *            i64 first, i64 last, u64 orders, f64 revenue, f64 margin,
- *            u8 r, f, m, segment,
+ *            u8 r, f, m, segment, i64 rfm as_of,
  *            u16 n, n x (key, u8 type, string | f64 | u8 | nothing),
  *            u16 n, n x (purpose, u8 state), u16 n, n x (key, f64)
  *   event:   u8 type, i64 ts, f64 amount, f64 margin, id, customer, offer,
@@ -232,7 +238,7 @@ static inline nbx_sv get_sv(reader *r)
 
 static size_t profile_record_size(const nbx_profile *p)
 {
-    size_t n = 8 + 4 + 2 + p->id.len + 3 * 8 + 5 * 8 + 4 + 3 * 2;
+    size_t n = 8 + 4 + 2 + p->id.len + 3 * 8 + 5 * 8 + 4 + 8 + 3 * 2;
     for (uint32_t i = 0; i < p->n_attrs; i++) {
         const nbx_attr *a = &p->attrs[i];
         n += 2 + a->key.len + 1;
@@ -266,6 +272,7 @@ static void spool_profile(nbx_buf *b, uint32_t line, const nbx_profile *p)
     put_f64(&w, r->margin);
     const uint8_t scores[4] = {r->r, r->f, r->m, r->segment};
     put_raw(&w, scores, sizeof scores);
+    put_i64(&w, p->rfm_base.as_of);
     put_u16(&w, (uint16_t)p->n_attrs);
     for (uint32_t i = 0; i < p->n_attrs; i++) {
         const nbx_attr *a = &p->attrs[i];
@@ -310,6 +317,7 @@ static int unspool_profile(const char *rec, size_t len, nbx_profile *p, nbx_aren
     f->f = get_uint8_t(&r);
     f->m = get_uint8_t(&r);
     f->segment = get_uint8_t(&r);
+    p->rfm_base.as_of = get_int64_t(&r);
     p->n_attrs = get_uint16_t(&r);
     p->attrs = nbx_arena_alloc(a, (p->n_attrs + 1) * sizeof *p->attrs);
     if (!p->attrs)
@@ -507,7 +515,8 @@ typedef struct chunk {
 
 typedef struct validator {
     nbx_import_kind kind;
-    bool keep_going; /* rejects_path set: record bad lines and go on */
+    bool keep_going;       /* rejects_path set: record bad lines and go on */
+    nbx_event_rules rules; /* events: the writer's clock, at the start */
     pthread_mutex_t mu;
     pthread_cond_t work; /* a chunk is ready, or stop */
     pthread_cond_t done; /* a chunk is parsed */
@@ -601,7 +610,11 @@ static void parse_chunk(validator *v, chunk *c, nbx_arena *arena)
                     spool_profile(&c->spool, line, &patch);
             } else {
                 nbx_event ev;
-                rc = nbx_event_parse(p, n, &ev, arena, &e);
+                rc = nbx_event_parse(p, n, 0, &ev, arena, &e);
+                /* a line the writer refuses (its clock, its catalog) is a
+                 * bad line like any other */
+                if (rc == NBX_OK && nbx_event_check(&ev, &v->rules, &e) != NBX_OK)
+                    rc = e.code = NBX_EPARSE;
                 if (rc == NBX_OK)
                     spool_event(&c->spool, line, &ev);
             }
@@ -702,6 +715,8 @@ typedef struct importer {
     const char *name; /* the path, or "<stdin>", for messages */
     const nbx_import_options *opts;
     size_t batch_size;
+    int64_t max_skew_ms;
+    nbx_catalog *catalog; /* events: offers must be its (opts->catalog) */
     nbx_import_stats stats;
     nbx_err err;
     /* input */
@@ -993,10 +1008,22 @@ static unsigned parser_threads(void)
     return n > PARSER_THREADS_MAX ? PARSER_THREADS_MAX : (unsigned)n;
 }
 
+/* The parser threads look offers up in a catalog they only read. */
+static bool offer_in_catalog(const void *catalog, nbx_sv id)
+{
+    return nbx_catalog_offer(catalog, id) != NULL;
+}
+
 /* The calling thread reads and collects; parser threads parse. */
 static int validate(importer *im)
 {
-    validator v = {.kind = im->kind, .keep_going = im->opts->rejects_path != NULL};
+    validator v = {.kind = im->kind,
+                   .keep_going = im->opts->rejects_path != NULL,
+                   .rules = {.now_ms = nbx_time_now(), .max_skew_ms = im->max_skew_ms}};
+    if (im->catalog) {
+        v.rules.offer_known = offer_in_catalog;
+        v.rules.offers = im->catalog;
+    }
     unsigned n_threads = parser_threads();
     v.n_chunks = n_threads + 2;
     pthread_t threads[PARSER_THREADS_MAX];
@@ -1103,17 +1130,6 @@ typedef struct val_ref {
 
 enum { BATCH_FREE, BATCH_FULL };
 
-/* An event as the writer takes it: records of one customer in file order,
- * customers in key order, everything the writer reads next to each other
- * (it walks them in sequence instead of jumping about the batch). */
-typedef struct wrec {
-    nbx_event ev; /* customer, id and offer point into the batch's wbytes */
-    MDB_val key;  /* customer \0 \x02 event id */
-    MDB_val val;  /* the event record */
-    uint64_t line;
-    bool applied; /* set by the writer: the event was new */
-} wrec;
-
 typedef struct batch {
     int state;
     int status;      /* preparer's error, or NBX_DONE after the last batch */
@@ -1137,10 +1153,13 @@ typedef struct batch {
     val_ref *fresh; /* per record: the group's value as a new profile (first of group) */
     int *fresh_rc;
     /* events, in (customer, line) order */
-    nbx_event *ev;  /* strings point into bytes */
-    wrec *w;        /* the same, as the writer takes them */
-    nbx_buf wbytes; /* their keys, values and offer ids, in the same order */
-    size_t cap;     /* records the arrays above hold */
+    nbx_event *ev;    /* strings point into bytes */
+    nbx_fx_event *fx; /* the same, as the effects take them: one customer's
+                         in file order, customers in key order, each with
+                         its record encoded (the writer walks them in
+                         sequence instead of jumping about the batch) */
+    nbx_buf wbytes;   /* their keys, values and offer ids, in the same order */
+    size_t cap;       /* records the arrays above hold */
 } batch;
 
 /* One sorted run of the spool, read through a buffer. */
@@ -1189,7 +1208,7 @@ static void batch_free(batch *b)
     free(b->fresh);
     free(b->fresh_rc);
     free(b->ev);
-    free(b->w);
+    free(b->fx);
     nbx_buf_free(&b->wbytes);
     free(b->units);
 }
@@ -1202,7 +1221,7 @@ static int batch_reserve(batch *b, nbx_import_kind kind, size_t n)
     if (ok && kind == NBX_IMPORT_PROFILES)
         ok = GROW(b->patch, n) && GROW(b->by_id, n) && GROW(b->fresh, n) && GROW(b->fresh_rc, n);
     if (ok && kind == NBX_IMPORT_EVENTS)
-        ok = GROW(b->ev, n) && GROW(b->w, n);
+        ok = GROW(b->ev, n) && GROW(b->fx, n);
     if (!ok)
         return NBX_ENOMEM;
     b->cap = n;
@@ -1398,19 +1417,23 @@ static inline uint32_t record_len(const batch *b, uint32_t i)
 }
 
 /* The patches of one id (by_id[from, to)) merged in file order over base
- * (NULL: a new profile), as nbx_profile_put() line by line would. */
+ * (NULL: a new profile), as nbx_profile_put() line by line would. *dated:
+ * some patch gave updated_at. */
 static int merge_group(const batch *b, uint32_t from, uint32_t to, const nbx_profile *base,
-                       nbx_profile *out, nbx_arena *a, nbx_err *e)
+                       nbx_profile *out, bool *dated, nbx_arena *a, nbx_err *e)
 {
     if (from >= to) /* groups are never empty */
         return nbx_err_set(e, NBX_EINVAL, "internal error: empty group");
     /* two results in turn: a merge never reads and writes one struct */
     nbx_profile step[2];
     int k = 0;
+    *dated = false;
     for (uint32_t j = from; j < to; j++, k ^= 1) {
-        int rc = nbx_profile_patch(base, &b->patch[b->by_id[j].rec], b->now_ms, &step[k], a, e);
+        const nbx_profile *patch = &b->patch[b->by_id[j].rec];
+        int rc = nbx_profile_patch(base, patch, &step[k], a, e);
         if (rc)
             return rc;
+        *dated |= (patch->fields & NBX_PF_UPDATED_AT) != 0;
         base = &step[k];
     }
     *out = *base;
@@ -1442,9 +1465,13 @@ static int prepare_profiles(batch *b)
         b->units[b->n_units++] = from;
         nbx_profile merged;
         nbx_err e = {0};
-        b->fresh_rc[from] = merge_group(b, from, to, NULL, &merged, &b->arena, &e);
+        bool dated;
+        b->fresh_rc[from] = merge_group(b, from, to, NULL, &merged, &dated, &b->arena, &e);
         if (b->fresh_rc[from] != NBX_OK)
             continue; /* the writer redoes it and reports, if it needs it */
+        if (!dated)
+            merged.updated_at = b->now_ms;
+        nbx_profile_settle_base(&merged); /* a new customer has no purchases recorded */
         size_t off = b->vals.len;
         if (nbx_profile_encode(&merged, &b->vals) != NBX_OK)
             return nbx_err_set(&b->err, NBX_ENOMEM, "out of memory");
@@ -1480,12 +1507,12 @@ static int prepare_events(batch *b)
             return nbx_err_set(&b->err, NBX_EIO, "the import spool is out of order");
         if (j == 0 || !nbx_sv_eq(b->ev[j - 1].customer, ev->customer))
             b->units[b->n_units++] = j;
-        wrec *r = &b->w[j];
+        nbx_fx_event *r = &b->fx[j];
         char *key = b->wbytes.data + b->wbytes.len;
         size_t klen = nbx_event_key(key, ev->customer, ev->id);
         b->wbytes.len += klen;
         char *val = b->wbytes.data + b->wbytes.len;
-        nbx_event_encode(ev, &b->wbytes);
+        nbx_event_record_encode(ev, &b->wbytes);
         size_t vlen = (size_t)(b->wbytes.data + b->wbytes.len - val);
         char *offer = b->wbytes.data + b->wbytes.len;
         nbx_buf_append(&b->wbytes, ev->offer.ptr, ev->offer.len);
@@ -1498,8 +1525,7 @@ static int prepare_events(batch *b)
         r->ev.placement = (nbx_sv){"", 0};
         r->key = (MDB_val){klen, key};
         r->val = (MDB_val){vlen, val};
-        r->line = b->line[j];
-        r->applied = false;
+        r->outcome = 0;
     }
     b->units[b->n_units] = b->n;
     return NBX_OK;
@@ -1559,34 +1585,14 @@ static void *preparer_main(void *arg)
  * Writers: one transaction per batch, keys in order
  * ------------------------------------------------------------------------ */
 
-/* Budget rows a transaction adds to: (UTC day, offer) -> counts, written
- * once each, in key order, just before the transaction commits. */
-typedef struct budget_slot {
-    nbx_sv offer; /* points into the batch */
-    uint32_t day;
-    uint32_t rec;  /* a record counted here (index into w), for messages */
-    uint64_t n[2]; /* impressions, accepts */
-    bool used;
-} budget_slot;
-
-typedef struct budget_map {
-    budget_slot *slots;
-    uint32_t cap; /* a power of two, or 0 */
-    uint32_t n;
-} budget_map;
-
 typedef struct writer {
     importer *im;
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
-    uint64_t fail_line;  /* line of the record that failed, 0 if none */
-    uint32_t units_max;  /* units per transaction once one was too big; 0: any */
-    /* events */
-    budget_map budgets;
-    kref *exposures; /* scratch: one customer's new exposure events, by offer */
-    size_t exposures_cap;
-    uint64_t txn_applied; /* new events in the open transaction */
+    uint64_t fail_line; /* line of the record that failed, 0 if none */
+    uint32_t units_max; /* units per transaction once one was too big; 0: any */
+    nbx_effects fx;     /* events */
 } writer;
 
 static int mdb_fail(writer *w, int rc, const char *what, uint64_t line)
@@ -1618,11 +1624,21 @@ static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
         mdb_cursor_close(cur);
         return mdb_fail(w, rc, "writing profiles", 0);
     }
-    rc = NBX_OK;
+    nbx_suppressions erased;
+    rc = nbx_suppressions_begin(s, w->txn, &erased, e);
     for (uint32_t u = u0; rc == NBX_OK && u < u1; u++) {
         uint32_t from = b->units[u], to = b->units[u + 1];
         const kref *id = &b->by_id[from];
         uint64_t line = b->line[id->rec];
+        int gone = nbx_suppressed(s, w->txn, &erased, (nbx_sv){id->key, id->len}, e);
+        if (gone) { /* an erased customer's lines are refused, or an error */
+            if (gone < 0) {
+                rc = gone;
+                w->fail_line = line;
+            } else
+                w->im->stats.suppressed += to - from;
+            continue;
+        }
         k = (MDB_val){id->len, (void *)id->key};
         int found = append ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
         if (found != 0 && found != MDB_NOTFOUND) {
@@ -1637,20 +1653,15 @@ static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
                 rc = mdb_fail(w, mrc, "writing a profile", line);
         } else {
             nbx_profile base = {.id = {id->key, id->len}}, merged;
+            bool dated = false;
             if (found == 0)
                 rc = nbx_profile_decode(v.mv_data, v.mv_size, &base, &w->arena, e);
             if (rc == NBX_OK)
-                rc = merge_group(b, from, to, found == 0 ? &base : NULL, &merged, &w->arena, e);
-            nbx_buf_reset(&w->scratch);
-            if (rc == NBX_OK && nbx_profile_encode(&merged, &w->scratch) != NBX_OK)
-                rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
-            if (rc == NBX_OK) {
-                MDB_val val = {w->scratch.len, w->scratch.data};
-                k = (MDB_val){id->len, (void *)id->key};
-                int mrc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-                if (mrc)
-                    rc = mdb_fail(w, mrc, "writing a profile", line);
-            }
+                rc = merge_group(b, from, to, found == 0 ? &base : NULL, &merged, &dated, &w->arena,
+                                 e);
+            if (rc == NBX_OK)
+                rc = nbx_profile_store(s, w->txn, cur, found == 0 ? &base : NULL, &v, &merged,
+                                       dated, b->now_ms, append, &w->scratch, e);
             if (rc)
                 w->fail_line = line;
         }
@@ -1662,215 +1673,8 @@ static int write_profiles(writer *w, const batch *b, uint32_t u0, uint32_t u1)
 }
 
 /* ------------------------------------------------------------------------
- * Events: one customer at a time
+ * Events: one customer at a time, through the effects of events
  * ------------------------------------------------------------------------ */
-
-static int budget_grow(budget_map *m)
-{
-    uint32_t cap = m->cap ? m->cap * 2 : 256;
-    budget_slot *slots = calloc(cap, sizeof *slots);
-    if (!slots)
-        return NBX_ENOMEM;
-    for (uint32_t i = 0; i < m->cap; i++) {
-        if (!m->slots[i].used)
-            continue;
-        const budget_slot *o = &m->slots[i];
-        uint32_t h = (uint32_t)nbx_hash64(o->offer.ptr, o->offer.len, o->day) & (cap - 1);
-        while (slots[h].used)
-            h = (h + 1) & (cap - 1);
-        slots[h] = *o;
-    }
-    free(m->slots);
-    m->slots = slots;
-    m->cap = cap;
-    return NBX_OK;
-}
-
-/* Count one impression (or accept) of an applied event. */
-static int budget_count(budget_map *m, const nbx_event *ev, uint32_t rec)
-{
-    if (2 * (m->n + 1) > m->cap && budget_grow(m) != NBX_OK)
-        return NBX_ENOMEM;
-    uint32_t day = nbx_day_of(ev->ts_ms);
-    uint32_t h = (uint32_t)nbx_hash64(ev->offer.ptr, ev->offer.len, day) & (m->cap - 1);
-    while (m->slots[h].used && !(m->slots[h].day == day && nbx_sv_eq(m->slots[h].offer, ev->offer)))
-        h = (h + 1) & (m->cap - 1);
-    budget_slot *b = &m->slots[h];
-    if (!b->used) {
-        *b = (budget_slot){.offer = ev->offer, .day = day, .rec = rec, .used = true};
-        m->n++;
-    }
-    b->n[ev->type == NBX_EV_ACCEPT]++;
-    return NBX_OK;
-}
-
-static int budget_slot_cmp(const void *x, const void *y)
-{
-    const budget_slot *a = x, *b = y;
-    if (a->day != b->day)
-        return a->day < b->day ? -1 : 1;
-    return nbx_sv_cmp(a->offer, b->offer);
-}
-
-static void budget_clear(budget_map *m)
-{
-    if (m->n)
-        memset(m->slots, 0, m->cap * sizeof *m->slots);
-    m->n = 0;
-}
-
-/* Write the transaction's budget rows in key order (day, then offer), and
- * empty the map for the next transaction. */
-static int write_budgets(writer *w, const batch *b)
-{
-    budget_map *m = &w->budgets;
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < m->cap; i++)
-        if (m->slots[i].used)
-            m->slots[n++] = m->slots[i];
-    if (n > 1)
-        qsort(m->slots, n, sizeof *m->slots, budget_slot_cmp);
-    int rc = NBX_OK;
-    for (uint32_t i = 0; i < n && rc == NBX_OK; i++) {
-        const budget_slot *s = &m->slots[i];
-        rc = nbx_budget_add(w->im->store, w->txn, s->offer, s->day, s->n[0], s->n[1], &w->im->err);
-        if (rc)
-            w->fail_line = b->w[s->rec].line;
-    }
-    budget_clear(m);
-    return rc;
-}
-
-/* One counter row of a customer (offer empty: the all-offers row): one read,
- * the new exposure events xs[from, to), one write. */
-static int write_counters(writer *w, const batch *b, MDB_cursor *cur, nbx_sv customer, nbx_sv offer,
-                          const kref *xs, uint32_t from, uint32_t to)
-{
-    nbx_err *e = &w->im->err;
-    uint64_t line = b->w[xs[from].rec].line;
-    char key[NBX_COUNTER_KEY_MAX];
-    size_t klen = nbx_exposure_key(key, customer, offer);
-    MDB_val k = {klen, key}, v;
-    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
-    if (found != 0 && found != MDB_NOTFOUND)
-        return mdb_fail(w, found, "reading exposure counters", line);
-    nbx_arena_reset(&w->arena);
-    nbx_exposure counters;
-    memset(&counters, 0, sizeof counters);
-    if (found == 0 && nbx_exposure_decode(v.mv_data, v.mv_size, &counters, &w->arena) != NBX_OK) {
-        w->fail_line = line;
-        return nbx_err_set(e, NBX_ECORRUPT, "exposure counters of '%.*s' cannot be decoded",
-                           (int)customer.len, customer.ptr);
-    }
-    for (uint32_t j = from; j < to; j++) {
-        const nbx_event *ev = &b->w[xs[j].rec].ev;
-        if (nbx_exposure_add(&counters, nbx_event_exposure_kind(ev->type), ev->ts_ms, 1,
-                             &w->arena) != NBX_OK)
-            return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    }
-    nbx_buf_reset(&w->scratch);
-    if (nbx_exposure_encode(&counters, &w->scratch) != NBX_OK)
-        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    MDB_val val = {w->scratch.len, w->scratch.data};
-    /* after a hit, k points into the page the put rewrites */
-    k = (MDB_val){klen, key};
-    int rc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-    return rc ? mdb_fail(w, rc, "writing exposure counters", line) : NBX_OK;
-}
-
-/* The customer's new purchases among w[from, to): one read, each purchase
- * in file order, one write. */
-static int write_purchases(writer *w, const batch *b, MDB_cursor *cur, nbx_sv customer,
-                           uint32_t from, uint32_t to)
-{
-    nbx_err *e = &w->im->err;
-    uint64_t line = b->w[from].line;
-    MDB_val k = {customer.len, (void *)customer.ptr}, v;
-    int found = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
-    if (found != 0 && found != MDB_NOTFOUND)
-        return mdb_fail(w, found, "reading a profile", line);
-    nbx_arena_reset(&w->arena);
-    nbx_profile p = {.id = customer};
-    if (found == 0) {
-        int rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &w->arena, e);
-        if (rc) {
-            w->fail_line = line;
-            return rc;
-        }
-    }
-    bool exists = found == 0;
-    for (uint32_t j = from; j < to; j++) {
-        const wrec *r = &b->w[j];
-        if (r->applied && r->ev.type == NBX_EV_PURCHASE) {
-            nbx_event_add_purchase(&p, exists, &r->ev, b->now_ms);
-            exists = true;
-        }
-    }
-    nbx_buf_reset(&w->scratch);
-    if (nbx_profile_encode(&p, &w->scratch) != NBX_OK)
-        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
-    MDB_val val = {w->scratch.len, w->scratch.data};
-    k = (MDB_val){customer.len, (void *)customer.ptr};
-    int rc = mdb_cursor_put(cur, &k, &val, found == 0 ? MDB_CURRENT : 0);
-    return rc ? mdb_fail(w, rc, "writing a profile", line) : NBX_OK;
-}
-
-/* Everything one customer's events of the batch write: their records (an
- * id this customer already has is a duplicate), then the counter rows (the
- * all-offers row, then each offer's, in key order), the profile if there
- * are purchases, and the budget counts. */
-static int write_customer(writer *w, batch *b, MDB_cursor *customers, MDB_cursor *profiles,
-                          uint32_t u)
-{
-    uint32_t from = b->units[u], to = b->units[u + 1];
-    nbx_sv customer = b->w[from].ev.customer;
-    if (w->exposures_cap < to - from) {
-        kref *x = realloc(w->exposures, (to - from) * sizeof *x);
-        if (!x)
-            return nbx_err_set(&w->im->err, NBX_ENOMEM, "out of memory");
-        w->exposures = x;
-        w->exposures_cap = to - from;
-    }
-    uint32_t n_new = 0, n_exposures = 0;
-    bool purchases = false;
-    for (uint32_t j = from; j < to; j++) {
-        wrec *r = &b->w[j];
-        MDB_val k = r->key, v = r->val;
-        int rc = mdb_cursor_put(customers, &k, &v, MDB_NOOVERWRITE);
-        r->applied = rc == 0;
-        if (rc == MDB_KEYEXIST)
-            continue;
-        if (rc)
-            return mdb_fail(w, rc, "recording an event", r->line);
-        n_new++;
-        if (r->ev.type == NBX_EV_PURCHASE)
-            purchases = true;
-        else
-            w->exposures[n_exposures++] = kref_of(r->ev.offer.ptr, r->ev.offer.len, j);
-    }
-    int rc = NBX_OK;
-    if (n_exposures) {
-        const kref *xs = w->exposures;
-        if (n_exposures > 1)
-            qsort(w->exposures, n_exposures, sizeof *xs, kref_cmp);
-        rc = write_counters(w, b, customers, customer, (nbx_sv){"", 0}, xs, 0, n_exposures);
-        for (uint32_t g = 0, h; rc == NBX_OK && g < n_exposures; g = h) {
-            h = group_end(xs, g, n_exposures);
-            nbx_sv offer = {xs[g].key, xs[g].len};
-            rc = write_counters(w, b, customers, customer, offer, xs, g, h);
-        }
-        for (uint32_t j = 0; rc == NBX_OK && j < n_exposures; j++) {
-            const nbx_event *ev = &b->w[xs[j].rec].ev;
-            if ((ev->type == NBX_EV_IMPRESSION || ev->type == NBX_EV_ACCEPT) &&
-                budget_count(&w->budgets, ev, xs[j].rec) != NBX_OK)
-                rc = nbx_err_set(&w->im->err, NBX_ENOMEM, "out of memory");
-        }
-    }
-    if (rc == NBX_OK && purchases)
-        rc = write_purchases(w, b, profiles, customer, from, to);
-    w->txn_applied += n_new;
-    return rc;
-}
 
 /* Customers [u0, u1) of the batch in the open transaction, with their
  * budget counts and the event count: every committed transaction holds
@@ -1878,29 +1682,20 @@ static int write_customer(writer *w, batch *b, MDB_cursor *customers, MDB_cursor
 static int write_events(writer *w, batch *b, uint32_t u0, uint32_t u1)
 {
     importer *im = w->im;
-    nbx_store *s = im->store;
-    w->txn_applied = 0;
-    MDB_cursor *customers = NULL, *profiles = NULL;
-    int rc = NBX_OK;
-    int mrc = mdb_cursor_open(w->txn, s->customers, &customers);
-    if (mrc == 0)
-        mrc = mdb_cursor_open(w->txn, s->profiles, &profiles);
-    if (mrc)
-        rc = mdb_fail(w, mrc, "recording events", 0);
+    int rc = nbx_effects_begin(&w->fx, im->store, w->txn, b->now_ms, &im->err);
     for (uint32_t u = u0; rc == NBX_OK && u < u1; u++)
-        rc = write_customer(w, b, customers, profiles, u);
-    if (profiles)
-        mdb_cursor_close(profiles);
-    if (customers)
-        mdb_cursor_close(customers);
+        rc = nbx_effects_customer(&w->fx, &b->fx[b->units[u]], b->units[u + 1] - b->units[u],
+                                  &im->err);
     if (rc == NBX_OK)
-        rc = write_budgets(w, b);
-    budget_clear(&w->budgets);
-    if (rc == NBX_OK)
-        rc = nbx_store_events_add(s, w->txn, (int64_t)w->txn_applied, &im->err);
+        rc = nbx_effects_end(&w->fx, &im->err);
+    else
+        nbx_effects_cancel(&w->fx);
+    if (rc && w->fx.failed)
+        w->fail_line = b->line[w->fx.failed - b->fx];
     if (rc == NBX_OK) {
-        im->stats.applied += w->txn_applied;
-        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->txn_applied;
+        im->stats.applied += w->fx.applied;
+        im->stats.suppressed += w->fx.suppressed;
+        im->stats.duplicates += (b->units[u1] - b->units[u0]) - w->fx.applied - w->fx.suppressed;
     }
     return rc;
 }
@@ -1910,13 +1705,13 @@ static int write_events(writer *w, batch *b, uint32_t u0, uint32_t u1)
 static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
 {
     importer *im = w->im;
-    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates;
+    uint64_t applied = im->stats.applied, duplicates = im->stats.duplicates,
+             suppressed = im->stats.suppressed;
     w->fail_line = 0;
     int rc = nbx_store_write_begin(im->store, &w->txn, &im->err);
     if (rc)
         return rc;
-    rc = im->kind == NBX_IMPORT_EVENTS ? write_events(w, b, u0, u1)
-                                       : write_profiles(w, b, u0, u1);
+    rc = im->kind == NBX_IMPORT_EVENTS ? write_events(w, b, u0, u1) : write_profiles(w, b, u0, u1);
     if (rc == NBX_OK)
         rc = nbx_store_commit(im->store, w->txn, &im->err);
     else
@@ -1925,11 +1720,11 @@ static int write_txn(writer *w, batch *b, uint32_t u0, uint32_t u1)
     if (rc) {
         im->stats.applied = applied;
         im->stats.duplicates = duplicates;
+        im->stats.suppressed = suppressed;
         /* the budgets, the count or the commit: name the transaction's first record */
         if (w->fail_line == 0)
-            w->fail_line = im->kind == NBX_IMPORT_EVENTS
-                               ? b->w[b->units[u0]].line
-                               : b->line[b->by_id[b->units[u0]].rec];
+            w->fail_line = im->kind == NBX_IMPORT_EVENTS ? b->line[b->units[u0]]
+                                                         : b->line[b->by_id[b->units[u0]].rec];
     }
     return rc;
 }
@@ -1972,6 +1767,7 @@ static int apply(importer *im, uint64_t *stopped_at)
 {
     applier ap = {.im = im};
     writer w = {.im = im};
+    nbx_effects_init(&w.fx, NULL, &w.scratch);
     pthread_mutex_init(&ap.mu, NULL);
     pthread_cond_init(&ap.cond, NULL);
     pthread_t thread;
@@ -2028,8 +1824,7 @@ done:
     merge_close(&ap);
     nbx_arena_free(&w.arena);
     nbx_buf_free(&w.scratch);
-    free(w.budgets.slots);
-    free(w.exposures);
+    nbx_effects_free(&w.fx);
     pthread_cond_destroy(&ap.cond);
     pthread_mutex_destroy(&ap.mu);
     return rc;
@@ -2101,16 +1896,25 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
         return nbx_fail(store, NBX_EINVAL, "nbx_import_file: store and path are required");
     if (kind != NBX_IMPORT_PROFILES && kind != NBX_IMPORT_EVENTS)
         return nbx_fail(store, NBX_EINVAL, "nbx_import_file: unknown kind %d", (int)kind);
-    nbx_import_options defaults;
-    nbx_import_options_init(&defaults);
-    if (!opts)
-        opts = &defaults;
-    if (opts->size < sizeof *opts)
+    /* An older caller's smaller struct (its size field) gets zeros for the
+     * fields added since. */
+    nbx_import_options given;
+    nbx_import_options_init(&given);
+    if (opts && opts->size < offsetof(nbx_import_options, max_skew_ms))
         return nbx_fail(store, NBX_EINVAL,
                         "nbx_import_file: options not set up with nbx_import_options_init()");
+    if (opts) {
+        memset(&given, 0, sizeof given);
+        memcpy(&given, opts, opts->size < sizeof given ? opts->size : sizeof given);
+    }
+    opts = &given;
     if (opts->batch_size > BATCH_MAX)
         return nbx_fail(store, NBX_EINVAL, "nbx_import_file: batch_size %zu is over %d",
                         opts->batch_size, BATCH_MAX);
+    nbx_err oe = {0};
+    int64_t max_skew_ms;
+    if (nbx_event_skew(opts->max_skew_ms, &max_skew_ms, &oe) != NBX_OK)
+        return nbx_fail(store, NBX_EINVAL, "nbx_import_file: max_skew_ms: %s", oe.msg);
     if (store->flags & NBX_STORE_READONLY)
         return nbx_fail(store, NBX_EREADONLY, "%s: store opened read-only", store->path);
 
@@ -2121,6 +1925,7 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
                    .batch_size = opts->batch_size            ? opts->batch_size
                                  : kind == NBX_IMPORT_EVENTS ? DEFAULT_BATCH_EVENTS
                                                              : DEFAULT_BATCH_PROFILES,
+                   .max_skew_ms = max_skew_ms,
                    .in_fd = -1,
                    .spool_fd = -1,
                    .rejects_fd = -1,
@@ -2128,6 +1933,8 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
                    .run_bytes = run_bytes()};
     uint64_t stopped_at = 0;
     int rc = open_input(&im, path);
+    if (rc == NBX_OK && kind == NBX_IMPORT_EVENTS && opts->catalog)
+        rc = nbx_catalog_load(opts->catalog, &im.catalog, &im.err);
     if (rc == NBX_OK && opts->rejects_path)
         rc = check_rejects_path(&im, opts->rejects_path);
     if (rc == NBX_OK && opts->rejects_path) {
@@ -2167,6 +1974,7 @@ NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *
     if (im.in_fd >= 0 && im.in_fd != STDIN_FILENO)
         close(im.in_fd);
     nbx_buf_free(&im.rejects_buf);
+    nbx_catalog_unref(im.catalog);
     if (stats)
         *stats = im.stats;
     if (rc)

@@ -141,6 +141,10 @@ void nbx_arena_free(nbx_arena *a);
 /* Read a whole (bounded) file into a malloc'd NUL-terminated buffer. */
 int nbx_read_file(const char *path, size_t max, char **out, size_t *len, nbx_err *e);
 
+/* SipHash-2-4, 128-bit output (siphash.c): a keyed hash, for ids that must
+ * not be stored in the clear. */
+void nbx_siphash128(const uint8_t key[16], const void *data, size_t len, uint8_t out[16]);
+
 /* xxh64 as 16 lowercase hex digits plus NUL. */
 void nbx_hex64(uint64_t v, char out[17]);
 uint64_t nbx_hash64(const void *p, size_t n, uint64_t seed);
@@ -264,6 +268,17 @@ typedef struct nbx_rfm {
     uint8_t segment; /* nbx_segment */
 } nbx_rfm;
 
+/* The purchase aggregates a profile import gave (a CRM's history), and the
+ * time they are complete up to: purchase events dated after as_of add to
+ * them, earlier ones are counted in them already. The profile's nbx_rfm
+ * holds the result (docs/data-model.md, "Which source wins"). */
+typedef struct nbx_rfm_base {
+    int64_t as_of; /* ms; 0: covers no purchase event */
+    int64_t first_purchase, last_purchase;
+    uint64_t orders;
+    double revenue, margin;
+} nbx_rfm_base;
+
 /* Fields present in a stored profile, or given in a patch. */
 enum nbx_profile_field {
     NBX_PF_ATTRS = 1u << 0,
@@ -281,10 +296,20 @@ enum nbx_profile_field {
     NBX_PF_RFM_MARGIN = 1u << 12,
     NBX_PF_RFM_SCORES = 1u << 13,
     NBX_PF_RFM_SEGMENT = 1u << 14,
+    NBX_PF_RFM_AS_OF = 1u << 15,
     /* ltv/churn given as null: clear */
     NBX_PF_LTV_NULL = 1u << 16,
-    NBX_PF_CHURN_NULL = 1u << 17
+    NBX_PF_CHURN_NULL = 1u << 17,
+    /* stored: an import's base of the aggregates (rfm_base) */
+    NBX_PF_RFM_BASE = 1u << 18,
+    /* merged, not stored: the base changed, the aggregates must be settled
+     * again from it and the purchases recorded after its as_of */
+    NBX_PF_RFM_REBASE = 1u << 19
 };
+/* The patch fields that give an import's aggregates. */
+#define NBX_PF_RFM_AGGREGATES                                                                      \
+    (NBX_PF_RFM_FIRST | NBX_PF_RFM_LAST | NBX_PF_RFM_ORDERS | NBX_PF_RFM_REVENUE |                 \
+     NBX_PF_RFM_MARGIN)
 
 /* Maps are sorted by key (bytewise) and keys are unique: lookups bisect. */
 typedef struct nbx_profile {
@@ -298,78 +323,66 @@ typedef struct nbx_profile {
     double ltv;
     double churn;
     nbx_rfm rfm;
+    nbx_rfm_base rfm_base; /* with NBX_PF_RFM_BASE; in a patch, rfm_base.as_of */
     int64_t updated_at;
     unsigned fields; /* nbx_profile_field */
 } nbx_profile;
 
-#define NBX_SCHEMA_VERSION 1
 /* Offer and placement ids are shorter than customer ids so that a counter
  * key (customer \0 \x01 offer) fits LMDB's 511-byte key limit. */
 #define NBX_OFFER_ID_MAX 128
-
-/* codec.c: msgpack encodings of stored values. Decoded strings point into
- * the source bytes (an LMDB page: valid until the transaction ends); arrays
- * come from the arena. */
-int nbx_profile_encode(const nbx_profile *p, nbx_buf *out);
-int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e);
-
-/* A minimal bounds-checked msgpack reader: the decision path decodes
- * without building msgpack-c object trees. */
-typedef struct nbx_mp {
-    const uint8_t *p;
-    const uint8_t *end;
-    bool bad;
-} nbx_mp;
-void nbx_mp_init(nbx_mp *m, const void *data, size_t len);
-uint32_t nbx_mp_array(nbx_mp *m);
-uint32_t nbx_mp_map(nbx_mp *m);
-bool nbx_mp_nil(nbx_mp *m); /* consumes a nil if next; true if it did */
-double nbx_mp_double(nbx_mp *m); /* float or int */
-int64_t nbx_mp_int(nbx_mp *m);
-uint64_t nbx_mp_uint(nbx_mp *m);
-bool nbx_mp_bool(nbx_mp *m);
-nbx_sv nbx_mp_str(nbx_mp *m);
-int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
-void nbx_mp_skip(nbx_mp *m);
 
 /* profile.c */
 /* Parse one profile JSON object into a patch: fields as given, maps sorted,
  * deletions marked. Errors name the field. Strings point into the JSON or
  * the arena. */
 int nbx_profile_parse(const char *json, size_t len, nbx_profile *patch, nbx_arena *a, nbx_err *e);
-/* Apply patch over base (NULL: new profile) into out (arena-backed). */
+/* Apply patch over base (NULL: new profile) into out (arena-backed).
+ * updated_at stays the base's unless the patch gives one: whether the write
+ * changed the profile, and so dates it, is the writer's to tell
+ * (nbx_profile_store). Aggregates the patch gives become out's rfm_base,
+ * with NBX_PF_RFM_REBASE when it changed. */
 int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
                       nbx_arena *a);
+/* nbx_profile_merge with its errors in words: NBX_ELIMIT (a map over
+ * NBX_MAP_MAX entries) names the profile. */
+int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
+                      nbx_arena *a, nbx_err *e);
 void nbx_profile_to_json(const nbx_profile *p, nbx_buf *out);
 const nbx_prop *nbx_profile_propensity(const nbx_profile *p, nbx_sv key);
 const nbx_consent *nbx_profile_consent(const nbx_profile *p, nbx_sv purpose);
 const nbx_attr *nbx_profile_attr(const nbx_profile *p, nbx_sv key);
-bool nbx_id_valid(nbx_sv id, nbx_err *e);
 
 /* ========================================================================
  * Store (store.c)
  * ======================================================================== */
 
-/* Everything keyed by one customer lives under its prefix in `customers`,
- * in tagged sub-ranges, so an event touches that customer's neighbourhood
- * only (docs/data-model.md, "Store layout"):
- *   id \0 \x01 offer     exposure counters of one offer
- *   id \0 \x01           counters over all offers (the contact policy)
- *   id \0 \x02 event id  the event record: seen ids and the exposure log */
-#define NBX_TAG_COUNTERS '\x01'
-#define NBX_TAG_EVENT '\x02'
 /* Longest keys: LMDB's limit is 511 bytes, so a customer id and an event id
- * together are at most 509 bytes. */
+ * together are at most 509 bytes (docs/format.md). */
 #define NBX_COUNTER_KEY_MAX (NBX_ID_MAX + 2 + NBX_OFFER_ID_MAX)
 #define NBX_EVENT_KEY_MAX 511
 #define NBX_EVENT_IDS_MAX (NBX_EVENT_KEY_MAX - 2)
+
+/* nbx_store_open() flag for nbx_store_upgrade() only: bring an older format
+ * to this nbx's within the open. */
+#define NBX_STORE_UPGRADE 0x10000u
+
+/* Suppression records: sizes of the store's secret, of a record's key (a
+ * keyed hash) and of its value (docs/format.md). */
+#define NBX_SUPPRESSION_SECRET_SIZE 16
+#define NBX_SUPPRESSION_KEY_SIZE 16
+#define NBX_SUPPRESSION_VALUE_MAX 16
 
 struct nbx_store {
     MDB_env *env;
     MDB_dbi profiles;  /* id -> profile */
     MDB_dbi customers; /* id \0 tag ... -> counters, event records (above) */
     MDB_dbi budgets;   /* day (4 bytes BE) offer -> daily totals */
-    MDB_dbi meta;      /* "schema", "events", "rfm" */
+    MDB_dbi meta;      /* NBX_META_* */
+    MDB_dbi suppressed; /* keyed hash of an erased id -> erased_at (format 2) */
+    bool has_suppressed; /* false: a format-1 store read as it is */
+    uint32_t schema;     /* the format version the store has */
+    uint32_t schema_before; /* ... had at open (nbx_store_upgrade) */
     unsigned flags;    /* nbx_store_flags */
     char *path;
 };
@@ -382,13 +395,6 @@ int nbx_store_profile_get(nbx_store *s, MDB_txn *txn, nbx_sv id, nbx_profile *p,
                           nbx_err *e);
 int nbx_store_profile_put(nbx_store *s, MDB_txn *txn, const nbx_profile *p, nbx_buf *scratch,
                           nbx_err *e);
-/* Merge patch over base (NULL: a new profile) as an upsert does: updated_at
- * becomes now_ms unless the patch gives it. */
-int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, int64_t now_ms,
-                      nbx_profile *out, nbx_arena *a, nbx_err *e);
-/* Merge a patch into the stored profile (or a new one) within txn. */
-int nbx_store_profile_upsert(nbx_store *s, MDB_txn *txn, const nbx_profile *patch,
-                             int64_t now_ms, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 int nbx_store_meta_get(nbx_store *s, MDB_txn *txn, const char *key, MDB_val *out, nbx_err *e);
 int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *v, size_t n,
                        nbx_err *e);
@@ -397,14 +403,30 @@ int nbx_store_meta_put(nbx_store *s, MDB_txn *txn, const char *key, const void *
 int nbx_store_events_seen(nbx_store *s, MDB_txn *txn, uint64_t *out, nbx_err *e);
 int nbx_store_events_add(nbx_store *s, MDB_txn *txn, int64_t delta, nbx_err *e);
 
+/* Erased customers (store.c, "Erasure"). A lookup reads the store's secret
+ * once: nbx_suppressions_begin() tells whether any customer is suppressed
+ * at all (the common case: none, and no id needs hashing). */
+typedef struct nbx_suppressions {
+    bool any;
+    uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE];
+} nbx_suppressions;
+int nbx_suppressions_begin(nbx_store *s, MDB_txn *txn, nbx_suppressions *sp, nbx_err *e);
+/* 1 if the customer was erased (and not restored), 0 if not, or an error. */
+int nbx_suppressed(nbx_store *s, MDB_txn *txn, const nbx_suppressions *sp, nbx_sv customer,
+                   nbx_err *e);
+
 /* ========================================================================
- * Exposures and budgets (exposure.c)
+ * Exposure counters (exposure.c)
  *
  * Counters are bucketed by UTC day so "N in the last D days" is a sum over
- * at most D buckets. Buckets older than NBX_WINDOW_DAYS_MAX are pruned.
+ * at most D buckets. Buckets more than NBX_WINDOW_DAYS_MAX days behind both
+ * the row's newest bucket and the writer's clock are pruned.
  * ======================================================================== */
 
 #define NBX_WINDOW_DAYS_MAX 365
+/* Buckets a row keeps at most: a year behind the writer's clock and room
+ * for days ahead of it (decisions recorded with a future clock). */
+#define NBX_EXPOSURE_DAYS_MAX (2 * (NBX_WINDOW_DAYS_MAX + 1))
 
 typedef enum nbx_event_type {
     NBX_EV_PURCHASE = 1,
@@ -428,30 +450,15 @@ typedef struct nbx_exposure {
     uint32_t n_days;
 } nbx_exposure;
 
-int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
-int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
 /* Events in the window of `days` UTC days ending with today (today counts). */
 uint32_t nbx_exposure_count(const nbx_exposure *x, int kind, uint32_t today, uint32_t days);
-/* Keys: out needs NBX_COUNTER_KEY_MAX (customer \0 \x01 offer) or
- * 4 + NBX_OFFER_ID_MAX (budget) bytes. An empty offer keys the all-offers row. */
-size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
-size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
-/* Count one event of kind at ts for (customer, offer) in txn. */
-int nbx_exposure_bump(nbx_store *s, MDB_txn *txn, nbx_sv customer, nbx_sv offer, int kind,
-                      int64_t ts, nbx_arena *a, nbx_buf *scratch, nbx_err *e);
-/* Count one impression (or accept) of offer on ts's UTC day. */
-int nbx_budget_bump(nbx_store *s, MDB_txn *txn, nbx_sv offer, int64_t ts, bool accept,
-                    nbx_err *e);
-/* Add n events of one kind at ts to x (arrays reallocated from a). */
-int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, nbx_arena *a);
-/* A budget row's value: [impressions, accepts] (missing counts are 0). */
-int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e);
-/* Add counts to offer's budget row for a UTC day. */
-int nbx_budget_add(nbx_store *s, MDB_txn *txn, nbx_sv offer, uint32_t day, uint64_t impressions,
-                   uint64_t accepts, nbx_err *e);
+/* Add n events of one kind at ts to x (arrays reallocated from a); now_ms
+ * is the writer's clock, which bounds pruning (exposure.c). */
+int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, int64_t now_ms,
+                     nbx_arena *a);
 
 /* ========================================================================
- * Events and import (event.c, ingest.c)
+ * Events: parsing (event.c), effects (effects.c), import (ingest.c)
  * ======================================================================== */
 
 typedef struct nbx_event {
@@ -465,22 +472,227 @@ typedef struct nbx_event {
     double margin; /* purchases; NaN if not given */
 } nbx_event;
 
-int nbx_event_parse(const char *json, size_t len, nbx_event *ev, nbx_arena *a, nbx_err *e);
+/* Parse one event. NBX_EVENT_TS_OPTIONAL: `ts` may be missing (ts_ms is
+ * then 0; the caller stamps the event with its own clock). */
+enum { NBX_EVENT_TS_OPTIONAL = 0x1 };
+int nbx_event_parse(const char *json, size_t len, unsigned flags, nbx_event *ev, nbx_arena *a,
+                    nbx_err *e);
 const char *nbx_event_type_name(int type);
-/* Apply in txn: skip an id seen before for this customer (*applied = 0),
- * else record the event, update RFM aggregates or exposure counters and
- * budgets, and count it. */
-int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *applied,
-                        nbx_arena *a, nbx_buf *scratch, nbx_err *e);
-/* The pieces of nbx_event_apply_txn, for bulk ingest (ingest.c), which
- * groups them per customer: the event record (appended to out), its key
- * (customer \0 \x02 event id; out needs NBX_EVENT_KEY_MAX bytes), the
- * counter kind of an exposure event, and a purchase added to a profile's RFM
- * aggregates (exists false: p holds only its id and becomes a new profile). */
-int nbx_event_encode(const nbx_event *ev, nbx_buf *out);
-size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id);
+
+/* What the writer knows that an event must agree with: its clock (an event
+ * may be dated at most max_skew_ms after now_ms) and, when offer_known is
+ * set, its catalog (the event's offer must be one of it). offer_known is a
+ * callback so that events need not know catalogs (a higher layer). */
+typedef struct nbx_event_rules {
+    int64_t now_ms;
+    int64_t max_skew_ms;
+    bool (*offer_known)(const void *offers, nbx_sv id);
+    const void *offers;
+} nbx_event_rules;
+/* NBX_OK, or NBX_EINVAL naming the field (`ts`, `offer`). */
+int nbx_event_check(const nbx_event *ev, const nbx_event_rules *r, nbx_err *e);
+/* The skew an option asks for (0: the default), checked: NBX_EINVAL outside
+ * 0..NBX_EVENT_SKEW_MAX_MS. */
+int nbx_event_skew(int64_t given_ms, int64_t *out_ms, nbx_err *e);
+
+/* effects.c: what an event does to a customer, for every path that applies
+ * events. A transaction opens with nbx_effects_begin(), applies groups of
+ * one customer's events with nbx_effects_customer(), and ends with exactly
+ * one of nbx_effects_end() (writes the budget rows and the event count) or
+ * nbx_effects_cancel(), before the transaction commits or aborts. */
+
+/* One event as the effects take it: the event, its record encoded
+ * (nbx_event_record_encode) under its key (nbx_event_key); the views must
+ * stay valid until the transaction ends. outcome is set by
+ * nbx_effects_customer(). */
+typedef struct nbx_fx_event {
+    nbx_event ev;
+    MDB_val key;
+    MDB_val val;
+    uint8_t outcome; /* nbx_record_outcome */
+} nbx_fx_event;
+
+/* The longest event record: an array header, ts, type, offer and placement
+ * (NBX_OFFER_ID_MAX each), amount and margin. */
+#define NBX_EVENT_RECORD_MAX (64 + 2 * (NBX_OFFER_ID_MAX + 2))
+
+/* A budget row a transaction adds to, and one new exposure of a customer
+ * (sorted by offer, then arrival). */
+typedef struct nbx_fx_budget {
+    nbx_sv offer; /* points into the caller's events */
+    uint32_t day;
+    bool used;
+    uint64_t n[2];             /* impressions, accepts */
+    const nbx_fx_event *event; /* one counted here, for messages */
+} nbx_fx_budget;
+typedef struct nbx_fx_ref {
+    nbx_sv offer;
+    uint32_t i; /* index into the customer's events */
+} nbx_fx_ref;
+
+typedef struct nbx_effects {
+    nbx_store *store;
+    MDB_txn *txn;
+    MDB_cursor *customers;
+    MDB_cursor *profiles;  /* opened on the first purchase */
+    int64_t now_ms;        /* the writer's clock: updated_at of purchases */
+    nbx_arena *rows;       /* the rows a group reads, decoded: own (reset per
+                              row) or the caller's (never reset) */
+    nbx_arena own;
+    nbx_buf *scratch;      /* borrowed: the value being written */
+    uint64_t applied;      /* new events since nbx_effects_begin() */
+    uint64_t suppressed;   /* events refused since then: their customer was erased */
+    nbx_suppressions erased; /* read at nbx_effects_begin() */
+    const nbx_fx_event *failed; /* the event a failure is about, or NULL */
+    /* budget rows of the transaction: an open-addressing table, inline
+     * until it outgrows a few rows */
+    nbx_fx_budget *budgets;
+    uint32_t budget_cap, n_budgets;
+    /* one customer's new exposures, by offer */
+    nbx_fx_ref *refs;
+    size_t refs_cap;
+    nbx_fx_budget budget_inline[8];
+    nbx_fx_ref ref_inline[16];
+} nbx_effects;
+
+/* arena NULL: rows read are decoded into the effects' own arena, reset per
+ * row (bulk ingest: memory bounded by a row). Else into the caller's, which
+ * is never reset: it may hold what the effects still read (a parsed
+ * event's unescaped strings); a few events grow it by a few rows. scratch
+ * is the caller's; its content is not kept. */
+void nbx_effects_init(nbx_effects *fx, nbx_arena *arena, nbx_buf *scratch);
+void nbx_effects_free(nbx_effects *fx);
+int nbx_effects_begin(nbx_effects *fx, nbx_store *s, MDB_txn *txn, int64_t now_ms, nbx_err *e);
+/* evs[0, n): events of one customer, in arrival order. */
+int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *e);
+int nbx_effects_end(nbx_effects *fx, nbx_err *e);
+void nbx_effects_cancel(nbx_effects *fx);
+/* The counter kind (NBX_EXP_*) of an exposure event type. */
 int nbx_event_exposure_kind(int type);
-void nbx_event_add_purchase(nbx_profile *p, bool exists, const nbx_event *ev, int64_t now_ms);
+
+/* Purchase aggregates after a merge that changed the import's base
+ * (NBX_PF_RFM_REBASE): the base plus the customer's purchases recorded
+ * after its as_of (a scan of the customer's event records); _base: the
+ * base alone, for a profile new to the store (it has no records). */
+int nbx_profile_settle(nbx_store *s, MDB_txn *txn, nbx_profile *p, nbx_err *e);
+void nbx_profile_settle_base(nbx_profile *p);
+/* Write p, an import merged over the profile stored (NULL: none; its value
+ * stored_value) at cur (a profiles cursor on it), with its aggregates
+ * settled. Unchanged: nothing is written, updated_at included. Changed:
+ * dated now_ms unless the import gave updated_at (dated). append: the id
+ * sorts after every stored one. */
+int nbx_profile_store(nbx_store *s, MDB_txn *txn, MDB_cursor *cur, const nbx_profile *stored,
+                      const MDB_val *stored_value, nbx_profile *p, bool dated, int64_t now_ms,
+                      bool append, nbx_buf *scratch, nbx_err *e);
+/* nbx_profile_put() within txn: one patch over the stored profile. */
+int nbx_profile_import_txn(nbx_store *s, MDB_txn *txn, const nbx_profile *patch, int64_t now_ms,
+                           nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+/* One event in txn, through the effects above; *outcome is an
+ * nbx_record_outcome. */
+int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *outcome,
+                        nbx_arena *a, nbx_buf *scratch, nbx_err *e);
+
+/* ========================================================================
+ * Stored layouts (codec.c; docs/format.md)
+ *
+ * Every key and value of the store is packed and unpacked here and nowhere
+ * else. Decoded strings point into the source bytes (an LMDB page: valid
+ * until the transaction ends); arrays come from the arena.
+ * ======================================================================== */
+
+/* The store's format version (meta "schema"). A store of a newer version
+ * is refused; an older one is read, but written only after `nbx store
+ * upgrade`. docs/format.md says what each version added. */
+#define NBX_SCHEMA_VERSION 2
+
+/* Keys of the meta database. */
+#define NBX_META_SCHEMA "schema"
+#define NBX_META_EVENTS "events"
+#define NBX_META_RFM "rfm"
+#define NBX_META_SUPPRESSION_SECRET "suppression_key"
+
+/* Everything keyed by one customer but the profile lives under its prefix
+ * (id \0) in `customers`, in tagged sub-ranges, so an event touches that
+ * customer's neighbourhood only:
+ *   id \0 \x01 offer     exposure counters of one offer
+ *   id \0 \x01           counters over all offers (the contact policy)
+ *   id \0 \x02 event id  the event record: seen ids and the exposure log */
+#define NBX_TAG_COUNTERS '\x01'
+#define NBX_TAG_EVENT '\x02'
+
+/* Keys: out needs NBX_ID_MAX + 1 (prefix), NBX_COUNTER_KEY_MAX (counters;
+ * an empty offer keys the all-offers row), NBX_EVENT_KEY_MAX (event
+ * records) or 4 + NBX_OFFER_ID_MAX (budgets) bytes. */
+size_t nbx_customer_prefix(char *out, nbx_sv customer);
+size_t nbx_exposure_key(char *out, nbx_sv customer, nbx_sv offer);
+size_t nbx_event_key(char *out, nbx_sv customer, nbx_sv event_id);
+size_t nbx_budget_key(char *out, uint32_t day, nbx_sv offer);
+/* A customer id is 1..NBX_ID_MAX bytes without NUL (false: e names the
+ * field 'id' and the problem, NBX_EPARSE). */
+bool nbx_id_valid(nbx_sv id, nbx_err *e);
+/* The tag of a key in `customers` after a prefix of prefix_len bytes, or
+ * -1 if the key is the prefix itself. */
+int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len);
+
+int nbx_profile_encode(const nbx_profile *p, nbx_buf *out);
+int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e);
+/* Only the purchase aggregates (first, last, orders, revenue) of a stored
+ * profile; *has false when it has none. NBX_OK or NBX_ECORRUPT. */
+int nbx_profile_decode_rfm(const void *data, size_t len, nbx_rfm *r, bool *has);
+
+int nbx_exposure_encode(const nbx_exposure *x, nbx_buf *out);
+int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena *a);
+
+/* The event record (appended to out; the customer and the event id are in
+ * its key). Decoding keeps ev->id and ev->customer as the caller set them. */
+int nbx_event_record_encode(const nbx_event *ev, nbx_buf *out);
+int nbx_event_record_decode(const void *data, size_t len, nbx_event *ev);
+
+/* A budget row's value: [impressions, accepts] (missing counts are 0). */
+#define NBX_BUDGET_VALUE_MAX 32
+size_t nbx_budget_encode(const uint64_t counts[2], char out[NBX_BUDGET_VALUE_MAX]);
+int nbx_budget_decode(const void *data, size_t size, nbx_sv offer, uint64_t counts[2], nbx_err *e);
+
+/* Meta values: the format version (one byte), the event count (a msgpack
+ * uint64, always 9 bytes) and the last RFM rebuild. */
+size_t nbx_schema_encode(uint32_t version, uint8_t out[1]);
+int nbx_schema_decode(const void *data, size_t len, uint32_t *version);
+#define NBX_COUNT_VALUE_SIZE 9
+size_t nbx_count_encode(uint64_t n, uint8_t out[NBX_COUNT_VALUE_SIZE]);
+int nbx_count_decode(const void *data, size_t len, uint64_t *n);
+/* Suppression records (database `suppressed`): the keyed hash of an erased
+ * customer's id (nbx_siphash128 with the store's secret, meta
+ * "suppression_key") -> [erased_at]. No byte of the id is stored. */
+void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
+                         const uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE], nbx_sv customer);
+size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX]);
+int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms);
+
+typedef struct nbx_rfm_meta {
+    int64_t as_of_ms;
+    double recency[4], frequency[4], monetary[4]; /* cut points */
+} nbx_rfm_meta;
+int nbx_rfm_meta_encode(const nbx_rfm_meta *r, nbx_buf *out);
+int nbx_rfm_meta_decode(const void *data, size_t len, nbx_rfm_meta *r);
+
+/* A minimal bounds-checked msgpack reader: the decision path decodes
+ * without building msgpack-c object trees. */
+typedef struct nbx_mp {
+    const uint8_t *p;
+    const uint8_t *end;
+    bool bad;
+} nbx_mp;
+void nbx_mp_init(nbx_mp *m, const void *data, size_t len);
+uint32_t nbx_mp_array(nbx_mp *m);
+uint32_t nbx_mp_map(nbx_mp *m);
+bool nbx_mp_nil(nbx_mp *m); /* consumes a nil if next; true if it did */
+double nbx_mp_double(nbx_mp *m); /* float or int */
+int64_t nbx_mp_int(nbx_mp *m);
+uint64_t nbx_mp_uint(nbx_mp *m);
+bool nbx_mp_bool(nbx_mp *m);
+nbx_sv nbx_mp_str(nbx_mp *m);
+int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
+void nbx_mp_skip(nbx_mp *m);
 
 /* ========================================================================
  * Catalog (catalog.c)
@@ -808,6 +1020,7 @@ struct nbx_engine {
     atomic_uint_fast64_t generation; /* current->generation, readable without the lock */
     nbx_limits limits;
     unsigned flags;
+    int64_t event_max_skew_ms; /* nbx_record(): how far ahead an event may be */
     nbx_log_fn log;
     void *log_ud;
 };

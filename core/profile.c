@@ -1,6 +1,7 @@
 /*
  * profile.c: profiles as JSON (parse, print), merge rules, lookups, and the
- * public profile calls.
+ * public calls that read profiles (nbx_profile_get, the iterator). Writing
+ * one (nbx_profile_put) is a profile import: effects.c.
  *
  * Merge rules (docs/data-model.md): a field given replaces the stored one, an
  * absent field stays. Maps (attrs, consent, propensity) merge per key: a key
@@ -13,27 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ========================================================================
- * Validation helpers
- * ======================================================================== */
-
-bool nbx_id_valid(nbx_sv id, nbx_err *e)
-{
-    if (id.len == 0) {
-        nbx_err_set(e, NBX_EPARSE, "field 'id': must not be empty");
-        return false;
-    }
-    if (id.len > NBX_ID_MAX) {
-        nbx_err_set(e, NBX_EPARSE, "field 'id': %zu bytes, the limit is %d", id.len, NBX_ID_MAX);
-        return false;
-    }
-    if (memchr(id.ptr, '\0', id.len)) {
-        nbx_err_set(e, NBX_EPARSE, "field 'id': must not contain NUL");
-        return false;
-    }
-    return true;
-}
 
 /* ========================================================================
  * Parsing
@@ -102,8 +82,7 @@ static int cmp_prop(const void *a, const void *b)
  * per entry in order and a few per entry out of place, where qsort's merge
  * sort copies and calls through a pointer every time (it was a third of the
  * parse time of a 20-key map). Large maps keep qsort's O(n log n). */
-static void sort_entries(char *arr, uint32_t n, size_t size,
-                         int (*cmp)(const void *, const void *))
+static void sort_entries(char *arr, uint32_t n, size_t size, int (*cmp)(const void *, const void *))
 {
     if (n > 64) {
         qsort(arr, n, size, cmp);
@@ -337,9 +316,12 @@ static int read_rfm(parser *p, nbx_profile *out)
             if ((rc = seen_once(p, &seen, 1u << 2, "rfm.orders")) != NBX_OK)
                 continue;
             rc = read_number_or_null(p, "rfm.orders", 0, 9e15, &d, &is_null);
-            if (rc == NBX_OK && d != floor(d))
+            if (rc == NBX_OK && !is_null && d != floor(d))
                 rc = nbx_err_set(p->e, NBX_EPARSE, "field 'rfm.orders': must be an integer");
-            r->orders = is_null ? 0 : (uint64_t)d;
+            /* converted only once known to be in range: 2e74 or inf as an
+             * integer is undefined behaviour */
+            if (rc == NBX_OK)
+                r->orders = is_null ? 0 : (uint64_t)d;
             out->fields |= NBX_PF_RFM_ORDERS;
         } else if (nbx_sv_eq_cstr(key, "revenue")) {
             if ((rc = seen_once(p, &seen, 1u << 3, "rfm.revenue")) != NBX_OK)
@@ -370,6 +352,11 @@ static int read_rfm(parser *p, nbx_profile *out)
                 continue;
             rc = read_score(p, "rfm.m", &r->m);
             out->fields |= NBX_PF_RFM_SCORES;
+        } else if (nbx_sv_eq_cstr(key, "as_of")) {
+            if ((rc = seen_once(p, &seen, 1u << 9, "rfm.as_of")) != NBX_OK)
+                continue;
+            rc = read_time(p, "rfm.as_of", &out->rfm_base.as_of);
+            out->fields |= NBX_PF_RFM_AS_OF;
         } else if (nbx_sv_eq_cstr(key, "segment")) {
             if ((rc = seen_once(p, &seen, 1u << 8, "rfm.segment")) != NBX_OK)
                 continue;
@@ -426,8 +413,8 @@ int nbx_profile_parse(const char *json, size_t len, nbx_profile *out, nbx_arena 
         } else if (nbx_sv_eq_cstr(key, "attrs")) {
             if ((rc = seen_once(&p, &seen, 1u << 1, "attrs")) != NBX_OK)
                 continue;
-            rc = read_map(&p, "attrs", sizeof(nbx_attr), attr_entry, cmp_attr,
-                          (void **)&out->attrs, &out->n_attrs);
+            rc = read_map(&p, "attrs", sizeof(nbx_attr), attr_entry, cmp_attr, (void **)&out->attrs,
+                          &out->n_attrs);
             out->fields |= NBX_PF_ATTRS;
         } else if (nbx_sv_eq_cstr(key, "consent")) {
             if ((rc = seen_once(&p, &seen, 1u << 2, "consent")) != NBX_OK)
@@ -533,6 +520,60 @@ static bool prop_deleted(const void *x)
     return isnan(((const nbx_prop *)x)->value);
 }
 
+static bool same_base(const nbx_rfm_base *a, const nbx_rfm_base *b)
+{
+    /* bitwise: a revenue of 0.1 + 0.2 is another base than 0.3 */
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+/* The rfm sub-fields. Aggregates an import gives form the base (an import's
+ * history as of a time), never the result directly: purchases recorded
+ * after that time are added to it when it is settled (effects.c), so a file
+ * imported again cannot roll back what events advanced. The base's as_of is
+ * the one given, else the last_purchase given, else the base's so far. */
+static void merge_rfm(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out)
+{
+    const nbx_rfm *pr = &patch->rfm;
+    nbx_rfm *r = &out->rfm;
+    unsigned rf = patch->fields;
+    if (rf & (NBX_PF_RFM_AGGREGATES | NBX_PF_RFM_AS_OF)) {
+        nbx_rfm_base b;
+        if (base->fields & NBX_PF_RFM_BASE)
+            b = base->rfm_base;
+        else
+            memset(&b, 0, sizeof b);
+        if (rf & NBX_PF_RFM_FIRST)
+            b.first_purchase = pr->first_purchase;
+        if (rf & NBX_PF_RFM_LAST)
+            b.last_purchase = pr->last_purchase;
+        if (rf & NBX_PF_RFM_ORDERS)
+            b.orders = pr->orders;
+        if (rf & NBX_PF_RFM_REVENUE)
+            b.revenue = pr->revenue;
+        if (rf & NBX_PF_RFM_MARGIN)
+            b.margin = pr->margin;
+        if (rf & NBX_PF_RFM_AS_OF)
+            b.as_of = patch->rfm_base.as_of;
+        else if ((rf & NBX_PF_RFM_LAST) && pr->last_purchase)
+            b.as_of = pr->last_purchase;
+        if (!(base->fields & NBX_PF_RFM_BASE) || !same_base(&b, &base->rfm_base))
+            out->fields |= NBX_PF_RFM_REBASE;
+        out->rfm_base = b;
+        out->fields |= NBX_PF_RFM_BASE | NBX_PF_RFM;
+        if (!(base->fields & NBX_PF_RFM))
+            memset(r, 0, sizeof *r);
+    }
+    if (rf & NBX_PF_RFM_SCORES) {
+        r->r = pr->r;
+        r->f = pr->f;
+        r->m = pr->m;
+    }
+    if (rf & NBX_PF_RFM_SEGMENT)
+        r->segment = pr->segment;
+    if (rf & (NBX_PF_RFM_SCORES | NBX_PF_RFM_SEGMENT))
+        out->fields |= NBX_PF_RFM;
+}
+
 int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
                       nbx_arena *a)
 {
@@ -541,7 +582,8 @@ int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_pro
         base = &empty;
     *out = *base;
     out->id = patch->id;
-    out->fields = base->fields & (NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM);
+    out->fields = base->fields &
+                  (NBX_PF_LTV | NBX_PF_CHURN | NBX_PF_RFM | NBX_PF_RFM_BASE | NBX_PF_RFM_REBASE);
     out->fields |= NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_UPDATED_AT;
     if (patch->fields & NBX_PF_ATTRS) {
         out->attrs = merge_sorted(base->attrs, base->n_attrs, patch->attrs, patch->n_attrs,
@@ -550,9 +592,9 @@ int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_pro
             return NBX_ENOMEM;
     }
     if (patch->fields & NBX_PF_CONSENT) {
-        out->consent = merge_sorted(base->consent, base->n_consent, patch->consent,
-                                    patch->n_consent, sizeof(nbx_consent), consent_deleted, a,
-                                    &out->n_consent);
+        out->consent =
+            merge_sorted(base->consent, base->n_consent, patch->consent, patch->n_consent,
+                         sizeof(nbx_consent), consent_deleted, a, &out->n_consent);
         if (!out->consent)
             return NBX_ENOMEM;
     }
@@ -578,31 +620,21 @@ int nbx_profile_merge(const nbx_profile *base, const nbx_profile *patch, nbx_pro
     } else if (patch->fields & NBX_PF_CHURN_NULL) {
         out->fields &= ~(unsigned)NBX_PF_CHURN;
     }
-    const nbx_rfm *pr = &patch->rfm;
-    nbx_rfm *r = &out->rfm;
-    unsigned rf = patch->fields;
-    if (rf & NBX_PF_RFM_FIRST)
-        r->first_purchase = pr->first_purchase;
-    if (rf & NBX_PF_RFM_LAST)
-        r->last_purchase = pr->last_purchase;
-    if (rf & NBX_PF_RFM_ORDERS)
-        r->orders = pr->orders;
-    if (rf & NBX_PF_RFM_REVENUE)
-        r->revenue = pr->revenue;
-    if (rf & NBX_PF_RFM_MARGIN)
-        r->margin = pr->margin;
-    if (rf & NBX_PF_RFM_SCORES) {
-        r->r = pr->r;
-        r->f = pr->f;
-        r->m = pr->m;
-    }
-    if (rf & NBX_PF_RFM_SEGMENT)
-        r->segment = pr->segment;
-    if (rf & (NBX_PF_RFM_FIRST | NBX_PF_RFM_LAST | NBX_PF_RFM_ORDERS | NBX_PF_RFM_REVENUE |
-              NBX_PF_RFM_MARGIN | NBX_PF_RFM_SCORES | NBX_PF_RFM_SEGMENT))
-        out->fields |= NBX_PF_RFM;
+    merge_rfm(base, patch, out);
     if (patch->fields & NBX_PF_UPDATED_AT)
         out->updated_at = patch->updated_at;
+    return NBX_OK;
+}
+
+int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, nbx_profile *out,
+                      nbx_arena *a, nbx_err *e)
+{
+    int rc = nbx_profile_merge(base, patch, out, a);
+    if (rc == NBX_ELIMIT)
+        return nbx_err_set(e, rc, "profile '%.*s': a map would exceed %d entries",
+                           (int)patch->id.len, patch->id.ptr, NBX_MAP_MAX);
+    if (rc)
+        return nbx_err_set(e, rc, "out of memory merging a profile");
     return NBX_OK;
 }
 
@@ -763,29 +795,140 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
     return NBX_OK;
 }
 
-NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len)
+/* ========================================================================
+ * Iteration
+ * ======================================================================== */
+
+/* Records between snapshot renewals: a scan of millions must not pin one
+ * snapshot (and old pages) for its whole duration. */
+#define NBX_ITER_RENEW 4096
+
+struct nbx_iter {
+    nbx_store *store;
+    unsigned flags;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    bool positioned; /* the cursor is on it->id */
+    bool done;
+    uint32_t since_renew;
+    char id[NBX_ID_MAX + 1];
+    size_t id_len;
+    nbx_buf json;
+    nbx_arena arena;
+};
+
+NBX_API int nbx_iter_open(nbx_store *s, unsigned flags, const char *after, nbx_iter **out)
 {
-    if (!store || !json)
-        return nbx_fail(store, NBX_EINVAL, "nbx_profile_put: NULL argument");
-    if (len > NBX_LINE_MAX)
-        return nbx_fail(store, NBX_ELIMIT, "profile JSON is %zu bytes, the limit is %d", len,
-                        NBX_LINE_MAX);
+    if (out)
+        *out = NULL;
+    if (!s || !out)
+        return nbx_fail(s, NBX_EINVAL, "nbx_iter_open: NULL argument");
+    if (after && strlen(after) > NBX_ID_MAX)
+        return nbx_fail(s, NBX_EINVAL, "nbx_iter_open: 'after' is longer than %d bytes",
+                        NBX_ID_MAX);
+    nbx_iter *it = calloc(1, sizeof *it);
+    if (!it)
+        return nbx_fail(s, NBX_ENOMEM, "out of memory");
+    it->store = s;
+    it->flags = flags;
     nbx_err e = {0};
-    nbx_arena arena = {0};
-    nbx_buf scratch = {0};
-    nbx_profile patch;
-    MDB_txn *txn = NULL;
-    int rc = nbx_profile_parse(json, len, &patch, &arena, &e);
-    if (rc == NBX_OK)
-        rc = nbx_store_write_begin(store, &txn, &e);
-    if (rc == NBX_OK)
-        rc = nbx_store_profile_upsert(store, txn, &patch, nbx_time_now(), &arena, &scratch, &e);
-    if (rc == NBX_OK) {
-        rc = nbx_store_commit(store, txn, &e);
-        txn = NULL;
+    int rc = nbx_store_read_begin(s, &it->txn, &e);
+    if (rc == NBX_OK && (rc = mdb_cursor_open(it->txn, s->profiles, &it->cur)) != 0)
+        rc = nbx_err_mdb(&e, rc, "opening an iterator");
+    if (rc) {
+        nbx_iter_close(it);
+        return nbx_publish(s, &e);
     }
-    mdb_txn_abort(txn);
-    nbx_arena_free(&arena);
-    nbx_buf_free(&scratch);
-    return rc ? nbx_publish(store, &e) : NBX_OK;
+    if (after && *after) {
+        it->id_len = strlen(after);
+        memcpy(it->id, after, it->id_len + 1);
+    }
+    *out = it;
+    return NBX_OK;
+}
+
+/* Position on the first key after it->id (the first key if none yet). */
+static int iter_seek(nbx_iter *it, MDB_val *k, MDB_val *v)
+{
+    if (it->id_len == 0)
+        return mdb_cursor_get(it->cur, k, v, MDB_FIRST);
+    k->mv_size = it->id_len;
+    k->mv_data = it->id;
+    int rc = mdb_cursor_get(it->cur, k, v, MDB_SET_RANGE);
+    if (rc == 0 && k->mv_size == it->id_len && memcmp(k->mv_data, it->id, it->id_len) == 0)
+        rc = mdb_cursor_get(it->cur, k, v, MDB_NEXT);
+    return rc;
+}
+
+NBX_API int nbx_iter_next(nbx_iter *it, const char **id, const char **json, size_t *json_len)
+{
+    if (!it)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_iter_next: NULL iterator");
+    if (id)
+        *id = NULL;
+    if (json)
+        *json = NULL;
+    if (it->done)
+        return NBX_DONE;
+    nbx_err e = {0};
+    MDB_val k, v;
+    int rc;
+    if (!it->positioned) {
+        rc = iter_seek(it, &k, &v);
+    } else if (++it->since_renew >= NBX_ITER_RENEW) {
+        it->since_renew = 0;
+        mdb_txn_reset(it->txn);
+        rc = mdb_txn_renew(it->txn);
+        if (rc == 0)
+            rc = mdb_cursor_renew(it->txn, it->cur);
+        if (rc)
+            return nbx_fail(it->store, nbx_err_mdb(&e, rc, "renewing an iterator"), "%s", e.msg);
+        rc = iter_seek(it, &k, &v);
+    } else {
+        rc = mdb_cursor_get(it->cur, &k, &v, MDB_NEXT);
+    }
+    it->positioned = true;
+    if (rc == MDB_NOTFOUND) {
+        it->done = true;
+        return NBX_DONE;
+    }
+    if (rc)
+        return nbx_fail(it->store, nbx_err_mdb(&e, rc, "iterating"), "%s", e.msg);
+    if (k.mv_size > NBX_ID_MAX)
+        return nbx_fail(it->store, NBX_ECORRUPT, "profile key longer than %d bytes", NBX_ID_MAX);
+    memcpy(it->id, k.mv_data, k.mv_size);
+    it->id[k.mv_size] = '\0';
+    it->id_len = k.mv_size;
+    if (!(it->flags & NBX_ITER_IDS)) {
+        nbx_profile p = {.id = {it->id, it->id_len}};
+        nbx_arena_reset(&it->arena);
+        nbx_buf_reset(&it->json);
+        rc = nbx_profile_decode(v.mv_data, v.mv_size, &p, &it->arena, &e);
+        if (rc)
+            return nbx_publish(it->store, &e);
+        nbx_profile_to_json(&p, &it->json);
+        nbx_buf_terminate(&it->json);
+        if (it->json.oom)
+            return nbx_fail(it->store, NBX_ENOMEM, "out of memory");
+        if (json)
+            *json = it->json.data;
+        if (json_len)
+            *json_len = it->json.len;
+    }
+    if (id)
+        *id = it->id;
+    return NBX_OK;
+}
+
+NBX_API void nbx_iter_close(nbx_iter *it)
+{
+    if (!it)
+        return;
+    if (it->cur)
+        mdb_cursor_close(it->cur);
+    if (it->txn)
+        mdb_txn_abort(it->txn);
+    nbx_buf_free(&it->json);
+    nbx_arena_free(&it->arena);
+    free(it);
 }

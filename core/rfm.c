@@ -8,7 +8,6 @@
  */
 #include "nbx_int.h"
 
-#include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,35 +136,6 @@ static void score(nbx_rfm *r, int64_t as_of_ms, const rfm_cuts *c)
  * Rebuild
  * ======================================================================== */
 
-/* Read just the rfm element of a stored profile: [attrs, consent,
- * propensity, ltv, churn, rfm|nil, updated_at] (codec.c). false: none. */
-static bool peek_rfm(const void *data, size_t len, nbx_rfm *r, bool *corrupt)
-{
-    nbx_mp m;
-    nbx_mp_init(&m, data, len);
-    memset(r, 0, sizeof *r);
-    if (nbx_mp_array(&m) < 7) {
-        *corrupt = true;
-        return false;
-    }
-    for (int i = 0; i < 5; i++)
-        nbx_mp_skip(&m);
-    if (nbx_mp_nil(&m)) {
-        *corrupt = m.bad;
-        return false;
-    }
-    if (nbx_mp_array(&m) < 9) {
-        *corrupt = true;
-        return false;
-    }
-    r->first_purchase = nbx_mp_int(&m);
-    r->last_purchase = nbx_mp_int(&m);
-    r->orders = nbx_mp_uint(&m);
-    r->revenue = nbx_mp_double(&m);
-    *corrupt = m.bad;
-    return !m.bad;
-}
-
 typedef struct values {
     double *v;
     size_t n, cap;
@@ -203,15 +173,16 @@ static int collect(nbx_store *s, int64_t as_of_ms, values *rv, values *fv, value
         mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     while (mrc == 0) {
         nbx_rfm r;
-        bool corrupt;
-        if (peek_rfm(v.mv_data, v.mv_size, &r, &corrupt) && has_purchase(&r)) {
+        bool has;
+        int drc = nbx_profile_decode_rfm(v.mv_data, v.mv_size, &r, &has);
+        if (drc == NBX_OK && has && has_purchase(&r)) {
             bool ok = values_push(fv, (double)r.orders) && values_push(mv, r.revenue) &&
                       (!r.last_purchase || values_push(rv, recency_days(&r, as_of_ms)));
             if (!ok) {
                 rc = nbx_err_set(e, NBX_ENOMEM, "out of memory");
                 break;
             }
-        } else if (corrupt) {
+        } else if (drc != NBX_OK) {
             rc = nbx_err_set(e, NBX_ECORRUPT, "profile '%.*s': stored value cannot be decoded",
                              (int)(k.mv_size > 256 ? 256 : k.mv_size), (const char *)k.mv_data);
             break;
@@ -244,19 +215,14 @@ static int collect(nbx_store *s, int64_t as_of_ms, values *rv, values *fv, value
 
 static int put_meta(nbx_store *s, MDB_txn *txn, int64_t as_of_ms, const rfm_cuts *c, nbx_err *e)
 {
+    nbx_rfm_meta meta = {.as_of_ms = as_of_ms};
+    memcpy(meta.recency, c->r, sizeof meta.recency);
+    memcpy(meta.frequency, c->f, sizeof meta.frequency);
+    memcpy(meta.monetary, c->m, sizeof meta.monetary);
     nbx_buf b = {0};
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, nbx_buf_msgpack_write);
-    msgpack_pack_array(&pk, 4);
-    msgpack_pack_int64(&pk, as_of_ms);
-    const double *cuts[3] = {c->r, c->f, c->m};
-    for (int i = 0; i < 3; i++) {
-        msgpack_pack_array(&pk, 4);
-        for (int k = 0; k < 4; k++)
-            msgpack_pack_double(&pk, cuts[i][k]);
-    }
-    int rc = b.oom ? nbx_err_set(e, NBX_ENOMEM, "out of memory")
-                   : nbx_store_meta_put(s, txn, "rfm", b.data, b.len, e);
+    int rc = nbx_rfm_meta_encode(&meta, &b) != NBX_OK
+                 ? nbx_err_set(e, NBX_ENOMEM, "out of memory")
+                 : nbx_store_meta_put(s, txn, NBX_META_RFM, b.data, b.len, e);
     nbx_buf_free(&b);
     return rc;
 }

@@ -485,7 +485,10 @@ void nbx_arena_free(nbx_arena *a)
 int nbx_read_file(const char *path, size_t max, char **out, size_t *len, nbx_err *e)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading waits for a writer, before any
+     * check could refuse it (nbx, nginx -t and reloads hung on one). It
+     * changes nothing for the regular files read below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return nbx_err_errno(e, errno, "cannot open", path);
     struct stat st;
@@ -496,7 +499,13 @@ int nbx_read_file(const char *path, size_t max, char **out, size_t *len, nbx_err
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return nbx_err_set(e, NBX_EIO, "%s: not a regular file", path);
+        return nbx_err_set(e, NBX_EIO, "%s: not a regular file (%s)", path,
+                           S_ISFIFO(st.st_mode)   ? "a FIFO"
+                           : S_ISDIR(st.st_mode)  ? "a directory"
+                           : S_ISCHR(st.st_mode)  ? "a character device"
+                           : S_ISBLK(st.st_mode)  ? "a block device"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "not a file");
     }
     if ((uint64_t)st.st_size > max) {
         close(fd);

@@ -230,6 +230,41 @@ typedef struct nbx_store_stats {
 } nbx_store_stats;
 
 /**
+ * @brief Write a compacted copy of the store to out_dir: every live record
+ * of every database, from one read snapshot, appended in key order into a
+ * new environment (data.mdb and its lock.mdb), which is a store of its own.
+ * Runs beside readers and writers.
+ *
+ * After an erasure, the copy holds no byte of the erased customers: its
+ * pages hold live records only, where the store's own file may still hold
+ * them in freed pages, and LMDB's own compacting copy (mdb_env_copy2 with
+ * MDB_CP_COMPACT) in the separator keys its branch pages keep. Compact, then
+ * replace the store with the copy while writers are stopped
+ * (docs/data-model.md, "Erasure").
+ *
+ * @param out_dir a new directory (created) or an empty one; not the store.
+ * @return NBX_OK, NBX_EINVAL (NULL, not a directory, not empty, the store
+ *   itself), NBX_ENOTFOUND (out_dir's parent is missing), NBX_EIO,
+ *   NBX_ESTORE, NBX_EFULL, NBX_ENOMEM. On failure the partial copy is
+ *   removed.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_store_compact(nbx_store *store, const char *out_dir);
+
+/**
+ * @brief Bring a store written by an older nbx to this one's format
+ * (docs/format.md). An older store opens read-only as it is; a read-write
+ * open refuses it with NBX_EVERSION until it is upgraded, so that a store
+ * is never written by two versions that disagree on it.
+ * @param[out] from, to if not NULL, the format before and after (equal
+ *   when there was nothing to do).
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EVERSION (newer
+ *   than this nbx), NBX_ECORRUPT, NBX_ESTORE.
+ * @note Stop writers of other versions first.
+ */
+NBX_API int nbx_store_upgrade(const char *path, uint32_t *from, uint32_t *to);
+
+/**
  * @brief Read the store's counts.
  * @return NBX_OK, NBX_EINVAL, NBX_ESTORE.
  * @note Thread-safe.
@@ -259,33 +294,92 @@ NBX_API int nbx_profile_get(nbx_store *store, const char *id, char **json, size_
 
 /**
  * @brief Upsert one profile from JSON, merging: fields given replace the
- * stored ones, absent fields stay (docs/data-model.md, "Merge rules").
- * @return NBX_OK, NBX_EINVAL, NBX_EPARSE (message names the field),
- *   NBX_ELIMIT, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ * stored ones, absent fields stay (docs/data-model.md, "Merge rules"). RFM
+ * aggregates given are the import's figures as of `rfm.as_of` (default: its
+ * last_purchase); purchase events dated later add to them and are never
+ * rolled back ("Which source wins"). A put that changes nothing writes
+ * nothing, updated_at included.
+ * @return NBX_OK, NBX_EINVAL (NULL argument; an erased customer, see
+ *   nbx_profile_erase()), NBX_EPARSE (message names the field),
+ *   NBX_ELIMIT, NBX_EREADONLY, NBX_ECORRUPT (the stored profile is
+ *   damaged), NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
  * @note Thread-safe; commits before returning.
  */
 NBX_API int nbx_profile_put(nbx_store *store, const char *json, size_t len);
 
 /**
- * @brief Erase a profile and everything keyed by that customer (exposure
- * counters and event records) in one transaction. The erased event ids are
- * forgotten: the same events sent again are applied again.
- * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EREADONLY, NBX_ESTORE.
+ * @brief Erase customers: for each id, in one transaction for the whole
+ * list, its profile and everything keyed by it (exposure counters, event
+ * records), leaving a suppression record: a keyed hash of the id, no byte
+ * of personal data (docs/data-model.md, "Erasure").
+ *
+ * Until nbx_profile_restore(), everything later sent for a suppressed id is
+ * refused and counted as suppressed: profile imports (nbx_import_file()
+ * skips its lines, nbx_profile_put() fails), events (nbx_event_apply()
+ * applies nothing, nbx_record_ex() reports NBX_RECORD_SUPPRESSED) and the
+ * impressions decisions record. An id the store holds nothing for is
+ * suppressed all the same (0 records).
+ *
+ * Erased bytes stay in the store's file until LMDB reuses their pages: see
+ * nbx_store_compact().
+ *
+ * @param ids n customer ids, each 1..NBX_ID_MAX bytes; the same id twice
+ *   is erased once.
+ * @param[out] records if not NULL, n counts: the records each id lost
+ *   (its profile, counter rows and event records); zeros on failure.
+ * @return NBX_OK (also for ids that held nothing); NBX_EINVAL (NULL
+ *   argument, a bad id: the message names its index; nothing is erased);
+ *   NBX_EREADONLY (also a store of an older format, which opens read-only
+ *   only: see nbx_store_upgrade()); NBX_EIO (no randomness for the store's
+ *   first key); NBX_ESTORE (also a list too large for one transaction:
+ *   erase it in parts); NBX_EFULL; NBX_ECORRUPT (the store's key is
+ *   damaged).
+ * @note Thread-safe.
+ */
+NBX_API int nbx_profile_erase(nbx_store *store, const char *const *ids, size_t n,
+                              uint64_t *records);
+
+/**
+ * @brief nbx_profile_erase() of one id.
+ * @return as nbx_profile_erase(), and NBX_ENOTFOUND when the store held
+ *   nothing for the id (it is suppressed all the same).
  * @note Thread-safe.
  */
 NBX_API int nbx_profile_delete(nbx_store *store, const char *id);
 
+/**
+ * @brief Lift an erasure (renewed consent): the id's suppression record is
+ * removed, and data sent for it is taken again. What was erased stays
+ * erased.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND (the id is not suppressed),
+ *   NBX_EREADONLY, NBX_ECORRUPT, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_profile_restore(nbx_store *store, const char *id);
+
 /* ------------------------------------------------------------------------
  * Events: purchases and exposures (impression, click, accept, dismiss)
  * ------------------------------------------------------------------------ */
+
+/** How far after the writer's clock an event may be dated (`ts`) by
+ * default: further ahead it is refused, naming `ts`. Older events
+ * (backfills, late arrivals) are always taken. */
+#define NBX_DEFAULT_EVENT_SKEW_MS 300000
+/** The largest skew an option may allow (one day). */
+#define NBX_EVENT_SKEW_MAX_MS 86400000
 
 /**
  * @brief Apply one event (the JSON object `nbx ingest` reads) and commit.
  * Deduplication is per customer: an event whose event_id this customer has
  * had before is skipped and changes nothing, whatever its other fields (the
  * first one wins); the same event_id for another customer is another event.
+ * The event's `ts` may be at most NBX_DEFAULT_EVENT_SKEW_MS after this
+ * process's clock; counters are never pruned by an event's own time.
  * @param[out] applied if not NULL, 1 if applied, 0 if skipped as a duplicate.
- * @return NBX_OK, NBX_EINVAL, NBX_EPARSE, NBX_EREADONLY, NBX_EFULL, NBX_ESTORE.
+ * @return NBX_OK, NBX_EINVAL (NULL argument; `ts` too far ahead of the
+ *   clock: the message names `ts`), NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY,
+ *   NBX_ECORRUPT (a damaged stored value of the customer), NBX_EFULL,
+ *   NBX_ESTORE.
  * @note Thread-safe.
  */
 NBX_API int nbx_event_apply(nbx_store *store, const char *json, size_t len, int *applied);
@@ -315,6 +409,13 @@ typedef struct nbx_import_options {
                                    profiles, 100000 for events) */
     nbx_progress_fn progress; /**< called about every 100k lines; may be NULL */
     void *progress_ud;
+    int64_t max_skew_ms;      /**< events: how far after the importing process's
+                                   clock an event may be dated (0:
+                                   NBX_DEFAULT_EVENT_SKEW_MS; at most
+                                   NBX_EVENT_SKEW_MAX_MS); a later `ts` is a bad line */
+    const char *catalog;      /**< events: a catalog file; an exposure naming an
+                                   offer not in it is a bad line (field `offer`).
+                                   NULL: offers are not checked */
 } nbx_import_options;
 
 /** Counts from nbx_import_file(). */
@@ -323,6 +424,8 @@ typedef struct nbx_import_stats {
     uint64_t applied;    /**< records written */
     uint64_t duplicates; /**< events skipped: their customer had their id before */
     uint64_t rejected;   /**< bad lines copied to rejects_path */
+    uint64_t suppressed; /**< records refused: their customer was erased
+                              (nbx_profile_erase()) */
 } nbx_import_stats;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -354,7 +457,8 @@ NBX_API void nbx_import_options_init(nbx_import_options *opts);
  * @param[out] stats may be NULL.
  * @return NBX_OK, NBX_EINVAL (also: rejects_path is the input file or a file
  *   of the store), NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ELIMIT,
- *   NBX_EREADONLY, NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ *   NBX_EREADONLY, NBX_ECORRUPT (a damaged stored value), NBX_EFULL,
+ *   NBX_ESTORE, NBX_ENOMEM.
  * @note Thread-safe; concurrent imports serialise on the store's writer.
  */
 NBX_API int nbx_import_file(nbx_store *store, nbx_import_kind kind, const char *path,
@@ -484,6 +588,10 @@ typedef struct nbx_engine_options {
      * messages). The version is the xxh64 of these bytes, as of a file's. */
     const char *policy_text;
     size_t policy_len;
+    /** How far after the engine's clock an event given to nbx_record() may
+     * be dated (0: NBX_DEFAULT_EVENT_SKEW_MS; at most NBX_EVENT_SKEW_MAX_MS,
+     * else NBX_EINVAL). */
+    int64_t event_max_skew_ms;
 } nbx_engine_options;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -671,13 +779,47 @@ NBX_API const char *nbx_ctx_errmsg(const nbx_ctx *ctx);
  */
 NBX_API int nbx_decide(nbx_ctx *ctx, const nbx_request *req, const nbx_result **out);
 
+/** Flags for nbx_record_ex(). */
+enum nbx_record_flags {
+    /** Stamp the event with the engine's clock: its own `ts` is not trusted
+     * (it may be left out; if given it must still be a time). For events
+     * from browsers and other clients whose clocks nbx cannot trust. */
+    NBX_RECORD_SERVER_TIME = 0x1
+};
+
+/** What nbx_record_ex() did with an event. */
+enum nbx_record_outcome {
+    NBX_RECORD_APPLIED = 1,   /**< new: recorded, counters and aggregates updated */
+    NBX_RECORD_DUPLICATE = 2, /**< this customer had the event id before: nothing changed */
+    NBX_RECORD_SUPPRESSED = 3 /**< the customer was erased: refused, nothing stored */
+};
+
 /**
- * @brief Apply one event (as nbx_event_apply()) through the context's engine;
- * the next decision on any context sees it. Deduplication is per customer,
- * as for nbx_event_apply().
- * @param[out] applied if not NULL, 1 if applied, 0 if this customer had the
- *   event id before.
- * @return as nbx_event_apply(); NBX_EREADONLY on a read-only engine.
+ * @brief Apply one event through the context's engine; the next decision on
+ * any context sees it. Deduplication is per customer, as for
+ * nbx_event_apply().
+ *
+ * Refused with NBX_EINVAL, the message naming the field: an event dated
+ * more than nbx_engine_options.event_max_skew_ms after the engine's clock
+ * (`ts`; not with NBX_RECORD_SERVER_TIME), and an exposure naming an offer
+ * that is not in the engine's current catalog (`offer`).
+ *
+ * @param flags nbx_record_flags, OR-ed.
+ * @param[out] outcome if not NULL, an nbx_record_outcome on NBX_OK, else 0.
+ * @return NBX_OK (also for a duplicate or a suppressed customer: see
+ *   outcome), NBX_EINVAL (NULL argument, unknown flags, `ts`, `offer`),
+ *   NBX_EPARSE, NBX_ELIMIT, NBX_EREADONLY (read-only engine), NBX_ECORRUPT
+ *   (a damaged stored value), NBX_EFULL, NBX_ESTORE, NBX_ENOMEM.
+ * @note The context belongs to one thread at a time.
+ */
+NBX_API int nbx_record_ex(nbx_ctx *ctx, const char *json, size_t len, unsigned flags,
+                          int *outcome);
+
+/**
+ * @brief nbx_record_ex() with flags 0.
+ * @param[out] applied if not NULL, 1 if applied, 0 if not (a duplicate, or
+ *   a suppressed customer).
+ * @return as nbx_record_ex().
  */
 NBX_API int nbx_record(nbx_ctx *ctx, const char *json, size_t len, int *applied);
 

@@ -38,8 +38,14 @@ static nbx_profile sample(void)
         .n_propensity = 2,
         .ltv = 412.5,
         .churn = 0.12,
-        .rfm = {.first_purchase = 1767225600000, .last_purchase = 1767312000123, .orders = 3,
-                .revenue = 99.95, .margin = 31.5, .r = 5, .f = 2, .m = 4,
+        .rfm = {.first_purchase = 1767225600000,
+                .last_purchase = 1767312000123,
+                .orders = 3,
+                .revenue = 99.95,
+                .margin = 31.5,
+                .r = 5,
+                .f = 2,
+                .m = 4,
                 .segment = NBX_SEGMENT_POTENTIAL},
         .updated_at = 1767400000000,
         .fields = NBX_PF_ATTRS | NBX_PF_CONSENT | NBX_PF_PROPENSITY | NBX_PF_LTV | NBX_PF_CHURN |
@@ -106,8 +112,9 @@ Test(codec, reader_handles_every_int_width)
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    int64_t vals[] = {0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295LL, 4294967296LL,
-                      -1, -32, -33, -128, -129, -32768, -32769, INT64_MIN, INT64_MAX};
+    int64_t vals[] = {
+        0,  1,   127, 128,  255,  256,    65535,  65536,     4294967295LL, 4294967296LL,
+        -1, -32, -33, -128, -129, -32768, -32769, INT64_MIN, INT64_MAX};
     size_t n = sizeof vals / sizeof vals[0];
     for (size_t i = 0; i < n; i++)
         msgpack_pack_int64(&pk, vals[i]);
@@ -168,4 +175,143 @@ Test(codec, exposure_round_trip_and_windows)
     cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_DISMISS, 105, 1), 1);
     cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 99, 30), 0);
     cr_assert_eq(nbx_exposure_count(&y, NBX_EXP_IMPRESSION, 110, 0), 0);
+}
+
+/* ------------------------------------------------------------------------
+ * A damaged value never stalls a reader (issue 10, section 5)
+ * ------------------------------------------------------------------------ */
+
+static double seconds(void)
+{
+    return (double)nbx_monotonic_us() / 1e6;
+}
+
+/* The report: 21 bytes (a profile whose rfm claims 4294967295 elements)
+ * made profile get and decide spin 7.5 to 9.7 s, one skip call per claimed
+ * element. Every decoder answers NBX_ECORRUPT at once, naming the customer.
+ * The bound is generous: the decode takes microseconds. */
+static const uint8_t damaged[21] = {0x97, 0x80, 0x80, 0x80, 0xc0, 0xc0,
+                                    0xdd, 0xff, 0xff, 0xff, 0xff};
+/* the same with a nil tenth element (no import base): the decoder then
+ * skipped the 4294967285 elements left, each call a no-op once out of bytes */
+static const uint8_t damaged_nil[21] = {0x97, 0x80, 0x80, 0x80, 0xc0, 0xc0, 0xdd,
+                                        0xff, 0xff, 0xff, 0xff, 0,    0,    0,
+                                        0,    0,    0,    0,    0,    0,    0xc0};
+
+Test(codec, a_count_larger_than_the_value_is_corrupt_at_once, .timeout = 30)
+{
+    double t0 = seconds();
+    const uint8_t *values[] = {damaged, damaged_nil};
+    for (int i = 0; i < 2; i++) {
+        nbx_profile p = {.id = {"c1", 2}};
+        nbx_err e = {0};
+        cr_assert_eq(nbx_profile_decode(values[i], 21, &p, &arena, &e), NBX_ECORRUPT);
+        cr_assert(strstr(e.msg, "profile 'c1'") != NULL, "%s", e.msg);
+        nbx_rfm r;
+        bool has;
+        cr_assert_eq(nbx_profile_decode_rfm(values[i], 21, &r, &has), NBX_ECORRUPT);
+    }
+    double took = seconds() - t0;
+    cr_assert_lt(took, 2.0, "decoding 21 bytes took %.2f s", took);
+
+    /* the same claim in every container a decoder walks */
+    static const uint8_t claims[][12] = {
+        {0xdd, 0xff, 0xff, 0xff, 0xff, 0, 0, 0},                /* array32 */
+        {0xdf, 0xff, 0xff, 0xff, 0xff, 0, 0, 0},                /* map32 */
+        {0xdc, 0xff, 0xff, 0, 0, 0, 0, 0},                      /* array16 */
+        {0x95, 0, 0, 0, 0, 0xdd, 0x7f, 0xff, 0xff, 0xff, 0, 0}, /* counters: cells */
+    };
+    for (size_t i = 0; i < sizeof claims / sizeof claims[0]; i++) {
+        nbx_mp m;
+        nbx_mp_init(&m, claims[i], sizeof claims[i]);
+        nbx_mp_skip(&m);
+        cr_assert(m.bad, "claim %zu: skipped as if whole", i);
+        nbx_exposure x;
+        cr_assert_eq(nbx_exposure_decode(claims[i], sizeof claims[i], &x, &arena), NBX_ECORRUPT,
+                     "claim %zu", i);
+        nbx_event ev = {0};
+        cr_assert_eq(nbx_event_record_decode(claims[i], sizeof claims[i], &ev), NBX_ECORRUPT);
+    }
+    took = seconds() - t0;
+    cr_assert_lt(took, 2.0, "took %.2f s", took);
+}
+
+/* Every prefix and every single-byte change of every stored value decodes
+ * or fails, and a skip over it never runs past its bytes. */
+Test(codec, every_decoder_stops_within_the_value, .timeout = 60)
+{
+    nbx_profile p = sample();
+    p.fields |= NBX_PF_RFM_BASE;
+    p.rfm_base = (nbx_rfm_base){.as_of = 1767225600000, .orders = 3, .revenue = 12.5};
+    cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+    nbx_exposure_day days[] = {{100, {1, 0, 0, 0}}, {105, {2, 1, 0, 1}}};
+    nbx_exposure x = {.last = {1, 2, 3, 4}, .days = days, .n_days = 2};
+    nbx_buf counters = {0}, record = {0};
+    cr_assert_eq(nbx_exposure_encode(&x, &counters), NBX_OK);
+    nbx_event ev = {
+        .offer = NBX_SV("o1"), .type = NBX_EV_CLICK, .ts_ms = 5, .amount = NAN, .margin = NAN};
+    cr_assert_eq(nbx_event_record_encode(&ev, &record), NBX_OK);
+    const nbx_buf *values[] = {&buf, &counters, &record};
+    for (size_t v = 0; v < 3; v++) {
+        for (size_t i = 0; i < values[v]->len; i++)
+            for (int bit = 0; bit < 8; bit++) {
+                char copy[1024];
+                memcpy(copy, values[v]->data, values[v]->len);
+                copy[i] ^= (char)(1 << bit);
+                for (size_t cut = i; cut <= values[v]->len; cut += values[v]->len - i) {
+                    nbx_profile q = {.id = {"c1", 2}};
+                    nbx_rfm r;
+                    bool has;
+                    nbx_exposure y;
+                    nbx_event e = {0};
+                    (void)nbx_profile_decode(copy, cut, &q, &arena, NULL);
+                    (void)nbx_profile_decode_rfm(copy, cut, &r, &has);
+                    (void)nbx_exposure_decode(copy, cut, &y, &arena);
+                    (void)nbx_event_record_decode(copy, cut, &e);
+                    nbx_mp m;
+                    nbx_mp_init(&m, copy, cut);
+                    nbx_mp_skip(&m);
+                    cr_assert(m.p <= m.end, "skip ran past the value");
+                    nbx_arena_reset(&arena);
+                    if (cut == values[v]->len)
+                        break;
+                }
+            }
+    }
+    nbx_buf_free(&counters);
+    nbx_buf_free(&record);
+}
+
+/* An import's base of the purchase aggregates: stored whole when events
+ * added to it, as [as_of] alone when it is the aggregates (most customers). */
+Test(codec, the_rfm_base_round_trips_in_both_forms)
+{
+    nbx_profile p = sample();
+    p.fields |= NBX_PF_RFM | NBX_PF_RFM_BASE;
+    p.rfm.orders = 4;
+    p.rfm.revenue = 384.6;
+    p.rfm.last_purchase = 1767780000000;
+    p.rfm_base = (nbx_rfm_base){.as_of = 1746748800000,
+                                .first_purchase = p.rfm.first_purchase,
+                                .last_purchase = 1746748800000,
+                                .orders = 3,
+                                .revenue = 300.1,
+                                .margin = p.rfm.margin};
+    size_t whole = 0;
+    for (int same = 0; same < 2; same++) {
+        if (same)
+            p.rfm_base = (nbx_rfm_base){p.rfm_base.as_of, p.rfm.first_purchase, p.rfm.last_purchase,
+                                        p.rfm.orders,     p.rfm.revenue,        p.rfm.margin};
+        nbx_buf_reset(&buf);
+        cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+        nbx_profile q = {.id = {"c1", 2}};
+        cr_assert_eq(nbx_profile_decode(buf.data, buf.len, &q, &arena, NULL), NBX_OK);
+        cr_assert(q.fields & NBX_PF_RFM_BASE);
+        cr_assert_eq(memcmp(&q.rfm_base, &p.rfm_base, sizeof q.rfm_base), 0, "same %d", same);
+        cr_assert_eq(q.rfm.orders, p.rfm.orders);
+        if (same)
+            cr_assert_lt(buf.len, whole - 30, "[as_of] alone: %zu bytes against %zu", buf.len,
+                         whole);
+        whole = buf.len;
+    }
 }

@@ -121,7 +121,7 @@ Test(event, parse_a_purchase_and_an_exposure)
     const char *p =
         "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":19.5,"
         "\"margin\":4,\"ts\":\"2026-03-01T10:00:00Z\",\"campaign\":{\"a\":[1]}}";
-    cr_assert_eq(nbx_event_parse(p, strlen(p), &ev, &arena, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_event_parse(p, strlen(p), 0, &ev, &arena, &e), NBX_OK, "%s", e.msg);
     cr_assert_eq(ev.type, NBX_EV_PURCHASE);
     cr_assert(nbx_sv_eq_cstr(ev.id, "e1") && nbx_sv_eq_cstr(ev.customer, "c1"));
     cr_assert_eq(ev.amount, 19.5);
@@ -129,7 +129,7 @@ Test(event, parse_a_purchase_and_an_exposure)
     cr_assert_eq(ev.ts_ms, t("2026-03-01T10:00:00Z"));
     const char *x = "{\"type\":\"dismiss\",\"ts\":1767225600.5,\"event_id\":\"e2\","
                     "\"customer\":\"c1\",\"offer\":\"o9\",\"placement\":\"hero\"}";
-    cr_assert_eq(nbx_event_parse(x, strlen(x), &ev, &arena, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_event_parse(x, strlen(x), 0, &ev, &arena, &e), NBX_OK, "%s", e.msg);
     cr_assert_eq(ev.type, NBX_EV_DISMISS);
     cr_assert_eq(ev.ts_ms, 1767225600500);
     cr_assert(nbx_sv_eq_cstr(ev.placement, "hero"));
@@ -225,7 +225,7 @@ Test(event, parse_errors_name_the_field)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         nbx_event ev;
         nbx_err e = {0};
-        int rc = nbx_event_parse(cases[i].json, strlen(cases[i].json), &ev, &arena, &e);
+        int rc = nbx_event_parse(cases[i].json, strlen(cases[i].json), 0, &ev, &arena, &e);
         cr_assert_eq(rc, NBX_EPARSE, "accepted: %s", cases[i].json);
         cr_assert(strstr(e.msg, cases[i].expect) != NULL, "for %s expected '%s', got '%s'",
                   cases[i].json, cases[i].expect, e.msg);
@@ -242,7 +242,7 @@ Test(event, a_nul_byte_in_a_string_is_named)
                         "\"offer\":\"o\",\"ts\":1}";
     nbx_event ev;
     nbx_err e = {0};
-    cr_assert_eq(nbx_event_parse(json, sizeof json - 1, &ev, &arena, &e), NBX_EPARSE);
+    cr_assert_eq(nbx_event_parse(json, sizeof json - 1, 0, &ev, &arena, &e), NBX_EPARSE);
     cr_assert(strstr(e.msg, "field 'event_id': contains a NUL byte") != NULL, "got '%s'", e.msg);
 }
 
@@ -521,13 +521,25 @@ Test(event, purchases_update_rfm_aggregates)
     cr_assert_eq(apply("{\"event_id\":\"p1\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":20.25,\"margin\":5,\"ts\":\"2026-02-01T00:00:00Z\"}"),
                  1);
+    /* the import's figures are complete up to its last_purchase: a purchase
+     * dated before it arriving late is in them already */
     cr_assert_eq(apply("{\"event_id\":\"p2\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":4.75,\"ts\":\"2025-11-01T00:00:00Z\"}"),
-                 1, "an earlier purchase arriving late");
+                 1, "an earlier purchase arriving late is recorded");
     cr_assert_eq(apply("{\"event_id\":\"p3\",\"customer\":\"c1\",\"type\":\"purchase\","
                        "\"amount\":-5,\"margin\":-1,\"ts\":\"2026-01-01T00:00:00Z\"}"),
                  1, "a refund");
     char *json = NULL;
+    cr_assert_eq(nbx_profile_get(store, "c1", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"first_purchase\":\"2025-12-01T00:00:00Z\","
+                           "\"last_purchase\":\"2026-02-01T00:00:00Z\",\"orders\":3,"
+                           "\"revenue\":25.25,\"margin\":4") != NULL,
+              "%s", json);
+    nbx_free(json);
+    /* an import saying its figures are complete only up to October: the late
+     * purchase counts too, from its record */
+    const char *earlier = "{\"id\":\"c1\",\"rfm\":{\"as_of\":\"2025-10-01T00:00:00Z\"}}";
+    cr_assert_eq(nbx_profile_put(store, earlier, strlen(earlier)), NBX_OK);
     cr_assert_eq(nbx_profile_get(store, "c1", &json, NULL), NBX_OK);
     cr_assert(strstr(json, "\"first_purchase\":\"2025-11-01T00:00:00Z\","
                            "\"last_purchase\":\"2026-02-01T00:00:00Z\",\"orders\":4,"
@@ -571,7 +583,13 @@ Test(event, erasure_removes_counters_and_event_records)
     cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
     cr_assert_eq(st.events_seen, 1, "c1's event ids were not erased");
     cr_assert_eq(st.exposure_keys, 2);
-    /* the erased customer's event ids are forgotten: re-sent events apply */
+    /* the erased customer stays erased: re-sent events are refused */
+    const char *x1 = "{\"event_id\":\"x1\",\"customer\":\"c1\",\"type\":\"impression\","
+                     "\"offer\":\"o1\",\"ts\":\"2026-03-01T01:00:00Z\"}";
+    cr_assert_eq(apply(x1), 0);
+    cr_assert_not(counters("c1", "", &x));
+    /* restored (renewed consent), they apply again */
+    cr_assert_eq(nbx_profile_restore(store, "c1"), NBX_OK);
     exposure("x1", "c1", "impression", "o1", "2026-03-01T01:00:00Z");
     cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK, "an exposure-only customer erases");
     cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_ENOTFOUND);
@@ -594,4 +612,419 @@ Test(event, misuse)
     nbx_store_close(ro);
     cr_assert_str_eq(nbx_event_type_name(NBX_EV_ACCEPT), "accept");
     cr_assert_str_eq(nbx_event_type_name(99), "unknown");
+}
+
+/* ------------------------------------------------------------------------
+ * Clocks (issue 9, section 2): no event can reset a customer's counters
+ * ------------------------------------------------------------------------ */
+
+static void iso(int64_t ms, char out[NBX_TIME_BUFSZ])
+{
+    cr_assert_eq(nbx_time_format(ms, out), NBX_OK);
+}
+
+/* An exposure of customer c at ms through nbx_event_apply: its return code. */
+static int exposure_at(const char *id, const char *customer, const char *type, int64_t ms)
+{
+    char ts[NBX_TIME_BUFSZ], json[512];
+    iso(ms, ts);
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"%s\",\"offer\":\"o001\","
+             "\"ts\":\"%s\"}",
+             id, customer, type, ts);
+    return nbx_event_apply(store, json, strlen(json), NULL);
+}
+
+/* The repro: 5 impressions put u1 at its contact cap, then a click dated a
+ * year ahead (2027-06-01 in the report) erased the day buckets. Now it is
+ * refused, naming ts, and changes nothing; a click a minute ahead (within
+ * the skew) and an old one (a backfill) are applied. */
+Test(event, an_event_dated_a_year_ahead_is_refused_naming_ts)
+{
+    int64_t now = nbx_time_now();
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "imp%d", i);
+        cr_assert_eq(exposure_at(id, "u1", "impression", now - 3600000 + i), NBX_OK, "%s",
+                     nbx_store_errmsg(store));
+    }
+    uint64_t before = digest();
+    int64_t ahead[] = {t("2027-06-01T00:00:00Z"), now + 365 * NBX_MS_PER_DAY,
+                       now + NBX_DEFAULT_EVENT_SKEW_MS + 60000};
+    for (size_t i = 0; i < sizeof ahead / sizeof ahead[0]; i++) {
+        if (ahead[i] <= now + NBX_DEFAULT_EVENT_SKEW_MS)
+            continue; /* the report's date is in the past by now */
+        int rc = exposure_at("f1", "u1", "click", ahead[i]);
+        cr_assert_eq(rc, NBX_EINVAL, "case %zu: expected NBX_EINVAL, got %d", i, rc);
+        cr_assert(strstr(nbx_store_errmsg(store), "field 'ts'") != NULL, "%s",
+                  nbx_store_errmsg(store));
+        cr_assert_eq(digest(), before, "case %zu: the refused event changed the store", i);
+    }
+    nbx_exposure x;
+    cr_assert(counters("u1", "", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, nbx_day_of(now), 7), 5);
+
+    cr_assert_eq(exposure_at("soon", "u1", "click", now + 60000), NBX_OK, "within the skew");
+    cr_assert_eq(exposure_at("old", "u1", "impression", t("2020-01-01T00:00:00Z")), NBX_OK,
+                 "a backfill: %s", nbx_store_errmsg(store));
+    cr_assert(counters("u1", "", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, nbx_day_of(now), 7), 5);
+}
+
+/* Counters are pruned by the writer's clock, never by an event's own time:
+ * even an event the skew check did not see (a decision recorded with a
+ * future clock goes straight to the effects) keeps this year's buckets. */
+Test(event, counters_are_never_pruned_by_an_event_s_own_time)
+{
+    int64_t now = t("2026-03-01T12:00:00Z");
+    nbx_exposure x;
+    memset(&x, 0, sizeof x);
+    cr_assert_eq(
+        nbx_exposure_add(&x, NBX_EXP_IMPRESSION, t("2026-02-28T10:00:00Z"), 5, now, &arena),
+        NBX_OK);
+    cr_assert_eq(nbx_exposure_add(&x, NBX_EXP_CLICK, t("2027-06-01T00:00:00Z"), 1, now, &arena),
+                 NBX_OK);
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, nbx_day_of(now), 7), 5,
+                 "the click a year ahead erased today's impressions");
+    /* once the writer's clock has moved on, the old bucket goes */
+    cr_assert_eq(nbx_exposure_add(&x, NBX_EXP_CLICK, t("2027-06-01T00:00:01Z"), 1,
+                                  t("2027-06-01T00:00:00Z"), &arena),
+                 NBX_OK);
+    cr_assert_eq(x.n_days, 1);
+    cr_assert_eq(x.days[0].n[NBX_EXP_CLICK], 2);
+
+    /* through the effects, as nbx_record_impression() reaches them */
+    MDB_txn *txn;
+    cr_assert_eq(nbx_store_write_begin(store, &txn, NULL), NBX_OK);
+    nbx_buf scratch = {0};
+    const char *days[] = {"2026-02-27T10:00:00Z", "2026-02-28T10:00:00Z", "2027-06-01T00:00:00Z"};
+    nbx_effects fx;
+    nbx_effects_init(&fx, &arena, &scratch);
+    cr_assert_eq(nbx_effects_begin(&fx, store, txn, now, NULL), NBX_OK);
+    for (int i = 0; i < 3; i++) {
+        char id[8], key[NBX_EVENT_KEY_MAX], val[NBX_EVENT_RECORD_MAX];
+        snprintf(id, sizeof id, "d%d", i);
+        nbx_buf rec = {.data = val, .cap = sizeof val};
+        nbx_fx_event e = {.ev = {.id = nbx_sv_of(id),
+                                 .customer = NBX_SV("u1"),
+                                 .offer = NBX_SV("o001"),
+                                 .type = NBX_EV_IMPRESSION,
+                                 .ts_ms = t(days[i]),
+                                 .amount = NAN,
+                                 .margin = NAN}};
+        cr_assert_eq(nbx_event_record_encode(&e.ev, &rec), NBX_OK);
+        e.key = (MDB_val){nbx_event_key(key, e.ev.customer, e.ev.id), key};
+        e.val = (MDB_val){rec.len, val};
+        cr_assert_eq(nbx_effects_customer(&fx, &e, 1, NULL), NBX_OK);
+    }
+    cr_assert_eq(nbx_effects_end(&fx, NULL), NBX_OK);
+    nbx_effects_free(&fx);
+    nbx_buf_free(&scratch);
+    cr_assert_eq(nbx_store_commit(store, txn, NULL), NBX_OK);
+    cr_assert(counters("u1", "", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_IMPRESSION, nbx_day_of(now), 7), 2);
+}
+
+/* Buckets ahead of the writer (one per future day a decision was recorded
+ * at) cannot grow a row without bound, and the row still decodes. */
+Test(event, a_row_keeps_a_bounded_number_of_buckets)
+{
+    int64_t now = t("2026-03-01T12:00:00Z");
+    nbx_exposure x;
+    memset(&x, 0, sizeof x);
+    for (int d = 0; d < NBX_EXPOSURE_DAYS_MAX + 100; d++)
+        cr_assert_eq(
+            nbx_exposure_add(&x, NBX_EXP_IMPRESSION, now + d * NBX_MS_PER_DAY, 1, now, &arena),
+            NBX_OK);
+    cr_assert_eq(x.n_days, NBX_EXPOSURE_DAYS_MAX);
+    cr_assert_eq(x.days[x.n_days - 1].day, nbx_day_of(now) + NBX_EXPOSURE_DAYS_MAX + 99);
+    nbx_buf b = {0};
+    cr_assert_eq(nbx_exposure_encode(&x, &b), NBX_OK);
+    nbx_exposure y;
+    cr_assert_eq(nbx_exposure_decode(b.data, b.len, &y, &arena), NBX_OK);
+    cr_assert_eq(y.n_days, x.n_days);
+    nbx_buf_free(&b);
+}
+
+/* ------------------------------------------------------------------------
+ * nbx_record_ex: the engine's clock and catalog
+ * ------------------------------------------------------------------------ */
+
+static nbx_engine *open_engine(int64_t skew_ms, int *rc)
+{
+    char *catalog = tu_source_path("tests/data/catalog.json");
+    char *policy = tu_source_path("policies/margin_per_session.lua");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store_handle = store;
+    o.catalog = catalog;
+    o.policy = policy;
+    o.event_max_skew_ms = skew_ms;
+    nbx_engine *e = NULL;
+    *rc = nbx_engine_open(&o, &e);
+    free(catalog);
+    free(policy);
+    return e;
+}
+
+/* An engine on the suite's store and a context on it; both must open. */
+static nbx_ctx *open_ctx(int64_t skew_ms, nbx_engine **engine)
+{
+    int rc;
+    *engine = open_engine(skew_ms, &rc);
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_last_errmsg());
+    nbx_ctx *ctx;
+    cr_assert_eq(nbx_ctx_open(*engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
+    return ctx;
+}
+
+static int record(nbx_ctx *ctx, unsigned flags, const char *offer, const char *id, int64_t ms,
+                  int *outcome)
+{
+    char ts[NBX_TIME_BUFSZ], json[512];
+    iso(ms, ts);
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"%s\",\"customer\":\"u1\",\"type\":\"click\",\"offer\":\"%s\","
+             "\"ts\":\"%s\"}",
+             id, offer, ts);
+    return nbx_record_ex(ctx, json, strlen(json), flags, outcome);
+}
+
+/* The stored record of u1's event id. */
+static nbx_event stored_event(const char *id)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    char key[NBX_EVENT_KEY_MAX];
+    MDB_val k = {nbx_event_key(key, NBX_SV("u1"), nbx_sv_of(id)), key}, v;
+    cr_assert_eq(mdb_get(txn, store->customers, &k, &v), 0, "no record of %s", id);
+    nbx_event ev = {0};
+    cr_assert_eq(nbx_event_record_decode(v.mv_data, v.mv_size, &ev), NBX_OK);
+    ev.offer = ev.placement = (nbx_sv){"", 0}; /* they point into the page */
+    mdb_txn_abort(txn);
+    return ev;
+}
+
+Test(event, record_ex_refuses_a_future_ts_and_server_time_ignores_it)
+{
+    int rc;
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
+    int64_t now = nbx_time_now();
+    int outcome = 9;
+
+    uint64_t before = digest();
+    rc = record(ctx, 0, "free_shipping", "f1", now + 400 * NBX_MS_PER_DAY, &outcome);
+    cr_assert_eq(rc, NBX_EINVAL);
+    cr_assert_eq(outcome, 0);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'ts'") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(digest(), before);
+
+    /* the server's clock instead of the event's: applied, dated now */
+    rc = record(ctx, NBX_RECORD_SERVER_TIME, "free_shipping", "f1", now + 400 * NBX_MS_PER_DAY,
+                &outcome);
+    int64_t after = nbx_time_now();
+    cr_assert_eq(rc, NBX_OK, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    nbx_event ev = stored_event("f1");
+    cr_assert(ev.ts_ms >= now && ev.ts_ms <= after, "stamped %lld, not in [%lld, %lld]",
+              (long long)ev.ts_ms, (long long)now, (long long)after);
+    rc = record(ctx, NBX_RECORD_SERVER_TIME, "free_shipping", "f1", now, &outcome);
+    cr_assert_eq(rc, NBX_OK);
+    cr_assert_eq(outcome, NBX_RECORD_DUPLICATE);
+
+    /* with the server's clock ts may be left out; without it, not */
+    const char *no_ts = "{\"event_id\":\"n1\",\"customer\":\"u1\",\"type\":\"click\","
+                        "\"offer\":\"free_shipping\"}";
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), 0, &outcome), NBX_EPARSE);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'ts'") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), NBX_RECORD_SERVER_TIME, &outcome), NBX_OK,
+                 "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+
+    /* nbx_record is nbx_record_ex with flags 0 */
+    int applied = 9;
+    char json[256], ts[NBX_TIME_BUFSZ];
+    iso(now + 400 * NBX_MS_PER_DAY, ts);
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"r1\",\"customer\":\"u1\",\"type\":\"click\","
+             "\"offer\":\"free_shipping\",\"ts\":\"%s\"}",
+             ts);
+    cr_assert_eq(nbx_record(ctx, json, strlen(json), &applied), NBX_EINVAL);
+    cr_assert_eq(applied, 0);
+
+    /* misuse */
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), 0x80, &outcome), NBX_EINVAL);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "flags") != NULL);
+    cr_assert_eq(nbx_record_ex(NULL, no_ts, strlen(no_ts), 0, &outcome), NBX_EINVAL);
+    cr_assert_eq(nbx_record_ex(ctx, NULL, 0, 0, &outcome), NBX_EINVAL);
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), NBX_RECORD_SERVER_TIME, NULL), NBX_OK);
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, (size_t)NBX_LINE_MAX + 1, 0, &outcome), NBX_ELIMIT);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+    /* a read-only engine records nothing */
+    char *catalog = tu_source_path("tests/data/catalog.json");
+    char *policy = tu_source_path("policies/margin_per_session.lua");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = dir;
+    o.catalog = catalog;
+    o.policy = policy;
+    o.flags = NBX_ENGINE_READONLY;
+    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK);
+    cr_assert_eq(nbx_record_ex(ctx, no_ts, strlen(no_ts), NBX_RECORD_SERVER_TIME, &outcome),
+                 NBX_EREADONLY);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+    free(catalog);
+    free(policy);
+}
+
+Test(event, the_engine_s_skew_is_an_option)
+{
+    int rc;
+    cr_assert_null(open_engine(-1, &rc));
+    cr_assert_eq(rc, NBX_EINVAL);
+    cr_assert(strstr(nbx_last_errmsg(), "event_max_skew_ms") != NULL, "%s", nbx_last_errmsg());
+    cr_assert_null(open_engine(NBX_EVENT_SKEW_MAX_MS + 1, &rc));
+    cr_assert_eq(rc, NBX_EINVAL);
+
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(3600000, &engine);
+    int64_t now = nbx_time_now();
+    int outcome;
+    cr_assert_eq(record(ctx, 0, "free_shipping", "h1", now + 1800000, &outcome), NBX_OK, "%s",
+                 nbx_ctx_errmsg(ctx));
+    cr_assert_eq(record(ctx, 0, "free_shipping", "h2", now + 2 * 3600000, &outcome), NBX_EINVAL);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
+
+/* The engine knows its catalog: an exposure naming another offer is refused
+ * naming `offer` (it was applied, and nginx answered 204). */
+Test(event, record_ex_refuses_an_offer_not_in_the_catalog)
+{
+    int rc;
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
+    int64_t now = nbx_time_now();
+    int outcome = 9;
+    uint64_t before = digest();
+    for (unsigned flags = 0; flags <= NBX_RECORD_SERVER_TIME; flags++) {
+        rc = record(ctx, flags, "NOPE", "x1", now, &outcome);
+        cr_assert_eq(rc, NBX_EINVAL, "flags %u: got %d", flags, rc);
+        cr_assert_eq(outcome, 0);
+        cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'offer': 'NOPE'") != NULL, "%s",
+                  nbx_ctx_errmsg(ctx));
+    }
+    cr_assert_eq(digest(), before);
+    cr_assert_eq(record(ctx, 0, "free_shipping", "x1", now, &outcome), NBX_OK);
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    /* a purchase names no offer */
+    const char *purchase = "{\"event_id\":\"p\",\"customer\":\"u1\",\"type\":\"purchase\","
+                           "\"amount\":5,\"ts\":\"2026-01-01T00:00:00Z\"}";
+    cr_assert_eq(nbx_record_ex(ctx, purchase, strlen(purchase), 0, &outcome), NBX_OK, "%s",
+                 nbx_ctx_errmsg(ctx));
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
+
+/* An erased customer's events through nbx_record_ex: refused, reported as
+ * suppressed, nothing stored; a decision recorded for them stores nothing
+ * either. */
+Test(event, record_ex_reports_an_erased_customer_as_suppressed)
+{
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
+    int64_t now = nbx_time_now();
+    int outcome = 0;
+    cr_assert_eq(record(ctx, 0, "free_shipping", "s1", now, &outcome), NBX_OK);
+    cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    cr_assert_eq(nbx_profile_delete(store, "u1"), NBX_OK, "%s", nbx_store_errmsg(store));
+    uint64_t before = digest();
+    for (unsigned flags = 0; flags <= NBX_RECORD_SERVER_TIME; flags++) {
+        cr_assert_eq(record(ctx, flags, "free_shipping", "s1", now, &outcome), NBX_OK);
+        cr_assert_eq(outcome, NBX_RECORD_SUPPRESSED);
+        cr_assert_eq(record(ctx, flags, "free_shipping", "s2", now, &outcome), NBX_OK);
+        cr_assert_eq(outcome, NBX_RECORD_SUPPRESSED);
+    }
+    int applied = 9;
+    const char *ev = "{\"event_id\":\"s3\",\"customer\":\"u1\",\"type\":\"click\","
+                     "\"offer\":\"free_shipping\",\"ts\":\"2026-01-01T00:00:00Z\"}";
+    cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK);
+    cr_assert_eq(applied, 0);
+    nbx_request req;
+    nbx_request_init(&req);
+    req.customer = "u1";
+    req.flags = NBX_DECIDE_RECORD;
+    const nbx_result *r;
+    cr_assert_eq(nbx_decide(ctx, &req, &r), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_eq(digest(), before, "something of the erased customer was stored");
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
+
+/* A decision for a customer whose stored profile is damaged (the report's
+ * 21 bytes, with a nil tenth element) fails at once with NBX_ECORRUPT
+ * naming the customer; it spun for seconds. */
+Test(event, a_decision_over_a_damaged_profile_fails_at_once, .timeout = 60)
+{
+    static const uint8_t damaged[21] = {0x97, 0x80, 0x80, 0x80, 0xc0, 0xc0, 0xdd,
+                                        0xff, 0xff, 0xff, 0xff, 0,    0,    0,
+                                        0,    0,    0,    0,    0,    0,    0xc0};
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, 0, &txn), 0);
+    MDB_val k = {2, "u9"}, v = {sizeof damaged, (void *)damaged};
+    cr_assert_eq(mdb_put(txn, store->profiles, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
+    nbx_request req;
+    nbx_request_init(&req);
+    req.customer = "u9";
+    const nbx_result *r;
+    int64_t t0 = nbx_monotonic_us();
+    cr_assert_eq(nbx_decide(ctx, &req, &r), NBX_ECORRUPT);
+    double took = (double)(nbx_monotonic_us() - t0) / 1e6;
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "profile 'u9'") != NULL, "%s", nbx_ctx_errmsg(ctx));
+    cr_assert_lt(took, 5.0, "took %.1f s", took);
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+}
+
+/* The effects decode rows into an arena. Given the caller's (nbx_record's
+ * context arena, which holds the parsed event: an escaped customer id is
+ * unescaped into it), they must not reset it: the customer's id would be
+ * overwritten by the profile decoded after it. */
+Test(event, applying_an_event_keeps_the_caller_s_arena)
+{
+    const char *profile = "{\"id\":\"\\u00e9ve\",\"attrs\":{\"a\":\"aaaaaaaaaaaaaaaaaaaaaaaa\","
+                          "\"b\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\",\"c\":1,\"d\":2,\"e\":3}}";
+    cr_assert_eq(nbx_profile_put(store, profile, strlen(profile)), NBX_OK);
+    nbx_engine *engine;
+    nbx_ctx *ctx = open_ctx(0, &engine);
+    const char *events[] = {
+        "{\"event_id\":\"p1\",\"customer\":\"\\u00e9ve\",\"type\":\"purchase\",\"amount\":5,"
+        "\"ts\":\"2026-01-01T00:00:00Z\"}",
+        "{\"event_id\":\"k1\",\"customer\":\"\\u00e9ve\",\"type\":\"click\","
+        "\"offer\":\"free_shipping\",\"ts\":\"2026-01-01T00:00:00Z\"}"};
+    for (int i = 0; i < 2; i++) {
+        int outcome;
+        cr_assert_eq(nbx_record_ex(ctx, events[i], strlen(events[i]), 0, &outcome), NBX_OK, "%s",
+                     nbx_ctx_errmsg(ctx));
+        cr_assert_eq(outcome, NBX_RECORD_APPLIED);
+    }
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(store, "\xc3\xa9ve", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"orders\":1") != NULL, "%s", json);
+    nbx_free(json);
+    nbx_exposure x;
+    cr_assert(counters("\xc3\xa9ve", "free_shipping", &x), "the click counted elsewhere");
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(store, &st), NBX_OK);
+    cr_assert_eq(st.profiles, 1, "a profile under another key");
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,7 +309,7 @@ static void write_mixed_events(const char *path, int n)
     for (int i = 0; i < n; i++) {
         seed = seed * 1103515245u + 12345u;
         int t = (int)((seed >> 16) % 6), c = (int)((seed >> 8) % 40), o = (int)(seed % 9);
-        long ts = 1767225600L + (long)((seed >> 4) % (400 * 86400));
+        long ts = 1735689600L + (long)((seed >> 4) % (400 * 86400)); /* 2025-01-01 on */
         char line[256];
         if (t == 5)
             snprintf(line, sizeof line,
@@ -1187,8 +1188,8 @@ Test(ingest, a_profile_transaction_too_big_for_the_map_is_split)
     cr_assert_eq(import_kind_into(tight, NBX_IMPORT_PROFILES, first, 500, &st), NBX_OK, "%s",
                  nbx_store_errmsg(tight));
     size_t before = last_txn(tight);
-    cr_assert_eq(import_kind_into(tight, NBX_IMPORT_PROFILES, second, 1000000, &st), NBX_OK,
-                 "%s", nbx_store_errmsg(tight));
+    cr_assert_eq(import_kind_into(tight, NBX_IMPORT_PROFILES, second, 1000000, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(tight));
     cr_assert_eq(st.applied, 6000);
     cr_assert_gt(last_txn(tight) - before, 1, "one batch, one transaction: nothing was split");
 
@@ -1282,4 +1283,302 @@ Test(ingest, maps_in_any_order)
         free(rejects);
         free(path);
     }
+}
+
+/* ------------------------------------------------------------------------
+ * The writer's clock (issue 9, section 2)
+ * ------------------------------------------------------------------------ */
+
+static int64_t t_ms(const char *text)
+{
+    int64_t ms;
+    cr_assert_eq(nbx_time_parse(text, &ms), NBX_OK, "%s", text);
+    return ms;
+}
+
+/* A click of c1 at ms, as a JSONL line. */
+static void click_line(char *out, size_t n, const char *id, int64_t ms)
+{
+    char ts[NBX_TIME_BUFSZ];
+    cr_assert_eq(nbx_time_format(ms, ts), NBX_OK);
+    snprintf(out, n,
+             "{\"event_id\":\"%s\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"o1\","
+             "\"ts\":\"%s\"}\n",
+             id, ts);
+}
+
+Test(ingest, an_event_ahead_of_the_clock_names_file_line_and_ts)
+{
+    int64_t now = nbx_time_now();
+    char a[256], b[256], c[256], text[1024];
+    click_line(a, sizeof a, "k1", now - 3600000);
+    click_line(b, sizeof b, "k2", now + 365 * NBX_MS_PER_DAY);
+    click_line(c, sizeof c, "k3", t_ms("2020-01-01T00:00:00Z"));
+    snprintf(text, sizeof text, "%s%s%s", a, b, c);
+    char *path = write_tmp("ahead.jsonl", text);
+    uint64_t before = store_digest(store);
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_EPARSE);
+    char where[4200];
+    snprintf(where, sizeof where, "%s:2: field 'ts'", path);
+    cr_assert(strncmp(nbx_store_errmsg(store), where, strlen(where)) == 0,
+              "expected '%s...', got '%s'", where, nbx_store_errmsg(store));
+    cr_assert_eq(store_digest(store), before, "a refused file wrote something");
+
+    /* with --skip-invalid the line goes to the rejects, the backfill is applied */
+    char *rejects = tu_path(dir, "rejects.jsonl");
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, rejects, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 2);
+    cr_assert_eq(st.rejected, 1);
+    char *r = tu_read_file(rejects, NULL);
+    cr_assert(strstr(r, "\"line\":2,") && strstr(r, "field 'ts'"), "%s", r);
+    free(r);
+
+    /* the skew is an option */
+    char d[256];
+    click_line(d, sizeof d, "k4", now + 3600000);
+    char *later = write_tmp("later.jsonl", d);
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, later, 0, NULL, &st), NBX_EPARSE);
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.max_skew_ms = 2 * 3600000;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, later, &o, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 1);
+    o.max_skew_ms = -1;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, later, &o, &st), NBX_EINVAL);
+    cr_assert(strstr(nbx_store_errmsg(store), "max_skew_ms") != NULL, "%s",
+              nbx_store_errmsg(store));
+    o.max_skew_ms = NBX_EVENT_SKEW_MAX_MS + 1;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, later, &o, &st), NBX_EINVAL);
+    free(later);
+    free(rejects);
+    free(path);
+}
+
+/* Options from a caller built against the header before max_skew_ms: its
+ * smaller struct is taken, the newer fields get their defaults. */
+Test(ingest, options_of_an_older_caller_are_taken)
+{
+    char *path = write_tmp("p.jsonl", good_profiles);
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.size = offsetof(nbx_import_options, max_skew_ms);
+    o.max_skew_ms = -5; /* beyond the caller's struct: not read */
+    nbx_import_stats st;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_PROFILES, path, &o, &st), NBX_OK, "%s",
+                 nbx_store_errmsg(store));
+    cr_assert_eq(st.applied, 3);
+    free(path);
+}
+
+/* ------------------------------------------------------------------------
+ * Imports lose nothing (issue 9, section 5)
+ * ------------------------------------------------------------------------ */
+
+/* Every profile as nbx export prints it. */
+static char *export_all(void)
+{
+    nbx_iter *it;
+    cr_assert_eq(nbx_iter_open(store, 0, NULL, &it), NBX_OK);
+    nbx_buf out = {0};
+    const char *id, *json;
+    size_t len;
+    while (nbx_iter_next(it, &id, &json, &len) == NBX_OK) {
+        nbx_buf_append(&out, json, len);
+        nbx_buf_putc(&out, '\n');
+    }
+    nbx_iter_close(it);
+    nbx_buf_terminate(&out);
+    return out.data;
+}
+
+/* The report: the nightly sequence (import profiles, ingest events, rebuild
+ * RFM) run a second time with a profiles file carrying rfm turned orders 4,
+ * last_purchase 2026-01-07 into orders 3, last_purchase 2025-05-09, for
+ * good (the purchase's event id is marked seen). */
+Test(ingest, the_nightly_sequence_twice_is_the_nightly_sequence_once)
+{
+    char *profiles = write_tmp(
+        "crm.jsonl",
+        "{\"id\":\"c0000002\",\"attrs\":{\"tier\":\"gold\"},\"rfm\":{\"first_purchase\":"
+        "\"2024-03-01T00:00:00Z\",\"last_purchase\":\"2025-05-09T00:00:00Z\",\"orders\":3,"
+        "\"revenue\":300.1,\"margin\":30}}\n"
+        "{\"id\":\"c0000003\",\"attrs\":{\"tier\":\"silver\"}}\n");
+    char *events = write_tmp(
+        "events.jsonl",
+        "{\"event_id\":\"o-1\",\"customer\":\"c0000002\",\"type\":\"purchase\",\"amount\":84.5,"
+        "\"margin\":8.45,\"ts\":\"2026-01-07T10:00:00Z\"}\n"
+        "{\"event_id\":\"o-2\",\"customer\":\"c0000003\",\"type\":\"purchase\",\"amount\":12,"
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+        "{\"event_id\":\"i-1\",\"customer\":\"c0000003\",\"type\":\"impression\","
+        "\"offer\":\"o1\",\"ts\":\"2026-01-08T10:00:00Z\"}\n");
+    int64_t as_of = t_ms("2026-02-01T00:00:00Z");
+    char *after[2];
+    uint64_t digest[2];
+    for (int run = 0; run < 2; run++) {
+        nbx_import_stats st;
+        cr_assert_eq(import(NBX_IMPORT_PROFILES, profiles, 0, NULL, &st), NBX_OK);
+        cr_assert_eq(import(NBX_IMPORT_EVENTS, events, 0, NULL, &st), NBX_OK);
+        cr_assert_eq(st.applied, run ? 0 : 3);
+        cr_assert_eq(nbx_rfm_rebuild(store, as_of, NULL), NBX_OK);
+        after[run] = export_all();
+        digest[run] = store_digest(store);
+        char *c2 = get("c0000002");
+        cr_assert(strstr(c2, "\"first_purchase\":\"2024-03-01T00:00:00Z\","
+                             "\"last_purchase\":\"2026-01-07T10:00:00Z\",\"orders\":4,") != NULL,
+                  "run %d rolled the purchase back: %s", run + 1, c2);
+        nbx_free(c2);
+    }
+    cr_assert_str_eq(after[1], after[0]);
+    cr_assert_eq(digest[1], digest[0], "the second run changed some byte of the store");
+
+    /* the CRM's next file counts the purchase itself (as of its last one):
+     * no double count */
+    char *next = write_tmp(
+        "crm2.jsonl",
+        "{\"id\":\"c0000002\",\"rfm\":{\"last_purchase\":\"2026-01-07T10:00:00Z\",\"orders\":4,"
+        "\"revenue\":384.6}}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, next, 0, NULL, NULL), NBX_OK);
+    char *c2 = get("c0000002");
+    cr_assert(strstr(c2, "\"orders\":4,\"revenue\":384.6,") != NULL, "%s", c2);
+    nbx_free(c2);
+    /* and a purchase after it adds */
+    char *more = write_tmp("more.jsonl",
+                           "{\"event_id\":\"o-3\",\"customer\":\"c0000002\",\"type\":\"purchase\","
+                           "\"amount\":10,\"ts\":\"2026-01-20T10:00:00Z\"}\n");
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, more, 0, NULL, NULL), NBX_OK);
+    c2 = get("c0000002");
+    cr_assert(strstr(c2, "\"last_purchase\":\"2026-01-20T10:00:00Z\",\"orders\":5,") != NULL, "%s",
+              c2);
+    nbx_free(c2);
+    free(more);
+    free(next);
+    free(after[0]);
+    free(after[1]);
+    free(events);
+    free(profiles);
+}
+
+/* A profile that an import does not change keeps every byte: updated_at is
+ * the time of the last change, not of the last import. */
+Test(ingest, importing_the_same_file_twice_changes_no_byte)
+{
+    char *path = write_tmp("p.jsonl", good_profiles);
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, NULL), NBX_OK);
+    uint64_t once = store_digest(store);
+    char *c1 = get("c1");
+    usleep(20000); /* a later clock: updated_at would move */
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(st.applied, 3);
+    cr_assert_eq(store_digest(store), once, "the same file again changed the store");
+    /* a change dates the profile again */
+    char *change = write_tmp("change.jsonl", "{\"id\":\"c1\",\"attrs\":{\"age\":42}}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, change, 0, NULL, NULL), NBX_OK);
+    char *again = get("c1");
+    cr_assert_str_neq(again, c1);
+    cr_assert(strcmp(strstr(again, "\"updated_at\""), strstr(c1, "\"updated_at\"")) != 0,
+              "changed, not dated again: %s", again);
+    nbx_free(again);
+    nbx_free(c1);
+    free(change);
+    free(path);
+}
+
+Test(ingest, a_catalog_names_the_offers_events_may_have)
+{
+    char *catalog = tu_source_path("tests/data/catalog.json");
+    char *path = write_tmp(
+        "offers.jsonl",
+        "{\"event_id\":\"a\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"free_shipping\","
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+        "{\"event_id\":\"b\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":1,"
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+        "{\"event_id\":\"c\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"NOPE\","
+        "\"ts\":\"2026-01-08T10:00:00Z\"}\n");
+    nbx_import_options o;
+    nbx_import_options_init(&o);
+    o.catalog = catalog;
+    uint64_t before = store_digest(store);
+    nbx_import_stats st;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &st), NBX_EPARSE);
+    char where[4200];
+    snprintf(where, sizeof where, "%s:3: field 'offer': 'NOPE'", path);
+    cr_assert(strncmp(nbx_store_errmsg(store), where, strlen(where)) == 0,
+              "expected '%s...', got '%s'", where, nbx_store_errmsg(store));
+    cr_assert_eq(store_digest(store), before);
+    /* without a catalog the file is taken as it is */
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, path, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(st.applied, 3);
+    /* a catalog that does not load is the import's error */
+    char *missing = tu_path(dir, "no-catalog.json");
+    o.catalog = missing;
+    cr_assert_eq(nbx_import_file(store, NBX_IMPORT_EVENTS, path, &o, &st), NBX_ENOTFOUND);
+    cr_assert(strstr(nbx_store_errmsg(store), "no-catalog.json") != NULL, "%s",
+              nbx_store_errmsg(store));
+    free(missing);
+    free(path);
+    free(catalog);
+}
+
+/* Imports of an erased customer's lines are refused and counted. */
+Test(ingest, an_erased_customer_s_lines_are_counted_suppressed)
+{
+    char *profiles = write_tmp("p.jsonl", good_profiles); /* c1 twice, c2 */
+    char *events = write_tmp(
+        "e.jsonl", "{\"event_id\":\"a\",\"customer\":\"c1\",\"type\":\"click\",\"offer\":\"o1\","
+                   "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+                   "{\"event_id\":\"b\",\"customer\":\"c1\",\"type\":\"purchase\",\"amount\":1,"
+                   "\"ts\":\"2026-01-08T10:00:00Z\"}\n"
+                   "{\"event_id\":\"c\",\"customer\":\"c2\",\"type\":\"purchase\",\"amount\":1,"
+                   "\"ts\":\"2026-01-08T10:00:00Z\"}\n");
+    nbx_import_stats st;
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, profiles, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, events, 0, NULL, &st), NBX_OK);
+    cr_assert_eq(st.applied, 3);
+    cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK);
+    uint64_t before = store_digest(store);
+    for (size_t batch = 1; batch <= 1000; batch *= 1000) {
+        cr_assert_eq(import(NBX_IMPORT_PROFILES, profiles, batch, NULL, &st), NBX_OK);
+        cr_assert_eq(st.suppressed, 2, "c1's two lines");
+        cr_assert_eq(st.applied, 1);
+        cr_assert_eq(import(NBX_IMPORT_EVENTS, events, batch, NULL, &st), NBX_OK);
+        cr_assert_eq(st.suppressed, 2);
+        cr_assert_eq(st.duplicates, 1, "c2's purchase");
+        cr_assert_eq(st.applied, 0);
+        cr_assert_eq(store_digest(store), before, "the erased customer came back");
+    }
+    free(events);
+    free(profiles);
+}
+
+/* rfm.as_of travels through the import's spool like every other field. */
+Test(ingest, an_import_s_rfm_as_of_is_kept)
+{
+    char *path = write_tmp(
+        "asof.jsonl", "{\"id\":\"c1\",\"rfm\":{\"orders\":2,\"revenue\":10,\"as_of\":"
+                      "\"2025-10-01T00:00:00Z\",\"last_purchase\":\"2025-12-01T00:00:00Z\"}}\n");
+    cr_assert_eq(import(NBX_IMPORT_PROFILES, path, 0, NULL, NULL), NBX_OK);
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    nbx_arena a = {0};
+    nbx_profile p = {0};
+    cr_assert_eq(nbx_store_profile_get(store, txn, NBX_SV("c1"), &p, &a, NULL), NBX_OK);
+    cr_assert(p.fields & NBX_PF_RFM_BASE);
+    cr_assert_eq(p.rfm_base.as_of, t_ms("2025-10-01T00:00:00Z"), "as_of %lld",
+                 (long long)p.rfm_base.as_of);
+    mdb_txn_abort(txn);
+    nbx_arena_free(&a);
+    /* a purchase between as_of and last_purchase counts */
+    char *ev =
+        write_tmp("ev.jsonl", "{\"event_id\":\"o\",\"customer\":\"c1\",\"type\":\"purchase\","
+                              "\"amount\":5,\"ts\":\"2025-11-01T00:00:00Z\"}\n");
+    cr_assert_eq(import(NBX_IMPORT_EVENTS, ev, 0, NULL, NULL), NBX_OK);
+    char *json = get("c1");
+    cr_assert(strstr(json, "\"orders\":3,\"revenue\":15") != NULL, "%s", json);
+    nbx_free(json);
+    free(ev);
+    free(path);
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nbx_int.h"
 #include "testutil.h"
@@ -52,13 +53,14 @@ Test(profile, parse_full_profile_sorted)
 {
     nbx_profile p;
     nbx_err e = {0};
-    int rc = parse("{\"id\":\"c1\",\"attrs\":{\"z\":1,\"a\":\"x\",\"m\":true},"
-                   "\"consent\":{\"sms\":false,\"email\":true},"
-                   "\"propensity\":{\"o2\":0.5,\"o1\":0},\"ltv\":10,\"churn\":0.5,"
-                   "\"rfm\":{\"orders\":2,\"revenue\":20.5,\"last_purchase\":\"2026-01-02T00:00:00Z\","
-                   "\"segment\":\"loyal\",\"r\":3,\"f\":null},"
-                   "\"updated_at\":1767225600}",
-                   &p, &e);
+    int rc =
+        parse("{\"id\":\"c1\",\"attrs\":{\"z\":1,\"a\":\"x\",\"m\":true},"
+              "\"consent\":{\"sms\":false,\"email\":true},"
+              "\"propensity\":{\"o2\":0.5,\"o1\":0},\"ltv\":10,\"churn\":0.5,"
+              "\"rfm\":{\"orders\":2,\"revenue\":20.5,\"last_purchase\":\"2026-01-02T00:00:00Z\","
+              "\"segment\":\"loyal\",\"r\":3,\"f\":null},"
+              "\"updated_at\":1767225600}",
+              &p, &e);
     cr_assert_eq(rc, NBX_OK, "%s", e.msg);
     cr_assert(nbx_sv_eq_cstr(p.id, "c1"));
     cr_assert_eq(p.n_attrs, 3);
@@ -83,7 +85,8 @@ Test(profile, parse_errors_name_the_field)
         {"{\"attrs\":{}}", "field 'id': is required"},
         {"{\"id\":5}", "field 'id': must be a string"},
         {"{\"id\":\"\"}", "field 'id': must not be empty"},
-        {"{\"id\":\"c\",\"propensity\":{\"o1\":1.5}}", "field 'propensity.o1': 1.5 is outside [0, 1]"},
+        {"{\"id\":\"c\",\"propensity\":{\"o1\":1.5}}",
+         "field 'propensity.o1': 1.5 is outside [0, 1]"},
         {"{\"id\":\"c\",\"propensity\":{\"o1\":\"high\"}}", "field 'propensity.o1'"},
         {"{\"id\":\"c\",\"churn\":2}", "field 'churn'"},
         {"{\"id\":\"c\",\"consent\":{\"email\":\"yes\"}}", "field 'consent.email'"},
@@ -268,4 +271,45 @@ Test(profile, lookups_bisect)
     cr_assert_eq(nbx_profile_consent(&p, NBX_SV("email"))->state, 1);
     cr_assert_null(nbx_profile_consent(&p, NBX_SV("sms")));
     cr_assert(nbx_sv_eq_cstr(nbx_profile_attr(&p, NBX_SV("k"))->string, "v"));
+}
+
+/* A put that changes nothing writes nothing: updated_at is the time of the
+ * last change (importing the same file again is harmless). */
+Test(profile, a_put_that_changes_nothing_keeps_updated_at)
+{
+    put("{\"id\":\"c3\",\"attrs\":{\"a\":1},\"ltv\":5}");
+    char *first = get("c3");
+    usleep(20000);
+    put("{\"id\":\"c3\",\"attrs\":{\"a\":1}}");
+    put("{\"id\":\"c3\",\"ltv\":5}");
+    char *again = get("c3");
+    cr_assert_str_eq(again, first);
+    put("{\"id\":\"c3\",\"ltv\":6}");
+    char *changed = get("c3");
+    cr_assert(strcmp(strstr(changed, "\"updated_at\""), strstr(first, "\"updated_at\"")) != 0, "%s",
+              changed);
+    nbx_free(first);
+    nbx_free(again);
+    nbx_free(changed);
+}
+
+/* rfm.orders out of range (2e74, 1e300) was converted to an integer before
+ * its range was checked: undefined behaviour (UBSan's float-cast-overflow,
+ * found by fuzzing). Refused naming the field, converted only when valid. */
+Test(profile, an_out_of_range_order_count_is_refused_before_it_is_converted)
+{
+    const char *cases[] = {"2e74", "1e300", "-1", "9000000000000001", "1.5", "-1e300"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[128];
+        snprintf(json, sizeof json, "{\"id\":\"c\",\"rfm\":{\"orders\":%s}}", cases[i]);
+        nbx_profile patch;
+        nbx_err e = {0};
+        cr_assert_eq(nbx_profile_parse(json, strlen(json), &patch, &arena, &e), NBX_EPARSE, "%s",
+                     json);
+        cr_assert(strstr(e.msg, "rfm.orders") != NULL, "%s: %s", json, e.msg);
+    }
+    const char *ok = "{\"id\":\"c\",\"rfm\":{\"orders\":9000000000000000}}";
+    nbx_profile patch;
+    cr_assert_eq(nbx_profile_parse(ok, strlen(ok), &patch, &arena, NULL), NBX_OK);
+    cr_assert_eq(patch.rfm.orders, UINT64_C(9000000000000000));
 }

@@ -125,21 +125,40 @@ Test(store, read_only_reads_and_refuses_writes)
     free(file);
 }
 
+/* A write transaction on the suite's store with raw LMDB, as another nbx
+ * (or a damaged disk) would write; raw_end() commits and closes. */
+static MDB_txn *raw_begin(MDB_env **env)
+{
+    cr_assert_eq(mdb_env_create(env), 0);
+    mdb_env_set_maxdbs(*env, 8);
+    cr_assert_eq(mdb_env_open(*env, path, MDB_NOTLS, 0664), 0);
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(*env, NULL, 0, &txn), 0);
+    return txn;
+}
+
+static void raw_end(MDB_env *env, MDB_txn *txn)
+{
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* Put one record into a database of the suite's store with raw LMDB. */
+static void raw_put(const char *db, const void *key, size_t klen, const void *value, size_t len)
+{
+    MDB_env *env;
+    MDB_txn *txn = raw_begin(&env);
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_dbi_open(txn, db, 0, &dbi), 0);
+    MDB_val k = {klen, (void *)key}, v = {len, (void *)value};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    raw_end(env, txn);
+}
+
 /* Write the meta "schema" byte with raw LMDB, as a future nbx would. */
 static void set_schema(const void *value, size_t len)
 {
-    MDB_env *env;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    cr_assert_eq(mdb_env_open(env, path, MDB_NOTLS, 0664), 0);
-    MDB_txn *txn;
-    MDB_dbi meta;
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
-    MDB_val k = {6, "schema"}, v = {len, (void *)value};
-    cr_assert_eq(mdb_put(txn, meta, &k, &v, 0), 0);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    raw_put("meta", "schema", 6, value, len);
 }
 
 Test(store, newer_schema_is_refused)
@@ -630,11 +649,312 @@ Test(store, profile_delete_removes_counters_and_events)
     nbx_free(json);
     cr_assert_eq(nbx_profile_delete(s, "c1"), NBX_ENOTFOUND);
     cr_assert(strstr(nbx_store_errmsg(s), "c1") != NULL);
-    /* erased events are forgotten: sent again, they apply */
-    event(s, "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"impression\","
-             "\"offer\":\"o1\",\"ts\":1767225600}");
+    /* the erased customer stays erased: the same events sent again are
+     * refused (issue 9: a replay brought the profile back) */
+    const char *again = "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"impression\","
+                        "\"offer\":\"o1\",\"ts\":1767225600}";
+    int applied = 7;
+    cr_assert_eq(nbx_event_apply(s, again, strlen(again), &applied), NBX_OK);
+    cr_assert_eq(applied, 0);
+    cr_assert_eq(count_prefix(s, s->customers, "c1", 3), 0);
+    /* until it is restored */
+    cr_assert_eq(nbx_profile_restore(s, "c1"), NBX_OK, "%s", nbx_store_errmsg(s));
+    event(s, again);
     cr_assert_eq(count_prefix(s, s->customers, "c1\0\x02", 4), 1);
     cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
     cr_assert_eq(st.events_seen, 11);
+    nbx_store_close(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Erasure lasts (issue 9, section 4)
+ * ------------------------------------------------------------------------ */
+
+/* SipHash-2-4 with a 128-bit output, against vectors of another
+ * implementation (libsodium's crypto_shorthash_siphashx24; the first is
+ * the reference's published vector): key 00..0f, message 00..(n-1). */
+Test(store, the_keyed_hash_is_siphash_2_4_128)
+{
+    static const struct {
+        size_t n;
+        const char *hex;
+    } vectors[] = {
+        {0, "a3817f04ba25a8e66df67214c7550293"},  {1, "da87c1d86b99af44347659119b22fc45"},
+        {7, "a1f1ebbed8dbc153c0b84aa61ff08239"},  {8, "3b62a9ba6258f5610f83e264f31497b4"},
+        {15, "5493e99933b0a8117e08ec0f97cfc3d9"}, {16, "6ee2a4ca67b054bbfd3315bf85230577"},
+        {19, "78017731cf65fab074d5208952512eb1"}};
+    uint8_t key[16], msg[32], out[16];
+    for (int i = 0; i < 16; i++)
+        key[i] = (uint8_t)i;
+    for (int i = 0; i < 32; i++)
+        msg[i] = (uint8_t)i;
+    for (size_t v = 0; v < sizeof vectors / sizeof vectors[0]; v++) {
+        nbx_siphash128(key, msg, vectors[v].n, out);
+        char hex[33];
+        for (int i = 0; i < 16; i++)
+            snprintf(hex + 2 * i, 3, "%02x", out[i]);
+        cr_assert_str_eq(hex, vectors[v].hex, "length %zu", vectors[v].n);
+    }
+}
+
+/* Every key and value of a database, concatenated. */
+static char *db_bytes(nbx_store *s, MDB_dbi dbi, size_t *len)
+{
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
+    MDB_cursor *c;
+    cr_assert_eq(mdb_cursor_open(txn, dbi, &c), 0);
+    nbx_buf b = {0};
+    MDB_val k, v;
+    while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        nbx_buf_append(&b, k.mv_data, k.mv_size);
+        nbx_buf_append(&b, v.mv_data, v.mv_size);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    nbx_buf_terminate(&b); /* an empty database: still a buffer, not NULL */
+    cr_assert_not(b.oom);
+    *len = b.len;
+    return b.data;
+}
+
+/* The report: after `nbx profile delete c0000002`, ingesting the old events
+ * again brought the profile back (orders: 1). */
+Test(store, an_erased_customer_stays_erased_until_restored)
+{
+    nbx_store *s = create();
+    put(s, "{\"id\":\"c0000002\",\"attrs\":{\"email\":\"ann@example.com\"}}");
+    put(s, "{\"id\":\"c0000003\"}");
+    const char *purchase = "{\"event_id\":\"o1\",\"customer\":\"c0000002\",\"type\":\"purchase\","
+                           "\"amount\":12,\"ts\":1767225600}";
+    const char *click = "{\"event_id\":\"k1\",\"customer\":\"c0000002\",\"type\":\"click\","
+                        "\"offer\":\"o1\",\"ts\":1767225600}";
+    event(s, purchase);
+    event(s, click);
+    const char *ids[] = {"c0000002", "c0000003", "nobody", "c0000002"};
+    uint64_t records[4] = {9, 9, 9, 9};
+    cr_assert_eq(nbx_profile_erase(s, ids, 4, records), NBX_OK, "%s", nbx_store_errmsg(s));
+    /* profile, 2 event records, the offer's and the all-offers rows */
+    cr_assert_eq(records[0], 5);
+    cr_assert_eq(records[1], 1);
+    cr_assert_eq(records[2], 0);
+    cr_assert_eq(records[3], 0, "erased once");
+
+    /* the suppression record holds no byte of the id, nor does the store */
+    MDB_txn *txn;
+    MDB_stat ms;
+    cr_assert_eq(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), 0);
+    cr_assert_eq(mdb_stat(txn, s->suppressed, &ms), 0);
+    mdb_txn_abort(txn);
+    cr_assert_eq(ms.ms_entries, 3, "one record per distinct id");
+    size_t len;
+    char *bytes;
+    MDB_dbi all[] = {s->profiles, s->customers, s->budgets, s->meta, s->suppressed};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        bytes = db_bytes(s, all[i], &len);
+        cr_assert_null(memmem(bytes, len, "c0000002", 8), "database %zu holds the id", i);
+        cr_assert_null(memmem(bytes, len, "ann@example.com", 15));
+        free(bytes);
+    }
+
+    /* a replay, an import, a put: refused */
+    int applied = 9;
+    cr_assert_eq(nbx_event_apply(s, purchase, strlen(purchase), &applied), NBX_OK);
+    cr_assert_eq(applied, 0);
+    cr_assert_eq(nbx_event_apply(s, click, strlen(click), &applied), NBX_OK);
+    cr_assert_eq(applied, 0);
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c0000002", &json, NULL), NBX_ENOTFOUND, "it came back");
+    const char *again = "{\"id\":\"c0000002\",\"attrs\":{\"email\":\"ann@example.com\"}}";
+    cr_assert_eq(nbx_profile_put(s, again, strlen(again)), NBX_EINVAL);
+    cr_assert(strstr(nbx_store_errmsg(s), "erased") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_profile_get(s, "c0000002", &json, NULL), NBX_ENOTFOUND);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.events_seen, 0);
+
+    /* renewed consent */
+    cr_assert_eq(nbx_profile_restore(s, "c0000002"), NBX_OK, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_profile_restore(s, "c0000002"), NBX_ENOTFOUND);
+    cr_assert_eq(nbx_profile_restore(s, "c0000004"), NBX_ENOTFOUND);
+    put(s, again);
+    event(s, purchase);
+    cr_assert_eq(nbx_profile_get(s, "c0000002", &json, NULL), NBX_OK);
+    cr_assert(strstr(json, "\"orders\":1") != NULL, "%s", json);
+    nbx_free(json);
+    /* the others stay suppressed */
+    const char *nobody = "{\"event_id\":\"x\",\"customer\":\"nobody\",\"type\":\"click\","
+                         "\"offer\":\"o1\",\"ts\":1767225600}";
+    cr_assert_eq(nbx_event_apply(s, nobody, strlen(nobody), &applied), NBX_OK);
+    cr_assert_eq(applied, 0);
+    nbx_store_close(s);
+}
+
+Test(store, erase_misuse)
+{
+    nbx_store *s = create();
+    put(s, "{\"id\":\"c1\"}");
+    uint64_t records[2] = {7, 7};
+    const char *ids[] = {"c1", ""};
+    cr_assert_eq(nbx_profile_erase(NULL, ids, 1, records), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_erase(s, NULL, 1, records), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_erase(s, ids, 2, records), NBX_EINVAL);
+    cr_assert(strstr(nbx_store_errmsg(s), "ids[1]") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(records[0], 0);
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c1", &json, NULL), NBX_OK, "a bad list erased something");
+    nbx_free(json);
+    const char *null_id[] = {NULL};
+    cr_assert_eq(nbx_profile_erase(s, null_id, 1, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_erase(s, NULL, 0, NULL), NBX_OK);
+    cr_assert_eq(nbx_profile_restore(NULL, "c1"), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_restore(s, NULL), NBX_EINVAL);
+    cr_assert_eq(nbx_profile_restore(s, ""), NBX_EINVAL);
+    /* a damaged key of the erased ids' hashes is reported, not used */
+    cr_assert_eq(nbx_profile_erase(s, ids, 1, NULL), NBX_OK);
+    nbx_store_close(s);
+    raw_put("meta", NBX_META_SUPPRESSION_SECRET, strlen(NBX_META_SUPPRESSION_SECRET), "short", 5);
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK);
+    const char *c2[] = {"c2"};
+    cr_assert_eq(nbx_profile_erase(s, c2, 1, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "suppression key") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_profile_restore(s, "c1"), NBX_ECORRUPT);
+    int applied;
+    const char *ev = "{\"event_id\":\"e\",\"customer\":\"c2\",\"type\":\"click\","
+                     "\"offer\":\"o1\",\"ts\":1767225600}";
+    cr_assert_eq(nbx_event_apply(s, ev, strlen(ev), &applied), NBX_ECORRUPT);
+    nbx_store_close(s);
+    nbx_store *ro;
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &ro), NBX_OK);
+    cr_assert_eq(nbx_profile_erase(ro, ids, 1, NULL), NBX_EREADONLY);
+    cr_assert_eq(nbx_profile_restore(ro, "c1"), NBX_EREADONLY);
+    nbx_store_close(ro);
+}
+
+/* A store of format 1 (as the nbx before erasure wrote it: no `suppressed`
+ * database) is read as it is and written only after `nbx store upgrade`. */
+Test(store, an_older_format_is_read_and_written_after_upgrade)
+{
+    nbx_store *s = create();
+    put(s, "{\"id\":\"c1\",\"ltv\":5}");
+    nbx_store_close(s);
+    MDB_env *env;
+    MDB_txn *txn = raw_begin(&env);
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_dbi_open(txn, "suppressed", 0, &dbi), 0);
+    cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
+    raw_end(env, txn);
+    uint8_t one = 1;
+    set_schema(&one, 1);
+
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_EVERSION);
+    cr_assert(strstr(nbx_last_errmsg(), "nbx store upgrade --store") != NULL, "%s",
+              nbx_last_errmsg());
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &s), NBX_OK, "%s", nbx_last_errmsg());
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c1", &json, NULL), NBX_OK);
+    nbx_free(json);
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.schema_version, 1);
+    const char *id = "c1";
+    cr_assert_eq(nbx_profile_erase(s, &id, 1, NULL), NBX_EREADONLY);
+    nbx_store_close(s);
+
+    uint32_t from = 9, to = 9;
+    cr_assert_eq(nbx_store_upgrade(path, &from, &to), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(from, 1);
+    cr_assert_eq(to, NBX_SCHEMA_VERSION);
+    cr_assert_eq(nbx_store_upgrade(path, &from, &to), NBX_OK);
+    cr_assert_eq(from, NBX_SCHEMA_VERSION, "nothing to do the second time");
+    s = create();
+    cr_assert_eq(nbx_profile_erase(s, &id, 1, NULL), NBX_OK, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
+    cr_assert_eq(st.schema_version, NBX_SCHEMA_VERSION);
+    nbx_store_close(s);
+
+    uint8_t newer = NBX_SCHEMA_VERSION + 1;
+    set_schema(&newer, 1);
+    cr_assert_eq(nbx_store_upgrade(path, NULL, NULL), NBX_EVERSION);
+    cr_assert_eq(nbx_store_upgrade(NULL, NULL, NULL), NBX_EINVAL);
+    char *missing = tu_path(dir, "missing");
+    cr_assert_eq(nbx_store_upgrade(missing, NULL, NULL), NBX_ENOTFOUND);
+    free(missing);
+}
+
+Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
+{
+    nbx_store *s = create();
+    for (int i = 0; i < 200; i++) {
+        char json[128];
+        snprintf(json, sizeof json, "{\"id\":\"c%03d\",\"attrs\":{\"secret\":\"s-%03d\"}}", i, i);
+        put(s, json);
+    }
+    const char *gone[] = {"c007", "c100"};
+    cr_assert_eq(nbx_profile_erase(s, gone, 2, NULL), NBX_OK);
+    char *out = tu_path(dir, "copy");
+    cr_assert_eq(nbx_store_compact(s, out), NBX_OK, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_store_compact(s, out), NBX_EINVAL, "a full directory");
+    cr_assert(strstr(nbx_store_errmsg(s), "not empty") != NULL, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_store_compact(s, path), NBX_EINVAL, "the store itself");
+    char *file = tu_path(dir, "file");
+    cr_assert_eq(tu_write_file(file, "x"), 0);
+    cr_assert_eq(nbx_store_compact(s, file), NBX_EINVAL);
+    char *nowhere = tu_path(dir, "no/such/dir");
+    cr_assert_eq(nbx_store_compact(s, nowhere), NBX_ENOTFOUND);
+    cr_assert_eq(nbx_store_compact(NULL, out), NBX_EINVAL);
+    cr_assert_eq(nbx_store_compact(s, NULL), NBX_EINVAL);
+
+    /* the copy is the store: same records, erasures kept */
+    nbx_store *c;
+    cr_assert_eq(nbx_store_open(out, 0, &c), NBX_OK, "%s", nbx_last_errmsg());
+    MDB_dbi a[] = {s->profiles, s->customers, s->budgets, s->meta, s->suppressed};
+    MDB_dbi b[] = {c->profiles, c->customers, c->budgets, c->meta, c->suppressed};
+    for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
+        size_t la, lb;
+        char *x = db_bytes(s, a[i], &la), *y = db_bytes(c, b[i], &lb);
+        cr_assert(la == lb && (la == 0 || memcmp(x, y, la) == 0), "database %zu differs", i);
+        free(x);
+        free(y);
+    }
+    const char *again = "{\"id\":\"c007\"}";
+    cr_assert_eq(nbx_profile_put(c, again, strlen(again)), NBX_EINVAL, "c007 came back");
+    nbx_store_close(c);
+    free(nowhere);
+    free(file);
+    free(out);
+    nbx_store_close(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Damaged values (issue 10, section 5)
+ * ------------------------------------------------------------------------ */
+
+/* The report's 21 bytes (with a nil tenth element): profile get, export
+ * and the RFM rebuild spun for seconds before reporting it. Each answers
+ * NBX_ECORRUPT naming the customer, at once (a generous bound: decoding 21
+ * bytes takes microseconds). */
+Test(store, a_damaged_profile_is_reported_at_once, .timeout = 60)
+{
+    static const uint8_t damaged[21] = {0x97, 0x80, 0x80, 0x80, 0xc0, 0xc0, 0xdd,
+                                        0xff, 0xff, 0xff, 0xff, 0,    0,    0,
+                                        0,    0,    0,    0,    0,    0,    0xc0};
+    nbx_store_close(create());
+    raw_put("profiles", "c0000007", 8, damaged, sizeof damaged);
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(path, 0, &s), NBX_OK);
+    int64_t t0 = nbx_monotonic_us();
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, "c0000007", &json, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "profile 'c0000007'") != NULL, "%s", nbx_store_errmsg(s));
+    nbx_iter *it;
+    cr_assert_eq(nbx_iter_open(s, 0, NULL, &it), NBX_OK);
+    const char *id, *text;
+    cr_assert_eq(nbx_iter_next(it, &id, &text, NULL), NBX_ECORRUPT);
+    nbx_iter_close(it);
+    cr_assert_eq(nbx_rfm_rebuild(s, 0, NULL), NBX_ECORRUPT);
+    cr_assert(strstr(nbx_store_errmsg(s), "c0000007") != NULL, "%s", nbx_store_errmsg(s));
+    double took = (double)(nbx_monotonic_us() - t0) / 1e6;
+    cr_assert_lt(took, 5.0, "reporting a damaged value took %.1f s", took);
     nbx_store_close(s);
 }

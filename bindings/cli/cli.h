@@ -50,7 +50,7 @@ typedef struct cli_flag {
 } cli_flag;
 
 #define CLI_FLAGS_MAX 24
-#define CLI_POSITIONALS_MAX 8
+#define CLI_POSITIONALS_MAX 64
 
 typedef struct cli_value {
     bool set;
@@ -167,6 +167,9 @@ int cli_run_import_events(cli_args *args);
 int cli_run_rfm_rebuild(cli_args *args);
 int cli_run_profile_get(cli_args *args);
 int cli_run_profile_delete(cli_args *args);
+int cli_run_profile_restore(cli_args *args);
+int cli_run_store_compact(cli_args *args);
+int cli_run_store_upgrade(cli_args *args);
 int cli_run_profile_put(cli_args *args);
 int cli_run_export_profiles(cli_args *args);
 int cli_run_stats(cli_args *args);

@@ -41,6 +41,18 @@ static const cli_flag import_flags[] = {
     CLI_FLAG_END,
 };
 
+static const cli_flag events_flags[] = {
+    CLI_FLAG_STORE,
+    {"skip-invalid", CLI_STRING, "REJECTS.jsonl",
+     "apply the good lines, copy each bad one with its reason to REJECTS.jsonl", 0, 0},
+    {"batch-size", CLI_UINT, "N",
+     "records per write transaction (default 10000 profiles, 100000 events)", 1, 10000000},
+    {"max-skew", CLI_UINT, "SECONDS",
+     "how far after this machine's clock an event may be dated (default 300)", 1, 86400},
+    {"catalog", CLI_STRING, "FILE", "refuse events naming an offer that is not in FILE", 0, 0},
+    CLI_FLAG_END,
+};
+
 static const cli_flag rfm_flags[] = {
     CLI_FLAG_STORE,
     {"as-of", CLI_TIME, "TIME", "reference time for recency (default: now)", 0, 0},
@@ -49,6 +61,19 @@ static const cli_flag rfm_flags[] = {
 };
 
 static const cli_flag store_only_flags[] = {CLI_FLAG_STORE, CLI_FLAG_END};
+
+static const cli_flag delete_flags[] = {
+    CLI_FLAG_STORE,
+    {"ids", CLI_STRING, "FILE", "erase the ids of FILE too, one per line ('-': standard input)", 0,
+     0},
+    CLI_FLAG_END,
+};
+
+static const cli_flag compact_flags[] = {
+    CLI_FLAG_STORE,
+    {"out", CLI_STRING, "DIR", "the new store: a new or empty directory (required)", 0, 0},
+    CLI_FLAG_END,
+};
 
 static const cli_flag export_flags[] = {CLI_FLAG_STORE, FLAG_OUT, CLI_FLAG_END};
 
@@ -116,15 +141,18 @@ const cli_command cli_commands[] = {
      "'-' reads standard input. Progress goes to standard error when it is a terminal;\n"
      "a one-line summary is always printed at the end.\n",
      cli_run_import_profiles},
-    {"import", "events", "FILE.jsonl|-", 1, 1, import_flags,
+    {"import", "events", "FILE.jsonl|-", 1, 1, events_flags,
      "Apply events from a JSONL file; the same as 'nbx ingest'.", NULL, cli_run_import_events},
-    {"ingest", NULL, "FILE.jsonl|-", 1, 1, import_flags,
+    {"ingest", NULL, "FILE.jsonl|-", 1, 1, events_flags,
      "Apply purchase and exposure events from a JSONL file to a store.",
      "Each line is one event: event_id (required), customer, type (purchase,\n"
      "impression, click, accept, dismiss), ts (RFC 3339 or epoch seconds); purchases\n"
      "carry amount and optionally margin, exposures carry offer and optionally\n"
      "placement. An event id the customer has had before is skipped, so re-running\n"
      "an ingest changes nothing (the same id for another customer is another event).\n"
+     "An event dated more than --max-skew seconds after this machine's clock is a\n"
+     "bad line (FILE:LINE, field 'ts'); older events are fine. With --catalog, so is\n"
+     "an exposure naming an offer that is not in the catalog (field 'offer').\n"
      "Events are applied customer by customer. Validation, batching, --skip-invalid\n"
      "and '-' behave as in 'nbx import profiles'.\n",
      cli_run_import_events},
@@ -136,19 +164,46 @@ const cli_command cli_commands[] = {
      cli_run_rfm_rebuild},
     {"profile", "get", "ID", 1, 1, store_only_flags, "Print one profile as JSON.",
      "An unknown id is an error (exit status 1).\n", cli_run_profile_get},
-    {"profile", "delete", "ID", 1, 1, store_only_flags,
-     "Erase a profile and everything keyed by that customer (exposure counters).", NULL,
+    {"profile", "delete", "ID...|-", 0, CLI_POSITIONALS_MAX, delete_flags,
+     "Erase customers: profiles, exposure counters, event records; suppress their ids.",
+     "Each id's profile and everything keyed by it are erased, a batch of ids per\n"
+     "transaction, and the id is suppressed: later imports, events and decisions'\n"
+     "impressions for it are refused (counted as suppressed) until 'nbx profile\n"
+     "restore ID'. The store keeps only a keyed hash of each erased id. Ids come\n"
+     "as arguments (up to 64), one per line from --ids FILE, or from standard\n"
+     "input with '-'. Prints {\"id\":...,\"records\":N} per id: the records it lost\n"
+     "(0: the store held nothing for it; it is suppressed all the same). Erased\n"
+     "bytes stay in the store's file until 'nbx store compact' copies it.\n",
      cli_run_profile_delete},
     {"profile", "put", "JSON|-", 1, 1, store_only_flags,
      "Merge-upsert one profile given as a JSON object ('-': read it from standard input).",
      "Fields given replace the stored ones; fields not given stay as they are.\n"
      "The store is created if missing.\n",
      cli_run_profile_put},
+    {"profile", "restore", "ID", 1, 1, store_only_flags,
+     "Lift an erasure (renewed consent): data for ID is taken again.",
+     "What was erased stays erased. An id that is not suppressed is an error.\n",
+     cli_run_profile_restore},
     {"export", "profiles", "", 0, 0, export_flags, "Write every profile as JSONL, in id order.",
      "Importing the output into an empty store reproduces the same profiles.\n",
      cli_run_export_profiles},
     {"stats", NULL, "", 0, 0, stats_flags, "Print the store's counts and sizes.", NULL,
      cli_run_stats},
+    {"store", "compact", "", 0, 0, compact_flags,
+     "Write a compacted copy of the store to --out DIR: its live records only.",
+     "Every record is copied, in key order, into a new store: after 'nbx profile\n"
+     "delete', the copy holds no byte of the erased customers, which the store's\n"
+     "own file may still hold in freed pages (and LMDB's own compacting copy in\n"
+     "branch pages). Runs beside readers and writers (the copy is one snapshot); to\n"
+     "replace the store, stop the writers and swap the directories. DIR must be new\n"
+     "or empty, and not the store.\n",
+     cli_run_store_compact},
+    {"store", "upgrade", "", 0, 0, store_only_flags,
+     "Bring a store written by an older nbx to this version's format.",
+     "An older store can be read as it is, but is written only once upgraded\n"
+     "(docs/format.md says what each version changed). Stop writers of the older\n"
+     "version first.\n",
+     cli_run_store_upgrade},
     {"decide", NULL, "", 0, 0, decide_flags,
      "Decide the next best actions for one customer and print the result JSON.",
      "Opens the store read-only (read-write with --record), loads the catalog and\n"

@@ -98,6 +98,10 @@ static int run_import(cli_args *args, nbx_import_kind kind)
     nbx_import_options_init(&opts);
     opts.rejects_path = rejects;
     opts.batch_size = (size_t)cli_uint(args, "batch-size", 0);
+    if (kind == NBX_IMPORT_EVENTS) {
+        opts.max_skew_ms = (int64_t)cli_uint(args, "max-skew", 0) * 1000;
+        opts.catalog = cli_string(args, "catalog", NULL);
+    }
     progress prog = {.started = cli_now_seconds()};
     prog.pass_started = prog.started;
     if (isatty(STDERR_FILENO)) {
@@ -120,12 +124,19 @@ static int run_import(cli_args *args, nbx_import_kind kind)
         const char *name = strcmp(path, "-") == 0 ? "stdin" : path;
         double rate = elapsed > 0 ? (double)st.lines / elapsed : 0;
         printf("%s: %" PRIu64 " lines, %" PRIu64 " applied, %" PRIu64 " duplicates, %" PRIu64
-               " rejected in %.2f s (%.0f lines/s)\n",
-               name, st.lines, st.applied, st.duplicates, st.rejected, elapsed, rate);
+               " rejected, %" PRIu64 " suppressed in %.2f s (%.0f lines/s)\n",
+               name, st.lines, st.applied, st.duplicates, st.rejected, st.suppressed, elapsed,
+               rate);
         if (st.rejected > 0)
             fprintf(stderr, "%s: %" PRIu64 " rejected lines written to %s\n", name, st.rejected,
                     opts.rejects_path);
         exit_code = CLI_OK;
+        /* --skip-invalid is for the odd bad line: a file of nothing but bad
+         * lines (the wrong file, a changed format) is a failure */
+        if (st.rejected > 0 && st.rejected == st.lines)
+            exit_code = cli_error(args->cmd,
+                                  "%s: every line was rejected (%" PRIu64 "): nothing was applied",
+                                  name, st.lines);
     }
     nbx_store_close(store);
     return exit_code;
@@ -250,20 +261,133 @@ int cli_run_profile_get(cli_args *args)
     return exit_code;
 }
 
+/* Erasures per transaction: a list of millions of ids is not one
+ * transaction too big for LMDB, and each committed batch stands. */
+#define ERASE_BATCH 1000
+
+typedef struct id_list {
+    char **ids;
+    size_t n, cap;
+    char *owned; /* the text the ids of a file point into */
+} id_list;
+
+static int id_add(id_list *l, char *id)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        char **bigger = realloc(l->ids, cap * sizeof *bigger);
+        if (!bigger)
+            return -1;
+        l->ids = bigger;
+        l->cap = cap;
+    }
+    l->ids[l->n++] = id;
+    return 0;
+}
+
+/* One id per line of path ("-": standard input); blank lines are skipped,
+ * an id is refused here with its line when it cannot be one (empty after
+ * trailing spaces or a CR, too long), before anything is erased. */
+static int read_ids(cli_args *args, const char *path, id_list *l)
+{
+    FILE *in = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (!in)
+        return cli_error(args->cmd, "cannot open %s: %s", path, strerror(errno));
+    const char *name = in == stdin ? "<stdin>" : path;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = cli_read_stream(in, (size_t)1 << 30, &text, &len);
+    int err = errno;
+    if (in != stdin)
+        fclose(in);
+    if (rc != 0)
+        return cli_error(args->cmd, "reading %s: %s", name, strerror(err));
+    l->owned = text;
+    size_t line = 0;
+    for (char *p = text; p < text + len;) {
+        char *nl = memchr(p, '\n', (size_t)(text + len - p));
+        char *end = nl ? nl : text + len;
+        line++;
+        while (end > p && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        char *next = nl ? nl + 1 : text + len;
+        if (end > p) {
+            if (memchr(p, '\0', (size_t)(end - p)) || end - p > NBX_ID_MAX)
+                return cli_error(args->cmd, "%s:%zu: not a customer id (1 to %d bytes, no NUL)",
+                                 name, line, NBX_ID_MAX);
+            *end = '\0';
+            if (id_add(l, p) != 0)
+                return cli_error(args->cmd, "out of memory");
+        }
+        p = next;
+    }
+    return CLI_OK;
+}
+
 int cli_run_profile_delete(cli_args *args)
+{
+    id_list l = {0};
+    int exit_code = CLI_OK;
+    const char *file = cli_string(args, "ids", NULL);
+    bool stdin_used = file && strcmp(file, "-") == 0;
+    for (size_t i = 0; exit_code == CLI_OK && i < args->n_positional; i++) {
+        char *id = (char *)args->positional[i];
+        if (strcmp(id, "-") == 0 && !stdin_used) {
+            stdin_used = true;
+            exit_code = read_ids(args, "-", &l);
+        } else if (strcmp(id, "-") == 0) {
+            exit_code = cli_usage_error(args->cmd, "standard input is given twice");
+        } else if (id_add(&l, id) != 0) {
+            exit_code = cli_error(args->cmd, "out of memory");
+        }
+    }
+    char *owned_args = l.owned;
+    l.owned = NULL;
+    if (exit_code == CLI_OK && file)
+        exit_code = read_ids(args, file, &l);
+    if (exit_code == CLI_OK && args->n_positional == 0 && !file)
+        exit_code = cli_usage_error(args->cmd, "no ids: give them as arguments, or --ids FILE");
+    nbx_store *store = exit_code == CLI_OK ? cli_open_store(args, 0, &exit_code) : NULL;
+    uint64_t records[ERASE_BATCH], erased = 0, held = 0;
+    for (size_t from = 0; store && exit_code == CLI_OK && from < l.n; from += ERASE_BATCH) {
+        size_t n = l.n - from < ERASE_BATCH ? l.n - from : ERASE_BATCH;
+        int rc = nbx_profile_erase(store, (const char *const *)l.ids + from, n, records);
+        if (rc != NBX_OK) {
+            exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+            if (from > 0) /* the batches before this one are committed */
+                cli_error(args->cmd, "the first %zu ids were erased", from);
+            break;
+        }
+        /* one JSON object per id: ids are any UTF-8, and stay escaped */
+        for (size_t i = 0; i < n; i++) {
+            fputs("{\"id\":", stdout);
+            cli_print_json_string(stdout, l.ids[from + i]);
+            printf(",\"records\":%" PRIu64 "}\n", records[i]);
+            held += records[i] > 0;
+        }
+        erased += n;
+    }
+    if (store && exit_code == CLI_OK)
+        fprintf(stderr,
+                "%" PRIu64 " ids erased (%" PRIu64 " held records) and suppressed until "
+                "restored\n",
+                erased, held);
+    nbx_store_close(store);
+    free(owned_args);
+    free(l.owned);
+    free(l.ids);
+    return exit_code;
+}
+
+int cli_run_profile_restore(cli_args *args)
 {
     const char *id = args->positional[0];
     int exit_code;
     nbx_store *store = cli_open_store(args, 0, &exit_code);
     if (!store)
         return exit_code;
-    int rc = nbx_profile_delete(store, id);
-    if (rc == NBX_ENOTFOUND)
-        exit_code = cli_error(args->cmd, "no profile with id '%s'", id);
-    else if (rc != NBX_OK)
-        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
-    else
-        exit_code = CLI_OK;
+    int rc = nbx_profile_restore(store, id);
+    exit_code = rc == NBX_OK ? CLI_OK : cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
     nbx_store_close(store);
     return exit_code;
 }
@@ -512,5 +636,47 @@ int cli_run_stats(cli_args *args)
                st.schema_version, rfm);
     }
     nbx_store_close(store);
+    return CLI_OK;
+}
+
+/* ========================================================================
+ * store compact, store upgrade
+ * ======================================================================== */
+
+int cli_run_store_compact(cli_args *args)
+{
+    const char *out = cli_string(args, "out", NULL);
+    if (!cli_store_path(args))
+        return CLI_USAGE;
+    if (!out)
+        return cli_usage_error(args->cmd, "--out DIR is required");
+    int exit_code;
+    nbx_store *store = cli_open_store(args, NBX_STORE_READONLY, &exit_code);
+    if (!store)
+        return exit_code;
+    int rc = nbx_store_compact(store, out);
+    if (rc == NBX_EINVAL)
+        exit_code = cli_usage_error(args->cmd, "%s", nbx_store_errmsg(store));
+    else if (rc != NBX_OK)
+        exit_code = cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
+    else
+        fprintf(stderr, "%s: compacted copy of %s\n", out, cli_store_path(args));
+    nbx_store_close(store);
+    return exit_code;
+}
+
+int cli_run_store_upgrade(cli_args *args)
+{
+    const char *path = cli_store_path(args);
+    if (!path)
+        return CLI_USAGE;
+    uint32_t from, to;
+    int rc = nbx_store_upgrade(path, &from, &to);
+    if (rc != NBX_OK)
+        return cli_nbx_error(args->cmd, rc, nbx_last_errmsg());
+    if (from == to)
+        printf("%s: format %" PRIu32 ", nothing to do\n", path, to);
+    else
+        printf("%s: format %" PRIu32 " -> %" PRIu32 "\n", path, from, to);
     return CLI_OK;
 }

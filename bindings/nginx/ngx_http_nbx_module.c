@@ -4,8 +4,8 @@
  *
  * A thin layer over the public nbx API (nbx.h and nothing else):
  *
- *   nbx_decide;   GET  -> nbx_decide()  -> the decision JSON
- *   nbx_event;    POST -> nbx_record()  -> 204
+ *   nbx_decide;   GET  -> nbx_decide()     -> the decision JSON
+ *   nbx_event;    POST -> nbx_record_ex()  -> 204
  *
  * Each worker opens, in init_process and never before fork, one nbx_store per
  * store directory and one nbx_engine with one nbx_ctx per distinct (store,
@@ -58,6 +58,10 @@
 #define NGX_HTTP_NBX_TIME_LIMIT_MAX  10000000     /* 10 s in microseconds */
 #define NGX_HTTP_NBX_BODY_DEFAULT    16384
 
+/* nbx_event_time: whose clock dates an event */
+#define NGX_HTTP_NBX_EVENT_TIME_SERVER  1
+#define NGX_HTTP_NBX_EVENT_TIME_CLIENT  2
+
 
 typedef struct ngx_http_nbx_store_s  ngx_http_nbx_store_t;
 
@@ -86,6 +90,7 @@ typedef struct {
     ngx_str_t                  policy_text;   /* read them */
     ngx_uint_t                 time_limit;    /* microseconds, 0: default */
     size_t                     memory_limit;  /* bytes, 0: default */
+    ngx_msec_t                 event_max_skew;
 
     nbx_engine                *engine;
     nbx_ctx                   *ctx;
@@ -126,6 +131,8 @@ typedef struct {
     ngx_uint_t                 time_limit;
     size_t                     memory_limit;
     size_t                     event_max_body;
+    ngx_uint_t                 event_time;    /* NGX_HTTP_NBX_EVENT_TIME_* */
+    ngx_msec_t                 event_max_skew;
 
     ngx_uint_t                 handler;       /* NGX_HTTP_NBX_DECIDE, _EVENT */
     ngx_http_nbx_engine_t     *engine;
@@ -193,6 +200,13 @@ static ngx_int_t ngx_http_nbx_check_wait(ngx_pid_t pid, int fd, int *rc,
 
 static ngx_conf_num_bounds_t  ngx_http_nbx_body_bounds = {
     ngx_conf_check_num_bounds, 1, NBX_LINE_MAX
+};
+
+
+static ngx_conf_enum_t  ngx_http_nbx_event_times[] = {
+    { ngx_string("server"), NGX_HTTP_NBX_EVENT_TIME_SERVER },
+    { ngx_string("client"), NGX_HTTP_NBX_EVENT_TIME_CLIENT },
+    { ngx_null_string, 0 }
 };
 
 
@@ -267,6 +281,20 @@ static ngx_command_t  ngx_http_nbx_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_nbx_loc_conf_t, event_max_body),
       &ngx_http_nbx_body_bounds },
+
+    { ngx_string("nbx_event_time"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, event_time),
+      &ngx_http_nbx_event_times },
+
+    { ngx_string("nbx_event_max_skew"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, event_max_skew),
+      NULL },
 
     { ngx_string("nbx_decide"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -629,7 +657,8 @@ ngx_http_nbx_event_handler(ngx_http_request_t *r)
 static void
 ngx_http_nbx_event_body(ngx_http_request_t *r)
 {
-    int                       rc, applied;
+    int                       rc, outcome;
+    unsigned                  flags;
     ngx_int_t                 status;
     ngx_str_t                 body;
     const char               *err;
@@ -658,19 +687,26 @@ ngx_http_nbx_event_body(ngx_http_request_t *r)
         return;
     }
 
-    applied = 0;
+    /* a browser's clock is not trusted unless nbx_event_time says so */
+    flags = (nlcf->event_time == NGX_HTTP_NBX_EVENT_TIME_SERVER)
+            ? NBX_RECORD_SERVER_TIME : 0;
+    outcome = 0;
 
     engine->log = r->connection->log;
-    rc = nbx_record(engine->ctx, (const char *) body.data, body.len, &applied);
+    rc = nbx_record_ex(engine->ctx, (const char *) body.data, body.len, flags,
+                       &outcome);
     engine->log = NULL;
 
     if (rc != NBX_OK) {
         ngx_http_finalize_request(r,
-            ngx_http_nbx_library_error(r, rc, engine, "nbx_record()"));
+            ngx_http_nbx_library_error(r, rc, engine, "nbx_record_ex()"));
         return;
     }
 
-    /* a replayed event id is accepted and skipped: say which it was */
+    /*
+     * a replayed event id, or an event of an erased customer, is accepted
+     * and not applied: say which it was
+     */
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -679,7 +715,7 @@ ngx_http_nbx_event_body(ngx_http_request_t *r)
 
     h->hash = 1;
     ngx_str_set(&h->key, "X-Nbx-Applied");
-    if (applied) {
+    if (outcome == NBX_RECORD_APPLIED) {
         ngx_str_set(&h->value, "1");
     } else {
         ngx_str_set(&h->value, "0");
@@ -1029,6 +1065,7 @@ ngx_http_nbx_engine_options(ngx_http_nbx_engine_t *engine,
     opts->policy_len = engine->policy_text.len;
     opts->time_limit_us = (uint32_t) engine->time_limit;
     opts->memory_limit = engine->memory_limit;
+    opts->event_max_skew_ms = (int64_t) engine->event_max_skew;
 }
 
 
@@ -1668,6 +1705,7 @@ ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
         if (engine->store == store
             && engine->time_limit == nlcf->time_limit
             && engine->memory_limit == nlcf->memory_limit
+            && engine->event_max_skew == nlcf->event_max_skew
             && engine->catalog.len == nlcf->catalog.len
             && engine->policy.len == nlcf->policy.len
             && ngx_strncmp(engine->catalog.data, nlcf->catalog.data,
@@ -1691,6 +1729,7 @@ ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
     engine->policy_text = nlcf->policy_text;
     engine->time_limit = nlcf->time_limit;
     engine->memory_limit = nlcf->memory_limit;
+    engine->event_max_skew = nlcf->event_max_skew;
 
     pe = ngx_array_push(&nmcf->engines);
     if (pe == NULL) {
@@ -1758,6 +1797,8 @@ ngx_http_nbx_create_loc_conf(ngx_conf_t *cf)
     nlcf->time_limit = NGX_CONF_UNSET_UINT;
     nlcf->memory_limit = NGX_CONF_UNSET_SIZE;
     nlcf->event_max_body = NGX_CONF_UNSET_SIZE;
+    nlcf->event_time = NGX_CONF_UNSET_UINT;
+    nlcf->event_max_skew = NGX_CONF_UNSET_MSEC;
 
     return nlcf;
 }
@@ -1796,6 +1837,19 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->memory_limit, prev->memory_limit, 0);
     ngx_conf_merge_size_value(conf->event_max_body, prev->event_max_body,
                               NGX_HTTP_NBX_BODY_DEFAULT);
+    ngx_conf_merge_uint_value(conf->event_time, prev->event_time,
+                              NGX_HTTP_NBX_EVENT_TIME_SERVER);
+    ngx_conf_merge_msec_value(conf->event_max_skew, prev->event_max_skew,
+                              NBX_DEFAULT_EVENT_SKEW_MS);
+
+    if (conf->event_max_skew == 0
+        || conf->event_max_skew > NBX_EVENT_SKEW_MAX_MS)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "nbx_event_max_skew takes a time from 1ms to 1d, "
+                           "such as 5m");
+        return NGX_CONF_ERROR;
+    }
 
     /*
      * An "if" block or a "limit_except" block inside an nbx location has

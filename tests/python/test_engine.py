@@ -234,6 +234,27 @@ class T03Record(SmallStoreCase):
         self.assertFalse(e.record(dup), "the decision's impression was recorded")
 
 
+    def test_05_delete_and_restore(self):
+        """Erasure lasts: a deleted customer's events are refused (record()
+        returns False) until restore()."""
+        e = self.engine()
+        self.assertTrue(e.record(self.impression(1, customer="u2")))
+        # the profile, the offer's and the all-offers counter rows, the event record
+        self.assertEqual(e.delete("u2", "nobody"), {"u2": 4, "nobody": 0})
+        self.assertFalse(e.record(self.impression(1, customer="u2")), "a replay came back")
+        self.assertFalse(e.record(self.impression(2, customer="u2")))
+        self.assertTrue(e.decide("u2", as_of=AS_OF)["anonymous"])
+        self.assertEqual(e.delete(["u2"]), {"u2": 0})
+        e.restore("u2")
+        self.assertTrue(e.record(self.impression(1, customer="u2")))
+        with self.assertRaises(nbx.NotFound):
+            e.restore("u2")
+        with self.assertRaises(nbx.InvalidArgument):
+            e.delete("")
+        with self.assertRaises(nbx.ReadOnly):
+            self.engine(readonly=True).delete("u1")
+
+
 # ===========================================================================
 # 4. batch
 # ===========================================================================

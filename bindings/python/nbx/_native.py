@@ -98,6 +98,7 @@ class EngineOptions(ctypes.Structure):
         ("catalog_len", c_size_t),
         ("policy_text", c_char_p),
         ("policy_len", c_size_t),
+        ("event_max_skew_ms", ctypes.c_int64),
     ]
 
 
@@ -220,6 +221,11 @@ nbx_request_init = _fn("nbx_request_init", None, P(Request))
 nbx_decide = _fn("nbx_decide", c_int, c_void_p, P(Request), P(c_void_p))
 nbx_record = _fn("nbx_record", c_int, c_void_p, c_char_p, c_size_t, P(c_int))
 nbx_result_json = _fn("nbx_result_json", c_void_p, c_void_p, P(c_size_t))
+
+nbx_profile_erase = _fn("nbx_profile_erase", c_int, c_void_p, P(c_char_p), c_size_t,
+                        P(ctypes.c_uint64))
+nbx_profile_restore = _fn("nbx_profile_restore", c_int, c_void_p, c_char_p)
+nbx_store_errmsg = _fn("nbx_store_errmsg", c_char_p, c_void_p)
 
 nbx_iter_open = _fn("nbx_iter_open", c_int, c_void_p, c_uint, c_char_p, P(c_void_p))
 nbx_iter_next = _fn("nbx_iter_next", c_int, c_void_p, P(c_char_p), P(c_char_p), P(c_size_t))

@@ -335,7 +335,7 @@ class Engine:
     def record(self, event):
         """Apply one event (a dict or a JSON string: impression, click,
         accept, dismiss, purchase). Returns True if applied, False if its
-        customer had its event_id before."""
+        customer had its event_id before, or was erased (see delete())."""
         ctx = self._ctx()
         if isinstance(event, dict):
             data = json.dumps(event, separators=(",", ":")).encode()
@@ -373,6 +373,36 @@ class Engine:
                     yield raw.decode("utf-8", "surrogateescape")
         finally:
             N.nbx_iter_close(it)
+
+    def delete(self, *ids):
+        """Erase customers (GDPR erasure): each id's profile, exposure
+        counters and event records, in one transaction, leaving a
+        suppression record (a keyed hash of the id): later imports, events
+        and record() calls for the id are refused until restore(id).
+        Returns {id: records erased} (0: the store held nothing for the id;
+        it is suppressed all the same). Needs an engine not opened
+        read-only."""
+        if len(ids) == 1 and not isinstance(ids[0], (str, bytes)):
+            ids = tuple(ids[0])  # delete(["a", "b"]) as well as delete("a", "b")
+        raw = [_text(i, "id") for i in ids]
+        if not raw:
+            return {}
+        store = N.nbx_engine_store(self._check())
+        arr = (ctypes.c_char_p * len(raw))(*raw)
+        counts = (ctypes.c_uint64 * len(raw))()
+        rc = N.nbx_profile_erase(store, arr, len(raw), counts)
+        if rc != N.NBX_OK:
+            raise error_for(rc, (N.nbx_store_errmsg(store) or b"").decode("utf-8", "replace"))
+        return {i if isinstance(i, str) else i.decode("utf-8", "surrogateescape"): counts[n]
+                for n, i in enumerate(ids)}
+
+    def restore(self, customer):
+        """Lift an erasure (renewed consent): data for the id is taken again.
+        Raises NotFound if the id is not suppressed."""
+        store = N.nbx_engine_store(self._check())
+        rc = N.nbx_profile_restore(store, _text(customer, "customer"))
+        if rc != N.NBX_OK:
+            raise error_for(rc, (N.nbx_store_errmsg(store) or b"").decode("utf-8", "replace"))
 
     # -- batches --------------------------------------------------------------
 
