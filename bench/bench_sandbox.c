@@ -225,9 +225,9 @@ static void bench_policy(const char *policy_path, nbx_catalog *catalog, int deci
         exit(1);
     }
     setup setups[] = {
-        {.label = "limits on (JIT off, hook, memory)"},
-        {.label = "limits off (JIT off, no hook)", .limits.flags = NBX_LIMITS_NO_HOOK},
-        {.label = "JIT on (no hook)", .limits.flags = NBX_LIMITS_NO_HOOK | NBX_LIMITS_JIT},
+        {.label = "production (limits on, JIT on)"},
+        {.label = "no time limit (JIT on)", .limits.flags = NBX_LIMITS_NO_DEADLINE},
+        {.label = "interpreter (limits on, JIT off)", .limits.flags = NBX_LIMITS_NO_JIT},
     };
     for (size_t i = 0; i < NBX_ARRAY_LEN(setups); i++) {
         setup *s = &setups[i];

@@ -73,16 +73,15 @@ static int engine_swap(nbx_engine *e, nbx_policy *policy, nbx_catalog *catalog, 
 {
     for (;;) {
         nbx_snapshot *cur = nbx_engine_snapshot(e);
-        int rc = trial(policy ? policy : cur->policy, catalog ? catalog : cur->catalog,
-                       &e->limits, err);
+        int rc =
+            trial(policy ? policy : cur->policy, catalog ? catalog : cur->catalog, &e->limits, err);
         if (rc) {
             nbx_snapshot_unref(cur);
             return rc;
         }
         pthread_mutex_lock(&e->lock);
         nbx_snapshot *old = e->current;
-        bool other_changed =
-            policy ? old->catalog != cur->catalog : old->policy != cur->policy;
+        bool other_changed = policy ? old->catalog != cur->catalog : old->policy != cur->policy;
         nbx_snapshot_unref(cur); /* e->current or our ref keeps old alive */
         if (other_changed) {
             pthread_mutex_unlock(&e->lock);
@@ -157,8 +156,8 @@ static int engine_options(const nbx_engine_options *in, const char *fn, nbx_engi
         return nbx_fail(NULL, NBX_EINVAL, "%s: options are required", fn);
     if (in->size < offsetof(nbx_engine_options, catalog_text))
         return nbx_fail(NULL, NBX_EINVAL,
-                        "%s: options.size is %zu, expected %zu (call nbx_engine_options_init)",
-                        fn, in->size, sizeof *o);
+                        "%s: options.size is %zu, expected %zu (call nbx_engine_options_init)", fn,
+                        in->size, sizeof *o);
     memset(o, 0, sizeof *o);
     memcpy(o, in, in->size < sizeof *o ? in->size : sizeof *o);
     if (!o->catalog || !o->policy)
@@ -270,6 +269,28 @@ NBX_API int nbx_engine_check(const nbx_engine_options *opts, nbx_engine_info *in
     return NBX_OK;
 }
 
+NBX_API int nbx_policy_check(const char *path, nbx_engine_info *info)
+{
+    if (!path)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_policy_check: path is NULL");
+    nbx_err e = {0};
+    nbx_policy *p;
+    int rc = nbx_policy_load(path, &p, &e);
+    if (rc != NBX_OK)
+        return nbx_publish(NULL, &e);
+    /* Running the top level in a sandbox names the policy. */
+    rc = trial(p, NULL, NULL, &e);
+    if (rc == NBX_OK && info) {
+        memcpy(info->policy_name, p->name, sizeof info->policy_name);
+        memcpy(info->policy_version, p->version_hex, sizeof info->policy_version);
+    }
+    nbx_policy_unref(p);
+    if (rc != NBX_OK)
+        return nbx_publish(NULL, &e);
+    nbx_clear_error(NULL);
+    return NBX_OK;
+}
+
 NBX_API void nbx_engine_close(nbx_engine *e)
 {
     if (!e)
@@ -299,8 +320,8 @@ NBX_API int nbx_engine_load_policy(nbx_engine *e, const char *path)
         nbx_engine_log(e, NBX_LOG_INFO, "policy %s loaded: %s version %s", path, p->name,
                        p->version_hex);
     else
-        nbx_engine_log(e, NBX_LOG_ERROR,
-                       "policy %s rejected, the current one keeps serving: %s", path, err.msg);
+        nbx_engine_log(e, NBX_LOG_ERROR, "policy %s rejected, the current one keeps serving: %s",
+                       path, err.msg);
     nbx_policy_unref(p);
     return rc ? nbx_publish(e, &err) : NBX_OK;
 }
@@ -318,8 +339,8 @@ NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
         nbx_engine_log(e, NBX_LOG_INFO, "catalog %s loaded: version %s, %u offers", path,
                        c->version_hex, c->n_offers);
     else
-        nbx_engine_log(e, NBX_LOG_ERROR,
-                       "catalog %s rejected, the current one keeps serving: %s", path, err.msg);
+        nbx_engine_log(e, NBX_LOG_ERROR, "catalog %s rejected, the current one keeps serving: %s",
+                       path, err.msg);
     nbx_catalog_unref(c);
     return rc ? nbx_publish(e, &err) : NBX_OK;
 }

@@ -577,15 +577,23 @@ typedef struct nbx_policy {
     char *chunkname; /* "@" basename: Lua error positions read "name.lua:12" */
     char *source;
     size_t source_len;
+    /* What sandboxes compile: the source as lsource.c instrumented it (its
+     * own time checks; same lines), or the source itself when not. */
+    char *exec_source;
+    size_t exec_len;
+    bool instrumented;
     uint64_t version; /* xxh64 of the source */
     char version_hex[17];
-    char name[128]; /* the table's `name` field */
+    char name[128]; /* the table's `name` field, once a sandbox has loaded it */
 } nbx_policy;
 
-#define NBX_POLICY_FILE_MAX (1u << 20)
+/* Parsing and instrumenting are linear in the size: this bounds their time
+ * (docs/sandbox.md, "Time"). */
+#define NBX_POLICY_FILE_MAX (256u << 10)
 
-/* Read and check a policy (it compiles and returns a well-formed table, in
- * a throwaway sandbox). */
+/* Read a policy: it must compile (syntax errors name FILE:LINE); it is
+ * instrumented for the sandbox. Running its top level is the sandbox's
+ * (nbx_sandbox_open, which also names it). */
 int nbx_policy_load(const char *path, nbx_policy **out, nbx_err *e);
 /* The same from the policy's source in memory (copied); path names it. */
 int nbx_policy_load_text(const char *path, const char *text, size_t len, nbx_policy **out,
@@ -599,10 +607,10 @@ typedef struct nbx_limits {
     unsigned flags;   /* nbx_limits_flags; 0 in production */
 } nbx_limits;
 
-/* For bench/bench_sandbox.c only: they remove protections. */
+/* For benchmarks only. */
 enum nbx_limits_flags {
-    NBX_LIMITS_NO_HOOK = 0x1, /* no time limit: no count hook, no deadline */
-    NBX_LIMITS_JIT = 0x2      /* leave the JIT on (hooks then miss compiled code) */
+    NBX_LIMITS_NO_DEADLINE = 0x1, /* no time limit (removes a protection) */
+    NBX_LIMITS_NO_JIT = 0x2       /* the interpreter only (for comparison) */
 };
 
 /* Exposure counts of one offer in its caps windows, given to the policy. */
@@ -678,7 +686,10 @@ const nbx_catalog *nbx_sandbox_catalog(const nbx_sandbox *sb);
 struct lua_State;
 typedef struct nbx_lp_limit {
     void (*check)(struct lua_State *L, void *ud); /* may be NULL */
+    /* Raises for a result over max_result (may be NULL: a plain error). */
+    void (*too_big)(struct lua_State *L, void *ud, const char *what, size_t size);
     void *ud;
+    size_t max_result; /* longest string gsub may build (0: no limit) */
 } nbx_lp_limit;
 /* Push a new table {find, match, gmatch, gsub}; limit (may be NULL) must
  * outlive the Lua state. */
