@@ -6,7 +6,8 @@
  * Everything here reads state gathered once per decision by nbx_caps_load:
  * the customer's consent per purpose, one cursor range over the customer's
  * counters and, when the catalog has budgets, one range over today's budget
- * keys, both joined against the catalog in offer-id order. No per-offer lookups, no allocation per offer.
+ * keys, both joined against the catalog in offer-id order. No per-offer lookups, no allocation per
+ * offer.
  */
 #include "nbx_int.h"
 
@@ -26,12 +27,12 @@ int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
     c->has_summary = calloc(n, 1);
     c->consented = calloc(catalog->n_purposes ? catalog->n_purposes : 1, 1);
     c->propensity = calloc(n, sizeof *c->propensity);
-    c->category_propensity = calloc(catalog->n_categories ? catalog->n_categories : 1,
-                                    sizeof *c->category_propensity);
+    c->category_propensity =
+        calloc(catalog->n_categories ? catalog->n_categories : 1, sizeof *c->category_propensity);
     c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
     c->budget_accepts = calloc(n, sizeof *c->budget_accepts);
-    if (!c->summary || !c->has_summary || !c->consented || !c->propensity || !c->category_propensity ||
-        !c->budget_impressions || !c->budget_accepts) {
+    if (!c->summary || !c->has_summary || !c->consented || !c->propensity ||
+        !c->category_propensity || !c->budget_impressions || !c->budget_accepts) {
         nbx_caps_free(c);
         return NBX_ENOMEM;
     }
@@ -71,11 +72,11 @@ static bool join_offer(const nbx_catalog *cat, uint32_t *j, nbx_sv id)
 static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today, int64_t now_ms,
                       nbx_exposure_summary *s)
 {
-    uint32_t imp_days = o->impressions.window_days ? o->impressions.window_days
-                                                   : NBX_DEFAULT_WINDOW_DAYS;
+    uint32_t imp_days =
+        o->impressions.window_days ? o->impressions.window_days : NBX_DEFAULT_WINDOW_DAYS;
     uint32_t acc_days = o->accepts.window_days ? o->accepts.window_days : NBX_DEFAULT_WINDOW_DAYS;
-    uint32_t dis_days = o->dismiss_cooldown_days ? o->dismiss_cooldown_days
-                                                 : NBX_DEFAULT_WINDOW_DAYS;
+    uint32_t dis_days =
+        o->dismiss_cooldown_days ? o->dismiss_cooldown_days : NBX_DEFAULT_WINDOW_DAYS;
     s->impressions = nbx_exposure_count(x, NBX_EXP_IMPRESSION, today, imp_days);
     s->clicks = nbx_exposure_count(x, NBX_EXP_CLICK, today, imp_days);
     s->accepts = nbx_exposure_count(x, NBX_EXP_ACCEPT, today, acc_days);
@@ -86,8 +87,8 @@ static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today,
     s->dismiss_later = x->last[NBX_EXP_DISMISS] > now_ms;
 }
 
-static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer,
-                          uint32_t today, int64_t now_ms, nbx_arena *a, nbx_err *e)
+static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, uint32_t today,
+                          int64_t now_ms, nbx_arena *a, nbx_err *e)
 {
     const nbx_catalog *cat = c->catalog;
     memset(c->has_summary, 0, cat->n_offers);
@@ -188,6 +189,15 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p,
 {
     uint32_t today = nbx_day_of(now_ms);
     load_consents(c, p);
+    if (!s || !txn) {
+        /* No store (a trial, a test): nothing shown, nothing spent. */
+        memset(c->has_summary, 0, c->catalog->n_offers);
+        c->contacts = 0;
+        memset(c->budget_impressions, 0, c->catalog->n_offers * sizeof *c->budget_impressions);
+        memset(c->budget_accepts, 0, c->catalog->n_offers * sizeof *c->budget_accepts);
+        c->budget_valid = false;
+        return NBX_OK;
+    }
     int rc = load_exposures(c, s, txn, p->id, today, now_ms, a, e);
     if (rc == NBX_OK && c->catalog->has_budgets)
         rc = load_budgets(c, s, txn, today, e);

@@ -28,6 +28,8 @@ struct nbx_result {
     bool has_error;
     char decision_id[37];
     char error[1024];
+    const char *fault_kind; /* static; with has_error */
+    nbx_policy_error fault;
     uint32_t exclusions[NBX_EXCLUDED_COUNT];
     double expected_margin;
 };
@@ -53,7 +55,7 @@ struct nbx_ctx {
     nbx_buf scratch;
     /* per catalog: sized at snapshot switch */
     nbx_candidate *cand;
-    struct rank_entry *ranked; /* arbitration: one heap per placement */
+    struct rank_entry *ranked;    /* arbitration: one heap per placement */
     uint32_t *heap_at, *heap_len; /* per placement: its heap in ranked */
     size_t cand_cap;
     uint8_t *offer_used;
@@ -118,8 +120,8 @@ static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
     c->actions = calloc(slots ? slots : 1, sizeof *c->actions);
     c->cand_cap = n;
     c->actions_cap = slots;
-    if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left || !c->placement_wanted ||
-        !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
+    if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left ||
+        !c->placement_wanted || !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
         free_catalog_arrays(c);
         return NBX_ENOMEM;
     }
@@ -179,7 +181,7 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     int rc = ctx_refresh(c, &e);
     if (rc == NBX_OK && c->sandbox_rc)
         rc = nbx_err_set(&e, c->sandbox_rc, "%s", c->sandbox_err);
-    if (rc == NBX_OK) {
+    if (rc == NBX_OK && engine->store) {
         rc = nbx_store_read_begin(engine->store, &c->txn, &e);
         if (rc == NBX_OK)
             mdb_txn_reset(c->txn); /* hold no snapshot while idle */
@@ -282,14 +284,28 @@ int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placement
     return NBX_OK;
 }
 
+/* The request's profile_json, if its size says it has the field (a caller
+ * built against an 0.1 nbx.h passes a smaller request). */
+static const char *request_profile(const nbx_request *r, size_t *len)
+{
+    if (r->size < offsetof(nbx_request, profile_len) + sizeof r->profile_len)
+        return NULL;
+    *len = r->profile_len;
+    return r->profile_json;
+}
+
 static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
 {
     if (!r)
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: request is NULL");
-    if (r->size < sizeof *r)
+    if (r->size < offsetof(nbx_request, profile_json))
         return nbx_err_set(e, NBX_EINVAL,
                            "nbx_decide: request.size is %zu, expected %zu (call nbx_request_init)",
                            r->size, sizeof *r);
+    size_t plen = 0;
+    if (request_profile(r, &plen) && plen > NBX_LINE_MAX)
+        return nbx_err_set(e, NBX_ELIMIT, "field 'profile_json': %zu bytes, the limit is %d", plen,
+                           NBX_LINE_MAX);
     if (!r->customer)
         return nbx_err_set(e, NBX_EINVAL, "field 'customer': is required");
     if (!nbx_id_valid(nbx_sv_of(r->customer), e)) {
@@ -301,6 +317,8 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     /* Misuse, answered whether or not this decision would choose anything. */
     if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
+    if ((r->flags & NBX_DECIDE_RECORD) && !c->engine->store)
+        return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine has no store");
     /* Day numbers, cooldowns and the result's as_of hold for these years. */
     if (r->now_ms < NBX_TIME_MIN_MS || r->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL, "field 'now_ms': %lld is outside the years 0001 to 9999",
@@ -561,8 +579,7 @@ static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement,
     nbx_jw_decimal(b, expected_margin);
 }
 
-static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t now,
-                         const nbx_policy_error *perr)
+static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t now)
 {
     const nbx_catalog *cat = c->snap->catalog;
     const nbx_policy *pol = c->snap->policy;
@@ -598,19 +615,16 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
         nbx_buf_puts(b, ",\"version\":\"");
         nbx_buf_puts(b, pol->version_hex);
         nbx_buf_puts(b, "\",\"kind\":\"");
-        static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
-        nbx_buf_puts(b, perr && perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault]
-                                                                     : "unavailable");
+        nbx_buf_puts(b, r->fault_kind);
         nbx_buf_puts(b, "\",\"where\":");
-        const char *where = perr ? perr->where : "";
-        nbx_jw_string(b, where, strlen(where));
+        nbx_jw_string(b, r->fault.where, strlen(r->fault.where));
         nbx_buf_puts(b, ",\"offer\":");
-        if (perr && perr->offer[0])
-            nbx_jw_string(b, perr->offer, strlen(perr->offer));
+        if (r->fault.offer[0])
+            nbx_jw_string(b, r->fault.offer, strlen(r->fault.offer));
         else
             nbx_buf_puts(b, "null");
         nbx_buf_puts(b, ",\"reason\":");
-        const char *reason = perr && perr->reason[0] ? perr->reason : r->error;
+        const char *reason = r->fault.reason[0] ? r->fault.reason : r->error;
         nbx_jw_string(b, reason, strlen(reason));
         nbx_buf_puts(b, ",\"message\":");
         nbx_jw_string(b, r->error, strlen(r->error));
@@ -669,11 +683,18 @@ static void take_fallback(nbx_ctx *c, size_t n, int64_t now, const char *custome
     nbx_result *r = &c->result;
     r->fallback = true;
     r->has_error = true;
-    if (perr)
-        snprintf(r->error, sizeof r->error, "%.255s%s%.511s", perr->where, perr->where[0] ? ": " : "",
-                 perr->reason);
-    else
+    static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
+    if (perr) {
+        snprintf(r->error, sizeof r->error, "%.255s%s%.511s", perr->where,
+                 perr->where[0] ? ": " : "", perr->reason);
+        r->fault = *perr;
+        r->fault_kind = perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault] : "unavailable";
+    } else {
         snprintf(r->error, sizeof r->error, "policy unavailable: %s", c->sandbox_err);
+        memset(&r->fault, 0, sizeof r->fault);
+        snprintf(r->fault.reason, sizeof r->fault.reason, "%.511s", r->error);
+        r->fault_kind = "unavailable";
+    }
     for (size_t i = 0; i < n; i++)
         if (!c->cand[i].excluded) {
             c->cand[i].excluded = NBX_EXCLUDED_POLICY_ERROR;
@@ -771,6 +792,31 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
  * Decide
  * ======================================================================== */
 
+/* The customer's profile: the request's own (profile_json), else the
+ * store's; NBX_ENOTFOUND when neither has one (an anonymous visitor). */
+static int load_profile(nbx_ctx *c, const nbx_request *req, nbx_profile *p, nbx_err *e)
+{
+    size_t len = 0;
+    const char *json = request_profile(req, &len);
+    if (!json) {
+        if (!c->engine->store)
+            return NBX_ENOTFOUND;
+        return nbx_store_profile_get(c->engine->store, c->txn, p->id, p, &c->arena, e);
+    }
+    nbx_profile patch;
+    int rc = nbx_profile_parse(json, len, &patch, &c->arena, e);
+    if (rc != NBX_OK) {
+        e->code = NBX_EINVAL;
+        return nbx_err_prefix(e, "field 'profile_json': ");
+    }
+    if (patch.id.len && !nbx_sv_eq(patch.id, p->id))
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'profile_json': its id '%.*s' is not the customer '%.*s'",
+                           (int)patch.id.len, patch.id.ptr, (int)p->id.len, p->id.ptr);
+    patch.id = p->id;
+    return nbx_profile_patch(NULL, &patch, 0, p, &c->arena, e);
+}
+
 NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
 {
     if (out)
@@ -797,13 +843,15 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
 
     nbx_store *store = c->engine->store;
     nbx_sv customer = nbx_sv_of(req->customer);
-    int mrc = mdb_txn_renew(c->txn);
-    if (mrc) {
-        nbx_err_mdb(&e, mrc, "starting a read");
-        return ctx_fail(c, &e);
+    if (c->txn) {
+        int mrc = mdb_txn_renew(c->txn);
+        if (mrc) {
+            nbx_err_mdb(&e, mrc, "starting a read");
+            return ctx_fail(c, &e);
+        }
     }
     nbx_profile profile = {.id = customer};
-    rc = nbx_store_profile_get(store, c->txn, customer, &profile, &c->arena, &e);
+    rc = load_profile(c, req, &profile, &e);
     if (rc == NBX_ENOTFOUND) {
         memset(&profile, 0, sizeof profile);
         profile.id = customer;
@@ -813,7 +861,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     if (rc == NBX_OK)
         rc = nbx_caps_load(&c->caps, store, c->txn, &profile, now, &c->arena, &e);
     if (rc) {
-        mdb_txn_reset(c->txn);
+        if (c->txn)
+            mdb_txn_reset(c->txn);
         return ctx_fail(c, &e);
     }
 
@@ -832,7 +881,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             .session = req->session,
             .n_session = req->n_session,
             .now_ms = now,
-            .seed = nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
+            .seed =
+                nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
             .propensity = c->caps.propensity,
             .cand = c->cand,
             .n_cand = n,
@@ -849,14 +899,15 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
      * snapshot: record before the snapshot is released. */
     if (req->flags & NBX_DECIDE_RECORD)
         rc = record_actions(c, &profile, n, now, &e);
-    mdb_txn_reset(c->txn);
+    if (c->txn)
+        mdb_txn_reset(c->txn);
     if (rc)
         return ctx_fail(c, &e);
 
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
-    write_result(c, req, n, now, failed && c->sandbox ? &perr : NULL);
+    write_result(c, req, n, now);
     if (r->json.oom) {
         nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");
         return ctx_fail(c, &e);
@@ -876,6 +927,10 @@ NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
     nbx_err e = {0};
     if (c->engine->flags & NBX_ENGINE_READONLY) {
         nbx_err_set(&e, NBX_EREADONLY, "cannot record: the engine is read-only");
+        return ctx_fail(c, &e);
+    }
+    if (!c->engine->store) {
+        nbx_err_set(&e, NBX_EREADONLY, "cannot record: the engine has no store");
         return ctx_fail(c, &e);
     }
     if (len > NBX_LINE_MAX) {
@@ -912,8 +967,8 @@ NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
 NBX_API const char *nbx_excluded_name(int reason)
 {
     static const char *const names[NBX_EXCLUDED_COUNT] = {
-        NULL,       "consent",    "frequency", "cooldown",  "contacts",
-        "budget",   "validity",   "ineligible", "guardrail", "policy_error"};
+        NULL,     "consent",  "frequency",  "cooldown",  "contacts",
+        "budget", "validity", "ineligible", "guardrail", "policy_error"};
     if (reason <= 0 || reason >= NBX_EXCLUDED_COUNT)
         return NULL;
     return names[reason];
@@ -954,6 +1009,19 @@ NBX_API int nbx_result_anonymous(const nbx_result *r)
 NBX_API const char *nbx_result_error(const nbx_result *r)
 {
     return r && r->has_error ? r->error : NULL;
+}
+
+NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out)
+{
+    if (!r || !out)
+        return NBX_EINVAL;
+    if (!r->has_error)
+        return NBX_ENOTFOUND;
+    out->kind = r->fault_kind;
+    out->where = r->fault.where;
+    out->offer = r->fault.offer;
+    out->reason = r->fault.reason[0] ? r->fault.reason : r->error;
+    return NBX_OK;
 }
 
 NBX_API const char *nbx_result_decision_id(const nbx_result *r)

@@ -138,7 +138,8 @@ NBX_API void nbx_engine_options_init(nbx_engine_options *o)
     o->memory_limit = NBX_DEFAULT_MEMORY_LIMIT;
 }
 
-static void fill_info(nbx_engine_info *info, const nbx_policy *policy, const nbx_catalog *catalog)
+void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
+                          const nbx_catalog *catalog)
 {
     memset(info, 0, sizeof *info);
     snprintf(info->policy_name, sizeof info->policy_name, "%s", policy->name);
@@ -210,8 +211,13 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
         return rc;
     if (!out)
         return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: out is NULL");
-    if (!o.store && !o.store_handle)
-        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: store or store_handle is required");
+    bool no_store = o.flags & NBX_ENGINE_NO_STORE;
+    if (!no_store && !o.store && !o.store_handle)
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "nbx_engine_open: store or store_handle is required (or "
+                        "NBX_ENGINE_NO_STORE)");
+    if (o.flags & ~(unsigned)(NBX_ENGINE_READONLY | NBX_ENGINE_NO_STORE))
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: unknown flags 0x%x", o.flags);
     nbx_engine *e = calloc(1, sizeof *e);
     if (!e)
         return nbx_fail(NULL, NBX_ENOMEM, "out of memory");
@@ -224,7 +230,9 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
     nbx_err err = {0};
     nbx_catalog *catalog = NULL;
     nbx_policy *policy = NULL;
-    if (o.store_handle) {
+    if (no_store) {
+        e->store = NULL;
+    } else if (o.store_handle) {
         e->store = o.store_handle;
     } else {
         unsigned sflags = (o.flags & NBX_ENGINE_READONLY) ? NBX_STORE_READONLY : 0;
@@ -245,27 +253,6 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
     }
     atomic_init(&e->generation, 1);
     *out = e;
-    return NBX_OK;
-}
-
-NBX_API int nbx_engine_check(const nbx_engine_options *opts, nbx_engine_info *info)
-{
-    nbx_engine_options o;
-    int rc = engine_options(opts, "nbx_engine_check", &o);
-    if (rc)
-        return rc;
-    nbx_limits limits;
-    engine_limits(&o, &limits);
-    nbx_err err = {0};
-    nbx_catalog *catalog;
-    nbx_policy *policy;
-    rc = load_pair(&o, &limits, &catalog, &policy, &err);
-    if (rc)
-        return nbx_publish(NULL, &err);
-    if (info)
-        fill_info(info, policy, catalog);
-    nbx_policy_unref(policy);
-    nbx_catalog_unref(catalog);
     return NBX_OK;
 }
 
@@ -350,7 +337,7 @@ NBX_API int nbx_engine_info_get(nbx_engine *e, nbx_engine_info *info)
     if (!e || !info)
         return nbx_fail(e, NBX_EINVAL, "nbx_engine_info_get: NULL argument");
     nbx_snapshot *s = nbx_engine_snapshot(e);
-    fill_info(info, s->policy, s->catalog);
+    nbx_engine_fill_info(info, s->policy, s->catalog);
     nbx_snapshot_unref(s);
     return NBX_OK;
 }

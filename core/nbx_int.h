@@ -787,6 +787,12 @@ int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, s
                           nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
                           nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 
+void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
+                          const nbx_catalog *catalog);
+
+/* trial.c: nbx_engine_trial() with its message in e. */
+int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e);
+
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
 void nbx_snapshot_unref(nbx_snapshot *s);

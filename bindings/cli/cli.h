@@ -150,6 +150,11 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
  * bytes that are not UTF-8 written as U+FFFD (paths and policy names are
  * arbitrary bytes; the output must still parse). */
 void cli_print_json_string(FILE *out, const char *s);
+/* Text from files, stores and policies for a terminal: control characters
+ * and bytes that are not UTF-8 as \xNN. */
+void cli_print_text(FILE *out, const char *s);
+/* A check that failed: the library's message, naming path if it does not. */
+int cli_check_failed(cli_args *args, int rc, const char *path);
 
 /* ========================================================================
  * Command entry points
@@ -167,6 +172,7 @@ int cli_run_stats(cli_args *args);
 
 /* decide.c */
 int cli_run_decide(cli_args *args);
+extern const cli_flag cli_policy_check_flags[];
 int cli_run_policy_check(cli_args *args);
 int cli_run_catalog_check(cli_args *args);
 

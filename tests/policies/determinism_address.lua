@@ -1,11 +1,11 @@
 -- expect: fallback runtime: prints an address
 -- string.format's %p would show an address: a score built from it would
 -- differ between two runs of the same request.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "determinism_address" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     return #string.format("%p", {})
   end
   return offer.margin

@@ -2,13 +2,13 @@
 -- Carries one customer's data to the next through a global table: the name
 -- is frozen, and so is the table, once the policy has loaded. Every
 -- decision that tries falls back; no customer's secret reaches another's.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 STASH = {}
 
 local policy = { name = "leak_global_table" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local seen = STASH.last
     STASH.last = customer.id .. "|" .. tostring(customer.attrs.secret)
     if seen then error("previous customer was " .. seen) end

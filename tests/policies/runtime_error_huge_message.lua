@@ -1,11 +1,11 @@
 -- expect: fallback runtime: xxxxxxxx
 -- Raises the longest message a policy can build (4 KiB): the record
 -- truncates it.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_error_huge_message" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     error(string.rep('x', 4000) .. string.rep('y', 96))
   end
   return offer.margin
