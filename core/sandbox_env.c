@@ -27,13 +27,6 @@
 
 #define SB_PCALL_DEPTH_MAX 64
 
-void sb_push_slot(lua_State *L, int slot)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, sb_of(L)->ref_slots);
-    lua_rawgeti(L, -1, slot);
-    lua_remove(L, -2);
-}
-
 /* ========================================================================
  * Read-only proxies
  *
@@ -858,11 +851,12 @@ static void sb_build_inputs(lua_State *L, int slots)
     sb_slot_set(L, slots, SLOT_ST);
 }
 
-/* Everything but the policy: runs once per state under lua_cpcall, with no
- * memory limit yet. */
-int sb_build_state(lua_State *L)
+/* The engine's part of a state (sandbox.c, sb_build_state): libraries, the
+ * slots, the helpers, the policy's globals and environment, the input
+ * tables; the catalog's tables come next (sandbox_io.c), then
+ * sb_env_finish(). Leaves the slot table at 1 and returns its index. */
+int sb_env_build(lua_State *L, nbx_sandbox *sb)
 {
-    nbx_sandbox *sb = lua_touserdata(L, 1);
     lua_settop(L, 0);
     sb_open_lib(L, luaopen_base, "");
     sb_open_lib(L, luaopen_math, LUA_MATHLIBNAME);
@@ -925,7 +919,20 @@ int sb_build_state(lua_State *L)
     int D = sb_build_globals(L, slots, G, lib, native_math, native_string, native_table);
     sb_build_env(L, slots, D);
     sb_build_inputs(L, slots);
-    sb_push_catalog(L, slots, sb->catalog);
+    lua_settop(L, slots);
+    return slots;
+}
+
+/* Hand the helpers the catalog's tables; empty the real globals of what a
+ * policy must never reach. */
+void sb_env_finish(lua_State *L, int slots)
+{
+    lua_getglobal(L, "_G");
+    int G = lua_gettop(L);
+    lua_getfield(L, G, "string");
+    int native_string = lua_gettop(L);
+    sb_slot_get(L, slots, SLOT_LIB);
+    int lib = lua_gettop(L);
 
     /* Hand the helpers what they read on the fast path. */
     lua_getfield(L, lib, "init");
@@ -954,8 +961,7 @@ int sb_build_state(lua_State *L)
     }
     lua_pushnil(L);
     lua_setfield(L, native_string, "dump");
-    lua_settop(L, 0);
-    return 0;
+    lua_settop(L, slots);
 }
 
 /* ========================================================================

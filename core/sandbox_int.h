@@ -2,17 +2,19 @@
  * sandbox_int.h: private to the sandbox's files.
  *
  *   sandbox.c         lifetime of a state: build, load the policy, run a
- *                     decision, fault records
- *   sandbox_limits.c  what a policy may spend: the counting allocator, the
- *                     deadline and the time checks policy code carries
+ *                     decision
+ *   sandbox_io.c      inputs and outputs: offers, the customer, the session
+ *                     and candidates into Lua, scores out
  *   sandbox_env.c     what a policy may reach: the allow-listed environment,
  *                     read-only proxies, frozen tables, reproducible
  *                     iteration, the C functions policies call
- *   sandbox_io.c      inputs and outputs: offers, the customer, the session
- *                     and candidates into Lua, scores out
+ *   sandbox_limits.c  what a policy may spend: the counting allocator, the
+ *                     deadline and the time checks policy code carries
+ *   sandbox_fault.c   where and why a policy failed
  *   sandbox.lua       the engine's own Lua (helpers, driver), embedded
  *
- * Everything outside these files sees the sandbox through nbx_int.h only.
+ * Listed from the top: a file calls only the files below it. Everything
+ * outside these files sees the sandbox through nbx_int.h only.
  */
 #ifndef NBX_SANDBOX_INT_H
 #define NBX_SANDBOX_INT_H
@@ -183,7 +185,12 @@ static inline void sb_slot_get(lua_State *L, int slots, int slot)
 }
 
 /* Push slot `slot` of the state's slot table. */
-void sb_push_slot(lua_State *L, int slot);
+static inline void sb_push_slot(lua_State *L, int slot)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sb_of(L)->ref_slots);
+    lua_rawgeti(L, -1, slot);
+    lua_remove(L, -2);
+}
 
 /* sandbox_limits.c */
 void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
@@ -199,10 +206,13 @@ void sb_pattern_too_big(lua_State *L, void *ud, const char *what, size_t size);
 /* Raise the memory fault for an object over a size limit. */
 int sb_raise_too_big(lua_State *L, const char *what, double size, double limit);
 
-/* sandbox.c: fault records */
+/* sandbox_fault.c */
 /* The message handler of protected calls into policy code. */
 int sb_msgh(lua_State *L);
 void sb_note_where(nbx_sandbox *sb, lua_State *L, int level);
+/* Record where and why from the error object at idx and the live stack. */
+void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx);
+void sb_fault_reset(nbx_sandbox *sb);
 int sb_raise(lua_State *L, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
 
 /* sandbox_env.c */
@@ -211,8 +221,12 @@ int sb_raise(lua_State *L, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
  * key order is then worked out once. */
 void sb_make_proxy(lua_State *L, int slots);
 void sb_make_constant_proxy(lua_State *L, int slots);
-/* Everything but the policy: runs once per state under lua_cpcall. */
-int sb_build_state(lua_State *L);
+/* The engine's part of a state, before the catalog's tables (which
+ * sandbox_io.c adds); leaves the slot table at 1 and returns its index. */
+int sb_env_build(lua_State *L, nbx_sandbox *sb);
+/* After the catalog's tables: hand them to the helpers, empty the real
+ * globals of what a policy must never reach. */
+void sb_env_finish(lua_State *L, int slots);
 /* Freeze every table the policy's top level left reachable from the value
  * at root and from the environment: root is replaced by its frozen proxy.
  * Raises with the reason when the policy keeps something it may not (a
