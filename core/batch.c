@@ -29,6 +29,12 @@
  * handed back only once its impressions are committed. The events are those
  * nbx_decide() records: one impression per action, id DECISION_ID:INDEX, at
  * the decision's clock (nbx_record_impression).
+ *
+ * Planning (no NBX_DECIDE_RECORD) records nothing, so the store's daily
+ * budgets would never fill: a plan gave a budget of 100 to thousands of
+ * customers. The batch's decisions count their actions in an in-memory
+ * plan (nbx_budget_plan) that eligibility adds to the store's counts, so a
+ * plan gives a budgeted offer to as many customers as a committing run.
  */
 #include "nbx_int.h"
 
@@ -116,6 +122,9 @@ struct nbx_batch {
     bool owner_waiting;
     bool stop;
 
+    /* A plan (no NBX_DECIDE_RECORD) counts its own actions against daily
+     * budgets, in memory; NULL when recording or when no offer has one. */
+    nbx_budget_plan *plan;
     nbx_batch_stats stats;
     nbx_arena scratch; /* submit_json: unescaped strings */
     nbx_err err;
@@ -173,8 +182,11 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
         return nbx_err_set(e, NBX_EREADONLY, "cannot record exposures: the engine is read-only");
     /* Checked once here, so a typo fails the batch rather than every item. */
     nbx_snapshot *snap = nbx_engine_snapshot(engine);
+    uint32_t channel;
     int rc = nbx_request_lists_check(snap->catalog, o->placements, o->n_placements, o->session,
                                      o->n_session, e);
+    if (rc == NBX_OK)
+        rc = nbx_catalog_channel(snap->catalog, o->session, o->n_session, &channel, e);
     nbx_snapshot_unref(snap);
     if (rc)
         nbx_err_prefix(e, "nbx_batch_open: ");
@@ -381,8 +393,11 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
     }
     /* Budgets are cached per transaction id: this transaction writes them. */
     w->caps.budget_valid = false;
+    uint32_t channel;
+    if (rc == NBX_OK && nbx_catalog_channel(cat, s->session, s->n_session, &channel, e) != NBX_OK)
+        return 1; /* the catalog was reloaded without the channel: decide again, and fail */
     if (rc == NBX_OK)
-        rc = nbx_caps_load(&w->caps, store, txn, &p, b->now_ms, &w->arena, e);
+        rc = nbx_caps_load(&w->caps, store, txn, &p, channel, b->now_ms, &w->arena, e);
     if (rc)
         return rc;
     /* The rules nbx_decide() applies when it records (nbx_caps_recheck);
@@ -514,7 +529,7 @@ static void batch_free(nbx_batch *b)
                 pthread_join(b->workers[i].thread, NULL);
         for (unsigned i = 0; i < b->n_threads; i++) {
             worker *w = &b->workers[i];
-            nbx_ctx_close(w->ctx);
+            nbx_ctx_close(w->ctx); /* before the plan it counts in */
             free(w->pending);
             nbx_caps_free(&w->caps);
             nbx_snapshot_unref(w->caps_snap);
@@ -532,6 +547,7 @@ static void batch_free(nbx_batch *b)
         }
         free(b->slots);
     }
+    nbx_budget_plan_close(b->plan);
     pthread_cond_destroy(&b->done_cv);
     pthread_cond_destroy(&b->work_cv);
     pthread_mutex_destroy(&b->lock);
@@ -540,6 +556,17 @@ static void batch_free(nbx_batch *b)
     free(b->placements);
     free(b->base);
     free(b);
+}
+
+/* The plan counts for the catalog the batch starts with: a catalog
+ * reloaded during the batch counts the store's budgets only (its offers
+ * are other objects; the CLI never reloads). */
+static int open_plan(nbx_batch *b)
+{
+    nbx_snapshot *snap = nbx_engine_snapshot(b->engine);
+    int rc = snap->catalog->has_budgets ? nbx_budget_plan_open(snap->catalog, &b->plan) : NBX_OK;
+    nbx_snapshot_unref(snap);
+    return rc;
 }
 
 static int start_workers(nbx_batch *b, nbx_err *e)
@@ -557,6 +584,7 @@ static int start_workers(nbx_batch *b, nbx_err *e)
             nbx_err_set(e, rc, "%s", nbx_last_errmsg());
             return nbx_err_prefix(e, "opening a context for batch thread %u: ", i + 1);
         }
+        nbx_ctx_plan_budgets(w->ctx, b->plan);
     }
     /* Signals go to the application's threads, never to a worker that runs
      * a policy. */
@@ -610,6 +638,8 @@ NBX_API int nbx_batch_open(nbx_engine *engine, const nbx_batch_options *opts, nb
     b->now_ms = o->now_ms ? o->now_ms : nbx_time_now();
 
     rc = copy_shared_request(b, o);
+    if (rc == NBX_OK && !(b->flags & NBX_DECIDE_RECORD))
+        rc = open_plan(b);
     if (rc == NBX_OK) {
         b->slots = calloc(b->n_slots, sizeof *b->slots);
         b->workers = calloc(b->n_threads, sizeof *b->workers);

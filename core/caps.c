@@ -174,7 +174,8 @@ static int load_budgets(nbx_caps *c, nbx_store *s, MDB_txn *txn, uint32_t today,
 }
 
 /* Catalogs have a handful of purposes and many offers: a lookup per
- * purpose here, not one per candidate. */
+ * purpose here (offers', channels' and personalisation's alike), not one
+ * per candidate. */
 static void load_consents(nbx_caps *c, const nbx_profile *p)
 {
     const nbx_catalog *cat = c->catalog;
@@ -184,11 +185,12 @@ static void load_consents(nbx_caps *c, const nbx_profile *p)
     }
 }
 
-int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, int64_t now_ms,
-                  nbx_arena *a, nbx_err *e)
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
+                  int64_t now_ms, nbx_arena *a, nbx_err *e)
 {
     uint32_t today = nbx_day_of(now_ms);
     load_consents(c, p);
+    c->channel_refused = channel != UINT32_MAX && !c->consented[channel];
     if (!s || !txn) {
         /* No store (a trial, a test): nothing shown, nothing spent. */
         memset(c->has_summary, 0, c->catalog->n_offers);
@@ -208,12 +210,20 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p,
  * Checks
  * ======================================================================== */
 
+static uint64_t planned_impressions(const nbx_caps *c, const nbx_offer *o)
+{
+    return c->plan ? atomic_load_explicit(&c->plan->impressions[o->index], memory_order_relaxed)
+                   : 0;
+}
+
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
 {
     const nbx_catalog *cat = c->catalog;
     if (now_ms < o->valid_from || now_ms > o->valid_to)
         return NBX_EXCLUDED_VALIDITY;
-    if (o->purpose_index != UINT32_MAX && !c->consented[o->purpose_index])
+    /* A contact through a channel uses the data for the channel's purpose
+     * too: an email needs the email consent whatever the offer. */
+    if (c->channel_refused || (o->purpose_index != UINT32_MAX && !c->consented[o->purpose_index]))
         return NBX_EXCLUDED_CONSENT;
     const nbx_cap *mc = &cat->guardrails.max_contacts;
     if (mc->window_days && c->contacts >= mc->max)
@@ -232,12 +242,67 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
         if (o->dismiss_cooldown_days && !s->last_dismiss && s->dismiss_later && s->dismisses)
             return NBX_EXCLUDED_COOLDOWN;
     }
-    if (o->budget_impressions >= 0 &&
-        c->budget_impressions[o->index] >= (uint64_t)o->budget_impressions)
+    if (o->budget_impressions >= 0 && c->budget_impressions[o->index] + planned_impressions(c, o) >=
+                                          (uint64_t)o->budget_impressions)
         return NBX_EXCLUDED_BUDGET;
     if (o->budget_accepts >= 0 && c->budget_accepts[o->index] >= (uint64_t)o->budget_accepts)
         return NBX_EXCLUDED_BUDGET;
     return NBX_EXCLUDED_NONE;
+}
+
+bool nbx_caps_plan_impression(const nbx_caps *c, const nbx_offer *o, bool fallback)
+{
+    if (!c->plan || o->budget_impressions < 0)
+        return true;
+    _Atomic uint64_t *planned = &c->plan->impressions[o->index];
+    if (fallback) {
+        atomic_fetch_add_explicit(planned, 1, memory_order_relaxed);
+        return true;
+    }
+    /* Compare and swap, not add then undo: another thread must never see a
+     * count above the budget that no decision keeps. */
+    uint64_t budget = (uint64_t)o->budget_impressions, stored = c->budget_impressions[o->index];
+    uint64_t n = atomic_load_explicit(planned, memory_order_relaxed);
+    do {
+        if (stored + n >= budget)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(planned, &n, n + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return true;
+}
+
+int nbx_budget_plan_open(nbx_catalog *catalog, nbx_budget_plan **out)
+{
+    *out = NULL;
+    nbx_budget_plan *p = calloc(1, sizeof *p);
+    if (!p)
+        return NBX_ENOMEM;
+    size_t n = catalog->n_offers ? catalog->n_offers : 1;
+    p->impressions = calloc(n, sizeof *p->impressions);
+    if (!p->impressions) {
+        free(p);
+        return NBX_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        atomic_init(&p->impressions[i], 0);
+    p->catalog = nbx_catalog_ref(catalog);
+    *out = p;
+    return NBX_OK;
+}
+
+void nbx_budget_plan_close(nbx_budget_plan *p)
+{
+    if (!p)
+        return;
+    nbx_catalog_unref(p->catalog);
+    free(p->impressions);
+    free(p);
+}
+
+bool nbx_caps_personalized(const nbx_caps *c)
+{
+    uint32_t k = c->catalog->personalization_index;
+    return k == UINT32_MAX || c->consented[k];
 }
 
 uint32_t nbx_caps_contacts_left(const nbx_caps *c)

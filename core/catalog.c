@@ -105,6 +105,16 @@ static int get_string(loader *l, json_t *obj, const char *owner, const char *fie
     return NBX_OK;
 }
 
+/* A consent purpose: a string of 1 to 128 bytes; "none" (empty out) for
+ * content that needs no consent. */
+static int get_purpose(loader *l, json_t *obj, const char *owner, const char *field, nbx_sv *out)
+{
+    int rc = get_string(l, obj, owner, field, true, out);
+    if (rc == NBX_OK && nbx_sv_eq_cstr(*out, "none"))
+        *out = (nbx_sv){"", 0};
+    return rc;
+}
+
 static int get_time(loader *l, json_t *obj, const char *owner, const char *field, int64_t def,
                     int64_t *out)
 {
@@ -244,6 +254,19 @@ static int cmp_sv(const void *a, const void *b)
     return nbx_sv_cmp(*(const nbx_sv *)a, *(const nbx_sv *)b);
 }
 
+static int cmp_channel(const void *a, const void *b)
+{
+    return nbx_sv_cmp(((const nbx_channel *)a)->name, ((const nbx_channel *)b)->name);
+}
+
+/* Index of a purpose in c->purposes; UINT32_MAX for none (empty) or absent. */
+static uint32_t purpose_index(const nbx_catalog *c, nbx_sv purpose)
+{
+    const nbx_sv *hit =
+        purpose.len ? bsearch(&purpose, c->purposes, c->n_purposes, sizeof(nbx_sv), cmp_sv) : NULL;
+    return hit ? (uint32_t)(hit - c->purposes) : UINT32_MAX;
+}
+
 static int load_segment_propensity(loader *l, json_t *o, nbx_offer *off, const char *owner)
 {
     for (int s = 0; s < NBX_SEGMENT_COUNT; s++)
@@ -298,6 +321,112 @@ static int json_depth(json_t *v, int depth)
     return deepest;
 }
 
+/* ------------------------------------------------------------------------
+ * An offer's free fields
+ *
+ * Any field an offer has beyond the engine's is handed to the policy, so a
+ * misspelt one (`base_propensty`) would be a free field, silently, and the
+ * engine would use the default. A free field must therefore be more than a
+ * slip of the keyboard away from every field the engine reads: at most two
+ * edits for names of 7 characters or more, one for 3 to 6, none but letter
+ * case for shorter ones (`id`: "ad" or "url" are fine free fields, "ID" is
+ * refused). docs/decisions.md, "The catalog".
+ * ------------------------------------------------------------------------ */
+
+/* clang-format off */
+static const char *const offer_fields[] = {
+    "id", "kind", "placements", "price", "unit_cost", "discount", "serving_cost", "purpose",
+    "category", "base_propensity", "segment_propensity", "valid_from", "valid_to", "caps",
+    "budget", NULL};
+/* clang-format on */
+
+/* Set by the engine in the policy's offer table, from the fields above: a
+ * catalog value of the same name would never reach the policy. */
+static const char *const derived_fields[] = {"margin", "discount_pct", NULL};
+
+static size_t edits_allowed(size_t known_len)
+{
+    return known_len <= 2 ? 0 : known_len <= 6 ? 1 : 2;
+}
+
+static unsigned char ascii_lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+#define NAME_MAX_EDITS 24 /* longer than any known name plus the edits allowed */
+
+/* Edits (insert, delete, replace, swap two neighbours) from a to b, letter
+ * case ignored; any value above limit means "more than limit". */
+static size_t edit_distance(const char *a, size_t na, const char *b, size_t nb, size_t limit)
+{
+    if ((na > nb ? na - nb : nb - na) > limit || na >= NAME_MAX_EDITS || nb >= NAME_MAX_EDITS)
+        return limit + 1;
+    size_t d[NAME_MAX_EDITS + 1][NAME_MAX_EDITS + 1];
+    for (size_t i = 0; i <= na; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= nb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        for (size_t j = 1; j <= nb; j++) {
+            unsigned char x = ascii_lower((unsigned char)a[i - 1]);
+            unsigned char y = ascii_lower((unsigned char)b[j - 1]);
+            size_t best = d[i - 1][j - 1] + (x != y);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && x == ascii_lower((unsigned char)b[j - 2]) &&
+                ascii_lower((unsigned char)a[i - 2]) == y && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[na][nb];
+}
+
+static bool in_list(const char *const *list, const char *key)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(list[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* A field of an offer is one the engine reads, or a free field for the
+ * policy that cannot be mistaken for one. */
+static int check_offer_field(loader *l, const char *owner, const char *key)
+{
+    if (in_list(offer_fields, key))
+        return NBX_OK;
+    char field[80], msg[200];
+    snprintf(field, sizeof field, "%.64s", key);
+    if (in_list(derived_fields, key))
+        return bad(l, owner, field,
+                   "is computed by the engine (margin = price - unit_cost - discount, "
+                   "discount_pct = 100 x discount / price): a value given here would never "
+                   "reach the policy; remove it or give it another name");
+    size_t n = strlen(key);
+    for (size_t i = 0; offer_fields[i]; i++) {
+        size_t known = strlen(offer_fields[i]);
+        size_t limit = edits_allowed(known);
+        size_t d = edit_distance(key, n, offer_fields[i], known, limit);
+        if (d > limit)
+            continue;
+        if (d == 0)
+            snprintf(msg, sizeof msg,
+                     "unknown field; did you mean '%s'? (names are case-sensitive)",
+                     offer_fields[i]);
+        else
+            snprintf(msg, sizeof msg,
+                     "unknown field within %zu edit%s of '%s': a misspelling? A field of your "
+                     "own for the policy needs a name further from the engine's",
+                     d, d == 1 ? "" : "s", offer_fields[i]);
+        return bad(l, owner, field, msg);
+    }
+    return NBX_OK;
+}
+
 static int load_offer(loader *l, json_t *o, nbx_offer *off)
 {
     nbx_catalog *c = l->cat;
@@ -308,6 +437,8 @@ static int load_offer(loader *l, json_t *o, nbx_offer *off)
     json_t *field;
     json_object_foreach(o, key, field)
     {
+        if ((rc = check_offer_field(l, owner, key)))
+            return rc;
         if (json_depth(field, 1) > NBX_JSON_DEPTH_MAX) {
             char msg[96];
             snprintf(msg, sizeof msg, "nested deeper than %d levels", NBX_JSON_DEPTH_MAX);
@@ -364,10 +495,8 @@ static int load_offer(loader *l, json_t *o, nbx_offer *off)
                         : off->discount > 0 ? INFINITY
                                             : 0.0;
 
-    if ((rc = get_string(l, o, owner, "purpose", true, &off->purpose)))
+    if ((rc = get_purpose(l, o, owner, "purpose", &off->purpose)))
         return rc;
-    if (nbx_sv_eq_cstr(off->purpose, "none"))
-        off->purpose = (nbx_sv){"", 0};
     if ((rc = get_string(l, o, owner, "category", false, &off->category)))
         return rc;
     if ((rc = get_time(l, o, owner, "valid_from", INT64_MIN, &off->valid_from)) ||
@@ -484,18 +613,24 @@ static const nbx_sv *sv_at(const nbx_offer *o, size_t offset)
 }
 
 /* The distinct non-empty values of an offer field (the nbx_sv at offset
- * field), sorted, and each offer's index into them (the uint32_t at offset
- * index; UINT32_MAX where the field is empty): categories, purposes. */
-static int index_distinct(loader *l, size_t field, size_t index, nbx_sv **out, uint32_t *n_out)
+ * field) and of extra[0..n_extra), sorted, and each offer's index into them
+ * (the uint32_t at offset index; UINT32_MAX where the field is empty):
+ * categories, purposes. */
+static int index_distinct(loader *l, size_t field, size_t index, const nbx_sv *extra,
+                          uint32_t n_extra, nbx_sv **out, uint32_t *n_out)
 {
     nbx_catalog *c = l->cat;
-    nbx_sv *values = nbx_arena_alloc(&c->arena, (c->n_offers ? c->n_offers : 1) * sizeof(nbx_sv));
+    size_t cap = (size_t)c->n_offers + n_extra;
+    nbx_sv *values = nbx_arena_alloc(&c->arena, (cap ? cap : 1) * sizeof(nbx_sv));
     if (!values)
         return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
     uint32_t n = 0;
     for (uint32_t i = 0; i < c->n_offers; i++)
         if (sv_at(&c->offers[i], field)->len)
             values[n++] = *sv_at(&c->offers[i], field);
+    for (uint32_t i = 0; i < n_extra; i++)
+        if (extra[i].len)
+            values[n++] = extra[i];
     qsort(values, n, sizeof(nbx_sv), cmp_sv);
     uint32_t unique = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -594,13 +729,15 @@ static int load_guardrails(loader *l, json_t *root)
     g->max_discount_pct = NAN;
     g->min_margin = NAN;
     g->consent_default = false;
+    g->personalization_purpose = NBX_SV("personalization");
     json_t *gr = json_object_get(root, "guardrails");
     if (!gr || json_is_null(gr))
         return NBX_OK;
     if (!json_is_object(gr))
         return nbx_err_set(l->e, NBX_EPARSE, "%s: field 'guardrails': must be an object", l->path);
-    static const char *const guardrail_keys[] = {"max_discount_pct", "min_margin", "max_contacts",
-                                                 "consent_default", NULL};
+    static const char *const guardrail_keys[] = {
+        "max_discount_pct",        "min_margin", "max_contacts", "consent_default",
+        "personalization_purpose", NULL};
     int rc;
     if ((rc = only_keys(l, gr, "guardrails", "", guardrail_keys)) ||
         (rc = get_number(l, gr, "guardrails", "max_discount_pct", false, NAN, 0, 100,
@@ -615,6 +752,96 @@ static int load_guardrails(loader *l, json_t *root)
             return bad(l, "guardrails", "consent_default", "must be true or false");
         g->consent_default = json_is_true(cd);
     }
+    /* Absent: the default purpose. null or "none", as for a channel: the
+     * catalog says personalisation needs no consent. */
+    json_t *pp = json_object_get(gr, "personalization_purpose");
+    if (pp && json_is_null(pp))
+        g->personalization_purpose = (nbx_sv){"", 0};
+    else if (pp && (rc = get_purpose(l, gr, "guardrails", "personalization_purpose",
+                                     &g->personalization_purpose)))
+        return rc;
+    return NBX_OK;
+}
+
+/* "channels": {"email": {"purpose": "email"}, "web": {"purpose": null}}.
+ * Sorted by name so that a decision finds its channel by bisection. */
+static int load_channels(loader *l, json_t *root)
+{
+    nbx_catalog *c = l->cat;
+    json_t *ch = json_object_get(root, "channels");
+    if (!ch || json_is_null(ch))
+        return NBX_OK;
+    if (!json_is_object(ch))
+        return nbx_err_set(l->e, NBX_EPARSE,
+                           "%s: field 'channels': must be an object of channel -> "
+                           "{\"purpose\": P}",
+                           l->path);
+    size_t n = json_object_size(ch);
+    if (n > NBX_CATALOG_CHANNELS_MAX)
+        return nbx_err_set(l->e, NBX_ELIMIT, "%s: field 'channels': %zu entries, limit is %d",
+                           l->path, n, NBX_CATALOG_CHANNELS_MAX);
+    c->channels = nbx_arena_alloc(&c->arena, (n ? n : 1) * sizeof *c->channels);
+    if (!c->channels)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    c->channels_declared = true;
+    const char *key;
+    json_t *v;
+    json_object_foreach(ch, key, v)
+    {
+        char owner[NBX_OFFER_ID_MAX + 32];
+        snprintf(owner, sizeof owner, "channel '%.128s'", key);
+        size_t len = strlen(key);
+        if (len == 0 || len > NBX_OFFER_ID_MAX)
+            return nbx_err_set(l->e, NBX_EPARSE,
+                               "%s: field 'channels': a channel name must be 1 to %d bytes",
+                               l->path, NBX_OFFER_ID_MAX);
+        if (!json_is_object(v))
+            return bad(l, owner, "purpose",
+                       "the channel must be an object {\"purpose\": P} (null or \"none\": no "
+                       "consent needed)");
+        static const char *const channel_keys[] = {"purpose", NULL};
+        int rc = only_keys(l, v, owner, "", channel_keys);
+        if (rc)
+            return rc;
+        json_t *p = json_object_get(v, "purpose");
+        if (!p)
+            return bad(l, owner, "purpose",
+                       "is required (null or \"none\" for a channel that needs no consent)");
+        nbx_channel *out = &c->channels[c->n_channels++];
+        out->name.ptr = nbx_arena_strndup(&c->arena, key, len);
+        out->name.len = len;
+        out->purpose = (nbx_sv){"", 0};
+        out->purpose_index = UINT32_MAX; /* set by index_purposes() */
+        if (!out->name.ptr)
+            return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+        if (!json_is_null(p) && (rc = get_purpose(l, v, owner, "purpose", &out->purpose)))
+            return rc;
+    }
+    qsort(c->channels, c->n_channels, sizeof *c->channels, cmp_channel);
+    return NBX_OK;
+}
+
+/* Every purpose the catalog names, each offer's, each channel's and the
+ * personalisation purpose's index into them: a decision then reads each
+ * purpose's consent once and every check is an array lookup. */
+static int index_purposes(loader *l)
+{
+    nbx_catalog *c = l->cat;
+    uint32_t n_extra = c->n_channels + 1;
+    nbx_sv *extra = malloc(n_extra * sizeof *extra);
+    if (!extra)
+        return nbx_err_set(l->e, NBX_ENOMEM, "%s: out of memory", l->path);
+    for (uint32_t i = 0; i < c->n_channels; i++)
+        extra[i] = c->channels[i].purpose;
+    extra[c->n_channels] = c->guardrails.personalization_purpose;
+    int rc = index_distinct(l, offsetof(nbx_offer, purpose), offsetof(nbx_offer, purpose_index),
+                            extra, n_extra, &c->purposes, &c->n_purposes);
+    free(extra);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < c->n_channels; i++)
+        c->channels[i].purpose_index = purpose_index(c, c->channels[i].purpose);
+    c->personalization_index = purpose_index(c, c->guardrails.personalization_purpose);
     return NBX_OK;
 }
 
@@ -643,17 +870,15 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
     if (!json_is_object(root))
         return nbx_err_set(e, NBX_EPARSE, "%s: the catalog must be a JSON object", path);
     loader l = {c, path, e};
-    static const char *const catalog_keys[] = {"placements", "offers", "fallback", "guardrails",
-                                               NULL};
+    static const char *const catalog_keys[] = {"placements", "offers",   "fallback",
+                                               "guardrails", "channels", NULL};
     int rc;
-    if ((rc = only_keys(&l, root, NULL, "", catalog_keys)) || (rc = load_placements(&l, root)) || (rc = load_offers(&l, root)) ||
+    if ((rc = only_keys(&l, root, NULL, "", catalog_keys)) || (rc = load_placements(&l, root)) ||
+        (rc = load_offers(&l, root)) || (rc = load_guardrails(&l, root)) ||
+        (rc = load_channels(&l, root)) ||
         (rc = index_distinct(&l, offsetof(nbx_offer, category), offsetof(nbx_offer, category_index),
-                             &c->categories, &c->n_categories)) ||
-        (rc = index_distinct(&l, offsetof(nbx_offer, purpose), offsetof(nbx_offer, purpose_index),
-                             &c->purposes, &c->n_purposes)) ||
-        (rc = index_placements(&l)) ||
-        (rc = load_fallback(&l, root)) ||
-        (rc = load_guardrails(&l, root)))
+                             NULL, 0, &c->categories, &c->n_categories)) ||
+        (rc = index_purposes(&l)) || (rc = index_placements(&l)) || (rc = load_fallback(&l, root)))
         return rc;
     /* Offers and guardrails are both fixed once loaded: decide once here
      * rather than for every candidate of every decision. */
@@ -734,6 +959,49 @@ int nbx_catalog_placement(const nbx_catalog *c, nbx_sv id)
         if (nbx_sv_eq(c->placements[i].id, id))
             return (int)i;
     return -1;
+}
+
+int nbx_catalog_channel(const nbx_catalog *c, const nbx_kv *session, size_t n_session,
+                        uint32_t *purpose, nbx_err *e)
+{
+    *purpose = UINT32_MAX;
+    const char *channel = NULL;
+    for (size_t i = 0; i < n_session && !channel; i++)
+        if (session[i].key && session[i].value && strcmp(session[i].key, "channel") == 0)
+            channel = session[i].value;
+    if (!channel)
+        return NBX_OK;
+    nbx_sv name = nbx_sv_of(channel);
+    if (!c->channels_declared) {
+        *purpose = purpose_index(c, name);
+        return NBX_OK;
+    }
+    uint32_t lo = 0, hi = c->n_channels;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int cmp = nbx_sv_cmp(c->channels[mid].name, name);
+        if (cmp == 0) {
+            *purpose = c->channels[mid].purpose_index;
+            return NBX_OK;
+        }
+        if (cmp < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    char known[512] = "";
+    for (uint32_t i = 0; i < c->n_channels; i++) {
+        size_t n = strlen(known);
+        if (n + c->channels[i].name.len + 8 >= sizeof known) {
+            snprintf(known + n, sizeof known - n, ", ...");
+            break;
+        }
+        snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "", c->channels[i].name.ptr);
+    }
+    return nbx_err_set(e, NBX_EINVAL,
+                       "field 'session.channel': '%.128s' is not a channel of the catalog "
+                       "(channels: %s)",
+                       channel, known);
 }
 
 NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info)

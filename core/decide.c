@@ -61,6 +61,8 @@ struct nbx_ctx {
     uint8_t *offer_used;
     uint32_t *slots_left; /* per placement */
     uint8_t *placement_wanted;
+    uint32_t channel; /* the request's channel purpose (nbx_catalog_channel) */
+    const nbx_budget_plan *plan; /* a planning batch's budgets (nbx_ctx_plan_budgets) */
     nbx_action *actions;
     size_t actions_cap;
     nbx_result result;
@@ -144,6 +146,7 @@ static int ctx_refresh(nbx_ctx *c, nbx_err *e)
             nbx_snapshot_unref(s);
             return nbx_err_set(e, NBX_ENOMEM, "out of memory sizing for the catalog");
         }
+        c->caps.plan = c->plan && c->plan->catalog == s->catalog ? c->plan : NULL;
     }
     if (catalog_changed || policy_changed || !c->sandbox) {
         nbx_sandbox_close(c->sandbox);
@@ -192,6 +195,12 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     }
     *out = c;
     return NBX_OK;
+}
+
+void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan)
+{
+    c->plan = plan;
+    c->caps.plan = plan && c->snap && plan->catalog == c->snap->catalog ? plan : NULL;
 }
 
 NBX_API void nbx_ctx_close(nbx_ctx *c)
@@ -325,6 +334,8 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
                            (long long)r->now_ms);
     int rc = nbx_request_lists_check(c->snap->catalog, r->placements, r->n_placements, r->session,
                                      r->n_session, e);
+    if (rc == NBX_OK)
+        rc = nbx_catalog_channel(c->snap->catalog, r->session, r->n_session, &c->channel, e);
     if (rc)
         return rc;
     const nbx_catalog *cat = c->snap->catalog;
@@ -492,11 +503,16 @@ static void arbitrate(nbx_ctx *c, size_t n)
         if (best == UINT32_MAX)
             break;
         struct rank_entry *top = h + c->heap_at[best];
-        const nbx_candidate *cd = &c->cand[top[0].cand];
+        nbx_candidate *cd = &c->cand[top[0].cand];
         top[0] = top[--c->heap_len[best]];
         sift_down(top, c->heap_len[best], 0);
         if (c->offer_used[cd->offer])
             continue;
+        /* a planning batch's own actions used the offer's budget up */
+        if (!nbx_caps_plan_impression(&c->caps, &cat->offers[cd->offer], false)) {
+            cd->excluded = NBX_EXCLUDED_BUDGET;
+            continue;
+        }
         add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
         contacts--;
     }
@@ -536,6 +552,7 @@ static void fallback_actions(nbx_ctx *c, int64_t now)
             bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
+            nbx_caps_plan_impression(&c->caps, o, true);
             add_action(c, o, pi, NAN, c->caps.propensity[o->index] * o->margin - o->serving_cost);
             left--;
         }
@@ -763,7 +780,7 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
     int rc = nbx_store_write_begin(store, &txn, e);
     if (rc)
         return rc;
-    rc = nbx_caps_load(&c->caps, store, txn, p, now, &c->arena, e);
+    rc = nbx_caps_load(&c->caps, store, txn, p, c->channel, now, &c->arena, e);
     /* loaded inside a write: not a committed snapshot's state to reuse */
     c->caps.budget_valid = false;
     const nbx_catalog *cat = c->snap->catalog;
@@ -859,16 +876,25 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         rc = NBX_OK;
     }
     if (rc == NBX_OK)
-        rc = nbx_caps_load(&c->caps, store, c->txn, &profile, now, &c->arena, &e);
+        rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
     if (rc) {
         if (c->txn)
             mdb_txn_reset(c->txn);
         return ctx_fail(c, &e);
     }
+    /* Without consent to personalisation the customer is ranked as an
+     * anonymous visitor: eligibility above used their consents and
+     * counters, scoring below sees none of their data (docs/decisions.md). */
+    nbx_profile visitor = {.id = customer};
+    const nbx_profile *seen = &profile;
+    if (!nbx_caps_personalized(&c->caps)) {
+        seen = &visitor;
+        r->anonymous = true;
+    }
 
     size_t n = build_candidates(c);
     check_eligibility(c, n, now);
-    nbx_caps_propensities(&c->caps, &profile);
+    nbx_caps_propensities(&c->caps, seen);
     nbx_policy_error perr;
     memset(&perr, 0, sizeof perr);
     bool failed = false;
@@ -876,7 +902,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         failed = true;
     } else {
         nbx_sandbox_input in = {
-            .profile = &profile,
+            .profile = seen,
             .anonymous = r->anonymous,
             .session = req->session,
             .n_session = req->n_session,

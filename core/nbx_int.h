@@ -532,7 +532,18 @@ typedef struct nbx_guardrails {
     double min_margin;       /* NaN: none */
     nbx_cap max_contacts;    /* max 0: none */
     bool consent_default;    /* a purpose missing from the profile: granted? */
+    /* The purpose without which the policy sees the customer as an
+     * anonymous visitor; empty: personalisation needs no consent. */
+    nbx_sv personalization_purpose;
 } nbx_guardrails;
+
+/* A session channel (the session field `channel`) and the consent purpose
+ * a decision through it needs. */
+typedef struct nbx_channel {
+    nbx_sv name;
+    nbx_sv purpose;         /* empty: needs no consent */
+    uint32_t purpose_index; /* into catalog->purposes; UINT32_MAX: needs no consent */
+} nbx_channel;
 
 typedef struct nbx_catalog {
     atomic_int refs;
@@ -545,9 +556,15 @@ typedef struct nbx_catalog {
     uint32_t n_placements;
     nbx_sv *categories; /* distinct offer categories, sorted */
     uint32_t n_categories;
-    nbx_sv *purposes; /* distinct consent purposes of the offers, sorted */
+    /* Every consent purpose the catalog names (offers, channels,
+     * personalisation), distinct and sorted: a decision reads each once. */
+    nbx_sv *purposes;
     uint32_t n_purposes;
     nbx_guardrails guardrails;
+    uint32_t personalization_index; /* into purposes; UINT32_MAX: needs no consent */
+    nbx_channel *channels;          /* sorted by name */
+    uint32_t n_channels;
+    bool channels_declared; /* the catalog has `channels`: others are refused */
     bool has_budgets;
     void *root;        /* json_t * of the whole file */
     nbx_arena arena;   /* owns the arrays above */
@@ -555,6 +572,7 @@ typedef struct nbx_catalog {
 
 #define NBX_CATALOG_OFFERS_MAX 100000
 #define NBX_CATALOG_PLACEMENTS_MAX 256
+#define NBX_CATALOG_CHANNELS_MAX 256
 #define NBX_CATALOG_FILE_MAX (64u << 20)
 
 int nbx_catalog_load(const char *path, nbx_catalog **out, nbx_err *e);
@@ -565,6 +583,12 @@ nbx_catalog *nbx_catalog_ref(nbx_catalog *c);
 void nbx_catalog_unref(nbx_catalog *c);
 const nbx_offer *nbx_catalog_offer(const nbx_catalog *c, nbx_sv id);
 int nbx_catalog_placement(const nbx_catalog *c, nbx_sv id); /* index or -1 */
+/* The consent purpose a request's session channel needs (index into
+ * c->purposes, UINT32_MAX for none or no `channel` field). With `channels`
+ * declared an unknown channel is NBX_EINVAL naming it; without, a channel
+ * named like one of the catalog's purposes needs that purpose. */
+int nbx_catalog_channel(const nbx_catalog *c, const nbx_kv *session, size_t n_session,
+                        uint32_t *purpose, nbx_err *e);
 
 /* ========================================================================
  * Policies and the sandbox (policy.c, sandbox.c)
@@ -699,6 +723,18 @@ void nbx_lpattern_push(struct lua_State *L, const nbx_lp_limit *limit);
  * Eligibility and guardrails (caps.c)
  * ======================================================================== */
 
+/* A planning batch's impressions per offer (it records nothing): counted
+ * against daily budgets as a committing run's recorded ones are, so a plan
+ * gives a budgeted offer to as many customers as a committing run would.
+ * Shared by the batch's worker threads, in memory, never in the store. */
+typedef struct nbx_budget_plan {
+    nbx_catalog *catalog;          /* holds a reference; offers index the counts */
+    _Atomic uint64_t *impressions; /* per offer, planned by this batch */
+} nbx_budget_plan;
+
+int nbx_budget_plan_open(nbx_catalog *catalog, nbx_budget_plan **out);
+void nbx_budget_plan_close(nbx_budget_plan *p);
+
 /* What eligibility knows about one customer and today's budgets. Arrays are
  * per catalog offer, owned by a context, sized at catalog switch. */
 typedef struct nbx_caps {
@@ -707,6 +743,7 @@ typedef struct nbx_caps {
     uint8_t *has_summary;
     uint32_t contacts;          /* impressions over all offers in the contacts window */
     uint8_t *consented;         /* per catalog purpose, from the profile */
+    bool channel_refused;       /* the session's channel lacks its consent: nothing is shown */
     double *propensity;         /* per offer: nbx_caps_propensities() */
     double *category_propensity; /* per catalog category, scratch */
     uint64_t *budget_impressions; /* per offer, today (UTC) */
@@ -716,17 +753,30 @@ typedef struct nbx_caps {
     size_t budget_txn_id;
     uint32_t budget_day;
     bool budget_valid;
+    const nbx_budget_plan *plan; /* a planning batch's; NULL otherwise */
 } nbx_caps;
 
 int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
 void nbx_caps_free(nbx_caps *c);
 /* Read the customer's consents (once per catalog purpose, not per offer),
- * counters (one cursor range) and today's budgets. */
-int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, int64_t now_ms,
-                  nbx_arena *a, nbx_err *e);
+ * counters (one cursor range) and today's budgets. channel: the purpose the
+ * session's channel needs (nbx_catalog_channel), UINT32_MAX for none. */
+int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
+                  int64_t now_ms, nbx_arena *a, nbx_err *e);
 /* First reason the offer may not be shown to the customer loaded now, or
- * NONE: validity, consent, contacts, frequency, cooldown, budget. */
+ * NONE: validity, consent (the offer's purpose and the channel's),
+ * contacts, frequency, cooldown, budget. */
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms);
+/* Whether the customer loaded now consented to the catalog's
+ * personalisation purpose (a missing consent counts as consent_default);
+ * without it the policy sees an anonymous visitor. */
+bool nbx_caps_personalized(const nbx_caps *c);
+/* An action of a planning batch (c->plan set) about to be placed: take one
+ * impression of the offer's daily budget in the plan, if the budget has
+ * room for it counting the store's impressions and the plan's; a fallback
+ * action is counted without the check, as recording it would be. Always
+ * true without a plan or a budget. Atomic: worker threads share the plan. */
+bool nbx_caps_plan_impression(const nbx_caps *c, const nbx_offer *o, bool fallback);
 /* Actions a decision may still place under the contact policy (every action
  * is a contact); UINT32_MAX when the catalog sets none. */
 uint32_t nbx_caps_contacts_left(const nbx_caps *c);
@@ -792,6 +842,11 @@ void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
 
 /* trial.c: nbx_engine_trial() with its message in e. */
 int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e);
+
+/* Count this context's decisions against a planning batch's budgets (NULL:
+ * stop); the plan must outlive the context's use of it. Applies while the
+ * context decides on the plan's catalog. */
+void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
 
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);

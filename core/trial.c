@@ -8,8 +8,9 @@
  * trial decides, in memory, for customers built to cover the catalog: an
  * anonymous visitor, a known customer with an empty profile, one per RFM
  * segment, every consent granted and refused, propensities for every offer
- * and category and none, LTV and churn at both ends. Any fallback fails the
- * trial, naming the customer, FILE:LINE and the reason.
+ * and category and none, LTV and churn at both ends, each declared channel.
+ * Any fallback fails the trial, naming the customer, FILE:LINE and the
+ * reason.
  */
 #include "nbx_int.h"
 
@@ -23,7 +24,8 @@
 
 typedef struct trial_case {
     char label[64];
-    nbx_buf profile; /* JSON, or empty for the anonymous visitor */
+    nbx_buf profile;     /* JSON, or empty for the anonymous visitor */
+    const char *channel; /* the session's channel, or NULL */
 } trial_case;
 
 typedef struct trial_set {
@@ -152,6 +154,8 @@ static int trial_build(trial_set *t, const nbx_catalog *cat)
         char label[64];
         snprintf(label, sizeof label, "segment %s", nbx_segment_name(s));
         if ((b = trial_profile(t, label))) {
+            /* consenting, so the policy sees the segment */
+            trial_consents(b, cat, true);
             trial_rfm(b, s);
             nbx_buf_putc(b, '}');
         }
@@ -191,6 +195,17 @@ static int trial_build(trial_set *t, const nbx_catalog *cat)
         nbx_buf_puts(b, ",\"ltv\":300,\"churn\":0.3");
         trial_rfm(b, NBX_SEGMENT_LOYAL);
         nbx_buf_putc(b, '}');
+    }
+    /* Every declared channel, with a customer who consents to everything
+     * (the channel's consent then lets every offer through). */
+    for (uint32_t k = 0; b && k < cat->n_channels; k++) {
+        char label[64];
+        snprintf(label, sizeof label, "channel %.40s", cat->channels[k].name.ptr);
+        if ((b = trial_profile(t, label))) {
+            trial_consents(b, cat, true);
+            nbx_buf_putc(b, '}');
+            t->cases[t->n - 1].channel = cat->channels[k].name.ptr;
+        }
     }
     if (!b)
         return NBX_ENOMEM;
@@ -279,6 +294,11 @@ int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
         if (c->profile.len) {
             req.profile_json = c->profile.data;
             req.profile_len = c->profile.len;
+        }
+        nbx_kv channel = {"channel", c->channel};
+        if (c->channel) {
+            req.session = &channel;
+            req.n_session = 1;
         }
         const nbx_result *r;
         rc = nbx_decide(ctx, &req, &r);

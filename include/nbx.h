@@ -668,14 +668,17 @@ NBX_API const char *nbx_ctx_errmsg(const nbx_ctx *ctx);
  *
  * request -> profile -> candidates -> eligibility -> policy -> guardrails ->
  * arbitration -> result (docs/decisions.md). An unknown customer gets an
- * anonymous profile. A policy that raises, exceeds a limit or returns a
+ * anonymous profile, and so does, for the policy, a customer without
+ * consent to personalisation (docs/decisions.md, "Consent"). A policy that
+ * raises, exceeds a limit or returns a
  * non-finite score yields the fallback decision: a result with
  * nbx_result_fallback() true and an error record, and NBX_OK is returned.
  *
  * @param[out] out the result, owned by the context, valid until the next call
  *   on it.
  * @return NBX_OK (also on fallback), NBX_EINVAL (bad request: message names
- *   the field), NBX_ELIMIT, NBX_ECORRUPT, NBX_ESTORE, NBX_EFULL (RECORD),
+ *   the field, e.g. a session `channel` the catalog's `channels` lacks),
+ *   NBX_ELIMIT, NBX_ECORRUPT, NBX_ESTORE, NBX_EFULL (RECORD),
  *   NBX_EREADONLY (RECORD), NBX_ENOMEM.
  */
 NBX_API int nbx_decide(nbx_ctx *ctx, const nbx_request *req, const nbx_result **out);
@@ -741,7 +744,8 @@ NBX_API int nbx_result_action(const nbx_result *r, size_t i, nbx_action *out);
 /** @brief 1 if this is the fallback decision, else 0. */
 NBX_API int nbx_result_fallback(const nbx_result *r);
 
-/** @brief 1 if the customer had no profile (anonymous), else 0. */
+/** @brief 1 if decided as an anonymous visitor (the customer has no profile,
+ * or has not consented to the catalog's personalisation purpose), else 0. */
 NBX_API int nbx_result_anonymous(const nbx_result *r);
 
 /** @brief The policy error message on fallback, else NULL. */
@@ -872,7 +876,8 @@ typedef struct nbx_batch_item {
     const nbx_action *actions; /**< in rank order */
     size_t n_actions;
     int fallback;              /**< nbx_result_fallback() */
-    int anonymous;             /**< nbx_result_anonymous(): the id has no profile */
+    int anonymous;             /**< nbx_result_anonymous(): decided without personal
+                                    data (no profile, or no consent to personalisation) */
     const char *policy_error;  /**< nbx_result_error(): NULL unless fallback */
     double expected_margin;    /**< nbx_result_expected_margin() */
     uint32_t exclusions[NBX_EXCLUDED_COUNT]; /**< nbx_result_exclusions() */
@@ -886,7 +891,7 @@ typedef struct nbx_batch_stats {
     uint64_t decided;   /**< taken with status NBX_OK */
     uint64_t failed;    /**< taken with another status */
     uint64_t fallbacks; /**< decided with the fallback decision */
-    uint64_t anonymous; /**< decided for ids not in the store */
+    uint64_t anonymous; /**< decided as anonymous visitors (nbx_result_anonymous()) */
     uint64_t actions;   /**< actions over all decisions */
     uint64_t exclusions[NBX_EXCLUDED_COUNT]; /**< candidates by reason, summed */
     double expected_margin; /**< sum of nbx_result_expected_margin() */
@@ -914,6 +919,11 @@ NBX_API void nbx_batch_options_init(nbx_batch_options *opts);
  * best actions that fit. An item is handed back only once its impressions
  * are committed; a decision still stale after 8 attempts fails with
  * NBX_ELIMIT, unrecorded.
+ *
+ * Without NBX_DECIDE_RECORD the batch plans: it records nothing, but counts
+ * its own actions against the offers' daily impression budgets (in memory,
+ * shared by its threads, on top of the store's counts), so a budgeted offer
+ * reaches as many customers as a recording batch would give it.
  *
  * @param engine the engine; must outlive the batch (close the batch first).
  * @param opts may be NULL for defaults.

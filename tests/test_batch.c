@@ -335,7 +335,7 @@ Test(batch, close_with_decisions_in_flight)
 Test(batch, customer_session_fields_replace_the_batch_ones)
 {
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
-    nbx_kv base[] = {{"boost", "1000"}, {"channel", "email"}};
+    nbx_kv base[] = {{"boost", "1000"}, {"channel", "web"}};
     const char *hero[] = {"hero"};
     nbx_batch_options o = batch_options(2, 0, 0);
     o.session = base;
@@ -350,9 +350,9 @@ Test(batch, customer_session_fields_replace_the_batch_ones)
     cr_assert_eq(nbx_batch_submit_json(batch, line, strlen(line), NULL), NBX_OK, "%s",
                  nbx_batch_errmsg(batch));
     const double min_score[] = {1000, 5000, 7000};
-    nbx_kv want_session[3][3] = {{{"boost", "1000"}, {"channel", "email"}},
-                                 {{"channel", "email"}, {"boost", "5000"}},
-                                 {{"channel", "email"}, {"boost", "7000"}, {"vip", "true"}}};
+    nbx_kv want_session[3][3] = {{{"boost", "1000"}, {"channel", "web"}},
+                                 {{"channel", "web"}, {"boost", "5000"}},
+                                 {{"channel", "web"}, {"boost", "7000"}, {"vip", "true"}}};
     const size_t n_want[] = {2, 2, 3};
     for (int i = 0; i < 3; i++) {
         const nbx_batch_item *it;
@@ -442,9 +442,10 @@ Test(batch, stats_sum_the_items)
     cr_assert_eq(st.actions, want.actions);
     cr_assert_eq(st.expected_margin, want.expected_margin);
     cr_assert_arr_eq(st.exclusions, want.exclusions, sizeof st.exclusions);
-    /* a third of the customers refuse personalisation */
+    /* a third of the customers refuse personalisation: decided as
+     * anonymous visitors (c00000, c00003, ..., c00099) */
     cr_assert_eq(st.exclusions[NBX_EXCLUDED_CONSENT] > 0, 1);
-    cr_assert_eq(st.anonymous, 0);
+    cr_assert_eq(st.anonymous, 34);
 }
 
 /* ========================================================================
@@ -657,6 +658,110 @@ Test(batch, planning_consumes_no_caps_recording_does)
     const char *next = hero_offer_of_batch(0, &freq);
     cr_assert_str_eq(next, "winback_20", "after 3 recorded impressions, got %s", next);
     cr_assert_eq(freq, 1);
+}
+
+/* The fixture with free_shipping's daily budget down to `budget`
+ * impressions, as the suite's catalog. */
+static void use_budget_catalog(int budget)
+{
+    char *fixture = tu_read_file(catalog_path, NULL);
+    const char *was = "\"daily_impressions\": 100000";
+    char *at = strstr(fixture, was);
+    cr_assert_not_null(at);
+    char *path = tu_path(dir, "budget.json");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%.*s\"daily_impressions\": %d%s", (int)(at - fixture), fixture, budget,
+            at + strlen(was));
+    fclose(f);
+    free(fixture);
+    free(catalog_path);
+    catalog_path = path;
+}
+
+/* Actions per offer over every customer of the suite, by offer index of
+ * the engine's catalog. */
+static void count_actions(unsigned threads, unsigned flags, uint64_t *per_offer, size_t n)
+{
+    memset(per_offer, 0, n * sizeof *per_offer);
+    nbx_batch_options o = batch_options(threads, 0, flags);
+    nbx_batch *b;
+    cr_assert_eq(nbx_batch_open(engine, &o, &b), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_snapshot *snap = nbx_engine_snapshot(engine);
+    const nbx_batch_item *it;
+    for (int i = 0; i <= CUSTOMERS; i++) {
+        while ((nbx_batch_space(b) == 0 || i == CUSTOMERS) && nbx_batch_next(b, &it) == NBX_OK) {
+            cr_assert_eq(it->status, NBX_OK, "%s", it->errmsg);
+            for (size_t k = 0; k < it->n_actions; k++) {
+                const nbx_offer *off =
+                    nbx_catalog_offer(snap->catalog, nbx_sv_of(it->actions[k].offer));
+                cr_assert_not_null(off);
+                cr_assert_lt(off->index, n);
+                per_offer[off->index]++;
+            }
+        }
+        if (i == CUSTOMERS)
+            break;
+        char id[16];
+        customer_id(id, sizeof id, i);
+        cr_assert_eq(nbx_batch_submit(b, id, NULL, 0, NULL), NBX_OK, "%s", nbx_batch_errmsg(b));
+    }
+    nbx_snapshot_unref(snap);
+    nbx_batch_close(b);
+}
+
+static uint32_t offer_index(const char *id)
+{
+    nbx_snapshot *snap = nbx_engine_snapshot(engine);
+    const nbx_offer *o = nbx_catalog_offer(snap->catalog, nbx_sv_of(id));
+    cr_assert_not_null(o);
+    uint32_t i = o->index;
+    nbx_snapshot_unref(snap);
+    return i;
+}
+
+/* Issue 10: with an offer at daily_impressions 100, a plan (no recording)
+ * assigned it to 2,165 customers and a committing run to 100. A plan counts
+ * its own actions against budgets, across its worker threads. */
+Test(batch, a_plan_counts_its_own_actions_against_daily_budgets)
+{
+    use_budget_catalog(100);
+    open_engine(FS_FIRST, NBX_ENGINE_READONLY);
+    uint64_t n[8];
+    uint32_t fs = offer_index("free_shipping");
+    for (unsigned threads = 1; threads <= 4; threads *= 2) {
+        count_actions(threads, 0, n, 8);
+        /* 400 consenting customers would take it first without the budget */
+        cr_assert_eq(n[fs], 100, "%u threads: free_shipping planned %llu times, budget 100",
+                     threads, (unsigned long long)n[fs]);
+    }
+    /* each batch has its own plan: a second plan is not cut by the first */
+    count_actions(2, 0, n, 8);
+    cr_assert_eq(n[fs], 100);
+}
+
+/* Plan and commit give each offer the same number of actions. One thread:
+ * which customers a budgeted offer reaches then follows the input order in
+ * both runs (a committing run decides a group against one snapshot and
+ * decides again those its commit finds over budget; with threads the order
+ * in which decisions reach the budget varies), and the customers it does
+ * not reach get their next choice, which may be another offer: the counts
+ * of every offer, not only the budgeted one, can then be compared exactly. */
+Test(batch, plan_and_commit_give_the_same_actions_per_offer)
+{
+    use_budget_catalog(100);
+    open_engine(FS_FIRST, 0);
+    uint64_t plan[8], commit[8], again[8];
+    count_actions(1, 0, plan, 8);
+    count_actions(1, NBX_DECIDE_RECORD, commit, 8);
+    for (int k = 0; k < 8; k++)
+        cr_assert_eq(plan[k], commit[k], "offer %d: planned %llu, committed %llu", k,
+                     (unsigned long long)plan[k], (unsigned long long)commit[k]);
+    uint32_t fs = offer_index("free_shipping");
+    cr_assert_eq(commit[fs], 100);
+    /* the plan counts the store's impressions of the day too: spent */
+    count_actions(2, 0, again, 8);
+    cr_assert_eq(again[fs], 0, "the committed run used the budget up");
 }
 
 /* ========================================================================

@@ -65,8 +65,9 @@ static void profile(const char *json)
                  nbx_store_errmsg(store));
 }
 
-/* Load state for customer at now, return the exclusion for offer id. */
-static int check(const char *customer, const char *offer, int64_t now)
+/* Load state for customer at now through a session channel (NULL: none),
+ * return the exclusion for offer id. */
+static int check_on(const char *channel, const char *customer, const char *offer, int64_t now)
 {
     MDB_txn *txn;
     nbx_err e = {0};
@@ -77,12 +78,22 @@ static int check(const char *customer, const char *offer, int64_t now)
         memset(&p, 0, sizeof p);
         p.id = nbx_sv_of(customer);
     }
-    cr_assert_eq(nbx_caps_load(&caps, store, txn, &p, now, &arena, &e), NBX_OK, "%s", e.msg);
+    nbx_kv session = {"channel", channel};
+    uint32_t purpose;
+    cr_assert_eq(nbx_catalog_channel(cat, &session, channel ? 1 : 0, &purpose, &e), NBX_OK, "%s",
+                 e.msg);
+    cr_assert_eq(nbx_caps_load(&caps, store, txn, &p, purpose, now, &arena, &e), NBX_OK, "%s",
+                 e.msg);
     const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(offer));
     cr_assert_not_null(o, "no offer %s", offer);
     int why = nbx_caps_check(&caps, o, now);
     mdb_txn_abort(txn);
     return why;
+}
+
+static int check(const char *customer, const char *offer, int64_t now)
+{
+    return check_on(NULL, customer, offer, now);
 }
 
 #define CONSENTED(id) profile("{\"id\":\"" id "\",\"consent\":{\"personalization\":true}}")
@@ -201,6 +212,79 @@ Test(caps, consent_default_applies_to_missing_purposes_only)
     cr_assert_eq(check("nobody", "e", NOW), NBX_EXCLUDED_NONE, "no profile: the default");
     /* the next customer's consents replace the last one's */
     cr_assert_eq(check("d1", "e", NOW), NBX_EXCLUDED_CONSENT);
+}
+
+/* A decision through a channel uses the data for the channel's purpose:
+ * without that consent nothing is shown, whatever the offer's purpose. */
+Test(caps, a_channel_needs_its_consent_for_every_offer)
+{
+    char *path = tu_path(dir, "channels.json");
+    cr_assert_eq(tu_write_file(path, "{\"placements\":[{\"id\":\"hero\"}],\"offers\":["
+                                     "{\"id\":\"n\",\"placements\":[\"hero\"],\"price\":10,"
+                                     "\"unit_cost\":1,\"purpose\":\"none\"},"
+                                     "{\"id\":\"p\",\"placements\":[\"hero\"],\"price\":10,"
+                                     "\"unit_cost\":1,\"purpose\":\"personalization\"}],"
+                                     "\"channels\":{\"email\":{\"purpose\":\"email\"},"
+                                     "\"web\":{\"purpose\":null}}}"),
+                 0);
+    use_catalog(path);
+    profile("{\"id\":\"m1\",\"consent\":{\"email\":false,\"personalization\":true}}");
+    profile("{\"id\":\"m2\",\"consent\":{\"email\":true,\"personalization\":true}}");
+    profile("{\"id\":\"m3\",\"consent\":{\"personalization\":true}}");
+    cr_assert_eq(check_on("email", "m1", "n", NOW), NBX_EXCLUDED_CONSENT, "refused, purpose none");
+    cr_assert_eq(check_on("email", "m1", "p", NOW), NBX_EXCLUDED_CONSENT, "refused");
+    cr_assert_eq(check_on("web", "m1", "n", NOW), NBX_EXCLUDED_NONE, "web needs no consent");
+    cr_assert_eq(check_on("web", "m1", "p", NOW), NBX_EXCLUDED_NONE);
+    cr_assert_eq(check("m1", "p", NOW), NBX_EXCLUDED_NONE, "no channel");
+    cr_assert_eq(check_on("email", "m2", "n", NOW), NBX_EXCLUDED_NONE, "granted");
+    cr_assert_eq(check_on("email", "m2", "p", NOW), NBX_EXCLUDED_NONE);
+    cr_assert_eq(check_on("email", "m3", "n", NOW), NBX_EXCLUDED_CONSENT,
+                 "not mentioned: consent_default (false)");
+    cr_assert_eq(check_on("email", "nobody", "n", NOW), NBX_EXCLUDED_CONSENT, "no profile");
+    /* the next decision's channel replaces the last one's */
+    cr_assert_eq(check_on("web", "m1", "n", NOW), NBX_EXCLUDED_NONE);
+}
+
+/* The personalisation purpose is read like any other: a refusal, a grant,
+ * or for a purpose the profile does not mention, consent_default. */
+Test(caps, personalized_follows_the_purpose_and_consent_default)
+{
+    profile("{\"id\":\"q1\",\"consent\":{\"personalization\":true}}");
+    profile("{\"id\":\"q2\",\"consent\":{\"personalization\":false,\"email\":true}}");
+    profile("{\"id\":\"q3\",\"consent\":{\"email\":true}}");
+    const char *ids[] = {"q1", "q2", "q3", "nobody"};
+    const bool fixture[] = {true, false, false, false};
+    const bool by_default[] = {true, false, true, true};
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < 4; i++) {
+            check(ids[i], "brand_banner", NOW);
+            bool want = pass ? by_default[i] : fixture[i];
+            cr_assert_eq(nbx_caps_personalized(&caps), want, "pass %d, %s: expected %d", pass,
+                         ids[i], want);
+        }
+        char *fixture_path = tu_source_path("tests/data/catalog.json");
+        char *text = tu_read_file(fixture_path, NULL);
+        free(fixture_path);
+        char *at = strstr(text, "\"guardrails\": {");
+        cr_assert_not_null(at);
+        char *path = tu_path(dir, "consent_default_true.json");
+        FILE *f = fopen(path, "w");
+        fprintf(f, "%.*s\"guardrails\": {\"consent_default\": true, %s", (int)(at - text), text,
+                at + strlen("\"guardrails\": {"));
+        fclose(f);
+        free(text);
+        use_catalog(path);
+    }
+    /* a catalog whose personalisation needs no consent */
+    char *path = tu_path(dir, "no_purpose.json");
+    cr_assert_eq(tu_write_file(path, "{\"placements\":[{\"id\":\"hero\"}],\"offers\":["
+                                     "{\"id\":\"n\",\"placements\":[\"hero\"],\"price\":10,"
+                                     "\"unit_cost\":1,\"purpose\":\"none\"}],"
+                                     "\"guardrails\":{\"personalization_purpose\":\"none\"}}"),
+                 0);
+    use_catalog(path);
+    check("q2", "n", NOW);
+    cr_assert(nbx_caps_personalized(&caps), "purpose none: no consent needed");
 }
 
 Test(caps, daily_budget_is_global_and_per_day)

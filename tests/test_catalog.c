@@ -235,3 +235,216 @@ Test(catalog, values_as_deep_as_the_sandbox_takes_load)
     nbx_err e = {0};
     cr_assert_eq(load_text(text, &e), NBX_OK, "%s", e.msg);
 }
+
+/* ========================================================================
+ * Consent: channels and the personalisation purpose
+ * ======================================================================== */
+
+/* The catalog made of the one-offer catalog and tail (the rest of the top
+ * object, its closing brace included) must be refused with expect in the
+ * message. */
+static void expect_refused(const char *tail, const char *expect)
+{
+    char text[1024];
+    snprintf(text, sizeof text, "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK "%s",
+             tail);
+    nbx_err e = {0};
+    cr_assert_eq(load_text(text, &e), NBX_EPARSE, "accepted: %s", text);
+    cr_assert(strstr(e.msg, expect) != NULL, "expected '%s' in '%s'", expect, e.msg);
+}
+
+/* Load text, which must load. */
+static nbx_catalog *load_ok(const char *text)
+{
+    char *path = tu_path(dir, "ok.json");
+    cr_assert_eq(tu_write_file(path, text), 0);
+    nbx_err e = {0};
+    nbx_catalog *c = NULL;
+    cr_assert_eq(nbx_catalog_load(path, &c, &e), NBX_OK, "%s", e.msg);
+    free(path);
+    return c;
+}
+
+/* The purpose index a session channel maps to; the code in *rc. */
+static uint32_t channel_purpose(const nbx_catalog *c, const char *channel, int *rc, nbx_err *e)
+{
+    nbx_kv session[] = {{"device", "phone"}, {"channel", channel}};
+    uint32_t purpose = 12345;
+    *rc = nbx_catalog_channel(c, session, channel ? 2 : 1, &purpose, e);
+    return purpose;
+}
+
+static const char *purpose_name(const nbx_catalog *c, uint32_t i)
+{
+    cr_assert_lt(i, c->n_purposes, "purpose index %u of %u", i, c->n_purposes);
+    return c->purposes[i].ptr;
+}
+
+Test(catalog, channels_map_to_purposes_known_with_the_offers_ones)
+{
+    nbx_catalog *c =
+        load_ok("{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK "}],"
+                "\"channels\":{\"web\":{\"purpose\":null},\"email\":{\"purpose\":\"email\"},"
+                "\"sms\":{\"purpose\":\"sms\"},\"kiosk\":{\"purpose\":\"none\"}}}");
+    cr_assert(c->channels_declared);
+    cr_assert_eq(c->n_channels, 4);
+    for (uint32_t i = 1; i < c->n_channels; i++)
+        cr_assert_lt(nbx_sv_cmp(c->channels[i - 1].name, c->channels[i].name), 0, "not sorted");
+    /* purposes: the channels' and the default personalisation purpose,
+     * though no offer names them */
+    cr_assert_eq(c->n_purposes, 3, "email, personalization, sms: %u", c->n_purposes);
+    cr_assert_str_eq(purpose_name(c, c->personalization_index), "personalization");
+    nbx_err e = {0};
+    int rc;
+    cr_assert_str_eq(purpose_name(c, channel_purpose(c, "email", &rc, &e)), "email");
+    cr_assert_eq(rc, NBX_OK);
+    cr_assert_str_eq(purpose_name(c, channel_purpose(c, "sms", &rc, &e)), "sms");
+    cr_assert_eq(channel_purpose(c, "web", &rc, &e), UINT32_MAX, "purpose null: no consent");
+    cr_assert_eq(channel_purpose(c, "kiosk", &rc, &e), UINT32_MAX, "purpose none: no consent");
+    cr_assert_eq(channel_purpose(c, NULL, &rc, &e), UINT32_MAX, "no channel field");
+    cr_assert_eq(rc, NBX_OK);
+    /* declared: any other channel is an error naming the field and value */
+    channel_purpose(c, "fax", &rc, &e);
+    cr_assert_eq(rc, NBX_EINVAL);
+    cr_assert(strstr(e.msg, "field 'session.channel': 'fax' is not a channel of the catalog "
+                            "(channels: email, kiosk, sms, web)") != NULL,
+              "%s", e.msg);
+    channel_purpose(c, "Email", &rc, &e);
+    cr_assert_eq(rc, NBX_EINVAL, "channel names are exact");
+    nbx_catalog_unref(c);
+}
+
+Test(catalog, without_channels_a_channel_named_like_a_purpose_needs_it)
+{
+    nbx_catalog *c = load_fixture();
+    cr_assert_not(c->channels_declared);
+    nbx_err e = {0};
+    int rc;
+    cr_assert_str_eq(purpose_name(c, channel_purpose(c, "email", &rc, &e)), "email");
+    cr_assert_eq(channel_purpose(c, "web", &rc, &e), UINT32_MAX);
+    cr_assert_eq(rc, NBX_OK, "undeclared channels are not errors: %s", e.msg);
+    nbx_catalog_unref(c);
+}
+
+Test(catalog, personalization_purpose_default_custom_and_none)
+{
+    nbx_catalog *c = load_fixture();
+    cr_assert_str_eq(purpose_name(c, c->personalization_index), "personalization");
+    nbx_catalog_unref(c);
+    c = load_ok("{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK "}],"
+                "\"guardrails\":{\"personalization_purpose\":\"profiling\"}}");
+    cr_assert_eq(c->n_purposes, 1);
+    cr_assert_str_eq(purpose_name(c, c->personalization_index), "profiling");
+    nbx_catalog_unref(c);
+    const char *none[] = {"\"none\"", "null"};
+    for (size_t i = 0; i < 2; i++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK "}],"
+                 "\"guardrails\":{\"personalization_purpose\":%s}}",
+                 none[i]);
+        c = load_ok(text);
+        cr_assert_eq(c->personalization_index, UINT32_MAX, "%s: needs no consent", none[i]);
+        cr_assert_eq(c->n_purposes, 0);
+        nbx_catalog_unref(c);
+    }
+}
+
+Test(catalog, bad_channels_and_personalization_purpose_are_refused)
+{
+    struct {
+        const char *tail;
+        const char *expect;
+    } cases[] = {
+        {",\"channels\":[\"email\"]}", "field 'channels': must be an object"},
+        {",\"channels\":{\"email\":\"email\"}}", "channel 'email': field 'purpose': the channel "
+                                                 "must be an object"},
+        {",\"channels\":{\"email\":{}}}", "channel 'email': field 'purpose': is required"},
+        {",\"channels\":{\"email\":{\"purpose\":3}}}",
+         "channel 'email': field 'purpose': must be a string"},
+        {",\"channels\":{\"email\":{\"purpose\":\"\"}}}",
+         "channel 'email': field 'purpose': must be 1 to 128 bytes"},
+        {",\"channels\":{\"email\":{\"purpose\":\"email\",\"consent\":true}}}",
+         "channel 'email': field 'consent': unknown field; known: purpose"},
+        {",\"channels\":{\"\":{\"purpose\":null}}}",
+         "field 'channels': a channel name must be 1 to 128 bytes"},
+        {",\"guardrails\":{\"personalization_purpose\":true}}",
+         "guardrails: field 'personalization_purpose': must be a string"},
+        {",\"guardrails\":{\"personalisation_purpose\":\"p\"}}",
+         "guardrails: field 'personalisation_purpose': unknown field"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char tail[512];
+        snprintf(tail, sizeof tail, "}]%s", cases[i].tail);
+        expect_refused(tail, cases[i].expect);
+    }
+}
+
+/* ========================================================================
+ * Free fields of an offer
+ * ======================================================================== */
+
+/* Issue 10: a misspelt `base_propensty` passed `catalog check` as a free
+ * field, and the offer ran on the default propensity. */
+Test(catalog, a_free_field_near_a_known_name_is_refused_naming_both)
+{
+    struct {
+        const char *field, *known, *edits;
+    } cases[] = {
+        {"base_propensty", "base_propensity", "within 1 edit"},
+        {"base_porpensity", "base_propensity", "within 1 edit"}, /* a swap is one edit */
+        {"placement", "placements", "within 1 edit"},
+        {"unit-cost", "unit_cost", "within 1 edit"},
+        {"valid_form", "valid_from", "within 1 edit"},
+        {"sgement_propensty", "segment_propensity", "within 2 edits"},
+        {"purpse", "purpose", "within 1 edit"},
+        {"servng_cst", "serving_cost", "within 2 edits"},
+        {"prices", "price", "within 1 edit"},
+        {"Price", "price", "did you mean"},
+        {"ID", "id", "did you mean"},
+        {"kinds", "kind", "within 1 edit"},
+        {"cap", "caps", "within 1 edit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char tail[128], want[256];
+        snprintf(tail, sizeof tail, ",\"%s\":0.2}]}", cases[i].field);
+        snprintf(want, sizeof want, "offer 'a': field '%s': unknown field", cases[i].field);
+        expect_refused(tail, want);
+        snprintf(want, sizeof want, "%s of '%s'", cases[i].edits, cases[i].known);
+        if (strcmp(cases[i].edits, "did you mean") == 0)
+            snprintf(want, sizeof want, "did you mean '%s'?", cases[i].known);
+        expect_refused(tail, want);
+    }
+}
+
+/* Short known names allow fewer edits, so that ordinary free fields load:
+ * `ad` and `url` are not misspellings of `id`, `tags` and `link` not of
+ * `caps` and `kind`. */
+Test(catalog, free_fields_for_the_policy_load)
+{
+    const char *fields[] = {"headline",      "tags",       "link",  "ad",    "url",   "x",
+                            "sku",           "name",       "title", "image", "brand", "widget",
+                            "priority",      "price_eur",  "valid", "cost",  "rank",  "purchase",
+                            "discount_code", "categories", "idx"};
+    char text[2048];
+    size_t n = (size_t)snprintf(text, sizeof text,
+                                "{\"placements\":[{\"id\":\"hero\"}],\"offers\":[{" OFFER_OK);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, ",\"%s\":1", fields[i]);
+    snprintf(text + n, sizeof text - n, "}]}");
+    nbx_err e = {0};
+    cr_assert_eq(load_text(text, &e), NBX_OK, "%s", e.msg);
+}
+
+/* margin and discount_pct are computed: a catalog value would be replaced
+ * before the policy sees it. */
+Test(catalog, fields_the_engine_computes_are_refused)
+{
+    const char *fields[] = {"margin", "discount_pct"};
+    for (size_t i = 0; i < 2; i++) {
+        char tail[64], want[128];
+        snprintf(tail, sizeof tail, ",\"%s\":12}]}", fields[i]);
+        snprintf(want, sizeof want, "offer 'a': field '%s': is computed by the engine", fields[i]);
+        expect_refused(tail, want);
+    }
+}

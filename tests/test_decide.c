@@ -91,20 +91,30 @@ static void teardown(void)
 
 TestSuite(decide, .init = setup, .fini = teardown);
 
-static const nbx_result *decide_full(const char *customer, const char **placements, size_t n,
-                                     unsigned flags, int64_t now)
+/* A decision that must succeed. */
+static const nbx_result *decide_request(const char *customer, const char **placements, size_t n,
+                                        const nbx_kv *session, size_t n_session, unsigned flags,
+                                        int64_t now)
 {
     nbx_request r;
     nbx_request_init(&r);
     r.customer = customer;
     r.placements = placements;
     r.n_placements = n;
+    r.session = session;
+    r.n_session = n_session;
     r.now_ms = now;
     r.flags = flags;
     const nbx_result *res = NULL;
     int rc = nbx_decide(ctx, &r, &res);
     cr_assert_eq(rc, NBX_OK, "decide: %s", nbx_ctx_errmsg(ctx));
     return res;
+}
+
+static const nbx_result *decide_full(const char *customer, const char **placements, size_t n,
+                                     unsigned flags, int64_t now)
+{
+    return decide_request(customer, placements, n, NULL, 0, flags, now);
 }
 
 static const nbx_result *decide(const char *customer, unsigned flags)
@@ -200,8 +210,9 @@ Test(decide, anonymous_and_withdrawn_consent)
     /* only purpose "none" modules remain */
     const char *want[] = {"bestsellers/recs", "brand_banner/hero"};
     expect_actions(r, want, 2);
+    /* bob refused personalisation: decided as an anonymous visitor */
     r = decide("bob", 0);
-    cr_assert_not(nbx_result_anonymous(r));
+    cr_assert(nbx_result_anonymous(r));
     expect_actions(r, want, 2);
 }
 
@@ -727,4 +738,214 @@ Test(decide, policy_text_in_log_lines_is_escaped)
             cr_assert(p[1] == '\0' || strncmp(p + 1, "FAKE", 4) != 0, "%s", logged);
     }
     free(policy);
+}
+
+/* ========================================================================
+ * Consent: channels and personalisation
+ * ======================================================================== */
+
+/* The fixture catalog with `replace` (a line of it) replaced by `with`,
+ * as the suite's catalog. */
+static void use_fixture_with(const char *replace, const char *with)
+{
+    char *fixture = tu_read_file(catalog_path, NULL);
+    char *at = strstr(fixture, replace);
+    cr_assert_not_null(at, "no '%s' in the fixture", replace);
+    char *path = tu_path(dir, "consent.json");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%.*s%s%s", (int)(at - fixture), fixture, with, at + strlen(replace));
+    fclose(f);
+    free(fixture);
+    free(catalog_path);
+    catalog_path = path;
+}
+
+#define FIXTURE_GUARDRAILS "\"guardrails\": {"
+#define WITH_CHANNELS                                                                              \
+    "\"channels\": {\"email\": {\"purpose\": \"email\"}, \"web\": {\"purpose\": null}},\n"         \
+    "  \"guardrails\": {"
+
+static const nbx_result *decide_session(const char *customer, const nbx_kv *session, size_t n,
+                                        unsigned flags)
+{
+    return decide_request(customer, NULL, 0, session, n, flags, NOW);
+}
+
+static void put_profile(const char *json)
+{
+    nbx_store *s = nbx_engine_store(engine);
+    cr_assert_eq(nbx_profile_put(s, json, strlen(json)), NBX_OK, "%s", nbx_store_errmsg(s));
+}
+
+/* Issue 9: a batch through the email channel reached customers who had
+ * refused email. A decision through a channel needs its consent. */
+Test(decide, a_channel_without_its_consent_shows_nothing)
+{
+    use_fixture_with(FIXTURE_GUARDRAILS, WITH_CHANNELS);
+    open_engine(BY_PRICE);
+    put_profile("{\"id\":\"erin\",\"consent\":{\"personalization\":true,\"email\":false}}");
+    put_profile("{\"id\":\"finn\",\"consent\":{\"personalization\":true,\"email\":true}}");
+    nbx_kv email[] = {{"channel", "email"}}, web[] = {{"channel", "web"}};
+    const char *who[] = {"erin", "alice", "stranger"}; /* refused, not mentioned, no profile */
+    for (size_t i = 0; i < 3; i++) {
+        const nbx_result *r = decide_session(who[i], email, 1, NBX_DECIDE_EXPLAIN);
+        cr_assert_eq(nbx_result_action_count(r), 0, "%s by email: %s", who[i],
+                     nbx_result_json(r, NULL));
+        uint32_t counts[NBX_EXCLUDED_COUNT];
+        nbx_result_exclusions(r, counts);
+        /* all 10 candidates, purpose "none" included */
+        cr_assert_eq(counts[NBX_EXCLUDED_CONSENT], 10, "%s: %s", who[i], nbx_result_json(r, NULL));
+        cr_assert_eq(nbx_result_action_count(decide_session(who[i], web, 1, 0)) > 0, 1,
+                     "%s on the web", who[i]);
+    }
+    const nbx_result *r = decide_session("finn", email, 1, 0);
+    const char *want[] = {"winback_20/hero", "email_only/recs", "free_shipping/recs",
+                          "carousel_new/recs"};
+    expect_actions(r, want, 4);
+    /* recording through a channel rechecks its consent like the rest */
+    r = decide_session("finn", email, 1, NBX_DECIDE_RECORD);
+    cr_assert_eq(nbx_result_action_count(r), 4, "%s", nbx_result_json(r, NULL));
+}
+
+Test(decide, an_unknown_channel_is_an_error_naming_it)
+{
+    use_fixture_with(FIXTURE_GUARDRAILS, WITH_CHANNELS);
+    open_engine(BY_PRICE);
+    nbx_kv fax[] = {{"device", "desk"}, {"channel", "fax"}};
+    nbx_request r;
+    nbx_request_init(&r);
+    r.customer = "alice";
+    r.session = fax;
+    r.n_session = 2;
+    r.now_ms = NOW;
+    const nbx_result *res = (const nbx_result *)1;
+    cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL);
+    cr_assert_null(res);
+    cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'session.channel': 'fax' is not a channel of "
+                                          "the catalog (channels: email, web)") != NULL,
+              "%s", nbx_ctx_errmsg(ctx));
+    /* without `channels`, any channel is accepted */
+    nbx_ctx_close(ctx);
+    nbx_engine_close(engine);
+    ctx = NULL;
+    engine = NULL;
+    free(catalog_path);
+    catalog_path = tu_source_path("tests/data/catalog.json");
+    open_engine(BY_PRICE);
+    cr_assert_eq(nbx_result_action_count(decide_session("alice", fax, 2, 0)), 4);
+}
+
+/* A policy that reads everything a profile holds into its score. */
+static const char *DATA_HUNGRY =
+    "return { name = 'data_hungry', score = function(o, c, s)\n"
+    "  local v = o.price + nbx.propensity(c, o) * 1000\n"
+    "  v = v + (c.propensity[o.id] or 0) * 100 + (c.ltv or 0) + (c.churn or 0) * 10\n"
+    "  v = v + c.rfm.orders + c.rfm.r + (c.rfm.segment and 5000 or 0)\n"
+    "  v = v + (c.attrs.tier or 0) + (c.anonymous and 0 or 7)\n"
+    "  for k in pairs(c.consent) do v = v + 3 end\n"
+    "  return v, nbx.expected_margin(c, o) end }\n";
+
+#define RICH_DATA                                                                                  \
+    "\"attrs\":{\"tier\":40},\"ltv\":900,\"churn\":0.7,"                                           \
+    "\"propensity\":{\"free_shipping\":0.9,\"winback_20\":0.8,\"bestsellers\":0.7,"                \
+    "\"brand_banner\":0.6,\"apparel\":0.5,\"carousel_new\":0.4},"                                  \
+    "\"rfm\":{\"orders\":12,\"revenue\":800,\"r\":5,\"f\":5,\"m\":5,\"segment\":\"at_risk\"}"
+
+/* The result JSON without the two fields that name the decision and the
+ * customer. */
+static char *without_ids(const char *json)
+{
+    json_error_t jerr;
+    json_t *doc = json_loads(json, 0, &jerr);
+    cr_assert_not_null(doc, "%s: %s", jerr.text, json);
+    json_object_del(doc, "decision_id");
+    json_object_del(doc, "customer");
+    char *out = json_dumps(doc, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(doc);
+    return out;
+}
+
+static void expect_same_as_stranger(const char *customer, const nbx_kv *session, size_t n)
+{
+    char *mine = without_ids(
+        nbx_result_json(decide_session(customer, session, n, NBX_DECIDE_EXPLAIN), NULL));
+    char *theirs = without_ids(
+        nbx_result_json(decide_session("stranger", session, n, NBX_DECIDE_EXPLAIN), NULL));
+    cr_assert_str_eq(mine, theirs, "%s is not decided as an unknown customer:\n%s\n%s", customer,
+                     mine, theirs);
+    free(mine);
+    free(theirs);
+}
+
+/* Issue 9: a customer who refused personalisation was still ranked on their
+ * own propensities. The policy (Lua or the native scorer) sees them as an
+ * anonymous visitor: exactly an unknown customer's actions and scores. */
+Test(decide, without_personalisation_consent_the_decision_is_an_unknown_customers)
+{
+    char *native = tu_source_path("policies/margin_per_session.lua");
+    const char *policies[] = {DATA_HUNGRY, NULL};
+    for (int k = 0; k < 2; k++) {
+        if (policies[k]) {
+            open_engine(policies[k]);
+        } else {
+            nbx_engine_options o = suite_options(native);
+            open_with(&o);
+        }
+        /* consents an unknown customer has too (none of the catalog's
+         * purposes), so that eligibility matches */
+        put_profile(
+            "{\"id\":\"dora\",\"consent\":{\"personalization\":false,\"sms\":true}," RICH_DATA "}");
+        put_profile("{\"id\":\"ella\",\"consent\":{\"sms\":true}," RICH_DATA "}");
+        put_profile("{\"id\":\"gabe\",\"consent\":{\"personalization\":true}," RICH_DATA "}");
+        /* refused, and not mentioned (consent_default false) */
+        expect_same_as_stranger("dora", NULL, 0);
+        expect_same_as_stranger("ella", NULL, 0);
+        cr_assert(nbx_result_anonymous(decide("dora", 0)));
+        /* the control: with consent the same data changes the decision */
+        char *mine = without_ids(nbx_result_json(decide("gabe", NBX_DECIDE_EXPLAIN), NULL));
+        char *theirs = without_ids(nbx_result_json(decide("stranger", NBX_DECIDE_EXPLAIN), NULL));
+        cr_assert_str_neq(mine, theirs, "gabe's data should change the decision");
+        free(mine);
+        free(theirs);
+        nbx_ctx_close(ctx);
+        nbx_engine_close(engine);
+        ctx = NULL;
+        engine = NULL;
+    }
+    free(native);
+}
+
+/* With consent_default true and a purpose of its own, a customer who
+ * refused that purpose still gets every other offer, ranked as a visitor:
+ * the same as an unknown customer, for whom the default grants all. */
+Test(decide, a_refused_personalisation_purpose_of_the_catalogs_own)
+{
+    use_fixture_with(FIXTURE_GUARDRAILS, "\"guardrails\": {\"consent_default\": true, "
+                                         "\"personalization_purpose\": \"profiling\", ");
+    open_engine(DATA_HUNGRY);
+    put_profile("{\"id\":\"hana\",\"consent\":{\"profiling\":false}," RICH_DATA "}");
+    nbx_kv web[] = {{"channel", "web"}};
+    expect_same_as_stranger("hana", web, 1);
+    const nbx_result *r = decide("hana", NBX_DECIDE_EXPLAIN);
+    cr_assert(nbx_result_anonymous(r));
+    cr_assert_gt(nbx_result_action_count(r), 2, "personalisation offers still shown: %s",
+                 nbx_result_json(r, NULL));
+}
+
+/* Ranked as a visitor, the customer's own counters still bind: the contact
+ * policy (5 a week) stops them, not the unknown customer. */
+Test(decide, without_personalisation_consent_caps_still_bind)
+{
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide_full("bob", NULL, 0, NBX_DECIDE_RECORD, NOW);
+    cr_assert_eq(nbx_result_action_count(r), 2, "%s", nbx_result_json(r, NULL));
+    for (int i = 1; i < 3; i++)
+        decide_full("bob", NULL, 0, NBX_DECIDE_RECORD, NOW + i);
+    /* six impressions recorded would pass the limit: 2 + 2 + 1 */
+    r = decide_full("bob", NULL, 0, NBX_DECIDE_EXPLAIN, NOW + 10);
+    cr_assert_eq(nbx_result_action_count(r), 0, "contacts used up: %s", nbx_result_json(r, NULL));
+    cr_assert(strstr(nbx_result_json(r, NULL), "\"excluded\":\"contacts\"") != NULL, "%s",
+              nbx_result_json(r, NULL));
+    cr_assert_eq(nbx_result_action_count(decide_full("stranger", NULL, 0, 0, NOW + 10)), 2);
 }

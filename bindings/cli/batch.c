@@ -12,7 +12,8 @@
  * and the running totals; it is written to FILE.tmp, fsync'ed and renamed
  * over FILE. On a rerun the output is truncated to the committed bytes and
  * the input resumes after the committed customer. Anything written after
- * the last checkpoint is cut off and decided again.
+ * the last checkpoint is cut off and decided again. One run at a time holds
+ * FILE.lock (lock_run()), so two runs never share FILE.tmp or the output.
  */
 #include "cli.h"
 
@@ -25,6 +26,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -59,6 +61,9 @@ const cli_flag cli_batch_flags[] = {
      "record each chosen action as an impression (consumes caps)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded (jsonl)", 0, 0},
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
+    {"max-fallback-rate", CLI_STRING, "R",
+     "share of decisions (0 to 1) that may fall back before the exit status is 3 (default 0)", 0,
+     0},
     {"window", CLI_UINT, "N", "decisions in flight at most (default 256 per thread)", 1,
      NBX_BATCH_WINDOW_MAX},
     CLI_FLAG_TIME_LIMIT,
@@ -72,12 +77,14 @@ const char cli_batch_details[] =
     "the decision JSON a line (--format jsonl), or CSV with a header and one row per\n"
     "action (customer,decision_id,rank,offer,placement,score,expected_margin,\n"
     "fallback,anonymous,policy_version,as_of; a customer without action gets one\n"
-    "row with rank 0). The output order does not depend on --threads.\n"
+    "row with rank 0). In CSV, an id that starts with = + - @, a tab or a CR is\n"
+    "written as text (a leading ' and quoted) so that spreadsheets do not run it\n"
+    "as a formula. The output order does not depend on --threads.\n"
     "\n"
     "FILE holds one customer id a line, or JSON objects {\"id\": ..., FIELD: VALUE}\n"
     "whose other fields are that customer's session fields (they replace --session\n"
     "fields of the same name). A malformed line is reported as FILE:LINE and\n"
-    "skipped; the exit status is then 1. Unknown ids are decided as anonymous.\n"
+    "skipped. Unknown ids are decided as anonymous.\n"
     "\n"
     "By default the store is opened read-only: the batch plans contacts and\n"
     "consumes no caps. --commit-exposures records each chosen action as an\n"
@@ -86,11 +93,24 @@ const char cli_batch_details[] =
     "--checkpoint FILE (needs --out) makes the run resumable: after a crash or a\n"
     "kill, run the same command again and the output ends up with every customer\n"
     "exactly once. A rerun with different parameters is refused; a rerun of a\n"
-    "finished run does nothing. SIGINT and SIGTERM stop at a checkpoint.\n"
+    "finished run does nothing; a rerun while the first still runs waits for it\n"
+    "(FILE.lock). SIGINT and SIGTERM stop at a checkpoint.\n"
     "\n"
     "--shard I/N keeps the customers whose xxh64(id, seed 0) mod N is I, so N runs\n"
     "with I = 0..N-1 cover every customer once. A progress bar is shown when\n"
     "standard error is a terminal; a summary is always printed (standard error).\n"
+    "When decisions fell back (the policy failed for them), the summary's first\n"
+    "line says how many, and the most common reasons follow.\n"
+    "\n"
+    "Exit status:\n"
+    "  0  every customer decided, none fell back (or no more than\n"
+    "     --max-fallback-rate of them)\n"
+    "  1  something went wrong: a malformed line skipped, a decision failed (also\n"
+    "     an unknown channel), the run interrupted, a file unreadable or\n"
+    "     unwritable, a checkpoint that does not match\n"
+    "  2  usage error\n"
+    "  3  every customer decided, but more decisions fell back than\n"
+    "     --max-fallback-rate allows (default: none); the output is complete\n"
     "See docs/batch.md.\n";
 
 /* ========================================================================
@@ -99,6 +119,9 @@ const char cli_batch_details[] =
 
 #define MALFORMED_REPORTED_MAX 100
 #define FAILED_REPORTED_MAX 20
+/* Distinct fallback reasons the summary lists (the rest are counted). */
+#define FALLBACK_REASONS_MAX 5
+#define FALLBACK_REASON_LEN 300
 #define CHECKPOINT_MAX (64u << 10)
 /* --commit-exposures: the decisions whose impressions the library commits
  * in one transaction (docs/batch.md, "Group commit"), and the window per
@@ -125,6 +148,18 @@ typedef struct totals {
     double elapsed;
 } totals;
 
+/* Why decisions fell back, this run: the most frequent first in the
+ * summary. The first FALLBACK_REASONS_MAX distinct messages are kept. */
+typedef struct fallback_reasons {
+    size_t n;
+    struct {
+        char text[FALLBACK_REASON_LEN];
+        char first_customer[NBX_ID_MAX + 1];
+        uint64_t count;
+    } reason[FALLBACK_REASONS_MAX];
+    uint64_t other; /* fallbacks with another message */
+} fallback_reasons;
+
 typedef struct reader {
     const char *path;
     int fd;
@@ -144,6 +179,8 @@ typedef struct run {
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
     const char *checkpoint_path, *summary_path;
     char *checkpoint_tmp; /* checkpoint_path + ".tmp", where it is written first */
+    char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */
+    int lock_fd;           /* -1: no lock held */
     bool all, csv, commit, explain;
     uint32_t shard_index, shard_count;
     int64_t as_of;
@@ -151,6 +188,7 @@ typedef struct run {
     nbx_kv session[NBX_REQUEST_SESSION_MAX];
     size_t n_session;
     uint64_t checkpoint_every;
+    double max_fallback_rate; /* fallbacks / decided allowed before CLI_FALLBACKS */
     nbx_engine_info info;
     char as_of_text[NBX_TIME_BUFSZ];
     /* resources */
@@ -170,6 +208,7 @@ typedef struct run {
     position last;      /* of the last item written */
     char last_id[NBX_ID_MAX + 1];
     uint64_t since_checkpoint;
+    fallback_reasons fallbacks;
     /* xxh64 of the customer file's first input_hashed bytes: a resume
      * checks that the part already decided is still the same. */
     XXH64_state_t input_hash;
@@ -329,7 +368,7 @@ static void format_number(char *buf, size_t size, double v)
 /* A CSV row is built in memory, then written with one fwrite: its length
  * is what the checkpoint counts. Every field is bounded (ids 256 bytes,
  * offer and placement ids 128, numbers 24), so a fixed buffer holds a row
- * even with every character quoted. */
+ * even with every character quoted and an apostrophe in front. */
 typedef struct row {
     char data[4096];
     size_t len;
@@ -348,13 +387,27 @@ static void row_puts(row *w, const char *s)
     row_add(w, s, strlen(s));
 }
 
+/* A spreadsheet takes a cell that starts with one of these for a formula
+ * (OWASP, "CSV Injection"): `=HYPERLINK(...)` in a customer id would run
+ * when a CRM user opens the file. */
+static bool formula_start(char c)
+{
+    return c == '=' || c == '+' || c == '-' || c == '@' || c == '\t' || c == '\r';
+}
+
+/* A text field (an id: outside input): RFC 4180 quoting for `,` `"` and
+ * line breaks, and a field that a spreadsheet would evaluate is written
+ * as text instead, with a leading apostrophe and quoted, as OWASP
+ * recommends: `=1+2` becomes `"'=1+2"`. Numbers the batch computes go
+ * through row_puts, never here, so a negative score stays a number. */
 static void row_field(row *w, const char *s)
 {
-    if (!strpbrk(s, ",\"\r\n")) {
+    bool neutralise = formula_start(s[0]);
+    if (!neutralise && !strpbrk(s, ",\"\r\n")) {
         row_puts(w, s);
         return;
     }
-    row_add(w, "\"", 1);
+    row_add(w, neutralise ? "\"'" : "\"", neutralise ? 2 : 1);
     for (; *s; s++) {
         if (*s == '"')
             row_add(w, "\"", 1);
@@ -645,6 +698,78 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
     return rc;
 }
 
+/* ------------------------------------------------------------------------
+ * One run per checkpoint
+ *
+ * Two processes on one checkpoint (a resume started while the killed run
+ * still lives: `kill -9` of a shell wrapper leaves its nbx running) write
+ * the same output and rename each other's FILE.tmp ("renaming FILE.tmp: No
+ * such file or directory"). So a run holds an exclusive lock on FILE.lock
+ * from before it reads the checkpoint until it exits; a second run waits
+ * for the first to stop, then reads what it left: a finished run ("already
+ * complete"), or a checkpoint to resume from. The kernel drops the lock when
+ * its holder dies, however it dies. The holder removes the file when it is
+ * done, so a waiter that gets the lock checks that the file it locked is
+ * still the one at the path (else it locks again).
+ * ------------------------------------------------------------------------ */
+
+static int lock_run(run *r)
+{
+    const char *path = r->checkpoint_lock;
+    bool told = false;
+    for (;;) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return cli_error(r->cmd, "%s: %s", path, strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            if (errno != EWOULDBLOCK) {
+                int rc = cli_error(r->cmd, "locking %s: %s", path, strerror(errno));
+                close(fd);
+                return rc;
+            }
+            if (!told) {
+                char pid[32] = "";
+                ssize_t got = pread(fd, pid, sizeof pid - 1, 0);
+                pid[got > 0 ? got : 0] = '\0';
+                pid[strcspn(pid, "\n")] = '\0';
+                fprintf(stderr,
+                        "nbx batch: %s is in use by another nbx batch%s%s%s; waiting for it to "
+                        "stop\n",
+                        r->checkpoint_path, *pid ? " (pid " : "", pid, *pid ? ")" : "");
+                told = true;
+            }
+            int rc;
+            while ((rc = flock(fd, LOCK_EX)) != 0 && errno == EINTR)
+                ;
+            if (rc != 0) {
+                rc = cli_error(r->cmd, "locking %s: %s", path, strerror(errno));
+                close(fd);
+                return rc;
+            }
+        }
+        struct stat held, now;
+        if (fstat(fd, &held) == 0 && stat(path, &now) == 0 && held.st_dev == now.st_dev &&
+            held.st_ino == now.st_ino) {
+            char pid[32];
+            int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+            bool noted = ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) == n;
+            (void)noted; /* the pid only serves a waiter's message */
+            r->lock_fd = fd;
+            return CLI_OK;
+        }
+        close(fd); /* its holder removed it on the way out: lock the new one */
+    }
+}
+
+static void unlock_run(run *r)
+{
+    if (r->lock_fd < 0)
+        return;
+    unlink(r->checkpoint_lock);
+    close(r->lock_fd);
+    r->lock_fd = -1;
+}
+
 typedef struct checkpoint {
     char *text; /* owns the strings below */
     bool complete;
@@ -815,8 +940,86 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
  * Summary and progress
  * ======================================================================== */
 
-static void print_summary(run *r, const totals *t, bool interrupted)
+static bool fallbacks_exceeded(const run *r, const totals *t)
 {
+    return (double)t->fallbacks > r->max_fallback_rate * (double)t->decided;
+}
+
+/* The exit status of a run with these totals: anything that went wrong
+ * first (the output is then incomplete), then fallbacks beyond the
+ * allowance (the output is complete, but the policy failed for them). */
+static int run_status(const run *r, const totals *t, bool interrupted)
+{
+    if (interrupted || t->malformed || t->failed)
+        return CLI_FAIL;
+    return fallbacks_exceeded(r, t) ? CLI_FALLBACKS : CLI_OK;
+}
+
+static void note_fallback(run *r, const nbx_batch_item *it)
+{
+    fallback_reasons *fr = &r->fallbacks;
+    const char *why = it->policy_error ? it->policy_error : "unknown";
+    for (size_t i = 0; i < fr->n; i++) {
+        if (strncmp(fr->reason[i].text, why, FALLBACK_REASON_LEN - 1) == 0) {
+            fr->reason[i].count++;
+            return;
+        }
+    }
+    if (fr->n == FALLBACK_REASONS_MAX) {
+        fr->other++;
+        return;
+    }
+    snprintf(fr->reason[fr->n].text, FALLBACK_REASON_LEN, "%s", why);
+    snprintf(fr->reason[fr->n].first_customer, NBX_ID_MAX + 1, "%s", it->customer);
+    fr->reason[fr->n].count = 1;
+    fr->n++;
+}
+
+static int by_count(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Fallbacks come first: a job's log shows them even when it keeps only
+ * the head of the output. */
+static void print_fallbacks(run *r, const totals *t, int status)
+{
+    if (t->fallbacks == 0 || t->decided == 0)
+        return;
+    double share = 100.0 * (double)t->fallbacks / (double)t->decided;
+    fprintf(stderr,
+            "nbx batch: %" PRIu64 " of %" PRIu64 " decisions fell back to the fallback decision "
+            "(%.2f %%), %s --max-fallback-rate (%g %%)%s\n",
+            t->fallbacks, t->decided, share, fallbacks_exceeded(r, t) ? "more than" : "within",
+            100 * r->max_fallback_rate, status == CLI_FALLBACKS ? ": exit status 3" : "");
+    fallback_reasons *fr = &r->fallbacks;
+    if (fr->n == 0)
+        return;
+    /* (count, index) pairs, most frequent first */
+    uint64_t order[FALLBACK_REASONS_MAX][2];
+    for (size_t i = 0; i < fr->n; i++) {
+        order[i][0] = fr->reason[i].count;
+        order[i][1] = i;
+    }
+    qsort(order, fr->n, sizeof order[0], by_count);
+    fprintf(stderr, "nbx batch: fallback reasons%s:\n",
+            r->base.customers ? " (customers decided since the resume)" : "");
+    for (size_t k = 0; k < fr->n; k++) {
+        size_t i = (size_t)order[k][1];
+        fprintf(stderr, "nbx batch:   %" PRIu64 " x ", fr->reason[i].count);
+        cli_print_escaped(stderr, fr->reason[i].text);
+        fputs(" (first: ", stderr);
+        cli_print_escaped(stderr, fr->reason[i].first_customer);
+        fputs(")\n", stderr);
+    }
+    if (fr->other)
+        fprintf(stderr, "nbx batch:   %" PRIu64 " with other reasons\n", fr->other);
+}
+
+static void print_summary(run *r, const totals *t, bool interrupted, int status)
+{
+    print_fallbacks(r, t, status);
     double rate = t->elapsed > 0 ? (double)t->customers / t->elapsed : 0;
     fprintf(stderr,
             "nbx batch: %" PRIu64 " customers: %" PRIu64 " decided, %" PRIu64 " failed, %" PRIu64
@@ -834,24 +1037,62 @@ static void print_summary(run *r, const totals *t, bool interrupted)
             interrupted ? "; interrupted" : "");
 }
 
-static int write_summary_json(run *r, const totals *t, bool complete)
+/* A JSON number, or null when v is not finite: JSON has no inf or NaN (a
+ * sum of finite margins can overflow). The library's JSON writer's rule. */
+static void json_number(FILE *f, const char *fmt, double v)
+{
+    if (isfinite(v))
+        fprintf(f, fmt, v);
+    else
+        fputs("null", f);
+}
+
+static const char *status_name(int status, bool interrupted)
+{
+    if (status == CLI_OK)
+        return "ok";
+    if (status == CLI_FALLBACKS)
+        return "fallbacks";
+    return interrupted ? "interrupted" : "failed";
+}
+
+static int write_summary_json(run *r, const totals *t, bool complete, bool interrupted, int status)
 {
     FILE *f = fopen(r->summary_path, "w");
     if (!f)
         return cli_error(r->cmd, "%s: %s", r->summary_path, strerror(errno));
+    /* What the job needs to know first: how it went. */
+    fprintf(f, "{\"status\":\"%s\",\"exit_status\":%d,\"fallback_rate\":",
+            status_name(status, interrupted), status);
+    json_number(f, "%.17g", t->decided ? (double)t->fallbacks / (double)t->decided : 0.0);
+    fputs(",\"max_fallback_rate\":", f);
+    json_number(f, "%.17g", r->max_fallback_rate);
     fprintf(f,
-            "{\"customers\":%" PRIu64 ",\"decided\":%" PRIu64 ",\"failed\":%" PRIu64
+            ",\"customers\":%" PRIu64 ",\"decided\":%" PRIu64 ",\"failed\":%" PRIu64
             ",\"fallbacks\":%" PRIu64 ",\"anonymous\":%" PRIu64 ",\"malformed\":%" PRIu64
-            ",\"other_shard\":%" PRIu64 ",\"actions\":%" PRIu64 ",\"expected_margin\":%.17g"
-            ",\"exclusions\":{",
+            ",\"other_shard\":%" PRIu64 ",\"actions\":%" PRIu64 ",\"expected_margin\":",
             t->customers, t->decided, t->failed, t->fallbacks, t->anonymous, t->malformed,
-            t->other_shard, t->actions, t->expected_margin);
+            t->other_shard, t->actions);
+    json_number(f, "%.17g", t->expected_margin);
+    fputs(",\"exclusions\":{", f);
     for (int i = 1; i < NBX_EXCLUDED_COUNT; i++)
         fprintf(f, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", nbx_excluded_name(i), t->exclusions[i]);
+    fputs("},\"fallback_reasons\":[", f);
+    const fallback_reasons *fr = &r->fallbacks;
+    for (size_t i = 0; i < fr->n; i++) {
+        fputs(i ? ",{\"reason\":" : "{\"reason\":", f);
+        cli_print_json_string(f, fr->reason[i].text);
+        fprintf(f, ",\"count\":%" PRIu64 ",\"first_customer\":", fr->reason[i].count);
+        cli_print_json_string(f, fr->reason[i].first_customer);
+        fputc('}', f);
+    }
+    fprintf(f, "],\"other_fallback_reasons\":%" PRIu64 ",\"elapsed_s\":", fr->other);
+    json_number(f, "%.3f", t->elapsed);
+    fputs(",\"rate\":", f);
+    json_number(f, "%.1f", t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0);
     fprintf(f,
-            "},\"elapsed_s\":%.3f,\"rate\":%.1f,\"complete\":%s,\"policy_version\":\"%s\","
-            "\"catalog_version\":\"%s\",\"as_of\":\"%s\"}\n",
-            t->elapsed, t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0,
+            ",\"complete\":%s,\"policy_version\":\"%s\",\"catalog_version\":\"%s\","
+            "\"as_of\":\"%s\"}\n",
             complete ? "true" : "false", r->info.policy_version, r->info.catalog_version,
             r->as_of_text);
     if (fclose(f) != 0)
@@ -910,10 +1151,14 @@ static int take_one(run *r)
     if (it->status != NBX_OK) {
         nbx_batch_stats st;
         nbx_batch_stats_get(r->batch, &st);
-        if (st.failed <= FAILED_REPORTED_MAX)
-            fprintf(stderr, "%snbx batch: customer %s: %s\n", r->progress_shown ? "\r\033[K" : "",
-                    it->customer, it->errmsg);
+        if (st.failed <= FAILED_REPORTED_MAX) {
+            fprintf(stderr, "%snbx batch: customer ", r->progress_shown ? "\r\033[K" : "");
+            cli_print_escaped(stderr, it->customer);
+            fprintf(stderr, ": %s\n", it->errmsg);
+        }
     } else {
+        if (it->fallback)
+            note_fallback(r, it);
         write_item(r, it);
         if (ferror(r->out))
             return cli_error(r->cmd, "writing %s: %s", r->out_path ? r->out_path : "output",
@@ -1157,7 +1402,7 @@ static bool same_file(const named_file *a, const named_file *b)
 static int check_distinct_files(run *r)
 {
     char *store_data = NULL;
-    named_file files[9];
+    named_file files[10];
     size_t n = 0;
     memset(files, 0, sizeof files);
     if (r->out_path)
@@ -1169,6 +1414,8 @@ static int check_distinct_files(run *r)
             (named_file){.what = "--checkpoint", .path = r->checkpoint_path, .written = true};
         files[n++] = (named_file){
             .what = "--checkpoint's temporary file", .path = r->checkpoint_tmp, .written = true};
+        files[n++] = (named_file){
+            .what = "--checkpoint's lock file", .path = r->checkpoint_lock, .written = true};
     }
     if (r->summary_path)
         files[n++] = (named_file){.what = "--summary", .path = r->summary_path, .written = true};
@@ -1246,11 +1493,28 @@ static int parse_parameters(run *r)
         if (!r->checkpoint_tmp)
             return cli_error(r->cmd, "out of memory");
         snprintf(r->checkpoint_tmp, len, "%s.tmp", r->checkpoint_path);
+        len = strlen(r->checkpoint_path) + sizeof ".lock";
+        r->checkpoint_lock = malloc(len);
+        if (!r->checkpoint_lock)
+            return cli_error(r->cmd, "out of memory");
+        snprintf(r->checkpoint_lock, len, "%s.lock", r->checkpoint_path);
     }
     if (cli_has(args, "shard")) {
         int rc = parse_shard(r, cli_string(args, "shard", NULL));
         if (rc != CLI_OK)
             return rc;
+    }
+    if (cli_has(args, "max-fallback-rate")) {
+        const char *text = cli_string(args, "max-fallback-rate", NULL);
+        char *end;
+        errno = 0;
+        r->max_fallback_rate = strtod(text, &end);
+        if (errno || end == text || *end || !(r->max_fallback_rate >= 0) ||
+            r->max_fallback_rate > 1)
+            return cli_usage_error(r->cmd,
+                                   "--max-fallback-rate: '%s' is not a number from 0 to 1 (a "
+                                   "share of the decisions: 0.01 allows 1 %%)",
+                                   text);
     }
     r->as_of_given = cli_has(args, "as-of");
     r->as_of = r->as_of_given ? cli_time(args, "as-of", 0) : nbx_time_now();
@@ -1401,7 +1665,9 @@ static void release(run *r)
     if (r->out && r->out != stdout)
         fclose(r->out);
     free(r->ring);
+    unlock_run(r);
     free(r->checkpoint_tmp);
+    free(r->checkpoint_lock);
 }
 
 int cli_run_batch(cli_args *args)
@@ -1412,7 +1678,10 @@ int cli_run_batch(cli_args *args)
     r.cmd = args->cmd;
     r.started = cli_now_seconds();
     r.tty = isatty(STDERR_FILENO) != 0;
+    r.lock_fd = -1;
     int rc = parse_parameters(&r);
+    if (rc == CLI_OK && r.checkpoint_path)
+        rc = lock_run(&r);
     if (rc == CLI_OK)
         rc = open_engine(&r);
 
@@ -1425,12 +1694,12 @@ int cli_run_batch(cli_args *args)
     if (rc == CLI_OK && resume && ck.complete) {
         /* The exit status is the finished run's, so a job retried after it
          * succeeded succeeds and one whose input had errors still says so. */
-        rc = ck.totals.malformed || ck.totals.failed ? CLI_FAIL : CLI_OK;
+        rc = run_status(&r, &ck.totals, false);
+        print_summary(&r, &ck.totals, false, rc);
         fprintf(stderr,
                 "nbx batch: %s: this run is already complete; nothing done (exit %d, as the run "
                 "that finished); delete it to run again\n",
                 r.checkpoint_path, rc);
-        print_summary(&r, &ck.totals, false);
         free(ck.text);
         release(&r);
         return rc;
@@ -1487,17 +1756,17 @@ int cli_run_batch(cli_args *args)
 
     totals t;
     current_totals(&r, &end, &t);
-    print_summary(&r, &t, interrupted);
+    if (rc == CLI_OK)
+        rc = run_status(&r, &t, interrupted);
+    print_summary(&r, &t, interrupted, rc);
     if (r.summary_path) {
-        int src = write_summary_json(&r, &t, complete);
-        if (rc == CLI_OK)
+        int src = write_summary_json(&r, &t, complete, interrupted, rc);
+        if (src != CLI_OK)
             rc = src;
     }
     if (interrupted)
         fprintf(stderr, "nbx batch: interrupted%s\n",
                 r.checkpoint_path ? "; run the same command again to resume" : "");
-    if (rc == CLI_OK && (interrupted || t.malformed || t.failed))
-        rc = CLI_FAIL;
     release(&r);
     return rc;
 }

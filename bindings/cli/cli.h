@@ -8,7 +8,8 @@
  * behave the same everywhere.
  *
  * Exit codes: CLI_OK (0) success, CLI_FAIL (1) runtime failure, CLI_USAGE (2)
- * usage error.
+ * usage error, CLI_FALLBACKS (3) every decision made but some fell back to the
+ * fallback decision (nbx batch, beyond --max-fallback-rate).
  */
 #ifndef NBX_CLI_H
 #define NBX_CLI_H
@@ -23,6 +24,7 @@
 #define CLI_OK 0
 #define CLI_FAIL 1
 #define CLI_USAGE 2
+#define CLI_FALLBACKS 3
 
 #define CLI_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
@@ -150,9 +152,10 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len);
  * bytes that are not UTF-8 written as U+FFFD (paths and policy names are
  * arbitrary bytes; the output must still parse). */
 void cli_print_json_string(FILE *out, const char *s);
-/* Text from files, stores and policies for a terminal: control characters
- * and bytes that are not UTF-8 as \xNN. */
-void cli_print_text(FILE *out, const char *s);
+/* Write s for a terminal or a log: C0 and C1 controls, DEL and bytes that
+ * are not UTF-8 as \xNN (text from policies and inputs must not steer the
+ * terminal). */
+void cli_print_escaped(FILE *out, const char *s);
 /* A check that failed: the library's message, naming path if it does not. */
 int cli_check_failed(cli_args *args, int rc, const char *path);
 

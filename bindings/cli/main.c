@@ -338,21 +338,6 @@ static size_t utf8_sequence(const unsigned char *p)
     return n;
 }
 
-void cli_print_text(FILE *out, const char *s)
-{
-    for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
-        bool c1 = n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
-        if (n && !c1 && !(n == 1 && (*p < 0x20 || *p == 0x7F))) {
-            fwrite(p, 1, n, out);
-            p += n;
-        } else {
-            for (size_t k = n ? n : 1; k > 0; k--)
-                fprintf(out, "\\x%02x", *p++);
-        }
-    }
-}
-
 int cli_check_failed(cli_args *args, int rc, const char *path)
 {
     const char *msg = nbx_last_errmsg();
@@ -386,6 +371,24 @@ void cli_print_json_string(FILE *out, const char *s)
         }
     }
     putc('"', out);
+}
+
+void cli_print_escaped(FILE *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
+        /* C0 controls, DEL and C1 controls (U+0080..U+009F: C2 80..C2 9F)
+         * steer terminals; bytes that are not UTF-8 may start one. */
+        bool control = n == 1 ? (*p < 0x20 || *p == 0x7F) : n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
+        if (n == 0 || control) {
+            for (size_t i = 0; i < (n ? n : 1); i++)
+                fprintf(out, "\\x%02x", p[i]);
+            p += n ? n : 1;
+        } else {
+            fwrite(p, 1, n, out);
+            p += n;
+        }
+    }
 }
 
 /* ========================================================================

@@ -265,24 +265,24 @@ static void print_text(const char *path, const nbx_engine_info *info, const chec
                        const char *store)
 {
     printf("%s: %s\nname:    ", path, t->fallbacks ? "FAILED" : "ok");
-    cli_print_text(stdout, info->policy_name);
+    cli_print_escaped(stdout, info->policy_name);
     printf("\nversion: %s\n", info->policy_version);
     printf("tried:   %llu synthetic customers", (unsigned long long)t->synthetic);
     if (store) {
         printf(", %llu from ", (unsigned long long)t->sampled);
-        cli_print_text(stdout, store);
+        cli_print_escaped(stdout, store);
     }
     printf("\nfallbacks: %llu of %llu decisions\n", (unsigned long long)t->fallbacks,
            (unsigned long long)t->decisions);
     for (size_t i = 0; i < t->n_reasons; i++) {
         const check_reason *x = &t->reasons[i];
         printf("  %llu  %s  ", (unsigned long long)x->count, x->kind);
-        cli_print_text(stdout, x->text);
+        cli_print_escaped(stdout, x->text);
         fputs("\n      customers: ", stdout);
         for (size_t k = 0; k < x->n_customers; k++) {
             if (k)
                 fputs(", ", stdout);
-            cli_print_text(stdout, x->customers[k]);
+            cli_print_escaped(stdout, x->customers[k]);
         }
         if (x->count > x->n_customers)
             fputs(", ...", stdout);
@@ -337,7 +337,7 @@ static int check_alone(cli_args *args, const char *path)
         printf(",\"version\":\"%s\"}\n", info.policy_version);
     } else {
         printf("%s: ok\nname:    ", path);
-        cli_print_text(stdout, info.policy_name);
+        cli_print_escaped(stdout, info.policy_name);
         printf("\nversion: %s\n", info.policy_version);
     }
     return CLI_OK;

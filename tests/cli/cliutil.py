@@ -37,6 +37,26 @@ POLICY = os.path.join(SOURCE_DIR, "policies", "margin_per_session.lua")
 CATALOG = os.path.join(SOURCE_DIR, "tests", "data", "catalog.json")
 
 
+def generated_store(directory, profiles, offers=20):
+    """A store of `profiles` generated profiles and a catalog of `offers`,
+    made with `nbx gen` and `nbx import` in directory (for a test module's
+    shared store). Returns (store, catalog)."""
+    env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+
+    def run(*args):
+        r = subprocess.run([NBX, *args], capture_output=True, text=True, env=env, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"nbx {' '.join(args)}: {r.stderr}")
+
+    jsonl = os.path.join(directory, "profiles.jsonl")
+    catalog = os.path.join(directory, "catalog.json")
+    store = os.path.join(directory, "store")
+    run("gen", "profiles", "--count", str(profiles), "--offers", str(offers), "--out", jsonl)
+    run("gen", "catalog", "--offers", str(offers), "--out", catalog)
+    run("import", "profiles", jsonl, "--store", store)
+    return store, catalog
+
+
 class CliTestCase(unittest.TestCase):
     """A temporary directory per test, and shortcuts for running nbx."""
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from cliutil import CATALOG, NBX, POLICY, CliTestCase
+from cliutil import CATALOG, NBX, POLICY, CliTestCase, generated_store
 
 AS_OF = "2026-03-01T12:00:00Z"
 PROFILES = 3000
@@ -87,20 +87,7 @@ _shared = {}
 def setUpModule():
     tmp = tempfile.mkdtemp(prefix="nbx-batch-")
     _shared["tmp"] = tmp
-    env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
-
-    def run(*args):
-        r = subprocess.run([NBX, *args], capture_output=True, text=True, env=env, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"nbx {' '.join(args)}: {r.stderr}")
-        return r
-
-    profiles = os.path.join(tmp, "profiles.jsonl")
-    catalog = os.path.join(tmp, "catalog.json")
-    store = os.path.join(tmp, "store")
-    run("gen", "profiles", "--count", str(PROFILES), "--offers", "20", "--out", profiles)
-    run("gen", "catalog", "--offers", "20", "--out", catalog)
-    run("import", "profiles", profiles, "--store", store)
+    store, catalog = generated_store(tmp, PROFILES)
     _shared.update(store=store, catalog=catalog)
 
 
@@ -414,6 +401,45 @@ class T04Exposures(BatchCase):
         self.assertEqual(self.stats()["events_seen"], 400)
 
 
+    def test_05_a_plan_respects_daily_budgets_like_a_commit(self):
+        # Issue 10: with an offer at daily_impressions 100, the plan assigned
+        # it to 2,165 customers and a committing run to 100. --threads 1 for
+        # an exact comparison of every offer: the customers a budgeted offer
+        # reaches then follow the input order in both runs, and those it
+        # misses get the same next choice (with threads, which customers
+        # reach the budget first varies, and so may their other offers).
+        with open(self.catalog, encoding="utf-8") as f:
+            cat = json.load(f)
+        for o in cat["offers"]:
+            if o["id"] == "free_shipping":
+                o["budget"] = {"daily_impressions": 100}
+        catalog = self.write("budget.json", json.dumps(cat))
+        policy = self.write("fs_first.lua", "return { name = 'fs_first', score = function(o)\n"
+                                            "  if o.id == 'free_shipping' then return 100 end\n"
+                                            "  return o.price end }\n")
+        ids = [f"w{i:04d}" for i in range(500)]
+        self.ok("import", "profiles", self.write_jsonl("w.jsonl", [
+            {"id": i, "consent": {"personalization": True}} for i in ids]), "--store", self.store)
+        customers = self.write("w.txt", "".join(i + "\n" for i in ids))
+
+        def per_offer(*extra, threads="1"):
+            r = self.batch("--customers", customers, "--as-of", "2026-03-10T12:00:00Z",
+                           "--threads", threads, *extra, store=self.store, catalog=catalog,
+                           policy=policy)
+            counts = {}
+            for d in map(json.loads, r.stdout.splitlines()):
+                for a in d["actions"]:
+                    counts[a["offer"]] = counts.get(a["offer"], 0) + 1
+            return counts
+
+        self.assertEqual(per_offer(threads="2")["free_shipping"], 100)
+        plan = per_offer()
+        self.assertEqual(plan["free_shipping"], 100)
+        commit = per_offer("--commit-exposures")
+        self.assertEqual(plan, commit)
+        self.assertNotIn("free_shipping", per_offer(), "the day's budget is spent")
+
+
 # ===========================================================================
 # 5. Checkpoints
 # ===========================================================================
@@ -616,6 +642,69 @@ class T05Checkpoint(BatchCase):
 
 
 # ===========================================================================
+# 5b. Consent binds the channel
+# ===========================================================================
+
+class T05bChannelConsent(BatchCase):
+    """Issue 9: `--session channel=email` gave actions to customers who had
+    refused email."""
+
+    def setUp(self):
+        super().setUp()
+        with open(CATALOG, encoding="utf-8") as f:
+            cat = json.load(f)
+        self.plain = self.write("plain.json", json.dumps(cat))
+        cat["channels"] = {"email": {"purpose": "email"}, "web": {"purpose": None}}
+        self.catalog = self.write("channels.json", json.dumps(cat))
+        self.store = self.path("store")
+        rows = [{"id": f"r{i:03d}", "consent": {"personalization": True, "email": False}}
+                for i in range(300)]
+        rows += [{"id": f"g{i:03d}", "consent": {"personalization": True, "email": True}}
+                 for i in range(100)]
+        self.ok("import", "profiles", self.write_jsonl("p.jsonl", rows), "--store", self.store)
+        self.customers = self.write("ids.txt", "".join(r["id"] + "\n" for r in rows))
+
+    def run_batch(self, *extra, catalog=None, code=0):
+        r = self.batch("--customers", self.customers, "--as-of", "2026-03-10T12:00:00Z",
+                       "--threads", "2", *extra, store=self.store,
+                       catalog=catalog or self.catalog, code=code)
+        return r, [json.loads(line) for line in r.stdout.splitlines()]
+
+    def test_01_refused_email_gets_nothing_by_email(self):
+        for catalog in (self.catalog, self.plain):  # declared, and named like a purpose
+            with self.subTest(catalog=os.path.basename(catalog)):
+                _, got = self.run_batch("--session", "channel=email", catalog=catalog)
+                self.assertEqual(len(got), 400)
+                refused = [d for d in got if d["customer"].startswith("r")]
+                self.assertEqual(sum(len(d["actions"]) for d in refused), 0,
+                                 [d for d in refused if d["actions"]][:2])
+                granted = [d for d in got if d["customer"].startswith("g")]
+                self.assertTrue(all(d["actions"] for d in granted))
+        # the same customers on the web get offers
+        _, got = self.run_batch("--session", "channel=web")
+        self.assertTrue(all(d["actions"] for d in got))
+
+    def test_02_an_unknown_channel_fails_the_batch_or_the_customer(self):
+        r, got = self.run_batch("--session", "channel=fax", code=1)
+        self.assertEqual(got, [])
+        self.assertIn("field 'session.channel': 'fax' is not a channel of the catalog "
+                      "(channels: email, web)", r.stderr)
+        customers = self.write_jsonl("c.jsonl", [
+            {"id": "g001", "channel": "email"}, {"id": "g002", "channel": "fax"},
+            {"id": "g003"}])
+        r = self.batch("--customers", customers, "--as-of", "2026-03-10T12:00:00Z",
+                       store=self.store, catalog=self.catalog, code=1)
+        self.assertEqual([json.loads(line)["customer"] for line in r.stdout.splitlines()],
+                         ["g001", "g003"])
+        self.assertIn("customer g002: field 'session.channel': 'fax' is not a channel", r.stderr)
+        self.assertEqual(self.summary(r.stderr)["failed"], 1)
+        r = self.nbx("decide", "--store", self.store, "--catalog", self.catalog, "--policy",
+                     POLICY, "--customer", "g001", "--session", "channel=fax")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("'fax' is not a channel", r.stderr)
+
+
+# ===========================================================================
 # 6. Bad input, anonymous ids
 # ===========================================================================
 
@@ -793,15 +882,44 @@ class T07CsvAndSummary(BatchCase):
                 self.assertEqual(g["as_of"], d["as_of"])
             self.assertEqual(len({g["decision_id"] for g in got}), 1)
 
-    def test_05_csv_ids_are_written_as_they_are(self):
-        # RFC 4180, values as-is: an id is an id, even one a spreadsheet
-        # would take for a formula (docs/batch.md, "Output formats").
-        ids = ["=1+2", "+c1", "-c2", "@c3", "=HYPERLINK(\"x\",\"y\")"]
+    def test_05_csv_neutralises_formulas_and_keeps_numbers(self):
+        # Issue 10: ids starting with = + - @ were written as they are, and a
+        # spreadsheet runs them as formulas. They are written as text, with
+        # a leading apostrophe, quoted (docs/batch.md, "Output formats").
+        ids = ["=1+2", "+c1", "-c2", "@c3", "=HYPERLINK(\"x\",\"y\")", "\tc4", "\rc5",
+               "c6=ok", "plain"]
         customers = self.write_jsonl("ids.jsonl", [{"id": i} for i in ids])
         r = self.batch("--customers", customers, "--format", "csv")
-        rows = list(csv.DictReader(io.StringIO(r.stdout)))
-        self.assertEqual(list(dict.fromkeys(row["customer"] for row in rows)), ids)
-        self.assertIn('\n"=HYPERLINK(""x"",""y"")",', r.stdout)
+        rows = list(csv.DictReader(io.StringIO(r.stdout, newline="")))
+        want = ["'" + i if i[0] in "=+-@\t\r" else i for i in ids]
+        # standard output is read in text mode: the quoted CR comes back as LF
+        want = [w.replace("\r", "\n") for w in want]
+        self.assertEqual(list(dict.fromkeys(row["customer"] for row in rows)), want)
+        self.assertIn('\n"\'=HYPERLINK(""x"",""y"")",', r.stdout)
+        self.assertIn('\n"\'=1+2",', r.stdout)
+        self.assertIn("\nc6=ok,", r.stdout)
+        for line in r.stdout.splitlines()[1:]:
+            self.assertNotRegex(line, r"^[=+\-@\t]", "a cell a spreadsheet would evaluate")
+        # ids of the catalog too, and negative numbers stay numbers
+        with open(CATALOG, encoding="utf-8") as f:
+            cat = json.load(f)
+        for o in cat["offers"]:
+            if o["id"] == "bestsellers":
+                o["id"] = "-bestsellers"
+        cat["fallback"]["recs"] = ["-bestsellers"]
+        catalog = self.write("catalog.json", json.dumps(cat))
+        policy = self.write("cheap.lua", "return { name = 'cheap', score = function(o)\n"
+                                         "  return -o.price - 0.25, -1.5 end }\n")
+        r = self.batch("--customers", customers, "--format", "csv", catalog=catalog,
+                       policy=policy)
+        rows = list(csv.DictReader(io.StringIO(r.stdout, newline="")))
+        self.assertIn("'-bestsellers", {row["offer"] for row in rows})
+        scored = [row for row in rows if row["score"]]
+        self.assertTrue(scored)
+        for row in scored:
+            self.assertLess(float(row["score"]), 0)
+            self.assertEqual(row["expected_margin"], "-1.5")
+        self.assertRegex(r.stdout, r",-25\.25,-1\.5,", "numbers are written unquoted")
 
     def test_02_summary_adds_up(self):
         customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500) + ["nope"]))
@@ -812,7 +930,15 @@ class T07CsvAndSummary(BatchCase):
             s = json.load(f)
         self.assertEqual(s["customers"], 501)
         self.assertEqual(s["decided"], 501)
-        self.assertEqual(s["anonymous"], 1)
+        # the unknown id, and the customers decided as anonymous visitors
+        # because they refused personalisation
+        decided = set(self.ids(500))
+        refused = sum(not p["consent"].get("personalization", False)
+                      for p in map(json.loads, self.export(_shared["store"]).splitlines())
+                      if p["id"] in decided)
+        self.assertGreater(refused, 0)
+        self.assertEqual(s["anonymous"], 1 + refused)
+        self.assertEqual(s["anonymous"], sum(d["anonymous"] for d in results))
         self.assertEqual(s["fallbacks"], sum(d["fallback"] for d in results))
         self.assertEqual(s["actions"], sum(len(d["actions"]) for d in results))
         margin = sum(a["expected_margin"] for d in results for a in d["actions"])
@@ -838,9 +964,112 @@ class T07CsvAndSummary(BatchCase):
         policy = self.write("failing.lua",
                             "return { name = 'failing', score = function(o) error('no') end }\n")
         customers = self.write("ids.txt", "c0000001\nc0000002\n")
-        r = self.batch("--customers", customers, policy=policy)
+        r = self.batch("--customers", customers, policy=policy, code=3)
         self.assertTrue(all(json.loads(line)["fallback"] for line in r.stdout.splitlines()))
         self.assertEqual(self.summary(r.stderr)["fallbacks"], 2)
+
+    # Issue 10: a policy that fell back for 669 of 5,000 customers left a
+    # batch that exited 0. Failures cannot hide: a distinct exit status, and
+    # the summary says so first.
+    SEVENS = ("return { name = 'sevens', score = function(o, c)\n"
+              "  if c.id:sub(-1) == '7' then return c.attrs.nope < 1 end\n"
+              "  return o.price end }\n")
+
+    def summary_lines(self, stderr):
+        """The summary: from its first line on (engine log lines come before)."""
+        lines = [line for line in stderr.splitlines() if "fallback served" not in line]
+        return lines
+
+    def test_06_fallbacks_exit_3_and_lead_the_summary(self):
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500)))
+        summary = self.path("summary.json")
+        r = self.batch("--customers", customers, "--summary", summary, policy=policy, code=3)
+        got = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual(len(got), 500, "the output is complete")
+        self.assertEqual(sum(d["fallback"] for d in got), 50)
+        lines = self.summary_lines(r.stderr)
+        self.assertEqual(lines[0], "nbx batch: 50 of 500 decisions fell back to the fallback "
+                                   "decision (10.00 %), more than --max-fallback-rate (0 %): "
+                                   "exit status 3", r.stderr)
+        self.assertEqual(lines[1], "nbx batch: fallback reasons:")
+        self.assertRegex(lines[2], r"^nbx batch:   50 x sevens\.lua:2: attempt to compare .*nil"
+                                   r".* \(first: c0000007\)$")
+        with open(summary, encoding="utf-8") as f:
+            text = f.read()
+        s = json.loads(text)
+        self.assertTrue(text.startswith('{"status":"fallbacks","exit_status":3,'), text[:80])
+        self.assertEqual((s["fallbacks"], s["fallback_rate"], s["max_fallback_rate"]),
+                         (50, 0.1, 0))
+        self.assertEqual(s["fallback_reasons"][0]["count"], 50)
+        self.assertEqual(s["fallback_reasons"][0]["first_customer"], "c0000007")
+
+    def test_07_max_fallback_rate_allows_some(self):
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(500)))
+        for rate, code in (("0.1", 0), ("1", 0), ("0.09", 3), ("0", 3)):
+            with self.subTest(rate=rate):
+                r = self.batch("--customers", customers, "--max-fallback-rate", rate,
+                               policy=policy, code=code)
+                first = self.summary_lines(r.stderr)[0]
+                self.assertTrue(first.startswith("nbx batch: 50 of 500 decisions fell back"),
+                                first)
+                self.assertIn("within" if code == 0 else "more than", first)
+        # no fallback: the summary starts as it always did, exit 0
+        r = self.batch("--customers", customers)
+        self.assertRegex(r.stderr.splitlines()[0], r"^nbx batch: 500 customers:")
+        for bad in ("-0.1", "1.5", "x", "nan", "", "0.1x"):
+            r = self.nbx(*self.batch_args("--customers", customers, "--max-fallback-rate", bad))
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn("--max-fallback-rate", r.stderr)
+
+    def test_08_failures_come_before_fallbacks(self):
+        # a malformed line and fallbacks: the output is incomplete, exit 1
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "c0000007\n{\"id\": 3}\nc0000001\n")
+        r = self.batch("--customers", customers, policy=policy, code=1)
+        self.assertIn("1 of 2 decisions fell back", r.stderr)
+
+    def test_09_rerun_of_a_complete_run_with_fallbacks_exits_3(self):
+        policy = self.write("sevens.lua", self.SEVENS)
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(30)))
+        args = ["--customers", customers, "--out", self.path("o.jsonl"), "--checkpoint",
+                self.path("ck")]
+        self.batch(*args, policy=policy, code=3)
+        r = self.batch(*args, policy=policy, code=3)
+        self.assertTrue(self.summary_lines(r.stderr)[0].startswith(
+            "nbx batch: 3 of 30 decisions fell back"), r.stderr)
+        self.assertIn("already complete", r.stderr)
+        self.batch(*args, "--max-fallback-rate", "0.1", policy=policy, code=0)
+
+    def test_10_every_json_written_is_json(self):
+        # Issue 10: scores of 1e308 summed to "expected_margin":inf in the
+        # summary, which is not JSON.
+        policy = self.write("huge.lua", "return { name = 'huge', score = function(o)\n"
+                                        "  return 1e308, 1e308 end }\n")
+        customers = self.write("ids.txt", "".join(i + "\n" for i in self.ids(20)))
+        summary = self.path("summary.json")
+
+        def strict(text):
+            def refuse(constant):
+                raise ValueError(f"{constant} is not JSON")
+            return json.loads(text, parse_constant=refuse)
+
+        r = self.batch("--customers", customers, "--summary", summary, policy=policy)
+        for line in r.stdout.splitlines():
+            d = strict(line)
+            self.assertEqual(d["actions"][0]["expected_margin"], 1e308)
+        with open(summary, encoding="utf-8") as f:
+            s = strict(f.read())
+        self.assertIsNone(s["expected_margin"], "an overflowed sum is null, not inf")
+        self.assertIn("expected margin inf", r.stderr)
+
+    def test_11_help_lists_the_exit_statuses(self):
+        r = self.ok("batch", "--help")
+        for line in ("  0  every customer decided", "  1  something went wrong",
+                     "  2  usage error", "  3  every customer decided, but more decisions fell "
+                     "back", "--max-fallback-rate R"):
+            self.assertIn(line, r.stdout)
 
     def test_04_progress_only_on_a_terminal(self):
         r = self.batch("--all")

@@ -490,5 +490,40 @@ class T06RecordedBatch(SmallStoreCase):
         self.assertEqual(self.recorded(), len(first["actions"]))
 
 
+# ===========================================================================
+# 7. A planning batch counts its own actions against daily budgets
+# ===========================================================================
+
+class T07PlannedBudgets(SmallStoreCase):
+    """Engine.batch() goes through nbx_batch: a plan (record=False) gives a
+    budgeted offer to no more customers than its daily budget, as a
+    recording batch does (issue 10, section 7)."""
+
+    def test_01_plan_and_record_reach_the_budget(self):
+        with open(CATALOG, encoding="utf-8") as f:
+            cat = json.load(f)
+        for o in cat["offers"]:
+            if o["id"] == "free_shipping":
+                o["budget"] = {"daily_impressions": 2}
+        catalog = self.write("budget.json", json.dumps(cat))
+        policy = self.write("fs_first.lua", "return { name = 'fs_first', score = function(o)\n"
+                                            "  if o.id == 'free_shipping' then return 100 end\n"
+                                            "  return o.price end }\n")
+        ids = ["u1", "u2", "u3", "u4", "u5", "u6"]
+
+        def free_shipping(**kw):
+            return sum(a["offer"] == "free_shipping" for r in e.batch(ids, as_of=AS_OF, **kw)
+                       for a in r["actions"])
+
+        e = self.engine(catalog=catalog, policy=policy)
+        for threads in (1, 2):
+            self.assertEqual(free_shipping(threads=threads), 2, f"{threads} threads")
+        plan = [without_decision_id(r) for r in e.batch(ids, threads=1, as_of=AS_OF)]
+        recorded = [without_decision_id(r) for r in
+                    e.batch(ids, threads=1, as_of=AS_OF, record=True)]
+        self.assertEqual(plan, recorded)
+        self.assertEqual(free_shipping(threads=2), 0, "the recorded run spent the budget")
+
+
 if __name__ == "__main__":
     unittest.main()
