@@ -48,6 +48,7 @@
 #define LS_MAX_LOCVAR 200 /* active locals of one function */
 #define LS_MAX_UPVAL 60   /* upvalues of one function */
 #define LS_MAX_SLOTS 250  /* registers of one function */
+#define LS_MAX_JUMP 32767 /* instructions a jump spans (BCMAX_D less the bias) */
 #define LS_STRSCAN_MAXEXP (1 << 20)
 #define LS_UNARY_PRIORITY 8
 /* Offsets, counts and lines are 32-bit. */
@@ -203,6 +204,7 @@ typedef struct ls_func {
 
 /* What a block's statements left at its end. */
 typedef struct ls_blockinfo {
+    uint32_t ins;     /* bytecode instructions its statements may take */
     bool last_return; /* the last statement is a return */
     bool last_exit;   /* ... a return or a break */
     uint32_t trail;   /* first token of the labels (and ';') ending the
@@ -222,8 +224,10 @@ enum ls_kind {
 typedef struct ls_exp {
     uint32_t work;        /* work units (saturating) */
     uint32_t regs;        /* registers it may use (ls_regs_check) */
+    uint32_t ins;         /* bytecode instructions it may take (ls_jump_check) */
     uint32_t first, last; /* its tokens */
     uint8_t kind;         /* ls_kind */
+    bool compare;         /* its last operation is a comparison */
     int32_t var;          /* K_NAME: the local it names, -1 for a global */
 } ls_exp;
 
@@ -235,6 +239,7 @@ enum ls_stmt { S_OTHER, S_RETURN, S_BREAK, S_LABEL };
 typedef struct ls_ticksum {
     int height;    /* levels it nests below the block it is in */
     uint32_t regs; /* registers it needs */
+    uint32_t ins;  /* instructions it may take */
     uint32_t nnames;
     uint32_t names[8]; /* the names it reads, interned */
 } ls_ticksum;
@@ -262,6 +267,7 @@ typedef struct ls_state {
     int level;            /* LuaJIT's syntactic level */
     int max_level;        /* summarize: the deepest level reached */
     uint32_t max_regs;    /* summarize: the most registers a statement needs */
+    uint32_t chunk_ins;   /* summarize: instructions of the whole chunk */
     ls_ticksum tick;      /* verify pass: what each T_TICK does */
 
     ls_namerec *names;
@@ -1238,6 +1244,21 @@ static void ls_stmt_work(ls_state *ls, uint32_t first, uint32_t work)
  * more than the original (a call takes three slots where `..` took one; the
  * prologue's locals count in the main function), hence the check on the
  * output too. */
+/* A loop or an if statement is compiled with jumps across its bodies, which
+ * LuaJIT encodes in 16 bits. `ins` is an upper bound of the instructions
+ * it compiles to (a load per operand, one per operation, five for a
+ * comparison's value, ...). The ticks add instructions to every body, so an
+ * original within the range may not be once instrumented. */
+static uint32_t ls_jump_check(ls_state *ls, uint32_t first, uint32_t ins)
+{
+    if (ls->verify && ins > LS_MAX_JUMP)
+        ls_fail(ls, ls->tok[first].line,
+                "this statement may compile to %u bytecode instructions, more than the %d a "
+                "LuaJIT jump spans: move part of its body into a function",
+                ins, LS_MAX_JUMP);
+    return ins;
+}
+
 static void ls_regs_check(ls_state *ls, uint32_t first, uint32_t regs)
 {
     uint64_t need = (uint64_t)ls_nactvar(ls) + regs;
@@ -1347,7 +1368,7 @@ static uint32_t ls_max(uint32_t a, uint32_t b)
 /* An expression list, each value in the next register (LuaJIT's expr_list):
  * the i-th (from 0) is evaluated with i registers taken. */
 typedef struct ls_list {
-    uint32_t work, regs, count;
+    uint32_t work, regs, ins, count;
     ls_exp last;
 } ls_list;
 
@@ -1358,6 +1379,7 @@ static void ls_explist(ls_state *ls, ls_list *l)
         ls_expr(ls, &l->last);
         l->work = ls_add(l->work, l->last.work);
         l->regs = ls_max(l->regs, ls_add(l->count, l->last.regs));
+        l->ins = ls_add(l->ins, l->last.ins);
         l->count++;
         if (!ls_opt(ls, T_COMMA))
             break;
@@ -1366,9 +1388,9 @@ static void ls_explist(ls_state *ls, ls_list *l)
 
 /* Table constructor: adds its fields' work to *work, returns the registers
  * it may use (the table, a key, a value; each field's are freed after it). */
-static uint32_t ls_table(ls_state *ls, uint32_t *work)
+static uint32_t ls_table(ls_state *ls, uint32_t *work, uint32_t *ins)
 {
-    uint32_t line = ls_line(ls), w = 0, field_regs = 0;
+    uint32_t line = ls_line(ls), w = 0, field_regs = 0, in = 1; /* TNEW */
     ls_check(ls, T_LBRACE);
     while (ls_t(ls) != T_RBRACE) {
         ls_exp k, v;
@@ -1378,6 +1400,7 @@ static uint32_t ls_table(ls_state *ls, uint32_t *work)
             ls_expr(ls, &k);
             w = ls_add(w, k.work);
             key_regs = k.regs;
+            in = ls_add(in, k.ins);
             ls_check(ls, T_RBRACKET);
             ls_check(ls, T_ASSIGN);
         } else if (ls_is_name(ls_t(ls))) {
@@ -1390,6 +1413,7 @@ static uint32_t ls_table(ls_state *ls, uint32_t *work)
         }
         ls_expr(ls, &v);
         w = ls_add(w, v.work);
+        in = ls_add(in, ls_add(v.ins, 1)); /* and its store */
         /* A value in a register and its key in another (a constant key
          * needs one too past LuaJIT's 256 inline ones). */
         uint32_t f = ls_max(v.regs, 2);
@@ -1401,12 +1425,13 @@ static uint32_t ls_table(ls_state *ls, uint32_t *work)
     }
     ls_match(ls, T_RBRACE, T_LBRACE, line);
     *work = ls_add(*work, w);
+    *ins = ls_add(*ins, in);
     return ls_add(field_regs, 1);
 }
 
 /* Call arguments: adds their work to *work, returns the registers they may
  * use above the call's own (function and frame slots). */
-static uint32_t ls_args(ls_state *ls, uint32_t *work)
+static uint32_t ls_args(ls_state *ls, uint32_t *work, uint32_t *ins)
 {
     switch (ls_t(ls)) {
     case T_LPAREN: {
@@ -1419,19 +1444,41 @@ static uint32_t ls_args(ls_state *ls, uint32_t *work)
             ls_list l;
             ls_explist(ls, &l);
             *work = ls_add(*work, l.work);
+            *ins = ls_add(*ins, l.ins);
             regs = l.regs;
         }
         ls_match(ls, T_RPAREN, T_LPAREN, line);
         return regs;
     }
     case T_LBRACE:
-        return ls_table(ls, work);
+        return ls_table(ls, work, ins);
     case T_STRING:
         ls_next(ls);
+        *ins = ls_add(*ins, 1);
         return 1;
     default:
         ls_fail_near(ls, "function arguments expected");
     }
+}
+
+/* A key LuaJIT encodes in the instruction itself: a literal integer 0..255
+ * (t[1]). Other constants may need a load: LuaJIT inlines only the first
+ * 256 constants of a function. */
+static bool ls_byte_key(const ls_state *ls, const ls_exp *k)
+{
+    if (k->first != k->last || ls->tok[k->first].type != T_NUMBER)
+        return false;
+    const ls_tok *t = &ls->tok[k->first];
+    if (t->len > 3)
+        return false;
+    unsigned v = 0;
+    for (uint32_t i = 0; i < t->len; i++) {
+        unsigned c = ls->src[t->start + i];
+        if (!(c >= '0' && c <= '9'))
+            return false;
+        v = v * 10 + (c - '0');
+    }
+    return v <= 255;
 }
 
 /* A prefix expression and its suffixes (LuaJIT's expr_primary).
@@ -1441,7 +1488,7 @@ static uint32_t ls_args(ls_state *ls, uint32_t *work)
 static void ls_primary(ls_state *ls, ls_exp *v)
 {
     uint32_t first = ls->p;
-    *v = (ls_exp){.first = first, .regs = 1, .kind = K_OTHER, .var = -1};
+    *v = (ls_exp){.first = first, .regs = 1, .ins = 1, .kind = K_OTHER, .var = -1};
     if (ls_t(ls) == T_LPAREN) {
         uint32_t line = ls_line(ls);
         ls_next(ls);
@@ -1450,6 +1497,7 @@ static void ls_primary(ls_state *ls, ls_exp *v)
         ls_match(ls, T_RPAREN, T_LPAREN, line);
         v->work = in.work;
         v->regs = in.regs;
+        v->ins = in.ins;
         /* (1) is still a constant; (f()) and (...) give one value. */
         v->kind = in.kind == K_NUMK ? K_NUMK : K_PAREN;
     } else if (ls_is_name(ls_t(ls))) {
@@ -1465,6 +1513,7 @@ static void ls_primary(ls_state *ls, ls_exp *v)
             ls_next(ls);
             ls_name(ls);
             v->kind = K_INDEXED;
+            v->ins = ls_add(v->ins, 1);
             continue;
         case T_LBRACKET: {
             ls_next(ls);
@@ -1472,6 +1521,7 @@ static void ls_primary(ls_state *ls, ls_exp *v)
             ls_expr(ls, &k);
             v->work = ls_add(v->work, k.work);
             v->regs = ls_max(v->regs, ls_add(k.regs, 1));
+            v->ins = ls_add(v->ins, ls_add(ls_byte_key(ls, &k) ? 0 : k.ins, 1));
             ls_check(ls, T_RBRACKET);
             v->kind = K_INDEXED;
             continue;
@@ -1479,25 +1529,27 @@ static void ls_primary(ls_state *ls, ls_exp *v)
         case T_COLON:
             ls_next(ls);
             ls_name(ls);
-            v->regs = ls_max(v->regs, ls_max(4, ls_add(ls_args(ls, &v->work), 3)));
+            v->regs = ls_max(v->regs, ls_max(4, ls_add(ls_args(ls, &v->work, &v->ins), 3)));
+            v->ins = ls_add(v->ins, 2); /* the method and self */
             break;
         case T_LPAREN:
         case T_STRING:
         case T_LBRACE:
-            v->regs = ls_max(v->regs, ls_add(ls_args(ls, &v->work), 2));
+            v->regs = ls_max(v->regs, ls_add(ls_args(ls, &v->work, &v->ins), 2));
             break;
         default:
             v->last = ls->p - 1;
             return;
         }
         v->work = ls_add(v->work, 1);
+        v->ins = ls_add(v->ins, 1);
         v->kind = K_CALL;
     }
 }
 
 static void ls_simple(ls_state *ls, ls_exp *v)
 {
-    *v = (ls_exp){.first = ls->p, .last = ls->p, .regs = 1, .kind = K_OTHER, .var = -1};
+    *v = (ls_exp){.first = ls->p, .last = ls->p, .regs = 1, .ins = 1, .kind = K_OTHER, .var = -1};
     switch (ls_t(ls)) {
     case T_NUMBER:
         v->kind = K_NUMK;
@@ -1513,7 +1565,8 @@ static void ls_simple(ls_state *ls, ls_exp *v)
         v->kind = K_VARARG;
         break;
     case T_LBRACE:
-        v->regs = ls_table(ls, &v->work);
+        v->ins = 0;
+        v->regs = ls_table(ls, &v->work, &v->ins);
         v->last = ls->p - 1;
         return;
     case T_FUNCTION: {
@@ -1542,7 +1595,12 @@ static void ls_subexpr(ls_state *ls, ls_exp *v, int limit)
         ls_next(ls);
         ls_exp o;
         ls_subexpr(ls, &o, LS_UNARY_PRIORITY);
-        *v = (ls_exp){.first = first, .last = o.last, .regs = o.regs, .kind = K_OTHER, .var = -1};
+        *v = (ls_exp){.first = first,
+                      .last = o.last,
+                      .regs = o.regs,
+                      .ins = ls_add(o.ins, 1),
+                      .kind = K_OTHER,
+                      .var = -1};
         if (t == T_NOT) {
             v->work = o.work;
         } else if (t == T_MINUS) {
@@ -1569,6 +1627,11 @@ static void ls_subexpr(ls_state *ls, ls_exp *v, int limit)
         ls_subexpr(ls, &v2, ls_prio[op].right);
         uint32_t w = ls_add(v->work, v2.work);
         uint8_t kind = K_OTHER;
+        /* A comparison's value takes a test, a jump and three to load the
+         * boolean; and/or a test, a jump and a move. */
+        uint32_t op_ins = op >= OP_EQ && op <= OP_GE ? 5 : op >= OP_AND ? 4 : 1;
+        v->ins = ls_add(ls_add(v->ins, v2.ins), op_ins);
+        v->compare = op >= OP_EQ && op <= OP_GE;
         if (op == OP_CONCAT) {
             /* a .. b -> __nbx_cat(a, b); right-associative chains nest to
              * the right because b took every later `..`. */
@@ -1613,12 +1676,14 @@ static void ls_block(ls_state *ls, ls_blockinfo *bi)
     ls_scope_end(ls, base);
 }
 
-static void ls_loop_block(ls_state *ls)
+/* A loop's body; returns its instructions. */
+static uint32_t ls_loop_block(ls_state *ls)
 {
     ls_blockinfo bi;
     ls_cur(ls)->loops++;
     ls_block(ls, &bi);
     ls_cur(ls)->loops--;
+    return bi.ins;
 }
 
 /* Function parameters and body, from '(' to 'end'. */
@@ -1688,10 +1753,11 @@ static bool ls_labels_trailing(ls_state *ls, uint32_t from)
 
 /* `::name::`, and the labels that follow it directly: LuaJIT parses those
  * recursively, one level each. */
-static void ls_labels(ls_state *ls)
+static uint32_t ls_labels(ls_state *ls)
 {
     bool trailing = ls_labels_trailing(ls, ls->p);
     int nested = 0;
+    uint32_t ins = 0;
     for (;;) {
         ls_check(ls, T_DBCOLON);
         ls_name(ls);
@@ -1699,17 +1765,26 @@ static void ls_labels(ls_state *ls)
         ls_check(ls, T_DBCOLON);
         if (!trailing)
             ls_tick_after(ls, close);
+        ins = ls_add(ins, 1); /* upvalues may be closed there */
         if (ls_t(ls) != T_DBCOLON)
             break;
         ls_level_enter(ls);
         nested++;
     }
     ls->level -= nested;
+    return ins;
 }
 
-static void ls_if(ls_state *ls)
+/* A condition's instructions: a comparison there is a test and a jump, not
+ * a boolean value. */
+static uint32_t ls_cond_ins(const ls_exp *c)
 {
-    uint32_t first = ls->p, line = ls_line(ls), work = 0;
+    return c->compare ? c->ins - 3 : c->ins;
+}
+
+static uint32_t ls_if(ls_state *ls)
+{
+    uint32_t first = ls->p, line = ls_line(ls), work = 0, ins = 0;
     do {
         ls_next(ls); /* if, elseif */
         ls_exp c;
@@ -1719,16 +1794,19 @@ static void ls_if(ls_state *ls)
         ls_check(ls, T_THEN);
         ls_blockinfo bi;
         ls_block(ls, &bi);
+        ins = ls_add(ins, ls_add(ls_add(ls_cond_ins(&c), bi.ins), 3)); /* test, jump, escape */
     } while (ls_t(ls) == T_ELSEIF);
     if (ls_opt(ls, T_ELSE)) {
         ls_blockinfo bi;
         ls_block(ls, &bi);
+        ins = ls_add(ins, ls_add(bi.ins, 1));
     }
     ls_match(ls, T_END, T_IF, line);
     ls_stmt_work(ls, first, work);
+    return ls_jump_check(ls, first, ins);
 }
 
-static void ls_while(ls_state *ls)
+static uint32_t ls_while(ls_state *ls)
 {
     uint32_t first = ls->p, line = ls_line(ls);
     ls_next(ls);
@@ -1738,14 +1816,15 @@ static void ls_while(ls_state *ls)
     uint32_t do_tok = ls->p;
     ls_check(ls, T_DO);
     ls_tick_after(ls, do_tok);
-    ls_loop_block(ls);
+    uint32_t body = ls_loop_block(ls);
     ls_match(ls, T_END, T_WHILE, line);
     ls_stmt_work(ls, first, c.work);
+    return ls_jump_check(ls, first, ls_add(ls_add(ls_cond_ins(&c), body), 4));
 }
 
-static void ls_for(ls_state *ls)
+static uint32_t ls_for(ls_state *ls)
 {
-    uint32_t first = ls->p, line = ls_line(ls), work = 0;
+    uint32_t first = ls->p, line = ls_line(ls), work = 0, ins = 4;
     uint32_t base = ls->nvars;
     ls_next(ls);
     uint32_t var = ls_name(ls);
@@ -1756,14 +1835,17 @@ static void ls_for(ls_state *ls)
         ls_exp e;
         ls_expr(ls, &e);
         work = e.work;
+        ins = ls_add(ins, e.ins);
         uint32_t regs = ls_max(e.regs, 4);
         ls_check(ls, T_COMMA);
         ls_expr(ls, &e);
         work = ls_add(work, e.work);
+        ins = ls_add(ins, e.ins);
         regs = ls_max(regs, ls_add(e.regs, 1));
         if (ls_opt(ls, T_COMMA)) {
             ls_expr(ls, &e);
             work = ls_add(work, e.work);
+            ins = ls_add(ins, e.ins);
             regs = ls_max(regs, ls_add(e.regs, 2));
         }
         ls_regs_check(ls, first, regs);
@@ -1783,6 +1865,7 @@ static void ls_for(ls_state *ls)
         ls_list l;
         ls_explist(ls, &l);
         work = l.work;
+        ins = ls_add(ins, ls_add(l.ins, 1));
         /* Three control slots, and the iterator's call frame (4 slots) or
          * the variables above them. */
         ls_regs_check(ls, first, ls_max(l.regs, ls_max(7, 3 + n)));
@@ -1796,13 +1879,14 @@ static void ls_for(ls_state *ls)
     uint32_t do_tok = ls->p;
     ls_check(ls, T_DO);
     ls_tick_after(ls, do_tok);
-    ls_loop_block(ls);
+    ins = ls_add(ins, ls_loop_block(ls));
     ls_match(ls, T_END, T_FOR, line);
     ls_scope_end(ls, base);
     ls_stmt_work(ls, first, work);
+    return ls_jump_check(ls, first, ins);
 }
 
-static void ls_repeat(ls_state *ls)
+static uint32_t ls_repeat(ls_state *ls)
 {
     uint32_t first = ls->p, line = ls_line(ls);
     uint32_t base = ls->nvars;
@@ -1822,6 +1906,7 @@ static void ls_repeat(ls_state *ls)
     if (ls_work_check(ls, until, c.work) && !bi.last_exit)
         ls_tick_before(ls, bi.trail);
     ls_scope_end(ls, base);
+    return ls_jump_check(ls, first, ls_add(ls_add(bi.ins, ls_cond_ins(&c)), 5));
 }
 
 /* An assignment target: a variable or a field. Assigning a local of an
@@ -1844,9 +1929,9 @@ static void ls_target(ls_state *ls, const ls_exp *v)
 }
 
 /* A call or an assignment (LuaJIT's parse_call_assign). */
-static void ls_exprstat(ls_state *ls)
+static uint32_t ls_exprstat(ls_state *ls)
 {
-    uint32_t first = ls->p, work, regs;
+    uint32_t first = ls->p, work, regs, ins;
     ls_exp v;
     ls_primary(ls, &v);
     if (ls_t(ls) == T_ASSIGN || ls_t(ls) == T_COMMA) {
@@ -1855,6 +1940,7 @@ static void ls_exprstat(ls_state *ls)
         ls_target(ls, &v);
         work = v.work;
         regs = v.regs;
+        ins = v.ins;
         uint32_t held = v.kind == K_INDEXED ? 2 : 0, nvars = 1;
         for (; ls_opt(ls, T_COMMA); nvars++) {
             ls_exp t;
@@ -1864,6 +1950,7 @@ static void ls_exprstat(ls_state *ls)
                 ls_fail_limit(ls, ls->tok[t.first].line, ls_cur(ls), LS_MAX_XLEVEL,
                               "variable names", "");
             work = ls_add(work, t.work);
+            ins = ls_add(ins, t.ins);
             regs = ls_max(regs, ls_add(held, t.regs));
             held += t.kind == K_INDEXED ? 2 : 0;
         }
@@ -1872,9 +1959,13 @@ static void ls_exprstat(ls_state *ls)
         ls_explist(ls, &l);
         work = ls_add(work, l.work);
         regs = ls_max(regs, ls_add(held, ls_max(l.regs, nvars)));
+        /* A target's own instruction is its store; then nils for missing
+         * values, and moves where a target's table is also assigned. */
+        ins = ls_add(ls_add(ins, l.ins), nvars > 1 ? nvars + 1 : 1);
     } else if (v.kind == K_CALL) {
         work = v.work;
         regs = v.regs;
+        ins = v.ins;
     } else if (v.kind == K_NAME || v.kind == K_INDEXED) {
         ls_expected(ls, T_ASSIGN);
     } else {
@@ -1882,12 +1973,13 @@ static void ls_exprstat(ls_state *ls)
     }
     ls_regs_check(ls, first, regs);
     ls_stmt_work(ls, first, work);
+    return ins;
 }
 
 /* `function a.b:c() end`: an assignment to a when the name is plain. */
-static void ls_function_stmt(ls_state *ls)
+static uint32_t ls_function_stmt(ls_state *ls)
 {
-    uint32_t line = ls_line(ls);
+    uint32_t line = ls_line(ls), ins = 3; /* the name's load, the closure, the store */
     ls_next(ls);
     ls_exp v = {.first = ls->p, .kind = K_NAME};
     uint32_t name = ls_name(ls);
@@ -1896,6 +1988,7 @@ static void ls_function_stmt(ls_state *ls)
     while (ls_opt(ls, T_DOT)) {
         ls_name(ls);
         v.kind = K_INDEXED;
+        ins = ls_add(ins, 1);
     }
     if (ls_opt(ls, T_COLON)) {
         ls_name(ls);
@@ -1904,9 +1997,10 @@ static void ls_function_stmt(ls_state *ls)
     }
     ls_target(ls, &v);
     ls_body(ls, needself, line);
+    return ins;
 }
 
-static void ls_local(ls_state *ls)
+static uint32_t ls_local(ls_state *ls)
 {
     uint32_t first = ls->p;
     ls_next(ls);
@@ -1917,7 +2011,7 @@ static void ls_local(ls_state *ls)
         ls_locals_room(ls, 1, ls->tok[name].line);
         ls_declare_tok(ls, name);
         ls_body(ls, false, line);
-        return;
+        return 2;
     }
     uint32_t from = ls->p, n = 0, work = 0;
     do {
@@ -1925,12 +2019,13 @@ static void ls_local(ls_state *ls)
         n++;
         ls_locals_room(ls, n, ls->tok[name].line);
     } while (ls_opt(ls, T_COMMA));
-    uint32_t to = ls->p, regs = n;
+    uint32_t to = ls->p, regs = n, ins = ls_add(n, 1);
     if (ls_opt(ls, T_ASSIGN)) {
         ls_list l;
         ls_explist(ls, &l);
         work = l.work;
         regs = ls_max(regs, l.regs);
+        ins = ls_add(ins, l.ins);
     }
     ls_regs_check(ls, first, regs);
     /* In scope after the statement: `local x = x` reads the outer x. */
@@ -1938,25 +2033,28 @@ static void ls_local(ls_state *ls)
         if (ls_is_name(ls->tok[k].type))
             ls_declare_tok(ls, k);
     ls_stmt_work(ls, first, work);
+    return ins;
 }
 
-static void ls_return(ls_state *ls)
+static uint32_t ls_return(ls_state *ls)
 {
-    uint32_t first = ls->p, work = 0;
+    uint32_t first = ls->p, work = 0, ins = 2; /* closing upvalues, returning */
     ls_next(ls);
     if (!ls_block_end(ls_t(ls)) && ls_t(ls) != T_SEMI) {
         ls_list l;
         ls_explist(ls, &l);
         work = l.work;
+        ins = ls_add(ins, l.ins);
         ls_regs_check(ls, first, l.regs);
     }
     ls_work_check(ls, first, work);
     ls_tick_before(ls, first);
+    return ins;
 }
 
 /* A tick in the verify pass: what parsing it would check, from the
  * summary of NBX_LSOURCE_TICK. */
-static void ls_tick_stmt(ls_state *ls)
+static uint32_t ls_tick_stmt(ls_state *ls)
 {
     if (ls->level + ls->tick.height >= LS_MAX_XLEVEL)
         ls_fail_nesting(ls);
@@ -1964,66 +2062,71 @@ static void ls_tick_stmt(ls_state *ls)
     for (uint32_t k = 0; k < ls->tick.nnames; k++)
         ls_resolve(ls, ls->tick.names[k]);
     ls_next(ls);
+    return ls->tick.ins;
 }
 
-/* One statement; sets *last when nothing may follow it in its block. */
-static int ls_statement(ls_state *ls, bool *last)
+/* One statement; sets *last when nothing may follow it in its block and
+ * *ins to the instructions it may take. Returns its ls_stmt kind. */
+static int ls_statement(ls_state *ls, bool *last, uint32_t *ins)
 {
     uint32_t line = ls_line(ls);
     switch (ls_t(ls)) {
     case T_IF:
-        ls_if(ls);
+        *ins = ls_if(ls);
         break;
     case T_WHILE:
-        ls_while(ls);
+        *ins = ls_while(ls);
         break;
     case T_DO: {
         ls_next(ls);
         ls_blockinfo bi;
         ls_block(ls, &bi);
         ls_match(ls, T_END, T_DO, line);
+        *ins = ls_add(bi.ins, 1);
         break;
     }
     case T_FOR:
-        ls_for(ls);
+        *ins = ls_for(ls);
         break;
     case T_REPEAT:
-        ls_repeat(ls);
+        *ins = ls_repeat(ls);
         break;
     case T_FUNCTION:
-        ls_function_stmt(ls);
+        *ins = ls_function_stmt(ls);
         break;
     case T_LOCAL:
-        ls_local(ls);
+        *ins = ls_local(ls);
         break;
     case T_RETURN:
-        ls_return(ls);
+        *ins = ls_return(ls);
         *last = true;
         return S_RETURN;
     case T_BREAK:
         if (ls_cur(ls)->loops == 0)
             ls_fail(ls, line, "no loop to break");
         ls_next(ls);
+        *ins = 2;
         *last = true; /* LuaJIT (Lua 5.1 mode): break ends its block */
         return S_BREAK;
     case T_DBCOLON:
-        ls_labels(ls);
+        *ins = ls_labels(ls);
         return S_LABEL;
     case T_TICK:
-        ls_tick_stmt(ls);
+        *ins = ls_tick_stmt(ls);
         break;
     case T_GOTO:
         if (ls->tok[ls->p + 1].type == T_NAME) {
             ls->p += 2;
+            *ins = 2;
             break;
         }
         /* `goto` is a name here; LuaJIT looked ahead, so a '(' next is not
          * checked for ambiguity. */
         ls->amb_skip = ls->p + 1;
-        ls_exprstat(ls);
+        *ins = ls_exprstat(ls);
         break;
     default:
-        ls_exprstat(ls);
+        *ins = ls_exprstat(ls);
         break;
     }
     return S_OTHER;
@@ -2038,9 +2141,11 @@ static void ls_chunk(ls_state *ls, ls_blockinfo *bi)
     bool last = false;
     int kind = S_OTHER;
     uint32_t run = LS_NONE;
+    bi->ins = 0;
     while (!last && !ls_block_end(ls_t(ls))) {
-        uint32_t start = ls->p;
-        kind = ls_statement(ls, &last);
+        uint32_t start = ls->p, ins = 0;
+        kind = ls_statement(ls, &last, &ins);
+        bi->ins = ls_add(bi->ins, ins);
         if (kind != S_LABEL)
             run = LS_NONE;
         else if (run == LS_NONE)
@@ -2059,6 +2164,7 @@ static void ls_main(ls_state *ls)
     ls->fs[0] = (ls_func){.var_base = 0, .line = 0, .vararg = true};
     ls_blockinfo bi;
     ls_chunk(ls, &bi);
+    ls->chunk_ins = bi.ins;
     if (ls_t(ls) != T_EOF)
         ls_expected(ls, T_EOF);
     if (bi.last_return || ls->verify)
@@ -2278,6 +2384,7 @@ static void ls_tick_summary(ls_state *ls)
     if (rc == NBX_OK && !bad) {
         ls->tick.height = t->max_level - 1; /* the chunk's own level is the block's */
         ls->tick.regs = t->max_regs;
+        ls->tick.ins = t->chunk_ins;
         for (uint32_t k = 0; k < t->tick.nnames; k++) {
             const ls_namerec *nm = &t->names[t->tick.names[k]];
             ls->tick.names[k] = ls_intern(ls, nm->ptr, nm->len);

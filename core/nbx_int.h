@@ -822,15 +822,17 @@ typedef struct nbx_lsource_opts {
  *
  * Callers compile the original source with LuaJIT first, so that syntax
  * errors carry LuaJIT's own messages; this function still refuses whatever
- * it cannot parse. It does not check what only the bytecode compiler sees
- * (goto targets, duplicate labels, register pressure): the caller loads the
- * instrumented chunk and reports LuaJIT's refusal of it, which the checks
- * here make as unlikely as the original's.
+ * it cannot parse, and what LuaJIT would refuse once instrumented: nesting,
+ * locals, upvalues, registers and jump lengths are checked on the output
+ * (messages then read "NAME:LINE: once instrumented, ..."). Not checked:
+ * goto targets and duplicate labels (the rewrite keeps them valid when they
+ * were) and a goto across more than 32767 instructions of straight code;
+ * the caller loads the instrumented chunk and reports any refusal.
  *
  * Returns NBX_OK; NBX_EPOLICY with e->msg "NAME:LINE: reason" for a rule
  * violation, a statement over max_work, a 64-bit or imaginary number literal,
- * input that does not parse, nesting, locals or upvalues beyond LuaJIT's
- * limits (before or after instrumentation) or a source over 2 GiB;
+ * input that does not parse, one of LuaJIT's limits exceeded (before or
+ * after instrumentation) or a source over 2 GiB;
  * NBX_EINVAL for out NULL or src NULL with len > 0; NBX_ENOMEM.
  * On failure out's contents are as they were (its capacity may have grown).
  * Time and memory are linear in len; recursion is bounded by LuaJIT's 200

@@ -55,7 +55,7 @@ static char *inst_with(const char *src, const nbx_lsource_opts *o)
     nbx_buf b = {0};
     nbx_err e = {0};
     int rc = instrument_n(src, strlen(src), o, &b, &e);
-    cr_assert_eq(rc, NBX_OK, "instrumenting [%s]: expected NBX_OK, got %d: %s", src, rc, e.msg);
+    cr_assert_eq(rc, NBX_OK, "instrumenting [%.200s]: expected NBX_OK, got %d: %s", src, rc, e.msg);
     nbx_buf_terminate(&b);
     return b.data ? b.data : strdup("");
 }
@@ -1228,6 +1228,53 @@ Test(lsource, local_and_upvalue_limits_after_instrumentation)
         nbx_buf_free(&o);
         nbx_buf_free(&s);
     }
+}
+
+Test(lsource, loops_too_long_for_luajits_jumps_are_refused_not_broken)
+{
+    /* LuaJIT's jumps span 32767 instructions; the ticks add instructions to
+     * every body, so a body that fitted may not once instrumented. */
+    static const char *const stmts[] = {"x = f() ", "if a < b then x = y .. z end ",
+                                        "x = (a < b) == (c >= d) ", "t[1], t[2] = t[3], t[300] ",
+                                        "for k in pairs(t) do end "};
+    for (size_t k = 0; k < NBX_ARRAY_LEN(stmts); k++) {
+        bool refused = false;
+        for (int n = 500; n <= 6000; n = n * 3 / 2) {
+            nbx_buf src = {0};
+            nbx_buf_puts(&src, "local f, x = print, 0\nwhile x do\n");
+            for (int i = 0; i < n; i++)
+                nbx_buf_puts(&src, stmts[k]);
+            nbx_buf_puts(&src, "\nend\n");
+            nbx_buf out = {0};
+            nbx_err e = {0};
+            int rc = instrument_n(src.data, src.len, NULL, &out, &e);
+            if (rc == NBX_OK) {
+                char err[256] = "";
+                cr_assert(lj_compiles(out.data, out.len, err, sizeof err), "[%s] x %d: %s",
+                          stmts[k], n, err);
+            } else {
+                cr_assert_eq(rc, NBX_EPOLICY);
+                cr_assert(strstr(e.msg, "t.lua:2: once instrumented, this statement may compile "
+                                        "to ") &&
+                              strstr(e.msg, "more than the 32767 a LuaJIT jump spans: move part "
+                                            "of its body into a function"),
+                          "%s", e.msg);
+                refused = true;
+            }
+            nbx_buf_free(&out);
+            nbx_buf_free(&src);
+        }
+        cr_assert(refused, "[%s]: 6000 of them in one loop should be refused", stmts[k]);
+    }
+    /* A long body that does no work needs no ticks in it. */
+    nbx_buf src = {0};
+    nbx_buf_puts(&src, "local x while x do\n");
+    for (int i = 0; i < 8000; i++)
+        nbx_buf_puts(&src, "x = 1 ");
+    nbx_buf_puts(&src, "end\n");
+    nbx_buf_terminate(&src);
+    free(inst(src.data));
+    nbx_buf_free(&src);
 }
 
 /* ========================================================================
