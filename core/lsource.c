@@ -24,14 +24,17 @@
  *
  * The lexer and parser follow LuaJIT 2.1's (lj_lex.c, lj_parse.c) closely
  * enough to accept what it accepts, split tokens where it does and apply its
- * limits (nesting, locals, upvalues). The whole input is tokenised first;
- * the parser then records edits on tokens (insertions before and after,
- * replacements), and the output is written in one pass over the tokens with
- * the text between them copied verbatim. Finally the output is parsed again
- * ("verify"): a chunk that LuaJIT would refuse once instrumented (the
- * rewrite nests calls; ticks use upvalues; the prologue adds locals) is
- * refused here, with the policy's line, and a bug in the rewrite cannot
- * produce a chunk that does not parse.
+ * limits: nesting, locals and upvalues exactly, registers and jump lengths
+ * as upper bounds of what its code generator uses. The whole input is
+ * tokenised first; the parser then records edits on tokens (insertions
+ * before and after, replacements), and the output is written in one pass
+ * over the tokens with the text between them copied verbatim. Finally the
+ * output is parsed again ("verify"): a chunk that LuaJIT would refuse once
+ * instrumented (the rewrite nests calls and needs registers; ticks use
+ * upvalues and lengthen loops; the prologue adds locals) is refused here,
+ * with the policy's line, and a bug in the rewrite cannot produce a chunk
+ * that does not parse. That pass reads each tick as one token, checked
+ * against what parsing NBX_LSOURCE_TICK itself found (ls_tick_summary).
  */
 #include "nbx_int.h"
 
@@ -66,7 +69,7 @@ enum ls_type {
     T_NAME,
     T_NUMBER,
     T_STRING,
-    /* reserved words, in ls_words order */
+    /* reserved words */
     T_AND,
     T_BREAK,
     T_DO,
@@ -157,18 +160,14 @@ typedef struct ls_text {
     const char *s;
     size_t n;
 } ls_text;
-#define LS_TEXT(lit)                                                                               \
-    {                                                                                              \
-        lit, sizeof lit - 1                                                                        \
-    }
 enum { LS_OPEN_CAT, LS_OPEN_PAREN };
-static const ls_text ls_open_text[] = {LS_TEXT("__nbx_cat("), LS_TEXT("(")};
-static const ls_text ls_tick = LS_TEXT(NBX_LSOURCE_TICK);
-static const ls_text ls_prologue = LS_TEXT(NBX_LSOURCE_PROLOGUE);
-static const ls_text ls_len_open = LS_TEXT("__nbx_len(");
-static const ls_text ls_comma = LS_TEXT(",");
-static const ls_text ls_close = LS_TEXT(")");
-static const ls_text ls_semi = LS_TEXT(";");
+static const ls_text ls_open_text[] = {{"__nbx_cat(", 10}, {"(", 1}};
+static const ls_text ls_tick = {NBX_LSOURCE_TICK, sizeof NBX_LSOURCE_TICK - 1};
+static const ls_text ls_prologue = {NBX_LSOURCE_PROLOGUE, sizeof NBX_LSOURCE_PROLOGUE - 1};
+static const ls_text ls_len_open = {"__nbx_len(", 10};
+static const ls_text ls_comma = {",", 1};
+static const ls_text ls_close = {")", 1};
+static const ls_text ls_semi = {";", 1};
 
 typedef struct ls_open {
     uint32_t next; /* 1 + index of the next (inner) opening, 0 none */
@@ -430,16 +429,25 @@ static uint32_t ls_intern(ls_state *ls, const char *ptr, uint32_t len)
 /* Character classes as LuaJIT's lexer sees them (lj_char.c): every byte
  * >= 0x80 counts as a letter. */
 enum { C_IDENT = 1, C_DIGIT = 2, C_XDIGIT = 4, C_SPACE = 8 };
-/* clang-format off: one row per 16 bytes */
+/* One row per 16 bytes. */
+/* clang-format off */
 static const uint8_t ls_class[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0,
-    0, 5, 5, 5, 5, 5, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
-    0, 5, 5, 5, 5, 5, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0,
+    0, 5, 5, 5, 5, 5, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
+    0, 5, 5, 5, 5, 5, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 /* clang-format on */
 
