@@ -541,39 +541,47 @@ Test(lsource, rewrites_inside_nested_functions_and_tables)
  * Work units
  * ======================================================================== */
 
-Test(lsource, work_units_count_calls_concatenations_comparisons_arithmetic)
+Test(lsource, work_units_of_a_statement)
 {
-    cr_assert_eq(units("x = f()"), 1);
-    cr_assert_eq(units("x = f(g(), h())"), 3);
-    cr_assert_eq(units("x = o:m()"), 1);
-    cr_assert_eq(units("x = f'a' {}"), 2); /* f'a', then a call of its result */
-    cr_assert_eq(units("x = #t"), 1);
-    cr_assert_eq(units("x = a .. b"), 1);
-    cr_assert_eq(units("x = a .. b .. c"), 2);
-    cr_assert_eq(units("x = a .. f()"), 2);
-    cr_assert_eq(units("x = a < b"), 1);
-    cr_assert_eq(units("x = a <= b and c >= d or e > f"), 3);
-    cr_assert_eq(units("x = a + b * c - d / e % g ^ h"), 6);
-    cr_assert_eq(units("x = -a"), 1);
-    cr_assert_eq(units("x = '10' + 1"), 1);
-}
-
-Test(lsource, free_operations_cost_nothing)
-{
-    cr_assert_eq(units("x = a == b"), 0);
-    cr_assert_eq(units("x = a ~= b"), 0);
-    cr_assert_eq(units("x = a and b or not c"), 0);
-    cr_assert_eq(units("x = t.a.b[c][1]"), 0);
-    cr_assert_eq(units("x = {1, 2, a = {}}"), 0);
-    cr_assert_eq(units("x = function() return 1 end"), 0);
-    cr_assert_eq(units("local function f() end"), 0);
-    /* Constant folding: arithmetic on numeric constants is done at load. */
-    cr_assert_eq(units("x = 1/3"), 0);
-    cr_assert_eq(units("x = -1"), 0);
-    cr_assert_eq(units("x = 2^10"), 0);
-    cr_assert_eq(units("x = (1 + 2) * -3"), 0);
-    cr_assert_eq(units("x = 0x10 * 1e3 - .5"), 0);
-    cr_assert_eq(units("x = 1 + a"), 1);
+    static const struct {
+        const char *src;
+        unsigned units;
+    } cases[] = {
+        /* calls, concatenations, order comparisons, arithmetic: one each */
+        {"x = f()", 1},
+        {"x = f(g(), h())", 3},
+        {"x = o:m()", 1},
+        {"x = f'a' {}", 2}, /* f'a', then a call of its result */
+        {"x = #t", 1},
+        {"x = a .. b", 1},
+        {"x = a .. b .. c", 2},
+        {"x = a .. f()", 2},
+        {"x = a < b", 1},
+        {"x = a <= b and c >= d or e > f", 3},
+        {"x = a + b * c - d / e % g ^ h", 6},
+        {"x = -a", 1},
+        {"x = '10' + 1", 1},
+        {"x = 1 + a", 1},
+        /* free: equality, logic, indexing, constructors, definitions */
+        {"x = a == b", 0},
+        {"x = a ~= b", 0},
+        {"x = a and b or not c", 0},
+        {"x = t.a.b[c][1]", 0},
+        {"x = {1, 2, a = {}}", 0},
+        {"x = function() return 1 end", 0},
+        {"local function f() end", 0},
+        /* arithmetic on numeric constants is folded when LuaJIT loads it */
+        {"x = 1/3", 0},
+        {"x = -1", 0},
+        {"x = 2^10", 0},
+        {"x = (1 + 2) * -3", 0},
+        {"x = 0x10 * 1e3 - .5", 0},
+    };
+    for (size_t i = 0; i < NBX_ARRAY_LEN(cases); i++) {
+        unsigned got = units(cases[i].src);
+        cr_expect_eq(got, cases[i].units, "[%s]: expected %u units, got %u", cases[i].src,
+                     cases[i].units, got);
+    }
 }
 
 Test(lsource, statement_over_the_limit_is_refused_with_its_line)
@@ -1075,24 +1083,22 @@ static char *nested(const char *head, const char *open, const char *mid, const c
 
 Test(lsource, deep_nesting_is_refused_cleanly)
 {
-    char *s = nested("x = ", "(", "1", ")", 100000);
-    expect_refused(s, "t.lua:1: the code nests too deeply: LuaJIT accepts 200 levels");
-    free(s);
-    s = nested("", "do ", "", " end", 5000);
-    expect_refused(s, "nests too deeply");
-    free(s);
-    s = nested("x = ", "{", "", "}", 300);
-    expect_refused(s, "nests too deeply");
-    free(s);
-    s = nested("x = ", "function() return ", "1", " end", 300);
-    expect_refused(s, "nests too deeply");
-    free(s);
-    s = nested("x = ", "- ", "1", "", 1000);
-    expect_refused(s, "nests too deeply");
-    free(s);
+    static const struct {
+        const char *head, *open, *mid, *close;
+        int depth;
+    } deep[] = {
+        {"x = ", "(", "1", ")", 100000}, {"", "do ", "", " end", 5000},
+        {"x = ", "{", "", "}", 300},     {"x = ", "function() return ", "1", " end", 300},
+        {"x = ", "- ", "1", "", 1000},
+    };
+    for (size_t i = 0; i < NBX_ARRAY_LEN(deep); i++) {
+        char *s = nested(deep[i].head, deep[i].open, deep[i].mid, deep[i].close, deep[i].depth);
+        expect_refused(s, "t.lua:1: the code nests too deeply: LuaJIT accepts 200 levels");
+        free(s);
+    }
     /* 198 nested ifs compile, but the tick in the innermost block nests two
      * levels below it, where `y()` needed none. */
-    s = nested("", "if x then ", "y()", " end", 198);
+    char *s = nested("", "if x then ", "y()", " end", 198);
     cr_assert(lj_compiles(s, strlen(s), NULL, 0));
     expect_refused(s, "t.lua:1: once instrumented, the code nests too deeply: LuaJIT accepts 200 "
                       "levels of blocks, functions, brackets and operators (the rewrite of '..' "
@@ -1442,4 +1448,17 @@ Test(lsource, output_is_appended_and_left_alone_on_failure)
     cr_assert_str_eq(b.data, want);
     free(want);
     nbx_buf_free(&b);
+}
+
+Test(lsource, output_is_the_same_on_every_call)
+{
+    /* Names are hashed with a seed that differs per call; the output must
+     * not depend on it. */
+    char *first = inst(every_construct);
+    for (int i = 0; i < 20; i++) {
+        char *again = inst(every_construct);
+        cr_assert_str_eq(again, first);
+        free(again);
+    }
+    free(first);
 }
