@@ -6,7 +6,7 @@
  * customer and offer fields, loops over lists, string building, comments and
  * long strings; then instruments it repeatedly and prints the median, best
  * and worst wall time per run, MB/s at the median, the median thread CPU
- * time (which other load on the machine does not inflate), and how much the
+ * time (which other load on the machine inflates less), and how much the
  * instrumented chunk grew. The target is a 256 KiB policy in under 5 ms.
  *
  * Usage: bench_lsource [bytes] [runs]
@@ -156,7 +156,7 @@ int main(int argc, char **argv)
            runs);
     printf("  instrument: median %.3f ms  best %.3f ms  worst %.3f ms  %.1f MB/s at the median\n",
            median, t[0], t[runs - 1], (double)len / 1e6 / (median / 1e3));
-    printf("  thread CPU time: median %.3f ms (unaffected by other load on the machine)\n",
+    printf("  thread CPU time: median %.3f ms (less affected by other load than wall time)\n",
            cpu[runs / 2]);
     printf("  output: %zu bytes (%.2fx the source)\n", out_len, (double)out_len / (double)len);
     free(cpu);
