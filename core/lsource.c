@@ -875,7 +875,7 @@ static void ls_lex(ls_state *ls)
             if (ls_digit(c)) {
                 i = ls_number(ls, i, line);
                 type = T_NUMBER;
-            } else if (ls->tick_tokens && c == '_' && n - i >= ls_tick.n &&
+            } else if (ls->tick_tokens && c == (unsigned char)ls_tick.s[0] && n - i >= ls_tick.n &&
                        memcmp(s + i, ls_tick.s, ls_tick.n) == 0) {
                 i += (uint32_t)ls_tick.n;
                 type = T_TICK;
@@ -2386,9 +2386,16 @@ static void ls_tick_summary(ls_state *ls)
             break;
         }
     }
+    /* Starting with a name, a tick cannot continue the expression before it
+     * (a '(' would call it); ending with a space, nothing after it can
+     * continue the tick's last word. */
     if (rc == NBX_OK && !bad &&
         (memchr(ls_tick.s, '\n', ls_tick.n) || memchr(ls_tick.s, '\r', ls_tick.n)))
         bad = "a line break";
+    if (rc == NBX_OK && !bad &&
+        (ls_tick.n < 2 || !ls_ident((unsigned char)ls_tick.s[0]) ||
+         ls_digit((unsigned char)ls_tick.s[0]) || ls_tick.s[ls_tick.n - 1] != ' '))
+        bad = "it must start with a name and end with a space";
     if (rc == NBX_OK && !bad) {
         ls->tick.height = t->max_level - 1; /* the chunk's own level is the block's */
         ls->tick.regs = t->max_regs;

@@ -801,8 +801,10 @@ void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3
  * environment become locals, which a policy can never name. */
 #define NBX_LSOURCE_PROLOGUE                                                                       \
     "local __nbx_s,__nbx_t,__nbx_len,__nbx_cat=__nbx_s,__nbx_t,__nbx_len,__nbx_cat;"
-/* One time check. It must stay on one line, start with a name and end with
- * a space: it is inserted between statements on existing lines. */
+/* One time check. It must stay on one line, start with a name, end with a
+ * space and be plain statements (no local, function, return, break, goto or
+ * label): it is inserted between statements on existing lines. The
+ * instrumentation refuses to run with one that breaks this. */
 #define NBX_LSOURCE_TICK "__nbx_s[1]=__nbx_s[1]-1 if __nbx_s[1]<0 then __nbx_t() end "
 /* Operations one statement may do unless nbx_lsource_opts says otherwise. */
 #define NBX_LSOURCE_WORK_MAX 64
