@@ -1725,8 +1725,10 @@ static void ls_body(ls_state *ls, bool needself, uint32_t line)
     ls_tick_after(ls, rparen);
     ls_blockinfo bi;
     ls_chunk(ls, &bi);
-    /* Work done after a call returns is bounded too, even when a deep
-     * recursion unwinds. Before trailing labels, which must stay last. */
+    /* Every way out of a function passes a tick (a return has its own), so
+     * a deep recursion unwinding ticks once per frame; what a return
+     * computes after its own call comes back is not covered (see
+     * docs/lsource.md). Before trailing labels, which must stay last. */
     if (!bi.last_return)
         ls_tick_before(ls, bi.trail);
     ls_match(ls, T_END, T_FUNCTION, line);
