@@ -853,4 +853,66 @@ nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
 void nbx_snapshot_unref(nbx_snapshot *s);
 void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
 
+/* ========================================================================
+ * Policy source analysis (lsource.c)
+ *
+ * LuaJIT never calls debug hooks from compiled code, so a policy that runs
+ * with the JIT on must carry its own time checks. Before it loads, a
+ * policy's source is rewritten: a "tick" (decrement a counter, call
+ * __nbx_t() when it goes negative) at the start of every function and loop
+ * body, after labels, before returns, at the end of function bodies and
+ * before every statement that does work; `#e` becomes __nbx_len(e) and
+ * `a .. b` __nbx_cat(a, b), so the sandbox bounds those operations; and a
+ * statement doing more than max_work operations is refused. The work
+ * between two ticks is then bounded whatever the JIT compiles.
+ * docs/lsource.md has the rules, their messages and the reasoning.
+ * ======================================================================== */
+
+/* Inserted first thing in the chunk (after a '#' first line, which LuaJIT
+ * skips): the four values the sandbox provides as globals of the chunk's
+ * environment become locals, which a policy can never name. */
+#define NBX_LSOURCE_PROLOGUE                                                                       \
+    "local __nbx_s,__nbx_t,__nbx_len,__nbx_cat=__nbx_s,__nbx_t,__nbx_len,__nbx_cat;"
+/* One time check. It must stay on one line, start with a name, end with a
+ * space and be plain statements (no local, function, return, break, goto or
+ * label): it is inserted between statements on existing lines. The
+ * instrumentation refuses to run with one that breaks this. */
+#define NBX_LSOURCE_TICK "__nbx_s[1]=__nbx_s[1]-1 if __nbx_s[1]<0 then __nbx_t() end "
+/* Operations one statement may do unless nbx_lsource_opts says otherwise. */
+#define NBX_LSOURCE_WORK_MAX 64
+
+typedef struct nbx_lsource_opts {
+    bool trusted;      /* the engine's own Lua helpers: identifiers __nbx* allowed,
+                          the upvalue-assignment rule not applied */
+    uint32_t max_work; /* work units allowed in one statement (0: NBX_LSOURCE_WORK_MAX) */
+} nbx_lsource_opts;
+
+/* Read a Lua chunk (Lua 5.1 syntax with LuaJIT 2.1's extensions), check the
+ * policy rules and append the instrumented chunk to out.
+ *
+ * name: the chunk's display name for messages ("retention.lua"; NULL or ""
+ * reads "policy"). src, len: the source, not NUL-terminated (src may be NULL
+ * when len is 0). opts: NULL for the defaults (untrusted, 64 units).
+ *
+ * Callers compile the original source with LuaJIT first, so that syntax
+ * errors carry LuaJIT's own messages; this function still refuses whatever
+ * it cannot parse, and what LuaJIT would refuse once instrumented: nesting,
+ * locals, upvalues, registers and jump lengths are checked on the output
+ * (messages then read "NAME:LINE: once instrumented, ..."). Not checked:
+ * goto targets and duplicate labels (the rewrite keeps them valid when they
+ * were) and a goto across more than 32767 instructions of straight code;
+ * the caller loads the instrumented chunk and reports any refusal.
+ *
+ * Returns NBX_OK; NBX_EPOLICY with e->msg "NAME:LINE: reason" for a rule
+ * violation, a statement over max_work, a 64-bit or imaginary number literal,
+ * input that does not parse, one of LuaJIT's limits exceeded (before or
+ * after instrumentation) or a source over 2 GiB;
+ * NBX_EINVAL for out NULL or src NULL with len > 0; NBX_ENOMEM.
+ * On failure out's contents are as they were (its capacity may have grown).
+ * Time and memory are linear in len; recursion is bounded by LuaJIT's 200
+ * nesting levels, whatever the input.
+ * @note Thread-safe: no state outside the call. */
+int nbx_lsource_instrument(const char *name, const char *src, size_t len,
+                           const nbx_lsource_opts *opts, nbx_buf *out, nbx_err *e);
+
 #endif /* NBX_INT_H */
