@@ -153,6 +153,7 @@ typedef struct ls_edit {
     uint32_t opens;  /* openings written before it: 1 + index in ls_state.opens, 0 none */
     uint32_t closes; /* ")" written after it */
     uint8_t ticks_before, ticks_after;
+    uint8_t weight; /* the first tick before it counts this much (0: 1) */
 } ls_edit;
 
 /* Texts the rewrite writes. */
@@ -163,6 +164,8 @@ typedef struct ls_text {
 enum { LS_OPEN_CAT, LS_OPEN_PAREN };
 static const ls_text ls_open_text[] = {{"__nbx_cat(", 10}, {"(", 1}};
 static const ls_text ls_tick = {NBX_LSOURCE_TICK, sizeof NBX_LSOURCE_TICK - 1};
+static const ls_text ls_tick_head = {NBX_LSOURCE_TICK_HEAD, sizeof NBX_LSOURCE_TICK_HEAD - 1};
+static const ls_text ls_tick_tail = {NBX_LSOURCE_TICK_TAIL, sizeof NBX_LSOURCE_TICK_TAIL - 1};
 static const ls_text ls_prologue = {NBX_LSOURCE_PROLOGUE, sizeof NBX_LSOURCE_PROLOGUE - 1};
 static const ls_text ls_len_open = {"__nbx_len(", 10};
 static const ls_text ls_comma = {",", 1};
@@ -828,6 +831,23 @@ static uint32_t ls_skip_header(ls_state *ls, uint32_t *line)
     return i;
 }
 
+
+/* The end of a tick written at i (HEAD, a weight of 1 to 3 digits, TAIL),
+ * or i when there is none. */
+static uint32_t ls_tick_token(const unsigned char *s, uint32_t n, uint32_t i)
+{
+    uint32_t j = i;
+    if (n - j < ls_tick_head.n || memcmp(s + j, ls_tick_head.s, ls_tick_head.n) != 0)
+        return i;
+    j += (uint32_t)ls_tick_head.n;
+    uint32_t digits = j;
+    while (j < n && j - digits < 3 && ls_digit(s[j]))
+        j++;
+    if (j == digits || n - j < ls_tick_tail.n || memcmp(s + j, ls_tick_tail.s, ls_tick_tail.n) != 0)
+        return i;
+    return j + (uint32_t)ls_tick_tail.n;
+}
+
 static void ls_lex(ls_state *ls)
 {
     const unsigned char *s = ls->src;
@@ -875,9 +895,7 @@ static void ls_lex(ls_state *ls)
             if (ls_digit(c)) {
                 i = ls_number(ls, i, line);
                 type = T_NUMBER;
-            } else if (ls->tick_tokens && c == (unsigned char)ls_tick.s[0] && n - i >= ls_tick.n &&
-                       memcmp(s + i, ls_tick.s, ls_tick.n) == 0) {
-                i += (uint32_t)ls_tick.n;
+            } else if (ls->tick_tokens && (i = ls_tick_token(s, n, start)) != start) {
                 type = T_TICK;
             } else {
                 while (i < n && ls_ident(s[i]))
@@ -1004,10 +1022,14 @@ static void ls_lex(ls_state *ls)
  * Edits (recorded by the parser, written by ls_emit)
  * ======================================================================== */
 
-static void ls_tick_before(ls_state *ls, uint32_t t)
+/* A tick before token t that counts `work` operations (at least 1). */
+static void ls_tick_before(ls_state *ls, uint32_t t, uint32_t work)
 {
-    if (ls->edit)
-        ls->edit[t].ticks_before++;
+    if (!ls->edit)
+        return;
+    ls->edit[t].ticks_before++;
+    if (work > ls->edit[t].weight)
+        ls->edit[t].weight = (uint8_t)(work > 255 ? 255 : work);
 }
 
 static void ls_tick_after(ls_state *ls, uint32_t t)
@@ -1242,7 +1264,7 @@ static bool ls_work_check(ls_state *ls, uint32_t first, uint32_t work)
 static void ls_stmt_work(ls_state *ls, uint32_t first, uint32_t work)
 {
     if (ls_work_check(ls, first, work))
-        ls_tick_before(ls, first);
+        ls_tick_before(ls, first, work);
 }
 
 /* LuaJIT gives a function 250 register slots (LJ_MAX_SLOTS): its active
@@ -1730,7 +1752,7 @@ static void ls_body(ls_state *ls, bool needself, uint32_t line)
      * computes after its own call comes back is not covered (see
      * docs/lsource.md). Before trailing labels, which must stay last. */
     if (!bi.last_return)
-        ls_tick_before(ls, bi.trail);
+        ls_tick_before(ls, bi.trail, 1);
     ls_match(ls, T_END, T_FUNCTION, line);
     ls_scope_end(ls, f->var_base);
     ls->fn--;
@@ -1914,7 +1936,7 @@ static uint32_t ls_repeat(ls_state *ls)
     /* The condition runs after the body's last tick: it gets its own,
      * unless the body always leaves before it. */
     if (ls_work_check(ls, until, c.work) && !bi.last_exit)
-        ls_tick_before(ls, bi.trail);
+        ls_tick_before(ls, bi.trail, 1);
     ls_scope_end(ls, base);
     return ls_jump_check(ls, first, ls_add(ls_add(bi.ins, ls_cond_ins(&c)), 5));
 }
@@ -2058,7 +2080,7 @@ static uint32_t ls_return(ls_state *ls)
         ls_regs_check(ls, first, l.regs);
     }
     ls_work_check(ls, first, work);
-    ls_tick_before(ls, first);
+    ls_tick_before(ls, first, work);
     return ins;
 }
 
@@ -2182,7 +2204,7 @@ static void ls_main(ls_state *ls)
     /* The main chunk's end tick: before trailing labels, else after the
      * last token (never after a trailing comment, which would swallow it). */
     if (ls->tok[bi.trail].type != T_EOF)
-        ls_tick_before(ls, bi.trail);
+        ls_tick_before(ls, bi.trail, 1);
     else if (ls->ntok > 1)
         ls_tick_after(ls, ls->ntok - 2);
     else
@@ -2238,7 +2260,7 @@ static size_t ls_emit_size(const ls_state *ls)
     size_t n = (size_t)ls->len + ls_prologue.n + 3 * (ls_tick.n + 1);
     for (uint32_t i = 0; i + 1 < ls->ntok; i++) {
         const ls_edit *d = &ls->edit[i];
-        n += ((size_t)d->ticks_before + d->ticks_after) * (ls_tick.n + 1);
+        n += ((size_t)d->ticks_before + d->ticks_after) * (ls_tick.n + 3);
         n += (size_t)d->closes * (ls_close.n + 1) + ls_semi.n + 1;
         for (uint32_t o = d->opens; o; o = ls->opens[o - 1].next)
             n += ls_open_text[ls->opens[o - 1].kind].n + 1;
@@ -2273,8 +2295,16 @@ static void ls_emit(ls_state *ls, nbx_buf *out)
         const ls_tok *t = &ls->tok[i];
         const ls_edit *d = &ls->edit[i];
         ls_write(&w, s + pos, t->start - pos, false);
-        for (uint8_t k = 0; k < d->ticks_before; k++)
-            ls_insert(&w, ls_tick);
+        for (uint8_t k = 0; k < d->ticks_before; k++) {
+            if (k == 0 && d->weight > 1) {
+                char tick[sizeof NBX_LSOURCE_TICK + 4];
+                int tn = snprintf(tick, sizeof tick, "%s%u%s", NBX_LSOURCE_TICK_HEAD,
+                                  (unsigned)d->weight, NBX_LSOURCE_TICK_TAIL);
+                ls_insert(&w, (ls_text){tick, (size_t)tn});
+            } else {
+                ls_insert(&w, ls_tick);
+            }
+        }
         for (uint32_t o = d->opens; o; o = ls->opens[o - 1].next)
             ls_insert(&w, ls_open_text[ls->opens[o - 1].kind]);
         if (t->flags & LS_REPL_LEN)

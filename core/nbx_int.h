@@ -602,10 +602,9 @@ typedef struct nbx_policy {
     char *source;
     size_t source_len;
     /* What sandboxes compile: the source as lsource.c instrumented it (its
-     * own time checks; same lines), or the source itself when not. */
+     * own time checks; same lines). */
     char *exec_source;
     size_t exec_len;
-    bool instrumented;
     uint64_t version; /* xxh64 of the source */
     char version_hex[17];
     char name[128]; /* the table's `name` field, once a sandbox has loaded it */
@@ -877,7 +876,14 @@ void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3
  * space and be plain statements (no local, function, return, break, goto or
  * label): it is inserted between statements on existing lines. The
  * instrumentation refuses to run with one that breaks this. */
-#define NBX_LSOURCE_TICK "__nbx_s[1]=__nbx_s[1]-1 if __nbx_s[1]<0 then __nbx_t() end "
+#define NBX_LSOURCE_TICK NBX_LSOURCE_TICK_HEAD "1" NBX_LSOURCE_TICK_TAIL
+/* A tick counts down by the work of the statement it stands before (1 to
+ * max_work; 1 at function entries, loop iterations, labels and ends): the
+ * text is HEAD, the weight in decimal, TAIL. The sandbox looks at the clock
+ * when the count runs out, so it does so every so many operations, not
+ * every so many statements (docs/sandbox.md, "Time"). */
+#define NBX_LSOURCE_TICK_HEAD "__nbx_s[1]=__nbx_s[1]-"
+#define NBX_LSOURCE_TICK_TAIL " if __nbx_s[1]<0 then __nbx_t() end "
 /* Operations one statement may do unless nbx_lsource_opts says otherwise. */
 #define NBX_LSOURCE_WORK_MAX 64
 

@@ -21,8 +21,7 @@ static void policy_free(nbx_policy *p)
         return;
     free(p->path);
     free(p->chunkname);
-    if (p->exec_source != p->source)
-        free(p->exec_source);
+    free(p->exec_source);
     free(p->source);
     free(p);
 }
@@ -108,13 +107,25 @@ int nbx_policy_load_text(const char *path, const char *text, size_t len, nbx_pol
     return policy_from_source(path, source, len, out, e);
 }
 
-/* The text sandboxes compile: the source with lsource.c's time checks. */
+/* The text sandboxes compile: the source with lsource.c's time checks
+ * (same lines), after its rules (no assignment to an enclosing function's
+ * locals, bounded statements, no reserved names) passed. Its messages name
+ * the path and line. */
 static int policy_instrument(nbx_policy *p, nbx_err *e)
 {
-    p->exec_source = p->source;
-    p->exec_len = p->source_len;
-    p->instrumented = false;
-    (void)e;
+    nbx_buf out = {0};
+    int rc = nbx_lsource_instrument(p->path, p->source, p->source_len, NULL, &out, e);
+    if (rc == NBX_OK) {
+        nbx_buf_terminate(&out);
+        if (out.oom)
+            rc = nbx_err_set(e, NBX_ENOMEM, "%s: out of memory instrumenting the policy", p->path);
+    }
+    if (rc != NBX_OK) {
+        nbx_buf_free(&out);
+        return rc;
+    }
+    p->exec_source = out.data;
+    p->exec_len = out.len;
     return NBX_OK;
 }
 

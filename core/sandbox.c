@@ -21,32 +21,10 @@
 #include <string.h>
 
 #define SB_NAME_MAX 127
-/* VM instructions between two deadline checks when the policy runs
- * uninstrumented (the interpreter's count hook; see sb_uses_hook). */
-#define SB_HOOK_COUNT 1000
 
 /* ========================================================================
- * Time: the policy's own ticks, or the interpreter's count hook
+ * Time: the policy's own ticks (lsource.c, sandbox_limits.c)
  * ======================================================================== */
-
-/* A policy that lsource.c did not instrument (a policy object built without
- * it) carries no ticks: it runs in the interpreter under a count hook, which
- * the JIT would bypass. */
-static bool sb_uses_hook(const nbx_sandbox *sb)
-{
-    return !sb->policy->instrumented && !(sb->limits.flags & NBX_LIMITS_NO_DEADLINE);
-}
-
-static void sb_hook(lua_State *L, lua_Debug *ar)
-{
-    NBX_UNUSED(ar);
-    nbx_sandbox *sb = sb_of(L);
-    if (!sb->timed_out && !sb_time_up(sb))
-        return;
-    /* From now on at every instruction: a pcall cannot absorb it. */
-    lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
-    sb_check_time(L, sb);
-}
 
 static void sb_run_start(nbx_sandbox *sb, uint32_t budget_us, size_t object_max)
 {
@@ -54,8 +32,6 @@ static void sb_run_start(nbx_sandbox *sb, uint32_t budget_us, size_t object_max)
     sb->object_max = object_max;
     sb->in_policy = true;
     sb_clock_start(sb, budget_us);
-    if (sb_uses_hook(sb))
-        lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, SB_HOOK_COUNT);
 }
 
 /* After policy code returned: true when it ran past its deadline without a
@@ -66,8 +42,6 @@ static bool sb_run_stop(nbx_sandbox *sb)
     bool late = !sb->timed_out && sb_time_up(sb);
     sb_clock_stop(sb);
     sb->in_policy = false;
-    if (sb_uses_hook(sb))
-        lua_sethook(sb->L, NULL, 0, 0);
     return late;
 }
 
@@ -373,14 +347,15 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
     sb_reset_flags(sb);
     sb->wall_check = INT64_MAX;
     sb->pr_wanted = false;
+    sb->warmed = false;
     memset(sb->map_dirty, 0, sizeof sb->map_dirty);
     lua_State *L = lua_newstate(sb_alloc, sb);
     if (!L)
         return nbx_err_set(e, NBX_ENOMEM, "%s: cannot create a Lua state", path);
     sb->L = L;
-    /* The JIT runs instrumented policies: their ticks are in the code it
-     * compiles (sandbox_limits.c). */
-    if (sb_uses_hook(sb) || (sb->limits.flags & NBX_LIMITS_NO_JIT))
+    /* The JIT is on: the policy's ticks are in the code it compiles
+     * (sandbox_limits.c), so compiled loops look at the clock too. */
+    if (sb->limits.flags & NBX_LIMITS_NO_JIT)
         luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     int st = lua_cpcall(L, sb_build_state, sb);
     if (st != 0) {
@@ -525,7 +500,7 @@ static int sb_run_body(lua_State *L)
     int nargs = sb_push_inputs(L, sb, slots, r);
 
     sb->rng = r->in->seed;
-    sb_run_start(sb, sb->limits.time_us, SB_OBJECT_MAX_RUN);
+    sb_run_start(sb, r->budget_us, SB_OBJECT_MAX_RUN);
     r->status = lua_pcall(L, nargs, 0, 2);
     if (sb_run_stop(sb))
         sb->timed_out = true;
@@ -646,6 +621,56 @@ static void sb_recover(nbx_sandbox *sb)
     sb_collect_if_needed(sb, true);
 }
 
+/* The JIT compiles a policy's hot paths while they run, and compiling takes
+ * time (a trace costs tens to hundreds of microseconds): in a fresh state
+ * the first decisions would pay for it out of their 2 ms. So before its
+ * first decision a state runs a few on every candidate of the catalog, for
+ * an anonymous visitor, each on the policy's own time limit; whatever they
+ * find is thrown away, and the first fault ends the warm-up (a policy that
+ * falls back or runs out of time would only waste more). */
+#define SB_WARM_UP_RUNS 4
+#define SB_WARM_UP_CANDIDATES 4096
+
+static void sb_warm_up(nbx_sandbox *sb, int64_t now_ms)
+{
+    sb->warmed = true;
+    const nbx_catalog *c = sb->catalog;
+    size_t n = 0;
+    for (uint32_t i = 0; c && i < c->n_offers; i++)
+        n += c->offers[i].n_placements;
+    if (n > SB_WARM_UP_CANDIDATES)
+        n = SB_WARM_UP_CANDIDATES;
+    nbx_candidate *cand = calloc(n ? n : 1, sizeof *cand);
+    if (!cand || sb_reserve(sb, n) != NBX_OK) {
+        free(cand);
+        return;
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; c && i < c->n_offers && k < n; i++)
+        for (uint32_t j = 0; j < c->offers[i].n_placements && k < n; j++)
+            cand[k++] = (nbx_candidate){.offer = i, .placement = c->offers[i].placements[j]};
+    nbx_sandbox_input in = {.anonymous = true, .now_ms = now_ms, .cand = cand, .n_cand = n};
+    for (int run = 0; run < SB_WARM_UP_RUNS && n; run++) {
+        for (size_t i = 0; i < n; i++)
+            sb->live[i] = i;
+        in.seed = (uint64_t)run;
+        sb_fault_reset(sb);
+        sb_run r = {.sb = sb, .in = &in, .n = n, .budget_us = sb->limits.time_us};
+        sb->in = &in;
+        int st = lua_cpcall(sb->L, sb_run_body, &r);
+        sb->in = NULL;
+        if (st != 0 || sb->real_oom) {
+            sb_close_state(sb);
+            break;
+        }
+        bool faulted = r.status != 0 || sb->timed_out || sb->mem_exceeded || sb->object_exceeded;
+        sb_recover(sb);
+        if (faulted)
+            break;
+    }
+    free(cand);
+}
+
 int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_error *err)
 {
     nbx_policy_error scratch;
@@ -683,9 +708,24 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
             return rc == NBX_ENOMEM ? NBX_ENOMEM : NBX_EPOLICY;
         }
     }
+    if (!sb->warmed) {
+        sb_warm_up(sb, in->now_ms);
+        if (!sb->L) {
+            nbx_err e = {0};
+            rc = sb_build(sb, &e);
+            if (rc != NBX_OK) {
+                sb_error(err, rc == NBX_ENOMEM ? NBX_FAULT_MEMORY : NBX_FAULT_RUNTIME, NULL, NULL,
+                         "%s", e.msg);
+                return rc == NBX_ENOMEM ? NBX_ENOMEM : NBX_EPOLICY;
+            }
+        }
+        for (size_t i = 0, j = 0; i < in->n_cand; i++)
+            if (in->cand[i].excluded == NBX_EXCLUDED_NONE)
+                sb->live[j++] = i;
+    }
     lua_State *L = sb->L;
     sb_fault_reset(sb);
-    sb_run r = {.sb = sb, .in = in, .n = n};
+    sb_run r = {.sb = sb, .in = in, .n = n, .budget_us = sb->limits.time_us};
     sb->in = in;
     int st = lua_cpcall(L, sb_run_body, &r);
     sb->in = NULL;

@@ -18,7 +18,7 @@ local N = ...
 local type, select, error = N.type, N.select, N.error
 local native_tostring, native_tonumber = N.tostring, N.tonumber
 local srep, sformat, sfind = N.rep, N.format, N.find
-local ipairs, check_sortable = N.ipairs, N.check_sortable
+local check_sortable, order = N.check_sortable, N.order
 local too_long, check_format, raise_len = N.too_long, N.check_format, N.raise_len
 local resolve_propensity = N.resolve_propensity
 local STRING_MAX = N.string_max
@@ -47,7 +47,12 @@ local function frozen_index(t, k)
   return DATA[t][k]
 end
 
+-- #x. It counts as a tick: work done while a deep recursion unwinds (a
+-- `return f(n - 1) .. s` in every frame) runs between no other ticks.
 local function len(x)
+  local n = TICKS[1] - 1
+  TICKS[1] = n
+  if n < 0 then check() end
   local d = DATA[x]
   if d ~= nil then return #d end
   local t = type(x)
@@ -56,11 +61,73 @@ local function len(x)
 end
 
 -- a .. b with the result bounded: no string a policy holds is longer than
--- STRING_MAX, which bounds what any one operation on it costs.
+-- STRING_MAX, which bounds what any one operation on it costs. Errors
+-- blame the policy's line (level 2), as the operator's would.
 local function cat(a, b)
+  local n = TICKS[1] - 1
+  TICKS[1] = n
+  if n < 0 then check() end
+  local ta, tb = type(a), type(b)
+  if ta ~= "string" and ta ~= "number" then
+    error("attempt to concatenate a " .. ta .. " value", 2)
+  end
+  if tb ~= "string" and tb ~= "number" then
+    error("attempt to concatenate a " .. tb .. " value", 2)
+  end
   local s = a .. b
   if #s > STRING_MAX then too_long("a concatenation", #s) end
   return s
+end
+
+-- ------------------------------------------------------------------------
+-- Iteration, in Lua so the JIT compiles loops over it (a call into C ends
+-- a trace). They see through read-only proxies (the data is DATA[t]) and
+-- never hand the data table out: the iterator's state is the proxy itself,
+-- or a fresh cursor.
+-- ------------------------------------------------------------------------
+
+local function inext(t, i)
+  i = i + 1
+  local v = (DATA[t] or t)[i]
+  if v ~= nil then return i, v end
+end
+
+local function ipairs(t)
+  if type(t) ~= "table" then
+    error("bad argument #1 to 'ipairs' (table expected, got " .. type(t) .. ")", 2)
+  end
+  return inext, t, 0
+end
+
+-- pairs walks the keys in a canonical order (numbers, then strings
+-- bytewise, then false and true), not LuaJIT's hash order: string hashes
+-- are seeded per state, so the order would differ between processes and a
+-- decision would not be reproducible. The cursor is { table, its keys (a
+-- copy), position }; keys whose value became nil are skipped, as next()
+-- skips fields cleared during a traversal.
+local function pairs_next(cursor)
+  local t, keys, i = cursor[1], cursor[2], cursor[3]
+  local d = DATA[t] or t
+  while true do
+    i = i + 1
+    local k = keys[i]
+    if k == nil then
+      cursor[3] = i
+      return nil
+    end
+    local v = d[k]
+    if v ~= nil then
+      cursor[3] = i
+      return k, v
+    end
+  end
+end
+
+local function pairs(t)
+  if type(t) ~= "table" then
+    error("bad argument #1 to 'pairs' (table expected, got " .. type(t) .. ")", 2)
+  end
+  return pairs_next, { t, order(t), 0 }, nil
 end
 
 -- ------------------------------------------------------------------------
@@ -335,5 +402,5 @@ return { sort = sort, propensity = propensity, expected_margin = expected_margin
          expected_margin_score = expected_margin_score,
          clamp = clamp, days_since = days_since, contains = contains,
          tostring = tostring, rep = rep, format = format, len = len, cat = cat,
-         frozen_index = frozen_index,
+         frozen_index = frozen_index, pairs = pairs, ipairs = ipairs,
          make_driver = make_driver, init = init }

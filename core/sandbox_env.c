@@ -275,34 +275,21 @@ static void sb_push_order(lua_State *L, int idx)
     lua_remove(L, order);
 }
 
-/* The iterator pairs() returns: upvalues are the data table, the key order
- * and the position. Keys whose value became nil are skipped, as Lua's next
- * skips fields cleared during a traversal. */
-static int sb_pairs_step(lua_State *L)
-{
-    lua_Integer i = lua_tointeger(L, lua_upvalueindex(3));
-    for (;;) {
-        lua_rawgeti(L, lua_upvalueindex(2), (int)++i);
-        if (lua_isnil(L, -1))
-            return 0;
-        lua_pushvalue(L, -1);
-        lua_rawget(L, lua_upvalueindex(1));
-        if (!lua_isnil(L, -1))
-            break;
-        lua_pop(L, 2);
-    }
-    lua_pushinteger(L, i);
-    lua_replace(L, lua_upvalueindex(3));
-    return 2;
-}
-
-static int sb_pairs(lua_State *L)
+/* sandbox.lua's order(t): a fresh array of t's keys (a table or a proxy)
+ * in canonical order, for pairs(). A copy, so the policy can do what it
+ * likes with it: the cached order of a frozen table stays the same. */
+static int sb_order(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     sb_push_order(L, 1);
-    lua_pushinteger(L, 0);
-    lua_pushcclosure(L, sb_pairs_step, 3);
+    int keys = lua_gettop(L);
+    size_t n = lua_objlen(L, keys);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, keys, (int)i);
+        lua_rawseti(L, -2, (int)i);
+    }
     return 1;
 }
 
@@ -347,25 +334,6 @@ static int sb_next(lua_State *L)
     lua_pushvalue(L, -1);
     lua_rawget(L, 1);
     return 2;
-}
-
-static int sb_inext(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_Integer i = luaL_checkinteger(L, 2) + 1;
-    sb_unwrap(L, 1);
-    lua_pushinteger(L, i);
-    lua_rawgeti(L, 1, (int)i);
-    return lua_isnil(L, -1) ? 0 : 2;
-}
-
-static int sb_ipairs(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* sb_inext */
-    lua_pushvalue(L, 1);
-    lua_pushinteger(L, 0);
-    return 3;
 }
 
 static int sb_unpack(lua_State *L)
@@ -635,11 +603,6 @@ static void sb_copy_fields(lua_State *L, int dst, int src, const char *const *na
     }
 }
 
-static void sb_push_closure_with(lua_State *L, lua_CFunction fn, lua_CFunction up)
-{
-    lua_pushcfunction(L, up);
-    lua_pushcclosure(L, fn, 1);
-}
 
 static void sb_set_cfunction(lua_State *L, int t, const char *name, lua_CFunction fn)
 {
@@ -674,8 +637,7 @@ static int sb_load_helpers(lua_State *L, int slots, int G, int native_string)
     lua_getfield(L, native_string, "find");
     lua_setfield(L, natives, "find");
     sb_set_cfunction(L, natives, "check_sortable", sb_check_sortable);
-    sb_push_closure_with(L, sb_ipairs, sb_inext);
-    lua_setfield(L, natives, "ipairs");
+    sb_set_cfunction(L, natives, "order", sb_order);
     sb_set_cfunction(L, natives, "too_long", sb_too_long);
     sb_set_cfunction(L, natives, "check_format", sb_check_format);
     sb_set_cfunction(L, natives, "raise_len", sb_raise_len);
@@ -709,9 +671,7 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
     sb_copy_fields(L, D, G, sb_base_names);
     sb_copy_fields(L, D, lib, (const char *const[]){"tostring", NULL});
     sb_set_cfunction(L, D, "next", sb_next);
-    sb_set_cfunction(L, D, "pairs", sb_pairs);
-    sb_push_closure_with(L, sb_ipairs, sb_inext);
-    lua_setfield(L, D, "ipairs");
+    sb_copy_fields(L, D, lib, (const char *const[]){"pairs", "ipairs", NULL});
     sb_set_cfunction(L, D, "unpack", sb_unpack);
     sb_set_cfunction(L, D, "pcall", sb_pcall);
 
@@ -851,6 +811,26 @@ static void sb_build_inputs(lua_State *L, int slots)
     sb_slot_set(L, slots, SLOT_ST);
 }
 
+/* Compiling costs time inside decisions, and code that keeps leaving its
+ * traces (calls into C, many types) makes LuaJIT compile side trace after
+ * side trace: a policy calling many builtins per candidate ran 10 to 50
+ * times slower compiled than interpreted with the defaults, and its first
+ * decisions timed out. So traces start later and branch less (a loop is
+ * compiled after 200 iterations rather than 56, an exit after 100 rather
+ * than 10, at most 10 side traces per trace rather than 100): hot, regular
+ * code such as a scoring loop still compiles within the first decisions. */
+static void sb_tune_jit(lua_State *L)
+{
+    lua_getglobal(L, "jit");
+    lua_getfield(L, -1, "opt");
+    lua_getfield(L, -1, "start");
+    lua_pushliteral(L, "hotloop=200");
+    lua_pushliteral(L, "hotexit=100");
+    lua_pushliteral(L, "maxside=10");
+    lua_call(L, 3, 0);
+    lua_pop(L, 2);
+}
+
 /* The engine's part of a state (sandbox.c, sb_build_state): libraries, the
  * slots, the helpers, the policy's globals and environment, the input
  * tables; the catalog's tables come next (sandbox_io.c), then
@@ -862,6 +842,13 @@ int sb_env_build(lua_State *L, nbx_sandbox *sb)
     sb_open_lib(L, luaopen_math, LUA_MATHLIBNAME);
     sb_open_lib(L, luaopen_string, LUA_STRLIBNAME);
     sb_open_lib(L, luaopen_table, LUA_TABLIBNAME);
+    /* Opening the jit library is what switches the compiler on (and detects
+     * the CPU's features); its `jit` global is dropped below with the other
+     * functions a policy must never reach. */
+    if (!(sb->limits.flags & NBX_LIMITS_NO_JIT)) {
+        sb_open_lib(L, luaopen_jit, LUA_JITLIBNAME);
+        sb_tune_jit(L);
+    }
 
     lua_createtable(L, SLOT_COUNT, 0);
     int slots = lua_gettop(L); /* 1 */
@@ -883,7 +870,7 @@ int sb_env_build(lua_State *L, nbx_sandbox *sb)
     lua_createtable(L, 0, 64);
     sb_slot_set(L, slots, SLOT_ORDER);
     lua_createtable(L, 1, 0);
-    lua_pushnumber(L, (sb->limits.flags & NBX_LIMITS_NO_DEADLINE) ? 1e300 : SB_TICK_PERIOD);
+    lua_pushnumber(L, SB_TICK_MIN);
     lua_rawseti(L, -2, 1);
     sb_slot_set(L, slots, SLOT_TICKS);
 

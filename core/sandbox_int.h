@@ -38,8 +38,19 @@
 #define SB_OBJECT_MAX_RUN (1u << 20)
 /* CPU time for running a policy file's top level. */
 #define SB_LOAD_TIME_US 100000
-/* Work units (lsource.c) between two looks at the clock. */
-#define SB_TICK_PERIOD 64
+/* What one work unit (lsource.c: a call, a concatenation, a comparison,
+ * an arithmetic operation) may cost at worst: an operation on a string of
+ * SB_STRING_MAX bytes (string.rep, upper, tonumber, or arithmetic on a
+ * numeric string) takes up to about 8 us here. The time checks are spaced
+ * by it: after looking at the clock, the policy may run as many units as
+ * could not take it past its deadline even at this cost, and at least
+ * SB_TICK_MIN; a statement does at most NBX_LSOURCE_WORK_MAX. So no run
+ * ends more than (SB_TICK_MIN + NBX_LSOURCE_WORK_MAX) units past its
+ * deadline, under 1 ms, while a normal decision looks at the clock a few
+ * times (docs/sandbox.md, "Time"). */
+#define SB_UNIT_WORST_NS 10000
+#define SB_TICK_MIN 16
+#define SB_TICK_MAX 100000
 
 /* Values the C side keeps in the state, in one table referenced from the
  * registry. */
@@ -122,6 +133,7 @@ struct nbx_sandbox {
     int64_t wall_check; /* INT64_MAX when no policy code runs */
     int64_t cpu_base;
     int64_t charged_ns;
+    int64_t last_now; /* CLOCK_MONOTONIC at the last look */
     bool cpu_mode;
     bool timed_out;
 
@@ -139,6 +151,7 @@ struct nbx_sandbox {
     /* score is nbx.expected_margin_score and there is no eligible(): runs
      * in C, no Lua at all */
     bool native_score;
+    bool warmed; /* the JIT has seen the policy run (sb_warm_up) */
     nbx_lp_limit lp_limit;
 
     /* The decision being run, for the C functions policies call. */
@@ -194,6 +207,7 @@ static inline void sb_push_slot(lua_State *L, int slot)
 
 /* sandbox_limits.c */
 void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Start a run's clock and grant its first work units (needs sb->L). */
 void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us);
 void sb_clock_stop(nbx_sandbox *sb);
 bool sb_time_up(nbx_sandbox *sb);
@@ -237,6 +251,7 @@ void sb_freeze(lua_State *L, int slots, int root);
 typedef struct sb_run {
     nbx_sandbox *sb;
     const nbx_sandbox_input *in;
+    uint32_t budget_us; /* CPU time of this run */
     size_t n;           /* live candidates */
     int status;         /* of the driver call */
     int bad_result;     /* 0 ok, 1 bad score, 2 bad expected margin */

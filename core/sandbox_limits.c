@@ -12,10 +12,11 @@
  * do; when it runs out, sb_tick_check() looks at the clock. The JIT compiles
  * those counters into the machine code like any other Lua, so unlike a debug
  * hook (which compiled code never calls) they hold in compiled loops too.
- * Between two checks a policy does at most SB_TICK_PERIOD work units, each
- * an operation on strings no longer than SB_STRING_MAX or on a table no
- * bigger than one allocation may be: that bounds how far past its deadline
- * a policy can run (docs/sandbox.md, "Time").
+ * Each work unit is an operation on strings no longer than SB_STRING_MAX or
+ * on a table no bigger than one allocation may be, so it costs at most
+ * SB_UNIT_WORST_NS; the counter is granted what the remaining budget allows
+ * at that cost, which bounds how far past its deadline a policy can run
+ * (docs/sandbox.md, "Time").
  */
 #include "sandbox_int.h"
 
@@ -136,18 +137,41 @@ static int64_t sb_clock_ns(clockid_t id)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Units the policy may run before the next look at the clock: as many as
+ * cannot take it past its deadline even if each costs SB_UNIT_WORST_NS. */
+static double sb_grant(const nbx_sandbox *sb, int64_t remaining_ns)
+{
+    if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE)
+        return 1e300;
+    double units = (double)remaining_ns / SB_UNIT_WORST_NS;
+    if (units < SB_TICK_MIN)
+        units = SB_TICK_MIN;
+    if (units > SB_TICK_MAX)
+        units = SB_TICK_MAX;
+    return units;
+}
+
+static void sb_set_ticks(nbx_sandbox *sb, lua_State *L, double units)
+{
+    sb_push_slot(L, SLOT_TICKS);
+    lua_pushnumber(L, units);
+    lua_rawseti(L, -2, 1);
+    lua_pop(L, 1);
+}
+
 void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
 {
     sb->timed_out = false;
     sb->cpu_mode = false;
+    sb->budget_ns = (int64_t)budget_us * 1000;
     if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE) {
         sb->wall_check = INT64_MAX;
-        return;
+    } else {
+        sb->sample_ns = sb->budget_ns / 4 < SB_CPU_SAMPLE_NS ? sb->budget_ns / 4 : SB_CPU_SAMPLE_NS;
+        sb->wall_start = sb_clock_ns(CLOCK_MONOTONIC);
+        sb->wall_check = sb->wall_start + sb->sample_ns;
     }
-    sb->budget_ns = (int64_t)budget_us * 1000;
-    sb->sample_ns = sb->budget_ns / 4 < SB_CPU_SAMPLE_NS ? sb->budget_ns / 4 : SB_CPU_SAMPLE_NS;
-    sb->wall_start = sb_clock_ns(CLOCK_MONOTONIC);
-    sb->wall_check = sb->wall_start + sb->sample_ns;
+    sb_set_ticks(sb, sb->L, sb_grant(sb, sb->budget_ns));
 }
 
 void sb_clock_stop(nbx_sandbox *sb)
@@ -155,9 +179,19 @@ void sb_clock_stop(nbx_sandbox *sb)
     sb->wall_check = INT64_MAX;
 }
 
+/* What is left of the budget at most (CPU time cannot run ahead of wall
+ * time): wall time is what the cheap clock gives. */
+static int64_t sb_remaining_ns(const nbx_sandbox *sb, int64_t now)
+{
+    if (sb->cpu_mode)
+        return sb->wall_check - now;
+    return sb->budget_ns - (now - sb->wall_start);
+}
+
 bool sb_time_up(nbx_sandbox *sb)
 {
     int64_t now = sb_clock_ns(CLOCK_MONOTONIC);
+    sb->last_now = now;
     if (NBX_LIKELY(now < sb->wall_check))
         return false;
     if (sb->wall_check == INT64_MAX)
@@ -193,12 +227,15 @@ void sb_check_time(lua_State *L, nbx_sandbox *sb)
 }
 
 /* __nbx_t: the tick counter (upvalue 1, TICKS) ran out. Look at the clock,
- * then grant the next period. */
+ * then grant what the rest of the budget allows. */
 int sb_tick_check(lua_State *L)
 {
     nbx_sandbox *sb = sb_of(L);
     sb_check_time(L, sb);
-    lua_pushnumber(L, (sb->limits.flags & NBX_LIMITS_NO_DEADLINE) ? 1e300 : SB_TICK_PERIOD);
+    double units = SB_TICK_MIN;
+    if (sb->wall_check != INT64_MAX || (sb->limits.flags & NBX_LIMITS_NO_DEADLINE))
+        units = sb_grant(sb, sb_remaining_ns(sb, sb->last_now));
+    lua_pushnumber(L, units);
     lua_rawseti(L, lua_upvalueindex(1), 1);
     return 0;
 }
