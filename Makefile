@@ -6,7 +6,8 @@ ASAN_BUILD ?= $(BUILD)/asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
-.PHONY: all build test test-asan demo demo-stop bench install clean format
+.PHONY: all build test test-asan test-stress test-luajit2 test-luajit-upstream \
+	demo demo-stop bench install clean format
 
 # Configure and build $(BUILD): the first steps of build, test, demo, bench.
 define build_tree
@@ -35,6 +36,26 @@ test-asan:
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    ctest --test-dir $(ASAN_BUILD) -L '^c$$' --output-on-failure
+
+# Every suite while a busy loop runs on every core, as on a slow, busy CI
+# machine: tests assert promises, not speed (scripts/stress.sh).
+test-stress:
+	@scripts/deps.sh test
+	$(build_tree)
+	scripts/stress.sh $(BUILD)
+
+# The whole suite against either LuaJIT package, whichever this machine has
+# installed: the .debs are extracted under $(BUILD)/ and nothing is
+# installed or removed (docs/dependencies.md).
+test-luajit2:
+	@scripts/deps.sh test
+	CMAKE_ARGS="$(CMAKE_ARGS)" JOBS=$(JOBS) \
+	    scripts/test-luajit.sh libluajit2-5.1-dev $(BUILD)/luajit2
+
+test-luajit-upstream:
+	@scripts/deps.sh test
+	CMAKE_ARGS="$(CMAKE_ARGS)" JOBS=$(JOBS) \
+	    scripts/test-luajit.sh libluajit-5.1-dev $(BUILD)/luajit-upstream
 
 demo:
 	@scripts/deps.sh demo

@@ -321,7 +321,7 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
         e->code = NBX_EINVAL;
         return nbx_err_prefix(e, "customer: ");
     }
-    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
+    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_ERROR_KIND_ONLY))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
     /* Misuse, answered whether or not this decision would choose anything. */
     if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
@@ -626,7 +626,12 @@ static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t n
     nbx_buf_puts(b, r->fallback ? "true" : "false");
     nbx_buf_puts(b, ",\"anonymous\":");
     nbx_buf_puts(b, r->anonymous ? "true" : "false");
-    if (r->has_error) {
+    if (r->has_error && (req->flags & NBX_DECIDE_ERROR_KIND_ONLY)) {
+        /* for clients: the policy's text (file, line, message) stays out */
+        nbx_buf_puts(b, ",\"error\":{\"kind\":\"");
+        nbx_buf_puts(b, r->fault_kind);
+        nbx_buf_puts(b, "\"}");
+    } else if (r->has_error) {
         nbx_buf_puts(b, ",\"error\":{\"policy\":");
         nbx_jw_string(b, pol->name, strlen(pol->name));
         nbx_buf_puts(b, ",\"version\":\"");

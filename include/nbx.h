@@ -614,7 +614,12 @@ enum nbx_decide_flags {
     NBX_DECIDE_EXPLAIN = 0x1, /**< add every candidate and why it was excluded */
     /** Record each chosen action as an impression in the store, in the same
      * call, so overlapping campaigns cannot over-contact a customer. */
-    NBX_DECIDE_RECORD = 0x2
+    NBX_DECIDE_RECORD = 0x2,
+    /** On a policy failure the result JSON's "error" holds only "kind", not
+     * the policy's name, file, line and message: for results shown to
+     * clients (the nginx module unless nbx_explain is on). nbx_result_error()
+     * still gives the message. nbx_decide() only, not batches. */
+    NBX_DECIDE_ERROR_KIND_ONLY = 0x4
 };
 
 /** Limits on one request. */

@@ -240,6 +240,26 @@ Test(decide, policy_failure_gives_fallback_and_next_decision_runs)
     cr_assert_null(nbx_result_error(r));
 }
 
+Test(decide, error_kind_only_keeps_the_policy_text_out_of_the_result)
+{
+    open_engine(FAILING);
+    const nbx_result *r = decide("alice", NBX_DECIDE_ERROR_KIND_ONLY);
+    cr_assert(nbx_result_fallback(r));
+    const char *json = nbx_result_json(r, NULL);
+    cr_assert(strstr(json, ",\"error\":{\"kind\":\"runtime\"}") != NULL, "%s", json);
+    const char *hidden[] = {"policy.lua", "boom on", "\"where\"", "\"message\"", "\"reason\""};
+    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++)
+        cr_assert(strstr(json, hidden[i]) == NULL, "%s in %s", hidden[i], json);
+    /* the caller still has the detail, for its own log */
+    cr_assert(strstr(nbx_result_error(r), "policy.lua:2: boom on ") != NULL, "%s",
+              nbx_result_error(r));
+    /* with explain too: candidates, and still only the kind */
+    r = decide("alice", NBX_DECIDE_ERROR_KIND_ONLY | NBX_DECIDE_EXPLAIN);
+    json = nbx_result_json(r, NULL);
+    cr_assert(strstr(json, "boom on") == NULL, "%s", json);
+    cr_assert(strstr(json, "\"candidates\":[") != NULL, "%s", json);
+}
+
 Test(decide, recorded_impressions_reach_the_frequency_cap)
 {
     open_engine(FS_FIRST);

@@ -19,14 +19,21 @@
  * nbx_engine_check() for each pair with its location's limits) and keeps
  * their bytes, from which the workers open their engines. Each check
  * creates and destroys its own Lua state, opens no LMDB environment and
- * leaves nothing behind to be inherited through fork(). A broken file thus
- * fails `nginx -t` and `nginx -s reload`, and the old workers keep serving.
+ * leaves nothing behind to be inherited through fork(). Once the whole
+ * configuration is read (and with it the `user` directive), a second,
+ * core module, ngx_http_nbx_check_module, has each store opened the way the
+ * workers will open it, as their user, in a short-lived child process. A
+ * broken file or a store the workers cannot open thus fails `nginx -t` and
+ * `nginx -s reload`, and the old workers keep serving.
  */
 
 
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+
+#include <grp.h>
+#include <poll.h>
 
 #include <nbx.h>
 
@@ -39,6 +46,10 @@
 
 /* How often a worker retries an engine that failed to open (store absent). */
 #define NGX_HTTP_NBX_RETRY_SEC       1
+
+/* How long the configuration check waits for a store to open (a writer). */
+#define NGX_HTTP_NBX_CHECK_MSEC      10000
+#define NGX_HTTP_NBX_CHECK_MSG_MAX   2048
 
 /* Engine messages (policy failures) logged per window; the rest counted. */
 #define NGX_HTTP_NBX_LOG_WINDOW      10
@@ -62,6 +73,7 @@ struct ngx_http_nbx_store_s {
     ngx_http_nbx_store_t      *owner;         /* who opened store, or self */
     dev_t                      dev;
     ino_t                      ino;
+    unsigned                   write:1;       /* a location writes to it */
 };
 
 
@@ -145,6 +157,8 @@ static ngx_int_t ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine,
     ngx_log_t *log);
 static nbx_store *ngx_http_nbx_store_get(ngx_cycle_t *cycle,
     ngx_http_nbx_store_t *store, ngx_log_t *log);
+static unsigned ngx_http_nbx_store_flags(ngx_http_nbx_main_conf_t *nmcf,
+    ngx_http_nbx_store_t *store, ngx_file_info_t *fi);
 static void ngx_http_nbx_engine_log(void *ud, int level, const char *message);
 static void ngx_http_nbx_cleanup(void *data);
 
@@ -167,6 +181,14 @@ static void *ngx_http_nbx_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static ngx_int_t ngx_http_nbx_init_process(ngx_cycle_t *cycle);
+
+static char *ngx_http_nbx_check_stores(ngx_cycle_t *cycle, void *conf);
+static ngx_int_t ngx_http_nbx_check_store(ngx_cycle_t *cycle,
+    ngx_http_nbx_main_conf_t *nmcf, ngx_http_nbx_store_t *store);
+static void ngx_http_nbx_check_child(ngx_cycle_t *cycle,
+    const char *path, unsigned flags, int fd);
+static ngx_int_t ngx_http_nbx_check_wait(ngx_pid_t pid, int fd, int *rc,
+    u_char *msg, size_t size);
 
 
 static ngx_conf_num_bounds_t  ngx_http_nbx_body_bounds = {
@@ -295,6 +317,36 @@ ngx_module_t  ngx_http_nbx_module = {
 };
 
 
+/*
+ * The store check runs after the whole configuration is read, so it knows
+ * the `user` directive wherever it stands: a core module's init_conf runs
+ * then, and failing it refuses the configuration (`nginx -t`, start,
+ * reload) without harming a running master. The module is in the same .so
+ * (config: ngx_module_name).
+ */
+static ngx_core_module_t  ngx_http_nbx_check_module_ctx = {
+    ngx_string("nbx_check"),
+    NULL,                                  /* create conf */
+    ngx_http_nbx_check_stores              /* init conf */
+};
+
+
+ngx_module_t  ngx_http_nbx_check_module = {
+    NGX_MODULE_V1,
+    &ngx_http_nbx_check_module_ctx,        /* module context */
+    NULL,                                  /* module directives */
+    NGX_CORE_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
 static ngx_str_t  ngx_http_nbx_json_type = ngx_string("application/json");
 static ngx_str_t  ngx_http_nbx_placement_arg = ngx_string("placement");
 
@@ -380,8 +432,16 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
     req.session = fields.elts;
     req.n_session = fields.nelts;
 
+    /*
+     * A fallback tells the client only its kind: the policy's file, line
+     * and message are for the error log (the library logs them), or for a
+     * debugging location with nbx_explain on.
+     */
     if (nlcf->explain) {
         req.flags |= NBX_DECIDE_EXPLAIN;
+
+    } else {
+        req.flags |= NBX_DECIDE_ERROR_KIND_ONLY;
     }
 
     /* a HEAD (monitors, link checkers) shows nothing: it records nothing */
@@ -1081,7 +1141,9 @@ ngx_http_nbx_store_get(ngx_cycle_t *cycle, ngx_http_nbx_store_t *store,
         }
     }
 
-    rc = nbx_store_open((const char *) store->path.data, 0, &store->store);
+    rc = nbx_store_open((const char *) store->path.data,
+                        ngx_http_nbx_store_flags(nmcf, store, &fi),
+                        &store->store);
     if (rc != NBX_OK) {
         store->store = NULL;
         ngx_log_error(NGX_LOG_ERR, log, 0,
@@ -1095,6 +1157,41 @@ ngx_http_nbx_store_get(ngx_cycle_t *cycle, ngx_http_nbx_store_t *store,
     store->ino = fi.st_ino;
 
     return store->store;
+}
+
+
+/*
+ * How workers open a store: read-write if a location on the same directory
+ * records events or impressions into it, read-only otherwise (a reader needs
+ * less: read access to data.mdb). A directory spelled two ways is one LMDB
+ * environment per process, so what any spelling needs counts for all.
+ */
+static unsigned
+ngx_http_nbx_store_flags(ngx_http_nbx_main_conf_t *nmcf,
+    ngx_http_nbx_store_t *store, ngx_file_info_t *fi)
+{
+    ngx_uint_t              i;
+    ngx_file_info_t         other;
+    ngx_http_nbx_store_t  **stores;
+
+    if (store->write) {
+        return 0;
+    }
+
+    stores = nmcf->stores.elts;
+
+    for (i = 0; i < nmcf->stores.nelts; i++) {
+        if (stores[i] != store
+            && stores[i]->write
+            && ngx_file_info(stores[i]->path.data, &other) != NGX_FILE_ERROR
+            && other.st_dev == fi->st_dev
+            && other.st_ino == fi->st_ino)
+        {
+            return 0;
+        }
+    }
+
+    return NBX_STORE_READONLY;
 }
 
 
@@ -1296,18 +1393,18 @@ ngx_http_nbx_read(ngx_conf_t *cf, u_char *name, ngx_str_t *text)
 /*
  * nbx_store, nbx_catalog, nbx_policy: a path relative to the configuration
  * prefix. Catalogs and policies are checked now, so that `nginx -t` and a
- * reload reject a broken file; the store is opened only by workers.
+ * reload reject a broken file; stores once the whole configuration is read
+ * (ngx_http_nbx_check_stores()), and opened for serving only by workers.
  */
 static char *
 ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_nbx_loc_conf_t *nlcf = conf;
 
-    int               rc;
-    u_char           *name;
-    ngx_str_t        *field, *value, *text;
-    const char       *what;
-    ngx_file_info_t   fi;
+    int          rc;
+    u_char      *name;
+    ngx_str_t   *field, *value, *text;
+    const char  *what;
 
     field = (ngx_str_t *) ((char *) conf + cmd->offset);
 
@@ -1347,13 +1444,8 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
+    /* stores are checked once the whole configuration is read */
     if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, store)) {
-        if (ngx_file_info(name, &fi) == NGX_FILE_ERROR) {
-            ngx_conf_log_error(NGX_LOG_WARN, cf, ngx_errno,
-                               "nbx store \"%s\" is not there yet: requests "
-                               "get 503 until it is", name);
-        }
-
         return NGX_CONF_OK;
     }
 
@@ -1752,6 +1844,11 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    /* the workers open this store read-write, and the check checks that */
+    if (conf->handler == NGX_HTTP_NBX_EVENT || conf->record_impressions) {
+        conf->engine->store->write = 1;
+    }
+
     /*
      * The pair as the workers will open it, with this location's limits: a
      * policy that cannot load within nbx_memory_limit fails "nginx -t", not
@@ -1773,4 +1870,319 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* ========================================================================
+ * Store check, in the master, once the configuration is read
+ * ======================================================================== */
+
+/*
+ * Every store must open for the workers as they will open it: as their
+ * user (the `user` directive, or nginx's default, when the master runs as
+ * root), read-write if a location writes to it, read-only otherwise. A store
+ * they cannot open (one root created, say) is a configuration error with
+ * the library's reason ("... data.mdb needs read and write access"), not a
+ * 503 on every request once traffic arrives.
+ *
+ * The check opens the store with nbx_store_open() in a child process that
+ * takes the workers' ids and environment and exits. Not in the master:
+ * LMDB is opened after fork() by the workers only, so nothing of it is
+ * inherited. Not access() under switched effective ids either: the master
+ * would have to switch back and forth, and the permission bits are only part
+ * of what makes an open fail (lock.mdb created by the first opener, the
+ * schema, a damaged file); a child runs the very call the workers run. A
+ * missing store is only a warning: the workers retry once a second, so a
+ * store that appears later is served without a reload.
+ */
+static char *
+ngx_http_nbx_check_stores(ngx_cycle_t *cycle, void *conf)
+{
+    ngx_uint_t                 i;
+    ngx_http_nbx_store_t     **stores;
+    ngx_http_nbx_main_conf_t  *nmcf;
+
+    /* `nginx -s ...` reads the configuration only to find the master */
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_CONF_OK;
+    }
+
+    nmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_nbx_module);
+    if (nmcf == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    stores = nmcf->stores.elts;
+
+    for (i = 0; i < nmcf->stores.nelts; i++) {
+        if (ngx_http_nbx_check_store(cycle, nmcf, stores[i]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_nbx_check_store(ngx_cycle_t *cycle, ngx_http_nbx_main_conf_t *nmcf,
+    ngx_http_nbx_store_t *store)
+{
+    int               fds[2], rc;
+    u_char            msg[NGX_HTTP_NBX_CHECK_MSG_MAX];
+    unsigned          flags;
+    ngx_int_t         answer;
+    ngx_pid_t         pid;
+    const char       *user, *access;
+    ngx_file_info_t   fi;
+    ngx_core_conf_t  *ccf;
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (ngx_file_info(store->path.data, &fi) == NGX_FILE_ERROR) {
+        flags = store->write ? 0 : NBX_STORE_READONLY;
+
+    } else {
+        flags = ngx_http_nbx_store_flags(nmcf, store, &fi);
+    }
+
+    if (pipe(fds) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "nbx store \"%V\": pipe() failed", &store->path);
+        return NGX_ERROR;
+    }
+
+    pid = fork();
+
+    if (pid == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "nbx store \"%V\": fork() failed", &store->path);
+        (void) close(fds[0]);
+        (void) close(fds[1]);
+        return NGX_ERROR;
+    }
+
+    if (pid == 0) {
+        (void) close(fds[0]);
+        ngx_http_nbx_check_child(cycle, (const char *) store->path.data,
+                                 flags, fds[1]);
+    }
+
+    (void) close(fds[1]);
+
+    rc = NBX_EIO;
+    answer = ngx_http_nbx_check_wait(pid, fds[0], &rc, msg, sizeof(msg));
+    (void) close(fds[0]);
+
+    if (answer == NGX_AGAIN) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "nbx store \"%V\" was not checked: opening it took "
+                      "more than %d ms (a long write transaction?)",
+                      &store->path, NGX_HTTP_NBX_CHECK_MSEC);
+        return NGX_OK;
+    }
+
+    if (answer == NGX_OK && rc == NBX_OK) {
+        return NGX_OK;
+    }
+
+    if (answer == NGX_OK && rc == NBX_ENOTFOUND) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "nbx store \"%V\" is not there yet: requests get 503 "
+                      "until it is", &store->path);
+        return NGX_OK;
+    }
+
+    user = (ccf->master && geteuid() == 0) ? ccf->username : NULL;
+    access = (flags & NBX_STORE_READONLY)
+             ? "read-only"
+             : "read-write (nbx_event or nbx_record_impressions writes to it)";
+
+    ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                  "nbx store \"%V\": the workers (%s%s%s) cannot open it "
+                  "%s: %s", &store->path,
+                  user ? "user \"" : "nginx's own user", user ? user : "",
+                  user ? "\"" : "", access, msg);
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * In the child: become what a worker is (environment, group, user, as
+ * ngx_worker_process_init() does it), open the store, write the outcome
+ * (the code, then the library's message, escaped by it) to fd and exit
+ * without running anything of the master's.
+ */
+static void
+ngx_http_nbx_check_child(ngx_cycle_t *cycle, const char *path,
+    unsigned flags, int fd)
+{
+    int               rc;
+    u_char            out[sizeof(int) + NGX_HTTP_NBX_CHECK_MSG_MAX], *p;
+    nbx_store        *store;
+    ngx_err_t         err;
+    const char       *step;
+    ngx_core_conf_t  *ccf;
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    step = NULL;
+    err = 0;
+
+    /* workers see only the variables `env` names (NBX_MAP_SIZE) */
+    if (ngx_set_environment(cycle, NULL) == NULL) {
+        step = "setting the environment";
+        err = ngx_errno;
+
+    } else if (ccf->master && geteuid() == 0) {
+        if (setgid(ccf->group) == -1) {
+            step = "setgid()";
+
+        } else if (initgroups(ccf->username, ccf->group) == -1) {
+            step = "initgroups()";
+
+        } else if (setuid(ccf->user) == -1) {
+            step = "setuid()";
+        }
+
+        err = step ? ngx_errno : 0;
+    }
+
+    p = out + sizeof(int);
+
+    if (step) {
+        rc = NBX_EIO;
+        p = ngx_snprintf(p, NGX_HTTP_NBX_CHECK_MSG_MAX - 1,
+                         "taking the workers' ids: %s failed (%d: %s)",
+                         step, err, strerror(err));
+
+    } else {
+        rc = nbx_store_open(path, flags, &store);
+
+        if (rc == NBX_OK) {
+            nbx_store_close(store);
+
+        } else {
+            p = ngx_snprintf(p, NGX_HTTP_NBX_CHECK_MSG_MAX - 1, "%s",
+                             nbx_last_errmsg());
+        }
+    }
+
+    ngx_memcpy(out, &rc, sizeof(int));
+
+    /* shorter than PIPE_BUF: one write, whole or not at all */
+    if (write(fd, out, p - out) != p - out) {
+        _exit(1);
+    }
+
+    _exit(0);
+}
+
+
+/*
+ * The child's answer: NGX_OK with its code in *rc and its message in msg
+ * (NUL-terminated); NGX_AGAIN when it gave none within
+ * NGX_HTTP_NBX_CHECK_MSEC (it is killed); NGX_ERROR when it died without
+ * one (msg says how).
+ */
+static ngx_int_t
+ngx_http_nbx_check_wait(ngx_pid_t pid, int fd, int *rc, u_char *msg,
+    size_t size)
+{
+    int              n, status, timeout;
+    u_char           buf[sizeof(int) + NGX_HTTP_NBX_CHECK_MSG_MAX];
+    size_t           got;
+    ssize_t          r;
+    ngx_int_t        answer;
+    struct pollfd    pfd;
+    struct timespec  now, end;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += NGX_HTTP_NBX_CHECK_MSEC / 1000;
+
+    got = 0;
+    answer = NGX_ERROR;
+
+    for ( ;; ) {
+        (void) clock_gettime(CLOCK_MONOTONIC, &now);
+        timeout = (int) ((end.tv_sec - now.tv_sec) * 1000
+                         + (end.tv_nsec - now.tv_nsec) / 1000000);
+
+        if (timeout <= 0) {
+            answer = NGX_AGAIN;
+            break;
+        }
+
+        pfd.fd = fd;
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+
+        n = poll(&pfd, 1, timeout);
+
+        if (n == -1 && ngx_errno == NGX_EINTR) {
+            continue;
+        }
+
+        if (n == 0) {
+            answer = NGX_AGAIN;
+            break;
+        }
+
+        if (n == -1) {
+            break;
+        }
+
+        r = read(fd, buf + got, sizeof(buf) - got);
+
+        if (r == -1 && ngx_errno == NGX_EINTR) {
+            continue;
+        }
+
+        if (r <= 0) {
+            break;
+        }
+
+        got += r;
+
+        if (got == sizeof(buf)) {
+            break;
+        }
+    }
+
+    if (answer == NGX_AGAIN) {
+        (void) kill(pid, SIGKILL);
+    }
+
+    status = 0;
+
+    while (waitpid(pid, &status, 0) == -1 && ngx_errno == NGX_EINTR) {
+        /* void */
+    }
+
+    if (answer == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (got < sizeof(int)) {
+        if (WIFSIGNALED(status)) {
+            ngx_snprintf(msg, size, "the check process was killed by "
+                         "signal %d while opening it%Z", WTERMSIG(status));
+
+        } else {
+            ngx_snprintf(msg, size, "the check process ended without an "
+                         "answer%Z");
+        }
+
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(rc, buf, sizeof(int));
+
+    got -= sizeof(int);
+    got = ngx_min(got, size - 1);
+    ngx_memcpy(msg, buf + sizeof(int), got);
+    msg[got] = '\0';
+
+    return NGX_OK;
 }

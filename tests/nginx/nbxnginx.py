@@ -256,7 +256,7 @@ class Nginx:
                            stderr=subprocess.STDOUT, text=True, timeout=60)
         return p.returncode == 0, p.stdout
 
-    def start(self, port, timeout=15):
+    def start(self, port, timeout=30):
         self.port = port
         with open(os.path.join(self.prefix, "stderr.log"), "w") as err:
             self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL, stderr=err)
@@ -299,7 +299,7 @@ class Nginx:
                 pids.add(int(d))
         return pids
 
-    def reload(self, timeout=15):
+    def reload(self, timeout=30):
         """`nginx -s reload`; waits until a whole new set of workers serves.
         Returns the new worker pids."""
         old = self.worker_pids()
@@ -313,7 +313,7 @@ class Nginx:
             time.sleep(0.05)
         raise AssertionError("reload did not replace the workers:\n%s" % self.log_tail())
 
-    def reload_expect_failure(self, marker, timeout=15):
+    def reload_expect_failure(self, marker, timeout=30):
         """Reload that the master must refuse: waits for `marker` in the
         error log; the workers must stay the same."""
         old = self.worker_pids()

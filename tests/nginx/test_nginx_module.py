@@ -330,6 +330,7 @@ class ModuleTest(nx.NginxTestCase):
 
     def test_26_policy_failure_falls_back_with_a_rate_limited_log(self):
         before = self.server.log_size()
+        started = time.monotonic()
         for i in range(40):
             r = self.get("/broken?customer=c%d&placement=hero&placement=recs" % (i % 3 + 1))
             self.assertStatus(r, 200, "fallback")
@@ -338,13 +339,18 @@ class ModuleTest(nx.NginxTestCase):
             self.assertTrue(d.get("error"), d)
             self.assertEqual(sorted(actions(d)), [("bestsellers", "recs"),
                                                   ("brand_banner", "hero")], d)
+        elapsed = time.monotonic() - started
         time.sleep(0.2)
         log = self.server.log_since(before)
         lines = [l for l in log.splitlines()
                  if "[error]" in l and "nbx: policy raising" in l and "fallback" in l]
         self.assertTrue(lines, "no error-log line for the policy failure:\n" + log)
-        self.assertLessEqual(len(lines), 20, "the log is not rate-limited: %d lines"
-                             % len(lines))
+        # the promise: at most one line a second per worker, however long
+        # the 40 requests took on this machine
+        most = self.server.workers * (int(elapsed) + 2)
+        self.assertLessEqual(len(lines), most, "the log is not rate-limited: %d lines in "
+                             "%.1f s from %d workers" % (len(lines), elapsed,
+                                                         self.server.workers))
         # the other locations still serve the good policy
         self.assertIs(self.get("/decide?customer=c1").json()["fallback"], False)
 
@@ -372,7 +378,8 @@ class StoreLaterTest(nx.NginxTestCase):
         self.assertIn("unavailable", server.log_since(0))
         nx.make_store(store, [nx.profile("c1")])
         nx.give_to_workers(store)
-        deadline = time.time() + 10
+        # workers retry once a second; a slow machine gets room
+        deadline = time.time() + 30
         while time.time() < deadline:
             r = request(server.url("/decide?customer=c1"))
             if r.status == 200:

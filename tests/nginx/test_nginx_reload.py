@@ -148,7 +148,7 @@ class ReloadTest(nx.NginxTestCase):
         self.assertEqual(old, now)
         victim = sorted(now)[0]
         os.kill(victim, signal.SIGKILL)
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while time.time() < deadline:
             pids = self.server.worker_pids()
             if len(pids) == len(now) and victim not in pids:
