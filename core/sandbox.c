@@ -741,7 +741,7 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
         sb_error(err, NBX_FAULT_MEMORY, sb->where, offer, "out of memory");
         rc = NBX_ENOMEM;
     } else if (sb->object_exceeded) {
-        if (r.status == LUA_ERRRUN && sb->reason[0])
+        if (sb->reason[0]) /* from sb_raise_too_big; the error may have turned into LUA_ERRMEM */
             sb_error(err, NBX_FAULT_MEMORY, sb->where, offer, "%s", sb->reason);
         else
             sb_error(err, NBX_FAULT_MEMORY, sb->where, offer,
