@@ -612,13 +612,17 @@ static int sb_reserve(nbx_sandbox *sb, size_t n)
     return NBX_OK;
 }
 
-/* What a fault leaves is garbage the next decision must not pay for with a
- * rebuild (re-running the top level): collect it, and carry on. */
+/* What a fault leaves is garbage, not damage: the next decision must not
+ * pay for a rebuild (re-running the top level). After a memory fault the
+ * garbage fills the state, and LuaJIT never collects on a failed
+ * allocation: collect it now. Otherwise the usual rule applies. Either way
+ * the collection costs what the decision could allocate within its time. */
 static void sb_recover(nbx_sandbox *sb)
 {
+    bool full = sb->mem_exceeded || sb->object_exceeded;
     sb_reset_flags(sb);
     lua_settop(sb->L, 0);
-    sb_collect_if_needed(sb, true);
+    sb_collect_if_needed(sb, full);
 }
 
 /* The JIT compiles a policy's hot paths while they run, and compiling takes
