@@ -27,6 +27,7 @@ int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
     c->has_summary = calloc(n, 1);
     c->consented = calloc(catalog->n_purposes ? catalog->n_purposes : 1, 1);
     c->propensity = calloc(n, sizeof *c->propensity);
+    c->propensity_source = calloc(n, 1);
     c->category_propensity =
         calloc(catalog->n_categories ? catalog->n_categories : 1, sizeof *c->category_propensity);
     c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
@@ -45,6 +46,7 @@ void nbx_caps_free(nbx_caps *c)
     free(c->has_summary);
     free(c->consented);
     free(c->propensity);
+    free(c->propensity_source);
     free(c->category_propensity);
     free(c->budget_impressions);
     free(c->budget_accepts);
@@ -336,23 +338,42 @@ bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
     return true;
 }
 
-/* The end of the fallback chain, once the profile has no value. */
-static double prior(const nbx_profile *p, const nbx_offer *o)
+/* The propensity fallback chain, the one definition of it: the profile's
+ * value for the offer id, else for its category, else the offer's prior for
+ * the customer's RFM segment, else base_propensity. by_offer and
+ * by_category are the profile's values (NaN when it has none). */
+static double chain(const nbx_profile *p, const nbx_offer *o, double by_offer, double by_category,
+                    uint8_t *source)
 {
-    if (p->rfm.segment && p->rfm.segment < NBX_SEGMENT_COUNT &&
-        !isnan(o->segment_prior[p->rfm.segment]))
-        return o->segment_prior[p->rfm.segment];
-    return o->base_propensity;
+    uint8_t from;
+    double v;
+    if (!isnan(by_offer)) {
+        from = NBX_PSRC_OFFER, v = by_offer;
+    } else if (!isnan(by_category)) {
+        from = NBX_PSRC_CATEGORY, v = by_category;
+    } else if (p->rfm.segment && p->rfm.segment < NBX_SEGMENT_COUNT &&
+               !isnan(o->segment_prior[p->rfm.segment])) {
+        from = NBX_PSRC_SEGMENT, v = o->segment_prior[p->rfm.segment];
+    } else {
+        from = NBX_PSRC_BASE, v = o->base_propensity;
+    }
+    if (source)
+        *source = from;
+    return v;
 }
 
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o)
 {
-    const nbx_prop *pr = nbx_profile_propensity(p, o->id);
-    if (pr)
-        return pr->value;
-    if (o->category.len && (pr = nbx_profile_propensity(p, o->category)))
-        return pr->value;
-    return prior(p, o);
+    const nbx_prop *by_offer = nbx_profile_propensity(p, o->id);
+    const nbx_prop *by_category = o->category.len ? nbx_profile_propensity(p, o->category) : NULL;
+    return chain(p, o, by_offer ? by_offer->value : NAN, by_category ? by_category->value : NAN,
+                 NULL);
+}
+
+const char *nbx_propensity_source_name(int source)
+{
+    static const char *const names[] = {NULL, "offer", "category", "segment", "base"};
+    return source > 0 && source < (int)NBX_ARRAY_LEN(names) ? names[source] : NULL;
 }
 
 /* out[j] = the profile's value for keys[j] (sorted), NaN when absent. */
@@ -378,11 +399,9 @@ void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p)
     join_keys(p, cat->categories, sizeof(nbx_sv), cat->n_categories, c->category_propensity);
     for (uint32_t k = 0; k < cat->n_offers; k++) {
         const nbx_offer *o = &cat->offers[k];
-        if (!isnan(c->propensity[k]))
-            continue;
-        if (o->category_index != UINT32_MAX && !isnan(c->category_propensity[o->category_index]))
-            c->propensity[k] = c->category_propensity[o->category_index];
-        else
-            c->propensity[k] = prior(p, o);
+        double by_category =
+            o->category_index != UINT32_MAX ? c->category_propensity[o->category_index] : NAN;
+        c->propensity[k] =
+            chain(p, o, c->propensity[k], by_category, &c->propensity_source[k]);
     }
 }

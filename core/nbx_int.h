@@ -744,6 +744,7 @@ typedef struct nbx_caps {
     uint8_t *consented;         /* per catalog purpose, from the profile */
     bool channel_refused;       /* the session's channel lacks its consent: nothing is shown */
     double *propensity;         /* per offer: nbx_caps_propensities() */
+    uint8_t *propensity_source; /* per offer: where it came from (nbx_propensity_source) */
     double *category_propensity; /* per catalog category, scratch */
     uint64_t *budget_impressions; /* per offer, today (UTC) */
     uint64_t *budget_accepts;
@@ -789,9 +790,18 @@ int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool
  * margin floor. Decided once per offer at catalog load (passes_guardrails). */
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
 
+/* Where a propensity came from, in the order the chain tries them. */
+enum nbx_propensity_source {
+    NBX_PSRC_OFFER = 1, /* the profile's value for the offer id */
+    NBX_PSRC_CATEGORY,  /* the profile's value for the offer's category */
+    NBX_PSRC_SEGMENT,   /* the offer's prior for the customer's RFM segment */
+    NBX_PSRC_BASE       /* the offer's base_propensity */
+};
+/* "offer", "category", "segment", "base"; NULL otherwise. */
+const char *nbx_propensity_source_name(int source);
 /* Propensity of a customer for an offer: the profile's value for the offer
  * id, else its category, else the offer's prior for the customer's segment,
- * else base_propensity. */
+ * else base_propensity (caps.c holds the one definition of the chain). */
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
 /* The same for every offer of the catalog at once, into c->propensity: two
  * merge joins of the profile's sorted keys against the sorted offer ids and
