@@ -85,6 +85,11 @@ void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx)
     size_t len, line_len;
     const char *msg = lua_tolstring(L, idx, &len);
     const char *rest = sb_skip_position(msg, len, sb->short_src, &line_len);
+    /* Line 0 is no position: LuaJIT reports a stack overflow met while
+     * entering a compiled frame at line 0 (seen on traces of a recursive
+     * comparator); the stack knows better. */
+    if (rest && line_len == 1 && msg[strlen(sb->short_src) + 1] == '0')
+        rest = NULL;
     if (rest) {
         /* The message names its own position (error("...", 2) points at the
          * caller): trust it over the stack. */
@@ -92,7 +97,9 @@ void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx)
                  msg + strlen(sb->short_src) + 1);
     } else {
         sb_policy_where(sb, L, 0, sb->where, sizeof sb->where);
-        rest = sb_skip_position(msg, len, "nbx", &line_len); /* our helpers' chunk */
+        rest = sb_skip_position(msg, len, sb->short_src, &line_len);
+        if (!rest)
+            rest = sb_skip_position(msg, len, "nbx", &line_len); /* our helpers' chunk */
         if (!rest)
             rest = msg;
     }
