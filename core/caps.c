@@ -12,6 +12,7 @@
 #include "nbx_int.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,6 +193,7 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p,
 {
     uint32_t today = nbx_day_of(now_ms);
     load_consents(c, p);
+    c->channel = channel;
     c->channel_refused = channel != UINT32_MAX && !c->consented[channel];
     if (!s || !txn) {
         /* No store (a trial, a test): nothing shown, nothing spent. */
@@ -403,5 +405,140 @@ void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p)
             o->category_index != UINT32_MAX ? c->category_propensity[o->category_index] : NAN;
         c->propensity[k] =
             chain(p, o, c->propensity[k], by_category, &c->propensity_source[k]);
+    }
+}
+
+/* ========================================================================
+ * Explanations: each rule above, in words
+ * ======================================================================== */
+
+static const char *plural(uint64_t n, const char *one, const char *many)
+{
+    return n == 1 ? one : many;
+}
+
+/* The frequency cap that excluded the offer, as nbx_caps_check() found it. */
+static void explain_frequency(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    const nbx_exposure_summary *s = c->has_summary[o->index] ? &c->summary[o->index] : NULL;
+    uint32_t imp = s ? s->impressions : 0, acc = s ? s->accepts : 0;
+    if (o->impressions.window_days && imp >= o->impressions.max)
+        snprintf(out, cap, "shown %u %s in the last %u %s; the cap is %u", imp,
+                 plural(imp, "time", "times"), o->impressions.window_days,
+                 plural(o->impressions.window_days, "day", "days"), o->impressions.max);
+    else
+        snprintf(out, cap, "accepted %u %s in the last %u %s; the cap is %u", acc,
+                 plural(acc, "time", "times"), o->accepts.window_days,
+                 plural(o->accepts.window_days, "day", "days"), o->accepts.max);
+}
+
+static void explain_consent(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    const nbx_catalog *cat = c->catalog;
+    if (c->channel_refused && c->channel < cat->n_purposes) {
+        nbx_sv p = cat->purposes[c->channel];
+        snprintf(out, cap, "no consent to '%.*s', which this channel needs", (int)p.len, p.ptr);
+    } else if (o->purpose_index < cat->n_purposes) {
+        snprintf(out, cap, "no consent to '%.*s', which this offer needs", (int)o->purpose.len,
+                 o->purpose.ptr);
+    } else {
+        snprintf(out, cap, "no consent");
+    }
+}
+
+static void explain_validity(const nbx_offer *o, int64_t now_ms, char *out, size_t cap)
+{
+    char t[NBX_TIME_BUFSZ];
+    if (now_ms < o->valid_from) {
+        nbx_time_format(o->valid_from, t);
+        snprintf(out, cap, "not valid before %s", t);
+    } else {
+        nbx_time_format(o->valid_to, t);
+        snprintf(out, cap, "expired on %s", t);
+    }
+}
+
+static void explain_budget(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    if (o->budget_impressions >= 0 &&
+        c->budget_impressions[o->index] + planned_impressions(c, o) >=
+            (uint64_t)o->budget_impressions)
+        snprintf(out, cap, "today's budget of %lld %s is spent", (long long)o->budget_impressions,
+                 plural((uint64_t)o->budget_impressions, "impression", "impressions"));
+    else if (o->budget_accepts >= 0)
+        snprintf(out, cap, "today's budget of %lld %s is spent", (long long)o->budget_accepts,
+                 plural((uint64_t)o->budget_accepts, "accept", "accepts"));
+    else
+        snprintf(out, cap, "today's budget is spent");
+}
+
+static void explain_guardrail(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    const nbx_guardrails *g = &c->catalog->guardrails;
+    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct + 1e-9)
+        snprintf(out, cap, "a discount of %.4g%% is above the %.4g%% limit", o->discount_pct,
+                 g->max_discount_pct);
+    else if (!isnan(g->min_margin))
+        snprintf(out, cap, "a unit margin of %.2f is below the minimum of %.2f", o->margin,
+                 g->min_margin);
+    else
+        snprintf(out, cap, "outside the guardrails");
+}
+
+void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const char *policy_reason,
+                      int64_t now_ms, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const nbx_cap *mc = &c->catalog->guardrails.max_contacts;
+    const nbx_exposure_summary *s = c->has_summary[o->index] ? &c->summary[o->index] : NULL;
+    switch (reason) {
+    case NBX_EXCLUDED_CONSENT:
+        explain_consent(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_FREQUENCY:
+        explain_frequency(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_COOLDOWN:
+        if (s && s->last_dismiss)
+            snprintf(out, cap, "dismissed %.1f days ago; the cooldown is %u %s",
+                     (double)(now_ms - s->last_dismiss) / (double)NBX_MS_PER_DAY,
+                     o->dismiss_cooldown_days, plural(o->dismiss_cooldown_days, "day", "days"));
+        else
+            snprintf(out, cap, "dismissed within the %u-day cooldown", o->dismiss_cooldown_days);
+        break;
+    case NBX_EXCLUDED_CONTACTS:
+        if (mc->window_days && c->contacts >= mc->max)
+            snprintf(out, cap, "contacted %u %s in the last %u %s; the limit is %u", c->contacts,
+                     plural(c->contacts, "time", "times"), mc->window_days,
+                     plural(mc->window_days, "day", "days"), mc->max);
+        else if (mc->window_days)
+            snprintf(out, cap,
+                     "the limit of %u %s in %u %s is taken by this decision's higher-ranked "
+                     "actions (%u before it)",
+                     mc->max, plural(mc->max, "contact", "contacts"), mc->window_days,
+                     plural(mc->window_days, "day", "days"), c->contacts);
+        else
+            snprintf(out, cap, "the contact limit is reached");
+        break;
+    case NBX_EXCLUDED_BUDGET:
+        explain_budget(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_VALIDITY:
+        explain_validity(o, now_ms, out, cap);
+        break;
+    case NBX_EXCLUDED_INELIGIBLE:
+        if (policy_reason && policy_reason[0])
+            snprintf(out, cap, "the policy's eligible() said no: %s", policy_reason);
+        else
+            snprintf(out, cap, "the policy's eligible() said no (it gave no reason)");
+        break;
+    case NBX_EXCLUDED_GUARDRAIL:
+        explain_guardrail(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_POLICY_ERROR:
+        snprintf(out, cap, "the policy failed: the fallback decision was served");
+        break;
+    default:
+        break;
     }
 }

@@ -19,21 +19,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-struct nbx_result {
-    nbx_buf json;
-    nbx_action *actions;
-    size_t n_actions;
-    bool fallback;
-    bool anonymous;
-    bool has_error;
-    char decision_id[37];
-    char error[1024];
-    const char *fault_kind; /* static; with has_error */
-    nbx_policy_error fault;
-    uint32_t exclusions[NBX_EXCLUDED_COUNT];
-    double expected_margin;
-};
-
 /* A candidate's rank as two integers, so ranking compares integers only:
  * key orders scores (IEEE bits mapped to an order-preserving unsigned), tie
  * prefers the lower offer index (id order), then the earlier placement. */
@@ -578,104 +563,6 @@ static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
 }
 
 /* ========================================================================
- * Result JSON
- * ======================================================================== */
-
-/* The fields an action and an explained candidate have in common, opening
- * the object: both lists read alike and cannot drift apart. */
-static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
-                         double expected_margin)
-{
-    nbx_buf_puts(b, first ? "{\"offer\":" : ",{\"offer\":");
-    nbx_jw_sv(b, offer);
-    nbx_buf_puts(b, ",\"placement\":");
-    nbx_jw_sv(b, placement);
-    nbx_buf_puts(b, ",\"score\":");
-    nbx_jw_decimal(b, score);
-    nbx_buf_puts(b, ",\"expected_margin\":");
-    nbx_jw_decimal(b, expected_margin);
-}
-
-static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t now)
-{
-    const nbx_catalog *cat = c->snap->catalog;
-    const nbx_policy *pol = c->snap->policy;
-    nbx_result *r = &c->result;
-    nbx_buf *b = &r->json;
-    nbx_buf_reset(b);
-    nbx_buf_puts(b, "{\"decision_id\":\"");
-    nbx_buf_puts(b, r->decision_id);
-    nbx_buf_puts(b, "\",\"customer\":");
-    nbx_jw_string(b, req->customer, strlen(req->customer));
-    nbx_buf_puts(b, ",\"policy\":{\"name\":");
-    nbx_jw_string(b, pol->name, strlen(pol->name));
-    nbx_buf_puts(b, ",\"version\":\"");
-    nbx_buf_puts(b, pol->version_hex);
-    nbx_buf_puts(b, "\"},\"catalog_version\":\"");
-    nbx_buf_puts(b, cat->version_hex);
-    nbx_buf_puts(b, "\",\"as_of\":");
-    nbx_jw_time(b, now);
-    nbx_buf_puts(b, ",\"actions\":[");
-    for (size_t i = 0; i < r->n_actions; i++) {
-        const nbx_action *a = &r->actions[i];
-        write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
-                     a->expected_margin);
-        nbx_buf_putc(b, '}');
-    }
-    nbx_buf_puts(b, "],\"fallback\":");
-    nbx_buf_puts(b, r->fallback ? "true" : "false");
-    nbx_buf_puts(b, ",\"anonymous\":");
-    nbx_buf_puts(b, r->anonymous ? "true" : "false");
-    if (r->has_error && (req->flags & NBX_DECIDE_ERROR_KIND_ONLY)) {
-        /* for clients: the policy's text (file, line, message) stays out */
-        nbx_buf_puts(b, ",\"error\":{\"kind\":\"");
-        nbx_buf_puts(b, r->fault_kind);
-        nbx_buf_puts(b, "\"}");
-    } else if (r->has_error) {
-        nbx_buf_puts(b, ",\"error\":{\"policy\":");
-        nbx_jw_string(b, pol->name, strlen(pol->name));
-        nbx_buf_puts(b, ",\"version\":\"");
-        nbx_buf_puts(b, pol->version_hex);
-        nbx_buf_puts(b, "\",\"kind\":\"");
-        nbx_buf_puts(b, r->fault_kind);
-        nbx_buf_puts(b, "\",\"where\":");
-        nbx_jw_string(b, r->fault.where, strlen(r->fault.where));
-        nbx_buf_puts(b, ",\"offer\":");
-        if (r->fault.offer[0])
-            nbx_jw_string(b, r->fault.offer, strlen(r->fault.offer));
-        else
-            nbx_buf_puts(b, "null");
-        nbx_buf_puts(b, ",\"reason\":");
-        const char *reason = r->fault.reason[0] ? r->fault.reason : r->error;
-        nbx_jw_string(b, reason, strlen(reason));
-        nbx_buf_puts(b, ",\"message\":");
-        nbx_jw_string(b, r->error, strlen(r->error));
-        nbx_buf_putc(b, '}');
-    }
-    if (req->flags & NBX_DECIDE_EXPLAIN) {
-        nbx_buf_puts(b, ",\"candidates\":[");
-        for (size_t i = 0; i < n; i++) {
-            const nbx_candidate *cd = &c->cand[i];
-            write_choice(b, i == 0, cat->offers[cd->offer].id, cat->placements[cd->placement].id,
-                         cd->scored ? cd->score : NAN, cd->expected_margin);
-            nbx_buf_puts(b, ",\"excluded\":");
-            const char *why = nbx_excluded_name(cd->excluded);
-            if (why) {
-                nbx_buf_putc(b, '"');
-                nbx_buf_puts(b, why);
-                nbx_buf_putc(b, '"');
-            } else {
-                nbx_buf_puts(b, "null");
-            }
-            nbx_buf_putc(b, '}');
-        }
-        nbx_buf_putc(b, ']');
-    }
-    nbx_buf_putc(b, '}');
-    nbx_buf_terminate(b);
-}
-
-/* ========================================================================
  * Policy failures
  * ======================================================================== */
 
@@ -917,6 +804,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             .propensity = c->caps.propensity,
             .cand = c->cand,
             .n_cand = n,
+            .explain = (req->flags & NBX_DECIDE_EXPLAIN) != 0,
         };
         failed = nbx_sandbox_run(c->sandbox, &in, &perr) != NBX_OK;
     }
@@ -938,7 +826,16 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
-    write_result(c, req, n, now);
+    nbx_result_view view = {.req = req,
+                            .catalog = c->snap->catalog,
+                            .policy = c->snap->policy,
+                            .caps = &c->caps,
+                            .cand = c->cand,
+                            .n_cand = n,
+                            .now_ms = now};
+    if ((req->flags & NBX_DECIDE_EXPLAIN) && c->sandbox)
+        view.n_log = nbx_sandbox_log(c->sandbox, &view.log, &view.log_dropped);
+    nbx_result_write(r, &view);
     if (r->json.oom) {
         nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");
         return ctx_fail(c, &e);
@@ -989,89 +886,4 @@ NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
     if (applied)
         *applied = done;
     return NBX_OK;
-}
-
-/* ========================================================================
- * Results
- * ======================================================================== */
-
-NBX_API const char *nbx_excluded_name(int reason)
-{
-    static const char *const names[NBX_EXCLUDED_COUNT] = {
-        NULL,     "consent",  "frequency",  "cooldown",  "contacts",
-        "budget", "validity", "ineligible", "guardrail", "policy_error"};
-    if (reason <= 0 || reason >= NBX_EXCLUDED_COUNT)
-        return NULL;
-    return names[reason];
-}
-
-NBX_API const char *nbx_result_json(const nbx_result *r, size_t *len)
-{
-    if (!r)
-        return NULL;
-    if (len)
-        *len = r->json.len;
-    return r->json.data;
-}
-
-NBX_API size_t nbx_result_action_count(const nbx_result *r)
-{
-    return r ? r->n_actions : 0;
-}
-
-NBX_API int nbx_result_action(const nbx_result *r, size_t i, nbx_action *out)
-{
-    if (!r || !out || i >= r->n_actions)
-        return NBX_EINVAL;
-    *out = r->actions[i];
-    return NBX_OK;
-}
-
-NBX_API int nbx_result_fallback(const nbx_result *r)
-{
-    return r && r->fallback;
-}
-
-NBX_API int nbx_result_anonymous(const nbx_result *r)
-{
-    return r && r->anonymous;
-}
-
-NBX_API const char *nbx_result_error(const nbx_result *r)
-{
-    return r && r->has_error ? r->error : NULL;
-}
-
-NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out)
-{
-    if (!r || !out)
-        return NBX_EINVAL;
-    if (!r->has_error)
-        return NBX_ENOTFOUND;
-    out->kind = r->fault_kind;
-    out->where = r->fault.where;
-    out->offer = r->fault.offer;
-    out->reason = r->fault.reason[0] ? r->fault.reason : r->error;
-    return NBX_OK;
-}
-
-NBX_API const char *nbx_result_decision_id(const nbx_result *r)
-{
-    return r ? r->decision_id : NULL;
-}
-
-NBX_API double nbx_result_expected_margin(const nbx_result *r)
-{
-    return r ? r->expected_margin : 0;
-}
-
-NBX_API void nbx_result_exclusions(const nbx_result *r, uint32_t *counts)
-{
-    if (!counts)
-        return;
-    if (!r) {
-        memset(counts, 0, NBX_EXCLUDED_COUNT * sizeof *counts);
-        return;
-    }
-    memcpy(counts, r->exclusions, sizeof r->exclusions);
 }

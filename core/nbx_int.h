@@ -655,6 +655,9 @@ typedef struct nbx_candidate {
     double score;
     double expected_margin; /* NaN when the policy did not return one */
     const nbx_exposure_summary *exposure; /* NULL: never exposed */
+    /* eligible()'s reason when it said no, escaped, with in->explain only;
+     * owned by the sandbox, valid until its next run. NULL: none given. */
+    const char *why;
 } nbx_candidate;
 
 typedef struct nbx_sandbox_input {
@@ -667,6 +670,10 @@ typedef struct nbx_sandbox_input {
     const double *propensity; /* per offer (nbx_caps_propensities), or NULL */
     nbx_candidate *cand;
     size_t n_cand;
+    /* Collect what explanations show: eligible()'s reasons (cand[].why)
+     * and nbx.log() lines (nbx_sandbox_log); without it nbx.log() does
+     * nothing. */
+    bool explain;
 } nbx_sandbox_input;
 
 typedef enum nbx_policy_fault {
@@ -697,6 +704,10 @@ void nbx_sandbox_close(nbx_sandbox *sb);
  * stays usable (it rebuilds its state itself after a limit fault). */
 int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_error *err);
 size_t nbx_sandbox_memory(const nbx_sandbox *sb);
+/* Lines the last run's policy logged with nbx.log() (an explained run
+ * only, also one that faulted), escaped; owned by the sandbox, valid until
+ * its next run. *dropped: lines over the limit, not kept. */
+size_t nbx_sandbox_log(const nbx_sandbox *sb, const char *const **lines, uint32_t *dropped);
 const nbx_policy *nbx_sandbox_policy(const nbx_sandbox *sb);
 const nbx_catalog *nbx_sandbox_catalog(const nbx_sandbox *sb);
 
@@ -743,6 +754,7 @@ typedef struct nbx_caps {
     uint32_t contacts;          /* impressions over all offers in the contacts window */
     uint8_t *consented;         /* per catalog purpose, from the profile */
     bool channel_refused;       /* the session's channel lacks its consent: nothing is shown */
+    uint32_t channel;           /* the purpose the session's channel needs; UINT32_MAX: none */
     double *propensity;         /* per offer: nbx_caps_propensities() */
     uint8_t *propensity_source; /* per offer: where it came from (nbx_propensity_source) */
     double *category_propensity; /* per catalog category, scratch */
@@ -807,6 +819,50 @@ double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
  * merge joins of the profile's sorted keys against the sorted offer ids and
  * categories, instead of two bisections per candidate. */
 void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p);
+/* Why the offer was excluded for `reason`, in words for a reader of an
+ * explanation ("shown 3 times in the last 7 days; the cap is 3"), from the
+ * state loaded now; policy_reason: what eligible() said (escaped), if
+ * anything. Writes at most cap bytes (NUL-terminated); "" when there is
+ * nothing to say. */
+void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const char *policy_reason,
+                      int64_t now_ms, char *out, size_t cap);
+
+/* ========================================================================
+ * Results (result.c): what a decision hands back
+ * ======================================================================== */
+
+struct nbx_result {
+    nbx_buf json;
+    nbx_action *actions;
+    size_t n_actions;
+    bool fallback;
+    bool anonymous;
+    bool has_error;
+    char decision_id[37];
+    char error[1024];
+    const char *fault_kind; /* static; with has_error */
+    nbx_policy_error fault;
+    uint32_t exclusions[NBX_EXCLUDED_COUNT];
+    double expected_margin;
+};
+
+/* What the result JSON is written from: the decision as the pipeline
+ * (decide.c) leaves it. */
+typedef struct nbx_result_view {
+    const nbx_request *req;
+    const nbx_catalog *catalog;
+    const nbx_policy *policy;
+    const nbx_caps *caps;      /* eligibility and propensities as decided */
+    const nbx_candidate *cand; /* explain: every candidate */
+    size_t n_cand;
+    const char *const *log; /* nbx.log() lines (explain only), escaped */
+    size_t n_log;
+    uint32_t log_dropped;
+    int64_t now_ms;
+} nbx_result_view;
+
+/* Write r->json (docs/decisions.md, "The result"); r->json.oom on failure. */
+void nbx_result_write(nbx_result *r, const nbx_result_view *v);
 
 /* ========================================================================
  * Engine and decisions (engine.c, decide.c)

@@ -348,6 +348,7 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
     sb->wall_check = INT64_MAX;
     sb->pr_wanted = false;
     sb->warmed = false;
+    sb->log_on = false;
     memset(sb->map_dirty, 0, sizeof sb->map_dirty);
     lua_State *L = lua_newstate(sb_alloc, sb);
     if (!L)
@@ -440,7 +441,9 @@ int nbx_sandbox_open(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits 
     sb->pr_set = calloc(n_offers ? n_offers : 1, sizeof *sb->pr_set);
     sb->pr_next = calloc(n_offers ? n_offers : 1, sizeof *sb->pr_next);
     sb->pr_has = calloc(n_offers ? n_offers : 1, 1);
-    if (!sb->pr_set || !sb->pr_next || !sb->pr_has) {
+    sb->log_off = calloc(SB_LOG_LINES, sizeof *sb->log_off);
+    sb->log = calloc(SB_LOG_LINES, sizeof *sb->log);
+    if (!sb->pr_set || !sb->pr_next || !sb->pr_has || !sb->log_off || !sb->log) {
         nbx_sandbox_close(sb);
         return nbx_err_set(e, NBX_ENOMEM, "out of memory");
     }
@@ -466,7 +469,27 @@ void nbx_sandbox_close(nbx_sandbox *sb)
     free(sb->pr_set);
     free(sb->pr_next);
     free(sb->pr_has);
+    nbx_buf_free(&sb->text);
+    free(sb->log_off);
+    free(sb->log);
     free(sb);
+}
+
+size_t nbx_sandbox_log(const nbx_sandbox *sb, const char *const **lines, uint32_t *dropped)
+{
+    if (dropped)
+        *dropped = sb ? sb->log_dropped : 0;
+    if (!sb || sb->n_log == 0) {
+        if (lines)
+            *lines = NULL;
+        return 0;
+    }
+    /* pointers made now: the text may have moved while it grew */
+    for (size_t i = 0; i < sb->n_log; i++)
+        sb->log[i] = sb->text.data + sb->log_off[i];
+    if (lines)
+        *lines = sb->log;
+    return sb->n_log;
 }
 
 size_t nbx_sandbox_memory(const nbx_sandbox *sb)
@@ -497,6 +520,7 @@ static int sb_run_body(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, sb->ref_slots);
     int slots = 1;
     sb_slot_get(L, slots, SLOT_MSGH); /* 2 */
+    sb_log_switch(L, sb, slots, r->in->explain);
     int nargs = sb_push_inputs(L, sb, slots, r);
 
     sb->rng = r->in->seed;
@@ -505,6 +529,10 @@ static int sb_run_body(lua_State *L)
     if (sb_run_stop(sb))
         sb->timed_out = true;
     lua_settop(L, slots);
+    /* also after a fault: what the policy logged on its way there is what
+     * its author needs */
+    if (r->in->explain)
+        sb_read_log(L, sb, slots);
 
     sb_slot_get(L, slots, SLOT_ST);
     lua_rawgeti(L, -1, 1);
@@ -692,6 +720,9 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
         sb_error(err, NBX_FAULT_NONE, NULL, NULL, "out of memory");
         return NBX_ENOMEM;
     }
+    nbx_buf_reset(&sb->text);
+    sb->n_log = 0;
+    sb->log_dropped = 0;
     size_t n = 0;
     for (size_t i = 0; i < in->n_cand; i++)
         if (in->cand[i].excluded == NBX_EXCLUDED_NONE)

@@ -22,6 +22,9 @@ local check_sortable, order = N.check_sortable, N.order
 local too_long, check_format, raise_len = N.too_long, N.check_format, N.raise_len
 local resolve_propensity = N.resolve_propensity
 local STRING_MAX = N.string_max
+local ssub, where = N.sub, N.where
+-- nbx.log(): { on = C switched it on for this decision, n = lines, dropped }
+local LOG, LOG_LINES, LOG_LINE_MAX = N.log, N.log_lines, N.log_line_max
 -- proxy -> the table behind it, for every read-only table (inputs, the
 -- catalog, libraries, and the policy's own tables once frozen): what #t and
 -- the iteration functions see.
@@ -293,6 +296,35 @@ local function days_since(t, now)
   return ((now or state.now) - t) / 86400
 end
 
+-- nbx.log(...): a debug line for explanations, tests and checks, prefixed
+-- with the policy's file and line; values are joined by spaces as print()
+-- would. Only when C asked for it (an explained decision): otherwise it
+-- returns at once, so leaving log lines in a policy costs a call. At most
+-- LOG_LINES lines a decision, each cut to LOG_LINE_MAX bytes (C escapes
+-- them); lines over the count are counted, not kept.
+local function log(...)
+  if not LOG.on then return end
+  local n = LOG.n
+  if n >= LOG_LINES then
+    LOG.dropped = LOG.dropped + 1
+    return
+  end
+  local line = where() .. ":"
+  for i = 1, select("#", ...) do
+    tick()
+    local v = (select(i, ...))
+    if type(v) ~= "string" then v = tostring(v) end
+    if #v > LOG_LINE_MAX then v = ssub(v, 1, LOG_LINE_MAX) end
+    line = line .. " " .. v
+    if #line >= LOG_LINE_MAX then
+      line = ssub(line, 1, LOG_LINE_MAX)
+      break
+    end
+  end
+  LOG.n = n + 1
+  LOG[n + 1] = line
+end
+
 local function contains(list, value)
   if list == nil then return false end
   for _, v in ipairs(list) do
@@ -400,7 +432,7 @@ end
 
 return { sort = sort, propensity = propensity, expected_margin = expected_margin,
          expected_margin_score = expected_margin_score,
-         clamp = clamp, days_since = days_since, contains = contains,
+         clamp = clamp, days_since = days_since, contains = contains, log = log,
          tostring = tostring, rep = rep, format = format, len = len, cat = cat,
          frozen_index = frozen_index, pairs = pairs, ipairs = ipairs,
          make_driver = make_driver, init = init }

@@ -604,6 +604,17 @@ static void sb_copy_fields(lua_State *L, int dst, int src, const char *const *na
 }
 
 
+/* nbx.log()'s prefix: "file.lua:LINE:" of the policy line that called it
+ * (nbx.log is level 1, its caller level 2). */
+static int sb_log_where(lua_State *L)
+{
+    nbx_sandbox *sb = sb_of(L);
+    char where[256];
+    sb_policy_where_at(sb, L, 1, where, sizeof where);
+    lua_pushstring(L, where[0] ? where : sb->policy->chunkname + 1);
+    return 1;
+}
+
 static void sb_set_cfunction(lua_State *L, int t, const char *name, lua_CFunction fn)
 {
     lua_pushcfunction(L, fn);
@@ -644,6 +655,15 @@ static int sb_load_helpers(lua_State *L, int slots, int G, int native_string)
     sb_set_cfunction(L, natives, "resolve_propensity", sb_resolve_propensity);
     lua_pushnumber(L, SB_STRING_MAX);
     lua_setfield(L, natives, "string_max");
+    lua_getfield(L, native_string, "sub");
+    lua_setfield(L, natives, "sub");
+    sb_set_cfunction(L, natives, "where", sb_log_where);
+    sb_slot_get(L, slots, SLOT_LOG);
+    lua_setfield(L, natives, "log");
+    lua_pushnumber(L, SB_LOG_LINES);
+    lua_setfield(L, natives, "log_lines");
+    lua_pushnumber(L, SB_LOG_LINE_MAX);
+    lua_setfield(L, natives, "log_line_max");
     sb_slot_get(L, slots, SLOT_DATA);
     lua_setfield(L, natives, "data");
     sb_slot_get(L, slots, SLOT_TICKS);
@@ -719,7 +739,7 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
     lua_createtable(L, 0, 8);
     sb_copy_fields(L, lua_gettop(L), lib,
                    (const char *const[]){"propensity", "expected_margin", "expected_margin_score",
-                                         "clamp", "days_since", "contains", NULL});
+                                         "clamp", "days_since", "contains", "log", NULL});
     sb_set_cfunction(L, lua_gettop(L), "len", sb_len);
     sb_make_proxy(L, slots);
     lua_setfield(L, D, "nbx");
@@ -873,6 +893,14 @@ int sb_env_build(lua_State *L, nbx_sandbox *sb)
     lua_pushnumber(L, SB_TICK_MIN);
     lua_rawseti(L, -2, 1);
     sb_slot_set(L, slots, SLOT_TICKS);
+    lua_createtable(L, SB_LOG_LINES, 3);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "on");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, -2, "n");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, -2, "dropped");
+    sb_slot_set(L, slots, SLOT_LOG);
 
     /* LuaJIT's table.clear, reached through its preload entry (package is
      * never opened), for refilling input tables without reallocating. */

@@ -27,7 +27,7 @@ const char nbx_sb_ineligible = 0;
 /* "name.lua:LINE" of the innermost policy frame at or above level; "" when
  * there is none (a tail call leaves no frame of its caller): nbx_sandbox_run
  * then falls back to the definition of the function being run. */
-static bool sb_policy_where(nbx_sandbox *sb, lua_State *L, int level, char *out, size_t n)
+bool sb_policy_where_at(nbx_sandbox *sb, lua_State *L, int level, char *out, size_t n)
 {
     lua_Debug ar;
     const char *chunk = sb->policy->chunkname;
@@ -46,7 +46,7 @@ static bool sb_policy_where(nbx_sandbox *sb, lua_State *L, int level, char *out,
 void sb_note_where(nbx_sandbox *sb, lua_State *L, int level)
 {
     sb->recorded = true;
-    sb_policy_where(sb, L, level, sb->where, sizeof sb->where);
+    sb_policy_where_at(sb, L, level, sb->where, sizeof sb->where);
 }
 
 /* If msg starts with "<src>:<digits>: ", return the position after it. */
@@ -73,7 +73,7 @@ void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx)
     sb->recorded = true;
     int t = lua_type(L, idx);
     if (t != LUA_TSTRING) {
-        sb_policy_where(sb, L, 0, sb->where, sizeof sb->where);
+        sb_policy_where_at(sb, L, 0, sb->where, sizeof sb->where);
         if (t == LUA_TNUMBER)
             snprintf(sb->reason, sizeof sb->reason, "%.17g", lua_tonumber(L, idx));
         else
@@ -96,7 +96,7 @@ void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx)
         snprintf(sb->where, sizeof sb->where, "%s:%.*s", sb->policy->chunkname + 1, (int)line_len,
                  msg + strlen(sb->short_src) + 1);
     } else {
-        sb_policy_where(sb, L, 0, sb->where, sizeof sb->where);
+        sb_policy_where_at(sb, L, 0, sb->where, sizeof sb->where);
         rest = sb_skip_position(msg, len, sb->short_src, &line_len);
         if (!rest)
             rest = sb_skip_position(msg, len, "nbx", &line_len); /* our helpers' chunk */

@@ -49,6 +49,11 @@
  * deadline, under 1 ms, while a normal decision looks at the clock a few
  * times (docs/sandbox.md, "Time"). */
 #define SB_UNIT_WORST_NS 10000
+/* What an explanation keeps of a policy's words: eligible()'s reason and
+ * nbx.log() lines, per decision (sandbox.lua cuts them; C escapes them). */
+#define SB_WHY_MAX 200
+#define SB_LOG_LINES 32
+#define SB_LOG_LINE_MAX 240
 #define SB_TICK_MIN 16
 #define SB_TICK_MAX 100000
 
@@ -89,6 +94,7 @@ enum sb_slot {
     SLOT_M,       /* second results out, as returned */
     SLOT_R,       /* eligible()'s reason when it said no */
     SLOT_ST,      /* [1] candidate being run (negative: in eligible) */
+    SLOT_LOG,     /* nbx.log(): { on = bool, n = lines, dropped = count, lines... } */
     SLOT_MSG_TIMEOUT,
     SLOT_MSG_MEMORY,
     SLOT_COUNT
@@ -100,6 +106,7 @@ struct sb_cached_cand {
 
 struct sb_result {
     double score, margin;
+    size_t why; /* offset in sb->text of eligible()'s reason; SIZE_MAX: none */
     bool eligible;
 };
 
@@ -174,6 +181,15 @@ struct nbx_sandbox {
      * of them have been checked. */
     struct sb_result *results;
     bool map_dirty[MAP_COUNT];
+
+    /* An explained run's words: reasons and log lines, escaped, in text;
+     * log holds pointers into it. */
+    nbx_buf text;
+    size_t *log_off;
+    const char **log;
+    size_t n_log;
+    uint32_t log_dropped;
+    bool log_on; /* what LOG.on holds in the state */
 };
 
 /* Its address marks an ineligible candidate in S: no policy can produce a
@@ -224,6 +240,9 @@ int sb_raise_too_big(lua_State *L, const char *what, double size, double limit);
 /* The message handler of protected calls into policy code. */
 int sb_msgh(lua_State *L);
 void sb_note_where(nbx_sandbox *sb, lua_State *L, int level);
+/* "file.lua:LINE" of the first policy frame from `level` up; false (and
+ * out empty) when there is none. */
+bool sb_policy_where_at(nbx_sandbox *sb, lua_State *L, int level, char *out, size_t n);
 /* Record where and why from the error object at idx and the live stack. */
 void sb_describe_error(nbx_sandbox *sb, lua_State *L, int idx);
 void sb_fault_reset(nbx_sandbox *sb);
@@ -266,5 +285,9 @@ void sb_push_catalog(lua_State *L, int slots, const nbx_catalog *c);
 int sb_push_inputs(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r);
 /* Read S, M and R into the candidates (or note the first bad result). */
 void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r);
+/* Switch nbx.log() on or off for the next run. */
+void sb_log_switch(lua_State *L, nbx_sandbox *sb, int slots, bool on);
+/* Take the lines nbx.log() collected in this run (and empty the table). */
+void sb_read_log(lua_State *L, nbx_sandbox *sb, int slots);
 
 #endif /* NBX_SANDBOX_INT_H */

@@ -393,6 +393,8 @@ static void sb_describe_value(lua_State *L, int idx, char *out, size_t n)
     }
 }
 
+static void sb_read_reasons(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r);
+
 /* Read S and M in one pass of API calls into sb->results; commit them to
  * the candidates only if every score is a finite number and every expected
  * margin nil or one. Otherwise note the first offending candidate and
@@ -426,6 +428,7 @@ void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
             }
         } else if (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == &nbx_sb_ineligible) {
             out->eligible = false;
+            out->why = SIZE_MAX;
             reasons = true;
         } else {
             r->bad_result = 1;
@@ -438,6 +441,8 @@ void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
         lua_settop(L, m);
     }
     if (reasons) {
+        if (r->in->explain)
+            sb_read_reasons(L, sb, slots, r);
         sb_slot_get(L, slots, SLOT_CLEAR);
         sb_slot_get(L, slots, SLOT_R);
         lua_call(L, 1, 0);
@@ -451,6 +456,88 @@ void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
             c->expected_margin = res->margin;
         } else {
             c->excluded = NBX_EXCLUDED_INELIGIBLE;
+            c->why = res->why == SIZE_MAX || sb->text.oom ? NULL : sb->text.data + res->why;
         }
     }
+}
+
+/* ========================================================================
+ * Words for explanations: eligible()'s reasons, nbx.log() lines
+ * ======================================================================== */
+
+/* Append the string at idx to sb->text, escaped and NUL-terminated;
+ * returns its offset (SIZE_MAX when out of memory). Policy text: escaped
+ * here, once, so no caller can forget. */
+static size_t sb_keep_text(nbx_sandbox *sb, lua_State *L, int idx, size_t max)
+{
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (len > max)
+        len = max;
+    size_t cap = 4 * len + 1; /* every byte may become \xNN */
+    if (nbx_buf_reserve(&sb->text, cap) != NBX_OK)
+        return SIZE_MAX;
+    size_t off = sb->text.len;
+    sb->text.len += nbx_escape_text(sb->text.data + off, cap, s, len) + 1;
+    return off;
+}
+
+/* R[k] for the candidates eligible() turned down: a string or a number is
+ * the reason (cut to SB_WHY_MAX bytes); anything else is no reason. */
+static void sb_read_reasons(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
+{
+    sb_slot_get(L, slots, SLOT_R);
+    int rt = lua_gettop(L);
+    for (size_t k = 0; k < r->n; k++) {
+        struct sb_result *res = &sb->results[k];
+        if (res->eligible)
+            continue;
+        lua_rawgeti(L, rt, (int)k + 1);
+        int t = lua_type(L, -1);
+        if (t == LUA_TSTRING || t == LUA_TNUMBER)
+            res->why = sb_keep_text(sb, L, -1, SB_WHY_MAX);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+void sb_log_switch(lua_State *L, nbx_sandbox *sb, int slots, bool on)
+{
+    if (sb->log_on == on)
+        return;
+    sb_slot_get(L, slots, SLOT_LOG);
+    lua_pushboolean(L, on);
+    lua_setfield(L, -2, "on");
+    lua_pop(L, 1);
+    sb->log_on = on;
+}
+
+void sb_read_log(lua_State *L, nbx_sandbox *sb, int slots)
+{
+    sb_slot_get(L, slots, SLOT_LOG);
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "n");
+    size_t n = (size_t)lua_tonumber(L, -1);
+    lua_getfield(L, t, "dropped");
+    sb->log_dropped = (uint32_t)lua_tonumber(L, -1);
+    lua_pop(L, 2);
+    if (n > SB_LOG_LINES)
+        n = SB_LOG_LINES;
+    sb->n_log = 0;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, t, (int)i + 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t off = sb_keep_text(sb, L, -1, SB_LOG_LINE_MAX);
+            if (off != SIZE_MAX)
+                sb->log_off[sb->n_log++] = off;
+        }
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawseti(L, t, (int)i + 1);
+    }
+    lua_pushnumber(L, 0);
+    lua_setfield(L, t, "n");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, t, "dropped");
+    lua_pop(L, 1);
 }
