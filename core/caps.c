@@ -6,11 +6,13 @@
  * Everything here reads state gathered once per decision by nbx_caps_load:
  * the customer's consent per purpose, one cursor range over the customer's
  * counters and, when the catalog has budgets, one range over today's budget
- * keys, both joined against the catalog in offer-id order. No per-offer lookups, no allocation per offer.
+ * keys, both joined against the catalog in offer-id order. No per-offer lookups, no allocation per
+ * offer.
  */
 #include "nbx_int.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,12 +28,13 @@ int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
     c->has_summary = calloc(n, 1);
     c->consented = calloc(catalog->n_purposes ? catalog->n_purposes : 1, 1);
     c->propensity = calloc(n, sizeof *c->propensity);
-    c->category_propensity = calloc(catalog->n_categories ? catalog->n_categories : 1,
-                                    sizeof *c->category_propensity);
+    c->propensity_source = calloc(n, 1);
+    c->category_propensity =
+        calloc(catalog->n_categories ? catalog->n_categories : 1, sizeof *c->category_propensity);
     c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
     c->budget_accepts = calloc(n, sizeof *c->budget_accepts);
-    if (!c->summary || !c->has_summary || !c->consented || !c->propensity || !c->category_propensity ||
-        !c->budget_impressions || !c->budget_accepts) {
+    if (!c->summary || !c->has_summary || !c->consented || !c->propensity ||
+        !c->category_propensity || !c->budget_impressions || !c->budget_accepts) {
         nbx_caps_free(c);
         return NBX_ENOMEM;
     }
@@ -44,6 +47,7 @@ void nbx_caps_free(nbx_caps *c)
     free(c->has_summary);
     free(c->consented);
     free(c->propensity);
+    free(c->propensity_source);
     free(c->category_propensity);
     free(c->budget_impressions);
     free(c->budget_accepts);
@@ -71,11 +75,11 @@ static bool join_offer(const nbx_catalog *cat, uint32_t *j, nbx_sv id)
 static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today, int64_t now_ms,
                       nbx_exposure_summary *s)
 {
-    uint32_t imp_days = o->impressions.window_days ? o->impressions.window_days
-                                                   : NBX_DEFAULT_WINDOW_DAYS;
+    uint32_t imp_days =
+        o->impressions.window_days ? o->impressions.window_days : NBX_DEFAULT_WINDOW_DAYS;
     uint32_t acc_days = o->accepts.window_days ? o->accepts.window_days : NBX_DEFAULT_WINDOW_DAYS;
-    uint32_t dis_days = o->dismiss_cooldown_days ? o->dismiss_cooldown_days
-                                                 : NBX_DEFAULT_WINDOW_DAYS;
+    uint32_t dis_days =
+        o->dismiss_cooldown_days ? o->dismiss_cooldown_days : NBX_DEFAULT_WINDOW_DAYS;
     s->impressions = nbx_exposure_count(x, NBX_EXP_IMPRESSION, today, imp_days);
     s->clicks = nbx_exposure_count(x, NBX_EXP_CLICK, today, imp_days);
     s->accepts = nbx_exposure_count(x, NBX_EXP_ACCEPT, today, acc_days);
@@ -86,8 +90,8 @@ static void summarise(const nbx_offer *o, const nbx_exposure *x, uint32_t today,
     s->dismiss_later = x->last[NBX_EXP_DISMISS] > now_ms;
 }
 
-static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer,
-                          uint32_t today, int64_t now_ms, nbx_arena *a, nbx_err *e)
+static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv customer, uint32_t today,
+                          int64_t now_ms, nbx_arena *a, nbx_err *e)
 {
     const nbx_catalog *cat = c->catalog;
     memset(c->has_summary, 0, cat->n_offers);
@@ -189,7 +193,17 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p,
 {
     uint32_t today = nbx_day_of(now_ms);
     load_consents(c, p);
+    c->channel = channel;
     c->channel_refused = channel != UINT32_MAX && !c->consented[channel];
+    if (!s || !txn) {
+        /* No store (a trial, a test): nothing shown, nothing spent. */
+        memset(c->has_summary, 0, c->catalog->n_offers);
+        c->contacts = 0;
+        memset(c->budget_impressions, 0, c->catalog->n_offers * sizeof *c->budget_impressions);
+        memset(c->budget_accepts, 0, c->catalog->n_offers * sizeof *c->budget_accepts);
+        c->budget_valid = false;
+        return NBX_OK;
+    }
     int rc = load_exposures(c, s, txn, p->id, today, now_ms, a, e);
     if (rc == NBX_OK && c->catalog->has_budgets)
         rc = load_budgets(c, s, txn, today, e);
@@ -326,23 +340,42 @@ bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
     return true;
 }
 
-/* The end of the fallback chain, once the profile has no value. */
-static double prior(const nbx_profile *p, const nbx_offer *o)
+/* The propensity fallback chain, the one definition of it: the profile's
+ * value for the offer id, else for its category, else the offer's prior for
+ * the customer's RFM segment, else base_propensity. by_offer and
+ * by_category are the profile's values (NaN when it has none). */
+static double chain(const nbx_profile *p, const nbx_offer *o, double by_offer, double by_category,
+                    uint8_t *source)
 {
-    if (p->rfm.segment && p->rfm.segment < NBX_SEGMENT_COUNT &&
-        !isnan(o->segment_prior[p->rfm.segment]))
-        return o->segment_prior[p->rfm.segment];
-    return o->base_propensity;
+    uint8_t from;
+    double v;
+    if (!isnan(by_offer)) {
+        from = NBX_PSRC_OFFER, v = by_offer;
+    } else if (!isnan(by_category)) {
+        from = NBX_PSRC_CATEGORY, v = by_category;
+    } else if (p->rfm.segment && p->rfm.segment < NBX_SEGMENT_COUNT &&
+               !isnan(o->segment_prior[p->rfm.segment])) {
+        from = NBX_PSRC_SEGMENT, v = o->segment_prior[p->rfm.segment];
+    } else {
+        from = NBX_PSRC_BASE, v = o->base_propensity;
+    }
+    if (source)
+        *source = from;
+    return v;
 }
 
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o)
 {
-    const nbx_prop *pr = nbx_profile_propensity(p, o->id);
-    if (pr)
-        return pr->value;
-    if (o->category.len && (pr = nbx_profile_propensity(p, o->category)))
-        return pr->value;
-    return prior(p, o);
+    const nbx_prop *by_offer = nbx_profile_propensity(p, o->id);
+    const nbx_prop *by_category = o->category.len ? nbx_profile_propensity(p, o->category) : NULL;
+    return chain(p, o, by_offer ? by_offer->value : NAN, by_category ? by_category->value : NAN,
+                 NULL);
+}
+
+const char *nbx_propensity_source_name(int source)
+{
+    static const char *const names[] = {NULL, "offer", "category", "segment", "base"};
+    return source > 0 && source < (int)NBX_ARRAY_LEN(names) ? names[source] : NULL;
 }
 
 /* out[j] = the profile's value for keys[j] (sorted), NaN when absent. */
@@ -368,11 +401,144 @@ void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p)
     join_keys(p, cat->categories, sizeof(nbx_sv), cat->n_categories, c->category_propensity);
     for (uint32_t k = 0; k < cat->n_offers; k++) {
         const nbx_offer *o = &cat->offers[k];
-        if (!isnan(c->propensity[k]))
-            continue;
-        if (o->category_index != UINT32_MAX && !isnan(c->category_propensity[o->category_index]))
-            c->propensity[k] = c->category_propensity[o->category_index];
+        double by_category =
+            o->category_index != UINT32_MAX ? c->category_propensity[o->category_index] : NAN;
+        c->propensity[k] =
+            chain(p, o, c->propensity[k], by_category, &c->propensity_source[k]);
+    }
+}
+
+/* ========================================================================
+ * Explanations: each rule above, in words
+ * ======================================================================== */
+
+static const char *plural(uint64_t n, const char *one, const char *many)
+{
+    return n == 1 ? one : many;
+}
+
+/* The frequency cap that excluded the offer, as nbx_caps_check() found it. */
+static void explain_frequency(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    const nbx_exposure_summary *s = c->has_summary[o->index] ? &c->summary[o->index] : NULL;
+    uint32_t imp = s ? s->impressions : 0, acc = s ? s->accepts : 0;
+    if (o->impressions.window_days && imp >= o->impressions.max)
+        snprintf(out, cap, "shown %u %s in the last %u %s; the cap is %u", imp,
+                 plural(imp, "time", "times"), o->impressions.window_days,
+                 plural(o->impressions.window_days, "day", "days"), o->impressions.max);
+    else
+        snprintf(out, cap, "accepted %u %s in the last %u %s; the cap is %u", acc,
+                 plural(acc, "time", "times"), o->accepts.window_days,
+                 plural(o->accepts.window_days, "day", "days"), o->accepts.max);
+}
+
+static void explain_consent(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    const nbx_catalog *cat = c->catalog;
+    if (c->channel_refused && c->channel < cat->n_purposes) {
+        nbx_sv p = cat->purposes[c->channel];
+        snprintf(out, cap, "no consent to '%.*s', which this channel needs", (int)p.len, p.ptr);
+    } else if (o->purpose_index < cat->n_purposes) {
+        snprintf(out, cap, "no consent to '%.*s', which this offer needs", (int)o->purpose.len,
+                 o->purpose.ptr);
+    } else {
+        snprintf(out, cap, "no consent");
+    }
+}
+
+static void explain_validity(const nbx_offer *o, int64_t now_ms, char *out, size_t cap)
+{
+    char t[NBX_TIME_BUFSZ];
+    if (now_ms < o->valid_from) {
+        nbx_time_format(o->valid_from, t);
+        snprintf(out, cap, "not valid before %s", t);
+    } else {
+        nbx_time_format(o->valid_to, t);
+        snprintf(out, cap, "expired on %s", t);
+    }
+}
+
+static void explain_budget(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    if (o->budget_impressions >= 0 &&
+        c->budget_impressions[o->index] + planned_impressions(c, o) >=
+            (uint64_t)o->budget_impressions)
+        snprintf(out, cap, "today's budget of %lld %s is spent", (long long)o->budget_impressions,
+                 plural((uint64_t)o->budget_impressions, "impression", "impressions"));
+    else if (o->budget_accepts >= 0)
+        snprintf(out, cap, "today's budget of %lld %s is spent", (long long)o->budget_accepts,
+                 plural((uint64_t)o->budget_accepts, "accept", "accepts"));
+    else
+        snprintf(out, cap, "today's budget is spent");
+}
+
+static void explain_guardrail(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
+{
+    const nbx_guardrails *g = &c->catalog->guardrails;
+    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct + 1e-9)
+        snprintf(out, cap, "a discount of %.4g%% is above the %.4g%% limit", o->discount_pct,
+                 g->max_discount_pct);
+    else if (!isnan(g->min_margin))
+        snprintf(out, cap, "a unit margin of %.2f is below the minimum of %.2f", o->margin,
+                 g->min_margin);
+    else
+        snprintf(out, cap, "outside the guardrails");
+}
+
+void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const char *policy_reason,
+                      int64_t now_ms, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const nbx_cap *mc = &c->catalog->guardrails.max_contacts;
+    const nbx_exposure_summary *s = c->has_summary[o->index] ? &c->summary[o->index] : NULL;
+    switch (reason) {
+    case NBX_EXCLUDED_CONSENT:
+        explain_consent(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_FREQUENCY:
+        explain_frequency(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_COOLDOWN:
+        if (s && s->last_dismiss)
+            snprintf(out, cap, "dismissed %.1f days ago; the cooldown is %u %s",
+                     (double)(now_ms - s->last_dismiss) / (double)NBX_MS_PER_DAY,
+                     o->dismiss_cooldown_days, plural(o->dismiss_cooldown_days, "day", "days"));
         else
-            c->propensity[k] = prior(p, o);
+            snprintf(out, cap, "dismissed within the %u-day cooldown", o->dismiss_cooldown_days);
+        break;
+    case NBX_EXCLUDED_CONTACTS:
+        if (mc->window_days && c->contacts >= mc->max)
+            snprintf(out, cap, "contacted %u %s in the last %u %s; the limit is %u", c->contacts,
+                     plural(c->contacts, "time", "times"), mc->window_days,
+                     plural(mc->window_days, "day", "days"), mc->max);
+        else if (mc->window_days)
+            snprintf(out, cap,
+                     "the limit of %u %s in %u %s is taken by this decision's higher-ranked "
+                     "actions (%u before it)",
+                     mc->max, plural(mc->max, "contact", "contacts"), mc->window_days,
+                     plural(mc->window_days, "day", "days"), c->contacts);
+        else
+            snprintf(out, cap, "the contact limit is reached");
+        break;
+    case NBX_EXCLUDED_BUDGET:
+        explain_budget(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_VALIDITY:
+        explain_validity(o, now_ms, out, cap);
+        break;
+    case NBX_EXCLUDED_INELIGIBLE:
+        if (policy_reason && policy_reason[0])
+            snprintf(out, cap, "the policy's eligible() said no: %s", policy_reason);
+        else
+            snprintf(out, cap, "the policy's eligible() said no (it gave no reason)");
+        break;
+    case NBX_EXCLUDED_GUARDRAIL:
+        explain_guardrail(c, o, out, cap);
+        break;
+    case NBX_EXCLUDED_POLICY_ERROR:
+        snprintf(out, cap, "the policy failed: the fallback decision was served");
+        break;
+    default:
+        break;
     }
 }

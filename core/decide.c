@@ -19,19 +19,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-struct nbx_result {
-    nbx_buf json;
-    nbx_action *actions;
-    size_t n_actions;
-    bool fallback;
-    bool anonymous;
-    bool has_error;
-    char decision_id[37];
-    char error[1024];
-    uint32_t exclusions[NBX_EXCLUDED_COUNT];
-    double expected_margin;
-};
-
 /* A candidate's rank as two integers, so ranking compares integers only:
  * key orders scores (IEEE bits mapped to an order-preserving unsigned), tie
  * prefers the lower offer index (id order), then the earlier placement. */
@@ -53,7 +40,7 @@ struct nbx_ctx {
     nbx_buf scratch;
     /* per catalog: sized at snapshot switch */
     nbx_candidate *cand;
-    struct rank_entry *ranked; /* arbitration: one heap per placement */
+    struct rank_entry *ranked;    /* arbitration: one heap per placement */
     uint32_t *heap_at, *heap_len; /* per placement: its heap in ranked */
     size_t cand_cap;
     uint8_t *offer_used;
@@ -120,8 +107,8 @@ static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
     c->actions = calloc(slots ? slots : 1, sizeof *c->actions);
     c->cand_cap = n;
     c->actions_cap = slots;
-    if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left || !c->placement_wanted ||
-        !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
+    if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left ||
+        !c->placement_wanted || !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
         free_catalog_arrays(c);
         return NBX_ENOMEM;
     }
@@ -182,7 +169,7 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     int rc = ctx_refresh(c, &e);
     if (rc == NBX_OK && c->sandbox_rc)
         rc = nbx_err_set(&e, c->sandbox_rc, "%s", c->sandbox_err);
-    if (rc == NBX_OK) {
+    if (rc == NBX_OK && engine->store) {
         rc = nbx_store_read_begin(engine->store, &c->txn, &e);
         if (rc == NBX_OK)
             mdb_txn_reset(c->txn); /* hold no snapshot while idle */
@@ -291,14 +278,28 @@ int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placement
     return NBX_OK;
 }
 
+/* The request's profile_json, if its size says it has the field (a caller
+ * built against an 0.1 nbx.h passes a smaller request). */
+static const char *request_profile(const nbx_request *r, size_t *len)
+{
+    if (r->size < offsetof(nbx_request, profile_len) + sizeof r->profile_len)
+        return NULL;
+    *len = r->profile_len;
+    return r->profile_json;
+}
+
 static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
 {
     if (!r)
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: request is NULL");
-    if (r->size < sizeof *r)
+    if (r->size < offsetof(nbx_request, profile_json))
         return nbx_err_set(e, NBX_EINVAL,
                            "nbx_decide: request.size is %zu, expected %zu (call nbx_request_init)",
                            r->size, sizeof *r);
+    size_t plen = 0;
+    if (request_profile(r, &plen) && plen > NBX_LINE_MAX)
+        return nbx_err_set(e, NBX_ELIMIT, "field 'profile_json': %zu bytes, the limit is %d", plen,
+                           NBX_LINE_MAX);
     if (!r->customer)
         return nbx_err_set(e, NBX_EINVAL, "field 'customer': is required");
     if (!nbx_id_valid(nbx_sv_of(r->customer), e)) {
@@ -310,6 +311,8 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     /* Misuse, answered whether or not this decision would choose anything. */
     if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
+    if ((r->flags & NBX_DECIDE_RECORD) && !c->engine->store)
+        return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine has no store");
     /* Day numbers, cooldowns and the result's as_of hold for these years. */
     if (r->now_ms < NBX_TIME_MIN_MS || r->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL, "field 'now_ms': %lld is outside the years 0001 to 9999",
@@ -560,109 +563,6 @@ static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
 }
 
 /* ========================================================================
- * Result JSON
- * ======================================================================== */
-
-/* The fields an action and an explained candidate have in common, opening
- * the object: both lists read alike and cannot drift apart. */
-static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
-                         double expected_margin)
-{
-    nbx_buf_puts(b, first ? "{\"offer\":" : ",{\"offer\":");
-    nbx_jw_sv(b, offer);
-    nbx_buf_puts(b, ",\"placement\":");
-    nbx_jw_sv(b, placement);
-    nbx_buf_puts(b, ",\"score\":");
-    nbx_jw_decimal(b, score);
-    nbx_buf_puts(b, ",\"expected_margin\":");
-    nbx_jw_decimal(b, expected_margin);
-}
-
-static void write_result(nbx_ctx *c, const nbx_request *req, size_t n, int64_t now,
-                         const nbx_policy_error *perr)
-{
-    const nbx_catalog *cat = c->snap->catalog;
-    const nbx_policy *pol = c->snap->policy;
-    nbx_result *r = &c->result;
-    nbx_buf *b = &r->json;
-    nbx_buf_reset(b);
-    nbx_buf_puts(b, "{\"decision_id\":\"");
-    nbx_buf_puts(b, r->decision_id);
-    nbx_buf_puts(b, "\",\"customer\":");
-    nbx_jw_string(b, req->customer, strlen(req->customer));
-    nbx_buf_puts(b, ",\"policy\":{\"name\":");
-    nbx_jw_string(b, pol->name, strlen(pol->name));
-    nbx_buf_puts(b, ",\"version\":\"");
-    nbx_buf_puts(b, pol->version_hex);
-    nbx_buf_puts(b, "\"},\"catalog_version\":\"");
-    nbx_buf_puts(b, cat->version_hex);
-    nbx_buf_puts(b, "\",\"as_of\":");
-    nbx_jw_time(b, now);
-    nbx_buf_puts(b, ",\"actions\":[");
-    for (size_t i = 0; i < r->n_actions; i++) {
-        const nbx_action *a = &r->actions[i];
-        write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
-                     a->expected_margin);
-        nbx_buf_putc(b, '}');
-    }
-    nbx_buf_puts(b, "],\"fallback\":");
-    nbx_buf_puts(b, r->fallback ? "true" : "false");
-    nbx_buf_puts(b, ",\"anonymous\":");
-    nbx_buf_puts(b, r->anonymous ? "true" : "false");
-    static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
-    const char *kind =
-        perr && perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault] : "unavailable";
-    if (r->has_error && (req->flags & NBX_DECIDE_ERROR_KIND_ONLY)) {
-        /* for clients: the policy's text (file, line, message) stays out */
-        nbx_buf_puts(b, ",\"error\":{\"kind\":\"");
-        nbx_buf_puts(b, kind);
-        nbx_buf_puts(b, "\"}");
-    } else if (r->has_error) {
-        nbx_buf_puts(b, ",\"error\":{\"policy\":");
-        nbx_jw_string(b, pol->name, strlen(pol->name));
-        nbx_buf_puts(b, ",\"version\":\"");
-        nbx_buf_puts(b, pol->version_hex);
-        nbx_buf_puts(b, "\",\"kind\":\"");
-        nbx_buf_puts(b, kind);
-        nbx_buf_puts(b, "\",\"where\":");
-        const char *where = perr ? perr->where : "";
-        nbx_jw_string(b, where, strlen(where));
-        nbx_buf_puts(b, ",\"offer\":");
-        if (perr && perr->offer[0])
-            nbx_jw_string(b, perr->offer, strlen(perr->offer));
-        else
-            nbx_buf_puts(b, "null");
-        nbx_buf_puts(b, ",\"reason\":");
-        const char *reason = perr && perr->reason[0] ? perr->reason : r->error;
-        nbx_jw_string(b, reason, strlen(reason));
-        nbx_buf_puts(b, ",\"message\":");
-        nbx_jw_string(b, r->error, strlen(r->error));
-        nbx_buf_putc(b, '}');
-    }
-    if (req->flags & NBX_DECIDE_EXPLAIN) {
-        nbx_buf_puts(b, ",\"candidates\":[");
-        for (size_t i = 0; i < n; i++) {
-            const nbx_candidate *cd = &c->cand[i];
-            write_choice(b, i == 0, cat->offers[cd->offer].id, cat->placements[cd->placement].id,
-                         cd->scored ? cd->score : NAN, cd->expected_margin);
-            nbx_buf_puts(b, ",\"excluded\":");
-            const char *why = nbx_excluded_name(cd->excluded);
-            if (why) {
-                nbx_buf_putc(b, '"');
-                nbx_buf_puts(b, why);
-                nbx_buf_putc(b, '"');
-            } else {
-                nbx_buf_puts(b, "null");
-            }
-            nbx_buf_putc(b, '}');
-        }
-        nbx_buf_putc(b, ']');
-    }
-    nbx_buf_putc(b, '}');
-    nbx_buf_terminate(b);
-}
-
-/* ========================================================================
  * Policy failures
  * ======================================================================== */
 
@@ -692,11 +592,18 @@ static void take_fallback(nbx_ctx *c, size_t n, int64_t now, const char *custome
     nbx_result *r = &c->result;
     r->fallback = true;
     r->has_error = true;
-    if (perr)
-        snprintf(r->error, sizeof r->error, "%.255s%s%.511s", perr->where, perr->where[0] ? ": " : "",
-                 perr->reason);
-    else
+    static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
+    if (perr) {
+        snprintf(r->error, sizeof r->error, "%.255s%s%.511s", perr->where,
+                 perr->where[0] ? ": " : "", perr->reason);
+        r->fault = *perr;
+        r->fault_kind = perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault] : "unavailable";
+    } else {
         snprintf(r->error, sizeof r->error, "policy unavailable: %s", c->sandbox_err);
+        memset(&r->fault, 0, sizeof r->fault);
+        snprintf(r->fault.reason, sizeof r->fault.reason, "%.511s", r->error);
+        r->fault_kind = "unavailable";
+    }
     for (size_t i = 0; i < n; i++)
         if (!c->cand[i].excluded) {
             c->cand[i].excluded = NBX_EXCLUDED_POLICY_ERROR;
@@ -794,6 +701,35 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
  * Decide
  * ======================================================================== */
 
+/* The customer's profile: the request's own (profile_json), else the
+ * store's; NBX_ENOTFOUND when neither has one (an anonymous visitor). */
+static int load_profile(nbx_ctx *c, const nbx_request *req, nbx_profile *p, nbx_err *e)
+{
+    size_t len = 0;
+    const char *json = request_profile(req, &len);
+    if (!json) {
+        if (!c->engine->store)
+            return NBX_ENOTFOUND;
+        return nbx_store_profile_get(c->engine->store, c->txn, p->id, p, &c->arena, e);
+    }
+    nbx_profile patch;
+    int rc = nbx_profile_parse(json, len, &patch, &c->arena, e);
+    if (rc != NBX_OK) {
+        e->code = NBX_EINVAL;
+        return nbx_err_prefix(e, "field 'profile_json': ");
+    }
+    if (patch.id.len && !nbx_sv_eq(patch.id, p->id))
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'profile_json': its id '%.*s' is not the customer '%.*s'",
+                           (int)patch.id.len, patch.id.ptr, (int)p->id.len, p->id.ptr);
+    patch.id = p->id;
+    rc = nbx_profile_patch(NULL, &patch, p, &c->arena, e);
+    /* no store, no purchase records: the aggregates given are the ones served */
+    if (rc == NBX_OK)
+        nbx_profile_settle_base(p);
+    return rc;
+}
+
 NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
 {
     if (out)
@@ -820,13 +756,15 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
 
     nbx_store *store = c->engine->store;
     nbx_sv customer = nbx_sv_of(req->customer);
-    int mrc = mdb_txn_renew(c->txn);
-    if (mrc) {
-        nbx_err_mdb(&e, mrc, "starting a read");
-        return ctx_fail(c, &e);
+    if (c->txn) {
+        int mrc = mdb_txn_renew(c->txn);
+        if (mrc) {
+            nbx_err_mdb(&e, mrc, "starting a read");
+            return ctx_fail(c, &e);
+        }
     }
     nbx_profile profile = {.id = customer};
-    rc = nbx_store_profile_get(store, c->txn, customer, &profile, &c->arena, &e);
+    rc = load_profile(c, req, &profile, &e);
     if (rc == NBX_ENOTFOUND) {
         memset(&profile, 0, sizeof profile);
         profile.id = customer;
@@ -836,7 +774,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     if (rc == NBX_OK)
         rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
     if (rc) {
-        mdb_txn_reset(c->txn);
+        if (c->txn)
+            mdb_txn_reset(c->txn);
         return ctx_fail(c, &e);
     }
     /* Without consent to personalisation the customer is ranked as an
@@ -869,6 +808,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             .propensity = c->caps.propensity,
             .cand = c->cand,
             .n_cand = n,
+            .explain = (req->flags & NBX_DECIDE_EXPLAIN) != 0,
         };
         failed = nbx_sandbox_run(c->sandbox, &in, &perr) != NBX_OK;
     }
@@ -882,14 +822,24 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
      * snapshot: record before the snapshot is released. */
     if (req->flags & NBX_DECIDE_RECORD)
         rc = record_actions(c, &profile, n, now, &e);
-    mdb_txn_reset(c->txn);
+    if (c->txn)
+        mdb_txn_reset(c->txn);
     if (rc)
         return ctx_fail(c, &e);
 
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
-    write_result(c, req, n, now, failed && c->sandbox ? &perr : NULL);
+    nbx_result_view view = {.req = req,
+                            .catalog = c->snap->catalog,
+                            .policy = c->snap->policy,
+                            .caps = &c->caps,
+                            .cand = c->cand,
+                            .n_cand = n,
+                            .now_ms = now};
+    if ((req->flags & NBX_DECIDE_EXPLAIN) && c->sandbox)
+        view.n_log = nbx_sandbox_log(c->sandbox, &view.log, &view.log_dropped);
+    nbx_result_write(r, &view);
     if (r->json.oom) {
         nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");
         return ctx_fail(c, &e);
@@ -918,6 +868,10 @@ NBX_API int nbx_record_ex(nbx_ctx *c, const char *json, size_t len, unsigned fla
     }
     if (c->engine->flags & NBX_ENGINE_READONLY) {
         nbx_err_set(&e, NBX_EREADONLY, "cannot record: the engine is read-only");
+        return ctx_fail(c, &e);
+    }
+    if (!c->engine->store) {
+        nbx_err_set(&e, NBX_EREADONLY, "cannot record: the engine has no store");
         return ctx_fail(c, &e);
     }
     if (len > NBX_LINE_MAX) {
@@ -968,76 +922,4 @@ NBX_API int nbx_record(nbx_ctx *c, const char *json, size_t len, int *applied)
     if (applied)
         *applied = rc == NBX_OK && outcome == NBX_RECORD_APPLIED;
     return rc;
-}
-
-/* ========================================================================
- * Results
- * ======================================================================== */
-
-NBX_API const char *nbx_excluded_name(int reason)
-{
-    static const char *const names[NBX_EXCLUDED_COUNT] = {
-        NULL,       "consent",    "frequency", "cooldown",  "contacts",
-        "budget",   "validity",   "ineligible", "guardrail", "policy_error"};
-    if (reason <= 0 || reason >= NBX_EXCLUDED_COUNT)
-        return NULL;
-    return names[reason];
-}
-
-NBX_API const char *nbx_result_json(const nbx_result *r, size_t *len)
-{
-    if (!r)
-        return NULL;
-    if (len)
-        *len = r->json.len;
-    return r->json.data;
-}
-
-NBX_API size_t nbx_result_action_count(const nbx_result *r)
-{
-    return r ? r->n_actions : 0;
-}
-
-NBX_API int nbx_result_action(const nbx_result *r, size_t i, nbx_action *out)
-{
-    if (!r || !out || i >= r->n_actions)
-        return NBX_EINVAL;
-    *out = r->actions[i];
-    return NBX_OK;
-}
-
-NBX_API int nbx_result_fallback(const nbx_result *r)
-{
-    return r && r->fallback;
-}
-
-NBX_API int nbx_result_anonymous(const nbx_result *r)
-{
-    return r && r->anonymous;
-}
-
-NBX_API const char *nbx_result_error(const nbx_result *r)
-{
-    return r && r->has_error ? r->error : NULL;
-}
-
-NBX_API const char *nbx_result_decision_id(const nbx_result *r)
-{
-    return r ? r->decision_id : NULL;
-}
-
-NBX_API double nbx_result_expected_margin(const nbx_result *r)
-{
-    return r ? r->expected_margin : 0;
-}
-
-NBX_API void nbx_result_exclusions(const nbx_result *r, uint32_t *counts)
-{
-    if (!counts)
-        return;
-    if (!r) {
-        memset(counts, 0, NBX_EXCLUDED_COUNT * sizeof *counts);
-        return;
-    }
-    memcpy(counts, r->exclusions, sizeof r->exclusions);
 }

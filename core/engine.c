@@ -73,16 +73,15 @@ static int engine_swap(nbx_engine *e, nbx_policy *policy, nbx_catalog *catalog, 
 {
     for (;;) {
         nbx_snapshot *cur = nbx_engine_snapshot(e);
-        int rc = trial(policy ? policy : cur->policy, catalog ? catalog : cur->catalog,
-                       &e->limits, err);
+        int rc =
+            trial(policy ? policy : cur->policy, catalog ? catalog : cur->catalog, &e->limits, err);
         if (rc) {
             nbx_snapshot_unref(cur);
             return rc;
         }
         pthread_mutex_lock(&e->lock);
         nbx_snapshot *old = e->current;
-        bool other_changed =
-            policy ? old->catalog != cur->catalog : old->policy != cur->policy;
+        bool other_changed = policy ? old->catalog != cur->catalog : old->policy != cur->policy;
         nbx_snapshot_unref(cur); /* e->current or our ref keeps old alive */
         if (other_changed) {
             pthread_mutex_unlock(&e->lock);
@@ -139,7 +138,8 @@ NBX_API void nbx_engine_options_init(nbx_engine_options *o)
     o->memory_limit = NBX_DEFAULT_MEMORY_LIMIT;
 }
 
-static void fill_info(nbx_engine_info *info, const nbx_policy *policy, const nbx_catalog *catalog)
+void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
+                          const nbx_catalog *catalog)
 {
     memset(info, 0, sizeof *info);
     snprintf(info->policy_name, sizeof info->policy_name, "%s", policy->name);
@@ -157,8 +157,8 @@ static int engine_options(const nbx_engine_options *in, const char *fn, nbx_engi
         return nbx_fail(NULL, NBX_EINVAL, "%s: options are required", fn);
     if (in->size < offsetof(nbx_engine_options, catalog_text))
         return nbx_fail(NULL, NBX_EINVAL,
-                        "%s: options.size is %zu, expected %zu (call nbx_engine_options_init)",
-                        fn, in->size, sizeof *o);
+                        "%s: options.size is %zu, expected %zu (call nbx_engine_options_init)", fn,
+                        in->size, sizeof *o);
     memset(o, 0, sizeof *o);
     memcpy(o, in, in->size < sizeof *o ? in->size : sizeof *o);
     if (!o->catalog || !o->policy)
@@ -214,8 +214,13 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
         return rc;
     if (!out)
         return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: out is NULL");
-    if (!o.store && !o.store_handle)
-        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: store or store_handle is required");
+    bool no_store = o.flags & NBX_ENGINE_NO_STORE;
+    if (!no_store && !o.store && !o.store_handle)
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "nbx_engine_open: store or store_handle is required (or "
+                        "NBX_ENGINE_NO_STORE)");
+    if (o.flags & ~(unsigned)(NBX_ENGINE_READONLY | NBX_ENGINE_NO_STORE))
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_engine_open: unknown flags 0x%x", o.flags);
     nbx_engine *e = calloc(1, sizeof *e);
     if (!e)
         return nbx_fail(NULL, NBX_ENOMEM, "out of memory");
@@ -229,7 +234,9 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
     nbx_err err = {0};
     nbx_catalog *catalog = NULL;
     nbx_policy *policy = NULL;
-    if (o.store_handle) {
+    if (no_store) {
+        e->store = NULL;
+    } else if (o.store_handle) {
         e->store = o.store_handle;
     } else {
         unsigned sflags = (o.flags & NBX_ENGINE_READONLY) ? NBX_STORE_READONLY : 0;
@@ -253,24 +260,25 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
     return NBX_OK;
 }
 
-NBX_API int nbx_engine_check(const nbx_engine_options *opts, nbx_engine_info *info)
+NBX_API int nbx_policy_check(const char *path, nbx_engine_info *info)
 {
-    nbx_engine_options o;
-    int rc = engine_options(opts, "nbx_engine_check", &o);
-    if (rc)
-        return rc;
-    nbx_limits limits;
-    engine_limits(&o, &limits);
-    nbx_err err = {0};
-    nbx_catalog *catalog;
-    nbx_policy *policy;
-    rc = load_pair(&o, &limits, &catalog, &policy, &err);
-    if (rc)
-        return nbx_publish(NULL, &err);
-    if (info)
-        fill_info(info, policy, catalog);
-    nbx_policy_unref(policy);
-    nbx_catalog_unref(catalog);
+    if (!path)
+        return nbx_fail(NULL, NBX_EINVAL, "nbx_policy_check: path is NULL");
+    nbx_err e = {0};
+    nbx_policy *p;
+    int rc = nbx_policy_load(path, &p, &e);
+    if (rc != NBX_OK)
+        return nbx_publish(NULL, &e);
+    /* Running the top level in a sandbox names the policy. */
+    rc = trial(p, NULL, NULL, &e);
+    if (rc == NBX_OK && info) {
+        memcpy(info->policy_name, p->name, sizeof info->policy_name);
+        memcpy(info->policy_version, p->version_hex, sizeof info->policy_version);
+    }
+    nbx_policy_unref(p);
+    if (rc != NBX_OK)
+        return nbx_publish(NULL, &e);
+    nbx_clear_error(NULL);
     return NBX_OK;
 }
 
@@ -303,8 +311,8 @@ NBX_API int nbx_engine_load_policy(nbx_engine *e, const char *path)
         nbx_engine_log(e, NBX_LOG_INFO, "policy %s loaded: %s version %s", path, p->name,
                        p->version_hex);
     else
-        nbx_engine_log(e, NBX_LOG_ERROR,
-                       "policy %s rejected, the current one keeps serving: %s", path, err.msg);
+        nbx_engine_log(e, NBX_LOG_ERROR, "policy %s rejected, the current one keeps serving: %s",
+                       path, err.msg);
     nbx_policy_unref(p);
     return rc ? nbx_publish(e, &err) : NBX_OK;
 }
@@ -322,8 +330,8 @@ NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
         nbx_engine_log(e, NBX_LOG_INFO, "catalog %s loaded: version %s, %u offers", path,
                        c->version_hex, c->n_offers);
     else
-        nbx_engine_log(e, NBX_LOG_ERROR,
-                       "catalog %s rejected, the current one keeps serving: %s", path, err.msg);
+        nbx_engine_log(e, NBX_LOG_ERROR, "catalog %s rejected, the current one keeps serving: %s",
+                       path, err.msg);
     nbx_catalog_unref(c);
     return rc ? nbx_publish(e, &err) : NBX_OK;
 }
@@ -333,7 +341,7 @@ NBX_API int nbx_engine_info_get(nbx_engine *e, nbx_engine_info *info)
     if (!e || !info)
         return nbx_fail(e, NBX_EINVAL, "nbx_engine_info_get: NULL argument");
     nbx_snapshot *s = nbx_engine_snapshot(e);
-    fill_info(info, s->policy, s->catalog);
+    nbx_engine_fill_info(info, s->policy, s->catalog);
     nbx_snapshot_unref(s);
     return NBX_OK;
 }

@@ -647,6 +647,13 @@ static int lp_gsub(lua_State *L)
     }
     luaL_addlstring(&b, src, (size_t)(m.src_end - src));
     luaL_pushresult(&b);
+    const nbx_lp_limit *limit = lp_limit_of(L);
+    if (limit && limit->max_result && lua_objlen(L, -1) > limit->max_result) {
+        if (limit->too_big)
+            limit->too_big(L, limit->ud, "gsub's result", lua_objlen(L, -1));
+        return luaL_error(L, "gsub's result would be %d bytes (the limit is %d)",
+                          (int)lua_objlen(L, -1), (int)limit->max_result);
+    }
     lua_pushinteger(L, n);
     return 2;
 }

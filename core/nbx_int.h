@@ -813,15 +813,22 @@ typedef struct nbx_policy {
     char *chunkname; /* "@" basename: Lua error positions read "name.lua:12" */
     char *source;
     size_t source_len;
+    /* What sandboxes compile: the source as lsource.c instrumented it (its
+     * own time checks; same lines). */
+    char *exec_source;
+    size_t exec_len;
     uint64_t version; /* xxh64 of the source */
     char version_hex[17];
-    char name[128]; /* the table's `name` field */
+    char name[128]; /* the table's `name` field, once a sandbox has loaded it */
 } nbx_policy;
 
-#define NBX_POLICY_FILE_MAX (1u << 20)
+/* Parsing and instrumenting are linear in the size: this bounds their time
+ * (docs/sandbox.md, "Time"). */
+#define NBX_POLICY_FILE_MAX (256u << 10)
 
-/* Read and check a policy (it compiles and returns a well-formed table, in
- * a throwaway sandbox). */
+/* Read a policy: it must compile (syntax errors name FILE:LINE); it is
+ * instrumented for the sandbox. Running its top level is the sandbox's
+ * (nbx_sandbox_open, which also names it). */
 int nbx_policy_load(const char *path, nbx_policy **out, nbx_err *e);
 /* The same from the policy's source in memory (copied); path names it. */
 int nbx_policy_load_text(const char *path, const char *text, size_t len, nbx_policy **out,
@@ -835,10 +842,10 @@ typedef struct nbx_limits {
     unsigned flags;   /* nbx_limits_flags; 0 in production */
 } nbx_limits;
 
-/* For bench/bench_sandbox.c only: they remove protections. */
+/* For benchmarks only. */
 enum nbx_limits_flags {
-    NBX_LIMITS_NO_HOOK = 0x1, /* no time limit: no count hook, no deadline */
-    NBX_LIMITS_JIT = 0x2      /* leave the JIT on (hooks then miss compiled code) */
+    NBX_LIMITS_NO_DEADLINE = 0x1, /* no time limit (removes a protection) */
+    NBX_LIMITS_NO_JIT = 0x2       /* the interpreter only (for comparison) */
 };
 
 /* Exposure counts of one offer in its caps windows, given to the policy. */
@@ -860,6 +867,9 @@ typedef struct nbx_candidate {
     double score;
     double expected_margin; /* NaN when the policy did not return one */
     const nbx_exposure_summary *exposure; /* NULL: never exposed */
+    /* eligible()'s reason when it said no, escaped, with in->explain only;
+     * owned by the sandbox, valid until its next run. NULL: none given. */
+    const char *why;
 } nbx_candidate;
 
 typedef struct nbx_sandbox_input {
@@ -872,6 +882,10 @@ typedef struct nbx_sandbox_input {
     const double *propensity; /* per offer (nbx_caps_propensities), or NULL */
     nbx_candidate *cand;
     size_t n_cand;
+    /* Collect what explanations show: eligible()'s reasons (cand[].why)
+     * and nbx.log() lines (nbx_sandbox_log); without it nbx.log() does
+     * nothing. */
+    bool explain;
 } nbx_sandbox_input;
 
 typedef enum nbx_policy_fault {
@@ -902,6 +916,10 @@ void nbx_sandbox_close(nbx_sandbox *sb);
  * stays usable (it rebuilds its state itself after a limit fault). */
 int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_error *err);
 size_t nbx_sandbox_memory(const nbx_sandbox *sb);
+/* Lines the last run's policy logged with nbx.log() (an explained run
+ * only, also one that faulted), escaped; owned by the sandbox, valid until
+ * its next run. *dropped: lines over the limit, not kept. */
+size_t nbx_sandbox_log(const nbx_sandbox *sb, const char *const **lines, uint32_t *dropped);
 const nbx_policy *nbx_sandbox_policy(const nbx_sandbox *sb);
 const nbx_catalog *nbx_sandbox_catalog(const nbx_sandbox *sb);
 
@@ -914,7 +932,10 @@ const nbx_catalog *nbx_sandbox_catalog(const nbx_sandbox *sb);
 struct lua_State;
 typedef struct nbx_lp_limit {
     void (*check)(struct lua_State *L, void *ud); /* may be NULL */
+    /* Raises for a result over max_result (may be NULL: a plain error). */
+    void (*too_big)(struct lua_State *L, void *ud, const char *what, size_t size);
     void *ud;
+    size_t max_result; /* longest string gsub may build (0: no limit) */
 } nbx_lp_limit;
 /* Push a new table {find, match, gmatch, gsub}; limit (may be NULL) must
  * outlive the Lua state. */
@@ -945,7 +966,9 @@ typedef struct nbx_caps {
     uint32_t contacts;          /* impressions over all offers in the contacts window */
     uint8_t *consented;         /* per catalog purpose, from the profile */
     bool channel_refused;       /* the session's channel lacks its consent: nothing is shown */
+    uint32_t channel;           /* the purpose the session's channel needs; UINT32_MAX: none */
     double *propensity;         /* per offer: nbx_caps_propensities() */
+    uint8_t *propensity_source; /* per offer: where it came from (nbx_propensity_source) */
     double *category_propensity; /* per catalog category, scratch */
     uint64_t *budget_impressions; /* per offer, today (UTC) */
     uint64_t *budget_accepts;
@@ -991,14 +1014,67 @@ int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool
  * margin floor. Decided once per offer at catalog load (passes_guardrails). */
 bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
 
+/* Where a propensity came from, in the order the chain tries them. */
+enum nbx_propensity_source {
+    NBX_PSRC_OFFER = 1, /* the profile's value for the offer id */
+    NBX_PSRC_CATEGORY,  /* the profile's value for the offer's category */
+    NBX_PSRC_SEGMENT,   /* the offer's prior for the customer's RFM segment */
+    NBX_PSRC_BASE       /* the offer's base_propensity */
+};
+/* "offer", "category", "segment", "base"; NULL otherwise. */
+const char *nbx_propensity_source_name(int source);
 /* Propensity of a customer for an offer: the profile's value for the offer
  * id, else its category, else the offer's prior for the customer's segment,
- * else base_propensity. */
+ * else base_propensity (caps.c holds the one definition of the chain). */
 double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
 /* The same for every offer of the catalog at once, into c->propensity: two
  * merge joins of the profile's sorted keys against the sorted offer ids and
  * categories, instead of two bisections per candidate. */
 void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p);
+/* Why the offer was excluded for `reason`, in words for a reader of an
+ * explanation ("shown 3 times in the last 7 days; the cap is 3"), from the
+ * state loaded now; policy_reason: what eligible() said (escaped), if
+ * anything. Writes at most cap bytes (NUL-terminated); "" when there is
+ * nothing to say. */
+void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const char *policy_reason,
+                      int64_t now_ms, char *out, size_t cap);
+
+/* ========================================================================
+ * Results (result.c): what a decision hands back
+ * ======================================================================== */
+
+struct nbx_result {
+    nbx_buf json;
+    nbx_action *actions;
+    size_t n_actions;
+    bool fallback;
+    bool anonymous;
+    bool has_error;
+    char decision_id[37];
+    char error[1024];
+    const char *fault_kind; /* static; with has_error */
+    nbx_policy_error fault;
+    uint32_t exclusions[NBX_EXCLUDED_COUNT];
+    double expected_margin;
+};
+
+/* What the result JSON is written from: the decision as the pipeline
+ * (decide.c) leaves it. */
+typedef struct nbx_result_view {
+    const nbx_request *req;
+    const nbx_catalog *catalog;
+    const nbx_policy *policy;
+    const nbx_caps *caps;      /* eligibility and propensities as decided */
+    const nbx_candidate *cand; /* explain: every candidate */
+    size_t n_cand;
+    const char *const *log; /* nbx.log() lines (explain only), escaped */
+    size_t n_log;
+    uint32_t log_dropped;
+    int64_t now_ms;
+} nbx_result_view;
+
+/* Write r->json (docs/decisions.md, "The result"); r->json.oom on failure. */
+void nbx_result_write(nbx_result *r, const nbx_result_view *v);
 
 /* ========================================================================
  * Engine and decisions (engine.c, decide.c)
@@ -1039,6 +1115,12 @@ int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, s
                           nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
                           nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 
+void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
+                          const nbx_catalog *catalog);
+
+/* trial.c: nbx_engine_trial() with its message in e. */
+int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e);
+
 /* Count this context's decisions against a planning batch's budgets (NULL:
  * stop); the plan must outlive the context's use of it. Applies while the
  * context decides on the plan's catalog. */
@@ -1048,5 +1130,74 @@ void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
 void nbx_snapshot_unref(nbx_snapshot *s);
 void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
+
+/* ========================================================================
+ * Policy source analysis (lsource.c)
+ *
+ * LuaJIT never calls debug hooks from compiled code, so a policy that runs
+ * with the JIT on must carry its own time checks. Before it loads, a
+ * policy's source is rewritten: a "tick" (decrement a counter, call
+ * __nbx_t() when it goes negative) at the start of every function and loop
+ * body, after labels, before returns, at the end of function bodies and
+ * before every statement that does work; `#e` becomes __nbx_len(e) and
+ * `a .. b` __nbx_cat(a, b), so the sandbox bounds those operations; and a
+ * statement doing more than max_work operations is refused. The work
+ * between two ticks is then bounded whatever the JIT compiles.
+ * docs/lsource.md has the rules, their messages and the reasoning.
+ * ======================================================================== */
+
+/* Inserted first thing in the chunk (after a '#' first line, which LuaJIT
+ * skips): the four values the sandbox provides as globals of the chunk's
+ * environment become locals, which a policy can never name. */
+#define NBX_LSOURCE_PROLOGUE                                                                       \
+    "local __nbx_s,__nbx_t,__nbx_len,__nbx_cat=__nbx_s,__nbx_t,__nbx_len,__nbx_cat;"
+/* One time check. It must stay on one line, start with a name, end with a
+ * space and be plain statements (no local, function, return, break, goto or
+ * label): it is inserted between statements on existing lines. The
+ * instrumentation refuses to run with one that breaks this. */
+#define NBX_LSOURCE_TICK NBX_LSOURCE_TICK_HEAD "1" NBX_LSOURCE_TICK_TAIL
+/* A tick counts down by the work of the statement it stands before (1 to
+ * max_work; 1 at function entries, loop iterations, labels and ends): the
+ * text is HEAD, the weight in decimal, TAIL. The sandbox looks at the clock
+ * when the count runs out, so it does so every so many operations, not
+ * every so many statements (docs/sandbox.md, "Time"). */
+#define NBX_LSOURCE_TICK_HEAD "__nbx_s[1]=__nbx_s[1]-"
+#define NBX_LSOURCE_TICK_TAIL " if __nbx_s[1]<0 then __nbx_t() end "
+/* Operations one statement may do unless nbx_lsource_opts says otherwise. */
+#define NBX_LSOURCE_WORK_MAX 64
+
+typedef struct nbx_lsource_opts {
+    bool trusted;      /* the engine's own Lua helpers: identifiers __nbx* allowed,
+                          the upvalue-assignment rule not applied */
+    uint32_t max_work; /* work units allowed in one statement (0: NBX_LSOURCE_WORK_MAX) */
+} nbx_lsource_opts;
+
+/* Read a Lua chunk (Lua 5.1 syntax with LuaJIT 2.1's extensions), check the
+ * policy rules and append the instrumented chunk to out.
+ *
+ * name: the chunk's display name for messages ("retention.lua"; NULL or ""
+ * reads "policy"). src, len: the source, not NUL-terminated (src may be NULL
+ * when len is 0). opts: NULL for the defaults (untrusted, 64 units).
+ *
+ * Callers compile the original source with LuaJIT first, so that syntax
+ * errors carry LuaJIT's own messages; this function still refuses whatever
+ * it cannot parse, and what LuaJIT would refuse once instrumented: nesting,
+ * locals, upvalues, registers and jump lengths are checked on the output
+ * (messages then read "NAME:LINE: once instrumented, ..."). Not checked:
+ * goto targets and duplicate labels (the rewrite keeps them valid when they
+ * were) and a goto across more than 32767 instructions of straight code;
+ * the caller loads the instrumented chunk and reports any refusal.
+ *
+ * Returns NBX_OK; NBX_EPOLICY with e->msg "NAME:LINE: reason" for a rule
+ * violation, a statement over max_work, a 64-bit or imaginary number literal,
+ * input that does not parse, one of LuaJIT's limits exceeded (before or
+ * after instrumentation) or a source over 2 GiB;
+ * NBX_EINVAL for out NULL or src NULL with len > 0; NBX_ENOMEM.
+ * On failure out's contents are as they were (its capacity may have grown).
+ * Time and memory are linear in len; recursion is bounded by LuaJIT's 200
+ * nesting levels, whatever the input.
+ * @note Thread-safe: no state outside the call. */
+int nbx_lsource_instrument(const char *name, const char *src, size_t len,
+                           const nbx_lsource_opts *opts, nbx_buf *out, nbx_err *e);
 
 #endif /* NBX_INT_H */

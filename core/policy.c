@@ -1,13 +1,17 @@
 /*
- * policy.c: load a policy file, check it, share it between contexts.
+ * policy.c: read a policy, compile-check it, instrument it, share it.
  *
  * A policy is immutable once loaded: its source, version (xxh64 of the
- * source) and name. Every context compiles it into its own sandbox
- * (sandbox.c); loading compiles it once in a throwaway sandbox with no
- * catalog, so a broken file is refused before anything serves it.
+ * source), the instrumented text sandboxes compile (lsource.c), and its name
+ * once a sandbox has run its top level. Reading checks what can be checked
+ * without running anything: size, text (no bytecode), syntax (with LuaJIT's
+ * own messages, FILE:LINE) and lsource.c's rules. Running the top level is
+ * the sandbox's job (sandbox.c), one layer up.
  */
 #include "nbx_int.h"
 
+#include <lauxlib.h>
+#include <lua.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +21,7 @@ static void policy_free(nbx_policy *p)
         return;
     free(p->path);
     free(p->chunkname);
+    free(p->exec_source);
     free(p->source);
     free(p);
 }
@@ -35,6 +40,31 @@ static char *policy_chunkname(const char *path)
     name[0] = '@';
     memcpy(name + 1, base, n + 1);
     return name;
+}
+
+/* Compile (not run) the source in a throwaway state: a syntax error is
+ * reported as LuaJIT words it, with the file's path and line. */
+static int policy_syntax(const nbx_policy *p, nbx_err *e)
+{
+    lua_State *L = luaL_newstate();
+    if (!L)
+        return nbx_err_set(e, NBX_ENOMEM, "%s: cannot create a Lua state", p->path);
+    int st = luaL_loadbufferx(L, p->source, p->source_len, p->chunkname, "t");
+    int rc = NBX_OK;
+    if (st == LUA_ERRMEM) {
+        rc = nbx_err_set(e, NBX_ENOMEM, "%s: out of memory compiling the policy", p->path);
+    } else if (st != 0) {
+        /* "name.lua:12: msg" -> "PATH:12: msg" */
+        const char *msg = lua_tostring(L, -1);
+        const char *base = p->chunkname + 1;
+        size_t bl = strlen(base);
+        if (msg && strncmp(msg, base, bl) == 0 && msg[bl] == ':')
+            rc = nbx_err_set(e, NBX_EPOLICY, "%s%s", p->path, msg + bl);
+        else
+            rc = nbx_err_set(e, NBX_EPOLICY, "%s: %s", p->path, msg ? msg : "syntax error");
+    }
+    lua_close(L);
+    return rc;
 }
 
 static int policy_from_source(const char *path, char *source, size_t len, nbx_policy **out,
@@ -77,11 +107,32 @@ int nbx_policy_load_text(const char *path, const char *text, size_t len, nbx_pol
     return policy_from_source(path, source, len, out, e);
 }
 
+/* The text sandboxes compile: the source with lsource.c's time checks
+ * (same lines), after its rules (no assignment to an enclosing function's
+ * locals, bounded statements, no reserved names) passed. Its messages name
+ * the path and line. */
+static int policy_instrument(nbx_policy *p, nbx_err *e)
+{
+    nbx_buf out = {0};
+    int rc = nbx_lsource_instrument(p->path, p->source, p->source_len, NULL, &out, e);
+    if (rc == NBX_OK) {
+        nbx_buf_terminate(&out);
+        if (out.oom)
+            rc = nbx_err_set(e, NBX_ENOMEM, "%s: out of memory instrumenting the policy", p->path);
+    }
+    if (rc != NBX_OK) {
+        nbx_buf_free(&out);
+        return rc;
+    }
+    p->exec_source = out.data;
+    p->exec_len = out.len;
+    return NBX_OK;
+}
+
 /* Takes ownership of source (NUL-terminated, len bytes before the NUL). */
 static int policy_from_source(const char *path, char *source, size_t len, nbx_policy **out,
                               nbx_err *e)
 {
-    int rc;
     if (len > 0 && source[0] == '\033') {
         free(source);
         return nbx_err_set(e, NBX_EPOLICY,
@@ -98,15 +149,13 @@ static int policy_from_source(const char *path, char *source, size_t len, nbx_po
     p->source_len = len;
     p->version = nbx_hash64(source, len, 0);
     nbx_hex64(p->version, p->version_hex);
-
-    /* Compile and run the top level once: the sandbox fills in p->name. */
-    nbx_sandbox *sb = NULL;
-    rc = nbx_sandbox_open(p, NULL, NULL, &sb, e);
+    int rc = policy_syntax(p, e);
+    if (rc == NBX_OK)
+        rc = policy_instrument(p, e);
     if (rc != NBX_OK) {
-        nbx_policy_unref(p);
+        policy_free(p);
         return rc;
     }
-    nbx_sandbox_close(sb);
     *out = p;
     return NBX_OK;
 }
@@ -122,22 +171,4 @@ void nbx_policy_unref(nbx_policy *p)
 {
     if (p && atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1)
         policy_free(p);
-}
-
-NBX_API int nbx_policy_check(const char *path, nbx_engine_info *info)
-{
-    if (!path)
-        return nbx_fail(NULL, NBX_EINVAL, "nbx_policy_check: path is NULL");
-    nbx_err e = {0};
-    nbx_policy *p;
-    int rc = nbx_policy_load(path, &p, &e);
-    if (rc != NBX_OK)
-        return nbx_publish(NULL, &e);
-    if (info) {
-        memcpy(info->policy_name, p->name, sizeof info->policy_name);
-        memcpy(info->policy_version, p->version_hex, sizeof info->policy_version);
-    }
-    nbx_policy_unref(p);
-    nbx_clear_error(NULL);
-    return NBX_OK;
 }

@@ -559,7 +559,14 @@ typedef void (*nbx_log_fn)(void *ud, int level, const char *message);
 
 /** Flags for nbx_engine_options.flags. */
 enum nbx_engine_flags {
-    NBX_ENGINE_READONLY = 0x1 /**< open the store read-only: nbx_record() fails */
+    NBX_ENGINE_READONLY = 0x1, /**< open the store read-only: nbx_record() fails */
+    /** No store at all (store and store_handle are ignored): a decision
+     * reads the customer from nbx_request.profile_json, or decides for an
+     * anonymous visitor; counters and budgets are empty and nothing is
+     * recorded (NBX_DECIDE_RECORD and nbx_record() fail with
+     * NBX_EREADONLY). For trials and tests of a policy (nbx_engine_trial(),
+     * `nbx policy check`, `nbx policy test`). */
+    NBX_ENGINE_NO_STORE = 0x2
 };
 
 /** Default policy limits. */
@@ -686,7 +693,9 @@ NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info);
  * @brief Check what nbx_engine_open() would load, without a store: the
  * catalog, the policy, and a sandbox built for the pair with the options'
  * limits (a policy that cannot load within its memory limit with this
- * catalog fails here). store and store_handle are ignored.
+ * catalog fails here), then the trial of nbx_engine_trial(): a policy that
+ * falls back for a synthetic customer fails here. store and store_handle
+ * are ignored.
  * @param[out] info if not NULL, receives what an engine would serve.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE (catalog),
  *   NBX_EPOLICY, NBX_ENOMEM; nbx_last_errmsg() names the file and reason.
@@ -736,6 +745,14 @@ typedef struct nbx_request {
     int64_t now_ms;                /**< the decision's clock (epoch ms, years 0001 to 9999,
                                         else NBX_EINVAL); 0: now */
     unsigned flags;                /**< nbx_decide_flags */
+    /** The customer's profile as a JSON object (the names of
+     * docs/data-model.md; its "id", if given, must be `customer`), used
+     * instead of the store's: a what-if, a test case, a trial. NULL: the
+     * store's profile (anonymous if none). profile_len bytes, need not end
+     * in NUL. Added in 0.2: a caller built against an older nbx.h (a
+     * smaller size) never sets it. */
+    const char *profile_json;
+    size_t profile_len;
 } nbx_request;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -881,6 +898,23 @@ NBX_API int nbx_result_anonymous(const nbx_result *r);
 /** @brief The policy error message on fallback, else NULL. */
 NBX_API const char *nbx_result_error(const nbx_result *r);
 
+/** Why a decision fell back, field by field (the result JSON's "error"). */
+typedef struct nbx_fault {
+    const char *kind;   /**< "runtime", "timeout", "memory", "result", "unavailable" */
+    const char *where;  /**< "file.lua:LINE", or "" when unknown */
+    const char *offer;  /**< the offer being scored, or "" */
+    const char *reason; /**< in words; policy text is escaped */
+} nbx_fault;
+
+/**
+ * @brief The fault of a fallback decision.
+ * @param[out] out strings owned by the result, valid as long as it is.
+ * @return NBX_OK; NBX_ENOTFOUND when the decision did not fall back;
+ *   NBX_EINVAL (NULL argument).
+ * @note Like the result, belongs to the context's thread.
+ */
+NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out);
+
 /** @brief The decision id (unique). */
 NBX_API const char *nbx_result_decision_id(const nbx_result *r);
 
@@ -893,6 +927,36 @@ NBX_API double nbx_result_expected_margin(const nbx_result *r);
  *   candidates not excluded.
  */
 NBX_API void nbx_result_exclusions(const nbx_result *r, uint32_t *counts);
+
+/* ========================================================================
+ * Trials
+ * ======================================================================== */
+
+/**
+ * @brief Callback of nbx_engine_trial(): one trial customer's decision.
+ * @param label what the customer stands for ("anonymous", "segment
+ *   at_risk", "no consent", ...); r the result, valid during the call.
+ */
+typedef void (*nbx_trial_fn)(void *ud, const char *label, const nbx_result *r);
+
+/**
+ * @brief Run the engine's policy over synthetic customers built to cover
+ * its catalog: an anonymous visitor, a known customer with an empty
+ * profile, one customer per RFM segment, customers with every consent
+ * purpose granted and refused, with propensities for every offer and
+ * category and without, with and without LTV and churn, and each declared
+ * channel. Decided in memory (no store is read or written), at every
+ * placement, at the engine's clock.
+ *
+ * A policy that falls back for any of them fails with NBX_EPOLICY: the
+ * message names the first customer, FILE:LINE and the reason, and counts
+ * the fallbacks per reason. nbx_engine_check() runs the same trial.
+ *
+ * @param fn called for each customer (may be NULL).
+ * @return NBX_OK (no fallback), NBX_EPOLICY, NBX_EINVAL, NBX_ENOMEM.
+ * @note Thread-safe on the engine; uses a context of its own.
+ */
+NBX_API int nbx_engine_trial(nbx_engine *engine, nbx_trial_fn fn, void *ud);
 
 /* ========================================================================
  * Batches: many decisions on a pool of threads, results in submission order

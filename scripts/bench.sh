@@ -52,13 +52,19 @@ for policy in "$default_policy" "$data/margin_lua.lua" "$root/policies/retention
         --policy "$policy" --decisions 200000 --threads 2
 done
 part "decisions: the same at 1,000 offers"
-for policy in "$default_policy" "$data/margin_lua.lua"; do
+for policy in "$default_policy" "$data/margin_lua.lua" "$root/policies/retention.lua"; do
     run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-1000.json" \
         --policy "$policy" --decisions 50000 --threads 2
 done
 
-part "sandbox: limits on / off / JIT on, 100 candidates"
+part "sandbox: production / no time limit / interpreter, 100 candidates"
 run "$build/bench/bench_sandbox"
+
+part "sandbox: how far past their limits hostile policies run"
+run "$build/bench/bench_limits"
+
+part "policy source: instrumenting a 256 KiB policy"
+run "$build/bench/bench_lsource"
 
 part "batch: nbx batch --all, Python binding overhead"
 run "$root/bench/bench_batch.sh" "$build" "$data/batch"

@@ -148,30 +148,182 @@ Test(decide, ranks_fills_slots_and_guardrails_beat_the_policy)
     cr_assert_not(nbx_result_fallback(r));
     cr_assert_not(nbx_result_anonymous(r));
     const char *json = nbx_result_json(r, NULL);
-    cr_assert(strstr(json, "\"policy\":{\"name\":\"by_price\",\"version\":\"") != NULL, "%s",
-              json);
+    cr_assert(strstr(json, "\"policy\":{\"name\":\"by_price\",\"version\":\"") != NULL, "%s", json);
     cr_assert(strstr(json, "\"catalog_version\":\"") != NULL);
     cr_assert(strstr(json, "\"fallback\":false") != NULL);
     cr_assert(strstr(json, "\"candidates\"") == NULL, "explain off");
+}
+
+/* The explained candidate (offer, placement) of a result, as a JSON object
+ * owned by *doc (the parsed result: json_decref it). Fails if absent. */
+static json_t *candidate(const nbx_result *r, const char *offer, const char *placement, json_t **doc)
+{
+    json_error_t jerr;
+    const char *text = nbx_result_json(r, NULL);
+    *doc = json_loads(text, 0, &jerr);
+    cr_assert(*doc, "result JSON does not parse: %s: %s", jerr.text, text);
+    json_t *c;
+    size_t i;
+    json_array_foreach(json_object_get(*doc, "candidates"), i, c)
+    {
+        if (strcmp(json_string_value(json_object_get(c, "offer")), offer) == 0 &&
+            strcmp(json_string_value(json_object_get(c, "placement")), placement) == 0)
+            return c;
+    }
+    cr_assert_fail("no candidate %s/%s in %s", offer, placement, text);
+    return NULL;
+}
+
+static const char *str_field(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : "(none)";
 }
 
 Test(decide, explain_names_every_exclusion)
 {
     open_engine(BY_PRICE);
     const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
-    const char *json = nbx_result_json(r, NULL);
-    cr_assert(strstr(json, "{\"offer\":\"deep_discount\",\"placement\":\"hero\",\"score\":100,"
-                           "\"expected_margin\":null,\"excluded\":\"guardrail\"}") != NULL,
-              "%s", json);
-    cr_assert(strstr(json, "\"offer\":\"email_only\",\"placement\":\"recs\",\"score\":null,"
-                           "\"expected_margin\":null,\"excluded\":\"consent\"") != NULL,
-              "%s", json);
-    cr_assert(strstr(json, "\"offer\":\"loss_leader\",\"placement\":\"recs\",\"score\":20,")
-                  != NULL, "%s", json);
+    json_t *doc;
+    json_t *c = candidate(r, "deep_discount", "hero", &doc);
+    cr_expect_float_eq(json_number_value(json_object_get(c, "score")), 100, 1e-12);
+    cr_expect(json_is_null(json_object_get(c, "expected_margin")));
+    cr_expect_str_eq(str_field(c, "excluded"), "guardrail");
+    cr_expect_str_eq(str_field(c, "reason"), "a discount of 45% is above the 30% limit");
+    json_decref(doc);
+    c = candidate(r, "email_only", "recs", &doc);
+    cr_expect(json_is_null(json_object_get(c, "score")), "never scored");
+    cr_expect_str_eq(str_field(c, "excluded"), "consent");
+    cr_expect_str_eq(str_field(c, "reason"), "no consent to 'email', which this offer needs");
+    json_decref(doc);
+    c = candidate(r, "loss_leader", "recs", &doc);
+    cr_expect_float_eq(json_number_value(json_object_get(c, "score")), 20, 1e-12);
+    cr_expect_str_eq(str_field(c, "reason"), "a unit margin of -1.00 is below the minimum of 0.00");
+    json_decref(doc);
     uint32_t counts[NBX_EXCLUDED_COUNT];
     nbx_result_exclusions(r, counts);
     cr_assert_eq(counts[NBX_EXCLUDED_GUARDRAIL], 3, "deep_discount x2, loss_leader");
     cr_assert_eq(counts[NBX_EXCLUDED_CONSENT], 1);
+}
+
+Test(decide, explain_says_where_each_propensity_came_from)
+{
+    /* alice has a propensity for winback_20 itself; the others fall back
+     * along the chain to base_propensity (she has no RFM segment) */
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    json_t *doc;
+    json_t *c = candidate(r, "winback_20", "hero", &doc);
+    cr_expect_str_eq(str_field(c, "propensity_source"), "offer");
+    cr_expect_float_eq(json_number_value(json_object_get(c, "propensity")), 0.5, 1e-12);
+    cr_expect_float_eq(json_number_value(json_object_get(c, "margin")), 24, 1e-9);
+    cr_expect_float_eq(json_number_value(json_object_get(c, "serving_cost")), 0.02, 1e-12);
+    cr_expect(json_is_true(json_object_get(c, "chosen")));
+    json_decref(doc);
+    c = candidate(r, "carousel_new", "recs", &doc);
+    cr_expect_str_eq(str_field(c, "propensity_source"), "base");
+    cr_expect_float_eq(json_number_value(json_object_get(c, "propensity")), 0.08, 1e-12);
+    json_decref(doc);
+}
+
+Test(decide, eligible_reasons_reach_the_explanation_escaped)
+{
+    open_engine("return { name = 'picky',\n"
+                "  eligible = function(o)\n"
+                "    if o.id == 'carousel_new' then return false, 'not for \\27[31mred\\27[0m' end\n"
+                "    if o.id == 'bestsellers' then return false end\n"
+                "    return true end,\n"
+                "  score = function(o) return o.price end }\n");
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    json_t *doc;
+    json_t *c = candidate(r, "carousel_new", "recs", &doc);
+    cr_expect_str_eq(str_field(c, "excluded"), "ineligible");
+    cr_expect_str_eq(str_field(c, "policy_reason"), "not for \\x1b[31mred\\x1b[0m",
+                     "the policy's text is escaped");
+    cr_expect_str_eq(str_field(c, "reason"),
+                     "the policy's eligible() said no: not for \\x1b[31mred\\x1b[0m");
+    json_decref(doc);
+    c = candidate(r, "bestsellers", "recs", &doc);
+    cr_expect_str_eq(str_field(c, "excluded"), "ineligible");
+    cr_expect(json_object_get(c, "policy_reason") == NULL, "no reason given");
+    cr_expect_str_eq(str_field(c, "reason"), "the policy's eligible() said no (it gave no reason)");
+    json_decref(doc);
+    /* without explain the reasons are not collected, the exclusion stays */
+    r = decide("alice", 0);
+    uint32_t counts[NBX_EXCLUDED_COUNT];
+    nbx_result_exclusions(r, counts);
+    cr_expect_eq(counts[NBX_EXCLUDED_INELIGIBLE], 2);
+}
+
+/* The result's "log" array, as strings, into lines (at most max). */
+static size_t log_lines(const nbx_result *r, char lines[][300], size_t max, json_t **doc)
+{
+    json_error_t jerr;
+    *doc = json_loads(nbx_result_json(r, NULL), 0, &jerr);
+    cr_assert(*doc);
+    json_t *log = json_object_get(*doc, "log"), *v;
+    size_t i, n = 0;
+    json_array_foreach(log, i, v)
+    {
+        if (n < max)
+            snprintf(lines[n++], 300, "%s", json_string_value(v));
+    }
+    return n;
+}
+
+Test(decide, nbx_log_lines_show_in_explanations_only_and_are_bounded)
+{
+    open_engine("return { name = 'chatty', score = function(o, c)\n"
+                "  nbx.log('scoring', o.id, o.price, c.segment, {}, string.rep('x', 4000))\n"
+                "  return o.price end }\n");
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    char lines[40][300];
+    json_t *doc;
+    size_t n = log_lines(r, lines, 40, &doc);
+    /* 8 offers score at up to 2 placements: fewer than the 32 lines kept */
+    cr_expect_gt(n, 4);
+    cr_expect_leq(n, 32);
+    bool found = false;
+    for (size_t i = 0; i < n; i++) {
+        cr_expect_leq(strlen(lines[i]), 240, "a line is cut: %zu bytes", strlen(lines[i]));
+        if (strncmp(lines[i], "policy.lua:2: scoring free_shipping 49 nil table xxx", 52) == 0)
+            found = true;
+    }
+    cr_expect(found, "file:line, then the values joined by spaces: %s", n ? lines[0] : "none");
+    json_decref(doc);
+    /* not asked for: no log at all */
+    r = decide("alice", 0);
+    cr_expect(strstr(nbx_result_json(r, NULL), "\"log\"") == NULL, "%s", nbx_result_json(r, NULL));
+}
+
+Test(decide, nbx_log_keeps_32_lines_and_counts_the_rest)
+{
+    open_engine("return { name = 'flood', score = function(o)\n"
+                "  for i = 1, 10 do nbx.log(i, '\\n\\27]0;title\\7') end\n"
+                "  return o.price end }\n");
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    char lines[40][300];
+    json_t *doc;
+    size_t n = log_lines(r, lines, 40, &doc);
+    cr_expect_eq(n, 32);
+    cr_expect_gt(json_integer_value(json_object_get(doc, "log_dropped")), 0);
+    cr_expect_str_eq(lines[0], "policy.lua:2: 1 \\x0a\\x1b]0;title\\x07", "escaped");
+    json_decref(doc);
+}
+
+Test(decide, nbx_log_lines_before_a_failure_are_kept)
+{
+    open_engine("return { name = 'dies', score = function(o)\n"
+                "  nbx.log('about to fail on', o.id)\n"
+                "  error('boom') end }\n");
+    const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
+    cr_assert(nbx_result_fallback(r));
+    char lines[40][300];
+    json_t *doc;
+    size_t n = log_lines(r, lines, 40, &doc);
+    cr_expect_eq(n, 1, "%s", nbx_result_json(r, NULL));
+    cr_expect(strstr(lines[0], "policy.lua:2: about to fail on ") == lines[0], "%s", lines[0]);
+    json_decref(doc);
 }
 
 Test(decide, expected_margin_defaults_to_propensity_times_margin)
@@ -226,8 +378,7 @@ Test(decide, policy_failure_gives_fallback_and_next_decision_runs)
     expect_actions(r, want, 2);
     cr_assert_not_null(nbx_result_error(r));
     cr_assert(strstr(nbx_result_error(r), "policy.lua:2") != NULL, "%s", nbx_result_error(r));
-    cr_assert(strstr(json, "\"error\":{\"policy\":\"failing\",\"version\":\"") != NULL, "%s",
-              json);
+    cr_assert(strstr(json, "\"error\":{\"policy\":\"failing\",\"version\":\"") != NULL, "%s", json);
     cr_assert(strstr(json, "\"kind\":\"runtime\"") != NULL, "%s", json);
     cr_assert(strstr(json, "\"where\":\"policy.lua:2\"") != NULL, "%s", json);
     cr_assert(strstr(json, "\"reason\":\"boom on ") != NULL, "%s", json);
@@ -275,17 +426,18 @@ Test(decide, recorded_impressions_reach_the_frequency_cap)
         nbx_result_action(r, 0, &a);
         cr_assert_str_eq(a.offer, "free_shipping", "before impression %d", i);
         int applied;
-        cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK, "%s",
-                     nbx_ctx_errmsg(ctx));
+        cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
         cr_assert_eq(applied, 1);
         cr_assert_eq(nbx_record(ctx, ev, strlen(ev), &applied), NBX_OK);
         cr_assert_eq(applied, 0, "duplicate event id applied twice");
     }
     const nbx_result *r = decide("alice", NBX_DECIDE_EXPLAIN);
-    const char *json = nbx_result_json(r, NULL);
-    cr_assert(strstr(json, "\"offer\":\"free_shipping\",\"placement\":\"hero\",\"score\":null,"
-                           "\"expected_margin\":null,\"excluded\":\"frequency\"") != NULL,
-              "%s", json);
+    json_t *doc;
+    json_t *c = candidate(r, "free_shipping", "hero", &doc);
+    cr_expect(json_is_null(json_object_get(c, "score")));
+    cr_expect_str_eq(str_field(c, "excluded"), "frequency");
+    cr_expect_str_eq(str_field(c, "reason"), "shown 3 times in the last 7 days; the cap is 3");
+    json_decref(doc);
     nbx_action a;
     nbx_result_action(r, 0, &a);
     cr_assert_str_eq(a.offer, "winback_20");
@@ -387,8 +539,7 @@ Test(decide, bad_requests_name_the_field)
     for (size_t i = 0; i < sizeof clocks / sizeof clocks[0]; i++) {
         r.now_ms = clocks[i];
         cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_EINVAL, "now_ms %lld", (long long)clocks[i]);
-        cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'now_ms'") != NULL, "%s",
-                  nbx_ctx_errmsg(ctx));
+        cr_assert(strstr(nbx_ctx_errmsg(ctx), "field 'now_ms'") != NULL, "%s", nbx_ctx_errmsg(ctx));
     }
     r.now_ms = NBX_TIME_MAX_MS;
     cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
@@ -396,8 +547,8 @@ Test(decide, bad_requests_name_the_field)
               "%s", nbx_result_json(res, NULL));
     r.now_ms = NBX_TIME_MIN_MS;
     cr_assert_eq(nbx_decide(ctx, &r, &res), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
-    cr_assert(strstr(nbx_result_json(res, NULL), "\"as_of\":\"0001-01-01T00:00:00") != NULL,
-              "%s", nbx_result_json(res, NULL));
+    cr_assert(strstr(nbx_result_json(res, NULL), "\"as_of\":\"0001-01-01T00:00:00") != NULL, "%s",
+              nbx_result_json(res, NULL));
     /* the context still works */
     const nbx_result *ok = decide("alice", 0);
     cr_assert_eq(nbx_result_action_count(ok), 4);
@@ -520,8 +671,7 @@ Test(decide, reload_under_concurrent_decisions)
     for (int i = 0; i < 2; i++)
         pthread_join(t[i], NULL);
     for (int i = 0; i < 2; i++) {
-        cr_assert_eq(w[i].bad, 0, "thread %d: %d results without exactly one version", i,
-                     w[i].bad);
+        cr_assert_eq(w[i].bad, 0, "thread %d: %d results without exactly one version", i, w[i].bad);
         cr_assert_gt(w[i].with_v1, 0, "thread %d never saw v1", i);
         cr_assert_gt(w[i].with_v2, 0, "thread %d never saw v2", i);
     }
@@ -743,8 +893,9 @@ static void capture_log(void *ud, int level, const char *message)
 
 Test(decide, policy_text_in_log_lines_is_escaped)
 {
-    /* a name and an error message with a newline and an ANSI escape */
-    char *policy = write_policy("inj.lua", "return { name = 'a\\nFAKE', score = function() "
+    /* an error message with a newline and an ANSI escape (a name with
+     * control characters is refused when the policy loads: test_policy) */
+    char *policy = write_policy("inj.lua", "return { name = 'inj', score = function() "
                                            "error('\\27[31mred\\nFAKE LINE') end }\n");
     nbx_engine_options o = suite_options(policy);
     o.log = capture_log;

@@ -38,6 +38,24 @@ static const char good_src[] = "-- a policy\n"
                                "function P.eligible() return true end\n"
                                "return P\n";
 
+/* Read a policy, then run its top level in a sandbox (without a catalog),
+ * as every engine does before serving it: a policy is refused at either
+ * step. On failure *out is NULL. */
+static int load_and_run(const char *path, nbx_policy **out, nbx_err *e)
+{
+    int rc = nbx_policy_load(path, out, e);
+    if (rc != NBX_OK)
+        return rc;
+    nbx_sandbox *sb = NULL;
+    rc = nbx_sandbox_open(*out, NULL, NULL, &sb, e);
+    nbx_sandbox_close(sb);
+    if (rc != NBX_OK) {
+        nbx_policy_unref(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 /* Load src as name; expect failure rc with every needle in the message. */
 static void expect_load_error(const char *name, const char *src, int rc_want,
                               const char *const *needles)
@@ -45,7 +63,7 @@ static void expect_load_error(const char *name, const char *src, int rc_want,
     char *path = write_policy(name, src);
     nbx_policy *p = (nbx_policy *)1;
     nbx_err e = {0};
-    int rc = nbx_policy_load(path, &p, &e);
+    int rc = load_and_run(path, &p, &e);
     cr_expect_eq(rc, rc_want, "%s: expected %d, got %d (%s)", name, rc_want, rc, e.msg);
     cr_expect_null(p, "%s: out must be NULL on failure", name);
     cr_expect(strncmp(e.msg, path, strlen(path)) == 0, "%s: message must start with the path: %s",
@@ -64,7 +82,7 @@ static void expect_load_error_at(const char *name, const char *src, const char *
     char *path = write_policy(name, src);
     nbx_policy *p = (nbx_policy *)1;
     nbx_err e = {0};
-    int rc = nbx_policy_load(path, &p, &e);
+    int rc = load_and_run(path, &p, &e);
     cr_expect_eq(rc, NBX_EPOLICY, "%s: expected NBX_EPOLICY, got %d (%s)", name, rc, e.msg);
     cr_expect_null(p, "%s: out must be NULL on failure", name);
     char prefix[512];
@@ -84,6 +102,10 @@ Test(policy, load_reads_name_version_and_chunkname)
     nbx_policy *p = NULL;
     nbx_err e = {0};
     cr_assert_eq(nbx_policy_load(path, &p, &e), NBX_OK, "%s", e.msg);
+    cr_expect_str_eq(p->name, "", "reading runs nothing: the name comes with the first sandbox");
+    nbx_sandbox *sb = NULL;
+    cr_assert_eq(nbx_sandbox_open(p, NULL, NULL, &sb, &e), NBX_OK, "%s", e.msg);
+    nbx_sandbox_close(sb);
     cr_expect_str_eq(p->name, "good one");
     cr_expect_str_eq(p->path, path);
     cr_expect_str_eq(p->chunkname, "@good.lua");
@@ -190,7 +212,10 @@ Test(policy, load_checks_the_returned_table)
                       "return { name = ('n'):rep(128), score = function() return 1 end }",
                       NBX_EPOLICY, NEEDLES("1 to 127 bytes"));
     expect_load_error("nul.lua", "return { name = 'a\\0b', score = function() return 1 end }",
-                      NBX_EPOLICY, NEEDLES("without NUL"));
+                      NBX_EPOLICY, NEEDLES("printable"));
+    expect_load_error("esc.lua",
+                      "return { name = 'a\\27[31mred', score = function() return 1 end }",
+                      NBX_EPOLICY, NEEDLES("no control characters"));
     expect_load_error("noscore.lua", "return { name = 'x' }", NBX_EPOLICY,
                       NEEDLES("needs a 'score' function", "nil"));
     expect_load_error("strscore.lua", "return { name = 'x', score = 'high' }", NBX_EPOLICY,
@@ -206,7 +231,7 @@ Test(policy, name_of_127_bytes_and_c_function_score_are_fine)
     char *path = write_policy("edge.lua", "return { name = ('n'):rep(127), score = tostring }");
     nbx_policy *p = NULL;
     nbx_err e = {0};
-    cr_assert_eq(nbx_policy_load(path, &p, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(load_and_run(path, &p, &e), NBX_OK, "%s", e.msg);
     cr_expect_eq(strlen(p->name), 127);
     nbx_policy_unref(p);
     free(path);
@@ -219,8 +244,13 @@ Test(policy, load_is_bounded_in_time_and_memory, .timeout = 60)
                       NEEDLES("spin.lua:2: ", "load time limit"));
     double ms = (double)(nbx_monotonic_us() - t0) / 1000.0;
     cr_expect_lt(ms, 1000, "a 100 ms load budget took %.0f ms", ms);
-    expect_load_error("hog.lua", "local t = {}\nfor i = 1, 1e9 do t[i] = ('x'):rep(1e6, i) end\n",
-                      NBX_EPOLICY, NEEDLES("hog.lua:2: ", "memory limit"));
+    /* A table that grows past the largest single object the load allows:
+     * refused at once, whatever the machine's speed, so the time limit
+     * cannot come first. */
+    expect_load_error("hog.lua", "local t = {}\nfor i = 1, 1e9 do t[i] = i end\n", NBX_EPOLICY,
+                      NEEDLES("hog.lua:2: ", "memory limit"));
+    expect_load_error("longstr.lua", "local s = ('x'):rep(4097)\nreturn {}\n", NBX_EPOLICY,
+                      NEEDLES("longstr.lua:1: ", "string.rep would be 4097 bytes"));
     expect_load_error("pcallspin.lua", "while true do pcall(function() while true do end end) end",
                       NBX_EPOLICY, NEEDLES("load time limit"));
 }
@@ -234,7 +264,7 @@ Test(policy, globals_may_be_defined_while_loading_only)
                                           "end }\n");
     nbx_policy *p = NULL;
     nbx_err e = {0};
-    cr_expect_eq(nbx_policy_load(path, &p, &e), NBX_OK, "%s", e.msg);
+    cr_expect_eq(load_and_run(path, &p, &e), NBX_OK, "%s", e.msg);
     nbx_policy_unref(p);
     free(path);
 }
@@ -252,6 +282,9 @@ Test(policy, load_text_is_a_file_load_from_memory)
     nbx_err e = {0};
     cr_assert_eq(nbx_policy_load_text("conf/good.lua", buf, strlen(good_src), &p, &e), NBX_OK, "%s",
                  e.msg);
+    nbx_sandbox *sb = NULL;
+    cr_assert_eq(nbx_sandbox_open(p, NULL, NULL, &sb, &e), NBX_OK, "%s", e.msg);
+    nbx_sandbox_close(sb);
     cr_expect_str_eq(p->name, "good one");
     cr_expect_str_eq(p->path, "conf/good.lua");
     cr_expect_str_eq(p->chunkname, "@good.lua");
@@ -303,6 +336,13 @@ Test(policy, load_text_errors_name_the_path)
         nbx_policy *p = (nbx_policy *)1;
         nbx_err e = {0};
         int rc = nbx_policy_load_text("conf/bad.lua", cases[i].src, len, &p, &e);
+        if (rc == NBX_OK) {
+            nbx_sandbox *sb = NULL;
+            rc = nbx_sandbox_open(p, NULL, NULL, &sb, &e);
+            nbx_sandbox_close(sb);
+            nbx_policy_unref(p);
+            p = rc == NBX_OK ? p : NULL;
+        }
         cr_expect_eq(rc, NBX_EPOLICY, "case %zu: expected NBX_EPOLICY, got %d (%s)", i, rc, e.msg);
         cr_expect_null(p, "case %zu: out must be NULL on failure", i);
         char prefix[256];
@@ -326,7 +366,7 @@ Test(policy, ref_and_unref)
     cr_expect_eq(atomic_load(&p->refs), 2);
     nbx_policy_unref(p);
     cr_expect_eq(atomic_load(&p->refs), 1);
-    cr_expect_str_eq(p->name, "good one", "still alive with one reference");
+    cr_expect_eq(memcmp(p->source, good_src, p->source_len), 0, "still alive with one reference");
     nbx_policy_unref(p); /* frees: AddressSanitizer checks */
     cr_expect_null(nbx_policy_ref(NULL));
     nbx_policy_unref(NULL);

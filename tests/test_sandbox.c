@@ -521,7 +521,8 @@ Test(sandbox, helpers_see_through_read_only_proxies)
         "  eq(nbx.len(o.placements), o.id == 'free_shipping' and 2 or nbx.len(o.placements), "
         "'len')\n"
         "  eq(nbx.len('abc'), 3, 'len of a string')\n"
-        "  eq(#o.placements, 0, '# of a proxy is 0 in LuaJIT 5.1 mode')\n"
+        "  eq(#o.placements, nbx.len(o.placements), '# of a proxy sees its data')\n"
+        "  eq(#'abcd', 4, '# of a string')\n"
         "  eq(nbx.contains(o.placements, s.placement), true, 'contains')\n"
         "  eq(nbx.contains(o.placements, 'nowhere'), false, 'contains miss')\n"
         "  eq(nbx.contains(nil, 'x'), false, 'contains nil')\n"
@@ -581,7 +582,10 @@ Test(sandbox, table_sort_is_correct_and_stable)
         "  if ok or not err:find('function expected') then error('bad comparator') end\n"
         "  return 1\n"
         "end }\n");
-    nbx_sandbox *sb = open_sb(p, NULL);
+    /* A lot of work in one decision (and the JIT compiling it): this test is
+     * about sorting, not the time limit. */
+    nbx_limits roomy = {.time_us = 1000000};
+    nbx_sandbox *sb = open_sb(p, &roomy);
     nbx_candidate cand[CAND_MAX];
     all_candidates(cand);
     nbx_policy_error pe;
@@ -772,16 +776,18 @@ Test(sandbox, timeout_is_bounded_located_and_recovered)
     /* The unmeasured first 100 us may be charged up to 200 us. */
     cr_expect_geq(cpu, 1.75, "timed out after %.2f ms of CPU, before the 2 ms limit", cpu);
     cr_expect_geq(ms, cpu * 0.99, "wall %.2f ms < CPU %.2f ms?", ms, cpu);
-    cr_expect_lt(cpu, 10, "a 2 ms limit took %.2f ms of CPU to fire", cpu);
-    cr_expect_eq(nbx_sandbox_memory(sb), 0, "the faulted state is dropped at once");
-    /* The next run rebuilds the state and works. */
+    cr_expect_lt(cpu, 20, "a 2 ms limit took %.2f ms of CPU to fire", cpu);
+    /* The state survives the fault (re-running the policy's top level would
+     * cost every later decision its load time): what the fault left is
+     * garbage, collected at once. */
+    size_t mem_after = nbx_sandbox_memory(sb);
+    cr_expect_gt(mem_after, 0, "the state is kept after a timeout");
+    cr_expect_lt(mem_after, mem_before + 262144, "after the fault: %zu bytes, was %zu", mem_after,
+                 mem_before);
     nbx_kv kv[] = {{"mode", "normal"}};
     cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "%s", pe.reason);
     for (size_t i = 0; i < n; i++)
         cr_expect_eq(cand[i].score, offer_of(&cand[i])->margin);
-    size_t mem_after = nbx_sandbox_memory(sb);
-    cr_expect_lt(mem_after, mem_before + 65536, "rebuilt state: %zu bytes, was %zu", mem_after,
-                 mem_before);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
 }
@@ -832,25 +838,28 @@ Test(sandbox, time_limit_is_configurable)
 
 Test(sandbox, memory_limit_is_configurable_and_recovered)
 {
-    nbx_policy *p = policy_src("hog.lua", "local P = { name = 'hog' }\n"
-                                          "function P.score(o, c, s)\n"
-                                          "  local big = string.rep('x', tonumber(s.bytes))\n"
-                                          "  return #big\n"
-                                          "end\n"
-                                          "return P\n");
-    nbx_limits small = {.memory = 1u << 20};
+    /* About 100 bytes per small table. The time limit is roomy: this test
+     * is about the memory limit, whatever the machine's speed. */
+    nbx_policy *p =
+        policy_src("hog.lua", "local P = { name = 'hog' }\n"
+                              "function P.score(o, c, s)\n"
+                              "  local t = {} for i = 1, tonumber(s.n) do t[i] = {i} end\n"
+                              "  return 1\n"
+                              "end\n"
+                              "return P\n");
+    nbx_limits small = {.memory = 1u << 20, .time_us = 10000000};
     nbx_sandbox *sb = open_sb(p, &small);
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_policy_error pe;
-    nbx_kv kv[] = {{"bytes", "500000"}};
-    cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "500 KB under 1 MiB: %s", pe.reason);
-    kv[0].value = "2000000";
-    cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_EPOLICY, "2 MB under 1 MiB");
+    nbx_kv kv[] = {{"n", "3000"}};
+    cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "300 KB under 1 MiB: %s", pe.reason);
+    kv[0].value = "30000";
+    cr_assert_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_EPOLICY, "3 MB under 1 MiB");
     cr_expect_eq(pe.fault, NBX_FAULT_MEMORY, "fault %d: %s", pe.fault, pe.reason);
     cr_expect_str_eq(pe.where, "hog.lua:3");
     cr_expect(strstr(pe.reason, "1024 KiB"), "%s", pe.reason);
-    kv[0].value = "500000";
+    kv[0].value = "3000";
     cr_expect_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "after the fault: %s", pe.reason);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
@@ -858,11 +867,11 @@ Test(sandbox, memory_limit_is_configurable_and_recovered)
 
 Test(sandbox, garbage_alone_never_hits_the_limit)
 {
-    /* 1.5 MB of garbage per call, 2 MiB allowed: only collection between
-     * allocations and between decisions keeps this running. */
+    /* About 0.5 MB of garbage per call, 2 MiB allowed: only collection
+     * between allocations and between decisions keeps this running. */
     nbx_policy *p = policy_src("churn.lua", "return { name = 'c', score = function(o, c, s)\n"
                                             "  local t = {}\n"
-                                            "  for i = 1, 30 do t[i] = ('x'):rep(50000 + i) end\n"
+                                            "  for i = 1, 5000 do t[i] = { i, i } end\n"
                                             "  return #t\n"
                                             "end }\n");
     nbx_limits lim = {.memory = 2u << 20, .time_us = 1000000};
@@ -879,17 +888,18 @@ Test(sandbox, garbage_alone_never_hits_the_limit)
 
 Test(sandbox, large_live_data_and_garbage_fit_the_limit)
 {
-    /* 20 MB kept from load, 1.5 MB of garbage per call, 32 MiB allowed. */
+    /* About 5 MB kept from load (a lookup table of 60,000 numbers keyed by
+     * strings), 0.5 MB of garbage per call, 8 MiB allowed. */
     nbx_policy *p = policy_src("big.lua", "local keep = {}\n"
-                                          "for i = 1, 20 do keep[i] = ('k'):rep(1e6 + i) end\n"
+                                          "for i = 1, 60000 do keep['key number ' .. i] = i end\n"
                                           "return { name = 'big', score = function(o)\n"
                                           "  local t = {}\n"
-                                          "  for i = 1, 30 do t[i] = ('x'):rep(50000 + i) end\n"
-                                          "  return #keep + #t\n"
+                                          "  for i = 1, 5000 do t[i] = { i, i } end\n"
+                                          "  return keep['key number 20'] + #t - 5000 + 30\n"
                                           "end }\n");
-    nbx_limits lim = {.time_us = 1000000};
+    nbx_limits lim = {.time_us = 10000000, .memory = 8u << 20};
     nbx_sandbox *sb = open_sb(p, &lim);
-    cr_expect_gt(nbx_sandbox_memory(sb), 20000000, "the kept data is counted: %zu bytes",
+    cr_expect_gt(nbx_sandbox_memory(sb), 4000000, "the kept data is counted: %zu bytes",
                  nbx_sandbox_memory(sb));
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
@@ -951,10 +961,10 @@ Test(sandbox, recursion_through_pcall_and_sort_ends_cleanly)
     nbx_policy *p = policy_src(
         "rec.lua", "return { name = 'rec', score = function(o, c, s)\n"
                    "  if s.mode == 'pcall' then\n"
-                   "    local depth = 0\n"
-                   "    local function f() depth = depth + 1; return pcall(f) end\n"
+                   "    local st = { depth = 0 }\n"
+                   "    local function f() st.depth = st.depth + 1; return pcall(f) end\n"
                    "    f()\n"
-                   "    return depth\n"
+                   "    return st.depth\n"
                    "  end\n"
                    "  local function cmp(a, b) table.sort({ 2, 1 }, cmp); return a < b end\n"
                    "  table.sort({ 3, 2, 1 }, cmp)\n"
@@ -972,6 +982,179 @@ Test(sandbox, recursion_through_pcall_and_sort_ends_cleanly)
     cr_expect_eq(pe.fault, NBX_FAULT_RUNTIME);
     cr_expect(strstr(pe.reason, "stack overflow"), "%s", pe.reason);
     cr_expect_str_eq(pe.where, "rec.lua:8");
+    nbx_sandbox_close(sb);
+    nbx_policy_unref(p);
+}
+
+/* ========================================================================
+ * Isolation between decisions, reproducibility
+ * ======================================================================== */
+
+Test(sandbox, tables_built_at_load_are_frozen_but_readable)
+{
+    /* Reads of every kind still work on frozen tables (fields, nesting,
+     * identity, iteration, length through nbx.len); writes fail. */
+    nbx_policy *p = policy_src(
+        "frozen.lua", "local W = { a = 1, list = { 10, 20, 30 }, nested = { deep = { x = 5 } } }\n"
+                      "local same = W.list\n"
+                      "local P = { name = 'frozen' }\n"
+                      "function P.score(o, c, s)\n"
+                      "  assert(W.a == 1 and W.nested.deep.x == 5 and same == W.list)\n"
+                      "  local sum = 0\n"
+                      "  for _, v in ipairs(W.list) do sum = sum + v end\n"
+                      "  for k, v in pairs(W) do assert(type(k) == 'string') end\n"
+                      "  assert(nbx.len(W.list) == 3 and sum == 60)\n"
+                      "  if s.write == 'field' then W.a = 2 end\n"
+                      "  if s.write == 'new' then W.b = 2 end\n"
+                      "  if s.write == 'nested' then W.nested.deep.x = 6 end\n"
+                      "  return o.margin\n"
+                      "end\n"
+                      "return P\n");
+    nbx_sandbox *sb = open_sb(p, NULL);
+    nbx_candidate cand[CAND_MAX];
+    size_t n = all_candidates(cand);
+    nbx_policy_error pe;
+    cr_assert_eq(run_simple(sb, cand, n, NULL, 0, &pe), NBX_OK, "%s at %s", pe.reason, pe.where);
+    static const char *const writes[] = {"field", "new", "nested"};
+    for (size_t i = 0; i < NBX_ARRAY_LEN(writes); i++) {
+        nbx_kv kv[] = {{"write", writes[i]}};
+        cr_expect_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_EPOLICY, "write %s", writes[i]);
+        cr_expect_eq(pe.fault, NBX_FAULT_RUNTIME);
+        cr_expect(strstr(pe.reason, "built when the policy loaded"), "%s", pe.reason);
+        cr_expect_str_eq(pe.where, i == 2   ? "frozen.lua:12"
+                                   : i == 1 ? "frozen.lua:11"
+                                            : "frozen.lua:10");
+    }
+    /* The values are unchanged for the next decision. */
+    cr_expect_eq(run_simple(sb, cand, n, NULL, 0, &pe), NBX_OK, "%s at %s", pe.reason, pe.where);
+    nbx_sandbox_close(sb);
+    nbx_policy_unref(p);
+}
+
+Test(sandbox, no_data_survives_from_one_customer_to_the_next)
+{
+    /* Alice's secret attribute must never reach Bob's decision, through any
+     * channel a policy could use: global tables, tables it built at load. */
+    nbx_policy *p =
+        policy_src("leak.lua", "STASH = {}\n"
+                               "local last = {}\n"
+                               "local P = { name = 'leak' }\n"
+                               "function P.score(o, c, s)\n"
+                               "  local seen = STASH.id or last.id\n"
+                               "  if seen then error('previous customer was ' .. seen) end\n"
+                               "  pcall(function() STASH.id = c.attrs.country end)\n"
+                               "  pcall(function() last.id = c.attrs.country end)\n"
+                               "  return o.margin\n"
+                               "end\n"
+                               "return P\n");
+    nbx_sandbox *sb = open_sb(p, NULL);
+    nbx_candidate cand[CAND_MAX];
+    size_t n = all_candidates(cand);
+    nbx_policy_error pe;
+    nbx_profile alice = full_profile(); /* country DE */
+    nbx_profile bob = anonymous_profile();
+    run_args a = {.profile = &alice};
+    run(sb, cand, n, &a, &pe);
+    run_args b = {.profile = &bob, .anonymous = true};
+    int rc = run(sb, cand, n, &b, &pe);
+    cr_expect_eq(rc, NBX_OK, "bob's decision: %s", pe.reason);
+    cr_expect_null(strstr(pe.reason, "DE"), "alice's data reached bob: %s", pe.reason);
+    nbx_sandbox_close(sb);
+    nbx_policy_unref(p);
+}
+
+/* The score a policy builds from everything that could differ between two
+ * states (the order of pairs over string keys, tostring of tables and
+ * functions), as a string in the policy's error. */
+static const char fingerprint_policy[] =
+    "local keys = {}\n"
+    "for i = 1, 40 do keys['key' .. i] = i end\n"
+    "local P = { name = 'fp' }\n"
+    "function P.score(o, c, s)\n"
+    "  local parts, n = {}, 0\n"
+    "  for k, v in pairs(keys) do n = n + 1; parts[n] = k end\n"
+    "  for k in pairs(o) do n = n + 1; parts[n] = k end\n"
+    "  for k in pairs(c.attrs) do n = n + 1; parts[n] = k end\n"
+    "  local t = {}; t.x = 1; t.y = 2; t[3] = 3; t.z = 4\n"
+    "  for k in pairs(t) do n = n + 1; parts[n] = tostring(k) end\n"
+    "  n = n + 1; parts[n] = tostring({}) .. tostring(print) .. tostring(P.score)\n"
+    "  n = n + 1; parts[n] = tostring(next(keys)) .. tostring(next(t))\n"
+    "  error(table.concat(parts, ' '):sub(1, 4000))\n"
+    "end\n"
+    "return P\n";
+
+Test(sandbox, decisions_do_not_depend_on_the_state)
+{
+    /* Two states (LuaJIT seeds string hashes per state, and addresses
+     * differ) give the same answer; so do two runs in one state. */
+    nbx_policy *p = policy_src("fp.lua", fingerprint_policy);
+    nbx_sandbox *s1 = open_sb(p, NULL), *s2 = open_sb(p, NULL);
+    nbx_candidate cand[CAND_MAX];
+    size_t n = all_candidates(cand);
+    nbx_policy_error e1, e2, e3;
+    cr_assert_eq(run_simple(s1, cand, n, NULL, 0, &e1), NBX_EPOLICY);
+    cr_assert_eq(run_simple(s2, cand, n, NULL, 0, &e2), NBX_EPOLICY);
+    cr_assert_eq(run_simple(s1, cand, n, NULL, 0, &e3), NBX_EPOLICY);
+    cr_expect_str_eq(e1.reason, e2.reason);
+    cr_expect_str_eq(e1.reason, e3.reason);
+    cr_expect_null(strstr(e1.reason, "0x"), "an address in: %s", e1.reason);
+    cr_expect(strstr(e1.reason, "key1 key10 key11"), "canonical order: %s", e1.reason);
+    cr_expect(strstr(e1.reason, "3 x y z tablenilfunction key13"), "%s", e1.reason);
+    nbx_sandbox_close(s1);
+    nbx_sandbox_close(s2);
+    nbx_policy_unref(p);
+}
+
+Test(sandbox, a_fault_does_not_rebuild_the_state)
+{
+    /* A top level that builds a large table: after a timeout, the next
+     * decisions must not pay for running it again. The promise is checked
+     * by what the state still holds. */
+    nbx_policy *p =
+        policy_src("slowload.lua", "local big = {}\n"
+                                   "for i = 1, 50000 do big[i] = i * 2 end\n"
+                                   "local P = { name = 'slowload' }\n"
+                                   "function P.score(o, c, s)\n"
+                                   "  if s.mode ~= 'normal' then while true do end end\n"
+                                   "  return o.margin + nbx.len(big) - 50000\n"
+                                   "end\n"
+                                   "return P\n");
+    nbx_sandbox *sb = open_sb(p, NULL);
+    nbx_candidate cand[CAND_MAX];
+    size_t n = all_candidates(cand);
+    nbx_policy_error pe;
+    size_t before = nbx_sandbox_memory(sb);
+    cr_assert_eq(run_simple(sb, cand, n, NULL, 0, &pe), NBX_EPOLICY);
+    cr_expect_eq(pe.fault, NBX_FAULT_TIMEOUT, "%s", pe.reason);
+    size_t after = nbx_sandbox_memory(sb);
+    cr_expect_gt(after, before / 2, "the state and its tables were kept: %zu, was %zu", after,
+                 before);
+    nbx_kv kv[] = {{"mode", "normal"}};
+    cr_expect_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "%s", pe.reason);
+    nbx_sandbox_close(sb);
+    nbx_policy_unref(p);
+}
+
+Test(sandbox, strings_are_bounded_and_long_calls_check_the_clock)
+{
+    nbx_policy *p = policy_src("str.lua", "local P = { name = 'str' }\n"
+                                          "function P.score(o, c, s)\n"
+                                          "  local n = tonumber(s.n)\n"
+                                          "  local x = ('x'):rep(n)\n"
+                                          "  return #x\n"
+                                          "end\n"
+                                          "return P\n");
+    nbx_sandbox *sb = open_sb(p, NULL);
+    nbx_candidate cand[CAND_MAX];
+    size_t n = all_candidates(cand);
+    nbx_policy_error pe;
+    nbx_kv kv[] = {{"n", "4096"}};
+    cr_expect_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_OK, "4096 bytes: %s", pe.reason);
+    kv[0].value = "4097";
+    cr_expect_eq(run_simple(sb, cand, n, kv, 1, &pe), NBX_EPOLICY);
+    cr_expect_eq(pe.fault, NBX_FAULT_MEMORY, "a string over the limit is a memory fault");
+    cr_expect(strstr(pe.reason, "string.rep would be 4097 bytes"), "%s", pe.reason);
+    cr_expect_str_eq(pe.where, "str.lua:4");
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
 }
@@ -1040,6 +1223,15 @@ static void check_hostile(const char *dir, const char *file)
     nbx_err e = {0};
     int rc = nbx_policy_load(path, &p, &e);
     if (strcmp(x.kind, "load_error") == 0) {
+        /* Refused when read (syntax, the rules of lsource.c), or when a
+         * sandbox runs its top level. */
+        if (rc == NBX_OK) {
+            nbx_sandbox *trial = NULL;
+            rc = nbx_sandbox_open(p, catalog, NULL, &trial, &e);
+            nbx_sandbox_close(trial);
+            nbx_policy_unref(p);
+            p = NULL;
+        }
         cr_expect_eq(rc, NBX_EPOLICY, "%s: expected a load error, got %d (%s)", file, rc, e.msg);
         cr_expect(strstr(e.msg, x.detail), "%s: expected '%s' in the message, got: %s", file,
                   x.detail, e.msg);
@@ -1061,8 +1253,11 @@ static void check_hostile(const char *dir, const char *file)
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_policy_error pe;
+    /* Hostile policies misbehave when the session says so, and only then:
+     * the trial customers of nbx_engine_check() carry no session. */
+    nbx_kv hostile[] = {{"mode", "hostile"}};
     double c0 = cpu_ms();
-    rc = run_simple(sb, cand, n, NULL, 0, &pe);
+    rc = run_simple(sb, cand, n, hostile, 1, &pe);
     double ms = cpu_ms() - c0;
     if (strcmp(x.kind, "ok") == 0) {
         cr_expect_eq(rc, NBX_OK, "%s: expected ok, got %s fault: %s at %s", file,
@@ -1085,7 +1280,7 @@ static void check_hostile(const char *dir, const char *file)
          * the allocator's deadline check, timeout_big_allocations took over
          * 130 ms. */
         if (pe.fault == NBX_FAULT_TIMEOUT)
-            cr_expect_lt(ms, 50, "%s: a 2 ms limit took %.1f ms of CPU to fire", file, ms);
+            cr_expect_lt(ms, 100, "%s: a 2 ms limit took %.1f ms of CPU to fire", file, ms);
     }
     /* A normal decision on the same sandbox works and is right. */
     nbx_kv kv[] = {{"mode", "normal"}};
@@ -1261,7 +1456,7 @@ Test(sandbox, patterns_agree_with_luajit)
 
 Test(sandbox, patterns_check_the_limit_and_stay_bounded)
 {
-    nbx_lp_limit limit = {count_limit_calls, NULL};
+    nbx_lp_limit limit = {.check = count_limit_calls};
     lua_State *L = pattern_state(&limit);
     pattern_limit_calls = 0;
     /* Bounded work: few checks. A pathological pattern over a short subject
@@ -1331,8 +1526,8 @@ static double c_expected_margin(const nbx_profile *prof, const nbx_offer *o)
 Test(sandbox, margin_per_session_scores_expected_margin)
 {
     nbx_policy *p = shipped("policies/margin_per_session.lua");
-    cr_expect_str_eq(p->name, "margin_per_session");
     nbx_sandbox *sb = open_sb(p, NULL);
+    cr_expect_str_eq(p->name, "margin_per_session", "a sandbox's load names the policy");
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_profile profs[] = {full_profile(), anonymous_profile()};
@@ -1442,8 +1637,8 @@ static size_t rank(const nbx_candidate *cand, size_t n, uint32_t placement, cons
 Test(sandbox, retention_puts_retention_offers_first_for_customers_at_risk)
 {
     nbx_policy *p = shipped("policies/retention.lua");
-    cr_expect_str_eq(p->name, "retention");
     nbx_sandbox *sb = open_sb(p, NULL);
+    cr_expect_str_eq(p->name, "retention", "a sandbox's load names the policy");
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     uint32_t hero = (uint32_t)nbx_catalog_placement(catalog, NBX_SV("hero"));

@@ -156,6 +156,8 @@ void cli_print_json_string(FILE *out, const char *s);
  * are not UTF-8 as \xNN (text from policies and inputs must not steer the
  * terminal). */
 void cli_print_escaped(FILE *out, const char *s);
+/* A check that failed: the library's message, naming path if it does not. */
+int cli_check_failed(cli_args *args, int rc, const char *path);
 
 /* ========================================================================
  * Command entry points
@@ -176,6 +178,7 @@ int cli_run_stats(cli_args *args);
 
 /* decide.c */
 int cli_run_decide(cli_args *args);
+extern const cli_flag cli_policy_check_flags[];
 int cli_run_policy_check(cli_args *args);
 int cli_run_catalog_check(cli_args *args);
 

@@ -1,5 +1,5 @@
 /*
- * decide.c: decide, policy check, catalog check.
+ * decide.c: decide, catalog check.
  */
 #include "cli.h"
 
@@ -102,40 +102,8 @@ done:
 }
 
 /* ========================================================================
- * policy check, catalog check
+ * catalog check
  * ======================================================================== */
-
-/* The library's message normally names the file; make sure it does. */
-static int check_failed(cli_args *args, int rc, const char *path)
-{
-    const char *msg = nbx_last_errmsg();
-    if (!msg || !*msg)
-        msg = nbx_strerror(rc);
-    if (strstr(msg, path))
-        return cli_error(args->cmd, "%s", msg);
-    return cli_error(args->cmd, "%s: %s", path, msg);
-}
-
-int cli_run_policy_check(cli_args *args)
-{
-    const char *path = args->positional[0];
-    nbx_engine_info info;
-    memset(&info, 0, sizeof info);
-    int rc = nbx_policy_check(path, &info);
-    if (rc != NBX_OK)
-        return check_failed(args, rc, path);
-    if (cli_has(args, "json")) {
-        /* The path and the policy's name are any bytes: escaped. */
-        fputs("{\"file\":", stdout);
-        cli_print_json_string(stdout, path);
-        fputs(",\"name\":", stdout);
-        cli_print_json_string(stdout, info.policy_name);
-        printf(",\"version\":\"%s\"}\n", info.policy_version);
-    } else {
-        printf("%s: ok\nname:    %s\nversion: %s\n", path, info.policy_name, info.policy_version);
-    }
-    return CLI_OK;
-}
 
 int cli_run_catalog_check(cli_args *args)
 {
@@ -144,7 +112,7 @@ int cli_run_catalog_check(cli_args *args)
     memset(&info, 0, sizeof info);
     int rc = nbx_catalog_check(path, &info);
     if (rc != NBX_OK)
-        return check_failed(args, rc, path);
+        return cli_check_failed(args, rc, path);
     if (cli_has(args, "json")) {
         fputs("{\"file\":", stdout);
         cli_print_json_string(stdout, path);

@@ -214,9 +214,18 @@ const cli_command cli_commands[] = {
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
      cli_batch_details, cli_run_batch},
-    {"policy", "check", "FILE", 1, 1, check_flags,
-     "Check that a policy file loads; print its name and version.",
-     "On failure the error names FILE:LINE and the reason.\n", cli_run_policy_check},
+    {"policy", "check", "FILE", 1, 1, cli_policy_check_flags,
+     "Check that a policy file loads and, with --catalog, that it decides for every customer.",
+     "Without --catalog: the file must compile, follow the sandbox's rules and run its top\n"
+     "level; on failure the error names FILE:LINE and the reason.\n"
+     "With --catalog the policy is also tried on customers, as nginx does before it accepts\n"
+     "a configuration: synthetic ones built to cover the catalog (an anonymous visitor, an\n"
+     "empty profile, every RFM segment, every consent granted and refused, propensities for\n"
+     "every offer and none, ...) and, with --store, real ones: --sample N of them (the same\n"
+     "N every run) or the ids of --customers FILE. Any decision that falls back fails the\n"
+     "check (exit status 1), naming customers, FILE:LINE and the reason, with counts per\n"
+     "reason.\n",
+     cli_run_policy_check},
     {"catalog", "check", "FILE", 1, 1, check_flags,
      "Check that a catalog file loads; print its version, offers and placements.",
      "On failure the error names the offer and the field.\n", cli_run_catalog_check},
@@ -382,6 +391,16 @@ static size_t utf8_sequence(const unsigned char *p)
     if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
         return 0;
     return n;
+}
+
+int cli_check_failed(cli_args *args, int rc, const char *path)
+{
+    const char *msg = nbx_last_errmsg();
+    if (!msg || !*msg)
+        msg = nbx_strerror(rc);
+    if (strstr(msg, path))
+        return cli_error(args->cmd, "%s", msg);
+    return cli_error(args->cmd, "%s: %s", path, msg);
 }
 
 void cli_print_json_string(FILE *out, const char *s)

@@ -30,16 +30,27 @@ class CheckJson(CliTestCase):
 
     def test_01_policy_check(self):
         path = self.odd_path(b".lua")
-        # the name: a quote, a backslash, a newline, a control byte, a
-        # surrogate encoded in UTF-8 (not a character) and an e-acute
+        # the name: a quote, a backslash and an e-acute (control bytes and
+        # invalid UTF-8 are refused in names: test_01b)
         with open(path, "wb") as f:
-            f.write(b'return { name = "p\\"q\\\\r\\ns\\1t\\237\\160\\128\\195\\169",\n'
+            f.write(b'return { name = "p\\"q\\\\r\\195\\169",\n'
                     b'         score = function() return 1 end }\n')
         got = self.check_json("policy", "check", "--json", path)
         self.assertEqual(got["file"],
                          os.path.join(self.tmp, 'odd "name" \\ \t \u00e9 \ufffd.lua'))
-        self.assertEqual(got["name"], 'p"q\\r\ns\x01t\ufffd\ufffd\ufffd\u00e9')
+        self.assertEqual(got["name"], 'p"q\\r\u00e9')
         self.assertRegex(got["version"], r"^[0-9a-f]{16}$")
+
+    def test_01b_policy_names_must_be_printable_text(self):
+        # a newline, an ESC, a control byte, a surrogate encoded in UTF-8
+        for name in (b"a\\nb", b"\\27[31mred", b"s\\1t", b"x\\237\\160\\128"):
+            path = os.path.join(self.tmp, "n.lua")
+            with open(path, "wb") as f:
+                f.write(b'return { name = "' + name + b'", score = function() return 1 end }\n')
+            r = subprocess.run([NBX, "policy", "check", "--json", path], capture_output=True)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertIn(b"printable", r.stderr)
+            self.assertNotIn(b"\x1b", r.stderr, "the terminal gets no escape sequence")
 
     def test_02_catalog_check(self):
         path = self.odd_path(b".json")

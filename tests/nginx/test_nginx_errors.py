@@ -14,20 +14,25 @@ import unittest
 import nbxnginx as nx
 from nbxnginx import request
 
-# error() with a message naming a secret; the file's path is secret too
+# error() with a message naming a secret; the file's path is secret too.
+# Policies here fail only when asked (mode=hostile): nginx -t tries a policy
+# on synthetic customers, without a session, and refuses one that fails.
 FAILING = """\
 return {
   name = "leaky",
   score = function(o, c, s)
-    error("db password is hunter2")
+    if s.mode == "hostile" then error("db password is hunter2") end
+    return 1
   end,
 }
 """
 
-# ESC [31m and CR in the name and in the runtime error's message
+# ESC [31m and CR in the runtime error's message (a name with control
+# characters is refused when the policy loads: the last test)
 HOSTILE_TEXT = (b'return {\n'
-                b'  name = "evil\\27[31m\\rFAKE",\n'
-                b'  score = function() error("bad\\27[2J\\r[emerg] FORGED") end,\n'
+                b'  name = "evil",\n'
+                b'  score = function(o, c, s) if s.mode == "hostile" then\n'
+                b'    error("bad\\27[2J\\r[emerg] FORGED") end return 1 end,\n'
                 b'}\n')
 
 # a syntax error whose message quotes a raw ESC byte from the source
@@ -39,8 +44,10 @@ SERVER = """
     server {
         listen 127.0.0.1:%%(port)s;
         nbx_store %(store)s; nbx_catalog %(catalog)s; nbx_policy %(policy)s;
-        location = /decide { nbx_customer $arg_customer; nbx_decide; }
-        location = /explain { nbx_customer $arg_customer; nbx_explain on; nbx_decide; }
+        location = /decide { nbx_customer $arg_customer; nbx_session mode $arg_mode;
+                             nbx_decide; }
+        location = /explain { nbx_customer $arg_customer; nbx_session mode $arg_mode;
+                              nbx_explain on; nbx_decide; }
     }"""
 
 
@@ -74,7 +81,7 @@ class PolicyErrorsTest(nx.NginxTestCase):
     def test_clients_get_the_kind_only(self):
         policy = nx.write(self.path("secret_policy_dir_leaky.lua"), FAILING)
         server = self.serve(policy)
-        r = request(server.url("/decide?customer=c1&placement=hero"))
+        r = request(server.url("/decide?customer=c1&placement=hero&mode=hostile"))
         self.assertStatus(r, 200, "a fallback")
         d = r.json()
         self.assertIs(d["fallback"], True, d)
@@ -89,7 +96,7 @@ class PolicyErrorsTest(nx.NginxTestCase):
     def test_explain_shows_the_details(self):
         policy = nx.write(self.path("leaky.lua"), FAILING)
         server = self.serve(policy)
-        d = request(server.url("/explain?customer=c1&placement=hero")).json()
+        d = request(server.url("/explain?customer=c1&placement=hero&mode=hostile")).json()
         self.assertIs(d["fallback"], True, d)
         self.assertEqual(d["error"]["kind"], "runtime", d)
         self.assertEqual(d["error"]["where"], "leaky.lua:4", d)
@@ -99,7 +106,7 @@ class PolicyErrorsTest(nx.NginxTestCase):
         policy = self.write_bytes("evil.lua", HOSTILE_TEXT)
         server = self.serve(policy)
         for path in ("/decide", "/explain"):
-            r = request(server.url(path + "?customer=c1"))
+            r = request(server.url(path + "?customer=c1&mode=hostile"))
             self.assertStatus(r, 200, path)
             self.assertIs(r.json()["fallback"], True, r)
             # JSON escapes control characters itself; none is sent raw
@@ -107,7 +114,6 @@ class PolicyErrorsTest(nx.NginxTestCase):
         log = self.log_bytes(server)
         self.assertIn(b"FORGED", log, "the failure was not logged")
         self.assertNoControlBytes(log, "the error log")
-        self.assertIn(b"evil\\x1b[31m\\x0dFAKE", log)
         self.assertIn(b"bad\\x1b[2J\\x0d[emerg] FORGED", log)
         # a forged line never starts a line of its own
         for line in log.split(b"\n"):
@@ -125,14 +131,17 @@ class PolicyErrorsTest(nx.NginxTestCase):
         self.assertIn("\\x1b[31mred", out)
 
     def test_control_bytes_in_a_refused_name_are_escaped_by_nginx_t(self):
-        # loads far enough to have a name, then fails: no score function
-        policy = self.write_bytes("noscore.lua", b'return { name = "n\\27[31m\\rX" }\n')
-        server = self.nginx(SERVER % dict(store=self.store, catalog=self.catalog,
-                                          policy=policy), start=False)
-        ok, out = server.test_conf()
-        self.assertFalse(ok, out)
-        self.assertIn("score", out)
-        self.assertNoControlBytes(out.encode(), "nginx -t")
+        # a name must be printable text: refused, and nothing of it raw
+        for name, src in (("noscore.lua", b'return { name = "n\\27[31m\\rX" }\n'),
+                          ("ctlname.lua", b'return { name = "evil\\27[31m\\rFAKE",\n'
+                                          b'  score = function() return 1 end }\n')):
+            policy = self.write_bytes(name, src)
+            server = self.nginx(SERVER % dict(store=self.store, catalog=self.catalog,
+                                              policy=policy), start=False, name="t-" + name)
+            ok, out = server.test_conf()
+            self.assertFalse(ok, out)
+            self.assertIn("printable", out)
+            self.assertNoControlBytes(out.encode(), "nginx -t")
 
 
 if __name__ == "__main__":

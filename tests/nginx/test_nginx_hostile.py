@@ -98,6 +98,7 @@ class HostileTest(nx.NginxTestCase):
                 nbx_policy %s;
                 %s
                 nbx_customer $arg_customer;
+                nbx_session mode $arg_mode;
                 nbx_explain on;
                 nbx_decide;
             }""" % (name, path, limits_for(expect)) for name, path, expect in serving)
@@ -117,8 +118,10 @@ class HostileTest(nx.NginxTestCase):
         self.assertEqual(len(pids), 2)
         for name, path, expect in serving:
             for i in range(6):  # enough to reach both workers, and repeat
+                # hostile policies misbehave when asked (mode=hostile):
+                # nginx -t tries them on synthetic customers, without one
                 r = request(server.url("/p/%s?customer=c%d&placement=hero&placement=recs"
-                                       % (name, i % 4 + 1)), timeout=30)
+                                       "&mode=hostile" % (name, i % 4 + 1)), timeout=30)
                 what = "%s (%s)" % (name, expect.text)
                 self.assertStatus(r, 200, what)
                 self.assertEqual(server.worker_pids(), pids, "a worker died serving " + what)

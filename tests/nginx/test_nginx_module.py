@@ -74,17 +74,20 @@ SERVER = """
         location = /broken {
             nbx_policy %(raising)s;
             nbx_customer $arg_customer;
+            nbx_session mode $arg_mode;
             nbx_decide;
         }
     }
 """
 
 RAISING_POLICY = """\
--- raises on every score: decisions must fall back
+-- raises on every score when asked (mode=hostile): decisions must fall back;
+-- nginx -t tries it without a session, where it works
 return {
   name = "raising",
-  score = function(...)
-    error("nbx-test-policy-failure")
+  score = function(o, c, s)
+    if s.mode == "hostile" then error("nbx-test-policy-failure") end
+    return 1
   end,
 }
 """
@@ -332,7 +335,8 @@ class ModuleTest(nx.NginxTestCase):
         before = self.server.log_size()
         started = time.monotonic()
         for i in range(40):
-            r = self.get("/broken?customer=c%d&placement=hero&placement=recs" % (i % 3 + 1))
+            r = self.get("/broken?customer=c%d&placement=hero&placement=recs&mode=hostile"
+                         % (i % 3 + 1))
             self.assertStatus(r, 200, "fallback")
             d = r.json()
             self.assertIs(d["fallback"], True, d)

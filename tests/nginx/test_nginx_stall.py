@@ -1,15 +1,10 @@
 """One bad policy must not stall every site on the server (issue 10, section
-2): a policy whose score spends its time inside one long C call (tonumber
-on a 12 MB string) is stopped within its time limit, so a static page served
-by the same nginx, behind 4 such decisions on 2 workers, still answers
-promptly.
-
-Until the sandbox bounds the work of a single C call, each such decision
-runs for seconds (measured: a static page waited ~6 s behind 4 of them), so
-test_static_page_is_not_stalled is marked expectedFailure. Remove the mark
-when the lead's sandbox change (deadline checks around allowed C calls /
-capped string sizes) lands: it then passes, and unittest reports an
-unexpected success until the mark goes."""
+2): a policy whose score spends its time in C calls (tonumber, upper, rep
+on the longest string a policy may hold, in a loop) is stopped within its
+time limit, so a static page served by the same nginx, behind 4 such
+decisions on 2 workers, still answers promptly. (With a 12 MB string a
+static page waited ~6 s behind 4 of them before the sandbox bounded the
+work of C calls.)"""
 
 import threading
 import time
@@ -18,14 +13,19 @@ import unittest
 import nbxnginx as nx
 from nbxnginx import request
 
-# The string is built once, at load, within the load limits; each decision
-# then converts it in a loop, every tonumber() one long C call.
+# The string is built once, at load, within the load limits (4 KiB: the
+# longest a policy may hold); each decision then converts it in a loop. The
+# policy misbehaves only when asked (mode=hostile): the trial customers of
+# `nginx -t` carry no session, so the configuration is accepted.
 STALL_POLICY = """\
-local a = string.rep(" ", 12e6)
+local a = string.rep(" ", 4000) .. "1"
 return {
   name = "stall",
   score = function(o, c, s)
-    while true do local x = tonumber(a) end
+    if s.mode == "hostile" then
+      while true do local x = tonumber(a) + tonumber(a:upper()) + #a:rep(1) end
+    end
+    return 1
   end,
 }
 """
@@ -36,6 +36,7 @@ HTTP = """
         location = /decide {
             nbx_store %(store)s; nbx_catalog %(catalog)s; nbx_policy %(policy)s;
             nbx_customer $arg_customer;
+            nbx_session mode $arg_mode;
             nbx_decide;
         }
         location = /static {
@@ -76,7 +77,7 @@ class StallTest(nx.NginxTestCase):
             started.wait()
             try:
                 responses[i] = request(self.server.url(
-                    "/decide?customer=c%d&placement=hero&placement=recs" % (i + 1)),
+                    "/decide?customer=c%d&placement=hero&placement=recs&mode=hostile" % (i + 1)),
                     timeout=120)
             except Exception as e:  # a reset or a timeout is an answer too
                 responses[i] = e
@@ -107,7 +108,6 @@ class StallTest(nx.NginxTestCase):
             self.assertIn(d["error"]["kind"], ("timeout", "memory"), d)
         self.assertEqual(after, before, "a worker died or was replaced")
 
-    @unittest.expectedFailure  # until the lead's sandbox change bounds C calls
     def test_static_page_is_not_stalled(self):
         latency, responses, before, after = self.stall()
         self.assertLess(latency, STATIC_BOUND_S,

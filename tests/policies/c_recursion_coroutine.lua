@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to index global 'coroutine'
 -- coroutine.wrap recursion segfaults LuaJIT: coroutine is not there.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "c_recursion_coroutine" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local f
     f = coroutine.wrap(function() f() end)
     f()

@@ -7,7 +7,7 @@
 local policy = { name = "c_recursion_pcall" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local function f() return pcall(f) end
     -- every level returns true and what the level below returned; the
     -- innermost returns false and the message

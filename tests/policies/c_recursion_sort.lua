@@ -4,11 +4,11 @@
 -- is Lua, so it recurses on the bounded Lua stack instead, and each level
 -- sorts 50 numbers, so the time limit ends it (test_sandbox.c runs it
 -- without a tight limit: then it ends in "stack overflow").
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "c_recursion_sort" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local function cmp(a, b)
       local u = {}
       for i = 1, 50 do u[i] = (i * 37) % 50 end

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to call global 'load'
 -- Reaches for load, which is not there.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "escape_load" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     load(function() return nil end)
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to call global 'loadfile'
 -- Reaches for loadfile, which is not there.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "escape_loadfile" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     loadfile('/etc/passwd')
   end
   return offer.margin

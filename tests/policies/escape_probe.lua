@@ -56,13 +56,11 @@ leak_check = "set at load"  -- allowed while loading, frozen afterwards
 
 local policy = { name = "escape_probe" }
 
--- The full probe is heavy: run it once per decision (a new session.now),
--- and the write checks on every offer.
-local last_now = nil
-
+-- The full probe is heavy: run it for the first offer of a decision, and
+-- the write checks on every offer. (No state may survive a decision, so
+-- "the first" is known from the offer, not remembered.)
 function policy.score(offer, customer, session)
-  if session.now ~= last_now then
-    last_now = session.now
+  if offer.id == "bestsellers" or offer.id == "brand_banner" then
     probe("in score", offer, customer, session)
   elseif pcall(function() offer.margin = 1e9 end) or pcall(table.insert, offer.placements, 1) then
     error("ESCAPED: offer write in score")

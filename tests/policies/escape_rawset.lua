@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to call global 'rawset'
 -- Reaches for rawset, which is not there.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "escape_rawset" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     rawset(offer, 'margin', 1e9)
   end
   return offer.margin

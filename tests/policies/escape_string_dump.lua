@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to call field 'dump'
 -- load(string.dump(f)) would load unverified bytecode: string.dump is not there.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "escape_string_dump" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local b = string.dump(function() return 1 end)
   end
   return offer.margin

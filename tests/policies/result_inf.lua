@@ -1,10 +1,10 @@
 -- expect: fallback result: inf
 -- An infinite score.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "result_inf" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     return math.huge
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback result: -inf
 -- A negative infinite score.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "result_negative_inf" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     return -1 / 0
   end
   return offer.margin

@@ -1,11 +1,12 @@
 -- expect: fallback runtime: xxxxxxxx
--- Raises a 1 MB message: the record truncates it.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Raises the longest message a policy can build (4 KiB): the record
+-- truncates it.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_error_huge_message" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
-    error(string.rep('x', 1e6))
+  if session.mode == "hostile" then
+    error(string.rep('x', 4000) .. string.rep('y', 96))
   end
   return offer.margin
 end

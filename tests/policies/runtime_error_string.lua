@@ -1,10 +1,10 @@
 -- expect: fallback runtime: boom
 -- Raises a plain string.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_error_string" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     error('boom')
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: not eligible today
 -- Raises in eligible() rather than score().
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_in_eligible" }
 
 function policy.eligible(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     error("not eligible today")
   end
   return true

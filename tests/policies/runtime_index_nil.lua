@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to index
 -- Reads through a missing field.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_index_nil" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     return customer.attrs.nope.deeper
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: malformed pattern
 -- A malformed pattern.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_pattern_malformed" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     return string.find('abc', '[a')
   end
   return offer.margin

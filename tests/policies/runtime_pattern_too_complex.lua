@@ -1,10 +1,10 @@
 -- expect: fallback runtime: pattern too complex
 -- A pattern nesting too deep for the matcher's bounded recursion.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "runtime_pattern_too_complex" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     return string.match(('a'):rep(400), ('a?'):rep(400) .. 'b')
   end
   return offer.margin

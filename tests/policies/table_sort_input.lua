@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to sort a read-only table
 -- Tries: table.sort(offer.placements)
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "table_sort_input" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     table.sort(offer.placements)
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback timeout
 -- Catches its own errors and retries forever.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "timeout_error_loop" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local n = 0
     repeat
       local ok = pcall(error, "again")

@@ -1,10 +1,10 @@
 -- expect: fallback timeout
 -- The same explosion through gmatch.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "timeout_pattern_gmatch" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     for w in ('ab'):rep(2000):gmatch('a.-.-.-.-.-c') do return 1 end
   end
   return offer.margin

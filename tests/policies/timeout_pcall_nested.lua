@@ -1,10 +1,10 @@
 -- expect: fallback timeout
 -- Nests pcall inside pcall so each level catches the timeout once.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "timeout_pcall_nested" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local function spin() while true do end end
     while true do
       pcall(pcall, pcall, spin)

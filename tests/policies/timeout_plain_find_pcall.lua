@@ -1,10 +1,10 @@
 -- expect: fallback timeout
 -- Pattern timeouts caught by pcall still end the decision.
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "timeout_plain_find_pcall" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     while true do
       pcall(string.match, ('a'):rep(3000), '.-.-.-.-b$')
     end

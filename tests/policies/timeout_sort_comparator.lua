@@ -1,10 +1,10 @@
 -- expect: fallback timeout
 -- A comparator that never returns (table.sort is pure Lua here, so hooks fire).
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "timeout_sort_comparator" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     local t = { 3, 1, 2 }
     table.sort(t, function(a, b) while true do end end)
   end

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to write field 'free_shipping'
 -- Tries: customer.propensity.free_shipping = 1
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "write_customer_map" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     customer.propensity.free_shipping = 1
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: assignment to global 'margin'
 -- Tries: margin = 5
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "write_global" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     margin = 5
   end
   return offer.margin

@@ -1,11 +1,11 @@
 -- expect: fallback runtime: assignment to global 'known'
 -- Tries: known = 2
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 known = 1
 local policy = { name = "write_global_existing" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     known = 2
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to write field 'floor'
 -- Tries: math.floor = nil
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "write_math" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     math.floor = nil
   end
   return offer.margin

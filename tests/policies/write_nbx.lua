@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to write field 'propensity'
 -- Tries: nbx.propensity = function() return 1 end
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "write_nbx" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     nbx.propensity = function() return 1 end
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to write field 'margin' of a read-only table
 -- Tries: offer.margin = 1e9
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "write_offer" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     offer.margin = 1e9
   end
   return offer.margin

@@ -1,10 +1,10 @@
 -- expect: fallback runtime: attempt to write field 'extra' of a read-only table
 -- Tries to write into a nested table of the offer (its placements list).
--- Misbehaves unless session.mode is "normal"; then it scores offer.margin.
+-- Misbehaves when session.mode is "hostile"; otherwise it scores offer.margin.
 local policy = { name = "write_offer_nested" }
 
 function policy.score(offer, customer, session)
-  if session.mode ~= "normal" then
+  if session.mode == "hostile" then
     offer.placements.extra = 1
   end
   return offer.margin

@@ -122,6 +122,8 @@ class Request(ctypes.Structure):
         ("n_session", c_size_t),
         ("now_ms", ctypes.c_int64),
         ("flags", ctypes.c_uint),
+        ("profile_json", c_char_p),
+        ("profile_len", c_size_t),
     ]
 
 
