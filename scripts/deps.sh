@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian packages nbx needs, only those that are missing.
-# Usage: scripts/deps.sh build|test|demo|bench
+# Usage: scripts/deps.sh build|test|fuzz|demo|bench
 # Runs apt-get only when something is missing; refreshes the package lists
 # once if the first attempt fails (a fresh machine may have none).
 set -eu
@@ -12,13 +12,16 @@ nginx="nginx nginx-dev"
 python="python3 python3-pytest"
 test_tools="curl lmdb-utils python3-distributed"
 bench_tools="wrk"
+# libFuzzer harnesses (make fuzz, make test): clang and its runtimes.
+fuzz_tools="clang libclang-rt-dev"
 
 case "${1:-build}" in
 build) want="$build" ;;
-test) want="$build $nginx $python $test_tools" ;;
+test) want="$build $nginx $python $test_tools $fuzz_tools" ;;
+fuzz) want="$build $fuzz_tools" ;;
 demo) want="$build $nginx $python curl" ;;
 bench) want="$build $nginx $python curl $bench_tools" ;;
-*) echo "usage: $0 build|test|demo|bench" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|fuzz|demo|bench" >&2; exit 2 ;;
 esac
 
 missing=""
