@@ -134,8 +134,9 @@ static void raw_write(fz_engine *fe, MDB_dbi dbi, const void *key, size_t klen, 
         fz_fail("commit: %s", e.msg);
 }
 
-/* A decision for id: a result with valid JSON, or a clear refusal. */
-static void decide(fz_engine *fe, const char *id, unsigned flags)
+/* A decision for id: a result with valid JSON, or a clear refusal. Returns
+ * the impressions it recorded (each one an event in the metadata count). */
+static uint64_t decide(fz_engine *fe, const char *id, unsigned flags)
 {
     nbx_request req;
     nbx_request_init(&req);
@@ -148,11 +149,12 @@ static void decide(fz_engine *fe, const char *id, unsigned flags)
         size_t len;
         const char *json = nbx_result_json(r, &len);
         fz_check_json(json, len, "nbx_decide over a damaged value");
-    } else if (rc == NBX_ECORRUPT || rc == NBX_ELIMIT) {
-        fz_check_message(nbx_ctx_errmsg(fe->ctx), "nbx_decide");
-    } else {
-        fz_fail("nbx_decide over a damaged value returned %d: %s", rc, nbx_ctx_errmsg(fe->ctx));
+        return flags & NBX_DECIDE_RECORD ? nbx_result_action_count(r) : 0;
     }
+    if (rc != NBX_ECORRUPT && rc != NBX_ELIMIT)
+        fz_fail("nbx_decide over a damaged value returned %d: %s", rc, nbx_ctx_errmsg(fe->ctx));
+    fz_check_message(nbx_ctx_errmsg(fe->ctx), "nbx_decide");
+    return 0;
 }
 
 /* Returns 1 if the event was applied (and counted in the metadata). */
@@ -230,7 +232,7 @@ static void through_store(int kind, const uint8_t *v, size_t n)
     nbx_free(json);
 
     decide(fe, DAMAGED, NBX_DECIDE_EXPLAIN);
-    decide(fe, "alice", NBX_DECIDE_RECORD);
+    events += decide(fe, "alice", NBX_DECIDE_RECORD);
     events += (uint64_t)record(fe, DAMAGED, "impression");
     events += (uint64_t)record(fe, DAMAGED, "purchase");
     if (kind == KIND_META) {
