@@ -51,7 +51,8 @@ static void apply(const uint8_t *data, size_t size, const nbx_event *ev)
         fz_check_json(json, len, "nbx_profile_get after an event");
     else if (rc != NBX_ENOTFOUND)
         fz_check_message(nbx_store_errmsg(fe->store), "nbx_profile_get");
-    if (ev->type == NBX_EV_PURCHASE && rc == NBX_ENOTFOUND)
+    /* applied 0: the customer had the id before, maybe for another type */
+    if (ev->type == NBX_EV_PURCHASE && applied == 1 && rc == NBX_ENOTFOUND)
         fz_fail("a purchase was applied and its customer has no profile");
     nbx_free(json);
     free(id);
