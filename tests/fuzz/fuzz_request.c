@@ -66,6 +66,7 @@ static size_t split(char *s, char sep, char **out, size_t max)
 static void decide(fz_engine *fe, unsigned flags, const char *customer, const char *const *pl,
                    size_t n_pl, const nbx_kv *kv, size_t n_kv)
 {
+    static const int refusals[] = {NBX_EINVAL, NBX_ELIMIT, NBX_OK};
     nbx_request req;
     nbx_request_init(&req);
     req.customer = customer;
@@ -73,28 +74,9 @@ static void decide(fz_engine *fe, unsigned flags, const char *customer, const ch
     req.n_placements = n_pl;
     req.session = kv;
     req.n_session = n_kv;
-    req.now_ms = FZ_NOW_MS;
     req.flags = flags;
-    const nbx_result *r = NULL;
-    int rc = nbx_decide(fe->ctx, &req, &r);
-    if (rc == NBX_OK) {
-        size_t len = 0;
-        const char *json = nbx_result_json(r, &len);
-        if (!json)
-            fz_fail("a decision without JSON");
-        fz_check_json(json, len, "nbx_decide");
-        if (nbx_result_fallback(r))
-            fz_check_message(nbx_result_error(r), "a fallback decision's error");
-        for (size_t i = 0; i < nbx_result_action_count(r); i++) {
-            nbx_action a;
-            if (nbx_result_action(r, i, &a) != NBX_OK || !a.offer || !a.placement)
-                fz_fail("action %zu unreadable", i);
-        }
-        return;
-    }
-    if (rc != NBX_EINVAL && rc != NBX_ELIMIT)
-        fz_fail("nbx_decide returned %d: %s", rc, nbx_ctx_errmsg(fe->ctx));
-    fz_check_message(nbx_ctx_errmsg(fe->ctx), "nbx_decide");
+    const nbx_result *r;
+    fz_decide(fe, &req, refusals, &r);
 }
 
 static void record(fz_engine *fe, const char *body, size_t len)

@@ -134,27 +134,20 @@ static void raw_write(fz_engine *fe, MDB_dbi dbi, const void *key, size_t klen, 
         fz_fail("commit: %s", e.msg);
 }
 
-/* A decision for id: a result with valid JSON, or a clear refusal. Returns
- * the impressions it recorded (each one an event in the metadata count). */
+/* A decision for id: a result, or NBX_ECORRUPT (NBX_ELIMIT: a map over its
+ * bound). Returns the impressions it recorded (each one an event in the
+ * metadata count). */
 static uint64_t decide(fz_engine *fe, const char *id, unsigned flags)
 {
+    static const int damage[] = {NBX_ECORRUPT, NBX_ELIMIT, NBX_OK};
     nbx_request req;
     nbx_request_init(&req);
     req.customer = id;
-    req.now_ms = FZ_NOW_MS;
     req.flags = flags;
-    const nbx_result *r = NULL;
-    int rc = nbx_decide(fe->ctx, &req, &r);
-    if (rc == NBX_OK) {
-        size_t len;
-        const char *json = nbx_result_json(r, &len);
-        fz_check_json(json, len, "nbx_decide over a damaged value");
-        return flags & NBX_DECIDE_RECORD ? nbx_result_action_count(r) : 0;
-    }
-    if (rc != NBX_ECORRUPT && rc != NBX_ELIMIT)
-        fz_fail("nbx_decide over a damaged value returned %d: %s", rc, nbx_ctx_errmsg(fe->ctx));
-    fz_check_message(nbx_ctx_errmsg(fe->ctx), "nbx_decide");
-    return 0;
+    const nbx_result *r;
+    if (fz_decide(fe, &req, damage, &r) != NBX_OK || !(flags & NBX_DECIDE_RECORD))
+        return 0;
+    return nbx_result_action_count(r);
 }
 
 /* Returns 1 if the event was applied (and counted in the metadata). */

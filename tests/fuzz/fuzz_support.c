@@ -81,6 +81,35 @@ char *fz_strndup(const uint8_t *data, size_t size)
     return s;
 }
 
+int fz_decide(fz_engine *fe, nbx_request *req, const int *ok, const nbx_result **out)
+{
+    req->now_ms = FZ_NOW_MS;
+    const nbx_result *r = NULL;
+    int rc = nbx_decide(fe->ctx, req, &r);
+    *out = rc == NBX_OK ? r : NULL;
+    if (rc == NBX_OK) {
+        size_t len = 0;
+        const char *json = nbx_result_json(r, &len);
+        if (!json)
+            fz_fail("a decision without JSON");
+        fz_check_json(json, len, "nbx_decide");
+        if (nbx_result_fallback(r))
+            fz_check_message(nbx_result_error(r), "a fallback decision's error");
+        for (size_t i = 0; i < nbx_result_action_count(r); i++) {
+            nbx_action a;
+            if (nbx_result_action(r, i, &a) != NBX_OK || !a.offer || !a.placement)
+                fz_fail("action %zu unreadable", i);
+        }
+        return rc;
+    }
+    while (*ok != NBX_OK && *ok != rc)
+        ok++;
+    if (*ok == NBX_OK)
+        fz_fail("nbx_decide returned %d: %s", rc, nbx_ctx_errmsg(fe->ctx));
+    fz_check_message(nbx_ctx_errmsg(fe->ctx), "nbx_decide");
+    return rc;
+}
+
 /* ========================================================================
  * The engine over a temp store
  * ======================================================================== */

@@ -48,6 +48,12 @@ fz_engine *fz_engine_get(void);
  * long run. Handles held by the caller are invalid afterwards. */
 void fz_engine_trim(fz_engine *fe);
 
+/* nbx_decide on fe's context at FZ_NOW_MS. A result must have valid JSON,
+ * readable actions and, if it is a fallback, an escaped error; a failure
+ * must return one of the codes in ok (terminated by NBX_OK) with an escaped
+ * message. Returns the code; *out is the result or NULL. */
+int fz_decide(fz_engine *fe, nbx_request *req, const int *ok, const nbx_result **out);
+
 /* The input as a NUL-terminated copy (free() it); interior NULs stay. */
 char *fz_strndup(const uint8_t *data, size_t size);
 
