@@ -836,8 +836,10 @@ static int read_field_value(nbx_jr *r, nbx_sv key, nbx_sv *value, bool *present,
         return nbx_err_set(e, NBX_EPARSE, "field '%.*s': must be a string, number or boolean",
                            (int)(key.len > 64 ? 64 : key.len), key.ptr);
     default:
-        ok = false;
-        break;
+        /* No value starts here (a stray byte, or the line ends): peeking
+         * leaves the reader without a message of its own. */
+        return nbx_err_set(e, NBX_EPARSE, "field '%.*s': expected a value at column %zu",
+                           (int)(key.len > 64 ? 64 : key.len), key.ptr, nbx_jr_column(r));
     }
     if (!ok)
         return nbx_err_set(e, NBX_EPARSE, "%s", r->err);

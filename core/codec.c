@@ -454,6 +454,15 @@ static void *arena_array(nbx_arena *a, uint32_t n, size_t size)
     return nbx_arena_alloc(a, (n ? n : 1) * size);
 }
 
+/* Every writer stores times of the years 0001 to 9999 (parsing refuses
+ * others); one outside them is damage, and would overflow the readers'
+ * arithmetic (now - last_purchase in the sandbox, now - last_dismiss in
+ * caps). */
+static inline bool stored_time_ok(int64_t ms)
+{
+    return ms >= NBX_TIME_MIN_MS && ms <= NBX_TIME_MAX_MS;
+}
+
 int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e)
 {
     nbx_sv id = p->id;
@@ -556,7 +565,8 @@ int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *
         p->fields |= NBX_PF_RFM;
     }
     p->updated_at = mp_int(&m);
-    if (m.bad)
+    if (m.bad || !stored_time_ok(p->updated_at) || !stored_time_ok(p->rfm.first_purchase) ||
+        !stored_time_ok(p->rfm.last_purchase))
         goto corrupt;
     return NBX_OK;
 corrupt:
@@ -676,7 +686,8 @@ int nbx_exposure_decode(const void *data, size_t len, nbx_exposure *x, nbx_arena
     if (n < NBX_EXP_KINDS + 1)
         return NBX_ECORRUPT;
     for (int k = 0; k < NBX_EXP_KINDS; k++)
-        x->last[k] = mp_int(&m);
+        if (!stored_time_ok(x->last[k] = mp_int(&m)))
+            return NBX_ECORRUPT;
     uint32_t cells = mp_array(&m);
     if (m.bad || cells % (1 + NBX_EXP_KINDS) != 0 ||
         cells / (1 + NBX_EXP_KINDS) > NBX_EXPOSURE_DAYS_MAX)

@@ -1177,7 +1177,7 @@ static bool ls_opt(ls_state *ls, uint8_t type)
     return true;
 }
 
-static void ls_expected(ls_state *ls, uint8_t type)
+_Noreturn static void ls_expected(ls_state *ls, uint8_t type)
 {
     char what[32];
     snprintf(what, sizeof what, "'%s' expected", ls_type_text[type]);

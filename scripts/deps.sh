@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages nbx needs, only those that are missing, and
 # never remove a package.
-# Usage: scripts/deps.sh build|test|demo|bench
+# Usage: scripts/deps.sh build|test|fuzz|demo|bench
 #
 # apt-get install -y removes whatever conflicts with what it installs,
 # without asking: asking for libluajit-5.1-dev on a machine with OpenResty's
@@ -40,13 +40,16 @@ nginx="nginx nginx-dev"
 python="python3 python3-pytest"
 test_tools="curl lmdb-utils python3-distributed"
 bench_tools="wrk"
+# libFuzzer harnesses (make fuzz, make test): clang and its runtimes.
+fuzz_tools="clang libclang-rt-dev"
 
 case "${1:-build}" in
 build) want="$build" ;;
-test) want="$build $nginx $python $test_tools" ;;
+test) want="$build $nginx $python $test_tools $fuzz_tools" ;;
+fuzz) want="$build $fuzz_tools" ;;
 demo) want="$build $nginx $python curl" ;;
 bench) want="$build $nginx $python curl $bench_tools" ;;
-*) echo "usage: $0 build|test|demo|bench" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|fuzz|demo|bench" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -546,6 +546,26 @@ Test(batch, bad_submissions_queue_nothing)
     cr_assert_eq(nbx_batch_next(batch, &it), NBX_DONE);
 }
 
+/* Found by tests/fuzz (fuzz_customers, corpus regress-field-without-value.txt):
+ * a session field with no JSON value after its colon was refused with an
+ * empty message. */
+Test(batch, a_field_without_a_value_is_named)
+{
+    open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);
+    open_batch(1, 8, 0);
+    const char *lines[] = {"{\"id\":\"a\",\"channel\":ob\"}", "{\"id\":\"a\",\"channel\":}",
+                           "{\"id\":\"a\",\"channel\":"};
+    for (size_t i = 0; i < NBX_ARRAY_LEN(lines); i++) {
+        int rc = nbx_batch_submit_json(batch, lines[i], strlen(lines[i]), NULL);
+        cr_assert_eq(rc, NBX_EPARSE, "%s: expected NBX_EPARSE, got %d", lines[i], rc);
+        const char *msg = nbx_batch_errmsg(batch);
+        cr_assert(strstr(msg, "'channel'") && strstr(msg, "column"),
+                  "%s: expected a message naming 'channel' and the column, got: '%s'", lines[i],
+                  msg);
+    }
+    cr_assert_eq(nbx_batch_pending(batch), 0, "a bad submission was queued");
+}
+
 Test(batch, open_errors)
 {
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);

@@ -315,3 +315,44 @@ Test(codec, the_rfm_base_round_trips_in_both_forms)
         whole = buf.len;
     }
 }
+
+/* Found by tests/fuzz (fuzz_stored, corpus regress-profile-time-out-of-range.bin
+ * and regress-exposure-time-out-of-range.bin): a stored time outside the
+ * years 0001 to 9999 decoded, and a decision then overflowed int64 in
+ * now - last_purchase (sandbox) or now - last_dismiss (caps). Such values
+ * are damage: NBX_ECORRUPT. */
+Test(codec, times_outside_years_1_to_9999_are_corrupt)
+{
+    const int64_t bad[] = {INT64_MIN, NBX_TIME_MIN_MS - 1, NBX_TIME_MAX_MS + 1, INT64_MAX};
+    for (size_t i = 0; i < NBX_ARRAY_LEN(bad); i++) {
+        for (int field = 0; field < 3; field++) {
+            nbx_profile p = sample(), q = {.id = {"c1", 2}};
+            int64_t *t = field == 0   ? &p.rfm.first_purchase
+                         : field == 1 ? &p.rfm.last_purchase
+                                      : &p.updated_at;
+            *t = bad[i];
+            nbx_buf_reset(&buf);
+            cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+            nbx_err e = {0};
+            int rc = nbx_profile_decode(buf.data, buf.len, &q, &arena, &e);
+            cr_assert_eq(rc, NBX_ECORRUPT, "time field %d = %lld: expected NBX_ECORRUPT, got %d",
+                         field, (long long)bad[i], rc);
+            cr_assert(strstr(e.msg, "profile 'c1'") != NULL, "%s", e.msg);
+        }
+        nbx_exposure_day days[] = {{100, {1, 0, 0, 0}}};
+        nbx_exposure x = {.last = {1, 2, bad[i], 4}, .days = days, .n_days = 1}, y;
+        nbx_buf_reset(&buf);
+        cr_assert_eq(nbx_exposure_encode(&x, &buf), NBX_OK);
+        int rc = nbx_exposure_decode(buf.data, buf.len, &y, &arena);
+        cr_assert_eq(rc, NBX_ECORRUPT, "exposure last = %lld: expected NBX_ECORRUPT, got %d",
+                     (long long)bad[i], rc);
+    }
+    /* the bounds themselves are times a store may hold */
+    nbx_profile p = sample(), q = {.id = {"c1", 2}};
+    p.rfm.first_purchase = NBX_TIME_MIN_MS;
+    p.rfm.last_purchase = NBX_TIME_MAX_MS;
+    nbx_buf_reset(&buf);
+    cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
+    cr_assert_eq(nbx_profile_decode(buf.data, buf.len, &q, &arena, NULL), NBX_OK);
+    cr_assert_eq(q.rfm.last_purchase, NBX_TIME_MAX_MS);
+}
