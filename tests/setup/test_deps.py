@@ -23,7 +23,7 @@ DEPS = os.path.join(SOURCE_DIR, "scripts", "deps.sh")
 # Everything `deps.sh test` asks for, apart from LuaJIT.
 TEST_PACKAGES = ("gcc make cmake pkg-config liblmdb-dev libmsgpack-dev libxxhash-dev "
                  "libjansson-dev libcriterion-dev nginx nginx-dev python3 python3-pytest "
-                 "curl lmdb-utils python3-distributed").split()
+                 "curl lmdb-utils python3-distributed clang libclang-rt-dev").split()
 
 FAKE_DPKG_QUERY = """#!/bin/sh
 # dpkg-query -W -f='${Status}' PACKAGE, answered from $FAKE_INSTALLED
