@@ -258,6 +258,7 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         it->decision_id = "";
         it->policy_error = NULL;
         it->actions = NULL;
+        it->arm = it->policy_version = NULL;
         return;
     }
     size_t n = nbx_result_action_count(r);
@@ -284,6 +285,15 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         nbx_buf_puts(o, perr);
         nbx_buf_putc(o, '\0');
     }
+    /* arm and policy version: names and hex, both short */
+    const char *arm = nbx_result_arm(r), *version = NULL;
+    nbx_result_policy(r, &version);
+    size_t arm_at = o->len;
+    if (arm)
+        nbx_buf_append(o, arm, strlen(arm) + 1);
+    size_t version_at = o->len;
+    if (version)
+        nbx_buf_append(o, version, strlen(version) + 1);
     size_t strings_at = o->len;
     for (size_t i = 0; i < n; i++) {
         nbx_action a;
@@ -308,6 +318,8 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
     it->json_len = json_len;
     it->decision_id = o->data + id_at;
     it->policy_error = perr ? o->data + perr_at : NULL;
+    it->arm = arm ? o->data + arm_at : NULL;
+    it->policy_version = version ? o->data + version_at : NULL;
     it->actions = s->actions;
     it->n_actions = n;
     it->fallback = nbx_result_fallback(r);
@@ -408,14 +420,16 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
         const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(it->actions[i].offer));
         if (!o)
             return 1; /* the catalog was reloaded */
-        if (nbx_caps_recheck(&w->caps, o, b->now_ms, it->fallback, left) != NBX_EXCLUDED_NONE)
+        /* fallbacks and the control treatment show generic content: their
+         * caps and budgets do not apply (docs/decisions.md, "Fallback") */
+        bool generic = it->fallback || (it->arm && strcmp(it->arm, NBX_ARM_HOLDOUT) == 0);
+        if (nbx_caps_recheck(&w->caps, o, b->now_ms, generic, left) != NBX_EXCLUDED_NONE)
             return 1;
     }
     for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++)
-        rc = nbx_record_impression(store, txn, it->decision_id, i, customer,
-                                   nbx_sv_of(it->actions[i].offer),
-                                   nbx_sv_of(it->actions[i].placement), b->now_ms, &w->arena,
-                                   &w->scratch, e);
+        rc = nbx_record_impression(
+            store, txn, it->decision_id, i, customer, nbx_sv_of(it->actions[i].offer),
+            nbx_sv_of(it->actions[i].placement), b->now_ms, &w->arena, &w->scratch, e);
     return rc;
 }
 
