@@ -52,7 +52,7 @@ struct nbx_ctx {
     nbx_snapshot *snap;
     ctx_sandbox *sandboxes;
     uint32_t n_sandboxes;
-    int force; /* trials: the sandbox every decision runs (-1: assignment's) */
+    int force; /* trials: the arm every decision runs (-1: assignment's) */
     /* which arms kills keep from serving (NULL: none); see choose_policy */
     nbx_arm_killed_fn arm_killed;
     void *arm_killed_ud;
@@ -819,11 +819,10 @@ static int choose_policy(nbx_ctx *c, nbx_sv customer)
     r->policy = c->snap->policy;
     if (!d)
         return 0;
-    if (c->force >= 0) {
-        /* a trial: every customer on one policy */
-        bool arm = (uint32_t)c->force < d->n_arms;
-        r->arm = r->assigned = arm ? d->arms[c->force].name : "shadow";
-        r->policy = nbx_snapshot_policy_at(c->snap, (uint32_t)c->force);
+    if (c->force >= 0 && (uint32_t)c->force < d->n_arms) {
+        /* a trial: every customer on one arm */
+        r->arm = r->assigned = d->arms[c->force].name;
+        r->policy = d->arms[c->force].policy;
         return c->force;
     }
     uint32_t assigned = nbx_deployment_arm_of(d, customer);

@@ -1264,9 +1264,9 @@ int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e);
  * context decides on the plan's catalog. */
 void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
 
-/* Trials: every decision of the context runs the snapshot's policy at
- * index (nbx_snapshot_policy_at: an arm's or a shadow's, served), whatever
- * the customer's arm; shadows do not run. -1: assignment again. */
+/* Trials: every decision of the context is served by the deployment's arm
+ * at index, whatever the customer's arm; shadows do not run. -1:
+ * assignment again. */
 void nbx_ctx_force_policy(nbx_ctx *c, int index);
 
 /* A new reference to the current snapshot. */

@@ -302,9 +302,11 @@ static int trial_cases(nbx_ctx *ctx, const trial_set *set, trial_tally *t, nbx_t
     return NBX_OK;
 }
 
-/* With a deployment, every arm's policy and every shadow's is tried on
- * every trial customer (whatever their arm would be), one after another;
- * the first that falls back fails the trial, named in the message. */
+/* With a deployment, every arm's policy is tried on every trial customer
+ * (whatever their arm would be), one after another; the first that falls
+ * back fails the trial, named in the message. Shadow policies are not
+ * tried: trying a policy out is what a shadow is for, and its failures
+ * show in the results (they must still load, as engine.c checks). */
 int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
 {
     nbx_snapshot *snap = nbx_engine_snapshot(engine);
@@ -317,7 +319,7 @@ int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
     } else if ((rc = nbx_ctx_open(engine, &ctx)) != NBX_OK) {
         nbx_err_set(e, rc, "%s", nbx_last_errmsg());
     }
-    uint32_t n_policies = d ? nbx_snapshot_policy_count(snap) : 1;
+    uint32_t n_policies = d ? d->n_arms : 1;
     for (uint32_t k = 0; rc == NBX_OK && k < n_policies; k++) {
         trial_tally t = {0};
         if (d)
@@ -325,10 +327,8 @@ int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
         rc = trial_cases(ctx, &set, &t, fn, ud, e);
         if (rc == NBX_OK && t.fallbacks) {
             rc = trial_report(&t, set.n, nbx_snapshot_policy_at(snap, k)->path, e);
-            if (d && k < d->n_arms)
+            if (d)
                 nbx_err_prefix(e, "%s: arm '%s': ", d->path, d->arms[k].name);
-            else if (d)
-                nbx_err_prefix(e, "%s: shadow[%u]: ", d->path, k - d->n_arms);
         }
     }
     nbx_ctx_close(ctx);
