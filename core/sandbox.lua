@@ -28,14 +28,40 @@ local LOG, LOG_LINES, LOG_LINE_MAX = N.log, N.log_lines, N.log_line_max
 -- catalog, libraries, and the policy's own tables once frozen): what #t and
 -- the iteration functions see.
 local DATA = N.data
--- The time check: TICKS[1] counts down; below zero, check() looks at the
--- clock (and raises once the decision's time is up).
+-- The time check: TICKS[1] counts down; below zero, tick_check() looks at
+-- the clock. It reads CLOCK_MONOTONIC through the FFI (compiled code calls
+-- it directly, where a C function would end the trace) and, while C's next
+-- look (DL[0], sandbox_limits.c's sb_publish_deadline) is still ahead,
+-- grants the units the rest of the budget allows at their worst cost, as
+-- C would; otherwise C decides (check: the CPU clock, the timeout).
 local TICKS, check = N.ticks, N.check
+local ffi = N.ffi
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } nbx_timespec;
+int clock_gettime(int clock, nbx_timespec *ts);
+]]
+local C, TS, MONOTONIC = ffi.C, ffi.new("nbx_timespec"), N.clock_monotonic
+local DL, UNIT_NS, TICK_MIN = N.deadline, N.unit_ns, N.tick_min
+ffi = nil
+
+local function tick_check()
+  C.clock_gettime(MONOTONIC, TS)
+  local now = native_tonumber(TS.tv_sec) * 1e9 + native_tonumber(TS.tv_nsec)
+  if now < DL[0] then
+    local units = (DL[1] - now) / UNIT_NS
+    if units < TICK_MIN then units = TICK_MIN end
+    local most = DL[2]
+    if units > most then units = most end
+    TICKS[1] = units
+    return
+  end
+  return check()
+end
 
 local function tick()
   local n = TICKS[1] - 1
   TICKS[1] = n
-  if n < 0 then check() end
+  if n < 0 then tick_check() end
 end
 
 local state = { now = 0 }
@@ -54,7 +80,7 @@ end
 local function len(x)
   local n = TICKS[1] - 1
   TICKS[1] = n
-  if n < 0 then check() end
+  if n < 0 then tick_check() end
   local d = DATA[x]
   if d ~= nil then return #d end
   local t = type(x)
@@ -68,7 +94,7 @@ end
 local function cat(a, b)
   local n = TICKS[1] - 1
   TICKS[1] = n
-  if n < 0 then check() end
+  if n < 0 then tick_check() end
   local ta, tb = type(a), type(b)
   if ta ~= "string" and ta ~= "number" then
     error("attempt to concatenate a " .. ta .. " value", 2)
@@ -465,4 +491,4 @@ return { sort = sort, propensity = propensity, expected_margin = expected_margin
          clamp = clamp, days_since = days_since, contains = contains, log = log,
          tostring = tostring, rep = rep, format = format, len = len, cat = cat,
          frozen_index = frozen_index, pairs = pairs, ipairs = ipairs,
-         make_driver = make_driver, init = init }
+         make_driver = make_driver, init = init, tick_check = tick_check }

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sandbox_lua.h"
 
@@ -650,6 +651,19 @@ static int sb_load_helpers(lua_State *L, int slots, int G, int native_string)
     sb_slot_get(L, slots, SLOT_TICKS);
     lua_pushcclosure(L, sb_tick_check, 1);
     lua_setfield(L, natives, "check");
+    sb_slot_get(L, slots, SLOT_FFI);
+    lua_setfield(L, natives, "ffi");
+    sb_slot_get(L, slots, SLOT_CAST);
+    lua_pushliteral(L, "double *");
+    lua_pushlightuserdata(L, sb_of(L)->deadline);
+    lua_call(L, 2, 1);
+    lua_setfield(L, natives, "deadline");
+    lua_pushnumber(L, CLOCK_MONOTONIC);
+    lua_setfield(L, natives, "clock_monotonic");
+    lua_pushnumber(L, SB_UNIT_WORST_NS);
+    lua_setfield(L, natives, "unit_ns");
+    lua_pushnumber(L, SB_TICK_MIN);
+    lua_setfield(L, natives, "tick_min");
     if (luaL_loadbuffer(L, nbx_sandbox_lua, nbx_sandbox_lua_len, "=nbx") != 0)
         return lua_error(L);
     lua_createtable(L, 0, 0);
@@ -727,8 +741,7 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
      * globals into locals; a policy can never name them). */
     sb_slot_get(L, slots, SLOT_TICKS);
     lua_setfield(L, D, "__nbx_s");
-    sb_slot_get(L, slots, SLOT_TICKS);
-    lua_pushcclosure(L, sb_tick_check, 1);
+    lua_getfield(L, lib, "tick_check");
     lua_setfield(L, D, "__nbx_t");
     sb_copy_fields(L, D, lib, (const char *const[]){"len", "cat", NULL});
     lua_getfield(L, D, "len");
@@ -857,17 +870,17 @@ int sb_env_build(lua_State *L, nbx_sandbox *sb)
     lua_pushcfunction(L, luaopen_ffi);
     lua_pushliteral(L, LUA_FFILIBNAME);
     lua_call(L, 1, 1);
-    lua_getfield(L, -1, "cast");
-    lua_remove(L, -2);
-    int ffi_cast = lua_gettop(L);
+    int ffi = lua_gettop(L);
 
     lua_createtable(L, SLOT_COUNT, 0);
     int slots = lua_gettop(L);
     lua_pushvalue(L, slots);
     sb->ref_slots = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, ffi_cast);
+    lua_getfield(L, ffi, "cast");
     sb_slot_set(L, slots, SLOT_CAST);
-    lua_remove(L, ffi_cast);
+    lua_pushvalue(L, ffi);
+    sb_slot_set(L, slots, SLOT_FFI);
+    lua_remove(L, ffi);
     slots = lua_gettop(L); /* 1 */
 
     lua_pushcfunction(L, sb_readonly_write);

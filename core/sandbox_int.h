@@ -86,6 +86,7 @@ enum sb_slot {
     SLOT_SESS,    /* its data */
     SLOT_MARGIN,  /* offer index + 1 -> unit margin */
     SLOT_COST,    /* offer index + 1 -> serving cost */
+    SLOT_FFI,     /* the ffi library: the engine's own chunk's alone */
     SLOT_CAST,    /* ffi.cast, for the shared arrays (struct sb_shared) */
     SLOT_ARRAYS,  /* { CO, CP, X, S, M, F, PR }: the shared arrays as FFI pointers */
     SLOT_BAD,     /* { score, margin } of the candidate whose result is not a number */
@@ -158,6 +159,12 @@ struct nbx_sandbox {
     int64_t last_now; /* CLOCK_MONOTONIC at the last look */
     bool cpu_mode;
     bool timed_out;
+    /* What sandbox.lua's tick check reads (through an FFI pointer) to look
+     * at the clock without calling C: [0] the next time C must look
+     * (CLOCK_MONOTONIC ns; -inf once timed out), [1] the time the budget
+     * left is measured to, [2] the most units one grant gives. Kept by
+     * sb_publish_deadline() whenever the fields above change. */
+    double deadline[3];
 
     /* Fault record of the current run or load. */
     bool in_policy;
@@ -229,7 +236,8 @@ void sb_clock_stop(nbx_sandbox *sb);
 bool sb_time_up(nbx_sandbox *sb);
 /* Raise the timeout once time is up (and from then on); else return. */
 void sb_check_time(lua_State *L, nbx_sandbox *sb);
-/* The check instrumented code calls when its tick counter runs out. */
+/* The check instrumented code calls when its tick counter runs out and
+ * sandbox.lua's fast check found the deadline near (or past). */
 int sb_tick_check(lua_State *L);
 void sb_pattern_check(lua_State *L, void *ud);
 void sb_pattern_too_big(lua_State *L, void *ud, const char *what, size_t size);
