@@ -199,7 +199,7 @@ static int sb_load_policy(lua_State *L)
     lua_setfenv(L, chunk);
 
     sb->rng = 0;
-    sb_run_start(sb, SB_LOAD_TIME_US, SB_OBJECT_MAX_LOAD);
+    sb_run_start(sb, sb->limits.load_time_us, SB_OBJECT_MAX_LOAD);
     st = lua_pcall(L, 0, 1, 2);
     bool late = false;
     if (st == 0 && !sb->timed_out && !sb->mem_exceeded && !sb->object_exceeded) {
@@ -383,8 +383,8 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
         code = sb_load_error(e, sb, "the policy exceeded its memory limit (%zu KiB) while loading",
                              sb->limits.memory >> 10);
     } else if (sb->timed_out) {
-        code = sb_load_error(e, sb, "the policy's top level exceeded the load time limit (%d ms)",
-                             SB_LOAD_TIME_US / 1000);
+        code = sb_load_error(e, sb, "the policy's top level exceeded the load time limit (%u ms)",
+                             sb->limits.load_time_us / 1000);
     } else if (st != 0) {
         code = nbx_err_set(e, NBX_EPOLICY, "%s: cannot load the policy: %s", path,
                            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
@@ -454,6 +454,8 @@ int nbx_sandbox_open(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits 
         sb->limits.time_us = NBX_DEFAULT_TIME_LIMIT_US;
     if (sb->limits.memory == 0)
         sb->limits.memory = NBX_DEFAULT_MEMORY_LIMIT;
+    if (sb->limits.load_time_us == 0)
+        sb->limits.load_time_us = SB_LOAD_TIME_US;
     sb->policy = nbx_policy_ref(policy);
     sb->catalog = nbx_catalog_ref(catalog);
     sb->lp_limit.check = sb_pattern_check;
