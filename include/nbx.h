@@ -647,14 +647,17 @@ NBX_API const char *nbx_engine_errmsg(const nbx_engine *engine);
  * @brief Load a policy file and swap it in atomically, after a trial
  * sandbox with the current catalog and the engine's limits. On failure the
  * current policy keeps serving.
- * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPOLICY, NBX_ENOMEM.
+ * @return NBX_OK, NBX_EINVAL (also while the engine serves a deployment,
+ *   which names its policies: load a changed deployment file instead),
+ *   NBX_ENOTFOUND, NBX_EIO, NBX_EPOLICY, NBX_ENOMEM.
  * @note Thread-safe, also while contexts decide.
  */
 NBX_API int nbx_engine_load_policy(nbx_engine *engine, const char *path);
 
 /**
  * @brief Load a catalog file and swap it in atomically, after a trial
- * sandbox with the current policy and the engine's limits. On failure the
+ * sandbox with the current policy (with a deployment: each arm's and each
+ * shadow's) and the engine's limits. On failure the
  * current catalog keeps serving.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE, NBX_ENOMEM.
  * @note Thread-safe, also while contexts decide.
@@ -730,8 +733,9 @@ NBX_API int nbx_catalog_check(const char *path, nbx_engine_info *info);
  * catalog, the policy, and a sandbox built for the pair with the options'
  * limits (a policy that cannot load within its memory limit with this
  * catalog fails here), then the trial of nbx_engine_trial(): a policy that
- * falls back for a synthetic customer fails here. store and store_handle
- * are ignored.
+ * falls back for a synthetic customer fails here. With a deployment: every
+ * arm's policy is tried (also an arm of 0 %), named in the message; shadow
+ * policies need only load. store and store_handle are ignored.
  * @param[out] info if not NULL, receives what an engine would serve.
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE (catalog),
  *   NBX_EPOLICY, NBX_ENOMEM; nbx_last_errmsg() names the file and reason.
@@ -1029,6 +1033,9 @@ typedef void (*nbx_trial_fn)(void *ud, const char *label, const nbx_result *r);
  * A policy that falls back for any of them fails with NBX_EPOLICY: the
  * message names the first customer, FILE:LINE and the reason, and counts
  * the fallbacks per reason. nbx_engine_check() runs the same trial.
+ * With a deployment, each arm's policy in turn over every customer (fn
+ * sees each arm's results; nbx_result_arm() says which), the message
+ * prefixed with the deployment file and the arm; shadows are not tried.
  *
  * @param fn called for each customer (may be NULL).
  * @return NBX_OK (no fallback), NBX_EPOLICY, NBX_EINVAL, NBX_ENOMEM.
