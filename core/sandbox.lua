@@ -247,8 +247,8 @@ end
 -- Set by init() once the inputs exist: the live customer proxy, the offer
 -- proxy -> offer index map, per offer index its unit margin and serving
 -- cost, and PR: per offer index, the customer's propensity as C resolved it
--- (caps.c, nbx_caps_propensities: the one definition of the fallback
--- chain), filled for this decision's candidates.
+-- (propensity.c, the one definition of the fallback chain), filled for this
+-- decision's candidates.
 local customer, OFFER, PR, MARGIN, COST
 
 local function init(t)
