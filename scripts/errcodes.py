@@ -127,8 +127,6 @@ def tested(tests_dir, api):
             if assign and (assign.group(2) in api or assign.group(2) in via):
                 last[assign.group(1)] = {assign.group(2)} if assign.group(2) in api \
                     else via[assign.group(2)]
-                if not codes:
-                    continue
             if not codes:
                 continue
             if calls:
