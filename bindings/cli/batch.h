@@ -71,6 +71,8 @@ typedef struct run {
     const cli_command *cmd;
     /* parameters */
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
+    const char *deployment_path;
+    char deployment_version[17]; /* "" without --deployment */
     const char *checkpoint_path, *summary_path;
     char *checkpoint_tmp;  /* checkpoint_path + ".tmp", where it is written first */
     char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */

@@ -101,8 +101,12 @@ static void write_params(run *r, FILE *f)
     char *out = absolute_path(r->out_path);
     fprintf(f, "store ");
     put_encoded(f, store ? store : "");
-    fprintf(f, "\ncatalog_version %s\npolicy_version %s\ninput ", r->info.catalog_version,
+    fprintf(f, "\ncatalog_version %s\npolicy_version %s", r->info.catalog_version,
             r->info.policy_version);
+    /* only with a deployment: checkpoints of runs without one stay valid */
+    if (r->deployment_path)
+        fprintf(f, "\ndeployment_version %s", r->deployment_version);
+    fprintf(f, "\ninput ");
     put_encoded(f, input ? input : "");
     fprintf(f, "\nplacements ");
     const cli_value *pl = cli_flag_value(r->args, "placement");
