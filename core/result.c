@@ -16,9 +16,10 @@
 #include <string.h>
 
 /* The fields an action and an explained candidate have in common, opening
- * the object: both lists read alike and cannot drift apart. */
-static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
-                         double expected_margin)
+ * the object: both lists (and the audit line's actions) read alike and
+ * cannot drift apart. */
+void nbx_result_write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
+                             double expected_margin)
 {
     nbx_buf_puts(b, first ? "{\"offer\":" : ",{\"offer\":");
     nbx_jw_sv(b, offer);
@@ -30,10 +31,9 @@ static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement,
     nbx_jw_decimal(b, expected_margin);
 }
 
-static void write_error(nbx_buf *b, const nbx_result *r, const nbx_result_view *v)
+void nbx_result_write_error(nbx_buf *b, const nbx_result *r, const nbx_policy *pol, bool kind_only)
 {
-    const nbx_policy *pol = v->policy;
-    if (v->req->flags & NBX_DECIDE_ERROR_KIND_ONLY) {
+    if (kind_only) {
         /* for clients: the policy's text (file, line, message) stays out */
         nbx_buf_puts(b, ",\"error\":{\"kind\":\"");
         nbx_buf_puts(b, r->fault_kind);
@@ -77,8 +77,8 @@ static void write_candidate(nbx_buf *b, const nbx_result *r, const nbx_result_vi
 {
     const nbx_catalog *cat = v->catalog;
     const nbx_offer *o = &cat->offers[cd->offer];
-    write_choice(b, first, o->id, cat->placements[cd->placement].id,
-                 cd->scored ? cd->score : NAN, cd->expected_margin);
+    nbx_result_write_choice(b, first, o->id, cat->placements[cd->placement].id,
+                            cd->scored ? cd->score : NAN, cd->expected_margin);
     json_t *name = o->json ? json_object_get(o->json, "name") : NULL;
     if (json_is_string(name)) {
         nbx_buf_puts(b, ",\"name\":");
@@ -143,8 +143,8 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
     nbx_buf_puts(b, ",\"actions\":[");
     for (size_t i = 0; i < r->n_actions; i++) {
         const nbx_action *a = &r->actions[i];
-        write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
-                     a->expected_margin);
+        nbx_result_write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
+                                a->expected_margin);
         nbx_buf_putc(b, '}');
     }
     nbx_buf_puts(b, "],\"fallback\":");
@@ -152,7 +152,7 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
     nbx_buf_puts(b, ",\"anonymous\":");
     nbx_buf_puts(b, r->anonymous ? "true" : "false");
     if (r->has_error)
-        write_error(b, r, v);
+        nbx_result_write_error(b, r, pol, (req->flags & NBX_DECIDE_ERROR_KIND_ONLY) != 0);
     if (req->flags & NBX_DECIDE_EXPLAIN) {
         nbx_buf_puts(b, ",\"candidates\":[");
         for (size_t i = 0; i < v->n_cand; i++)

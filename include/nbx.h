@@ -727,7 +727,11 @@ enum nbx_decide_flags {
      * the policy's name, file, line and message: for results shown to
      * clients (the nginx module unless nbx_explain is on). nbx_result_error()
      * still gives the message. nbx_decide() only, not batches. */
-    NBX_DECIDE_ERROR_KIND_ONLY = 0x4
+    NBX_DECIDE_ERROR_KIND_ONLY = 0x4,
+    /** Also write the decision's audit line (nbx_result_audit_json()):
+     * what an audit log keeps and `nbx audit replay` reads. Without it no
+     * audit line is written: a caller that does not log pays nothing. */
+    NBX_DECIDE_AUDIT = 0x8
 };
 
 /** Limits on one request. */
@@ -999,7 +1003,7 @@ typedef struct nbx_batch_options {
                                         the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
                                         NBX_DECIDE_RECORD (needs a read-write engine;
-                                        see nbx_batch_open()) */
+                                        see nbx_batch_open()), NBX_DECIDE_AUDIT */
     uint32_t shard_count;          /**< 0: decide every customer submitted; else only those
                                         with nbx_shard_of(id, shard_count) == shard_index */
     uint32_t shard_index;          /**< 0..shard_count-1 */
@@ -1028,6 +1032,10 @@ typedef struct nbx_batch_item {
     const char *policy_error;  /**< nbx_result_error(): NULL unless fallback */
     double expected_margin;    /**< nbx_result_expected_margin() */
     uint32_t exclusions[NBX_EXCLUDED_COUNT]; /**< nbx_result_exclusions() */
+    const char *audit;         /**< nbx_result_audit_json(), with NBX_DECIDE_AUDIT in the
+                                    options' flags; NULL without it, or when status is
+                                    not NBX_OK */
+    size_t audit_len;
 } nbx_batch_item;
 
 /** Totals over the items nbx_batch_next() has handed back. */
@@ -1190,6 +1198,33 @@ NBX_API void nbx_batch_close(nbx_batch *b);
  * @note Thread-safe.
  */
 NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
+
+/* ========================================================================
+ * Audit log and replay
+ *
+ * A decision made with NBX_DECIDE_AUDIT carries its audit line: one JSON
+ * object, without a line break, holding what is needed to audit the
+ * decision and to make it again (docs/experiments.md, "The audit log"):
+ * its id and clock (`as_of`), the customer, the arm and deployment, the
+ * policy and catalog versions, the request's session fields and
+ * placements, the actions with score, expected margin and probability,
+ * the exclusions by reason, fallback and error, and what the decision
+ * read that may change later (`state`: the profile's updated_at, a hash of
+ * the customer's exposure counters). Text from requests and policies is
+ * JSON-escaped, control characters (C0, DEL, C1) included, so a line is
+ * safe to write to a log as it is. `nbx decide --log`, `nbx batch --log`,
+ * the Python binding's log= and nginx's $nbx_decision write it.
+ * ======================================================================== */
+
+/**
+ * @brief The decision's audit line.
+ * @param[out] len if not NULL, its length (0 when there is none).
+ * @return NUL-terminated JSON without a line break, owned by the result
+ *   and valid as long as it is; NULL when r is NULL or the decision was
+ *   made without NBX_DECIDE_AUDIT.
+ * @note Like the result, belongs to the context's thread.
+ */
+NBX_API const char *nbx_result_audit_json(const nbx_result *r, size_t *len);
 
 #ifdef __cplusplus
 }
