@@ -61,6 +61,7 @@ const cli_flag cli_batch_flags[] = {
      "record each chosen action as an impression (consumes caps)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded (jsonl)", 0, 0},
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
+    CLI_FLAG_LOG,
     {"max-fallback-rate", CLI_STRING, "R",
      "share of decisions (0 to 1) that may fall back before the exit status is 3 (default 0)", 0,
      0},
@@ -95,6 +96,11 @@ const char cli_batch_details[] =
     "exactly once. A rerun with different parameters is refused; a rerun of a\n"
     "finished run does nothing; a rerun while the first still runs waits for it\n"
     "(FILE.lock). SIGINT and SIGTERM stop at a checkpoint.\n"
+    "\n"
+    "--log FILE appends each decision's audit line to FILE, in input order, as\n"
+    "nbx decide --log does (docs/experiments.md); with --checkpoint the log is\n"
+    "committed and resumed with the output. A log that cannot be written stops\n"
+    "the run (exit status 1).\n"
     "\n"
     "--shard I/N keeps the customers whose xxh64(id, seed 0) mod N is I, so N runs\n"
     "with I = 0..N-1 cover every customer once. A progress bar is shown when\n"
@@ -177,8 +183,8 @@ typedef struct run {
     const cli_command *cmd;
     /* parameters */
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
-    const char *checkpoint_path, *summary_path;
-    char *checkpoint_tmp; /* checkpoint_path + ".tmp", where it is written first */
+    const char *checkpoint_path, *summary_path, *log_path;
+    char *checkpoint_tmp;  /* checkpoint_path + ".tmp", where it is written first */
     char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */
     int lock_fd;           /* -1: no lock held */
     bool all, csv, commit, explain;
@@ -197,6 +203,8 @@ typedef struct run {
     nbx_iter *iter;
     reader in;
     FILE *out;
+    FILE *log;          /* --log: audit lines */
+    uint64_t log_bytes; /* the log file's size once the lines written are flushed */
     position *ring;
     size_t window;
     /* progress */
@@ -563,6 +571,13 @@ static void write_params(run *r, FILE *f)
     fprintf(f, "\nformat %s\ncommit_exposures %d\nexplain %d\nout ", r->csv ? "csv" : "jsonl",
             r->commit, r->explain);
     put_encoded(f, out ? out : "");
+    /* only with --log: checkpoints of runs without it read as before */
+    if (r->log_path) {
+        char *log = absolute_path(r->log_path);
+        fprintf(f, "\nlog ");
+        put_encoded(f, log ? log : "");
+        free(log);
+    }
     /* The policy's limits change decisions too: a decision that runs out of
      * time or memory falls back. */
     fprintf(f, "\ntime_limit_us %" PRIu64 "\nmemory_limit %" PRIu64,
@@ -657,6 +672,8 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
 {
     if (fflush(r->out) != 0 || fdatasync(fileno(r->out)) != 0)
         return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
+    if (r->log && (fflush(r->log) != 0 || fdatasync(fileno(r->log)) != 0))
+        return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
     const char *tmp = r->checkpoint_tmp;
     FILE *f = fopen(tmp, "w");
     if (!f)
@@ -677,6 +694,8 @@ static int write_checkpoint(run *r, const position *p, const char *after_id, boo
             "complete %d\noutput_offset %" PRIu64 "\ninput_offset %" PRIu64 "\ninput_line %" PRIu64
             "\n",
             complete, r->out_bytes, p->input_offset, p->input_line);
+    if (r->log)
+        fprintf(f, "log_offset %" PRIu64 "\n", r->log_bytes);
     if (r->all)
         fprintf(f, "input_hash -\n");
     else
@@ -774,6 +793,8 @@ typedef struct checkpoint {
     char *text; /* owns the strings below */
     bool complete;
     uint64_t output_offset, input_offset, input_line;
+    uint64_t log_offset;
+    bool have_log_offset;
     uint64_t input_hash;
     bool have_input_hash;
     const char *after_id;
@@ -916,6 +937,8 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
             ok = parse_u64(value, &ck->input_offset);
         else if (strcmp(line, "input_line") == 0)
             ok = parse_u64(value, &ck->input_line);
+        else if (strcmp(line, "log_offset") == 0)
+            ok = parse_u64(value, &ck->log_offset), ck->have_log_offset = true;
         else if (strcmp(line, "input_hash") == 0)
             ok = parse_input_hash(value, ck);
         else if (strcmp(line, "after_id") == 0)
@@ -929,7 +952,8 @@ static int load_checkpoint(run *r, checkpoint *ck, bool *found)
     }
     free(mine);
     if (rc == CLI_OK &&
-        (!header || mine_line || !have_offsets || (!r->all && !ck->have_input_hash)))
+        (!header || mine_line || !have_offsets || (!r->all && !ck->have_input_hash) ||
+         (r->log_path && !ck->have_log_offset)))
         rc = cli_error(r->cmd, "%s: truncated checkpoint", r->checkpoint_path);
     if (rc == CLI_OK)
         *found = true;
@@ -1163,6 +1187,13 @@ static int take_one(run *r)
         if (ferror(r->out))
             return cli_error(r->cmd, "writing %s: %s", r->out_path ? r->out_path : "output",
                              strerror(errno));
+        if (r->log) {
+            fwrite(it->audit, 1, it->audit_len, r->log);
+            fputc('\n', r->log);
+            r->log_bytes += it->audit_len + 1;
+            if (ferror(r->log))
+                return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+        }
     }
     r->last = *p;
     snprintf(r->last_id, sizeof r->last_id, "%s", it->customer);
@@ -1402,7 +1433,7 @@ static bool same_file(const named_file *a, const named_file *b)
 static int check_distinct_files(run *r)
 {
     char *store_data = NULL;
-    named_file files[10];
+    named_file files[11];
     size_t n = 0;
     memset(files, 0, sizeof files);
     if (r->out_path)
@@ -1419,6 +1450,8 @@ static int check_distinct_files(run *r)
     }
     if (r->summary_path)
         files[n++] = (named_file){.what = "--summary", .path = r->summary_path, .written = true};
+    if (r->log_path)
+        files[n++] = (named_file){.what = "--log", .path = r->log_path, .written = true};
     if (r->customers_path && strcmp(r->customers_path, "-") != 0)
         files[n++] = (named_file){.what = "--customers", .path = r->customers_path};
     files[n++] = (named_file){.what = "--catalog", .path = r->catalog_path};
@@ -1467,6 +1500,7 @@ static int parse_parameters(run *r)
     r->out_path = cli_string(args, "out", NULL);
     r->checkpoint_path = cli_string(args, "checkpoint", NULL);
     r->summary_path = cli_string(args, "summary", NULL);
+    r->log_path = cli_string(args, "log", NULL);
     r->commit = cli_has(args, "commit-exposures");
     r->explain = cli_has(args, "explain");
     r->checkpoint_every = cli_uint(args, "checkpoint-every", 100000);
@@ -1577,6 +1611,42 @@ static int open_output(run *r, const checkpoint *ck, bool resume)
     return CLI_OK;
 }
 
+/* Open --log to append to, or on a resume cut it back to what the
+ * checkpoint committed: lines written after it are written again. */
+static int open_log(run *r, const checkpoint *ck, bool resume)
+{
+    int fd = cli_log_open(r->cmd, r->log_path);
+    if (fd < 0)
+        return CLI_FAIL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+    }
+    r->log_bytes = (uint64_t)st.st_size;
+    if (resume) {
+        if (r->log_bytes < ck->log_offset) {
+            close(fd);
+            return cli_error(r->cmd,
+                             "--log %s is shorter than the %" PRIu64 " bytes %s says were "
+                             "written; delete %s to start over",
+                             r->log_path, ck->log_offset, r->checkpoint_path, r->checkpoint_path);
+        }
+        if (ftruncate(fd, (off_t)ck->log_offset) != 0) {
+            close(fd);
+            return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+        }
+        r->log_bytes = ck->log_offset;
+    }
+    r->log = fdopen(fd, "a");
+    if (!r->log) {
+        close(fd);
+        return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+    }
+    setvbuf(r->log, NULL, _IOFBF, 1 << 20);
+    return CLI_OK;
+}
+
 static int open_input(run *r, const checkpoint *ck, bool resume)
 {
     if (r->all) {
@@ -1631,7 +1701,8 @@ static int open_batch(run *r)
     o.session = r->session;
     o.n_session = r->n_session;
     o.now_ms = r->as_of;
-    o.flags = (r->commit ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u);
+    o.flags = (r->commit ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u) |
+              (r->log ? NBX_DECIDE_AUDIT : 0u);
     o.shard_count = r->shard_count;
     o.shard_index = r->shard_index;
     int rc = nbx_batch_open(r->engine, &o, &r->batch);
@@ -1664,6 +1735,8 @@ static void release(run *r)
         reader_close(&r->in);
     if (r->out && r->out != stdout)
         fclose(r->out);
+    if (r->log)
+        fclose(r->log);
     free(r->ring);
     unlock_run(r);
     free(r->checkpoint_tmp);
@@ -1717,6 +1790,8 @@ int cli_run_batch(cli_args *args)
         rc = open_input(&r, &ck, resume);
     if (rc == CLI_OK)
         rc = open_output(&r, &ck, resume);
+    if (rc == CLI_OK && r.log_path)
+        rc = open_log(&r, &ck, resume);
     if (rc == CLI_OK)
         rc = open_batch(&r);
     free(ck.text);
@@ -1751,6 +1826,8 @@ int cli_run_batch(cli_args *args)
     if (rc == CLI_OK && fflush(r.out) != 0)
         rc =
             cli_error(r.cmd, "writing %s: %s", r.out_path ? r.out_path : "output", strerror(errno));
+    if (rc == CLI_OK && r.log && fflush(r.log) != 0)
+        rc = cli_error(r.cmd, "--log %s: %s", r.log_path, strerror(errno));
     if (rc == CLI_OK && r.checkpoint_path)
         rc = write_checkpoint(&r, &end, r.last_id, complete);
 

@@ -187,6 +187,20 @@ int cli_run_gen_profiles(cli_args *args);
 int cli_run_gen_events(cli_args *args);
 int cli_run_gen_catalog(cli_args *args);
 
+/* audit.c: the audit log (--log FILE) */
+/* clang-format off */
+#define CLI_FLAG_LOG                                                                               \
+    {"log", CLI_STRING, "FILE", "append each decision's audit line to FILE (JSONL)", 0, 0}
+/* clang-format on */
+/* Open FILE to append audit lines to (created 0644 if missing): before
+ * anything is decided, so a log that cannot be written stops the command
+ * first. Returns the descriptor, or -1 after printing why, naming FILE. */
+int cli_log_open(const cli_command *cmd, const char *path);
+/* Append one audit line and its line break with one write(), so lines of
+ * processes appending to the same file never interleave. CLI_OK, or
+ * CLI_FAIL after printing why, naming FILE. */
+int cli_log_append(const cli_command *cmd, const char *path, int fd, const char *line, size_t len);
+
 /* batch.c: its flag table and help text live with it */
 extern const cli_flag cli_batch_flags[];
 extern const char cli_batch_details[];

@@ -91,6 +91,7 @@ static const cli_flag decide_flags[] = {
     CLI_FLAG_TIME_LIMIT,
     CLI_FLAG_MEMORY_LIMIT,
     {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
+    CLI_FLAG_LOG,
     CLI_FLAG_END,
 };
 
@@ -209,7 +210,9 @@ const cli_command cli_commands[] = {
      "Opens the store read-only (read-write with --record), loads the catalog and\n"
      "the policy, and runs one decision. A policy failure yields the fallback\n"
      "decision, which is still a success (exit status 0); a missing or invalid\n"
-     "catalog, policy or store is an error (exit status 1).\n",
+     "catalog, policy or store is an error (exit status 1).\n"
+     "--log FILE appends the decision's audit line to FILE (docs/experiments.md);\n"
+     "a log that cannot be written is an error (exit status 1, no result printed).\n",
      cli_run_decide},
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",

