@@ -1226,6 +1226,40 @@ NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
  */
 NBX_API const char *nbx_result_audit_json(const nbx_result *r, size_t *len);
 
+/**
+ * @brief Make a logged decision again and say whether it is the same.
+ *
+ * The decision of one audit line (as nbx_result_audit_json() wrote it; on a
+ * line of another log, the JSON object that ends the line) is made again on
+ * the context, at the line's `as_of`, with its customer, session fields and
+ * placements, with the engine's policy, catalog and deployment and the
+ * store as they are now, recording nothing. The two decisions are compared
+ * (arm, deployment, policy and catalog versions, actions with their scores,
+ * margins and probabilities, fallback, error, anonymous, exclusions),
+ * and what changed since is looked up: the policy, catalog, deployment or
+ * arm; the profile (its updated_at differs from the one the decision read);
+ * the customer's exposure counters (events recorded since; the decision's
+ * own recorded impressions, DECISION_ID:N, are named apart); the daily
+ * budgets. The report is one JSON object (docs/experiments.md, "Replay"):
+ * {"decision_id", "customer", "as_of", "identical": bool, "differences":
+ * [field, ...], "reasons": [{"reason": ..., ...}, ...], "replayed": the new
+ * decision's audit line, or "replay_error": why it could not be made}.
+ *
+ * @param ctx a context of the engine to replay with (its decision is
+ *   replaced, as by nbx_decide()).
+ * @param line, len the audit line (need not end in NUL).
+ * @param[out] report malloc'd NUL-terminated JSON, free with nbx_free().
+ * @param[out] report_len if not NULL, its length.
+ * @return NBX_OK (also when the decisions differ, or the decision cannot
+ *   be made any more: see the report); NBX_EINVAL (NULL argument);
+ *   NBX_EPARSE (not an audit line: nbx_ctx_errmsg() names the field);
+ *   NBX_ELIMIT (len > NBX_LINE_MAX); NBX_ECORRUPT, NBX_ESTORE (reading the
+ *   customer's records); NBX_ENOMEM.
+ * @note The context belongs to one thread at a time.
+ */
+NBX_API int nbx_audit_replay(nbx_ctx *ctx, const char *line, size_t len, char **report,
+                             size_t *report_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -217,6 +217,9 @@ const cli_command cli_commands[] = {
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
      cli_batch_details, cli_run_batch},
+    {"audit", "replay", "LOGFILE", 1, 1, cli_audit_replay_flags,
+     "Make logged decisions again and report, per decision, identical or different and why.",
+     cli_audit_replay_details, cli_run_audit_replay},
     {"policy", "check", "FILE", 1, 1, cli_policy_check_flags,
      "Check that a policy file loads and, with --catalog, that it decides for every customer.",
      "Without --catalog: the file must compile, follow the sandbox's rules and run its top\n"

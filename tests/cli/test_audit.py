@@ -141,5 +141,85 @@ class BatchLogResume(CliTestCase):
             self.assertEqual(logged, decided, f"killed after {fraction}: one line per customer")
 
 
+class Replay(AuditCase):
+
+    def replay(self, *extra, policy=POLICY):
+        return self.nbx("audit", "replay", self.path("audit.jsonl"), *self.engine_args(policy),
+                        *extra)
+
+    def test_01_a_batch_log_replays_identical(self):
+        log = self.batch_log()
+        r = self.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), len(log))
+        for line, entry in zip(lines, log):
+            self.assertTrue(line.startswith(entry["decision_id"]), line)
+            self.assertTrue(line.endswith("identical"), line)
+        self.assertIn(f"{len(log)} decisions: {len(log)} identical, 0 different", r.stderr)
+
+    def test_02_json_reports_and_a_summary(self):
+        log = self.batch_log()
+        r = self.replay("--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        docs = [json.loads(line) for line in r.stdout.splitlines()]
+        reports, summary = docs[:-1], docs[-1]["summary"]
+        self.assertEqual([x["decision_id"] for x in reports], [x["decision_id"] for x in log])
+        self.assertTrue(all(x["identical"] for x in reports))
+        self.assertEqual(summary["decisions"], len(log))
+        self.assertEqual(summary["identical"], len(log))
+
+    def test_03_a_new_policy_is_named_and_the_exit_status_says_so(self):
+        log = self.batch_log()
+        policy = self.write("by_cost.lua", ORDER_POLICY)
+        r = self.replay(policy=policy)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        for line in r.stdout.splitlines():
+            self.assertIn("different", line)
+            self.assertIn("policy_changed", line)
+        self.assertIn(f"policy_changed {len(log)}", r.stderr)
+        r = self.replay("--allow-different", policy=policy)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_04_new_events_are_named(self):
+        self.batch_log()
+        events = [{"event_id": f"e{i}", "customer": "p5", "type": "impression",
+                   "offer": "winback_20", "ts": "2026-03-10T13:00:00Z"} for i in range(3)]
+        self.write_jsonl("ev.jsonl", events)
+        self.ok("import", "events", self.path("ev.jsonl"), "--store", self.store)
+        r = self.replay("--json")
+        self.assertEqual(r.returncode, 4, r.stdout + r.stderr)
+        reports = [json.loads(line) for line in r.stdout.splitlines()][:-1]
+        for rep in reports:
+            reasons = [x["reason"] for x in rep["reasons"]]
+            if rep["customer"] == "p5":
+                self.assertFalse(rep["identical"], rep)
+                self.assertIn("events_since", reasons, rep)
+            else:
+                self.assertTrue(rep["identical"], rep)
+                self.assertEqual(reasons, [], rep)
+
+    def test_05_lines_without_a_decision_and_unreadable_lines(self):
+        self.batch_log()
+        with open(self.path("audit.jsonl"), "a", encoding="utf-8") as f:
+            f.write("-\n\n{\"audit\": 1}\nnot json\n")
+        r = self.replay()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        n = len(self.ids) + 2
+        self.assertIn(f"audit.jsonl:{n + 3}: field 'decision_id'", r.stderr)
+        self.assertIn(f"audit.jsonl:{n + 4}: not an audit line", r.stderr)
+        self.assertIn("2 lines without a decision, 2 unreadable", r.stderr)
+
+    def test_06_usage(self):
+        self.fails(2, "audit", "replay", "--store", self.store, "--catalog", CATALOG,
+                   "--policy", POLICY)
+        self.fails(2, "audit", "replay", self.path("x"), "--store", self.store,
+                   "--policy", POLICY)
+        r = self.fails(1, "audit", "replay", self.path("missing.jsonl"), *self.engine_args())
+        self.assertIn("missing.jsonl", r.stderr)
+        r = self.ok("help", "audit", "replay")
+        self.assertIn("--allow-different", r.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()

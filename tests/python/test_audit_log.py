@@ -74,6 +74,21 @@ class AuditLogCase(TempDirCase):
         with self.assertRaises(nbx.InvalidArgument):
             self.engine.decide("u1", log=42)
 
+    def test_05_replay_of_a_logged_decision(self):
+        log = self.path("audit.jsonl")
+        self.engine.decide("u3", as_of=AS_OF, log=log)
+        with open(log) as f:
+            line = f.readline()
+        report = self.engine.replay(line)
+        self.assertTrue(report["identical"], report)
+        self.assertEqual(report["reasons"], [])
+        self.engine.record({"event_id": "x1", "customer": "u3", "type": "impression",
+                            "offer": "winback_20", "ts": AS_OF})
+        report = self.engine.replay(line.encode())
+        self.assertIn("events_since", [r["reason"] for r in report["reasons"]], report)
+        with self.assertRaises(nbx.ParseError):
+            self.engine.replay("{}")
+
 
 if __name__ == "__main__":
     unittest.main()

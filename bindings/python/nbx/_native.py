@@ -227,6 +227,9 @@ nbx_decide = _fn("nbx_decide", c_int, c_void_p, P(Request), P(c_void_p))
 nbx_record = _fn("nbx_record", c_int, c_void_p, c_char_p, c_size_t, P(c_int))
 nbx_result_json = _fn("nbx_result_json", c_void_p, c_void_p, P(c_size_t))
 nbx_result_audit_json = _fn("nbx_result_audit_json", c_void_p, c_void_p, P(c_size_t))
+nbx_audit_replay = _fn("nbx_audit_replay", c_int, c_void_p, c_char_p, c_size_t, P(c_void_p),
+                       P(c_size_t))
+nbx_free = _fn("nbx_free", None, c_void_p)
 
 nbx_profile_erase = _fn("nbx_profile_erase", c_int, c_void_p, P(c_char_p), c_size_t,
                         P(ctypes.c_uint64))

@@ -346,6 +346,21 @@ class Engine:
                 audit.close()
         return text.decode() if raw else json.loads(text)
 
+    def replay(self, line):
+        """Make the decision of one audit line again (docs/experiments.md,
+        "Replay") with this engine: its report as a dict, with "identical",
+        "differences" and "reasons". line: str or bytes."""
+        ctx = self._ctx()
+        data = _text(line, "line") if isinstance(line, str) else bytes(line)
+        out, size = ctypes.c_void_p(), ctypes.c_size_t()
+        rc = N.nbx_audit_replay(ctx, data, len(data), ctypes.byref(out), ctypes.byref(size))
+        if rc != N.NBX_OK:
+            raise error_for(rc, (N.nbx_ctx_errmsg(ctx) or b"").decode("utf-8", "replace"))
+        try:
+            return json.loads(ctypes.string_at(out, size.value))
+        finally:
+            N.nbx_free(out)
+
     def record(self, event):
         """Apply one event (a dict or a JSON string: impression, click,
         accept, dismiss, purchase). Returns True if applied, False if its
