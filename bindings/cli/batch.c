@@ -1809,7 +1809,14 @@ int cli_run_batch(cli_args *args)
      * taken before any customer of this run is written. */
     r.last.malformed = 0;
     r.last.other_shard = 0;
-    rc = r.all ? feed_all_profiles(&r) : feed_customer_file(&r);
+    /* --log is appended to, not rewritten: a run killed before its first
+     * checkpoint would leave lines (and half a line) that its resumption,
+     * starting afresh, could not tell from older ones. A checkpoint before
+     * the first decision records where this run's lines begin. */
+    if (!resume && r.checkpoint_path && r.log)
+        rc = write_checkpoint(&r, &r.last, r.last_id, false);
+    if (rc == CLI_OK)
+        rc = r.all ? feed_all_profiles(&r) : feed_customer_file(&r);
     int drain_rc = drain(&r);
     if (rc == CLI_OK)
         rc = drain_rc;

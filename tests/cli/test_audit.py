@@ -112,12 +112,12 @@ class BatchLogResume(CliTestCase):
 
     PROFILES = 3000
 
-    def test_01_killed_and_resumed(self):
+    def test_01_killed_and_resumed(self, every="100"):
         store, catalog = generated_store(self.tmp, self.PROFILES)
         out, log, ckpt = self.path("out.jsonl"), self.path("audit.jsonl"), self.path("run.ckpt")
         command = [NBX, "batch", "--store", store, "--catalog", catalog, "--policy", POLICY,
                    "--as-of", AS_OF, "--all", "--threads", "2", "--out", out, "--log", log,
-                   "--checkpoint", ckpt, "--checkpoint-every", "100"]
+                   "--checkpoint", ckpt, "--checkpoint-every", every]
         env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
         started = time.monotonic()
         subprocess.run(command, check=True, capture_output=True, env=env, timeout=600)
@@ -139,6 +139,11 @@ class BatchLogResume(CliTestCase):
                 logged = [json.loads(line)["decision_id"] for line in f]
             self.assertEqual(len(decided), self.PROFILES, f"killed after {fraction}")
             self.assertEqual(logged, decided, f"killed after {fraction}: one line per customer")
+
+    def test_02_killed_before_its_first_checkpoint(self):
+        # the lines of a run killed before it committed anything are cut
+        # off as well: its checkpoint records where the log began
+        self.test_01_killed_and_resumed(every="1000000000")
 
 
 class Replay(AuditCase):
@@ -195,6 +200,33 @@ class Replay(AuditCase):
             if rep["customer"] == "p5":
                 self.assertFalse(rep["identical"], rep)
                 self.assertIn("events_since", reasons, rep)
+            else:
+                self.assertTrue(rep["identical"], rep)
+                self.assertEqual(reasons, [], rep)
+
+    def test_04b_a_new_catalog_and_an_updated_profile_are_named(self):
+        log = self.batch_log()
+        with open(CATALOG, encoding="utf-8") as f:
+            catalog = json.load(f)
+        catalog["offers"][0]["price"] = catalog["offers"][0]["price"] + 1
+        new_catalog = self.write("catalog2.json", json.dumps(catalog))
+        r = self.nbx("audit", "replay", self.path("audit.jsonl"), "--store", self.store,
+                     "--catalog", new_catalog, "--policy", POLICY, "--json")
+        reports = [json.loads(line) for line in r.stdout.splitlines()][:-1]
+        self.assertEqual(len(reports), len(log))
+        for rep in reports:
+            self.assertIn("catalog_changed", [x["reason"] for x in rep["reasons"]], rep)
+        # p4 again, with another propensity: only p4's decisions name it
+        self.write_jsonl("p4.jsonl", [{"id": "p4", "consent": {"personalization": True},
+                                       "propensity": {"winback_20": 0.9}}])
+        self.ok("import", "profiles", self.path("p4.jsonl"), "--store", self.store)
+        r = self.replay("--json")
+        self.assertEqual(r.returncode, 4, r.stdout + r.stderr)
+        for rep in [json.loads(line) for line in r.stdout.splitlines()][:-1]:
+            reasons = [x["reason"] for x in rep["reasons"]]
+            if rep["customer"] == "p4":
+                self.assertFalse(rep["identical"], rep)
+                self.assertEqual(reasons, ["profile_updated"], rep)
             else:
                 self.assertTrue(rep["identical"], rep)
                 self.assertEqual(reasons, [], rep)
