@@ -833,6 +833,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
+    r->policy = c->snap->policy;
+    r->catalog = c->snap->catalog;
     nbx_result_view view = {.req = req,
                             .catalog = c->snap->catalog,
                             .policy = c->snap->policy,

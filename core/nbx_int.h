@@ -1100,6 +1100,9 @@ struct nbx_result {
     uint32_t exclusions[NBX_EXCLUDED_COUNT];
     double expected_margin;
     nbx_buf audit; /* NBX_DECIDE_AUDIT: the audit line (audit.c); len 0 otherwise */
+    /* what decided: the context's snapshot holds them as long as the result */
+    const nbx_policy *policy;
+    const nbx_catalog *catalog;
 };
 
 /* What the result JSON is written from: the decision as the pipeline

@@ -240,6 +240,19 @@ NBX_API const char *nbx_result_decision_id(const nbx_result *r)
     return r ? r->decision_id : NULL;
 }
 
+NBX_API const char *nbx_result_policy(const nbx_result *r, const char **version)
+{
+    const nbx_policy *p = r ? r->policy : NULL;
+    if (version)
+        *version = p ? p->version_hex : NULL;
+    return p ? p->name : NULL;
+}
+
+NBX_API const char *nbx_result_catalog_version(const nbx_result *r)
+{
+    return r && r->catalog ? r->catalog->version_hex : NULL;
+}
+
 NBX_API double nbx_result_expected_margin(const nbx_result *r)
 {
     return r ? r->expected_margin : 0;

@@ -926,6 +926,20 @@ NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out);
 /** @brief The decision id (unique). */
 NBX_API const char *nbx_result_decision_id(const nbx_result *r);
 
+/**
+ * @brief The policy that decided.
+ * @param[out] version if not NULL, its version (16 hex digits).
+ * @return its name, owned by the result; NULL for r NULL.
+ */
+NBX_API const char *nbx_result_policy(const nbx_result *r, const char **version);
+
+/**
+ * @brief The version of the catalog the decision was made on (16 hex
+ * digits, as "catalog_version" in the result JSON).
+ * @return owned by the result; NULL for r NULL.
+ */
+NBX_API const char *nbx_result_catalog_version(const nbx_result *r);
+
 /** @brief Sum of expected_margin over the actions. */
 NBX_API double nbx_result_expected_margin(const nbx_result *r);
 

@@ -99,16 +99,18 @@ typedef struct replay_run {
     uint64_t reasons[N_REASONS];
 } replay_run;
 
-static bool blank_or_dash(const char *line, size_t len)
+/* A line without a decision: blank, or without a JSON object and with its
+ * last field empty or "-": how nginx writes $nbx_decision on a request that
+ * made none (a 400, another location), with escape=none or without. */
+static bool no_decision(const char *line, size_t len)
 {
-    size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
-        i++;
-    if (i < len && line[i] == '-')
-        i++;
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
-        i++;
-    return i == len;
+    if (memchr(line, '{', len))
+        return false;
+    while (len && line[len - 1] == '\r')
+        len--;
+    if (len == 0 || line[len - 1] == ' ' || line[len - 1] == '\t')
+        return true;
+    return line[len - 1] == '-' && (len == 1 || line[len - 2] == ' ' || line[len - 2] == '\t');
 }
 
 static void print_text_report(json_t *report)
@@ -185,7 +187,7 @@ static void count_report(replay_run *rr, json_t *report)
 static int replay_line(replay_run *rr, nbx_ctx *ctx, const char *path, uint64_t number,
                        const char *line, size_t len)
 {
-    if (blank_or_dash(line, len)) {
+    if (no_decision(line, len)) {
         rr->skipped++;
         return CLI_OK;
     }
