@@ -143,6 +143,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_nbx_decide_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_nbx_decide(ngx_http_request_t *r);
 static ngx_int_t ngx_http_nbx_placements(ngx_http_request_t *r,
     ngx_array_t *placements, const char **err);
 static ngx_int_t ngx_http_nbx_session_fields(ngx_http_request_t *r,
@@ -398,10 +399,25 @@ static ngx_str_t  ngx_http_nbx_placement_arg = ngx_string("placement");
 static ngx_int_t
 ngx_http_nbx_decide_handler(ngx_http_request_t *r)
 {
+    ngx_int_t  rc;
+
+    rc = ngx_http_nbx_decide(r);
+
+    /* requests answered without a decision, for nbx_metrics */
+    ngx_http_nbx_metrics_outcome(r, rc);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_nbx_decide(ngx_http_request_t *r)
+{
     int                       rc;
     size_t                    len;
     u_char                   *customer;
-    ngx_int_t                 status;
+    uint64_t                  start;
+    ngx_int_t                 status, metrics;
     ngx_str_t                 value;
     const char               *json, *err;
     nbx_request               req;
@@ -497,12 +513,20 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
         req.flags |= NBX_DECIDE_AUDIT;
     }
 
+    metrics = ngx_http_nbx_metrics_enabled(r);
+    start = metrics ? ngx_http_nbx_metrics_clock() : 0;
+
     engine->log = r->connection->log;
     rc = nbx_decide(engine->ctx, &req, &result);
     engine->log = NULL;
 
     if (rc != NBX_OK) {
         return ngx_http_nbx_library_error(r, rc, engine, "nbx_decide()");
+    }
+
+    if (metrics) {
+        ngx_http_nbx_metrics_decision(r, result,
+                                      ngx_http_nbx_metrics_clock() - start);
     }
 
     json = nbx_result_json(result, &len);
