@@ -147,16 +147,35 @@ static void write_request(nbx_buf *b, const nbx_request *req)
 
 static void write_actions(nbx_buf *b, const nbx_result *r)
 {
-    nbx_buf_puts(b, ",\"actions\":[");
-    for (size_t i = 0; i < r->n_actions; i++) {
-        const nbx_action *a = &r->actions[i];
-        nbx_result_write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
-                                a->expected_margin);
-        /* the ranking is deterministic: each action was chosen for sure */
-        nbx_buf_puts(b, ",\"probability\":1}");
-    }
-    nbx_buf_puts(b, "],\"expected_margin\":");
+    /* each action with the probability it was chosen with */
+    nbx_buf_putc(b, ',');
+    nbx_result_write_actions(b, r->actions, r->n_actions);
+    nbx_buf_puts(b, ",\"expected_margin\":");
     nbx_jw_decimal(b, r->expected_margin);
+}
+
+/* "arm" (null without a deployment), "assigned" when a kill moved the
+ * customer, "deployment" {name, version} or null; names are
+ * [A-Za-z0-9_.-]: nothing to escape. */
+static void write_deployment(nbx_buf *b, const nbx_result *r)
+{
+    if (!r->deployment) {
+        nbx_buf_puts(b, ",\"arm\":null,\"deployment\":null");
+        return;
+    }
+    nbx_buf_puts(b, ",\"arm\":\"");
+    nbx_buf_puts(b, r->arm);
+    nbx_buf_putc(b, '"');
+    if (strcmp(r->arm, r->assigned) != 0) {
+        nbx_buf_puts(b, ",\"assigned\":\"");
+        nbx_buf_puts(b, r->assigned);
+        nbx_buf_putc(b, '"');
+    }
+    nbx_buf_puts(b, ",\"deployment\":{\"name\":\"");
+    nbx_buf_puts(b, r->deployment->name);
+    nbx_buf_puts(b, "\",\"version\":\"");
+    nbx_buf_puts(b, r->deployment->version_hex);
+    nbx_buf_puts(b, "\"}");
 }
 
 static void write_exclusions(nbx_buf *b, const nbx_result *r, size_t n_cand)
@@ -201,11 +220,11 @@ void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_st
     nbx_jw_time(b, v->now_ms);
     nbx_buf_puts(b, ",\"customer\":");
     nbx_jw_string(b, req->customer, strlen(req->customer));
-    nbx_buf_puts(b, ",\"arm\":null,\"deployment\":null,\"policy\":{\"name\":");
-    nbx_jw_string(b, v->policy->name, strlen(v->policy->name));
-    nbx_buf_puts(b, ",\"version\":\"");
-    nbx_buf_puts(b, v->policy->version_hex);
-    nbx_buf_puts(b, "\"},\"catalog_version\":\"");
+    write_deployment(b, r);
+    /* null for the control treatment: no policy ran */
+    nbx_buf_puts(b, ",\"policy\":");
+    nbx_result_write_policy(b, r->policy);
+    nbx_buf_puts(b, ",\"catalog_version\":\"");
     nbx_buf_puts(b, v->catalog->version_hex);
     nbx_buf_putc(b, '"');
     write_request(b, req);
@@ -215,9 +234,12 @@ void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_st
     nbx_buf_puts(b, r->anonymous ? ",\"anonymous\":true" : ",\"anonymous\":false");
     /* the whole record: an audit log is for the operator, not the client */
     if (r->has_error)
-        nbx_result_write_error(b, r, v->policy, false);
+        nbx_result_write_error(b, r, false);
     else
         nbx_buf_puts(b, ",\"error\":null");
+    /* as in the result: only under a deployment with shadow policies */
+    if (r->deployment && r->deployment->n_shadow)
+        nbx_result_write_shadows(b, r, false);
     write_state(b, st);
     write_exact_bytes(b, req);
     nbx_buf_putc(b, '}');

@@ -1043,6 +1043,78 @@ void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const c
                       int64_t now_ms, char *out, size_t cap);
 
 /* ========================================================================
+ * Deployments (deployment.c): what serves whom
+ *
+ * A deployment names a holdout share, arms (a policy each, with a share of
+ * the customers not held out) and shadow policies (docs/experiments.md).
+ * Immutable once loaded, reference counted like catalogs and policies.
+ * ======================================================================== */
+
+/* Abort rules of an arm (h-experiment evaluates them): min_decisions 0
+ * means none; a NaN rate means that rule is not set. */
+typedef struct nbx_arm_abort {
+    uint64_t min_decisions;
+    double max_fallback_rate;     /* fallbacks / decisions above this: abort */
+    double min_accept_rate_ratio; /* accept rate below this x the first arm's: abort */
+} nbx_arm_abort;
+
+typedef struct nbx_arm {
+    char name[NBX_DEPLOYMENT_NAME_MAX + 1];
+    char *policy_path;  /* resolved against the deployment file's directory */
+    nbx_policy *policy; /* NULL when loaded with NBX_DEPLOYMENT_NO_POLICIES */
+    uint32_t percent;   /* hundredths of a percent of the customers not held out */
+    uint32_t bucket_lo, bucket_hi; /* its buckets: [lo, hi) of NBX_ASSIGN_BUCKETS */
+    nbx_arm_abort abort;
+} nbx_arm;
+
+struct nbx_deployment {
+    atomic_int refs;
+    char *path; /* as given, for messages */
+    char name[NBX_DEPLOYMENT_NAME_MAX + 1];
+    char *salt;
+    size_t salt_len;
+    uint64_t seed; /* xxh64(salt, 0): the seed of every customer's bucket */
+    uint64_t version; /* xxh64 of the file */
+    char version_hex[17];
+    uint32_t holdout_buckets; /* buckets [0, holdout_buckets) are held out */
+    nbx_arm *arms;
+    uint32_t n_arms;
+    char **shadow_paths;
+    nbx_policy **shadow; /* entries NULL with NBX_DEPLOYMENT_NO_POLICIES */
+    uint32_t n_shadow;
+};
+
+/* nbx_deployment_arm_of() for a customer held out. */
+#define NBX_ARM_INDEX_HOLDOUT UINT32_MAX
+
+/* Read, validate and (unless NBX_DEPLOYMENT_NO_POLICIES) load the policies
+ * of a deployment file; errors name the file, the arm and the field. All or
+ * nothing: on failure *out is NULL. _text: the file's bytes given, path
+ * names it and anchors relative policy paths. */
+int nbx_deployment_load(const char *path, unsigned flags, nbx_deployment **out, nbx_err *e);
+int nbx_deployment_load_text(const char *path, const char *text, size_t len, unsigned flags,
+                             nbx_deployment **out, nbx_err *e);
+nbx_deployment *nbx_deployment_ref(nbx_deployment *d);
+void nbx_deployment_unref(nbx_deployment *d);
+/* 1..64 bytes of [A-Za-z0-9_.-]: deployment and arm names. */
+bool nbx_deployment_name_valid(nbx_sv name);
+/* The customer's bucket: xxh64(id, seed) mod NBX_ASSIGN_BUCKETS. */
+uint32_t nbx_deployment_bucket(const nbx_deployment *d, nbx_sv customer);
+/* The customer's arm as the file assigns it (kills not applied): an index
+ * into d->arms, or NBX_ARM_INDEX_HOLDOUT. */
+uint32_t nbx_deployment_arm_of(const nbx_deployment *d, nbx_sv customer);
+/* Whether an arm may not serve: its name or its policy's version is killed
+ * (the kill set answers; ud is its state). */
+typedef bool (*nbx_arm_killed_fn)(void *ud, const nbx_arm *arm);
+/* The arm that serves a customer the file assigns to `assigned` (an index
+ * or NBX_ARM_INDEX_HOLDOUT) once kills apply: the arm itself unless
+ * killed(ud, arm); a killed arm's customers go to the first arm, and when
+ * the first arm is killed too, to the control treatment
+ * (NBX_ARM_INDEX_HOLDOUT). killed NULL: nothing is killed. */
+uint32_t nbx_deployment_serving_arm(const nbx_deployment *d, uint32_t assigned,
+                                    nbx_arm_killed_fn killed, void *ud);
+
+/* ========================================================================
  * Recording a decision (record.c): its chosen actions as impressions, for
  * nbx_decide() with NBX_DECIDE_RECORD and for batches that record
  * ======================================================================== */
@@ -1063,7 +1135,8 @@ typedef struct nbx_decision_record {
     const nbx_profile *profile; /* the customer (id, consents) */
     uint32_t channel;           /* the session's channel purpose (nbx_catalog_channel) */
     int64_t now_ms;             /* the decision's clock, the impressions' time */
-    bool fallback;              /* fallback actions are checked for contacts only */
+    bool fallback;              /* fallback actions (or the control treatment's) are
+                                   checked for contacts only */
     const nbx_action *actions;  /* in rank order */
     size_t n_actions;
 } nbx_decision_record;
@@ -1089,6 +1162,18 @@ int nbx_record_decision(const nbx_recorder *r, const nbx_decision_record *d, uin
  * Results (result.c): what a decision hands back
  * ======================================================================== */
 
+/* What a shadow policy decided beside the served decision: never served,
+ * recorded or counted (docs/experiments.md, "Shadow policies"). */
+typedef struct nbx_shadow_result {
+    const nbx_policy *policy;
+    nbx_action *actions;
+    size_t n_actions;
+    double expected_margin;
+    bool fallback;          /* it failed: actions are the fallback's */
+    const char *fault_kind; /* static; with fallback */
+    nbx_policy_error fault;
+} nbx_shadow_result;
+
 struct nbx_result {
     nbx_buf json;
     nbx_action *actions;
@@ -1096,15 +1181,25 @@ struct nbx_result {
     bool fallback;
     bool anonymous;
     bool has_error;
-    char decision_id[37];
+    /* With a deployment: the arm served (NULL: no deployment), the arm the
+     * file assigns, and whether the control treatment was served (no
+     * policy ran: policy is NULL). */
+    const nbx_deployment *deployment;
+    const char *arm;
+    const char *assigned;
+    bool control;
+    const nbx_policy *policy; /* the policy that decided; NULL: control */
+    const nbx_shadow_result *shadows;
+    uint32_t n_shadows;
+    char decision_id[NBX_DECISION_ID_MAX + 1];
     char error[1024];
     const char *fault_kind; /* static; with has_error */
     nbx_policy_error fault;
     uint32_t exclusions[NBX_EXCLUDED_COUNT];
     double expected_margin;
     nbx_buf audit; /* NBX_DECIDE_AUDIT: the audit line (audit.c); len 0 otherwise */
-    /* what decided: the context's snapshot holds them as long as the result */
-    const nbx_policy *policy;
+    /* the catalog decided on: the context's snapshot holds it as long as
+     * the result */
     const nbx_catalog *catalog;
 };
 
@@ -1113,7 +1208,6 @@ struct nbx_result {
 typedef struct nbx_result_view {
     const nbx_request *req;
     const nbx_catalog *catalog;
-    const nbx_policy *policy;
     const nbx_caps *caps;      /* eligibility and propensities as decided */
     const nbx_candidate *cand; /* explain: every candidate */
     size_t n_cand;
@@ -1126,12 +1220,16 @@ typedef struct nbx_result_view {
 /* Write r->json (docs/decisions.md, "The result"); r->json.oom on failure. */
 void nbx_result_write(nbx_result *r, const nbx_result_view *v);
 /* Pieces the audit line writes as the result does: an action's or a
- * candidate's opening fields ({"offer",..,"expected_margin":..), and the
- * error record (kind_only: {"kind"} alone, for clients). */
+ * candidate's opening fields ({"offer",..,"expected_margin":..), a policy
+ * ({"name","version"} or null), "actions":[...] with probabilities, the
+ * error record of r->policy (kind_only: {"kind"} alone, for clients) and
+ * the "shadow" array. */
 void nbx_result_write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
                              double expected_margin);
-void nbx_result_write_error(nbx_buf *b, const nbx_result *r, const nbx_policy *policy,
-                            bool kind_only);
+void nbx_result_write_policy(nbx_buf *b, const nbx_policy *pol);
+void nbx_result_write_actions(nbx_buf *b, const nbx_action *actions, size_t n);
+void nbx_result_write_error(nbx_buf *b, const nbx_result *r, bool kind_only);
+void nbx_result_write_shadows(nbx_buf *b, const nbx_result *r, bool kind_only);
 
 /* ========================================================================
  * Audit lines (audit.c): one JSON line per decision, docs/experiments.md
@@ -1166,13 +1264,20 @@ void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_st
  * Engine and decisions (engine.c, decide.c)
  * ======================================================================== */
 
-/* What one decision sees: a (policy, catalog) pair. Immutable. */
+/* What one decision sees: a (policy, catalog) pair, or a (deployment,
+ * catalog) pair; with a deployment, policy is its first arm's. Immutable. */
 typedef struct nbx_snapshot {
     atomic_int refs;
     nbx_policy *policy;
+    nbx_deployment *deployment; /* NULL: the policy serves everyone */
     nbx_catalog *catalog;
     uint64_t generation;
 } nbx_snapshot;
+
+/* The policies a snapshot runs, in the order contexts build their sandboxes:
+ * the policy alone, or each arm's then each shadow's. */
+uint32_t nbx_snapshot_policy_count(const nbx_snapshot *s);
+nbx_policy *nbx_snapshot_policy_at(const nbx_snapshot *s, uint32_t i);
 
 struct nbx_engine {
     nbx_store *store;
@@ -1211,6 +1316,11 @@ int nbx_ctx_fail(nbx_ctx *c, const nbx_err *e);
  * stop); the plan must outlive the context's use of it. Applies while the
  * context decides on the plan's catalog. */
 void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
+
+/* Trials: every decision of the context is served by the deployment's arm
+ * at index, whatever the customer's arm; shadows do not run. -1:
+ * assignment again. */
+void nbx_ctx_force_policy(nbx_ctx *c, int index);
 
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);

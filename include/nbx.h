@@ -550,6 +550,8 @@ NBX_API int nbx_rfm_rebuild(nbx_store *store, int64_t as_of_ms, nbx_rfm_stats *s
  * ======================================================================== */
 
 typedef struct nbx_engine nbx_engine;
+/** A deployment: arms, a holdout and shadow policies (see "Deployments"). */
+typedef struct nbx_deployment nbx_deployment;
 
 /** Log levels passed to nbx_log_fn. */
 enum nbx_log_level { NBX_LOG_ERROR = 0, NBX_LOG_WARN = 1, NBX_LOG_INFO = 2 };
@@ -599,6 +601,19 @@ typedef struct nbx_engine_options {
      * be dated (0: NBX_DEFAULT_EVENT_SKEW_MS; at most NBX_EVENT_SKEW_MAX_MS,
      * else NBX_EINVAL). */
     int64_t event_max_skew_ms;
+    /** A deployment file instead of `policy` (docs/experiments.md): each
+     * customer is served by the policy of the arm assignment gives them,
+     * the holdout gets the control treatment, shadow policies decide
+     * beside. policy must then be NULL. Added in 0.2. */
+    const char *deployment;
+    /** The deployment file's JSON itself; `deployment` then names it and
+     * anchors its relative policy paths (the policy files are read). */
+    const char *deployment_text;
+    size_t deployment_len;
+    /** Or a deployment already loaded (nbx_deployment_open(); borrowed: the
+     * engine takes its own reference), for hosts that read files once,
+     * before fork(), such as nginx's master. Then deployment is ignored. */
+    nbx_deployment *deployment_handle;
 } nbx_engine_options;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -646,9 +661,30 @@ NBX_API int nbx_engine_load_policy(nbx_engine *engine, const char *path);
  */
 NBX_API int nbx_engine_load_catalog(nbx_engine *engine, const char *path);
 
+/**
+ * @brief Load a deployment file and swap it in atomically (it replaces the
+ * policy or the deployment serving), after a trial sandbox of each arm's
+ * and each shadow's policy with the current catalog and the engine's
+ * limits. On failure (the message names the file, the arm and the field,
+ * or the policy) what serves now keeps serving.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE,
+ *   NBX_EPOLICY, NBX_ELIMIT, NBX_ENOMEM.
+ * @note Thread-safe, also while contexts decide: a decision in flight
+ *   finishes on the deployment it started with.
+ */
+NBX_API int nbx_engine_load_deployment(nbx_engine *engine, const char *path);
+
+/**
+ * @brief The deployment the engine serves now.
+ * @return a new reference (release it with nbx_deployment_close()), or
+ *   NULL when the engine serves a single policy (or engine is NULL).
+ * @note Thread-safe.
+ */
+NBX_API nbx_deployment *nbx_engine_deployment(nbx_engine *engine);
+
 /** Identity of what an engine serves; see nbx_engine_info(). */
 typedef struct nbx_engine_info {
-    char policy_name[128];
+    char policy_name[128];    /**< with a deployment: its first arm's policy */
     char policy_version[17];  /**< xxh64 of the policy source, 16 hex digits */
     char catalog_version[17]; /**< xxh64 of the catalog file, 16 hex digits */
     uint32_t offers;          /**< offers and modules in the catalog */
@@ -876,6 +912,9 @@ typedef struct nbx_action {
     const char *placement;
     double score;
     double expected_margin;
+    /** The probability the action was chosen with: 1 for the deterministic
+     * ranking, fallbacks and the control treatment (added in 0.2). */
+    double probability;
 } nbx_action;
 
 /**
@@ -923,13 +962,41 @@ typedef struct nbx_fault {
  */
 NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out);
 
-/** @brief The decision id (unique). */
+/** Longest decision id: a UUIDv7 (36 characters), then with a deployment
+ * "." deployment name "." arm name (docs/experiments.md). */
+#define NBX_DECISION_ID_MAX (36 + 2 + 2 * NBX_DEPLOYMENT_NAME_MAX)
+
+/** @brief The decision id (unique, at most NBX_DECISION_ID_MAX bytes). */
 NBX_API const char *nbx_result_decision_id(const nbx_result *r);
 
 /**
- * @brief The policy that decided.
+ * @brief The arm whose treatment the decision served, with a deployment:
+ * an arm's name, or NBX_ARM_HOLDOUT for the control treatment (customers
+ * held out, and those whose arm and first arm are killed).
+ * @return owned by the result; NULL without a deployment (or r NULL).
+ */
+NBX_API const char *nbx_result_arm(const nbx_result *r);
+
+/**
+ * @brief The arm the deployment file assigns the customer to (kills not
+ * applied): differs from nbx_result_arm() when a kill moved the customer.
+ * @return owned by the result; NULL without a deployment.
+ */
+NBX_API const char *nbx_result_assigned_arm(const nbx_result *r);
+
+/**
+ * @brief The deployment a decision was made under.
+ * @param[out] version if not NULL, its version (16 hex digits), owned by
+ *   the result.
+ * @return its name, owned by the result; NULL without a deployment.
+ */
+NBX_API const char *nbx_result_deployment(const nbx_result *r, const char **version);
+
+/**
+ * @brief The policy that decided (the arm's, with a deployment).
  * @param[out] version if not NULL, its version (16 hex digits).
- * @return its name, owned by the result; NULL for r NULL.
+ * @return its name, owned by the result; NULL for the control treatment
+ *   (no policy ran) or r NULL.
  */
 NBX_API const char *nbx_result_policy(const nbx_result *r, const char **version);
 
@@ -1050,9 +1117,13 @@ typedef struct nbx_batch_item {
     const char *policy_error;  /**< nbx_result_error(): NULL unless fallback */
     double expected_margin;    /**< nbx_result_expected_margin() */
     uint32_t exclusions[NBX_EXCLUDED_COUNT]; /**< nbx_result_exclusions() */
-    const char *audit;         /**< nbx_result_audit_json(), with NBX_DECIDE_AUDIT in the
-                                    options' flags; NULL without it, or when status is
-                                    not NBX_OK */
+    const char *arm;            /**< nbx_result_arm(): NULL without a deployment or
+                                     when status is not NBX_OK (added in 0.2) */
+    const char *policy_version; /**< of nbx_result_policy(): NULL for the control
+                                     treatment or when status is not NBX_OK */
+    const char *audit;          /**< nbx_result_audit_json(), with NBX_DECIDE_AUDIT in the
+                                     options' flags; NULL without it, or when status is
+                                     not NBX_OK */
     size_t audit_len;
 } nbx_batch_item;
 
@@ -1216,6 +1287,115 @@ NBX_API void nbx_batch_close(nbx_batch *b);
  * @note Thread-safe.
  */
 NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
+
+/* ========================================================================
+ * Deployments: what serves whom (docs/experiments.md)
+ *
+ * A deployment file (JSON) names a holdout share, arms (a policy each, with
+ * a share of the customers not held out) and shadow policies:
+ *
+ *     {"name": "q4", "salt": "q4-2026", "holdout": {"percent": 5},
+ *      "arms": [{"name": "champion", "policy": "margin.lua", "percent": 90},
+ *               {"name": "challenger", "policy": "retention.lua", "percent": 10,
+ *                "abort": {"min_decisions": 1000, "max_fallback_rate": 0.01}}],
+ *      "shadow": ["next_idea.lua"]}
+ *
+ * Assignment is deterministic and the same in every binding:
+ *
+ *     bucket = XXH64(customer id bytes, seed = XXH64(salt bytes, seed 0)) mod 10000
+ *
+ * A bucket below holdout.percent x 100 is the holdout. The buckets left,
+ * [H, 10000), are cut into consecutive ranges in arm order: arm i has
+ * [H + (10000 - H) x C(i-1) / 10000, H + (10000 - H) x C(i) / 10000), with
+ * C(i) the sum of the first i arms' percents in hundredths (integer
+ * division), so the last arm ends at 10000.
+ * ======================================================================== */
+
+/** Buckets customers are hashed into: a percent has at most two decimals. */
+#define NBX_ASSIGN_BUCKETS 10000
+/** The arm name of customers held out (reserved: no arm may take it). */
+#define NBX_ARM_HOLDOUT "holdout"
+/** Bounds on a deployment file. Names (the deployment's and each arm's) are
+ * 1..NBX_DEPLOYMENT_NAME_MAX bytes of [A-Za-z0-9_.-]: they travel in
+ * decision ids and metric labels. */
+#define NBX_DEPLOYMENT_NAME_MAX 64
+#define NBX_DEPLOYMENT_ARMS_MAX 16
+#define NBX_DEPLOYMENT_SHADOW_MAX 8
+
+/** Flags for nbx_deployment_open(). */
+enum nbx_deployment_flags {
+    /** Do not read the policy files: for assignment only (reports, audits
+     * of an old deployment whose policies have moved on). An engine cannot
+     * serve such a deployment. */
+    NBX_DEPLOYMENT_NO_POLICIES = 0x1
+};
+
+/**
+ * @brief Read and validate a deployment file and the policy files it names
+ * (paths relative to the deployment file's directory): each must load as
+ * nbx_policy_check() would read it (syntax, the sandbox's rules). Nothing is
+ * run: an engine's open runs the trials.
+ *
+ * All or nothing: a file with any error yields no deployment. The message
+ * (nbx_last_errmsg()) names the file, the arm and the field
+ * ("q4.json: arm 'challenger': field 'percent': must be a number from 0 to
+ * 100"), or the policy file and line.
+ *
+ * @param flags nbx_deployment_flags, OR-ed.
+ * @param[out] out the deployment, NULL on failure; close with
+ *   nbx_deployment_close().
+ * @return NBX_OK, NBX_EINVAL (NULL argument, unknown flags), NBX_ENOTFOUND,
+ *   NBX_EIO, NBX_EPARSE (the deployment), NBX_EPOLICY (a policy file),
+ *   NBX_ELIMIT (a file too large, too many arms or shadows), NBX_ENOMEM.
+ * @note Thread-safe. A deployment holds memory only (no file, lock or Lua
+ *   state): unlike other handles it may be opened before fork() and used
+ *   in the children (nbx_engine_options.deployment_handle), and is
+ *   immutable, so threads may share it.
+ */
+NBX_API int nbx_deployment_open(const char *path, unsigned flags, nbx_deployment **out);
+
+/**
+ * @brief Release a deployment. Engines opened with it keep their own
+ * reference: it may be closed as soon as nbx_engine_open() returns. NULL is
+ * a no-op.
+ * @note Thread-safe.
+ */
+NBX_API void nbx_deployment_close(nbx_deployment *d);
+
+/** @brief The deployment's name; NULL if d is NULL. Owned by d. */
+NBX_API const char *nbx_deployment_name(const nbx_deployment *d);
+
+/** @brief Its version: the xxh64 of the file, 16 hex digits; NULL if d is
+ * NULL. Owned by d. */
+NBX_API const char *nbx_deployment_version(const nbx_deployment *d);
+
+/** @brief Number of arms (the holdout is not one); 0 if d is NULL. */
+NBX_API size_t nbx_deployment_arm_count(const nbx_deployment *d);
+
+/** @brief Name of arm i (file order; arm 0 is the first arm, the reference
+ * of canaries and where a killed arm's customers go); NULL if out of
+ * range. Owned by d. */
+NBX_API const char *nbx_deployment_arm_name(const nbx_deployment *d, size_t i);
+
+/**
+ * @brief The bucket of a customer for a salt: XXH64(customer, seed =
+ * XXH64(salt, 0)) mod NBX_ASSIGN_BUCKETS, over the bytes given (no NUL).
+ * @return 0..9999; UINT32_MAX for a NULL pointer with a non-zero length.
+ * @note Thread-safe.
+ */
+NBX_API uint32_t nbx_assign_bucket(const char *salt, size_t salt_len, const char *customer,
+                                   size_t len);
+
+/**
+ * @brief The arm the deployment file assigns a customer to (kill switches
+ * are not applied: see nbx_result_arm() for the arm a decision served).
+ * @param customer the id's bytes; len its length.
+ * @return the arm's name, or NBX_ARM_HOLDOUT; owned by d (NBX_ARM_HOLDOUT
+ *   is static). NULL if d or customer is NULL.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_deployment_assign(const nbx_deployment *d, const char *customer,
+                                          size_t len);
 
 /* ========================================================================
  * Audit log and replay

@@ -54,6 +54,7 @@ const cli_flag cli_audit_replay_flags[] = {
     CLI_FLAG_STORE,
     CLI_FLAG_CATALOG,
     CLI_FLAG_POLICY,
+    CLI_FLAG_DEPLOYMENT,
     {"json", CLI_BOOL, NULL, "print one JSON report a decision, then a summary object", 0, 0},
     {"allow-different", CLI_BOOL, NULL, "exit 0 even when decisions came out differently", 0, 0},
     CLI_FLAG_TIME_LIMIT,
@@ -66,7 +67,8 @@ const char cli_audit_replay_details[] =
     "nbx batch --log, the Python binding's log= or nginx's $nbx_decision, one\n"
     "decision a line (on a line with a prefix of nginx's, the JSON object that ends\n"
     "it). Each decision is made again at its as_of, with its customer, session and\n"
-    "placements, on the store (opened read-only) and the catalog and policy given:\n"
+    "placements, on the store (opened read-only) and the catalog and the policy or\n"
+    "deployment given (with a deployment, the customer's arm is assigned again):\n"
     "nothing is recorded. The report says, per decision, identical or different,\n"
     "which fields differ (actions, arm, fallback, exclusions, versions, ...) and what\n"
     "changed since: policy_changed, catalog_changed, deployment_changed, arm_changed,\n"
@@ -74,12 +76,13 @@ const char cli_audit_replay_details[] =
     "events_since (the customer's exposure counters changed: events recorded since),\n"
     "own_impressions (the decision recorded its impressions, which the counters now\n"
     "hold), budgets (the daily budget exclusions differ), or unexplained. Lines\n"
-    "without a decision ('-' from nginx, blank lines) are counted and skipped; a\n"
+    "without a decision (blank, or nginx's with an empty or '-' last field) are\n"
+    "counted and skipped; a\n"
     "line that is not an audit line is reported as LOGFILE:LINE and skipped.\n"
     "\n"
     "Exit status:\n"
     "  0  every decision identical (or --allow-different)\n"
-    "  1  a line unreadable, or the store, catalog or policy failed\n"
+    "  1  a line unreadable, or the store, catalog, policy or deployment failed\n"
     "  2  usage error\n"
     "  4  every line replayed, but some decisions came out differently\n"
     "See docs/experiments.md, \"Replay\".\n";
@@ -272,8 +275,8 @@ int cli_run_audit_replay(cli_args *args)
 {
     if (!cli_has(args, "catalog"))
         return cli_usage_error(args->cmd, "--catalog FILE is required");
-    if (!cli_has(args, "policy"))
-        return cli_usage_error(args->cmd, "--policy FILE is required");
+    if (cli_serving_flags(args) != CLI_OK)
+        return CLI_USAGE;
     const char *store_path = cli_store_path(args);
     if (!store_path)
         return CLI_USAGE;

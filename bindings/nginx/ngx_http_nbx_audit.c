@@ -104,9 +104,12 @@ ngx_http_nbx_keep_decision(ngx_http_request_t *r, const nbx_result *result)
 
     audit = nbx_result_audit_json(result, &len);
 
-    /* an absent value (no deployment: no arm) stays NULL: "not found" */
+    /* an absent value stays NULL, "not found": no arm without a
+     * deployment, no policy version for the control treatment */
     if (ngx_http_nbx_keep(r, &ctx->decision_id,
                           nbx_result_decision_id(result), 0) != NGX_OK
+        || ngx_http_nbx_keep(r, &ctx->arm, nbx_result_arm(result), 0)
+           != NGX_OK
         || ngx_http_nbx_keep(r, &ctx->policy_version, version, 0) != NGX_OK
         || ngx_http_nbx_keep(r, &ctx->catalog_version,
                              nbx_result_catalog_version(result), 0)

@@ -216,7 +216,8 @@ ngx_http_nbx_metrics_decision(ngx_http_request_t *r, const nbx_result *result,
     v = NULL;
     name = nbx_result_policy(result, &v);
 
-    ngx_http_nbx_metrics_label(arm, NULL, NGX_HTTP_NBX_METRICS_ARM);
+    ngx_http_nbx_metrics_label(arm, nbx_result_arm(result),
+                               NGX_HTTP_NBX_METRICS_ARM);
     ngx_http_nbx_metrics_label(policy, name, NGX_HTTP_NBX_METRICS_NAME);
     ngx_http_nbx_metrics_label(version, v, NGX_HTTP_NBX_METRICS_VERSION);
 

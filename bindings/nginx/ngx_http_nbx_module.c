@@ -9,7 +9,7 @@
  *
  * Each worker opens, in init_process and never before fork, one nbx_store per
  * store directory and one nbx_engine with one nbx_ctx per distinct (store,
- * catalog, policy, limits) configuration. A worker is single-threaded, so
+ * catalog, policy or deployment, limits) configuration. A worker is single-threaded, so
  * one context serves all its requests; nbx_decide() runs to completion
  * inside the handler (bounded by the policy's time limit, enforced by the
  * library with a Lua count hook, never with signals or timers).
@@ -17,7 +17,10 @@
  * The master checks the policy and catalog files while it parses the
  * configuration (nbx_policy_check(), nbx_catalog_check(), then
  * nbx_engine_check() for each pair with its location's limits) and keeps
- * their bytes, from which the workers open their engines. Each check
+ * their bytes, from which the workers open their engines. A deployment
+ * (nbx_deployment: arms, holdout, shadow policies) is read by the master
+ * with its policy files into an nbx_deployment, memory only, which the
+ * workers inherit and open their engines with. Each check
  * creates and destroys its own Lua state, opens no LMDB environment and
  * leaves nothing behind to be inherited through fork(). Once the whole
  * configuration is read (and with it the `user` directive), a second,
@@ -90,6 +93,8 @@ typedef struct {
     ngx_str_t                  policy;        /* NUL-terminated */
     ngx_str_t                  catalog_text;  /* the files as the master */
     ngx_str_t                  policy_text;   /* read them */
+    ngx_str_t                  deployment;    /* NUL-terminated, or policy */
+    nbx_deployment            *deployment_handle; /* as the master read it */
     ngx_uint_t                 time_limit;    /* microseconds, 0: default */
     size_t                     memory_limit;  /* bytes, 0: default */
     ngx_msec_t                 event_max_skew;
@@ -127,6 +132,8 @@ typedef struct {
     ngx_str_t                  policy;
     ngx_str_t                  catalog_text;
     ngx_str_t                  policy_text;
+    ngx_str_t                  deployment;
+    nbx_deployment            *deployment_handle;
     ngx_http_complex_value_t  *customer;
     ngx_array_t               *session;       /* ngx_http_nbx_session_t */
     ngx_flag_t                 explain;
@@ -176,6 +183,11 @@ static void ngx_http_nbx_cleanup(void *data);
 static void ngx_http_nbx_engine_options(ngx_http_nbx_engine_t *engine,
     nbx_engine_options *opts);
 static char *ngx_http_nbx_read(ngx_conf_t *cf, u_char *name, ngx_str_t *text);
+static char *ngx_http_nbx_deployment_open(ngx_conf_t *cf, u_char *name,
+    nbx_deployment **out);
+static void ngx_http_nbx_deployment_close(void *data);
+static ngx_str_t *ngx_http_nbx_serving(ngx_http_nbx_engine_t *engine,
+    const char **what);
 static const char *ngx_http_nbx_unavailable(ngx_int_t rc);
 static char *ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -236,6 +248,13 @@ static ngx_command_t  ngx_http_nbx_commands[] = {
       ngx_http_nbx_file,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_nbx_loc_conf_t, policy),
+      NULL },
+
+    { ngx_string("nbx_deployment"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_nbx_file,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, deployment),
       NULL },
 
     { ngx_string("nbx_customer"),
@@ -1107,11 +1126,17 @@ ngx_http_nbx_engine_options(ngx_http_nbx_engine_t *engine,
     nbx_engine_options_init(opts);
 
     opts->catalog = (const char *) engine->catalog.data;
-    opts->policy = (const char *) engine->policy.data;
     opts->catalog_text = (const char *) engine->catalog_text.data;
     opts->catalog_len = engine->catalog_text.len;
-    opts->policy_text = (const char *) engine->policy_text.data;
-    opts->policy_len = engine->policy_text.len;
+
+    if (engine->deployment_handle) {
+        opts->deployment_handle = engine->deployment_handle;
+
+    } else {
+        opts->policy = (const char *) engine->policy.data;
+        opts->policy_text = (const char *) engine->policy_text.data;
+        opts->policy_len = engine->policy_text.len;
+    }
     opts->time_limit_us = (uint32_t) engine->time_limit;
     opts->memory_limit = engine->memory_limit;
     opts->event_max_skew_ms = (int64_t) engine->event_max_skew;
@@ -1129,12 +1154,16 @@ static ngx_int_t
 ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
 {
     int                 rc;
+    ngx_str_t          *serving;
     nbx_store          *store;
+    const char         *what;
     nbx_engine_options  opts;
 
     if (engine->ctx != NULL) {
         return NGX_OK;
     }
+
+    serving = ngx_http_nbx_serving(engine, &what);
 
     /* until the next attempt, requests are told what the last one met */
     if (ngx_time() < engine->retry_at) {
@@ -1165,10 +1194,9 @@ ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
             engine->engine = NULL;
             ngx_log_error(NGX_LOG_ERR, log, 0,
                           "nbx: cannot open the engine on \"%V\" "
-                          "(catalog \"%V\", policy \"%V\"): %s: %s",
-                          &engine->store->path, &engine->catalog,
-                          &engine->policy, nbx_strerror(rc),
-                          nbx_last_errmsg());
+                          "(catalog \"%V\", %s \"%V\"): %s: %s",
+                          &engine->store->path, &engine->catalog, what,
+                          serving, nbx_strerror(rc), nbx_last_errmsg());
             return NGX_ERROR;
         }
     }
@@ -1184,8 +1212,8 @@ ngx_http_nbx_engine_ready(ngx_http_nbx_engine_t *engine, ngx_log_t *log)
     }
 
     ngx_log_error(NGX_LOG_INFO, log, 0,
-                  "nbx: serving \"%V\" with catalog \"%V\", policy \"%V\"",
-                  &engine->store->path, &engine->catalog, &engine->policy);
+                  "nbx: serving \"%V\" with catalog \"%V\", %s \"%V\"",
+                  &engine->store->path, &engine->catalog, what, serving);
 
     return NGX_OK;
 }
@@ -1477,9 +1505,10 @@ ngx_http_nbx_read(ngx_conf_t *cf, u_char *name, ngx_str_t *text)
 
 
 /*
- * nbx_store, nbx_catalog, nbx_policy: a path relative to the configuration
- * prefix. Catalogs and policies are checked now, so that `nginx -t` and a
- * reload reject a broken file; stores once the whole configuration is read
+ * nbx_store, nbx_catalog, nbx_policy, nbx_deployment: a path relative to the
+ * configuration prefix. Catalogs, policies and deployments (with their
+ * policies) are checked now, so that `nginx -t` and a reload reject a
+ * broken file; stores once the whole configuration is read
  * (ngx_http_nbx_check_stores()), and opened for serving only by workers.
  */
 static char *
@@ -1535,6 +1564,10 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
+    if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, deployment)) {
+        return ngx_http_nbx_deployment_open(cf, name, &nlcf->deployment_handle);
+    }
+
     if (cmd->offset == offsetof(ngx_http_nbx_loc_conf_t, policy)) {
         what = "policy";
         rc = nbx_policy_check((const char *) name, NULL);
@@ -1554,6 +1587,60 @@ ngx_http_nbx_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return ngx_http_nbx_read(cf, name, text);
+}
+
+
+/*
+ * A deployment file and the policies it names, read once by the master into
+ * memory (no file, lock or Lua state is held) that the workers inherit: every
+ * worker of one configuration serves the same arms, whatever the files hold
+ * by the time it starts. Released with the configuration's pool.
+ */
+static char *
+ngx_http_nbx_deployment_open(ngx_conf_t *cf, u_char *name,
+    nbx_deployment **out)
+{
+    int                  rc;
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rc = nbx_deployment_open((const char *) name, 0, out);
+    if (rc != NBX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid nbx deployment \"%s\": %s: %s", name,
+                           nbx_strerror(rc), nbx_last_errmsg());
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_nbx_deployment_close;
+    cln->data = *out;
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_nbx_deployment_close(void *data)
+{
+    nbx_deployment_close(data);
+}
+
+
+/* what an engine serves, for messages: its policy or its deployment */
+static ngx_str_t *
+ngx_http_nbx_serving(ngx_http_nbx_engine_t *engine, const char **what)
+{
+    if (engine->deployment.data) {
+        *what = "deployment";
+        return &engine->deployment;
+    }
+
+    *what = "policy";
+    return &engine->policy;
 }
 
 
@@ -1757,10 +1844,13 @@ ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
             && engine->event_max_skew == nlcf->event_max_skew
             && engine->catalog.len == nlcf->catalog.len
             && engine->policy.len == nlcf->policy.len
+            && engine->deployment.len == nlcf->deployment.len
             && ngx_strncmp(engine->catalog.data, nlcf->catalog.data,
                            nlcf->catalog.len) == 0
             && ngx_strncmp(engine->policy.data, nlcf->policy.data,
-                           nlcf->policy.len) == 0)
+                           nlcf->policy.len) == 0
+            && ngx_strncmp(engine->deployment.data, nlcf->deployment.data,
+                           nlcf->deployment.len) == 0)
         {
             return engine;
         }
@@ -1776,6 +1866,8 @@ ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
     engine->policy = nlcf->policy;
     engine->catalog_text = nlcf->catalog_text;
     engine->policy_text = nlcf->policy_text;
+    engine->deployment = nlcf->deployment;
+    engine->deployment_handle = nlcf->deployment_handle;
     engine->time_limit = nlcf->time_limit;
     engine->memory_limit = nlcf->memory_limit;
     engine->event_max_skew = nlcf->event_max_skew;
@@ -1851,6 +1943,8 @@ ngx_http_nbx_create_loc_conf(ngx_conf_t *cf)
      *     nlcf->store = { 0, NULL };
      *     nlcf->catalog = { 0, NULL };
      *     nlcf->policy = { 0, NULL };
+     *     nlcf->deployment = { 0, NULL };
+     *     nlcf->deployment_handle = NULL;
      *     nlcf->handler = 0;
      *     nlcf->engine = NULL;
      */
@@ -1876,6 +1970,8 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_nbx_loc_conf_t   *conf = child;
 
     int                        rc;
+    ngx_str_t                 *serving;
+    const char                *what;
     nbx_engine_options         opts;
     ngx_http_core_loc_conf_t  *clcf;
 
@@ -1888,9 +1984,19 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->catalog_text = prev->catalog_text;
     }
 
-    if (conf->policy.data == NULL) {
+    /* a level that names a policy or a deployment replaces what serves */
+    if (conf->policy.data == NULL && conf->deployment.data == NULL) {
         conf->policy = prev->policy;
         conf->policy_text = prev->policy_text;
+        conf->deployment = prev->deployment;
+        conf->deployment_handle = prev->deployment_handle;
+    }
+
+    if (conf->policy.data && conf->deployment.data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "nbx_policy and nbx_deployment both given: a "
+                           "deployment names its policies");
+        return NGX_CONF_ERROR;
     }
 
     ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
@@ -1941,10 +2047,11 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->store.data == NULL || conf->catalog.data == NULL
-        || conf->policy.data == NULL)
+        || (conf->policy.data == NULL && conf->deployment.data == NULL))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s needs nbx_store, nbx_catalog and nbx_policy",
+                           "%s needs nbx_store, nbx_catalog and nbx_policy "
+                           "(or nbx_deployment)",
                            conf->handler == NGX_HTTP_NBX_DECIDE
                            ? "nbx_decide" : "nbx_event");
         return NGX_CONF_ERROR;
@@ -1977,9 +2084,10 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
         rc = nbx_engine_check(&opts, NULL);
         if (rc != NBX_OK) {
+            serving = ngx_http_nbx_serving(conf->engine, &what);
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "nbx policy \"%V\" with catalog \"%V\" cannot "
-                               "serve: %s: %s", &conf->policy, &conf->catalog,
+                               "nbx %s \"%V\" with catalog \"%V\" cannot "
+                               "serve: %s: %s", what, serving, &conf->catalog,
                                nbx_strerror(rc), nbx_last_errmsg());
             return NGX_CONF_ERROR;
         }
