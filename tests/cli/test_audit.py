@@ -10,7 +10,7 @@ import subprocess
 import time
 import unittest
 
-from cliutil import CATALOG, NBX, POLICY, CliTestCase, generated_store
+from cliutil import CATALOG, NBX, POLICY, SOURCE_DIR, CliTestCase, generated_store
 
 AS_OF = "2026-03-10T12:00:00Z"
 
@@ -251,6 +251,61 @@ class Replay(AuditCase):
         self.assertIn("missing.jsonl", r.stderr)
         r = self.ok("help", "audit", "replay")
         self.assertIn("--allow-different", r.stdout)
+
+
+class DeploymentLog(AuditCase):
+    """Under a deployment the audit line carries the arm, the deployment,
+    each action's probability and the shadow results, and the log replays
+    with --deployment."""
+
+    def deployment(self, name, salt):
+        policies = os.path.join(SOURCE_DIR, "policies")
+        return self.write(name, json.dumps({
+            "name": "q4", "salt": salt, "holdout": {"percent": 20},
+            "arms": [{"name": "champion", "percent": 60,
+                      "policy": os.path.join(policies, "margin_per_session.lua")},
+                     {"name": "challenger", "percent": 40,
+                      "policy": os.path.join(policies, "retention.lua")}],
+            "shadow": [os.path.join(policies, "retention.lua")]}))
+
+    def test_01_batch_log_and_replay(self):
+        q4 = self.deployment("q4.json", "q4-2026")
+        customers = self.write("customers.txt", "\n".join(self.ids) + "\n")
+        self.ok("batch", "--store", self.store, "--catalog", CATALOG, "--deployment", q4,
+                "--customers", customers, "--as-of", AS_OF, "--out", self.path("out.jsonl"),
+                "--log", self.path("audit.jsonl"))
+        with open(self.path("out.jsonl"), encoding="utf-8") as f:
+            results = {d["decision_id"]: d for d in map(json.loads, f)}
+        log = self.read_log()
+        self.assertEqual(len(log), len(self.ids))
+        for entry in log:
+            d = results[entry["decision_id"]]
+            self.assertEqual(entry["arm"], d["arm"])
+            self.assertTrue(entry["decision_id"].endswith(".q4." + d["arm"]))
+            self.assertEqual(entry["deployment"], d["deployment"])
+            self.assertRegex(entry["deployment"]["version"], "^[0-9a-f]{16}$")
+            self.assertEqual(entry["policy"], d["policy"])
+            if d["arm"] == "holdout":
+                self.assertIsNone(entry["policy"])
+            self.assertEqual(entry["actions"], d["actions"])
+            for a in entry["actions"]:
+                self.assertEqual(a["probability"], 1)
+            self.assertEqual(len(entry["shadow"]), 1, entry)
+            self.assertIn("actions", entry["shadow"][0])
+        r = self.nbx("audit", "replay", self.path("audit.jsonl"), "--store", self.store,
+                     "--catalog", CATALOG, "--deployment", q4)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        other = self.deployment("q4b.json", "another-salt")
+        r = self.nbx("audit", "replay", self.path("audit.jsonl"), "--store", self.store,
+                     "--catalog", CATALOG, "--deployment", other, "--json")
+        reports = [json.loads(line) for line in r.stdout.splitlines()][:-1]
+        self.assertEqual(len(reports), len(log))
+        for rep in reports:
+            reasons = [x["reason"] for x in rep["reasons"]]
+            self.assertIn("deployment_changed", reasons, rep)
+        r = self.nbx("audit", "replay", self.path("audit.jsonl"), "--store", self.store,
+                     "--catalog", CATALOG, "--deployment", q4, "--policy", POLICY)
+        self.assertEqual(r.returncode, 2, r.stderr)
 
 
 if __name__ == "__main__":

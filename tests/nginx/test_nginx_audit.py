@@ -256,3 +256,116 @@ class AuditLogTest(nx.NginxTestCase):
             reports, _ = self.reports(p)
             for x in reports:
                 self.assertIn(reason, [r["reason"] for r in x["reasons"]], x)
+
+
+DEPLOYMENT_SERVER = """
+    log_format nbx_audit escape=none '$nbx_arm $nbx_decision';
+
+    server {
+        listen 127.0.0.1:%%(port)s;
+        nbx_store %(store)s;
+        nbx_catalog %(catalog)s;
+        nbx_deployment %(deployment)s;
+
+        location = /decide {
+            nbx_customer $arg_customer;
+            access_log %(prefix)s/audit.log nbx_audit if=$nbx_decision;
+            nbx_decide;
+        }
+        location = /metrics {
+            nbx_metrics;
+        }
+    }
+"""
+
+CUSTOMERS = ["d%d" % i for i in range(1, 31)]
+
+
+class DeploymentAuditTest(nx.NginxTestCase):
+    """Under a deployment: the arm in $nbx_arm, the audit line and the
+    metrics; the holdout's line has no policy; shadow results are logged;
+    the log replays identical with the same deployment and names the arm
+    and the deployment when they change."""
+
+    def setUp(self):
+        super().setUp()
+        self.catalog = nx.write_json(self.path("catalog.json"), nx.demo_catalog())
+        for name, score in (("champion", "1.0"), ("challenger", "2.0"), ("shadow", "3.0")):
+            nx.write(self.path(name + ".lua"), nx.SIMPLE_POLICY % dict(name=name, score=score))
+        self.deployment = self.write_deployment("q4.json", "q4-2026")
+        self.store = nx.make_store(self.path("store"), [nx.profile(c) for c in CUSTOMERS])
+        nx.give_to_workers(self.store)
+        self.prefix = self.path("nginx")
+        self.server = self.nginx(DEPLOYMENT_SERVER % dict(
+            store=self.store, catalog=self.catalog, deployment=self.deployment,
+            prefix=self.prefix))
+
+    def write_deployment(self, name, salt):
+        return nx.write_json(self.path(name), {
+            "name": "q4", "salt": salt, "holdout": {"percent": 20},
+            "arms": [{"name": "champion", "policy": "champion.lua", "percent": 50},
+                     {"name": "challenger", "policy": "challenger.lua", "percent": 50}],
+            "shadow": ["shadow.lua"]})
+
+    def test_01_the_arm_in_the_variables_the_line_and_the_metrics(self):
+        decisions = {}
+        for c in CUSTOMERS:
+            r = request(self.server.url("/decide?customer=" + c))
+            self.assertEqual(r.status, 200, r)
+            d = r.json()
+            decisions[d["decision_id"]] = d
+        arms = {d["arm"] for d in decisions.values()}
+        self.assertEqual(arms, {"holdout", "champion", "challenger"})
+        path = os.path.join(self.prefix, "audit.log")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            if len(lines) >= len(decisions):
+                break
+            time.sleep(0.05)
+        self.assertEqual(len(lines), len(decisions))
+        for line in lines:
+            arm, text = line.split(" ", 1)
+            entry = json.loads(text)
+            d = decisions[entry["decision_id"]]
+            self.assertEqual(arm, d["arm"])
+            self.assertEqual(entry["arm"], d["arm"])
+            self.assertEqual(entry["deployment"], d["deployment"])
+            self.assertEqual(entry["policy"], d["policy"])
+            self.assertEqual([a["probability"] for a in entry["actions"]],
+                             [a["probability"] for a in d["actions"]])
+            self.assertTrue(all(a["probability"] == 1 for a in entry["actions"]), entry)
+            if d["arm"] == "holdout":
+                self.assertIsNone(entry["policy"], "the control treatment ran no policy")
+            self.assertEqual([s["policy"]["name"] for s in entry["shadow"]], ["shadow"])
+            self.assertEqual(entry["shadow"], d["shadow"])
+
+        text = request(self.server.url("/metrics")).body
+        for arm in ("champion", "challenger"):
+            n = sum(1 for d in decisions.values() if d["arm"] == arm)
+            self.assertRegex(text, r'nbx_decisions_total\{arm="%s",policy="%s",'
+                             r'policy_version="[0-9a-f]{16}"\} %d\n' % (arm, arm, n))
+        n = sum(1 for d in decisions.values() if d["arm"] == "holdout")
+        self.assertIn('nbx_decisions_total{arm="holdout",policy="",policy_version=""} %d\n'
+                      % n, text)
+
+        # the same deployment: identical; another salt: arms move
+        replay = ["audit", "replay", path, "--store", self.store, "--catalog", self.catalog,
+                  "--json", "--deployment"]
+        p = nx.nbx(*replay, self.deployment, check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        moved = nx.nbx(*replay, self.write_deployment("q4b.json", "another-salt"),
+                       check=False)
+        self.assertEqual(moved.returncode, 4, moved.stderr)
+        reports = [json.loads(l) for l in moved.stdout.splitlines()][:-1]
+        self.assertEqual(len(reports), len(decisions))
+        changed = 0
+        for x in reports:
+            reasons = [r["reason"] for r in x["reasons"]]
+            self.assertIn("deployment_changed", reasons, x)
+            if x["replayed"]["arm"] != decisions[x["decision_id"]]["arm"]:
+                changed += 1
+                self.assertIn("arm_changed", reasons, x)
+                self.assertIn("arm", x["differences"], x)
+        self.assertGreater(changed, 0, "no customer changed arm with another salt")
