@@ -189,7 +189,8 @@ static void close_sandboxes(nbx_ctx *c)
 }
 
 /* A sandbox for each policy of the snapshot. One that cannot be built
- * leaves its reason: its decisions fall back (nbx_ctx_open refuses). */
+ * leaves its reason: its decisions fall back (nbx_ctx_open refuses a
+ * serving policy's; a shadow's reports it in its results). */
 static int open_sandboxes(nbx_ctx *c, nbx_snapshot *s)
 {
     close_sandboxes(c);
@@ -269,7 +270,11 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     c->force = -1;
     nbx_err e = {0};
     int rc = ctx_refresh(c, &e);
-    for (uint32_t i = 0; rc == NBX_OK && i < c->n_sandboxes; i++)
+    /* the policies that serve must run; a shadow that cannot only reports
+     * it in its results (it never affects what is served) */
+    uint32_t serving =
+        c->snap && c->snap->deployment ? c->snap->deployment->n_arms : c->n_sandboxes;
+    for (uint32_t i = 0; rc == NBX_OK && i < serving; i++)
         if (c->sandboxes[i].rc)
             rc = nbx_err_set(&e, c->sandboxes[i].rc, "%s", c->sandboxes[i].err);
     if (rc == NBX_OK && engine->store) {

@@ -94,6 +94,12 @@ static int get_name(loader *l, json_t *obj, const char *owner,
         return bad(l, owner, "name",
                    "must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-' (it travels in "
                    "decision ids and metric labels)");
+    /* A decision id is UUID.DEPLOYMENT.ARM, split at the first dot after
+     * the UUID: the deployment's name may not hold one, an arm's may. */
+    if (!owner && memchr(json_string_value(v), '.', json_string_length(v)))
+        return bad(l, owner, "name",
+                   "must not contain '.' (decision ids are UUID.DEPLOYMENT.ARM, split at the "
+                   "first dot after the UUID)");
     memcpy(out, json_string_value(v), json_string_length(v) + 1);
     return NBX_OK;
 }

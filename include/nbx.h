@@ -1316,8 +1316,9 @@ NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
 /** The arm name of customers held out (reserved: no arm may take it). */
 #define NBX_ARM_HOLDOUT "holdout"
 /** Bounds on a deployment file. Names (the deployment's and each arm's) are
- * 1..NBX_DEPLOYMENT_NAME_MAX bytes of [A-Za-z0-9_.-]: they travel in
- * decision ids and metric labels. */
+ * 1..NBX_DEPLOYMENT_NAME_MAX bytes of [A-Za-z0-9_.-], the deployment's
+ * without '.': they travel in decision ids (UUID.DEPLOYMENT.ARM, split at
+ * the first dot after the UUID) and metric labels. */
 #define NBX_DEPLOYMENT_NAME_MAX 64
 #define NBX_DEPLOYMENT_ARMS_MAX 16
 #define NBX_DEPLOYMENT_SHADOW_MAX 8

@@ -192,6 +192,15 @@ Test(deployment, refuses_bad_names)
     snprintf(longname, sizeof longname, "{\"name\":\"%065d\",\"salt\":\"s\",\"arms\":[" ARM_A "]}",
              0);
     REFUSED(longname, NBX_EPARSE, "field 'name'", "1 to 64");
+    /* decision ids are UUID.DEPLOYMENT.ARM: a dot may be in an arm's name
+     * only, or the id could not be split */
+    REFUSED("{\"name\":\"q4.b\",\"salt\":\"s\",\"arms\":[" ARM_A "]}", NBX_EPARSE, "field 'name'",
+            "must not contain '.'");
+    nbx_deployment *d =
+        load_ok("{\"name\":\"q4\",\"salt\":\"s\",\"arms\":[{\"name\":\"v1.2\",\"policy\":"
+                "\"a.lua\",\"percent\":100}]}");
+    cr_assert_str_eq(d->arms[0].name, "v1.2");
+    nbx_deployment_unref(d);
     REFUSED("{\"name\":\"r\",\"salt\":\"s\",\"arms\":[{\"name\":\"a/b\",\"policy\":\"a.lua\","
             "\"percent\":100}]}",
             NBX_EPARSE, "arms[0]", "field 'name'");
