@@ -154,30 +154,6 @@ static void write_actions(nbx_buf *b, const nbx_result *r)
     nbx_jw_decimal(b, r->expected_margin);
 }
 
-/* "arm" (null without a deployment), "assigned" when a kill moved the
- * customer, "deployment" {name, version} or null; names are
- * [A-Za-z0-9_.-]: nothing to escape. */
-static void write_deployment(nbx_buf *b, const nbx_result *r)
-{
-    if (!r->deployment) {
-        nbx_buf_puts(b, ",\"arm\":null,\"deployment\":null");
-        return;
-    }
-    nbx_buf_puts(b, ",\"arm\":\"");
-    nbx_buf_puts(b, r->arm);
-    nbx_buf_putc(b, '"');
-    if (strcmp(r->arm, r->assigned) != 0) {
-        nbx_buf_puts(b, ",\"assigned\":\"");
-        nbx_buf_puts(b, r->assigned);
-        nbx_buf_putc(b, '"');
-    }
-    nbx_buf_puts(b, ",\"deployment\":{\"name\":\"");
-    nbx_buf_puts(b, r->deployment->name);
-    nbx_buf_puts(b, "\",\"version\":\"");
-    nbx_buf_puts(b, r->deployment->version_hex);
-    nbx_buf_puts(b, "\"}");
-}
-
 static void write_exclusions(nbx_buf *b, const nbx_result *r, size_t n_cand)
 {
     nbx_buf_printf(b, ",\"candidates\":%zu,\"exclusions\":{", n_cand);
@@ -220,7 +196,9 @@ void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_st
     nbx_jw_time(b, v->now_ms);
     nbx_buf_puts(b, ",\"customer\":");
     nbx_jw_string(b, req->customer, strlen(req->customer));
-    write_deployment(b, r);
+    nbx_result_write_arm(b, r);
+    if (!r->deployment)
+        nbx_buf_puts(b, ",\"deployment\":null");
     /* null for the control treatment: no policy ran */
     nbx_buf_puts(b, ",\"policy\":");
     nbx_result_write_policy(b, r->policy);

@@ -1223,12 +1223,14 @@ typedef struct nbx_result_view {
 /* Write r->json (docs/decisions.md, "The result"); r->json.oom on failure. */
 void nbx_result_write(nbx_result *r, const nbx_result_view *v);
 /* Pieces the audit line writes as the result does: an action's or a
- * candidate's opening fields ({"offer",..,"expected_margin":..), a policy
- * ({"name","version"} or null), "actions":[...] with probabilities, the
+ * candidate's opening fields ({"offer",..,"expected_margin":..), the
+ * "deployment", "arm" (null without a deployment) and "assigned" (when a
+ * kill moved the customer) fields, a policy ({"name","version"} or null), "actions":[...] with probabilities, the
  * error record of r->policy (kind_only: {"kind"} alone, for clients) and
  * the "shadow" array. */
 void nbx_result_write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
                              double expected_margin);
+void nbx_result_write_arm(nbx_buf *b, const nbx_result *r);
 void nbx_result_write_policy(nbx_buf *b, const nbx_policy *pol);
 void nbx_result_write_actions(nbx_buf *b, const nbx_action *actions, size_t n);
 void nbx_result_write_error(nbx_buf *b, const nbx_result *r, bool kind_only);

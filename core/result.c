@@ -122,6 +122,27 @@ static void write_candidate(nbx_buf *b, const nbx_result *r, const nbx_result_vi
     nbx_buf_putc(b, '}');
 }
 
+void nbx_result_write_arm(nbx_buf *b, const nbx_result *r)
+{
+    if (!r->deployment) {
+        nbx_buf_puts(b, ",\"arm\":null");
+        return;
+    }
+    /* names are [A-Za-z0-9_.-]: nothing to escape */
+    nbx_buf_puts(b, ",\"deployment\":{\"name\":\"");
+    nbx_buf_puts(b, r->deployment->name);
+    nbx_buf_puts(b, "\",\"version\":\"");
+    nbx_buf_puts(b, r->deployment->version_hex);
+    nbx_buf_puts(b, "\"},\"arm\":\"");
+    nbx_buf_puts(b, r->arm);
+    nbx_buf_putc(b, '"');
+    if (strcmp(r->arm, r->assigned) != 0) {
+        nbx_buf_puts(b, ",\"assigned\":\"");
+        nbx_buf_puts(b, r->assigned);
+        nbx_buf_putc(b, '"');
+    }
+}
+
 /* {"name": ..., "version": ...}, or null for the control treatment. */
 void nbx_result_write_policy(nbx_buf *b, const nbx_policy *pol)
 {
@@ -193,23 +214,7 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
     nbx_buf_puts(b, r->decision_id);
     nbx_buf_puts(b, "\",\"customer\":");
     nbx_jw_string(b, req->customer, strlen(req->customer));
-    if (r->deployment) {
-        /* names are [A-Za-z0-9_.-]: nothing to escape */
-        nbx_buf_puts(b, ",\"deployment\":{\"name\":\"");
-        nbx_buf_puts(b, r->deployment->name);
-        nbx_buf_puts(b, "\",\"version\":\"");
-        nbx_buf_puts(b, r->deployment->version_hex);
-        nbx_buf_puts(b, "\"},\"arm\":\"");
-        nbx_buf_puts(b, r->arm);
-        nbx_buf_putc(b, '"');
-        if (strcmp(r->arm, r->assigned) != 0) {
-            nbx_buf_puts(b, ",\"assigned\":\"");
-            nbx_buf_puts(b, r->assigned);
-            nbx_buf_putc(b, '"');
-        }
-    } else {
-        nbx_buf_puts(b, ",\"arm\":null");
-    }
+    nbx_result_write_arm(b, r);
     nbx_buf_puts(b, ",\"policy\":");
     nbx_result_write_policy(b, r->policy);
     nbx_buf_puts(b, ",\"catalog_version\":\"");
