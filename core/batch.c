@@ -167,7 +167,7 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
     if (o->window > NBX_BATCH_WINDOW_MAX)
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: window is %zu, the limit is %u",
                            o->window, NBX_BATCH_WINDOW_MAX);
-    if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD))
+    if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_AUDIT))
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: unknown flags 0x%x", o->flags);
     if (o->now_ms < NBX_TIME_MIN_MS || o->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL,
@@ -255,6 +255,8 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         }
         it->json = NULL;
         it->json_len = 0;
+        it->audit = NULL;
+        it->audit_len = 0;
         it->decision_id = "";
         it->policy_error = NULL;
         it->actions = NULL;
@@ -272,11 +274,17 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         s->actions_cap = n;
     }
     /* Offsets first: the buffer may move while it grows. */
-    size_t json_len = 0;
+    size_t json_len = 0, audit_len = 0;
     const char *json = nbx_result_json(r, &json_len);
+    const char *audit = nbx_result_audit_json(r, &audit_len);
     const char *perr = nbx_result_error(r);
     nbx_buf_append(o, json, json_len);
     nbx_buf_putc(o, '\0');
+    size_t audit_at = o->len;
+    if (audit) {
+        nbx_buf_append(o, audit, audit_len);
+        nbx_buf_putc(o, '\0');
+    }
     size_t id_at = o->len;
     nbx_buf_puts(o, nbx_result_decision_id(r));
     nbx_buf_putc(o, '\0');
@@ -316,6 +324,8 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
     it->errmsg = "";
     it->json = o->data;
     it->json_len = json_len;
+    it->audit = audit ? o->data + audit_at : NULL;
+    it->audit_len = audit_len;
     it->decision_id = o->data + id_at;
     it->policy_error = perr ? o->data + perr_at : NULL;
     it->arm = arm ? o->data + arm_at : NULL;

@@ -308,6 +308,7 @@ NBX_API void nbx_ctx_close(nbx_ctx *c)
     nbx_arena_free(&c->arena);
     nbx_buf_free(&c->scratch);
     nbx_buf_free(&c->result.json);
+    nbx_buf_free(&c->result.audit);
     free(c);
 }
 
@@ -322,6 +323,16 @@ static int ctx_fail(nbx_ctx *c, const nbx_err *e)
 {
     c->err = *e;
     return nbx_publish(c, e);
+}
+
+int nbx_ctx_fail(nbx_ctx *c, const nbx_err *e)
+{
+    return ctx_fail(c, e);
+}
+
+nbx_engine *nbx_ctx_engine(const nbx_ctx *c)
+{
+    return c->engine;
 }
 
 /* ========================================================================
@@ -414,7 +425,8 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
         e->code = NBX_EINVAL;
         return nbx_err_prefix(e, "customer: ");
     }
-    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_ERROR_KIND_ONLY))
+    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_ERROR_KIND_ONLY |
+                               NBX_DECIDE_AUDIT))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
     /* Misuse, answered whether or not this decision would choose anything. */
     if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
@@ -944,6 +956,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         *out = NULL;
     if (!c || !out)
         return nbx_fail(c, NBX_EINVAL, "nbx_decide: NULL argument");
+    nbx_result *r = &c->result;
+    nbx_buf_reset(&r->audit);
     nbx_err e = {0};
     int rc = ctx_refresh(c, &e);
     if (rc == NBX_OK)
@@ -951,7 +965,6 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     if (rc)
         return ctx_fail(c, &e);
 
-    nbx_result *r = &c->result;
     r->n_actions = 0;
     r->actions = c->actions;
     r->fallback = r->anonymous = r->has_error = false;
@@ -975,14 +988,22 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     }
     nbx_profile profile = {.id = customer};
     rc = load_profile(c, req, &profile, &e);
+    size_t given_len;
+    nbx_audit_state audit = {.profile = request_profile(req, &given_len) ? NBX_AUDIT_PROFILE_REQUEST
+                                                                         : NBX_AUDIT_PROFILE_STORE,
+                             .profile_updated_at = profile.updated_at};
     if (rc == NBX_ENOTFOUND) {
         memset(&profile, 0, sizeof profile);
         profile.id = customer;
         r->anonymous = true;
+        audit.profile = NBX_AUDIT_PROFILE_NONE;
         rc = NBX_OK;
     }
     if (rc == NBX_OK)
         rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
+    /* what replay will compare: the counters this decision read */
+    if (rc == NBX_OK && (req->flags & NBX_DECIDE_AUDIT))
+        rc = nbx_audit_exposures(store, c->txn, customer, &audit.exposures, &e);
     if (rc) {
         if (c->txn)
             mdb_txn_reset(c->txn);
@@ -1041,6 +1062,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
+    r->catalog = c->snap->catalog;
     nbx_result_view view = {.req = req,
                             .catalog = c->snap->catalog,
                             .caps = &c->caps,
@@ -1050,7 +1072,9 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     if ((req->flags & NBX_DECIDE_EXPLAIN) && sb)
         view.n_log = nbx_sandbox_log(sb, &view.log, &view.log_dropped);
     nbx_result_write(r, &view);
-    if (r->json.oom) {
+    if (req->flags & NBX_DECIDE_AUDIT)
+        nbx_audit_write(r, &view, &audit);
+    if (r->json.oom || r->audit.oom) {
         nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");
         return ctx_fail(c, &e);
     }

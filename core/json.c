@@ -550,12 +550,22 @@ void nbx_jw_string(nbx_buf *b, const char *s, size_t n)
     const unsigned char *run = p;
     while (p < end) {
         unsigned char c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f) {
             p++;
             continue;
         }
         if (c >= 0x80) {
             size_t k = nbx_utf8_len(p, end);
+            /* C1 controls (U+0080..U+009F) are valid JSON as they are, but
+             * a terminal showing the text may obey them: escaped, as C0 */
+            if (k == 2 && c == 0xC2 && p[1] < 0xA0) {
+                nbx_buf_append(b, run, (size_t)(p - run));
+                char u[6] = {'\\', 'u', '0', '0', hex[p[1] >> 4], hex[p[1] & 15]};
+                nbx_buf_append(b, u, 6);
+                p += 2;
+                run = p;
+                continue;
+            }
             if (k) {
                 p += k;
                 continue;
@@ -579,7 +589,7 @@ void nbx_jw_string(nbx_buf *b, const char *s, size_t n)
             nbx_buf_append(b, "\\t", 2);
             break;
         default:
-            if (c < 0x20) {
+            if (c < 0x20 || c == 0x7f) {
                 char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
                 nbx_buf_append(b, u, 6);
             } else {

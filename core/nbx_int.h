@@ -1217,6 +1217,10 @@ struct nbx_result {
     nbx_policy_error fault;
     uint32_t exclusions[NBX_EXCLUDED_COUNT];
     double expected_margin;
+    nbx_buf audit; /* NBX_DECIDE_AUDIT: the audit line (audit.c); len 0 otherwise */
+    /* the catalog decided on: the context's snapshot holds it as long as
+     * the result */
+    const nbx_catalog *catalog;
 };
 
 /* What the result JSON is written from: the decision as the pipeline
@@ -1235,6 +1239,48 @@ typedef struct nbx_result_view {
 
 /* Write r->json (docs/decisions.md, "The result"); r->json.oom on failure. */
 void nbx_result_write(nbx_result *r, const nbx_result_view *v);
+/* Pieces the audit line writes as the result does: an action's or a
+ * candidate's opening fields ({"offer",..,"expected_margin":..), the
+ * "deployment", "arm" (null without a deployment) and "assigned" (when a
+ * kill moved the customer) fields, a policy ({"name","version"} or null), "actions":[...] with probabilities, the
+ * error record of r->policy (kind_only: {"kind"} alone, for clients) and
+ * the "shadow" array. */
+void nbx_result_write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement, double score,
+                             double expected_margin);
+void nbx_result_write_arm(nbx_buf *b, const nbx_result *r);
+void nbx_result_write_policy(nbx_buf *b, const nbx_policy *pol);
+void nbx_result_write_actions(nbx_buf *b, const nbx_action *actions, size_t n);
+void nbx_result_write_error(nbx_buf *b, const nbx_result *r, bool kind_only);
+void nbx_result_write_shadows(nbx_buf *b, const nbx_result *r, bool kind_only);
+
+/* ========================================================================
+ * Audit lines (audit.c): one JSON line per decision, docs/experiments.md
+ * ======================================================================== */
+
+/* The audit line's format version (its "audit" field): replay reads lines
+ * of this version and older. */
+#define NBX_AUDIT_FORMAT 1
+
+/* What the decision read that may change after it: replay compares it with
+ * what the store holds then, to say why a decision came out differently. */
+enum nbx_audit_profile {
+    NBX_AUDIT_PROFILE_NONE = 0, /* no profile: an anonymous visitor */
+    NBX_AUDIT_PROFILE_STORE,    /* the store's */
+    NBX_AUDIT_PROFILE_REQUEST   /* the request's profile_json */
+};
+typedef struct nbx_audit_state {
+    uint8_t profile;            /* nbx_audit_profile */
+    int64_t profile_updated_at; /* the stored profile's updated_at */
+    uint64_t exposures;         /* hash of the customer's counter rows (keys and values); 0:
+                                   none */
+} nbx_audit_state;
+
+/* The hash of the customer's exposure counter rows in txn (one cursor
+ * range, as eligibility reads them): any event recorded for the customer
+ * since changes it. */
+int nbx_audit_exposures(nbx_store *s, MDB_txn *txn, nbx_sv customer, uint64_t *out, nbx_err *e);
+/* Write r->audit from the decision; r->audit.oom on failure. */
+void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_state *st);
 
 /* ========================================================================
  * Engine and decisions (engine.c, decide.c)
@@ -1281,6 +1327,12 @@ void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
 
 /* trial.c: nbx_engine_trial() with its message in e. */
 int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e);
+
+/* The context's engine; a failure recorded as the context's message
+ * (nbx_ctx_errmsg()) and the thread's, for entry points outside decide.c
+ * that work on a context (replay.c). Returns e->code. */
+nbx_engine *nbx_ctx_engine(const nbx_ctx *c);
+int nbx_ctx_fail(nbx_ctx *c, const nbx_err *e);
 
 /* Count this context's decisions against a planning batch's budgets (NULL:
  * stop); the plan must outlive the context's use of it. Applies while the

@@ -772,7 +772,11 @@ enum nbx_decide_flags {
      * the policy's name, file, line and message: for results shown to
      * clients (the nginx module unless nbx_explain is on). nbx_result_error()
      * still gives the message. nbx_decide() only, not batches. */
-    NBX_DECIDE_ERROR_KIND_ONLY = 0x4
+    NBX_DECIDE_ERROR_KIND_ONLY = 0x4,
+    /** Also write the decision's audit line (nbx_result_audit_json()):
+     * what an audit log keeps and `nbx audit replay` reads. Without it no
+     * audit line is written: a caller that does not log pays nothing. */
+    NBX_DECIDE_AUDIT = 0x8
 };
 
 /** Limits on one request. */
@@ -1001,6 +1005,13 @@ NBX_API const char *nbx_result_deployment(const nbx_result *r, const char **vers
  */
 NBX_API const char *nbx_result_policy(const nbx_result *r, const char **version);
 
+/**
+ * @brief The version of the catalog the decision was made on (16 hex
+ * digits, as "catalog_version" in the result JSON).
+ * @return owned by the result; NULL for r NULL.
+ */
+NBX_API const char *nbx_result_catalog_version(const nbx_result *r);
+
 /** @brief Sum of expected_margin over the actions. */
 NBX_API double nbx_result_expected_margin(const nbx_result *r);
 
@@ -1085,7 +1096,7 @@ typedef struct nbx_batch_options {
                                         the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
                                         NBX_DECIDE_RECORD (needs a read-write engine;
-                                        see nbx_batch_open()) */
+                                        see nbx_batch_open()), NBX_DECIDE_AUDIT */
     uint32_t shard_count;          /**< 0: decide every customer submitted; else only those
                                         with nbx_shard_of(id, shard_count) == shard_index */
     uint32_t shard_index;          /**< 0..shard_count-1 */
@@ -1118,6 +1129,10 @@ typedef struct nbx_batch_item {
                                      when status is not NBX_OK (added in 0.2) */
     const char *policy_version; /**< of nbx_result_policy(): NULL for the control
                                      treatment or when status is not NBX_OK */
+    const char *audit;          /**< nbx_result_audit_json(), with NBX_DECIDE_AUDIT in the
+                                     options' flags; NULL without it, or when status is
+                                     not NBX_OK */
+    size_t audit_len;
 } nbx_batch_item;
 
 /** Totals over the items nbx_batch_next() has handed back. */
@@ -1390,6 +1405,67 @@ NBX_API uint32_t nbx_assign_bucket(const char *salt, size_t salt_len, const char
  */
 NBX_API const char *nbx_deployment_assign(const nbx_deployment *d, const char *customer,
                                           size_t len);
+
+/* ========================================================================
+ * Audit log and replay
+ *
+ * A decision made with NBX_DECIDE_AUDIT carries its audit line: one JSON
+ * object, without a line break, holding what is needed to audit the
+ * decision and to make it again (docs/experiments.md, "The audit log"):
+ * its id and clock (`as_of`), the customer, the arm and deployment, the
+ * policy and catalog versions, the request's session fields and
+ * placements, the actions with score, expected margin and probability,
+ * the exclusions by reason, fallback and error, and what the decision
+ * read that may change later (`state`: the profile's updated_at, a hash of
+ * the customer's exposure counters). Text from requests and policies is
+ * JSON-escaped, control characters (C0, DEL, C1) included, so a line is
+ * safe to write to a log as it is. `nbx decide --log`, `nbx batch --log`,
+ * the Python binding's log= and nginx's $nbx_decision write it.
+ * ======================================================================== */
+
+/**
+ * @brief The decision's audit line.
+ * @param[out] len if not NULL, its length (0 when there is none).
+ * @return NUL-terminated JSON without a line break, owned by the result
+ *   and valid as long as it is; NULL when r is NULL or the decision was
+ *   made without NBX_DECIDE_AUDIT.
+ * @note Like the result, belongs to the context's thread.
+ */
+NBX_API const char *nbx_result_audit_json(const nbx_result *r, size_t *len);
+
+/**
+ * @brief Make a logged decision again and say whether it is the same.
+ *
+ * The decision of one audit line (as nbx_result_audit_json() wrote it; on a
+ * line of another log, the JSON object that ends the line) is made again on
+ * the context, at the line's `as_of`, with its customer, session fields and
+ * placements, with the engine's policy, catalog and deployment and the
+ * store as they are now, recording nothing. The two decisions are compared
+ * (arm, deployment, policy and catalog versions, actions with their scores,
+ * margins and probabilities, fallback, error, anonymous, exclusions),
+ * and what changed since is looked up: the policy, catalog, deployment or
+ * arm; the profile (its updated_at differs from the one the decision read);
+ * the customer's exposure counters (events recorded since; the decision's
+ * own recorded impressions, DECISION_ID:N, are named apart); the daily
+ * budgets. The report is one JSON object (docs/experiments.md, "Replay"):
+ * {"decision_id", "customer", "as_of", "identical": bool, "differences":
+ * [field, ...], "reasons": [{"reason": ..., ...}, ...], "replayed": the new
+ * decision's audit line, or "replay_error": why it could not be made}.
+ *
+ * @param ctx a context of the engine to replay with (its decision is
+ *   replaced, as by nbx_decide()).
+ * @param line, len the audit line (need not end in NUL).
+ * @param[out] report malloc'd NUL-terminated JSON, free with nbx_free().
+ * @param[out] report_len if not NULL, its length.
+ * @return NBX_OK (also when the decisions differ, or the decision cannot
+ *   be made any more: see the report); NBX_EINVAL (NULL argument);
+ *   NBX_EPARSE (not an audit line: nbx_ctx_errmsg() names the field);
+ *   NBX_ELIMIT (len > NBX_LINE_MAX); NBX_ECORRUPT, NBX_ESTORE (reading the
+ *   customer's records); NBX_ENOMEM.
+ * @note The context belongs to one thread at a time.
+ */
+NBX_API int nbx_audit_replay(nbx_ctx *ctx, const char *line, size_t len, char **report,
+                             size_t *report_len);
 
 #ifdef __cplusplus
 }

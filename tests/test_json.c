@@ -133,6 +133,12 @@ Test(json, writer_round_trips_numbers_and_escapes)
     nbx_jw_string(&b, "q\"\\\n\x01\xff", 6);
     nbx_buf_terminate(&b);
     cr_assert_str_eq(b.data, "\"q\\\"\\\\\\n\\u0001\\ufffd\"");
+    /* DEL and the C1 controls (U+0080..U+009F) are escaped too: a terminal
+     * may obey them; other characters of two bytes stay as they are */
+    nbx_buf_reset(&b);
+    nbx_jw_string(&b, "a\x7f\xc2\x9b\xc2\xa0\xc3\xa9", 8);
+    nbx_buf_terminate(&b);
+    cr_assert_str_eq(b.data, "\"a\\u007f\\u009b\xc2\xa0\xc3\xa9\"");
     nbx_buf_free(&b);
 }
 

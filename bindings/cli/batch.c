@@ -50,6 +50,7 @@ const cli_flag cli_batch_flags[] = {
     {"commit-exposures", CLI_ALIAS, "record", NULL, 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded (jsonl)", 0, 0},
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
+    CLI_FLAG_LOG,
     {"max-fallback-rate", CLI_STRING, "R",
      "share of decisions (0 to 1) that may fall back before the exit status is 3 (default 0)", 0,
      0},
@@ -89,6 +90,11 @@ const char cli_batch_details[] =
     "exactly once. A rerun with different parameters is refused; a rerun of a\n"
     "finished run does nothing; a rerun while the first still runs waits for it\n"
     "(FILE.lock). SIGINT and SIGTERM stop at a checkpoint.\n"
+    "\n"
+    "--log FILE appends each decision's audit line to FILE, in input order, as\n"
+    "nbx decide --log does (docs/experiments.md); with --checkpoint the log is\n"
+    "committed and resumed with the output. A log that cannot be written stops\n"
+    "the run (exit status 1).\n"
     "\n"
     "--shard I/N keeps the customers whose xxh64(id, seed 0) mod N is I, so N runs\n"
     "with I = 0..N-1 cover every customer once. A progress bar is shown when\n"
@@ -606,6 +612,13 @@ static int take_one(run *r)
         if (ferror(r->out))
             return cli_error(r->cmd, "writing %s: %s", r->out_path ? r->out_path : "output",
                              strerror(errno));
+        if (r->log) {
+            fwrite(it->audit, 1, it->audit_len, r->log);
+            fputc('\n', r->log);
+            r->log_bytes += it->audit_len + 1;
+            if (ferror(r->log))
+                return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+        }
     }
     r->last = *p;
     snprintf(r->last_id, sizeof r->last_id, "%s", it->customer);
@@ -845,7 +858,7 @@ static bool same_file(const named_file *a, const named_file *b)
 static int check_distinct_files(run *r)
 {
     char *store_data = NULL;
-    named_file files[10];
+    named_file files[11];
     size_t n = 0;
     memset(files, 0, sizeof files);
     if (r->out_path)
@@ -862,6 +875,8 @@ static int check_distinct_files(run *r)
     }
     if (r->summary_path)
         files[n++] = (named_file){.what = "--summary", .path = r->summary_path, .written = true};
+    if (r->log_path)
+        files[n++] = (named_file){.what = "--log", .path = r->log_path, .written = true};
     if (r->customers_path && strcmp(r->customers_path, "-") != 0)
         files[n++] = (named_file){.what = "--customers", .path = r->customers_path};
     files[n++] = (named_file){.what = "--catalog", .path = r->catalog_path};
@@ -915,6 +930,7 @@ static int parse_parameters(run *r)
     r->out_path = cli_string(args, "out", NULL);
     r->checkpoint_path = cli_string(args, "checkpoint", NULL);
     r->summary_path = cli_string(args, "summary", NULL);
+    r->log_path = cli_string(args, "log", NULL);
     r->record = cli_has(args, "record");
     r->explain = cli_has(args, "explain");
     r->checkpoint_every = cli_uint(args, "checkpoint-every", 100000);
@@ -1031,6 +1047,42 @@ static int open_output(run *r, const checkpoint *ck, bool resume)
     return CLI_OK;
 }
 
+/* Open --log to append to, or on a resume cut it back to what the
+ * checkpoint committed: lines written after it are written again. */
+static int open_log(run *r, const checkpoint *ck, bool resume)
+{
+    int fd = cli_log_open(r->cmd, r->log_path);
+    if (fd < 0)
+        return CLI_FAIL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+    }
+    r->log_bytes = (uint64_t)st.st_size;
+    if (resume) {
+        if (r->log_bytes < ck->log_offset) {
+            close(fd);
+            return cli_error(r->cmd,
+                             "--log %s is shorter than the %" PRIu64 " bytes %s says were "
+                             "written; delete %s to start over",
+                             r->log_path, ck->log_offset, r->checkpoint_path, r->checkpoint_path);
+        }
+        if (ftruncate(fd, (off_t)ck->log_offset) != 0) {
+            close(fd);
+            return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+        }
+        r->log_bytes = ck->log_offset;
+    }
+    r->log = fdopen(fd, "a");
+    if (!r->log) {
+        close(fd);
+        return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
+    }
+    setvbuf(r->log, NULL, _IOFBF, 1 << 20);
+    return CLI_OK;
+}
+
 static int open_input(run *r, const checkpoint *ck, bool resume)
 {
     if (r->all) {
@@ -1085,7 +1137,8 @@ static int open_batch(run *r)
     o.session = r->session;
     o.n_session = r->n_session;
     o.now_ms = r->as_of;
-    o.flags = (r->record ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u);
+    o.flags = (r->record ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u) |
+              (r->log ? NBX_DECIDE_AUDIT : 0u);
     o.shard_count = r->shard_count;
     o.shard_index = r->shard_index;
     int rc = nbx_batch_open(r->engine, &o, &r->batch);
@@ -1118,6 +1171,8 @@ static void release(run *r)
         reader_close(&r->in);
     if (r->out && r->out != stdout)
         fclose(r->out);
+    if (r->log)
+        fclose(r->log);
     free(r->ring);
     checkpoint_unlock(r);
     free(r->checkpoint_tmp);
@@ -1171,6 +1226,8 @@ int cli_run_batch(cli_args *args)
         rc = open_input(&r, &ck, resume);
     if (rc == CLI_OK)
         rc = open_output(&r, &ck, resume);
+    if (rc == CLI_OK && r.log_path)
+        rc = open_log(&r, &ck, resume);
     if (rc == CLI_OK)
         rc = open_batch(&r);
     free(ck.text);
@@ -1185,7 +1242,14 @@ int cli_run_batch(cli_args *args)
      * taken before any customer of this run is written. */
     r.last.malformed = 0;
     r.last.other_shard = 0;
-    rc = r.all ? feed_all_profiles(&r) : feed_customer_file(&r);
+    /* --log is appended to, not rewritten: a run killed before its first
+     * checkpoint would leave lines (and half a line) that its resumption,
+     * starting afresh, could not tell from older ones. A checkpoint before
+     * the first decision records where this run's lines begin. */
+    if (!resume && r.checkpoint_path && r.log)
+        rc = checkpoint_write(&r, &r.last, r.last_id, false);
+    if (rc == CLI_OK)
+        rc = r.all ? feed_all_profiles(&r) : feed_customer_file(&r);
     int drain_rc = drain(&r);
     if (rc == CLI_OK)
         rc = drain_rc;
@@ -1205,6 +1269,8 @@ int cli_run_batch(cli_args *args)
     if (rc == CLI_OK && fflush(r.out) != 0)
         rc =
             cli_error(r.cmd, "writing %s: %s", r.out_path ? r.out_path : "output", strerror(errno));
+    if (rc == CLI_OK && r.log && fflush(r.log) != 0)
+        rc = cli_error(r.cmd, "--log %s: %s", r.log_path, strerror(errno));
     if (rc == CLI_OK && r.checkpoint_path)
         rc = checkpoint_write(&r, &end, r.last_id, complete);
 

@@ -73,7 +73,7 @@ typedef struct run {
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
     const char *deployment_path;
     char deployment_version[17]; /* "" without --deployment */
-    const char *checkpoint_path, *summary_path;
+    const char *checkpoint_path, *summary_path, *log_path;
     char *checkpoint_tmp;  /* checkpoint_path + ".tmp", where it is written first */
     char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */
     int lock_fd;           /* -1: no lock held */
@@ -93,6 +93,8 @@ typedef struct run {
     nbx_iter *iter;
     reader in;
     FILE *out;
+    FILE *log;          /* --log: audit lines */
+    uint64_t log_bytes; /* the log file's size once the lines written are flushed */
     position *ring;
     size_t window;
     /* progress */
@@ -125,6 +127,8 @@ typedef struct checkpoint {
     char *text; /* owns the strings below */
     bool complete;
     uint64_t output_offset, input_offset, input_line;
+    uint64_t log_offset;
+    bool have_log_offset;
     uint64_t input_hash;
     bool have_input_hash;
     const char *after_id;

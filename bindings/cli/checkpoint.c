@@ -132,6 +132,13 @@ static void write_params(run *r, FILE *f)
     fprintf(f, "\nformat %s\ncommit_exposures %d\nexplain %d\nout ", r->csv ? "csv" : "jsonl",
             r->record, r->explain);
     put_encoded(f, out ? out : "");
+    /* only with --log: checkpoints of runs without it read as before */
+    if (r->log_path) {
+        char *log = absolute_path(r->log_path);
+        fprintf(f, "\nlog ");
+        put_encoded(f, log ? log : "");
+        free(log);
+    }
     /* The policy's limits change decisions too: a decision that runs out of
      * time or memory falls back. */
     fprintf(f, "\ntime_limit_us %" PRIu64 "\nmemory_limit %" PRIu64,
@@ -226,6 +233,8 @@ int checkpoint_write(run *r, const position *p, const char *after_id, bool compl
 {
     if (fflush(r->out) != 0 || fdatasync(fileno(r->out)) != 0)
         return cli_error(r->cmd, "%s: %s", r->out_path, strerror(errno));
+    if (r->log && (fflush(r->log) != 0 || fdatasync(fileno(r->log)) != 0))
+        return cli_error(r->cmd, "--log %s: %s", r->log_path, strerror(errno));
     const char *tmp = r->checkpoint_tmp;
     FILE *f = fopen(tmp, "w");
     if (!f)
@@ -246,6 +255,8 @@ int checkpoint_write(run *r, const position *p, const char *after_id, bool compl
             "complete %d\noutput_offset %" PRIu64 "\ninput_offset %" PRIu64 "\ninput_line %" PRIu64
             "\n",
             complete, r->out_bytes, p->input_offset, p->input_line);
+    if (r->log)
+        fprintf(f, "log_offset %" PRIu64 "\n", r->log_bytes);
     if (r->all)
         fprintf(f, "input_hash -\n");
     else
@@ -475,6 +486,8 @@ int checkpoint_load(run *r, checkpoint *ck, bool *found)
             ok = parse_u64(value, &ck->input_offset);
         else if (strcmp(line, "input_line") == 0)
             ok = parse_u64(value, &ck->input_line);
+        else if (strcmp(line, "log_offset") == 0)
+            ok = parse_u64(value, &ck->log_offset), ck->have_log_offset = true;
         else if (strcmp(line, "input_hash") == 0)
             ok = parse_input_hash(value, ck);
         else if (strcmp(line, "after_id") == 0)
@@ -488,7 +501,8 @@ int checkpoint_load(run *r, checkpoint *ck, bool *found)
     }
     free(mine);
     if (rc == CLI_OK &&
-        (!header || mine_line || !have_offsets || (!r->all && !ck->have_input_hash)))
+        (!header || mine_line || !have_offsets || (!r->all && !ck->have_input_hash) ||
+         (r->log_path && !ck->have_log_offset)))
         rc = cli_error(r->cmd, "%s: truncated checkpoint", r->checkpoint_path);
     if (rc == CLI_OK)
         *found = true;

@@ -9,7 +9,9 @@
  *
  * Exit codes: CLI_OK (0) success, CLI_FAIL (1) runtime failure, CLI_USAGE (2)
  * usage error, CLI_FALLBACKS (3) every decision made but some fell back to the
- * fallback decision (nbx batch, beyond --max-fallback-rate).
+ * fallback decision (nbx batch, beyond --max-fallback-rate), CLI_DIFFERENT (4)
+ * every logged decision replayed but some came out differently (nbx audit
+ * replay, without --allow-different).
  */
 #ifndef NBX_CLI_H
 #define NBX_CLI_H
@@ -25,6 +27,7 @@
 #define CLI_FAIL 1
 #define CLI_USAGE 2
 #define CLI_FALLBACKS 3
+#define CLI_DIFFERENT 4
 
 #define CLI_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
@@ -51,7 +54,7 @@ typedef struct cli_flag {
     uint64_t min, max; /* CLI_UINT and CLI_BYTES; max 0 means UINT64_MAX */
 } cli_flag;
 
-#define CLI_FLAGS_MAX 24
+#define CLI_FLAGS_MAX 32
 #define CLI_POSITIONALS_MAX 64
 
 typedef struct cli_value {
@@ -195,6 +198,23 @@ int cli_run_catalog_check(cli_args *args);
 int cli_run_gen_profiles(cli_args *args);
 int cli_run_gen_events(cli_args *args);
 int cli_run_gen_catalog(cli_args *args);
+
+/* audit.c: the audit log (--log FILE) and nbx audit replay */
+/* clang-format off */
+#define CLI_FLAG_LOG                                                                               \
+    {"log", CLI_STRING, "FILE", "append each decision's audit line to FILE (JSONL)", 0, 0}
+/* clang-format on */
+/* Open FILE to append audit lines to (created 0644 if missing): before
+ * anything is decided, so a log that cannot be written stops the command
+ * first. Returns the descriptor, or -1 after printing why, naming FILE. */
+int cli_log_open(const cli_command *cmd, const char *path);
+/* Append one audit line and its line break with one write(), so lines of
+ * processes appending to the same file never interleave. CLI_OK, or
+ * CLI_FAIL after printing why, naming FILE. */
+int cli_log_append(const cli_command *cmd, const char *path, int fd, const char *line, size_t len);
+extern const cli_flag cli_audit_replay_flags[];
+extern const char cli_audit_replay_details[];
+int cli_run_audit_replay(cli_args *args);
 
 /* batch.c: its flag table and help text live with it */
 extern const cli_flag cli_batch_flags[];

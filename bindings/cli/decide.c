@@ -3,8 +3,10 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ========================================================================
  * decide
@@ -57,6 +59,10 @@ int cli_run_decide(cli_args *args)
     nbx_engine *engine = NULL;
     nbx_ctx *ctx = NULL;
     int exit_code = CLI_FAIL;
+    const char *log_path = cli_string(args, "log", NULL);
+    int log_fd = log_path ? cli_log_open(args->cmd, log_path) : -1;
+    if (log_path && log_fd < 0)
+        return CLI_FAIL;
     rc = nbx_engine_open(&opts, &engine);
     if (rc != NBX_OK) {
         cli_nbx_error(args->cmd, rc, nbx_last_errmsg());
@@ -77,8 +83,8 @@ int cli_run_decide(cli_args *args)
     req.session = session;
     req.n_session = n_session;
     req.now_ms = cli_time(args, "as-of", 0);
-    req.flags =
-        (cli_has(args, "explain") ? NBX_DECIDE_EXPLAIN : 0u) | (record ? NBX_DECIDE_RECORD : 0u);
+    req.flags = (cli_has(args, "explain") ? NBX_DECIDE_EXPLAIN : 0u) |
+                (record ? NBX_DECIDE_RECORD : 0u) | (log_path ? NBX_DECIDE_AUDIT : 0u);
 
     const nbx_result *result = NULL;
     rc = nbx_decide(ctx, &req, &result);
@@ -92,12 +98,20 @@ int cli_run_decide(cli_args *args)
         cli_error(args->cmd, "the decision produced no result");
         goto done;
     }
+    if (log_path) {
+        size_t audit_len = 0;
+        const char *audit = nbx_result_audit_json(result, &audit_len);
+        if (cli_log_append(args->cmd, log_path, log_fd, audit, audit_len) != CLI_OK)
+            goto done;
+    }
     fwrite(json, 1, len, stdout);
     putchar('\n');
     exit_code = CLI_OK;
 done:
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
+    if (log_fd >= 0 && close(log_fd) != 0 && exit_code == CLI_OK)
+        exit_code = cli_error(args->cmd, "--log %s: %s", log_path, strerror(errno));
     return exit_code;
 }
 

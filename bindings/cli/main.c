@@ -92,6 +92,7 @@ static const cli_flag decide_flags[] = {
     CLI_FLAG_TIME_LIMIT,
     CLI_FLAG_MEMORY_LIMIT,
     {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
+    CLI_FLAG_LOG,
     CLI_FLAG_END,
 };
 
@@ -213,11 +214,16 @@ const cli_command cli_commands[] = {
      "catalog, policy or store is an error (exit status 1).\n"
      "With --deployment FILE instead of --policy, the customer's arm decides (the\n"
      "result says which: \"arm\"), the holdout gets the catalog's fallback actions,\n"
-     "and shadow policies decide beside (\"shadow\"). See docs/experiments.md.\n",
+     "and shadow policies decide beside (\"shadow\"). See docs/experiments.md.\n"
+     "--log FILE appends the decision's audit line to FILE (docs/experiments.md);\n"
+     "a log that cannot be written is an error (exit status 1, no result printed).\n",
      cli_run_decide},
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
      cli_batch_details, cli_run_batch},
+    {"audit", "replay", "LOGFILE", 1, 1, cli_audit_replay_flags,
+     "Make logged decisions again and report, per decision, identical or different and why.",
+     cli_audit_replay_details, cli_run_audit_replay},
     {"policy", "check", "FILE", 1, 1, cli_policy_check_flags,
      "Check that a policy file loads and, with --catalog, that it decides for every customer.",
      "Without --catalog: the file must compile, follow the sandbox's rules and run its top\n"

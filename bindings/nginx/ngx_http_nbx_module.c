@@ -40,6 +40,8 @@
 
 #include <nbx.h>
 
+#include "ngx_http_nbx.h"
+
 
 /* the largest catalog the library takes (NBX_CATALOG_FILE_MAX) */
 #define NGX_HTTP_NBX_FILE_MAX        (64 << 20)
@@ -114,6 +116,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                stores;        /* ngx_http_nbx_store_t * */
     ngx_array_t                engines;       /* ngx_http_nbx_engine_t * */
+    ngx_http_variable_t       *decision_var;  /* $nbx_decision */
 } ngx_http_nbx_main_conf_t;
 
 
@@ -147,6 +150,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_nbx_decide_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_nbx_decide(ngx_http_request_t *r);
 static ngx_int_t ngx_http_nbx_placements(ngx_http_request_t *r,
     ngx_array_t *placements, const char **err);
 static ngx_int_t ngx_http_nbx_session_fields(ngx_http_request_t *r,
@@ -195,6 +199,7 @@ static char *ngx_http_nbx_handler(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_http_nbx_engine_t *ngx_http_nbx_engine_conf(ngx_conf_t *cf,
     ngx_http_nbx_loc_conf_t *nlcf);
+static ngx_int_t ngx_http_nbx_preconfiguration(ngx_conf_t *cf);
 static void *ngx_http_nbx_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_nbx_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -342,7 +347,7 @@ static ngx_command_t  ngx_http_nbx_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_nbx_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_nbx_preconfiguration,         /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_nbx_create_main_conf,         /* create main configuration */
@@ -413,17 +418,33 @@ static ngx_str_t  ngx_http_nbx_placement_arg = ngx_string("placement");
 static ngx_int_t
 ngx_http_nbx_decide_handler(ngx_http_request_t *r)
 {
+    ngx_int_t  rc;
+
+    rc = ngx_http_nbx_decide(r);
+
+    /* requests answered without a decision, for nbx_metrics */
+    ngx_http_nbx_metrics_outcome(r, rc);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_nbx_decide(ngx_http_request_t *r)
+{
     int                       rc;
     size_t                    len;
     u_char                   *customer;
-    ngx_int_t                 status;
+    uint64_t                  start;
+    ngx_int_t                 status, metrics;
     ngx_str_t                 value;
     const char               *json, *err;
     nbx_request               req;
     ngx_array_t               placements, fields;
-    const nbx_result         *result;
-    ngx_http_nbx_engine_t    *engine;
-    ngx_http_nbx_loc_conf_t  *nlcf;
+    const nbx_result          *result;
+    ngx_http_nbx_engine_t     *engine;
+    ngx_http_nbx_loc_conf_t   *nlcf;
+    ngx_http_nbx_main_conf_t  *nmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return ngx_http_nbx_not_allowed(r, "GET, HEAD");
@@ -504,6 +525,16 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
         req.flags |= NBX_DECIDE_RECORD;
     }
 
+    /* the audit line is written only for a configuration that logs it */
+    nmcf = ngx_http_get_module_main_conf(r, ngx_http_nbx_module);
+
+    if (nmcf->decision_var->flags & NGX_HTTP_VAR_INDEXED) {
+        req.flags |= NBX_DECIDE_AUDIT;
+    }
+
+    metrics = ngx_http_nbx_metrics_enabled(r);
+    start = metrics ? ngx_http_nbx_metrics_clock() : 0;
+
     engine->log = r->connection->log;
     rc = nbx_decide(engine->ctx, &req, &result);
     engine->log = NULL;
@@ -512,8 +543,18 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
         return ngx_http_nbx_library_error(r, rc, engine, "nbx_decide()");
     }
 
+    if (metrics) {
+        ngx_http_nbx_metrics_decision(r, result,
+                                      ngx_http_nbx_metrics_clock() - start);
+    }
+
     json = nbx_result_json(result, &len);
     if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* for the variables: headers (add_header) and the access log */
+    if (ngx_http_nbx_keep_decision(r, result) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1839,6 +1880,22 @@ ngx_http_nbx_engine_conf(ngx_conf_t *cf, ngx_http_nbx_loc_conf_t *nlcf)
     *pe = engine;
 
     return engine;
+}
+
+
+static ngx_int_t
+ngx_http_nbx_preconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_nbx_main_conf_t  *nmcf;
+
+    nmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_nbx_module);
+
+    nmcf->decision_var = ngx_http_nbx_add_variables(cf);
+    if (nmcf->decision_var == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -13,6 +13,7 @@ source tree this package sits in, else the system's libnbx.so.0.
 See docs/batch.md for the API and an example job.
 """
 from . import _native
+from .audit import AuditLog
 from .engine import Engine, as_of_ms, assign_bucket, shard_of
 from .errors import (Corrupt, Error, InvalidArgument, IOFailure, LimitExceeded, NotFound,
                      OutOfMemory, ParseError, PolicyError, ReadOnly, StoreError, StoreFull,
@@ -31,7 +32,7 @@ def excluded_names():
     return [(_native.nbx_excluded_name(i) or b"").decode() for i in range(1, _native.NBX_EXCLUDED_COUNT)]
 
 
-__all__ = ["Engine", "Error", "InvalidArgument", "OutOfMemory", "IOFailure", "NotFound",
+__all__ = ["Engine", "AuditLog", "Error", "InvalidArgument", "OutOfMemory", "IOFailure", "NotFound",
            "Corrupt", "VersionMismatch", "ParseError", "PolicyError", "StoreError", "StoreFull",
            "LimitExceeded", "ReadOnly", "error_for", "shard_of", "assign_bucket", "as_of_ms", "version",
            "excluded_names", "library_path"]

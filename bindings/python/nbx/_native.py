@@ -63,6 +63,7 @@ NBX_EPARSE = -7
 NBX_ENGINE_READONLY = 0x1
 NBX_DECIDE_EXPLAIN = 0x1
 NBX_DECIDE_RECORD = 0x2
+NBX_DECIDE_AUDIT = 0x8
 NBX_ITER_IDS = 0x1
 NBX_EXCLUDED_COUNT = 10
 NBX_TIME_BUFSZ = 32
@@ -176,6 +177,8 @@ class BatchItem(ctypes.Structure):
         ("exclusions", ctypes.c_uint32 * NBX_EXCLUDED_COUNT),
         ("arm", c_void_p),
         ("policy_version", c_void_p),
+        ("audit", c_void_p),
+        ("audit_len", c_size_t),
     ]
 
 
@@ -230,6 +233,10 @@ nbx_request_init = _fn("nbx_request_init", None, P(Request))
 nbx_decide = _fn("nbx_decide", c_int, c_void_p, P(Request), P(c_void_p))
 nbx_record = _fn("nbx_record", c_int, c_void_p, c_char_p, c_size_t, P(c_int))
 nbx_result_json = _fn("nbx_result_json", c_void_p, c_void_p, P(c_size_t))
+nbx_result_audit_json = _fn("nbx_result_audit_json", c_void_p, c_void_p, P(c_size_t))
+nbx_audit_replay = _fn("nbx_audit_replay", c_int, c_void_p, c_char_p, c_size_t, P(c_void_p),
+                       P(c_size_t))
+nbx_free = _fn("nbx_free", None, c_void_p)
 
 nbx_profile_erase = _fn("nbx_profile_erase", c_int, c_void_p, P(c_char_p), c_size_t,
                         P(ctypes.c_uint64))

@@ -10,6 +10,7 @@ import threading
 import weakref
 
 from . import _native as N
+from .audit import AuditLog
 from .errors import Error, InvalidArgument, error_for
 
 _log = logging.getLogger("nbx")
@@ -352,7 +353,7 @@ class Engine:
     # -- decisions ----------------------------------------------------------
 
     def decide(self, customer, session=None, placements=None, explain=False, as_of=None,
-               record=False, raw=False):
+               record=False, raw=False, log=None):
         """Decide for one customer: the result as a dict (docs/decisions.md).
 
         session: dict of session fields (str, numbers and bools are passed as
@@ -361,20 +362,48 @@ class Engine:
         clock (see as_of_ms). record: record the chosen actions as
         impressions (needs an engine not opened read-only). raw: return the
         result JSON text instead of a dict (parsing it is most of the
-        binding's cost per decision).
+        binding's cost per decision). log: append the decision's audit line
+        to this path, file object or nbx.AuditLog (docs/experiments.md); a
+        line that cannot be written raises nbx.IOFailure (a path is opened
+        before deciding, so a log that cannot be opened decides nothing).
         """
         ctx = self._ctx()
         req = N.Request()
         req.size = ctypes.sizeof(N.Request)
         req.customer = _text(customer, "customer")
         _request_fields(req, placements, session, as_of, explain, record)
-        result = ctypes.c_void_p()
-        rc = N.nbx_decide(ctx, ctypes.byref(req), ctypes.byref(result))
+        audit = _open_log(log)
+        try:
+            if audit is not None:
+                req.flags |= N.NBX_DECIDE_AUDIT
+            result = ctypes.c_void_p()
+            rc = N.nbx_decide(ctx, ctypes.byref(req), ctypes.byref(result))
+            if rc != N.NBX_OK:
+                raise error_for(rc, (N.nbx_ctx_errmsg(ctx) or b"").decode("utf-8", "replace"))
+            size = ctypes.c_size_t()
+            if audit is not None:
+                line = N.nbx_result_audit_json(result, ctypes.byref(size))
+                audit.write(ctypes.string_at(line, size.value))
+            text = ctypes.string_at(N.nbx_result_json(result, ctypes.byref(size)), size.value)
+        finally:
+            if audit is not None and audit is not log:
+                audit.close()
+        return text.decode() if raw else json.loads(text)
+
+    def replay(self, line):
+        """Make the decision of one audit line again (docs/experiments.md,
+        "Replay") with this engine: its report as a dict, with "identical",
+        "differences" and "reasons". line: str or bytes."""
+        ctx = self._ctx()
+        data = _text(line, "line") if isinstance(line, str) else bytes(line)
+        out, size = ctypes.c_void_p(), ctypes.c_size_t()
+        rc = N.nbx_audit_replay(ctx, data, len(data), ctypes.byref(out), ctypes.byref(size))
         if rc != N.NBX_OK:
             raise error_for(rc, (N.nbx_ctx_errmsg(ctx) or b"").decode("utf-8", "replace"))
-        size = ctypes.c_size_t()
-        text = ctypes.string_at(N.nbx_result_json(result, ctypes.byref(size)), size.value)
-        return text.decode() if raw else json.loads(text)
+        try:
+            return json.loads(ctypes.string_at(out, size.value))
+        finally:
+            N.nbx_free(out)
 
     def record(self, event):
         """Apply one event (a dict or a JSON string: impression, click,
@@ -452,7 +481,7 @@ class Engine:
 
     def batch(self, customers, threads=None, session=None, placements=None, as_of=None,
               explain=False, record=False, shard=None, window=None, on_error="raise",
-              raw=False):
+              raw=False, log=None):
         """Decide for many customers on the library's worker threads; yields
         the results in input order (a generator, consumed by one thread).
 
@@ -464,7 +493,9 @@ class Engine:
         shard_of(id, n) == i, skipping the others. record: record each chosen
         action as an impression (read-write engine). window: decisions in
         flight (default 256 per thread). raw: yield the result JSON text
-        instead of a dict.
+        instead of a dict. log: append each decision's audit line to this
+        path, file object or nbx.AuditLog, in input order, as its result is
+        yielded (a line that cannot be written raises nbx.IOFailure).
 
         on_error: what a customer that cannot be decided (a bad id, a failed
         decision) yields: "raise" raises its nbx.Error when its turn comes,
@@ -501,25 +532,43 @@ class Engine:
         except TypeError:
             raise InvalidArgument(f"customers must be an iterable of ids or dicts, got "
                                   f"{type(customers).__name__}") from None
+        audit = _open_log(log)
+        if audit is not None:
+            opts.flags |= N.NBX_DECIDE_AUDIT
         out = ctypes.c_void_p()
         rc = N.nbx_batch_open(handle, ctypes.byref(opts), ctypes.byref(out))
         if rc != N.NBX_OK:
+            if audit is not None and audit is not log:
+                audit.close()
             raise _last_error(rc)
-        b = _Batch(out.value)
+        b = _Batch(out.value, audit, audit is not log)
         self._batches.add(b)
         return _run_batch(self, b, source, on_error, raw)
 
 
-class _Batch:
-    """Owns an nbx_batch handle; closed by the generator or by Engine.close()."""
+def _open_log(log):
+    """log= of decide() and batch(): None, an AuditLog, or what opens one."""
+    if log is None or isinstance(log, AuditLog):
+        return log
+    return AuditLog(log)
 
-    def __init__(self, handle):
+
+class _Batch:
+    """Owns an nbx_batch handle (and the audit log it opened); closed by
+    the generator or by Engine.close()."""
+
+    def __init__(self, handle, log=None, own_log=False):
         self.handle = handle
+        self.log = log
+        self.own_log = own_log
 
     def close(self):
         handle, self.handle = self.handle, None
         if handle is not None:
             N.nbx_batch_close(handle)
+        if self.own_log:
+            self.own_log = False
+            self.log.close()
 
 
 def _error_record(customer, err):
@@ -632,6 +681,8 @@ def _run_batch(engine, b, source, on_error, raw):
                     yield _error_record(customer, err)
                 continue
             text = ctypes.string_at(it.json, it.json_len)
+            if b.log is not None:
+                b.log.write(ctypes.string_at(it.audit, it.audit_len))
             yield text.decode() if raw else json.loads(text)
     finally:
         b.close()
