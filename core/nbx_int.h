@@ -381,6 +381,8 @@ struct nbx_store {
     MDB_dbi meta;      /* NBX_META_* */
     MDB_dbi suppressed; /* keyed hash of an erased id -> erased_at (format 2) */
     bool has_suppressed; /* false: a format-1 store read as it is */
+    MDB_dbi arms;        /* deployment \0 arm \0 day -> arm counters (format 3) */
+    bool has_arms;       /* false: a format-1 or 2 store read as it is */
     uint32_t schema;     /* the format version the store has */
     uint32_t schema_before; /* ... had at open (nbx_store_upgrade) */
     unsigned flags;    /* nbx_store_flags */
@@ -603,7 +605,7 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ou
 /* The store's format version (meta "schema"). A store of a newer version
  * is refused; an older one is read, but written only after `nbx store
  * upgrade`. docs/format.md says what each version added. */
-#define NBX_SCHEMA_VERSION 2
+#define NBX_SCHEMA_VERSION 3
 
 /* Keys of the meta database. */
 #define NBX_META_SCHEMA "schema"
@@ -668,6 +670,40 @@ void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
 size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX]);
 int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms);
 
+/* Arm counters (database `arms`, format 3): one row per deployment, arm
+ * and UTC day, key deployment \0 arm \0 day (4 bytes, big-endian), so one
+ * cursor range reads an arm's days and another a deployment's arms. Names
+ * are those of a deployment file: 1..NBX_ARM_NAME_MAX bytes of
+ * [A-Za-z0-9_.-]. */
+#define NBX_ARM_NAME_MAX 64
+#define NBX_ARM_KEY_MAX (2 * NBX_ARM_NAME_MAX + 2 + 4)
+#define NBX_ARM_VALUE_MAX 96
+typedef struct nbx_arm_counts {
+    uint64_t decisions;   /* decisions served by the arm */
+    uint64_t fallbacks;   /* of them, served the fallback decision (the policy failed) */
+    uint64_t errors;      /* decisions that failed once the arm was known */
+    uint64_t impressions; /* events carrying one of the arm's decision ids */
+    uint64_t accepts;
+    uint64_t purchases;
+    double expected_margin; /* sum over the decisions */
+    double realised_margin; /* sum of the margins of those purchases */
+} nbx_arm_counts;
+/* A deployment or arm name: 1..NBX_ARM_NAME_MAX bytes of [A-Za-z0-9_.-]. */
+bool nbx_arm_name_valid(nbx_sv name);
+size_t nbx_arm_key(char *out, nbx_sv deployment, nbx_sv arm, uint32_t day);
+/* The parts of an arm key; false if it is not one. */
+bool nbx_arm_key_parse(const void *key, size_t len, nbx_sv *deployment, nbx_sv *arm,
+                       uint32_t *day);
+size_t nbx_arm_counts_encode(const nbx_arm_counts *c, char out[NBX_ARM_VALUE_MAX]);
+int nbx_arm_counts_decode(const void *data, size_t len, nbx_arm_counts *c);
+/* Decision ids: a UUIDv7 (NBX_UUID_LEN characters), or, for a decision of
+ * a deployment, UUIDv7 "." deployment "." arm (the deployment's name holds
+ * no '.'; the arm's may). Splits the second form; false for any other
+ * (then the id names no arm). */
+#define NBX_UUID_LEN 36
+#define NBX_DECISION_ID_MAX (NBX_UUID_LEN + 2 + 2 * NBX_ARM_NAME_MAX)
+bool nbx_decision_id_arm(nbx_sv id, nbx_sv *deployment, nbx_sv *arm);
+
 typedef struct nbx_rfm_meta {
     int64_t as_of_ms;
     double recency[4], frequency[4], monetary[4]; /* cut points */
@@ -693,6 +729,42 @@ bool nbx_mp_bool(nbx_mp *m);
 nbx_sv nbx_mp_str(nbx_mp *m);
 int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
 void nbx_mp_skip(nbx_mp *m);
+
+/* ========================================================================
+ * Arm counters in the store (arms.c)
+ *
+ * Additions are summed in memory per (deployment, arm, UTC day) and added
+ * to the stored rows in one pass, in key order, within the writer's
+ * transaction: the event effects' impressions, accepts and purchases, and
+ * an engine's flush of its decisions (tally.c).
+ * ======================================================================== */
+
+typedef struct nbx_arm_delta {
+    char key[NBX_ARM_KEY_MAX]; /* nbx_arm_key() */
+    uint8_t key_len;
+    bool used;
+    nbx_arm_counts counts;
+} nbx_arm_delta;
+
+/* An open-addressing table; zero-initialised is empty. */
+typedef struct nbx_arm_deltas {
+    nbx_arm_delta *slots;
+    uint32_t cap, n;
+} nbx_arm_deltas;
+
+/* The additions of (deployment, arm, day), created zero; names valid
+ * (nbx_arm_name_valid). NULL: out of memory. Valid until the next call. */
+nbx_arm_counts *nbx_arm_deltas_at(nbx_arm_deltas *d, nbx_sv deployment, nbx_sv arm, uint32_t day);
+/* Add every row's additions to the store's rows in txn, in key order, and
+ * empty d (also on failure: the transaction is then to be aborted).
+ * NBX_EREADONLY on a store of a format without arm counters. */
+int nbx_arm_deltas_write(nbx_arm_deltas *d, nbx_store *s, MDB_txn *txn, nbx_err *e);
+void nbx_arm_deltas_clear(nbx_arm_deltas *d);
+void nbx_arm_deltas_free(nbx_arm_deltas *d);
+void nbx_arm_counts_add(nbx_arm_counts *to, const nbx_arm_counts *n);
+/* An arm's counters over all its days, as txn sees them (zeros: none). */
+int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
+                   nbx_arm_counts *out, nbx_err *e);
 
 /* ========================================================================
  * Catalog (catalog.c)

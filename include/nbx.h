@@ -1191,6 +1191,58 @@ NBX_API void nbx_batch_close(nbx_batch *b);
  */
 NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
 
+/* ========================================================================
+ * Experiments: per-arm counters
+ *
+ * For each deployment and arm the store counts, per UTC day, the decisions
+ * the arm served, its fallbacks and errors, its expected margin, and the
+ * impressions, accepts and purchases of events that carry one of its
+ * decision ids (docs/experiments.md, "Counters").
+ * ======================================================================== */
+
+/** One arm's counters over a window, as nbx_arm_counters_read() hands them. */
+typedef struct nbx_arm_counters {
+    const char *deployment;  /**< the deployment's name */
+    const char *arm;         /**< the arm's name, or "holdout" */
+    uint64_t decisions;      /**< decisions the arm served */
+    uint64_t fallbacks;      /**< of them, the fallback decision (its policy failed) */
+    uint64_t errors;         /**< decisions that failed (no result) once the arm was known */
+    uint64_t impressions;    /**< impression events carrying one of its decision ids */
+    uint64_t accepts;        /**< accept events carrying one */
+    uint64_t purchases;      /**< purchase events carrying one */
+    double expected_margin;  /**< sum of the decisions' expected margin */
+    double realised_margin;  /**< sum of those purchases' margin */
+    int64_t first_day_ms;    /**< start of the first UTC day counted in the window */
+    int64_t last_day_ms;     /**< start of the last one */
+} nbx_arm_counters;
+
+/**
+ * Callback of nbx_arm_counters_read(): one arm. c and its strings are
+ * valid during the call only. Return 0 to go on, anything else to stop.
+ */
+typedef int (*nbx_arm_counters_fn)(void *ud, const nbx_arm_counters *c);
+
+/**
+ * @brief The per-arm counters of the store, summed over the UTC days that
+ * the window [from_ms, to_ms) touches, one call per (deployment, arm) in
+ * name order (bytewise: deployment, then arm).
+ *
+ * Counters are written by engines on a writable store (flushed every
+ * second or 1,000 decisions and when a context closes) and by events
+ * carrying a `decision_id`; what a running engine counted since its last
+ * flush is not in the store yet. A store of a format before 3 has none
+ * (no call).
+ *
+ * @param deployment only this deployment's arms; NULL: every deployment.
+ * @param from_ms, to_ms the window (epoch ms); 0 and 0: every day.
+ * @return NBX_OK (also when fn stopped early), NBX_EINVAL (NULL store or
+ *   fn, a name that cannot be a deployment's, a window that is not
+ *   0 <= from_ms < to_ms within the year 9999), NBX_ECORRUPT, NBX_ESTORE.
+ * @note Thread-safe. Reads one snapshot of the store.
+ */
+NBX_API int nbx_arm_counters_read(nbx_store *store, const char *deployment, int64_t from_ms,
+                                  int64_t to_ms, nbx_arm_counters_fn fn, void *ud);
+
 #ifdef __cplusplus
 }
 #endif

@@ -843,6 +843,8 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     MDB_dbi dbi;
     cr_assert_eq(mdb_dbi_open(txn, "suppressed", 0, &dbi), 0);
     cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "arms", 0, &dbi), 0);
+    cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
     raw_end(env, txn);
     uint8_t one = 1;
     set_schema(&one, 1);
@@ -892,6 +894,15 @@ Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
     }
     const char *gone[] = {"c007", "c100"};
     cr_assert_eq(nbx_profile_erase(s, gone, 2, NULL), NBX_OK);
+    /* arm counters travel with the copy too */
+    nbx_arm_deltas d = {0};
+    nbx_arm_deltas_at(&d, NBX_SV("q4"), NBX_SV("champion"), 20500)->decisions = 3;
+    MDB_txn *wtxn;
+    nbx_err e = {0};
+    cr_assert_eq(nbx_store_write_begin(s, &wtxn, &e), NBX_OK);
+    cr_assert_eq(nbx_arm_deltas_write(&d, s, wtxn, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_store_commit(s, wtxn, &e), NBX_OK);
+    nbx_arm_deltas_free(&d);
     char *out = tu_path(dir, "copy");
     cr_assert_eq(nbx_store_compact(s, out), NBX_OK, "%s", nbx_store_errmsg(s));
     cr_assert_eq(nbx_store_compact(s, out), NBX_EINVAL, "a full directory");
@@ -908,8 +919,8 @@ Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
     /* the copy is the store: same records, erasures kept */
     nbx_store *c;
     cr_assert_eq(nbx_store_open(out, 0, &c), NBX_OK, "%s", nbx_last_errmsg());
-    MDB_dbi a[] = {s->profiles, s->customers, s->budgets, s->meta, s->suppressed};
-    MDB_dbi b[] = {c->profiles, c->customers, c->budgets, c->meta, c->suppressed};
+    MDB_dbi a[] = {s->profiles, s->customers, s->budgets, s->meta, s->suppressed, s->arms};
+    MDB_dbi b[] = {c->profiles, c->customers, c->budgets, c->meta, c->suppressed, c->arms};
     for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
         size_t la, lb;
         char *x = db_bytes(s, a[i], &la), *y = db_bytes(c, b[i], &lb);

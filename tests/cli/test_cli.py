@@ -314,7 +314,7 @@ class T03Profiles(CliTestCase):
         self.ok("profile", "put", json.dumps(profile(1)), "--store", self.store)
         st = self.stats()
         self.assertEqual(st["profiles"], 1)
-        self.assertEqual(st["schema_version"], 2)
+        self.assertEqual(st["schema_version"], 3)
         self.assertIsNone(st["rfm_as_of"])
         for key in ("exposure_keys", "events_seen", "bytes_used", "map_size"):
             self.assertIsInstance(st[key], int)
