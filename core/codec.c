@@ -920,13 +920,9 @@ bool nbx_arm_name_valid(nbx_sv name)
 {
     if (name.len == 0 || name.len > NBX_ARM_NAME_MAX)
         return false;
-    for (size_t i = 0; i < name.len; i++) {
-        unsigned char c = (unsigned char)name.ptr[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '.' || c == '-';
-        if (!ok)
+    for (size_t i = 0; i < name.len; i++)
+        if (!nbx_name_byte((unsigned char)name.ptr[i]))
             return false;
-    }
     return true;
 }
 

@@ -640,11 +640,12 @@ int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, s
                           nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
                           nbx_arena *a, nbx_buf *scratch, nbx_err *e)
 {
-    char eid[64];
+    char eid[NBX_DECISION_ID_MAX + 24];
     int len = snprintf(eid, sizeof eid, "%s:%zu", decision_id, i);
     nbx_event ev = {
         .id = {eid, (size_t)len},
         .customer = customer,
+        .decision_id = nbx_sv_of(decision_id), /* an arm's impression, under a deployment */
         .offer = offer,
         .placement = placement,
         .type = NBX_EV_IMPRESSION,

@@ -142,7 +142,7 @@ static int open_spool(const char *dir, nbx_err *e)
  *            u16 n, n x (key, u8 type, string | f64 | u8 | nothing),
  *            u16 n, n x (purpose, u8 state), u16 n, n x (key, f64)
  *   event:   u8 type, i64 ts, f64 amount, f64 margin, id, customer, offer,
- *            placement
+ *            placement, decision_id
  * where a string is u16 length and bytes. Chunks go to the spool as frames:
  * u64 first line, u64 input offset at the end, u32 records, u32 bytes.
  * ======================================================================== */
@@ -356,8 +356,8 @@ static int unspool_profile(const char *rec, size_t len, nbx_profile *p, nbx_aren
 static void spool_event(nbx_buf *b, uint32_t line, const nbx_event *ev)
 {
     wcur w;
-    size_t size =
-        8 + 1 + 3 * 8 + 4 * 2 + ev->id.len + ev->customer.len + ev->offer.len + ev->placement.len;
+    size_t size = 8 + 1 + 3 * 8 + 5 * 2 + ev->id.len + ev->customer.len + ev->offer.len +
+                  ev->placement.len + ev->decision_id.len;
     if (!record_begin(b, size, line, &w))
         return;
     put_u8(&w, ev->type);
@@ -368,6 +368,7 @@ static void spool_event(nbx_buf *b, uint32_t line, const nbx_event *ev)
     put_sv(&w, ev->customer);
     put_sv(&w, ev->offer);
     put_sv(&w, ev->placement);
+    put_sv(&w, ev->decision_id);
 }
 
 static int unspool_event(const char *rec, size_t len, nbx_event *ev)
@@ -381,6 +382,7 @@ static int unspool_event(const char *rec, size_t len, nbx_event *ev)
     ev->customer = get_sv(&r);
     ev->offer = get_sv(&r);
     ev->placement = get_sv(&r);
+    ev->decision_id = get_sv(&r);
     return r.bad ? NBX_EIO : NBX_OK;
 }
 

@@ -418,6 +418,56 @@ int nbx_suppressed(nbx_store *s, MDB_txn *txn, const nbx_suppressions *sp, nbx_s
                    nbx_err *e);
 
 /* ========================================================================
+ * Arm counters in the store (arms.c)
+ *
+ * Additions are summed in memory per (deployment, arm, UTC day) and added
+ * to the stored rows in one pass, in key order, within the writer's
+ * transaction: the event effects' impressions, accepts and purchases, and
+ * an engine's flush of its decisions (tally.c).
+ * ======================================================================== */
+
+#define NBX_ARM_NAME_MAX 64
+#define NBX_ARM_KEY_MAX (2 * NBX_ARM_NAME_MAX + 2 + 4)
+#define NBX_ARM_VALUE_MAX 96
+typedef struct nbx_arm_counts {
+    uint64_t decisions;   /* decisions served by the arm */
+    uint64_t fallbacks;   /* of them, served the fallback decision (the policy failed) */
+    uint64_t errors;      /* decisions that failed once the arm was known */
+    uint64_t impressions; /* events carrying one of the arm's decision ids */
+    uint64_t accepts;
+    uint64_t purchases;
+    double expected_margin; /* sum over the decisions */
+    double realised_margin; /* sum of the margins of those purchases */
+} nbx_arm_counts;
+
+typedef struct nbx_arm_delta {
+    char key[NBX_ARM_KEY_MAX]; /* nbx_arm_key() */
+    uint8_t key_len;
+    bool used;
+    nbx_arm_counts counts;
+} nbx_arm_delta;
+
+/* An open-addressing table; zero-initialised is empty. */
+typedef struct nbx_arm_deltas {
+    nbx_arm_delta *slots;
+    uint32_t cap, n;
+} nbx_arm_deltas;
+
+/* The additions of (deployment, arm, day), created zero; names valid
+ * (nbx_arm_name_valid). NULL: out of memory. Valid until the next call. */
+nbx_arm_counts *nbx_arm_deltas_at(nbx_arm_deltas *d, nbx_sv deployment, nbx_sv arm, uint32_t day);
+/* Add every row's additions to the store's rows in txn, in key order, and
+ * empty d (also on failure: the transaction is then to be aborted).
+ * NBX_EREADONLY on a store of a format without arm counters. */
+int nbx_arm_deltas_write(nbx_arm_deltas *d, nbx_store *s, MDB_txn *txn, nbx_err *e);
+void nbx_arm_deltas_clear(nbx_arm_deltas *d);
+void nbx_arm_deltas_free(nbx_arm_deltas *d);
+void nbx_arm_counts_add(nbx_arm_counts *to, const nbx_arm_counts *n);
+/* An arm's counters over all its days, as txn sees them (zeros: none). */
+int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
+                   nbx_arm_counts *out, nbx_err *e);
+
+/* ========================================================================
  * Exposure counters (exposure.c)
  *
  * Counters are bucketed by UTC day so "N in the last D days" is a sum over
@@ -466,6 +516,7 @@ int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, int64_t 
 typedef struct nbx_event {
     nbx_sv id;
     nbx_sv customer;
+    nbx_sv decision_id; /* optional: the decision it follows (never stored) */
     nbx_sv offer;     /* exposure events */
     nbx_sv placement; /* optional */
     uint8_t type;     /* nbx_event_type */
@@ -550,6 +601,9 @@ typedef struct nbx_effects {
      * until it outgrows a few rows */
     nbx_fx_budget *budgets;
     uint32_t budget_cap, n_budgets;
+    /* arm counter rows of the transaction: events that carry an arm's
+     * decision id (arms.c) */
+    nbx_arm_deltas arms;
     /* one customer's new exposures, by offer */
     nbx_fx_ref *refs;
     size_t refs_cap;
@@ -670,25 +724,19 @@ void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
 size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX]);
 int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms);
 
-/* Arm counters (database `arms`, format 3): one row per deployment, arm
- * and UTC day, key deployment \0 arm \0 day (4 bytes, big-endian), so one
- * cursor range reads an arm's days and another a deployment's arms. Names
- * are those of a deployment file: 1..NBX_ARM_NAME_MAX bytes of
- * [A-Za-z0-9_.-]. */
-#define NBX_ARM_NAME_MAX 64
-#define NBX_ARM_KEY_MAX (2 * NBX_ARM_NAME_MAX + 2 + 4)
-#define NBX_ARM_VALUE_MAX 96
-typedef struct nbx_arm_counts {
-    uint64_t decisions;   /* decisions served by the arm */
-    uint64_t fallbacks;   /* of them, served the fallback decision (the policy failed) */
-    uint64_t errors;      /* decisions that failed once the arm was known */
-    uint64_t impressions; /* events carrying one of the arm's decision ids */
-    uint64_t accepts;
-    uint64_t purchases;
-    double expected_margin; /* sum over the decisions */
-    double realised_margin; /* sum of the margins of those purchases */
-} nbx_arm_counts;
-/* A deployment or arm name: 1..NBX_ARM_NAME_MAX bytes of [A-Za-z0-9_.-]. */
+/* Arm counters (database `arms`, format 3; nbx_arm_counts above): one row
+ * per deployment, arm and UTC day, key deployment \0 arm \0 day (4 bytes,
+ * big-endian), so one cursor range reads an arm's days and another a
+ * deployment's arms. Names are those of a deployment file.
+ *
+ * The bytes of names and decision ids: [A-Za-z0-9_.-]. They travel in
+ * decision ids, store keys, metric labels and file names unescaped. */
+static inline bool nbx_name_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_' || c == '.' || c == '-';
+}
+/* A deployment or arm name: 1..NBX_ARM_NAME_MAX name bytes. */
 bool nbx_arm_name_valid(nbx_sv name);
 size_t nbx_arm_key(char *out, nbx_sv deployment, nbx_sv arm, uint32_t day);
 /* The parts of an arm key; false if it is not one. */
@@ -729,42 +777,6 @@ bool nbx_mp_bool(nbx_mp *m);
 nbx_sv nbx_mp_str(nbx_mp *m);
 int nbx_mp_type(const nbx_mp *m); /* msgpack_object_type of the next value */
 void nbx_mp_skip(nbx_mp *m);
-
-/* ========================================================================
- * Arm counters in the store (arms.c)
- *
- * Additions are summed in memory per (deployment, arm, UTC day) and added
- * to the stored rows in one pass, in key order, within the writer's
- * transaction: the event effects' impressions, accepts and purchases, and
- * an engine's flush of its decisions (tally.c).
- * ======================================================================== */
-
-typedef struct nbx_arm_delta {
-    char key[NBX_ARM_KEY_MAX]; /* nbx_arm_key() */
-    uint8_t key_len;
-    bool used;
-    nbx_arm_counts counts;
-} nbx_arm_delta;
-
-/* An open-addressing table; zero-initialised is empty. */
-typedef struct nbx_arm_deltas {
-    nbx_arm_delta *slots;
-    uint32_t cap, n;
-} nbx_arm_deltas;
-
-/* The additions of (deployment, arm, day), created zero; names valid
- * (nbx_arm_name_valid). NULL: out of memory. Valid until the next call. */
-nbx_arm_counts *nbx_arm_deltas_at(nbx_arm_deltas *d, nbx_sv deployment, nbx_sv arm, uint32_t day);
-/* Add every row's additions to the store's rows in txn, in key order, and
- * empty d (also on failure: the transaction is then to be aborted).
- * NBX_EREADONLY on a store of a format without arm counters. */
-int nbx_arm_deltas_write(nbx_arm_deltas *d, nbx_store *s, MDB_txn *txn, nbx_err *e);
-void nbx_arm_deltas_clear(nbx_arm_deltas *d);
-void nbx_arm_deltas_free(nbx_arm_deltas *d);
-void nbx_arm_counts_add(nbx_arm_counts *to, const nbx_arm_counts *n);
-/* An arm's counters over all its days, as txn sees them (zeros: none). */
-int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
-                   nbx_arm_counts *out, nbx_err *e);
 
 /* ========================================================================
  * Catalog (catalog.c)
