@@ -1124,6 +1124,68 @@ void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const c
                       int64_t now_ms, char *out, size_t cap);
 
 /* ========================================================================
+ * Deployments (deployment.c): what serves whom
+ *
+ * A deployment names a holdout share, arms (a policy each, with a share of
+ * the customers not held out) and shadow policies (docs/experiments.md).
+ * Immutable once loaded, reference counted like catalogs and policies.
+ * ======================================================================== */
+
+/* Abort rules of an arm (h-experiment evaluates them): min_decisions 0
+ * means none; a NaN rate means that rule is not set. */
+typedef struct nbx_arm_abort {
+    uint64_t min_decisions;
+    double max_fallback_rate;     /* fallbacks / decisions above this: abort */
+    double min_accept_rate_ratio; /* accept rate below this x the first arm's: abort */
+} nbx_arm_abort;
+
+typedef struct nbx_arm {
+    char name[NBX_DEPLOYMENT_NAME_MAX + 1];
+    char *policy_path;  /* resolved against the deployment file's directory */
+    nbx_policy *policy; /* NULL when loaded with NBX_DEPLOYMENT_NO_POLICIES */
+    uint32_t percent;   /* hundredths of a percent of the customers not held out */
+    uint32_t bucket_lo, bucket_hi; /* its buckets: [lo, hi) of NBX_ASSIGN_BUCKETS */
+    nbx_arm_abort abort;
+} nbx_arm;
+
+struct nbx_deployment {
+    atomic_int refs;
+    char *path; /* as given, for messages */
+    char name[NBX_DEPLOYMENT_NAME_MAX + 1];
+    char *salt;
+    size_t salt_len;
+    uint64_t seed; /* xxh64(salt, 0): the seed of every customer's bucket */
+    uint64_t version; /* xxh64 of the file */
+    char version_hex[17];
+    uint32_t holdout_buckets; /* buckets [0, holdout_buckets) are held out */
+    nbx_arm *arms;
+    uint32_t n_arms;
+    char **shadow_paths;
+    nbx_policy **shadow; /* entries NULL with NBX_DEPLOYMENT_NO_POLICIES */
+    uint32_t n_shadow;
+};
+
+/* nbx_deployment_arm_of() for a customer held out. */
+#define NBX_ARM_INDEX_HOLDOUT UINT32_MAX
+
+/* Read, validate and (unless NBX_DEPLOYMENT_NO_POLICIES) load the policies
+ * of a deployment file; errors name the file, the arm and the field. All or
+ * nothing: on failure *out is NULL. _text: the file's bytes given, path
+ * names it and anchors relative policy paths. */
+int nbx_deployment_load(const char *path, unsigned flags, nbx_deployment **out, nbx_err *e);
+int nbx_deployment_load_text(const char *path, const char *text, size_t len, unsigned flags,
+                             nbx_deployment **out, nbx_err *e);
+nbx_deployment *nbx_deployment_ref(nbx_deployment *d);
+void nbx_deployment_unref(nbx_deployment *d);
+/* 1..64 bytes of [A-Za-z0-9_.-]: deployment and arm names. */
+bool nbx_deployment_name_valid(nbx_sv name);
+/* The customer's bucket: xxh64(id, seed) mod NBX_ASSIGN_BUCKETS. */
+uint32_t nbx_deployment_bucket(const nbx_deployment *d, nbx_sv customer);
+/* The customer's arm as the file assigns it (kills not applied): an index
+ * into d->arms, or NBX_ARM_INDEX_HOLDOUT. */
+uint32_t nbx_deployment_arm_of(const nbx_deployment *d, nbx_sv customer);
+
+/* ========================================================================
  * Results (result.c): what a decision hands back
  * ======================================================================== */
 

@@ -1192,6 +1192,117 @@ NBX_API void nbx_batch_close(nbx_batch *b);
 NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
 
 /* ========================================================================
+ * Deployments: what serves whom (docs/experiments.md)
+ *
+ * A deployment file (JSON) names a holdout share, arms (a policy each, with
+ * a share of the customers not held out) and shadow policies:
+ *
+ *     {"name": "q4", "salt": "q4-2026", "holdout": {"percent": 5},
+ *      "arms": [{"name": "champion", "policy": "margin.lua", "percent": 90},
+ *               {"name": "challenger", "policy": "retention.lua", "percent": 10,
+ *                "abort": {"min_decisions": 1000, "max_fallback_rate": 0.01}}],
+ *      "shadow": ["next_idea.lua"]}
+ *
+ * Assignment is deterministic and the same in every binding:
+ *
+ *     bucket = XXH64(customer id bytes, seed = XXH64(salt bytes, seed 0)) mod 10000
+ *
+ * A bucket below holdout.percent x 100 is the holdout. The buckets left,
+ * [H, 10000), are cut into consecutive ranges in arm order: arm i has
+ * [H + (10000 - H) x C(i-1) / 10000, H + (10000 - H) x C(i) / 10000), with
+ * C(i) the sum of the first i arms' percents in hundredths (integer
+ * division), so the last arm ends at 10000.
+ * ======================================================================== */
+
+typedef struct nbx_deployment nbx_deployment;
+
+/** Buckets customers are hashed into: a percent has at most two decimals. */
+#define NBX_ASSIGN_BUCKETS 10000
+/** The arm name of customers held out (reserved: no arm may take it). */
+#define NBX_ARM_HOLDOUT "holdout"
+/** Bounds on a deployment file. Names (the deployment's and each arm's) are
+ * 1..NBX_DEPLOYMENT_NAME_MAX bytes of [A-Za-z0-9_.-]: they travel in
+ * decision ids and metric labels. */
+#define NBX_DEPLOYMENT_NAME_MAX 64
+#define NBX_DEPLOYMENT_ARMS_MAX 16
+#define NBX_DEPLOYMENT_SHADOW_MAX 8
+
+/** Flags for nbx_deployment_open(). */
+enum nbx_deployment_flags {
+    /** Do not read the policy files: for assignment only (reports, audits
+     * of an old deployment whose policies have moved on). An engine cannot
+     * serve such a deployment. */
+    NBX_DEPLOYMENT_NO_POLICIES = 0x1
+};
+
+/**
+ * @brief Read and validate a deployment file and the policy files it names
+ * (paths relative to the deployment file's directory): each must load as
+ * nbx_policy_check() would read it (syntax, the sandbox's rules). Nothing is
+ * run: an engine's open runs the trials.
+ *
+ * All or nothing: a file with any error yields no deployment. The message
+ * (nbx_last_errmsg()) names the file, the arm and the field
+ * ("q4.json: arm 'challenger': field 'percent': must be a number from 0 to
+ * 100"), or the policy file and line.
+ *
+ * @param flags nbx_deployment_flags, OR-ed.
+ * @param[out] out the deployment, NULL on failure; close with
+ *   nbx_deployment_close().
+ * @return NBX_OK, NBX_EINVAL (NULL argument, unknown flags), NBX_ENOTFOUND,
+ *   NBX_EIO, NBX_EPARSE (the deployment), NBX_EPOLICY (a policy file),
+ *   NBX_ELIMIT (a file too large, too many arms or shadows), NBX_ENOMEM.
+ * @note Thread-safe. A deployment holds memory only (no file, lock or Lua
+ *   state): unlike other handles it may be opened before fork() and used
+ *   in the children (nbx_engine_options.deployment_handle), and is
+ *   immutable, so threads may share it.
+ */
+NBX_API int nbx_deployment_open(const char *path, unsigned flags, nbx_deployment **out);
+
+/**
+ * @brief Release a deployment. Engines opened with it keep their own
+ * reference: it may be closed as soon as nbx_engine_open() returns. NULL is
+ * a no-op.
+ * @note Thread-safe.
+ */
+NBX_API void nbx_deployment_close(nbx_deployment *d);
+
+/** @brief The deployment's name; NULL if d is NULL. Owned by d. */
+NBX_API const char *nbx_deployment_name(const nbx_deployment *d);
+
+/** @brief Its version: the xxh64 of the file, 16 hex digits; NULL if d is
+ * NULL. Owned by d. */
+NBX_API const char *nbx_deployment_version(const nbx_deployment *d);
+
+/** @brief Number of arms (the holdout is not one); 0 if d is NULL. */
+NBX_API size_t nbx_deployment_arm_count(const nbx_deployment *d);
+
+/** @brief Name of arm i (file order; arm 0 is the first arm, the reference
+ * of canaries and where a killed arm's customers go); NULL if out of
+ * range. Owned by d. */
+NBX_API const char *nbx_deployment_arm_name(const nbx_deployment *d, size_t i);
+
+/**
+ * @brief The bucket of a customer for a salt: XXH64(customer, seed =
+ * XXH64(salt, 0)) mod NBX_ASSIGN_BUCKETS, over the bytes given (no NUL).
+ * @return 0..9999; UINT32_MAX for a NULL pointer with a non-zero length.
+ * @note Thread-safe.
+ */
+NBX_API uint32_t nbx_assign_bucket(const char *salt, size_t salt_len, const char *customer,
+                                   size_t len);
+
+/**
+ * @brief The arm the deployment file assigns a customer to (kill switches
+ * are not applied: see nbx_result_arm() for the arm a decision served).
+ * @param customer the id's bytes; len its length.
+ * @return the arm's name, or NBX_ARM_HOLDOUT; owned by d (NBX_ARM_HOLDOUT
+ *   is static). NULL if d or customer is NULL.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_deployment_assign(const nbx_deployment *d, const char *customer,
+                                          size_t len);
+
+/* ========================================================================
  * Experiments: per-arm counters
  *
  * For each deployment and arm the store counts, per UTC day, the decisions
