@@ -266,20 +266,17 @@ static int report_sum(void *ud, nbx_sv deployment, nbx_sv arm, const nbx_arm_cou
     return NBX_OK;
 }
 
-NBX_API int nbx_arm_counters_read(nbx_store *s, const char *deployment, int64_t from_ms,
-                                  int64_t to_ms, nbx_arm_counters_fn fn, void *ud)
+int nbx_arm_counters_scan(nbx_store *s, MDB_txn *txn, const char *deployment, int64_t from_ms,
+                          int64_t to_ms, nbx_arm_counters_fn fn, void *ud, nbx_err *e)
 {
-    if (!s || !fn)
-        return nbx_fail(s, NBX_EINVAL, "nbx_arm_counters_read: NULL argument");
-    nbx_err e = {0};
     char prefix[NBX_ARM_NAME_MAX + 1];
     size_t plen = 0;
     if (deployment) {
         if (!nbx_arm_name_valid(nbx_sv_of(deployment)))
-            return nbx_fail(s, NBX_EINVAL,
-                            "deployment '%.64s': a name is 1 to %d bytes of A-Z, a-z, 0-9, '_', "
-                            "'.' and '-'",
-                            deployment, NBX_ARM_NAME_MAX);
+            return nbx_err_set(e, NBX_EINVAL,
+                               "deployment '%.64s': a name is 1 to %d bytes of A-Z, a-z, 0-9, "
+                               "'_', '.' and '-'",
+                               deployment, NBX_ARM_NAME_MAX);
         plen = strlen(deployment);
         memcpy(prefix, deployment, plen);
         prefix[plen++] = '\0';
@@ -287,19 +284,27 @@ NBX_API int nbx_arm_counters_read(nbx_store *s, const char *deployment, int64_t 
     if (to_ms == 0)
         to_ms = NBX_TIME_MAX_MS;
     if (from_ms < 0 || to_ms > NBX_TIME_MAX_MS || from_ms >= to_ms)
-        return nbx_fail(s, NBX_EINVAL,
-                        "nbx_arm_counters_read: [%lld, %lld) ms is not a window of the years "
-                        "1970 to 9999 (from before to)",
-                        (long long)from_ms, (long long)to_ms);
+        return nbx_err_set(e, NBX_EINVAL,
+                           "the window [%lld, %lld) ms is not one of the years 1970 to 9999 "
+                           "(from before to)",
+                           (long long)from_ms, (long long)to_ms);
+    struct read_ctx r = {.fn = fn, .ud = ud};
+    int rc = arms_scan(s, txn, prefix, plen, nbx_day_of(from_ms), nbx_day_of(to_ms - 1), report_sum,
+                       &r, e);
+    return r.stopped ? NBX_OK : rc;
+}
+
+NBX_API int nbx_arm_counters_read(nbx_store *s, const char *deployment, int64_t from_ms,
+                                  int64_t to_ms, nbx_arm_counters_fn fn, void *ud)
+{
+    if (!s || !fn)
+        return nbx_fail(s, NBX_EINVAL, "nbx_arm_counters_read: NULL argument");
+    nbx_err e = {0};
     MDB_txn *txn;
     int rc = nbx_store_read_begin(s, &txn, &e);
-    if (rc)
-        return nbx_publish(s, &e);
-    struct read_ctx r = {.fn = fn, .ud = ud};
-    rc = arms_scan(s, txn, prefix, plen, nbx_day_of(from_ms), nbx_day_of(to_ms - 1), report_sum, &r,
-                   &e);
-    mdb_txn_abort(txn);
-    if (r.stopped)
-        rc = NBX_OK;
+    if (rc == NBX_OK) {
+        rc = nbx_arm_counters_scan(s, txn, deployment, from_ms, to_ms, fn, ud, &e);
+        mdb_txn_abort(txn);
+    }
     return rc ? nbx_publish(s, &e) : NBX_OK;
 }

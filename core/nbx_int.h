@@ -466,6 +466,9 @@ void nbx_arm_counts_add(nbx_arm_counts *to, const nbx_arm_counts *n);
 /* An arm's counters over all its days, as txn sees them (zeros: none). */
 int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
                    nbx_arm_counts *out, nbx_err *e);
+/* nbx_arm_counters_read() within txn. */
+int nbx_arm_counters_scan(nbx_store *s, MDB_txn *txn, const char *deployment, int64_t from_ms,
+                          int64_t to_ms, nbx_arm_counters_fn fn, void *ud, nbx_err *e);
 
 /* ========================================================================
  * Exposure counters (exposure.c)
@@ -1276,6 +1279,32 @@ void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
 void nbx_snapshot_unref(nbx_snapshot *s);
 void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
+
+/* ========================================================================
+ * The experiment report (report.c): intent-to-treat means per arm and
+ * Welch's interval of each arm's uplift over the holdout
+ * ======================================================================== */
+
+/* Count, mean and sum of squared deviations (Welford). Zero is empty. */
+typedef struct nbx_moments {
+    uint64_t n;
+    double mean, m2;
+} nbx_moments;
+void nbx_moments_add(nbx_moments *m, double x);
+/* The sample variance; NaN below two values. */
+double nbx_moments_variance(const nbx_moments *m);
+
+typedef struct nbx_interval {
+    double estimate, low, high;
+    double df; /* Welch-Satterthwaite degrees of freedom; INFINITY without spread */
+} nbx_interval;
+/* The difference of the means treated - control with its Welch t interval
+ * at level (0.95); false when either has fewer than two values. */
+bool nbx_welch(const nbx_moments *treated, const nbx_moments *control, double level,
+               nbx_interval *out);
+/* The p quantile (0.5 < p < 1) of Student's t with df > 0 degrees of
+ * freedom, to about 12 digits; NaN outside. */
+double nbx_t_quantile(double p, double df);
 
 /* ========================================================================
  * Policy source analysis (lsource.c)

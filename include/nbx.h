@@ -1354,6 +1354,81 @@ typedef int (*nbx_arm_counters_fn)(void *ud, const nbx_arm_counters *c);
 NBX_API int nbx_arm_counters_read(nbx_store *store, const char *deployment, int64_t from_ms,
                                   int64_t to_ms, nbx_arm_counters_fn fn, void *ud);
 
+/* ========================================================================
+ * Experiments: the incrementality report
+ *
+ * Intent-to-treat: every customer of the store counts in the arm the
+ * deployment assigns it (nbx_deployment_assign()), decided for or not; its
+ * outcome is the contribution margin of its purchase events dated in the
+ * window (0 without any). Each arm's uplift is its mean margin per
+ * customer less the holdout's, with a 95 % interval by Welch's t
+ * (docs/experiments.md, "The experiment report").
+ * ======================================================================== */
+
+typedef struct nbx_report nbx_report;
+
+/** One arm of a report (or the holdout), owned by the report. More fields
+ * may be added at the end. */
+typedef struct nbx_report_arm {
+    const char *name;            /**< the arm's name, or "holdout" */
+    uint64_t customers;          /**< customers of the store assigned to it */
+    uint64_t buyers;             /**< of them, with a purchase in the window */
+    uint64_t purchases;          /**< their purchase events in the window */
+    uint64_t purchases_without_margin; /**< of them, without `margin` (counted as 0) */
+    double margin;               /**< the sum of those purchases' margin */
+    double margin_per_customer;  /**< margin / customers; NaN without customers */
+    double margin_sd;            /**< standard deviation of a customer's margin; NaN
+                                      below two customers */
+    uint64_t decisions;          /**< the arm's counters (nbx_arm_counters_read()) of
+                                      the UTC days the window touches */
+    uint64_t impressions;
+    uint64_t accepts;
+    double accept_rate;          /**< accepts / decisions; NaN without decisions */
+    int has_uplift;              /**< 0 for the holdout, and when the arm or the
+                                      holdout has fewer than two customers */
+    double uplift;               /**< margin_per_customer - the holdout's */
+    double uplift_low;           /**< its 95 % interval (Welch) */
+    double uplift_high;
+    double uplift_df;            /**< Welch-Satterthwaite degrees of freedom (INFINITY
+                                      when no customer's margin differs) */
+} nbx_report_arm;
+
+/**
+ * @brief The incrementality report of a deployment over the window
+ * [from_ms, to_ms): one read of every customer of the store (one snapshot).
+ * @param d the deployment (policies need not be loaded:
+ *   NBX_DEPLOYMENT_NO_POLICIES); the report keeps a reference.
+ * @param[out] out the report, NULL on failure; close with
+ *   nbx_report_close().
+ * @return NBX_OK, NBX_EINVAL (NULL argument, a window that is not
+ *   1970 <= from < to <= 9999), NBX_ECORRUPT (a damaged record: the message
+ *   names the customer), NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe on the store. Takes time linear in the store's records.
+ */
+NBX_API int nbx_report_experiment(nbx_store *store, const nbx_deployment *d, int64_t from_ms,
+                                  int64_t to_ms, nbx_report **out);
+
+/** @brief The report's arms: the holdout first, then the deployment's arms
+ * in file order; 0 if r is NULL. */
+NBX_API size_t nbx_report_arm_count(const nbx_report *r);
+
+/** @brief Arm i; NULL if out of range. Valid until nbx_report_close(). */
+NBX_API const nbx_report_arm *nbx_report_arm_at(const nbx_report *r, size_t i);
+
+/**
+ * @brief The report as JSON: {"deployment": {"name", "version"}, "from",
+ * "to", "method", "arms": {NAME: {"customers", "decisions", "impressions",
+ * "accepts", "accept_rate", "buyers", "purchases",
+ * "purchases_without_margin", "margin", "margin_per_customer", "margin_sd",
+ * "uplift": {"estimate", "low", "high", "df"} or null}}}, the arms in the
+ * order of nbx_report_arm_at(); numbers that are not defined are null.
+ * @return NUL-terminated, owned by the report; NULL if r is NULL.
+ */
+NBX_API const char *nbx_report_json(const nbx_report *r, size_t *len);
+
+/** @brief Free a report. NULL is a no-op. */
+NBX_API void nbx_report_close(nbx_report *r);
+
 #ifdef __cplusplus
 }
 #endif
