@@ -1189,29 +1189,54 @@ Test(event, an_erased_customer_s_events_count_for_no_arm)
     cr_assert_eq(c.purchases, 0);
 }
 
-/* The impressions a decision records (NBX_DECIDE_RECORD, batches) are
- * events of its decision id: an arm's decision counts its impressions. */
-Test(event, a_decision_s_recorded_impressions_count_for_its_arm)
+/* The impressions a decision records (NBX_DECIDE_RECORD, batches, both
+ * through record.c) are events of its decision id: an arm's decision counts
+ * its impressions. */
+static void record_decision(const char *decision_id, const nbx_action *actions, size_t n)
 {
-    MDB_txn *txn;
+    char *path = tu_source_path("tests/data/catalog.json");
+    nbx_catalog *cat;
     nbx_err e = {0};
+    cr_assert_eq(nbx_catalog_load(path, &cat, &e), NBX_OK, "%s", e.msg);
+    nbx_caps caps;
+    cr_assert_eq(nbx_caps_init(&caps, cat), NBX_OK);
     nbx_buf scratch = {0};
-    int64_t now = t("2026-03-01T10:00:00Z");
+    MDB_txn *txn;
     cr_assert_eq(nbx_store_write_begin(store, &txn, &e), NBX_OK);
-    for (size_t i = 0; i < 2; i++)
-        cr_assert_eq(nbx_record_impression(store, txn, DID ".q4.champion", i, NBX_SV("c1"),
-                                           NBX_SV("o1"), NBX_SV("hero"), now, &arena, &scratch, &e),
-                     NBX_OK, "%s", e.msg);
-    /* a decision without a deployment: no arm */
-    cr_assert_eq(nbx_record_impression(store, txn, DID, 0, NBX_SV("c1"), NBX_SV("o2"),
-                                       NBX_SV("hero"), now, &arena, &scratch, &e),
-                 NBX_OK);
+    nbx_recorder r = {.store = store,
+                      .txn = txn,
+                      .catalog = cat,
+                      .caps = &caps,
+                      .arena = &arena,
+                      .scratch = &scratch};
+    nbx_profile p = {.id = NBX_SV("c1")};
+    /* fallback actions: checked for contacts only, so consent plays no part */
+    nbx_decision_record d = {.id = decision_id,
+                             .profile = &p,
+                             .channel = UINT32_MAX,
+                             .now_ms = t("2026-03-01T10:00:00Z"),
+                             .fallback = true,
+                             .actions = actions,
+                             .n_actions = n};
+    cr_assert_eq(nbx_record_decision(&r, &d, NULL, &e), NBX_OK, "%s", e.msg);
     cr_assert_eq(nbx_store_commit(store, txn, &e), NBX_OK);
     nbx_buf_free(&scratch);
+    nbx_caps_free(&caps);
+    nbx_catalog_unref(cat);
+    free(path);
+}
+
+Test(event, a_decision_s_recorded_impressions_count_for_its_arm)
+{
+    const nbx_action two[] = {{.offer = "free_shipping", .placement = "hero"},
+                              {.offer = "deep_discount", .placement = "recs"}};
+    record_decision(DID ".q4.champion", two, 2);
+    /* a decision without a deployment: no arm */
+    record_decision("01890a5d-ac96-7abc-8def-0123456789ac", two, 1);
     cr_assert_eq(arm_counts("champion", NULL).impressions, 2);
     cr_assert_eq(arm_rows(), 1);
     /* the impression's event id is DECISION_ID:INDEX */
     cr_assert_eq(attributed(DID ".q4.champion:1", "c1", "impression", DID ".q4.champion",
-                            "2026-03-01T10:00:00Z", OFFER),
+                            "2026-03-01T10:00:00Z", ",\"offer\":\"deep_discount\""),
                  0, "a duplicate of the recorded impression");
 }
