@@ -99,6 +99,10 @@ class EngineOptions(ctypes.Structure):
         ("policy_text", c_char_p),
         ("policy_len", c_size_t),
         ("event_max_skew_ms", ctypes.c_int64),
+        ("deployment", c_char_p),
+        ("deployment_text", c_char_p),
+        ("deployment_len", c_size_t),
+        ("deployment_handle", c_void_p),
     ]
 
 
@@ -133,6 +137,7 @@ class Action(ctypes.Structure):
         ("placement", c_char_p),
         ("score", ctypes.c_double),
         ("expected_margin", ctypes.c_double),
+        ("probability", ctypes.c_double),
     ]
 
 
@@ -169,6 +174,8 @@ class BatchItem(ctypes.Structure):
         ("policy_error", c_void_p),
         ("expected_margin", ctypes.c_double),
         ("exclusions", ctypes.c_uint32 * NBX_EXCLUDED_COUNT),
+        ("arm", c_void_p),
+        ("policy_version", c_void_p),
     ]
 
 
