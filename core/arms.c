@@ -82,6 +82,20 @@ void nbx_arm_deltas_clear(nbx_arm_deltas *d)
     d->n = 0;
 }
 
+int nbx_arm_deltas_copy(nbx_arm_deltas *to, const nbx_arm_deltas *from)
+{
+    memset(to, 0, sizeof *to);
+    if (from->cap == 0)
+        return NBX_OK;
+    to->slots = malloc(from->cap * sizeof *to->slots);
+    if (!to->slots)
+        return NBX_ENOMEM;
+    memcpy(to->slots, from->slots, from->cap * sizeof *to->slots);
+    to->cap = from->cap;
+    to->n = from->n;
+    return NBX_OK;
+}
+
 void nbx_arm_deltas_free(nbx_arm_deltas *d)
 {
     free(d->slots);

@@ -80,6 +80,7 @@ struct nbx_ctx {
     nbx_shadow_result *shadows;
     uint32_t shadows_cap;
     nbx_result result;
+    nbx_tally tally; /* decisions per arm, not yet in the store's counters */
     nbx_err err;
     uint64_t rng[2]; /* decision ids */
     int64_t last_log_us, last_shadow_log_us;
@@ -291,12 +292,29 @@ void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan)
     c->caps.plan = plan && c->snap && plan->catalog == c->snap->catalog ? plan : NULL;
 }
 
+/* Write the context's per-arm counts (tally.c), where the canary abort
+ * rules are judged. A decision does not wait on its counters: a failure is
+ * logged, and the counts wait for the next flush. */
+static void flush_tally(nbx_ctx *c)
+{
+    nbx_err e = {0};
+    const nbx_deployment *d = c->snap ? c->snap->deployment : NULL;
+    if (nbx_tally_flush(&c->tally, c->engine->store, d, nbx_time_now(), &e) != NBX_OK)
+        nbx_engine_log(c->engine, NBX_LOG_WARN,
+                       "per-arm counters not written yet (kept for the next flush): %s", e.msg);
+    for (uint32_t i = 0; i < c->tally.aborted_n; i++)
+        nbx_engine_log(c->engine, NBX_LOG_WARN, "deployment '%s': arm '%s' aborted (killed): %s",
+                       d ? d->name : "?", c->tally.aborted[i].arm, c->tally.aborted[i].reason);
+}
+
 NBX_API void nbx_ctx_close(nbx_ctx *c)
 {
     if (!c)
         return;
     if (c->txn)
         mdb_txn_abort(c->txn);
+    flush_tally(c);
+    nbx_tally_free(&c->tally);
     close_sandboxes(c);
     nbx_snapshot_unref(c->snap);
     free_catalog_arrays(c);
@@ -934,12 +952,8 @@ static int load_profile(nbx_ctx *c, const nbx_request *req, nbx_profile *p, nbx_
     return rc;
 }
 
-NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
+static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
 {
-    if (out)
-        *out = NULL;
-    if (!c || !out)
-        return nbx_fail(c, NBX_EINVAL, "nbx_decide: NULL argument");
     nbx_err e = {0};
     int rc = ctx_refresh(c, &e);
     if (rc == NBX_OK)
@@ -1054,6 +1068,35 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     c->err.msg[0] = '\0';
     *out = r;
     return NBX_OK;
+}
+
+/* A decision of a deployment's arm counts for it (tally.c): served, a
+ * fallback or, once the arm was known, an error. Trials run arms on
+ * synthetic customers: they count for none. */
+static void tally_decision(nbx_ctx *c, const nbx_request *req, int rc)
+{
+    const nbx_result *r = &c->result;
+    if (!r->deployment || !r->arm || c->force >= 0)
+        return;
+    int outcome = rc ? NBX_TALLY_ERROR : r->fallback ? NBX_TALLY_FALLBACK : NBX_TALLY_SERVED;
+    nbx_tally_count(&c->tally, r->deployment, r->arm, req->now_ms ? req->now_ms : nbx_time_now(),
+                    outcome, r->expected_margin);
+    if (nbx_tally_due(&c->tally, nbx_monotonic_us()))
+        flush_tally(c);
+}
+
+NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
+{
+    if (out)
+        *out = NULL;
+    if (!c || !out)
+        return nbx_fail(c, NBX_EINVAL, "nbx_decide: NULL argument");
+    c->result.deployment = NULL; /* set once the arm is known */
+    c->result.arm = NULL;
+    int rc = decide(c, req, out);
+    if (req)
+        tally_decision(c, req, rc);
+    return rc;
 }
 
 static bool offer_in_catalog(const void *catalog, nbx_sv id)

@@ -462,6 +462,8 @@ nbx_arm_counts *nbx_arm_deltas_at(nbx_arm_deltas *d, nbx_sv deployment, nbx_sv a
 int nbx_arm_deltas_write(nbx_arm_deltas *d, nbx_store *s, MDB_txn *txn, nbx_err *e);
 void nbx_arm_deltas_clear(nbx_arm_deltas *d);
 void nbx_arm_deltas_free(nbx_arm_deltas *d);
+/* to = a copy of from (to empty before); NBX_ENOMEM. */
+int nbx_arm_deltas_copy(nbx_arm_deltas *to, const nbx_arm_deltas *from);
 void nbx_arm_counts_add(nbx_arm_counts *to, const nbx_arm_counts *n);
 /* An arm's counters over all its days, as txn sees them (zeros: none). */
 int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
@@ -1199,6 +1201,55 @@ typedef bool (*nbx_arm_killed_fn)(void *ud, const nbx_arm *arm);
  * (NBX_ARM_INDEX_HOLDOUT). killed NULL: nothing is killed. */
 uint32_t nbx_deployment_serving_arm(const nbx_deployment *d, uint32_t assigned,
                                     nbx_arm_killed_fn killed, void *ud);
+
+/* ========================================================================
+ * Per-arm tally of an engine context (tally.c): its decisions per arm,
+ * counted in memory and flushed into the arm counters, where the canary
+ * abort rules are judged
+ * ======================================================================== */
+
+/* Flush after this many decisions, or a second after the first unflushed. */
+#define NBX_TALLY_FLUSH_DECISIONS 1000
+#define NBX_TALLY_ABORTS_MAX 4
+
+/* What became of a decision, for its arm's counters. */
+enum { NBX_TALLY_SERVED, NBX_TALLY_FALLBACK, NBX_TALLY_ERROR };
+
+typedef struct nbx_tally {
+    nbx_arm_deltas pending; /* decisions, fallbacks, errors, expected margin */
+    uint32_t decisions;     /* counted since the last flush */
+    int64_t since_us;       /* monotonic time of the first of them (0: none) */
+    uint64_t lost;          /* counts dropped for want of memory */
+    nbx_buf scratch;
+    /* the arms the last flush aborted, for the engine's log */
+    struct {
+        char arm[NBX_DEPLOYMENT_NAME_MAX + 1];
+        char reason[512];
+    } aborted[NBX_TALLY_ABORTS_MAX];
+    uint32_t aborted_n;
+} nbx_tally;
+
+/* Count a decision of arm (a name of d's, or NBX_ARM_HOLDOUT) at the
+ * decision's clock. d NULL (no deployment): nothing. */
+void nbx_tally_count(nbx_tally *t, const nbx_deployment *d, const char *arm, int64_t now_ms,
+                     int outcome, double expected_margin);
+/* Whether a flush is due: NBX_TALLY_FLUSH_DECISIONS counted, or a second
+ * since the first of them. */
+bool nbx_tally_due(nbx_tally *t, int64_t mono_us);
+/* Add the counts to the store's arm counters in one write transaction and
+ * judge d's abort rules in it (d NULL: none), killing the arms that break
+ * theirs (t->aborted says which). A store that is read-only or has no arm
+ * counters: the counts are dropped. On failure the counts are kept for the
+ * next flush and nothing is written. */
+int nbx_tally_flush(nbx_tally *t, nbx_store *s, const nbx_deployment *d, int64_t now_ms,
+                    nbx_err *e);
+void nbx_tally_free(nbx_tally *t);
+/* Whether counters c of arm break its abort rules (min_decisions passed;
+ * fallback rate above max_fallback_rate, or accept rate below
+ * min_accept_rate_ratio x the first arm's, fc); 1 with the rule and its
+ * figures in reason, else 0. */
+int nbx_abort_judge(const nbx_arm *arm, const nbx_arm_counts *c, const nbx_arm *first,
+                    const nbx_arm_counts *fc, char *reason, size_t cap);
 
 /* ========================================================================
  * Recording a decision (record.c): its chosen actions as impressions, for
