@@ -1188,30 +1188,3 @@ Test(event, an_erased_customer_s_events_count_for_no_arm)
     cr_assert_eq(c.accepts, 1);
     cr_assert_eq(c.purchases, 0);
 }
-
-/* The impressions a decision records (NBX_DECIDE_RECORD, batches) are
- * events of its decision id: an arm's decision counts its impressions. */
-Test(event, a_decision_s_recorded_impressions_count_for_its_arm)
-{
-    MDB_txn *txn;
-    nbx_err e = {0};
-    nbx_buf scratch = {0};
-    int64_t now = t("2026-03-01T10:00:00Z");
-    cr_assert_eq(nbx_store_write_begin(store, &txn, &e), NBX_OK);
-    for (size_t i = 0; i < 2; i++)
-        cr_assert_eq(nbx_record_impression(store, txn, DID ".q4.champion", i, NBX_SV("c1"),
-                                           NBX_SV("o1"), NBX_SV("hero"), now, &arena, &scratch, &e),
-                     NBX_OK, "%s", e.msg);
-    /* a decision without a deployment: no arm */
-    cr_assert_eq(nbx_record_impression(store, txn, DID, 0, NBX_SV("c1"), NBX_SV("o2"),
-                                       NBX_SV("hero"), now, &arena, &scratch, &e),
-                 NBX_OK);
-    cr_assert_eq(nbx_store_commit(store, txn, &e), NBX_OK);
-    nbx_buf_free(&scratch);
-    cr_assert_eq(arm_counts("champion", NULL).impressions, 2);
-    cr_assert_eq(arm_rows(), 1);
-    /* the impression's event id is DECISION_ID:INDEX */
-    cr_assert_eq(attributed(DID ".q4.champion:1", "c1", "impression", DID ".q4.champion",
-                            "2026-03-01T10:00:00Z", OFFER),
-                 0, "a duplicate of the recorded impression");
-}
