@@ -35,6 +35,7 @@ struct nbx_ctx {
     int sandbox_rc; /* why the sandbox could not be built, for fallbacks */
     char sandbox_err[NBX_ERRMSG_MAX];
     nbx_caps caps;
+    nbx_kills kills; /* the store's, as of the last decision's snapshot */
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
@@ -201,6 +202,7 @@ NBX_API void nbx_ctx_close(nbx_ctx *c)
     nbx_sandbox_close(c->sandbox);
     nbx_snapshot_unref(c->snap);
     free_catalog_arrays(c);
+    nbx_kills_free(&c->kills);
     nbx_arena_free(&c->arena);
     nbx_buf_free(&c->scratch);
     nbx_buf_free(&c->result.json);
@@ -523,9 +525,9 @@ static void arbitrate(nbx_ctx *c, size_t n)
 }
 
 /* The fallback decision: the catalog's fallback actions for the requested
- * placements that are live, consented, pass the guardrails and fit the
- * contact policy. Frequency caps and budgets do not apply: fallbacks are the
- * generic content shown when personalisation is unavailable. */
+ * placements that are live, not killed, consented, pass the guardrails and
+ * fit the contact policy. Frequency caps and budgets do not apply: fallbacks
+ * are the generic content shown when personalisation is unavailable. */
 static void fallback_actions(nbx_ctx *c, int64_t now)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -538,7 +540,8 @@ static void fallback_actions(nbx_ctx *c, int64_t now)
         for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi] && left; k++) {
             const nbx_offer *o = &cat->offers[pl->fallback[k]];
             int why = nbx_caps_check(&c->caps, o, now);
-            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
+            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT &&
+                        why != NBX_EXCLUDED_KILLED;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
             nbx_caps_plan_impression(&c->caps, o, true);
@@ -744,7 +747,13 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             nbx_err_mdb(&e, mrc, "starting a read");
             return ctx_fail(c, &e);
         }
+        /* kills as of this snapshot: next decision after a kill, no reload */
+        if ((rc = nbx_kills_refresh(&c->kills, store, c->txn, &e)) != NBX_OK) {
+            mdb_txn_reset(c->txn);
+            return ctx_fail(c, &e);
+        }
     }
+    nbx_caps_kills(&c->caps, &c->kills);
     nbx_profile profile = {.id = customer};
     rc = load_profile(c, req, &profile, &e);
     if (rc == NBX_ENOTFOUND) {
@@ -873,8 +882,8 @@ NBX_API int nbx_record_ex(nbx_ctx *c, const char *json, size_t len, unsigned fla
                              .max_skew_ms = c->engine->event_max_skew_ms,
                              .offer_known = offer_in_catalog,
                              .offers = snap->catalog};
-    int rc = nbx_event_parse(json, len, server_time ? NBX_EVENT_TS_OPTIONAL : 0, &ev, &c->arena,
-                             &e);
+    int rc =
+        nbx_event_parse(json, len, server_time ? NBX_EVENT_TS_OPTIONAL : 0, &ev, &c->arena, &e);
     if (rc == NBX_OK && server_time)
         ev.ts_ms = rules.now_ms;
     if (rc == NBX_OK)
