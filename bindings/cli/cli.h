@@ -189,6 +189,13 @@ int cli_run_gen_profiles(cli_args *args);
 int cli_run_gen_events(cli_args *args);
 int cli_run_gen_catalog(cli_args *args);
 
+/* kill.c: kill switches; flag tables and help text live with them */
+extern const cli_flag cli_kill_flags[];
+extern const cli_flag cli_unkill_flags[];
+extern const char cli_kill_details[];
+int cli_run_kill(cli_args *args);
+int cli_run_unkill(cli_args *args);
+
 /* batch.c: its flag table and help text live with it */
 extern const cli_flag cli_batch_flags[];
 extern const char cli_batch_details[];
