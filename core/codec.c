@@ -999,6 +999,97 @@ int nbx_arm_counts_decode(const void *data, size_t len, nbx_arm_counts *c)
 }
 
 /* ========================================================================
+ * Kills: kind name -> [reason, at, by]; history: seq (8 bytes BE) ->
+ * [at, killed, kind, name, reason|nil, by]
+ * ======================================================================== */
+
+size_t nbx_kill_key(char out[NBX_KILL_KEY_MAX], uint8_t kind, nbx_sv name)
+{
+    out[0] = (char)kind;
+    memcpy(out + 1, name.ptr, name.len);
+    return 1 + name.len;
+}
+
+bool nbx_kill_key_parse(const void *key, size_t len, uint8_t *kind, nbx_sv *name)
+{
+    const uint8_t *k = key;
+    if (len < 2 || len > NBX_KILL_KEY_MAX || k[0] < NBX_KILL_OFFER || k[0] > NBX_KILL_POLICY)
+        return false;
+    *kind = k[0];
+    *name = (nbx_sv){(const char *)k + 1, len - 1};
+    return true;
+}
+
+int nbx_kill_encode(const nbx_kill_change *c, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 3);
+    pack_sv(&pk, c->reason);
+    msgpack_pack_int64(&pk, c->at_ms);
+    pack_sv(&pk, c->by);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_kill_decode(const void *data, size_t len, nbx_kill_change *c)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 3)
+        return NBX_ECORRUPT;
+    c->reason = mp_str(&m);
+    c->at_ms = mp_int(&m);
+    c->by = mp_str(&m);
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}
+
+void nbx_kill_log_key(uint8_t out[NBX_KILL_LOG_KEY_SIZE], uint64_t seq)
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(seq >> (56 - 8 * i));
+}
+
+uint64_t nbx_kill_log_seq(const void *key, size_t len)
+{
+    return len == NBX_KILL_LOG_KEY_SIZE ? be(key, 8) : 0;
+}
+
+int nbx_kill_log_encode(const nbx_kill_change *c, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_int64(&pk, c->at_ms);
+    if (c->killed)
+        msgpack_pack_true(&pk);
+    else
+        msgpack_pack_false(&pk);
+    msgpack_pack_uint8(&pk, c->kind);
+    pack_sv(&pk, c->name);
+    pack_sv_or_nil(&pk, c->reason);
+    pack_sv(&pk, c->by);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_kill_log_decode(const void *data, size_t len, nbx_kill_change *c)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 6)
+        return NBX_ECORRUPT;
+    c->at_ms = mp_int(&m);
+    c->killed = mp_bool(&m);
+    uint64_t kind = mp_uint(&m);
+    c->name = mp_str(&m);
+    c->reason = str_or_nil(&m);
+    c->by = mp_str(&m);
+    if (m.bad || kind < NBX_KILL_OFFER || kind > NBX_KILL_POLICY || c->name.len == 0)
+        return NBX_ECORRUPT;
+    c->kind = (uint8_t)kind;
+    return NBX_OK;
+}
+
+/* ========================================================================
  * Decision ids: UUIDv7 ["." deployment "." arm]
  * ======================================================================== */
 

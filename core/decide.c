@@ -57,6 +57,7 @@ struct nbx_ctx {
     nbx_arm_killed_fn arm_killed;
     void *arm_killed_ud;
     nbx_caps caps;
+    nbx_kills kills; /* the store's, as of the last decision's snapshot */
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
@@ -318,6 +319,7 @@ NBX_API void nbx_ctx_close(nbx_ctx *c)
     close_sandboxes(c);
     nbx_snapshot_unref(c->snap);
     free_catalog_arrays(c);
+    nbx_kills_free(&c->kills);
     nbx_arena_free(&c->arena);
     nbx_buf_free(&c->scratch);
     nbx_buf_free(&c->result.json);
@@ -640,9 +642,9 @@ static void arbitrate(nbx_ctx *c, nbx_candidate *cand, size_t n, const choice_se
 }
 
 /* The fallback decision: the catalog's fallback actions for the requested
- * placements that are live, consented, pass the guardrails and fit the
- * contact policy. Frequency caps and budgets do not apply: fallbacks are the
- * generic content shown when personalisation is unavailable. */
+ * placements that are live, not killed, consented, pass the guardrails and
+ * fit the contact policy. Frequency caps and budgets do not apply: fallbacks
+ * are the generic content shown when personalisation is unavailable. */
 static void fallback_actions(nbx_ctx *c, int64_t now, const choice_set *set)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -655,7 +657,8 @@ static void fallback_actions(nbx_ctx *c, int64_t now, const choice_set *set)
         for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi] && left; k++) {
             const nbx_offer *o = &cat->offers[pl->fallback[k]];
             int why = nbx_caps_check(&c->caps, o, now);
-            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
+            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT &&
+                        why != NBX_EXCLUDED_KILLED;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
             if (set->plan)
@@ -982,7 +985,13 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
             nbx_err_mdb(&e, mrc, "starting a read");
             return ctx_fail(c, &e);
         }
+        /* kills as of this snapshot: next decision after a kill, no reload */
+        if ((rc = nbx_kills_refresh(&c->kills, store, c->txn, &e)) != NBX_OK) {
+            mdb_txn_reset(c->txn);
+            return ctx_fail(c, &e);
+        }
     }
+    nbx_caps_kills(&c->caps, &c->kills);
     nbx_profile profile = {.id = customer};
     rc = load_profile(c, req, &profile, &e);
     if (rc == NBX_ENOTFOUND) {

@@ -383,6 +383,9 @@ struct nbx_store {
     bool has_suppressed; /* false: a format-1 store read as it is */
     MDB_dbi arms;        /* deployment \0 arm \0 day -> arm counters (format 3) */
     bool has_arms;       /* false: a format-1 or 2 store read as it is */
+    MDB_dbi kills;       /* kind name -> the current kill (format 3) */
+    MDB_dbi kill_log;    /* sequence number (8 bytes BE) -> a kill or unkill (format 3) */
+    bool has_kills;      /* false: a format-1 or 2 store read as it is */
     uint32_t schema;     /* the format version the store has */
     uint32_t schema_before; /* ... had at open (nbx_store_upgrade) */
     unsigned flags;    /* nbx_store_flags */
@@ -471,6 +474,61 @@ int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
 /* nbx_arm_counters_read() within txn. */
 int nbx_arm_counters_scan(nbx_store *s, MDB_txn *txn, const char *deployment, int64_t from_ms,
                           int64_t to_ms, nbx_arm_counters_fn fn, void *ud, nbx_err *e);
+
+/* ========================================================================
+ * Kill switches (kills.c): the store's current kills and their history,
+ * and the kill set a context reads at each decision
+ * ======================================================================== */
+
+typedef struct nbx_kill_change nbx_kill_change; /* codec: a kill or unkill */
+
+/* Apply a kill or unkill in txn, all or nothing for the caller (on an
+ * error, abort txn): checked (errors name the field: 'offer', 'arm',
+ * 'policy', 'reason', 'by'), the current set changed (NBX_ENOTFOUND:
+ * unkilling what is not killed), the change appended to the history and the
+ * kill generation moved. NBX_EREADONLY on a store of a format before 3. */
+int nbx_kills_write(nbx_store *s, MDB_txn *txn, const nbx_kill_change *c, nbx_buf *scratch,
+                    nbx_err *e);
+/* The canary abort's kill (h-experiment): arm DEPLOYMENT.ARM killed in
+ * txn, origin "abort", reason the rule and its figures (cut at
+ * NBX_KILL_REASON_MAX bytes; valid UTF-8 expected). */
+int nbx_kills_abort_arm(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
+                        const char *reason, int64_t now_ms, nbx_buf *scratch, nbx_err *e);
+
+typedef struct nbx_kill_entry {
+    uint8_t kind; /* nbx_kill_kind */
+    char *name;   /* NUL-terminated; name_len bytes */
+    size_t name_len;
+    char *reason;
+} nbx_kill_entry;
+
+/* A context's copy of the store's current kills, in key order. Zero
+ * initialised is empty. One thread at a time (a context's). */
+typedef struct nbx_kills {
+    nbx_kill_entry *entries;
+    size_t n, cap;
+    size_t n_kind[NBX_KILL_POLICY + 1];
+    bool checked;        /* txn_id and generation are known */
+    size_t txn_id;       /* the read snapshot last checked */
+    uint64_t generation; /* meta kill_generation the set was read at */
+    uint64_t version;    /* moves each time the set is read again: what
+                            callers derive from it (per-offer flags) is
+                            stale when their copy differs */
+} nbx_kills;
+
+/* Bring k up to the kills of txn's snapshot: nothing if txn is the snapshot
+ * checked last, else one meta lookup, and the set read again only if the
+ * generation moved. A store without kills (format before 3; s NULL) has
+ * none. On an error k is emptied. */
+int nbx_kills_refresh(nbx_kills *k, nbx_store *s, MDB_txn *txn, nbx_err *e);
+void nbx_kills_free(nbx_kills *k);
+/* The kill of kind and name; NULL if not killed. Valid until the next
+ * refresh. */
+const nbx_kill_entry *nbx_kills_find(const nbx_kills *k, uint8_t kind, nbx_sv name);
+/* The predicates the engine applies (k NULL: nothing is killed). */
+bool nbx_offer_killed(const nbx_kills *k, nbx_sv offer);
+bool nbx_arm_killed(const nbx_kills *k, nbx_sv deployment, nbx_sv arm);
+bool nbx_policy_killed(const nbx_kills *k, nbx_sv version_hex);
 
 /* ========================================================================
  * Exposure counters (exposure.c)
@@ -671,6 +729,7 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ou
 #define NBX_META_EVENTS "events"
 #define NBX_META_RFM "rfm"
 #define NBX_META_SUPPRESSION_SECRET "suppression_key"
+#define NBX_META_KILL_GENERATION "kill_generation"
 
 /* Everything keyed by one customer but the profile lives under its prefix
  * (id \0) in `customers`, in tagged sub-ranges, so an event touches that
@@ -758,6 +817,37 @@ int nbx_arm_counts_decode(const void *data, size_t len, nbx_arm_counts *c);
 _Static_assert(NBX_DECISION_ID_MAX == NBX_UUID_LEN + 2 + 2 * NBX_ARM_NAME_MAX,
                "decision ids: UUID.DEPLOYMENT.ARM");
 bool nbx_decision_id_arm(nbx_sv id, nbx_sv *deployment, nbx_sv *arm);
+
+/* Kills (databases `kills` and `kill_log`, format 3; kills.c): the
+ * current kill set, key kind (one byte, nbx_kill_kind) then the name ->
+ * [reason, at, by]; and the history, key a sequence number from 1 (8 bytes,
+ * big-endian, so appends go last) -> [at, killed, kind, name, reason|nil,
+ * by]. Meta NBX_META_KILL_GENERATION (a count, nbx_count_encode) changes
+ * with every change: readers reload the set only when it did. */
+#define NBX_KILL_NAME_MAX (2 * NBX_ARM_NAME_MAX + 1) /* DEPLOYMENT.ARM; offer ids: 128 */
+#define NBX_KILL_KEY_MAX (1 + NBX_KILL_NAME_MAX)
+#define NBX_KILL_BY_MAX 64
+#define NBX_KILL_LOG_KEY_SIZE 8
+struct nbx_kill_change {
+    uint8_t kind; /* nbx_kill_kind */
+    bool killed;  /* a kill; false: an unkill */
+    nbx_sv name;
+    nbx_sv reason; /* may be empty (an unkill without one) */
+    nbx_sv by;
+    int64_t at_ms;
+};
+size_t nbx_kill_key(char out[NBX_KILL_KEY_MAX], uint8_t kind, nbx_sv name);
+/* The parts of a kills key; false if it is not one. */
+bool nbx_kill_key_parse(const void *key, size_t len, uint8_t *kind, nbx_sv *name);
+/* A current kill: reason, at_ms and by of c. */
+int nbx_kill_encode(const nbx_kill_change *c, nbx_buf *out);
+/* Into c: reason, at_ms, by (pointing into data). */
+int nbx_kill_decode(const void *data, size_t len, nbx_kill_change *c);
+void nbx_kill_log_key(uint8_t out[NBX_KILL_LOG_KEY_SIZE], uint64_t seq);
+/* 0 if the key is not one. */
+uint64_t nbx_kill_log_seq(const void *key, size_t len);
+int nbx_kill_log_encode(const nbx_kill_change *c, nbx_buf *out);
+int nbx_kill_log_decode(const void *data, size_t len, nbx_kill_change *c);
 
 typedef struct nbx_rfm_meta {
     int64_t as_of_ms;
@@ -1069,6 +1159,12 @@ typedef struct nbx_caps {
     uint32_t budget_day;
     bool budget_valid;
     const nbx_budget_plan *plan; /* a planning batch's; NULL otherwise */
+    /* per offer: killed (nbx_caps_kills), kept across decisions while the
+     * kill set's version is the same */
+    uint8_t *killed;
+    const nbx_kills *kills; /* the set they came from (explanations) */
+    uint64_t kills_version;
+    bool killed_valid;
 } nbx_caps;
 
 int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
@@ -1078,8 +1174,11 @@ void nbx_caps_free(nbx_caps *c);
  * session's channel needs (nbx_catalog_channel), UINT32_MAX for none. */
 int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
                   int64_t now_ms, nbx_arena *a, nbx_err *e);
+/* The catalog's offers that k kills (NULL: none), worked out again only
+ * when k or the catalog changed since the last call. */
+void nbx_caps_kills(nbx_caps *c, const nbx_kills *k);
 /* First reason the offer may not be shown to the customer loaded now, or
- * NONE: validity, consent (the offer's purpose and the channel's),
+ * NONE: killed, validity, consent (the offer's purpose and the channel's),
  * contacts, frequency, cooldown, budget. */
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms);
 /* Whether the customer loaded now consented to the catalog's

@@ -70,17 +70,17 @@ extern "C" {
  * ======================================================================== */
 
 #define NBX_VERSION_MAJOR 0
-#define NBX_VERSION_MINOR 1
+#define NBX_VERSION_MINOR 2
 #define NBX_VERSION_PATCH 0
 /** 0xXXYYZZ: major, minor, patch. */
 #define NBX_VERSION_NUM                                                        \
     ((NBX_VERSION_MAJOR << 16) | (NBX_VERSION_MINOR << 8) | NBX_VERSION_PATCH)
-#define NBX_VERSION_STRING "0.1.0"
+#define NBX_VERSION_STRING "0.2.0"
 
 /**
  * @brief Version of the library actually linked.
  * @param[out] num if not NULL, receives the library's NBX_VERSION_NUM.
- * @return static string such as "0.1.0".
+ * @return static string such as "0.2.0".
  * @note Thread-safe.
  */
 NBX_API const char *nbx_version(int *num);
@@ -892,6 +892,7 @@ typedef enum nbx_excluded {
     NBX_EXCLUDED_INELIGIBLE,
     NBX_EXCLUDED_GUARDRAIL,
     NBX_EXCLUDED_POLICY_ERROR,
+    NBX_EXCLUDED_KILLED, /**< the offer is killed (nbx_kill(); since 0.2) */
     NBX_EXCLUDED_COUNT
 } nbx_excluded;
 
@@ -1508,6 +1509,96 @@ NBX_API const char *nbx_report_json(const nbx_report *r, size_t *len);
 
 /** @brief Free a report. NULL is a no-op. */
 NBX_API void nbx_report_close(nbx_report *r);
+
+/* ========================================================================
+ * Kill switches
+ *
+ * An offer, an arm of a deployment or a policy version can be killed: kept
+ * from serving, in every process and nginx worker using the store, from
+ * their next decision on, without a reload. A killed offer is excluded
+ * with NBX_EXCLUDED_KILLED (fallbacks included); a killed arm's customers,
+ * or those of an arm whose policy version is killed, go to the first arm
+ * not killed, and to the control treatment when the first arm is killed
+ * (docs/experiments.md, "Kill switches"). Every kill and unkill is kept in
+ * the store's history, which nothing deletes.
+ * ======================================================================== */
+
+/** What a kill names. */
+typedef enum nbx_kill_kind {
+    NBX_KILL_OFFER = 1,  /**< an offer id: 1..128 bytes, no NUL */
+    NBX_KILL_ARM = 2,    /**< DEPLOYMENT.ARM: the deployment's and the arm's names,
+                              1..64 bytes of [A-Za-z0-9_.-] each (a deployment's
+                              name holds no '.'); not the holdout */
+    NBX_KILL_POLICY = 3, /**< a policy version: 16 lowercase hex digits, as the
+                              result's policy.version */
+} nbx_kill_kind;
+
+/** Longest kill reason, in bytes (valid UTF-8, no NUL). */
+#define NBX_KILL_REASON_MAX 1024
+
+/** A kill (current) or a change of the history, as nbx_kills_read() hands it. */
+typedef struct nbx_kill_info {
+    int kind;           /**< nbx_kill_kind */
+    const char *name;   /**< the offer id, DEPLOYMENT.ARM or policy version */
+    const char *reason; /**< as given: escape it before a terminal; "" if none */
+    const char *by;     /**< the origin: "cli", "abort", ... */
+    int64_t at_ms;      /**< when (the writer's clock, epoch ms) */
+    int killed;         /**< 1 a kill; 0 an unkill (history only) */
+    uint64_t seq;       /**< history: the change's number, from 1; current: 0 */
+} nbx_kill_info;
+
+/**
+ * @brief Kill what kind and name designate, or kill it again with a new
+ * reason; appends the change to the history. All or nothing.
+ * @param store opened writable, of format 3 (nbx store upgrade).
+ * @param kind nbx_kill_kind.
+ * @param name the offer id, DEPLOYMENT.ARM or policy version (see
+ *   nbx_kill_kind); it need not exist anywhere yet.
+ * @param reason why: 1..NBX_KILL_REASON_MAX bytes of UTF-8, no NUL.
+ * @param by the origin recorded with it: 1..64 bytes of [A-Za-z0-9_.-]
+ *   ("cli"; an abort writes "abort"); NULL: "api".
+ * @return NBX_OK; NBX_EINVAL (NULL store, a bad kind, name, reason or by:
+ *   the message names the field), NBX_EREADONLY (read-only store, or one of
+ *   a format before 3), NBX_ESTORE. Nothing is written on failure.
+ * @note Thread-safe; effective on the next decision of every engine on the
+ *   store.
+ */
+NBX_API int nbx_kill(nbx_store *store, int kind, const char *name, const char *reason,
+                     const char *by);
+
+/**
+ * @brief Lift a kill; appends the change to the history. All or nothing.
+ * @param reason optional (NULL or ""), else as nbx_kill()'s.
+ * @return as nbx_kill(), and NBX_ENOTFOUND when it is not killed (nothing
+ *   written).
+ * @note Thread-safe.
+ */
+NBX_API int nbx_unkill(nbx_store *store, int kind, const char *name, const char *reason,
+                       const char *by);
+
+/** Callback of nbx_kills_read(); k and its strings are valid during the
+ * call only. Return 0 to go on, anything else to stop. */
+typedef int (*nbx_kill_fn)(void *ud, const nbx_kill_info *k);
+
+/** nbx_kills_read(): the history instead of the current kills. */
+#define NBX_KILLS_HISTORY 1u
+
+/**
+ * @brief The current kills (by kind: offers, arms, policies; then name,
+ * bytewise), or with NBX_KILLS_HISTORY every kill and unkill in the order
+ * they were made.
+ * @return NBX_OK (also when fn stopped early; a store of a format before 3
+ *   has none: no call), NBX_EINVAL (NULL store or fn, unknown flags),
+ *   NBX_ECORRUPT, NBX_ESTORE.
+ * @note Thread-safe. Reads one snapshot of the store.
+ */
+NBX_API int nbx_kills_read(nbx_store *store, unsigned flags, nbx_kill_fn fn, void *ud);
+
+/**
+ * @brief The name of a kind ("offer", "arm", "policy"); NULL if unknown.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_kill_kind_name(int kind);
 
 #ifdef __cplusplus
 }

@@ -843,8 +843,11 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     MDB_dbi dbi;
     cr_assert_eq(mdb_dbi_open(txn, "suppressed", 0, &dbi), 0);
     cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "arms", 0, &dbi), 0);
-    cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
+    for (size_t i = 0; i < 3; i++) { /* format 3's */
+        cr_assert_eq(mdb_dbi_open(txn, (const char *[]){"arms", "kills", "kill_log"}[i], 0, &dbi),
+                     0);
+        cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
+    }
     raw_end(env, txn);
     uint8_t one = 1;
     set_schema(&one, 1);
@@ -861,6 +864,7 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     cr_assert_eq(st.schema_version, 1);
     const char *id = "c1";
     cr_assert_eq(nbx_profile_erase(s, &id, 1, NULL), NBX_EREADONLY);
+    cr_assert_eq(nbx_kill(s, NBX_KILL_OFFER, "o1", "r", NULL), NBX_EREADONLY);
     nbx_store_close(s);
 
     uint32_t from = 9, to = 9;
@@ -871,6 +875,8 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     cr_assert_eq(from, NBX_SCHEMA_VERSION, "nothing to do the second time");
     s = create();
     cr_assert_eq(nbx_profile_erase(s, &id, 1, NULL), NBX_OK, "%s", nbx_store_errmsg(s));
+    /* the upgrade made format 3's kill switches too */
+    cr_assert_eq(nbx_kill(s, NBX_KILL_OFFER, "o1", "r", NULL), NBX_OK, "%s", nbx_store_errmsg(s));
     cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
     cr_assert_eq(st.schema_version, NBX_SCHEMA_VERSION);
     nbx_store_close(s);

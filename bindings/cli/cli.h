@@ -213,6 +213,13 @@ int cli_run_report_experiment(cli_args *args);
  * a table, or (json) a JSON array. CLI_OK or CLI_FAIL (message printed). */
 int cli_print_arm_counters(cli_args *args, nbx_store *store, FILE *out, bool json);
 
+/* kill.c: kill switches; flag tables and help text live with them */
+extern const cli_flag cli_kill_flags[];
+extern const cli_flag cli_unkill_flags[];
+extern const char cli_kill_details[];
+int cli_run_kill(cli_args *args);
+int cli_run_unkill(cli_args *args);
+
 /* batch.c: its flag table and help text live with it */
 extern const cli_flag cli_batch_flags[];
 extern const char cli_batch_details[];

@@ -246,6 +246,11 @@ const cli_command cli_commands[] = {
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
      cli_batch_details, cli_run_batch},
+    {"kill", NULL, "offer ID|arm DEPLOYMENT.ARM|policy VERSION", 0, 2, cli_kill_flags,
+     "Kill an offer, an arm or a policy version (--reason); --list what is killed.",
+     cli_kill_details, cli_run_kill},
+    {"unkill", NULL, "offer ID|arm DEPLOYMENT.ARM|policy VERSION", 2, 2, cli_unkill_flags,
+     "Lift a kill; the history keeps it.", NULL, cli_run_unkill},
     {"policy", "check", "FILE", 1, 1, cli_policy_check_flags,
      "Check that a policy file loads and, with --catalog, that it decides for every customer.",
      "Without --catalog: the file must compile, follow the sandbox's rules and run its top\n"

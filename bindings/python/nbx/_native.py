@@ -64,7 +64,7 @@ NBX_ENGINE_READONLY = 0x1
 NBX_DECIDE_EXPLAIN = 0x1
 NBX_DECIDE_RECORD = 0x2
 NBX_ITER_IDS = 0x1
-NBX_EXCLUDED_COUNT = 10
+NBX_EXCLUDED_COUNT = 11
 NBX_TIME_BUFSZ = 32
 
 # ---------------------------------------------------------------------------
