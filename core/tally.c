@@ -98,6 +98,62 @@ int nbx_abort_judge(const nbx_arm *arm, const nbx_arm_counts *c, const nbx_arm *
     return 0;
 }
 
+/* Kill the arm for the abort in txn: the one place an abort reaches the
+ * kill switches. */
+static int kill_arm(nbx_store *s, MDB_txn *txn, const nbx_deployment *d, const nbx_arm *arm,
+                    const char *reason, int64_t now_ms, nbx_buf *scratch, nbx_err *e)
+{
+    return nbx_kills_abort_arm(s, txn, nbx_sv_of(d->name), nbx_sv_of(arm->name), reason, now_ms,
+                               scratch, e);
+}
+
+/* Whether DEPLOYMENT.ARM is killed in txn: an arm killed already (by hand,
+ * or by another process's abort) is not aborted again. */
+static bool arm_killed_in(nbx_store *s, MDB_txn *txn, const nbx_deployment *d, const nbx_arm *arm)
+{
+    char name[2 * NBX_ARM_NAME_MAX + 2], key[NBX_KILL_KEY_MAX];
+    int n = snprintf(name, sizeof name, "%s.%s", d->name, arm->name);
+    MDB_val k = {nbx_kill_key(key, NBX_KILL_ARM, (nbx_sv){name, (size_t)n}), key}, v;
+    return mdb_get(txn, s->kills, &k, &v) == 0;
+}
+
+/* Every arm of d with abort rules, judged on its counters in txn; an arm
+ * broken and not killed yet is killed (t->aborted lists them for the
+ * engine's log). */
+static int judge_arms(nbx_tally *t, nbx_store *s, MDB_txn *txn, const nbx_deployment *d,
+                      int64_t now_ms, nbx_err *e)
+{
+    nbx_arm_counts first;
+    bool have_first = false;
+    for (uint32_t i = 0; i < d->n_arms; i++) {
+        const nbx_arm *arm = &d->arms[i];
+        if (arm->abort.min_decisions == 0)
+            continue;
+        if (arm_killed_in(s, txn, d, arm))
+            continue;
+        nbx_arm_counts c;
+        int rc = nbx_arm_totals(s, txn, nbx_sv_of(d->name), nbx_sv_of(arm->name), &c, e);
+        if (rc == NBX_OK && !have_first) {
+            rc = nbx_arm_totals(s, txn, nbx_sv_of(d->name), nbx_sv_of(d->arms[0].name), &first, e);
+            have_first = true;
+        }
+        if (rc)
+            return rc;
+        char reason[512];
+        if (!nbx_abort_judge(arm, &c, &d->arms[0], &first, reason, sizeof reason))
+            continue;
+        rc = kill_arm(s, txn, d, arm, reason, now_ms, &t->scratch, e);
+        if (rc)
+            return rc;
+        if (t->aborted_n < NBX_TALLY_ABORTS_MAX) {
+            snprintf(t->aborted[t->aborted_n].arm, sizeof t->aborted[0].arm, "%s", arm->name);
+            snprintf(t->aborted[t->aborted_n].reason, sizeof t->aborted[0].reason, "%s", reason);
+            t->aborted_n++;
+        }
+    }
+    return NBX_OK;
+}
+
 /* ========================================================================
  * Flush
  * ======================================================================== */
@@ -123,6 +179,8 @@ int nbx_tally_flush(nbx_tally *t, nbx_store *s, const nbx_deployment *d, int64_t
         rc = nbx_arm_deltas_write(&work, s, txn, e);
     else
         nbx_err_set(e, rc, "out of memory");
+    if (rc == NBX_OK && d && s->has_kills)
+        rc = judge_arms(t, s, txn, d, now_ms, e);
     if (rc == NBX_OK)
         rc = nbx_store_commit(s, txn, e);
     else

@@ -257,3 +257,136 @@ Test(tally, abort_rules_judge_past_min_decisions_only)
     nbx_arm first_ruled = arm_with("champion", 10, NAN, 0.8);
     cr_assert_eq(nbx_abort_judge(&first_ruled, &c, &first_ruled, &c, why, sizeof why), 0);
 }
+
+/* ========================================================================
+ * Canary abort, end to end
+ * ======================================================================== */
+
+typedef struct kill_seen {
+    int n;
+    char name[160], by[32], reason[1100];
+} kill_seen;
+
+static int take_kill(void *ud, const nbx_kill_info *k)
+{
+    kill_seen *s = ud;
+    if (k->kind == NBX_KILL_ARM) {
+        snprintf(s->name, sizeof s->name, "%s", k->name);
+        snprintf(s->by, sizeof s->by, "%s", k->by);
+        snprintf(s->reason, sizeof s->reason, "%s", k->reason);
+        s->n++;
+    }
+    return 0;
+}
+
+static kill_seen arm_kills(unsigned flags)
+{
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_READONLY, &s), NBX_OK);
+    kill_seen k;
+    memset(&k, 0, sizeof k);
+    cr_assert_eq(nbx_kills_read(s, flags, take_kill, &k), NBX_OK, "%s", nbx_store_errmsg(s));
+    nbx_store_close(s);
+    return k;
+}
+
+/* A batch of n customers c00000.. on two threads; returns how many the
+ * challenger served. */
+static uint64_t run_batch(nbx_engine *e, int n)
+{
+    nbx_batch_options o;
+    nbx_batch_options_init(&o);
+    o.threads = 2;
+    o.now_ms = NOW;
+    nbx_batch *b;
+    cr_assert_eq(nbx_batch_open(e, &o, &b), NBX_OK, "%s", nbx_last_errmsg());
+    uint64_t challenger = 0;
+    const nbx_batch_item *it;
+    for (int i = 0; i < n; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c%05d", i);
+        while (nbx_batch_space(b) == 0 && nbx_batch_next(b, &it) == NBX_OK)
+            challenger += it->arm && strcmp(it->arm, "challenger") == 0;
+        cr_assert_eq(nbx_batch_submit(b, id, NULL, 0, NULL), NBX_OK, "%s", nbx_batch_errmsg(b));
+    }
+    while (nbx_batch_next(b, &it) == NBX_OK) {
+        cr_assert_eq(it->status, NBX_OK, "%s: %s", it->customer, it->errmsg);
+        challenger += it->arm && strcmp(it->arm, "challenger") == 0;
+    }
+    nbx_batch_close(b);
+    return challenger;
+}
+
+/* The issue's test: a challenger that fails for 5 % of its customers, with
+ * max_fallback_rate 1 %, is killed by the abort once it has served
+ * min_decisions, in the batch, with the rule and figures as reason. */
+Test(tally, a_challenger_failing_for_five_percent_is_aborted_in_a_batch)
+{
+    put_flaky_profiles(4000);
+    nbx_engine *e =
+        open_engine(DEPLOYMENT(",\"abort\":{\"min_decisions\":500,\"max_fallback_rate\":0.01}"), 0);
+    cr_assert_eq(arm_kills(0).n, 0);
+    uint64_t by_challenger = run_batch(e, 4000);
+    cr_assert_geq(by_challenger, 500, "the challenger served %llu: not enough to judge",
+                  (unsigned long long)by_challenger);
+    kill_seen k = arm_kills(0);
+    cr_assert_eq(k.n, 1, "the challenger is not killed after %llu decisions",
+                 (unsigned long long)by_challenger);
+    cr_assert_str_eq(k.name, "q4.challenger");
+    cr_assert_str_eq(k.by, "abort");
+    cr_assert(strstr(k.reason, "max_fallback_rate: fallback rate 0.0") &&
+                  strstr(k.reason, "is above 0.01"),
+              "reason: %s", k.reason);
+    /* once: later flushes do not abort it again */
+    cr_assert_eq(arm_kills(NBX_KILLS_HISTORY).n, 1);
+    arm_figures f = stored();
+    cr_assert_geq(f.arms[2].decisions, 500);
+    cr_assert_gt(f.arms[2].fallbacks * 100, f.arms[2].decisions, "above 1 %% of fallbacks");
+    nbx_engine_close(e);
+}
+
+/* A challenger within its rules is left alone; one whose accept rate falls
+ * below the ratio of the first arm's is aborted. */
+Test(tally, accept_rates_are_compared_with_the_first_arm_s)
+{
+    nbx_engine *e =
+        open_engine(DEPLOYMENT(",\"abort\":{\"min_decisions\":100,\"max_fallback_rate\":0.5,"
+                               "\"min_accept_rate_ratio\":0.8}"),
+                    0);
+    /* accepts attributed by decision id: the champion 10 of its first
+     * decisions, the challenger none */
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    int champion_accepts = 0;
+    for (int i = 0; i < 400; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c%05d", i);
+        nbx_request req;
+        nbx_request_init(&req);
+        req.customer = id;
+        req.now_ms = NOW;
+        const nbx_result *r;
+        cr_assert_eq(nbx_decide(c, &req, &r), NBX_OK);
+        nbx_action a;
+        if (strcmp(nbx_result_arm(r), "champion") == 0 && champion_accepts < 10 &&
+            nbx_result_action(r, 0, &a) == NBX_OK) {
+            char ev[400];
+            snprintf(ev, sizeof ev,
+                     "{\"event_id\":\"a%d\",\"customer\":\"%s\",\"type\":\"accept\","
+                     "\"offer\":\"%s\",\"decision_id\":\"%s\",\"ts\":%lld}",
+                     i, id, a.offer, nbx_result_decision_id(r), (long long)(NOW / 1000));
+            int applied;
+            cr_assert_eq(nbx_record(c, ev, strlen(ev), &applied), NBX_OK, "%s", nbx_ctx_errmsg(c));
+            champion_accepts++;
+        }
+    }
+    nbx_ctx_close(c);
+    cr_assert_eq(champion_accepts, 10);
+    kill_seen k = arm_kills(0);
+    cr_assert_eq(k.n, 1);
+    cr_assert(strstr(k.reason, "min_accept_rate_ratio: accept rate 0.0000 (0 accepts of "),
+              "reason: %s", k.reason);
+    /* judged at a flush: the champion's accepts as they were by then */
+    cr_assert(strstr(k.reason, "the accept rate of arm 'champion' ("), "reason: %s", k.reason);
+    nbx_engine_close(e);
+}
