@@ -53,9 +53,6 @@ struct nbx_ctx {
     ctx_sandbox *sandboxes;
     uint32_t n_sandboxes;
     int force; /* trials: the sandbox every decision runs (-1: assignment's) */
-    /* which arms kills keep from serving (NULL: none); see choose_policy */
-    nbx_arm_killed_fn arm_killed;
-    void *arm_killed_ud;
     nbx_caps caps;
     nbx_kills kills; /* the store's, as of the last decision's snapshot */
     MDB_txn *txn;
@@ -830,6 +827,15 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
 
 /* Which sandbox serves this decision (-1: none, the control treatment),
  * and the result's deployment fields. Without a deployment, the policy. */
+/* The kills' answer for nbx_deployment_serving_arm(): the arm is killed by
+ * name (DEPLOYMENT.ARM, an abort's too) or its policy's version is. */
+static bool arm_killed(void *ud, const nbx_arm *arm)
+{
+    const nbx_ctx *c = ud;
+    return nbx_arm_killed(&c->kills, nbx_sv_of(c->snap->deployment->name), nbx_sv_of(arm->name)) ||
+           (arm->policy && nbx_policy_killed(&c->kills, nbx_sv_of(arm->policy->version_hex)));
+}
+
 static int choose_policy(nbx_ctx *c, nbx_sv customer)
 {
     nbx_result *r = &c->result;
@@ -848,7 +854,7 @@ static int choose_policy(nbx_ctx *c, nbx_sv customer)
         return c->force;
     }
     uint32_t assigned = nbx_deployment_arm_of(d, customer);
-    uint32_t serving = nbx_deployment_serving_arm(d, assigned, c->arm_killed, c->arm_killed_ud);
+    uint32_t serving = nbx_deployment_serving_arm(d, assigned, arm_killed, c);
     r->assigned = assigned == NBX_ARM_INDEX_HOLDOUT ? NBX_ARM_HOLDOUT : d->arms[assigned].name;
     if (serving == NBX_ARM_INDEX_HOLDOUT) {
         r->arm = NBX_ARM_HOLDOUT;
@@ -974,8 +980,6 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
     int64_t wall = nbx_time_now();
     int64_t now = req->now_ms ? req->now_ms : wall;
     nbx_sv customer = nbx_sv_of(req->customer);
-    int served = choose_policy(c, customer);
-    new_decision_id(c, wall, r->decision_id);
     nbx_arena_reset(&c->arena);
 
     nbx_store *store = c->engine->store;
@@ -992,6 +996,10 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
         }
     }
     nbx_caps_kills(&c->caps, &c->kills);
+    /* after the kills are read: an arm killed (or aborted) a moment ago
+     * serves no one from this decision on */
+    int served = choose_policy(c, customer);
+    new_decision_id(c, wall, r->decision_id);
     nbx_profile profile = {.id = customer};
     rc = load_profile(c, req, &profile, &e);
     if (rc == NBX_ENOTFOUND) {

@@ -319,7 +319,8 @@ static uint64_t run_batch(nbx_engine *e, int n)
 
 /* The issue's test: a challenger that fails for 5 % of its customers, with
  * max_fallback_rate 1 %, is killed by the abort once it has served
- * min_decisions, in the batch, with the rule and figures as reason. */
+ * min_decisions, in the batch, with the rule and figures as reason; its
+ * customers then go to the first arm, in the next batch too. */
 Test(tally, a_challenger_failing_for_five_percent_is_aborted_in_a_batch)
 {
     put_flaky_profiles(4000);
@@ -342,7 +343,33 @@ Test(tally, a_challenger_failing_for_five_percent_is_aborted_in_a_batch)
     arm_figures f = stored();
     cr_assert_geq(f.arms[2].decisions, 500);
     cr_assert_gt(f.arms[2].fallbacks * 100, f.arms[2].decisions, "above 1 %% of fallbacks");
+    /* its customers return to the first arm */
+    nbx_deployment *d = nbx_engine_deployment(e);
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    int checked = 0;
+    for (int i = 0; i < 200; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c%05d", i);
+        if (strcmp(nbx_deployment_assign(d, id, strlen(id)), "challenger") != 0)
+            continue;
+        nbx_request req;
+        nbx_request_init(&req);
+        req.customer = id;
+        req.now_ms = NOW;
+        const nbx_result *r;
+        cr_assert_eq(nbx_decide(c, &req, &r), NBX_OK);
+        cr_assert_str_eq(nbx_result_arm(r), "champion", "%s after the abort", id);
+        checked++;
+    }
+    cr_assert_gt(checked, 0);
+    nbx_ctx_close(c);
     nbx_engine_close(e);
+    /* a batch again: the arm stays killed, once */
+    e = open_engine(DEPLOYMENT(",\"abort\":{\"min_decisions\":500,\"max_fallback_rate\":0.01}"), 0);
+    cr_assert_eq(run_batch(e, 1000), 0, "a killed arm serves no one");
+    nbx_engine_close(e);
+    cr_assert_eq(arm_kills(NBX_KILLS_HISTORY).n, 1);
 }
 
 /* A challenger within its rules is left alone; one whose accept rate falls
