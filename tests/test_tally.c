@@ -338,6 +338,17 @@ Test(tally, a_challenger_failing_for_five_percent_is_aborted_in_a_batch)
     cr_assert(strstr(k.reason, "max_fallback_rate: fallback rate 0.0") &&
                   strstr(k.reason, "is above 0.01"),
               "reason: %s", k.reason);
+    /* and `nbx kill --list` shows it */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "'%s/nbx' kill --list --store '%s'", NBX_BINARY_DIR, store_dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char out[4096];
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s: %s", cmd, out);
+    cr_assert(strstr(out, "q4.challenger") && strstr(out, "by abort: max_fallback_rate"),
+              "nbx kill --list: %s", out);
     /* once: later flushes do not abort it again */
     cr_assert_eq(arm_kills(NBX_KILLS_HISTORY).n, 1);
     arm_figures f = stored();
