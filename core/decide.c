@@ -291,8 +291,8 @@ void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan)
 }
 
 /* Write the context's per-arm counts (tally.c), where the canary abort
- * rules are judged. A decision does not wait on its counters: a failure is
- * logged, and the counts wait for the next flush. */
+ * rules are judged. A failure does not fail the decision: it is logged, and
+ * the counts wait for the next flush. */
 static void flush_tally(nbx_ctx *c)
 {
     nbx_err e = {0};

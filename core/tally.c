@@ -8,10 +8,13 @@
  * each time, so a context sums its decisions in memory and writes them
  * once a second or every NBX_TALLY_FLUSH_DECISIONS decisions, and when it
  * closes (a batch's contexts close at its end): one transaction, one row
- * write per (deployment, arm, day). A decision's figures thus reach the
- * store at most a second late (or are lost with a process that dies), which
- * counters that steer an abort can afford; a decision never waits for
- * them, and a flush that fails keeps its figures for the next one.
+ * write per (deployment, arm, day). The decision that makes a flush due
+ * pays for it (the writer lock and a sync) once per second or 1,000
+ * decisions, not every decision. Figures reach the store at most a second
+ * late while the context decides (an idle context's wait for its next
+ * decision or its close; a process that dies loses them), which counters
+ * that steer an abort can afford; a flush that fails keeps its figures for
+ * the next one.
  *
  * The abort rules read the arm's counters over its whole life as the
  * flush's transaction sees them (every process's flushes, every event
