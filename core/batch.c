@@ -258,6 +258,7 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         it->decision_id = "";
         it->policy_error = NULL;
         it->actions = NULL;
+        it->arm = it->policy_version = NULL;
         return;
     }
     size_t n = nbx_result_action_count(r);
@@ -284,6 +285,15 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         nbx_buf_puts(o, perr);
         nbx_buf_putc(o, '\0');
     }
+    /* arm and policy version: names and hex, both short */
+    const char *arm = nbx_result_arm(r), *version = NULL;
+    nbx_result_policy(r, &version);
+    size_t arm_at = o->len;
+    if (arm)
+        nbx_buf_append(o, arm, strlen(arm) + 1);
+    size_t version_at = o->len;
+    if (version)
+        nbx_buf_append(o, version, strlen(version) + 1);
     size_t strings_at = o->len;
     for (size_t i = 0; i < n; i++) {
         nbx_action a;
@@ -308,6 +318,8 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
     it->json_len = json_len;
     it->decision_id = o->data + id_at;
     it->policy_error = perr ? o->data + perr_at : NULL;
+    it->arm = arm ? o->data + arm_at : NULL;
+    it->policy_version = version ? o->data + version_at : NULL;
     it->actions = s->actions;
     it->n_actions = n;
     it->fallback = nbx_result_fallback(r);
@@ -398,10 +410,12 @@ static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e
     }
     if (rc)
         return rc;
+    /* the control treatment shows fallbacks: checked as fallbacks are */
+    bool control = it->arm && strcmp(it->arm, NBX_ARM_HOLDOUT) == 0;
     nbx_decision_record d = {.id = it->decision_id,
                              .profile = &p,
                              .now_ms = b->now_ms,
-                             .fallback = it->fallback,
+                             .fallback = it->fallback || control,
                              .actions = it->actions,
                              .n_actions = it->n_actions};
     if (nbx_catalog_channel(rec.catalog, s->session, s->n_session, &d.channel, e) != NBX_OK)

@@ -28,12 +28,34 @@ struct rank_entry {
     uint32_t cand;
 };
 
+/* A sandbox per policy of the snapshot (nbx_snapshot_policy_at: the policy,
+ * or each arm's then each shadow's), and why one could not be built. */
+typedef struct ctx_sandbox {
+    nbx_sandbox *sb;
+    int rc;
+    char err[NBX_ERRMSG_MAX];
+} ctx_sandbox;
+
+/* Where arbitration puts its actions: the served decision's (the result) or
+ * a shadow policy's. Only the served decision counts against a planning
+ * batch's budgets. */
+typedef struct choice_set {
+    nbx_action *actions;
+    size_t cap;
+    size_t *n;
+    double *expected_margin;
+    bool plan;
+} choice_set;
+
 struct nbx_ctx {
     nbx_engine *engine;
     nbx_snapshot *snap;
-    nbx_sandbox *sandbox;
-    int sandbox_rc; /* why the sandbox could not be built, for fallbacks */
-    char sandbox_err[NBX_ERRMSG_MAX];
+    ctx_sandbox *sandboxes;
+    uint32_t n_sandboxes;
+    int force; /* trials: the sandbox every decision runs (-1: assignment's) */
+    /* which arms kills keep from serving (NULL: none); see choose_policy */
+    nbx_arm_killed_fn arm_killed;
+    void *arm_killed_ud;
     nbx_caps caps;
     nbx_kills kills; /* the store's, as of the last decision's snapshot */
     MDB_txn *txn;
@@ -47,16 +69,22 @@ struct nbx_ctx {
     uint8_t *offer_used;
     uint32_t *slots_left; /* per placement */
     uint8_t *placement_wanted;
-    uint32_t channel; /* the request's channel purpose (nbx_catalog_channel) */
+    uint32_t channel;            /* the request's channel purpose (nbx_catalog_channel) */
     const nbx_budget_plan *plan; /* a planning batch's budgets (nbx_ctx_plan_budgets) */
     nbx_action *actions;
     uint8_t *misfit; /* per action: why recording it was refused (record.c) */
     size_t actions_cap;
+    /* shadow policies: the candidates after eligibility (their common
+     * input), a working copy, and each one's actions and outcome */
+    nbx_candidate *shadow_base, *shadow_cand;
+    nbx_action *shadow_actions; /* actions_cap per shadow */
+    nbx_shadow_result *shadows;
+    uint32_t shadows_cap;
     nbx_result result;
     nbx_err err;
     uint64_t rng[2]; /* decision ids */
-    int64_t last_log_us;
-    uint32_t suppressed_logs;
+    int64_t last_log_us, last_shadow_log_us;
+    uint32_t suppressed_logs, suppressed_shadow_logs;
 };
 
 /* ========================================================================
@@ -80,6 +108,14 @@ static void free_catalog_arrays(nbx_ctx *c)
     free(c->slots_left);
     free(c->placement_wanted);
     free(c->actions);
+    free(c->shadow_base);
+    free(c->shadow_cand);
+    free(c->shadow_actions);
+    free(c->shadows);
+    c->shadow_base = c->shadow_cand = NULL;
+    c->shadow_actions = NULL;
+    c->shadows = NULL;
+    c->shadows_cap = 0;
     free(c->misfit);
     c->cand = NULL;
     c->ranked = NULL;
@@ -113,9 +149,64 @@ static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
     c->cand_cap = n;
     c->actions_cap = slots;
     if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left ||
-        !c->placement_wanted || !c->actions || !c->misfit || nbx_caps_init(&c->caps, cat) != NBX_OK) {
+        !c->placement_wanted || !c->actions || !c->misfit ||
+        nbx_caps_init(&c->caps, cat) != NBX_OK) {
         free_catalog_arrays(c);
         return NBX_ENOMEM;
+    }
+    return NBX_OK;
+}
+
+/* The arrays shadow policies decide in, sized for the catalog and the
+ * deployment's shadows. */
+static int alloc_shadow_arrays(nbx_ctx *c, uint32_t n_shadow)
+{
+    if (n_shadow <= c->shadows_cap)
+        return NBX_OK;
+    free(c->shadow_base);
+    free(c->shadow_cand);
+    free(c->shadow_actions);
+    free(c->shadows);
+    c->shadow_base = calloc(c->cand_cap, sizeof *c->shadow_base);
+    c->shadow_cand = calloc(c->cand_cap, sizeof *c->shadow_cand);
+    c->shadow_actions =
+        calloc((c->actions_cap ? c->actions_cap : 1) * n_shadow, sizeof *c->shadow_actions);
+    c->shadows = calloc(n_shadow, sizeof *c->shadows);
+    c->shadows_cap = n_shadow;
+    if (!c->shadow_base || !c->shadow_cand || !c->shadow_actions || !c->shadows) {
+        c->shadows_cap = 0;
+        return NBX_ENOMEM;
+    }
+    return NBX_OK;
+}
+
+static void close_sandboxes(nbx_ctx *c)
+{
+    for (uint32_t i = 0; i < c->n_sandboxes; i++)
+        nbx_sandbox_close(c->sandboxes[i].sb);
+    free(c->sandboxes);
+    c->sandboxes = NULL;
+    c->n_sandboxes = 0;
+}
+
+/* A sandbox for each policy of the snapshot. One that cannot be built
+ * leaves its reason: its decisions fall back (nbx_ctx_open refuses). */
+static int open_sandboxes(nbx_ctx *c, nbx_snapshot *s)
+{
+    close_sandboxes(c);
+    uint32_t n = nbx_snapshot_policy_count(s);
+    c->sandboxes = calloc(n, sizeof *c->sandboxes);
+    if (!c->sandboxes)
+        return NBX_ENOMEM;
+    c->n_sandboxes = n;
+    for (uint32_t i = 0; i < n; i++) {
+        ctx_sandbox *x = &c->sandboxes[i];
+        nbx_policy *pol = nbx_snapshot_policy_at(s, i);
+        nbx_err serr = {0};
+        x->rc = nbx_sandbox_open(pol, s->catalog, &c->engine->limits, &x->sb, &serr);
+        snprintf(x->err, sizeof x->err, "%s", serr.msg);
+        if (x->rc)
+            nbx_engine_log(c->engine, NBX_LOG_ERROR, "policy %s: %s", pol->name, serr.msg);
     }
     return NBX_OK;
 }
@@ -129,7 +220,8 @@ static int ctx_refresh(nbx_ctx *c, nbx_err *e)
         return NBX_OK;
     nbx_snapshot *s = nbx_engine_snapshot(eng);
     bool catalog_changed = !c->snap || c->snap->catalog != s->catalog;
-    bool policy_changed = !c->snap || c->snap->policy != s->policy;
+    bool policy_changed =
+        !c->snap || c->snap->policy != s->policy || c->snap->deployment != s->deployment;
     if (catalog_changed) {
         free_catalog_arrays(c);
         if (alloc_catalog_arrays(c, s->catalog) != NBX_OK) {
@@ -138,19 +230,26 @@ static int ctx_refresh(nbx_ctx *c, nbx_err *e)
         }
         c->caps.plan = c->plan && c->plan->catalog == s->catalog ? c->plan : NULL;
     }
-    if (catalog_changed || policy_changed || !c->sandbox) {
-        nbx_sandbox_close(c->sandbox);
-        c->sandbox = NULL;
-        nbx_err serr = {0};
-        c->sandbox_rc = nbx_sandbox_open(s->policy, s->catalog, &eng->limits, &c->sandbox, &serr);
-        snprintf(c->sandbox_err, sizeof c->sandbox_err, "%s", serr.msg);
-        if (c->sandbox_rc)
-            nbx_engine_log(eng, NBX_LOG_ERROR, "policy %s: %s", s->policy->name, serr.msg);
+    int rc = NBX_OK;
+    if (s->deployment && s->deployment->n_shadow)
+        rc = alloc_shadow_arrays(c, s->deployment->n_shadow);
+    if (rc == NBX_OK && (catalog_changed || policy_changed || !c->sandboxes))
+        rc = open_sandboxes(c, s);
+    if (rc) {
+        /* keep nothing of s: the next decision tries again */
+        free_catalog_arrays(c);
+        close_sandboxes(c);
+        nbx_snapshot_unref(c->snap);
+        c->snap = NULL;
+        nbx_snapshot_unref(s);
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory opening the policies' sandboxes");
     }
     nbx_snapshot_unref(c->snap);
     c->snap = s;
     return NBX_OK;
 }
+
+static bool arm_killed(void *ud, const nbx_arm *arm); /* the kills' hook (Deployments) */
 
 NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
 {
@@ -170,10 +269,14 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     }
     c->rng[0] = seed[0];
     c->rng[1] = seed[1];
+    c->force = -1;
+    c->arm_killed = arm_killed;
+    c->arm_killed_ud = c;
     nbx_err e = {0};
     int rc = ctx_refresh(c, &e);
-    if (rc == NBX_OK && c->sandbox_rc)
-        rc = nbx_err_set(&e, c->sandbox_rc, "%s", c->sandbox_err);
+    for (uint32_t i = 0; rc == NBX_OK && i < c->n_sandboxes; i++)
+        if (c->sandboxes[i].rc)
+            rc = nbx_err_set(&e, c->sandboxes[i].rc, "%s", c->sandboxes[i].err);
     if (rc == NBX_OK && engine->store) {
         rc = nbx_store_read_begin(engine->store, &c->txn, &e);
         if (rc == NBX_OK)
@@ -199,7 +302,7 @@ NBX_API void nbx_ctx_close(nbx_ctx *c)
         return;
     if (c->txn)
         mdb_txn_abort(c->txn);
-    nbx_sandbox_close(c->sandbox);
+    close_sandboxes(c);
     nbx_snapshot_unref(c->snap);
     free_catalog_arrays(c);
     nbx_kills_free(&c->kills);
@@ -377,11 +480,11 @@ static void check_eligibility(nbx_ctx *c, size_t n, int64_t now)
     }
 }
 
-static void apply_guardrails(nbx_ctx *c, size_t n)
+static void apply_guardrails(nbx_ctx *c, nbx_candidate *cand, size_t n)
 {
     const nbx_catalog *cat = c->snap->catalog;
     for (size_t i = 0; i < n; i++) {
-        nbx_candidate *cd = &c->cand[i];
+        nbx_candidate *cd = &cand[i];
         if (cd->excluded)
             continue;
         const nbx_offer *o = &cat->offers[cd->offer];
@@ -427,18 +530,18 @@ static void sift_down(struct rank_entry *h, size_t n, size_t i)
     }
 }
 
-static void add_action(nbx_ctx *c, const nbx_offer *o, uint32_t placement, double score,
-                       double margin)
+static void add_action(nbx_ctx *c, const choice_set *set, const nbx_offer *o, uint32_t placement,
+                       double score, double margin)
 {
-    nbx_result *r = &c->result;
-    if (r->n_actions >= c->actions_cap)
+    if (*set->n >= set->cap)
         return;
-    nbx_action *a = &c->actions[r->n_actions++];
+    nbx_action *a = &set->actions[(*set->n)++];
     a->offer = o->id.ptr;
     a->placement = c->snap->catalog->placements[placement].id.ptr;
     a->score = score;
     a->expected_margin = margin;
-    r->expected_margin += margin;
+    a->probability = 1; /* the ranking is deterministic */
+    *set->expected_margin += margin;
     c->offer_used[o->index] = 1;
     c->slots_left[placement]--;
 }
@@ -460,7 +563,7 @@ static void reset_slots(nbx_ctx *c)
  * (plus offers already shown elsewhere) times log(candidates), whatever the
  * number of candidates; the order of actions is the global rank order, as a
  * single heap would give. */
-static void arbitrate(nbx_ctx *c, size_t n)
+static void arbitrate(nbx_ctx *c, nbx_candidate *cand, size_t n, const choice_set *set)
 {
     const nbx_catalog *cat = c->snap->catalog;
     reset_slots(c);
@@ -469,7 +572,7 @@ static void arbitrate(nbx_ctx *c, size_t n)
     memset(c->heap_len, 0, cat->n_placements * sizeof *c->heap_len);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        const nbx_candidate *cd = &c->cand[i];
+        const nbx_candidate *cd = &cand[i];
         if (cd->excluded)
             continue;
         if (c->heap_len[cd->placement]++ == 0)
@@ -494,17 +597,17 @@ static void arbitrate(nbx_ctx *c, size_t n)
         if (best == UINT32_MAX)
             break;
         struct rank_entry *top = h + c->heap_at[best];
-        nbx_candidate *cd = &c->cand[top[0].cand];
+        nbx_candidate *cd = &cand[top[0].cand];
         top[0] = top[--c->heap_len[best]];
         sift_down(top, c->heap_len[best], 0);
         if (c->offer_used[cd->offer])
             continue;
         /* a planning batch's own actions used the offer's budget up */
-        if (!nbx_caps_plan_impression(&c->caps, &cat->offers[cd->offer], false)) {
+        if (set->plan && !nbx_caps_plan_impression(&c->caps, &cat->offers[cd->offer], false)) {
             cd->excluded = NBX_EXCLUDED_BUDGET;
             continue;
         }
-        add_action(c, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
+        add_action(c, set, &cat->offers[cd->offer], cd->placement, cd->score, cd->expected_margin);
         contacts--;
     }
     if (contacts > 0)
@@ -517,7 +620,7 @@ static void arbitrate(nbx_ctx *c, size_t n)
             continue;
         const struct rank_entry *top = h + c->heap_at[p];
         for (uint32_t i = 0; i < c->heap_len[p]; i++) {
-            nbx_candidate *cd = &c->cand[top[i].cand];
+            nbx_candidate *cd = &cand[top[i].cand];
             if (!c->offer_used[cd->offer])
                 cd->excluded = NBX_EXCLUDED_CONTACTS;
         }
@@ -528,7 +631,7 @@ static void arbitrate(nbx_ctx *c, size_t n)
  * placements that are live, not killed, consented, pass the guardrails and
  * fit the contact policy. Frequency caps and budgets do not apply: fallbacks
  * are the generic content shown when personalisation is unavailable. */
-static void fallback_actions(nbx_ctx *c, int64_t now)
+static void fallback_actions(nbx_ctx *c, int64_t now, const choice_set *set)
 {
     const nbx_catalog *cat = c->snap->catalog;
     reset_slots(c);
@@ -544,14 +647,19 @@ static void fallback_actions(nbx_ctx *c, int64_t now)
                         why != NBX_EXCLUDED_KILLED;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
-            nbx_caps_plan_impression(&c->caps, o, true);
-            add_action(c, o, pi, NAN, c->caps.propensity[o->index] * o->margin - o->serving_cost);
+            if (set->plan)
+                nbx_caps_plan_impression(&c->caps, o, true);
+            add_action(c, set, o, pi, NAN,
+                       c->caps.propensity[o->index] * o->margin - o->serving_cost);
             left--;
         }
     }
 }
 
-static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
+/* With a deployment the id names it and the arm served (UUID "." name "."
+ * arm), so an event carrying it is attributed to its arm by the event
+ * alone, with no lookup and no write per decision. */
+static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[NBX_DECISION_ID_MAX + 1])
 {
     /* UUIDv7 layout: 48-bit wall-clock milliseconds, version 7, then random
      * bits with the RFC 4122 variant. Written by hand: printf was a visible
@@ -566,6 +674,16 @@ static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
         uint64_t word = i < 16 ? hi : lo;
         *p++ = hex[(word >> (60 - 4 * (i % 16))) & 0xf];
     }
+    const nbx_result *r = &c->result;
+    if (r->deployment) {
+        size_t dn = strlen(r->deployment->name), an = strlen(r->arm);
+        *p++ = '.';
+        memcpy(p, r->deployment->name, dn);
+        p += dn;
+        *p++ = '.';
+        memcpy(p, r->arm, an);
+        p += an;
+    }
     *p = '\0';
 }
 
@@ -573,44 +691,53 @@ static void new_decision_id(nbx_ctx *c, int64_t wall_ms, char out[37])
  * Policy failures
  * ======================================================================== */
 
-static void log_policy_failure(nbx_ctx *c, const char *customer, const char *msg)
+/* At most one line a second per context (and one for shadow policies): a
+ * broken policy under load must not flood the host's log. */
+static void log_policy_failure(nbx_ctx *c, const nbx_policy *pol, bool shadow, const char *customer,
+                               const char *msg)
 {
-    /* At most one line a second per context: a broken policy under load
-     * must not flood the host's log. */
     int64_t now = nbx_monotonic_us();
-    if (now - c->last_log_us < 1000000) {
-        c->suppressed_logs++;
+    int64_t *last = shadow ? &c->last_shadow_log_us : &c->last_log_us;
+    uint32_t *suppressed = shadow ? &c->suppressed_shadow_logs : &c->suppressed_logs;
+    if (now - *last < 1000000) {
+        (*suppressed)++;
         return;
     }
-    const nbx_policy *pol = c->snap->policy;
     char more[64] = "";
-    if (c->suppressed_logs)
-        snprintf(more, sizeof more, " (%u more failures not logged)", c->suppressed_logs);
-    nbx_engine_log(c->engine, NBX_LOG_ERROR,
-                   "policy %s (version %s) failed, fallback served for customer %.64s: %s%s",
-                   pol->name, pol->version_hex, customer, msg, more);
-    c->last_log_us = now;
-    c->suppressed_logs = 0;
+    if (*suppressed)
+        snprintf(more, sizeof more, " (%u more failures not logged)", *suppressed);
+    nbx_engine_log(c->engine, NBX_LOG_ERROR, "%spolicy %s (version %s) failed, %s %.64s: %s%s",
+                   shadow ? "shadow " : "", pol->name, pol->version_hex,
+                   shadow ? "nothing served from it for customer" : "fallback served for customer",
+                   customer, msg, more);
+    *last = now;
+    *suppressed = 0;
+}
+
+/* The fault of a failed run: its kind, and "where: reason" in msg. perr
+ * NULL: the sandbox could not be built (why: its reason). */
+static const char *fault_record(const nbx_policy_error *perr, const char *why,
+                                nbx_policy_error *fault, char *msg, size_t cap)
+{
+    static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
+    if (perr) {
+        snprintf(msg, cap, "%.255s%s%.511s", perr->where, perr->where[0] ? ": " : "", perr->reason);
+        *fault = *perr;
+        return perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault] : "unavailable";
+    }
+    snprintf(msg, cap, "policy unavailable: %.700s", why);
+    memset(fault, 0, sizeof *fault);
+    snprintf(fault->reason, sizeof fault->reason, "%.511s", msg);
+    return "unavailable";
 }
 
 static void take_fallback(nbx_ctx *c, size_t n, int64_t now, const char *customer,
-                          const nbx_policy_error *perr)
+                          const nbx_policy_error *perr, const char *why)
 {
     nbx_result *r = &c->result;
     r->fallback = true;
     r->has_error = true;
-    static const char *const kinds[] = {"none", "runtime", "timeout", "memory", "result"};
-    if (perr) {
-        snprintf(r->error, sizeof r->error, "%.255s%s%.511s", perr->where,
-                 perr->where[0] ? ": " : "", perr->reason);
-        r->fault = *perr;
-        r->fault_kind = perr->fault < NBX_ARRAY_LEN(kinds) ? kinds[perr->fault] : "unavailable";
-    } else {
-        snprintf(r->error, sizeof r->error, "policy unavailable: %s", c->sandbox_err);
-        memset(&r->fault, 0, sizeof r->fault);
-        snprintf(r->fault.reason, sizeof r->fault.reason, "%.511s", r->error);
-        r->fault_kind = "unavailable";
-    }
+    r->fault_kind = fault_record(perr, why, &r->fault, r->error, sizeof r->error);
     for (size_t i = 0; i < n; i++)
         if (!c->cand[i].excluded) {
             c->cand[i].excluded = NBX_EXCLUDED_POLICY_ERROR;
@@ -618,8 +745,9 @@ static void take_fallback(nbx_ctx *c, size_t n, int64_t now, const char *custome
         }
     r->n_actions = 0;
     r->expected_margin = 0;
-    fallback_actions(c, now);
-    log_policy_failure(c, customer, r->error);
+    choice_set set = {c->actions, c->actions_cap, &r->n_actions, &r->expected_margin, true};
+    fallback_actions(c, now, &set);
+    log_policy_failure(c, r->policy, false, customer, r->error);
 }
 
 /* ========================================================================
@@ -660,7 +788,7 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
                              .profile = p,
                              .channel = c->channel,
                              .now_ms = now,
-                             .fallback = r->fallback,
+                             .fallback = r->fallback || r->control,
                              .actions = r->actions,
                              .n_actions = r->n_actions};
     int rc = nbx_store_write_begin(rec.store, &rec.txn, e);
@@ -680,6 +808,124 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
             recorded++;
     }
     return rc;
+}
+
+/* ========================================================================
+ * Deployments: the arm that serves, the control treatment, shadows
+ * ======================================================================== */
+
+/* Kills keep an arm from serving when its DEPLOYMENT.ARM or its policy's
+ * version is killed (the context's kill set, as of this decision's
+ * snapshot); nbx_deployment_serving_arm() says who serves instead. */
+static bool policy_killed(const nbx_ctx *c, const nbx_policy *p)
+{
+    return p && nbx_policy_killed(&c->kills, nbx_sv_of(p->version_hex));
+}
+
+static bool arm_killed(void *ud, const nbx_arm *arm)
+{
+    const nbx_ctx *c = ud;
+    return nbx_arm_killed(&c->kills, nbx_sv_of(c->snap->deployment->name), nbx_sv_of(arm->name)) ||
+           policy_killed(c, arm->policy);
+}
+
+/* Which sandbox serves this decision (-1: none, the control treatment),
+ * and the result's deployment fields. Without a deployment, the policy. */
+static int choose_policy(nbx_ctx *c, nbx_sv customer)
+{
+    nbx_result *r = &c->result;
+    const nbx_deployment *d = c->snap->deployment;
+    r->deployment = d;
+    r->arm = r->assigned = NULL;
+    r->control = false;
+    r->policy = c->snap->policy;
+    if (!d && !policy_killed(c, r->policy))
+        return 0;
+    if (!d) { /* its one policy is killed: the control treatment */
+        r->control = true;
+        r->policy = NULL;
+        return -1;
+    }
+    if (c->force >= 0) {
+        /* a trial: every customer on one policy */
+        bool arm = (uint32_t)c->force < d->n_arms;
+        r->arm = r->assigned = arm ? d->arms[c->force].name : "shadow";
+        r->policy = nbx_snapshot_policy_at(c->snap, (uint32_t)c->force);
+        return c->force;
+    }
+    uint32_t assigned = nbx_deployment_arm_of(d, customer);
+    uint32_t serving = nbx_deployment_serving_arm(d, assigned, c->arm_killed, c->arm_killed_ud);
+    r->assigned = assigned == NBX_ARM_INDEX_HOLDOUT ? NBX_ARM_HOLDOUT : d->arms[assigned].name;
+    if (serving == NBX_ARM_INDEX_HOLDOUT) {
+        r->arm = NBX_ARM_HOLDOUT;
+        r->control = true;
+        r->policy = NULL;
+        return -1;
+    }
+    r->arm = d->arms[serving].name;
+    r->policy = d->arms[serving].policy;
+    return (int)serving;
+}
+
+/* The control treatment (the holdout's): the catalog's fallback actions,
+ * as a fallback decision would show them, with no policy run and no
+ * failure: a baseline without personalised choice. */
+static void control_treatment(nbx_ctx *c, int64_t now)
+{
+    nbx_result *r = &c->result;
+    choice_set set = {c->actions, c->actions_cap, &r->n_actions, &r->expected_margin, true};
+    fallback_actions(c, now, &set);
+}
+
+/* Shadow policy k decides on the served decision's input (candidates after
+ * eligibility, profile, session, clock, seed) into its own arrays: it is
+ * never served or recorded, and counts against no budget, not even a
+ * planning batch's. A failure is its own: its result says so. */
+static void run_shadow(nbx_ctx *c, uint32_t k, const nbx_sandbox_input *served_in, int64_t now)
+{
+    const nbx_deployment *d = c->snap->deployment;
+    ctx_sandbox *x = &c->sandboxes[d->n_arms + k];
+    nbx_shadow_result *sh = &c->shadows[k];
+    sh->policy = d->shadow[k];
+    sh->actions = c->shadow_actions + (size_t)k * c->actions_cap;
+    sh->n_actions = 0;
+    sh->expected_margin = 0;
+    sh->fallback = false;
+    choice_set set = {sh->actions, c->actions_cap, &sh->n_actions, &sh->expected_margin, false};
+    memcpy(c->shadow_cand, c->shadow_base, served_in->n_cand * sizeof *c->shadow_cand);
+    nbx_sandbox_input in = *served_in;
+    in.cand = c->shadow_cand;
+    in.explain = false;
+    nbx_policy_error perr;
+    memset(&perr, 0, sizeof perr);
+    if (x->sb && nbx_sandbox_run(x->sb, &in, &perr) == NBX_OK) {
+        apply_guardrails(c, c->shadow_cand, in.n_cand);
+        arbitrate(c, c->shadow_cand, in.n_cand, &set);
+        return;
+    }
+    char msg[1024];
+    sh->fallback = true;
+    sh->fault_kind = fault_record(x->sb ? &perr : NULL, x->err, &sh->fault, msg, sizeof msg);
+    fallback_actions(c, now, &set);
+    log_policy_failure(c, sh->policy, true, in.profile->id.ptr, msg);
+}
+
+static void run_shadows(nbx_ctx *c, const nbx_sandbox_input *in, int64_t now)
+{
+    const nbx_deployment *d = c->snap->deployment;
+    nbx_result *r = &c->result;
+    r->shadows = c->shadows;
+    r->n_shadows = 0;
+    if (!d || !d->n_shadow || c->force >= 0)
+        return;
+    for (uint32_t k = 0; k < d->n_shadow; k++)
+        run_shadow(c, k, in, now);
+    r->n_shadows = d->n_shadow;
+}
+
+void nbx_ctx_force_policy(nbx_ctx *c, int index)
+{
+    c->force = index;
 }
 
 /* ========================================================================
@@ -734,13 +980,13 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     r->fallback = r->anonymous = r->has_error = false;
     r->error[0] = '\0';
     r->expected_margin = 0;
+    r->n_shadows = 0;
     int64_t wall = nbx_time_now();
     int64_t now = req->now_ms ? req->now_ms : wall;
-    new_decision_id(c, wall, r->decision_id);
+    nbx_sv customer = nbx_sv_of(req->customer);
     nbx_arena_reset(&c->arena);
 
     nbx_store *store = c->engine->store;
-    nbx_sv customer = nbx_sv_of(req->customer);
     if (c->txn) {
         int mrc = mdb_txn_renew(c->txn);
         if (mrc) {
@@ -754,6 +1000,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         }
     }
     nbx_caps_kills(&c->caps, &c->kills);
+    int served = choose_policy(c, customer);
+    new_decision_id(c, wall, r->decision_id);
     nbx_profile profile = {.id = customer};
     rc = load_profile(c, req, &profile, &e);
     if (rc == NBX_ENOTFOUND) {
@@ -782,33 +1030,34 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     size_t n = build_candidates(c);
     check_eligibility(c, n, now);
     nbx_caps_propensities(&c->caps, seen);
+    if (c->snap->deployment && c->snap->deployment->n_shadow)
+        memcpy(c->shadow_base, c->cand, n * sizeof *c->cand);
+    nbx_sandbox_input in = {
+        .profile = seen,
+        .anonymous = r->anonymous,
+        .session = req->session,
+        .n_session = req->n_session,
+        .now_ms = now,
+        .seed = nbx_hash64(customer.ptr, customer.len,
+                           (r->policy ? r->policy->version : 0) ^ (uint64_t)now),
+        .propensity = c->caps.propensity,
+        .cand = c->cand,
+        .n_cand = n,
+        .explain = (req->flags & NBX_DECIDE_EXPLAIN) != 0,
+    };
+    nbx_sandbox *sb = served >= 0 ? c->sandboxes[served].sb : NULL;
     nbx_policy_error perr;
     memset(&perr, 0, sizeof perr);
-    bool failed = false;
-    if (!c->sandbox) {
-        failed = true;
+    if (served < 0) {
+        control_treatment(c, now);
+    } else if (!sb || nbx_sandbox_run(sb, &in, &perr) != NBX_OK) {
+        take_fallback(c, n, now, req->customer, sb ? &perr : NULL, c->sandboxes[served].err);
     } else {
-        nbx_sandbox_input in = {
-            .profile = seen,
-            .anonymous = r->anonymous,
-            .session = req->session,
-            .n_session = req->n_session,
-            .now_ms = now,
-            .seed =
-                nbx_hash64(customer.ptr, customer.len, c->snap->policy->version ^ (uint64_t)now),
-            .propensity = c->caps.propensity,
-            .cand = c->cand,
-            .n_cand = n,
-            .explain = (req->flags & NBX_DECIDE_EXPLAIN) != 0,
-        };
-        failed = nbx_sandbox_run(c->sandbox, &in, &perr) != NBX_OK;
+        apply_guardrails(c, c->cand, n);
+        choice_set set = {c->actions, c->actions_cap, &r->n_actions, &r->expected_margin, true};
+        arbitrate(c, c->cand, n, &set);
     }
-    if (failed) {
-        take_fallback(c, n, now, req->customer, c->sandbox ? &perr : NULL);
-    } else {
-        apply_guardrails(c, n);
-        arbitrate(c, n);
-    }
+    run_shadows(c, &in, now);
     /* Recording reads the profile (consent), whose strings live in the read
      * snapshot: record before the snapshot is released. */
     if (req->flags & NBX_DECIDE_RECORD)
@@ -823,13 +1072,12 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         r->exclusions[c->cand[i].excluded]++;
     nbx_result_view view = {.req = req,
                             .catalog = c->snap->catalog,
-                            .policy = c->snap->policy,
                             .caps = &c->caps,
                             .cand = c->cand,
                             .n_cand = n,
                             .now_ms = now};
-    if ((req->flags & NBX_DECIDE_EXPLAIN) && c->sandbox)
-        view.n_log = nbx_sandbox_log(c->sandbox, &view.log, &view.log_dropped);
+    if ((req->flags & NBX_DECIDE_EXPLAIN) && sb)
+        view.n_log = nbx_sandbox_log(sb, &view.log, &view.log_dropped);
     nbx_result_write(r, &view);
     if (r->json.oom) {
         nbx_err_set(&e, NBX_ENOMEM, "out of memory writing the result");

@@ -441,6 +441,17 @@ uint32_t nbx_deployment_arm_of(const nbx_deployment *d, nbx_sv customer)
     return d->n_arms - 1; /* unreachable: the last arm ends at 10000 */
 }
 
+uint32_t nbx_deployment_serving_arm(const nbx_deployment *d, uint32_t assigned,
+                                    nbx_arm_killed_fn killed, void *ud)
+{
+    if (assigned == NBX_ARM_INDEX_HOLDOUT || !killed || !killed(ud, &d->arms[assigned]))
+        return assigned;
+    /* the first arm is the champion: the known-good treatment */
+    if (assigned != 0 && !killed(ud, &d->arms[0]))
+        return 0;
+    return NBX_ARM_INDEX_HOLDOUT;
+}
+
 /* ========================================================================
  * Public calls
  * ======================================================================== */

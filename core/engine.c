@@ -22,13 +22,15 @@
  * Snapshots
  * ======================================================================== */
 
-static nbx_snapshot *snapshot_new(nbx_policy *policy, nbx_catalog *catalog, uint64_t generation)
+static nbx_snapshot *snapshot_new(nbx_policy *policy, nbx_deployment *deployment,
+                                  nbx_catalog *catalog, uint64_t generation)
 {
     nbx_snapshot *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     atomic_init(&s->refs, 1);
-    s->policy = nbx_policy_ref(policy);
+    s->policy = nbx_policy_ref(deployment ? deployment->arms[0].policy : policy);
+    s->deployment = nbx_deployment_ref(deployment);
     s->catalog = nbx_catalog_ref(catalog);
     s->generation = generation;
     return s;
@@ -38,9 +40,23 @@ void nbx_snapshot_unref(nbx_snapshot *s)
 {
     if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
         nbx_policy_unref(s->policy);
+        nbx_deployment_unref(s->deployment);
         nbx_catalog_unref(s->catalog);
         free(s);
     }
+}
+
+uint32_t nbx_snapshot_policy_count(const nbx_snapshot *s)
+{
+    return s->deployment ? s->deployment->n_arms + s->deployment->n_shadow : 1;
+}
+
+nbx_policy *nbx_snapshot_policy_at(const nbx_snapshot *s, uint32_t i)
+{
+    const nbx_deployment *d = s->deployment;
+    if (!d)
+        return s->policy;
+    return i < d->n_arms ? d->arms[i].policy : d->shadow[i - d->n_arms];
 }
 
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e)
@@ -51,6 +67,12 @@ nbx_snapshot *nbx_engine_snapshot(nbx_engine *e)
     pthread_mutex_unlock(&e->lock);
     return s;
 }
+
+/* What serves: a policy, or a deployment (exactly one is set). */
+typedef struct serving {
+    nbx_policy *policy;
+    nbx_deployment *deployment;
+} serving;
 
 /* Build the sandbox every context will build for (policy, catalog) with
  * these limits, and close it. Done once at open and at each reload, so a
@@ -65,30 +87,57 @@ static int trial(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits *lim
     return rc;
 }
 
+/* The trial of every policy that serves with the catalog: each arm's and
+ * each shadow's of a deployment; a failure names the arm or the shadow. */
+static int trial_serving(const serving *srv, nbx_catalog *catalog, const nbx_limits *limits,
+                         nbx_err *e)
+{
+    const nbx_deployment *d = srv->deployment;
+    if (!d)
+        return trial(srv->policy, catalog, limits, e);
+    if (!d->arms[0].policy)
+        return nbx_err_set(e, NBX_EINVAL,
+                           "%s: read without its policies (NBX_DEPLOYMENT_NO_POLICIES): an engine "
+                           "cannot serve it",
+                           d->path);
+    for (uint32_t i = 0; i < d->n_arms + d->n_shadow; i++) {
+        bool arm = i < d->n_arms;
+        int rc = trial(arm ? d->arms[i].policy : d->shadow[i - d->n_arms], catalog, limits, e);
+        if (rc && arm)
+            return nbx_err_prefix(e, "%s: arm '%s': ", d->path, d->arms[i].name);
+        if (rc)
+            return nbx_err_prefix(e, "%s: shadow[%u]: ", d->path, i - d->n_arms);
+    }
+    return NBX_OK;
+}
+
 /* Install a new snapshot built from the current one with one part replaced
- * (exactly one of policy, catalog is given), after a trial of the new part
+ * (exactly one of srv, catalog is given), after a trial of the new part
  * with the current other part. The trial runs outside the lock; if another
  * reload swapped the other part meanwhile, it runs again with that one. */
-static int engine_swap(nbx_engine *e, nbx_policy *policy, nbx_catalog *catalog, nbx_err *err)
+static int engine_swap(nbx_engine *e, const serving *srv, nbx_catalog *catalog, nbx_err *err)
 {
     for (;;) {
         nbx_snapshot *cur = nbx_engine_snapshot(e);
-        int rc =
-            trial(policy ? policy : cur->policy, catalog ? catalog : cur->catalog, &e->limits, err);
+        serving now = {cur->deployment ? NULL : cur->policy, cur->deployment};
+        int rc = trial_serving(srv ? srv : &now, catalog ? catalog : cur->catalog, &e->limits, err);
         if (rc) {
             nbx_snapshot_unref(cur);
             return rc;
         }
         pthread_mutex_lock(&e->lock);
         nbx_snapshot *old = e->current;
-        bool other_changed = policy ? old->catalog != cur->catalog : old->policy != cur->policy;
+        bool other_changed = srv ? old->catalog != cur->catalog
+                                 : old->policy != cur->policy || old->deployment != cur->deployment;
         nbx_snapshot_unref(cur); /* e->current or our ref keeps old alive */
         if (other_changed) {
             pthread_mutex_unlock(&e->lock);
             continue;
         }
-        nbx_snapshot *s = snapshot_new(policy ? policy : old->policy,
-                                       catalog ? catalog : old->catalog, old->generation + 1);
+        nbx_snapshot *s =
+            srv ? snapshot_new(srv->policy, srv->deployment, catalog ? catalog : old->catalog,
+                               old->generation + 1)
+                : snapshot_new(old->policy, old->deployment, catalog, old->generation + 1);
         if (!s) {
             pthread_mutex_unlock(&e->lock);
             return nbx_err_set(err, NBX_ENOMEM, "out of memory");
@@ -161,10 +210,20 @@ static int engine_options(const nbx_engine_options *in, const char *fn, nbx_engi
                         in->size, sizeof *o);
     memset(o, 0, sizeof *o);
     memcpy(o, in, in->size < sizeof *o ? in->size : sizeof *o);
-    if (!o->catalog || !o->policy)
+    if (o->deployment_text && !o->deployment)
         return nbx_fail(NULL, NBX_EINVAL,
-                        "%s: catalog and policy are required (file paths, or names with "
-                        "catalog_text and policy_text)",
+                        "%s: deployment_text needs deployment (its name, the directory its policy "
+                        "paths are relative to)",
+                        fn);
+    bool deployment = o->deployment || o->deployment_handle;
+    if (!o->catalog || (!o->policy && !deployment))
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "%s: catalog and policy (or deployment) are required (file paths, or "
+                        "names with catalog_text and policy_text)",
+                        fn);
+    if (o->policy && deployment)
+        return nbx_fail(NULL, NBX_EINVAL,
+                        "%s: policy and deployment both given: a deployment names its policies",
                         fn);
     nbx_err e = {0};
     if (nbx_event_skew(o->event_max_skew_ms, &o->event_max_skew_ms, &e) != NBX_OK)
@@ -179,27 +238,38 @@ static void engine_limits(const nbx_engine_options *o, nbx_limits *l)
     l->memory = o->memory_limit ? o->memory_limit : NBX_DEFAULT_MEMORY_LIMIT;
 }
 
-/* Catalog and policy from their files or from the texts given, then the
- * trial of the pair with these limits. */
+/* Catalog and what serves (a policy or a deployment) from their files,
+ * the texts or the handle given, then the trial of the pair with these
+ * limits. */
 static int load_pair(const nbx_engine_options *o, const nbx_limits *limits, nbx_catalog **catalog,
-                     nbx_policy **policy, nbx_err *err)
+                     serving *srv, nbx_err *err)
 {
     *catalog = NULL;
-    *policy = NULL;
+    srv->policy = NULL;
+    srv->deployment = NULL;
     int rc = o->catalog_text
                  ? nbx_catalog_load_text(o->catalog, o->catalog_text, o->catalog_len, catalog, err)
                  : nbx_catalog_load(o->catalog, catalog, err);
-    if (rc == NBX_OK)
+    if (rc == NBX_OK && o->deployment_handle)
+        srv->deployment = nbx_deployment_ref(o->deployment_handle);
+    else if (rc == NBX_OK && o->deployment)
+        rc = o->deployment_text
+                 ? nbx_deployment_load_text(o->deployment, o->deployment_text, o->deployment_len, 0,
+                                            &srv->deployment, err)
+                 : nbx_deployment_load(o->deployment, 0, &srv->deployment, err);
+    else if (rc == NBX_OK)
         rc = o->policy_text
-                 ? nbx_policy_load_text(o->policy, o->policy_text, o->policy_len, policy, err)
-                 : nbx_policy_load(o->policy, policy, err);
+                 ? nbx_policy_load_text(o->policy, o->policy_text, o->policy_len, &srv->policy, err)
+                 : nbx_policy_load(o->policy, &srv->policy, err);
     if (rc == NBX_OK)
-        rc = trial(*policy, *catalog, limits, err);
+        rc = trial_serving(srv, *catalog, limits, err);
     if (rc) {
-        nbx_policy_unref(*policy);
+        nbx_policy_unref(srv->policy);
+        nbx_deployment_unref(srv->deployment);
         nbx_catalog_unref(*catalog);
         *catalog = NULL;
-        *policy = NULL;
+        srv->policy = NULL;
+        srv->deployment = NULL;
     }
     return rc;
 }
@@ -233,7 +303,7 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
 
     nbx_err err = {0};
     nbx_catalog *catalog = NULL;
-    nbx_policy *policy = NULL;
+    serving srv = {NULL, NULL};
     if (no_store) {
         e->store = NULL;
     } else if (o.store_handle) {
@@ -246,10 +316,11 @@ NBX_API int nbx_engine_open(const nbx_engine_options *opts, nbx_engine **out)
         e->own_store = true;
     }
     if (rc == NBX_OK)
-        rc = load_pair(&o, &e->limits, &catalog, &policy, &err);
-    if (rc == NBX_OK && !(e->current = snapshot_new(policy, catalog, 1)))
+        rc = load_pair(&o, &e->limits, &catalog, &srv, &err);
+    if (rc == NBX_OK && !(e->current = snapshot_new(srv.policy, srv.deployment, catalog, 1)))
         rc = nbx_err_set(&err, NBX_ENOMEM, "out of memory");
-    nbx_policy_unref(policy);
+    nbx_policy_unref(srv.policy);
+    nbx_deployment_unref(srv.deployment);
     nbx_catalog_unref(catalog);
     if (rc) {
         nbx_engine_close(e);
@@ -303,10 +374,19 @@ NBX_API int nbx_engine_load_policy(nbx_engine *e, const char *path)
     if (!e || !path)
         return nbx_fail(e, NBX_EINVAL, "nbx_engine_load_policy: NULL argument");
     nbx_err err = {0};
-    nbx_policy *p;
-    int rc = nbx_policy_load(path, &p, &err);
+    nbx_policy *p = NULL;
+    nbx_snapshot *cur = nbx_engine_snapshot(e);
+    bool deployed = cur->deployment != NULL;
+    nbx_snapshot_unref(cur);
+    /* A deployment names its policies: replacing one behind it would serve
+     * an arm a policy its file does not name. */
+    int rc = deployed ? nbx_err_set(&err, NBX_EINVAL,
+                                    "the engine serves a deployment: change its file and load it "
+                                    "(nbx_engine_load_deployment)")
+                      : nbx_policy_load(path, &p, &err);
+    serving srv = {p, NULL};
     if (rc == NBX_OK)
-        rc = engine_swap(e, p, NULL, &err);
+        rc = engine_swap(e, &srv, NULL, &err);
     if (rc == NBX_OK)
         nbx_engine_log(e, NBX_LOG_INFO, "policy %s loaded: %s version %s", path, p->name,
                        p->version_hex);
@@ -334,6 +414,35 @@ NBX_API int nbx_engine_load_catalog(nbx_engine *e, const char *path)
                        path, err.msg);
     nbx_catalog_unref(c);
     return rc ? nbx_publish(e, &err) : NBX_OK;
+}
+
+NBX_API int nbx_engine_load_deployment(nbx_engine *e, const char *path)
+{
+    if (!e || !path)
+        return nbx_fail(e, NBX_EINVAL, "nbx_engine_load_deployment: NULL argument");
+    nbx_err err = {0};
+    serving srv = {NULL, NULL};
+    int rc = nbx_deployment_load(path, 0, &srv.deployment, &err);
+    if (rc == NBX_OK)
+        rc = engine_swap(e, &srv, NULL, &err);
+    if (rc == NBX_OK)
+        nbx_engine_log(e, NBX_LOG_INFO, "deployment %s loaded: %s version %s, %u arms", path,
+                       srv.deployment->name, srv.deployment->version_hex, srv.deployment->n_arms);
+    else
+        nbx_engine_log(e, NBX_LOG_ERROR,
+                       "deployment %s rejected, the current one keeps serving: %s", path, err.msg);
+    nbx_deployment_unref(srv.deployment);
+    return rc ? nbx_publish(e, &err) : NBX_OK;
+}
+
+NBX_API nbx_deployment *nbx_engine_deployment(nbx_engine *e)
+{
+    if (!e)
+        return NULL;
+    nbx_snapshot *s = nbx_engine_snapshot(e);
+    nbx_deployment *d = nbx_deployment_ref(s->deployment);
+    nbx_snapshot_unref(s);
+    return d;
 }
 
 NBX_API int nbx_engine_info_get(nbx_engine *e, nbx_engine_info *info)

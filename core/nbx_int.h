@@ -808,7 +808,9 @@ int nbx_arm_counts_decode(const void *data, size_t len, nbx_arm_counts *c);
  * no '.'; the arm's may). Splits the second form; false for any other
  * (then the id names no arm). */
 #define NBX_UUID_LEN 36
-#define NBX_DECISION_ID_MAX (NBX_UUID_LEN + 2 + 2 * NBX_ARM_NAME_MAX)
+/* NBX_DECISION_ID_MAX is nbx.h's */
+_Static_assert(NBX_DECISION_ID_MAX == NBX_UUID_LEN + 2 + 2 * NBX_ARM_NAME_MAX,
+               "decision ids: UUID.DEPLOYMENT.ARM");
 bool nbx_decision_id_arm(nbx_sv id, nbx_sv *deployment, nbx_sv *arm);
 
 /* Kills (databases `kills` and `kill_log`, format 3; kills.c): the
@@ -1283,6 +1285,16 @@ uint32_t nbx_deployment_bucket(const nbx_deployment *d, nbx_sv customer);
 /* The customer's arm as the file assigns it (kills not applied): an index
  * into d->arms, or NBX_ARM_INDEX_HOLDOUT. */
 uint32_t nbx_deployment_arm_of(const nbx_deployment *d, nbx_sv customer);
+/* Whether an arm may not serve: its name or its policy's version is killed
+ * (the kill set answers; ud is its state). */
+typedef bool (*nbx_arm_killed_fn)(void *ud, const nbx_arm *arm);
+/* The arm that serves a customer the file assigns to `assigned` (an index
+ * or NBX_ARM_INDEX_HOLDOUT) once kills apply: the arm itself unless
+ * killed(ud, arm); a killed arm's customers go to the first arm, and when
+ * the first arm is killed too, to the control treatment
+ * (NBX_ARM_INDEX_HOLDOUT). killed NULL: nothing is killed. */
+uint32_t nbx_deployment_serving_arm(const nbx_deployment *d, uint32_t assigned,
+                                    nbx_arm_killed_fn killed, void *ud);
 
 /* ========================================================================
  * Recording a decision (record.c): its chosen actions as impressions, for
@@ -1305,7 +1317,8 @@ typedef struct nbx_decision_record {
     const nbx_profile *profile; /* the customer (id, consents) */
     uint32_t channel;           /* the session's channel purpose (nbx_catalog_channel) */
     int64_t now_ms;             /* the decision's clock, the impressions' time */
-    bool fallback;              /* fallback actions are checked for contacts only */
+    bool fallback;              /* fallback actions (or the control treatment's) are
+                                   checked for contacts only */
     const nbx_action *actions;  /* in rank order */
     size_t n_actions;
 } nbx_decision_record;
@@ -1331,6 +1344,18 @@ int nbx_record_decision(const nbx_recorder *r, const nbx_decision_record *d, uin
  * Results (result.c): what a decision hands back
  * ======================================================================== */
 
+/* What a shadow policy decided beside the served decision: never served,
+ * recorded or counted (docs/experiments.md, "Shadow policies"). */
+typedef struct nbx_shadow_result {
+    const nbx_policy *policy;
+    nbx_action *actions;
+    size_t n_actions;
+    double expected_margin;
+    bool fallback;          /* it failed: actions are the fallback's */
+    const char *fault_kind; /* static; with fallback */
+    nbx_policy_error fault;
+} nbx_shadow_result;
+
 struct nbx_result {
     nbx_buf json;
     nbx_action *actions;
@@ -1338,7 +1363,17 @@ struct nbx_result {
     bool fallback;
     bool anonymous;
     bool has_error;
-    char decision_id[37];
+    /* With a deployment: the arm served (NULL: no deployment), the arm the
+     * file assigns, and whether the control treatment was served (no
+     * policy ran: policy is NULL). */
+    const nbx_deployment *deployment;
+    const char *arm;
+    const char *assigned;
+    bool control;
+    const nbx_policy *policy; /* the policy that decided; NULL: control */
+    const nbx_shadow_result *shadows;
+    uint32_t n_shadows;
+    char decision_id[NBX_DECISION_ID_MAX + 1];
     char error[1024];
     const char *fault_kind; /* static; with has_error */
     nbx_policy_error fault;
@@ -1351,7 +1386,6 @@ struct nbx_result {
 typedef struct nbx_result_view {
     const nbx_request *req;
     const nbx_catalog *catalog;
-    const nbx_policy *policy;
     const nbx_caps *caps;      /* eligibility and propensities as decided */
     const nbx_candidate *cand; /* explain: every candidate */
     size_t n_cand;
@@ -1368,13 +1402,20 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v);
  * Engine and decisions (engine.c, decide.c)
  * ======================================================================== */
 
-/* What one decision sees: a (policy, catalog) pair. Immutable. */
+/* What one decision sees: a (policy, catalog) pair, or a (deployment,
+ * catalog) pair; with a deployment, policy is its first arm's. Immutable. */
 typedef struct nbx_snapshot {
     atomic_int refs;
     nbx_policy *policy;
+    nbx_deployment *deployment; /* NULL: the policy serves everyone */
     nbx_catalog *catalog;
     uint64_t generation;
 } nbx_snapshot;
+
+/* The policies a snapshot runs, in the order contexts build their sandboxes:
+ * the policy alone, or each arm's then each shadow's. */
+uint32_t nbx_snapshot_policy_count(const nbx_snapshot *s);
+nbx_policy *nbx_snapshot_policy_at(const nbx_snapshot *s, uint32_t i);
 
 struct nbx_engine {
     nbx_store *store;
@@ -1407,6 +1448,11 @@ int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e);
  * stop); the plan must outlive the context's use of it. Applies while the
  * context decides on the plan's catalog. */
 void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan);
+
+/* Trials: every decision of the context runs the snapshot's policy at
+ * index (nbx_snapshot_policy_at: an arm's or a shadow's, served), whatever
+ * the customer's arm; shadows do not run. -1: assignment again. */
+void nbx_ctx_force_policy(nbx_ctx *c, int index);
 
 /* A new reference to the current snapshot. */
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);

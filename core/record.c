@@ -28,6 +28,9 @@
 static int record_impression(const nbx_recorder *r, const nbx_decision_record *d, size_t i,
                              const nbx_offer *o, const nbx_action *a, nbx_err *e)
 {
+    /* the longest customer id and decision id still fit an event key */
+    _Static_assert(NBX_ID_MAX + NBX_DECISION_ID_MAX + 21 <= NBX_EVENT_IDS_MAX,
+                   "decision ids too long for event ids");
     char eid[NBX_DECISION_ID_MAX + 24];
     int len = snprintf(eid, sizeof eid, "%s:%zu", d->id, i);
     nbx_event ev = {

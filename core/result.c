@@ -32,7 +32,7 @@ static void write_choice(nbx_buf *b, bool first, nbx_sv offer, nbx_sv placement,
 
 static void write_error(nbx_buf *b, const nbx_result *r, const nbx_result_view *v)
 {
-    const nbx_policy *pol = v->policy;
+    const nbx_policy *pol = r->policy;
     if (v->req->flags & NBX_DECIDE_ERROR_KIND_ONLY) {
         /* for clients: the policy's text (file, line, message) stays out */
         nbx_buf_puts(b, ",\"error\":{\"kind\":\"");
@@ -77,8 +77,8 @@ static void write_candidate(nbx_buf *b, const nbx_result *r, const nbx_result_vi
 {
     const nbx_catalog *cat = v->catalog;
     const nbx_offer *o = &cat->offers[cd->offer];
-    write_choice(b, first, o->id, cat->placements[cd->placement].id,
-                 cd->scored ? cd->score : NAN, cd->expected_margin);
+    write_choice(b, first, o->id, cat->placements[cd->placement].id, cd->scored ? cd->score : NAN,
+                 cd->expected_margin);
     json_t *name = o->json ? json_object_get(o->json, "name") : NULL;
     if (json_is_string(name)) {
         nbx_buf_puts(b, ",\"name\":");
@@ -121,10 +121,70 @@ static void write_candidate(nbx_buf *b, const nbx_result *r, const nbx_result_vi
     nbx_buf_putc(b, '}');
 }
 
+/* {"name": ..., "version": ...}, or null for the control treatment. */
+static void write_policy(nbx_buf *b, const nbx_policy *pol)
+{
+    if (!pol) {
+        nbx_buf_puts(b, "null");
+        return;
+    }
+    nbx_buf_puts(b, "{\"name\":");
+    nbx_jw_string(b, pol->name, strlen(pol->name));
+    nbx_buf_puts(b, ",\"version\":\"");
+    nbx_buf_puts(b, pol->version_hex);
+    nbx_buf_puts(b, "\"}");
+}
+
+static void write_actions(nbx_buf *b, const nbx_action *actions, size_t n)
+{
+    nbx_buf_puts(b, "\"actions\":[");
+    for (size_t i = 0; i < n; i++) {
+        const nbx_action *a = &actions[i];
+        write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
+                     a->expected_margin);
+        nbx_buf_puts(b, ",\"probability\":");
+        nbx_jw_decimal(b, a->probability);
+        nbx_buf_putc(b, '}');
+    }
+    nbx_buf_putc(b, ']');
+}
+
+/* What each shadow policy decided (docs/experiments.md, "Shadow
+ * policies"); for clients (NBX_DECIDE_ERROR_KIND_ONLY) a failure's kind
+ * only, as for the served policy. */
+static void write_shadows(nbx_buf *b, const nbx_result *r, bool kind_only)
+{
+    nbx_buf_puts(b, ",\"shadow\":[");
+    for (uint32_t k = 0; k < r->n_shadows; k++) {
+        const nbx_shadow_result *sh = &r->shadows[k];
+        nbx_buf_puts(b, k ? ",{\"policy\":" : "{\"policy\":");
+        write_policy(b, sh->policy);
+        nbx_buf_putc(b, ',');
+        write_actions(b, sh->actions, sh->n_actions);
+        nbx_buf_puts(b, ",\"fallback\":");
+        nbx_buf_puts(b, sh->fallback ? "true" : "false");
+        if (sh->fallback) {
+            nbx_buf_puts(b, ",\"error\":{\"kind\":\"");
+            nbx_buf_puts(b, sh->fault_kind);
+            nbx_buf_putc(b, '"');
+            if (!kind_only) {
+                nbx_buf_puts(b, ",\"where\":");
+                nbx_jw_string(b, sh->fault.where, strlen(sh->fault.where));
+                nbx_buf_puts(b, ",\"reason\":");
+                nbx_jw_string(b, sh->fault.reason, strlen(sh->fault.reason));
+            }
+            nbx_buf_putc(b, '}');
+        }
+        nbx_buf_puts(b, ",\"expected_margin\":");
+        nbx_jw_decimal(b, sh->expected_margin);
+        nbx_buf_putc(b, '}');
+    }
+    nbx_buf_putc(b, ']');
+}
+
 void nbx_result_write(nbx_result *r, const nbx_result_view *v)
 {
     const nbx_catalog *cat = v->catalog;
-    const nbx_policy *pol = v->policy;
     const nbx_request *req = v->req;
     nbx_buf *b = &r->json;
     nbx_buf_reset(b);
@@ -132,27 +192,39 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
     nbx_buf_puts(b, r->decision_id);
     nbx_buf_puts(b, "\",\"customer\":");
     nbx_jw_string(b, req->customer, strlen(req->customer));
-    nbx_buf_puts(b, ",\"policy\":{\"name\":");
-    nbx_jw_string(b, pol->name, strlen(pol->name));
-    nbx_buf_puts(b, ",\"version\":\"");
-    nbx_buf_puts(b, pol->version_hex);
-    nbx_buf_puts(b, "\"},\"catalog_version\":\"");
+    if (r->deployment) {
+        /* names are [A-Za-z0-9_.-]: nothing to escape */
+        nbx_buf_puts(b, ",\"deployment\":{\"name\":\"");
+        nbx_buf_puts(b, r->deployment->name);
+        nbx_buf_puts(b, "\",\"version\":\"");
+        nbx_buf_puts(b, r->deployment->version_hex);
+        nbx_buf_puts(b, "\"},\"arm\":\"");
+        nbx_buf_puts(b, r->arm);
+        nbx_buf_putc(b, '"');
+        if (strcmp(r->arm, r->assigned) != 0) {
+            nbx_buf_puts(b, ",\"assigned\":\"");
+            nbx_buf_puts(b, r->assigned);
+            nbx_buf_putc(b, '"');
+        }
+    } else {
+        nbx_buf_puts(b, ",\"arm\":null");
+    }
+    nbx_buf_puts(b, ",\"policy\":");
+    write_policy(b, r->policy);
+    nbx_buf_puts(b, ",\"catalog_version\":\"");
     nbx_buf_puts(b, cat->version_hex);
     nbx_buf_puts(b, "\",\"as_of\":");
     nbx_jw_time(b, v->now_ms);
-    nbx_buf_puts(b, ",\"actions\":[");
-    for (size_t i = 0; i < r->n_actions; i++) {
-        const nbx_action *a = &r->actions[i];
-        write_choice(b, i == 0, nbx_sv_of(a->offer), nbx_sv_of(a->placement), a->score,
-                     a->expected_margin);
-        nbx_buf_putc(b, '}');
-    }
-    nbx_buf_puts(b, "],\"fallback\":");
+    nbx_buf_putc(b, ',');
+    write_actions(b, r->actions, r->n_actions);
+    nbx_buf_puts(b, ",\"fallback\":");
     nbx_buf_puts(b, r->fallback ? "true" : "false");
     nbx_buf_puts(b, ",\"anonymous\":");
     nbx_buf_puts(b, r->anonymous ? "true" : "false");
     if (r->has_error)
         write_error(b, r, v);
+    if (r->deployment && r->deployment->n_shadow)
+        write_shadows(b, r, (req->flags & NBX_DECIDE_ERROR_KIND_ONLY) != 0);
     if (req->flags & NBX_DECIDE_EXPLAIN) {
         nbx_buf_puts(b, ",\"candidates\":[");
         for (size_t i = 0; i < v->n_cand; i++)
@@ -239,6 +311,32 @@ NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out)
 NBX_API const char *nbx_result_decision_id(const nbx_result *r)
 {
     return r ? r->decision_id : NULL;
+}
+
+NBX_API const char *nbx_result_arm(const nbx_result *r)
+{
+    return r ? r->arm : NULL;
+}
+
+NBX_API const char *nbx_result_assigned_arm(const nbx_result *r)
+{
+    return r ? r->assigned : NULL;
+}
+
+NBX_API const char *nbx_result_deployment(const nbx_result *r, const char **version)
+{
+    const nbx_deployment *d = r ? r->deployment : NULL;
+    if (version)
+        *version = d ? d->version_hex : NULL;
+    return d ? d->name : NULL;
+}
+
+NBX_API const char *nbx_result_policy(const nbx_result *r, const char **version)
+{
+    const nbx_policy *p = r ? r->policy : NULL;
+    if (version)
+        *version = p ? p->version_hex : NULL;
+    return p ? p->name : NULL;
 }
 
 NBX_API double nbx_result_expected_margin(const nbx_result *r)

@@ -271,21 +271,12 @@ static int trial_report(const trial_tally *t, size_t customers, const char *path
     return nbx_err_set(e, NBX_EPOLICY, "%s", msg);
 }
 
-int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
+/* Every trial customer on the context's policy (or the one forced). */
+static int trial_cases(nbx_ctx *ctx, const trial_set *set, trial_tally *t, nbx_trial_fn fn,
+                       void *ud, nbx_err *e)
 {
-    nbx_snapshot *snap = nbx_engine_snapshot(engine);
-    trial_set set = {0};
-    int rc = trial_build(&set, snap->catalog);
-    const char *path = snap->policy->path;
-    nbx_ctx *ctx = NULL;
-    if (rc != NBX_OK) {
-        nbx_err_set(e, rc, "out of memory building the trial customers");
-    } else if ((rc = nbx_ctx_open(engine, &ctx)) != NBX_OK) {
-        nbx_err_set(e, rc, "%s", nbx_last_errmsg());
-    }
-    trial_tally t = {0};
-    for (size_t i = 0; rc == NBX_OK && i < set.n; i++) {
-        trial_case *c = &set.cases[i];
+    for (size_t i = 0; i < set->n; i++) {
+        const trial_case *c = &set->cases[i];
         char id[96];
         snprintf(id, sizeof id, TRIAL_PREFIX "%s", c->label);
         nbx_request req;
@@ -301,17 +292,45 @@ int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
             req.n_session = 1;
         }
         const nbx_result *r;
-        rc = nbx_decide(ctx, &req, &r);
-        if (rc != NBX_OK) {
-            nbx_err_set(e, rc, "trial customer '%s': %s", c->label, nbx_ctx_errmsg(ctx));
-            break;
-        }
-        tally(&t, c->label, r);
+        int rc = nbx_decide(ctx, &req, &r);
+        if (rc != NBX_OK)
+            return nbx_err_set(e, rc, "trial customer '%s': %s", c->label, nbx_ctx_errmsg(ctx));
+        tally(t, c->label, r);
         if (fn)
             fn(ud, c->label, r);
     }
-    if (rc == NBX_OK && t.fallbacks)
-        rc = trial_report(&t, set.n, path, e);
+    return NBX_OK;
+}
+
+/* With a deployment, every arm's policy and every shadow's is tried on
+ * every trial customer (whatever their arm would be), one after another;
+ * the first that falls back fails the trial, named in the message. */
+int nbx_trial_run(nbx_engine *engine, nbx_trial_fn fn, void *ud, nbx_err *e)
+{
+    nbx_snapshot *snap = nbx_engine_snapshot(engine);
+    const nbx_deployment *d = snap->deployment;
+    trial_set set = {0};
+    int rc = trial_build(&set, snap->catalog);
+    nbx_ctx *ctx = NULL;
+    if (rc != NBX_OK) {
+        nbx_err_set(e, rc, "out of memory building the trial customers");
+    } else if ((rc = nbx_ctx_open(engine, &ctx)) != NBX_OK) {
+        nbx_err_set(e, rc, "%s", nbx_last_errmsg());
+    }
+    uint32_t n_policies = d ? nbx_snapshot_policy_count(snap) : 1;
+    for (uint32_t k = 0; rc == NBX_OK && k < n_policies; k++) {
+        trial_tally t = {0};
+        if (d)
+            nbx_ctx_force_policy(ctx, (int)k);
+        rc = trial_cases(ctx, &set, &t, fn, ud, e);
+        if (rc == NBX_OK && t.fallbacks) {
+            rc = trial_report(&t, set.n, nbx_snapshot_policy_at(snap, k)->path, e);
+            if (d && k < d->n_arms)
+                nbx_err_prefix(e, "%s: arm '%s': ", d->path, d->arms[k].name);
+            else if (d)
+                nbx_err_prefix(e, "%s: shadow[%u]: ", d->path, k - d->n_arms);
+        }
+    }
     nbx_ctx_close(ctx);
     trial_free(&set);
     nbx_snapshot_unref(snap);

@@ -550,6 +550,8 @@ NBX_API int nbx_rfm_rebuild(nbx_store *store, int64_t as_of_ms, nbx_rfm_stats *s
  * ======================================================================== */
 
 typedef struct nbx_engine nbx_engine;
+/** A deployment: arms, a holdout and shadow policies (see "Deployments"). */
+typedef struct nbx_deployment nbx_deployment;
 
 /** Log levels passed to nbx_log_fn. */
 enum nbx_log_level { NBX_LOG_ERROR = 0, NBX_LOG_WARN = 1, NBX_LOG_INFO = 2 };
@@ -599,6 +601,19 @@ typedef struct nbx_engine_options {
      * be dated (0: NBX_DEFAULT_EVENT_SKEW_MS; at most NBX_EVENT_SKEW_MAX_MS,
      * else NBX_EINVAL). */
     int64_t event_max_skew_ms;
+    /** A deployment file instead of `policy` (docs/experiments.md): each
+     * customer is served by the policy of the arm assignment gives them,
+     * the holdout gets the control treatment, shadow policies decide
+     * beside. policy must then be NULL. Added in 0.2. */
+    const char *deployment;
+    /** The deployment file's JSON itself; `deployment` then names it and
+     * anchors its relative policy paths (the policy files are read). */
+    const char *deployment_text;
+    size_t deployment_len;
+    /** Or a deployment already loaded (nbx_deployment_open(); borrowed: the
+     * engine takes its own reference), for hosts that read files once,
+     * before fork(), such as nginx's master. Then deployment is ignored. */
+    nbx_deployment *deployment_handle;
 } nbx_engine_options;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -646,9 +661,30 @@ NBX_API int nbx_engine_load_policy(nbx_engine *engine, const char *path);
  */
 NBX_API int nbx_engine_load_catalog(nbx_engine *engine, const char *path);
 
+/**
+ * @brief Load a deployment file and swap it in atomically (it replaces the
+ * policy or the deployment serving), after a trial sandbox of each arm's
+ * and each shadow's policy with the current catalog and the engine's
+ * limits. On failure (the message names the file, the arm and the field,
+ * or the policy) what serves now keeps serving.
+ * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EPARSE,
+ *   NBX_EPOLICY, NBX_ELIMIT, NBX_ENOMEM.
+ * @note Thread-safe, also while contexts decide: a decision in flight
+ *   finishes on the deployment it started with.
+ */
+NBX_API int nbx_engine_load_deployment(nbx_engine *engine, const char *path);
+
+/**
+ * @brief The deployment the engine serves now.
+ * @return a new reference (release it with nbx_deployment_close()), or
+ *   NULL when the engine serves a single policy (or engine is NULL).
+ * @note Thread-safe.
+ */
+NBX_API nbx_deployment *nbx_engine_deployment(nbx_engine *engine);
+
 /** Identity of what an engine serves; see nbx_engine_info(). */
 typedef struct nbx_engine_info {
-    char policy_name[128];
+    char policy_name[128];    /**< with a deployment: its first arm's policy */
     char policy_version[17];  /**< xxh64 of the policy source, 16 hex digits */
     char catalog_version[17]; /**< xxh64 of the catalog file, 16 hex digits */
     uint32_t offers;          /**< offers and modules in the catalog */
@@ -873,6 +909,9 @@ typedef struct nbx_action {
     const char *placement;
     double score;
     double expected_margin;
+    /** The probability the action was chosen with: 1 for the deterministic
+     * ranking, fallbacks and the control treatment (added in 0.2). */
+    double probability;
 } nbx_action;
 
 /**
@@ -920,8 +959,43 @@ typedef struct nbx_fault {
  */
 NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out);
 
-/** @brief The decision id (unique). */
+/** Longest decision id: a UUIDv7 (36 characters), then with a deployment
+ * "." deployment name "." arm name (docs/experiments.md). */
+#define NBX_DECISION_ID_MAX (36 + 2 + 2 * NBX_DEPLOYMENT_NAME_MAX)
+
+/** @brief The decision id (unique, at most NBX_DECISION_ID_MAX bytes). */
 NBX_API const char *nbx_result_decision_id(const nbx_result *r);
+
+/**
+ * @brief The arm whose treatment the decision served, with a deployment:
+ * an arm's name, or NBX_ARM_HOLDOUT for the control treatment (customers
+ * held out, and those whose arm and first arm are killed).
+ * @return owned by the result; NULL without a deployment (or r NULL).
+ */
+NBX_API const char *nbx_result_arm(const nbx_result *r);
+
+/**
+ * @brief The arm the deployment file assigns the customer to (kills not
+ * applied): differs from nbx_result_arm() when a kill moved the customer.
+ * @return owned by the result; NULL without a deployment.
+ */
+NBX_API const char *nbx_result_assigned_arm(const nbx_result *r);
+
+/**
+ * @brief The deployment a decision was made under.
+ * @param[out] version if not NULL, its version (16 hex digits), owned by
+ *   the result.
+ * @return its name, owned by the result; NULL without a deployment.
+ */
+NBX_API const char *nbx_result_deployment(const nbx_result *r, const char **version);
+
+/**
+ * @brief The policy that decided (the arm's, with a deployment).
+ * @param[out] version if not NULL, its version (16 hex digits).
+ * @return its name, owned by the result; NULL for the control treatment
+ *   (no policy ran) or r NULL.
+ */
+NBX_API const char *nbx_result_policy(const nbx_result *r, const char **version);
 
 /** @brief Sum of expected_margin over the actions. */
 NBX_API double nbx_result_expected_margin(const nbx_result *r);
@@ -1033,6 +1107,10 @@ typedef struct nbx_batch_item {
     const char *policy_error;  /**< nbx_result_error(): NULL unless fallback */
     double expected_margin;    /**< nbx_result_expected_margin() */
     uint32_t exclusions[NBX_EXCLUDED_COUNT]; /**< nbx_result_exclusions() */
+    const char *arm;            /**< nbx_result_arm(): NULL without a deployment or
+                                     when status is not NBX_OK (added in 0.2) */
+    const char *policy_version; /**< of nbx_result_policy(): NULL for the control
+                                     treatment or when status is not NBX_OK */
 } nbx_batch_item;
 
 /** Totals over the items nbx_batch_next() has handed back. */
@@ -1218,8 +1296,6 @@ NBX_API uint32_t nbx_shard_of(const char *id, uint32_t n);
  * C(i) the sum of the first i arms' percents in hundredths (integer
  * division), so the last arm ends at 10000.
  * ======================================================================== */
-
-typedef struct nbx_deployment nbx_deployment;
 
 /** Buckets customers are hashed into: a percent has at most two decimals. */
 #define NBX_ASSIGN_BUCKETS 10000

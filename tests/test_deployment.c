@@ -1,5 +1,6 @@
 /* Suite: deployment (core/deployment.c): loading, validation, assignment. */
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -438,6 +439,36 @@ Test(deployment, a_zero_percent_arm_gets_nobody)
     nbx_deployment_unref(d);
 }
 
+/* The kill hook: a predicate over arms (name or policy version), as the
+ * kill set will answer it. ud: the names killed, NULL-terminated. */
+static bool killed_by_name(void *ud, const nbx_arm *arm)
+{
+    for (const char *const *k = ud; *k; k++)
+        if (strcmp(*k, arm->name) == 0)
+            return true;
+    return false;
+}
+
+Test(deployment, a_killed_arm_s_customers_go_to_the_first_arm_then_to_the_control)
+{
+    nbx_deployment *d = load_ok(issue_example);
+    const char *none[] = {NULL}, *challenger[] = {"challenger", NULL},
+               *champion[] = {"champion", NULL}, *both[] = {"champion", "challenger", NULL};
+    uint32_t H = NBX_ARM_INDEX_HOLDOUT;
+    /* nothing killed (or no predicate): the file's assignment */
+    cr_assert_eq(nbx_deployment_serving_arm(d, 1, NULL, NULL), 1);
+    cr_assert_eq(nbx_deployment_serving_arm(d, 1, killed_by_name, none), 1);
+    cr_assert_eq(nbx_deployment_serving_arm(d, 0, killed_by_name, none), 0);
+    cr_assert_eq(nbx_deployment_serving_arm(d, H, killed_by_name, both), H,
+                 "the holdout stays held out");
+    cr_assert_eq(nbx_deployment_serving_arm(d, 1, killed_by_name, challenger), 0);
+    cr_assert_eq(nbx_deployment_serving_arm(d, 0, killed_by_name, challenger), 0);
+    cr_assert_eq(nbx_deployment_serving_arm(d, 0, killed_by_name, champion), H);
+    cr_assert_eq(nbx_deployment_serving_arm(d, 1, killed_by_name, champion), 1);
+    cr_assert_eq(nbx_deployment_serving_arm(d, 1, killed_by_name, both), H);
+    nbx_deployment_unref(d);
+}
+
 /* ========================================================================
  * Public calls
  * ======================================================================== */
@@ -480,4 +511,485 @@ Test(deployment, public_open_gives_names_and_version)
     cr_assert_null(d);
     cr_assert(strstr(nbx_last_errmsg(), "d.json: field 'salt'"), "got %s", nbx_last_errmsg());
     free(path);
+}
+
+/* ========================================================================
+ * Serving: engines that open with a deployment (core/engine.c, decide.c)
+ * ======================================================================== */
+
+/* 2026-03-10T12:00:00Z: inside every validity window of the fixture. */
+#define NOW INT64_C(1773144000000)
+
+static char *store_dir, *catalog_path;
+
+/* Policies of distinct names, so a result says which one decided. */
+static const char *const BY_PRICE = "return {name = 'by_price',\n"
+                                    "  score = function(o) return o.price end}\n";
+static const char *const BY_MARGIN = "return {name = 'by_margin',\n"
+                                     "  score = function(o) return o.margin end}\n";
+/* prefers what by_price ranks last: a shadow that disagrees */
+static const char *const CHEAPEST = "return {name = 'cheapest',\n"
+                                    "  score = function(o) return -o.price end}\n";
+static const char *const FAILING = "return {name = 'failing',\n"
+                                   "  score = function(o) error('boom on ' .. o.id) end}\n";
+/* fails for anonymous visitors only: a trial catches it */
+static const char *const PICKY = "return {name = 'picky', score = function(o, c)\n"
+                                 "  if c.anonymous then error('no anonymous please') end\n"
+                                 "  return 1 end}\n";
+
+static void serving_setup(void)
+{
+    setup();
+    store_dir = tu_path(dir, "store");
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_CREATE, &s), NBX_OK);
+    nbx_store_close(s);
+    catalog_path = tu_source_path("tests/data/catalog.json");
+    const char *names[] = {"by_price.lua", "by_margin.lua", "cheapest.lua", "failing.lua",
+                           "picky.lua"};
+    const char *srcs[] = {BY_PRICE, BY_MARGIN, CHEAPEST, FAILING, PICKY};
+    for (size_t i = 0; i < 5; i++) {
+        char *p = tu_path(dir, names[i]);
+        cr_assert_eq(tu_write_file(p, srcs[i]), 0);
+        free(p);
+    }
+}
+
+static void serving_teardown(void)
+{
+    free(store_dir);
+    free(catalog_path);
+    teardown();
+}
+
+TestSuite(serving, .init = serving_setup, .fini = serving_teardown);
+
+/* DIR/NAME.json holding text; malloc'd path. */
+static char *write_deployment(const char *name, const char *text)
+{
+    char file[128];
+    snprintf(file, sizeof file, "%s.json", name);
+    char *path = tu_path(dir, file);
+    cr_assert_eq(tu_write_file(path, text), 0);
+    return path;
+}
+
+static nbx_engine *open_deployed(const char *deployment_path)
+{
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.deployment = deployment_path;
+    nbx_engine *e = NULL;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_OK, "engine: %s", nbx_last_errmsg());
+    return e;
+}
+
+static const nbx_result *decide_for(nbx_ctx *c, const char *customer, unsigned flags)
+{
+    nbx_request req;
+    nbx_request_init(&req);
+    req.customer = customer;
+    req.now_ms = NOW;
+    req.flags = flags;
+    const nbx_result *r = NULL;
+    int rc = nbx_decide(c, &req, &r);
+    cr_assert_eq(rc, NBX_OK, "decide %s: %s", customer, nbx_ctx_errmsg(c));
+    return r;
+}
+
+static json_t *result_json(const nbx_result *r)
+{
+    size_t len;
+    const char *text = nbx_result_json(r, &len);
+    json_error_t err;
+    json_t *j = json_loadb(text, len, 0, &err);
+    cr_assert_not_null(j, "result is not JSON (%s): %s", err.text, text);
+    return j;
+}
+
+#define AB_SPLIT                                                                                   \
+    "{\"name\":\"q4\",\"salt\":\"q4-2026\",\"holdout\":{\"percent\":20},\"arms\":["                \
+    "{\"name\":\"champion\",\"policy\":\"by_price.lua\",\"percent\":50},"                          \
+    "{\"name\":\"challenger\",\"policy\":\"by_margin.lua\",\"percent\":50}]}"
+
+Test(serving, each_customer_is_served_by_the_arm_assignment_gives)
+{
+    char *path = write_deployment("ab", AB_SPLIT);
+    nbx_engine *e = open_deployed(path);
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    nbx_deployment *d = nbx_engine_deployment(e);
+    cr_assert_not_null(d);
+    int seen[3] = {0, 0, 0};
+    char id[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(id, sizeof id, "c%05d", i);
+        const nbx_result *r = decide_for(c, id, 0);
+        const char *want = nbx_deployment_assign(d, id, strlen(id));
+        cr_assert_str_eq(nbx_result_arm(r), want, "customer %s", id);
+        cr_assert_str_eq(nbx_result_assigned_arm(r), want);
+        const char *version = NULL;
+        cr_assert_str_eq(nbx_result_deployment(r, &version), "q4");
+        cr_assert_str_eq(version, nbx_deployment_version(d));
+        /* the id names the deployment and the arm: UUID.q4.ARM */
+        char suffix[96];
+        snprintf(suffix, sizeof suffix, ".q4.%s", want);
+        const char *did = nbx_result_decision_id(r);
+        cr_assert_eq(strlen(did), 36 + strlen(suffix), "decision id %s", did);
+        cr_assert_str_eq(did + 36, suffix);
+        const char *pol = nbx_result_policy(r, NULL);
+        json_t *j = result_json(r);
+        cr_assert_str_eq(json_string_value(json_object_get(j, "arm")), want);
+        cr_assert_null(json_object_get(j, "assigned"), "no kill: assigned equals arm");
+        cr_assert_str_eq(
+            json_string_value(json_object_get(json_object_get(j, "deployment"), "name")), "q4");
+        json_t *actions = json_object_get(j, "actions");
+        cr_assert_gt(json_array_size(actions), 0);
+        for (size_t k = 0; k < json_array_size(actions); k++)
+            cr_assert_float_eq(
+                json_number_value(json_object_get(json_array_get(actions, k), "probability")), 1.0,
+                1e-12);
+        if (strcmp(want, "holdout") == 0) {
+            seen[0]++;
+            cr_assert_null(pol, "the holdout runs no policy");
+            cr_assert(json_is_null(json_object_get(j, "policy")));
+        } else if (strcmp(want, "champion") == 0) {
+            seen[1]++;
+            cr_assert_str_eq(pol, "by_price");
+        } else {
+            seen[2]++;
+            cr_assert_str_eq(pol, "by_margin");
+        }
+        cr_assert(!nbx_result_fallback(r));
+        json_decref(j);
+    }
+    cr_assert(seen[0] && seen[1] && seen[2], "300 customers reach every arm (%d %d %d)", seen[0],
+              seen[1], seen[2]);
+    nbx_deployment_close(d);
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    free(path);
+}
+
+/* A customer of the given arm under d (searching ids c0, c1, ...). */
+static void customer_of(const char *deployment_text, const char *arm, char *out, size_t cap)
+{
+    nbx_err e = {0};
+    nbx_deployment *d = NULL;
+    cr_assert_eq(nbx_deployment_load_text("x.json", deployment_text, strlen(deployment_text),
+                                          NBX_DEPLOYMENT_NO_POLICIES, &d, &e),
+                 NBX_OK, "%s", e.msg);
+    for (int i = 0; i < 100000; i++) {
+        snprintf(out, cap, "c%d", i);
+        if (strcmp(nbx_deployment_assign(d, out, strlen(out)), arm) == 0) {
+            nbx_deployment_unref(d);
+            return;
+        }
+    }
+    cr_assert_fail("no customer of arm %s", arm);
+}
+
+Test(serving, the_holdout_gets_the_catalog_s_fallback_actions_and_no_policy)
+{
+    char *path = write_deployment("ab", AB_SPLIT);
+    nbx_engine *e = open_deployed(path);
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    char id[32];
+    customer_of(AB_SPLIT, "holdout", id, sizeof id);
+    const nbx_result *r = decide_for(c, id, NBX_DECIDE_EXPLAIN);
+    cr_assert_str_eq(nbx_result_arm(r), "holdout");
+    cr_assert(!nbx_result_fallback(r), "the control treatment is no failure");
+    cr_assert_null(nbx_result_error(r));
+    /* fallback: hero brand_banner, recs bestsellers (tests/data/catalog.json) */
+    cr_assert_eq(nbx_result_action_count(r), 2);
+    nbx_action a;
+    nbx_result_action(r, 0, &a);
+    cr_assert_str_eq(a.offer, "brand_banner");
+    cr_assert_float_eq(a.probability, 1.0, 1e-12);
+    nbx_result_action(r, 1, &a);
+    cr_assert_str_eq(a.offer, "bestsellers");
+    /* eligibility still ran: the explanation says why others were out */
+    json_t *j = result_json(r);
+    cr_assert_gt(json_array_size(json_object_get(j, "candidates")), 2);
+    json_decref(j);
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    free(path);
+}
+
+#define WITH_SHADOWS(shadows)                                                                      \
+    "{\"name\":\"sh\",\"salt\":\"s\",\"arms\":[{\"name\":\"only\",\"policy\":\"by_price.lua\","    \
+    "\"percent\":100}],\"shadow\":" shadows "}"
+
+Test(serving, shadows_decide_beside_the_served_decision_and_change_nothing_of_it)
+{
+    char *plain = write_deployment("plain", WITH_SHADOWS("[]"));
+    char *shadowed =
+        write_deployment("shadowed", WITH_SHADOWS("[\"cheapest.lua\",\"failing.lua\"]"));
+    nbx_engine *e1 = open_deployed(plain), *e2 = open_deployed(shadowed);
+    nbx_ctx *c1, *c2;
+    cr_assert_eq(nbx_ctx_open(e1, &c1), NBX_OK);
+    cr_assert_eq(nbx_ctx_open(e2, &c2), NBX_OK);
+    const char *ids[] = {"alice", "bob", "carol", "dave"};
+    for (size_t i = 0; i < 4; i++) {
+        json_t *a = result_json(decide_for(c1, ids[i], NBX_DECIDE_EXPLAIN));
+        const nbx_result *r2 = decide_for(c2, ids[i], NBX_DECIDE_EXPLAIN);
+        cr_assert(!nbx_result_fallback(r2), "a failing shadow must not fail the served decision");
+        json_t *b = result_json(r2);
+        cr_assert(json_equal(json_object_get(a, "actions"), json_object_get(b, "actions")),
+                  "served actions differ with shadows");
+        cr_assert(json_equal(json_object_get(a, "candidates"), json_object_get(b, "candidates")),
+                  "shadows changed the served candidates");
+        cr_assert_eq(json_array_size(json_object_get(a, "shadow")), 0);
+        json_t *shadow = json_object_get(b, "shadow");
+        cr_assert_eq(json_array_size(shadow), 2);
+        json_t *cheap = json_array_get(shadow, 0), *bad = json_array_get(shadow, 1);
+        cr_assert_str_eq(
+            json_string_value(json_object_get(json_object_get(cheap, "policy"), "name")),
+            "cheapest");
+        cr_assert(json_is_false(json_object_get(cheap, "fallback")));
+        cr_assert_null(json_object_get(cheap, "error"));
+        json_t *served = json_object_get(b, "actions"), *theirs = json_object_get(cheap, "actions");
+        cr_assert_gt(json_array_size(theirs), 0);
+        cr_assert(!json_equal(served, theirs), "the shadow ranks the other way round");
+        cr_assert(json_is_number(json_object_get(cheap, "expected_margin")));
+        cr_assert(json_is_true(json_object_get(bad, "fallback")));
+        json_t *err = json_object_get(bad, "error");
+        cr_assert_str_eq(json_string_value(json_object_get(err, "kind")), "runtime");
+        cr_assert(strstr(json_string_value(json_object_get(err, "reason")), "boom"));
+        json_decref(a);
+        json_decref(b);
+    }
+    nbx_ctx_close(c1);
+    nbx_ctx_close(c2);
+    nbx_engine_close(e1);
+    nbx_engine_close(e2);
+    free(plain);
+    free(shadowed);
+}
+
+Test(serving, shadows_are_never_recorded)
+{
+    char *path = write_deployment("shadowed", WITH_SHADOWS("[\"cheapest.lua\"]"));
+    nbx_engine *e = open_deployed(path);
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    uint64_t recorded = 0;
+    const char *ids[] = {"alice", "bob", "carol"};
+    for (size_t i = 0; i < 3; i++)
+        recorded += nbx_result_action_count(decide_for(c, ids[i], NBX_DECIDE_RECORD));
+    nbx_store_stats st;
+    cr_assert_eq(nbx_store_stat(nbx_engine_store(e), &st), NBX_OK);
+    cr_assert_eq(st.events_seen, recorded, "recorded %llu events for %llu served actions",
+                 (unsigned long long)st.events_seen, (unsigned long long)recorded);
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    free(path);
+}
+
+Test(serving, shadows_take_nothing_of_a_planning_batch_s_budgets)
+{
+    /* free_shipping has a daily budget; the served policy never picks it
+     * for hero (winback_20 is dearer), the shadow always does: were the
+     * shadow's choices counted, the budget would run out for it. */
+    const char *catalog = "{\"placements\":[{\"id\":\"hero\",\"slots\":1}],\"offers\":["
+                          "{\"id\":\"cheap\",\"placements\":[\"hero\"],\"price\":5,\"unit_cost\":1,"
+                          "\"purpose\":\"none\",\"budget\":{\"daily_impressions\":2}},"
+                          "{\"id\":\"dear\",\"placements\":[\"hero\"],\"price\":50,\"unit_cost\":1,"
+                          "\"purpose\":\"none\"}]}";
+    char *cat = tu_path(dir, "budget.json");
+    cr_assert_eq(tu_write_file(cat, catalog), 0);
+    char *path = write_deployment("shadowed", WITH_SHADOWS("[\"cheapest.lua\"]"));
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = cat;
+    o.deployment = path;
+    nbx_engine *e;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_batch_options bo;
+    nbx_batch_options_init(&bo);
+    bo.threads = 1;
+    bo.now_ms = NOW;
+    nbx_batch *b;
+    cr_assert_eq(nbx_batch_open(e, &bo, &b), NBX_OK, "%s", nbx_last_errmsg());
+    char id[16];
+    for (int i = 0; i < 6; i++) {
+        snprintf(id, sizeof id, "c%d", i);
+        cr_assert_eq(nbx_batch_submit(b, id, NULL, 0, NULL), NBX_OK);
+    }
+    const nbx_batch_item *it;
+    int n = 0;
+    while (nbx_batch_next(b, &it) == NBX_OK) {
+        cr_assert_eq(it->status, NBX_OK, "%s", it->errmsg);
+        cr_assert_str_eq(it->arm, "only");
+        cr_assert_str_eq(it->actions[0].offer, "dear");
+        json_error_t err;
+        json_t *j = json_loadb(it->json, it->json_len, 0, &err);
+        json_t *sh = json_array_get(json_object_get(j, "shadow"), 0);
+        json_t *first = json_array_get(json_object_get(sh, "actions"), 0);
+        cr_assert_str_eq(json_string_value(json_object_get(first, "offer")), "cheap",
+                         "customer %d: the shadow's choice ran out of budget", n);
+        json_decref(j);
+        n++;
+    }
+    cr_assert_eq(n, 6);
+    nbx_batch_close(b);
+    nbx_engine_close(e);
+    free(cat);
+    free(path);
+}
+
+Test(serving, a_broken_reload_is_refused_and_the_deployment_serving_stays)
+{
+    char *path = write_deployment("ab", AB_SPLIT);
+    nbx_engine *e = open_deployed(path);
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    char id[32];
+    customer_of(AB_SPLIT, "challenger", id, sizeof id);
+    cr_assert_str_eq(nbx_result_arm(decide_for(c, id, 0)), "challenger");
+    /* percents that do not add up, then an arm whose policy is missing */
+    char *broken = write_deployment(
+        "broken", "{\"name\":\"q5\",\"salt\":\"q4-2026\",\"arms\":[{\"name\":\"champion\","
+                  "\"policy\":\"by_price.lua\",\"percent\":60}]}");
+    cr_assert_eq(nbx_engine_load_deployment(e, broken), NBX_EPARSE);
+    cr_assert(strstr(nbx_engine_errmsg(e), "broken.json: field 'arms'"), "%s",
+              nbx_engine_errmsg(e));
+    char *missing = write_deployment(
+        "missing", "{\"name\":\"q5\",\"salt\":\"q4-2026\",\"arms\":[{\"name\":\"champion\","
+                   "\"policy\":\"gone.lua\",\"percent\":100}]}");
+    cr_assert_eq(nbx_engine_load_deployment(e, missing), NBX_ENOTFOUND);
+    const nbx_result *r = decide_for(c, id, 0);
+    cr_assert_str_eq(nbx_result_arm(r), "challenger");
+    cr_assert_str_eq(nbx_result_deployment(r, NULL), "q4");
+    /* a good one serves from the next decision on */
+    char *next = write_deployment(
+        "next", "{\"name\":\"q5\",\"salt\":\"q4-2026\",\"arms\":[{\"name\":\"all\","
+                "\"policy\":\"by_margin.lua\",\"percent\":100}]}");
+    cr_assert_eq(nbx_engine_load_deployment(e, next), NBX_OK, "%s", nbx_engine_errmsg(e));
+    r = decide_for(c, id, 0);
+    cr_assert_str_eq(nbx_result_arm(r), "all");
+    cr_assert_str_eq(nbx_result_deployment(r, NULL), "q5");
+    cr_assert_str_eq(nbx_result_policy(r, NULL), "by_margin");
+    /* a deployment names its policies: loading one behind it is refused */
+    char *pol = tu_path(dir, "by_price.lua");
+    cr_assert_eq(nbx_engine_load_policy(e, pol), NBX_EINVAL);
+    cr_assert(strstr(nbx_engine_errmsg(e), "deployment"));
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    free(pol);
+    free(path);
+    free(broken);
+    free(missing);
+    free(next);
+}
+
+Test(serving, the_check_tries_every_arm_and_every_shadow)
+{
+    char *good = write_deployment("good", WITH_SHADOWS("[\"cheapest.lua\"]"));
+    char *arm = write_deployment(
+        "arm", "{\"name\":\"x\",\"salt\":\"s\",\"holdout\":{\"percent\":99},\"arms\":["
+               "{\"name\":\"champion\",\"policy\":\"by_price.lua\",\"percent\":99.99},"
+               "{\"name\":\"rare\",\"policy\":\"picky.lua\",\"percent\":0.01}]}");
+    char *shadow = write_deployment("shadow", WITH_SHADOWS("[\"cheapest.lua\",\"picky.lua\"]"));
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.catalog = catalog_path;
+    o.deployment = good;
+    nbx_engine_info info;
+    cr_assert_eq(nbx_engine_check(&o, &info), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_str_eq(info.policy_name, "by_price", "the first arm's policy");
+    /* an arm nobody may be assigned to is tried all the same */
+    o.deployment = arm;
+    cr_assert_eq(nbx_engine_check(&o, NULL), NBX_EPOLICY);
+    cr_assert(strstr(nbx_last_errmsg(), "arm.json: arm 'rare': "), "%s", nbx_last_errmsg());
+    cr_assert(strstr(nbx_last_errmsg(), "no anonymous please"), "%s", nbx_last_errmsg());
+    o.deployment = shadow;
+    cr_assert_eq(nbx_engine_check(&o, NULL), NBX_EPOLICY);
+    cr_assert(strstr(nbx_last_errmsg(), "shadow.json: shadow[1]: "), "%s", nbx_last_errmsg());
+    free(good);
+    free(arm);
+    free(shadow);
+}
+
+Test(serving, options_say_what_serves)
+{
+    char *path = write_deployment("ab", AB_SPLIT);
+    char *pol = tu_path(dir, "by_price.lua");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.policy = pol;
+    o.deployment = path;
+    nbx_engine *e = NULL;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_EINVAL);
+    cr_assert(strstr(nbx_last_errmsg(), "policy and deployment both given"));
+    o.policy = NULL;
+    o.deployment = NULL;
+    o.deployment_text = AB_SPLIT;
+    o.deployment_len = strlen(AB_SPLIT);
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_EINVAL);
+    cr_assert(strstr(nbx_last_errmsg(), "deployment_text needs deployment"));
+    /* the text, named by a path whose directory holds the policies */
+    o.deployment = path;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_engine_close(e);
+    /* a handle loaded once (nginx's master), the engine keeps its own ref */
+    nbx_deployment *d;
+    cr_assert_eq(nbx_deployment_open(path, 0, &d), NBX_OK);
+    o.deployment = NULL;
+    o.deployment_text = NULL;
+    o.deployment_handle = d;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_OK, "%s", nbx_last_errmsg());
+    nbx_deployment_close(d);
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    cr_assert_str_eq(nbx_result_deployment(decide_for(c, "alice", 0), NULL), "q4");
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    /* one read without its policies cannot serve */
+    cr_assert_eq(nbx_deployment_open(path, NBX_DEPLOYMENT_NO_POLICIES, &d), NBX_OK);
+    o.deployment_handle = d;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_EINVAL);
+    cr_assert(strstr(nbx_last_errmsg(), "without its policies"), "%s", nbx_last_errmsg());
+    nbx_deployment_close(d);
+    free(path);
+    free(pol);
+}
+
+Test(serving, without_a_deployment_arm_is_null)
+{
+    char *pol = tu_path(dir, "by_price.lua");
+    nbx_engine_options o;
+    nbx_engine_options_init(&o);
+    o.store = store_dir;
+    o.catalog = catalog_path;
+    o.policy = pol;
+    nbx_engine *e;
+    cr_assert_eq(nbx_engine_open(&o, &e), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_null(nbx_engine_deployment(e));
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    const nbx_result *r = decide_for(c, "alice", 0);
+    cr_assert_null(nbx_result_arm(r));
+    cr_assert_null(nbx_result_deployment(r, NULL));
+    cr_assert_eq(strlen(nbx_result_decision_id(r)), 36);
+    json_t *j = result_json(r);
+    cr_assert(json_is_null(json_object_get(j, "arm")));
+    cr_assert_null(json_object_get(j, "deployment"));
+    cr_assert_null(json_object_get(j, "shadow"));
+    json_decref(j);
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    free(pol);
+    cr_assert_null(nbx_result_arm(NULL));
+    cr_assert_null(nbx_result_assigned_arm(NULL));
+    cr_assert_null(nbx_result_policy(NULL, NULL));
+    cr_assert_null(nbx_engine_deployment(NULL));
+    cr_assert_eq(nbx_engine_load_deployment(NULL, "x"), NBX_EINVAL);
 }

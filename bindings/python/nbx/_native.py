@@ -99,6 +99,10 @@ class EngineOptions(ctypes.Structure):
         ("policy_text", c_char_p),
         ("policy_len", c_size_t),
         ("event_max_skew_ms", ctypes.c_int64),
+        ("deployment", c_char_p),
+        ("deployment_text", c_char_p),
+        ("deployment_len", c_size_t),
+        ("deployment_handle", c_void_p),
     ]
 
 
@@ -133,6 +137,7 @@ class Action(ctypes.Structure):
         ("placement", c_char_p),
         ("score", ctypes.c_double),
         ("expected_margin", ctypes.c_double),
+        ("probability", ctypes.c_double),
     ]
 
 
@@ -169,6 +174,8 @@ class BatchItem(ctypes.Structure):
         ("policy_error", c_void_p),
         ("expected_margin", ctypes.c_double),
         ("exclusions", ctypes.c_uint32 * NBX_EXCLUDED_COUNT),
+        ("arm", c_void_p),
+        ("policy_version", c_void_p),
     ]
 
 
@@ -244,6 +251,15 @@ nbx_batch_errmsg = _fn("nbx_batch_errmsg", c_char_p, c_void_p)
 nbx_batch_close = _fn("nbx_batch_close", None, c_void_p)
 nbx_shard_of = _fn("nbx_shard_of", ctypes.c_uint32, c_char_p, ctypes.c_uint32)
 nbx_excluded_name = _fn("nbx_excluded_name", c_char_p, c_int)
+
+nbx_engine_load_deployment = _fn("nbx_engine_load_deployment", c_int, c_void_p, c_char_p)
+nbx_engine_deployment = _fn("nbx_engine_deployment", c_void_p, c_void_p)
+nbx_deployment_close = _fn("nbx_deployment_close", None, c_void_p)
+nbx_deployment_name = _fn("nbx_deployment_name", c_char_p, c_void_p)
+nbx_deployment_version = _fn("nbx_deployment_version", c_char_p, c_void_p)
+nbx_deployment_assign = _fn("nbx_deployment_assign", c_char_p, c_void_p, c_char_p, c_size_t)
+nbx_assign_bucket = _fn("nbx_assign_bucket", ctypes.c_uint32, c_char_p, c_size_t, c_char_p,
+                        c_size_t)
 
 
 # ---------------------------------------------------------------------------
