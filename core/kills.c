@@ -202,7 +202,7 @@ int nbx_kills_write(nbx_store *s, MDB_txn *txn, const nbx_kill_change *c, nbx_bu
     }
     if (rc)
         return nbx_err_mdb(e, rc, "writing a kill");
-    uint64_t seq;
+    uint64_t seq = 0;
     if ((rc = next_log_seq(s, txn, &seq, e)) != NBX_OK)
         return rc;
     uint8_t lkey[NBX_KILL_LOG_KEY_SIZE];
