@@ -54,18 +54,26 @@ static void teardown(void)
 
 TestSuite(kills, .init = setup, .fini = teardown, .timeout = 120);
 
-static void open_engine(const char *policy_src)
+/* An engine on the suite's store and catalog, serving the policy file or
+ * the deployment file given, and a context on it. */
+static void open_serving(const char *policy, const char *deployment)
 {
-    char *policy = tu_path(dir, "policy.lua");
-    cr_assert_eq(tu_write_file(policy, policy_src), 0);
     nbx_engine_options o;
     nbx_engine_options_init(&o);
     o.store = store_dir;
     o.catalog = catalog_path;
     o.policy = policy;
+    o.deployment = deployment;
     cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
     cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
     store = nbx_engine_store(engine);
+}
+
+static void open_engine(const char *policy_src)
+{
+    char *policy = tu_path(dir, "policy.lua");
+    cr_assert_eq(tu_write_file(policy, policy_src), 0);
+    open_serving(policy, NULL);
     free(policy);
 }
 
@@ -306,6 +314,20 @@ Test(kills, an_abort_kills_the_arm_in_its_transaction)
     snprintf(want, sizeof want, "arm q4.challenger abort 1 %s\n", why);
     cr_assert_str_eq(listing(s, 0), want);
     cr_assert_str_eq(listing(s, NBX_KILLS_HISTORY), want);
+
+    /* figures beyond the limit are cut at a character's start, not refused */
+    char longer[NBX_KILL_REASON_MAX + 100] = "x";
+    size_t n = 1;
+    while (n + 2 < sizeof longer) { /* é after x: byte 1024 is inside one */
+        memcpy(longer + n, "\xc3\xa9", 2);
+        n += 2;
+    }
+    longer[n] = '\0';
+    cr_assert_eq(nbx_store_write_begin(s, &txn, &e), NBX_OK);
+    cr_assert_eq(nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("canary"), longer, NOW, &scratch,
+                                     &e),
+                 NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_store_commit(s, txn, &e), NBX_OK);
     nbx_buf_free(&scratch);
     nbx_store_close(s);
 }
@@ -362,14 +384,7 @@ Test(kills, killed_arms_send_their_customers_to_the_first_arm_or_the_control)
                                "{\"name\":\"challenger\",\"policy\":\"chal.lua\","
                                "\"percent\":50}]}"),
                  0);
-    nbx_engine_options o;
-    nbx_engine_options_init(&o);
-    o.store = store_dir;
-    o.catalog = catalog_path;
-    o.deployment = dep;
-    cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
-    cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
-    store = nbx_engine_store(engine);
+    open_serving(NULL, dep);
 
     static struct arms a;
     decide_all(&a);
