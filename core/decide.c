@@ -53,6 +53,9 @@ struct nbx_ctx {
     ctx_sandbox *sandboxes;
     uint32_t n_sandboxes;
     int force; /* trials: the sandbox every decision runs (-1: assignment's) */
+    /* which arms kills keep from serving (NULL: none); see choose_policy */
+    nbx_arm_killed_fn arm_killed;
+    void *arm_killed_ud;
     nbx_caps caps;
     nbx_kills kills; /* the store's, as of the last decision's snapshot */
     MDB_txn *txn;
@@ -247,6 +250,8 @@ static int ctx_refresh(nbx_ctx *c, nbx_err *e)
     return NBX_OK;
 }
 
+static bool arm_killed(void *ud, const nbx_arm *arm); /* the kills' hook (Deployments) */
+
 NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
 {
     if (out)
@@ -266,6 +271,8 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     c->rng[0] = seed[0];
     c->rng[1] = seed[1];
     c->force = -1;
+    c->arm_killed = arm_killed;
+    c->arm_killed_ud = c;
     nbx_err e = {0};
     int rc = ctx_refresh(c, &e);
     for (uint32_t i = 0; rc == NBX_OK && i < c->n_sandboxes; i++)
@@ -825,17 +832,23 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
  * Deployments: the arm that serves, the control treatment, shadows
  * ======================================================================== */
 
-/* Which sandbox serves this decision (-1: none, the control treatment),
- * and the result's deployment fields. Without a deployment, the policy. */
-/* The kills' answer for nbx_deployment_serving_arm(): the arm is killed by
- * name (DEPLOYMENT.ARM, an abort's too) or its policy's version is. */
+/* Kills keep an arm from serving when its DEPLOYMENT.ARM or its policy's
+ * version is killed (the context's kill set, as of this decision's
+ * snapshot); nbx_deployment_serving_arm() says who serves instead. */
+static bool policy_killed(const nbx_ctx *c, const nbx_policy *p)
+{
+    return p && nbx_policy_killed(&c->kills, nbx_sv_of(p->version_hex));
+}
+
 static bool arm_killed(void *ud, const nbx_arm *arm)
 {
     const nbx_ctx *c = ud;
     return nbx_arm_killed(&c->kills, nbx_sv_of(c->snap->deployment->name), nbx_sv_of(arm->name)) ||
-           (arm->policy && nbx_policy_killed(&c->kills, nbx_sv_of(arm->policy->version_hex)));
+           policy_killed(c, arm->policy);
 }
 
+/* Which sandbox serves this decision (-1: none, the control treatment),
+ * and the result's deployment fields. Without a deployment, the policy. */
 static int choose_policy(nbx_ctx *c, nbx_sv customer)
 {
     nbx_result *r = &c->result;
@@ -844,8 +857,13 @@ static int choose_policy(nbx_ctx *c, nbx_sv customer)
     r->arm = r->assigned = NULL;
     r->control = false;
     r->policy = c->snap->policy;
-    if (!d)
+    if (!d && !policy_killed(c, r->policy))
         return 0;
+    if (!d) { /* its one policy is killed: the control treatment */
+        r->control = true;
+        r->policy = NULL;
+        return -1;
+    }
     if (c->force >= 0) {
         /* a trial: every customer on one policy */
         bool arm = (uint32_t)c->force < d->n_arms;
@@ -854,7 +872,7 @@ static int choose_policy(nbx_ctx *c, nbx_sv customer)
         return c->force;
     }
     uint32_t assigned = nbx_deployment_arm_of(d, customer);
-    uint32_t serving = nbx_deployment_serving_arm(d, assigned, arm_killed, c);
+    uint32_t serving = nbx_deployment_serving_arm(d, assigned, c->arm_killed, c->arm_killed_ud);
     r->assigned = assigned == NBX_ARM_INDEX_HOLDOUT ? NBX_ARM_HOLDOUT : d->arms[assigned].name;
     if (serving == NBX_ARM_INDEX_HOLDOUT) {
         r->arm = NBX_ARM_HOLDOUT;
@@ -996,8 +1014,6 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
         }
     }
     nbx_caps_kills(&c->caps, &c->kills);
-    /* after the kills are read: an arm killed (or aborted) a moment ago
-     * serves no one from this decision on */
     int served = choose_policy(c, customer);
     new_decision_id(c, wall, r->decision_id);
     nbx_profile profile = {.id = customer};

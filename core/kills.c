@@ -160,14 +160,24 @@ static int next_log_seq(nbx_store *s, MDB_txn *txn, uint64_t *seq, nbx_err *e)
     return NBX_OK;
 }
 
-static int bump_generation(nbx_store *s, MDB_txn *txn, nbx_err *e)
+/* Meta kill_generation as txn sees it (absent: 0, nothing changed yet). */
+static int read_generation(nbx_store *s, MDB_txn *txn, uint64_t *gen, nbx_err *e)
 {
     MDB_val v;
-    uint64_t gen = 0;
+    *gen = 0;
     int rc = nbx_store_meta_get(s, txn, NBX_META_KILL_GENERATION, &v, e);
-    if (rc == NBX_OK && nbx_count_decode(v.mv_data, v.mv_size, &gen) != NBX_OK)
+    if (rc == NBX_ENOTFOUND)
+        return NBX_OK;
+    if (rc == NBX_OK && nbx_count_decode(v.mv_data, v.mv_size, gen) != NBX_OK)
         return nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable kill generation", s->path);
-    if (rc && rc != NBX_ENOTFOUND)
+    return rc;
+}
+
+static int bump_generation(nbx_store *s, MDB_txn *txn, nbx_err *e)
+{
+    uint64_t gen;
+    int rc = read_generation(s, txn, &gen, e);
+    if (rc)
         return rc;
     uint8_t buf[NBX_COUNT_VALUE_SIZE];
     size_t n = nbx_count_encode(gen + 1, buf);
@@ -228,12 +238,16 @@ int nbx_kills_abort_arm(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv ar
     name[deployment.len] = '.';
     memcpy(name + deployment.len + 1, arm.ptr, arm.len);
     size_t rlen = strlen(reason);
+    if (rlen > NBX_KILL_REASON_MAX) { /* cut, never refused: at a character's start */
+        rlen = NBX_KILL_REASON_MAX;
+        while (rlen > 0 && ((unsigned char)reason[rlen] & 0xc0) == 0x80)
+            rlen--;
+    }
     nbx_kill_change c = {
         .kind = NBX_KILL_ARM,
         .killed = true,
         .name = {name, deployment.len + 1 + arm.len},
-        /* the rule and its figures: cut, never refused, at the limit */
-        .reason = {reason, rlen > NBX_KILL_REASON_MAX ? NBX_KILL_REASON_MAX : rlen},
+        .reason = {reason, rlen}, /* the rule and its figures */
         .by = NBX_SV("abort"),
         .at_ms = now_ms,
     };
@@ -456,12 +470,9 @@ int nbx_kills_refresh(nbx_kills *k, nbx_store *s, MDB_txn *txn, nbx_err *e)
     size_t id = mdb_txn_id(txn);
     if (k->checked && k->txn_id == id)
         return NBX_OK;
-    MDB_val v;
-    uint64_t gen = 0;
-    int rc = nbx_store_meta_get(s, txn, NBX_META_KILL_GENERATION, &v, e);
-    if (rc == NBX_OK && nbx_count_decode(v.mv_data, v.mv_size, &gen) != NBX_OK)
-        return nbx_err_set(e, NBX_ECORRUPT, "%s: unreadable kill generation", s->path);
-    if (rc && rc != NBX_ENOTFOUND)
+    uint64_t gen;
+    int rc = read_generation(s, txn, &gen, e);
+    if (rc)
         return rc;
     if (!k->checked || gen != k->generation) {
         if ((rc = load_set(k, s, txn, e)) != NBX_OK)

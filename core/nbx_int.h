@@ -519,7 +519,8 @@ typedef struct nbx_kills {
 /* Bring k up to the kills of txn's snapshot: nothing if txn is the snapshot
  * checked last, else one meta lookup, and the set read again only if the
  * generation moved. A store without kills (format before 3; s NULL) has
- * none. On an error k is emptied. */
+ * none. On an error (the decision fails) k is empty or as it was, and is
+ * read again at the next call. */
 int nbx_kills_refresh(nbx_kills *k, nbx_store *s, MDB_txn *txn, nbx_err *e);
 void nbx_kills_free(nbx_kills *k);
 /* The kill of kind and name; NULL if not killed. Valid until the next

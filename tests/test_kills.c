@@ -54,18 +54,26 @@ static void teardown(void)
 
 TestSuite(kills, .init = setup, .fini = teardown, .timeout = 120);
 
-static void open_engine(const char *policy_src)
+/* An engine on the suite's store and catalog, serving the policy file or
+ * the deployment file given, and a context on it. */
+static void open_serving(const char *policy, const char *deployment)
 {
-    char *policy = tu_path(dir, "policy.lua");
-    cr_assert_eq(tu_write_file(policy, policy_src), 0);
     nbx_engine_options o;
     nbx_engine_options_init(&o);
     o.store = store_dir;
     o.catalog = catalog_path;
     o.policy = policy;
+    o.deployment = deployment;
     cr_assert_eq(nbx_engine_open(&o, &engine), NBX_OK, "%s", nbx_last_errmsg());
     cr_assert_eq(nbx_ctx_open(engine, &ctx), NBX_OK, "%s", nbx_last_errmsg());
     store = nbx_engine_store(engine);
+}
+
+static void open_engine(const char *policy_src)
+{
+    char *policy = tu_path(dir, "policy.lua");
+    cr_assert_eq(tu_write_file(policy, policy_src), 0);
+    open_serving(policy, NULL);
     free(policy);
 }
 
@@ -291,21 +299,161 @@ Test(kills, an_abort_kills_the_arm_in_its_transaction)
     MDB_txn *txn;
     const char *why = "fallback rate 0.052 > max_fallback_rate 0.01 after 1000 decisions";
     cr_assert_eq(nbx_store_write_begin(s, &txn, &e), NBX_OK);
-    cr_assert_eq(nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("challenger"), why, NOW,
-                                     &scratch, &e),
-                 NBX_OK, "%s", e.msg);
+    cr_assert_eq(
+        nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("challenger"), why, NOW, &scratch, &e),
+        NBX_OK, "%s", e.msg);
     mdb_txn_abort(txn);
     cr_assert_str_eq(listing(s, NBX_KILLS_HISTORY), "", "an aborted transaction kept its kill");
 
     cr_assert_eq(nbx_store_write_begin(s, &txn, &e), NBX_OK);
-    cr_assert_eq(nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("challenger"), why, NOW,
-                                     &scratch, &e),
-                 NBX_OK, "%s", e.msg);
+    cr_assert_eq(
+        nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("challenger"), why, NOW, &scratch, &e),
+        NBX_OK, "%s", e.msg);
     cr_assert_eq(nbx_store_commit(s, txn, &e), NBX_OK);
     char want[256];
     snprintf(want, sizeof want, "arm q4.challenger abort 1 %s\n", why);
     cr_assert_str_eq(listing(s, 0), want);
     cr_assert_str_eq(listing(s, NBX_KILLS_HISTORY), want);
+
+    /* figures beyond the limit are cut at a character's start, not refused */
+    char longer[NBX_KILL_REASON_MAX + 100] = "x";
+    size_t n = 1;
+    while (n + 2 < sizeof longer) { /* é after x: byte 1024 is inside one */
+        memcpy(longer + n, "\xc3\xa9", 2);
+        n += 2;
+    }
+    longer[n] = '\0';
+    cr_assert_eq(nbx_store_write_begin(s, &txn, &e), NBX_OK);
+    cr_assert_eq(nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("canary"), longer, NOW, &scratch,
+                                     &e),
+                 NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_store_commit(s, txn, &e), NBX_OK);
     nbx_buf_free(&scratch);
     nbx_store_close(s);
+}
+
+/* ========================================================================
+ * Arms and policy versions
+ * ======================================================================== */
+
+static const char *PRICE = "return { name = 'price', score = function(o) return o.price end }\n";
+
+#define CUSTOMERS 200
+
+/* Each customer's served and assigned arm, and the policy version that
+ * decided ("" for the control treatment). */
+struct arms {
+    char served[CUSTOMERS][16], assigned[CUSTOMERS][16], version[CUSTOMERS][17];
+};
+
+static void decide_all(struct arms *a)
+{
+    for (int i = 0; i < CUSTOMERS; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c%03d", i);
+        nbx_request req;
+        nbx_request_init(&req);
+        req.customer = id;
+        req.now_ms = NOW;
+        const nbx_result *r;
+        cr_assert_eq(nbx_decide(ctx, &req, &r), NBX_OK, "%s", nbx_ctx_errmsg(ctx));
+        const char *version = NULL;
+        const char *policy = nbx_result_policy(r, &version);
+        snprintf(a->served[i], sizeof a->served[i], "%s", nbx_result_arm(r));
+        snprintf(a->assigned[i], sizeof a->assigned[i], "%s", nbx_result_assigned_arm(r));
+        snprintf(a->version[i], sizeof a->version[i], "%s", policy ? version : "");
+        if (!policy)
+            cr_assert(nbx_result_action_count(r) > 0, "%s: the control treatment shows fallbacks",
+                      id);
+    }
+}
+
+/* A killed arm's customers go to the first arm; when the first arm is
+ * killed too (by name or by its policy version) to the control treatment;
+ * a killed policy version kills the arm serving it. Each on the next
+ * decision of the same context. */
+Test(kills, killed_arms_send_their_customers_to_the_first_arm_or_the_control)
+{
+    char *champ = tu_path(dir, "champ.lua"), *chal = tu_path(dir, "chal.lua");
+    char *dep = tu_path(dir, "q4.json");
+    cr_assert_eq(tu_write_file(champ, FS_FIRST), 0);
+    cr_assert_eq(tu_write_file(chal, PRICE), 0);
+    cr_assert_eq(tu_write_file(dep,
+                               "{\"name\":\"q4\",\"salt\":\"s\",\"arms\":["
+                               "{\"name\":\"champion\",\"policy\":\"champ.lua\",\"percent\":50},"
+                               "{\"name\":\"challenger\",\"policy\":\"chal.lua\","
+                               "\"percent\":50}]}"),
+                 0);
+    open_serving(NULL, dep);
+
+    static struct arms a;
+    decide_all(&a);
+    int challengers = 0;
+    char chal_version[17] = "", champ_version[17] = "";
+    for (int i = 0; i < CUSTOMERS; i++) {
+        cr_assert_str_eq(a.served[i], a.assigned[i], "c%03d moved with nothing killed", i);
+        if (strcmp(a.served[i], "challenger") == 0) {
+            challengers++;
+            memcpy(chal_version, a.version[i], sizeof chal_version);
+        } else {
+            memcpy(champ_version, a.version[i], sizeof champ_version);
+        }
+    }
+    cr_assert(challengers > 50 && challengers < 150, "%d challengers of %d", challengers,
+              CUSTOMERS);
+
+    /* the arm by name, then by its policy version: the same */
+    for (int way = 0; way < 2; way++) {
+        int kind = way ? NBX_KILL_POLICY : NBX_KILL_ARM;
+        const char *name = way ? chal_version : "q4.challenger";
+        cr_assert_eq(nbx_kill(store, kind, name, "canary looks wrong", "cli"), NBX_OK, "%s",
+                     nbx_store_errmsg(store));
+        decide_all(&a);
+        for (int i = 0; i < CUSTOMERS; i++) {
+            cr_assert_str_eq(a.served[i], "champion", "c%03d (%s) with %s killed", i, a.assigned[i],
+                             name);
+            cr_assert_str_eq(a.version[i], champ_version, "c%03d", i);
+        }
+        cr_assert_eq(nbx_unkill(store, kind, name, NULL, "cli"), NBX_OK);
+    }
+
+    /* the first arm killed too: everyone gets the control treatment */
+    cr_assert_eq(nbx_kill(store, NBX_KILL_ARM, "q4.challenger", "r", "cli"), NBX_OK);
+    cr_assert_eq(nbx_kill(store, NBX_KILL_POLICY, champ_version, "r", "cli"), NBX_OK);
+    decide_all(&a);
+    for (int i = 0; i < CUSTOMERS; i++) {
+        cr_assert_str_eq(a.served[i], "holdout", "c%03d (%s)", i, a.assigned[i]);
+        cr_assert_str_eq(a.version[i], "", "c%03d: a policy decided", i);
+    }
+    /* the challenger back, the first arm still killed: its own customers
+     * are served again, the first arm's get the control */
+    cr_assert_eq(nbx_unkill(store, NBX_KILL_ARM, "q4.challenger", NULL, "cli"), NBX_OK);
+    decide_all(&a);
+    for (int i = 0; i < CUSTOMERS; i++)
+        cr_assert_str_eq(a.served[i],
+                         strcmp(a.assigned[i], "challenger") == 0 ? "challenger" : "holdout",
+                         "c%03d (%s)", i, a.assigned[i]);
+    free(champ);
+    free(chal);
+    free(dep);
+}
+
+/* Without a deployment, a killed version of the engine's one policy leaves
+ * the control treatment: the catalog's fallback actions, no policy run. */
+Test(kills, a_killed_policy_version_serves_the_control_treatment)
+{
+    open_engine(FS_FIRST);
+    const nbx_result *r = decide();
+    const char *version = NULL;
+    cr_assert_not_null(nbx_result_policy(r, &version));
+    char v[17];
+    snprintf(v, sizeof v, "%s", version);
+    cr_assert_eq(nbx_kill(store, NBX_KILL_POLICY, v, "bad release", "cli"), NBX_OK);
+    r = decide();
+    cr_assert_null(nbx_result_policy(r, NULL), "%s", nbx_result_json(r, NULL));
+    cr_assert(serves(r, "brand_banner") && serves(r, "bestsellers"), "%s",
+              nbx_result_json(r, NULL));
+    cr_assert(!serves(r, "free_shipping"), "%s", nbx_result_json(r, NULL));
+    cr_assert_eq(nbx_unkill(store, NBX_KILL_POLICY, v, NULL, "cli"), NBX_OK);
+    cr_assert(serves(decide(), "free_shipping"));
 }

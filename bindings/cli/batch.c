@@ -43,6 +43,7 @@ const cli_flag cli_batch_flags[] = {
     CLI_FLAG_STORE,
     CLI_FLAG_CATALOG,
     CLI_FLAG_POLICY,
+    CLI_FLAG_DEPLOYMENT,
     {"customers", CLI_STRING, "FILE",
      "customer ids, one a line, or JSONL with id and session fields ('-': stdin)", 0, 0},
     {"all", CLI_BOOL, NULL, "every profile in the store, in id order", 0, 0},
@@ -80,6 +81,10 @@ const char cli_batch_details[] =
     "row with rank 0). In CSV, an id that starts with = + - @, a tab or a CR is\n"
     "written as text (a leading ' and quoted) so that spreadsheets do not run it\n"
     "as a formula. The output order does not depend on --threads.\n"
+    "\n"
+    "--deployment FILE instead of --policy serves each customer by their arm\n"
+    "(docs/experiments.md): the JSON says \"arm\", CSV gets an arm column last and\n"
+    "the arm's policy_version (empty for the holdout's control treatment).\n"
     "\n"
     "FILE holds one customer id a line, or JSON objects {\"id\": ..., FIELD: VALUE}\n"
     "whose other fields are that customer's session fields (they replace --session\n"
@@ -178,8 +183,10 @@ typedef struct run {
     const cli_command *cmd;
     /* parameters */
     const char *store_path, *catalog_path, *policy_path, *customers_path, *out_path;
+    const char *deployment_path;
+    char deployment_version[17]; /* "" without --deployment */
     const char *checkpoint_path, *summary_path;
-    char *checkpoint_tmp; /* checkpoint_path + ".tmp", where it is written first */
+    char *checkpoint_tmp;  /* checkpoint_path + ".tmp", where it is written first */
     char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */
     int lock_fd;           /* -1: no lock held */
     bool all, csv, record, explain;
@@ -419,6 +426,10 @@ static void row_field(row *w, const char *s)
 
 static const char CSV_HEADER[] = "customer,decision_id,rank,offer,placement,score,"
                                  "expected_margin,fallback,anonymous,policy_version,as_of\n";
+/* With --deployment: the arm that served each customer, last. */
+static const char CSV_HEADER_ARM[] = "customer,decision_id,rank,offer,placement,score,"
+                                     "expected_margin,fallback,anonymous,policy_version,as_of,"
+                                     "arm\n";
 
 static void write_csv_row(run *r, const nbx_batch_item *it, size_t rank, const nbx_action *a)
 {
@@ -445,9 +456,17 @@ static void write_csv_row(run *r, const nbx_batch_item *it, size_t rank, const n
     }
     row_puts(&w, it->fallback ? ",true" : ",false");
     row_puts(&w, it->anonymous ? ",true," : ",false,");
-    row_puts(&w, r->info.policy_version);
+    /* with a deployment, the arm's policy (none for the control treatment) */
+    if (!r->deployment_path)
+        row_puts(&w, r->info.policy_version);
+    else if (it->policy_version)
+        row_puts(&w, it->policy_version);
     row_add(&w, ",", 1);
     row_puts(&w, r->as_of_text);
+    if (r->deployment_path) {
+        row_add(&w, ",", 1);
+        row_puts(&w, it->arm ? it->arm : ""); /* names are [A-Za-z0-9_.-] */
+    }
     row_add(&w, "\n", 1);
     fwrite(w.data, 1, w.len, r->out);
     r->out_bytes += w.len;
@@ -539,8 +558,12 @@ static void write_params(run *r, FILE *f)
     char *out = absolute_path(r->out_path);
     fprintf(f, "store ");
     put_encoded(f, store ? store : "");
-    fprintf(f, "\ncatalog_version %s\npolicy_version %s\ninput ", r->info.catalog_version,
+    fprintf(f, "\ncatalog_version %s\npolicy_version %s", r->info.catalog_version,
             r->info.policy_version);
+    /* only with a deployment: checkpoints of runs without one stay valid */
+    if (r->deployment_path)
+        fprintf(f, "\ndeployment_version %s", r->deployment_version);
+    fprintf(f, "\ninput ");
     put_encoded(f, input ? input : "");
     fprintf(f, "\nplacements ");
     const cli_value *pl = cli_flag_value(r->args, "placement");
@@ -1095,9 +1118,12 @@ static int write_summary_json(run *r, const totals *t, bool complete, bool inter
     json_number(f, "%.1f", t->elapsed > 0 ? (double)t->customers / t->elapsed : 0.0);
     fprintf(f,
             ",\"complete\":%s,\"policy_version\":\"%s\",\"catalog_version\":\"%s\","
-            "\"as_of\":\"%s\"}\n",
+            "\"as_of\":\"%s\"",
             complete ? "true" : "false", r->info.policy_version, r->info.catalog_version,
             r->as_of_text);
+    if (r->deployment_path)
+        fprintf(f, ",\"deployment_version\":\"%s\"", r->deployment_version);
+    fputs("}\n", f);
     if (fclose(f) != 0)
         return cli_error(r->cmd, "%s: %s", r->summary_path, strerror(errno));
     return CLI_OK;
@@ -1425,7 +1451,10 @@ static int check_distinct_files(run *r)
     if (r->customers_path && strcmp(r->customers_path, "-") != 0)
         files[n++] = (named_file){.what = "--customers", .path = r->customers_path};
     files[n++] = (named_file){.what = "--catalog", .path = r->catalog_path};
-    files[n++] = (named_file){.what = "--policy", .path = r->policy_path};
+    if (r->policy_path)
+        files[n++] = (named_file){.what = "--policy", .path = r->policy_path};
+    if (r->deployment_path)
+        files[n++] = (named_file){.what = "--deployment", .path = r->deployment_path};
     size_t len = strlen(r->store_path) + sizeof "/data.mdb";
     store_data = malloc(len);
     if (store_data) {
@@ -1456,8 +1485,9 @@ static int parse_parameters(run *r)
     cli_args *args = r->args;
     if (!cli_has(args, "catalog"))
         return cli_usage_error(r->cmd, "--catalog FILE is required");
-    if (!cli_has(args, "policy"))
-        return cli_usage_error(r->cmd, "--policy FILE is required");
+    int serving = cli_serving_flags(args);
+    if (serving != CLI_OK)
+        return serving;
     r->all = cli_has(args, "all");
     r->customers_path = cli_string(args, "customers", NULL);
     if (r->all == (r->customers_path != NULL))
@@ -1467,6 +1497,7 @@ static int parse_parameters(run *r)
         return CLI_USAGE;
     r->catalog_path = cli_string(args, "catalog", NULL);
     r->policy_path = cli_string(args, "policy", NULL);
+    r->deployment_path = cli_string(args, "deployment", NULL);
     r->out_path = cli_string(args, "out", NULL);
     r->checkpoint_path = cli_string(args, "checkpoint", NULL);
     r->summary_path = cli_string(args, "summary", NULL);
@@ -1536,6 +1567,11 @@ static int open_engine(run *r)
     if (rc != NBX_OK)
         return cli_nbx_error(r->cmd, rc, nbx_last_errmsg());
     nbx_engine_info_get(r->engine, &r->info);
+    nbx_deployment *d = nbx_engine_deployment(r->engine);
+    if (d)
+        snprintf(r->deployment_version, sizeof r->deployment_version, "%s",
+                 nbx_deployment_version(d));
+    nbx_deployment_close(d);
     return CLI_OK;
 }
 
@@ -1574,8 +1610,9 @@ static int open_output(run *r, const checkpoint *ck, bool resume)
     setvbuf(r->out, NULL, _IOFBF, 1 << 20);
     r->out_bytes = resume ? ck->output_offset : 0;
     if (r->csv && r->out_bytes == 0) {
-        fputs(CSV_HEADER, r->out);
-        r->out_bytes += sizeof CSV_HEADER - 1;
+        const char *header = r->deployment_path ? CSV_HEADER_ARM : CSV_HEADER;
+        fputs(header, r->out);
+        r->out_bytes += strlen(header);
     }
     return CLI_OK;
 }

@@ -94,7 +94,11 @@ extern const cli_command cli_commands[];
 /* Flags of the commands that decide (decide, batch); cli_decide_flags() and
  * cli_engine_options() read them. */
 #define CLI_FLAG_CATALOG {"catalog", CLI_STRING, "FILE", "catalog JSON file (required)", 0, 0}
-#define CLI_FLAG_POLICY {"policy", CLI_STRING, "FILE", "policy Lua file (required)", 0, 0}
+#define CLI_FLAG_POLICY                                                                            \
+    {"policy", CLI_STRING, "FILE", "policy Lua file (this or --deployment is required)", 0, 0}
+#define CLI_FLAG_DEPLOYMENT                                                                        \
+    {"deployment", CLI_STRING, "FILE",                                                             \
+     "deployment JSON file instead of --policy: arms, holdout, shadow policies", 0, 0}
 #define CLI_FLAG_PLACEMENT {"placement", CLI_LIST, "P", "placement to fill (default: all)", 0, 0}
 #define CLI_FLAG_TIME_LIMIT                                                                        \
     {"time-limit-us", CLI_UINT, "N", "policy CPU time per decision in microseconds", 1, 60000000}
@@ -142,8 +146,11 @@ nbx_store *cli_open_store(cli_args *args, unsigned flags, int *exit_code);
  * place into session (room for NBX_REQUEST_SESSION_MAX). Returns CLI_OK or
  * CLI_USAGE (message printed). */
 int cli_decide_flags(cli_args *args, nbx_kv *session, size_t *n_session);
-/* Engine options from --catalog, --policy, --time-limit-us, --memory-limit
- * and the store path; read-only unless write. */
+/* What serves: exactly one of --policy FILE and --deployment FILE.
+ * Returns CLI_OK or CLI_USAGE (message printed). */
+int cli_serving_flags(cli_args *args);
+/* Engine options from --catalog, --policy or --deployment, --time-limit-us,
+ * --memory-limit and the store path; read-only unless write. */
 void cli_engine_options(cli_args *args, const char *store, bool write, nbx_engine_options *opts);
 /* Monotonic seconds, for elapsed times and rates. */
 double cli_now_seconds(void);

@@ -33,7 +33,7 @@ int cli_run_decide(cli_args *args)
 {
     int rc = require_flag(args, "catalog", "FILE");
     if (rc == CLI_OK)
-        rc = require_flag(args, "policy", "FILE");
+        rc = cli_serving_flags(args);
     if (rc == CLI_OK)
         rc = require_flag(args, "customer", "ID");
     if (rc != CLI_OK)

@@ -96,6 +96,7 @@ static const cli_flag decide_flags[] = {
     CLI_FLAG_STORE,
     CLI_FLAG_CATALOG,
     CLI_FLAG_POLICY,
+    CLI_FLAG_DEPLOYMENT,
     {"customer", CLI_STRING, "ID", "customer id (required)", 0, 0},
     CLI_FLAG_PLACEMENT,
     {"session", CLI_LIST, "KEY=VALUE", "session field given to the policy", 0, 0},
@@ -241,7 +242,10 @@ const cli_command cli_commands[] = {
      "Opens the store read-only (read-write with --record), loads the catalog and\n"
      "the policy, and runs one decision. A policy failure yields the fallback\n"
      "decision, which is still a success (exit status 0); a missing or invalid\n"
-     "catalog, policy or store is an error (exit status 1).\n",
+     "catalog, policy or store is an error (exit status 1).\n"
+     "With --deployment FILE instead of --policy, the customer's arm decides (the\n"
+     "result says which: \"arm\"), the holdout gets the catalog's fallback actions,\n"
+     "and shadow policies decide beside (\"shadow\"). See docs/experiments.md.\n",
      cli_run_decide},
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
@@ -349,12 +353,24 @@ int cli_decide_flags(cli_args *args, nbx_kv *session, size_t *n_session)
     return CLI_OK;
 }
 
+int cli_serving_flags(cli_args *args)
+{
+    bool policy = cli_has(args, "policy"), deployment = cli_has(args, "deployment");
+    if (policy && deployment)
+        return cli_usage_error(args->cmd, "give --policy FILE or --deployment FILE, not both (a "
+                                          "deployment names its policies)");
+    if (!policy && !deployment)
+        return cli_usage_error(args->cmd, "--policy FILE or --deployment FILE is required");
+    return CLI_OK;
+}
+
 void cli_engine_options(cli_args *args, const char *store, bool write, nbx_engine_options *opts)
 {
     nbx_engine_options_init(opts);
     opts->store = store;
     opts->catalog = cli_string(args, "catalog", NULL);
     opts->policy = cli_string(args, "policy", NULL);
+    opts->deployment = cli_string(args, "deployment", NULL);
     opts->time_limit_us = (uint32_t)cli_uint(args, "time-limit-us", 0);
     opts->memory_limit = (size_t)cli_uint(args, "memory-limit", 0);
     opts->flags = write ? 0 : NBX_ENGINE_READONLY;

@@ -44,7 +44,7 @@ class T01HelpAndUsage(CliTestCase):
     def test_01_version(self):
         for flag in ("--version", "version"):
             r = self.ok(flag)
-            self.assertRegex(r.stdout, r"^nbx 0\.1\.0 \(libnbx 0\.1\.0\)\n$")
+            self.assertRegex(r.stdout, r"^nbx 0\.2\.0 \(libnbx 0\.2\.0\)\n$")
 
     def test_02_help_lists_every_command(self):
         r = self.ok("help")

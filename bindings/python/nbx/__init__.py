@@ -13,7 +13,7 @@ source tree this package sits in, else the system's libnbx.so.0.
 See docs/batch.md for the API and an example job.
 """
 from . import _native
-from .engine import Engine, as_of_ms, shard_of
+from .engine import Engine, as_of_ms, assign_bucket, shard_of
 from .errors import (Corrupt, Error, InvalidArgument, IOFailure, LimitExceeded, NotFound,
                      OutOfMemory, ParseError, PolicyError, ReadOnly, StoreError, StoreFull,
                      VersionMismatch, error_for)
@@ -33,5 +33,5 @@ def excluded_names():
 
 __all__ = ["Engine", "Error", "InvalidArgument", "OutOfMemory", "IOFailure", "NotFound",
            "Corrupt", "VersionMismatch", "ParseError", "PolicyError", "StoreError", "StoreFull",
-           "LimitExceeded", "ReadOnly", "error_for", "shard_of", "as_of_ms", "version",
+           "LimitExceeded", "ReadOnly", "error_for", "shard_of", "assign_bucket", "as_of_ms", "version",
            "excluded_names", "library_path"]

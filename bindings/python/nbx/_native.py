@@ -252,6 +252,15 @@ nbx_batch_close = _fn("nbx_batch_close", None, c_void_p)
 nbx_shard_of = _fn("nbx_shard_of", ctypes.c_uint32, c_char_p, ctypes.c_uint32)
 nbx_excluded_name = _fn("nbx_excluded_name", c_char_p, c_int)
 
+nbx_engine_load_deployment = _fn("nbx_engine_load_deployment", c_int, c_void_p, c_char_p)
+nbx_engine_deployment = _fn("nbx_engine_deployment", c_void_p, c_void_p)
+nbx_deployment_close = _fn("nbx_deployment_close", None, c_void_p)
+nbx_deployment_name = _fn("nbx_deployment_name", c_char_p, c_void_p)
+nbx_deployment_version = _fn("nbx_deployment_version", c_char_p, c_void_p)
+nbx_deployment_assign = _fn("nbx_deployment_assign", c_char_p, c_void_p, c_char_p, c_size_t)
+nbx_assign_bucket = _fn("nbx_assign_bucket", ctypes.c_uint32, c_char_p, c_size_t, c_char_p,
+                        c_size_t)
+
 
 # ---------------------------------------------------------------------------
 # The options structs must be the library's size: its *_init() writes that

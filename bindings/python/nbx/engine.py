@@ -171,8 +171,17 @@ def shard_of(customer, n):
     return N.nbx_shard_of(_text(customer, "customer"), n)
 
 
+def assign_bucket(salt, customer):
+    """The customer's assignment bucket (0..9999) for a deployment's salt:
+    XXH64(customer, seed = XXH64(salt, 0)) mod 10000, as every binding
+    computes it (docs/experiments.md, "Assignment")."""
+    salt, customer = _text(salt, "salt"), _text(customer, "customer")
+    return N.nbx_assign_bucket(salt, len(salt), customer, len(customer))
+
+
 class Engine:
-    """An nbx engine: a store, a catalog and a policy.
+    """An nbx engine: a store, a catalog and a policy, or a deployment (arms,
+    a holdout and shadow policies: docs/experiments.md) instead of the policy.
 
     Thread-safe: any thread may call decide(), record() and batch(); each
     thread gets its own decision context (an nbx_ctx belongs to one thread),
@@ -184,9 +193,12 @@ class Engine:
     a worker process, ...).
     """
 
-    def __init__(self, store, catalog, policy, readonly=False, time_limit_us=0,
-                 memory_limit=0, log=None):
+    def __init__(self, store, catalog, policy=None, readonly=False, time_limit_us=0,
+                 memory_limit=0, log=None, deployment=None):
         self._handle = None
+        if (policy is None) == (deployment is None):
+            raise InvalidArgument("give policy or deployment (a deployment file names its "
+                                  "policies), exactly one of them")
         time_limit_us = _count(time_limit_us, "time_limit_us", _TIME_LIMIT_MAX)
         memory_limit = _count(memory_limit, "memory_limit", _MEMORY_LIMIT_MAX)
         self._pid = os.getpid()
@@ -196,11 +208,16 @@ class Engine:
         self._batches = weakref.WeakSet()
         self._log = log
         self._log_cb = N.LOG_FN(self._on_log)
+        serving = policy if deployment is None else deployment
         self._keep = [_text(os.fspath(store), "store"), _text(os.fspath(catalog), "catalog"),
-                      _text(os.fspath(policy), "policy")]
+                      _text(os.fspath(serving), "policy" if deployment is None else "deployment")]
         opts = N.EngineOptions()
         N.nbx_engine_options_init(ctypes.byref(opts))
-        opts.store, opts.catalog, opts.policy = self._keep
+        opts.store, opts.catalog = self._keep[:2]
+        if deployment is None:
+            opts.policy = self._keep[2]
+        else:
+            opts.deployment = self._keep[2]
         opts.time_limit_us = time_limit_us
         opts.memory_limit = memory_limit
         opts.flags = N.NBX_ENGINE_READONLY if readonly else 0
@@ -288,10 +305,37 @@ class Engine:
         rc = N.nbx_engine_info_get(self._check(), ctypes.byref(info))
         if rc != N.NBX_OK:
             raise _last_error(rc)
-        return {"policy_name": info.policy_name.decode(),
-                "policy_version": info.policy_version.decode(),
-                "catalog_version": info.catalog_version.decode(),
-                "offers": info.offers, "placements": info.placements}
+        out = {"policy_name": info.policy_name.decode(),
+               "policy_version": info.policy_version.decode(),
+               "catalog_version": info.catalog_version.decode(),
+               "offers": info.offers, "placements": info.placements, "deployment": None}
+        d = N.nbx_engine_deployment(self._check())
+        if d:
+            out["deployment"] = {"name": N.nbx_deployment_name(d).decode(),
+                                 "version": N.nbx_deployment_version(d).decode()}
+            N.nbx_deployment_close(d)
+        return out
+
+    def arm_of(self, customer):
+        """The arm the deployment serving assigns the customer to ("holdout"
+        for those held out; kill switches not applied), or None when the
+        engine serves a single policy."""
+        customer = _text(customer, "customer")
+        d = N.nbx_engine_deployment(self._check())
+        if not d:
+            return None
+        try:
+            return N.nbx_deployment_assign(d, customer, len(customer)).decode()
+        finally:
+            N.nbx_deployment_close(d)
+
+    def load_deployment(self, path):
+        """Swap in a deployment file atomically (it replaces the policy or the
+        deployment serving) after a trial of every arm's and shadow's policy;
+        on failure what serves keeps serving."""
+        rc = N.nbx_engine_load_deployment(self._check(), _text(os.fspath(path), "path"))
+        if rc != N.NBX_OK:
+            raise _last_error(rc)
 
     def load_policy(self, path):
         """Swap in a new policy file atomically; on failure the old one serves."""
