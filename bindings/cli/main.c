@@ -373,7 +373,9 @@ void cli_engine_options(cli_args *args, const char *store, bool write, nbx_engin
     opts->deployment = cli_string(args, "deployment", NULL);
     opts->time_limit_us = (uint32_t)cli_uint(args, "time-limit-us", 0);
     opts->memory_limit = (size_t)cli_uint(args, "memory-limit", 0);
-    opts->flags = write ? 0 : NBX_ENGINE_READONLY;
+    /* a deployment's engine writes its arms' counters, where the canary
+     * abort rules are judged (docs/experiments.md, "Canary abort") */
+    opts->flags = write || opts->deployment ? 0 : NBX_ENGINE_READONLY;
 }
 
 double cli_now_seconds(void)

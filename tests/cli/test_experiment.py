@@ -8,7 +8,7 @@ import os
 import random
 import unittest
 
-from cliutil import CliTestCase, SOURCE_DIR, purchase
+from cliutil import CATALOG, CliTestCase, SOURCE_DIR, purchase
 
 LIBRARY = os.environ.get("NBX_LIBRARY") or os.path.join(SOURCE_DIR, "build", "libnbx.so")
 
@@ -160,6 +160,47 @@ class StatsArmsTest(CliTestCase):
             purchase("p1", "c1", "2026-03-06T10:00:00Z", 50, 1)]), "--store", self.store)
         self.assertEqual(self.stats()["arms"], [])
         self.assertIn("arms:           none counted", self.ok("stats", "--store", self.store).stdout)
+
+
+class CanaryAbortTest(CliTestCase):
+    """The issue's canary: a challenger failing for 5 % of its customers is
+    aborted by `nbx batch --deployment` once past min_decisions, and the
+    abort is in `nbx kill --list` and its counters in `nbx stats`."""
+
+    def test_a_challenger_failing_for_five_percent_is_aborted_by_a_batch(self):
+        self.write("by_price.lua", "return {name = 'by_price',\n"
+                   "  score = function(o) return o.price, o.margin end}\n")
+        self.write("flaky.lua", "return {name = 'flaky', score = function(o, c)\n"
+                   "  if c.attrs.flaky then error('flaky customer') end\n"
+                   "  return o.price, o.margin end}\n")
+        deployment = self.write("q4.json", json.dumps({
+            "name": "q4", "salt": "q4-2026", "holdout": {"percent": 10},
+            "arms": [{"name": "champion", "policy": "by_price.lua", "percent": 50},
+                     {"name": "challenger", "policy": "flaky.lua", "percent": 50,
+                      "abort": {"min_decisions": 500, "max_fallback_rate": 0.01}}]}))
+        customers = [f"c{i:05d}" for i in range(3000)]
+        self.ok("import", "profiles", self.write_jsonl("profiles.jsonl", [
+            {"id": c, "consent": {"personalization": True}, "attrs": {"flaky": True}}
+            for c in customers[::20]]), "--store", self.store)
+        self.write("customers.txt", "".join(c + "\n" for c in customers))
+        r = self.ok("batch", "--store", self.store, "--catalog", CATALOG, "--deployment",
+                    deployment, "--customers", self.path("customers.txt"),
+                    "--as-of", "2026-03-10T12:00:00Z", "--threads", "2", "--max-fallback-rate", "1")
+        served = [json.loads(line)["arm"] for line in r.stdout.splitlines()]
+        self.assertGreaterEqual(served.count("challenger"), 500, "enough to judge")
+        kills = json.loads(self.ok("kill", "--list", "--json", "--store", self.store).stdout)
+        self.assertEqual([(k["kind"], k["name"], k["by"]) for k in kills],
+                         [("arm", "q4.challenger", "abort")], kills)
+        self.assertIn("max_fallback_rate: fallback rate 0.0", kills[0]["reason"])
+        arms = {a["arm"]: a for a in self.stats()["arms"]}
+        self.assertEqual(sum(a["decisions"] for a in arms.values()), 3000)
+        self.assertGreater(arms["challenger"]["fallbacks"] * 100, arms["challenger"]["decisions"])
+        # the next batch serves the challenger's customers by the first arm
+        r = self.ok("batch", "--store", self.store, "--catalog", CATALOG, "--deployment",
+                    deployment, "--customers", self.path("customers.txt"),
+                    "--as-of", "2026-03-10T12:00:00Z", "--threads", "2", "--max-fallback-rate", "1")
+        served = [json.loads(line)["arm"] for line in r.stdout.splitlines()]
+        self.assertNotIn("challenger", served)
 
 
 if __name__ == "__main__":
