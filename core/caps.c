@@ -34,8 +34,9 @@ int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog)
         calloc(catalog->n_categories ? catalog->n_categories : 1, sizeof *c->category_propensity);
     c->budget_impressions = calloc(n, sizeof *c->budget_impressions);
     c->budget_accepts = calloc(n, sizeof *c->budget_accepts);
+    c->killed = calloc(n, 1);
     if (!c->summary || !c->has_summary || !c->consented || !c->propensity ||
-        !c->category_propensity || !c->budget_impressions || !c->budget_accepts) {
+        !c->category_propensity || !c->budget_impressions || !c->budget_accepts || !c->killed) {
         nbx_caps_free(c);
         return NBX_ENOMEM;
     }
@@ -52,6 +53,7 @@ void nbx_caps_free(nbx_caps *c)
     free(c->category_propensity);
     free(c->budget_impressions);
     free(c->budget_accepts);
+    free(c->killed);
     memset(c, 0, sizeof *c);
 }
 
@@ -221,9 +223,25 @@ static uint64_t planned_impressions(const nbx_caps *c, const nbx_offer *o)
                    : 0;
 }
 
+void nbx_caps_kills(nbx_caps *c, const nbx_kills *k)
+{
+    c->kills = k;
+    uint64_t version = k ? k->version : 0;
+    if (c->killed_valid && c->kills_version == version)
+        return;
+    const nbx_catalog *cat = c->catalog;
+    bool any = k && k->n_kind[NBX_KILL_OFFER];
+    for (uint32_t i = 0; i < cat->n_offers; i++)
+        c->killed[i] = any && nbx_offer_killed(k, cat->offers[i].id);
+    c->kills_version = version;
+    c->killed_valid = true;
+}
+
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
 {
     const nbx_catalog *cat = c->catalog;
+    if (c->killed[o->index])
+        return NBX_EXCLUDED_KILLED;
     if (now_ms < o->valid_from || now_ms > o->valid_to)
         return NBX_EXCLUDED_VALIDITY;
     /* A contact through a channel uses the data for the channel's purpose
@@ -462,6 +480,13 @@ void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const c
     case NBX_EXCLUDED_POLICY_ERROR:
         snprintf(out, cap, "the policy failed: the fallback decision was served");
         break;
+    case NBX_EXCLUDED_KILLED: {
+        const nbx_kill_entry *k = nbx_kills_find(c->kills, NBX_KILL_OFFER, o->id);
+        char why[NBX_KILL_REASON_MAX + 1];
+        nbx_escape_text(why, sizeof why, k ? k->reason : "", k ? strlen(k->reason) : 0);
+        snprintf(out, cap, "killed: %s", why);
+        break;
+    }
     default:
         break;
     }

@@ -916,3 +916,215 @@ int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms)
     *erased_at_ms = mp_int(&m);
     return m.bad ? NBX_ECORRUPT : NBX_OK;
 }
+
+/* ========================================================================
+ * Arm counters: deployment \0 arm \0 day (4 bytes BE) -> [decisions,
+ * fallbacks, errors, impressions, accepts, purchases, expected_margin,
+ * realised_margin]
+ * ======================================================================== */
+
+bool nbx_arm_name_valid(nbx_sv name)
+{
+    if (name.len == 0 || name.len > NBX_ARM_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < name.len; i++)
+        if (!nbx_name_byte((unsigned char)name.ptr[i]))
+            return false;
+    return true;
+}
+
+size_t nbx_arm_key(char *out, nbx_sv deployment, nbx_sv arm, uint32_t day)
+{
+    size_t n = 0;
+    memcpy(out, deployment.ptr, deployment.len);
+    n += deployment.len;
+    out[n++] = '\0';
+    memcpy(out + n, arm.ptr, arm.len);
+    n += arm.len;
+    out[n++] = '\0';
+    out[n++] = (char)(day >> 24);
+    out[n++] = (char)(day >> 16);
+    out[n++] = (char)(day >> 8);
+    out[n++] = (char)day;
+    return n;
+}
+
+bool nbx_arm_key_parse(const void *key, size_t len, nbx_sv *deployment, nbx_sv *arm, uint32_t *day)
+{
+    const char *k = key;
+    if (len < 8 || len > NBX_ARM_KEY_MAX || k[len - 5] != '\0')
+        return false;
+    const char *sep = memchr(k, '\0', len - 5);
+    if (!sep)
+        return false;
+    *deployment = (nbx_sv){k, (size_t)(sep - k)};
+    *arm = (nbx_sv){sep + 1, (size_t)(k + len - 5 - (sep + 1))};
+    const uint8_t *d = (const uint8_t *)k + len - 4;
+    *day = (uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3];
+    return nbx_arm_name_valid(*deployment) && nbx_arm_name_valid(*arm);
+}
+
+size_t nbx_arm_counts_encode(const nbx_arm_counts *c, char out[NBX_ARM_VALUE_MAX])
+{
+    /* never grows: 8 elements of at most 9 bytes */
+    nbx_buf b = {.data = out, .cap = NBX_ARM_VALUE_MAX};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, pack_write);
+    msgpack_pack_array(&pk, 8);
+    msgpack_pack_uint64(&pk, c->decisions);
+    msgpack_pack_uint64(&pk, c->fallbacks);
+    msgpack_pack_uint64(&pk, c->errors);
+    msgpack_pack_uint64(&pk, c->impressions);
+    msgpack_pack_uint64(&pk, c->accepts);
+    msgpack_pack_uint64(&pk, c->purchases);
+    pack_number(&pk, c->expected_margin);
+    pack_number(&pk, c->realised_margin);
+    return b.len;
+}
+
+int nbx_arm_counts_decode(const void *data, size_t len, nbx_arm_counts *c)
+{
+    memset(c, 0, sizeof *c);
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    uint32_t n = mp_array(&m);
+    if (n < 8)
+        return NBX_ECORRUPT;
+    c->decisions = mp_uint(&m);
+    c->fallbacks = mp_uint(&m);
+    c->errors = mp_uint(&m);
+    c->impressions = mp_uint(&m);
+    c->accepts = mp_uint(&m);
+    c->purchases = mp_uint(&m);
+    c->expected_margin = mp_double(&m);
+    c->realised_margin = mp_double(&m);
+    for (uint32_t i = 8; i < n && !m.bad; i++)
+        nbx_mp_skip(&m);
+    if (m.bad || !isfinite(c->expected_margin) || !isfinite(c->realised_margin))
+        return NBX_ECORRUPT;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Kills: kind name -> [reason, at, by]; history: seq (8 bytes BE) ->
+ * [at, killed, kind, name, reason|nil, by]
+ * ======================================================================== */
+
+size_t nbx_kill_key(char out[NBX_KILL_KEY_MAX], uint8_t kind, nbx_sv name)
+{
+    out[0] = (char)kind;
+    memcpy(out + 1, name.ptr, name.len);
+    return 1 + name.len;
+}
+
+bool nbx_kill_key_parse(const void *key, size_t len, uint8_t *kind, nbx_sv *name)
+{
+    const uint8_t *k = key;
+    if (len < 2 || len > NBX_KILL_KEY_MAX || k[0] < NBX_KILL_OFFER || k[0] > NBX_KILL_POLICY)
+        return false;
+    *kind = k[0];
+    *name = (nbx_sv){(const char *)k + 1, len - 1};
+    return true;
+}
+
+int nbx_kill_encode(const nbx_kill_change *c, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 3);
+    pack_sv(&pk, c->reason);
+    msgpack_pack_int64(&pk, c->at_ms);
+    pack_sv(&pk, c->by);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_kill_decode(const void *data, size_t len, nbx_kill_change *c)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 3)
+        return NBX_ECORRUPT;
+    c->reason = mp_str(&m);
+    c->at_ms = mp_int(&m);
+    c->by = mp_str(&m);
+    return m.bad ? NBX_ECORRUPT : NBX_OK;
+}
+
+void nbx_kill_log_key(uint8_t out[NBX_KILL_LOG_KEY_SIZE], uint64_t seq)
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(seq >> (56 - 8 * i));
+}
+
+uint64_t nbx_kill_log_seq(const void *key, size_t len)
+{
+    return len == NBX_KILL_LOG_KEY_SIZE ? be(key, 8) : 0;
+}
+
+int nbx_kill_log_encode(const nbx_kill_change *c, nbx_buf *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pack_write);
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_int64(&pk, c->at_ms);
+    if (c->killed)
+        msgpack_pack_true(&pk);
+    else
+        msgpack_pack_false(&pk);
+    msgpack_pack_uint8(&pk, c->kind);
+    pack_sv(&pk, c->name);
+    pack_sv_or_nil(&pk, c->reason);
+    pack_sv(&pk, c->by);
+    return out->oom ? NBX_ENOMEM : NBX_OK;
+}
+
+int nbx_kill_log_decode(const void *data, size_t len, nbx_kill_change *c)
+{
+    nbx_mp m;
+    nbx_mp_init(&m, data, len);
+    if (mp_array(&m) < 6)
+        return NBX_ECORRUPT;
+    c->at_ms = mp_int(&m);
+    c->killed = mp_bool(&m);
+    uint64_t kind = mp_uint(&m);
+    c->name = mp_str(&m);
+    c->reason = str_or_nil(&m);
+    c->by = mp_str(&m);
+    if (m.bad || kind < NBX_KILL_OFFER || kind > NBX_KILL_POLICY || c->name.len == 0)
+        return NBX_ECORRUPT;
+    c->kind = (uint8_t)kind;
+    return NBX_OK;
+}
+
+/* ========================================================================
+ * Decision ids: UUIDv7 ["." deployment "." arm]
+ * ======================================================================== */
+
+/* 8-4-4-4-12 lowercase hex digits, as nbx writes them. */
+static bool uuid_form(const char *p)
+{
+    for (int i = 0; i < NBX_UUID_LEN; i++) {
+        char c = p[i];
+        bool ok = i == 8 || i == 13 || i == 18 || i == 23
+                      ? c == '-'
+                      : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+bool nbx_decision_id_arm(nbx_sv id, nbx_sv *deployment, nbx_sv *arm)
+{
+    if (id.len < NBX_UUID_LEN + 4 || id.len > NBX_DECISION_ID_MAX || id.ptr[NBX_UUID_LEN] != '.' ||
+        !uuid_form(id.ptr))
+        return false;
+    const char *rest = id.ptr + NBX_UUID_LEN + 1;
+    size_t n = id.len - NBX_UUID_LEN - 1;
+    const char *dot = memchr(rest, '.', n);
+    if (!dot)
+        return false;
+    *deployment = (nbx_sv){rest, (size_t)(dot - rest)};
+    *arm = (nbx_sv){dot + 1, (size_t)(rest + n - dot - 1)};
+    return nbx_arm_name_valid(*deployment) && nbx_arm_name_valid(*arm);
+}

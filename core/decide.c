@@ -57,6 +57,7 @@ struct nbx_ctx {
     nbx_arm_killed_fn arm_killed;
     void *arm_killed_ud;
     nbx_caps caps;
+    nbx_kills kills; /* the store's, as of the last decision's snapshot */
     MDB_txn *txn;
     nbx_arena arena;
     nbx_buf scratch;
@@ -80,6 +81,7 @@ struct nbx_ctx {
     nbx_shadow_result *shadows;
     uint32_t shadows_cap;
     nbx_result result;
+    nbx_tally tally; /* decisions per arm, not yet in the store's counters */
     nbx_err err;
     uint64_t rng[2]; /* decision ids */
     int64_t last_log_us, last_shadow_log_us;
@@ -249,6 +251,8 @@ static int ctx_refresh(nbx_ctx *c, nbx_err *e)
     return NBX_OK;
 }
 
+static bool arm_killed(void *ud, const nbx_arm *arm); /* the kills' hook (Deployments) */
+
 NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
 {
     if (out)
@@ -268,6 +272,8 @@ NBX_API int nbx_ctx_open(nbx_engine *engine, nbx_ctx **out)
     c->rng[0] = seed[0];
     c->rng[1] = seed[1];
     c->force = -1;
+    c->arm_killed = arm_killed;
+    c->arm_killed_ud = c;
     nbx_err e = {0};
     int rc = ctx_refresh(c, &e);
     /* the policies that serve must run; a shadow that cannot only reports
@@ -296,15 +302,33 @@ void nbx_ctx_plan_budgets(nbx_ctx *c, const nbx_budget_plan *plan)
     c->caps.plan = plan && c->snap && plan->catalog == c->snap->catalog ? plan : NULL;
 }
 
+/* Write the context's per-arm counts (tally.c), where the canary abort
+ * rules are judged. A failure does not fail the decision: it is logged, and
+ * the counts wait for the next flush. */
+static void flush_tally(nbx_ctx *c)
+{
+    nbx_err e = {0};
+    const nbx_deployment *d = c->snap ? c->snap->deployment : NULL;
+    if (nbx_tally_flush(&c->tally, c->engine->store, d, nbx_time_now(), &e) != NBX_OK)
+        nbx_engine_log(c->engine, NBX_LOG_WARN,
+                       "per-arm counters not written yet (kept for the next flush): %s", e.msg);
+    for (uint32_t i = 0; i < c->tally.aborted_n; i++)
+        nbx_engine_log(c->engine, NBX_LOG_WARN, "deployment '%s': arm '%s' aborted (killed): %s",
+                       d ? d->name : "?", c->tally.aborted[i].arm, c->tally.aborted[i].reason);
+}
+
 NBX_API void nbx_ctx_close(nbx_ctx *c)
 {
     if (!c)
         return;
     if (c->txn)
         mdb_txn_abort(c->txn);
+    flush_tally(c);
+    nbx_tally_free(&c->tally);
     close_sandboxes(c);
     nbx_snapshot_unref(c->snap);
     free_catalog_arrays(c);
+    nbx_kills_free(&c->kills);
     nbx_arena_free(&c->arena);
     nbx_buf_free(&c->scratch);
     nbx_buf_free(&c->result.json);
@@ -639,9 +663,9 @@ static void arbitrate(nbx_ctx *c, nbx_candidate *cand, size_t n, const choice_se
 }
 
 /* The fallback decision: the catalog's fallback actions for the requested
- * placements that are live, consented, pass the guardrails and fit the
- * contact policy. Frequency caps and budgets do not apply: fallbacks are the
- * generic content shown when personalisation is unavailable. */
+ * placements that are live, not killed, consented, pass the guardrails and
+ * fit the contact policy. Frequency caps and budgets do not apply: fallbacks
+ * are the generic content shown when personalisation is unavailable. */
 static void fallback_actions(nbx_ctx *c, int64_t now, const choice_set *set)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -654,7 +678,8 @@ static void fallback_actions(nbx_ctx *c, int64_t now, const choice_set *set)
         for (uint32_t k = 0; k < pl->n_fallback && c->slots_left[pi] && left; k++) {
             const nbx_offer *o = &cat->offers[pl->fallback[k]];
             int why = nbx_caps_check(&c->caps, o, now);
-            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT;
+            bool safe = why != NBX_EXCLUDED_VALIDITY && why != NBX_EXCLUDED_CONSENT &&
+                        why != NBX_EXCLUDED_KILLED;
             if (!safe || !o->passes_guardrails || c->offer_used[o->index])
                 continue;
             if (set->plan)
@@ -824,6 +849,21 @@ static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t no
  * Deployments: the arm that serves, the control treatment, shadows
  * ======================================================================== */
 
+/* Kills keep an arm from serving when its DEPLOYMENT.ARM or its policy's
+ * version is killed (the context's kill set, as of this decision's
+ * snapshot); nbx_deployment_serving_arm() says who serves instead. */
+static bool policy_killed(const nbx_ctx *c, const nbx_policy *p)
+{
+    return p && nbx_policy_killed(&c->kills, nbx_sv_of(p->version_hex));
+}
+
+static bool arm_killed(void *ud, const nbx_arm *arm)
+{
+    const nbx_ctx *c = ud;
+    return nbx_arm_killed(&c->kills, nbx_sv_of(c->snap->deployment->name), nbx_sv_of(arm->name)) ||
+           policy_killed(c, arm->policy);
+}
+
 /* Which sandbox serves this decision (-1: none, the control treatment),
  * and the result's deployment fields. Without a deployment, the policy. */
 static int choose_policy(nbx_ctx *c, nbx_sv customer)
@@ -834,8 +874,13 @@ static int choose_policy(nbx_ctx *c, nbx_sv customer)
     r->arm = r->assigned = NULL;
     r->control = false;
     r->policy = c->snap->policy;
-    if (!d)
+    if (!d && !policy_killed(c, r->policy))
         return 0;
+    if (!d) { /* its one policy is killed: the control treatment */
+        r->control = true;
+        r->policy = NULL;
+        return -1;
+    }
     if (c->force >= 0 && (uint32_t)c->force < d->n_arms) {
         /* a trial: every customer on one arm */
         r->arm = r->assigned = d->arms[c->force].name;
@@ -950,12 +995,8 @@ static int load_profile(nbx_ctx *c, const nbx_request *req, nbx_profile *p, nbx_
     return rc;
 }
 
-NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
+static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
 {
-    if (out)
-        *out = NULL;
-    if (!c || !out)
-        return nbx_fail(c, NBX_EINVAL, "nbx_decide: NULL argument");
     nbx_result *r = &c->result;
     nbx_buf_reset(&r->audit);
     nbx_err e = {0};
@@ -974,8 +1015,6 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     int64_t wall = nbx_time_now();
     int64_t now = req->now_ms ? req->now_ms : wall;
     nbx_sv customer = nbx_sv_of(req->customer);
-    int served = choose_policy(c, customer);
-    new_decision_id(c, wall, r->decision_id);
     nbx_arena_reset(&c->arena);
 
     nbx_store *store = c->engine->store;
@@ -985,7 +1024,15 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             nbx_err_mdb(&e, mrc, "starting a read");
             return ctx_fail(c, &e);
         }
+        /* kills as of this snapshot: next decision after a kill, no reload */
+        if ((rc = nbx_kills_refresh(&c->kills, store, c->txn, &e)) != NBX_OK) {
+            mdb_txn_reset(c->txn);
+            return ctx_fail(c, &e);
+        }
     }
+    nbx_caps_kills(&c->caps, &c->kills);
+    int served = choose_policy(c, customer);
+    new_decision_id(c, wall, r->decision_id);
     nbx_profile profile = {.id = customer};
     rc = load_profile(c, req, &profile, &e);
     size_t given_len;
@@ -1082,6 +1129,35 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     c->err.msg[0] = '\0';
     *out = r;
     return NBX_OK;
+}
+
+/* A decision of a deployment's arm counts for it (tally.c): served, a
+ * fallback or, once the arm was known, an error. Trials run arms on
+ * synthetic customers: they count for none. */
+static void tally_decision(nbx_ctx *c, const nbx_request *req, int rc)
+{
+    const nbx_result *r = &c->result;
+    if (!r->deployment || !r->arm || c->force >= 0)
+        return;
+    int outcome = rc ? NBX_TALLY_ERROR : r->fallback ? NBX_TALLY_FALLBACK : NBX_TALLY_SERVED;
+    nbx_tally_count(&c->tally, r->deployment, r->arm, req->now_ms ? req->now_ms : nbx_time_now(),
+                    outcome, r->expected_margin);
+    if (nbx_tally_due(&c->tally, nbx_monotonic_us()))
+        flush_tally(c);
+}
+
+NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
+{
+    if (out)
+        *out = NULL;
+    if (!c || !out)
+        return nbx_fail(c, NBX_EINVAL, "nbx_decide: NULL argument");
+    c->result.deployment = NULL; /* set once the arm is known */
+    c->result.arm = NULL;
+    int rc = decide(c, req, out);
+    if (req)
+        tally_decision(c, req, rc);
+    return rc;
 }
 
 static bool offer_in_catalog(const void *catalog, nbx_sv id)

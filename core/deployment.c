@@ -70,16 +70,7 @@ static int only_keys(loader *l, json_t *obj, const char *owner, const char *pref
 
 bool nbx_deployment_name_valid(nbx_sv name)
 {
-    if (name.len < 1 || name.len > NBX_DEPLOYMENT_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < name.len; i++) {
-        char ch = name.ptr[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                  (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-';
-        if (!ok)
-            return false;
-    }
-    return true;
+    return name.len <= NBX_DEPLOYMENT_NAME_MAX && nbx_arm_name_valid(name);
 }
 
 /* A name that travels inside decision ids and metric labels. */
@@ -339,6 +330,10 @@ static int deployment_parse(loader *l, const char *text, size_t len)
         rc = nbx_err_set(l->e, NBX_EPARSE, "%s: the deployment must be a JSON object", l->path);
     else if ((rc = only_keys(l, root, NULL, "", keys)) || (rc = get_name(l, root, NULL, d->name)))
         ;
+    else if (strchr(d->name, '.'))
+        /* decision ids are UUID.DEPLOYMENT.ARM, split at the first '.' after
+         * the UUID, so an event names its arm by its id alone */
+        rc = bad(l, NULL, "name", "must not contain '.' (an arm's name may)");
     else if (!salt)
         rc = bad(l, NULL, "salt", "is required (the same salt keeps customers in their arms)");
     else if (!json_is_string(salt) || json_string_length(salt) == 0 ||

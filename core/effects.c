@@ -19,13 +19,17 @@
  *      its UTC day;
  *   4. each new purchase adds to the customer's RFM aggregates (a purchase
  *      for a customer without a profile creates one);
- *   5. the event count (meta "events") grows by the new records.
+ *   5. each new impression, accept or purchase that carries a decision id
+ *      of a deployment's arm (UUID.DEPLOYMENT.ARM) counts in that arm's
+ *      row of its UTC day (arms.c; docs/experiments.md, "Counters");
+ *   6. the event count (meta "events") grows by the new records.
  *
  * A group is applied with one read and one write per row it touches,
  * whatever its size: bulk ingest groups a file's events per customer and is
  * as fast as it was with its own copy of these rules, and a single event is
- * the group of one. Budget rows and the event count are summed over the
- * transaction and written once, in key order, by nbx_effects_end().
+ * the group of one. Budget rows, arm rows and the event count are summed
+ * over the transaction and written once, in key order, by
+ * nbx_effects_end().
  * Grouping changes no result: a row's events are applied in arrival order,
  * rows of different customers are different keys, budgets and the count
  * are sums (tests/test_ingest.c compares ingest with nbx_event_apply()).
@@ -154,6 +158,7 @@ void nbx_effects_init(nbx_effects *fx, nbx_arena *arena, nbx_buf *scratch)
 
 void nbx_effects_free(nbx_effects *fx)
 {
+    nbx_arm_deltas_free(&fx->arms);
     if (fx->budgets != fx->budget_inline)
         free(fx->budgets);
     if (fx->refs != fx->ref_inline)
@@ -180,6 +185,7 @@ int nbx_effects_begin(nbx_effects *fx, nbx_store *s, MDB_txn *txn, int64_t now_m
     fx->failed = NULL;
     fx->profiles = fx->customers = NULL;
     budget_clear(fx);
+    nbx_arm_deltas_clear(&fx->arms);
     int rc = nbx_suppressions_begin(s, txn, &fx->erased, e);
     if (rc)
         return rc;
@@ -205,6 +211,10 @@ int nbx_effects_end(nbx_effects *fx, nbx_err *e)
     close_cursors(fx);
     int rc = budgets_write(fx, e);
     if (rc == NBX_OK)
+        rc = nbx_arm_deltas_write(&fx->arms, fx->store, fx->txn, e);
+    else
+        nbx_arm_deltas_clear(&fx->arms);
+    if (rc == NBX_OK)
         rc = nbx_store_events_add(fx->store, fx->txn, (int64_t)fx->applied, e);
     return rc;
 }
@@ -213,6 +223,34 @@ void nbx_effects_cancel(nbx_effects *fx)
 {
     close_cursors(fx);
     budget_clear(fx);
+    nbx_arm_deltas_clear(&fx->arms);
+}
+
+/* ========================================================================
+ * Arm counters: events that follow a decision of a deployment's arm
+ * ======================================================================== */
+
+/* A new event that carries the decision id of an arm counts for it; the
+ * id alone names the arm (no lookup), and other ids count nowhere. */
+static int arm_count(nbx_effects *fx, const nbx_event *ev, nbx_err *e)
+{
+    nbx_sv deployment, arm;
+    if (ev->type == NBX_EV_CLICK || ev->type == NBX_EV_DISMISS ||
+        !nbx_decision_id_arm(ev->decision_id, &deployment, &arm))
+        return NBX_OK;
+    nbx_arm_counts *c = nbx_arm_deltas_at(&fx->arms, deployment, arm, nbx_day_of(ev->ts_ms));
+    if (!c)
+        return nbx_err_set(e, NBX_ENOMEM, "out of memory");
+    if (ev->type == NBX_EV_IMPRESSION) {
+        c->impressions++;
+    } else if (ev->type == NBX_EV_ACCEPT) {
+        c->accepts++;
+    } else {
+        c->purchases++;
+        if (!isnan(ev->margin))
+            c->realised_margin += ev->margin;
+    }
+    return NBX_OK;
 }
 
 /* ========================================================================
@@ -485,6 +523,8 @@ int nbx_effects_customer(nbx_effects *fx, nbx_fx_event *evs, size_t n, nbx_err *
             return fail_at(fx, x, nbx_err_mdb(e, rc, "recording an event"));
         x->outcome = NBX_RECORD_APPLIED;
         fx->applied++;
+        if (x->ev.decision_id.len && (rc = arm_count(fx, &x->ev, e)) != NBX_OK)
+            return fail_at(fx, x, rc);
         if (x->ev.type == NBX_EV_PURCHASE)
             purchases = true;
         else

@@ -79,6 +79,23 @@ static int read_ts(nbx_jr *r, int64_t *out, nbx_err *e)
     return NBX_OK;
 }
 
+/* A decision id as nbx writes them (a UUIDv7, with ".DEPLOYMENT.ARM"
+ * under a deployment): no other text may pass for one, whatever follows it
+ * (a log line, a metric label, a report). */
+static int read_decision_id(nbx_jr *r, nbx_sv *out, nbx_err *e)
+{
+    int rc = read_id(r, "decision_id", NBX_DECISION_ID_MAX, out, e);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < out->len; i++)
+        if (!nbx_name_byte((unsigned char)out->ptr[i]))
+            return nbx_err_set(e, NBX_EPARSE,
+                               "field 'decision_id': byte %zu is not one of a decision id "
+                               "(A-Z, a-z, 0-9, '_', '.', '-')",
+                               i + 1);
+    return NBX_OK;
+}
+
 static int read_amount(nbx_jr *r, const char *field, double *out, nbx_err *e)
 {
     if (nbx_jr_peek(r) != NBX_J_NUMBER || !nbx_jr_number(r, out))
@@ -89,8 +106,8 @@ static int read_amount(nbx_jr *r, const char *field, double *out, nbx_err *e)
 }
 
 /* The fields nbx reads, in the order of their bit in a parse's "seen" mask. */
-static const char *const event_fields[] = {"event_id", "customer", "offer",  "placement",
-                                           "type",     "ts",       "amount", "margin"};
+static const char *const event_fields[] = {"event_id", "customer", "offer",  "placement",  "type",
+                                           "ts",       "amount",   "margin", "decision_id"};
 
 static int field_of(nbx_sv key)
 {
@@ -187,6 +204,8 @@ int nbx_event_parse(const char *json, size_t len, unsigned flags, nbx_event *ev,
             rc = read_amount(&r, "amount", &ev->amount, e);
         else if (nbx_sv_eq_cstr(key, "margin"))
             rc = read_amount(&r, "margin", &ev->margin, e);
+        else if (nbx_sv_eq_cstr(key, "decision_id"))
+            rc = read_decision_id(&r, &ev->decision_id, e);
         else if (!nbx_jr_skip(&r)) /* extra fields (channel, campaign...) are kept out */
             rc = nbx_err_set(e, NBX_EPARSE, "%s", r.err);
         else

@@ -75,7 +75,7 @@ int nbx_ingest_spool_open(const char *dir, nbx_err *e)
  *            u16 n, n x (key, u8 type, string | f64 | u8 | nothing),
  *            u16 n, n x (purpose, u8 state), u16 n, n x (key, f64)
  *   event:   u8 type, i64 ts, f64 amount, f64 margin, id, customer, offer,
- *            placement
+ *            placement, decision_id
  * where a string is u16 length and bytes. Chunks go to the spool as frames:
  * u64 first line, u64 input offset at the end, u32 records, u32 bytes.
  * ======================================================================== */
@@ -289,8 +289,8 @@ int nbx_unspool_profile(const char *rec, size_t len, nbx_profile *p, nbx_arena *
 void nbx_spool_event(nbx_buf *b, uint32_t line, const nbx_event *ev)
 {
     wcur w;
-    size_t size =
-        8 + 1 + 3 * 8 + 4 * 2 + ev->id.len + ev->customer.len + ev->offer.len + ev->placement.len;
+    size_t size = 8 + 1 + 3 * 8 + 5 * 2 + ev->id.len + ev->customer.len + ev->offer.len +
+                  ev->placement.len + ev->decision_id.len;
     if (!record_begin(b, size, line, &w))
         return;
     put_u8(&w, ev->type);
@@ -301,6 +301,7 @@ void nbx_spool_event(nbx_buf *b, uint32_t line, const nbx_event *ev)
     put_sv(&w, ev->customer);
     put_sv(&w, ev->offer);
     put_sv(&w, ev->placement);
+    put_sv(&w, ev->decision_id);
 }
 
 int nbx_unspool_event(const char *rec, size_t len, nbx_event *ev)
@@ -314,6 +315,7 @@ int nbx_unspool_event(const char *rec, size_t len, nbx_event *ev)
     ev->customer = get_sv(&r);
     ev->offer = get_sv(&r);
     ev->placement = get_sv(&r);
+    ev->decision_id = get_sv(&r);
     return r.bad ? NBX_EIO : NBX_OK;
 }
 

@@ -384,6 +384,11 @@ struct nbx_store {
     MDB_dbi meta;      /* NBX_META_* */
     MDB_dbi suppressed; /* keyed hash of an erased id -> erased_at (format 2) */
     bool has_suppressed; /* false: a format-1 store read as it is */
+    MDB_dbi arms;        /* deployment \0 arm \0 day -> arm counters (format 3) */
+    bool has_arms;       /* false: a format-1 or 2 store read as it is */
+    MDB_dbi kills;       /* kind name -> the current kill (format 3) */
+    MDB_dbi kill_log;    /* sequence number (8 bytes BE) -> a kill or unkill (format 3) */
+    bool has_kills;      /* false: a format-1 or 2 store read as it is */
     uint32_t schema;     /* the format version the store has */
     uint32_t schema_before; /* ... had at open (nbx_store_upgrade) */
     unsigned flags;    /* nbx_store_flags */
@@ -417,6 +422,117 @@ int nbx_suppressions_begin(nbx_store *s, MDB_txn *txn, nbx_suppressions *sp, nbx
 /* 1 if the customer was erased (and not restored), 0 if not, or an error. */
 int nbx_suppressed(nbx_store *s, MDB_txn *txn, const nbx_suppressions *sp, nbx_sv customer,
                    nbx_err *e);
+
+/* ========================================================================
+ * Arm counters in the store (arms.c)
+ *
+ * Additions are summed in memory per (deployment, arm, UTC day) and added
+ * to the stored rows in one pass, in key order, within the writer's
+ * transaction: the event effects' impressions, accepts and purchases, and
+ * an engine's flush of its decisions (tally.c).
+ * ======================================================================== */
+
+#define NBX_ARM_NAME_MAX 64
+#define NBX_ARM_KEY_MAX (2 * NBX_ARM_NAME_MAX + 2 + 4)
+#define NBX_ARM_VALUE_MAX 96
+typedef struct nbx_arm_counts {
+    uint64_t decisions;   /* decisions served by the arm */
+    uint64_t fallbacks;   /* of them, served the fallback decision (the policy failed) */
+    uint64_t errors;      /* decisions that failed once the arm was known */
+    uint64_t impressions; /* events carrying one of the arm's decision ids */
+    uint64_t accepts;
+    uint64_t purchases;
+    double expected_margin; /* sum over the decisions */
+    double realised_margin; /* sum of the margins of those purchases */
+} nbx_arm_counts;
+
+typedef struct nbx_arm_delta {
+    char key[NBX_ARM_KEY_MAX]; /* nbx_arm_key() */
+    uint8_t key_len;
+    bool used;
+    nbx_arm_counts counts;
+} nbx_arm_delta;
+
+/* An open-addressing table; zero-initialised is empty. */
+typedef struct nbx_arm_deltas {
+    nbx_arm_delta *slots;
+    uint32_t cap, n;
+} nbx_arm_deltas;
+
+/* The additions of (deployment, arm, day), created zero; names valid
+ * (nbx_arm_name_valid). NULL: out of memory. Valid until the next call. */
+nbx_arm_counts *nbx_arm_deltas_at(nbx_arm_deltas *d, nbx_sv deployment, nbx_sv arm, uint32_t day);
+/* Add every row's additions to the store's rows in txn, in key order, and
+ * empty d (also on failure: the transaction is then to be aborted).
+ * NBX_EREADONLY on a store of a format without arm counters. */
+int nbx_arm_deltas_write(nbx_arm_deltas *d, nbx_store *s, MDB_txn *txn, nbx_err *e);
+void nbx_arm_deltas_clear(nbx_arm_deltas *d);
+void nbx_arm_deltas_free(nbx_arm_deltas *d);
+/* to = a copy of from (to empty before); NBX_ENOMEM. */
+int nbx_arm_deltas_copy(nbx_arm_deltas *to, const nbx_arm_deltas *from);
+void nbx_arm_counts_add(nbx_arm_counts *to, const nbx_arm_counts *n);
+/* An arm's counters over all its days, as txn sees them (zeros: none). */
+int nbx_arm_totals(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
+                   nbx_arm_counts *out, nbx_err *e);
+/* nbx_arm_counters_read() within txn. */
+int nbx_arm_counters_scan(nbx_store *s, MDB_txn *txn, const char *deployment, int64_t from_ms,
+                          int64_t to_ms, nbx_arm_counters_fn fn, void *ud, nbx_err *e);
+
+/* ========================================================================
+ * Kill switches (kills.c): the store's current kills and their history,
+ * and the kill set a context reads at each decision
+ * ======================================================================== */
+
+typedef struct nbx_kill_change nbx_kill_change; /* codec: a kill or unkill */
+
+/* Apply a kill or unkill in txn, all or nothing for the caller (on an
+ * error, abort txn): checked (errors name the field: 'offer', 'arm',
+ * 'policy', 'reason', 'by'), the current set changed (NBX_ENOTFOUND:
+ * unkilling what is not killed), the change appended to the history and the
+ * kill generation moved. NBX_EREADONLY on a store of a format before 3. */
+int nbx_kills_write(nbx_store *s, MDB_txn *txn, const nbx_kill_change *c, nbx_buf *scratch,
+                    nbx_err *e);
+/* The canary abort's kill (h-experiment): arm DEPLOYMENT.ARM killed in
+ * txn, origin "abort", reason the rule and its figures (cut at
+ * NBX_KILL_REASON_MAX bytes; valid UTF-8 expected). */
+int nbx_kills_abort_arm(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
+                        const char *reason, int64_t now_ms, nbx_buf *scratch, nbx_err *e);
+
+typedef struct nbx_kill_entry {
+    uint8_t kind; /* nbx_kill_kind */
+    char *name;   /* NUL-terminated; name_len bytes */
+    size_t name_len;
+    char *reason;
+} nbx_kill_entry;
+
+/* A context's copy of the store's current kills, in key order. Zero
+ * initialised is empty. One thread at a time (a context's). */
+typedef struct nbx_kills {
+    nbx_kill_entry *entries;
+    size_t n, cap;
+    size_t n_kind[NBX_KILL_POLICY + 1];
+    bool checked;        /* txn_id and generation are known */
+    size_t txn_id;       /* the read snapshot last checked */
+    uint64_t generation; /* meta kill_generation the set was read at */
+    uint64_t version;    /* moves each time the set is read again: what
+                            callers derive from it (per-offer flags) is
+                            stale when their copy differs */
+} nbx_kills;
+
+/* Bring k up to the kills of txn's snapshot: nothing if txn is the snapshot
+ * checked last, else one meta lookup, and the set read again only if the
+ * generation moved. A store without kills (format before 3; s NULL) has
+ * none. On an error (the decision fails) k is empty or as it was, and is
+ * read again at the next call. */
+int nbx_kills_refresh(nbx_kills *k, nbx_store *s, MDB_txn *txn, nbx_err *e);
+void nbx_kills_free(nbx_kills *k);
+/* The kill of kind and name; NULL if not killed. Valid until the next
+ * refresh. */
+const nbx_kill_entry *nbx_kills_find(const nbx_kills *k, uint8_t kind, nbx_sv name);
+/* The predicates the engine applies (k NULL: nothing is killed). */
+bool nbx_offer_killed(const nbx_kills *k, nbx_sv offer);
+bool nbx_arm_killed(const nbx_kills *k, nbx_sv deployment, nbx_sv arm);
+bool nbx_policy_killed(const nbx_kills *k, nbx_sv version_hex);
 
 /* ========================================================================
  * Exposure counters (exposure.c)
@@ -467,6 +583,7 @@ int nbx_exposure_add(nbx_exposure *x, int kind, int64_t ts, uint32_t n, int64_t 
 typedef struct nbx_event {
     nbx_sv id;
     nbx_sv customer;
+    nbx_sv decision_id; /* optional: the decision it follows (never stored) */
     nbx_sv offer;     /* exposure events */
     nbx_sv placement; /* optional */
     uint8_t type;     /* nbx_event_type */
@@ -551,6 +668,9 @@ typedef struct nbx_effects {
      * until it outgrows a few rows */
     nbx_fx_budget *budgets;
     uint32_t budget_cap, n_budgets;
+    /* arm counter rows of the transaction: events that carry an arm's
+     * decision id (arms.c) */
+    nbx_arm_deltas arms;
     /* one customer's new exposures, by offer */
     nbx_fx_ref *refs;
     size_t refs_cap;
@@ -606,13 +726,14 @@ int nbx_event_apply_txn(nbx_store *s, MDB_txn *txn, const nbx_event *ev, int *ou
 /* The store's format version (meta "schema"). A store of a newer version
  * is refused; an older one is read, but written only after `nbx store
  * upgrade`. docs/format.md says what each version added. */
-#define NBX_SCHEMA_VERSION 2
+#define NBX_SCHEMA_VERSION 3
 
 /* Keys of the meta database. */
 #define NBX_META_SCHEMA "schema"
 #define NBX_META_EVENTS "events"
 #define NBX_META_RFM "rfm"
 #define NBX_META_SUPPRESSION_SECRET "suppression_key"
+#define NBX_META_KILL_GENERATION "kill_generation"
 
 /* Everything keyed by one customer but the profile lives under its prefix
  * (id \0) in `customers`, in tagged sub-ranges, so an event touches that
@@ -673,6 +794,67 @@ void nbx_suppression_key(uint8_t out[NBX_SUPPRESSION_KEY_SIZE],
                          const uint8_t secret[NBX_SUPPRESSION_SECRET_SIZE], nbx_sv customer);
 size_t nbx_suppression_encode(int64_t erased_at_ms, char out[NBX_SUPPRESSION_VALUE_MAX]);
 int nbx_suppression_decode(const void *data, size_t len, int64_t *erased_at_ms);
+
+/* Arm counters (database `arms`, format 3; nbx_arm_counts above): one row
+ * per deployment, arm and UTC day, key deployment \0 arm \0 day (4 bytes,
+ * big-endian), so one cursor range reads an arm's days and another a
+ * deployment's arms. Names are those of a deployment file.
+ *
+ * The bytes of names and decision ids: [A-Za-z0-9_.-]. They travel in
+ * decision ids, store keys, metric labels and file names unescaped. */
+static inline bool nbx_name_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_' || c == '.' || c == '-';
+}
+/* A deployment or arm name: 1..NBX_ARM_NAME_MAX name bytes. */
+bool nbx_arm_name_valid(nbx_sv name);
+size_t nbx_arm_key(char *out, nbx_sv deployment, nbx_sv arm, uint32_t day);
+/* The parts of an arm key; false if it is not one. */
+bool nbx_arm_key_parse(const void *key, size_t len, nbx_sv *deployment, nbx_sv *arm,
+                       uint32_t *day);
+size_t nbx_arm_counts_encode(const nbx_arm_counts *c, char out[NBX_ARM_VALUE_MAX]);
+int nbx_arm_counts_decode(const void *data, size_t len, nbx_arm_counts *c);
+/* Decision ids: a UUIDv7 (NBX_UUID_LEN characters), or, for a decision of
+ * a deployment, UUIDv7 "." deployment "." arm (the deployment's name holds
+ * no '.'; the arm's may). Splits the second form; false for any other
+ * (then the id names no arm). */
+#define NBX_UUID_LEN 36
+/* NBX_DECISION_ID_MAX (nbx.h): NBX_UUID_LEN + 2 + 2 x NBX_ARM_NAME_MAX */
+_Static_assert(NBX_DECISION_ID_MAX == NBX_UUID_LEN + 2 + 2 * NBX_ARM_NAME_MAX,
+               "decision ids: UUID.DEPLOYMENT.ARM");
+bool nbx_decision_id_arm(nbx_sv id, nbx_sv *deployment, nbx_sv *arm);
+
+/* Kills (databases `kills` and `kill_log`, format 3; kills.c): the
+ * current kill set, key kind (one byte, nbx_kill_kind) then the name ->
+ * [reason, at, by]; and the history, key a sequence number from 1 (8 bytes,
+ * big-endian, so appends go last) -> [at, killed, kind, name, reason|nil,
+ * by]. Meta NBX_META_KILL_GENERATION (a count, nbx_count_encode) changes
+ * with every change: readers reload the set only when it did. */
+#define NBX_KILL_NAME_MAX (2 * NBX_ARM_NAME_MAX + 1) /* DEPLOYMENT.ARM; offer ids: 128 */
+#define NBX_KILL_KEY_MAX (1 + NBX_KILL_NAME_MAX)
+#define NBX_KILL_BY_MAX 64
+#define NBX_KILL_LOG_KEY_SIZE 8
+struct nbx_kill_change {
+    uint8_t kind; /* nbx_kill_kind */
+    bool killed;  /* a kill; false: an unkill */
+    nbx_sv name;
+    nbx_sv reason; /* may be empty (an unkill without one) */
+    nbx_sv by;
+    int64_t at_ms;
+};
+size_t nbx_kill_key(char out[NBX_KILL_KEY_MAX], uint8_t kind, nbx_sv name);
+/* The parts of a kills key; false if it is not one. */
+bool nbx_kill_key_parse(const void *key, size_t len, uint8_t *kind, nbx_sv *name);
+/* A current kill: reason, at_ms and by of c. */
+int nbx_kill_encode(const nbx_kill_change *c, nbx_buf *out);
+/* Into c: reason, at_ms, by (pointing into data). */
+int nbx_kill_decode(const void *data, size_t len, nbx_kill_change *c);
+void nbx_kill_log_key(uint8_t out[NBX_KILL_LOG_KEY_SIZE], uint64_t seq);
+/* 0 if the key is not one. */
+uint64_t nbx_kill_log_seq(const void *key, size_t len);
+int nbx_kill_log_encode(const nbx_kill_change *c, nbx_buf *out);
+int nbx_kill_log_decode(const void *data, size_t len, nbx_kill_change *c);
 
 typedef struct nbx_rfm_meta {
     int64_t as_of_ms;
@@ -1018,6 +1200,12 @@ typedef struct nbx_caps {
     uint32_t budget_day;
     bool budget_valid;
     const nbx_budget_plan *plan; /* a planning batch's; NULL otherwise */
+    /* per offer: killed (nbx_caps_kills), kept across decisions while the
+     * kill set's version is the same */
+    uint8_t *killed;
+    const nbx_kills *kills; /* the set they came from (explanations) */
+    uint64_t kills_version;
+    bool killed_valid;
 } nbx_caps;
 
 int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
@@ -1027,8 +1215,11 @@ void nbx_caps_free(nbx_caps *c);
  * session's channel needs (nbx_catalog_channel), UINT32_MAX for none. */
 int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
                   int64_t now_ms, nbx_arena *a, nbx_err *e);
+/* The catalog's offers that k kills (NULL: none), worked out again only
+ * when k or the catalog changed since the last call. */
+void nbx_caps_kills(nbx_caps *c, const nbx_kills *k);
 /* First reason the offer may not be shown to the customer loaded now, or
- * NONE: validity, consent (the offer's purpose and the channel's),
+ * NONE: killed, validity, consent (the offer's purpose and the channel's),
  * contacts, frequency, cooldown, budget. */
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms);
 /* Whether the customer loaded now consented to the catalog's
@@ -1133,6 +1324,55 @@ typedef bool (*nbx_arm_killed_fn)(void *ud, const nbx_arm *arm);
  * (NBX_ARM_INDEX_HOLDOUT). killed NULL: nothing is killed. */
 uint32_t nbx_deployment_serving_arm(const nbx_deployment *d, uint32_t assigned,
                                     nbx_arm_killed_fn killed, void *ud);
+
+/* ========================================================================
+ * Per-arm tally of an engine context (tally.c): its decisions per arm,
+ * counted in memory and flushed into the arm counters, where the canary
+ * abort rules are judged
+ * ======================================================================== */
+
+/* Flush after this many decisions, or a second after the first unflushed. */
+#define NBX_TALLY_FLUSH_DECISIONS 1000
+#define NBX_TALLY_ABORTS_MAX 4
+
+/* What became of a decision, for its arm's counters. */
+enum { NBX_TALLY_SERVED, NBX_TALLY_FALLBACK, NBX_TALLY_ERROR };
+
+typedef struct nbx_tally {
+    nbx_arm_deltas pending; /* decisions, fallbacks, errors, expected margin */
+    uint32_t decisions;     /* counted since the last flush */
+    int64_t since_us;       /* monotonic time of the first of them (0: none) */
+    uint64_t lost;          /* counts dropped for want of memory */
+    nbx_buf scratch;
+    /* the arms the last flush aborted, for the engine's log */
+    struct {
+        char arm[NBX_DEPLOYMENT_NAME_MAX + 1];
+        char reason[512];
+    } aborted[NBX_TALLY_ABORTS_MAX];
+    uint32_t aborted_n;
+} nbx_tally;
+
+/* Count a decision of arm (a name of d's, or NBX_ARM_HOLDOUT) at the
+ * decision's clock. d NULL (no deployment): nothing. */
+void nbx_tally_count(nbx_tally *t, const nbx_deployment *d, const char *arm, int64_t now_ms,
+                     int outcome, double expected_margin);
+/* Whether a flush is due: NBX_TALLY_FLUSH_DECISIONS counted, or a second
+ * since the first of them. */
+bool nbx_tally_due(nbx_tally *t, int64_t mono_us);
+/* Add the counts to the store's arm counters in one write transaction and
+ * judge d's abort rules in it (d NULL: none), killing the arms that break
+ * theirs (t->aborted says which). A store that is read-only or has no arm
+ * counters: the counts are dropped. On failure the counts are kept for the
+ * next flush and nothing is written. */
+int nbx_tally_flush(nbx_tally *t, nbx_store *s, const nbx_deployment *d, int64_t now_ms,
+                    nbx_err *e);
+void nbx_tally_free(nbx_tally *t);
+/* Whether counters c of arm break its abort rules (min_decisions passed;
+ * fallback rate above max_fallback_rate, or accept rate below
+ * min_accept_rate_ratio x the first arm's, fc); 1 with the rule and its
+ * figures in reason, else 0. */
+int nbx_abort_judge(const nbx_arm *arm, const nbx_arm_counts *c, const nbx_arm *first,
+                    const nbx_arm_counts *fc, char *reason, size_t cap);
 
 /* ========================================================================
  * Recording a decision (record.c): its chosen actions as impressions, for
@@ -1348,6 +1588,32 @@ void nbx_ctx_force_policy(nbx_ctx *c, int index);
 nbx_snapshot *nbx_engine_snapshot(nbx_engine *e);
 void nbx_snapshot_unref(nbx_snapshot *s);
 void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...) NBX_PRINTF(3, 4);
+
+/* ========================================================================
+ * The experiment report (report.c): intent-to-treat means per arm and
+ * Welch's interval of each arm's uplift over the holdout
+ * ======================================================================== */
+
+/* Count, mean and sum of squared deviations (Welford). Zero is empty. */
+typedef struct nbx_moments {
+    uint64_t n;
+    double mean, m2;
+} nbx_moments;
+void nbx_moments_add(nbx_moments *m, double x);
+/* The sample variance; NaN below two values. */
+double nbx_moments_variance(const nbx_moments *m);
+
+typedef struct nbx_interval {
+    double estimate, low, high;
+    double df; /* Welch-Satterthwaite degrees of freedom; INFINITY without spread */
+} nbx_interval;
+/* The difference of the means treated - control with its Welch t interval
+ * at level (0.95); false when either has fewer than two values. */
+bool nbx_welch(const nbx_moments *treated, const nbx_moments *control, double level,
+               nbx_interval *out);
+/* The p quantile (0.5 < p < 1) of Student's t with df > 0 degrees of
+ * freedom, to about 12 digits; NaN outside. */
+double nbx_t_quantile(double p, double df);
 
 /* ========================================================================
  * Policy source analysis (lsource.c)

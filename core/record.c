@@ -24,7 +24,9 @@
 
 /* Action i of a decision as an impression: event id DECISION_ID:I, at the
  * decision's clock. The one event shape of every recording path; the ids
- * make a retried recording of the same decision idempotent. */
+ * make a retried recording of the same decision idempotent. It carries its
+ * decision id, so a deployment's decision counts its impressions for its
+ * arm (effects.c). */
 static int record_impression(const nbx_recorder *r, const nbx_decision_record *d, size_t i,
                              const nbx_offer *o, const nbx_action *a, nbx_err *e)
 {
@@ -36,6 +38,7 @@ static int record_impression(const nbx_recorder *r, const nbx_decision_record *d
     nbx_event ev = {
         .id = {eid, (size_t)len},
         .customer = d->profile->id,
+        .decision_id = nbx_sv_of(d->id),
         .offer = o->id,
         .placement = nbx_sv_of(a->placement),
         .type = NBX_EV_IMPRESSION,

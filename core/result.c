@@ -257,7 +257,8 @@ NBX_API const char *nbx_excluded_name(int reason)
 {
     static const char *const names[NBX_EXCLUDED_COUNT] = {
         NULL,     "consent",  "frequency",  "cooldown",  "contacts",
-        "budget", "validity", "ineligible", "guardrail", "policy_error"};
+        "budget", "validity", "ineligible", "guardrail", "policy_error",
+        "killed"};
     if (reason <= 0 || reason >= NBX_EXCLUDED_COUNT)
         return NULL;
     return names[reason];

@@ -143,26 +143,45 @@ static int check_version(nbx_store *s, MDB_txn *txn, uint32_t *version, nbx_err 
                            "read, not written; upgrade it with `nbx store upgrade --store %s` "
                            "(docs/format.md)",
                            s->path, *version, NBX_SCHEMA_VERSION, s->path);
-    /* 1 -> 2: the suppressed database (open_suppressed creates it); the
-     * other databases read the same, nothing else to rewrite */
+    /* 1 -> 2: the suppressed database; 2 -> 3: the arms, kills and
+     * kill_log databases (open_versioned creates them); the others read the same,
+     * nothing else to rewrite */
     *version = NBX_SCHEMA_VERSION;
     return put_version(s, txn, NBX_SCHEMA_VERSION, e);
 }
 
-static int open_suppressed(nbx_store *s, MDB_txn *txn, uint32_t version, nbx_err *e)
+/* A database a format version added: absent from an older store, which
+ * is read as it is (read-only), so *present stays false. */
+static int open_added(nbx_store *s, MDB_txn *txn, uint32_t version, uint32_t since,
+                      const char *name, MDB_dbi *dbi, bool *present, nbx_err *e)
 {
-    s->schema = version;
-    if (version < 2)
-        return NBX_OK; /* read-only, as it is: nobody was erased with suppression */
+    if (version < since)
+        return NBX_OK;
     bool ro = s->flags & NBX_STORE_READONLY;
-    int rc = mdb_dbi_open(txn, "suppressed", ro ? 0 : MDB_CREATE, &s->suppressed);
+    int rc = mdb_dbi_open(txn, name, ro ? 0 : MDB_CREATE, dbi);
     if (rc == MDB_NOTFOUND)
-        return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no 'suppressed' database)",
-                           s->path);
+        return nbx_err_set(e, NBX_ECORRUPT, "%s: not an nbx store (no '%s' database)", s->path,
+                           name);
     if (rc)
         return nbx_err_mdb(e, rc, s->path);
-    s->has_suppressed = true;
+    *present = true;
     return NBX_OK;
+}
+
+/* The databases of formats after the first: `suppressed` (2: nobody was
+ * erased with suppression before), `arms`, `kills` and `kill_log` (3: no
+ * arm was counted, nothing was killed). */
+static int open_versioned(nbx_store *s, MDB_txn *txn, uint32_t version, nbx_err *e)
+{
+    s->schema = version;
+    int rc = open_added(s, txn, version, 2, "suppressed", &s->suppressed, &s->has_suppressed, e);
+    if (rc == NBX_OK)
+        rc = open_added(s, txn, version, 3, "arms", &s->arms, &s->has_arms, e);
+    if (rc == NBX_OK)
+        rc = open_added(s, txn, version, 3, "kills", &s->kills, &s->has_kills, e);
+    if (rc == NBX_OK)
+        rc = open_added(s, txn, version, 3, "kill_log", &s->kill_log, &s->has_kills, e);
+    return rc;
 }
 
 static int open_dbis(nbx_store *s, nbx_err *e)
@@ -199,7 +218,7 @@ static int open_dbis(nbx_store *s, nbx_err *e)
 
     uint32_t version = 0;
     if ((rc = check_version(s, txn, &version, e)) == NBX_OK)
-        rc = open_suppressed(s, txn, version, e);
+        rc = open_versioned(s, txn, version, e);
     if (rc) {
         mdb_txn_abort(txn);
         return rc;
@@ -338,7 +357,7 @@ static int store_open(const char *path, unsigned flags, nbx_store *s, nbx_err *e
     rc = mdb_env_create(&s->env);
     if (rc)
         return nbx_err_mdb(e, rc, path);
-    mdb_env_set_maxdbs(s->env, 8);
+    mdb_env_set_maxdbs(s->env, 16);
     mdb_env_set_maxreaders(s->env, NBX_MAX_READERS);
     mdb_env_set_mapsize(s->env, map_size);
     /* NOTLS: a context's read transaction is not tied to a thread (contexts
@@ -812,7 +831,7 @@ static int copy_store(nbx_store *s, const char *out_dir, nbx_err *e)
     if (rc == 0)
         rc = mdb_env_create(&dst);
     if (rc == 0) {
-        mdb_env_set_maxdbs(dst, 8);
+        mdb_env_set_maxdbs(dst, 16);
         mdb_env_set_mapsize(dst, info.me_mapsize);
         /* one sync at the end instead of one per batch */
         rc = mdb_env_open(dst, out_dir, MDB_NOSYNC, 0664);
@@ -831,7 +850,10 @@ static int copy_store(nbx_store *s, const char *out_dir, nbx_err *e)
                {"customers", s->customers, true},
                {"budgets", s->budgets, true},
                {"meta", s->meta, true},
-               {"suppressed", s->suppressed, s->has_suppressed}};
+               {"suppressed", s->suppressed, s->has_suppressed},
+               {"arms", s->arms, s->has_arms},
+               {"kills", s->kills, s->has_kills},
+               {"kill_log", s->kill_log, s->has_kills}};
     for (size_t i = 0; rc == NBX_OK && i < NBX_ARRAY_LEN(dbs); i++)
         if (dbs[i].present)
             rc = copy_db(s, src, dbs[i].dbi, dst, dbs[i].name, e);

@@ -70,17 +70,17 @@ extern "C" {
  * ======================================================================== */
 
 #define NBX_VERSION_MAJOR 0
-#define NBX_VERSION_MINOR 1
+#define NBX_VERSION_MINOR 2
 #define NBX_VERSION_PATCH 0
 /** 0xXXYYZZ: major, minor, patch. */
 #define NBX_VERSION_NUM                                                        \
     ((NBX_VERSION_MAJOR << 16) | (NBX_VERSION_MINOR << 8) | NBX_VERSION_PATCH)
-#define NBX_VERSION_STRING "0.1.0"
+#define NBX_VERSION_STRING "0.2.0"
 
 /**
  * @brief Version of the library actually linked.
  * @param[out] num if not NULL, receives the library's NBX_VERSION_NUM.
- * @return static string such as "0.1.0".
+ * @return static string such as "0.2.0".
  * @note Thread-safe.
  */
 NBX_API const char *nbx_version(int *num);
@@ -901,6 +901,7 @@ typedef enum nbx_excluded {
     NBX_EXCLUDED_INELIGIBLE,
     NBX_EXCLUDED_GUARDRAIL,
     NBX_EXCLUDED_POLICY_ERROR,
+    NBX_EXCLUDED_KILLED, /**< the offer is killed (nbx_kill(); since 0.2) */
     NBX_EXCLUDED_COUNT
 } nbx_excluded;
 
@@ -1466,6 +1467,223 @@ NBX_API const char *nbx_result_audit_json(const nbx_result *r, size_t *len);
  */
 NBX_API int nbx_audit_replay(nbx_ctx *ctx, const char *line, size_t len, char **report,
                              size_t *report_len);
+
+/* ========================================================================
+ * Experiments: per-arm counters
+ *
+ * For each deployment and arm the store counts, per UTC day, the decisions
+ * the arm served, its fallbacks and errors, its expected margin, and the
+ * impressions, accepts and purchases of events that carry one of its
+ * decision ids (docs/experiments.md, "Counters").
+ * ======================================================================== */
+
+/** One arm's counters over a window, as nbx_arm_counters_read() hands them. */
+typedef struct nbx_arm_counters {
+    const char *deployment;  /**< the deployment's name */
+    const char *arm;         /**< the arm's name, or "holdout" */
+    uint64_t decisions;      /**< decisions the arm served */
+    uint64_t fallbacks;      /**< of them, the fallback decision (its policy failed) */
+    uint64_t errors;         /**< decisions that failed (no result) once the arm was known */
+    uint64_t impressions;    /**< impression events carrying one of its decision ids */
+    uint64_t accepts;        /**< accept events carrying one */
+    uint64_t purchases;      /**< purchase events carrying one */
+    double expected_margin;  /**< sum of the decisions' expected margin */
+    double realised_margin;  /**< sum of those purchases' margin */
+    int64_t first_day_ms;    /**< start of the first UTC day counted in the window */
+    int64_t last_day_ms;     /**< start of the last one */
+} nbx_arm_counters;
+
+/**
+ * Callback of nbx_arm_counters_read(): one arm. c and its strings are
+ * valid during the call only. Return 0 to go on, anything else to stop.
+ */
+typedef int (*nbx_arm_counters_fn)(void *ud, const nbx_arm_counters *c);
+
+/**
+ * @brief The per-arm counters of the store, summed over the UTC days that
+ * the window [from_ms, to_ms) touches, one call per (deployment, arm) in
+ * name order (bytewise: deployment, then arm).
+ *
+ * Counters are written by engines on a writable store (flushed every
+ * second or 1,000 decisions and when a context closes) and by events
+ * carrying a `decision_id`; what a running engine counted since its last
+ * flush is not in the store yet. A store of a format before 3 has none
+ * (no call).
+ *
+ * @param deployment only this deployment's arms; NULL: every deployment.
+ * @param from_ms, to_ms the window (epoch ms); 0 and 0: every day.
+ * @return NBX_OK (also when fn stopped early), NBX_EINVAL (NULL store or
+ *   fn, a name that cannot be a deployment's, a window that is not
+ *   0 <= from_ms < to_ms within the year 9999), NBX_ECORRUPT, NBX_ESTORE.
+ * @note Thread-safe. Reads one snapshot of the store.
+ */
+NBX_API int nbx_arm_counters_read(nbx_store *store, const char *deployment, int64_t from_ms,
+                                  int64_t to_ms, nbx_arm_counters_fn fn, void *ud);
+
+/* ========================================================================
+ * Experiments: the incrementality report
+ *
+ * Intent-to-treat: every customer of the store counts in the arm the
+ * deployment assigns it (nbx_deployment_assign()), decided for or not; its
+ * outcome is the contribution margin of its purchase events dated in the
+ * window (0 without any). Each arm's uplift is its mean margin per
+ * customer less the holdout's, with a 95 % interval by Welch's t
+ * (docs/experiments.md, "The experiment report").
+ * ======================================================================== */
+
+typedef struct nbx_report nbx_report;
+
+/** One arm of a report (or the holdout), owned by the report. More fields
+ * may be added at the end. */
+typedef struct nbx_report_arm {
+    const char *name;            /**< the arm's name, or "holdout" */
+    uint64_t customers;          /**< customers of the store assigned to it */
+    uint64_t buyers;             /**< of them, with a purchase in the window */
+    uint64_t purchases;          /**< their purchase events in the window */
+    uint64_t purchases_without_margin; /**< of them, without `margin` (counted as 0) */
+    double margin;               /**< the sum of those purchases' margin */
+    double margin_per_customer;  /**< margin / customers; NaN without customers */
+    double margin_sd;            /**< standard deviation of a customer's margin; NaN
+                                      below two customers */
+    uint64_t decisions;          /**< the arm's counters (nbx_arm_counters_read()) of
+                                      the UTC days the window touches */
+    uint64_t impressions;
+    uint64_t accepts;
+    double accept_rate;          /**< accepts / decisions; NaN without decisions */
+    int has_uplift;              /**< 0 for the holdout, and when the arm or the
+                                      holdout has fewer than two customers */
+    double uplift;               /**< margin_per_customer - the holdout's */
+    double uplift_low;           /**< its 95 % interval (Welch) */
+    double uplift_high;
+    double uplift_df;            /**< Welch-Satterthwaite degrees of freedom (INFINITY
+                                      when no customer's margin differs) */
+} nbx_report_arm;
+
+/**
+ * @brief The incrementality report of a deployment over the window
+ * [from_ms, to_ms): one read of every customer of the store (one snapshot).
+ * @param d the deployment (policies need not be loaded:
+ *   NBX_DEPLOYMENT_NO_POLICIES); the report keeps a reference.
+ * @param[out] out the report, NULL on failure; close with
+ *   nbx_report_close().
+ * @return NBX_OK, NBX_EINVAL (NULL argument, a window that is not
+ *   1970 <= from < to <= 9999), NBX_ECORRUPT (a damaged record: the message
+ *   names the customer), NBX_ESTORE, NBX_ENOMEM.
+ * @note Thread-safe on the store. Takes time linear in the store's records.
+ */
+NBX_API int nbx_report_experiment(nbx_store *store, const nbx_deployment *d, int64_t from_ms,
+                                  int64_t to_ms, nbx_report **out);
+
+/** @brief The report's arms: the holdout first, then the deployment's arms
+ * in file order; 0 if r is NULL. */
+NBX_API size_t nbx_report_arm_count(const nbx_report *r);
+
+/** @brief Arm i; NULL if out of range. Valid until nbx_report_close(). */
+NBX_API const nbx_report_arm *nbx_report_arm_at(const nbx_report *r, size_t i);
+
+/**
+ * @brief The report as JSON: {"deployment": {"name", "version"}, "from",
+ * "to", "method", "arms": {NAME: {"customers", "decisions", "impressions",
+ * "accepts", "accept_rate", "buyers", "purchases",
+ * "purchases_without_margin", "margin", "margin_per_customer", "margin_sd",
+ * "uplift": {"estimate", "low", "high", "df"} or null}}}, the arms in the
+ * order of nbx_report_arm_at(); numbers that are not defined are null.
+ * @return NUL-terminated, owned by the report; NULL if r is NULL.
+ */
+NBX_API const char *nbx_report_json(const nbx_report *r, size_t *len);
+
+/** @brief Free a report. NULL is a no-op. */
+NBX_API void nbx_report_close(nbx_report *r);
+
+/* ========================================================================
+ * Kill switches
+ *
+ * An offer, an arm of a deployment or a policy version can be killed: kept
+ * from serving, in every process and nginx worker using the store, from
+ * their next decision on, without a reload. A killed offer is excluded
+ * with NBX_EXCLUDED_KILLED (fallbacks included); a killed arm's customers,
+ * or those of an arm whose policy version is killed, go to the first arm
+ * not killed, and to the control treatment when the first arm is killed
+ * (docs/experiments.md, "Kill switches"). Every kill and unkill is kept in
+ * the store's history, which nothing deletes.
+ * ======================================================================== */
+
+/** What a kill names. */
+typedef enum nbx_kill_kind {
+    NBX_KILL_OFFER = 1,  /**< an offer id: 1..128 bytes, no NUL */
+    NBX_KILL_ARM = 2,    /**< DEPLOYMENT.ARM: the deployment's and the arm's names,
+                              1..64 bytes of [A-Za-z0-9_.-] each (a deployment's
+                              name holds no '.'); not the holdout */
+    NBX_KILL_POLICY = 3, /**< a policy version: 16 lowercase hex digits, as the
+                              result's policy.version */
+} nbx_kill_kind;
+
+/** Longest kill reason, in bytes (valid UTF-8, no NUL). */
+#define NBX_KILL_REASON_MAX 1024
+
+/** A kill (current) or a change of the history, as nbx_kills_read() hands it. */
+typedef struct nbx_kill_info {
+    int kind;           /**< nbx_kill_kind */
+    const char *name;   /**< the offer id, DEPLOYMENT.ARM or policy version */
+    const char *reason; /**< as given: escape it before a terminal; "" if none */
+    const char *by;     /**< the origin: "cli", "abort", ... */
+    int64_t at_ms;      /**< when (the writer's clock, epoch ms) */
+    int killed;         /**< 1 a kill; 0 an unkill (history only) */
+    uint64_t seq;       /**< history: the change's number, from 1; current: 0 */
+} nbx_kill_info;
+
+/**
+ * @brief Kill what kind and name designate, or kill it again with a new
+ * reason; appends the change to the history. All or nothing.
+ * @param store opened writable, of format 3 (nbx store upgrade).
+ * @param kind nbx_kill_kind.
+ * @param name the offer id, DEPLOYMENT.ARM or policy version (see
+ *   nbx_kill_kind); it need not exist anywhere yet.
+ * @param reason why: 1..NBX_KILL_REASON_MAX bytes of UTF-8, no NUL.
+ * @param by the origin recorded with it: 1..64 bytes of [A-Za-z0-9_.-]
+ *   ("cli"; an abort writes "abort"); NULL: "api".
+ * @return NBX_OK; NBX_EINVAL (NULL store, a bad kind, name, reason or by:
+ *   the message names the field), NBX_EREADONLY (read-only store, or one of
+ *   a format before 3), NBX_ESTORE. Nothing is written on failure.
+ * @note Thread-safe; effective on the next decision of every engine on the
+ *   store.
+ */
+NBX_API int nbx_kill(nbx_store *store, int kind, const char *name, const char *reason,
+                     const char *by);
+
+/**
+ * @brief Lift a kill; appends the change to the history. All or nothing.
+ * @param reason optional (NULL or ""), else as nbx_kill()'s.
+ * @return as nbx_kill(), and NBX_ENOTFOUND when it is not killed (nothing
+ *   written).
+ * @note Thread-safe.
+ */
+NBX_API int nbx_unkill(nbx_store *store, int kind, const char *name, const char *reason,
+                       const char *by);
+
+/** Callback of nbx_kills_read(); k and its strings are valid during the
+ * call only. Return 0 to go on, anything else to stop. */
+typedef int (*nbx_kill_fn)(void *ud, const nbx_kill_info *k);
+
+/** nbx_kills_read(): the history instead of the current kills. */
+#define NBX_KILLS_HISTORY 1u
+
+/**
+ * @brief The current kills (by kind: offers, arms, policies; then name,
+ * bytewise), or with NBX_KILLS_HISTORY every kill and unkill in the order
+ * they were made.
+ * @return NBX_OK (also when fn stopped early; a store of a format before 3
+ *   has none: no call), NBX_EINVAL (NULL store or fn, unknown flags),
+ *   NBX_ECORRUPT, NBX_ESTORE.
+ * @note Thread-safe. Reads one snapshot of the store.
+ */
+NBX_API int nbx_kills_read(nbx_store *store, unsigned flags, nbx_kill_fn fn, void *ud);
+
+/**
+ * @brief The name of a kind ("offer", "arm", "policy"); NULL if unknown.
+ * @note Thread-safe.
+ */
+NBX_API const char *nbx_kill_kind_name(int kind);
 
 #ifdef __cplusplus
 }

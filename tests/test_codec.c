@@ -251,8 +251,11 @@ Test(codec, every_decoder_stops_within_the_value, .timeout = 60)
     nbx_event ev = {
         .offer = NBX_SV("o1"), .type = NBX_EV_CLICK, .ts_ms = 5, .amount = NAN, .margin = NAN};
     cr_assert_eq(nbx_event_record_encode(&ev, &record), NBX_OK);
-    const nbx_buf *values[] = {&buf, &counters, &record};
-    for (size_t v = 0; v < 3; v++) {
+    char arm_value[NBX_ARM_VALUE_MAX];
+    nbx_arm_counts arm_counts = {.decisions = 300, .accepts = 2, .expected_margin = 0.5};
+    nbx_buf arm = {.data = arm_value, .len = nbx_arm_counts_encode(&arm_counts, arm_value)};
+    const nbx_buf *values[] = {&buf, &counters, &record, &arm};
+    for (size_t v = 0; v < 4; v++) {
         for (size_t i = 0; i < values[v]->len; i++)
             for (int bit = 0; bit < 8; bit++) {
                 char copy[1024];
@@ -268,6 +271,7 @@ Test(codec, every_decoder_stops_within_the_value, .timeout = 60)
                     (void)nbx_profile_decode_rfm(copy, cut, &r, &has);
                     (void)nbx_exposure_decode(copy, cut, &y, &arena);
                     (void)nbx_event_record_decode(copy, cut, &e);
+                    (void)nbx_arm_counts_decode(copy, cut, &arm_counts);
                     nbx_mp m;
                     nbx_mp_init(&m, copy, cut);
                     nbx_mp_skip(&m);
@@ -355,4 +359,120 @@ Test(codec, times_outside_years_1_to_9999_are_corrupt)
     cr_assert_eq(nbx_profile_encode(&p, &buf), NBX_OK);
     cr_assert_eq(nbx_profile_decode(buf.data, buf.len, &q, &arena, NULL), NBX_OK);
     cr_assert_eq(q.rfm.last_purchase, NBX_TIME_MAX_MS);
+}
+
+/* ------------------------------------------------------------------------
+ * Arm counters and decision ids (issue 13)
+ * ------------------------------------------------------------------------ */
+
+Test(codec, arm_keys_sort_by_deployment_arm_day_and_parse_back)
+{
+    char a[NBX_ARM_KEY_MAX], b[NBX_ARM_KEY_MAX];
+    size_t na = nbx_arm_key(a, NBX_SV("q4"), NBX_SV("champion"), 20500);
+    size_t nb = nbx_arm_key(b, NBX_SV("q4"), NBX_SV("champion"), 20501);
+    cr_assert_eq(na, 2 + 1 + 8 + 1 + 4);
+    cr_assert_lt(memcmp(a, b, na), 0, "days sort in order");
+    nbx_sv dep, arm;
+    uint32_t day;
+    cr_assert(nbx_arm_key_parse(b, nb, &dep, &arm, &day));
+    cr_assert(nbx_sv_eq_cstr(dep, "q4") && nbx_sv_eq_cstr(arm, "champion") && day == 20501);
+    /* "q4" and "champion" sort before "q4" and "champion2", before "q40" */
+    char c[NBX_ARM_KEY_MAX], d[NBX_ARM_KEY_MAX];
+    size_t nc = nbx_arm_key(c, NBX_SV("q4"), NBX_SV("champion2"), 0);
+    size_t nd = nbx_arm_key(d, NBX_SV("q40"), NBX_SV("a"), 0);
+    cr_assert_lt(memcmp(b, c, nb < nc ? nb : nc), 0);
+    cr_assert_lt(memcmp(c, d, nc < nd ? nc : nd), 0);
+    /* not keys: too short, no separator, a name with a bad byte */
+    cr_assert_not(nbx_arm_key_parse(b, 7, &dep, &arm, &day));
+    cr_assert_not(nbx_arm_key_parse("q4champion\0\0\0\0\1", 15, &dep, &arm, &day));
+    char bad[NBX_ARM_KEY_MAX];
+    size_t nbad = nbx_arm_key(bad, NBX_SV("q 4"), NBX_SV("a"), 1);
+    cr_assert_not(nbx_arm_key_parse(bad, nbad, &dep, &arm, &day));
+}
+
+Test(codec, arm_names_are_64_bytes_of_a_small_alphabet)
+{
+    cr_assert(nbx_arm_name_valid(NBX_SV("champion")));
+    cr_assert(nbx_arm_name_valid(NBX_SV("v1.2_b-3")));
+    cr_assert_not(nbx_arm_name_valid(NBX_SV("")));
+    cr_assert_not(nbx_arm_name_valid(NBX_SV("a b")));
+    cr_assert_not(nbx_arm_name_valid(NBX_SV("a/b")));
+    cr_assert_not(nbx_arm_name_valid(NBX_SV("\xc3\xa9t\xc3\xa9")));
+    char name[NBX_ARM_NAME_MAX + 1];
+    memset(name, 'a', sizeof name);
+    cr_assert(nbx_arm_name_valid((nbx_sv){name, NBX_ARM_NAME_MAX}));
+    cr_assert_not(nbx_arm_name_valid((nbx_sv){name, NBX_ARM_NAME_MAX + 1}));
+}
+
+Test(codec, arm_counts_round_trip_and_damage_is_corrupt)
+{
+    nbx_arm_counts c = {.decisions = 1000000,
+                        .fallbacks = 12,
+                        .errors = 1,
+                        .impressions = 900000,
+                        .accepts = 4000,
+                        .purchases = 310,
+                        .expected_margin = 1234.5,
+                        .realised_margin = -17.25},
+                   d;
+    char v[NBX_ARM_VALUE_MAX];
+    size_t n = nbx_arm_counts_encode(&c, v);
+    cr_assert_eq(nbx_arm_counts_decode(v, n, &d), NBX_OK);
+    cr_assert_eq(memcmp(&c, &d, sizeof c), 0);
+    /* the reader takes integers up to INT64_MAX */
+    nbx_arm_counts big = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX,
+                          INT64_MAX, INT64_MAX, -1e300,    1e300};
+    n = nbx_arm_counts_encode(&big, v);
+    cr_assert_leq(n, NBX_ARM_VALUE_MAX);
+    cr_assert_eq(nbx_arm_counts_decode(v, n, &d), NBX_OK);
+    cr_assert_eq(memcmp(&big, &d, sizeof big), 0);
+    for (size_t cut = 0; cut < n; cut++)
+        cr_assert_eq(nbx_arm_counts_decode(v, cut, &d), NBX_ECORRUPT, "cut at %zu", cut);
+    /* a negative count, a non-finite margin */
+    static const uint8_t negative[] = {0x98, 0xff, 0, 0, 0, 0, 0, 0, 0};
+    cr_assert_eq(nbx_arm_counts_decode(negative, sizeof negative, &d), NBX_ECORRUPT);
+    static const uint8_t inf[] = {0x98, 0, 0, 0, 0, 0, 0, 0xcb, 0x7f, 0xf0, 0, 0, 0, 0, 0, 0, 0};
+    cr_assert_eq(nbx_arm_counts_decode(inf, sizeof inf, &d), NBX_ECORRUPT);
+    /* a later format's longer array reads the same */
+    static const uint8_t longer[] = {0x99, 1, 2, 3, 4, 5, 6, 7, 8, 0xc0};
+    cr_assert_eq(nbx_arm_counts_decode(longer, sizeof longer, &d), NBX_OK);
+    cr_assert_eq(d.decisions, 1);
+    cr_assert_eq(d.realised_margin, 8);
+}
+
+Test(codec, a_decision_id_names_its_deployment_and_arm)
+{
+    nbx_sv dep, arm;
+    cr_assert(nbx_decision_id_arm(NBX_SV("01890a5d-ac96-7abc-8def-0123456789ab.q4.champion"), &dep,
+                                  &arm));
+    cr_assert(nbx_sv_eq_cstr(dep, "q4") && nbx_sv_eq_cstr(arm, "champion"));
+    /* the arm may hold dots, the deployment may not: split at the first */
+    cr_assert(
+        nbx_decision_id_arm(NBX_SV("01890a5d-ac96-7abc-8def-0123456789ab.q4.v1.2"), &dep, &arm));
+    cr_assert(nbx_sv_eq_cstr(dep, "q4") && nbx_sv_eq_cstr(arm, "v1.2"));
+    cr_assert(
+        nbx_decision_id_arm(NBX_SV("01890a5d-ac96-7abc-8def-0123456789ab.q4.holdout"), &dep, &arm));
+    cr_assert(nbx_sv_eq_cstr(arm, "holdout"));
+    const char *none[] = {
+        "01890a5d-ac96-7abc-8def-0123456789ab",        /* no deployment */
+        "01890a5d-ac96-7abc-8def-0123456789ab.q4",     /* no arm */
+        "01890a5d-ac96-7abc-8def-0123456789ab.q4.",    /* an empty arm */
+        "01890a5d-ac96-7abc-8def-0123456789ab..a",     /* an empty deployment */
+        "01890a5d-ac96-7abc-8def-0123456789AB.q4.a",   /* not nbx's hex */
+        "01890a5dxac96-7abc-8def-0123456789ab.q4.a",   /* not a UUID */
+        "01890a5d-ac96-7abc-8def-0123456789ab.q4.a b", /* not a name */
+        "e-9f1c",
+        "",
+    };
+    for (size_t i = 0; i < sizeof none / sizeof none[0]; i++)
+        cr_assert_not(nbx_decision_id_arm(nbx_sv_of(none[i]), &dep, &arm), "%s", none[i]);
+    char longest[NBX_DECISION_ID_MAX + 2];
+    memcpy(longest, "01890a5d-ac96-7abc-8def-0123456789ab.", 37);
+    memset(longest + 37, 'd', 64);
+    longest[101] = '.';
+    memset(longest + 102, 'a', 64);
+    cr_assert(nbx_decision_id_arm((nbx_sv){longest, NBX_DECISION_ID_MAX}, &dep, &arm));
+    cr_assert_eq(arm.len, 64);
+    longest[166] = 'a';
+    cr_assert_not(nbx_decision_id_arm((nbx_sv){longest, NBX_DECISION_ID_MAX + 1}, &dep, &arm));
 }

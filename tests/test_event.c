@@ -1028,3 +1028,163 @@ Test(event, applying_an_event_keeps_the_caller_s_arena)
     nbx_ctx_close(ctx);
     nbx_engine_close(engine);
 }
+
+/* ------------------------------------------------------------------------
+ * Events that follow a decision of an arm (issue 13: decision_id)
+ * ------------------------------------------------------------------------ */
+
+#define DID "01890a5d-ac96-7abc-8def-0123456789ab"
+
+Test(event, decision_id_is_optional_and_checked)
+{
+    nbx_event ev;
+    nbx_err e = {0};
+    const char *ok =
+        "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"accept\",\"offer\":\"o1\","
+        "\"ts\":1,\"decision_id\":\"" DID ".q4.challenger\"}";
+    cr_assert_eq(nbx_event_parse(ok, strlen(ok), 0, &ev, &arena, &e), NBX_OK, "%s", e.msg);
+    cr_assert(nbx_sv_eq_cstr(ev.decision_id, DID ".q4.challenger"));
+    const char *plain = "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"accept\","
+                        "\"offer\":\"o1\",\"ts\":1,\"decision_id\":\"" DID "\"}";
+    cr_assert_eq(nbx_event_parse(plain, strlen(plain), 0, &ev, &arena, &e), NBX_OK, "%s", e.msg);
+    const char *none = "{\"event_id\":\"e1\",\"customer\":\"c1\",\"type\":\"accept\","
+                       "\"offer\":\"o1\",\"ts\":1}";
+    cr_assert_eq(nbx_event_parse(none, strlen(none), 0, &ev, &arena, &e), NBX_OK);
+    cr_assert_eq(ev.decision_id.len, 0);
+
+    char longest[NBX_DECISION_ID_MAX + 2];
+    memset(longest, 'a', sizeof longest);
+    longest[NBX_DECISION_ID_MAX + 1] = '\0';
+    char too_long[400];
+    snprintf(too_long, sizeof too_long,
+             "{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"offer\":\"o\",\"ts\":1,"
+             "\"decision_id\":\"%s\"}",
+             longest);
+    struct {
+        const char *json, *expect;
+    } cases[] = {
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"offer\":\"o\",\"ts\":1,"
+         "\"decision_id\":7}",
+         "field 'decision_id': must be a string"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"offer\":\"o\",\"ts\":1,"
+         "\"decision_id\":\"\"}",
+         "field 'decision_id': must be 1 to 166 bytes (got 0)"},
+        {too_long, "field 'decision_id': must be 1 to 166 bytes (got 167)"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"offer\":\"o\",\"ts\":1,"
+         "\"decision_id\":\"" DID ".q4.a b\"}",
+         "field 'decision_id': byte 42 is not one of a decision id"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"offer\":\"o\",\"ts\":1,"
+         "\"decision_id\":\"d\\u001b[31m\"}",
+         "field 'decision_id': byte 2 is not one"},
+        {"{\"event_id\":\"e\",\"customer\":\"c\",\"type\":\"accept\",\"offer\":\"o\",\"ts\":1,"
+         "\"decision_id\":\"a\",\"decision_id\":\"b\"}",
+         "duplicate key 'decision_id'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = nbx_event_parse(cases[i].json, strlen(cases[i].json), 0, &ev, &arena, &e);
+        cr_assert_eq(rc, NBX_EPARSE, "accepted: %s", cases[i].json);
+        cr_assert(strstr(e.msg, cases[i].expect) != NULL, "for %s expected '%s', got '%s'",
+                  cases[i].json, cases[i].expect, e.msg);
+    }
+    /* nothing of a refused event is written */
+    int applied = 9;
+    cr_assert_eq(nbx_event_apply(store, cases[3].json, strlen(cases[3].json), &applied),
+                 NBX_EPARSE);
+    cr_assert_eq(applied, 0);
+}
+
+/* The arm's counters of one day, or of every day with day NULL. */
+static nbx_arm_counts arm_counts(const char *arm, const char *day)
+{
+    nbx_arm_counts c;
+    memset(&c, 0, sizeof c);
+    MDB_txn *txn;
+    nbx_err e = {0};
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    if (!day) {
+        cr_assert_eq(nbx_arm_totals(store, txn, NBX_SV("q4"), nbx_sv_of(arm), &c, &e), NBX_OK);
+    } else {
+        char key[NBX_ARM_KEY_MAX];
+        MDB_val k = {nbx_arm_key(key, NBX_SV("q4"), nbx_sv_of(arm), nbx_day_of(t(day))), key}, v;
+        if (mdb_get(txn, store->arms, &k, &v) == 0)
+            cr_assert_eq(nbx_arm_counts_decode(v.mv_data, v.mv_size, &c), NBX_OK);
+    }
+    mdb_txn_abort(txn);
+    return c;
+}
+
+static size_t arm_rows(void)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    cr_assert_eq(mdb_stat(txn, store->arms, &st), 0);
+    mdb_txn_abort(txn);
+    return st.ms_entries;
+}
+
+static int attributed(const char *id, const char *customer, const char *type, const char *decision,
+                      const char *ts, const char *extra)
+{
+    char json[768];
+    snprintf(json, sizeof json,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"%s\",\"decision_id\":\"%s\","
+             "\"ts\":\"%s\"%s}",
+             id, customer, type, decision, ts, extra);
+    return apply(json);
+}
+
+#define OFFER ",\"offer\":\"o1\""
+
+Test(event, impressions_accepts_and_purchases_count_for_the_arm_of_their_decision)
+{
+    const char *ch = DID ".q4.challenger", *day = "2026-03-01T10:00:00Z";
+    cr_assert_eq(attributed("i1", "c1", "impression", ch, day, OFFER), 1);
+    cr_assert_eq(attributed("a1", "c1", "accept", ch, day, OFFER), 1);
+    cr_assert_eq(attributed("p1", "c1", "purchase", ch, day, ",\"amount\":30,\"margin\":7.5"), 1);
+    cr_assert_eq(attributed("p2", "c1", "purchase", ch, day, ",\"amount\":10"), 1);
+    /* clicks and dismisses are not among an arm's counters */
+    cr_assert_eq(attributed("k1", "c1", "click", ch, day, OFFER), 1);
+    cr_assert_eq(attributed("d1", "c1", "dismiss", ch, day, OFFER), 1);
+    /* the next day's accept is that day's row */
+    cr_assert_eq(attributed("a2", "c2", "accept", ch, "2026-03-02T00:00:01Z", OFFER), 1);
+
+    nbx_arm_counts c = arm_counts("challenger", day);
+    cr_assert_eq(c.impressions, 1);
+    cr_assert_eq(c.accepts, 1);
+    cr_assert_eq(c.purchases, 2);
+    cr_assert_float_eq(c.realised_margin, 7.5, 1e-12, "a purchase without margin adds 0");
+    cr_assert_eq(c.decisions, 0, "events count no decision");
+    cr_assert_eq(arm_counts("challenger", "2026-03-02T00:00:00Z").accepts, 1);
+    cr_assert_eq(arm_counts("challenger", NULL).accepts, 2);
+    cr_assert_eq(arm_rows(), 2);
+
+    /* a duplicate changes nothing, whatever it says */
+    cr_assert_eq(attributed("a1", "c1", "accept", ch, day, OFFER), 0);
+    cr_assert_eq(attributed("p1", "c1", "purchase", DID ".q4.champion", day, ",\"amount\":5"), 0);
+    cr_assert_eq(arm_counts("challenger", NULL).accepts, 2);
+    cr_assert_eq(arm_counts("champion", NULL).purchases, 0);
+
+    /* an id without an arm attributes nothing, and is no error */
+    cr_assert_eq(attributed("a3", "c1", "accept", DID, day, OFFER), 1);
+    cr_assert_eq(attributed("a4", "c1", "accept", "e-42", day, OFFER), 1);
+    cr_assert_eq(arm_rows(), 2);
+    /* the rest of the event is applied as ever */
+    nbx_exposure x;
+    cr_assert(counters("c1", "o1", &x));
+    cr_assert_eq(nbx_exposure_count(&x, NBX_EXP_ACCEPT, nbx_day_of(t(day)), 1), 3);
+}
+
+Test(event, an_erased_customer_s_events_count_for_no_arm)
+{
+    const char *ch = DID ".q4.challenger", *day = "2026-03-01T10:00:00Z";
+    cr_assert_eq(attributed("a1", "c1", "accept", ch, day, OFFER), 1);
+    cr_assert_eq(nbx_profile_delete(store, "c1"), NBX_OK, "%s", nbx_store_errmsg(store));
+    /* the arm's counts hold no personal data: they stay */
+    cr_assert_eq(arm_counts("challenger", NULL).accepts, 1);
+    cr_assert_eq(attributed("a2", "c1", "accept", ch, day, OFFER), 0);
+    cr_assert_eq(attributed("p1", "c1", "purchase", ch, day, ",\"amount\":3,\"margin\":1"), 0);
+    nbx_arm_counts c = arm_counts("challenger", NULL);
+    cr_assert_eq(c.accepts, 1);
+    cr_assert_eq(c.purchases, 0);
+}

@@ -97,14 +97,14 @@ static uint64_t digest_of(nbx_store *s, const MDB_dbi *dbis, size_t n)
 /* Every database: "the store is unchanged" means this is equal. */
 static uint64_t store_digest(nbx_store *s)
 {
-    MDB_dbi dbis[] = {s->profiles, s->customers, s->budgets, s->meta};
+    MDB_dbi dbis[] = {s->profiles, s->customers, s->budgets, s->meta, s->arms};
     return digest_of(s, dbis, sizeof dbis / sizeof dbis[0]);
 }
 
 /* The databases events write (profiles aside). */
 static uint64_t events_digest(nbx_store *s)
 {
-    MDB_dbi dbis[] = {s->customers, s->budgets, s->meta};
+    MDB_dbi dbis[] = {s->customers, s->budgets, s->meta, s->arms};
     return digest_of(s, dbis, sizeof dbis / sizeof dbis[0]);
 }
 
@@ -297,7 +297,8 @@ Test(ingest, batch_boundaries)
 
 /* Events of 40 customers, ids reused across customers (distinct events)
  * and lines repeated (duplicates), written to path. Customer ids of one to
- * twelve bytes, some sharing their first 8 (the sort's fast path). */
+ * twelve bytes, some sharing their first 8 (the sort's fast path). A third
+ * of them carry the decision id of one of three arms. */
 static void write_mixed_events(const char *path, int n)
 {
     FILE *f = fopen(path, "w");
@@ -305,22 +306,25 @@ static void write_mixed_events(const char *path, int n)
     const char *types[] = {"impression", "impression", "click", "accept", "dismiss", "purchase"};
     const char *prefixes[] = {"c", "customer", "customer-"};
     unsigned seed = 7;
-    char prev[256] = "";
+    char prev[384] = "";
     for (int i = 0; i < n; i++) {
         seed = seed * 1103515245u + 12345u;
         int t = (int)((seed >> 16) % 6), c = (int)((seed >> 8) % 40), o = (int)(seed % 9);
         long ts = 1735689600L + (long)((seed >> 4) % (400 * 86400)); /* 2025-01-01 on */
-        char line[256];
+        char line[384], decision[96] = "";
+        if (i % 3 == 0)
+            snprintf(decision, sizeof decision,
+                     "\"decision_id\":\"01890a5d-ac96-7abc-8def-%012d.q4.arm%d\",", i, c % 3);
         if (t == 5)
             snprintf(line, sizeof line,
-                     "{\"event_id\":\"x%d\",\"customer\":\"%s%d\",\"type\":\"purchase\","
-                     "\"amount\":%d.25,\"ts\":%ld}\n",
-                     i % 2800, prefixes[c % 3], c, i % 97, ts);
+                     "{\"event_id\":\"x%d\",%s\"customer\":\"%s%d\",\"type\":\"purchase\","
+                     "\"amount\":%d.25,\"margin\":%d.5,\"ts\":%ld}\n",
+                     i % 2800, decision, prefixes[c % 3], c, i % 97, i % 13, ts);
         else
             snprintf(line, sizeof line,
-                     "{\"event_id\":\"x%d\",\"customer\":\"%s%d\",\"type\":\"%s\","
+                     "{\"event_id\":\"x%d\",%s\"customer\":\"%s%d\",\"type\":\"%s\","
                      "\"offer\":\"o%d\",\"ts\":%ld}\n",
-                     i % 2800, prefixes[c % 3], c, types[t], o, ts);
+                     i % 2800, decision, prefixes[c % 3], c, types[t], o, ts);
         fputs(line, f);
         if (i % 50 == 7 && prev[0]) /* an earlier line again */
             fputs(prev, f);
@@ -369,10 +373,10 @@ Test(ingest, same_result_as_line_by_line)
         MDB_txn *ta, *tb;
         cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &ta), 0);
         cr_assert_eq(mdb_txn_begin(other->env, NULL, MDB_RDONLY, &tb), 0);
-        MDB_dbi da[] = {store->customers, store->budgets, store->meta};
-        MDB_dbi db[] = {other->customers, other->budgets, other->meta};
-        const char *names[] = {"customers", "budgets", "meta"};
-        for (int i = 0; i < 3; i++) {
+        MDB_dbi da[] = {store->customers, store->budgets, store->meta, store->arms};
+        MDB_dbi db[] = {other->customers, other->budgets, other->meta, other->arms};
+        const char *names[] = {"customers", "budgets", "meta", "arms"};
+        for (int i = 0; i < 4; i++) {
             MDB_cursor *ca, *cb;
             cr_assert_eq(mdb_cursor_open(ta, da[i], &ca), 0);
             cr_assert_eq(mdb_cursor_open(tb, db[i], &cb), 0);

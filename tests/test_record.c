@@ -344,3 +344,58 @@ Test(record, record_decision_reports_misfits_or_records_nothing)
     nbx_caps_free(&caps);
     nbx_snapshot_unref(snap);
 }
+
+/* The impressions a decision records carry its decision id: an arm's
+ * decision (UUID.DEPLOYMENT.ARM) counts its impressions in the arm's row;
+ * a decision without a deployment counts for no arm. */
+Test(record, a_deployment_s_decision_counts_its_impressions_for_its_arm)
+{
+    open_engine(FS_FIRST, NULL, NULL);
+    nbx_snapshot *snap = nbx_engine_snapshot(engine);
+    nbx_store *store = nbx_engine_store(engine);
+    nbx_caps caps;
+    cr_assert_eq(nbx_caps_init(&caps, snap->catalog), NBX_OK);
+    nbx_arena arena = {0};
+    nbx_buf scratch = {0};
+    nbx_recorder rec = {.store = store,
+                        .catalog = snap->catalog,
+                        .caps = &caps,
+                        .arena = &arena,
+                        .scratch = &scratch};
+    const nbx_action actions[] = {
+        {.offer = "bestsellers", .placement = "recs"},
+        {.offer = "carousel_new", .placement = "recs"},
+    };
+    nbx_profile p;
+    nbx_decision_record d = {.id = "01890a5d-ac96-7abc-8def-0123456789ab.q4.champion",
+                             .profile = &p,
+                             .channel = UINT32_MAX,
+                             .now_ms = NOW,
+                             .actions = actions,
+                             .n_actions = 2};
+    nbx_err e = {0};
+    begin(&rec, &p);
+    cr_assert_eq(nbx_record_decision(&rec, &d, NULL, &e), NBX_OK, "%s", e.msg);
+    d.id = "01890a5d-ac96-7abc-8def-0123456789ac"; /* no deployment */
+    d.n_actions = 1;
+    cr_assert_eq(nbx_record_decision(&rec, &d, NULL, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_store_commit(store, rec.txn, &e), NBX_OK, "%s", e.msg);
+    expect_recorded("alice", "01890a5d-ac96-7abc-8def-0123456789ab.q4.champion", actions, 2);
+
+    MDB_txn *txn;
+    cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
+    nbx_arm_counts c;
+    cr_assert_eq(nbx_arm_totals(store, txn, NBX_SV("q4"), NBX_SV("champion"), &c, &e), NBX_OK,
+                 "%s", e.msg);
+    MDB_stat st;
+    cr_assert_eq(mdb_stat(txn, store->arms, &st), 0);
+    mdb_txn_abort(txn);
+    cr_assert_eq(c.impressions, 2, "got %llu", (unsigned long long)c.impressions);
+    cr_assert_eq(st.ms_entries, 1, "%zu arm rows: the decision without a deployment counted",
+                 (size_t)st.ms_entries);
+
+    nbx_buf_free(&scratch);
+    nbx_arena_free(&arena);
+    nbx_caps_free(&caps);
+    nbx_snapshot_unref(snap);
+}

@@ -843,6 +843,11 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     MDB_dbi dbi;
     cr_assert_eq(mdb_dbi_open(txn, "suppressed", 0, &dbi), 0);
     cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
+    for (size_t i = 0; i < 3; i++) { /* format 3's */
+        cr_assert_eq(mdb_dbi_open(txn, (const char *[]){"arms", "kills", "kill_log"}[i], 0, &dbi),
+                     0);
+        cr_assert_eq(mdb_drop(txn, dbi, 1), 0);
+    }
     raw_end(env, txn);
     uint8_t one = 1;
     set_schema(&one, 1);
@@ -859,6 +864,7 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     cr_assert_eq(st.schema_version, 1);
     const char *id = "c1";
     cr_assert_eq(nbx_profile_erase(s, &id, 1, NULL), NBX_EREADONLY);
+    cr_assert_eq(nbx_kill(s, NBX_KILL_OFFER, "o1", "r", NULL), NBX_EREADONLY);
     nbx_store_close(s);
 
     uint32_t from = 9, to = 9;
@@ -869,6 +875,8 @@ Test(store, an_older_format_is_read_and_written_after_upgrade)
     cr_assert_eq(from, NBX_SCHEMA_VERSION, "nothing to do the second time");
     s = create();
     cr_assert_eq(nbx_profile_erase(s, &id, 1, NULL), NBX_OK, "%s", nbx_store_errmsg(s));
+    /* the upgrade made format 3's kill switches too */
+    cr_assert_eq(nbx_kill(s, NBX_KILL_OFFER, "o1", "r", NULL), NBX_OK, "%s", nbx_store_errmsg(s));
     cr_assert_eq(nbx_store_stat(s, &st), NBX_OK);
     cr_assert_eq(st.schema_version, NBX_SCHEMA_VERSION);
     nbx_store_close(s);
@@ -892,6 +900,15 @@ Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
     }
     const char *gone[] = {"c007", "c100"};
     cr_assert_eq(nbx_profile_erase(s, gone, 2, NULL), NBX_OK);
+    /* arm counters travel with the copy too */
+    nbx_arm_deltas d = {0};
+    nbx_arm_deltas_at(&d, NBX_SV("q4"), NBX_SV("champion"), 20500)->decisions = 3;
+    MDB_txn *wtxn;
+    nbx_err e = {0};
+    cr_assert_eq(nbx_store_write_begin(s, &wtxn, &e), NBX_OK);
+    cr_assert_eq(nbx_arm_deltas_write(&d, s, wtxn, &e), NBX_OK, "%s", e.msg);
+    cr_assert_eq(nbx_store_commit(s, wtxn, &e), NBX_OK);
+    nbx_arm_deltas_free(&d);
     char *out = tu_path(dir, "copy");
     cr_assert_eq(nbx_store_compact(s, out), NBX_OK, "%s", nbx_store_errmsg(s));
     cr_assert_eq(nbx_store_compact(s, out), NBX_EINVAL, "a full directory");
@@ -908,8 +925,8 @@ Test(store, compact_writes_a_store_and_refuses_its_own_or_a_full_directory)
     /* the copy is the store: same records, erasures kept */
     nbx_store *c;
     cr_assert_eq(nbx_store_open(out, 0, &c), NBX_OK, "%s", nbx_last_errmsg());
-    MDB_dbi a[] = {s->profiles, s->customers, s->budgets, s->meta, s->suppressed};
-    MDB_dbi b[] = {c->profiles, c->customers, c->budgets, c->meta, c->suppressed};
+    MDB_dbi a[] = {s->profiles, s->customers, s->budgets, s->meta, s->suppressed, s->arms};
+    MDB_dbi b[] = {c->profiles, c->customers, c->budgets, c->meta, c->suppressed, c->arms};
     for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
         size_t la, lb;
         char *x = db_bytes(s, a[i], &la), *y = db_bytes(c, b[i], &lb);

@@ -171,6 +171,24 @@ void cli_print_escaped(FILE *out, const char *s);
 /* A check that failed: the library's message, naming path if it does not. */
 int cli_check_failed(cli_args *args, int rc, const char *path);
 
+/* Where --out goes (store.c). A regular file (or a new one) is written to a
+ * temporary file beside it and renamed into place on success, so a failed
+ * command leaves the old file as it was and only ever removes what it
+ * created. Any other kind of file (a device, a FIFO, a dangling link) is
+ * written directly and never removed: it is not nbx's to delete. A file of
+ * the store (--store) is refused. Set path (and out = stdout for no path). */
+typedef struct cli_out {
+    const char *path; /* as given */
+    char *final;      /* the file the temporary one replaces; NULL: direct */
+    char *temp;       /* NULL: direct */
+    FILE *out;
+} cli_out;
+/* Open t->out for t->path; CLI_OK or the exit code (message printed). */
+int cli_out_open(cli_args *args, cli_out *t);
+/* Close it; on success move the temporary file into place, on failure
+ * remove it (and nothing else). Returns exit_code, or CLI_FAIL. */
+int cli_out_close(cli_args *args, cli_out *t, int exit_code);
+
 /* ========================================================================
  * Command entry points
  * ======================================================================== */
@@ -215,6 +233,18 @@ int cli_log_append(const cli_command *cmd, const char *path, int fd, const char 
 extern const cli_flag cli_audit_replay_flags[];
 extern const char cli_audit_replay_details[];
 int cli_run_audit_replay(cli_args *args);
+/* report.c */
+int cli_run_report_experiment(cli_args *args);
+/* The store's per-arm counters, after the other figures of `nbx stats`:
+ * a table, or (json) a JSON array. CLI_OK or CLI_FAIL (message printed). */
+int cli_print_arm_counters(cli_args *args, nbx_store *store, FILE *out, bool json);
+
+/* kill.c: kill switches; flag tables and help text live with them */
+extern const cli_flag cli_kill_flags[];
+extern const cli_flag cli_unkill_flags[];
+extern const char cli_kill_details[];
+int cli_run_kill(cli_args *args);
+int cli_run_unkill(cli_args *args);
 
 /* batch.c: its flag table and help text live with it */
 extern const cli_flag cli_batch_flags[];

@@ -79,6 +79,19 @@ static const cli_flag export_flags[] = {CLI_FLAG_STORE, FLAG_OUT, CLI_FLAG_END};
 
 static const cli_flag stats_flags[] = {CLI_FLAG_STORE, FLAG_JSON, CLI_FLAG_END};
 
+static const cli_flag report_experiment_flags[] = {
+    CLI_FLAG_STORE,
+    {"deployment", CLI_STRING, "FILE", "the deployment file (required; its policies are not read)",
+     0, 0},
+    {"from", CLI_TIME, "TIME", "start of the window (required)", 0, 0},
+    {"to", CLI_TIME, "TIME", "end of the window, excluded (required)", 0, 0},
+    {"format", CLI_STRING, "markdown|json", "what to write (default markdown)", 0, 0},
+    {"out", CLI_STRING, "FILE",
+     "write to FILE instead of standard output (Markdown: the chart goes to FILE.svg beside it)", 0,
+     0},
+    CLI_FLAG_END,
+};
+
 static const cli_flag decide_flags[] = {
     CLI_FLAG_STORE,
     CLI_FLAG_CATALOG,
@@ -189,8 +202,27 @@ const cli_command cli_commands[] = {
     {"export", "profiles", "", 0, 0, export_flags, "Write every profile as JSONL, in id order.",
      "Importing the output into an empty store reproduces the same profiles.\n",
      cli_run_export_profiles},
-    {"stats", NULL, "", 0, 0, stats_flags, "Print the store's counts and sizes.", NULL,
+    {"stats", NULL, "", 0, 0, stats_flags,
+     "Print the store's counts and sizes, and the experiments' per-arm counters.",
+     "The per-arm counters are those of every deployment served with this store:\n"
+     "decisions, fallbacks, errors and expected margin as engines flushed them, and the\n"
+     "impressions, accepts and purchases (realised margin) of events that carry a\n"
+     "decision id of the arm, summed over every day counted. The accept rate is\n"
+     "accepts / decisions. An engine flushes every second or 1,000 decisions and when\n"
+     "it stops: a running one's last decisions may not be in yet.\n",
      cli_run_stats},
+    {"report", "experiment", "", 0, 0, report_experiment_flags,
+     "Report each arm's incremental contribution margin over the holdout.",
+     "Intent-to-treat: every customer of the store counts in the arm the deployment\n"
+     "file assigns it; its outcome is the margin of its purchase events dated in\n"
+     "[--from, --to), 0 without any. Per arm and for the holdout: customers,\n"
+     "decisions, impressions, accepts, accept rate (the arms' counters of the UTC days\n"
+     "the window touches), margin per customer, and each arm's uplift over the\n"
+     "holdout with a 95 % interval (Welch's t). Markdown with an SVG chart (inline on\n"
+     "standard output; with --out FILE.md, in FILE.svg beside it), or JSON with\n"
+     "--format json: arms -> NAME -> customers, margin_per_customer, uplift\n"
+     "{estimate, low, high} and the rest.\n",
+     cli_run_report_experiment},
     {"store", "compact", "", 0, 0, compact_flags,
      "Write a compacted copy of the store to --out DIR: its live records only.",
      "Every record is copied, in key order, into a new store: after 'nbx profile\n"
@@ -224,6 +256,11 @@ const cli_command cli_commands[] = {
     {"audit", "replay", "LOGFILE", 1, 1, cli_audit_replay_flags,
      "Make logged decisions again and report, per decision, identical or different and why.",
      cli_audit_replay_details, cli_run_audit_replay},
+    {"kill", NULL, "offer ID|arm DEPLOYMENT.ARM|policy VERSION", 0, 2, cli_kill_flags,
+     "Kill an offer, an arm or a policy version (--reason); --list what is killed.",
+     cli_kill_details, cli_run_kill},
+    {"unkill", NULL, "offer ID|arm DEPLOYMENT.ARM|policy VERSION", 2, 2, cli_unkill_flags,
+     "Lift a kill; the history keeps it.", NULL, cli_run_unkill},
     {"policy", "check", "FILE", 1, 1, cli_policy_check_flags,
      "Check that a policy file loads and, with --catalog, that it decides for every customer.",
      "Without --catalog: the file must compile, follow the sandbox's rules and run its top\n"
@@ -342,7 +379,9 @@ void cli_engine_options(cli_args *args, const char *store, bool write, nbx_engin
     opts->deployment = cli_string(args, "deployment", NULL);
     opts->time_limit_us = (uint32_t)cli_uint(args, "time-limit-us", 0);
     opts->memory_limit = (size_t)cli_uint(args, "memory-limit", 0);
-    opts->flags = write ? 0 : NBX_ENGINE_READONLY;
+    /* a deployment's engine writes its arms' counters, where the canary
+     * abort rules are judged (docs/experiments.md, "Canary abort") */
+    opts->flags = write || opts->deployment ? 0 : NBX_ENGINE_READONLY;
 }
 
 double cli_now_seconds(void)

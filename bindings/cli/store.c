@@ -448,18 +448,6 @@ static int export_to(cli_args *args, nbx_store *store, FILE *out, const char *ou
     return exit_code;
 }
 
-/* Where --out goes. A regular file (or a new one) is written to a temporary
- * file beside it and renamed into place on success, so a failed export
- * leaves the old file as it was and only ever removes what it created. Any
- * other kind of file (a device, a FIFO, a dangling link) is written directly
- * and never removed: it is not nbx's to delete. */
-typedef struct export_target {
-    const char *path; /* as given */
-    char *final;      /* the file the temporary one replaces; NULL: direct */
-    char *temp;       /* NULL: direct */
-    FILE *out;
-} export_target;
-
 static char *dir_of(const char *path)
 {
     const char *slash = strrchr(path, '/');
@@ -489,7 +477,7 @@ static int check_out_is_not_the_store(cli_args *args, const char *out_path, cons
     return CLI_OK;
 }
 
-static int target_open(cli_args *args, export_target *t)
+int cli_out_open(cli_args *args, cli_out *t)
 {
     struct stat st;
     bool exists = stat(t->path, &st) == 0;
@@ -546,7 +534,7 @@ static int target_open(cli_args *args, export_target *t)
 
 /* Close the output; on success move the temporary file into place, on
  * failure remove it (and nothing else). */
-static int target_close(cli_args *args, export_target *t, int exit_code)
+int cli_out_close(cli_args *args, cli_out *t, int exit_code)
 {
     if (fflush(t->out) != 0 && exit_code == CLI_OK)
         exit_code = cli_error(args->cmd, "writing %s: %s", t->path, strerror(errno));
@@ -571,9 +559,9 @@ int cli_run_export_profiles(cli_args *args)
     nbx_store *store = cli_open_store(args, NBX_STORE_READONLY, &exit_code);
     if (!store)
         return exit_code;
-    export_target target = {.path = cli_string(args, "out", NULL), .out = stdout};
-    if (target.path && (exit_code = target_open(args, &target)) != CLI_OK) {
-        free(target.final); /* target_open frees its temporary name itself */
+    cli_out target = {.path = cli_string(args, "out", NULL), .out = stdout};
+    if (target.path && (exit_code = cli_out_open(args, &target)) != CLI_OK) {
+        free(target.final); /* cli_out_open frees its temporary name itself */
         nbx_store_close(store);
         return exit_code;
     }
@@ -583,7 +571,7 @@ int cli_run_export_profiles(cli_args *args)
     exit_code =
         export_to(args, store, target.out, target.path ? target.path : "standard output", &count);
     if (target.path) {
-        exit_code = target_close(args, &target, exit_code);
+        exit_code = cli_out_close(args, &target, exit_code);
         if (exit_code == CLI_OK)
             fprintf(stderr, "%s: %" PRIu64 " profiles\n", target.path, count);
     }
@@ -619,9 +607,12 @@ int cli_run_stats(cli_args *args)
                st.profiles, st.exposure_keys, st.events_seen, st.bytes_used, st.map_size,
                st.schema_version);
         if (st.rfm_as_of)
-            printf("\"%s\"}\n", rfm);
+            printf("\"%s\"", rfm);
         else
-            printf("null}\n");
+            printf("null");
+        printf(",\"arms\":");
+        exit_code = cli_print_arm_counters(args, store, stdout, true);
+        printf("}\n");
     } else {
         printf("store:          %s\n"
                "profiles:       %" PRIu64 "\n"
@@ -634,9 +625,10 @@ int cli_run_stats(cli_args *args)
                cli_store_path(args), st.profiles, st.exposure_keys, st.events_seen, st.bytes_used,
                (double)st.bytes_used / 1048576.0, st.map_size, (double)st.map_size / 1048576.0,
                st.schema_version, rfm);
+        exit_code = cli_print_arm_counters(args, store, stdout, false);
     }
     nbx_store_close(store);
-    return CLI_OK;
+    return exit_code;
 }
 
 /* ========================================================================

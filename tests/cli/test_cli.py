@@ -44,7 +44,7 @@ class T01HelpAndUsage(CliTestCase):
     def test_01_version(self):
         for flag in ("--version", "version"):
             r = self.ok(flag)
-            self.assertRegex(r.stdout, r"^nbx 0\.1\.0 \(libnbx 0\.1\.0\)\n$")
+            self.assertRegex(r.stdout, r"^nbx 0\.2\.0 \(libnbx 0\.2\.0\)\n$")
 
     def test_02_help_lists_every_command(self):
         r = self.ok("help")
@@ -314,7 +314,7 @@ class T03Profiles(CliTestCase):
         self.ok("profile", "put", json.dumps(profile(1)), "--store", self.store)
         st = self.stats()
         self.assertEqual(st["profiles"], 1)
-        self.assertEqual(st["schema_version"], 2)
+        self.assertEqual(st["schema_version"], 3)
         self.assertIsNone(st["rfm_as_of"])
         for key in ("exposure_keys", "events_seen", "bytes_used", "map_size"):
             self.assertIsInstance(st[key], int)

@@ -264,7 +264,7 @@ class T03Erasure(CliTestCase):
 
     def test_04_upgrade_of_a_current_store_changes_nothing(self):
         r = self.ok("store", "upgrade", "--store", self.store)
-        self.assertIn("format 2, nothing to do", r.stdout)
+        self.assertIn("format 3, nothing to do", r.stdout)
 
 
 # ===========================================================================

@@ -1,7 +1,8 @@
 /*
  * fuzz_stored: stored msgpack values, as a damaged or hostile data.mdb
  * would hand them to a reader (core/codec.c: nbx_profile_decode,
- * nbx_exposure_decode, nbx_mp_skip; core/exposure.c: nbx_budget_decode;
+ * nbx_exposure_decode, nbx_kill_decode, nbx_kill_log_decode, nbx_mp_skip;
+ * core/exposure.c: nbx_budget_decode;
  * core/store.c: the event count and the RFM time in the metadata).
  *
  * The first byte picks the kind of value, the rest is the value. It is
@@ -108,6 +109,11 @@ static void decode_other(const uint8_t *v, size_t n)
     nbx_err e = {0};
     if (nbx_budget_decode(v, n, NBX_SV(OFFER), counts, &e) != NBX_OK)
         fz_check_message(e.msg, "nbx_budget_decode");
+    nbx_kill_change kill; /* kills and their history: decoded strings point into v */
+    if (nbx_kill_decode(v, n, &kill) == NBX_OK && kill.reason.len > n)
+        fz_fail("nbx_kill_decode: a reason longer than the value");
+    if (nbx_kill_log_decode(v, n, &kill) == NBX_OK && kill.name.len > n)
+        fz_fail("nbx_kill_log_decode: a name longer than the value");
     nbx_mp m;
     nbx_mp_init(&m, v, n);
     nbx_mp_skip(&m);

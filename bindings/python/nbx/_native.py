@@ -65,7 +65,7 @@ NBX_DECIDE_EXPLAIN = 0x1
 NBX_DECIDE_RECORD = 0x2
 NBX_DECIDE_AUDIT = 0x8
 NBX_ITER_IDS = 0x1
-NBX_EXCLUDED_COUNT = 10
+NBX_EXCLUDED_COUNT = 11
 NBX_TIME_BUFSZ = 32
 
 # ---------------------------------------------------------------------------
