@@ -787,6 +787,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
         seen = &visitor;
         r->anonymous = true;
     }
+    r->segment = seen->rfm.segment < NBX_SEGMENT_COUNT ? seen->rfm.segment : NBX_SEGMENT_NONE;
 
     size_t n = build_candidates(c);
     check_eligibility(c, n, now);

@@ -1056,6 +1056,7 @@ struct nbx_result {
     nbx_policy_error fault;
     uint32_t exclusions[NBX_EXCLUDED_COUNT];
     double expected_margin;
+    uint8_t segment; /* nbx_segment of the profile the policy saw */
 };
 
 /* What the result JSON is written from: the decision as the pipeline

@@ -915,6 +915,15 @@ typedef struct nbx_fault {
  */
 NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out);
 
+/**
+ * @brief The RFM segment of the profile the policy saw (an nbx_segment):
+ * NBX_SEGMENT_NONE for an anonymous visitor (also a customer without
+ * consent to personalisation) and for a profile not scored yet. Explained
+ * results carry it as "segment".
+ * @return NBX_SEGMENT_NONE if r is NULL.
+ */
+NBX_API int nbx_result_segment(const nbx_result *r);
+
 /** @brief The decision id (unique). */
 NBX_API const char *nbx_result_decision_id(const nbx_result *r);
 

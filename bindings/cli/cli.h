@@ -182,6 +182,17 @@ extern const cli_flag cli_policy_check_flags[];
 int cli_run_policy_check(cli_args *args);
 int cli_run_catalog_check(cli_args *args);
 
+/* explain_text.c: a result JSON (explained or not) in words for a reader,
+ * every string escaped for the terminal; -1 if json is not a result. */
+int cli_explain_text(FILE *out, const char *json, size_t len);
+/* A number as a reader wants it: at most 4 decimals, no trailing zeros,
+ * "-" for NaN. */
+void cli_format_number(char *buf, size_t size, double v);
+/* Where P(accept) came from, in words ("segment prior (at_risk)"); buf
+ * holds the words when they need the segment. */
+const char *cli_propensity_source_words(const char *source, char *buf, size_t size,
+                                        const char *segment);
+
 /* gen.c */
 int cli_run_gen_profiles(cli_args *args);
 int cli_run_gen_events(cli_args *args);

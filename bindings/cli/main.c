@@ -88,6 +88,7 @@ static const cli_flag decide_flags[] = {
     {"session", CLI_LIST, "KEY=VALUE", "session field given to the policy", 0, 0},
     {"as-of", CLI_TIME, "TIME", "the decision's clock (default: now)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded", 0, 0},
+    {"format", CLI_STRING, "json|text", "json (default), or text: the decision in words", 0, 0},
     CLI_FLAG_TIME_LIMIT,
     CLI_FLAG_MEMORY_LIMIT,
     {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
@@ -209,7 +210,11 @@ const cli_command cli_commands[] = {
      "Opens the store read-only (read-write with --record), loads the catalog and\n"
      "the policy, and runs one decision. A policy failure yields the fallback\n"
      "decision, which is still a success (exit status 0); a missing or invalid\n"
-     "catalog, policy or store is an error (exit status 1).\n",
+     "catalog, policy or store is an error (exit status 1).\n"
+     "--format text writes the decision in words instead of JSON; with --explain,\n"
+     "every candidate per placement, best first: P(accept) and where it came from,\n"
+     "unit margin, serving cost, score, expected margin, and why it was not chosen\n"
+     "or excluded; then the policy's nbx.log lines.\n",
      cli_run_decide},
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
