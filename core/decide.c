@@ -288,6 +288,15 @@ static const char *request_profile(const nbx_request *r, size_t *len)
     return r->profile_json;
 }
 
+/* The request's exposures_json, likewise. */
+static const char *request_exposures(const nbx_request *r, size_t *len)
+{
+    if (r->size < offsetof(nbx_request, exposures_len) + sizeof r->exposures_len)
+        return NULL;
+    *len = r->exposures_len;
+    return r->exposures_json;
+}
+
 static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
 {
     if (!r)
@@ -300,6 +309,9 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     if (request_profile(r, &plen) && plen > NBX_LINE_MAX)
         return nbx_err_set(e, NBX_ELIMIT, "field 'profile_json': %zu bytes, the limit is %d", plen,
                            NBX_LINE_MAX);
+    if (request_exposures(r, &plen) && plen > NBX_LINE_MAX)
+        return nbx_err_set(e, NBX_ELIMIT, "field 'exposures_json': %zu bytes, the limit is %d",
+                           plen, NBX_LINE_MAX);
     if (!r->customer)
         return nbx_err_set(e, NBX_EINVAL, "field 'customer': is required");
     if (!nbx_id_valid(nbx_sv_of(r->customer), e)) {
@@ -313,6 +325,10 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
     if ((r->flags & NBX_DECIDE_RECORD) && !c->engine->store)
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine has no store");
+    if ((r->flags & NBX_DECIDE_RECORD) && request_exposures(r, &plen))
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'exposures_json': given counters are a what-if; a decision "
+                           "on them is not recorded (NBX_DECIDE_RECORD)");
     /* Day numbers, cooldowns and the result's as_of hold for these years. */
     if (r->now_ms < NBX_TIME_MIN_MS || r->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL, "field 'now_ms': %lld is outside the years 0001 to 9999",
@@ -773,6 +789,10 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     }
     if (rc == NBX_OK)
         rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
+    size_t exposures_len = 0;
+    const char *exposures = request_exposures(req, &exposures_len);
+    if (rc == NBX_OK && exposures)
+        rc = nbx_given_exposures(&c->caps, exposures, exposures_len, now, &c->arena, &e);
     if (rc) {
         if (c->txn)
             mdb_txn_reset(c->txn);

@@ -987,6 +987,17 @@ void nbx_caps_free(nbx_caps *c);
  * session's channel needs (nbx_catalog_channel), UINT32_MAX for none. */
 int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
                   int64_t now_ms, nbx_arena *a, nbx_err *e);
+/* Counters given in place of the store's (given.c): forget the loaded
+ * ones, then set one offer's row and the all-offers row (contacts). */
+void nbx_caps_clear_exposures(nbx_caps *c);
+void nbx_caps_set_exposure(nbx_caps *c, const nbx_offer *o, const nbx_exposure *x, uint32_t today,
+                           int64_t now_ms);
+void nbx_caps_set_contacts(nbx_caps *c, const nbx_exposure *all, uint32_t today);
+/* given.c: read a request's exposures_json (offer id -> counts and last
+ * times) into c, replacing the counters nbx_caps_load() read. NBX_EINVAL
+ * naming the field ('exposures.OFFER.FIELD'), NBX_ENOMEM. */
+int nbx_given_exposures(nbx_caps *c, const char *json, size_t len, int64_t now_ms, nbx_arena *a,
+                        nbx_err *e);
 /* First reason the offer may not be shown to the customer loaded now, or
  * NONE: validity, consent (the offer's purpose and the channel's),
  * contacts, frequency, cooldown, budget. */

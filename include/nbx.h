@@ -753,6 +753,20 @@ typedef struct nbx_request {
      * smaller size) never sets it. */
     const char *profile_json;
     size_t profile_len;
+    /** The customer's exposure counters as a JSON object, used instead of
+     * the store's (a test case, a what-if): offer id -> {"impressions",
+     * "clicks", "accepts", "dismisses": counts 0..1000000;
+     * "last_impression", "last_click", "last_accept", "last_dismiss": RFC
+     * 3339 times or epoch seconds}. Each kind's events are dated at its
+     * last_* time, else at the decision's clock; caps, cooldowns and the
+     * contact policy (the sum of every offer's impressions) count them in
+     * their windows as they count stored events. An offer not in the
+     * catalog, an unknown field or a bad value is NBX_EINVAL naming it
+     * ('exposures.o001.impressions'). NULL: the store's counters (none
+     * without a store). exposures_len bytes, need not end in NUL. Added in
+     * 0.2, like profile_json. Budgets still come from the store. */
+    const char *exposures_json;
+    size_t exposures_len;
 } nbx_request;
 
 /** @brief Set defaults. @note Thread-safe. */
