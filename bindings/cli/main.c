@@ -231,6 +231,28 @@ const cli_command cli_commands[] = {
      "check (exit status 1), naming customers, FILE:LINE and the reason, with counts per\n"
      "reason.\n",
      cli_run_policy_check},
+    {"policy", "test", "POLICY TESTFILE...", 2, CLI_POSITIONALS_MAX, cli_policy_test_flags,
+     "Run a policy's test cases: each a customer, a session and what the decision must show.",
+     "Each TESTFILE is Lua returning a list of cases, read as data (never run):\n"
+     "  return {\n"
+     "    { name = \"at-risk customers see the winback offer\",\n"
+     "      customer = { consent = { personalization = true }, rfm = { segment = \"at_risk\" },\n"
+     "                   exposures = { free_shipping = { impressions = 3 } } },\n"
+     "      session = { channel = \"web\" }, placements = { \"hero\" },\n"
+     "      as_of = \"2026-03-10T12:00:00Z\",\n"
+     "      expect = { top = { hero = \"winback_20\" }, excluded = { free_shipping = \"frequency\" } } },\n"
+     "  }\n"
+     "customer holds profile fields as in the profile JSON (id, attrs, consent, propensity,\n"
+     "ltv, churn, rfm) and exposures (offer = {impressions, clicks, accepts, dismisses,\n"
+     "last_impression, ...}); without customer the case is an anonymous visitor. expect\n"
+     "takes any of: top = {PLACEMENT = OFFER or false}, shown = {OFFER...}, not_shown =\n"
+     "{OFFER...}, excluded = {OFFER = REASON or false} (REASON: guardrail, frequency, ...,\n"
+     "or \"ineligible: the policy's reason\"), fallback = true/false, score_between =\n"
+     "{OFFER = {LOW, HIGH}}. A decision that falls back fails its case unless it expects\n"
+     "fallback = true. Each case prints one line, ok or not ok with what differed, then\n"
+     "the policy's nbx.log lines of failed cases; a summary follows. Exit status 1 when a\n"
+     "case failed or a test file could not be read (the error names FILE:LINE).\n",
+     cli_run_policy_test},
     {"catalog", "check", "FILE", 1, 1, check_flags,
      "Check that a catalog file loads; print its version, offers and placements.",
      "On failure the error names the offer and the field.\n", cli_run_catalog_check},
@@ -373,13 +395,15 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len)
     return 0;
 }
 
-/* Length of the UTF-8 sequence at p (1 to 4), or 0 if it is not one:
- * overlong forms, surrogates and code points past U+10FFFF are not. */
-static size_t utf8_sequence(const unsigned char *p)
+size_t cli_utf8_len(const unsigned char *p, size_t avail)
 {
     unsigned c = p[0];
     size_t n;
     unsigned min, cp;
+    if (avail == 0)
+        return 0;
+    if (c < 0x80)
+        return 1;
     if (c >= 0xC2 && c <= 0xDF)
         n = 2, min = 0x80, cp = c & 0x1F;
     else if (c >= 0xE0 && c <= 0xEF)
@@ -387,6 +411,8 @@ static size_t utf8_sequence(const unsigned char *p)
     else if (c >= 0xF0 && c <= 0xF4)
         n = 4, min = 0x10000, cp = c & 0x07;
     else
+        return 0;
+    if (avail < n)
         return 0;
     for (size_t i = 1; i < n; i++) {
         if ((p[i] & 0xC0) != 0x80)
@@ -396,6 +422,22 @@ static size_t utf8_sequence(const unsigned char *p)
     if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
         return 0;
     return n;
+}
+
+/* The sequence at p of a NUL-terminated string (the NUL bounds it). */
+static size_t utf8_sequence(const unsigned char *p)
+{
+    return cli_utf8_len(p, strnlen((const char *)p, 4));
+}
+
+size_t cli_text_unit(const unsigned char *p, bool *plain)
+{
+    size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
+    /* C0 controls, DEL and C1 controls (U+0080..U+009F: C2 80..C2 9F)
+     * steer terminals; bytes that are not UTF-8 may start one. */
+    bool control = n == 1 ? (*p < 0x20 || *p == 0x7F) : n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
+    *plain = n != 0 && !control;
+    return n ? n : 1;
 }
 
 int cli_check_failed(cli_args *args, int rc, const char *path)
@@ -436,18 +478,41 @@ void cli_print_json_string(FILE *out, const char *s)
 void cli_print_escaped(FILE *out, const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
-        /* C0 controls, DEL and C1 controls (U+0080..U+009F: C2 80..C2 9F)
-         * steer terminals; bytes that are not UTF-8 may start one. */
-        bool control = n == 1 ? (*p < 0x20 || *p == 0x7F) : n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
-        if (n == 0 || control) {
-            for (size_t i = 0; i < (n ? n : 1); i++)
+        bool plain;
+        size_t n = cli_text_unit(p, &plain);
+        if (plain)
+            fwrite(p, 1, n, out);
+        else
+            for (size_t i = 0; i < n; i++)
                 fprintf(out, "\\x%02x", p[i]);
-            p += n ? n : 1;
+        p += n;
+    }
+}
+
+void cli_print_xml(FILE *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        bool plain;
+        size_t n = cli_text_unit(p, &plain);
+        /* XML 1.0 has no escape for most controls: they are written as
+         * text, as the terminal sees them */
+        if (!plain) {
+            for (size_t i = 0; i < n; i++)
+                fprintf(out, "\\x%02x", p[i]);
+        } else if (*p == '&') {
+            fputs("&amp;", out);
+        } else if (*p == '<') {
+            fputs("&lt;", out);
+        } else if (*p == '>') {
+            fputs("&gt;", out);
+        } else if (*p == '"') {
+            fputs("&quot;", out);
+        } else if (*p == '\'') {
+            fputs("&apos;", out);
         } else {
             fwrite(p, 1, n, out);
-            p += n;
         }
+        p += n;
     }
 }
 
