@@ -318,7 +318,8 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
         e->code = NBX_EINVAL;
         return nbx_err_prefix(e, "customer: ");
     }
-    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_ERROR_KIND_ONLY))
+    if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_ERROR_KIND_ONLY |
+                               NBX_DECIDE_REASONS))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
     /* Misuse, answered whether or not this decision would choose anything. */
     if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
@@ -829,7 +830,7 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
             .propensity = c->caps.propensity,
             .cand = c->cand,
             .n_cand = n,
-            .explain = (req->flags & NBX_DECIDE_EXPLAIN) != 0,
+            .explain = (req->flags & (NBX_DECIDE_EXPLAIN | NBX_DECIDE_REASONS)) != 0,
         };
         failed = nbx_sandbox_run(c->sandbox, &in, &perr) != NBX_OK;
     }
@@ -851,6 +852,8 @@ NBX_API int nbx_decide(nbx_ctx *c, const nbx_request *req, const nbx_result **ou
     memset(r->exclusions, 0, sizeof r->exclusions);
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
+    r->cand = c->cand;
+    r->n_cand = n;
     nbx_result_view view = {.req = req,
                             .catalog = c->snap->catalog,
                             .policy = c->snap->policy,

@@ -1068,6 +1068,10 @@ struct nbx_result {
     uint32_t exclusions[NBX_EXCLUDED_COUNT];
     double expected_margin;
     uint8_t segment; /* nbx_segment of the profile the policy saw */
+    /* the decision's candidates (the context's), for batches; their why
+     * is set with NBX_DECIDE_EXPLAIN or NBX_DECIDE_REASONS */
+    const nbx_candidate *cand;
+    size_t n_cand;
 };
 
 /* What the result JSON is written from: the decision as the pipeline

@@ -271,6 +271,16 @@ NBX_API int nbx_store_upgrade(const char *path, uint32_t *from, uint32_t *to);
  */
 NBX_API int nbx_store_stat(nbx_store *store, nbx_store_stats *out);
 
+/**
+ * @brief The store's write generation: a number that changes (grows)
+ * whenever a write to the store commits, from any process. Two readings
+ * that are equal mean nothing was written in between: `nbx policy diff`
+ * uses it to tell that both policies saw the same data.
+ * @return NBX_OK, NBX_EINVAL, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_store_generation(nbx_store *store, uint64_t *out);
+
 /* ------------------------------------------------------------------------
  * Profiles. JSON field names are those of docs/data-model.md.
  * ------------------------------------------------------------------------ */
@@ -727,7 +737,12 @@ enum nbx_decide_flags {
      * the policy's name, file, line and message: for results shown to
      * clients (the nginx module unless nbx_explain is on). nbx_result_error()
      * still gives the message. nbx_decide() only, not batches. */
-    NBX_DECIDE_ERROR_KIND_ONLY = 0x4
+    NBX_DECIDE_ERROR_KIND_ONLY = 0x4,
+    /** Collect eligible()'s reasons (and nbx.log() lines), as an explained
+     * decision does, without writing the candidates into the result JSON:
+     * a batch hands the reasons back counted (nbx_batch_item.reasons), for
+     * reports over many decisions (`nbx policy diff`). */
+    NBX_DECIDE_REASONS = 0x8
 };
 
 /** Limits on one request. */
@@ -1021,12 +1036,18 @@ typedef struct nbx_batch_options {
                                         (0: the wall clock at nbx_batch_open(), the same for
                                         the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
-                                        NBX_DECIDE_RECORD (needs a read-write engine;
-                                        see nbx_batch_open()) */
+                                        NBX_DECIDE_REASONS, NBX_DECIDE_RECORD (needs a
+                                        read-write engine; see nbx_batch_open()) */
     uint32_t shard_count;          /**< 0: decide every customer submitted; else only those
                                         with nbx_shard_of(id, shard_count) == shard_index */
     uint32_t shard_index;          /**< 0..shard_count-1 */
 } nbx_batch_options;
+
+/** A reason and how many candidates of a decision got it. */
+typedef struct nbx_reason_count {
+    const char *reason;
+    uint32_t count;
+} nbx_reason_count;
 
 /**
  * One decision of a batch, as nbx_batch_next() hands it back. The fields
@@ -1051,6 +1072,16 @@ typedef struct nbx_batch_item {
     const char *policy_error;  /**< nbx_result_error(): NULL unless fallback */
     double expected_margin;    /**< nbx_result_expected_margin() */
     uint32_t exclusions[NBX_EXCLUDED_COUNT]; /**< nbx_result_exclusions() */
+    /* Added in 0.2. */
+    uint64_t decide_ns;        /**< how long nbx_decide() took for it, in the worker thread
+                                    (monotonic clock; 0 when status is not NBX_OK) */
+    int segment;               /**< nbx_result_segment(): the RFM segment the policy saw */
+    /** With NBX_DECIDE_REASONS or NBX_DECIDE_EXPLAIN: the reasons eligible()
+     * gave for the candidates it refused, each once with the number of
+     * candidates that got it (escaped, at most 200 bytes each; a refusal
+     * without a reason is not listed). Owned by the batch, as the item. */
+    const nbx_reason_count *reasons;
+    size_t n_reasons;
 } nbx_batch_item;
 
 /** Totals over the items nbx_batch_next() has handed back. */
