@@ -197,6 +197,19 @@ int cli_run_catalog_check(cli_args *args);
 extern const cli_flag cli_policy_test_flags[];
 int cli_run_policy_test(cli_args *args);
 
+/* sample.c: the customers a command tries. */
+typedef struct cli_customer {
+    uint32_t key;  /* the sample's hash */
+    uint64_t line; /* of --customers FILE; 0 for the store's */
+    char *id;      /* an id, or a line of the file as it is (a JSON object) */
+} cli_customer;
+/* The `want` stored ids with the smallest xxh64, in id order. */
+int cli_sample_store(cli_args *args, nbx_store *store, size_t want, cli_customer **out,
+                     size_t *n_out);
+/* The non-blank lines of a file (CR and LF cut). */
+int cli_customer_file(cli_args *args, const char *path, cli_customer **out, size_t *n_out);
+void cli_customers_free(cli_customer *c, size_t n);
+
 /* explain_text.c: a result JSON (explained or not) in words for a reader,
  * every string escaped for the terminal; -1 if json is not a result. */
 int cli_explain_text(FILE *out, const char *json, size_t len);
