@@ -83,16 +83,16 @@ for n in $sizes; do
     rm -f "$out"
 done
 
-# --- --commit-exposures, on a copy of the smallest store -----------------------
+# --- --record, on a copy of the smallest store -----------------------
 smallest=$(for n in $sizes; do echo "$n"; done | sort -n | head -1)
 rm -rf "$work/commit-store"
 cp -r "$work/store-$smallest" "$work/commit-store"
 say ""
-say "== nbx batch --all --commit-exposures (a copy of store-$smallest)"
+say "== nbx batch --all --record (a copy of store-$smallest)"
 say "\$ $nbx batch --store $work/commit-store --catalog $work/catalog.json --policy $policy" \
-    "--all --threads $threads --as-of $as_of --commit-exposures --out /dev/null --summary $work/summary-commit.json"
+    "--all --threads $threads --as-of $as_of --record --out /dev/null --summary $work/summary-commit.json"
 "$nbx" batch --store "$work/commit-store" --catalog "$work/catalog.json" --policy "$policy" \
-    --all --threads "$threads" --as-of "$as_of" --commit-exposures --out /dev/null \
+    --all --threads "$threads" --as-of "$as_of" --record --out /dev/null \
     --summary "$work/summary-commit.json" 2>"$work/stderr-commit.txt"
 printf 'commit %8d customers: %8.0f customers/s  %d impressions recorded\n' "$smallest" \
     "$(sed 's/.*"rate":\([0-9.]*\).*/\1/' "$work/summary-commit.json")" \

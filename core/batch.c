@@ -28,7 +28,7 @@
  * impressions: the customer still gets the best actions that fit. A slot is
  * handed back only once its impressions are committed. The events are those
  * nbx_decide() records: one impression per action, id DECISION_ID:INDEX, at
- * the decision's clock (nbx_record_impression).
+ * the decision's clock (core/record.c records both).
  *
  * Planning (no NBX_DECIDE_RECORD) records nothing, so the store's daily
  * budgets would never fill: a plan gave a budget of 100 to thousands of
@@ -432,51 +432,41 @@ static int worker_caps_for(worker *w, nbx_snapshot *snap)
     return NBX_OK;
 }
 
-/* Check one decision's actions against the counters as they are in txn and
- * record them. Returns NBX_OK (recorded), 1 (stale: decide again) or an
- * error. */
+/* Record one decision in txn (record.c), all or nothing: the customer's
+ * profile and counters as they are in txn, where nbx_decide() would drop an
+ * action that no longer fits, make the decision stale. Returns NBX_OK
+ * (recorded), NBX_DECISION_STALE (decide again) or an error. */
 static int record_one(nbx_batch *b, worker *w, MDB_txn *txn, slot *s, nbx_err *e)
 {
     const nbx_batch_item *it = &s->item;
     if (it->n_actions == 0)
         return NBX_OK;
-    nbx_store *store = b->engine->store;
-    const nbx_catalog *cat = w->caps_snap->catalog;
+    nbx_recorder rec = {.store = b->engine->store,
+                        .txn = txn,
+                        .catalog = w->caps_snap->catalog,
+                        .caps = &w->caps,
+                        .arena = &w->arena,
+                        .scratch = &w->scratch};
     nbx_sv customer = nbx_sv_of(s->in.data);
     nbx_arena_reset(&w->arena);
     nbx_profile p = {.id = customer};
-    int rc = nbx_store_profile_get(store, txn, customer, &p, &w->arena, e);
+    int rc = nbx_store_profile_get(rec.store, txn, customer, &p, &w->arena, e);
     if (rc == NBX_ENOTFOUND) {
         memset(&p, 0, sizeof p);
         p.id = customer;
         rc = NBX_OK;
     }
-    /* Budgets are cached per transaction id: this transaction writes them. */
-    w->caps.budget_valid = false;
-    uint32_t channel;
-    if (rc == NBX_OK && nbx_catalog_channel(cat, s->session, s->n_session, &channel, e) != NBX_OK)
-        return 1; /* the catalog was reloaded without the channel: decide again, and fail */
-    if (rc == NBX_OK)
-        rc = nbx_caps_load(&w->caps, store, txn, &p, channel, b->now_ms, &w->arena, e);
     if (rc)
         return rc;
-    /* The rules nbx_decide() applies when it records (nbx_caps_recheck);
-     * a batch decides a stale customer again rather than dropping actions,
-     * so any action that no longer fits makes the whole decision stale. */
-    uint32_t left = nbx_caps_contacts_left(&w->caps);
-    for (size_t i = 0; i < it->n_actions; i++, left--) {
-        const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(it->actions[i].offer));
-        if (!o)
-            return 1; /* the catalog was reloaded */
-        if (nbx_caps_recheck(&w->caps, o, b->now_ms, it->fallback, left) != NBX_EXCLUDED_NONE)
-            return 1;
-    }
-    for (size_t i = 0; i < it->n_actions && rc == NBX_OK; i++)
-        rc = nbx_record_impression(store, txn, it->decision_id, i, customer,
-                                   nbx_sv_of(it->actions[i].offer),
-                                   nbx_sv_of(it->actions[i].placement), b->now_ms, &w->arena,
-                                   &w->scratch, e);
-    return rc;
+    nbx_decision_record d = {.id = it->decision_id,
+                             .profile = &p,
+                             .now_ms = b->now_ms,
+                             .fallback = it->fallback,
+                             .actions = it->actions,
+                             .n_actions = it->n_actions};
+    if (nbx_catalog_channel(rec.catalog, s->session, s->n_session, &d.channel, e) != NBX_OK)
+        return NBX_DECISION_STALE; /* reloaded without the channel: decide again, and fail */
+    return nbx_record_decision(&rec, &d, NULL, e);
 }
 
 /* Commit the impressions of the worker's pending decisions in one
@@ -494,7 +484,7 @@ static void record_group(nbx_batch *b, worker *w)
         rc = nbx_store_write_begin(store, &txn, &e);
     for (size_t i = 0; i < w->n_pending && rc == NBX_OK; i++) {
         int v = record_one(b, w, txn, w->pending[i], &e);
-        w->pending[i]->stale = v == 1;
+        w->pending[i]->stale = v == NBX_DECISION_STALE;
         if (v < 0)
             rc = v;
     }

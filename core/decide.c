@@ -49,6 +49,7 @@ struct nbx_ctx {
     uint32_t channel; /* the request's channel purpose (nbx_catalog_channel) */
     const nbx_budget_plan *plan; /* a planning batch's budgets (nbx_ctx_plan_budgets) */
     nbx_action *actions;
+    uint8_t *misfit; /* per action: why recording it was refused (record.c) */
     size_t actions_cap;
     nbx_result result;
     nbx_err err;
@@ -78,6 +79,7 @@ static void free_catalog_arrays(nbx_ctx *c)
     free(c->slots_left);
     free(c->placement_wanted);
     free(c->actions);
+    free(c->misfit);
     c->cand = NULL;
     c->ranked = NULL;
     c->heap_at = c->heap_len = NULL;
@@ -85,6 +87,7 @@ static void free_catalog_arrays(nbx_ctx *c)
     c->slots_left = NULL;
     c->placement_wanted = NULL;
     c->actions = NULL;
+    c->misfit = NULL;
     c->cand_cap = c->actions_cap = 0;
     nbx_caps_free(&c->caps);
 }
@@ -105,10 +108,11 @@ static int alloc_catalog_arrays(nbx_ctx *c, const nbx_catalog *cat)
     c->slots_left = calloc(cat->n_placements, sizeof *c->slots_left);
     c->placement_wanted = calloc(cat->n_placements, 1);
     c->actions = calloc(slots ? slots : 1, sizeof *c->actions);
+    c->misfit = calloc(slots ? slots : 1, sizeof *c->misfit);
     c->cand_cap = n;
     c->actions_cap = slots;
     if (!c->cand || !c->ranked || !c->heap_at || !c->offer_used || !c->slots_left ||
-        !c->placement_wanted || !c->actions || nbx_caps_init(&c->caps, cat) != NBX_OK) {
+        !c->placement_wanted || !c->actions || !c->misfit || nbx_caps_init(&c->caps, cat) != NBX_OK) {
         free_catalog_arrays(c);
         return NBX_ENOMEM;
     }
@@ -653,65 +657,43 @@ static void drop_action(nbx_ctx *c, size_t n, size_t i, int why)
     r->n_actions--;
 }
 
-int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, size_t i,
-                          nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
-                          nbx_arena *a, nbx_buf *scratch, nbx_err *e)
-{
-    char eid[64];
-    int len = snprintf(eid, sizeof eid, "%s:%zu", decision_id, i);
-    nbx_event ev = {
-        .id = {eid, (size_t)len},
-        .customer = customer,
-        .offer = offer,
-        .placement = placement,
-        .type = NBX_EV_IMPRESSION,
-        .ts_ms = now_ms,
-        .amount = NAN,
-        .margin = NAN,
-    };
-    int applied;
-    return nbx_event_apply_txn(s, txn, &ev, &applied, a, scratch, e);
-}
-
-/* Record the chosen actions as impressions. The decision read a snapshot;
- * by now another context or process (an overlapping campaign) may have
- * recorded for the same customer. So under the writer lock, which orders all
- * writers, the counters are read again and each action re-checked against
- * the caps, in rank order, before it is recorded: two campaigns can never
- * both take a customer's last contact. */
+/* Record the chosen actions as impressions (record.c): an action that no
+ * longer fits the customer's caps as they are now, under the writer lock,
+ * is dropped and the others are recorded. */
 static int record_actions(nbx_ctx *c, const nbx_profile *p, size_t n, int64_t now, nbx_err *e)
 {
     nbx_result *r = &c->result;
     if (r->n_actions == 0)
         return NBX_OK;
-    nbx_store *store = c->engine->store;
-    MDB_txn *txn;
-    int rc = nbx_store_write_begin(store, &txn, e);
+    nbx_recorder rec = {.store = c->engine->store,
+                        .catalog = c->snap->catalog,
+                        .caps = &c->caps,
+                        .arena = &c->arena,
+                        .scratch = &c->scratch};
+    nbx_decision_record d = {.id = r->decision_id,
+                             .profile = p,
+                             .channel = c->channel,
+                             .now_ms = now,
+                             .fallback = r->fallback,
+                             .actions = r->actions,
+                             .n_actions = r->n_actions};
+    int rc = nbx_store_write_begin(rec.store, &rec.txn, e);
     if (rc)
         return rc;
-    rc = nbx_caps_load(&c->caps, store, txn, p, c->channel, now, &c->arena, e);
-    /* loaded inside a write: not a committed snapshot's state to reuse */
-    c->caps.budget_valid = false;
-    const nbx_catalog *cat = c->snap->catalog;
-    uint32_t left = nbx_caps_contacts_left(&c->caps);
-    for (size_t i = 0; i < r->n_actions && rc == NBX_OK;) {
-        const nbx_action *a = &r->actions[i];
-        const nbx_offer *o = nbx_catalog_offer(cat, nbx_sv_of(a->offer));
-        int why = nbx_caps_recheck(&c->caps, o, now, r->fallback, left);
-        if (why) {
-            drop_action(c, n, i, why);
-            continue;
-        }
-        rc = nbx_record_impression(store, txn, r->decision_id, i, p->id, o->id,
-                                   nbx_sv_of(a->placement), now, &c->arena, &c->scratch, e);
-        left--;
-        i++;
-    }
+    rc = nbx_record_decision(&rec, &d, c->misfit, e);
     if (rc) {
-        mdb_txn_abort(txn);
+        mdb_txn_abort(rec.txn);
         return rc;
     }
-    return nbx_store_commit(store, txn, e);
+    rc = nbx_store_commit(rec.store, rec.txn, e);
+    size_t recorded = 0, decided = r->n_actions;
+    for (size_t i = 0; i < decided && rc == NBX_OK; i++) {
+        if (c->misfit[i])
+            drop_action(c, n, recorded, c->misfit[i]);
+        else
+            recorded++;
+    }
+    return rc;
 }
 
 /* ========================================================================

@@ -1,7 +1,7 @@
 /*
  * effects.c: what an event does to a customer, written once for every path
  * that applies events: nbx_event_apply() and nbx_record() (one event), the
- * impressions a decision records (nbx_record_impression), and bulk ingest
+ * impressions a decision records (record.c), and bulk ingest
  * (a file's events, customer by customer). Profile imports (nbx_profile_put,
  * nbx import profiles) are here too: they are the other writer of a
  * customer's purchase aggregates.

@@ -1017,8 +1017,8 @@ bool nbx_caps_plan_impression(const nbx_caps *c, const nbx_offer *o, bool fallba
 uint32_t nbx_caps_contacts_left(const nbx_caps *c);
 /* The rules an action must pass when it is recorded, with c loaded in the
  * write transaction (the latest counters, writers ordered): a contact left,
- * and unless it is a fallback action, its caps and budget. Used by every
- * recording path (nbx_decide, batches) so they cannot drift apart. */
+ * and unless it is a fallback action, its caps and budget. Called by
+ * record.c, the one recording path (nbx_decide, batches). */
 int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool fallback,
                      uint32_t contacts_left);
 /* The guardrails that hold whatever the policy scored: discount ceiling and
@@ -1049,6 +1049,49 @@ void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p);
  * nothing to say. */
 void nbx_caps_explain(const nbx_caps *c, const nbx_offer *o, int reason, const char *policy_reason,
                       int64_t now_ms, char *out, size_t cap);
+
+/* ========================================================================
+ * Recording a decision (record.c): its chosen actions as impressions, for
+ * nbx_decide() with NBX_DECIDE_RECORD and for batches that record
+ * ======================================================================== */
+
+/* Where a decision is recorded, and with what. */
+typedef struct nbx_recorder {
+    nbx_store *store;
+    MDB_txn *txn;               /* a write transaction: writers are ordered */
+    const nbx_catalog *catalog; /* the decision's */
+    nbx_caps *caps;             /* sized for catalog; loaded again in txn */
+    nbx_arena *arena;
+    nbx_buf *scratch;
+} nbx_recorder;
+
+/* A decision as it is recorded. */
+typedef struct nbx_decision_record {
+    const char *id;             /* the decision id: its events are ID:INDEX */
+    const nbx_profile *profile; /* the customer (id, consents) */
+    uint32_t channel;           /* the session's channel purpose (nbx_catalog_channel) */
+    int64_t now_ms;             /* the decision's clock, the impressions' time */
+    bool fallback;              /* fallback actions are checked for contacts only */
+    const nbx_action *actions;  /* in rank order */
+    size_t n_actions;
+} nbx_decision_record;
+
+/* nbx_record_decision(): an action no longer fits; nothing was recorded. */
+#define NBX_DECISION_STALE 1
+
+/* Record the decision's actions as impressions in r->txn, after checking
+ * them in rank order against the customer's caps loaded again in r->txn
+ * (nbx_caps_recheck: a contact left, and unless a fallback, the offer's
+ * caps and budget; an offer r->catalog lacks does not fit).
+ * misfit NULL: all or nothing; if an action does not fit, nothing is
+ * recorded and NBX_DECISION_STALE is returned (a batch decides again).
+ * misfit given (n_actions entries): misfit[i] is why action i does not fit
+ * (NBX_EXCLUDED_*; 0: recorded); the others are recorded, the k-th one
+ * recorded as ID:k, its index once the caller drops the misfits
+ * (nbx_decide). Returns NBX_OK, NBX_DECISION_STALE or an error; on an error
+ * the caller aborts r->txn. */
+int nbx_record_decision(const nbx_recorder *r, const nbx_decision_record *d, uint8_t *misfit,
+                        nbx_err *e);
 
 /* ========================================================================
  * Results (result.c): what a decision hands back
@@ -1124,12 +1167,6 @@ int nbx_request_lists_check(const nbx_catalog *cat, const char *const *placement
                             size_t n_placements, const nbx_kv *session, size_t n_session,
                             nbx_err *e);
 int nbx_session_field_check(const nbx_kv *kv, size_t i, nbx_err *e);
-/* Record action i of a decision as an impression (event id DECISION_ID:I,
- * at the decision's clock) in txn: the one event shape of every recording
- * path (nbx_decide, batches). */
-int nbx_record_impression(nbx_store *s, MDB_txn *txn, const char *decision_id, size_t i,
-                          nbx_sv customer, nbx_sv offer, nbx_sv placement, int64_t now_ms,
-                          nbx_arena *a, nbx_buf *scratch, nbx_err *e);
 
 void nbx_engine_fill_info(nbx_engine_info *info, const nbx_policy *policy,
                           const nbx_catalog *catalog);

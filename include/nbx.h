@@ -731,7 +731,11 @@ typedef struct nbx_kv {
 enum nbx_decide_flags {
     NBX_DECIDE_EXPLAIN = 0x1, /**< add every candidate and why it was excluded */
     /** Record each chosen action as an impression in the store, in the same
-     * call, so overlapping campaigns cannot over-contact a customer. */
+     * call, so overlapping campaigns cannot over-contact a customer. The
+     * switch is "record" everywhere: `nbx decide --record`,
+     * `nbx batch --record` (old spelling `--commit-exposures`), nginx
+     * `nbx_record on` (old spelling `nbx_record_impressions`), Python
+     * `record=True`. */
     NBX_DECIDE_RECORD = 0x2,
     /** On a policy failure the result JSON's "error" holds only "kind", not
      * the policy's name, file, line and message: for results shown to

@@ -74,6 +74,8 @@ void cli_print_usage(FILE *out, const cli_command *cmd)
     if (cmd->positional && *cmd->positional)
         fprintf(out, " %s", cmd->positional);
     for (const cli_flag *f = cmd->flags; f && f->name; f++) {
+        if (f->kind == CLI_ALIAS)
+            continue;
         if (f->kind == CLI_BOOL)
             fprintf(out, " [--%s]", f->name);
         else if (f->kind == CLI_LIST)
@@ -93,6 +95,11 @@ void cli_print_help(FILE *out, const cli_command *cmd)
     fprintf(out, "\nFlags:\n");
     for (const cli_flag *f = cmd->flags; f && f->name; f++) {
         char left[64];
+        if (f->kind == CLI_ALIAS) {
+            snprintf(left, sizeof left, "--%s", f->name);
+            fprintf(out, "  %-30s the old spelling of --%s\n", left, f->metavar);
+            continue;
+        }
         if (f->kind == CLI_BOOL)
             snprintf(left, sizeof left, "--%s", f->name);
         else
@@ -167,6 +174,7 @@ static int set_value(const cli_command *cmd, int idx, const char *text, int argc
     switch (f->kind) {
     case CLI_BOOL:
     case CLI_STRING:
+    case CLI_ALIAS:
         return CLI_OK;
     case CLI_LIST:
         if (!v->list) {
@@ -238,11 +246,16 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, cli_args *out)
             int idx = flag_index(cmd, name, len);
             if (idx < 0)
                 return cli_usage_error(cmd, "unknown flag --%.*s", (int)len, name);
+            if (cmd->flags[idx].kind == CLI_ALIAS)
+                idx = flag_index(cmd, cmd->flags[idx].metavar, strlen(cmd->flags[idx].metavar));
+            if (idx < 0 || cmd->flags[idx].kind == CLI_ALIAS)
+                return cli_error(cmd, "internal error: --%.*s is an alias of no flag", (int)len,
+                                 name);
             const cli_flag *f = &cmd->flags[idx];
             const char *value;
             if (f->kind == CLI_BOOL) {
                 if (eq)
-                    return cli_usage_error(cmd, "--%s takes no value", f->name);
+                    return cli_usage_error(cmd, "--%.*s takes no value", (int)len, name);
                 value = "1";
             } else if (eq) {
                 value = eq + 1;

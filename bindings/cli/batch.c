@@ -57,8 +57,8 @@ const cli_flag cli_batch_flags[] = {
     {"checkpoint", CLI_STRING, "FILE", "resumable run: progress is recorded in FILE", 0, 0},
     {"checkpoint-every", CLI_UINT, "N", "customers between checkpoints (default 100000)", 1,
      UINT64_C(1000000000)},
-    {"commit-exposures", CLI_BOOL, NULL,
-     "record each chosen action as an impression (consumes caps)", 0, 0},
+    {"record", CLI_BOOL, NULL, "record each chosen action as an impression (consumes caps)", 0, 0},
+    {"commit-exposures", CLI_ALIAS, "record", NULL, 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded (jsonl)", 0, 0},
     {"summary", CLI_STRING, "FILE", "also write the summary as JSON to FILE", 0, 0},
     {"max-fallback-rate", CLI_STRING, "R",
@@ -87,8 +87,9 @@ const char cli_batch_details[] =
     "skipped. Unknown ids are decided as anonymous.\n"
     "\n"
     "By default the store is opened read-only: the batch plans contacts and\n"
-    "consumes no caps. --commit-exposures records each chosen action as an\n"
-    "impression as it is decided, so a later or overlapping batch respects caps.\n"
+    "consumes no caps. --record (formerly --commit-exposures) records each chosen\n"
+    "action as an impression as it is decided, so a later or overlapping batch\n"
+    "respects caps.\n"
     "\n"
     "--checkpoint FILE (needs --out) makes the run resumable: after a crash or a\n"
     "kill, run the same command again and the output ends up with every customer\n"
@@ -123,7 +124,7 @@ const char cli_batch_details[] =
 #define FALLBACK_REASONS_MAX 5
 #define FALLBACK_REASON_LEN 300
 #define CHECKPOINT_MAX (64u << 10)
-/* --commit-exposures: the decisions whose impressions the library commits
+/* --record: the decisions whose impressions the library commits
  * in one transaction (docs/batch.md, "Group commit"), and the window per
  * thread that keeps one group per thread in flight. */
 #define COMMIT_GROUP 128
@@ -181,7 +182,7 @@ typedef struct run {
     char *checkpoint_tmp; /* checkpoint_path + ".tmp", where it is written first */
     char *checkpoint_lock; /* checkpoint_path + ".lock", held for the whole run */
     int lock_fd;           /* -1: no lock held */
-    bool all, csv, commit, explain;
+    bool all, csv, record, explain;
     uint32_t shard_index, shard_count;
     int64_t as_of;
     bool as_of_given;
@@ -560,8 +561,10 @@ static void write_params(run *r, FILE *f)
         fprintf(f, "\nshard %" PRIu32 "/%" PRIu32, r->shard_index, r->shard_count);
     else
         fprintf(f, "\nshard -");
+    /* commit_exposures: --record's old name, kept so that a run started by
+     * an older nbx resumes. */
     fprintf(f, "\nformat %s\ncommit_exposures %d\nexplain %d\nout ", r->csv ? "csv" : "jsonl",
-            r->commit, r->explain);
+            r->record, r->explain);
     put_encoded(f, out ? out : "");
     /* The policy's limits change decisions too: a decision that runs out of
      * time or memory falls back. */
@@ -1467,13 +1470,13 @@ static int parse_parameters(run *r)
     r->out_path = cli_string(args, "out", NULL);
     r->checkpoint_path = cli_string(args, "checkpoint", NULL);
     r->summary_path = cli_string(args, "summary", NULL);
-    r->commit = cli_has(args, "commit-exposures");
+    r->record = cli_has(args, "record");
     r->explain = cli_has(args, "explain");
     r->checkpoint_every = cli_uint(args, "checkpoint-every", 100000);
     /* Committed impressions of customers not yet in a checkpoint are lost
      * to a kill (the resume decides them again on spent caps): checkpoint
      * at every group the library commits. */
-    if (r->commit && r->checkpoint_every > COMMIT_GROUP)
+    if (r->record && r->checkpoint_every > COMMIT_GROUP)
         r->checkpoint_every = COMMIT_GROUP;
     const char *format = cli_string(args, "format", "jsonl");
     if (strcmp(format, "csv") == 0)
@@ -1527,7 +1530,7 @@ static int parse_parameters(run *r)
 static int open_engine(run *r)
 {
     nbx_engine_options opts;
-    cli_engine_options(r->args, r->store_path, r->commit, &opts);
+    cli_engine_options(r->args, r->store_path, r->record, &opts);
     opts.log = log_to_stderr;
     int rc = nbx_engine_open(&opts, &r->engine);
     if (rc != NBX_OK)
@@ -1624,14 +1627,14 @@ static int open_batch(run *r)
     nbx_batch_options_init(&o);
     o.threads = (unsigned)cli_uint(r->args, "threads", 0);
     o.window = (size_t)cli_uint(r->args, "window", 0);
-    if (r->commit && r->checkpoint_path && o.window == 0)
+    if (r->record && r->checkpoint_path && o.window == 0)
         o.window = (size_t)COMMIT_GROUP * (o.threads ? o.threads : cpus_available());
     o.placements = pl->list;
     o.n_placements = pl->n_list;
     o.session = r->session;
     o.n_session = r->n_session;
     o.now_ms = r->as_of;
-    o.flags = (r->commit ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u);
+    o.flags = (r->record ? NBX_DECIDE_RECORD : 0u) | (r->explain ? NBX_DECIDE_EXPLAIN : 0u);
     o.shard_count = r->shard_count;
     o.shard_index = r->shard_index;
     int rc = nbx_batch_open(r->engine, &o, &r->batch);

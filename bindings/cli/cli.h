@@ -38,7 +38,9 @@ typedef enum cli_kind {
     CLI_LIST,     /* --flag VALUE, repeatable */
     CLI_UINT,     /* unsigned integer within [min, max] */
     CLI_BYTES,    /* unsigned integer with an optional K, M or G suffix (binary) */
-    CLI_TIME      /* RFC 3339 or epoch seconds, parsed by nbx_time_parse() */
+    CLI_TIME,     /* RFC 3339 or epoch seconds, parsed by nbx_time_parse() */
+    CLI_ALIAS     /* another spelling of the flag named by metavar, kept so that
+                     scripts written for it still run; not in the usage line */
 } cli_kind;
 
 typedef struct cli_flag {

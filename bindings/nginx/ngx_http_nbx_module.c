@@ -127,7 +127,7 @@ typedef struct {
     ngx_http_complex_value_t  *customer;
     ngx_array_t               *session;       /* ngx_http_nbx_session_t */
     ngx_flag_t                 explain;
-    ngx_flag_t                 record_impressions;
+    ngx_flag_t                 record;
     ngx_uint_t                 time_limit;
     size_t                     memory_limit;
     size_t                     event_max_body;
@@ -254,11 +254,19 @@ static ngx_command_t  ngx_http_nbx_commands[] = {
       offsetof(ngx_http_nbx_loc_conf_t, explain),
       NULL },
 
+    { ngx_string("nbx_record"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_nbx_loc_conf_t, record),
+      NULL },
+
+    /* nbx_record's old name, kept for existing configurations */
     { ngx_string("nbx_record_impressions"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_nbx_loc_conf_t, record_impressions),
+      offsetof(ngx_http_nbx_loc_conf_t, record),
       NULL },
 
     { ngx_string("nbx_time_limit"),
@@ -473,7 +481,7 @@ ngx_http_nbx_decide_handler(ngx_http_request_t *r)
     }
 
     /* a HEAD (monitors, link checkers) shows nothing: it records nothing */
-    if (nlcf->record_impressions && r->method == NGX_HTTP_GET) {
+    if (nlcf->record && r->method == NGX_HTTP_GET) {
         req.flags |= NBX_DECIDE_RECORD;
     }
 
@@ -1793,7 +1801,7 @@ ngx_http_nbx_create_loc_conf(ngx_conf_t *cf)
     nlcf->customer = NGX_CONF_UNSET_PTR;
     nlcf->session = NGX_CONF_UNSET_PTR;
     nlcf->explain = NGX_CONF_UNSET;
-    nlcf->record_impressions = NGX_CONF_UNSET;
+    nlcf->record = NGX_CONF_UNSET;
     nlcf->time_limit = NGX_CONF_UNSET_UINT;
     nlcf->memory_limit = NGX_CONF_UNSET_SIZE;
     nlcf->event_max_body = NGX_CONF_UNSET_SIZE;
@@ -1831,8 +1839,7 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
     ngx_conf_merge_ptr_value(conf->session, prev->session, NULL);
     ngx_conf_merge_value(conf->explain, prev->explain, 0);
-    ngx_conf_merge_value(conf->record_impressions, prev->record_impressions,
-                         0);
+    ngx_conf_merge_value(conf->record, prev->record, 0);
     ngx_conf_merge_uint_value(conf->time_limit, prev->time_limit, 0);
     ngx_conf_merge_size_value(conf->memory_limit, prev->memory_limit, 0);
     ngx_conf_merge_size_value(conf->event_max_body, prev->event_max_body,
@@ -1899,7 +1906,7 @@ ngx_http_nbx_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     /* the workers open this store read-write, and the check checks that */
-    if (conf->handler == NGX_HTTP_NBX_EVENT || conf->record_impressions) {
+    if (conf->handler == NGX_HTTP_NBX_EVENT || conf->record) {
         conf->engine->store->write = 1;
     }
 
@@ -2050,7 +2057,7 @@ ngx_http_nbx_check_store(ngx_cycle_t *cycle, ngx_http_nbx_main_conf_t *nmcf,
     user = (ccf->master && geteuid() == 0) ? ccf->username : NULL;
     access = (flags & NBX_STORE_READONLY)
              ? "read-only"
-             : "read-write (nbx_event or nbx_record_impressions writes to it)";
+             : "read-write (nbx_event or nbx_record writes to it)";
 
     ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                   "nbx store \"%V\": the workers (%s%s%s) cannot open it "

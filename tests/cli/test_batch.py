@@ -337,10 +337,10 @@ class T04Exposures(BatchCase):
         self.assertEqual((st["events_seen"], st["exposure_keys"]), (0, 0), st)
 
     def test_02_committed_campaign_caps_an_overlapping_one(self):
-        a = self.run_ids(["u1", "u2", "u3"], "--commit-exposures")
+        a = self.run_ids(["u1", "u2", "u3"], "--record")
         self.assertTrue(all(len(d["actions"]) == 4 for d in a.values()), a)
         self.assertEqual(self.stats()["events_seen"], 12)
-        b = self.run_ids(["u2", "u3", "u4"], "--commit-exposures")
+        b = self.run_ids(["u2", "u3", "u4"], "--record")
         self.assertEqual(b["u2"]["actions"], [], "u2 was contacted 4 times already")
         self.assertEqual(b["u3"]["actions"], [])
         self.assertEqual(len(b["u4"]["actions"]), 4)
@@ -353,7 +353,7 @@ class T04Exposures(BatchCase):
         self.assertIn("exclusions: consent 0, frequency 0, cooldown 0, contacts ", r.stderr)
 
     def test_03_impressions_are_the_decided_actions(self):
-        a = self.run_ids(["u5"], "--commit-exposures")
+        a = self.run_ids(["u5"], "--record")
         export = self.ok("export", "profiles", "--store", self.store).stdout
         self.assertIn("u5", export)
         decision = a["u5"]["decision_id"]
@@ -382,7 +382,7 @@ class T04Exposures(BatchCase):
         procs = []
         for name in ("a", "b"):
             args = self.batch_args("--customers", customers, "--as-of", "2026-03-10T12:00:00Z",
-                                   "--commit-exposures", "--threads", "2", "--window", "8",
+                                   "--record", "--threads", "2", "--window", "8",
                                    "--out", self.path(f"{name}.jsonl"), store=self.store,
                                    catalog=catalog)
             procs.append(subprocess.Popen([NBX, *args], stderr=subprocess.PIPE, text=True,
@@ -435,9 +435,27 @@ class T04Exposures(BatchCase):
         self.assertEqual(per_offer(threads="2")["free_shipping"], 100)
         plan = per_offer()
         self.assertEqual(plan["free_shipping"], 100)
-        commit = per_offer("--commit-exposures")
+        commit = per_offer("--record")
         self.assertEqual(plan, commit)
         self.assertNotIn("free_shipping", per_offer(), "the day's budget is spent")
+
+    def test_06_commit_exposures_is_the_old_spelling_of_record(self):
+        old = self.run_ids(["u1"], "--commit-exposures")
+        self.assertEqual(self.stats()["events_seen"], 4)
+        new = self.run_ids(["u2"], "--record")
+        self.assertEqual(self.stats()["events_seen"], 8)
+        self.assertEqual(old["u1"]["actions"], new["u2"]["actions"])
+        again = self.run_ids(["u1", "u2"], "--commit-exposures")
+        self.assertEqual((again["u1"]["actions"], again["u2"]["actions"]), ([], []),
+                         "both spellings spent the same caps")
+        self.assertEqual(self.stats()["events_seen"], 8)
+        r = self.ok("batch", "--help")
+        self.assertIn("[--record]", r.stdout)
+        self.assertNotIn("[--commit-exposures]", r.stdout, "an alias is not in the usage line")
+        self.assertRegex(r.stdout, r"--commit-exposures +the old spelling of --record")
+        r = self.nbx("batch", "--commit-exposures=1")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--commit-exposures takes no value", r.stderr)
 
 
 # ===========================================================================
@@ -606,11 +624,11 @@ class T05Checkpoint(BatchCase):
         self.assertEqual(self.summary(r.stderr)["malformed"], 1)
         self.assertEqual((os.path.getmtime(self.out), os.path.getsize(self.out)), before)
 
-    def test_08_commit_exposures_checkpoints_every_group(self):
+    def test_08_record_checkpoints_every_group(self):
         store = self.path("store")
         shutil.copytree(_shared["store"], store)
         args = self.batch_args("--customers", self.customers, "--out", self.out, "--checkpoint",
-                               self.ckpt, "--checkpoint-every", "100000", "--commit-exposures",
+                               self.ckpt, "--checkpoint-every", "100000", "--record",
                                "--threads", "2", store=store)
         env = {k: v for k, v in os.environ.items() if k != "NBX_STORE"}
         proc = subprocess.Popen([NBX, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -622,7 +640,8 @@ class T05Checkpoint(BatchCase):
         first = int(re.search(r"total\.customers (\d+)", text).group(1))
         self.assertEqual(first % 128, 0, "a checkpoint at every group of 128")
         self.kill(proc)
-        r = self.nbx(*args)
+        # A run started with --record resumes under its old spelling.
+        r = self.nbx(*[a if a != "--record" else "--commit-exposures" for a in args])
         self.assertEqual(r.returncode, 0, r.stderr)
         results = read_results(self.out)
         self.assertEqual([d["customer"] for d in results], self.lines)

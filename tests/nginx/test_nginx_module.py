@@ -59,6 +59,12 @@ SERVER = """
         location = /decide/record {
             nbx_policy %(prefer_fs)s;
             nbx_customer $arg_customer;
+            nbx_record on;
+            nbx_decide;
+        }
+        location = /decide/record-old {
+            nbx_policy %(prefer_fs)s;
+            nbx_customer $arg_customer;
             nbx_record_impressions on;
             nbx_decide;
         }
@@ -120,6 +126,7 @@ class ModuleTest(nx.NginxTestCase):
             nx.profile("c1", free_shipping=0.9, ten_off=0.1),
             nx.profile("c2", free_shipping=0.2),
             nx.profile("c3"),
+            nx.profile("c5"),
         ])
         nx.give_to_workers(self.store)
         self.server = self.nginx(SERVER % dict(store=self.store, catalog=self.catalog,
@@ -199,20 +206,29 @@ class ModuleTest(nx.NginxTestCase):
         self.assertStatus(r, 204, "event through limit_except")
         self.assertEqual(r.headers.get("X-Nbx-Applied"), "1")
 
-    def test_07_head_records_no_impression(self):
-        def excluded():
-            d = self.get("/explain?customer=c3&placement=hero").json()
-            return sorted(c["offer"] for c in d["candidates"] if c.get("excluded"))
+    def excluded(self, customer):
+        d = self.get("/explain?customer=%s&placement=hero" % customer).json()
+        return sorted(c["offer"] for c in d["candidates"] if c.get("excluded"))
 
-        self.assertEqual(excluded(), [])
+    def test_07_head_records_no_impression(self):
+        self.assertEqual(self.excluded("c3"), [])
         for _ in range(4):  # more than free_shipping's cap of 3
             r = self.get("/decide/record?customer=c3&placement=hero", method="HEAD")
             self.assertStatus(r, 200, "HEAD")
-        self.assertEqual(excluded(), [], "a HEAD spent a cap")
+        self.assertEqual(self.excluded("c3"), [], "a HEAD spent a cap")
         for _ in range(4):
             r = self.get("/decide/record?customer=c3&placement=hero")
             self.assertStatus(r, 200, "GET")
-        self.assertEqual(excluded(), ["free_shipping"],
+        self.assertEqual(self.excluded("c3"), ["free_shipping"],
+                         "3 GETs with nbx_record reach the cap")
+
+    def test_08_nbx_record_impressions_is_the_old_spelling_of_nbx_record(self):
+        self.assertEqual(self.excluded("c5"), [])
+        for _ in range(3):
+            r = self.get("/decide/record-old?customer=c5&placement=hero")
+            self.assertStatus(r, 200, "GET")
+            self.assertEqual(actions(r.json())[0], ("free_shipping", "hero"), r.json())
+        self.assertEqual(self.excluded("c5"), ["free_shipping"],
                          "3 GETs with nbx_record_impressions reach the cap")
 
     # -- events and caps ---------------------------------------------------
@@ -454,6 +470,11 @@ class ConfigTest(nx.NginxTestCase):
         self.assertTrue(ok, out)
         self.assertRefused(loc % (self.tmp, self.catalog, heavy, "nbx_memory_limit 256k;"),
                            "heavy.lua", "memory limit (256 KiB)")
+
+    def test_record_twice_is_refused(self):
+        # nbx_record_impressions is nbx_record's old name: one switch
+        self.assertRefused("nbx_record on; nbx_record_impressions off;",
+                           '"nbx_record_impressions" directive is duplicate')
 
     def test_bad_time_limit(self):
         self.assertRefused("nbx_time_limit 0ms;", "nbx_time_limit")
