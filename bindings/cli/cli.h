@@ -199,6 +199,10 @@ int cli_run_catalog_check(cli_args *args);
 extern const cli_flag cli_policy_test_flags[];
 int cli_run_policy_test(cli_args *args);
 
+/* policy_diff.c */
+extern const cli_flag cli_policy_diff_flags[];
+int cli_run_policy_diff(cli_args *args);
+
 /* sample.c: the customers a command tries. */
 typedef struct cli_customer {
     uint32_t key;  /* the sample's hash */
@@ -269,6 +273,18 @@ typedef struct cli_junit_suite {
 /* Write path (through path.tmp, renamed once complete). 0, or -1 with err. */
 int cli_junit_write(const char *path, const cli_junit_suite *suites, size_t n, char *err,
                     size_t err_size);
+
+/* explain_text.c, for reports: one candidate of an explained result (the
+ * result JSON parsed by jansson) in words ("chosen; P(accept) 0.2 (segment
+ * prior (at_risk)) x unit margin 24 - serving cost 0.02 = expected margin
+ * 4.78; score 4.78"), its text escaped by put (the report's escaper).
+ * NULL candidate: "not a candidate". */
+struct json_t;
+typedef void (*cli_put_fn)(FILE *out, const char *text);
+const struct json_t *cli_find_candidate(const struct json_t *result, const char *offer,
+                                        const char *placement);
+void cli_candidate_words(FILE *out, const struct json_t *result, const struct json_t *candidate,
+                         cli_put_fn put);
 
 /* gen.c */
 int cli_run_gen_profiles(cli_args *args);

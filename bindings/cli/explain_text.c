@@ -112,14 +112,15 @@ static const char *chosen_elsewhere(const json_t *candidates, const json_t *c)
 
 /* P(accept) (source) x unit margin - serving cost = expected margin, and
  * the score; the equation only when it holds (a policy may give its own
- * expected margin). */
-static void put_arithmetic(FILE *out, const json_t *c, const char *segment)
+ * expected margin). Only numbers and the engine's own words: nothing here
+ * needs escaping. */
+static void put_arithmetic_words(FILE *out, const json_t *c, const char *segment)
 {
     double p = number_of(c, "propensity"), m = number_of(c, "margin");
     double cost = number_of(c, "serving_cost"), em = number_of(c, "expected_margin");
     double score = number_of(c, "score");
     char words[96];
-    fputs("        P(accept) ", out);
+    fputs("P(accept) ", out);
     put_number(out, p);
     fprintf(
         out, " (%s) x unit margin ",
@@ -140,31 +141,45 @@ static void put_arithmetic(FILE *out, const json_t *c, const char *segment)
         fputs("; score ", out);
         put_number(out, score);
     }
+}
+
+static void put_arithmetic(FILE *out, const json_t *c, const char *segment)
+{
+    fputs("        ", out);
+    put_arithmetic_words(out, c, segment);
     putc('\n', out);
+}
+
+/* Chosen, or why not: "chosen", "excluded (frequency): shown 3 times
+ * ...", "shown in hero instead ...", "not chosen: ...". */
+static void put_status(FILE *out, const json_t *candidates, const json_t *c, cli_put_fn put)
+{
+    const char *excluded = json_string_value(json_object_get(c, "excluded"));
+    if (json_is_true(json_object_get(c, "chosen"))) {
+        fputs("chosen", out);
+    } else if (excluded) {
+        fputs("excluded (", out);
+        put(out, excluded);
+        fputs("): ", out);
+        put(out, text_of(c, "reason"));
+    } else {
+        const char *elsewhere = chosen_elsewhere(candidates, c);
+        if (elsewhere) {
+            fputs("shown in ", out);
+            put(out, elsewhere);
+            fputs(" instead (an offer is shown once a decision)", out);
+        } else {
+            fputs("not chosen: the placement's slots went to higher scores", out);
+        }
+    }
 }
 
 static void put_candidate(FILE *out, const json_t *candidates, const json_t *c, const char *segment)
 {
     fputs("    ", out);
     put_offer(out, c);
-    const char *excluded = json_string_value(json_object_get(c, "excluded"));
-    if (json_is_true(json_object_get(c, "chosen"))) {
-        fputs(": chosen", out);
-    } else if (excluded) {
-        fprintf(out, ": excluded (");
-        cli_print_escaped(out, excluded);
-        fputs("): ", out);
-        cli_print_escaped(out, text_of(c, "reason"));
-    } else {
-        const char *elsewhere = chosen_elsewhere(candidates, c);
-        if (elsewhere) {
-            fputs(": shown in ", out);
-            cli_print_escaped(out, elsewhere);
-            fputs(" instead (an offer is shown once a decision)", out);
-        } else {
-            fputs(": not chosen: the placement's slots went to higher scores", out);
-        }
-    }
+    fputs(": ", out);
+    put_status(out, candidates, c, cli_print_escaped);
     putc('\n', out);
     put_arithmetic(out, c, segment);
 }
@@ -350,4 +365,32 @@ int cli_explain_text(FILE *out, const char *json, size_t len)
     put_log(out, d);
     json_decref(d);
     return 0;
+}
+
+/* ========================================================================
+ * One candidate, for reports
+ * ======================================================================== */
+
+const json_t *cli_find_candidate(const json_t *result, const char *offer, const char *placement)
+{
+    size_t i;
+    const json_t *c;
+    json_array_foreach(json_object_get(result, "candidates"), i, c)
+    {
+        if (strcmp(text_of(c, "offer"), offer) == 0 &&
+            strcmp(text_of(c, "placement"), placement) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+void cli_candidate_words(FILE *out, const json_t *result, const json_t *c, cli_put_fn put)
+{
+    if (!c) {
+        fputs("not a candidate", out);
+        return;
+    }
+    put_status(out, json_object_get(result, "candidates"), c, put);
+    fputs("; ", out);
+    put_arithmetic_words(out, c, json_string_value(json_object_get(result, "segment")));
 }

@@ -253,6 +253,24 @@ const cli_command cli_commands[] = {
      "the policy's nbx.log lines of failed cases; a summary follows. Exit status 1 when a\n"
      "case failed or a test file could not be read (the error names FILE:LINE).\n",
      cli_run_policy_test},
+    {"policy", "diff", "OLD NEW", 2, 2, cli_policy_diff_flags,
+     "What a policy change does: both policies decide the same customers; a report compares.",
+     "Every customer of the sample (--sample N stored ones, the same N every run; or the\n"
+     "ids or JSON lines of --customers FILE) is decided by OLD and by NEW on the same\n"
+     "store, at the same clock (--as-of, else now, read once), for the same placements and\n"
+     "session; nothing is recorded. The report (Markdown for a reader, or --format json)\n"
+     "gives the policies' names and versions, the sample and clock, headline numbers, the\n"
+     "share of customers whose top action changes per placement, the total expected margin\n"
+     "old vs new with a 95 % interval of the difference, a table per RFM segment and per\n"
+     "offer (biggest movers first), exclusions by reason, fallbacks and errors with\n"
+     "FILE:LINE and counts, decision time p50/p99, and the five customers whose expected\n"
+     "margin changed most, each explained in words. With --out FILE.md, two SVG charts\n"
+     "(FILE.offers.svg, FILE.segments.svg) are written beside it and linked.\n"
+     "Exit status 3 when NEW falls back or fails for any customer, or crosses a limit\n"
+     "(--max-margin-drop PCT, --max-changed PCT), after writing the report; 1 when the\n"
+     "diff could not be made (a policy that does not load names FILE:LINE; the store\n"
+     "written while the diff ran).\n",
+     cli_run_policy_diff},
     {"catalog", "check", "FILE", 1, 1, check_flags,
      "Check that a catalog file loads; print its version, offers and placements.",
      "On failure the error names the offer and the field.\n", cli_run_catalog_check},
