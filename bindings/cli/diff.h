@@ -92,7 +92,7 @@ typedef struct diff {
     json_t *offer_names; /* catalog: offer id -> name */
     /* limits the reviewer set; NAN when not given */
     double max_margin_drop, max_changed;
-    char verdict[4][256]; /* why the exit status is not 0 */
+    char verdict[4][512]; /* why the exit status is not 0 */
     size_t n_verdict;
 } diff;
 

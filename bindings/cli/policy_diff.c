@@ -401,14 +401,30 @@ static void add_verdict(diff *d, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The text NEW met most often (the first counted of equals); NULL when NEW
+ * met none. */
+static const diff_count *most_common_new(const diff_counts *c)
+{
+    const diff_count *best = NULL;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->items[i].n[DIFF_NEW] && (!best || c->items[i].n[DIFF_NEW] > best->n[DIFF_NEW]))
+            best = &c->items[i];
+    return best;
+}
+
 /* Why NEW may not go on: its fallbacks and errors, the limits crossed. */
 static void judge(diff *d)
 {
     const diff_side *n = &d->side[DIFF_NEW];
+    const diff_count *why = most_common_new(&d->faults);
     if (n->fallbacks)
-        add_verdict(d, "NEW fell back for %llu customers", (unsigned long long)n->fallbacks);
+        add_verdict(d, "NEW fell back for %llu customers; most often (%llu): %s",
+                    (unsigned long long)n->fallbacks, (unsigned long long)why->n[DIFF_NEW],
+                    why->key);
+    why = most_common_new(&d->failures);
     if (n->errors)
-        add_verdict(d, "NEW failed to decide for %llu customers", (unsigned long long)n->errors);
+        add_verdict(d, "NEW failed to decide for %llu customers; most often (%llu): %s",
+                    (unsigned long long)n->errors, (unsigned long long)why->n[DIFF_NEW], why->key);
     double old_m = d->side[DIFF_OLD].margin, new_m = d->side[DIFF_NEW].margin;
     if (!isnan(d->max_margin_drop) && new_m < old_m) {
         double drop = old_m != 0 ? 100.0 * (old_m - new_m) / fabs(old_m) : INFINITY;
@@ -655,8 +671,11 @@ int cli_run_policy_diff(cli_args *args)
         status = cli_error(args->cmd, "%llu lines of %s were skipped (see above)",
                            (unsigned long long)d.malformed, file);
     if (status == CLI_OK && d.n_verdict) {
-        for (size_t i = 0; i < d.n_verdict; i++)
-            fprintf(stderr, "nbx policy diff: %s\n", d.verdict[i]);
+        for (size_t i = 0; i < d.n_verdict; i++) {
+            fputs("nbx policy diff: ", stderr);
+            cli_print_escaped(stderr, d.verdict[i]); /* holds a policy's message */
+            fputc('\n', stderr);
+        }
         status = CLI_FALLBACKS;
     }
     cli_customers_free(customers, n);

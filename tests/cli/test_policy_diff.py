@@ -143,7 +143,8 @@ class PolicyDiff(CliTestCase):
         old, new = self.policies(new=FAILS_FOR_DE)
         out = self.path("review.md")
         r = self.diff(old, new, "--sample", "300", "--out", out, code=3)
-        self.assertIn("NEW fell back for", r.stderr)
+        self.assertRegex(r.stderr, r"NEW fell back for \d+ customers; most often \(\d+\): "
+                                   r"\S*new\.lua:3: ")
         with open(out, encoding="utf-8") as f:
             report = f.read()
         # new.lua:3 in Markdown (the colons escaped), the counts of each side
