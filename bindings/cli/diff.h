@@ -13,8 +13,8 @@
 enum { DIFF_OLD = 0, DIFF_NEW = 1 };
 
 /* Texts counted per side: offers shown, exclusion reasons, fallback and
- * error messages. Open addressing on xxh64; entries keep insertion order
- * in `order`. */
+ * error messages. Open addressing on xxh64; `items` keeps the order in
+ * which texts were first counted. */
 typedef struct diff_count {
     char *key;
     uint64_t n[2];

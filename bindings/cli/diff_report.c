@@ -419,11 +419,13 @@ static void md_top_placement(FILE *out, const diff *d, const char *placement, js
 
 static void md_top(FILE *out, const diff *d)
 {
-    fprintf(out, "## The %zu customers whose expected margin changed most\n\n", d->n_top);
     if (!d->n_top) {
-        fputs("No customer's expected margin changed.\n\n", out);
+        fputs("## The customers whose expected margin changed most\n\n"
+              "No customer's expected margin changed.\n\n",
+              out);
         return;
     }
+    fprintf(out, "## The %zu customers whose expected margin changed most\n\n", d->n_top);
     for (size_t k = 0; k < d->n_top; k++) {
         const diff_top *t = &d->top[k];
         json_t *r[2];
