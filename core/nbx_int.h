@@ -840,6 +840,9 @@ typedef struct nbx_limits {
     uint32_t time_us; /* CPU time per decision (0: NBX_DEFAULT_TIME_LIMIT_US) */
     size_t memory;    /* bytes the policy may allocate (0: NBX_DEFAULT_MEMORY_LIMIT) */
     unsigned flags;   /* nbx_limits_flags; 0 in production */
+    /* CPU time of the top level (0: 100 ms, what engines use). For tests
+     * about something else than time, on slow or sanitised builds. */
+    uint32_t load_time_us;
 } nbx_limits;
 
 /* For benchmarks only. */
