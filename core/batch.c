@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum slot_state { SLOT_FREE = 0, SLOT_QUEUED, SLOT_RUNNING, SLOT_DONE };
@@ -70,6 +71,8 @@ typedef struct slot {
     nbx_buf out;
     nbx_action *actions;
     size_t actions_cap;
+    nbx_reason_count *reasons; /* eligible()'s reasons, distinct */
+    size_t reasons_cap;
     nbx_batch_item item;
 } slot;
 
@@ -167,7 +170,8 @@ static int check_options(nbx_engine *engine, const nbx_batch_options *o, nbx_err
     if (o->window > NBX_BATCH_WINDOW_MAX)
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: window is %zu, the limit is %u",
                            o->window, NBX_BATCH_WINDOW_MAX);
-    if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_AUDIT))
+    if (o->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_AUDIT |
+                               NBX_DECIDE_REASONS))
         return nbx_err_set(e, NBX_EINVAL, "nbx_batch_open: unknown flags 0x%x", o->flags);
     if (o->now_ms < NBX_TIME_MIN_MS || o->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL,
@@ -231,6 +235,43 @@ static int copy_shared_request(nbx_batch *b, const nbx_batch_options *o)
  * Workers
  * ======================================================================== */
 
+/* The distinct reasons eligible() gave in r (with NBX_DECIDE_EXPLAIN or
+ * NBX_DECIDE_REASONS), counted, appended to o as strings (each once, in
+ * order of first appearance; pointers are set once o stops growing).
+ * SIZE_MAX when out of memory. A decision has a handful of distinct
+ * reasons: a linear search over them is cheaper than hashing. */
+static size_t copy_reasons(slot *s, const nbx_result *r, nbx_buf *o)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_cand; i++) {
+        const char *why = r->cand[i].why;
+        if (r->cand[i].excluded != NBX_EXCLUDED_INELIGIBLE || !why)
+            continue;
+        size_t k = 0;
+        while (k < n && strcmp(s->reasons[k].reason, why) != 0)
+            k++;
+        if (k < n) {
+            s->reasons[k].count++;
+            continue;
+        }
+        if (n == s->reasons_cap) {
+            size_t cap = s->reasons_cap ? 2 * s->reasons_cap : 8;
+            nbx_reason_count *grown = realloc(s->reasons, cap * sizeof *grown);
+            if (!grown)
+                return SIZE_MAX;
+            s->reasons = grown;
+            s->reasons_cap = cap;
+        }
+        /* compared against the candidate's own text until pointers into o
+         * are set */
+        s->reasons[n].reason = why;
+        s->reasons[n++].count = 1;
+    }
+    for (size_t k = 0; k < n; k++)
+        nbx_buf_append(o, s->reasons[k].reason, strlen(s->reasons[k].reason) + 1);
+    return n;
+}
+
 /* Copy what the owner needs out of the context's result: the context
  * reuses it on the next decision, and a catalog reload may free the action
  * strings while the slot waits to be taken. */
@@ -243,6 +284,10 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
     it->n_actions = 0;
     it->fallback = it->anonymous = 0;
     it->expected_margin = 0;
+    it->segment = NBX_SEGMENT_NONE;
+    it->decide_ns = 0;
+    it->reasons = NULL;
+    it->n_reasons = 0;
     memset(it->exclusions, 0, sizeof it->exclusions);
     if (rc != NBX_OK) {
         nbx_buf_puts(o, errmsg && *errmsg ? errmsg : nbx_strerror(rc));
@@ -310,7 +355,9 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         nbx_buf_append(o, a.offer, strlen(a.offer) + 1);
         nbx_buf_append(o, a.placement, strlen(a.placement) + 1);
     }
-    if (o->oom) {
+    size_t reasons_at = o->len;
+    size_t n_reasons = copy_reasons(s, r, o);
+    if (o->oom || n_reasons == SIZE_MAX) {
         copy_result(s, NBX_ENOMEM, NULL, "out of memory copying a batch result");
         return;
     }
@@ -321,6 +368,14 @@ static void copy_result(slot *s, int rc, const nbx_result *r, const char *errmsg
         s->actions[i].placement = p;
         p += strlen(p) + 1;
     }
+    p = o->data + reasons_at;
+    for (size_t i = 0; i < n_reasons; i++) {
+        s->reasons[i].reason = p;
+        p += strlen(p) + 1;
+    }
+    it->reasons = n_reasons ? s->reasons : NULL;
+    it->n_reasons = n_reasons;
+    it->segment = nbx_result_segment(r);
     it->errmsg = "";
     it->json = o->data;
     it->json_len = json_len;
@@ -350,8 +405,14 @@ static void run_one(nbx_batch *b, worker *w, slot *s)
     req.now_ms = b->now_ms;
     req.flags = b->flags & ~(unsigned)NBX_DECIDE_RECORD; /* recorded by record_group() */
     const nbx_result *r = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = nbx_decide(w->ctx, &req, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     copy_result(s, rc, r, rc ? nbx_ctx_errmsg(w->ctx) : NULL);
+    if (s->item.status == NBX_OK)
+        s->item.decide_ns = (uint64_t)((t1.tv_sec - t0.tv_sec) * INT64_C(1000000000) +
+                                       (t1.tv_nsec - t0.tv_nsec));
 }
 
 /* Called with the lock held. */
@@ -558,6 +619,7 @@ static void batch_free(nbx_batch *b)
             nbx_buf_free(&b->slots[i].out);
             free(b->slots[i].session);
             free(b->slots[i].actions);
+            free(b->slots[i].reasons);
         }
         free(b->slots);
     }

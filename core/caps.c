@@ -191,6 +191,27 @@ static void load_consents(nbx_caps *c, const nbx_profile *p)
     }
 }
 
+void nbx_caps_clear_exposures(nbx_caps *c)
+{
+    memset(c->has_summary, 0, c->catalog->n_offers);
+    c->contacts = 0;
+}
+
+void nbx_caps_set_exposure(nbx_caps *c, const nbx_offer *o, const nbx_exposure *x, uint32_t today,
+                           int64_t now_ms)
+{
+    summarise(o, x, today, now_ms, &c->summary[o->index]);
+    c->has_summary[o->index] = 1;
+}
+
+void nbx_caps_set_contacts(nbx_caps *c, const nbx_exposure *all, uint32_t today)
+{
+    const nbx_cap *mc = &c->catalog->guardrails.max_contacts;
+    c->contacts = mc->window_days ? nbx_exposure_count(all, NBX_EXP_IMPRESSION, today,
+                                                       mc->window_days)
+                                  : 0;
+}
+
 int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
                   int64_t now_ms, nbx_arena *a, nbx_err *e)
 {

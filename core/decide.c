@@ -431,6 +431,15 @@ static const char *request_profile(const nbx_request *r, size_t *len)
     return r->profile_json;
 }
 
+/* The request's exposures_json, likewise. */
+static const char *request_exposures(const nbx_request *r, size_t *len)
+{
+    if (r->size < offsetof(nbx_request, exposures_len) + sizeof r->exposures_len)
+        return NULL;
+    *len = r->exposures_len;
+    return r->exposures_json;
+}
+
 static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
 {
     if (!r)
@@ -443,6 +452,9 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
     if (request_profile(r, &plen) && plen > NBX_LINE_MAX)
         return nbx_err_set(e, NBX_ELIMIT, "field 'profile_json': %zu bytes, the limit is %d", plen,
                            NBX_LINE_MAX);
+    if (request_exposures(r, &plen) && plen > NBX_LINE_MAX)
+        return nbx_err_set(e, NBX_ELIMIT, "field 'exposures_json': %zu bytes, the limit is %d",
+                           plen, NBX_LINE_MAX);
     if (!r->customer)
         return nbx_err_set(e, NBX_EINVAL, "field 'customer': is required");
     if (!nbx_id_valid(nbx_sv_of(r->customer), e)) {
@@ -450,13 +462,17 @@ static int check_request(nbx_ctx *c, const nbx_request *r, nbx_err *e)
         return nbx_err_prefix(e, "customer: ");
     }
     if (r->flags & ~(unsigned)(NBX_DECIDE_EXPLAIN | NBX_DECIDE_RECORD | NBX_DECIDE_ERROR_KIND_ONLY |
-                               NBX_DECIDE_AUDIT))
+                               NBX_DECIDE_AUDIT | NBX_DECIDE_REASONS))
         return nbx_err_set(e, NBX_EINVAL, "nbx_decide: unknown flags 0x%x", r->flags);
     /* Misuse, answered whether or not this decision would choose anything. */
     if ((r->flags & NBX_DECIDE_RECORD) && (c->engine->flags & NBX_ENGINE_READONLY))
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine is read-only");
     if ((r->flags & NBX_DECIDE_RECORD) && !c->engine->store)
         return nbx_err_set(e, NBX_EREADONLY, "cannot record: the engine has no store");
+    if ((r->flags & NBX_DECIDE_RECORD) && request_exposures(r, &plen))
+        return nbx_err_set(e, NBX_EINVAL,
+                           "field 'exposures_json': given counters are a what-if; a decision "
+                           "on them is not recorded (NBX_DECIDE_RECORD)");
     /* Day numbers, cooldowns and the result's as_of hold for these years. */
     if (r->now_ms < NBX_TIME_MIN_MS || r->now_ms > NBX_TIME_MAX_MS)
         return nbx_err_set(e, NBX_EINVAL, "field 'now_ms': %lld is outside the years 0001 to 9999",
@@ -1051,6 +1067,10 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
     /* what replay will compare: the counters this decision read */
     if (rc == NBX_OK && (req->flags & NBX_DECIDE_AUDIT))
         rc = nbx_audit_exposures(store, c->txn, customer, &audit.exposures, &e);
+    size_t exposures_len = 0;
+    const char *exposures = request_exposures(req, &exposures_len);
+    if (rc == NBX_OK && exposures)
+        rc = nbx_given_exposures(&c->caps, exposures, exposures_len, now, &c->arena, &e);
     if (rc) {
         if (c->txn)
             mdb_txn_reset(c->txn);
@@ -1065,6 +1085,7 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
         seen = &visitor;
         r->anonymous = true;
     }
+    r->segment = seen->rfm.segment < NBX_SEGMENT_COUNT ? seen->rfm.segment : NBX_SEGMENT_NONE;
 
     size_t n = build_candidates(c);
     check_eligibility(c, n, now);
@@ -1082,7 +1103,7 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
         .propensity = c->caps.propensity,
         .cand = c->cand,
         .n_cand = n,
-        .explain = (req->flags & NBX_DECIDE_EXPLAIN) != 0,
+        .explain = (req->flags & (NBX_DECIDE_EXPLAIN | NBX_DECIDE_REASONS)) != 0,
     };
     nbx_sandbox *sb = served >= 0 ? c->sandboxes[served].sb : NULL;
     nbx_policy_error perr;
@@ -1110,6 +1131,8 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
     for (size_t i = 0; i < n; i++)
         r->exclusions[c->cand[i].excluded]++;
     r->catalog = c->snap->catalog;
+    r->cand = c->cand;
+    r->n_cand = n;
     nbx_result_view view = {.req = req,
                             .catalog = c->snap->catalog,
                             .caps = &c->caps,

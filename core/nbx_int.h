@@ -1218,6 +1218,17 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p,
 /* The catalog's offers that k kills (NULL: none), worked out again only
  * when k or the catalog changed since the last call. */
 void nbx_caps_kills(nbx_caps *c, const nbx_kills *k);
+/* Counters given in place of the store's (given.c): forget the loaded
+ * ones, then set one offer's row and the all-offers row (contacts). */
+void nbx_caps_clear_exposures(nbx_caps *c);
+void nbx_caps_set_exposure(nbx_caps *c, const nbx_offer *o, const nbx_exposure *x, uint32_t today,
+                           int64_t now_ms);
+void nbx_caps_set_contacts(nbx_caps *c, const nbx_exposure *all, uint32_t today);
+/* given.c: read a request's exposures_json (offer id -> counts and last
+ * times) into c, replacing the counters nbx_caps_load() read. NBX_EINVAL
+ * naming the field ('exposures.OFFER.FIELD'), NBX_ENOMEM. */
+int nbx_given_exposures(nbx_caps *c, const char *json, size_t len, int64_t now_ms, nbx_arena *a,
+                        nbx_err *e);
 /* First reason the offer may not be shown to the customer loaded now, or
  * NONE: killed, validity, consent (the offer's purpose and the channel's),
  * contacts, frequency, cooldown, budget. */
@@ -1461,6 +1472,11 @@ struct nbx_result {
     /* the catalog decided on: the context's snapshot holds it as long as
      * the result */
     const nbx_catalog *catalog;
+    uint8_t segment; /* nbx_segment of the profile the policy saw */
+    /* the decision's candidates (the context's), for batches; their why
+     * is set with NBX_DECIDE_EXPLAIN or NBX_DECIDE_REASONS */
+    const nbx_candidate *cand;
+    size_t n_cand;
 };
 
 /* What the result JSON is written from: the decision as the pipeline

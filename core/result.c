@@ -232,6 +232,17 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
     if (r->deployment && r->deployment->n_shadow)
         nbx_result_write_shadows(b, r, (req->flags & NBX_DECIDE_ERROR_KIND_ONLY) != 0);
     if (req->flags & NBX_DECIDE_EXPLAIN) {
+        /* the customer's segment as the policy saw it, which segment
+         * priors were read for (null: anonymous, or not scored yet) */
+        const char *segment = r->segment ? nbx_segment_name(r->segment) : NULL;
+        nbx_buf_puts(b, ",\"segment\":");
+        if (segment) {
+            nbx_buf_putc(b, '"');
+            nbx_buf_puts(b, segment);
+            nbx_buf_putc(b, '"');
+        } else {
+            nbx_buf_puts(b, "null");
+        }
         nbx_buf_puts(b, ",\"candidates\":[");
         for (size_t i = 0; i < v->n_cand; i++)
             write_candidate(b, r, v, &v->cand[i], i == 0);
@@ -312,6 +323,11 @@ NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out)
     out->offer = r->fault.offer;
     out->reason = r->fault.reason[0] ? r->fault.reason : r->error;
     return NBX_OK;
+}
+
+NBX_API int nbx_result_segment(const nbx_result *r)
+{
+    return r ? r->segment : NBX_SEGMENT_NONE;
 }
 
 NBX_API const char *nbx_result_decision_id(const nbx_result *r)

@@ -945,3 +945,20 @@ NBX_API int nbx_store_stat(nbx_store *s, nbx_store_stats *out)
     mdb_txn_abort(txn);
     return NBX_OK;
 }
+
+NBX_API int nbx_store_generation(nbx_store *s, uint64_t *out)
+{
+    if (!s || !out)
+        return nbx_fail(s, NBX_EINVAL, "nbx_store_generation: NULL argument");
+    /* LMDB numbers committed write transactions; the meta page it reads
+     * is shared by every process that has the store open */
+    MDB_envinfo info;
+    int rc = mdb_env_info(s->env, &info);
+    if (rc) {
+        nbx_err e = {0};
+        nbx_err_mdb(&e, rc, "reading the store's generation");
+        return nbx_publish(s, &e);
+    }
+    *out = (uint64_t)info.me_last_txnid;
+    return NBX_OK;
+}

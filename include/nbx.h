@@ -271,6 +271,16 @@ NBX_API int nbx_store_upgrade(const char *path, uint32_t *from, uint32_t *to);
  */
 NBX_API int nbx_store_stat(nbx_store *store, nbx_store_stats *out);
 
+/**
+ * @brief The store's write generation: a number that changes (grows)
+ * whenever a write to the store commits, from any process. Two readings
+ * that are equal mean nothing was written in between: `nbx policy diff`
+ * uses it to tell that both policies saw the same data.
+ * @return NBX_OK, NBX_EINVAL, NBX_ESTORE.
+ * @note Thread-safe.
+ */
+NBX_API int nbx_store_generation(nbx_store *store, uint64_t *out);
+
 /* ------------------------------------------------------------------------
  * Profiles. JSON field names are those of docs/data-model.md.
  * ------------------------------------------------------------------------ */
@@ -776,7 +786,12 @@ enum nbx_decide_flags {
     /** Also write the decision's audit line (nbx_result_audit_json()):
      * what an audit log keeps and `nbx audit replay` reads. Without it no
      * audit line is written: a caller that does not log pays nothing. */
-    NBX_DECIDE_AUDIT = 0x8
+    NBX_DECIDE_AUDIT = 0x8,
+    /** Collect eligible()'s reasons (and nbx.log() lines), as an explained
+     * decision does, without writing the candidates into the result JSON:
+     * a batch hands the reasons back counted (nbx_batch_item.reasons), for
+     * reports over many decisions (`nbx policy diff`). */
+    NBX_DECIDE_REASONS = 0x10
 };
 
 /** Limits on one request. */
@@ -802,6 +817,20 @@ typedef struct nbx_request {
      * smaller size) never sets it. */
     const char *profile_json;
     size_t profile_len;
+    /** The customer's exposure counters as a JSON object, used instead of
+     * the store's (a test case, a what-if): offer id -> {"impressions",
+     * "clicks", "accepts", "dismisses": counts 0..1000000;
+     * "last_impression", "last_click", "last_accept", "last_dismiss": RFC
+     * 3339 times or epoch seconds}. Each kind's events are dated at its
+     * last_* time, else at the decision's clock; caps, cooldowns and the
+     * contact policy (the sum of every offer's impressions) count them in
+     * their windows as they count stored events. An offer not in the
+     * catalog, an unknown field or a bad value is NBX_EINVAL naming it
+     * ('exposures.o001.impressions'). NULL: the store's counters (none
+     * without a store). exposures_len bytes, need not end in NUL. Added in
+     * 0.2, like profile_json. Budgets still come from the store. */
+    const char *exposures_json;
+    size_t exposures_len;
 } nbx_request;
 
 /** @brief Set defaults. @note Thread-safe. */
@@ -968,6 +997,15 @@ typedef struct nbx_fault {
  */
 NBX_API int nbx_result_fault(const nbx_result *r, nbx_fault *out);
 
+/**
+ * @brief The RFM segment of the profile the policy saw (an nbx_segment):
+ * NBX_SEGMENT_NONE for an anonymous visitor (also a customer without
+ * consent to personalisation) and for a profile not scored yet. Explained
+ * results carry it as "segment".
+ * @return NBX_SEGMENT_NONE if r is NULL.
+ */
+NBX_API int nbx_result_segment(const nbx_result *r);
+
 /** Longest decision id: a UUIDv7 (36 characters), then with a deployment
  * "." deployment name "." arm name (docs/experiments.md). */
 #define NBX_DECISION_ID_MAX (36 + 2 + 2 * NBX_DEPLOYMENT_NAME_MAX)
@@ -1096,12 +1134,19 @@ typedef struct nbx_batch_options {
                                         (0: the wall clock at nbx_batch_open(), the same for
                                         the whole batch) */
     unsigned flags;                /**< nbx_decide_flags: NBX_DECIDE_EXPLAIN,
-                                        NBX_DECIDE_RECORD (needs a read-write engine;
-                                        see nbx_batch_open()), NBX_DECIDE_AUDIT */
+                                        NBX_DECIDE_REASONS, NBX_DECIDE_RECORD (needs a
+                                        read-write engine; see nbx_batch_open()),
+                                        NBX_DECIDE_AUDIT */
     uint32_t shard_count;          /**< 0: decide every customer submitted; else only those
                                         with nbx_shard_of(id, shard_count) == shard_index */
     uint32_t shard_index;          /**< 0..shard_count-1 */
 } nbx_batch_options;
+
+/** A reason and how many candidates of a decision got it. */
+typedef struct nbx_reason_count {
+    const char *reason;
+    uint32_t count;
+} nbx_reason_count;
 
 /**
  * One decision of a batch, as nbx_batch_next() hands it back. The fields
@@ -1134,6 +1179,16 @@ typedef struct nbx_batch_item {
                                      options' flags; NULL without it, or when status is
                                      not NBX_OK */
     size_t audit_len;
+    /* Added in 0.2. */
+    uint64_t decide_ns;        /**< how long nbx_decide() took for it, in the worker thread
+                                    (monotonic clock; 0 when status is not NBX_OK) */
+    int segment;               /**< nbx_result_segment(): the RFM segment the policy saw */
+    /** With NBX_DECIDE_REASONS or NBX_DECIDE_EXPLAIN: the reasons eligible()
+     * gave for the candidates it refused, each once with the number of
+     * candidates that got it (escaped, at most 200 bytes each; a refusal
+     * without a reason is not listed). Owned by the batch, as the item. */
+    const nbx_reason_count *reasons;
+    size_t n_reasons;
 } nbx_batch_item;
 
 /** Totals over the items nbx_batch_next() has handed back. */

@@ -69,5 +69,8 @@ run "$build/bench/bench_lsource"
 part "batch: nbx batch --all, Python binding overhead"
 run "$root/bench/bench_batch.sh" "$build" "$data/batch"
 
+part "policy diff: 100,000 customers, two Lua policies, 100 offers"
+run "$root/bench/bench_diff.sh" "$build" "$data/diff"
+
 part "nginx: nbx_decide vs a static body under wrk"
 run "$root/bench/nginx_wrk.sh" "$build"

@@ -80,6 +80,13 @@ say "The same customer under the retention policy"
 "$nbx" decide --store "$store" --catalog "$catalog" --policy "$root/policies/retention.lua" \
     --customer c0000042 --as-of "$as_of" | explain_table
 
+say "Reviewing a policy change: margin_per_session -> retention on 5,000 customers"
+"$nbx" policy diff "$policy" "$root/policies/retention.lua" --catalog "$catalog" \
+    --store "$store" --sample 5000 --as-of "$as_of" --out "$demo/review.md" ||
+    echo "(nbx policy diff exit status $?: NEW fell back or failed, see the report)"
+sed -n '/^## Headline/,/^## Expected margin/p' "$demo/review.md" | sed '$d'
+echo "the whole report: $demo/review.md (charts: $demo/review.offers.svg, $demo/review.segments.svg)"
+
 if "$nbx" help batch >/dev/null 2>&1; then
     say "A CRM batch over every customer (plan only: no caps consumed)"
     "$nbx" batch --store "$store" --catalog "$catalog" --policy "$policy" --all \

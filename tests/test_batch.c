@@ -236,6 +236,63 @@ Test(batch, item_fields_match_the_result_accessors)
     cr_assert_null(it);
 }
 
+/* eligible() refuses with a reason that depends on the customer, and
+ * sometimes with none. */
+static const char *PICKY =
+    "return { name = 'picky',\n"
+    "  eligible = function(o, c)\n"
+    "    if o.id == 'winback_20' then return false, 'no winback for ' .. (c.rfm.segment or "
+    "'nobody') end\n"
+    "    if o.id == 'carousel_new' then return false end\n"
+    "    if o.id == 'free_shipping' then return false, 'no \\27[31mshipping' end\n"
+    "    return true end,\n"
+    "  score = function(o) return o.price end }\n";
+
+static uint32_t reason_count(const nbx_batch_item *it, const char *reason)
+{
+    for (size_t i = 0; i < it->n_reasons; i++)
+        if (strcmp(it->reasons[i].reason, reason) == 0)
+            return it->reasons[i].count;
+    return 0;
+}
+
+Test(batch, items_carry_reasons_segment_and_decision_time)
+{
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, 0, &s), NBX_OK);
+    const char *p = "{\"id\":\"risky\",\"consent\":{\"personalization\":true},"
+                    "\"rfm\":{\"orders\":3,\"r\":2,\"f\":4,\"m\":4,\"segment\":\"at_risk\"}}";
+    cr_assert_eq(nbx_profile_put(s, p, strlen(p)), NBX_OK);
+    nbx_store_close(s);
+    open_engine(PICKY, NBX_ENGINE_READONLY);
+    open_batch(2, 8, NBX_DECIDE_REASONS);
+    cr_assert_eq(nbx_batch_submit(batch, "risky", NULL, 0, NULL), NBX_OK);
+    cr_assert_eq(nbx_batch_submit(batch, "c00001", NULL, 0, NULL), NBX_OK);
+    const nbx_batch_item *it;
+    cr_assert_eq(nbx_batch_next(batch, &it), NBX_OK);
+    cr_assert_eq(it->status, NBX_OK, "%s", it->errmsg);
+    cr_expect_eq(it->segment, NBX_SEGMENT_AT_RISK);
+    cr_expect_gt(it->decide_ns, 0);
+    /* winback_20 (hero) and free_shipping (hero and recs) with reasons,
+     * carousel_new without: not listed */
+    cr_assert_eq(it->n_reasons, 2, "%zu reasons", it->n_reasons);
+    cr_expect_eq(reason_count(it, "no winback for at_risk"), 1);
+    cr_expect_eq(reason_count(it, "no \\x1b[31mshipping"), 2, "escaped, counted per candidate");
+    cr_expect_eq(it->exclusions[NBX_EXCLUDED_INELIGIBLE], 4);
+    cr_expect_null(strstr(it->json, "candidates"), "no explanation in the JSON: %s", it->json);
+    cr_assert_eq(nbx_batch_next(batch, &it), NBX_OK);
+    cr_expect_eq(it->segment, NBX_SEGMENT_NONE, "no segment in that profile");
+    cr_expect_eq(reason_count(it, "no winback for nobody"), 1);
+    nbx_batch_close(batch);
+    /* without the flag no reason is collected */
+    open_batch(1, 8, 0);
+    cr_assert_eq(nbx_batch_submit(batch, "risky", NULL, 0, NULL), NBX_OK);
+    cr_assert_eq(nbx_batch_next(batch, &it), NBX_OK);
+    cr_expect_eq(it->n_reasons, 0);
+    cr_expect_null(it->reasons);
+    cr_expect_eq(it->exclusions[NBX_EXCLUDED_INELIGIBLE], 4);
+}
+
 Test(batch, unknown_ids_are_anonymous_and_counted)
 {
     open_engine(BY_PROPENSITY, NBX_ENGINE_READONLY);

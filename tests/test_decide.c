@@ -368,6 +368,32 @@ Test(decide, anonymous_and_withdrawn_consent)
     expect_actions(r, want, 2);
 }
 
+Test(decide, result_segment_is_the_one_the_policy_saw)
+{
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, 0, &s), NBX_OK);
+    const char *p = "{\"id\":\"cara\",\"consent\":{\"personalization\":true},"
+                    "\"rfm\":{\"orders\":3,\"r\":2,\"f\":4,\"m\":4,\"segment\":\"at_risk\"}}";
+    const char *q = "{\"id\":\"dan\",\"consent\":{\"personalization\":false},"
+                    "\"rfm\":{\"orders\":3,\"r\":2,\"f\":4,\"m\":4,\"segment\":\"at_risk\"}}";
+    cr_assert_eq(nbx_profile_put(s, p, strlen(p)), NBX_OK);
+    cr_assert_eq(nbx_profile_put(s, q, strlen(q)), NBX_OK);
+    nbx_store_close(s);
+    open_engine(BY_PRICE);
+    const nbx_result *r = decide("cara", NBX_DECIDE_EXPLAIN);
+    cr_expect_eq(nbx_result_segment(r), NBX_SEGMENT_AT_RISK);
+    cr_expect(strstr(nbx_result_json(r, NULL), "\"segment\":\"at_risk\""), "%s",
+              nbx_result_json(r, NULL));
+    /* without consent to personalisation the policy saw no segment */
+    r = decide("dan", NBX_DECIDE_EXPLAIN);
+    cr_expect_eq(nbx_result_segment(r), NBX_SEGMENT_NONE);
+    cr_expect(strstr(nbx_result_json(r, NULL), "\"segment\":null"));
+    r = decide("stranger", 0);
+    cr_expect_eq(nbx_result_segment(r), NBX_SEGMENT_NONE);
+    cr_expect_null(strstr(nbx_result_json(r, NULL), "\"segment\""), "only explained results");
+    cr_expect_eq(nbx_result_segment(NULL), NBX_SEGMENT_NONE);
+}
+
 Test(decide, policy_failure_gives_fallback_and_next_decision_runs)
 {
     open_engine(FAILING);

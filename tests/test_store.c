@@ -95,6 +95,29 @@ Test(store, create_then_reopen_keeps_data)
     cr_assert_eq(nbx_store_open(path, 0x100, &s), NBX_EINVAL, "unknown flags");
 }
 
+Test(store, generation_changes_with_every_committed_write_from_any_handle)
+{
+    nbx_store *w, *r;
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_CREATE, &w), NBX_OK);
+    cr_assert_eq(nbx_store_open(path, NBX_STORE_READONLY, &r), NBX_OK);
+    uint64_t g0, g1, g2;
+    cr_assert_eq(nbx_store_generation(r, &g0), NBX_OK);
+    const char *p = "{\"id\":\"gen\",\"attrs\":{\"a\":1}}";
+    cr_assert_eq(nbx_profile_put(w, p, strlen(p)), NBX_OK);
+    cr_assert_eq(nbx_store_generation(r, &g1), NBX_OK);
+    cr_expect_gt(g1, g0, "the reader sees the writer's commit");
+    /* reading changes nothing */
+    char *json;
+    cr_assert_eq(nbx_profile_get(r, "gen", &json, NULL), NBX_OK);
+    nbx_free(json);
+    cr_assert_eq(nbx_store_generation(w, &g2), NBX_OK);
+    cr_expect_eq(g2, g1);
+    cr_expect_eq(nbx_store_generation(NULL, &g2), NBX_EINVAL);
+    cr_expect_eq(nbx_store_generation(r, NULL), NBX_EINVAL);
+    nbx_store_close(r);
+    nbx_store_close(w);
+}
+
 Test(store, read_only_reads_and_refuses_writes)
 {
     nbx_store *w = create();

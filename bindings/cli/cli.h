@@ -168,6 +168,17 @@ void cli_print_json_string(FILE *out, const char *s);
  * are not UTF-8 as \xNN (text from policies and inputs must not steer the
  * terminal). */
 void cli_print_escaped(FILE *out, const char *s);
+/* Length of the UTF-8 sequence at p (1..4; ASCII is 1) within avail
+ * bytes, 0 if it is not one (overlong, surrogate, past U+10FFFF, cut). */
+size_t cli_utf8_len(const unsigned char *p, size_t avail);
+/* One unit of a NUL-terminated text at p: its length (at least 1) and
+ * whether it may be written as it is (*plain), or must be escaped byte by
+ * byte: a control character (C0, DEL, C1) or a byte that is not UTF-8. The
+ * walk every escaper shares (terminal, XML, SVG, Markdown). */
+size_t cli_text_unit(const unsigned char *p, bool *plain);
+/* Write s as XML text or attribute value (JUnit, SVG): & < > " ' as
+ * entities, controls and bytes that are not UTF-8 as the text \xNN. */
+void cli_print_xml(FILE *out, const char *s);
 /* A check that failed: the library's message, naming path if it does not. */
 int cli_check_failed(cli_args *args, int rc, const char *path);
 
@@ -211,6 +222,97 @@ int cli_run_decide(cli_args *args);
 extern const cli_flag cli_policy_check_flags[];
 int cli_run_policy_check(cli_args *args);
 int cli_run_catalog_check(cli_args *args);
+
+/* policy_test.c */
+extern const cli_flag cli_policy_test_flags[];
+int cli_run_policy_test(cli_args *args);
+
+/* policy_diff.c */
+extern const cli_flag cli_policy_diff_flags[];
+int cli_run_policy_diff(cli_args *args);
+
+/* sample.c: the customers a command tries. */
+typedef struct cli_customer {
+    uint32_t key;  /* the sample's hash */
+    uint64_t line; /* of --customers FILE; 0 for the store's */
+    char *id;      /* an id, or a line of the file as it is (a JSON object) */
+} cli_customer;
+/* The `want` stored ids with the smallest xxh64, in id order. */
+int cli_sample_store(cli_args *args, nbx_store *store, size_t want, cli_customer **out,
+                     size_t *n_out);
+/* The non-blank lines of a file (CR and LF cut). */
+int cli_customer_file(cli_args *args, const char *path, cli_customer **out, size_t *n_out);
+void cli_customers_free(cli_customer *c, size_t n);
+
+/* explain_text.c: a result JSON (explained or not) in words for a reader,
+ * every string escaped for the terminal; -1 if json is not a result. */
+int cli_explain_text(FILE *out, const char *json, size_t len);
+/* A number as a reader wants it: at most 4 decimals, no trailing zeros,
+ * "-" for NaN. */
+void cli_format_number(char *buf, size_t size, double v);
+/* Where P(accept) came from, in words ("segment prior (at_risk)"); buf
+ * holds the words when they need the segment. */
+const char *cli_propensity_source_words(const char *source, char *buf, size_t size,
+                                        const char *segment);
+
+/* lua_data.c: a Lua data file (test files), parsed, never run. Values keep
+ * the line they were written on. Tables hold positional items and string
+ * keys (in the order written). */
+typedef enum ld_type { LD_NIL, LD_BOOL, LD_NUMBER, LD_STRING, LD_TABLE } ld_type;
+typedef struct ld_value {
+    ld_type type;
+    int line;
+    bool boolean;
+    double number;
+    char *str; /* LD_STRING: UTF-8, no NUL */
+    size_t len;
+    struct ld_value **items; /* LD_TABLE: positional */
+    size_t n_items;
+    char **keys; /* LD_TABLE: keyed, parallel to vals */
+    struct ld_value **vals;
+    size_t n_keys;
+} ld_value;
+/* The value the file returns; NULL with *err = "FILE:LINE: message"
+ * (malloc'd; NULL only when out of memory). */
+ld_value *ld_load(const char *path, char **err);
+ld_value *ld_parse(const char *path, const char *text, size_t len, char **err);
+void ld_free(ld_value *v);
+/* The value of a string key of a table; NULL if absent, nil or not a table. */
+const ld_value *ld_get(const ld_value *t, const char *key);
+/* "a string", "a table", ... for messages. */
+const char *ld_type_name(const ld_value *v);
+
+/* junit.c: results as JUnit XML for CI. */
+enum { CLI_JUNIT_PASSED = 0, CLI_JUNIT_FAILED = 1, CLI_JUNIT_ERROR = 2 };
+typedef struct cli_junit_case {
+    char *name;
+    char *file;
+    int line;
+    double seconds;
+    int status;    /* CLI_JUNIT_* */
+    char *message; /* failed or error: one line */
+    char *details; /* failed or error: every line */
+} cli_junit_case;
+typedef struct cli_junit_suite {
+    char *name; /* the test file */
+    cli_junit_case *cases;
+    size_t n_cases;
+} cli_junit_suite;
+/* Write path (through path.tmp, renamed once complete). 0, or -1 with err. */
+int cli_junit_write(const char *path, const cli_junit_suite *suites, size_t n, char *err,
+                    size_t err_size);
+
+/* explain_text.c, for reports: one candidate of an explained result (the
+ * result JSON parsed by jansson) in words ("chosen; P(accept) 0.2 (segment
+ * prior (at_risk)) x unit margin 24 - serving cost 0.02 = expected margin
+ * 4.78; score 4.78"), its text escaped by put (the report's escaper).
+ * NULL candidate: "not a candidate". */
+struct json_t;
+typedef void (*cli_put_fn)(FILE *out, const char *text);
+const struct json_t *cli_find_candidate(const struct json_t *result, const char *offer,
+                                        const char *placement);
+void cli_candidate_words(FILE *out, const struct json_t *result, const struct json_t *candidate,
+                         cli_put_fn put);
 
 /* gen.c */
 int cli_run_gen_profiles(cli_args *args);

@@ -44,6 +44,11 @@ int cli_run_decide(cli_args *args)
     if (!store_path)
         return CLI_USAGE;
 
+    const char *format = cli_string(args, "format", "json");
+    bool text = strcmp(format, "text") == 0;
+    if (!text && strcmp(format, "json") != 0)
+        return cli_usage_error(args->cmd, "--format: '%s' is not json or text", format);
+
     nbx_kv session[NBX_REQUEST_SESSION_MAX];
     size_t n_session = 0;
     rc = cli_decide_flags(args, session, &n_session);
@@ -104,8 +109,15 @@ int cli_run_decide(cli_args *args)
         if (cli_log_append(args->cmd, log_path, log_fd, audit, audit_len) != CLI_OK)
             goto done;
     }
-    fwrite(json, 1, len, stdout);
-    putchar('\n');
+    if (text) {
+        if (cli_explain_text(stdout, json, len) != 0) {
+            cli_error(args->cmd, "the decision's result could not be read");
+            goto done;
+        }
+    } else {
+        fwrite(json, 1, len, stdout);
+        putchar('\n');
+    }
     exit_code = CLI_OK;
 done:
     nbx_ctx_close(ctx);

@@ -102,6 +102,7 @@ static const cli_flag decide_flags[] = {
     {"session", CLI_LIST, "KEY=VALUE", "session field given to the policy", 0, 0},
     {"as-of", CLI_TIME, "TIME", "the decision's clock (default: now)", 0, 0},
     {"explain", CLI_BOOL, NULL, "list every candidate and why it was excluded", 0, 0},
+    {"format", CLI_STRING, "json|text", "json (default), or text: the decision in words", 0, 0},
     CLI_FLAG_TIME_LIMIT,
     CLI_FLAG_MEMORY_LIMIT,
     {"record", CLI_BOOL, NULL, "record the chosen actions as impressions", 0, 0},
@@ -248,7 +249,11 @@ const cli_command cli_commands[] = {
      "result says which: \"arm\"), the holdout gets the catalog's fallback actions,\n"
      "and shadow policies decide beside (\"shadow\"). See docs/experiments.md.\n"
      "--log FILE appends the decision's audit line to FILE (docs/experiments.md);\n"
-     "a log that cannot be written is an error (exit status 1, no result printed).\n",
+     "a log that cannot be written is an error (exit status 1, no result printed).\n"
+     "--format text writes the decision in words instead of JSON; with --explain,\n"
+     "every candidate per placement, best first: P(accept) and where it came from,\n"
+     "unit margin, serving cost, score, expected margin, and why it was not chosen\n"
+     "or excluded; then the policy's nbx.log lines.\n",
      cli_run_decide},
     {"batch", NULL, "", 0, 0, cli_batch_flags,
      "Decide for many customers (a campaign): one result per customer, in input order.",
@@ -273,6 +278,46 @@ const cli_command cli_commands[] = {
      "check (exit status 1), naming customers, FILE:LINE and the reason, with counts per\n"
      "reason.\n",
      cli_run_policy_check},
+    {"policy", "test", "POLICY TESTFILE...", 2, CLI_POSITIONALS_MAX, cli_policy_test_flags,
+     "Run a policy's test cases: each a customer, a session and what the decision must show.",
+     "Each TESTFILE is Lua returning a list of cases, read as data (never run):\n"
+     "  return {\n"
+     "    { name = \"at-risk customers see the winback offer\",\n"
+     "      customer = { consent = { personalization = true }, rfm = { segment = \"at_risk\" },\n"
+     "                   exposures = { free_shipping = { impressions = 3 } } },\n"
+     "      session = { channel = \"web\" }, placements = { \"hero\" },\n"
+     "      as_of = \"2026-03-10T12:00:00Z\",\n"
+     "      expect = { top = { hero = \"winback_20\" }, excluded = { free_shipping = \"frequency\" } } },\n"
+     "  }\n"
+     "customer holds profile fields as in the profile JSON (id, attrs, consent, propensity,\n"
+     "ltv, churn, rfm) and exposures (offer = {impressions, clicks, accepts, dismisses,\n"
+     "last_impression, ...}); without customer the case is an anonymous visitor. expect\n"
+     "takes any of: top = {PLACEMENT = OFFER or false}, shown = {OFFER...}, not_shown =\n"
+     "{OFFER...}, excluded = {OFFER = REASON or false} (REASON: guardrail, frequency, ...,\n"
+     "or \"ineligible: the policy's reason\"), fallback = true/false, score_between =\n"
+     "{OFFER = {LOW, HIGH}}. A decision that falls back fails its case unless it expects\n"
+     "fallback = true. Each case prints one line, ok or not ok with what differed, then\n"
+     "the policy's nbx.log lines of failed cases; a summary follows. Exit status 1 when a\n"
+     "case failed or a test file could not be read (the error names FILE:LINE).\n",
+     cli_run_policy_test},
+    {"policy", "diff", "OLD NEW", 2, 2, cli_policy_diff_flags,
+     "What a policy change does: both policies decide the same customers; a report compares.",
+     "Every customer of the sample (--sample N stored ones, the same N every run; or the\n"
+     "ids or JSON lines of --customers FILE) is decided by OLD and by NEW on the same\n"
+     "store, at the same clock (--as-of, else now, read once), for the same placements and\n"
+     "session; nothing is recorded. The report (Markdown for a reader, or --format json)\n"
+     "gives the policies' names and versions, the sample and clock, headline numbers, the\n"
+     "share of customers whose top action changes per placement, the total expected margin\n"
+     "old vs new with a 95 % interval of the difference, a table per RFM segment and per\n"
+     "offer (biggest movers first), exclusions by reason, fallbacks and errors with\n"
+     "FILE:LINE and counts, decision time p50/p99, and the five customers whose expected\n"
+     "margin changed most, each explained in words. With --out FILE.md, two SVG charts\n"
+     "(FILE.offers.svg, FILE.segments.svg) are written beside it and linked.\n"
+     "Exit status 3 when NEW falls back or fails for any customer, or crosses a limit\n"
+     "(--max-margin-drop PCT, --max-changed PCT), after writing the report; 1 when the\n"
+     "diff could not be made (a policy that does not load names FILE:LINE; the store\n"
+     "written while the diff ran).\n",
+     cli_run_policy_diff},
     {"catalog", "check", "FILE", 1, 1, check_flags,
      "Check that a catalog file loads; print its version, offers and placements.",
      "On failure the error names the offer and the field.\n", cli_run_catalog_check},
@@ -429,13 +474,15 @@ int cli_read_stream(FILE *in, size_t max, char **out, size_t *len)
     return 0;
 }
 
-/* Length of the UTF-8 sequence at p (1 to 4), or 0 if it is not one:
- * overlong forms, surrogates and code points past U+10FFFF are not. */
-static size_t utf8_sequence(const unsigned char *p)
+size_t cli_utf8_len(const unsigned char *p, size_t avail)
 {
     unsigned c = p[0];
     size_t n;
     unsigned min, cp;
+    if (avail == 0)
+        return 0;
+    if (c < 0x80)
+        return 1;
     if (c >= 0xC2 && c <= 0xDF)
         n = 2, min = 0x80, cp = c & 0x1F;
     else if (c >= 0xE0 && c <= 0xEF)
@@ -443,6 +490,8 @@ static size_t utf8_sequence(const unsigned char *p)
     else if (c >= 0xF0 && c <= 0xF4)
         n = 4, min = 0x10000, cp = c & 0x07;
     else
+        return 0;
+    if (avail < n)
         return 0;
     for (size_t i = 1; i < n; i++) {
         if ((p[i] & 0xC0) != 0x80)
@@ -452,6 +501,22 @@ static size_t utf8_sequence(const unsigned char *p)
     if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
         return 0;
     return n;
+}
+
+/* The sequence at p of a NUL-terminated string (the NUL bounds it). */
+static size_t utf8_sequence(const unsigned char *p)
+{
+    return cli_utf8_len(p, strnlen((const char *)p, 4));
+}
+
+size_t cli_text_unit(const unsigned char *p, bool *plain)
+{
+    size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
+    /* C0 controls, DEL and C1 controls (U+0080..U+009F: C2 80..C2 9F)
+     * steer terminals; bytes that are not UTF-8 may start one. */
+    bool control = n == 1 ? (*p < 0x20 || *p == 0x7F) : n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
+    *plain = n != 0 && !control;
+    return n ? n : 1;
 }
 
 int cli_check_failed(cli_args *args, int rc, const char *path)
@@ -492,18 +557,41 @@ void cli_print_json_string(FILE *out, const char *s)
 void cli_print_escaped(FILE *out, const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t n = *p < 0x80 ? 1 : utf8_sequence(p);
-        /* C0 controls, DEL and C1 controls (U+0080..U+009F: C2 80..C2 9F)
-         * steer terminals; bytes that are not UTF-8 may start one. */
-        bool control = n == 1 ? (*p < 0x20 || *p == 0x7F) : n == 2 && p[0] == 0xC2 && p[1] < 0xA0;
-        if (n == 0 || control) {
-            for (size_t i = 0; i < (n ? n : 1); i++)
+        bool plain;
+        size_t n = cli_text_unit(p, &plain);
+        if (plain)
+            fwrite(p, 1, n, out);
+        else
+            for (size_t i = 0; i < n; i++)
                 fprintf(out, "\\x%02x", p[i]);
-            p += n ? n : 1;
+        p += n;
+    }
+}
+
+void cli_print_xml(FILE *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        bool plain;
+        size_t n = cli_text_unit(p, &plain);
+        /* XML 1.0 has no escape for most controls: they are written as
+         * text, as the terminal sees them */
+        if (!plain) {
+            for (size_t i = 0; i < n; i++)
+                fprintf(out, "\\x%02x", p[i]);
+        } else if (*p == '&') {
+            fputs("&amp;", out);
+        } else if (*p == '<') {
+            fputs("&lt;", out);
+        } else if (*p == '>') {
+            fputs("&gt;", out);
+        } else if (*p == '"') {
+            fputs("&quot;", out);
+        } else if (*p == '\'') {
+            fputs("&apos;", out);
         } else {
             fwrite(p, 1, n, out);
-            p += n;
         }
+        p += n;
     }
 }
 

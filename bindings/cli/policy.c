@@ -109,124 +109,7 @@ static void on_trial(void *ud, const char *label, const nbx_result *r)
  * Real customers: a deterministic sample, or a file of ids
  * ------------------------------------------------------------------------ */
 
-typedef struct sample_entry {
-    uint32_t key;
-    char *id;
-} sample_entry;
-
-/* A max-heap on key of the n smallest keys seen: the sample is the ids
- * whose hash is smallest, whatever order the store lists them in. */
-static void heap_down(sample_entry *h, size_t n, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && h[l].key > h[m].key)
-            m = l;
-        if (r < n && h[r].key > h[m].key)
-            m = r;
-        if (m == i)
-            return;
-        sample_entry tmp = h[i];
-        h[i] = h[m];
-        h[m] = tmp;
-        i = m;
-    }
-}
-
-static void heap_up(sample_entry *h, size_t i)
-{
-    while (i > 0 && h[(i - 1) / 2].key < h[i].key) {
-        sample_entry tmp = h[i];
-        h[i] = h[(i - 1) / 2];
-        h[(i - 1) / 2] = tmp;
-        i = (i - 1) / 2;
-    }
-}
-
-static int cmp_entries(const void *a, const void *b)
-{
-    const sample_entry *x = a, *y = b;
-    return strcmp(x->id, y->id);
-}
-
-static int sample_ids(cli_args *args, nbx_store *store, size_t want, sample_entry **out,
-                      size_t *n_out)
-{
-    sample_entry *h = calloc(want ? want : 1, sizeof *h);
-    if (!h)
-        return cli_error(args->cmd, "out of memory");
-    nbx_iter *it;
-    int rc = nbx_iter_open(store, NBX_ITER_IDS, NULL, &it);
-    if (rc != NBX_OK) {
-        free(h);
-        return cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
-    }
-    size_t n = 0;
-    const char *id;
-    while ((rc = nbx_iter_next(it, &id, NULL, NULL)) == NBX_OK) {
-        uint32_t key = nbx_shard_of(id, UINT32_MAX);
-        if (n < want) {
-            h[n].key = key;
-            h[n].id = strdup(id);
-            heap_up(h, n++);
-        } else if (key < h[0].key) {
-            free(h[0].id);
-            h[0].key = key;
-            h[0].id = strdup(id);
-            heap_down(h, n, 0);
-        }
-    }
-    nbx_iter_close(it);
-    if (rc != NBX_DONE) {
-        for (size_t i = 0; i < n; i++)
-            free(h[i].id);
-        free(h);
-        return cli_nbx_error(args->cmd, rc, nbx_store_errmsg(store));
-    }
-    qsort(h, n, sizeof *h, cmp_entries);
-    *out = h;
-    *n_out = n;
-    return CLI_OK;
-}
-
-static int file_ids(cli_args *args, const char *path, sample_entry **out, size_t *n_out)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return cli_error(args->cmd, "--customers %s: %s", path, strerror(errno));
-    sample_entry *ids = NULL;
-    size_t n = 0, cap = 0;
-    char *line = NULL;
-    size_t line_cap = 0;
-    ssize_t len;
-    int rc = CLI_OK;
-    while ((len = getline(&line, &line_cap, f)) >= 0) {
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            line[--len] = '\0';
-        if (len == 0)
-            continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 256;
-            sample_entry *grown = realloc(ids, cap * sizeof *ids);
-            if (!grown) {
-                rc = cli_error(args->cmd, "out of memory");
-                break;
-            }
-            ids = grown;
-        }
-        ids[n].key = 0;
-        ids[n++].id = strdup(line);
-    }
-    if (rc == CLI_OK && ferror(f))
-        rc = cli_error(args->cmd, "--customers %s: %s", path, strerror(errno));
-    free(line);
-    fclose(f);
-    *out = ids;
-    *n_out = n;
-    return rc;
-}
-
-static int try_customers(cli_args *args, nbx_engine *engine, const sample_entry *ids, size_t n,
+static int try_customers(cli_args *args, nbx_engine *engine, const cli_customer *ids, size_t n,
                          int64_t now, check_tally *t)
 {
     nbx_ctx *ctx;
@@ -378,13 +261,13 @@ int cli_run_policy_check(cli_args *args)
     rc = nbx_engine_trial(engine, on_trial, &t);
     if (rc != NBX_OK && rc != NBX_EPOLICY)
         status = cli_nbx_error(args->cmd, rc, nbx_engine_errmsg(engine));
-    sample_entry *ids = NULL;
+    cli_customer *ids = NULL;
     size_t n_ids = 0;
     if (status == CLI_OK && store) {
         const char *file = cli_string(args, "customers", NULL);
         status =
-            file ? file_ids(args, file, &ids, &n_ids)
-                 : sample_ids(args, nbx_engine_store(engine),
+            file ? cli_customer_file(args, file, &ids, &n_ids)
+                 : cli_sample_store(args, nbx_engine_store(engine),
                               (size_t)cli_uint(args, "sample", CHECK_SAMPLE_DEFAULT), &ids, &n_ids);
         if (status == CLI_OK)
             status = try_customers(args, engine, ids, n_ids, cli_time(args, "as-of", 0), &t);
@@ -397,9 +280,7 @@ int cli_run_policy_check(cli_args *args)
         if (t.fallbacks)
             status = CLI_FAIL;
     }
-    for (size_t i = 0; i < n_ids; i++)
-        free(ids[i].id);
-    free(ids);
+    cli_customers_free(ids, n_ids);
     tally_free(&t);
     nbx_engine_close(engine);
     return status;

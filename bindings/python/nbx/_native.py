@@ -129,6 +129,8 @@ class Request(ctypes.Structure):
         ("flags", ctypes.c_uint),
         ("profile_json", c_char_p),
         ("profile_len", c_size_t),
+        ("exposures_json", c_char_p),
+        ("exposures_len", c_size_t),
     ]
 
 
