@@ -246,6 +246,11 @@ static void bench_policy(const char *policy_path, nbx_catalog *catalog, int deci
         {.label = "no time limit (JIT on)", .limits.flags = NBX_LIMITS_NO_DEADLINE},
         {.label = "interpreter (limits on, JIT off)", .limits.flags = NBX_LIMITS_NO_JIT},
     };
+    /* BENCH_SANDBOX_SETUPS=N: only the first N set-ups (a profile of one) */
+    size_t n_setups = NBX_ARRAY_LEN(setups);
+    const char *only = getenv("BENCH_SANDBOX_SETUPS");
+    if (only && atoi(only) >= 1 && (size_t)atoi(only) < n_setups)
+        n_setups = (size_t)atoi(only);
     for (size_t i = 0; i < NBX_ARRAY_LEN(setups); i++) {
         setup *s = &setups[i];
         if (nbx_sandbox_open(policy, catalog, &s->limits, &s->sb, &e) != NBX_OK) {
@@ -259,14 +264,14 @@ static void bench_policy(const char *policy_path, nbx_catalog *catalog, int deci
     }
     int per_round = decisions / ROUNDS;
     for (int r = 0; r < ROUNDS; r++)
-        for (size_t i = 0; i < NBX_ARRAY_LEN(setups); i++)
+        for (size_t i = 0; i < n_setups; i++)
             run_decisions(&setups[i], catalog, per_round, WARMUP + r * per_round, true);
 
     printf("\npolicy %s (%s): %d decisions per set-up\n", policy->name, policy_path,
            per_round * ROUNDS);
     printf("%-34s %8s %8s %8s %8s %10s %9s\n", "set-up", "p50 us", "p99 us", "mean us", "cpu us",
            "ns/cand", "state KB");
-    for (size_t i = 0; i < NBX_ARRAY_LEN(setups); i++) {
+    for (size_t i = 0; i < n_setups; i++) {
         setup *s = &setups[i];
         double sum = 0;
         for (int d = 0; d < s->n; d++)
@@ -275,6 +280,14 @@ static void bench_policy(const char *policy_path, nbx_catalog *catalog, int deci
         printf("%-34s %8.2f %8.2f %8.2f %8.2f %10.0f %9zu\n", s->label, percentile(s, 0.5),
                percentile(s, 0.99), sum / s->n, s->cpu_ms * 1000 / s->n,
                percentile(s, 0.5) * 1000 / catalog->n_offers, nbx_sandbox_memory(s->sb) >> 10);
+    }
+    if (n_setups < NBX_ARRAY_LEN(setups)) {
+        for (size_t i = 0; i < NBX_ARRAY_LEN(setups); i++) {
+            nbx_sandbox_close(setups[i].sb);
+            free(setups[i].lat);
+        }
+        nbx_policy_unref(policy);
+        return;
     }
     printf("limits on / limits off: %.2f (CPU time), %.2f (p50), %.2f (p99)\n",
            setups[0].cpu_ms / setups[1].cpu_ms,

@@ -375,6 +375,16 @@ static void pack_number(msgpack_packer *pk, double v)
         msgpack_pack_double(pk, v);
 }
 
+bool nbx_rfm_base_is_aggregates(const nbx_profile *p)
+{
+    const nbx_rfm_base *b = &p->rfm_base;
+    const nbx_rfm *r = &p->rfm;
+    /* bitwise: -0.0 and 0 are stored as different bytes */
+    return b->first_purchase == r->first_purchase && b->last_purchase == r->last_purchase &&
+           b->orders == r->orders && memcmp(&b->revenue, &r->revenue, sizeof b->revenue) == 0 &&
+           memcmp(&b->margin, &r->margin, sizeof b->margin) == 0;
+}
+
 int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
 {
     msgpack_packer pk;
@@ -428,10 +438,7 @@ int nbx_profile_encode(const nbx_profile *p, nbx_buf *out)
              * as_of: their base is their aggregates, and [as_of] says so
              * in 10 bytes instead of 50. */
             const nbx_rfm_base *b = &p->rfm_base;
-            bool same = b->first_purchase == r->first_purchase &&
-                        b->last_purchase == r->last_purchase && b->orders == r->orders &&
-                        memcmp(&b->revenue, &r->revenue, sizeof b->revenue) == 0 &&
-                        memcmp(&b->margin, &r->margin, sizeof b->margin) == 0;
+            bool same = nbx_rfm_base_is_aggregates(p);
             msgpack_pack_array(&pk, same ? 1 : 6);
             msgpack_pack_int64(&pk, b->as_of);
             if (!same) {

@@ -635,6 +635,9 @@ bool nbx_id_valid(nbx_sv id, nbx_err *e);
 int nbx_customer_key_tag(const void *key, size_t len, size_t prefix_len);
 
 int nbx_profile_encode(const nbx_profile *p, nbx_buf *out);
+/* With NBX_PF_RFM_BASE: no purchase was counted after the import's base, so
+ * the aggregates are the base (stored as [as_of] alone). */
+bool nbx_rfm_base_is_aggregates(const nbx_profile *p);
 int nbx_profile_decode(const void *data, size_t len, nbx_profile *p, nbx_arena *a, nbx_err *e);
 /* Only the purchase aggregates (first, last, orders, revenue) of a stored
  * profile; *has false when it has none. NBX_OK or NBX_ECORRUPT. */
@@ -840,6 +843,9 @@ typedef struct nbx_limits {
     uint32_t time_us; /* CPU time per decision (0: NBX_DEFAULT_TIME_LIMIT_US) */
     size_t memory;    /* bytes the policy may allocate (0: NBX_DEFAULT_MEMORY_LIMIT) */
     unsigned flags;   /* nbx_limits_flags; 0 in production */
+    /* CPU time of the top level (0: 100 ms, what engines use). For tests
+     * about something else than time, on slow or sanitised builds. */
+    uint32_t load_time_us;
 } nbx_limits;
 
 /* For benchmarks only. */

@@ -642,6 +642,23 @@ int nbx_profile_patch(const nbx_profile *base, const nbx_profile *patch, nbx_pro
  * Printing and lookups
  * ======================================================================== */
 
+/* The time the printed aggregates are complete up to, so that importing
+ * the output (into this store or a new one, before the same events) counts
+ * no purchase twice: an import's as_of while no purchase was counted after
+ * it; else the later of that and the last purchase, which no counted one
+ * is after. Printed for every profile, so that the output imported again
+ * prints the same. Without it an import took the last purchase, and a
+ * purchase the CRM's figures cover after that counted again. */
+static int64_t printed_as_of(const nbx_profile *p)
+{
+    if (!(p->fields & NBX_PF_RFM_BASE))
+        return p->rfm.last_purchase;
+    int64_t as_of = p->rfm_base.as_of;
+    if (nbx_rfm_base_is_aggregates(p) || p->rfm.last_purchase < as_of)
+        return as_of;
+    return p->rfm.last_purchase;
+}
+
 void nbx_profile_to_json(const nbx_profile *p, nbx_buf *b)
 {
     nbx_buf_puts(b, "{\"id\":");
@@ -711,6 +728,12 @@ void nbx_profile_to_json(const nbx_profile *p, nbx_buf *b)
         nbx_buf_puts(b, ",\"segment\":");
         if (r->segment)
             nbx_jw_string(b, nbx_segment_name(r->segment), strlen(nbx_segment_name(r->segment)));
+        else
+            nbx_buf_puts(b, "null");
+        int64_t as_of = printed_as_of(p);
+        nbx_buf_puts(b, ",\"as_of\":");
+        if (as_of)
+            nbx_jw_time(b, as_of);
         else
             nbx_buf_puts(b, "null");
         nbx_buf_putc(b, '}');

@@ -55,6 +55,7 @@ static int sb_build_state(lua_State *L)
 {
     nbx_sandbox *sb = lua_touserdata(L, 1);
     int slots = sb_env_build(L, sb);
+    sb_share_arrays(L, sb, slots);
     sb_push_catalog(L, slots, sb->catalog);
     sb_env_finish(L, slots);
     lua_settop(L, 0);
@@ -161,13 +162,12 @@ static void sb_make_driver(lua_State *L, int slots, int score, int eligible)
     lua_getfield(L, -1, "make_driver");
     lua_pushvalue(L, score);
     lua_pushvalue(L, eligible);
-    static const int args[] = {SLOT_OFFERS, SLOT_PLACES,    SLOT_CUSTOMER, SLOT_SESSION, SLOT_CUST,
-                               SLOT_RFM,    SLOT_EXPOSURES, SLOT_SESS,     SLOT_CO,      SLOT_CP,
-                               SLOT_X,      SLOT_S,         SLOT_M,        SLOT_R,       SLOT_ST};
+    static const int args[] = {SLOT_OFFERS, SLOT_PLACES,    SLOT_CUSTOMER, SLOT_SESSION,
+                               SLOT_CUST,   SLOT_RFM,       SLOT_EXPOSURES, SLOT_SESS,
+                               SLOT_ARRAYS, SLOT_R,         SLOT_ST,        SLOT_BAD};
     for (size_t i = 0; i < NBX_ARRAY_LEN(args); i++)
         sb_slot_get(L, slots, args[i]);
-    lua_pushlightuserdata(L, (void *)&nbx_sb_ineligible);
-    lua_call(L, 3 + (int)NBX_ARRAY_LEN(args), 1);
+    lua_call(L, 2 + (int)NBX_ARRAY_LEN(args), 1);
     sb_slot_set(L, slots, SLOT_DRIVER);
     lua_pop(L, 1);
 }
@@ -199,7 +199,7 @@ static int sb_load_policy(lua_State *L)
     lua_setfenv(L, chunk);
 
     sb->rng = 0;
-    sb_run_start(sb, SB_LOAD_TIME_US, SB_OBJECT_MAX_LOAD);
+    sb_run_start(sb, sb->limits.load_time_us, SB_OBJECT_MAX_LOAD);
     st = lua_pcall(L, 0, 1, 2);
     bool late = false;
     if (st == 0 && !sb->timed_out && !sb->mem_exceeded && !sb->object_exceeded) {
@@ -299,10 +299,6 @@ static void sb_close_state(nbx_sandbox *sb)
         lua_close(sb->L);
     sb->L = NULL;
     sb->used = 0;
-    sb->n_cached = 0;
-    for (size_t j = 0; j < sb->n_pr_set; j++)
-        sb->pr_has[sb->pr_set[j]] = 0;
-    sb->n_pr_set = 0;
 }
 
 /* How Lua abbreviates a "@file" chunk name in messages ("...tail" when long). */
@@ -346,7 +342,6 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
     sb->limit_abs = SIZE_MAX;
     sb_reset_flags(sb);
     sb->wall_check = INT64_MAX;
-    sb->pr_wanted = false;
     sb->warmed = false;
     sb->log_on = false;
     memset(sb->map_dirty, 0, sizeof sb->map_dirty);
@@ -388,8 +383,8 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
         code = sb_load_error(e, sb, "the policy exceeded its memory limit (%zu KiB) while loading",
                              sb->limits.memory >> 10);
     } else if (sb->timed_out) {
-        code = sb_load_error(e, sb, "the policy's top level exceeded the load time limit (%d ms)",
-                             SB_LOAD_TIME_US / 1000);
+        code = sb_load_error(e, sb, "the policy's top level exceeded the load time limit (%u ms)",
+                             sb->limits.load_time_us / 1000);
     } else if (st != 0) {
         code = nbx_err_set(e, NBX_EPOLICY, "%s: cannot load the policy: %s", path,
                            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
@@ -412,6 +407,36 @@ static int sb_build(nbx_sandbox *sb, nbx_err *e)
  * Public (internal) interface
  * ======================================================================== */
 
+/* Grow a shared array to hold elements 0..cap (index k is candidate k). */
+static bool sb_grow(void *pp, size_t cap, size_t size)
+{
+    void *p = realloc(*(void **)pp, (cap + 1) * size);
+    if (!p)
+        return false;
+    *(void **)pp = p;
+    return true;
+}
+
+/* Room for n candidates: the per-run C arrays and the shared ones (whose
+ * FFI pointers the next run makes again when they moved). */
+static int sb_reserve(nbx_sandbox *sb, size_t n)
+{
+    if (n <= sb->live_cap)
+        return NBX_OK;
+    size_t cap = n < 64 ? 64 : n;
+    struct sb_shared *a = &sb->shared;
+    if (!sb_grow(&sb->live, cap, sizeof *sb->live) ||
+        !sb_grow(&sb->results, cap, sizeof *sb->results) ||
+        !sb_grow(&a->co, cap, sizeof *a->co) || !sb_grow(&a->cp, cap, sizeof *a->cp) ||
+        !sb_grow(&a->x, 7 * cap, sizeof *a->x) || !sb_grow(&a->s, cap, sizeof *a->s) ||
+        !sb_grow(&a->m, cap, sizeof *a->m) || !sb_grow(&a->f, cap, sizeof *a->f))
+        return NBX_ENOMEM;
+    a->cap = cap;
+    a->stale = true;
+    sb->live_cap = cap;
+    return NBX_OK;
+}
+
 int nbx_sandbox_open(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits *limits,
                      nbx_sandbox **out, nbx_err *e)
 {
@@ -429,6 +454,8 @@ int nbx_sandbox_open(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits 
         sb->limits.time_us = NBX_DEFAULT_TIME_LIMIT_US;
     if (sb->limits.memory == 0)
         sb->limits.memory = NBX_DEFAULT_MEMORY_LIMIT;
+    if (sb->limits.load_time_us == 0)
+        sb->limits.load_time_us = SB_LOAD_TIME_US;
     sb->policy = nbx_policy_ref(policy);
     sb->catalog = nbx_catalog_ref(catalog);
     sb->lp_limit.check = sb_pattern_check;
@@ -437,13 +464,13 @@ int nbx_sandbox_open(nbx_policy *policy, nbx_catalog *catalog, const nbx_limits 
     sb->lp_limit.max_result = SB_STRING_MAX;
     sb->wall_check = INT64_MAX;
     sb_short_src(policy->chunkname, sb->short_src, sizeof sb->short_src);
-    size_t n_offers = catalog ? catalog->n_offers : 0;
-    sb->pr_set = calloc(n_offers ? n_offers : 1, sizeof *sb->pr_set);
-    sb->pr_next = calloc(n_offers ? n_offers : 1, sizeof *sb->pr_next);
-    sb->pr_has = calloc(n_offers ? n_offers : 1, 1);
+    size_t n_offers = catalog ? catalog->n_offers : 0, pairs = 0;
+    for (size_t i = 0; i < n_offers; i++)
+        pairs += catalog->offers[i].n_placements;
+    sb->shared.pr = calloc(n_offers + 1, sizeof *sb->shared.pr);
     sb->log_off = calloc(SB_LOG_LINES, sizeof *sb->log_off);
     sb->log = calloc(SB_LOG_LINES, sizeof *sb->log);
-    if (!sb->pr_set || !sb->pr_next || !sb->pr_has || !sb->log_off || !sb->log) {
+    if (!sb->shared.pr || !sb->log_off || !sb->log || sb_reserve(sb, pairs) != NBX_OK) {
         nbx_sandbox_close(sb);
         return nbx_err_set(e, NBX_ENOMEM, "out of memory");
     }
@@ -464,11 +491,14 @@ void nbx_sandbox_close(nbx_sandbox *sb)
     nbx_policy_unref(sb->policy);
     nbx_catalog_unref(sb->catalog);
     free(sb->live);
-    free(sb->cached);
     free(sb->results);
-    free(sb->pr_set);
-    free(sb->pr_next);
-    free(sb->pr_has);
+    free(sb->shared.co);
+    free(sb->shared.cp);
+    free(sb->shared.x);
+    free(sb->shared.s);
+    free(sb->shared.m);
+    free(sb->shared.f);
+    free(sb->shared.pr);
     nbx_buf_free(&sb->text);
     free(sb->log_off);
     free(sb->log);
@@ -520,6 +550,8 @@ static int sb_run_body(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, sb->ref_slots);
     int slots = 1;
     sb_slot_get(L, slots, SLOT_MSGH); /* 2 */
+    if (sb->shared.stale)
+        sb_share_arrays(L, sb, slots);
     sb_log_switch(L, sb, slots, r->in->explain);
     int nargs = sb_push_inputs(L, sb, slots, r);
 
@@ -619,26 +651,6 @@ static int sb_validate_input(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_p
     return NBX_OK;
 }
 
-static int sb_reserve(nbx_sandbox *sb, size_t n)
-{
-    if (n <= sb->live_cap)
-        return NBX_OK;
-    size_t cap = n < 64 ? 64 : n;
-    size_t *live = realloc(sb->live, cap * sizeof *live);
-    if (!live)
-        return NBX_ENOMEM;
-    sb->live = live;
-    struct sb_cached_cand *cached = realloc(sb->cached, cap * sizeof *cached);
-    if (!cached)
-        return NBX_ENOMEM;
-    sb->cached = cached;
-    struct sb_result *results = realloc(sb->results, cap * sizeof *results);
-    if (!results)
-        return NBX_ENOMEM;
-    sb->results = results;
-    sb->live_cap = cap;
-    return NBX_OK;
-}
 
 /* What a fault leaves is garbage, not damage: the next decision must not
  * pay for a rebuild (re-running the top level). After a memory fault the

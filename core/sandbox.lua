@@ -20,7 +20,6 @@ local native_tostring, native_tonumber = N.tostring, N.tonumber
 local srep, sformat, sfind = N.rep, N.format, N.find
 local check_sortable, order = N.check_sortable, N.order
 local too_long, check_format, raise_len = N.too_long, N.check_format, N.raise_len
-local resolve_propensity = N.resolve_propensity
 local STRING_MAX = N.string_max
 local ssub, where = N.sub, N.where
 -- nbx.log(): { on = C switched it on for this decision, n = lines, dropped }
@@ -29,14 +28,40 @@ local LOG, LOG_LINES, LOG_LINE_MAX = N.log, N.log_lines, N.log_line_max
 -- catalog, libraries, and the policy's own tables once frozen): what #t and
 -- the iteration functions see.
 local DATA = N.data
--- The time check: TICKS[1] counts down; below zero, check() looks at the
--- clock (and raises once the decision's time is up).
+-- The time check: TICKS[1] counts down; below zero, tick_check() looks at
+-- the clock. It reads CLOCK_MONOTONIC through the FFI (compiled code calls
+-- it directly, where a C function would end the trace) and, while C's next
+-- look (DL[0], sandbox_limits.c's sb_publish_deadline) is still ahead,
+-- grants the units the rest of the budget allows at their worst cost, as
+-- C would; otherwise C decides (check: the CPU clock, the timeout).
 local TICKS, check = N.ticks, N.check
+local ffi = N.ffi
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } nbx_timespec;
+int clock_gettime(int clock, nbx_timespec *ts);
+]]
+local C, TS, MONOTONIC = ffi.C, ffi.new("nbx_timespec"), N.clock_monotonic
+local DL, UNIT_NS, TICK_MIN = N.deadline, N.unit_ns, N.tick_min
+ffi = nil
+
+local function tick_check()
+  C.clock_gettime(MONOTONIC, TS)
+  local now = native_tonumber(TS.tv_sec) * 1e9 + native_tonumber(TS.tv_nsec)
+  if now < DL[0] then
+    local units = (DL[1] - now) / UNIT_NS
+    if units < TICK_MIN then units = TICK_MIN end
+    local most = DL[2]
+    if units > most then units = most end
+    TICKS[1] = units
+    return
+  end
+  return check()
+end
 
 local function tick()
   local n = TICKS[1] - 1
   TICKS[1] = n
-  if n < 0 then check() end
+  if n < 0 then tick_check() end
 end
 
 local state = { now = 0 }
@@ -55,7 +80,7 @@ end
 local function len(x)
   local n = TICKS[1] - 1
   TICKS[1] = n
-  if n < 0 then check() end
+  if n < 0 then tick_check() end
   local d = DATA[x]
   if d ~= nil then return #d end
   local t = type(x)
@@ -69,7 +94,7 @@ end
 local function cat(a, b)
   local n = TICKS[1] - 1
   TICKS[1] = n
-  if n < 0 then check() end
+  if n < 0 then tick_check() end
   local ta, tb = type(a), type(b)
   if ta ~= "string" and ta ~= "number" then
     error("attempt to concatenate a " .. ta .. " value", 2)
@@ -248,7 +273,7 @@ end
 -- proxy -> offer index map, per offer index its unit margin and serving
 -- cost, and PR: per offer index, the customer's propensity as C resolved it
 -- (caps.c, nbx_caps_propensities: the one definition of the fallback
--- chain), filled for this decision's candidates.
+-- chain), for every offer of the catalog (a shared array, see make_driver).
 local customer, OFFER, PR, MARGIN, COST
 
 local function init(t)
@@ -261,9 +286,7 @@ local function propensity(c, o)
   if i == nil or c ~= customer then
     error("nbx.propensity: pass the customer being decided and one of the catalog's offers", 2)
   end
-  local v = PR[i]
-  if v == nil then v = resolve_propensity(i) end
-  return v
+  return PR[i]
 end
 
 -- The default policy's whole score: P(accept) * unit margin - serving cost.
@@ -272,9 +295,7 @@ local function expected_margin(c, o)
   if i == nil or c ~= customer then
     error("nbx.expected_margin: pass the customer being decided and one of the catalog's offers", 2)
   end
-  local v = PR[i]
-  if v == nil then v = resolve_propensity(i) end
-  return v * MARGIN[i] - COST[i]
+  return PR[i] * MARGIN[i] - COST[i]
 end
 
 -- As a whole score: (expected margin, expected margin). A policy whose
@@ -342,13 +363,23 @@ end
 -- pays nothing for it; every bytecode here is paid for every candidate.
 -- The loop needs no tick of its own: it runs at most once per candidate,
 -- and every policy function ticks on entry.
--- C has filled CO, CP, X, PR and the input maps; the customer's scalars come
--- as arguments (cheaper than C setting fields by name). Results go to S and
--- M unchecked: C checks them as it reads them. ST[1] is the candidate being
--- run, negated while in eligible(), so a fault can name the offer and the
--- function. eligible() may return false and a reason; the reason goes to R.
+--
+-- C and the loop share arrays in C memory through FFI pointers (A: struct
+-- sb_shared in sandbox_int.h), so no Lua API call is made per candidate:
+-- C writes CO (offer index + 1, negated when the candidate has exposures),
+-- CP (placement index + 1) and X (7 exposure numbers per exposed
+-- candidate, times in seconds, 0 for never); the loop writes S (score), M
+-- (expected margin) and F (what S and M hold: 1 score, 2 score and
+-- margin, 3 ineligible, 4 a result that is not a number, whose values go
+-- to BAD, and the loop stops). C checks the numbers as it reads them. The
+-- customer's scalars come as arguments (cheaper than C setting fields by
+-- name). ST[1] is the candidate being run, negated while in eligible(), so
+-- a fault can name the offer and the function. eligible() may return false
+-- and a reason; the reason goes to R.
+local F_SCORED, F_SCORED_M, F_INELIGIBLE, F_BAD = 1, 2, 3, 4
+
 local function make_driver(score, eligible, offers, places, customer, session,
-                           cust, rfm, expo, sess, CO, CP, X, S, M, R, ST, INELIGIBLE)
+                           cust, rfm, expo, sess, A, R, ST, BAD)
   local dirty = false
   local function prepare(now, id, anonymous, ltv, churn, r, f, m, segment, first, last,
                          orders, revenue, margin, recency)
@@ -359,12 +390,16 @@ local function make_driver(score, eligible, offers, places, customer, session,
     sess.now = now
     state.now = now
   end
-  local function exposures(b)
+  local function exposures(X, b)
     if b then
       expo.impressions = X[b + 1]; expo.clicks = X[b + 2]
       expo.accepts = X[b + 3]; expo.dismisses = X[b + 4]
-      expo.last_impression = X[b + 5]; expo.last_dismiss = X[b + 6]
-      expo.last_accept = X[b + 7]
+      local t = X[b + 5]
+      if t ~= 0 then expo.last_impression = t else expo.last_impression = nil end
+      t = X[b + 6]
+      if t ~= 0 then expo.last_dismiss = t else expo.last_dismiss = nil end
+      t = X[b + 7]
+      if t ~= 0 then expo.last_accept = t else expo.last_accept = nil end
       dirty = true
     else
       expo.impressions = 0; expo.clicks = 0; expo.accepts = 0; expo.dismisses = 0
@@ -372,28 +407,47 @@ local function make_driver(score, eligible, offers, places, customer, session,
       dirty = false
     end
   end
+  -- Store candidate k's results; false when one is not a number.
+  local function results(S, M, F, k, s, m)
+    if type(s) ~= "number" then
+      F[k] = F_BAD; BAD[1] = s; BAD[2] = m
+      return false
+    end
+    S[k] = s
+    if m == nil then
+      F[k] = F_SCORED
+    elseif type(m) == "number" then
+      M[k] = m; F[k] = F_SCORED_M
+    else
+      F[k] = F_BAD; BAD[1] = s; BAD[2] = m
+      return false
+    end
+    return true
+  end
   if eligible == nil then
     return function(n, ...)
       prepare(...)
       local score, offers, places = score, offers, places
       local customer, session = customer, session
-      local sess, CO, CP, S, M, ST = sess, CO, CP, S, M, ST
+      local sess, ST = sess, ST
+      local CO, CP, X, S, M, F = A.CO, A.CP, A.X, A.S, A.M, A.F
       local xj, lastp = 0, nil
       for k = 1, n do
         ST[1] = k
         local code, p = CO[k], CP[k]
         if code < 0 then
           code = -code
-          exposures(xj)
+          exposures(X, xj)
           xj = xj + 7
         elseif dirty then
-          exposures(nil)
+          exposures(X, nil)
         end
         if p ~= lastp then
           sess.placement = places[p]
           lastp = p
         end
-        S[k], M[k] = score(offers[code], customer, session)
+        local s, m = score(offers[code], customer, session)
+        if not results(S, M, F, k, s, m) then return end
       end
     end
   end
@@ -401,17 +455,18 @@ local function make_driver(score, eligible, offers, places, customer, session,
     prepare(...)
     local score, eligible, offers, places = score, eligible, offers, places
     local customer, session = customer, session
-    local sess, CO, CP, S, M, R, ST = sess, CO, CP, S, M, R, ST
+    local sess, R, ST = sess, R, ST
+    local CO, CP, X, S, M, F = A.CO, A.CP, A.X, A.S, A.M, A.F
     local xj, lastp = 0, nil
     for k = 1, n do
       ST[1] = -k
       local code, p = CO[k], CP[k]
       if code < 0 then
         code = -code
-        exposures(xj)
+        exposures(X, xj)
         xj = xj + 7
       elseif dirty then
-        exposures(nil)
+        exposures(X, nil)
       end
       if p ~= lastp then
         sess.placement = places[p]
@@ -421,9 +476,10 @@ local function make_driver(score, eligible, offers, places, customer, session,
       local ok, why = eligible(offer, customer, session)
       if ok then
         ST[1] = k
-        S[k], M[k] = score(offer, customer, session)
+        local s, m = score(offer, customer, session)
+        if not results(S, M, F, k, s, m) then return end
       else
-        S[k] = INELIGIBLE
+        F[k] = F_INELIGIBLE
         R[k] = why
       end
     end
@@ -435,4 +491,4 @@ return { sort = sort, propensity = propensity, expected_margin = expected_margin
          clamp = clamp, days_since = days_since, contains = contains, log = log,
          tostring = tostring, rep = rep, format = format, len = len, cat = cat,
          frozen_index = frozen_index, pairs = pairs, ipairs = ipairs,
-         make_driver = make_driver, init = init }
+         make_driver = make_driver, init = init, tick_check = tick_check }

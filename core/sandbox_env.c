@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sandbox_lua.h"
 
@@ -563,26 +564,6 @@ static int sb_raise_len(lua_State *L)
     return sb_raise(L, 2, "attempt to get length of a %s value", luaL_checkstring(L, 1));
 }
 
-/* sandbox.lua's resolve_propensity(i): the live customer's propensity for
- * offer index i (1-based) when this decision did not fill it (the offer is
- * not a candidate). */
-static int sb_resolve_propensity(lua_State *L)
-{
-    nbx_sandbox *sb = sb_of(L);
-    lua_Integer i = luaL_checkinteger(L, 1);
-    const nbx_catalog *c = sb->catalog;
-    if (!c || i < 1 || i > (lua_Integer)c->n_offers || !sb->in)
-        return sb_raise(L, 2, "nbx.propensity: no such offer");
-    static const nbx_profile empty;
-    const nbx_offer *o = &c->offers[i - 1];
-    const nbx_sandbox_input *in = sb->in;
-    sb->pr_wanted = true; /* from the next decision on, C fills PR */
-    double v = in->propensity ? in->propensity[i - 1]
-                              : nbx_offer_propensity(in->profile ? in->profile : &empty, o);
-    lua_pushnumber(L, v);
-    return 1;
-}
-
 /* ========================================================================
  * Building a state
  * ======================================================================== */
@@ -652,7 +633,6 @@ static int sb_load_helpers(lua_State *L, int slots, int G, int native_string)
     sb_set_cfunction(L, natives, "too_long", sb_too_long);
     sb_set_cfunction(L, natives, "check_format", sb_check_format);
     sb_set_cfunction(L, natives, "raise_len", sb_raise_len);
-    sb_set_cfunction(L, natives, "resolve_propensity", sb_resolve_propensity);
     lua_pushnumber(L, SB_STRING_MAX);
     lua_setfield(L, natives, "string_max");
     lua_getfield(L, native_string, "sub");
@@ -671,6 +651,19 @@ static int sb_load_helpers(lua_State *L, int slots, int G, int native_string)
     sb_slot_get(L, slots, SLOT_TICKS);
     lua_pushcclosure(L, sb_tick_check, 1);
     lua_setfield(L, natives, "check");
+    sb_slot_get(L, slots, SLOT_FFI);
+    lua_setfield(L, natives, "ffi");
+    sb_slot_get(L, slots, SLOT_CAST);
+    lua_pushliteral(L, "double *");
+    lua_pushlightuserdata(L, sb_of(L)->deadline);
+    lua_call(L, 2, 1);
+    lua_setfield(L, natives, "deadline");
+    lua_pushnumber(L, CLOCK_MONOTONIC);
+    lua_setfield(L, natives, "clock_monotonic");
+    lua_pushnumber(L, SB_UNIT_WORST_NS);
+    lua_setfield(L, natives, "unit_ns");
+    lua_pushnumber(L, SB_TICK_MIN);
+    lua_setfield(L, natives, "tick_min");
     if (luaL_loadbuffer(L, nbx_sandbox_lua, nbx_sandbox_lua_len, "=nbx") != 0)
         return lua_error(L);
     lua_createtable(L, 0, 0);
@@ -748,8 +741,7 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
      * globals into locals; a policy can never name them). */
     sb_slot_get(L, slots, SLOT_TICKS);
     lua_setfield(L, D, "__nbx_s");
-    sb_slot_get(L, slots, SLOT_TICKS);
-    lua_pushcclosure(L, sb_tick_check, 1);
+    lua_getfield(L, lib, "tick_check");
     lua_setfield(L, D, "__nbx_t");
     sb_copy_fields(L, D, lib, (const char *const[]){"len", "cat", NULL});
     lua_getfield(L, D, "len");
@@ -822,11 +814,12 @@ static void sb_build_inputs(lua_State *L, int slots)
     sb_input_table(L, slots, SLOT_SESS, 0, 8);
     sb_slot_set(L, slots, SLOT_SESSION);
 
-    static const int per_candidate[] = {SLOT_CO, SLOT_CP, SLOT_X, SLOT_S, SLOT_M, SLOT_R};
-    for (size_t i = 0; i < NBX_ARRAY_LEN(per_candidate); i++) {
-        lua_createtable(L, 128, 0);
-        sb_slot_set(L, slots, per_candidate[i]);
-    }
+    lua_createtable(L, 128, 0);
+    sb_slot_set(L, slots, SLOT_R);
+    lua_createtable(L, 2, 0);
+    sb_slot_set(L, slots, SLOT_BAD);
+    lua_createtable(L, 0, 8);
+    sb_slot_set(L, slots, SLOT_ARRAYS);
     lua_createtable(L, 2, 0);
     sb_slot_set(L, slots, SLOT_ST);
 }
@@ -869,11 +862,26 @@ int sb_env_build(lua_State *L, nbx_sandbox *sb)
         sb_open_lib(L, luaopen_jit, LUA_JITLIBNAME);
         sb_tune_jit(L);
     }
+    /* The FFI, for the engine's own chunk alone: ffi.cast makes the pointers
+     * through which the driver and C share per-candidate arrays (struct
+     * sb_shared). The library table is not a global (luaopen_ffi returns
+     * it) and is dropped here; policies cannot write cdata literals
+     * (lsource.c refuses them), so no policy value is ever cdata. */
+    lua_pushcfunction(L, luaopen_ffi);
+    lua_pushliteral(L, LUA_FFILIBNAME);
+    lua_call(L, 1, 1);
+    int ffi = lua_gettop(L);
 
     lua_createtable(L, SLOT_COUNT, 0);
-    int slots = lua_gettop(L); /* 1 */
+    int slots = lua_gettop(L);
     lua_pushvalue(L, slots);
     sb->ref_slots = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, ffi, "cast");
+    sb_slot_set(L, slots, SLOT_CAST);
+    lua_pushvalue(L, ffi);
+    sb_slot_set(L, slots, SLOT_FFI);
+    lua_remove(L, ffi);
+    slots = lua_gettop(L); /* 1 */
 
     lua_pushcfunction(L, sb_readonly_write);
     sb_slot_set(L, slots, SLOT_READONLY);
@@ -956,7 +964,9 @@ void sb_env_finish(lua_State *L, int slots)
     lua_setfield(L, -2, "customer");
     sb_slot_get(L, slots, SLOT_OFFER_INDEX);
     lua_setfield(L, -2, "offer_index");
-    sb_slot_get(L, slots, SLOT_PR);
+    sb_slot_get(L, slots, SLOT_ARRAYS);
+    lua_getfield(L, -1, "PR");
+    lua_remove(L, -2);
     lua_setfield(L, -2, "propensity");
     sb_slot_get(L, slots, SLOT_MARGIN);
     lua_setfield(L, -2, "margin");

@@ -16,10 +16,6 @@
 /* Stack levels searched for the policy's frame when locating a fault. */
 #define SB_WHERE_LEVELS 256
 
-/* Its address marks an ineligible candidate in S: no policy can produce a
- * light userdata, so a score can never be mistaken for it. */
-const char nbx_sb_ineligible = 0;
-
 /* ========================================================================
  * Fault records
  * ======================================================================== */

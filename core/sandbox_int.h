@@ -84,14 +84,12 @@ enum sb_slot {
     SLOT_EXPOSURES,
     SLOT_SESSION, /* proxy */
     SLOT_SESS,    /* its data */
-    SLOT_PR,      /* offer index + 1 -> this decision's propensity */
     SLOT_MARGIN,  /* offer index + 1 -> unit margin */
     SLOT_COST,    /* offer index + 1 -> serving cost */
-    SLOT_CO,      /* candidate k -> offer index + 1, negated when it has exposures */
-    SLOT_CP,      /* candidate k -> placement index + 1 */
-    SLOT_X,       /* exposure numbers, 7 per exposed candidate */
-    SLOT_S,       /* scores out, as returned; the ineligible marker if excluded */
-    SLOT_M,       /* second results out, as returned */
+    SLOT_FFI,     /* the ffi library: the engine's own chunk's alone */
+    SLOT_CAST,    /* ffi.cast, for the shared arrays (struct sb_shared) */
+    SLOT_ARRAYS,  /* { CO, CP, X, S, M, F, PR }: the shared arrays as FFI pointers */
+    SLOT_BAD,     /* { score, margin } of the candidate whose result is not a number */
     SLOT_R,       /* eligible()'s reason when it said no */
     SLOT_ST,      /* [1] candidate being run (negative: in eligible) */
     SLOT_LOG,     /* nbx.log(): { on = bool, n = lines, dropped = count, lines... } */
@@ -100,14 +98,32 @@ enum sb_slot {
     SLOT_COUNT
 };
 
-struct sb_cached_cand {
-    double co, cp;
+/* What the driver (sandbox.lua) and C exchange per candidate, in C memory
+ * the driver reads and writes through FFI pointers: no Lua API call per
+ * candidate. Only the engine's own chunk holds the pointers; a policy can
+ * neither reach the FFI nor make cdata (lsource.c refuses its literals).
+ * Index k is candidate k (1-based; element 0 unused), PR is per offer
+ * index + 1. C allocates them: they are not the policy's memory. */
+enum sb_flag {
+    SB_F_SCORED = 1,     /* S[k] holds the score, no expected margin */
+    SB_F_SCORED_M = 2,   /* S[k] and M[k] */
+    SB_F_INELIGIBLE = 3, /* eligible() said no; R[k] its reason */
+    SB_F_BAD = 4         /* a result is not a number: BAD holds them, the run stopped */
+};
+
+struct sb_shared {
+    int32_t *co; /* offer index + 1, negated when the candidate has exposures */
+    int32_t *cp; /* placement index + 1 */
+    double *x;   /* 7 exposure numbers per exposed candidate, in order */
+    double *s, *m;
+    uint8_t *f;  /* sb_flag, written by the driver */
+    double *pr;  /* per offer: this decision's propensity */
+    size_t cap;  /* candidates the per-candidate arrays hold */
+    bool stale;  /* resized: the state's pointers must be made again */
 };
 
 struct sb_result {
-    double score, margin;
     size_t why; /* offset in sb->text of eligible()'s reason; SIZE_MAX: none */
-    bool eligible;
 };
 
 /* Customer maps cleared before each decision that refills them. */
@@ -143,6 +159,12 @@ struct nbx_sandbox {
     int64_t last_now; /* CLOCK_MONOTONIC at the last look */
     bool cpu_mode;
     bool timed_out;
+    /* What sandbox.lua's tick check reads (through an FFI pointer) to look
+     * at the clock without calling C: [0] the next time C must look
+     * (CLOCK_MONOTONIC ns; -inf once timed out), [1] the time the budget
+     * left is measured to, [2] the most units one grant gives. Kept by
+     * sb_publish_deadline() whenever the fields above change. */
+    double deadline[3];
 
     /* Fault record of the current run or load. */
     bool in_policy;
@@ -166,19 +188,8 @@ struct nbx_sandbox {
 
     size_t *live; /* per run: live candidate k -> index into in->cand */
     size_t live_cap;
-    /* What CO and CP hold from the last decision: only changes are written
-     * (consecutive decisions mostly see the same candidates). */
-    struct sb_cached_cand *cached;
-    size_t n_cached;
-    /* Offers whose propensity PR holds (cleared when the next decision
-     * does not need them). */
-    bool pr_wanted; /* the policy asked for a propensity: fill PR */
-    uint32_t *pr_set;
-    uint32_t *pr_next;
-    size_t n_pr_set;
-    uint8_t *pr_has; /* per offer */
-    /* Results read from S and M, committed to the candidates only once all
-     * of them have been checked. */
+    struct sb_shared shared;
+    /* Per live candidate, what C keeps of its result beyond the arrays. */
     struct sb_result *results;
     bool map_dirty[MAP_COUNT];
 
@@ -191,10 +202,6 @@ struct nbx_sandbox {
     uint32_t log_dropped;
     bool log_on; /* what LOG.on holds in the state */
 };
-
-/* Its address marks an ineligible candidate in S: no policy can produce a
- * light userdata, so a score can never be mistaken for it. */
-extern const char nbx_sb_ineligible;
 
 static inline nbx_sandbox *sb_of(lua_State *L)
 {
@@ -229,7 +236,8 @@ void sb_clock_stop(nbx_sandbox *sb);
 bool sb_time_up(nbx_sandbox *sb);
 /* Raise the timeout once time is up (and from then on); else return. */
 void sb_check_time(lua_State *L, nbx_sandbox *sb);
-/* The check instrumented code calls when its tick counter runs out. */
+/* The check instrumented code calls when its tick counter runs out and
+ * sandbox.lua's fast check found the deadline near (or past). */
 int sb_tick_check(lua_State *L);
 void sb_pattern_check(lua_State *L, void *ud);
 void sb_pattern_too_big(lua_State *L, void *ud, const char *what, size_t size);
@@ -281,6 +289,8 @@ typedef struct sb_run {
 
 /* Offers and placements as Lua tables, once per state (in sb_build_state). */
 void sb_push_catalog(lua_State *L, int slots, const nbx_catalog *c);
+/* (Re)make the FFI pointers of the shared arrays in SLOT_ARRAYS. */
+void sb_share_arrays(lua_State *L, nbx_sandbox *sb, int slots);
 /* Fill the inputs of one decision and push the driver's arguments. */
 int sb_push_inputs(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r);
 /* Read S, M and R into the candidates (or note the first bad result). */

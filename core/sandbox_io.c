@@ -146,8 +146,6 @@ void sb_push_catalog(lua_State *L, int slots, const nbx_catalog *c)
     sb_slot_set(L, slots, SLOT_MARGIN);
     sb_slot_set(L, slots, SLOT_OFFER_INDEX);
     sb_slot_set(L, slots, SLOT_OFFERS);
-    lua_createtable(L, n_offers, 0);
-    sb_slot_set(L, slots, SLOT_PR);
     lua_createtable(L, c ? (int)c->n_placements : 0, 0);
     for (uint32_t i = 0; c && i < c->n_placements; i++) {
         lua_pushlstring(L, c->placements[i].id.ptr, c->placements[i].id.len);
@@ -234,93 +232,83 @@ static void sb_push_time(lua_State *L, int64_t ms)
         lua_pushnil(L);
 }
 
-/* CO/CP/X for the live candidates. CO and CP entries are written only
- * where they differ from the last decision's. */
-static void sb_fill_candidates(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
+/* ========================================================================
+ * The arrays the driver and C share
+ * ======================================================================== */
+
+static void sb_share(lua_State *L, int arrays, int cast, const char *field, const char *type,
+                     void *p)
 {
-    sb_slot_get(L, slots, SLOT_CO);
-    int co = lua_gettop(L);
-    sb_slot_get(L, slots, SLOT_CP);
-    int cp = lua_gettop(L);
-    sb_slot_get(L, slots, SLOT_X);
-    int x = lua_gettop(L);
-    int xj = 0;
+    lua_pushvalue(L, cast);
+    lua_pushstring(L, type);
+    lua_pushlightuserdata(L, p);
+    lua_call(L, 2, 1);
+    lua_setfield(L, arrays, field);
+}
+
+void sb_share_arrays(lua_State *L, nbx_sandbox *sb, int slots)
+{
+    struct sb_shared *a = &sb->shared;
+    sb_slot_get(L, slots, SLOT_ARRAYS);
+    int arrays = lua_gettop(L);
+    sb_slot_get(L, slots, SLOT_CAST);
+    int cast = lua_gettop(L);
+    sb_share(L, arrays, cast, "CO", "int32_t *", a->co);
+    sb_share(L, arrays, cast, "CP", "int32_t *", a->cp);
+    sb_share(L, arrays, cast, "X", "double *", a->x);
+    sb_share(L, arrays, cast, "S", "double *", a->s);
+    sb_share(L, arrays, cast, "M", "double *", a->m);
+    sb_share(L, arrays, cast, "F", "uint8_t *", a->f);
+    sb_share(L, arrays, cast, "PR", "double *", a->pr);
+    lua_settop(L, arrays - 1);
+    a->stale = false;
+}
+
+static double sb_time_value(int64_t ms)
+{
+    return ms ? (double)ms / 1000.0 : 0;
+}
+
+/* CO, CP and X for the live candidates. */
+static void sb_fill_candidates(nbx_sandbox *sb, sb_run *r)
+{
+    struct sb_shared *a = &sb->shared;
+    size_t xj = 0;
     for (size_t k = 0; k < r->n; k++) {
         const nbx_candidate *c = &r->in->cand[sb->live[k]];
         const nbx_exposure_summary *s = c->exposure;
-        double vco = s ? -(double)c->offer - 1 : (double)c->offer + 1;
-        double vcp = (double)c->placement + 1;
-        struct sb_cached_cand *m = &sb->cached[k];
-        if (k >= sb->n_cached || m->co != vco) {
-            lua_pushnumber(L, vco);
-            lua_rawseti(L, co, (int)k + 1);
-            m->co = vco;
-        }
-        if (k >= sb->n_cached || m->cp != vcp) {
-            lua_pushnumber(L, vcp);
-            lua_rawseti(L, cp, (int)k + 1);
-            m->cp = vcp;
-        }
+        a->co[k + 1] = s ? -(int32_t)c->offer - 1 : (int32_t)c->offer + 1;
+        a->cp[k + 1] = (int32_t)c->placement + 1;
         if (!s)
             continue;
-        int b = xj * 7;
-        xj++;
-        lua_pushnumber(L, s->impressions);
-        lua_rawseti(L, x, b + 1);
-        lua_pushnumber(L, s->clicks);
-        lua_rawseti(L, x, b + 2);
-        lua_pushnumber(L, s->accepts);
-        lua_rawseti(L, x, b + 3);
-        lua_pushnumber(L, s->dismisses);
-        lua_rawseti(L, x, b + 4);
-        sb_push_time(L, s->last_impression);
-        lua_rawseti(L, x, b + 5);
-        sb_push_time(L, s->last_dismiss);
-        lua_rawseti(L, x, b + 6);
-        sb_push_time(L, s->last_accept);
-        lua_rawseti(L, x, b + 7);
+        double *x = a->x + xj + 1;
+        xj += 7;
+        x[0] = s->impressions;
+        x[1] = s->clicks;
+        x[2] = s->accepts;
+        x[3] = s->dismisses;
+        x[4] = sb_time_value(s->last_impression);
+        x[5] = sb_time_value(s->last_dismiss);
+        x[6] = sb_time_value(s->last_accept);
     }
-    if (r->n > sb->n_cached)
-        sb->n_cached = r->n;
-    lua_pop(L, 3);
 }
 
-/* PR[offer + 1]: the customer's propensity for each candidate's offer, as
- * caps.c resolved it; entries of offers that are no longer candidates are
- * cleared (sandbox.lua asks C for those). Filled only once the policy has
- * asked for a propensity: a policy that never does pays nothing. */
-static void sb_fill_propensities(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
+/* PR: the customer's propensity for every offer, as caps.c resolved them
+ * (nbx_caps_propensities), else resolved here by the same chain. */
+static void sb_fill_propensities(nbx_sandbox *sb, sb_run *r)
 {
     const nbx_sandbox_input *in = r->in;
-    if (!sb->pr_wanted || !in->propensity)
+    const nbx_catalog *c = sb->catalog;
+    if (!c || c->n_offers == 0)
         return;
-    sb_slot_get(L, slots, SLOT_PR);
-    int pr = lua_gettop(L);
-    for (size_t j = 0; j < sb->n_pr_set; j++)
-        sb->pr_has[sb->pr_set[j]] = 2; /* stale unless a candidate again */
-    size_t n_new = 0;
-    for (size_t k = 0; k < r->n; k++) {
-        uint32_t o = in->cand[sb->live[k]].offer;
-        if (sb->pr_has[o] == 1)
-            continue;
-        sb->pr_has[o] = 1;
-        sb->pr_next[n_new++] = o;
-        lua_pushnumber(L, in->propensity[o]);
-        lua_rawseti(L, pr, (int)o + 1);
+    if (in->propensity) {
+        memcpy(sb->shared.pr + 1, in->propensity, c->n_offers * sizeof *in->propensity);
+        return;
     }
-    for (size_t j = 0; j < sb->n_pr_set; j++) {
-        uint32_t o = sb->pr_set[j];
-        if (sb->pr_has[o] == 2) {
-            sb->pr_has[o] = 0;
-            lua_pushnil(L);
-            lua_rawseti(L, pr, (int)o + 1);
-        }
-    }
-    uint32_t *swap = sb->pr_set;
-    sb->pr_set = sb->pr_next;
-    sb->pr_next = swap;
-    sb->n_pr_set = n_new;
-    lua_pop(L, 1);
+    static const nbx_profile empty;
+    const nbx_profile *p = in->profile ? in->profile : &empty;
+    for (uint32_t i = 0; i < c->n_offers; i++)
+        sb->shared.pr[i + 1] = nbx_offer_propensity(p, &c->offers[i]);
 }
 
 /* Arguments of the driver: n, now, then the customer's scalars. */
@@ -368,8 +356,8 @@ int sb_push_inputs(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
 {
     sb_fill_profile_maps(L, sb, slots, r->in->profile);
     sb_fill_session(L, sb, slots, r->in);
-    sb_fill_candidates(L, sb, slots, r);
-    sb_fill_propensities(L, sb, slots, r);
+    sb_fill_candidates(sb, r);
+    sb_fill_propensities(sb, r);
     sb_slot_get(L, slots, SLOT_DRIVER);
     return sb_push_driver_args(L, r);
 }
@@ -393,52 +381,74 @@ static void sb_describe_value(lua_State *L, int idx, char *out, size_t n)
     }
 }
 
+static void sb_describe_number(double v, char *out, size_t n)
+{
+    snprintf(out, n, "%s", isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+}
+
+/* Candidate k's results were not numbers: BAD holds them (the driver
+ * stopped there). Which one, and what it was. */
+static void sb_describe_bad(lua_State *L, int slots, sb_run *r, size_t k)
+{
+    sb_slot_get(L, slots, SLOT_BAD);
+    int bad = lua_gettop(L);
+    lua_rawgeti(L, bad, 1);
+    bool score_bad = lua_type(L, -1) != LUA_TNUMBER;
+    if (!score_bad) {
+        lua_pop(L, 1);
+        lua_rawgeti(L, bad, 2);
+    }
+    r->bad_result = score_bad ? 1 : 2;
+    sb_describe_value(L, -1, r->bad_value, sizeof r->bad_value);
+    lua_pop(L, 1);
+    /* let go of what the policy returned: it must not outlive the decision */
+    lua_pushnil(L);
+    lua_rawseti(L, bad, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, bad, 2);
+    lua_pop(L, 1);
+    r->current = k;
+}
+
 static void sb_read_reasons(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r);
 
-/* Read S and M in one pass of API calls into sb->results; commit them to
+/* Check the results the driver left in the shared arrays; commit them to
  * the candidates only if every score is a finite number and every expected
  * margin nil or one. Otherwise note the first offending candidate and
  * leave the candidates untouched. */
 void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
 {
-    sb_slot_get(L, slots, SLOT_S);
-    int s = lua_gettop(L);
-    sb_slot_get(L, slots, SLOT_M);
-    int m = lua_gettop(L);
+    const struct sb_shared *a = &sb->shared;
     bool reasons = false;
-    for (size_t k = 0; k < r->n; k++) {
-        struct sb_result *out = &sb->results[k];
-        lua_rawgeti(L, s, (int)k + 1);
-        int t = lua_type(L, -1);
-        if (t == LUA_TNUMBER) {
-            out->score = lua_tonumber(L, -1);
-            out->eligible = true;
-            if (!isfinite(out->score)) {
-                r->bad_result = 1;
-            } else {
-                lua_rawgeti(L, m, (int)k + 1);
-                t = lua_type(L, -1);
-                if (t == LUA_TNUMBER)
-                    out->margin = lua_tonumber(L, -1);
-                else
-                    out->margin = NAN;
-                if ((t == LUA_TNUMBER && !isfinite(out->margin)) ||
-                    (t != LUA_TNUMBER && t != LUA_TNIL))
-                    r->bad_result = 2;
-            }
-        } else if (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == &nbx_sb_ineligible) {
-            out->eligible = false;
-            out->why = SIZE_MAX;
+    for (size_t k = 1; k <= r->n; k++) {
+        uint8_t f = a->f[k];
+        if (f == SB_F_INELIGIBLE) {
+            sb->results[k - 1].why = SIZE_MAX;
             reasons = true;
-        } else {
-            r->bad_result = 1;
+            continue;
         }
-        if (r->bad_result) {
-            sb_describe_value(L, -1, r->bad_value, sizeof r->bad_value);
-            r->current = k + 1;
+        if (f == SB_F_BAD) {
+            sb_describe_bad(L, slots, r, k);
             return;
         }
-        lua_settop(L, m);
+        if (f != SB_F_SCORED && f != SB_F_SCORED_M) { /* cannot happen: the driver ran them all */
+            r->bad_result = 1;
+            snprintf(r->bad_value, sizeof r->bad_value, "nothing");
+            r->current = k;
+            return;
+        }
+        if (!isfinite(a->s[k])) {
+            r->bad_result = 1;
+            sb_describe_number(a->s[k], r->bad_value, sizeof r->bad_value);
+            r->current = k;
+            return;
+        }
+        if (f == SB_F_SCORED_M && !isfinite(a->m[k])) {
+            r->bad_result = 2;
+            sb_describe_number(a->m[k], r->bad_value, sizeof r->bad_value);
+            r->current = k;
+            return;
+        }
     }
     if (reasons) {
         if (r->in->explain)
@@ -447,16 +457,17 @@ void sb_read_results(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
         sb_slot_get(L, slots, SLOT_R);
         lua_call(L, 1, 0);
     }
-    for (size_t k = 0; k < r->n; k++) {
-        nbx_candidate *c = &r->in->cand[sb->live[k]];
-        const struct sb_result *res = &sb->results[k];
-        c->scored = res->eligible;
-        if (res->eligible) {
-            c->score = res->score;
-            c->expected_margin = res->margin;
+    for (size_t k = 1; k <= r->n; k++) {
+        nbx_candidate *c = &r->in->cand[sb->live[k - 1]];
+        uint8_t f = a->f[k];
+        c->scored = f != SB_F_INELIGIBLE;
+        if (c->scored) {
+            c->score = a->s[k];
+            c->expected_margin = f == SB_F_SCORED_M ? a->m[k] : NAN;
         } else {
+            size_t why = sb->results[k - 1].why;
             c->excluded = NBX_EXCLUDED_INELIGIBLE;
-            c->why = res->why == SIZE_MAX || sb->text.oom ? NULL : sb->text.data + res->why;
+            c->why = why == SIZE_MAX || sb->text.oom ? NULL : sb->text.data + why;
         }
     }
 }
@@ -490,7 +501,7 @@ static void sb_read_reasons(lua_State *L, nbx_sandbox *sb, int slots, sb_run *r)
     int rt = lua_gettop(L);
     for (size_t k = 0; k < r->n; k++) {
         struct sb_result *res = &sb->results[k];
-        if (res->eligible)
+        if (sb->shared.f[k + 1] != SB_F_INELIGIBLE)
             continue;
         lua_rawgeti(L, rt, (int)k + 1);
         int t = lua_type(L, -1);

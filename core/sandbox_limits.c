@@ -9,7 +9,9 @@
  * Time: the policy's code carries its own checks. lsource.c rewrites every
  * policy so that function entries, loop iterations, returns and every
  * statement that does work count down a counter (TICKS[1]) by the work they
- * do; when it runs out, sb_tick_check() looks at the clock. The JIT compiles
+ * do; when it runs out, sandbox.lua's tick_check() looks at the clock (through
+ * the FFI: no C call, so compiled code stays compiled) and grants more, or
+ * calls sb_tick_check() once the deadline is near. The JIT compiles
  * those counters into the machine code like any other Lua, so unlike a debug
  * hook (which compiled code never calls) they hold in compiled loops too.
  * Each work unit is an operation on strings no longer than SB_STRING_MAX or
@@ -21,6 +23,7 @@
 #include "sandbox_int.h"
 
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,8 @@
 /* ========================================================================
  * Allocator
  * ======================================================================== */
+
+static void sb_publish_deadline(nbx_sandbox *sb);
 
 /* Growth from which an allocation also checks the deadline. */
 #define SB_BIG_ALLOC 65536
@@ -78,6 +83,7 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         if (grow >= SB_BIG_ALLOC && sb->in_policy && sb->L && (sb->timed_out || sb_time_up(sb))) {
             if (!sb->timed_out) {
                 sb->timed_out = true;
+                sb_publish_deadline(sb);
                 if (!sb->recorded)
                     sb_note_where(sb, sb->L, 0);
             }
@@ -151,6 +157,26 @@ static double sb_grant(const nbx_sandbox *sb, int64_t remaining_ns)
     return units;
 }
 
+/* Tell sandbox.lua's tick check what C decided (see deadline[] in
+ * sandbox_int.h): while CLOCK_MONOTONIC is below deadline[0] it grants
+ * (deadline[1] - now) / SB_UNIT_WORST_NS units, clamped as sb_grant does,
+ * which is what sb_tick_check would grant; at or past it, C decides. */
+static void sb_publish_deadline(nbx_sandbox *sb)
+{
+    double *d = sb->deadline;
+    if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE) {
+        d[0] = HUGE_VAL;
+        d[1] = HUGE_VAL;
+        d[2] = 1e300;
+    } else if (sb->timed_out || sb->wall_check == INT64_MAX) {
+        d[0] = -HUGE_VAL; /* C decides: raise again, or no run is on */
+    } else {
+        d[0] = (double)sb->wall_check;
+        d[1] = sb->cpu_mode ? (double)sb->wall_check : (double)(sb->wall_start + sb->budget_ns);
+        d[2] = SB_TICK_MAX;
+    }
+}
+
 static void sb_set_ticks(nbx_sandbox *sb, lua_State *L, double units)
 {
     sb_push_slot(L, SLOT_TICKS);
@@ -171,12 +197,14 @@ void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
         sb->wall_start = sb_clock_ns(CLOCK_MONOTONIC);
         sb->wall_check = sb->wall_start + sb->sample_ns;
     }
+    sb_publish_deadline(sb);
     sb_set_ticks(sb, sb->L, sb_grant(sb, sb->budget_ns));
 }
 
 void sb_clock_stop(nbx_sandbox *sb)
 {
     sb->wall_check = INT64_MAX;
+    sb_publish_deadline(sb);
 }
 
 /* What is left of the budget at most (CPU time cannot run ahead of wall
@@ -208,6 +236,7 @@ bool sb_time_up(nbx_sandbox *sb)
     if (spent >= sb->budget_ns)
         return true;
     sb->wall_check = now + (sb->budget_ns - spent);
+    sb_publish_deadline(sb);
     return false;
 }
 
@@ -219,6 +248,7 @@ void sb_check_time(lua_State *L, nbx_sandbox *sb)
         if (NBX_LIKELY(!sb_time_up(sb)))
             return;
         sb->timed_out = true;
+        sb_publish_deadline(sb);
         if (!sb->recorded)
             sb_note_where(sb, L, 0);
     }

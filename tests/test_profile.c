@@ -313,3 +313,67 @@ Test(profile, an_out_of_range_order_count_is_refused_before_it_is_converted)
     cr_assert_eq(nbx_profile_parse(ok, strlen(ok), &patch, &arena, NULL), NBX_OK);
     cr_assert_eq(patch.rfm.orders, UINT64_C(9000000000000000));
 }
+
+static int orders_of(nbx_store *s, const char *id)
+{
+    char *json = NULL;
+    cr_assert_eq(nbx_profile_get(s, id, &json, NULL), NBX_OK, "get %s: %s", id,
+                 nbx_store_errmsg(s));
+    const char *at = strstr(json, "\"orders\":");
+    cr_assert_not_null(at, "%s", json);
+    int n = atoi(at + strlen("\"orders\":"));
+    nbx_free(json);
+    return n;
+}
+
+static void purchase(nbx_store *s, const char *customer, const char *event_id, const char *ts)
+{
+    char ev[256];
+    snprintf(ev, sizeof ev,
+             "{\"event_id\":\"%s\",\"customer\":\"%s\",\"type\":\"purchase\","
+             "\"amount\":10,\"ts\":\"%s\"}",
+             event_id, customer, ts);
+    cr_assert_eq(nbx_event_apply(s, ev, strlen(ev), NULL), NBX_OK, "%s", nbx_store_errmsg(s));
+}
+
+/* An import's figures are complete up to its as_of; printed without it, a
+ * profile exported and imported elsewhere became complete up to its last
+ * purchase only, and the purchases between the two counted again (found by
+ * fuzz_profile: the JSON read back gave other stored bytes). */
+Test(profile, printing_keeps_the_time_the_figures_are_complete_up_to)
+{
+    put("{\"id\":\"c1\",\"rfm\":{\"last_purchase\":\"2025-05-09T00:00:00Z\",\"orders\":3,"
+        "\"revenue\":300,\"as_of\":\"2026-01-01T00:00:00Z\"}}");
+    char *out = get("c1");
+    cr_assert(strstr(out, "\"segment\":null,\"as_of\":\"2026-01-01T00:00:00Z\"}") != NULL, "%s",
+              out);
+    char *dir2 = tu_tempdir("profile");
+    nbx_store *copy;
+    cr_assert_eq(nbx_store_open(dir2, NBX_STORE_CREATE, &copy), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_profile_put(copy, out, strlen(out)), NBX_OK, "%s", nbx_store_errmsg(copy));
+    /* a purchase the CRM's figures count already: in both stores, once */
+    purchase(store, "c1", "o-1", "2025-12-01T00:00:00Z");
+    purchase(copy, "c1", "o-1", "2025-12-01T00:00:00Z");
+    cr_assert_eq(orders_of(store, "c1"), 3);
+    cr_assert_eq(orders_of(copy, "c1"), 3, "the copy counted a purchase its figures hold");
+
+    /* a purchase after as_of counts; the printed figures are then complete
+     * up to it, so importing them again counts it once */
+    purchase(store, "c1", "o-2", "2026-01-07T00:00:00Z");
+    char *later = get("c1");
+    cr_assert(strstr(later, "\"orders\":4,") != NULL, "%s", later);
+    cr_assert(strstr(later, "\"as_of\":\"2026-01-07T00:00:00Z\"") != NULL, "%s", later);
+    put(later);
+    cr_assert_eq(orders_of(store, "c1"), 4);
+
+    /* no import gave figures: the events' are complete up to the last */
+    purchase(store, "c2", "o-3", "2026-01-07T00:00:00Z");
+    char *events_only = get("c2");
+    cr_assert(strstr(events_only, "\"as_of\":\"2026-01-07T00:00:00Z\"") != NULL, "%s", events_only);
+    nbx_free(events_only);
+    nbx_free(later);
+    nbx_free(out);
+    nbx_store_close(copy);
+    tu_rmtree(dir2);
+    free(dir2);
+}

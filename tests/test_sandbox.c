@@ -57,11 +57,18 @@ static nbx_policy *policy_src(const char *name, const char *src)
     return p;
 }
 
+/* The engines' own limits (2 ms a decision, 100 ms a load), for the tests
+ * about time. */
+static const nbx_limits production;
+
+/* limits NULL: roomy time (10 s a decision or a load), for the tests about
+ * anything else, which must pass on a slow, busy or sanitised build. */
 static nbx_sandbox *open_sb(nbx_policy *p, const nbx_limits *limits)
 {
     nbx_sandbox *sb = NULL;
     nbx_err e = {0};
-    int rc = nbx_sandbox_open(p, catalog, limits, &sb, &e);
+    const nbx_limits roomy = {.time_us = 10000000, .load_time_us = 10000000};
+    int rc = nbx_sandbox_open(p, catalog, limits ? limits : &roomy, &sb, &e);
     cr_assert_eq(rc, NBX_OK, "open: expected NBX_OK, got %d: %s", rc, e.msg);
     return sb;
 }
@@ -760,7 +767,7 @@ Test(sandbox, timeout_is_bounded_located_and_recovered)
                                            "  return o.margin\n"
                                            "end\n"
                                            "return P\n");
-    nbx_sandbox *sb = open_sb(p, NULL); /* default limit: 2 ms */
+    nbx_sandbox *sb = open_sb(p, &production); /* 2 ms */
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     size_t mem_before = nbx_sandbox_memory(sb);
@@ -897,7 +904,7 @@ Test(sandbox, large_live_data_and_garbage_fit_the_limit)
                                           "  for i = 1, 5000 do t[i] = { i, i } end\n"
                                           "  return keep['key number 20'] + #t - 5000 + 30\n"
                                           "end }\n");
-    nbx_limits lim = {.time_us = 10000000, .memory = 8u << 20};
+    nbx_limits lim = {.time_us = 10000000, .memory = 8u << 20, .load_time_us = 10000000};
     nbx_sandbox *sb = open_sb(p, &lim);
     cr_expect_gt(nbx_sandbox_memory(sb), 4000000, "the kept data is counted: %zu bytes",
                  nbx_sandbox_memory(sb));
@@ -1119,7 +1126,7 @@ Test(sandbox, a_fault_does_not_rebuild_the_state)
                                    "  return o.margin + nbx.len(big) - 50000\n"
                                    "end\n"
                                    "return P\n");
-    nbx_sandbox *sb = open_sb(p, NULL);
+    nbx_sandbox *sb = open_sb(p, &production);
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_policy_error pe;
@@ -1249,7 +1256,7 @@ static void check_hostile(const char *dir, const char *file)
      * error message alone can take 2 ms, and the test is about the kind. */
     bool timed = strcmp(x.kind, "timeout") == 0 || strcmp(x.kind, "limit") == 0;
     nbx_limits generous = {.time_us = 200000, .memory = NBX_DEFAULT_MEMORY_LIMIT};
-    nbx_sandbox *sb = open_sb(p, timed ? NULL : &generous);
+    nbx_sandbox *sb = open_sb(p, timed ? &production : &generous);
     nbx_candidate cand[CAND_MAX];
     size_t n = all_candidates(cand);
     nbx_policy_error pe;

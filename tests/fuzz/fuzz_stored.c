@@ -250,10 +250,14 @@ static void through_store(int kind, const uint8_t *v, size_t n)
     } else {
         raw_write(fe, dbi, key, klen, NULL, 0);
     }
-    /* the customer's own rows go too, so the next input starts clean */
+    /* the customer's own rows go too, so the next input starts clean; the
+     * erasure leaves DAMAGED suppressed (every later put or event for it
+     * refused), so it is lifted again */
     rc = nbx_profile_delete(s, DAMAGED);
     if (rc != NBX_OK && rc != NBX_ENOTFOUND)
         fz_fail("deleting %s: %d: %s", DAMAGED, rc, nbx_store_errmsg(s));
+    if (nbx_profile_restore(s, DAMAGED) != NBX_OK)
+        fz_fail("restoring %s: %s", DAMAGED, nbx_store_errmsg(s));
     fz_engine_trim(fe);
 }
 

@@ -57,7 +57,10 @@ TMPDIR="$build/tmp"
 export TMPDIR
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1}
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export ASAN_OPTIONS UBSAN_OPTIONS
+# Always the suppressions (what they hide and why: lsan.supp), after any
+# LSAN_OPTIONS of the caller's.
+LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$here/lsan.supp"
+export ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 
 case "$target" in
 policy) dict="-dict=$here/policy.dict" ;;

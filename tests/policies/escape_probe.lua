@@ -66,6 +66,14 @@ function policy.score(offer, customer, session)
     error("ESCAPED: offer write in score")
   end
   if leak_check ~= "set at load" then error("ESCAPED: globals changed") end
+  -- what the engine shares with its own Lua through the FFI never reaches
+  -- the policy as cdata: counters, times and propensities are numbers
+  for k, v in pairs(customer.exposures) do
+    if type(v) ~= "number" then error("ESCAPED: exposures." .. k .. " is a " .. type(v)) end
+  end
+  if type(nbx.propensity(customer, offer)) ~= "number" then
+    error("ESCAPED: a propensity that is not a number")
+  end
   return offer.margin
 end
 
