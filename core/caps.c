@@ -1,7 +1,8 @@
 /*
  * caps.c: eligibility (consent, frequency caps, dismiss cooldown, contact
- * policy, daily budgets, validity) and the guardrails enforced after the
- * policy, whatever it returned.
+ * policy, daily budgets, validity), and exclusions in words. The guardrails
+ * enforced after the policy depend on the offer alone: catalog.c decides
+ * them once per catalog load.
  *
  * Everything here reads state gathered once per decision by nbx_caps_load:
  * the customer's consent per purpose, one cursor range over the customer's
@@ -325,87 +326,9 @@ int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool
     return fallback ? NBX_EXCLUDED_NONE : nbx_caps_check(c, o, now_ms);
 }
 
-bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
-{
-    /* Money in binary floating point: 9.99 / 33.3 is 30.000000000000004 %
-     * and 0.3 - 0.1 - 0.2 is -2.8e-17. An offer exactly at a limit passes:
-     * the comparisons allow the rounding error of the arithmetic (about
-     * 1e-16 of the amounts involved), far below a cent. */
-    const nbx_guardrails *g = &c->guardrails;
-    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct + 1e-9)
-        return false;
-    double scale = o->price + o->unit_cost + o->discount;
-    if (!isnan(g->min_margin) && o->margin < g->min_margin - 1e-12 * (scale > 1 ? scale : 1))
-        return false;
-    return true;
-}
-
-/* The propensity fallback chain, the one definition of it: the profile's
- * value for the offer id, else for its category, else the offer's prior for
- * the customer's RFM segment, else base_propensity. by_offer and
- * by_category are the profile's values (NaN when it has none). */
-static double chain(const nbx_profile *p, const nbx_offer *o, double by_offer, double by_category,
-                    uint8_t *source)
-{
-    uint8_t from;
-    double v;
-    if (!isnan(by_offer)) {
-        from = NBX_PSRC_OFFER, v = by_offer;
-    } else if (!isnan(by_category)) {
-        from = NBX_PSRC_CATEGORY, v = by_category;
-    } else if (p->rfm.segment && p->rfm.segment < NBX_SEGMENT_COUNT &&
-               !isnan(o->segment_prior[p->rfm.segment])) {
-        from = NBX_PSRC_SEGMENT, v = o->segment_prior[p->rfm.segment];
-    } else {
-        from = NBX_PSRC_BASE, v = o->base_propensity;
-    }
-    if (source)
-        *source = from;
-    return v;
-}
-
-double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o)
-{
-    const nbx_prop *by_offer = nbx_profile_propensity(p, o->id);
-    const nbx_prop *by_category = o->category.len ? nbx_profile_propensity(p, o->category) : NULL;
-    return chain(p, o, by_offer ? by_offer->value : NAN, by_category ? by_category->value : NAN,
-                 NULL);
-}
-
-const char *nbx_propensity_source_name(int source)
-{
-    static const char *const names[] = {NULL, "offer", "category", "segment", "base"};
-    return source > 0 && source < (int)NBX_ARRAY_LEN(names) ? names[source] : NULL;
-}
-
-/* out[j] = the profile's value for keys[j] (sorted), NaN when absent. */
-static void join_keys(const nbx_profile *p, const nbx_sv *keys, size_t stride, uint32_t n,
-                      double *out)
-{
-    uint32_t i = 0, j = 0;
-    while (j < n) {
-        const nbx_sv *key = (const nbx_sv *)(const void *)((const char *)keys + j * stride);
-        int cmp = i < p->n_propensity ? nbx_sv_cmp(p->propensity[i].key, *key) : 1;
-        if (cmp < 0) {
-            i++;
-        } else {
-            out[j++] = cmp == 0 ? p->propensity[i].value : NAN;
-        }
-    }
-}
-
 void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p)
 {
-    const nbx_catalog *cat = c->catalog;
-    join_keys(p, &cat->offers[0].id, sizeof(nbx_offer), cat->n_offers, c->propensity);
-    join_keys(p, cat->categories, sizeof(nbx_sv), cat->n_categories, c->category_propensity);
-    for (uint32_t k = 0; k < cat->n_offers; k++) {
-        const nbx_offer *o = &cat->offers[k];
-        double by_category =
-            o->category_index != UINT32_MAX ? c->category_propensity[o->category_index] : NAN;
-        c->propensity[k] =
-            chain(p, o, c->propensity[k], by_category, &c->propensity_source[k]);
-    }
+    nbx_propensities(c->catalog, p, c->propensity, c->propensity_source, c->category_propensity);
 }
 
 /* ========================================================================
@@ -475,10 +398,11 @@ static void explain_budget(const nbx_caps *c, const nbx_offer *o, char *out, siz
 static void explain_guardrail(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
 {
     const nbx_guardrails *g = &c->catalog->guardrails;
-    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct + 1e-9)
+    int failed = nbx_guardrail_failed(c->catalog, o);
+    if (failed == NBX_GUARDRAIL_DISCOUNT)
         snprintf(out, cap, "a discount of %.4g%% is above the %.4g%% limit", o->discount_pct,
                  g->max_discount_pct);
-    else if (!isnan(g->min_margin))
+    else if (failed == NBX_GUARDRAIL_MARGIN)
         snprintf(out, cap, "a unit margin of %.2f is below the minimum of %.2f", o->margin,
                  g->min_margin);
     else

@@ -1,5 +1,6 @@
 /*
- * catalog.c: load and validate the offer catalog (a JSON file).
+ * catalog.c: load and validate the offer catalog (a JSON file), and decide
+ * once per offer whether it passes the catalog's guardrails.
  *
  * The catalog is immutable once loaded and shared by every context through a
  * reference count; a reload builds a new one and swaps it in (engine.c).
@@ -885,6 +886,26 @@ static int catalog_parse(const char *path, const char *text, size_t len, nbx_cat
     for (uint32_t i = 0; i < c->n_offers; i++)
         c->offers[i].passes_guardrails = nbx_guardrails_pass(c, &c->offers[i]);
     return NBX_OK;
+}
+
+int nbx_guardrail_failed(const nbx_catalog *c, const nbx_offer *o)
+{
+    /* Money in binary floating point: 9.99 / 33.3 is 30.000000000000004 %
+     * and 0.3 - 0.1 - 0.2 is -2.8e-17. An offer exactly at a limit passes:
+     * the comparisons allow the rounding error of the arithmetic (about
+     * 1e-16 of the amounts involved), far below a cent. */
+    const nbx_guardrails *g = &c->guardrails;
+    if (!isnan(g->max_discount_pct) && o->discount_pct > g->max_discount_pct + 1e-9)
+        return NBX_GUARDRAIL_DISCOUNT;
+    double scale = o->price + o->unit_cost + o->discount;
+    if (!isnan(g->min_margin) && o->margin < g->min_margin - 1e-12 * (scale > 1 ? scale : 1))
+        return NBX_GUARDRAIL_MARGIN;
+    return NBX_GUARDRAIL_NONE;
+}
+
+bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o)
+{
+    return nbx_guardrail_failed(c, o) == NBX_GUARDRAIL_NONE;
 }
 
 int nbx_catalog_load(const char *path, nbx_catalog **out, nbx_err *e)

@@ -110,17 +110,11 @@ void nbx_engine_log(nbx_engine *e, int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
-    /* Messages carry policy text (its name, its error messages): control
-     * bytes are escaped, so a policy cannot forge log lines or drive a
-     * terminal (a newline, ANSI escapes). */
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f)
-            n += (size_t)snprintf(msg + n, sizeof msg - n, "\\x%02x", *p);
-        else
-            msg[n++] = (char)*p;
-    }
-    msg[n] = '\0';
+    /* Messages carry outside text (a policy's name and error messages, a
+     * customer id, a path): escaped as every message is (nbx_escape_text:
+     * C0 and C1 controls, DEL, invalid UTF-8), so neither a policy nor a
+     * request can forge log lines or drive a terminal. */
+    nbx_escape_text(msg, sizeof msg, raw, strlen(raw));
     e->log(e->log_ud, level, msg);
 }
 

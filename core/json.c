@@ -670,15 +670,3 @@ void nbx_jw_decimal(nbx_buf *b, double v)
         *--p = '-';
     nbx_buf_append(b, p, (size_t)(e - p));
 }
-
-void nbx_jw_time(nbx_buf *b, int64_t ms)
-{
-    char t[NBX_TIME_BUFSZ];
-    if (nbx_time_format(ms, t) != NBX_OK) {
-        nbx_buf_append(b, "null", 4);
-        return;
-    }
-    nbx_buf_putc(b, '"');
-    nbx_buf_puts(b, t);
-    nbx_buf_putc(b, '"');
-}

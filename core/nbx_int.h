@@ -167,6 +167,10 @@ static inline uint32_t nbx_day_of(int64_t ms)
     return (uint32_t)((ms >= 0 ? ms : ms - NBX_MS_PER_DAY + 1) / NBX_MS_PER_DAY);
 }
 int64_t nbx_monotonic_us(void);
+/* A time as a JSON value: its RFC 3339 string, null outside the years
+ * nbx_time_format() writes. In time.c, which reads numbers with json.c's
+ * nbx_parse_double(): json.c stays below time.c. */
+void nbx_jw_time(nbx_buf *b, int64_t ms);
 
 /* ========================================================================
  * JSON (json.c)
@@ -230,7 +234,6 @@ void nbx_jw_number(nbx_buf *b, double v);
 /* Fixed point, up to 9 decimals (exact form outside [1e-3, 1e9)): for
  * decision results, where speed matters more than the last bits. */
 void nbx_jw_decimal(nbx_buf *b, double v);
-void nbx_jw_time(nbx_buf *b, int64_t ms);
 /* Parse a double from a bounded decimal string (locale-independent). */
 bool nbx_parse_double(const char *s, size_t n, double *out);
 
@@ -798,12 +801,43 @@ nbx_catalog *nbx_catalog_ref(nbx_catalog *c);
 void nbx_catalog_unref(nbx_catalog *c);
 const nbx_offer *nbx_catalog_offer(const nbx_catalog *c, nbx_sv id);
 int nbx_catalog_placement(const nbx_catalog *c, nbx_sv id); /* index or -1 */
+/* The guardrails that hold whatever the policy scored: discount ceiling and
+ * margin floor. They depend on the offer alone: decided once per offer at
+ * catalog load (passes_guardrails). nbx_guardrail_failed() says which one
+ * an offer fails first, for explanations. */
+enum nbx_guardrail { NBX_GUARDRAIL_NONE = 0, NBX_GUARDRAIL_DISCOUNT, NBX_GUARDRAIL_MARGIN };
+int nbx_guardrail_failed(const nbx_catalog *c, const nbx_offer *o);
+bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
 /* The consent purpose a request's session channel needs (index into
  * c->purposes, UINT32_MAX for none or no `channel` field). With `channels`
  * declared an unknown channel is NBX_EINVAL naming it; without, a channel
  * named like one of the catalog's purposes needs that purpose. */
 int nbx_catalog_channel(const nbx_catalog *c, const nbx_kv *session, size_t n_session,
                         uint32_t *purpose, nbx_err *e);
+
+/* ========================================================================
+ * Propensities (propensity.c): the one definition of the fallback chain
+ * ======================================================================== */
+
+/* Where a propensity came from, in the order the chain tries them. */
+enum nbx_propensity_source {
+    NBX_PSRC_OFFER = 1, /* the profile's value for the offer id */
+    NBX_PSRC_CATEGORY,  /* the profile's value for the offer's category */
+    NBX_PSRC_SEGMENT,   /* the offer's prior for the customer's RFM segment */
+    NBX_PSRC_BASE       /* the offer's base_propensity */
+};
+/* "offer", "category", "segment", "base"; NULL otherwise. */
+const char *nbx_propensity_source_name(int source);
+/* Propensity of a customer for an offer: the profile's value for the offer
+ * id, else its category, else the offer's prior for the customer's segment,
+ * else base_propensity. */
+double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
+/* The same for every offer of the catalog at once: out[i] and source[i]
+ * (nbx_propensity_source) per offer index, category_scratch one double per
+ * catalog category. Two merge joins of the profile's sorted keys against the
+ * sorted offer ids and categories, instead of two bisections per offer. */
+void nbx_propensities(const nbx_catalog *cat, const nbx_profile *p, double *out, uint8_t *source,
+                      double *category_scratch);
 
 /* ========================================================================
  * Policies and the sandbox (policy.c, sandbox.c)
@@ -948,7 +982,7 @@ typedef struct nbx_lp_limit {
 void nbx_lpattern_push(struct lua_State *L, const nbx_lp_limit *limit);
 
 /* ========================================================================
- * Eligibility and guardrails (caps.c)
+ * Eligibility (caps.c)
  * ======================================================================== */
 
 /* A planning batch's impressions per offer (it records nothing): counted
@@ -1016,26 +1050,9 @@ uint32_t nbx_caps_contacts_left(const nbx_caps *c);
  * record.c, the one recording path (nbx_decide, batches). */
 int nbx_caps_recheck(const nbx_caps *c, const nbx_offer *o, int64_t now_ms, bool fallback,
                      uint32_t contacts_left);
-/* The guardrails that hold whatever the policy scored: discount ceiling and
- * margin floor. Decided once per offer at catalog load (passes_guardrails). */
-bool nbx_guardrails_pass(const nbx_catalog *c, const nbx_offer *o);
 
-/* Where a propensity came from, in the order the chain tries them. */
-enum nbx_propensity_source {
-    NBX_PSRC_OFFER = 1, /* the profile's value for the offer id */
-    NBX_PSRC_CATEGORY,  /* the profile's value for the offer's category */
-    NBX_PSRC_SEGMENT,   /* the offer's prior for the customer's RFM segment */
-    NBX_PSRC_BASE       /* the offer's base_propensity */
-};
-/* "offer", "category", "segment", "base"; NULL otherwise. */
-const char *nbx_propensity_source_name(int source);
-/* Propensity of a customer for an offer: the profile's value for the offer
- * id, else its category, else the offer's prior for the customer's segment,
- * else base_propensity (caps.c holds the one definition of the chain). */
-double nbx_offer_propensity(const nbx_profile *p, const nbx_offer *o);
-/* The same for every offer of the catalog at once, into c->propensity: two
- * merge joins of the profile's sorted keys against the sorted offer ids and
- * categories, instead of two bisections per candidate. */
+/* Every offer's propensity for the customer into c->propensity and
+ * c->propensity_source (nbx_propensities). */
 void nbx_caps_propensities(nbx_caps *c, const nbx_profile *p);
 /* Why the offer was excluded for `reason`, in words for a reader of an
  * explanation ("shown 3 times in the last 7 days; the cap is 3"), from the

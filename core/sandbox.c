@@ -609,8 +609,9 @@ static const char *sb_current_offer(const nbx_sandbox *sb, const sb_run *r)
 }
 
 /* nbx.expected_margin_score in C: the arithmetic of the Lua helper over
- * the same resolved propensities (caps.c), so results are the same to the
- * bit. It cannot fail: every input is a finite catalog or profile number. */
+ * the same resolved propensities (propensity.c), so results are the same to
+ * the bit. It cannot fail: every input is a finite catalog or profile
+ * number. */
 static void sb_native_score(nbx_sandbox *sb, const nbx_sandbox_input *in, size_t n)
 {
     static const nbx_profile empty;

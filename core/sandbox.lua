@@ -271,8 +271,8 @@ end
 
 -- Set by init() once the inputs exist: the live customer proxy, the offer
 -- proxy -> offer index map, per offer index its unit margin and serving
--- cost, and PR: per offer index, the customer's propensity as C resolved it
--- (caps.c, nbx_caps_propensities: the one definition of the fallback
+-- cost, and PR: per offer index, the customer's propensity as caps.c
+-- resolved it through propensity.c (the one definition of the fallback
 -- chain), for every offer of the catalog (a shared array, see make_driver).
 local customer, OFFER, PR, MARGIN, COST
 

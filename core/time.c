@@ -1,5 +1,6 @@
 /*
- * time.c: RFC 3339 and epoch-seconds times, as milliseconds since the epoch.
+ * time.c: RFC 3339 and epoch-seconds times, as milliseconds since the epoch,
+ * read and written (also as JSON values).
  *
  * No libc time functions: timegm/strptime depend on the process's TZ and
  * locale, which an embedding server owns, not us.
@@ -218,6 +219,18 @@ NBX_API int nbx_time_format(int64_t ms, char *buf)
     *p++ = 'Z';
     *p = '\0';
     return NBX_OK;
+}
+
+void nbx_jw_time(nbx_buf *b, int64_t ms)
+{
+    char t[NBX_TIME_BUFSZ];
+    if (nbx_time_format(ms, t) != NBX_OK) {
+        nbx_buf_append(b, "null", 4);
+        return;
+    }
+    nbx_buf_putc(b, '"');
+    nbx_buf_puts(b, t);
+    nbx_buf_putc(b, '"');
 }
 
 NBX_API int64_t nbx_time_now(void)

@@ -259,7 +259,7 @@ NBX_API int nbx_store_compact(nbx_store *store, const char *out_dir);
  * @param[out] from, to if not NULL, the format before and after (equal
  *   when there was nothing to do).
  * @return NBX_OK, NBX_EINVAL, NBX_ENOTFOUND, NBX_EIO, NBX_EVERSION (newer
- *   than this nbx), NBX_ECORRUPT, NBX_ESTORE.
+ *   than this nbx), NBX_ECORRUPT, NBX_ESTORE, NBX_ENOMEM.
  * @note Stop writers of other versions first.
  */
 NBX_API int nbx_store_upgrade(const char *path, uint32_t *from, uint32_t *to);
@@ -488,7 +488,8 @@ NBX_API int nbx_iter_open(nbx_store *store, unsigned flags, const char *after, n
  * @param[out] id NUL-terminated id, valid until the next call on the iterator.
  * @param[out] json NUL-terminated profile JSON (NULL with NBX_ITER_IDS), same
  *   lifetime.
- * @return NBX_OK, NBX_DONE at the end, NBX_EINVAL, NBX_ECORRUPT, NBX_ESTORE.
+ * @return NBX_OK, NBX_DONE at the end, NBX_EINVAL, NBX_ECORRUPT, NBX_ESTORE,
+ *   NBX_ENOMEM.
  */
 NBX_API int nbx_iter_next(nbx_iter *it, const char **id, const char **json, size_t *json_len);
 

@@ -914,6 +914,26 @@ Test(decide, policy_text_in_log_lines_is_escaped)
     free(policy);
 }
 
+/* The log escapes as every message does (nbx_escape_text): a customer id
+ * of the request, named in a fallback's log line, with C1 controls (U+009B,
+ * a terminal's CSI) and a byte that is not UTF-8. */
+Test(decide, request_text_in_log_lines_is_escaped)
+{
+    char *policy = write_policy("fails.lua", FAILING);
+    nbx_engine_options o = suite_options(policy);
+    o.log = capture_log;
+    logged[0] = '\0';
+    open_with(&o);
+    const nbx_result *r = decide("mallory\xc2\x9b" "2J\x1b]0;t\x07\xff", 0);
+    cr_assert(nbx_result_fallback(r));
+    cr_assert(strstr(logged, "customer mallory\\xc2\\x9b2J\\x1b]0;t\\x07\\xff: ") != NULL, "%s",
+              logged);
+    for (const unsigned char *p = (const unsigned char *)logged; *p; p++)
+        cr_assert((*p >= 0x20 && *p < 0x7f) || *p == '\n', "byte 0x%02x in the log: %s", *p,
+                  logged);
+    free(policy);
+}
+
 /* ========================================================================
  * Consent: channels and personalisation
  * ======================================================================== */
