@@ -369,8 +369,8 @@ int cli_run_profile_delete(cli_args *args)
     }
     if (store && exit_code == CLI_OK)
         fprintf(stderr,
-                "%" PRIu64 " ids erased (%" PRIu64 " held records) and suppressed until "
-                "restored\n",
+                "%" PRIu64 " ids erased (%" PRIu64 " of them held records) and suppressed "
+                "until restored\n",
                 erased, held);
     nbx_store_close(store);
     free(owned_args);

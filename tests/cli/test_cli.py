@@ -1124,6 +1124,30 @@ class T09Decide(CliTestCase):
         result = self.decide("--time-limit-us", "50000", "--memory-limit", "64M")
         self.assertFalse(result["fallback"])
 
+    def test_10b_policy_text_reaches_the_terminal_escaped(self):
+        # issue 10: an ESC or CR in a policy's syntax error or runtime error
+        # reached the terminal in nbx decide's output
+        cases = [
+            (b'local x = "\x1b[31mred\r\nreturn {}\n', 1, "\\x1b[31mred"),
+            (b'return { name = "esc", score = function(o)\n'
+             b'  error("\\27[31mred\\rover") end }\n', 0, "\\x1b[31mred\\x0dover"),
+            (b'return { name = "n\\27[31m", score = function(o) return 1 end }\n', 1,
+             "printable"),
+        ]
+        for i, (source, code, shown) in enumerate(cases):
+            with self.subTest(source=source):
+                path = self.path(f"esc{i}.lua")
+                with open(path, "wb") as f:
+                    f.write(source)
+                # bytes: text mode would turn a raw CR into a line break
+                r = subprocess.run([NBX, "decide", "--store", self.store, "--catalog", CATALOG,
+                                    "--policy", path, "--customer", "p001", "--as-of", AS_OF],
+                                   capture_output=True, timeout=60)
+                self.assertEqual(r.returncode, code, r.stderr)
+                for c in (b"\x1b", b"\r"):
+                    self.assertNotIn(c, r.stdout + r.stderr)
+                self.assertIn(shown.encode(), r.stderr)
+
     def test_11_generated_catalog(self):
         catalog = self.path("gen-catalog.json")
         self.ok("gen", "catalog", "--offers", "60", "--seed", "3", "--out", catalog)

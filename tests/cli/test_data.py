@@ -227,6 +227,8 @@ class T03Erasure(CliTestCase):
         again = self.erase("--ids", path)
         self.assertEqual(set(again.values()), {0}, "erased twice")
         self.assertEqual(self.erase("nobody"), {"nobody": 0})
+        r = self.ok("profile", "delete", "--store", self.store, "nobody", "c0000002")
+        self.assertIn("2 ids erased (1 of them held records)", r.stderr)
         r = self.fails(2, "profile", "delete", "--store", self.store)
         self.assertIn("no ids", r.stderr)
         bad = self.write("bad.txt", "c1\n" + "x" * 300 + "\n")

@@ -4,9 +4,10 @@ segment, print, a string score) used to pass the check and then fall back
 for a share of real customers."""
 import json
 import os
+import subprocess
 import unittest
 
-from cliutil import CATALOG, SOURCE_DIR, CliTestCase
+from cliutil import CATALOG, NBX, SOURCE_DIR, CliTestCase
 
 SHIPPED = [os.path.join(SOURCE_DIR, "policies", name)
            for name in ("margin_per_session.lua", "retention.lua")]
@@ -100,11 +101,13 @@ class PolicyCheck(CliTestCase):
     def test_policy_text_reaches_the_terminal_escaped(self):
         path = self.write("esc.lua", 'return { name = "esc", score = function(o)\n'
                                      '  error("\\27[31mred\\rover") end }\n')
-        r = self.nbx("policy", "check", path, "--catalog", CATALOG)
+        # bytes: text mode would turn a raw CR into a line break
+        r = subprocess.run([NBX, "policy", "check", path, "--catalog", CATALOG],
+                           capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 1, r)
-        self.assertNotIn("\x1b", r.stdout + r.stderr)
-        self.assertNotIn("\r", r.stdout + r.stderr)
-        self.assertIn("\\x1b[31mred\\x0dover", r.stdout)
+        self.assertNotIn(b"\x1b", r.stdout + r.stderr)
+        self.assertNotIn(b"\r", r.stdout + r.stderr)
+        self.assertIn(b"\\x1b[31mred\\x0dover", r.stdout)
 
 
 if __name__ == "__main__":

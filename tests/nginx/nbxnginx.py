@@ -251,10 +251,11 @@ class Nginx:
         return [NGINX, "-p", self.prefix, "-c", self.conf] + list(args)
 
     def test_conf(self):
-        """`nginx -t`: (ok, output)."""
+        """`nginx -t`: (ok, output). Decoded without text mode, which would
+        turn a raw CR into a line break: tests look for control bytes."""
         p = subprocess.run(self.cmd("-t"), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=60)
-        return p.returncode == 0, p.stdout
+                           stderr=subprocess.STDOUT, timeout=60)
+        return p.returncode == 0, p.stdout.decode("utf-8", "replace")
 
     def start(self, port, timeout=30):
         self.port = port

@@ -443,6 +443,28 @@ class ConfigTest(nx.NginxTestCase):
     def test_missing_policy(self):
         self.assertRefused("nbx_policy %s/none.lua;" % self.tmp, "none.lua")
 
+    def test_policy_failing_for_some_customers(self):
+        # issue 10: a policy comparing an attribute some customers lack
+        # passed nginx -t, then fell back for them; the trial over synthetic
+        # customers refuses it, naming the line and the reason
+        nil = nx.write(self.path("nilcmp.lua"),
+                       "return { name = 'nilcmp',\n"
+                       "  eligible = function(o, c) return c.attrs.tier > 2 end,\n"
+                       "  score = function(o) return 1 end }\n")
+        self.assertRefused("""location / { nbx_store %s/s; nbx_catalog %s;
+            nbx_policy %s; nbx_customer $arg_c; nbx_decide; }"""
+                           % (self.tmp, self.catalog, nil), "nilcmp.lua:2",
+                           "attempt to compare")
+
+    def test_fifo_as_policy_or_catalog(self):
+        # issue 10: a FIFO blocked nginx -t in open() before the
+        # regular-file check (test_conf gives up after 60 s)
+        fifo = self.path("fifo")
+        os.mkfifo(fifo)
+        for body in ("nbx_policy %s;" % fifo, "nbx_catalog %s;" % fifo):
+            with self.subTest(body=body):
+                self.assertRefused(body, "not a regular file (a FIFO)")
+
     def test_broken_catalog(self):
         cat = nx.demo_catalog()
         del cat["offers"][0]["price"]
