@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char *dir, *store_dir, *catalog_path, *policy_path;
 
@@ -73,9 +74,20 @@ static nbx_engine *open_engine(void)
     return e;
 }
 
-/* Write one value of the store's meta database with raw LMDB, as damage or
- * a future nbx would. */
-static void raw_meta_put(const char *key, const void *value, size_t len)
+/* A request for alice at NOW. */
+static nbx_request alice_request(unsigned flags)
+{
+    nbx_request r;
+    nbx_request_init(&r);
+    r.customer = "alice";
+    r.now_ms = NOW;
+    r.flags = flags;
+    return r;
+}
+
+/* Write one value of a database of the store with raw LMDB, as damage or a
+ * future nbx would. No handle of this process may have the store open. */
+static void raw_put(const char *db, const void *key, size_t klen, const void *value, size_t len)
 {
     MDB_env *env;
     cr_assert_eq(mdb_env_create(&env), 0);
@@ -84,11 +96,24 @@ static void raw_meta_put(const char *key, const void *value, size_t len)
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
     MDB_dbi dbi;
-    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
-    MDB_val k = {strlen(key), (void *)key}, v = {len, (void *)value};
+    cr_assert_eq(mdb_dbi_open(txn, db, 0, &dbi), 0);
+    MDB_val k = {klen, (void *)key}, v = {len, (void *)value};
     cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
+}
+
+static void raw_meta_put(const char *key, const void *value, size_t len)
+{
+    raw_put("meta", key, strlen(key), value, len);
+}
+
+/* Damage a customer's event record: bytes no msgpack value starts with. */
+static void damage_event_record(const char *customer, const char *event_id)
+{
+    char key[NBX_EVENT_KEY_MAX];
+    size_t n = nbx_event_key(key, nbx_sv_of(customer), nbx_sv_of(event_id));
+    raw_put("customers", key, n, "\xc1\xc1\xc1", 3);
 }
 
 static char *impression_json(const char *event_id, const char *customer)
@@ -200,10 +225,7 @@ Test(errcodes, null_and_out_of_range_arguments)
     cr_assert_eq(nbx_engine_info_get(e, NULL), NBX_EINVAL);
     nbx_ctx *c;
     cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
-    nbx_request r;
-    nbx_request_init(&r);
-    r.customer = "alice";
-    r.now_ms = NOW;
+    nbx_request r = alice_request(0);
     const nbx_result *res;
     cr_assert_eq(nbx_decide(c, &r, &res), NBX_OK, "%s", nbx_ctx_errmsg(c));
     nbx_action a;
@@ -235,10 +257,7 @@ Test(errcodes, inputs_over_the_line_limit)
     int applied = -1;
     cr_assert_eq(nbx_record(c, big, n, &applied), NBX_ELIMIT, "%s", nbx_ctx_errmsg(c));
 
-    nbx_request r;
-    nbx_request_init(&r);
-    r.customer = "alice";
-    r.now_ms = NOW;
+    nbx_request r = alice_request(0);
     r.profile_json = big;
     r.profile_len = n;
     const nbx_result *res;
@@ -359,11 +378,7 @@ Test(errcodes, a_full_store_refuses_every_write)
     int applied = -1, outcome = -1;
     cr_assert_eq(nbx_record(c, ev, strlen(ev), &applied), NBX_EFULL, "%s", nbx_ctx_errmsg(c));
     cr_assert_eq(nbx_record_ex(c, ev, strlen(ev), 0, &outcome), NBX_EFULL, "%s", nbx_ctx_errmsg(c));
-    nbx_request r;
-    nbx_request_init(&r);
-    r.customer = "alice";
-    r.now_ms = NOW;
-    r.flags = NBX_DECIDE_RECORD;
+    nbx_request r = alice_request(NBX_DECIDE_RECORD);
     const nbx_result *res;
     cr_assert_eq(nbx_decide(c, &r, &res), NBX_EFULL, "%s", nbx_ctx_errmsg(c));
     nbx_ctx_close(c);
@@ -372,4 +387,202 @@ Test(errcodes, a_full_store_refuses_every_write)
     free(json);
     free(ev);
     free(full);
+}
+
+/* ------------------------------------------------------------------------
+ * Deployments
+ * ------------------------------------------------------------------------ */
+
+/* DIR/NAME.json: one arm serving policy (a path relative to DIR), with the
+ * shadow array given (JSON) or none. */
+static char *deployment_file(const char *name, const char *policy, const char *shadow)
+{
+    char json[1024], file[64];
+    snprintf(json, sizeof json,
+             "{\"name\":\"q4\",\"salt\":\"q4-2026\",\"arms\":[{\"name\":\"only\",\"policy\":"
+             "\"%s\",\"percent\":100}]%s%s}",
+             policy, shadow ? ",\"shadow\":" : "", shadow ? shadow : "");
+    snprintf(file, sizeof file, "%s.json", name);
+    return write_file(file, json);
+}
+
+static void assert_message_has(const char *msg, const char *words)
+{
+    cr_assert(strstr(msg, words), "expected '%s' in: %s", words, msg);
+}
+
+/* A missing file, a directory, a file over the 1 MiB a deployment may
+ * have, and an arm whose policy file is not Lua. */
+Test(errcodes, deployment_files_unreadable_oversized_or_naming_a_broken_policy)
+{
+    nbx_deployment *d = NULL;
+    char *missing = tu_path(dir, "missing.json");
+    cr_assert_eq(nbx_deployment_open(missing, 0, &d), NBX_ENOTFOUND, "%s", nbx_last_errmsg());
+    assert_message_has(nbx_last_errmsg(), "missing.json");
+    cr_assert_eq(nbx_deployment_open(dir, 0, &d), NBX_EIO, "%s", nbx_last_errmsg());
+    assert_message_has(nbx_last_errmsg(), "not a regular file");
+
+    char *big = write_file("big.json", "");
+    cr_assert_eq(truncate(big, (1 << 20) + 1), 0);
+    cr_assert_eq(nbx_deployment_open(big, 0, &d), NBX_ELIMIT, "%s", nbx_last_errmsg());
+    assert_message_has(nbx_last_errmsg(), "over the limit");
+
+    free(write_file("broken.lua", "return {name = 'x',\n score = function(o) return 1 +"));
+    char *broken = deployment_file("broken", "broken.lua", NULL);
+    cr_assert_eq(nbx_deployment_open(broken, 0, &d), NBX_EPOLICY, "%s", nbx_last_errmsg());
+    assert_message_has(nbx_last_errmsg(), "broken.json: arm 'only': field 'policy'");
+    cr_assert_null(d);
+    free(missing);
+    free(big);
+    free(broken);
+}
+
+/* A reload from a directory, of a deployment with more shadows than the
+ * limit, and of one whose arm's policy fails its trial (its sandbox does
+ * not build: the chunk raises an error): each refused, and the policy the
+ * engine was opened with keeps serving. */
+Test(errcodes, deployment_reloads_that_are_refused)
+{
+    nbx_engine *e = open_engine();
+    cr_assert_eq(nbx_engine_load_deployment(e, dir), NBX_EIO, "%s", nbx_engine_errmsg(e));
+    assert_message_has(nbx_engine_errmsg(e), "not a regular file");
+
+    char shadow[512] = "[";
+    for (int i = 0; i <= NBX_DEPLOYMENT_SHADOW_MAX; i++)
+        strcat(shadow, i ? ",\"policy.lua\"" : "\"policy.lua\"");
+    strcat(shadow, "]");
+    char *crowded = deployment_file("crowded", "policy.lua", shadow);
+    cr_assert_eq(nbx_engine_load_deployment(e, crowded), NBX_ELIMIT, "%s", nbx_engine_errmsg(e));
+    assert_message_has(nbx_engine_errmsg(e), "crowded.json: field 'shadow'");
+
+    free(write_file("failing.lua", "error('broken at the top level')\n"));
+    char *failing = deployment_file("failing", "failing.lua", NULL);
+    cr_assert_eq(nbx_engine_load_deployment(e, failing), NBX_EPOLICY, "%s", nbx_engine_errmsg(e));
+    assert_message_has(nbx_engine_errmsg(e), "failing.json: arm 'only': ");
+    assert_message_has(nbx_engine_errmsg(e), "broken at the top level");
+    cr_assert_null(nbx_engine_deployment(e), "a refused deployment serves");
+    nbx_engine_close(e);
+    free(crowded);
+    free(failing);
+}
+
+/* ------------------------------------------------------------------------
+ * Audit lines and experiment reports
+ * ------------------------------------------------------------------------ */
+
+/* A JSON object that is not an audit line; then a real line replayed after
+ * the customer's event record since was damaged (the event changed her
+ * exposure counters, so the replay reads her event records to say why). */
+Test(errcodes, audit_lines_malformed_or_over_damaged_event_records)
+{
+    nbx_engine *e = open_engine();
+    nbx_ctx *c;
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    char *report = NULL;
+    const char *other = "{\"audit\":1,\"decision_id\":\"x\"}";
+    cr_assert_eq(nbx_audit_replay(c, other, strlen(other), &report, NULL), NBX_EPARSE, "%s",
+                 nbx_ctx_errmsg(c));
+    assert_message_has(nbx_ctx_errmsg(c), "field 'as_of'");
+
+    nbx_request r = alice_request(NBX_DECIDE_AUDIT);
+    const nbx_result *res;
+    cr_assert_eq(nbx_decide(c, &r, &res), NBX_OK, "%s", nbx_ctx_errmsg(c));
+    char *line = strdup(nbx_result_audit_json(res, NULL));
+    char *ev = impression_json("e1", "alice");
+    int applied = 0;
+    cr_assert_eq(nbx_record(c, ev, strlen(ev), &applied), NBX_OK, "%s", nbx_ctx_errmsg(c));
+    cr_assert(applied);
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+
+    damage_event_record("alice", "e1");
+    e = open_engine();
+    cr_assert_eq(nbx_ctx_open(e, &c), NBX_OK);
+    cr_assert_eq(nbx_audit_replay(c, line, strlen(line), &report, NULL), NBX_ECORRUPT, "%s",
+                 nbx_ctx_errmsg(c));
+    assert_message_has(nbx_ctx_errmsg(c), "customer 'alice': a damaged event record");
+    cr_assert_null(report);
+    nbx_ctx_close(c);
+    nbx_engine_close(e);
+    free(line);
+    free(ev);
+}
+
+/* The report reads every customer's event records: a damaged one is
+ * refused naming the customer. */
+Test(errcodes, an_experiment_report_over_a_damaged_event_record)
+{
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, 0, &s), NBX_OK);
+    char *ev = impression_json("e1", "alice");
+    cr_assert_eq(nbx_event_apply(s, ev, strlen(ev), NULL), NBX_OK, "%s", nbx_store_errmsg(s));
+    nbx_store_close(s);
+    damage_event_record("alice", "e1");
+
+    char *path = deployment_file("q4", "policy.lua", NULL);
+    nbx_deployment *d;
+    cr_assert_eq(nbx_deployment_open(path, NBX_DEPLOYMENT_NO_POLICIES, &d), NBX_OK, "%s",
+                 nbx_last_errmsg());
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_READONLY, &s), NBX_OK);
+    nbx_report *rep = NULL;
+    cr_assert_eq(nbx_report_experiment(s, d, NOW - 86400000, NOW + 86400000, &rep), NBX_ECORRUPT,
+                 "%s", nbx_store_errmsg(s));
+    assert_message_has(nbx_store_errmsg(s), "customer 'alice': an event record cannot be decoded");
+    cr_assert_null(rep);
+    nbx_store_close(s);
+    nbx_deployment_close(d);
+    free(path);
+    free(ev);
+}
+
+/* ------------------------------------------------------------------------
+ * Kill switches
+ * ------------------------------------------------------------------------ */
+
+static int count_kill(void *ud, const nbx_kill_info *k)
+{
+    (void)k;
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* An unkill on a read-only store writes nothing; a damaged kill, then a
+ * damaged change of the history, are refused by the reader of each. */
+Test(errcodes, a_read_only_unkill_and_damaged_kill_records)
+{
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, 0, &s), NBX_OK);
+    cr_assert_eq(nbx_kill(s, NBX_KILL_OFFER, "free_shipping", "legal asked", "cli"), NBX_OK, "%s",
+                 nbx_store_errmsg(s));
+    nbx_store_close(s);
+
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_READONLY, &s), NBX_OK);
+    cr_assert_eq(nbx_unkill(s, NBX_KILL_OFFER, "free_shipping", NULL, "cli"), NBX_EREADONLY, "%s",
+                 nbx_store_errmsg(s));
+    assert_message_has(nbx_store_errmsg(s), "read-only");
+    int n = 0;
+    cr_assert_eq(nbx_kills_read(s, 0, count_kill, &n), NBX_OK, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(n, 1, "the refused unkill lifted the kill");
+    nbx_store_close(s);
+
+    char key[NBX_KILL_KEY_MAX];
+    raw_put("kills", key, nbx_kill_key(key, NBX_KILL_OFFER, nbx_sv_of("free_shipping")),
+            "\xc1\xc1\xc1", 3);
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_READONLY, &s), NBX_OK);
+    cr_assert_eq(nbx_kills_read(s, 0, count_kill, &n), NBX_ECORRUPT, "%s", nbx_store_errmsg(s));
+    assert_message_has(nbx_store_errmsg(s), "a damaged kill record");
+    n = 0;
+    cr_assert_eq(nbx_kills_read(s, NBX_KILLS_HISTORY, count_kill, &n), NBX_OK, "%s",
+                 nbx_store_errmsg(s));
+    cr_assert_eq(n, 1);
+    nbx_store_close(s);
+
+    uint8_t seq[NBX_KILL_LOG_KEY_SIZE];
+    nbx_kill_log_key(seq, 1);
+    raw_put("kill_log", seq, sizeof seq, "\xc1\xc1\xc1", 3);
+    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_READONLY, &s), NBX_OK);
+    cr_assert_eq(nbx_kills_read(s, NBX_KILLS_HISTORY, count_kill, &n), NBX_ECORRUPT, "%s",
+                 nbx_store_errmsg(s));
+    assert_message_has(nbx_store_errmsg(s), "a damaged kill history record");
+    nbx_store_close(s);
 }
