@@ -1,17 +1,20 @@
 /*
  * bench_decide: decision latency and throughput through the public API.
  *
- *   bench_decide --store DIR --catalog FILE --policy FILE
- *                [--decisions N] [--threads T] [--placement P]... [--no-limits]
+ *   bench_decide --store DIR --catalog FILE (--policy FILE | --deployment FILE)
+ *                [--audit FILE] [--decisions N] [--threads T] [--placement P]...
+ *                [--no-limits]
  *
  * Customers are drawn uniformly at random from the store's ids (read once
  * with nbx_iter). Prints, for one thread: median, p90, p99, p99.9 latency
  * per decision and decisions/s; then, for T threads (one context each), the
  * aggregate rate and its ratio to the one-thread rate.
  *
- * --no-limits sets the time and memory limits out of reach; the count hook
- * still runs (the public API has no way to turn it off, on purpose).
- * bench_sandbox measures the sandbox without the hook.
+ * --no-limits sets the time and memory limits out of reach; the sandbox's
+ * checks still run (the public API has no way to turn them off, on purpose).
+ * --deployment serves each customer by its arm (the store is then opened
+ * read-write: arm counters are flushed as in production); --audit FILE asks
+ * for each decision's audit line and appends it to FILE, timed with it.
  */
 #include "nbx.h"
 
@@ -23,7 +26,8 @@
 #include <time.h>
 
 typedef struct config {
-    const char *store, *catalog, *policy;
+    const char *store, *catalog, *policy, *deployment;
+    const char *audit; /* --audit FILE: each decision's audit line appended */
     const char *placements[16];
     size_t n_placements;
     long decisions;
@@ -33,6 +37,8 @@ typedef struct config {
 } config;
 
 static char **ids;
+static FILE *audit_out;
+static pthread_mutex_t audit_mu = PTHREAD_MUTEX_INITIALIZER;
 static size_t n_ids;
 
 static double now_us(void)
@@ -103,6 +109,8 @@ static void *decide_loop(void *arg)
     nbx_kv session[] = {{"channel", "web"}, {"device", "mobile"}};
     req.session = session;
     req.n_session = 2;
+    if (r->cfg->audit)
+        req.flags |= NBX_DECIDE_AUDIT;
     double start = now_us();
     for (long i = 0; i < r->decisions; i++) {
         req.customer = ids[xorshift(&r->seed) % n_ids];
@@ -110,6 +118,14 @@ static void *decide_loop(void *arg)
         double t0 = r->lat ? now_us() : 0;
         if (nbx_decide(ctx, &req, &res) != NBX_OK)
             die("decide", nbx_ctx_errmsg(ctx));
+        if (audit_out) { /* as a log would: one buffered line per decision */
+            size_t len;
+            const char *line = nbx_result_audit_json(res, &len);
+            pthread_mutex_lock(&audit_mu);
+            fwrite(line, 1, len, audit_out);
+            fputc('\n', audit_out);
+            pthread_mutex_unlock(&audit_mu);
+        }
         if (r->lat)
             r->lat[i] = now_us() - t0;
         if (nbx_result_fallback(res) && r->fallbacks++ < 3)
@@ -139,6 +155,10 @@ int main(int argc, char **argv)
             cfg.catalog = v;
         else if (!strcmp(a, "--policy"))
             cfg.policy = v;
+        else if (!strcmp(a, "--deployment"))
+            cfg.deployment = v;
+        else if (!strcmp(a, "--audit"))
+            cfg.audit = v;
         else if (!strcmp(a, "--decisions"))
             cfg.decisions = atol(v);
         else if (!strcmp(a, "--warmup"))
@@ -150,15 +170,23 @@ int main(int argc, char **argv)
         else
             die(a, "unknown flag");
     }
-    if (!cfg.store || !cfg.catalog || !cfg.policy || cfg.decisions <= 0 || cfg.threads < 1)
-        die("usage", "--store DIR --catalog FILE --policy FILE [--decisions N] [--threads T]");
+    if (!cfg.store || !cfg.catalog || !cfg.policy == !cfg.deployment || cfg.decisions <= 0 ||
+        cfg.threads < 1)
+        die("usage", "--store DIR --catalog FILE (--policy FILE | --deployment FILE) "
+                     "[--audit FILE] [--decisions N] [--threads T]");
+    if (cfg.audit && !(audit_out = fopen(cfg.audit, "w")))
+        die(cfg.audit, "cannot be written");
 
     nbx_engine_options o;
     nbx_engine_options_init(&o);
     o.store = cfg.store;
     o.catalog = cfg.catalog;
     o.policy = cfg.policy;
-    o.flags = NBX_ENGINE_READONLY;
+    o.deployment = cfg.deployment;
+    /* A deployment's engine counts decisions per arm and flushes them to the
+     * store every second or 1,000 decisions, as in production (the store
+     * must then be writable); otherwise the store is only read. */
+    o.flags = cfg.deployment ? 0 : NBX_ENGINE_READONLY;
     if (cfg.no_limits) {
         /* Limits out of reach; the hook still runs (see the top of the file). */
         o.time_limit_us = UINT32_MAX;
@@ -170,8 +198,10 @@ int main(int argc, char **argv)
     load_ids(nbx_engine_store(engine));
     nbx_engine_info info;
     nbx_engine_info_get(engine, &info);
-    printf("store %s: %zu profiles; catalog %u offers over %u placements; policy %s %s\n",
-           cfg.store, n_ids, info.offers, info.placements, info.policy_name, info.policy_version);
+    printf("store %s: %zu profiles; catalog %u offers over %u placements; %s %s %s%s\n", cfg.store,
+           n_ids, info.offers, info.placements, cfg.deployment ? "deployment" : "policy",
+           cfg.deployment ? cfg.deployment : info.policy_name,
+           cfg.deployment ? "" : info.policy_version, cfg.audit ? "; audit log on" : "");
 
     /* warm up: page cache, Lua state, arenas */
     run warm = {.cfg = &cfg, .engine = engine, .decisions = cfg.warmup, .seed = 7};

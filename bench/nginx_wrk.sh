@@ -12,6 +12,9 @@
 #   NBX_BENCH_THREADS      wrk threads                 (default 2)
 #   NBX_BENCH_WORKERS      nginx worker processes      (default 2)
 #   NBX_BENCH_POLICY       policy file (default policies/margin_per_session.lua)
+#   NBX_BENCH_DEPLOYMENT   a deployment file served instead of the policy
+#   NBX_BENCH_AUDIT        1: write the audit log ($nbx_decision) with
+#                          nginx's access_log, buffered, as docs/nginx.md shows
 #
 # The store is generated once with `nbx gen` + `nbx import` and kept in
 # BUILD_DIR/bench-nginx for the next run. Targets: nbx requests/s at least
@@ -30,6 +33,11 @@ connections="${NBX_BENCH_CONNECTIONS:-64}"
 threads="${NBX_BENCH_THREADS:-2}"
 workers="${NBX_BENCH_WORKERS:-2}"
 policy="${NBX_BENCH_POLICY:-$root/policies/margin_per_session.lua}"
+deployment="${NBX_BENCH_DEPLOYMENT:-}"
+audit="${NBX_BENCH_AUDIT:-0}"
+serving_label="policy $(basename "$policy")"
+[ -n "$deployment" ] && serving_label="deployment $(basename "$deployment")"
+[ "$audit" = 1 ] && serving_label="$serving_label, audit log on"
 module="$build/bindings/nginx/ngx_http_nbx_module.so"
 nbx="$build/nbx"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
@@ -74,6 +82,11 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 
 write_conf() {
     user_line=""
+    serve="nbx_policy $policy;"
+    [ -n "$deployment" ] && serve="nbx_deployment $deployment;"
+    audit_log=""
+    [ "$audit" = 1 ] &&
+        audit_log="access_log $run/audit.log nbx_audit buffer=256k flush=1s if=\$nbx_decision;"
     [ "$(id -u)" = 0 ] && user_line="user $(stat -c '%U %G' "$data/store");"
     cat >"$run/nginx.conf" <<EOF
 load_module $module;
@@ -84,6 +97,7 @@ error_log $run/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    log_format nbx_audit escape=none '\$nbx_decision';
     keepalive_requests 1000000;
     client_body_temp_path $run/tmp/body;
     proxy_temp_path $run/tmp/proxy;
@@ -95,7 +109,8 @@ http {
         location = /decide {
             nbx_store $data/store;
             nbx_catalog $data/catalog.json;
-            nbx_policy $policy;
+            $serve
+            $audit_log
             nbx_customer \$arg_customer;
             nbx_decide;
         }
@@ -196,7 +211,7 @@ nbx_p99=$(p99 nbx)
 
 cat <<EOF
 
-nbx on nginx: $workers workers, $profiles profiles, $offers offers, policy $(basename "$policy")
+nbx on nginx: $workers workers, $profiles profiles, $offers offers, $serving_label
 wrk: $threads threads, $connections connections, ${duration}s per run, random customers
 response size: $size bytes (the static body is padded to the same size)
 

@@ -51,6 +51,14 @@ for policy in "$default_policy" "$data/margin_lua.lua" "$root/policies/retention
     run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-100.json" \
         --policy "$policy" --decisions 200000 --threads 2
 done
+part "decisions: a deployment (5 % holdout, two arms of the default policy) with the audit log"
+run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-100.json" \
+    --policy "$default_policy" --decisions 200000 --threads 1
+run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-100.json" \
+    --deployment "$root/bench/deployment.json" --audit "$data/audit.jsonl" --decisions 200000 --threads 1
+rm -f "$data/audit.jsonl"
+part "assignment: a customer's arm"
+run "$build/bench/bench_assign"
 part "decisions: the same at 1,000 offers"
 for policy in "$default_policy" "$data/margin_lua.lua" "$root/policies/retention.lua"; do
     run "$build/bench/bench_decide" --store "$store" --catalog "$data/catalog-1000.json" \
@@ -74,3 +82,7 @@ run "$root/bench/bench_diff.sh" "$build" "$data/diff"
 
 part "nginx: nbx_decide vs a static body under wrk"
 run "$root/bench/nginx_wrk.sh" "$build"
+part "nginx: the same with policies/retention.lua"
+run env NBX_BENCH_POLICY="$root/policies/retention.lua" "$root/bench/nginx_wrk.sh" "$build"
+part "nginx: the same with a deployment and the audit log (access_log)"
+run env NBX_BENCH_DEPLOYMENT="$root/bench/deployment.json" NBX_BENCH_AUDIT=1 "$root/bench/nginx_wrk.sh" "$build"
