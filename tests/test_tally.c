@@ -374,6 +374,7 @@ Test(tally, a_challenger_failing_for_five_percent_is_aborted_in_a_batch)
         checked++;
     }
     cr_assert_gt(checked, 0);
+    nbx_deployment_close(d); /* nbx_engine_deployment() gave a reference */
     nbx_ctx_close(c);
     nbx_engine_close(e);
     /* a batch again: the arm stays killed, once */
