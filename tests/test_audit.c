@@ -41,13 +41,11 @@ static void setup(void)
 {
     dir = tu_tempdir("audit");
     store_dir = tu_path(dir, "store");
-    nbx_store *s;
-    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_CREATE, &s), NBX_OK);
-    const char *alice = "{\"id\":\"alice\",\"consent\":{\"personalization\":true},"
-                        "\"propensity\":{\"winback_20\":0.5},"
-                        "\"updated_at\":\"2026-03-01T08:00:00Z\"}";
-    cr_assert_eq(nbx_profile_put(s, alice, strlen(alice)), NBX_OK, "%s", nbx_last_errmsg());
-    nbx_store_close(s);
+    const char *profiles[] = {"{\"id\":\"alice\",\"consent\":{\"personalization\":true},"
+                              "\"propensity\":{\"winback_20\":0.5},"
+                              "\"updated_at\":\"2026-03-01T08:00:00Z\"}",
+                              NULL};
+    cr_assert_eq(tu_store_with(store_dir, profiles), 0, "%s", nbx_last_errmsg());
     catalog_path = tu_source_path("tests/data/catalog.json");
     open_engine(BY_PRICE);
 }

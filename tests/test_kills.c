@@ -31,11 +31,8 @@ static void setup(void)
 {
     dir = tu_tempdir("kills");
     store_dir = tu_path(dir, "store");
-    nbx_store *s;
-    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_CREATE, &s), NBX_OK, "%s", nbx_last_errmsg());
-    const char *alice = "{\"id\":\"alice\",\"consent\":{\"personalization\":true}}";
-    cr_assert_eq(nbx_profile_put(s, alice, strlen(alice)), NBX_OK, "%s", nbx_last_errmsg());
-    nbx_store_close(s);
+    const char *profiles[] = {"{\"id\":\"alice\",\"consent\":{\"personalization\":true}}", NULL};
+    cr_assert_eq(tu_store_with(store_dir, profiles), 0, "%s", nbx_last_errmsg());
     catalog_path = tu_source_path("tests/data/catalog.json");
 }
 
@@ -324,9 +321,9 @@ Test(kills, an_abort_kills_the_arm_in_its_transaction)
     }
     longer[n] = '\0';
     cr_assert_eq(nbx_store_write_begin(s, &txn, &e), NBX_OK);
-    cr_assert_eq(nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("canary"), longer, NOW, &scratch,
-                                     &e),
-                 NBX_OK, "%s", e.msg);
+    cr_assert_eq(
+        nbx_kills_abort_arm(s, txn, NBX_SV("q4"), NBX_SV("canary"), longer, NOW, &scratch, &e),
+        NBX_OK, "%s", e.msg);
     cr_assert_eq(nbx_store_commit(s, txn, &e), NBX_OK);
     nbx_buf_free(&scratch);
     nbx_store_close(s);

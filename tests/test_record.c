@@ -29,11 +29,8 @@ static void setup(void)
 {
     dir = tu_tempdir("record");
     store_dir = tu_path(dir, "store");
-    nbx_store *s;
-    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_CREATE, &s), NBX_OK, "%s", nbx_last_errmsg());
-    const char *alice = "{\"id\":\"alice\",\"consent\":{\"personalization\":true}}";
-    cr_assert_eq(nbx_profile_put(s, alice, strlen(alice)), NBX_OK, "%s", nbx_last_errmsg());
-    nbx_store_close(s);
+    const char *profiles[] = {"{\"id\":\"alice\",\"consent\":{\"personalization\":true}}", NULL};
+    cr_assert_eq(tu_store_with(store_dir, profiles), 0, "%s", nbx_last_errmsg());
     catalog_path = tu_source_path("tests/data/catalog.json");
 }
 
@@ -385,8 +382,8 @@ Test(record, a_deployment_s_decision_counts_its_impressions_for_its_arm)
     MDB_txn *txn;
     cr_assert_eq(mdb_txn_begin(store->env, NULL, MDB_RDONLY, &txn), 0);
     nbx_arm_counts c;
-    cr_assert_eq(nbx_arm_totals(store, txn, NBX_SV("q4"), NBX_SV("champion"), &c, &e), NBX_OK,
-                 "%s", e.msg);
+    cr_assert_eq(nbx_arm_totals(store, txn, NBX_SV("q4"), NBX_SV("champion"), &c, &e), NBX_OK, "%s",
+                 e.msg);
     MDB_stat st;
     cr_assert_eq(mdb_stat(txn, store->arms, &st), 0);
     mdb_txn_abort(txn);

@@ -28,12 +28,10 @@ static void setup(void)
 {
     dir = tu_tempdir("replay");
     store_dir = tu_path(dir, "store");
-    nbx_store *s;
-    cr_assert_eq(nbx_store_open(store_dir, NBX_STORE_CREATE, &s), NBX_OK);
-    const char *alice = "{\"id\":\"alice\",\"consent\":{\"personalization\":true},"
-                        "\"propensity\":{\"winback_20\":0.5}}";
-    cr_assert_eq(nbx_profile_put(s, alice, strlen(alice)), NBX_OK, "%s", nbx_last_errmsg());
-    nbx_store_close(s);
+    const char *profiles[] = {"{\"id\":\"alice\",\"consent\":{\"personalization\":true},"
+                              "\"propensity\":{\"winback_20\":0.5}}",
+                              NULL};
+    cr_assert_eq(tu_store_with(store_dir, profiles), 0, "%s", nbx_last_errmsg());
     catalog_path = tu_source_path("tests/data/catalog.json");
     policy_path = tu_path(dir, "policy.lua");
     cr_assert_eq(tu_write_file(policy_path, BY_PRICE), 0);

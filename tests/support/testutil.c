@@ -3,6 +3,8 @@
 #endif
 #include "testutil.h"
 
+#include "nbx.h"
+
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,4 +94,16 @@ char *tu_source_path(const char *rel)
         src = NBX_SOURCE_DIR;
 #endif
     return tu_path(src ? src : ".", rel);
+}
+
+int tu_store_with(const char *store_dir, const char *const *profiles)
+{
+    nbx_store *s;
+    if (nbx_store_open(store_dir, NBX_STORE_CREATE, &s) != NBX_OK)
+        return -1;
+    int rc = 0;
+    for (; *profiles && rc == 0; profiles++)
+        rc = nbx_profile_put(s, *profiles, strlen(*profiles)) == NBX_OK ? 0 : -1;
+    nbx_store_close(s);
+    return rc;
 }

@@ -18,3 +18,7 @@ char *tu_read_file(const char *path, size_t *len);
 char *tu_source_path(const char *rel);
 
 #endif
+
+/* Create a store at store_dir holding the profiles (JSON, NULL-terminated
+ * list). 0, or -1 with nbx_last_errmsg() saying why. */
+int tu_store_with(const char *store_dir, const char *const *profiles);
