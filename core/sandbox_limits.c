@@ -163,9 +163,8 @@ static void *sb_grow_big(nbx_sandbox *sb, void *ptr, size_t osize, size_t nsize,
             return NULL;
         size_t mapped = sb_touch(sb, p, nsize);
         if (mapped < nsize) {
-            /* Kept as a block of the part already mapped: freeing it would
-             * unmap those pages again, which costs as much as mapping
-             * them did. */
+            /* Kept as a block of the part already mapped, which the next
+             * big allocation can then have without faults. */
             sb_release(sb, p, mapped);
             *late = true;
             return NULL;
@@ -224,12 +223,20 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
         /* Allocating is work: past the deadline, refuse. A big allocation
-         * is about to be filled by one C call, so it always looks first. */
+         * is about to be filled by one C call, so it always looks first,
+         * and is refused at once. A small one only marks the run timed
+         * out the first time, so that the policy's next tick raises the
+         * timeout from the interpreter: a failed allocation unwinds from
+         * wherever it was made, compiled code included, and with Debian's
+         * LuaJIT that crashed now and then (docs/sandbox.md, "Facts");
+         * should the policy allocate another SB_ALLOC_CHECK bytes first,
+         * that allocation is refused. */
         if (sb->in_policy && sb->L) {
             bool big = grow >= SB_BIG_ALLOC;
             if (big || grow >= sb->alloc_credit) {
                 sb->alloc_credit = SB_ALLOC_CHECK;
-                if (sb_alloc_late(sb, big))
+                bool was_late = sb->timed_out;
+                if (sb_alloc_late(sb, big) && (big || was_late))
                     return NULL;
             } else {
                 sb->alloc_credit -= grow;
