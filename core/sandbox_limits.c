@@ -184,10 +184,9 @@ static void *sb_grow_big(nbx_sandbox *sb, void *ptr, size_t osize, size_t nsize,
 /* The allocator never reads the Lua stack (to note the policy's line): an
  * allocation may come from compiled code, whose frames exist only once it
  * exits to the interpreter, and reading them before crashed LuaJIT
- * (lua_getinfo on a frame a trace had not written; test
- * big_blocks_kept_after_a_timeout_serve_later_decisions_right). A fault
- * found here is located at the definition of the function being run
- * (nbx_sandbox_run). */
+ * (lua_getinfo on a frame a trace had not written, in a 50 ms hostile run
+ * growing tables). A fault found here is located at the definition of the
+ * function being run (nbx_sandbox_run), or by the next tick. */
 static void sb_refuse(nbx_sandbox *sb, bool *flag, size_t size)
 {
     if (!sb->mem_exceeded && !sb->object_exceeded)
@@ -418,9 +417,11 @@ void sb_check_time(lua_State *L, nbx_sandbox *sb)
             return;
         sb->timed_out = true;
         sb_publish_deadline(sb);
-        if (!sb->recorded)
-            sb_note_where(sb, L, 0);
     }
+    /* Also when the allocator found the deadline: it cannot read the
+     * stack, this check (called from the interpreter) can. */
+    if (!sb->recorded)
+        sb_note_where(sb, L, 0);
     sb_push_slot(L, SLOT_MSG_TIMEOUT);
     lua_error(L);
 }

@@ -925,9 +925,9 @@ Test(sandbox, large_live_data_and_garbage_fit_the_limit)
 Test(sandbox, big_blocks_kept_after_a_timeout_serve_later_decisions_right)
 {
     /* Table parts of 64 KiB and more are kept when freed and reused
-     * (sandbox_limits.c), including the part-touched block a timeout
-     * abandoned: a later decision that grows its tables into them must see
-     * its own numbers, exactly, and nothing of earlier decisions. */
+     * (sandbox_limits.c), with the part-touched block of a timeout that
+     * fell inside one: a later decision that grows its tables into them
+     * must see its own numbers, exactly, and nothing of earlier ones. */
     nbx_policy *p = policy_src("blocks.lua",
                                "return { name = 'blocks', score = function(o, c, s)\n"
                                "  local keep = {}\n"
