@@ -25,6 +25,7 @@
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/nginx_common.sh"
 build=$(cd "${1:-$root/build}" && pwd)
 profiles="${NBX_BENCH_PROFILES:-1000000}"
 offers="${NBX_BENCH_OFFERS:-100}"
@@ -78,32 +79,18 @@ fi
 # ---------------------------------------------------------------------------
 rm -rf "$run"
 mkdir -p "$run/tmp"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 
 write_conf() {
-    user_line=""
     serve="nbx_policy $policy;"
     [ -n "$deployment" ] && serve="nbx_deployment $deployment;"
     audit_log=""
     [ "$audit" = 1 ] &&
         audit_log="access_log $run/audit.log nbx_audit buffer=256k flush=1s if=\$nbx_decision;"
-    [ "$(id -u)" = 0 ] && user_line="user $(stat -c '%U %G' "$data/store");"
-    cat >"$run/nginx.conf" <<EOF
-load_module $module;
-$user_line
-worker_processes $workers;
-pid $run/nginx.pid;
-error_log $run/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
+    {
+        nginx_conf_head "$module" "$workers" "$data/store"
+        cat <<EOF
     log_format nbx_audit escape=none '\$nbx_decision';
-    keepalive_requests 1000000;
-    client_body_temp_path $run/tmp/body;
-    proxy_temp_path $run/tmp/proxy;
-    fastcgi_temp_path $run/tmp/fastcgi;
-    uwsgi_temp_path $run/tmp/uwsgi;
-    scgi_temp_path $run/tmp/scgi;
     server {
         listen 127.0.0.1:$port;
         location = /decide {
@@ -122,14 +109,9 @@ http {
     }
 }
 EOF
+    } >"$run/nginx.conf"
 }
 
-stop_nginx() {
-    if [ -s "$run/nginx.pid" ]; then
-        kill "$(cat "$run/nginx.pid")" 2>/dev/null || true
-        sleep 0.5
-    fi
-}
 trap stop_nginx EXIT INT TERM
 
 write_conf '{}'
@@ -166,16 +148,7 @@ run_wrk() { # name, then wrk arguments
     wrk -t "$threads" -c "$connections" -d "${duration}s" --latency "$@" >"$work/$name.txt"
 }
 
-# Was the machine busy? A busy neighbour (another build, a fuzzer) halves
-# the figures and is easily taken for a regression: the 1-minute load
-# average before the runs (nginx idle, wrk not started) against the cores,
-# and the CPU time the hypervisor stole during them, are printed beside the
-# figures. cpu_stat prints the jiffies of /proc/stat: total, then steal.
-cores=$(nproc)
-load_before=$(cut -d' ' -f1 /proc/loadavg)
-cpu_stat() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9 }' /proc/stat; }
-cpu_before=$(cpu_stat)
-
+machine_before
 run_wrk nbx -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
 run_wrk static "http://127.0.0.1:$port/static"
 # The same at low concurrency (one connection per worker): latency there is
@@ -186,8 +159,7 @@ connections=$low
 run_wrk nbx_low -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
 run_wrk static_low "http://127.0.0.1:$port/static"
 connections=$connections_main
-cpu_after=$(cpu_stat)
-load_after=$(cut -d' ' -f1 /proc/loadavg)
+machine_after
 
 # wrk prints "Requests/sec: N" and, with --latency, "99%  1.23ms".
 rps() { awk '/^Requests\/sec:/ { print $2 }' "$work/$1.txt"; }
@@ -234,43 +206,29 @@ EOF
 # The static figure against this machine's earlier quiet runs of the same
 # settings (kept in $work): static nginx does not change with nbx, so a
 # static rate well below its usual one says the machine, not nbx, was slow.
+# The check prints its line, then the reason it finds the machine busy (or
+# an empty line).
 history="$work/static-history-$workers-$threads-$connections"
-python3 - "$cores" "$load_before" "$load_after" "$cpu_before" "$cpu_after" "$static_rps" \
-    "$history" <<'EOF'
+usual=$(python3 - "$static_rps" "$history" <<'EOF'
 import statistics, sys
-cores, load_before, load_after = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-t0, s0 = map(int, sys.argv[4].split())
-t1, s1 = map(int, sys.argv[5].split())
-static, history = float(sys.argv[6]), sys.argv[7]
-steal = 100.0 * (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+static, history = float(sys.argv[1]), sys.argv[2]
 try:
     with open(history) as f:
         earlier = [float(x) for x in f.read().split()]
 except OSError:
     earlier = []
-busy = []
-if load_before > cores:
-    busy.append("load average %.2f before the runs, above the %d cores" % (load_before, cores))
-if steal >= 5.0:
-    busy.append("%.1f %% of the CPU time stolen by the hypervisor" % steal)
 usual = statistics.median(earlier) if earlier else 0.0
-if usual and static < 0.85 * usual:
-    busy.append("static 200 at %.2fx its median of %d earlier quiet runs here"
-                % (static / usual, len(earlier)))
-print()
-print("  machine        %d cores; load average %.2f before the runs, %.2f after (ours "
-      "included); steal %.1f %%" % (cores, load_before, load_after, steal))
-if usual:
-    print("  static 200     %.2fx its median of %d earlier quiet runs here (%.0f requests/s)"
-          % (static / usual, len(earlier), usual))
-if busy:
-    print("  BUSY MACHINE:  " + "; ".join(busy))
-    print("                 the figures above are not comparable with a quiet run: run again")
-else:
-    print("  machine quiet during the runs")
-    # only quiet runs make the reference, so a busy run does not lower it
-    with open(history, "a") as f:
-        f.write("%.2f\n" % static)
+print("  static 200     %.2fx its median of %d earlier quiet runs here (%.0f requests/s)"
+      % (static / usual, len(earlier), usual) if usual else "")
+print("static 200 at %.2fx its median of %d earlier quiet runs here"
+      % (static / usual, len(earlier)) if usual and static < 0.85 * usual else "")
 EOF
+)
+echo
+[ -n "$(echo "$usual" | sed -n 1p)" ] && echo "$usual" | sed -n 1p
+# only quiet runs make the reference, so a busy run does not lower it
+if echo "$usual" | sed -n 2p | machine_report; then
+    printf '%.2f\n' "$static_rps" >>"$history"
+fi
 echo
 echo "raw wrk output: $work/nbx.txt, $work/static.txt; nginx log: $run/error.log"
