@@ -1,6 +1,38 @@
 # Shared by the nginx benchmarks (nginx_wrk.sh, nginx_hostile.sh); sourced,
-# not run. The caller sets `run` (a fresh directory for nginx's
-# configuration, pid, logs and temp files) before calling these.
+# not run. The caller calls bench_binaries first and sets `run` (a fresh
+# directory for nginx's configuration, pid, logs and temp files) before
+# starting nginx.
+
+die() { echo "$bench_name: $*" >&2; exit 1; }
+
+# module, nbx and nginx for BUILD_DIR, checked; NAME prefixes messages.
+bench_binaries() { # name, build dir
+    bench_name=$1
+    module="$2/bindings/nginx/ngx_http_nbx_module.so"
+    nbx="$2/nbx"
+    nginx=$(command -v nginx || echo /usr/sbin/nginx)
+    [ -f "$module" ] || die "$module is missing (nginx-dev installed? make)"
+    [ -x "$nbx" ] || die "$nbx is missing (make)"
+}
+
+# A catalog of OFFERS offers and a store of PROFILES profiles in DIR (nbx
+# gen, seed 1, and nbx import), made once and kept for the next run; a
+# store an earlier nbx wrote in another format is made again.
+bench_data() { # dir, profiles, offers
+    if [ -f "$1/ready" ] && ! "$nbx" stats --store "$1/store" >/dev/null 2>&1; then
+        echo "$bench_name: $1/store does not open with this nbx; generating it again" >&2
+        rm -f "$1/ready"
+    fi
+    [ -f "$1/ready" ] && return
+    rm -rf "$1"
+    mkdir -p "$1"
+    echo "$bench_name: generating $2 profiles and $3 offers in $1" >&2
+    "$nbx" gen catalog --offers "$3" --out "$1/catalog.json"
+    "$nbx" gen profiles --count "$2" --offers "$3" --out "$1/profiles.jsonl"
+    "$nbx" import profiles "$1/profiles.jsonl" --store "$1/store" >&2
+    rm -f "$1/profiles.jsonl"
+    touch "$1/ready"
+}
 
 # A free TCP port on 127.0.0.1.
 free_port() {

@@ -30,28 +30,13 @@ duration="${NBX_BENCH_DURATION:-10}"
 workers="${NBX_BENCH_WORKERS:-2}"
 concurrent="${NBX_BENCH_HOSTILE:-4}"
 hostile_policies="${NBX_BENCH_HOSTILE_POLICIES:-timeout_tonumber_big timeout_big_allocations timeout_pattern_find timeout_pattern_gsub}"
-module="$build/bindings/nginx/ngx_http_nbx_module.so"
-nbx="$build/nbx"
-nginx=$(command -v nginx || echo /usr/sbin/nginx)
 work="$build/bench-nginx-hostile"
-data="$work/data"
 run="$work/run"
 
-die() { echo "nginx_hostile: $*" >&2; exit 1; }
-
-[ -f "$module" ] || die "$module is missing (nginx-dev installed? make)"
-[ -x "$nbx" ] || die "$nbx is missing (make)"
-
+bench_binaries nginx_hostile "$build"
 # A small store: the subject is the sandbox's time limit, not the lookups.
-if [ ! -f "$data/ready" ] || ! "$nbx" stats --store "$data/store" >/dev/null 2>&1; then
-    rm -rf "$data"
-    mkdir -p "$data"
-    "$nbx" gen catalog --offers 20 --seed 1 --out "$data/catalog.json"
-    "$nbx" gen profiles --count 1000 --offers 20 --seed 1 --out "$data/profiles.jsonl"
-    "$nbx" import profiles "$data/profiles.jsonl" --store "$data/store" >&2
-    rm -f "$data/profiles.jsonl"
-    touch "$data/ready"
-fi
+data="$work/data-1000-20"
+bench_data "$data" 1000 20
 
 rm -rf "$run"
 mkdir -p "$run/tmp"

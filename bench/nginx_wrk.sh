@@ -39,17 +39,11 @@ audit="${NBX_BENCH_AUDIT:-0}"
 serving_label="policy $(basename "$policy")"
 [ -n "$deployment" ] && serving_label="deployment $(basename "$deployment")"
 [ "$audit" = 1 ] && serving_label="$serving_label, audit log on"
-module="$build/bindings/nginx/ngx_http_nbx_module.so"
-nbx="$build/nbx"
-nginx=$(command -v nginx || echo /usr/sbin/nginx)
 work="$build/bench-nginx"
 data="$work/data-$profiles-$offers"
 run="$work/run"
 
-die() { echo "nginx_wrk: $*" >&2; exit 1; }
-
-[ -f "$module" ] || die "$module is missing (nginx-dev installed? make)"
-[ -x "$nbx" ] || die "$nbx is missing (make)"
+bench_binaries nginx_wrk "$build"
 [ -f "$policy" ] || die "no policy $policy"
 # wrk and the rest of the bench's packages, as `make bench` installs them
 command -v wrk >/dev/null 2>&1 || "$root/scripts/deps.sh" bench ||
@@ -58,21 +52,7 @@ command -v wrk >/dev/null 2>&1 || "$root/scripts/deps.sh" bench ||
 # ---------------------------------------------------------------------------
 # Data: catalog and store, generated once
 # ---------------------------------------------------------------------------
-# A store left by an earlier nbx (another format) is generated again.
-if [ -f "$data/ready" ] && ! "$nbx" stats --store "$data/store" >/dev/null 2>&1; then
-    echo "nginx_wrk: $data/store does not open with this nbx; generating it again" >&2
-    rm -f "$data/ready"
-fi
-if [ ! -f "$data/ready" ]; then
-    rm -rf "$data"
-    mkdir -p "$data"
-    echo "nginx_wrk: generating $profiles profiles and $offers offers in $data" >&2
-    "$nbx" gen catalog --offers "$offers" --out "$data/catalog.json"
-    "$nbx" gen profiles --count "$profiles" --offers "$offers" --out "$data/profiles.jsonl"
-    "$nbx" import profiles "$data/profiles.jsonl" --store "$data/store" >&2
-    rm -f "$data/profiles.jsonl"
-    touch "$data/ready"
-fi
+bench_data "$data" "$profiles" "$offers"
 
 # ---------------------------------------------------------------------------
 # nginx: /decide (nbx) and /static (return 200 with a body of the same size)
