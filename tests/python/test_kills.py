@@ -9,7 +9,7 @@ import os
 import unittest
 
 import nbx
-from pyutil import AS_OF, CATALOG, SOURCE_DIR, TempDirCase, run_nbx
+from pyutil import AS_OF, CATALOG, SOURCE_DIR, TempDirCase, consenting_store, run_nbx
 
 POLICY = os.path.join(SOURCE_DIR, "policies", "margin_per_session.lua")
 CUSTOMERS = [f"u{i}" for i in range(1, 41)]
@@ -19,13 +19,7 @@ class KillCase(TempDirCase):
 
     def setUp(self):
         super().setUp()
-        self.store = self.path("store")
-        profiles = self.path("profiles.jsonl")
-        with open(profiles, "w") as f:
-            for c in CUSTOMERS:
-                f.write(json.dumps({"id": c, "consent": {"personalization": True},
-                                    "propensity": {"winback_20": 0.3}}) + "\n")
-        run_nbx("import", "profiles", profiles, "--store", self.store)
+        self.store = consenting_store(self.path("store"), CUSTOMERS, {"winback_20": 0.3})
 
     def engine(self, **kw):
         kw.setdefault("store", self.store)

@@ -67,6 +67,8 @@ NBX_DECIDE_AUDIT = 0x8
 NBX_ITER_IDS = 0x1
 NBX_EXCLUDED_COUNT = 11
 NBX_TIME_BUFSZ = 32
+NBX_STORE_READONLY = 0x2
+NBX_KILLS_HISTORY = 0x1
 
 # ---------------------------------------------------------------------------
 # Structures

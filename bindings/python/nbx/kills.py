@@ -23,8 +23,6 @@ from .errors import InvalidArgument, ReadOnly, error_for
 
 #: the kinds, as nbx_kill_kind
 KINDS = {"offer": 1, "arm": 2, "policy": 3}
-NBX_KILLS_HISTORY = 1
-NBX_STORE_READONLY = 0x2
 
 
 def _kind(kind):
@@ -50,7 +48,7 @@ class _Store:
             if self.engine is None:
                 out = ctypes.c_void_p()
                 path = _text(os.fspath(store), "store")
-                rc = N.nbx_store_open(path, NBX_STORE_READONLY if readonly else 0,
+                rc = N.nbx_store_open(path, N.NBX_STORE_READONLY if readonly else 0,
                                       ctypes.byref(out))
                 if rc != N.NBX_OK:
                     msg = (N.nbx_last_errmsg() or b"").decode("utf-8", "replace")
@@ -133,11 +131,12 @@ def kills(store, history=False):
     def each(_ud, k):
         try:
             k = k.contents
-            N.nbx_time_format(k.at_ms, at)
+            # a time outside the years 1-9999 (a writer's broken clock): None
+            when = at.value.decode() if N.nbx_time_format(k.at_ms, at) == N.NBX_OK else None
             entry = {"kind": N.nbx_kill_kind_name(k.kind).decode(),
                      "name": k.name.decode("utf-8", "surrogateescape"),
                      "reason": k.reason.decode("utf-8", "replace"),
-                     "at": at.value.decode(), "by": k.by.decode("utf-8", "replace")}
+                     "at": when, "by": k.by.decode("utf-8", "replace")}
             if history:
                 entry = {"seq": k.seq, "change": "kill" if k.killed else "unkill", **entry}
             out.append(entry)
@@ -148,7 +147,7 @@ def kills(store, history=False):
 
     callback = N.KILL_FN(each)
     with _Store(store, readonly=True) as s:
-        rc = N.nbx_kills_read(s.handle, NBX_KILLS_HISTORY if history else 0, callback, None)
+        rc = N.nbx_kills_read(s.handle, N.NBX_KILLS_HISTORY if history else 0, callback, None)
         if rc != N.NBX_OK:
             raise s.error(rc)
     if failure:
