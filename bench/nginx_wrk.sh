@@ -15,6 +15,9 @@
 #   NBX_BENCH_DEPLOYMENT   a deployment file served instead of the policy
 #   NBX_BENCH_AUDIT        1: write the audit log ($nbx_decision) with
 #                          nginx's access_log, buffered, as docs/nginx.md shows
+#   NBX_BENCH_PIN          1: wrk on the first CPU, every nginx worker on the
+#                          last (worker_cpu_affinity), as when clients are
+#                          other machines; by default all share every core
 #
 # The store is generated once with `nbx gen` + `nbx import` and kept in
 # BUILD_DIR/bench-nginx for the next run. Targets (issue 11): nbx
@@ -36,9 +39,12 @@ workers="${NBX_BENCH_WORKERS:-2}"
 policy="${NBX_BENCH_POLICY:-$root/policies/margin_per_session.lua}"
 deployment="${NBX_BENCH_DEPLOYMENT:-}"
 audit="${NBX_BENCH_AUDIT:-0}"
+pin="${NBX_BENCH_PIN:-0}"
 serving_label="policy $(basename "$policy")"
 [ -n "$deployment" ] && serving_label="deployment $(basename "$deployment")"
 [ "$audit" = 1 ] && serving_label="$serving_label, audit log on"
+placement="wrk and nginx share every CPU"
+[ "$pin" = 1 ] && placement="wrk pinned to CPU 0, nginx workers to CPU $(($(nproc) - 1))"
 module="$build/bindings/nginx/ngx_http_nbx_module.so"
 nbx="$build/nbx"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
@@ -89,10 +95,17 @@ write_conf() {
     [ "$audit" = 1 ] &&
         audit_log="access_log $run/audit.log nbx_audit buffer=256k flush=1s if=\$nbx_decision;"
     [ "$(id -u)" = 0 ] && user_line="user $(stat -c '%U %G' "$data/store");"
+    affinity=""
+    if [ "$pin" = 1 ]; then
+        # the last CPU's bit, once per worker
+        mask=1$(python3 -c "print('0' * ($(nproc) - 1))")
+        affinity="worker_cpu_affinity$(i=0; while [ $i -lt "$workers" ]; do printf ' %s' "$mask"; i=$((i + 1)); done);"
+    fi
     cat >"$run/nginx.conf" <<EOF
 load_module $module;
 $user_line
 worker_processes $workers;
+$affinity
 pid $run/nginx.pid;
 error_log $run/error.log warn;
 events { worker_connections 4096; }
@@ -149,6 +162,11 @@ sleep 1
 # The store's pages in the page cache and every worker warm.
 cat "$data/store/data.mdb" >/dev/null
 export NBX_BENCH_CUSTOMERS="$profiles"
+# wrk itself, on the first CPU when pinned
+wrk() {
+    if [ "$pin" = 1 ]; then taskset -c 0 "$wrk_bin" "$@"; else "$wrk_bin" "$@"; fi
+}
+wrk_bin=$(command -v wrk)
 wrk -t "$threads" -c "$connections" -d 5s -s "$root/bench/nginx_wrk.lua" \
     "http://127.0.0.1:$port" >/dev/null
 
@@ -224,6 +242,7 @@ cat <<EOF
 
 nbx on nginx: $workers workers, $profiles profiles, $offers offers, $serving_label
 wrk: $threads threads, $connections connections, ${duration}s per run, random customers
+CPUs: $placement
 response size: $size bytes (the static body is padded to the same size)
 
                  connections   requests/s    p50 (ms)    p99 (ms)   errors
@@ -251,7 +270,7 @@ EOF
 # static rate well below its usual one says the machine, not nbx, was slow.
 # (static requests for random URLs through the script since 2026-12-02:
 # a history of its own)
-history="$work/static-history-random-$workers-$threads-$connections"
+history="$work/static-history-random-$workers-$threads-$connections-pin$pin"
 python3 - "$cores" "$load_before" "$load_after" "$cpu_before" "$cpu_after" "$static_rps" \
     "$history" <<'EOF'
 import statistics, sys
