@@ -15,10 +15,14 @@
 #   NBX_BENCH_DEPLOYMENT   a deployment file served instead of the policy
 #   NBX_BENCH_AUDIT        1: write the audit log ($nbx_decision) with
 #                          nginx's access_log, buffered, as docs/nginx.md shows
+#   NBX_BENCH_PIN          1: wrk on the first CPU, every nginx worker on the
+#                          last (worker_cpu_affinity), as when clients are
+#                          other machines; by default all share every core
 #
 # The store is generated once with `nbx gen` + `nbx import` and kept in
-# BUILD_DIR/bench-nginx for the next run. Targets: nbx requests/s at least
-# half the static rate, nbx p99 at most 2 ms. The report says when the
+# BUILD_DIR/bench-nginx for the next run. Targets (issue 11): nbx
+# requests/s at least 0.85 of the static rate, nbx p99 at most 1.5x
+# static's. The report says when the
 # machine was busy (load average above the cores before the runs, CPU time
 # stolen during them, static below its usual rate here): such figures are
 # noise, neither a regression nor a win.
@@ -35,9 +39,12 @@ workers="${NBX_BENCH_WORKERS:-2}"
 policy="${NBX_BENCH_POLICY:-$root/policies/margin_per_session.lua}"
 deployment="${NBX_BENCH_DEPLOYMENT:-}"
 audit="${NBX_BENCH_AUDIT:-0}"
+pin="${NBX_BENCH_PIN:-0}"
 serving_label="policy $(basename "$policy")"
 [ -n "$deployment" ] && serving_label="deployment $(basename "$deployment")"
 [ "$audit" = 1 ] && serving_label="$serving_label, audit log on"
+placement="wrk and nginx share every CPU"
+[ "$pin" = 1 ] && placement="wrk pinned to CPU 0, nginx workers to CPU $(($(nproc) - 1))"
 module="$build/bindings/nginx/ngx_http_nbx_module.so"
 nbx="$build/nbx"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
@@ -88,10 +95,17 @@ write_conf() {
     [ "$audit" = 1 ] &&
         audit_log="access_log $run/audit.log nbx_audit buffer=256k flush=1s if=\$nbx_decision;"
     [ "$(id -u)" = 0 ] && user_line="user $(stat -c '%U %G' "$data/store");"
+    affinity=""
+    if [ "$pin" = 1 ]; then
+        # the last CPU's bit, once per worker
+        mask=1$(python3 -c "print('0' * ($(nproc) - 1))")
+        affinity="worker_cpu_affinity$(i=0; while [ $i -lt "$workers" ]; do printf ' %s' "$mask"; i=$((i + 1)); done);"
+    fi
     cat >"$run/nginx.conf" <<EOF
 load_module $module;
 $user_line
 worker_processes $workers;
+$affinity
 pid $run/nginx.pid;
 error_log $run/error.log warn;
 events { worker_connections 4096; }
@@ -148,6 +162,11 @@ sleep 1
 # The store's pages in the page cache and every worker warm.
 cat "$data/store/data.mdb" >/dev/null
 export NBX_BENCH_CUSTOMERS="$profiles"
+# wrk itself, on the first CPU when pinned
+wrk() {
+    if [ "$pin" = 1 ]; then taskset -c 0 "$wrk_bin" "$@"; else "$wrk_bin" "$@"; fi
+}
+wrk_bin=$(command -v wrk)
 wrk -t "$threads" -c "$connections" -d 5s -s "$root/bench/nginx_wrk.lua" \
     "http://127.0.0.1:$port" >/dev/null
 
@@ -176,15 +195,25 @@ load_before=$(cut -d' ' -f1 /proc/loadavg)
 cpu_stat() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9 }' /proc/stat; }
 cpu_before=$(cpu_stat)
 
+# Both sides get the same client: wrk runs nginx_wrk.lua's request() for
+# every request (a random customer's URL) for static too, with the path
+# /static (which ignores the argument). wrk shares the two cores with
+# nginx, and a scripted request costs wrk more CPU than a fixed one: given
+# only to nbx, that cost would be counted against nbx.
+run_static() { # name
+    export NBX_BENCH_PATH=/static
+    run_wrk "$1" -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
+    unset NBX_BENCH_PATH
+}
 run_wrk nbx -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
-run_wrk static "http://127.0.0.1:$port/static"
+run_static static
 # The same at low concurrency (one connection per worker): latency there is
 # the service time, not queueing behind 63 other connections.
 low=$workers
 connections_main=$connections
 connections=$low
 run_wrk nbx_low -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
-run_wrk static_low "http://127.0.0.1:$port/static"
+run_static static_low
 connections=$connections_main
 cpu_after=$(cpu_stat)
 load_after=$(cut -d' ' -f1 /proc/loadavg)
@@ -213,6 +242,7 @@ cat <<EOF
 
 nbx on nginx: $workers workers, $profiles profiles, $offers offers, $serving_label
 wrk: $threads threads, $connections connections, ${duration}s per run, random customers
+CPUs: $placement
 response size: $size bytes (the static body is padded to the same size)
 
                  connections   requests/s    p50 (ms)    p99 (ms)   errors
@@ -223,18 +253,24 @@ response size: $size bytes (the static body is padded to the same size)
 
 EOF
 
-python3 - "$nbx_rps" "$static_rps" "$nbx_p99" "$fallbacks" <<'EOF'
+python3 - "$nbx_rps" "$static_rps" "$nbx_p99" "$(p99 static)" "$fallbacks" <<'EOF'
 import sys
-nbx, static, p99, fallbacks = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+nbx, static, p99, static_p99 = map(float, sys.argv[1:5])
+fallbacks = int(sys.argv[5])
 ratio = nbx / static if static else 0.0
-print("  nbx / static   %.2f   (target >= 0.50: %s)" % (ratio, "met" if ratio >= 0.5 else "MISSED"))
-print("  nbx p99        %.3f ms (target <= 2 ms: %s)" % (p99, "met" if p99 <= 2.0 else "MISSED"))
+p99_ratio = p99 / static_p99 if static_p99 else 0.0
+# issue 11: at least 0.85 of static's requests/s, p99 at most 1.5x static's
+print("  nbx / static   %.2f   (target >= 0.85: %s)" % (ratio, "met" if ratio >= 0.85 else "MISSED"))
+print("  nbx p99        %.3f ms, %.2fx static's (target <= 1.5x: %s)"
+      % (p99, p99_ratio, "met" if p99_ratio <= 1.5 else "MISSED"))
 print("  fallbacks in 50 sampled decisions: %d" % fallbacks)
 EOF
 # The static figure against this machine's earlier quiet runs of the same
 # settings (kept in $work): static nginx does not change with nbx, so a
 # static rate well below its usual one says the machine, not nbx, was slow.
-history="$work/static-history-$workers-$threads-$connections"
+# (static requests for random URLs through the script since 2026-12-02:
+# a history of its own)
+history="$work/static-history-random-$workers-$threads-$connections-pin$pin"
 python3 - "$cores" "$load_before" "$load_after" "$cpu_before" "$cpu_after" "$static_rps" \
     "$history" <<'EOF'
 import statistics, sys
