@@ -40,16 +40,18 @@ free_port() {
 }
 
 # The configuration up to the inside of the http block: the module, WORKERS
-# worker processes and temp paths under $run. Run as root, the workers run
-# as the owner of OWNED_PATH (the store) so they can open it. The caller
-# writes its servers and the closing brace.
-nginx_conf_head() { # module, workers, owned path
+# worker processes, MAIN_LINE if given (another main-context directive) and
+# temp paths under $run. Run as root, the workers run as the owner of
+# OWNED_PATH (the store) so they can open it. The caller writes its servers
+# and the closing brace.
+nginx_conf_head() { # module, workers, owned path[, main line]
     user_line=""
     [ "$(id -u)" = 0 ] && user_line="user $(stat -c '%U %G' "$3");"
     cat <<EOF
 load_module $1;
 $user_line
 worker_processes $2;
+${4:-}
 pid $run/nginx.pid;
 error_log $run/error.log warn;
 events { worker_connections 4096; }

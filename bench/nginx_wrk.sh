@@ -15,10 +15,14 @@
 #   NBX_BENCH_DEPLOYMENT   a deployment file served instead of the policy
 #   NBX_BENCH_AUDIT        1: write the audit log ($nbx_decision) with
 #                          nginx's access_log, buffered, as docs/nginx.md shows
+#   NBX_BENCH_PIN          1: wrk on the first CPU, every nginx worker on the
+#                          last (worker_cpu_affinity), as when clients are
+#                          other machines; by default all share every core
 #
 # The store is generated once with `nbx gen` + `nbx import` and kept in
-# BUILD_DIR/bench-nginx for the next run. Targets: nbx requests/s at least
-# half the static rate, nbx p99 at most 2 ms. The report says when the
+# BUILD_DIR/bench-nginx for the next run. Targets (issue 11): nbx
+# requests/s at least 0.85 of the static rate, nbx p99 at most 1.5x
+# static's. The report says when the
 # machine was busy (load average above the cores before the runs, CPU time
 # stolen during them, static below its usual rate here): such figures are
 # noise, neither a regression nor a win.
@@ -36,9 +40,12 @@ workers="${NBX_BENCH_WORKERS:-2}"
 policy="${NBX_BENCH_POLICY:-$root/policies/margin_per_session.lua}"
 deployment="${NBX_BENCH_DEPLOYMENT:-}"
 audit="${NBX_BENCH_AUDIT:-0}"
+pin="${NBX_BENCH_PIN:-0}"
 serving_label="policy $(basename "$policy")"
 [ -n "$deployment" ] && serving_label="deployment $(basename "$deployment")"
 [ "$audit" = 1 ] && serving_label="$serving_label, audit log on"
+placement="wrk and nginx share every CPU"
+[ "$pin" = 1 ] && placement="wrk pinned to CPU 0, nginx workers to CPU $(($(nproc) - 1))"
 work="$build/bench-nginx"
 data="$work/data-$profiles-$offers"
 run="$work/run"
@@ -67,8 +74,14 @@ write_conf() {
     audit_log=""
     [ "$audit" = 1 ] &&
         audit_log="access_log $run/audit.log nbx_audit buffer=256k flush=1s if=\$nbx_decision;"
+    affinity=""
+    if [ "$pin" = 1 ]; then
+        # the last CPU's bit, once per worker
+        mask=1$(python3 -c "print('0' * ($(nproc) - 1))")
+        affinity="worker_cpu_affinity$(i=0; while [ $i -lt "$workers" ]; do printf ' %s' "$mask"; i=$((i + 1)); done);"
+    fi
     {
-        nginx_conf_head "$module" "$workers" "$data/store"
+        nginx_conf_head "$module" "$workers" "$data/store" "$affinity"
         cat <<EOF
     log_format nbx_audit escape=none '\$nbx_decision';
     server {
@@ -110,6 +123,11 @@ sleep 1
 # The store's pages in the page cache and every worker warm.
 cat "$data/store/data.mdb" >/dev/null
 export NBX_BENCH_CUSTOMERS="$profiles"
+# wrk itself, on the first CPU when pinned
+wrk() {
+    if [ "$pin" = 1 ]; then taskset -c 0 "$wrk_bin" "$@"; else "$wrk_bin" "$@"; fi
+}
+wrk_bin=$(command -v wrk)
 wrk -t "$threads" -c "$connections" -d 5s -s "$root/bench/nginx_wrk.lua" \
     "http://127.0.0.1:$port" >/dev/null
 
@@ -129,15 +147,26 @@ run_wrk() { # name, then wrk arguments
 }
 
 machine_before
+
+# Both sides get the same client: wrk runs nginx_wrk.lua's request() for
+# every request (a random customer's URL) for static too, with the path
+# /static (which ignores the argument). wrk shares the two cores with
+# nginx, and a scripted request costs wrk more CPU than a fixed one: given
+# only to nbx, that cost would be counted against nbx.
+run_static() { # name
+    export NBX_BENCH_PATH=/static
+    run_wrk "$1" -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
+    unset NBX_BENCH_PATH
+}
 run_wrk nbx -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
-run_wrk static "http://127.0.0.1:$port/static"
+run_static static
 # The same at low concurrency (one connection per worker): latency there is
 # the service time, not queueing behind 63 other connections.
 low=$workers
 connections_main=$connections
 connections=$low
 run_wrk nbx_low -s "$root/bench/nginx_wrk.lua" "http://127.0.0.1:$port"
-run_wrk static_low "http://127.0.0.1:$port/static"
+run_static static_low
 connections=$connections_main
 machine_after
 
@@ -165,6 +194,7 @@ cat <<EOF
 
 nbx on nginx: $workers workers, $profiles profiles, $offers offers, $serving_label
 wrk: $threads threads, $connections connections, ${duration}s per run, random customers
+CPUs: $placement
 response size: $size bytes (the static body is padded to the same size)
 
                  connections   requests/s    p50 (ms)    p99 (ms)   errors
@@ -175,20 +205,26 @@ response size: $size bytes (the static body is padded to the same size)
 
 EOF
 
-python3 - "$nbx_rps" "$static_rps" "$nbx_p99" "$fallbacks" <<'EOF'
+python3 - "$nbx_rps" "$static_rps" "$nbx_p99" "$(p99 static)" "$fallbacks" <<'EOF'
 import sys
-nbx, static, p99, fallbacks = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+nbx, static, p99, static_p99 = map(float, sys.argv[1:5])
+fallbacks = int(sys.argv[5])
 ratio = nbx / static if static else 0.0
-print("  nbx / static   %.2f   (target >= 0.50: %s)" % (ratio, "met" if ratio >= 0.5 else "MISSED"))
-print("  nbx p99        %.3f ms (target <= 2 ms: %s)" % (p99, "met" if p99 <= 2.0 else "MISSED"))
+p99_ratio = p99 / static_p99 if static_p99 else 0.0
+# issue 11: at least 0.85 of static's requests/s, p99 at most 1.5x static's
+print("  nbx / static   %.2f   (target >= 0.85: %s)" % (ratio, "met" if ratio >= 0.85 else "MISSED"))
+print("  nbx p99        %.3f ms, %.2fx static's (target <= 1.5x: %s)"
+      % (p99, p99_ratio, "met" if p99_ratio <= 1.5 else "MISSED"))
 print("  fallbacks in 50 sampled decisions: %d" % fallbacks)
 EOF
 # The static figure against this machine's earlier quiet runs of the same
 # settings (kept in $work): static nginx does not change with nbx, so a
 # static rate well below its usual one says the machine, not nbx, was slow.
+# (static requests for random URLs through the script since 2026-12-02:
+# a history of its own)
 # The check prints its line, then the reason it finds the machine busy (or
 # an empty line).
-history="$work/static-history-$workers-$threads-$connections"
+history="$work/static-history-random-$workers-$threads-$connections-pin$pin"
 usual=$(python3 - "$static_rps" "$history" <<'EOF'
 import statistics, sys
 static, history = float(sys.argv[1]), sys.argv[2]
