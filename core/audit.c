@@ -18,41 +18,6 @@
 #include <string.h>
 
 /* ========================================================================
- * What the decision read
- * ======================================================================== */
-
-int nbx_audit_exposures(nbx_store *s, MDB_txn *txn, nbx_sv customer, uint64_t *out, nbx_err *e)
-{
-    *out = 0;
-    if (!s || !txn)
-        return NBX_OK;
-    char prefix[NBX_ID_MAX + 2];
-    size_t plen = nbx_customer_prefix(prefix, customer);
-    prefix[plen++] = NBX_TAG_COUNTERS;
-    MDB_cursor *cur;
-    int mrc = mdb_cursor_open(txn, s->customers, &cur);
-    if (mrc)
-        return nbx_err_mdb(e, mrc, "reading exposure counters");
-    MDB_val k = {plen, prefix}, v;
-    uint64_t h = 0;
-    bool any = false;
-    for (mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); mrc == 0;
-         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
-            break;
-        h = nbx_hash64(k.mv_data, k.mv_size, h);
-        h = nbx_hash64(v.mv_data, v.mv_size, h);
-        any = true;
-    }
-    mdb_cursor_close(cur);
-    if (mrc && mrc != MDB_NOTFOUND)
-        return nbx_err_mdb(e, mrc, "reading exposure counters");
-    /* 0 stands for "no counters"; a real hash of 0 is taken as 1 */
-    *out = any ? (h ? h : 1) : 0;
-    return NBX_OK;
-}
-
-/* ========================================================================
  * The line
  * ======================================================================== */
 
@@ -147,22 +112,31 @@ static void write_request(nbx_buf *b, const nbx_request *req)
 
 static void write_actions(nbx_buf *b, const nbx_result *r)
 {
-    /* each action with the probability it was chosen with */
+    /* each action with the probability it was chosen with: the result's
+     * own text (nbx_result_write_actions, written just before) */
     nbx_buf_putc(b, ',');
-    nbx_result_write_actions(b, r->actions, r->n_actions);
+    if (!r->json.oom && r->json_actions_len &&
+        r->json_actions_at + r->json_actions_len <= r->json.len)
+        nbx_buf_append(b, r->json.data + r->json_actions_at, r->json_actions_len);
+    else
+        nbx_result_write_actions(b, r->actions, r->n_actions);
     nbx_buf_puts(b, ",\"expected_margin\":");
     nbx_jw_decimal(b, r->expected_margin);
 }
 
 static void write_exclusions(nbx_buf *b, const nbx_result *r, size_t n_cand)
 {
-    nbx_buf_printf(b, ",\"candidates\":%zu,\"exclusions\":{", n_cand);
+    nbx_buf_puts(b, ",\"candidates\":");
+    nbx_buf_putu(b, n_cand);
+    nbx_buf_puts(b, ",\"exclusions\":{");
     bool first = true;
     for (int i = 1; i < NBX_EXCLUDED_COUNT; i++) {
         if (!r->exclusions[i])
             continue;
-        nbx_buf_printf(b, "%s\"%s\":%u", first ? "" : ",", nbx_excluded_name(i),
-                       (unsigned)r->exclusions[i]);
+        nbx_buf_puts(b, first ? "\"" : ",\"");
+        nbx_buf_puts(b, nbx_excluded_name(i));
+        nbx_buf_puts(b, "\":");
+        nbx_buf_putu(b, r->exclusions[i]);
         first = false;
     }
     nbx_buf_putc(b, '}');
@@ -190,7 +164,9 @@ void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_st
     const nbx_request *req = v->req;
     nbx_buf *b = &r->audit;
     nbx_buf_reset(b);
-    nbx_buf_printf(b, "{\"audit\":%d,\"decision_id\":\"", NBX_AUDIT_FORMAT);
+    nbx_buf_puts(b, "{\"audit\":");
+    nbx_buf_putu(b, NBX_AUDIT_FORMAT);
+    nbx_buf_puts(b, ",\"decision_id\":\"");
     nbx_buf_puts(b, r->decision_id);
     nbx_buf_puts(b, "\",\"as_of\":");
     nbx_jw_time(b, v->now_ms);

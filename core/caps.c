@@ -109,10 +109,17 @@ static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv custom
     MDB_val k = {plen, prefix}, v;
     uint32_t j = 0;
     int status = NBX_OK;
+    uint64_t h = 0;
+    bool any = false;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
             break;
+        if (c->hash_exposures) {
+            h = nbx_hash64(k.mv_data, k.mv_size, h);
+            h = nbx_hash64(v.mv_data, v.mv_size, h);
+            any = true;
+        }
         nbx_sv offer = {(const char *)k.mv_data + plen, k.mv_size - plen};
         bool all_offers = offer.len == 0;
         if (!all_offers && !join_offer(cat, &j, offer))
@@ -135,6 +142,8 @@ static int load_exposures(nbx_caps *c, nbx_store *s, MDB_txn *txn, nbx_sv custom
     if (status == NBX_OK && rc != 0 && rc != MDB_NOTFOUND)
         status = nbx_err_mdb(e, rc, "reading exposure counters");
     mdb_cursor_close(cur);
+    /* 0 stands for "no counters"; a real hash of 0 is taken as 1 */
+    c->exposures_hash = any ? (h ? h : 1) : 0;
     return status;
 }
 
@@ -207,9 +216,8 @@ void nbx_caps_set_exposure(nbx_caps *c, const nbx_offer *o, const nbx_exposure *
 void nbx_caps_set_contacts(nbx_caps *c, const nbx_exposure *all, uint32_t today)
 {
     const nbx_cap *mc = &c->catalog->guardrails.max_contacts;
-    c->contacts = mc->window_days ? nbx_exposure_count(all, NBX_EXP_IMPRESSION, today,
-                                                       mc->window_days)
-                                  : 0;
+    c->contacts =
+        mc->window_days ? nbx_exposure_count(all, NBX_EXP_IMPRESSION, today, mc->window_days) : 0;
 }
 
 int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p, uint32_t channel,
@@ -217,6 +225,7 @@ int nbx_caps_load(nbx_caps *c, nbx_store *s, MDB_txn *txn, const nbx_profile *p,
 {
     uint32_t today = nbx_day_of(now_ms);
     load_consents(c, p);
+    c->exposures_hash = 0;
     c->channel = channel;
     c->channel_refused = channel != UINT32_MAX && !c->consented[channel];
     if (!s || !txn) {
@@ -422,9 +431,8 @@ static void explain_validity(const nbx_offer *o, int64_t now_ms, char *out, size
 
 static void explain_budget(const nbx_caps *c, const nbx_offer *o, char *out, size_t cap)
 {
-    if (o->budget_impressions >= 0 &&
-        c->budget_impressions[o->index] + planned_impressions(c, o) >=
-            (uint64_t)o->budget_impressions)
+    if (o->budget_impressions >= 0 && c->budget_impressions[o->index] + planned_impressions(c, o) >=
+                                          (uint64_t)o->budget_impressions)
         snprintf(out, cap, "today's budget of %lld %s is spent", (long long)o->budget_impressions,
                  plural((uint64_t)o->budget_impressions, "impression", "impressions"));
     else if (o->budget_accepts >= 0)

@@ -1062,11 +1062,11 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
         audit.profile = NBX_AUDIT_PROFILE_NONE;
         rc = NBX_OK;
     }
+    /* what replay will compare: the counters this decision read */
+    c->caps.hash_exposures = (req->flags & NBX_DECIDE_AUDIT) != 0;
     if (rc == NBX_OK)
         rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
-    /* what replay will compare: the counters this decision read */
-    if (rc == NBX_OK && (req->flags & NBX_DECIDE_AUDIT))
-        rc = nbx_audit_exposures(store, c->txn, customer, &audit.exposures, &e);
+    audit.exposures = c->caps.exposures_hash;
     size_t exposures_len = 0;
     const char *exposures = request_exposures(req, &exposures_len);
     if (rc == NBX_OK && exposures)

@@ -111,6 +111,7 @@ int nbx_buf_reserve(nbx_buf *b, size_t extra);
 void nbx_buf_append(nbx_buf *b, const void *p, size_t n);
 void nbx_buf_putc(nbx_buf *b, char c);
 void nbx_buf_puts(nbx_buf *b, const char *s);
+void nbx_buf_putu(nbx_buf *b, uint64_t v); /* decimal digits */
 void nbx_buf_printf(nbx_buf *b, const char *fmt, ...) NBX_PRINTF(2, 3);
 /* NUL-terminate without counting the NUL in len. */
 void nbx_buf_terminate(nbx_buf *b);
@@ -1206,6 +1207,14 @@ typedef struct nbx_caps {
     const nbx_kills *kills; /* the set they came from (explanations) */
     uint64_t kills_version;
     bool killed_valid;
+    /* Set by the caller before nbx_caps_load for an audited decision: the
+     * load then hashes every counter row it reads (keys and values, in key
+     * order, rows of offers no longer in the catalog included) into
+     * exposures_hash, 0 for none: what `nbx audit replay` compares. Hashing
+     * while reading costs a few ns a row; a second cursor over the same
+     * range cost about 1 us a decision. */
+    bool hash_exposures;
+    uint64_t exposures_hash;
 } nbx_caps;
 
 int nbx_caps_init(nbx_caps *c, const nbx_catalog *catalog);
@@ -1447,6 +1456,9 @@ typedef struct nbx_shadow_result {
 
 struct nbx_result {
     nbx_buf json;
+    /* where json holds "actions":[...]: the audit line has the same text,
+     * copied rather than written twice (a third of the line's cost) */
+    size_t json_actions_at, json_actions_len;
     nbx_action *actions;
     size_t n_actions;
     bool fallback;
@@ -1534,7 +1546,6 @@ typedef struct nbx_audit_state {
 /* The hash of the customer's exposure counter rows in txn (one cursor
  * range, as eligibility reads them): any event recorded for the customer
  * since changes it. */
-int nbx_audit_exposures(nbx_store *s, MDB_txn *txn, nbx_sv customer, uint64_t *out, nbx_err *e);
 /* Write r->audit from the decision; r->audit.oom on failure. */
 void nbx_audit_write(nbx_result *r, const nbx_result_view *v, const nbx_audit_state *st);
 

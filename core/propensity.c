@@ -72,6 +72,11 @@ void nbx_propensities(const nbx_catalog *cat, const nbx_profile *p, double *out,
     join_keys(p, &cat->offers[0].id, sizeof(nbx_offer), cat->n_offers, out);
     join_keys(p, cat->categories, sizeof(nbx_sv), cat->n_categories, category_scratch);
     for (uint32_t k = 0; k < cat->n_offers; k++) {
+        /* the common case first: the profile has the offer's own value */
+        if (!isnan(out[k])) {
+            source[k] = NBX_PSRC_OFFER;
+            continue;
+        }
         const nbx_offer *o = &cat->offers[k];
         double by_category =
             o->category_index != UINT32_MAX ? category_scratch[o->category_index] : NAN;

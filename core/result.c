@@ -222,7 +222,9 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
     nbx_buf_puts(b, "\",\"as_of\":");
     nbx_jw_time(b, v->now_ms);
     nbx_buf_putc(b, ',');
+    r->json_actions_at = b->len;
     nbx_result_write_actions(b, r->actions, r->n_actions);
+    r->json_actions_len = b->len - r->json_actions_at;
     nbx_buf_puts(b, ",\"fallback\":");
     nbx_buf_puts(b, r->fallback ? "true" : "false");
     nbx_buf_puts(b, ",\"anonymous\":");
@@ -267,9 +269,8 @@ void nbx_result_write(nbx_result *r, const nbx_result_view *v)
 NBX_API const char *nbx_excluded_name(int reason)
 {
     static const char *const names[NBX_EXCLUDED_COUNT] = {
-        NULL,     "consent",  "frequency",  "cooldown",  "contacts",
-        "budget", "validity", "ineligible", "guardrail", "policy_error",
-        "killed"};
+        NULL,       "consent",    "frequency", "cooldown",     "contacts", "budget",
+        "validity", "ineligible", "guardrail", "policy_error", "killed"};
     if (reason <= 0 || reason >= NBX_EXCLUDED_COUNT)
         return NULL;
     return names[reason];

@@ -355,6 +355,18 @@ void nbx_buf_puts(nbx_buf *b, const char *s)
     nbx_buf_append(b, s, strlen(s));
 }
 
+/* Counts in lines written per decision: printf's parsing would cost more
+ * than the digits. */
+void nbx_buf_putu(nbx_buf *b, uint64_t v)
+{
+    char tmp[20], *e = tmp + sizeof tmp, *p = e;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    nbx_buf_append(b, p, (size_t)(e - p));
+}
+
 void nbx_buf_printf(nbx_buf *b, const char *fmt, ...)
 {
     va_list ap;

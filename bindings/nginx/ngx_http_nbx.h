@@ -21,6 +21,23 @@
 extern ngx_module_t  ngx_http_nbx_module;
 
 
+/* ngx_http_nbx_module.c: the stores, for what nbx_metrics reads of them */
+
+typedef struct {
+    ngx_str_t                 *path;          /* as configured */
+    nbx_store                 *store;
+    ngx_array_t                deployments;   /* const nbx_deployment * */
+} ngx_http_nbx_open_store_t;
+
+/*
+ * The store directories this worker has open, each once (a directory
+ * spelled two ways is one LMDB environment), with the deployments served
+ * from each: an array of ngx_http_nbx_open_store_t in r's pool; NULL if
+ * out of memory.
+ */
+ngx_array_t *ngx_http_nbx_open_stores(ngx_http_request_t *r);
+
+
 /* ngx_http_nbx_audit.c */
 
 /*

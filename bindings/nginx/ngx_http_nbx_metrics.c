@@ -15,6 +15,14 @@
  * the kind of policy failure, requests answered without a decision by
  * what the client was told, exclusions by reason, and the time nbx_decide()
  * took as a histogram. Labels are escaped as the format asks (\\, \", \n).
+ *
+ * Kill switches and canary aborts are not counted here: they live in the
+ * store, written by any process (`nbx kill`, a batch's abort, any worker's
+ * abort), and every worker sees the same store. So the scrape reads them
+ * from the store (nbx_kills_read()): what is killed now by kind, the kills
+ * and unkills of the history, and the aborts it records by arm. A zone
+ * counter per worker would count one abort once per worker that saw it, or
+ * miss the aborts of other processes.
  */
 
 
@@ -100,6 +108,27 @@ typedef struct {
 } ngx_http_nbx_metrics_conf_t;
 
 
+/* the automatic aborts of an arm, as a store's kill history records them */
+typedef struct {
+    ngx_str_t                  deployment;    /* NUL-terminated */
+    ngx_str_t                  arm;           /* NUL-terminated */
+    ngx_uint_t                 aborts;
+} ngx_http_nbx_aborts_t;
+
+
+/* what a store's kill switches say at a scrape */
+typedef struct {
+    ngx_str_t                 *store;         /* its path, as configured */
+    ngx_pool_t                *pool;
+    ngx_uint_t                 killed[NBX_KILL_POLICY + 1];     /* by kind */
+    ngx_uint_t                 changes[NBX_KILL_POLICY + 1][2]; /* unkill,
+                                                                   kill */
+    ngx_array_t                aborts;        /* ngx_http_nbx_aborts_t */
+    size_t                     names;         /* bytes of the arms' names */
+    unsigned                   nomem:1;
+} ngx_http_nbx_kill_figures_t;
+
+
 static ngx_int_t ngx_http_nbx_metrics_handler(ngx_http_request_t *r);
 static ngx_http_nbx_metrics_t *ngx_http_nbx_metrics_get(
     ngx_http_request_t *r, ngx_slab_pool_t **shpool);
@@ -110,6 +139,17 @@ static void ngx_http_nbx_metrics_label(u_char *dst, const char *src,
     size_t max);
 static u_char *ngx_http_nbx_metrics_escape(u_char *p, u_char *last,
     const u_char *s);
+static ngx_array_t *ngx_http_nbx_metrics_kills(ngx_http_request_t *r,
+    size_t *size);
+static ngx_int_t ngx_http_nbx_metrics_abort(ngx_http_nbx_kill_figures_t *f,
+    const char *deployment, size_t deployment_len, const char *arm,
+    size_t arm_len, ngx_uint_t n);
+static int ngx_http_nbx_metrics_current_kill(void *ud,
+    const nbx_kill_info *k);
+static int ngx_http_nbx_metrics_kill_change(void *ud,
+    const nbx_kill_info *k);
+static u_char *ngx_http_nbx_metrics_kill_series(u_char *p, u_char *last,
+    ngx_array_t *kills);
 static ngx_int_t ngx_http_nbx_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static char *ngx_http_nbx_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -435,6 +475,7 @@ ngx_http_nbx_metrics_handler(ngx_http_request_t *r)
     ngx_int_t                rc;
     ngx_buf_t               *b;
     ngx_uint_t               k, n;
+    ngx_array_t             *kills;
     ngx_chain_t              out;
     const char              *reason;
     ngx_http_nbx_series_t   *s;
@@ -454,13 +495,18 @@ ngx_http_nbx_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    kills = ngx_http_nbx_metrics_kills(r, &size);
+    if (kills == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     n = m->n_series;
     ngx_memory_barrier();
 
     /* every label escaped takes at most twice its bytes */
-    size = 8192 + n * (128 + 2 * (NGX_HTTP_NBX_METRICS_ARM
-                                  + NGX_HTTP_NBX_METRICS_NAME
-                                  + NGX_HTTP_NBX_METRICS_VERSION));
+    size += 8192 + n * (128 + 2 * (NGX_HTTP_NBX_METRICS_ARM
+                                   + NGX_HTTP_NBX_METRICS_NAME
+                                   + NGX_HTTP_NBX_METRICS_VERSION));
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -541,6 +587,8 @@ ngx_http_nbx_metrics_handler(ngx_http_request_t *r)
                      cumulative, m->time_sum_us / 1000000,
                      m->time_sum_us % 1000000, cumulative);
 
+    p = ngx_http_nbx_metrics_kill_series(p, last, kills);
+
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
@@ -564,6 +612,283 @@ ngx_http_nbx_metrics_handler(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/* ========================================================================
+ * Kill switches and aborts, read from the stores at a scrape
+ * ======================================================================== */
+
+/*
+ * The figures of every store this worker has open (ngx_http_nbx_open_stores)
+ * and, added to *size, the bytes their series take at most. A store that
+ * cannot be read is logged and left out of this scrape. Two snapshots per
+ * store, one of the current kills and one of the history: a walk over
+ * every change ever made (about 0.5 ms for 10,000 changes), small for a
+ * history of human kills and aborts. NULL: out of memory.
+ */
+static ngx_array_t *
+ngx_http_nbx_metrics_kills(ngx_http_request_t *r, size_t *size)
+{
+    int                           rc;
+    size_t                        i;
+    ngx_uint_t                    k, j;
+    const char                   *name, *arm;
+    ngx_array_t                  *stores, *out;
+    const nbx_deployment        **deployments;
+    ngx_http_nbx_open_store_t    *s;
+    ngx_http_nbx_kill_figures_t  *f;
+
+    *size = 0;
+
+    stores = ngx_http_nbx_open_stores(r);
+    if (stores == NULL) {
+        return NULL;
+    }
+
+    out = ngx_array_create(r->pool, stores->nelts ? stores->nelts : 1,
+                           sizeof(ngx_http_nbx_kill_figures_t));
+    if (out == NULL) {
+        return NULL;
+    }
+
+    s = stores->elts;
+
+    for (k = 0; k < stores->nelts; k++) {
+        f = ngx_array_push(out);
+        if (f == NULL) {
+            return NULL;
+        }
+
+        ngx_memzero(f, sizeof(ngx_http_nbx_kill_figures_t));
+        f->store = s[k].path;
+        f->pool = r->pool;
+
+        if (ngx_array_init(&f->aborts, r->pool, 4,
+                           sizeof(ngx_http_nbx_aborts_t))
+            != NGX_OK)
+        {
+            return NULL;
+        }
+
+        /*
+         * the arms served from the store, at 0 before their first abort:
+         * a counter that exists before it moves lets rate() and increase()
+         * see its first step
+         */
+        deployments = s[k].deployments.elts;
+
+        for (j = 0; j < s[k].deployments.nelts; j++) {
+            name = nbx_deployment_name(deployments[j]);
+
+            for (i = 0; i < nbx_deployment_arm_count(deployments[j]); i++) {
+                arm = nbx_deployment_arm_name(deployments[j], i);
+
+                if (ngx_http_nbx_metrics_abort(f, name, ngx_strlen(name),
+                                               arm, ngx_strlen(arm), 0)
+                    != NGX_OK)
+                {
+                    return NULL;
+                }
+            }
+        }
+
+        rc = nbx_kills_read(s[k].store, 0,
+                            ngx_http_nbx_metrics_current_kill, f);
+
+        if (rc == NBX_OK) {
+            rc = nbx_kills_read(s[k].store, NBX_KILLS_HISTORY,
+                                ngx_http_nbx_metrics_kill_change, f);
+        }
+
+        if (f->nomem) {
+            return NULL;
+        }
+
+        if (rc != NBX_OK) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "nbx_metrics: cannot read the kill switches of "
+                          "store \"%V\", left out: %s: %s", f->store,
+                          nbx_strerror(rc), nbx_store_errmsg(s[k].store));
+            out->nelts--;
+            continue;
+        }
+
+        /* 9 series of kinds and every arm's, with the labels escaped */
+        *size += (9 + f->aborts.nelts) * (160 + 2 * f->store->len)
+                 + 2 * f->names;
+    }
+
+    return out;
+}
+
+
+/* add n to the aborts of DEPLOYMENT.ARM, a series of its own from its first */
+static ngx_int_t
+ngx_http_nbx_metrics_abort(ngx_http_nbx_kill_figures_t *f,
+    const char *deployment, size_t deployment_len, const char *arm,
+    size_t arm_len, ngx_uint_t n)
+{
+    ngx_uint_t              i;
+    ngx_http_nbx_aborts_t  *a;
+
+    a = f->aborts.elts;
+
+    for (i = 0; i < f->aborts.nelts; i++) {
+        if (a[i].deployment.len == deployment_len
+            && a[i].arm.len == arm_len
+            && ngx_memcmp(a[i].deployment.data, deployment, deployment_len)
+               == 0
+            && ngx_memcmp(a[i].arm.data, arm, arm_len) == 0)
+        {
+            a[i].aborts += n;
+            return NGX_OK;
+        }
+    }
+
+    a = ngx_array_push(&f->aborts);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    a->deployment.data = ngx_pnalloc(f->pool, deployment_len + 1);
+    a->arm.data = ngx_pnalloc(f->pool, arm_len + 1);
+
+    if (a->deployment.data == NULL || a->arm.data == NULL) {
+        f->aborts.nelts--;
+        return NGX_ERROR;
+    }
+
+    a->deployment.len = deployment_len;
+    a->arm.len = arm_len;
+    ngx_memcpy(a->deployment.data, deployment, deployment_len);
+    ngx_memcpy(a->arm.data, arm, arm_len);
+    a->deployment.data[deployment_len] = '\0';
+    a->arm.data[arm_len] = '\0';
+    a->aborts = n;
+
+    f->names += deployment_len + arm_len;
+
+    return NGX_OK;
+}
+
+
+/* nbx_kills_read() of the current kills: counted by kind */
+static int
+ngx_http_nbx_metrics_current_kill(void *ud, const nbx_kill_info *k)
+{
+    ngx_http_nbx_kill_figures_t  *f = ud;
+
+    if (k->kind >= NBX_KILL_OFFER && k->kind <= NBX_KILL_POLICY) {
+        f->killed[k->kind]++;
+    }
+
+    return 0;
+}
+
+
+/*
+ * nbx_kills_read() of the history: every change counted by kind, and the
+ * kills of an arm written by "abort" (the canary abort's origin) by arm
+ */
+static int
+ngx_http_nbx_metrics_kill_change(void *ud, const nbx_kill_info *k)
+{
+    ngx_http_nbx_kill_figures_t  *f = ud;
+
+    const char  *dot;
+
+    if (k->kind < NBX_KILL_OFFER || k->kind > NBX_KILL_POLICY) {
+        return 0;
+    }
+
+    f->changes[k->kind][k->killed ? 1 : 0]++;
+
+    if (!k->killed || k->kind != NBX_KILL_ARM
+        || ngx_strcmp(k->by, "abort") != 0)
+    {
+        return 0;
+    }
+
+    /* DEPLOYMENT.ARM: a deployment's name holds no '.' */
+    dot = strchr(k->name, '.');
+    if (dot == NULL) {
+        return 0;
+    }
+
+    if (ngx_http_nbx_metrics_abort(f, k->name, dot - k->name, dot + 1,
+                                   ngx_strlen(dot + 1), 1)
+        != NGX_OK)
+    {
+        f->nomem = 1;
+        return 1;
+    }
+
+    return 0;
+}
+
+
+static u_char *
+ngx_http_nbx_metrics_kill_series(u_char *p, u_char *last, ngx_array_t *kills)
+{
+    int                           kind, killed;
+    ngx_uint_t                    i, k;
+    ngx_http_nbx_aborts_t        *a;
+    ngx_http_nbx_kill_figures_t  *f;
+
+    f = kills->elts;
+
+    p = ngx_http_nbx_metrics_head(p, last, "nbx_killed", "gauge",
+            "What is killed now, by kind: the store's kill switches, read "
+            "at the scrape.");
+
+    for (i = 0; i < kills->nelts; i++) {
+        for (kind = NBX_KILL_OFFER; kind <= NBX_KILL_POLICY; kind++) {
+            p = ngx_slprintf(p, last, "nbx_killed{store=\"");
+            p = ngx_http_nbx_metrics_escape(p, last, f[i].store->data);
+            p = ngx_slprintf(p, last, "\",kind=\"%s\"} %ui\n",
+                             nbx_kill_kind_name(kind), f[i].killed[kind]);
+        }
+    }
+
+    p = ngx_http_nbx_metrics_head(p, last, "nbx_kill_changes_total",
+            "counter",
+            "Kills and unkills in the store's history, by kind, made by "
+            "any process.");
+
+    for (i = 0; i < kills->nelts; i++) {
+        for (kind = NBX_KILL_OFFER; kind <= NBX_KILL_POLICY; kind++) {
+            for (killed = 1; killed >= 0; killed--) {
+                p = ngx_slprintf(p, last, "nbx_kill_changes_total{store=\"");
+                p = ngx_http_nbx_metrics_escape(p, last, f[i].store->data);
+                p = ngx_slprintf(p, last,
+                                 "\",kind=\"%s\",change=\"%s\"} %ui\n",
+                                 nbx_kill_kind_name(kind),
+                                 killed ? "kill" : "unkill",
+                                 f[i].changes[kind][killed]);
+            }
+        }
+    }
+
+    p = ngx_http_nbx_metrics_head(p, last, "nbx_aborts_total", "counter",
+            "Automatic canary aborts in the store's history, by deployment "
+            "and arm, made by any process.");
+
+    for (i = 0; i < kills->nelts; i++) {
+        a = f[i].aborts.elts;
+
+        for (k = 0; k < f[i].aborts.nelts; k++) {
+            p = ngx_slprintf(p, last, "nbx_aborts_total{store=\"");
+            p = ngx_http_nbx_metrics_escape(p, last, f[i].store->data);
+            p = ngx_slprintf(p, last, "\",deployment=\"");
+            p = ngx_http_nbx_metrics_escape(p, last, a[k].deployment.data);
+            p = ngx_slprintf(p, last, "\",arm=\"");
+            p = ngx_http_nbx_metrics_escape(p, last, a[k].arm.data);
+            p = ngx_slprintf(p, last, "\"} %ui\n", a[k].aborts);
+        }
+    }
+
+    return p;
 }
 
 

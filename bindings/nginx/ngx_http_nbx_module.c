@@ -1435,6 +1435,75 @@ ngx_http_nbx_cleanup(void *data)
 }
 
 
+/*
+ * The store directories this worker has open, each once, with the
+ * deployments its locations serve from each: what nbx_metrics reads the
+ * kill switches of at a scrape (ngx_http_nbx_metrics.c). A store that did
+ * not open (yet) is left out.
+ */
+ngx_array_t *
+ngx_http_nbx_open_stores(ngx_http_request_t *r)
+{
+    ngx_uint_t                   i, j;
+    ngx_array_t                 *out;
+    const nbx_deployment       **pd;
+    ngx_http_nbx_store_t       **stores;
+    ngx_http_nbx_engine_t      **engines;
+    ngx_http_nbx_open_store_t   *s;
+    ngx_http_nbx_main_conf_t    *nmcf;
+
+    nmcf = ngx_http_get_module_main_conf(r, ngx_http_nbx_module);
+
+    out = ngx_array_create(r->pool, 1, sizeof(ngx_http_nbx_open_store_t));
+    if (out == NULL) {
+        return NULL;
+    }
+
+    stores = nmcf->stores.elts;
+    engines = nmcf->engines.elts;
+
+    for (i = 0; i < nmcf->stores.nelts; i++) {
+
+        /* a directory spelled two ways is one environment: its owner */
+        if (stores[i]->store == NULL || stores[i]->owner != stores[i]) {
+            continue;
+        }
+
+        s = ngx_array_push(out);
+        if (s == NULL) {
+            return NULL;
+        }
+
+        s->path = &stores[i]->path;
+        s->store = stores[i]->store;
+
+        if (ngx_array_init(&s->deployments, r->pool, 1,
+                           sizeof(nbx_deployment *))
+            != NGX_OK)
+        {
+            return NULL;
+        }
+
+        for (j = 0; j < nmcf->engines.nelts; j++) {
+            if (engines[j]->deployment_handle == NULL
+                || engines[j]->store->owner != stores[i])
+            {
+                continue;
+            }
+
+            pd = ngx_array_push(&s->deployments);
+            if (pd == NULL) {
+                return NULL;
+            }
+
+            *pd = engines[j]->deployment_handle;
+        }
+    }
+
+    return out;
+}
+
+
 /* ========================================================================
  * Configuration
  * ======================================================================== */

@@ -2,7 +2,7 @@
 summed over two workers: decisions by arm and policy, fallbacks and errors
 by kind, exclusions by reason (checked against the audit log), the
 decision time histogram; label values escaped; counts kept across a
-reload. A real nginx, parsed as a scraper would."""
+reload; kill switches read from the store at each scrape. A real nginx, parsed as a scraper would."""
 
 import json
 import os
@@ -195,7 +195,58 @@ class MetricsTest(nx.NginxTestCase):
         samples, _, _ = self.scrape()
         self.assertEqual(samples[("nbx_decision_seconds_count", ())], 5)
 
-    def test_03_only_get_and_head(self):
+    def kill_series(self, samples):
+        """The kill and abort series of this test's store, without the
+        store label: {(name, ((label, value), ...)): value}."""
+        out = {}
+        for (name, labels), v in samples.items():
+            labels = dict(labels)
+            if name in ("nbx_killed", "nbx_kill_changes_total", "nbx_aborts_total"):
+                self.assertEqual(labels.pop("store"), self.store, (name, labels))
+                out[(name, tuple(sorted(labels.items())))] = v
+        return out
+
+    def test_03_kills_are_read_from_the_store_at_each_scrape(self):
+        samples, types, _ = self.scrape()
+        series = self.kill_series(samples)
+        self.assertEqual(types["nbx_killed"], "gauge")
+        self.assertEqual(types["nbx_kill_changes_total"], "counter")
+        self.assertEqual(types["nbx_aborts_total"], "counter")
+        for kind in ("offer", "arm", "policy"):
+            self.assertEqual(series[("nbx_killed", (("kind", kind),))], 0, kind)
+            for change in ("kill", "unkill"):
+                self.assertEqual(series[("nbx_kill_changes_total",
+                                         (("change", change), ("kind", kind)))], 0)
+        self.assertFalse([k for k in series if k[0] == "nbx_aborts_total"],
+                         "no deployment served, nothing aborted: no arm series")
+
+        offer = self.get("/decide?customer=c1").json()["actions"][0]["offer"]
+        nx.nbx("kill", "offer", offer, "--store", self.store, "--reason", "legal hold")
+        nx.nbx("kill", "policy", "0123456789abcdef", "--store", self.store, "--reason", "x")
+        nx.nbx("kill", "offer", offer, "--store", self.store, "--reason", "still held")
+        for _ in range(6):  # whichever worker answers, without a reload
+            series = self.kill_series(self.scrape()[0])
+            self.assertEqual(series[("nbx_killed", (("kind", "offer"),))], 1, series)
+            self.assertEqual(series[("nbx_killed", (("kind", "policy"),))], 1, series)
+            self.assertEqual(series[("nbx_killed", (("kind", "arm"),))], 0, series)
+            self.assertEqual(series[("nbx_kill_changes_total",
+                                     (("change", "kill"), ("kind", "offer")))], 2, series)
+        # the killed offer's exclusions, counted by the workers' zone
+        for _ in range(4):
+            d = self.get("/decide?customer=c1").json()
+            self.assertNotIn(offer, [a["offer"] for a in d["actions"]], d)
+        samples = self.scrape()[0]
+        self.assertGreaterEqual(samples[("nbx_exclusions_total", (("reason", "killed"),))], 4)
+
+        nx.nbx("unkill", "offer", offer, "--store", self.store)
+        series = self.kill_series(self.scrape()[0])
+        self.assertEqual(series[("nbx_killed", (("kind", "offer"),))], 0, series)
+        self.assertEqual(series[("nbx_kill_changes_total",
+                                 (("change", "unkill"), ("kind", "offer")))], 1, series)
+        self.assertEqual(series[("nbx_kill_changes_total",
+                                 (("change", "kill"), ("kind", "offer")))], 2, series)
+
+    def test_04_only_get_and_head(self):
         self.assertStatus(self.get("/metrics", data=b"x", method="POST"), 405, "POST")
         r = self.get("/metrics", method="HEAD")
         self.assertStatus(r, 200, "HEAD")

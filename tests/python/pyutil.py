@@ -52,6 +52,18 @@ def generated_store(tmp, count, offers=20):
     return store, catalog
 
 
+def consenting_store(store, customers, propensity=None):
+    """A store (created with `nbx import profiles`) holding a consenting
+    profile for each id of customers, with the given propensities."""
+    profiles = store + "-profiles.jsonl"
+    with open(profiles, "w") as f:
+        for c in customers:
+            f.write(json.dumps({"id": c, "consent": {"personalization": True},
+                                "propensity": propensity or {}}) + "\n")
+    run_nbx("import", "profiles", profiles, "--store", store)
+    return store
+
+
 class TempDirCase(unittest.TestCase):
     maxDiff = 4000
 

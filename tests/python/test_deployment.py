@@ -7,7 +7,8 @@ import os
 import unittest
 
 import nbx
-from pyutil import AS_OF, CATALOG, SOURCE_DIR, TempDirCase, run_nbx, without_decision_id
+from pyutil import (AS_OF, CATALOG, SOURCE_DIR, TempDirCase, consenting_store, run_nbx,
+                    without_decision_id)
 
 POLICIES = os.path.join(SOURCE_DIR, "policies")
 CUSTOMERS = [f"u{i}" for i in range(1, 121)]
@@ -17,13 +18,7 @@ class DeploymentCase(TempDirCase):
 
     def setUp(self):
         super().setUp()
-        self.store = self.path("store")
-        profiles = self.path("profiles.jsonl")
-        with open(profiles, "w") as f:
-            for c in CUSTOMERS[:30]:
-                f.write(json.dumps({"id": c, "consent": {"personalization": True},
-                                    "propensity": {"winback_20": 0.3}}) + "\n")
-        run_nbx("import", "profiles", profiles, "--store", self.store)
+        self.store = consenting_store(self.path("store"), CUSTOMERS[:30], {"winback_20": 0.3})
         self.deployment = self.write_deployment("q4.json", holdout=10, shadow=["retention.lua"])
 
     def write_deployment(self, name, holdout=10, shadow=(), arms=None, salt="q4-2026"):

@@ -10,11 +10,13 @@
 
 The library is found through $NBX_LIBRARY, else build/libnbx.so.0 in the
 source tree this package sits in, else the system's libnbx.so.0.
-See docs/batch.md for the API and an example job.
+See docs/batch.md for the API and an example job, docs/experiments.md for
+deployments and the kill switches (nbx.kill, nbx.unkill, nbx.kills).
 """
 from . import _native
 from .audit import AuditLog
 from .engine import Engine, as_of_ms, assign_bucket, shard_of
+from .kills import kill, kills, unkill
 from .errors import (Corrupt, Error, InvalidArgument, IOFailure, LimitExceeded, NotFound,
                      OutOfMemory, ParseError, PolicyError, ReadOnly, StoreError, StoreFull,
                      VersionMismatch, error_for)
@@ -35,4 +37,4 @@ def excluded_names():
 __all__ = ["Engine", "AuditLog", "Error", "InvalidArgument", "OutOfMemory", "IOFailure", "NotFound",
            "Corrupt", "VersionMismatch", "ParseError", "PolicyError", "StoreError", "StoreFull",
            "LimitExceeded", "ReadOnly", "error_for", "shard_of", "assign_bucket", "as_of_ms", "version",
-           "excluded_names", "library_path"]
+           "excluded_names", "library_path", "kill", "unkill", "kills"]

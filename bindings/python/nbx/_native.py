@@ -67,6 +67,8 @@ NBX_DECIDE_AUDIT = 0x8
 NBX_ITER_IDS = 0x1
 NBX_EXCLUDED_COUNT = 11
 NBX_TIME_BUFSZ = 32
+NBX_STORE_READONLY = 0x2
+NBX_KILLS_HISTORY = 0x1
 
 # ---------------------------------------------------------------------------
 # Structures
@@ -199,6 +201,21 @@ class BatchStats(ctypes.Structure):
     ]
 
 
+class KillInfo(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("name", c_char_p),
+        ("reason", c_char_p),
+        ("by", c_char_p),
+        ("at_ms", ctypes.c_int64),
+        ("killed", ctypes.c_int),
+        ("seq", ctypes.c_uint64),
+    ]
+
+
+KILL_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_void_p, ctypes.POINTER(KillInfo))
+
+
 # ---------------------------------------------------------------------------
 # Functions
 # ---------------------------------------------------------------------------
@@ -267,6 +284,13 @@ nbx_deployment_close = _fn("nbx_deployment_close", None, c_void_p)
 nbx_deployment_name = _fn("nbx_deployment_name", c_char_p, c_void_p)
 nbx_deployment_version = _fn("nbx_deployment_version", c_char_p, c_void_p)
 nbx_deployment_assign = _fn("nbx_deployment_assign", c_char_p, c_void_p, c_char_p, c_size_t)
+nbx_store_open = _fn("nbx_store_open", c_int, c_char_p, c_uint, P(c_void_p))
+nbx_store_close = _fn("nbx_store_close", None, c_void_p)
+nbx_time_format = _fn("nbx_time_format", c_int, ctypes.c_int64, c_char_p)
+nbx_kill = _fn("nbx_kill", c_int, c_void_p, c_int, c_char_p, c_char_p, c_char_p)
+nbx_unkill = _fn("nbx_unkill", c_int, c_void_p, c_int, c_char_p, c_char_p, c_char_p)
+nbx_kills_read = _fn("nbx_kills_read", c_int, c_void_p, c_uint, KILL_FN, c_void_p)
+nbx_kill_kind_name = _fn("nbx_kill_kind_name", c_char_p, c_int)
 nbx_assign_bucket = _fn("nbx_assign_bucket", ctypes.c_uint32, c_char_p, c_size_t, c_char_p,
                         c_size_t)
 

@@ -14,6 +14,11 @@ from .audit import AuditLog
 from .errors import Error, InvalidArgument, error_for
 
 _log = logging.getLogger("nbx")
+# Open engines by their store directory's (device, inode): LMDB allows one
+# environment per directory and process, so nbx.kill(path) goes through
+# the store of an engine of this process on that directory.
+_open_engines = weakref.WeakKeyDictionary()
+_open_engines_lock = threading.Lock()
 _LOG_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}
 _ON_ERROR = ("raise", "skip", "return")
 # Epoch seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
@@ -229,6 +234,13 @@ class Engine:
             raise _last_error(rc)
         self._handle = handle.value
         self.readonly = bool(readonly)
+        try:
+            st = os.stat(self._keep[0])
+        except OSError:
+            pass
+        else:
+            with _open_engines_lock:
+                _open_engines[self] = (st.st_dev, st.st_ino)
 
     # -- lifetime ---------------------------------------------------------
 
@@ -477,6 +489,35 @@ class Engine:
         if rc != N.NBX_OK:
             raise error_for(rc, (N.nbx_store_errmsg(store) or b"").decode("utf-8", "replace"))
 
+    def _store_handle(self):
+        store = N.nbx_engine_store(self._check())
+        if not store:
+            raise InvalidArgument("the engine has no store")
+        return store
+
+    # -- kill switches ----------------------------------------------------------
+    # nbx.kills imports this module: imported when called
+
+    def kill(self, kind, name, reason, by="python"):
+        """nbx.kill() on this engine's store: kill an offer, an arm
+        (DEPLOYMENT.ARM) or a policy version; effective on the next decision
+        of every process using the store (needs an engine not opened
+        read-only)."""
+        from .kills import kill
+        kill(self, kind, name, reason, by)
+
+    def unkill(self, kind, name, reason=None, by="python"):
+        """nbx.unkill() on this engine's store: lift a kill (NotFound if it
+        is not killed)."""
+        from .kills import unkill
+        unkill(self, kind, name, reason, by)
+
+    def kills(self, history=False):
+        """nbx.kills() on this engine's store: what is killed now, or every
+        kill and unkill with history=True, as a list of dicts."""
+        from .kills import kills
+        return kills(self, history)
+
     # -- batches --------------------------------------------------------------
 
     def batch(self, customers, threads=None, session=None, placements=None, as_of=None,
@@ -544,6 +585,21 @@ class Engine:
         b = _Batch(out.value, audit, audit is not log)
         self._batches.add(b)
         return _run_batch(self, b, source, on_error, raw)
+
+
+def _engine_on(path):
+    """An open Engine of this process on the store directory `path`
+    (however it is spelled), one opened read-write first; None if none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    with _open_engines_lock:
+        found = [e for e, key in _open_engines.items() if key == (st.st_dev, st.st_ino)]
+    for e in sorted(found, key=lambda e: e.readonly):
+        if not e.closed and e._pid == os.getpid():
+            return e
+    return None
 
 
 def _open_log(log):
