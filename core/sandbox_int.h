@@ -61,6 +61,12 @@
  * at most this many and this many bytes (sandbox_limits.c, sb_release). */
 #define SB_BLOCKS 4
 #define SB_BLOCKS_BYTES (2u << 20)
+/* What the allocator grants a run of policy code past a fault (a limit it
+ * broke) before the next tick raises the fault: it refuses only past this,
+ * since a refusal inside compiled code can crash LuaJIT (sandbox_limits.c,
+ * "Faults inside compiled code"). More than one allocation may be
+ * (SB_OBJECT_MAX_RUN). */
+#define SB_OVERDRAFT (2u << 20)
 
 /* Values the C side keeps in the state, in one table referenced from the
  * registry. */
@@ -121,10 +127,10 @@ struct sb_shared {
     int32_t *cp; /* placement index + 1 */
     double *x;   /* 7 exposure numbers per exposed candidate, in order */
     double *s, *m;
-    uint8_t *f;  /* sb_flag, written by the driver */
-    double *pr;  /* per offer: this decision's propensity */
-    size_t cap;  /* candidates the per-candidate arrays hold */
-    bool stale;  /* resized: the state's pointers must be made again */
+    uint8_t *f; /* sb_flag, written by the driver */
+    double *pr; /* per offer: this decision's propensity */
+    size_t cap; /* candidates the per-candidate arrays hold */
+    bool stale; /* resized: the state's pointers must be made again */
 };
 
 struct sb_result {
@@ -154,6 +160,7 @@ struct nbx_sandbox {
     bool object_exceeded; /* one object over object_max or SB_STRING_MAX */
     bool real_oom;
     size_t alloc_credit; /* bytes the policy may allocate before a clock check */
+    size_t overdraft;    /* bytes granted since the run faulted (SB_OVERDRAFT) */
     struct sb_block {
         void *p; /* NULL: free slot */
         size_t size;

@@ -38,6 +38,8 @@
 
 static void sb_publish_deadline(nbx_sandbox *sb);
 static bool sb_time_up_before_big_work(nbx_sandbox *sb);
+static bool sb_faulted(const nbx_sandbox *sb);
+static bool sb_overdraw(nbx_sandbox *sb, size_t grow);
 
 /* Growth from which an allocation always checks the deadline first, and
  * the size of a big block (sb_grow_big). */
@@ -124,7 +126,7 @@ void sb_blocks_free(nbx_sandbox *sb)
 }
 
 /* Past the deadline: mark the run timed out and say so (the line is not
- * noted: see sb_refuse). cpu_now: read the CPU clock now even in the first
+ * noted: see sb_alloc). cpu_now: read the CPU clock now even in the first
  * window, before work that may take long. */
 static bool sb_alloc_late(nbx_sandbox *sb, bool cpu_now)
 {
@@ -138,16 +140,21 @@ static bool sb_alloc_late(nbx_sandbox *sb, bool cpu_now)
 }
 
 /* Write to every page of a new block, looking at the clock every
- * SB_TOUCH_PAGES pages while policy code runs. Returns the bytes from the
- * start whose pages are mapped: less than size when time ran out. */
+ * SB_TOUCH_PAGES pages while policy code runs and has not faulted. Time
+ * running out on the way is a fault: the block is granted if the overdraft
+ * allows it ("Faults inside compiled code"). Returns the bytes from the
+ * start whose pages are mapped: less than size when refused. */
 static size_t sb_touch(nbx_sandbox *sb, void *p, size_t size)
 {
     volatile char *b = p;
-    bool timed = sb->in_policy && sb->L;
+    bool timed = sb->in_policy && sb->L && !sb_faulted(sb);
     for (size_t off = 0, k = 1; off < size; off += SB_PAGE, k++) {
         b[off] = 0;
-        if (timed && k % SB_TOUCH_PAGES == 0 && sb_alloc_late(sb, false))
-            return off;
+        if (timed && k % SB_TOUCH_PAGES == 0 && sb_alloc_late(sb, false)) {
+            if (!sb_overdraw(sb, size))
+                return off;
+            timed = false;
+        }
     }
     return size;
 }
@@ -178,6 +185,52 @@ static void *sb_grow_big(nbx_sandbox *sb, void *ptr, size_t osize, size_t nsize,
 }
 
 /* ------------------------------------------------------------------------
+ * Faults inside compiled code
+ *
+ * An allocation refused while a trace runs (a table grown by compiled
+ * code: lj_tab_newkey -> lj_tab_resize -> lj_mem_realloc) raises through
+ * lj_err_mem, which reads the current function from L->base. Inside a
+ * trace L->base is stale (only G->jit_base is kept), and Debian 12's
+ * libluajit-5.1-2 has the line that reads it (upstream ca8d3257, "Ensure
+ * correct stack top for OOM error message") without the fix that sets
+ * L->base from jit_base first (upstream 2d8300c1, "Fix frame for on-trace
+ * out-of-memory error"): it follows whatever the stale slot holds and
+ * crashes (docs/sandbox.md, "Facts"). So while policy code runs, a limit
+ * broken by an allocation is marked, not refused: the allocation is
+ * granted, the deadline is published as passed, and the next tick calls
+ * sb_tick_check, a C function, which raises the fault: a safe point. What
+ * the policy allocates between the fault and that tick is bounded by
+ * SB_OVERDRAFT; past it the allocator refuses, as the last resort.
+ * ------------------------------------------------------------------------ */
+
+static bool sb_faulted(const nbx_sandbox *sb)
+{
+    return sb->timed_out || sb->mem_exceeded || sb->object_exceeded;
+}
+
+/* A limit broke (flag: which one; NULL: the deadline, already marked):
+ * let the next tick raise it. */
+static void sb_mark_fault(nbx_sandbox *sb, bool *flag, size_t size)
+{
+    if (flag) {
+        if (!sb->mem_exceeded && !sb->object_exceeded)
+            sb->refused = size;
+        *flag = true;
+    }
+    sb_publish_deadline(sb);
+}
+
+/* Grant grow bytes past a fault while policy code runs, within
+ * SB_OVERDRAFT; false: refuse. */
+static bool sb_overdraw(nbx_sandbox *sb, size_t grow)
+{
+    if (!sb->in_policy || !sb->L || grow > SB_OVERDRAFT - sb->overdraft)
+        return false;
+    sb->overdraft += grow;
+    return true;
+}
+
+/* ------------------------------------------------------------------------
  * The allocator
  * ------------------------------------------------------------------------ */
 
@@ -187,16 +240,35 @@ static void *sb_grow_big(nbx_sandbox *sb, void *ptr, size_t osize, size_t nsize,
  * (lua_getinfo on a frame a trace had not written, in a 50 ms hostile run
  * growing tables). A fault found here is located at the definition of the
  * function being run (nbx_sandbox_run), or by the next tick. */
-static void sb_refuse(nbx_sandbox *sb, bool *flag, size_t size)
+
+/* Which limit growing to nsize breaks, marked: false when none does or
+ * the growth may be granted past the fault ("Faults inside compiled
+ * code"), true to refuse. */
+static bool sb_alloc_refused(nbx_sandbox *sb, size_t grow, size_t nsize)
 {
-    if (!sb->mem_exceeded && !sb->object_exceeded)
-        sb->refused = size;
-    *flag = true;
+    bool policy = sb->in_policy && sb->L;
+    if (sb->used > sb->limit_abs || grow > sb->limit_abs - sb->used)
+        sb_mark_fault(sb, &sb->mem_exceeded, nsize);
+    else if (policy && nsize > sb->object_max)
+        sb_mark_fault(sb, &sb->object_exceeded, nsize);
+    /* Allocating is work: it looks at the clock as the policy allocates
+     * (SB_ALLOC_CHECK), and before a big allocation, which one C call is
+     * about to fill. */
+    if (policy && !sb->timed_out) {
+        bool big = grow >= SB_BIG_ALLOC;
+        if (big || grow >= sb->alloc_credit) {
+            sb->alloc_credit = SB_ALLOC_CHECK;
+            sb_alloc_late(sb, big);
+        } else {
+            sb->alloc_credit -= grow;
+        }
+    }
+    return sb_faulted(sb) && !sb_overdraw(sb, grow);
 }
 
 /* Lua's allocator contract: nsize 0 frees; shrinking never fails. LuaJIT
  * raises "not enough memory" without trying an emergency collection first,
- * so sandbox.c collects between decisions. A refusal is sticky for the rest
+ * so sandbox.c collects between decisions. A fault is sticky for the rest
  * of the run: a policy that catches the error cannot go on allocating. */
 void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -208,40 +280,8 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         sb->used -= osize;
         return NULL;
     }
-    if (nsize > osize) {
-        size_t grow = nsize - osize;
-        if (sb->mem_exceeded || sb->object_exceeded) {
-            return NULL;
-        }
-        if (sb->used > sb->limit_abs || grow > sb->limit_abs - sb->used) {
-            sb_refuse(sb, &sb->mem_exceeded, nsize);
-            return NULL;
-        }
-        if (sb->in_policy && nsize > sb->object_max) {
-            sb_refuse(sb, &sb->object_exceeded, nsize);
-            return NULL;
-        }
-        /* Allocating is work: past the deadline, refuse. A big allocation
-         * is about to be filled by one C call, so it always looks first,
-         * and is refused at once. A small one only marks the run timed
-         * out the first time, so that the policy's next tick raises the
-         * timeout from the interpreter: a failed allocation unwinds from
-         * wherever it was made, compiled code included, and with Debian's
-         * LuaJIT that crashed now and then (docs/sandbox.md, "Facts");
-         * should the policy allocate another SB_ALLOC_CHECK bytes first,
-         * that allocation is refused. */
-        if (sb->in_policy && sb->L) {
-            bool big = grow >= SB_BIG_ALLOC;
-            if (big || grow >= sb->alloc_credit) {
-                sb->alloc_credit = SB_ALLOC_CHECK;
-                bool was_late = sb->timed_out;
-                if (sb_alloc_late(sb, big) && (big || was_late))
-                    return NULL;
-            } else {
-                sb->alloc_credit -= grow;
-            }
-        }
-    }
+    if (nsize > osize && sb_alloc_refused(sb, nsize - osize, nsize))
+        return NULL;
     bool late = false;
     void *p = nsize >= SB_BIG_ALLOC && nsize > osize ? sb_grow_big(sb, ptr, osize, nsize, &late)
                                                      : realloc(ptr, nsize);
@@ -323,8 +363,8 @@ static void sb_publish_deadline(nbx_sandbox *sb)
         d[0] = HUGE_VAL;
         d[1] = HUGE_VAL;
         d[2] = 1e300;
-    } else if (sb->timed_out || sb->wall_check == INT64_MAX) {
-        d[0] = -HUGE_VAL; /* C decides: raise again, or no run is on */
+    } else if (sb_faulted(sb) || sb->wall_check == INT64_MAX) {
+        d[0] = -HUGE_VAL; /* C decides: raise the fault, or no run is on */
     } else {
         d[0] = (double)sb->wall_check;
         d[1] = sb->cpu_mode ? (double)sb->wall_check : (double)(sb->wall_start + sb->budget_ns);
@@ -345,6 +385,7 @@ void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
     sb->timed_out = false;
     sb->cpu_mode = false;
     sb->alloc_credit = SB_ALLOC_CHECK;
+    sb->overdraft = 0;
     sb->budget_ns = (int64_t)budget_us * 1000;
     if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE) {
         sb->wall_check = INT64_MAX;
@@ -409,9 +450,14 @@ static bool sb_time_up_before_big_work(nbx_sandbox *sb)
 }
 
 /* Raise once time is up, and from then on at every check: a pcall cannot
- * swallow it (sb_pcall raises it again too). */
+ * swallow it (sb_pcall raises it again too). Also a memory fault the
+ * allocator marked: this is the safe point it waits for. */
 void sb_check_time(lua_State *L, nbx_sandbox *sb)
 {
+    if (NBX_UNLIKELY(sb->mem_exceeded || sb->object_exceeded)) {
+        sb_push_slot(L, SLOT_MSG_MEMORY);
+        lua_error(L);
+    }
     if (!sb->timed_out) {
         if (NBX_LIKELY(!sb_time_up(sb)))
             return;
