@@ -62,11 +62,16 @@
 #define SB_BLOCKS 4
 #define SB_BLOCKS_BYTES (2u << 20)
 /* What the allocator grants a run of policy code past a fault (a limit it
- * broke) before the next tick raises the fault: it refuses only past this,
+ * broke) until the next tick raises the fault: it refuses only past this,
  * since a refusal inside compiled code can crash LuaJIT (sandbox_limits.c,
- * "Faults inside compiled code"). More than one allocation may be
- * (SB_OBJECT_MAX_RUN). */
-#define SB_OVERDRAFT (2u << 20)
+ * "Faults inside compiled code"). Four times the biggest allocation a
+ * decision may make (SB_OBJECT_MAX_RUN). */
+#define SB_OVERDRAFT (4u << 20)
+/* What one work unit may allocate, amortised (a string of SB_STRING_MAX
+ * and its buffer; a table's share of its doublings is far less): a grant
+ * of units is capped by the bytes left below the memory limit at this
+ * cost, so the policy reaches its next tick within SB_OVERDRAFT of it. */
+#define SB_UNIT_WORST_BYTES (16u << 10)
 
 /* Values the C side keeps in the state, in one table referenced from the
  * registry. */
@@ -161,6 +166,7 @@ struct nbx_sandbox {
     bool real_oom;
     size_t alloc_credit; /* bytes the policy may allocate before a clock check */
     size_t overdraft;    /* bytes granted since the run faulted (SB_OVERDRAFT) */
+    size_t overdrawn;    /* refusals past SB_OVERDRAFT in this state's life */
     struct sb_block {
         void *p; /* NULL: free slot */
         size_t size;

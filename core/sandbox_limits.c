@@ -40,6 +40,7 @@ static void sb_publish_deadline(nbx_sandbox *sb);
 static bool sb_time_up_before_big_work(nbx_sandbox *sb);
 static bool sb_faulted(const nbx_sandbox *sb);
 static bool sb_overdraw(nbx_sandbox *sb, size_t grow);
+static double sb_units_max(const nbx_sandbox *sb);
 
 /* Growth from which an allocation always checks the deadline first, and
  * the size of a big block (sb_grow_big). */
@@ -224,8 +225,12 @@ static void sb_mark_fault(nbx_sandbox *sb, bool *flag, size_t size)
  * SB_OVERDRAFT; false: refuse. */
 static bool sb_overdraw(nbx_sandbox *sb, size_t grow)
 {
-    if (!sb->in_policy || !sb->L || grow > SB_OVERDRAFT - sb->overdraft)
+    if (!sb->in_policy || !sb->L)
         return false;
+    if (grow > SB_OVERDRAFT - sb->overdraft) {
+        sb->overdrawn++;
+        return false;
+    }
     sb->overdraft += grow;
     return true;
 }
@@ -258,7 +263,8 @@ static bool sb_alloc_refused(nbx_sandbox *sb, size_t grow, size_t nsize)
         bool big = grow >= SB_BIG_ALLOC;
         if (big || grow >= sb->alloc_credit) {
             sb->alloc_credit = SB_ALLOC_CHECK;
-            sb_alloc_late(sb, big);
+            if (!sb_alloc_late(sb, big) && !(sb->limits.flags & NBX_LIMITS_NO_DEADLINE))
+                sb->deadline[2] = sb_units_max(sb);
         } else {
             sb->alloc_credit -= grow;
         }
@@ -340,6 +346,19 @@ static int64_t sb_clock_ns(clockid_t id)
 
 /* Units the policy may run before the next look at the clock: as many as
  * cannot take it past its deadline even if each costs SB_UNIT_WORST_NS. */
+/* The most units one grant gives: SB_TICK_MAX, or fewer near the memory
+ * limit, so that a policy that allocates at every unit meets its next tick
+ * (which raises a memory fault) within SB_OVERDRAFT of the limit. */
+static double sb_units_max(const nbx_sandbox *sb)
+{
+    if (!sb->in_policy || sb->used >= sb->limit_abs)
+        return SB_TICK_MIN;
+    double units = (double)((sb->limit_abs - sb->used) / SB_UNIT_WORST_BYTES);
+    if (units < SB_TICK_MIN)
+        units = SB_TICK_MIN;
+    return units < SB_TICK_MAX ? units : SB_TICK_MAX;
+}
+
 static double sb_grant(const nbx_sandbox *sb, int64_t remaining_ns)
 {
     if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE)
@@ -347,9 +366,8 @@ static double sb_grant(const nbx_sandbox *sb, int64_t remaining_ns)
     double units = (double)remaining_ns / SB_UNIT_WORST_NS;
     if (units < SB_TICK_MIN)
         units = SB_TICK_MIN;
-    if (units > SB_TICK_MAX)
-        units = SB_TICK_MAX;
-    return units;
+    double most = sb_units_max(sb);
+    return units < most ? units : most;
 }
 
 /* Tell sandbox.lua's tick check what C decided (see deadline[] in
@@ -368,7 +386,7 @@ static void sb_publish_deadline(nbx_sandbox *sb)
     } else {
         d[0] = (double)sb->wall_check;
         d[1] = sb->cpu_mode ? (double)sb->wall_check : (double)(sb->wall_start + sb->budget_ns);
-        d[2] = SB_TICK_MAX;
+        d[2] = sb_units_max(sb);
     }
 }
 

@@ -10,8 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "nbx_int.h"
+#include "sandbox_int.h"
 #include "testutil.h"
 
 /* ========================================================================
@@ -928,23 +931,21 @@ Test(sandbox, big_blocks_kept_after_a_timeout_serve_later_decisions_right)
      * (sandbox_limits.c), with the part-touched block of a timeout that
      * fell inside one: a later decision that grows its tables into them
      * must see its own numbers, exactly, and nothing of earlier ones. */
-    nbx_policy *p = policy_src("blocks.lua",
-                               "return { name = 'blocks', score = function(o, c, s)\n"
-                               "  local keep = {}\n"
-                               "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
-                               "    local t = {}\n"
-                               "    for i = 1, 60000 do t[i] = i * j end\n"
-                               "    keep[j % 8] = t\n"
-                               "  end\n"
-                               "  local sum = 0\n"
-                               "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
-                               "  return sum + #keep[3]\n"
-                               "end }\n");
-    /* JIT off: what is tested is the blocks' reuse. A 50 ms hostile run
-     * under the JIT refuses many allocations inside compiled code, which
-     * Debian's LuaJIT survives only most of the time, with or without
-     * kept blocks (docs/sandbox.md, "Facts"). */
-    nbx_limits lim = {.time_us = 50000, .flags = NBX_LIMITS_NO_JIT};
+    nbx_policy *p =
+        policy_src("blocks.lua", "return { name = 'blocks', score = function(o, c, s)\n"
+                                 "  local keep = {}\n"
+                                 "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
+                                 "    local t = {}\n"
+                                 "    for i = 1, 60000 do t[i] = i * j end\n"
+                                 "    keep[j % 8] = t\n"
+                                 "  end\n"
+                                 "  local sum = 0\n"
+                                 "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
+                                 "  return sum + #keep[3]\n"
+                                 "end }\n");
+    /* JIT on: a 50 ms hostile run breaks its limits inside compiled code
+     * (hostile_runs_under_the_jit_never_crash, below). */
+    nbx_limits lim = {.time_us = 50000};
     nbx_sandbox *sb = open_sb(p, &lim);
     nbx_candidate cand[CAND_MAX];
     all_candidates(cand);
@@ -964,6 +965,105 @@ Test(sandbox, big_blocks_kept_after_a_timeout_serve_later_decisions_right)
     }
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
+}
+
+/* Hostile policies that break their limits inside JIT-compiled loops,
+ * each honest when s.mode is not 'hostile' (then it returns 100). */
+static const struct {
+    const char *name, *body;
+    size_t memory;
+} jit_hostile[] = {
+    {"tables grown past the deadline",
+     "  local keep = {}\n"
+     "  for j = 1, n do local t = {} for i = 1, 60000 do t[i] = i * j end keep[j % 8] = t end\n"
+     "  return 100\n",
+     0},
+    {"small tables past the memory limit",
+     "  local keep = {} for i = 1, n * 100 do keep[i] = {i, i, i} end\n"
+     "  return 100\n",
+     1u << 20},
+    {"strings past the memory limit",
+     "  local keep = {} for i = 1, n * 20 do keep[i] = string.rep('x', 4000) .. i end\n"
+     "  return 100\n",
+     1u << 20},
+    {"nine tables a statement past the memory limit",
+     "  local keep = {}\n"
+     "  for i = 1, n * 100 do keep[i] = {{i}, {i}, {i}, {i}, {i}, {i}, {i}, {i}, {1, 2, 3, 4, 5, "
+     "6, 7, 8}} end\n"
+     "  return 100\n",
+     1u << 20},
+    {"one array past the limit for one allocation",
+     "  local t = {} for i = 1, n * 100 do t[i] = i end\n"
+     "  return 100\n",
+     0},
+};
+
+/* In a child: `hostile` decisions of the policy, each followed by an
+ * honest one. Exits 0, or 1 + what went wrong (printed). */
+static int jit_hostile_child(nbx_policy *p, size_t memory, int hostile)
+{
+    nbx_limits lim = {.time_us = 50000, .memory = memory};
+    nbx_sandbox *sb = NULL;
+    nbx_err e = {0};
+    if (nbx_sandbox_open(p, catalog, &lim, &sb, &e) != NBX_OK) {
+        fprintf(stderr, "open: %s\n", e.msg);
+        return 1;
+    }
+    nbx_candidate cand[CAND_MAX];
+    all_candidates(cand);
+    nbx_kv bad[] = {{"mode", "hostile"}}, good[] = {{"mode", "normal"}};
+    nbx_policy_error pe;
+    int rc = 0;
+    for (int k = 0; k < hostile && rc == 0; k++) {
+        if (run_simple(sb, cand, 1, bad, 1, &pe) != NBX_EPOLICY ||
+            (pe.fault != NBX_FAULT_TIMEOUT && pe.fault != NBX_FAULT_MEMORY)) {
+            fprintf(stderr, "hostile decision %d: expected a timeout or memory fault, got %d: %s\n",
+                    k, pe.fault, pe.reason);
+            rc = 2;
+        } else if (run_simple(sb, cand, 1, good, 1, &pe) != NBX_OK || cand[0].score != 100) {
+            fprintf(stderr, "the decision after %d: expected 100, got %g (%s)\n", k, cand[0].score,
+                    pe.reason);
+            rc = 3;
+        }
+    }
+    /* The allocator refused nothing: every fault waited for a tick. */
+    if (rc == 0 && sb->overdrawn) {
+        fprintf(stderr, "%zu allocations refused past the overdraft\n", sb->overdrawn);
+        rc = 4;
+    }
+    nbx_sandbox_close(sb);
+    return rc;
+}
+
+Test(sandbox, hostile_runs_under_the_jit_never_crash)
+{
+    /* A limit broken by an allocation inside compiled code once crashed
+     * Debian's LuaJIT about one 50 ms hostile run in 30 (docs/sandbox.md,
+     * "Facts"): each policy runs in children, so that a crash fails the
+     * test instead of ending it. */
+    enum { CHILDREN = 6, HOSTILE = 6 };
+    for (size_t i = 0; i < NBX_ARRAY_LEN(jit_hostile); i++) {
+        char src[1024];
+        snprintf(src, sizeof src,
+                 "return { name = 'h', score = function(o, c, s)\n"
+                 "  local n = s.mode == 'hostile' and 1e9 or 3\n%s"
+                 "end }\n",
+                 jit_hostile[i].body);
+        nbx_policy *p = policy_src("hostile_jit.lua", src);
+        for (int c = 0; c < CHILDREN; c++) {
+            pid_t pid = fork();
+            cr_assert_neq(pid, -1, "fork");
+            if (pid == 0)
+                _exit(jit_hostile_child(p, jit_hostile[i].memory, HOSTILE));
+            int st = 0;
+            cr_assert_eq(waitpid(pid, &st, 0), pid);
+            cr_assert(WIFEXITED(st), "%s: child %d died of signal %d", jit_hostile[i].name, c,
+                      WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+            cr_assert_eq(WEXITSTATUS(st), 0, "%s: child %d failed (%d; its stderr says how)",
+                         jit_hostile[i].name, c, WEXITSTATUS(st));
+        }
+        nbx_policy_unref(p);
+    }
 }
 
 Test(sandbox, policy_state_does_not_leak_into_another_sandbox)
