@@ -67,6 +67,10 @@
  * "Faults inside compiled code"). Four times the biggest allocation a
  * decision may make (SB_OBJECT_MAX_RUN). */
 #define SB_OVERDRAFT (4u << 20)
+/* The same past the deadline alone, smaller: fresh memory costs time
+ * (page faults) as well as bytes. A table part or Lua stack growing once
+ * more (SB_OBJECT_MAX_RUN) fits. */
+#define SB_OVERDRAFT_LATE (1u << 20)
 /* What one work unit may allocate, amortised (a string of SB_STRING_MAX
  * and its buffer; a table's share of its doublings is far less): a grant
  * of units is capped by the bytes left below the memory limit at this

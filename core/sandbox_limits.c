@@ -141,21 +141,21 @@ static bool sb_alloc_late(nbx_sandbox *sb, bool cpu_now)
 }
 
 /* Write to every page of a new block, looking at the clock every
- * SB_TOUCH_PAGES pages while policy code runs and has not faulted. Time
- * running out on the way is a fault: the block is granted if the overdraft
- * allows it ("Faults inside compiled code"). Returns the bytes from the
- * start whose pages are mapped: less than size when refused. */
+ * SB_TOUCH_PAGES pages while policy code runs. Past a fault, or once time
+ * runs out on the way (a fault too), the block is granted as it is if the
+ * overdraft allows it ("Faults inside compiled code"): the pages left fault
+ * only if used, and the next tick ends the run. Returns the bytes of the
+ * block granted: less than size when refused. */
 static size_t sb_touch(nbx_sandbox *sb, void *p, size_t size)
 {
     volatile char *b = p;
-    bool timed = sb->in_policy && sb->L && !sb_faulted(sb);
+    bool timed = sb->in_policy && sb->L;
+    if (timed && sb_faulted(sb))
+        return size;
     for (size_t off = 0, k = 1; off < size; off += SB_PAGE, k++) {
         b[off] = 0;
-        if (timed && k % SB_TOUCH_PAGES == 0 && sb_alloc_late(sb, false)) {
-            if (!sb_overdraw(sb, size))
-                return off;
-            timed = false;
-        }
+        if (timed && k % SB_TOUCH_PAGES == 0 && sb_alloc_late(sb, false))
+            return sb_overdraw(sb, size) ? size : off;
     }
     return size;
 }
@@ -227,7 +227,8 @@ static bool sb_overdraw(nbx_sandbox *sb, size_t grow)
 {
     if (!sb->in_policy || !sb->L)
         return false;
-    if (grow > SB_OVERDRAFT - sb->overdraft) {
+    size_t most = sb->mem_exceeded || sb->object_exceeded ? SB_OVERDRAFT : SB_OVERDRAFT_LATE;
+    if (grow > most - sb->overdraft) {
         sb->overdrawn++;
         return false;
     }
