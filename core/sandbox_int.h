@@ -136,10 +136,10 @@ struct sb_shared {
     int32_t *cp; /* placement index + 1 */
     double *x;   /* 7 exposure numbers per exposed candidate, in order */
     double *s, *m;
-    uint8_t *f; /* sb_flag, written by the driver */
-    double *pr; /* per offer: this decision's propensity */
-    size_t cap; /* candidates the per-candidate arrays hold */
-    bool stale; /* resized: the state's pointers must be made again */
+    uint8_t *f;  /* sb_flag, written by the driver */
+    double *pr;  /* per offer: this decision's propensity */
+    size_t cap;  /* candidates the per-candidate arrays hold */
+    bool stale;  /* resized: the state's pointers must be made again */
 };
 
 struct sb_result {

@@ -209,15 +209,12 @@ static bool sb_faulted(const nbx_sandbox *sb)
     return sb->timed_out || sb->mem_exceeded || sb->object_exceeded;
 }
 
-/* A limit broke (flag: which one; NULL: the deadline, already marked):
- * let the next tick raise it. */
+/* A memory limit broke (flag: which one): let the next tick raise it. */
 static void sb_mark_fault(nbx_sandbox *sb, bool *flag, size_t size)
 {
-    if (flag) {
-        if (!sb->mem_exceeded && !sb->object_exceeded)
-            sb->refused = size;
-        *flag = true;
-    }
+    if (!sb->mem_exceeded && !sb->object_exceeded)
+        sb->refused = size;
+    *flag = true;
     sb_publish_deadline(sb);
 }
 
@@ -240,16 +237,15 @@ static bool sb_overdraw(nbx_sandbox *sb, size_t grow)
  * The allocator
  * ------------------------------------------------------------------------ */
 
-/* The allocator never reads the Lua stack (to note the policy's line): an
- * allocation may come from compiled code, whose frames exist only once it
- * exits to the interpreter, and reading them before crashed LuaJIT
- * (lua_getinfo on a frame a trace had not written, in a 50 ms hostile run
- * growing tables). A fault found here is located at the definition of the
- * function being run (nbx_sandbox_run), or by the next tick. */
-
 /* Which limit growing to nsize breaks, marked: false when none does or
  * the growth may be granted past the fault ("Faults inside compiled
- * code"), true to refuse. */
+ * code"), true to refuse. The allocator never reads the Lua stack (to note
+ * the policy's line): an allocation may come from compiled code, whose
+ * frames exist only once it exits to the interpreter, and reading them
+ * before crashed LuaJIT (lua_getinfo on a frame a trace had not written,
+ * in a 50 ms hostile run growing tables). A fault found here is located at
+ * the definition of the function being run (nbx_sandbox_run), or by the
+ * next tick. */
 static bool sb_alloc_refused(nbx_sandbox *sb, size_t grow, size_t nsize)
 {
     bool policy = sb->in_policy && sb->L;
@@ -270,7 +266,10 @@ static bool sb_alloc_refused(nbx_sandbox *sb, size_t grow, size_t nsize)
             sb->alloc_credit -= grow;
         }
     }
-    return sb_faulted(sb) && !sb_overdraw(sb, grow);
+    /* Once policy code has returned, a timeout no longer stops the
+     * engine's own work (reading the log, recovering). */
+    bool faulted = sb->mem_exceeded || sb->object_exceeded || (policy && sb->timed_out);
+    return faulted && !sb_overdraw(sb, grow);
 }
 
 /* Lua's allocator contract: nsize 0 frees; shrinking never fails. LuaJIT
@@ -345,8 +344,6 @@ static int64_t sb_clock_ns(clockid_t id)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Units the policy may run before the next look at the clock: as many as
- * cannot take it past its deadline even if each costs SB_UNIT_WORST_NS. */
 /* The most units one grant gives: SB_TICK_MAX, or fewer near the memory
  * limit, so that a policy that allocates at every unit meets its next tick
  * (which raises a memory fault) within SB_OVERDRAFT of the limit. */
@@ -360,6 +357,8 @@ static double sb_units_max(const nbx_sandbox *sb)
     return units < SB_TICK_MAX ? units : SB_TICK_MAX;
 }
 
+/* Units the policy may run before the next look at the clock: as many as
+ * cannot take it past its deadline even if each costs SB_UNIT_WORST_NS. */
 static double sb_grant(const nbx_sandbox *sb, int64_t remaining_ns)
 {
     if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE)
