@@ -931,18 +931,18 @@ Test(sandbox, big_blocks_kept_after_a_timeout_serve_later_decisions_right)
      * (sandbox_limits.c), with the part-touched block of a timeout that
      * fell inside one: a later decision that grows its tables into them
      * must see its own numbers, exactly, and nothing of earlier ones. */
-    nbx_policy *p =
-        policy_src("blocks.lua", "return { name = 'blocks', score = function(o, c, s)\n"
-                                 "  local keep = {}\n"
-                                 "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
-                                 "    local t = {}\n"
-                                 "    for i = 1, 60000 do t[i] = i * j end\n"
-                                 "    keep[j % 8] = t\n"
-                                 "  end\n"
-                                 "  local sum = 0\n"
-                                 "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
-                                 "  return sum + #keep[3]\n"
-                                 "end }\n");
+    nbx_policy *p = policy_src("blocks.lua",
+                               "return { name = 'blocks', score = function(o, c, s)\n"
+                               "  local keep = {}\n"
+                               "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
+                               "    local t = {}\n"
+                               "    for i = 1, 60000 do t[i] = i * j end\n"
+                               "    keep[j % 8] = t\n"
+                               "  end\n"
+                               "  local sum = 0\n"
+                               "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
+                               "  return sum + #keep[3]\n"
+                               "end }\n");
     /* JIT on: a 50 ms hostile run breaks its limits inside compiled code
      * (hostile_runs_under_the_jit_never_crash, below). */
     nbx_limits lim = {.time_us = 50000};
@@ -999,7 +999,7 @@ static const struct {
 };
 
 /* In a child: `hostile` decisions of the policy, each followed by an
- * honest one. Exits 0, or 1 + what went wrong (printed). */
+ * honest one. Returns 0, or what went wrong (1 to 4, printed). */
 static int jit_hostile_child(nbx_policy *p, size_t memory, int hostile)
 {
     nbx_limits lim = {.time_us = 50000, .memory = memory};
