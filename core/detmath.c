@@ -13,7 +13,8 @@
  * nearly the only error: about half an ulp, against glibc within one.
  *   - exp: x = k ln2 + r, |r| <= ln2/2, ln2 in three parts whose first two
  *     have trailing zeros (k * part is exact); exp(r) - 1 by its Taylor
- *     series to r^14 (the tail is below 2^-57).
+ *     series to r^14 (the tail is below 2^-57), its first terms in
+ *     double-double.
  *   - log: x = 2^k m, m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s) with
  *     s = (m - 1)/(m + 1), |s| <= 0.172, by its series to s^29, the first
  *     terms in double-double: about 2^-70 relative, which is what pow needs.
@@ -195,8 +196,11 @@ static int exp_reduce(double a, double b, dd *p)
     double r0 = a - kd * LN2_HI; /* exact: k * LN2_HI is, and Sterbenz */
     dd r = two_sum(r0, -kd * LN2_MID);
     r = two_sum(r.hi, r.lo + (b - kd * LN2_LO));
-    double x = r.hi, z = x * x;
-    /* exp(x) - 1 - x = x^2 (1/2! + x/3! + ... + x^12/14!) */
+    double x = r.hi;
+    /* exp(x) - 1 = x + x^2/2 + x^3/6 + x^4 (1/4! + x/5! + ... + x^10/14!):
+     * the first three terms in double-double, so pow's results are nearly
+     * always correctly rounded (pow(x, 2) is x * x); the rest in double. */
+    dd z = two_prod(x, x);
     double q = 1.0 / 87178291200.0;
     q = 1.0 / 6227020800.0 + x * q;
     q = 1.0 / 479001600.0 + x * q;
@@ -208,10 +212,14 @@ static int exp_reduce(double a, double b, dd *p)
     q = 1.0 / 720.0 + x * q;
     q = 1.0 / 120.0 + x * q;
     q = 1.0 / 24.0 + x * q;
-    q = 1.0 / 6.0 + x * q;
-    double s = z * (0.5 + x * q);
+    static const dd one_sixth = {0x1.5555555555555p-3, 0x1.5555555555555p-57};
+    dd cube = dd_mul(dd_mul_d(z, x), one_sixth);
+    dd s = dd_add((dd){0.5 * z.hi, 0.5 * z.lo}, cube);
+    s.lo += z.hi * z.hi * q;
     /* exp(x + lo) = exp(x)(1 + lo + ...): the low part's share. */
-    *p = (dd){x, s + r.lo * (1 + x)};
+    s.lo += r.lo * (1 + x);
+    dd sum = two_sum(x, s.hi);
+    *p = fast_two_sum(sum.hi, sum.lo + s.lo);
     return (int)kd;
 }
 
