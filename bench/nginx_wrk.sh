@@ -123,11 +123,12 @@ sleep 1
 # The store's pages in the page cache and every worker warm.
 cat "$data/store/data.mdb" >/dev/null
 export NBX_BENCH_CUSTOMERS="$profiles"
-# wrk itself, on the first CPU when pinned
+# wrk itself, on the first CPU when pinned (its path found before the
+# function of the same name exists: command -v would find the function)
+wrk_bin=$(command -v wrk)
 wrk() {
     if [ "$pin" = 1 ]; then taskset -c 0 "$wrk_bin" "$@"; else "$wrk_bin" "$@"; fi
 }
-wrk_bin=$(command -v wrk)
 wrk -t "$threads" -c "$connections" -d 5s -s "$root/bench/nginx_wrk.lua" \
     "http://127.0.0.1:$port" >/dev/null
 

@@ -299,6 +299,7 @@ static void sb_close_state(nbx_sandbox *sb)
         lua_close(sb->L);
     sb->L = NULL;
     sb->used = 0;
+    sb_blocks_free(sb);
 }
 
 /* How Lua abbreviates a "@file" chunk name in messages ("...tail" when long). */

@@ -56,6 +56,11 @@
 #define SB_LOG_LINE_MAX 240
 #define SB_TICK_MIN 16
 #define SB_TICK_MAX 100000
+/* Big blocks (table parts, the Lua stack, buffers of 64 KiB and more) a
+ * state freed, kept with their pages mapped for its next big allocation,
+ * at most this many and this many bytes (sandbox_limits.c, sb_release). */
+#define SB_BLOCKS 4
+#define SB_BLOCKS_BYTES (2u << 20)
 
 /* Values the C side keeps in the state, in one table referenced from the
  * registry. */
@@ -148,6 +153,12 @@ struct nbx_sandbox {
     bool mem_exceeded;    /* the memory limit: set until the next run */
     bool object_exceeded; /* one object over object_max or SB_STRING_MAX */
     bool real_oom;
+    size_t alloc_credit; /* bytes the policy may allocate before a clock check */
+    struct sb_block {
+        void *p; /* NULL: free slot */
+        size_t size;
+    } blocks[SB_BLOCKS];
+    size_t blocks_bytes;
 
     /* Deadline (nanoseconds, CLOCK_MONOTONIC and thread CPU time). */
     int64_t budget_ns;
@@ -230,6 +241,8 @@ static inline void sb_push_slot(lua_State *L, int slot)
 
 /* sandbox_limits.c */
 void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Free the big blocks kept for reuse (after lua_close). */
+void sb_blocks_free(nbx_sandbox *sb);
 /* Start a run's clock and grant its first work units (needs sb->L). */
 void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us);
 void sb_clock_stop(nbx_sandbox *sb);

@@ -4,7 +4,10 @@
  * Memory: a counting allocator caps the bytes of the state (the policy gets
  * limits.memory over what the engine's own tables take) and the size of any
  * one allocation while policy code runs (a table part or a buffer: growing
- * one copies it in a single C call, which nothing can interrupt).
+ * one copies it in a single C call, which nothing can interrupt). Memory
+ * costs time as well as bytes: the allocator looks at the clock as the
+ * policy allocates, and makes the page faults of big blocks happen where a
+ * check can stop them, or not at all (sb_grow_big).
  *
  * Time: the policy's code carries its own checks. lsource.c rewrites every
  * policy so that function entries, loop iterations, returns and every
@@ -34,20 +37,160 @@
  * ======================================================================== */
 
 static void sb_publish_deadline(nbx_sandbox *sb);
+static bool sb_time_up_before_big_work(nbx_sandbox *sb);
 
-/* Growth from which an allocation also checks the deadline. */
+/* Growth from which an allocation always checks the deadline first, and
+ * the size of a big block (sb_grow_big). */
 #define SB_BIG_ALLOC 65536
+/* Bytes the policy may allocate between two looks at the clock: the pages
+ * of fresh memory fault on first use, and a fault costs up to 13 us in a
+ * virtual machine (docs/sandbox.md, "Time"): a policy that allocates a lot
+ * per tick would otherwise spend more than a tick's worth between checks.
+ * A look costs 30 ns. */
+#define SB_ALLOC_CHECK (16u << 10)
+/* Pages touched between two looks at the clock when a big block is new. */
+#define SB_TOUCH_PAGES 8
+#define SB_PAGE 4096
 
+/* ------------------------------------------------------------------------
+ * Big blocks
+ *
+ * A block of fresh memory is slow to fill the first time: every 4 KiB page
+ * faults. On the (virtual) machine the sandbox was measured on a fault
+ * costs 13 us, whatever prefaulting does (MADV_POPULATE_WRITE maps the
+ * pages, yet the first write to each still traps), so growing a table part
+ * to 512 KiB spent 1.7 ms in page faults inside one copy, and so did the
+ * Lua stack of a deep recursion: timeouts fired up to 2 ms late. So a big
+ * block comes from the blocks this state freed before, whose pages are
+ * still mapped (a hostile policy that faults on every decision grows the
+ * same blocks every time), or else is touched page by page with looks at
+ * the clock in between, before anything is copied into it.
+ * ------------------------------------------------------------------------ */
+
+/* The smallest kept block of at least size bytes, taken out; NULL if none. */
+static void *sb_block_take(nbx_sandbox *sb, size_t size)
+{
+    int best = -1;
+    for (int i = 0; i < SB_BLOCKS; i++)
+        if (sb->blocks[i].p && sb->blocks[i].size >= size &&
+            (best < 0 || sb->blocks[i].size < sb->blocks[best].size))
+            best = i;
+    if (best < 0)
+        return NULL;
+    void *p = sb->blocks[best].p;
+    sb->blocks_bytes -= sb->blocks[best].size;
+    sb->blocks[best].p = NULL;
+    return p;
+}
+
+/* Free a block, or keep it when it is big and there is room: a full cache
+ * gives up its smallest block for a bigger one. A kept block is not the
+ * policy's memory (its bytes left sb->used when Lua freed it); at most
+ * SB_BLOCKS_BYTES a state. */
+static void sb_release(nbx_sandbox *sb, void *p, size_t size)
+{
+    if (!p)
+        return;
+    if (size >= SB_BIG_ALLOC && size <= SB_BLOCKS_BYTES) {
+        int slot = -1, smallest = -1;
+        for (int i = 0; i < SB_BLOCKS && slot < 0; i++) {
+            if (!sb->blocks[i].p)
+                slot = i;
+            else if (smallest < 0 || sb->blocks[i].size < sb->blocks[smallest].size)
+                smallest = i;
+        }
+        if (slot < 0 && sb->blocks[smallest].size < size) {
+            free(sb->blocks[smallest].p);
+            sb->blocks_bytes -= sb->blocks[smallest].size;
+            sb->blocks[smallest].p = NULL;
+            slot = smallest;
+        }
+        if (slot >= 0 && sb->blocks_bytes + size <= SB_BLOCKS_BYTES) {
+            sb->blocks[slot] = (struct sb_block){.p = p, .size = size};
+            sb->blocks_bytes += size;
+            return;
+        }
+    }
+    free(p);
+}
+
+void sb_blocks_free(nbx_sandbox *sb)
+{
+    for (int i = 0; i < SB_BLOCKS; i++) {
+        free(sb->blocks[i].p);
+        sb->blocks[i].p = NULL;
+    }
+    sb->blocks_bytes = 0;
+}
+
+/* Past the deadline: mark the run timed out and say so (the line is not
+ * noted: see sb_refuse). cpu_now: read the CPU clock now even in the first
+ * window, before work that may take long. */
+static bool sb_alloc_late(nbx_sandbox *sb, bool cpu_now)
+{
+    if (sb->timed_out)
+        return true;
+    if (!(cpu_now ? sb_time_up_before_big_work(sb) : sb_time_up(sb)))
+        return false;
+    sb->timed_out = true;
+    sb_publish_deadline(sb);
+    return true;
+}
+
+/* Write to every page of a new block, looking at the clock every
+ * SB_TOUCH_PAGES pages while policy code runs. Returns the bytes from the
+ * start whose pages are mapped: less than size when time ran out. */
+static size_t sb_touch(nbx_sandbox *sb, void *p, size_t size)
+{
+    volatile char *b = p;
+    bool timed = sb->in_policy && sb->L;
+    for (size_t off = 0, k = 1; off < size; off += SB_PAGE, k++) {
+        b[off] = 0;
+        if (timed && k % SB_TOUCH_PAGES == 0 && sb_alloc_late(sb, false))
+            return off;
+    }
+    return size;
+}
+
+/* Grow ptr (osize bytes, or NULL) to a big block of nsize bytes: a kept
+ * block, or a new one touched first. NULL with *late set: time ran out. */
+static void *sb_grow_big(nbx_sandbox *sb, void *ptr, size_t osize, size_t nsize, bool *late)
+{
+    void *p = sb_block_take(sb, nsize);
+    if (!p) {
+        p = malloc(nsize);
+        if (!p)
+            return NULL;
+        size_t mapped = sb_touch(sb, p, nsize);
+        if (mapped < nsize) {
+            /* Kept as a block of the part already mapped, which the next
+             * big allocation can then have without faults. */
+            sb_release(sb, p, mapped);
+            *late = true;
+            return NULL;
+        }
+    }
+    if (ptr) {
+        memcpy(p, ptr, osize);
+        sb_release(sb, ptr, osize);
+    }
+    return p;
+}
+
+/* ------------------------------------------------------------------------
+ * The allocator
+ * ------------------------------------------------------------------------ */
+
+/* The allocator never reads the Lua stack (to note the policy's line): an
+ * allocation may come from compiled code, whose frames exist only once it
+ * exits to the interpreter, and reading them before crashed LuaJIT
+ * (lua_getinfo on a frame a trace had not written, in a 50 ms hostile run
+ * growing tables). A fault found here is located at the definition of the
+ * function being run (nbx_sandbox_run), or by the next tick. */
 static void sb_refuse(nbx_sandbox *sb, bool *flag, size_t size)
 {
-    if (!sb->mem_exceeded && !sb->object_exceeded) {
+    if (!sb->mem_exceeded && !sb->object_exceeded)
         sb->refused = size;
-        /* The error unwinds before anyone could look at the stack, and a
-         * memory error calls no message handler: note the policy's line
-         * now. Reading the stack allocates nothing. */
-        if (sb->in_policy && sb->L && !sb->recorded)
-            sb_note_where(sb, sb->L, 0);
-    }
     *flag = true;
 }
 
@@ -61,7 +204,7 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (!ptr)
         osize = 0;
     if (nsize == 0) {
-        free(ptr);
+        sb_release(sb, ptr, osize);
         sb->used -= osize;
         return NULL;
     }
@@ -78,23 +221,35 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             sb_refuse(sb, &sb->object_exceeded, nsize);
             return NULL;
         }
-        /* A big allocation is about to be filled by one C call: past the
-         * deadline, refuse it. */
-        if (grow >= SB_BIG_ALLOC && sb->in_policy && sb->L && (sb->timed_out || sb_time_up(sb))) {
-            if (!sb->timed_out) {
-                sb->timed_out = true;
-                sb_publish_deadline(sb);
-                if (!sb->recorded)
-                    sb_note_where(sb, sb->L, 0);
+        /* Allocating is work: past the deadline, refuse. A big allocation
+         * is about to be filled by one C call, so it always looks first,
+         * and is refused at once. A small one only marks the run timed
+         * out the first time, so that the policy's next tick raises the
+         * timeout from the interpreter: a failed allocation unwinds from
+         * wherever it was made, compiled code included, and with Debian's
+         * LuaJIT that crashed now and then (docs/sandbox.md, "Facts");
+         * should the policy allocate another SB_ALLOC_CHECK bytes first,
+         * that allocation is refused. */
+        if (sb->in_policy && sb->L) {
+            bool big = grow >= SB_BIG_ALLOC;
+            if (big || grow >= sb->alloc_credit) {
+                sb->alloc_credit = SB_ALLOC_CHECK;
+                bool was_late = sb->timed_out;
+                if (sb_alloc_late(sb, big) && (big || was_late))
+                    return NULL;
+            } else {
+                sb->alloc_credit -= grow;
             }
-            return NULL;
         }
     }
-    void *p = realloc(ptr, nsize);
+    bool late = false;
+    void *p = nsize >= SB_BIG_ALLOC && nsize > osize ? sb_grow_big(sb, ptr, osize, nsize, &late)
+                                                     : realloc(ptr, nsize);
     if (!p) {
         if (nsize <= osize)
             return ptr;
-        sb->real_oom = true;
+        if (!late)
+            sb->real_oom = true;
         return NULL;
     }
     sb->used = sb->used - osize + nsize;
@@ -189,6 +344,7 @@ void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us)
 {
     sb->timed_out = false;
     sb->cpu_mode = false;
+    sb->alloc_credit = SB_ALLOC_CHECK;
     sb->budget_ns = (int64_t)budget_us * 1000;
     if (sb->limits.flags & NBX_LIMITS_NO_DEADLINE) {
         sb->wall_check = INT64_MAX;
@@ -240,6 +396,18 @@ bool sb_time_up(nbx_sandbox *sb)
     return false;
 }
 
+/* sb_time_up, with the CPU clock read now even within the first window:
+ * the start of a run is charged as wall time only up to twice the window,
+ * so work that may take long (a big allocation) must not fall into it
+ * unmeasured. One system call, against the tens of microseconds such an
+ * allocation costs. */
+static bool sb_time_up_before_big_work(nbx_sandbox *sb)
+{
+    if (!sb->cpu_mode && sb->wall_check != INT64_MAX)
+        sb->wall_check = INT64_MIN;
+    return sb_time_up(sb);
+}
+
 /* Raise once time is up, and from then on at every check: a pcall cannot
  * swallow it (sb_pcall raises it again too). */
 void sb_check_time(lua_State *L, nbx_sandbox *sb)
@@ -249,9 +417,11 @@ void sb_check_time(lua_State *L, nbx_sandbox *sb)
             return;
         sb->timed_out = true;
         sb_publish_deadline(sb);
-        if (!sb->recorded)
-            sb_note_where(sb, L, 0);
     }
+    /* Also when the allocator found the deadline: it cannot read the
+     * stack, this check (called from the interpreter) can. */
+    if (!sb->recorded)
+        sb_note_where(sb, L, 0);
     sb_push_slot(L, SLOT_MSG_TIMEOUT);
     lua_error(L);
 }
