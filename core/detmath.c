@@ -463,6 +463,17 @@ double nbx_detmath_pow(double x, double y)
         return pow_of_zero(x, y);
     if (isinf(x))
         return pow_of_inf(x, y);
+    /* The exponents where one IEEE operation is the correctly rounded
+     * result (and what LuaJIT's x^2 and x^0.5 compiled to): cheap, and pow
+     * agrees with x * x and sqrt(x) exactly. */
+    if (y == 2)
+        return x * x;
+    if (y == 1)
+        return x;
+    if (y == -1)
+        return 1 / x;
+    if (y == 0.5 && x > 0)
+        return sqrt(x);
     double sign = 1;
     if (x < 0) {
         if (!is_integer(y))
