@@ -123,11 +123,12 @@ sleep 1
 # The store's pages in the page cache and every worker warm.
 cat "$data/store/data.mdb" >/dev/null
 export NBX_BENCH_CUSTOMERS="$profiles"
-# wrk itself, on the first CPU when pinned
+# wrk itself, on the first CPU when pinned (its path found before the
+# function of the same name exists: command -v would find the function)
+wrk_bin=$(command -v wrk)
 wrk() {
     if [ "$pin" = 1 ]; then taskset -c 0 "$wrk_bin" "$@"; else "$wrk_bin" "$@"; fi
 }
-wrk_bin=$(command -v wrk)
 wrk -t "$threads" -c "$connections" -d 5s -s "$root/bench/nginx_wrk.lua" \
     "http://127.0.0.1:$port" >/dev/null
 
@@ -140,10 +141,24 @@ while [ $i -lt 50 ]; do
     i=$((i + 1))
 done
 
+# The nginx workers' CPU time (user + system, clock ticks), summed: what a
+# run cost the server, whoever else shared the cores. Divided by the
+# requests served it is the server's CPU per request, a figure that a busy
+# neighbour moves far less than requests/s.
+workers_cpu() {
+    t=0
+    for p in $(pgrep -P "$(cat "$run/nginx.pid")"); do
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+
 run_wrk() { # name, then wrk arguments
     name=$1
     shift
+    c0=$(workers_cpu)
     wrk -t "$threads" -c "$connections" -d "${duration}s" --latency "$@" >"$work/$name.txt"
+    echo "$(($(workers_cpu) - c0))" >"$work/$name.cpu"
 }
 
 machine_before
@@ -172,8 +187,14 @@ machine_after
 
 # wrk prints "Requests/sec: N" and, with --latency, "99%  1.23ms".
 rps() { awk '/^Requests\/sec:/ { print $2 }' "$work/$1.txt"; }
-row() { printf '%11s  %11s  %10s  %10s  %7s' "$2" "$(rps "$1")" "$(pct "$1" 50%)" \
-    "$(pct "$1" 99%)" "$(errors "$1")"; }
+row() { printf '%11s  %11s  %10s  %10s  %7s  %9s' "$2" "$(rps "$1")" "$(pct "$1" 50%)" \
+    "$(pct "$1" 99%)" "$(errors "$1")" "$(cpu_per_request "$1")"; }
+# server CPU per request, in microseconds
+cpu_per_request() {
+    awk -v t="$(cat "$work/$1.cpu")" -v hz="$(getconf CLK_TCK)" \
+        '/ requests in / { n = $1 } END { if (n) printf "%.1f\n", t / hz * 1e6 / n; else print "-" }' \
+        "$work/$1.txt"
+}
 pct() {
     awk -v p="$2" '$1 == p {
         v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
@@ -197,7 +218,7 @@ wrk: $threads threads, $connections connections, ${duration}s per run, random cu
 CPUs: $placement
 response size: $size bytes (the static body is padded to the same size)
 
-                 connections   requests/s    p50 (ms)    p99 (ms)   errors
+                 connections   requests/s    p50 (ms)    p99 (ms)   errors  server CPU (us/request)
   nbx_decide     $(row nbx "$connections")
   static 200     $(row static "$connections")
   nbx_decide     $(row nbx_low "$low")

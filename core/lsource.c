@@ -16,6 +16,8 @@
  * Each operation costs at most O(length of a string) and the sandbox caps
  * strings; `#e` and `a .. b` become calls to the sandbox's __nbx_len and
  * __nbx_cat. So the time between two ticks is bounded whatever the JIT does.
+ * `a ^ b` becomes __nbx_pow(a, b), the sandbox's pow, whose bits are the
+ * same on every machine (LuaJIT's operator calls the C library's).
  *
  * The same pass enforces the rules a policy's source must follow (names that
  * begin with __nbx are the engine's; no assignment to a local of an
@@ -137,7 +139,7 @@ static const char *const ls_type_text[T__COUNT] = {
 enum {
     LS_NL_BEFORE = 1u << 0, /* a line break between the previous token and this one */
     LS_REPL_LEN = 1u << 1,  /* `#` written as __nbx_len( */
-    LS_REPL_COMMA = 1u << 2 /* `..` written as , */
+    LS_REPL_COMMA = 1u << 2 /* `..` or `^` written as , */
 };
 
 typedef struct ls_tok {
@@ -161,8 +163,8 @@ typedef struct ls_text {
     const char *s;
     size_t n;
 } ls_text;
-enum { LS_OPEN_CAT, LS_OPEN_PAREN };
-static const ls_text ls_open_text[] = {{"__nbx_cat(", 10}, {"(", 1}};
+enum { LS_OPEN_CAT, LS_OPEN_POW, LS_OPEN_PAREN };
+static const ls_text ls_open_text[] = {{"__nbx_cat(", 10}, {"__nbx_pow(", 10}, {"(", 1}};
 static const ls_text ls_tick = {NBX_LSOURCE_TICK, sizeof NBX_LSOURCE_TICK - 1};
 static const ls_text ls_tick_head = {NBX_LSOURCE_TICK_HEAD, sizeof NBX_LSOURCE_TICK_HEAD - 1};
 static const ls_text ls_tick_tail = {NBX_LSOURCE_TICK_TAIL, sizeof NBX_LSOURCE_TICK_TAIL - 1};
@@ -278,7 +280,7 @@ typedef struct ls_state {
     uint32_t slotcap;
     int32_t *top; /* per name: innermost local of that name, -1 none */
     uint32_t id_self;
-    uint32_t reserved[4]; /* the prologue's names */
+    uint32_t reserved[5]; /* the prologue's names */
 
     ls_var *vars;
     uint32_t nvars, varcap;
@@ -294,7 +296,8 @@ typedef struct ls_state {
     bool empty_end_tick; /* the chunk has no token: its end tick follows the start's */
 } ls_state;
 
-static const char *const ls_reserved_names[4] = {"__nbx_s", "__nbx_t", "__nbx_len", "__nbx_cat"};
+static const char *const ls_reserved_names[5] = {"__nbx_s", "__nbx_t", "__nbx_len", "__nbx_cat",
+                                                 "__nbx_pow"};
 
 /* ========================================================================
  * Errors and memory
@@ -831,7 +834,6 @@ static uint32_t ls_skip_header(ls_state *ls, uint32_t *line)
     return i;
 }
 
-
 /* The end of a tick written at i (HEAD, a weight of 1 to 3 digits, TAIL),
  * or i when there is none. */
 static uint32_t ls_tick_token(const unsigned char *s, uint32_t n, uint32_t i)
@@ -1074,7 +1076,7 @@ static void ls_locals_room(ls_state *ls, uint32_t k, uint32_t line)
 {
     if ((uint64_t)ls_nactvar(ls) + k > LS_MAX_LOCVAR)
         ls_fail_limit(ls, line, ls_cur(ls), LS_MAX_LOCVAR, "local variables",
-                      " (the engine adds 4 locals to the main function)");
+                      " (the engine adds 5 locals to the main function)");
 }
 
 static void ls_declare(ls_state *ls, uint32_t name)
@@ -1228,7 +1230,7 @@ _Noreturn static void ls_fail_nesting(ls_state *ls)
             "the code nests too deeply: LuaJIT accepts %d levels of blocks, functions, "
             "brackets and operators%s",
             LS_MAX_XLEVEL,
-            ls->verify ? " (the rewrite of '..' and '#' into calls adds levels): split the "
+            ls->verify ? " (the rewrite of '..', '#' and '^' into calls adds levels): split the "
                          "expression"
                        : "");
 }
@@ -1299,8 +1301,9 @@ static void ls_regs_check(ls_state *ls, uint32_t first, uint32_t regs)
                 "this statement needs %llu registers, with the locals in scope; LuaJIT allows "
                 "%d%s: split it into smaller statements",
                 (unsigned long long)need, LS_MAX_SLOTS - 1,
-                ls->verify ? " (the calls that replace '..' and '#' take more than the operators)"
-                           : "");
+                ls->verify
+                    ? " (the calls that replace '..', '#' and '^' take more than the operators)"
+                    : "");
 }
 
 /* ========================================================================
@@ -1662,16 +1665,19 @@ static void ls_subexpr(ls_state *ls, ls_exp *v, int limit)
         uint32_t op_ins = op >= OP_EQ && op <= OP_GE ? 5 : op >= OP_AND ? 4 : 1;
         v->ins = ls_add(ls_add(v->ins, v2.ins), op_ins);
         v->compare = op >= OP_EQ && op <= OP_GE;
-        if (op == OP_CONCAT) {
-            /* a .. b -> __nbx_cat(a, b); right-associative chains nest to
-             * the right because b took every later `..`. */
+        if (op == OP_CONCAT || op == OP_POW) {
+            /* a .. b -> __nbx_cat(a, b), a ^ b -> __nbx_pow(a, b), even of
+             * constants (LuaJIT would fold those with the C library's pow,
+             * whose bits depend on the CPU). Right-associative chains nest
+             * to the right because b took every later `..` or `^`; a unary
+             * operator before a took the whole power (-a^b is -(a^b)). */
             w = ls_add(w, 1);
-            ls_open_before(ls, v->first, LS_OPEN_CAT);
+            ls_open_before(ls, v->first, op == OP_POW ? LS_OPEN_POW : LS_OPEN_CAT);
             if (!ls->verify)
                 ls->tok[optok].flags |= LS_REPL_COMMA;
             ls_one_value(ls, &v2);
             ls_close_after(ls, v2.last);
-        } else if (op <= OP_POW) {
+        } else if (op < OP_POW) {
             if (v->kind == K_NUMK && v2.kind == K_NUMK)
                 kind = K_NUMK;
             else

@@ -1651,17 +1651,19 @@ double nbx_t_quantile(double p, double df);
  * __nbx_t() when it goes negative) at the start of every function and loop
  * body, after labels, before returns, at the end of function bodies and
  * before every statement that does work; `#e` becomes __nbx_len(e) and
- * `a .. b` __nbx_cat(a, b), so the sandbox bounds those operations; and a
+ * `a .. b` __nbx_cat(a, b), so the sandbox bounds those operations (and
+ * `a ^ b` __nbx_pow(a, b), the sandbox's deterministic pow); and a
  * statement doing more than max_work operations is refused. The work
  * between two ticks is then bounded whatever the JIT compiles.
  * docs/lsource.md has the rules, their messages and the reasoning.
  * ======================================================================== */
 
 /* Inserted first thing in the chunk (after a '#' first line, which LuaJIT
- * skips): the four values the sandbox provides as globals of the chunk's
+ * skips): the five values the sandbox provides as globals of the chunk's
  * environment become locals, which a policy can never name. */
 #define NBX_LSOURCE_PROLOGUE                                                                       \
-    "local __nbx_s,__nbx_t,__nbx_len,__nbx_cat=__nbx_s,__nbx_t,__nbx_len,__nbx_cat;"
+    "local __nbx_s,__nbx_t,__nbx_len,__nbx_cat,__nbx_pow=__nbx_s,__nbx_t,__nbx_len,__nbx_cat,"     \
+    "__nbx_pow;"
 /* One time check. It must stay on one line, start with a name, end with a
  * space and be plain statements (no local, function, return, break, goto or
  * label): it is inserted between statements on existing lines. The

@@ -108,6 +108,75 @@ local function cat(a, b)
 end
 
 -- ------------------------------------------------------------------------
+-- math: nbx's own functions (detmath.c), the same bits on every machine,
+-- where glibc's libm picks its code by CPU. C hands them in as FFI function
+-- pointers (N.detmath), which compiled code calls directly; these wrappers
+-- only convert arguments as the C library's math functions did.
+-- ------------------------------------------------------------------------
+
+local DM = N.detmath
+
+-- A string argument that reads as a number counts as that number, as in
+-- luaL_checknumber; anything else is the policy's error (level 3: the
+-- caller of the wrapper).
+local function arg_number(x, i, name)
+  local n = type(x) == "string" and native_tonumber(x) or nil
+  if n == nil then
+    error("bad argument #" .. i .. " to '" .. name .. "' (number expected, got "
+          .. type(x) .. ")", 3)
+  end
+  return n
+end
+
+local function unary(f, name)
+  return function(x)
+    if type(x) ~= "number" then x = arg_number(x, 1, name) end
+    return f(x)
+  end
+end
+
+local function binary(f, name)
+  return function(x, y)
+    if type(x) ~= "number" then x = arg_number(x, 1, name) end
+    if type(y) ~= "number" then y = arg_number(y, 2, name) end
+    return f(x, y)
+  end
+end
+
+local DM_LOG, DM_LOG_BASE, DM_POW = DM.log, DM.log_base, DM.pow
+
+-- math.log(x [, base]) as LuaJIT 2.1's.
+local function log_math(x, base)
+  if type(x) ~= "number" then x = arg_number(x, 1, "log") end
+  if base == nil then return DM_LOG(x) end
+  if type(base) ~= "number" then base = arg_number(base, 2, "log") end
+  return DM_LOG_BASE(x, base)
+end
+
+local math_lib = { log = log_math, pow = binary(DM_POW, "pow"),
+                   atan2 = binary(DM.atan2, "atan2") }
+local unary_names = { "exp", "log10", "sin", "cos", "tan", "asin", "acos", "atan",
+                      "sinh", "cosh", "tanh" }
+for i = 1, #unary_names do
+  local name = unary_names[i]
+  math_lib[name] = unary(DM[name], name)
+end
+
+-- a ^ b (lsource.c rewrites it into __nbx_pow(a, b)): the operator's
+-- conversions and error, nbx's pow.
+local function arith_operand(x)
+  local n = type(x) == "string" and native_tonumber(x) or nil
+  if n == nil then error("attempt to perform arithmetic on a " .. type(x) .. " value", 3) end
+  return n
+end
+
+local function pow_op(a, b)
+  if type(a) ~= "number" then a = arith_operand(a) end
+  if type(b) ~= "number" then b = arith_operand(b) end
+  return DM_POW(a, b)
+end
+
+-- ------------------------------------------------------------------------
 -- Iteration, in Lua so the JIT compiles loops over it (a call into C ends
 -- a trace). They see through read-only proxies (the data is DATA[t]) and
 -- never hand the data table out: the iterator's state is the proxy itself,
@@ -491,4 +560,5 @@ return { sort = sort, propensity = propensity, expected_margin = expected_margin
          clamp = clamp, days_since = days_since, contains = contains, log = log,
          tostring = tostring, rep = rep, format = format, len = len, cat = cat,
          frozen_index = frozen_index, pairs = pairs, ipairs = ipairs,
-         make_driver = make_driver, init = init, tick_check = tick_check }
+         make_driver = make_driver, init = init, tick_check = tick_check,
+         math = math_lib, pow_op = pow_op }

@@ -13,6 +13,7 @@
  * than LuaJIT's hash order (string hashes are seeded per state), and
  * tostring never shows an address.
  */
+#include "detmath.h"
 #include "sandbox_int.h"
 
 #include <lauxlib.h>
@@ -584,7 +585,6 @@ static void sb_copy_fields(lua_State *L, int dst, int src, const char *const *na
     }
 }
 
-
 /* nbx.log()'s prefix: "file.lua:LINE:" of the policy line that called it
  * (nbx.log is level 1, its caller level 2). */
 static int sb_log_where(lua_State *L)
@@ -602,10 +602,60 @@ static void sb_set_cfunction(lua_State *L, int t, const char *name, lua_CFunctio
     lua_setfield(L, t, name);
 }
 
-static const char *const sb_math_names[] = {
-    "abs",   "acos", "asin",  "atan", "atan2", "ceil", "cos",   "cosh", "deg", "exp",
-    "floor", "fmod", "frexp", "huge", "ldexp", "log",  "log10", "max",  "min", "modf",
-    "pi",    "pow",  "rad",   "sin",  "sinh",  "sqrt", "tan",   "tanh", NULL};
+/* LuaJIT's own math functions where every machine computes the same bits
+ * (IEEE-exact operations); the rest are detmath.c's (sb_push_detmath). */
+static const char *const sb_math_names[] = {"abs",   "ceil", "deg",   "floor", "fmod",
+                                            "frexp", "huge", "ldexp", "max",   "min",
+                                            "modf",  "pi",   "rad",   "sqrt",  NULL};
+static const char *const sb_detmath_names[] = {"acos", "asin", "atan", "atan2", "cos",
+                                               "cosh", "exp",  "log",  "log10", "pow",
+                                               "sin",  "sinh", "tan",  "tanh",  NULL};
+
+typedef double (*sb_unary_fn)(double);
+typedef double (*sb_binary_fn)(double, double);
+
+static const struct {
+    const char *name;
+    sb_unary_fn fn;
+} sb_detmath_unary[] = {
+    {"exp", nbx_detmath_exp},   {"log", nbx_detmath_log},   {"log10", nbx_detmath_log10},
+    {"sin", nbx_detmath_sin},   {"cos", nbx_detmath_cos},   {"tan", nbx_detmath_tan},
+    {"asin", nbx_detmath_asin}, {"acos", nbx_detmath_acos}, {"atan", nbx_detmath_atan},
+    {"sinh", nbx_detmath_sinh}, {"cosh", nbx_detmath_cosh}, {"tanh", nbx_detmath_tanh},
+};
+
+static const struct {
+    const char *name;
+    sb_binary_fn fn;
+} sb_detmath_binary[] = {
+    {"pow", nbx_detmath_pow}, {"atan2", nbx_detmath_atan2}, {"log_base", nbx_detmath_log_base}};
+
+/* ffi.cast(type, p) */
+static void sb_push_cast(lua_State *L, int slots, const char *type, void *p)
+{
+    sb_slot_get(L, slots, SLOT_CAST);
+    lua_pushstring(L, type);
+    lua_pushlightuserdata(L, p);
+    lua_call(L, 2, 1);
+}
+
+/* detmath.c's functions as FFI function pointers, for sandbox.lua: compiled
+ * code calls a cdata function directly, where calling a lua_CFunction ends
+ * the trace. Only sandbox.lua holds them; policies get its wrappers. */
+static void sb_push_detmath(lua_State *L, int slots)
+{
+    size_t n_unary = sizeof sb_detmath_unary / sizeof sb_detmath_unary[0];
+    size_t n_binary = sizeof sb_detmath_binary / sizeof sb_detmath_binary[0];
+    lua_createtable(L, 0, (int)(n_unary + n_binary));
+    for (size_t i = 0; i < n_unary; i++) {
+        sb_push_cast(L, slots, "double (*)(double)", (void *)sb_detmath_unary[i].fn);
+        lua_setfield(L, -2, sb_detmath_unary[i].name);
+    }
+    for (size_t i = 0; i < n_binary; i++) {
+        sb_push_cast(L, slots, "double (*)(double, double)", (void *)sb_detmath_binary[i].fn);
+        lua_setfield(L, -2, sb_detmath_binary[i].name);
+    }
+}
 /* string.find/match/gmatch/gsub come from lpattern.c, rep and format from
  * sandbox.lua (bounded); dump never. The rest work in O(length) of strings
  * no longer than SB_STRING_MAX. */
@@ -653,11 +703,10 @@ static int sb_load_helpers(lua_State *L, int slots, int G, int native_string)
     lua_setfield(L, natives, "check");
     sb_slot_get(L, slots, SLOT_FFI);
     lua_setfield(L, natives, "ffi");
-    sb_slot_get(L, slots, SLOT_CAST);
-    lua_pushliteral(L, "double *");
-    lua_pushlightuserdata(L, sb_of(L)->deadline);
-    lua_call(L, 2, 1);
+    sb_push_cast(L, slots, "double *", sb_of(L)->deadline);
     lua_setfield(L, natives, "deadline");
+    sb_push_detmath(L, slots);
+    lua_setfield(L, natives, "detmath");
     lua_pushnumber(L, CLOCK_MONOTONIC);
     lua_setfield(L, natives, "clock_monotonic");
     lua_pushnumber(L, SB_UNIT_WORST_NS);
@@ -690,6 +739,9 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
 
     lua_createtable(L, 0, 32);
     sb_copy_fields(L, lua_gettop(L), native_math, sb_math_names);
+    lua_getfield(L, lib, "math");
+    sb_copy_fields(L, lua_gettop(L) - 1, lua_gettop(L), sb_detmath_names);
+    lua_pop(L, 1);
     sb_set_cfunction(L, lua_gettop(L), "random", sb_random);
     sb_make_proxy(L, slots);
     lua_setfield(L, D, "math");
@@ -737,7 +789,7 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
     sb_make_proxy(L, slots);
     lua_setfield(L, D, "nbx");
 
-    /* What instrumented code calls (lsource.c's prologue reads these four
+    /* What instrumented code calls (lsource.c's prologue reads these five
      * globals into locals; a policy can never name them). */
     sb_slot_get(L, slots, SLOT_TICKS);
     lua_setfield(L, D, "__nbx_s");
@@ -748,6 +800,8 @@ static int sb_build_globals(lua_State *L, int slots, int G, int lib, int native_
     lua_setfield(L, D, "__nbx_len");
     lua_getfield(L, D, "cat");
     lua_setfield(L, D, "__nbx_cat");
+    lua_getfield(L, lib, "pow_op");
+    lua_setfield(L, D, "__nbx_pow");
     lua_pushnil(L);
     lua_setfield(L, D, "len");
     lua_pushnil(L);
