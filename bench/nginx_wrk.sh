@@ -145,12 +145,12 @@ done
 # run cost the server, whoever else shared the cores. Divided by the
 # requests served it is the server's CPU per request, a figure that a busy
 # neighbour moves far less than requests/s.
+# Read from /proc (the workers are the master's children): pgrep is in
+# procps, which a minimal Debian does not have.
 workers_cpu() {
-    t=0
-    for p in $(pgrep -P "$(cat "$run/nginx.pid")"); do
-        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$t"
+    master=$(cat "$run/nginx.pid")
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk -v m="$master" '{ sub(/^.*\) /, "") } $2 == m { t += $12 + $13 } END { print t + 0 }'
 }
 
 run_wrk() { # name, then wrk arguments
