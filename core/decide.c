@@ -1066,6 +1066,8 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
     c->caps.hash_exposures = (req->flags & NBX_DECIDE_AUDIT) != 0;
     if (rc == NBX_OK)
         rc = nbx_caps_load(&c->caps, store, c->txn, &profile, c->channel, now, &c->arena, &e);
+    /* only this load: recording's reload of the counters hashes nothing */
+    c->caps.hash_exposures = false;
     audit.exposures = c->caps.exposures_hash;
     size_t exposures_len = 0;
     const char *exposures = request_exposures(req, &exposures_len);
