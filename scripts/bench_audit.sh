@@ -62,7 +62,7 @@ while [ "$i" -lt "$rounds" ]; do
     i=$((i + 1))
 done
 
-median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+. "$root/scripts/bench_lib.sh"
 base=$(awk '$1 == "policy" {print $2}' "$out" | median)
 echo
 echo "median p50 over $rounds rounds (us) and ratio to the policy alone"

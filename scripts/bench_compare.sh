@@ -57,7 +57,7 @@ while [ "$i" -lt "$rounds" ]; do
     i=$((i + 1))
 done
 
-median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+. "$root/scripts/bench_lib.sh"
 echo
 echo "median p50 over $rounds rounds (us): policy before after after/before"
 for name in default lua retention; do
