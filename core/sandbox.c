@@ -489,6 +489,7 @@ void nbx_sandbox_close(nbx_sandbox *sb)
     if (!sb)
         return;
     sb_close_state(sb);
+    sb_spare_free(sb);
     nbx_policy_unref(sb->policy);
     nbx_catalog_unref(sb->catalog);
     free(sb->live);
@@ -758,6 +759,8 @@ int nbx_sandbox_run(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_policy_err
         }
     }
     if (!sb->warmed) {
+        /* Like the warm-up, before the first decision's budget starts. */
+        sb_spare_open(sb);
         sb_warm_up(sb, in->now_ms);
         if (!sb->L) {
             nbx_err e = {0};

@@ -71,6 +71,15 @@
  * (page faults) as well as bytes. A table part or Lua stack growing once
  * more (SB_OBJECT_MAX_RUN) fits. */
 #define SB_OVERDRAFT_LATE (1u << 20)
+/* The spare: memory whose pages were written once and are kept mapped,
+ * from which the allocator grants what it grants past a fault, so that a
+ * grant costs no page faults (sandbox_limits.c, "The spare"). What is
+ * granted past the deadline alone (SB_OVERDRAFT_LATE) fits twice, with
+ * room for alignment: the overdraft counts growth, and a part that doubles
+ * takes twice its growth; and a faulted run's grants stay in use until
+ * the collector frees them (the Lua stack a deep recursion grew, the
+ * tables of a loop), where the next faulted run may need room. */
+#define SB_SPARE_BYTES (2 * SB_OVERDRAFT_LATE + (64u << 10))
 /* What one work unit may allocate, amortised (a string of SB_STRING_MAX
  * and its buffer; a table's share of its doublings is far less): a grant
  * of units is capped by the bytes left below the memory limit at this
@@ -176,6 +185,11 @@ struct nbx_sandbox {
         size_t size;
     } blocks[SB_BLOCKS];
     size_t blocks_bytes;
+    char *spare;           /* SB_SPARE_BYTES, pages written; NULL until Lua first runs */
+    size_t spare_top;      /* bytes handed out since the spare was last empty */
+    size_t spare_live;     /* allocations from the spare not yet freed */
+    uint64_t spare_grants; /* grants past a fault the spare held */
+    uint64_t spare_misses; /* grants past a fault the spare could not hold */
 
     /* Deadline (nanoseconds, CLOCK_MONOTONIC and thread CPU time). */
     int64_t budget_ns;
@@ -260,6 +274,12 @@ static inline void sb_push_slot(lua_State *L, int slot)
 void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /* Free the big blocks kept for reuse (after lua_close). */
 void sb_blocks_free(nbx_sandbox *sb);
+/* Make the spare (once per sandbox, before Lua first runs policy code;
+ * costs its page faults there). Without memory for it the sandbox works,
+ * its grants past a fault coming from fresh memory. */
+void sb_spare_open(nbx_sandbox *sb);
+/* Free the spare (after lua_close: nothing of it is in use). */
+void sb_spare_free(nbx_sandbox *sb);
 /* Start a run's clock and grant its first work units (needs sb->L). */
 void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us);
 void sb_clock_stop(nbx_sandbox *sb);

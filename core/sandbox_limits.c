@@ -56,6 +56,81 @@ static double sb_units_max(const nbx_sandbox *sb);
 #define SB_PAGE 4096
 
 /* ------------------------------------------------------------------------
+ * The spare
+ *
+ * Past a fault the allocator grants rather than refuses ("Faults inside
+ * compiled code" below), and what it grants must not cost time either.
+ * Fresh memory does: each page faults on first use (13 us here), and a
+ * table part or Lua stack grown once more past the deadline copied itself
+ * into up to 256 fresh pages, so hostile runs ended up to 2 ms past their
+ * limit, every millisecond of it in page faults after the deadline. So the
+ * grants past a fault come first from the big blocks the state kept, then
+ * from the spare: SB_SPARE_BYTES whose pages were written when the sandbox
+ * first ran policy code (outside any decision's budget) and are never
+ * given back. It is a bump allocator: its allocations are counted as Lua
+ * frees them (the garbage of the faulted run, collected later), and it
+ * starts over once none is left. Until then, or past its size, a grant
+ * comes from fresh memory as before, within the overdraft; spare_misses
+ * counts those.
+ * ------------------------------------------------------------------------ */
+
+#define SB_SPARE_ALIGN 16
+
+void sb_spare_open(nbx_sandbox *sb)
+{
+    if (sb->spare)
+        return;
+    char *p = malloc(SB_SPARE_BYTES);
+    if (!p)
+        return;
+    /* A write, not MADV_POPULATE_WRITE: on the machine measured, a page
+     * populated that way still trapped on its first write. */
+    for (size_t off = 0; off < SB_SPARE_BYTES; off += SB_PAGE)
+        ((volatile char *)p)[off] = 0;
+    sb->spare = p;
+    sb->spare_top = 0;
+    sb->spare_live = 0;
+}
+
+void sb_spare_free(nbx_sandbox *sb)
+{
+    free(sb->spare);
+    sb->spare = NULL;
+}
+
+static bool sb_in_spare(const nbx_sandbox *sb, const void *p)
+{
+    const char *c = p;
+    return sb->spare && c >= sb->spare && c < sb->spare + SB_SPARE_BYTES;
+}
+
+/* size bytes from the spare; NULL when they do not fit. */
+static void *sb_spare_take(nbx_sandbox *sb, size_t size)
+{
+    size_t top = (sb->spare_top + SB_SPARE_ALIGN - 1) & ~(size_t)(SB_SPARE_ALIGN - 1);
+    if (!sb->spare || size > SB_SPARE_BYTES || top > SB_SPARE_BYTES - size) {
+        sb->spare_misses++;
+        return NULL;
+    }
+    sb->spare_top = top + size;
+    sb->spare_live++;
+    sb->spare_grants++;
+    return sb->spare + top;
+}
+
+static void sb_spare_put(nbx_sandbox *sb)
+{
+    if (--sb->spare_live == 0)
+        sb->spare_top = 0;
+}
+
+/* Is this growth a grant past a fault (sb_alloc_refused said yes to it)? */
+static bool sb_granting(const nbx_sandbox *sb)
+{
+    return sb->in_policy && sb->L && (sb->timed_out || sb->mem_exceeded || sb->object_exceeded);
+}
+
+/* ------------------------------------------------------------------------
  * Big blocks
  *
  * A block of fresh memory is slow to fill the first time: every 4 KiB page
@@ -94,6 +169,10 @@ static void sb_release(nbx_sandbox *sb, void *p, size_t size)
 {
     if (!p)
         return;
+    if (sb_in_spare(sb, p)) {
+        sb_spare_put(sb);
+        return;
+    }
     if (size >= SB_BIG_ALLOC && size <= SB_BLOCKS_BYTES) {
         int slot = -1, smallest = -1;
         for (int i = 0; i < SB_BLOCKS && slot < 0; i++) {
@@ -115,6 +194,16 @@ static void sb_release(nbx_sandbox *sb, void *p, size_t size)
         }
     }
     free(p);
+}
+
+/* Move ptr's osize bytes to p (when there is a p), releasing ptr. */
+static void *sb_move(nbx_sandbox *sb, void *p, void *ptr, size_t osize)
+{
+    if (p && ptr) {
+        memcpy(p, ptr, osize);
+        sb_release(sb, ptr, osize);
+    }
+    return p;
 }
 
 void sb_blocks_free(nbx_sandbox *sb)
@@ -141,11 +230,10 @@ static bool sb_alloc_late(nbx_sandbox *sb, bool cpu_now)
 }
 
 /* Write to every page of a new block, looking at the clock every
- * SB_TOUCH_PAGES pages while policy code runs. Past a fault, or once time
- * runs out on the way (a fault too), the block is granted as it is if the
- * overdraft allows it ("Faults inside compiled code"): the pages left fault
- * only if used, and the next tick ends the run. Returns the bytes of the
- * block granted: less than size when refused. */
+ * SB_TOUCH_PAGES pages while policy code runs. Past a fault the block is
+ * left as it is: it is a grant (the spare could not hold it), and touching
+ * would cost the same faults. Returns the bytes mapped: less than size
+ * when time ran out on the way. */
 static size_t sb_touch(nbx_sandbox *sb, void *p, size_t size)
 {
     volatile char *b = p;
@@ -155,34 +243,43 @@ static size_t sb_touch(nbx_sandbox *sb, void *p, size_t size)
     for (size_t off = 0, k = 1; off < size; off += SB_PAGE, k++) {
         b[off] = 0;
         if (timed && k % SB_TOUCH_PAGES == 0 && sb_alloc_late(sb, false))
-            return sb_overdraw(sb, size) ? size : off;
+            return off;
     }
     return size;
 }
 
 /* Grow ptr (osize bytes, or NULL) to a big block of nsize bytes: a kept
- * block, or a new one touched first. NULL with *late set: time ran out. */
+ * block, the spare past a fault, or a new one touched first. Time running
+ * out while touching is a fault too: the growth is then granted if the
+ * overdraft allows it ("Faults inside compiled code"), from the spare if
+ * it fits, else as the new block is (its pages left fault only if used,
+ * and the next tick ends the run). NULL with *late set: refused. */
 static void *sb_grow_big(nbx_sandbox *sb, void *ptr, size_t osize, size_t nsize, bool *late)
 {
     void *p = sb_block_take(sb, nsize);
+    if (!p && sb_granting(sb))
+        p = sb_spare_take(sb, nsize);
     if (!p) {
         p = malloc(nsize);
         if (!p)
             return NULL;
         size_t mapped = sb_touch(sb, p, nsize);
         if (mapped < nsize) {
-            /* Kept as a block of the part already mapped, which the next
+            /* The part already mapped is kept as a block, which the next
              * big allocation can then have without faults. */
-            sb_release(sb, p, mapped);
-            *late = true;
-            return NULL;
+            if (!sb_overdraw(sb, nsize)) {
+                sb_release(sb, p, mapped);
+                *late = true;
+                return NULL;
+            }
+            void *q = sb_spare_take(sb, nsize);
+            if (q) {
+                sb_release(sb, p, mapped);
+                p = q;
+            }
         }
     }
-    if (ptr) {
-        memcpy(p, ptr, osize);
-        sb_release(sb, ptr, osize);
-    }
-    return p;
+    return sb_move(sb, p, ptr, osize);
 }
 
 /* ------------------------------------------------------------------------
@@ -289,8 +386,15 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize > osize && sb_alloc_refused(sb, nsize - osize, nsize))
         return NULL;
     bool late = false;
-    void *p = nsize >= SB_BIG_ALLOC && nsize > osize ? sb_grow_big(sb, ptr, osize, nsize, &late)
-                                                     : realloc(ptr, nsize);
+    void *p;
+    if (nsize >= SB_BIG_ALLOC && nsize > osize)
+        p = sb_grow_big(sb, ptr, osize, nsize, &late);
+    else if (nsize > osize && sb_granting(sb) && (p = sb_spare_take(sb, nsize)))
+        sb_move(sb, p, ptr, osize);
+    else if (sb_in_spare(sb, ptr))
+        p = nsize <= osize ? ptr : sb_move(sb, malloc(nsize), ptr, osize);
+    else
+        p = realloc(ptr, nsize);
     if (!p) {
         if (nsize <= osize)
             return ptr;

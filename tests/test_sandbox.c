@@ -972,6 +972,57 @@ Test(sandbox, big_blocks_kept_after_a_timeout_serve_later_decisions_right)
     nbx_policy_unref(p);
 }
 
+Test(sandbox, grants_past_a_fault_come_from_the_spare_and_return_to_it)
+{
+    /* Past a fault a run is granted what it allocates until its next tick,
+     * from the spare, whose pages are mapped (sandbox_limits.c, "The
+     * spare"): the allocation that breaks the memory limit is the first
+     * such grant. The spare must serve those grants, hand back only memory
+     * nobody holds, and be whole again once the collector has freed the
+     * faulted runs' garbage; the decision after each must be exact. The
+     * memory limit (4 MiB) holds three of the 512 KiB tables, not eight. */
+    nbx_policy *p = policy_src("spare.lua",
+                               "return { name = 'spare', score = function(o, c, s)\n"
+                               "  local keep = {}\n"
+                               "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
+                               "    local t = {}\n"
+                               "    for i = 1, 60000 do t[i] = i * j end\n"
+                               "    keep[j % 8] = t\n"
+                               "  end\n"
+                               "  local sum = 0\n"
+                               "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
+                               "  return sum + #keep[3]\n"
+                               "end }\n");
+    nbx_limits lim = {.time_us = 10000000, .memory = 4u << 20};
+    nbx_sandbox *sb = open_sb(p, &lim);
+    nbx_candidate cand[CAND_MAX];
+    all_candidates(cand);
+    double want = 60000;
+    for (int i = 1; i <= 60000; i += 997)
+        want += 3.0 * i;
+    nbx_kv hostile[] = {{"mode", "hostile"}}, normal[] = {{"mode", "normal"}};
+    nbx_policy_error pe;
+    for (int round = 0; round < 20; round++) {
+        cr_assert_eq(run_simple(sb, cand, 1, hostile, 1, &pe), NBX_EPOLICY, "round %d", round);
+        cr_assert(pe.fault == NBX_FAULT_MEMORY || pe.fault == NBX_FAULT_TIMEOUT, "round %d: %s",
+                  round, pe.reason);
+        cr_assert_eq(run_simple(sb, cand, 1, normal, 1, &pe), NBX_OK, "round %d: %s", round,
+                     pe.reason);
+        cr_assert_eq(cand[0].score, want, "round %d: expected %.0f, got %.0f", round, want,
+                     cand[0].score);
+    }
+    cr_assert_not_null(sb->spare, "the spare is made before the first decision");
+    cr_assert_gt(sb->spare_grants, 0, "20 runs broke the memory limit growing tables");
+    cr_assert_eq(sb->overdrawn, 0, "nothing refused past the overdraft");
+    lua_gc(sb->L, LUA_GCCOLLECT, 0);
+    cr_assert_eq(sb->spare_live, 0, "the collector freed every grant: %zu left", sb->spare_live);
+    cr_assert_eq(sb->spare_top, 0, "and the spare starts over");
+    cr_assert_eq(run_simple(sb, cand, 1, normal, 1, &pe), NBX_OK, "%s", pe.reason);
+    cr_assert_eq(cand[0].score, want);
+    nbx_sandbox_close(sb);
+    nbx_policy_unref(p);
+}
+
 /* Hostile policies that break their limits inside JIT-compiled loops,
  * each honest when s.mode is not 'hostile' (then it returns 100). */
 static const struct {
