@@ -3,7 +3,7 @@
  *
  *   bench_decide --store DIR --catalog FILE (--policy FILE | --deployment FILE)
  *                [--audit FILE] [--decisions N] [--threads T] [--placement P]...
- *                [--no-limits]
+ *                [--no-limits] [--evict KIB]
  *
  * Customers are drawn uniformly at random from the store's ids (read once
  * with nbx_iter). Prints, for one thread: median, p90, p99, p99.9 latency
@@ -15,6 +15,11 @@
  * --deployment serves each customer by its arm (the store is then opened
  * read-write: arm counters are flushed as in production); --audit FILE asks
  * for each decision's audit line and appends it to FILE, timed with it.
+ * --evict KIB writes KIB of other memory between decisions, untimed, as a
+ * server's network stack and its other requests do between two decisions
+ * of one worker: a decision then starts with cold caches, as it does in
+ * nginx, where a decision cost two to three times its cost here
+ * (docs/performance.md, "nginx").
  */
 #include "nbx.h"
 
@@ -34,6 +39,7 @@ typedef struct config {
     long warmup;
     int threads;
     bool no_limits;
+    size_t evict; /* bytes written between decisions */
 } config;
 
 static char **ids;
@@ -111,8 +117,18 @@ static void *decide_loop(void *arg)
     req.n_session = 2;
     if (r->cfg->audit)
         req.flags |= NBX_DECIDE_AUDIT;
+    /* Written a cache line at a time; the time it takes is taken out of
+     * the elapsed time below, so the rate stays the decisions'. */
+    volatile char *evict = r->cfg->evict ? calloc(1, r->cfg->evict) : NULL;
+    double evicting = 0;
     double start = now_us();
     for (long i = 0; i < r->decisions; i++) {
+        if (evict) {
+            double e0 = now_us();
+            for (size_t off = 0; off < r->cfg->evict; off += 64)
+                evict[off] = (char)i;
+            evicting += now_us() - e0;
+        }
         req.customer = ids[xorshift(&r->seed) % n_ids];
         const nbx_result *res;
         double t0 = r->lat ? now_us() : 0;
@@ -131,7 +147,8 @@ static void *decide_loop(void *arg)
         if (nbx_result_fallback(res) && r->fallbacks++ < 3)
             fprintf(stderr, "fallback for %s: %s\n", req.customer, nbx_result_error(res));
     }
-    r->elapsed_us = now_us() - start;
+    r->elapsed_us = now_us() - start - evicting;
+    free((void *)evict);
     nbx_ctx_close(ctx);
     return NULL;
 }
@@ -165,6 +182,8 @@ int main(int argc, char **argv)
             cfg.warmup = atol(v);
         else if (!strcmp(a, "--threads"))
             cfg.threads = atoi(v);
+        else if (!strcmp(a, "--evict"))
+            cfg.evict = (size_t)strtoul(v, NULL, 10) << 10;
         else if (!strcmp(a, "--placement") && cfg.n_placements < 16)
             cfg.placements[cfg.n_placements++] = v;
         else
