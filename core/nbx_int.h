@@ -1263,6 +1263,9 @@ int nbx_given_exposures(nbx_caps *c, const char *json, size_t len, int64_t now_m
  * NONE: killed, validity, consent (the offer's purpose and the channel's),
  * contacts, frequency, cooldown, budget. */
 int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms);
+/* nbx_caps_check() of each candidate into its excluded, and its exposure
+ * summary (NULL: never exposed) into its exposure. */
+void nbx_caps_check_candidates(const nbx_caps *c, nbx_candidate *cand, size_t n, int64_t now_ms);
 /* Whether the customer loaded now consented to the catalog's
  * personalisation purpose (a missing consent counts as consent_default);
  * without it the policy sees an anonymous visitor. */
