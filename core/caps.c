@@ -267,7 +267,7 @@ void nbx_caps_kills(nbx_caps *c, const nbx_kills *k)
     c->killed_valid = true;
 }
 
-int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
+static inline int check_offer(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
 {
     const nbx_catalog *cat = c->catalog;
     if (c->killed[o->index])
@@ -301,6 +301,25 @@ int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
     if (o->budget_accepts >= 0 && c->budget_accepts[o->index] >= (uint64_t)o->budget_accepts)
         return NBX_EXCLUDED_BUDGET;
     return NBX_EXCLUDED_NONE;
+}
+
+int nbx_caps_check(const nbx_caps *c, const nbx_offer *o, int64_t now_ms)
+{
+    return check_offer(c, o, now_ms);
+}
+
+/* One call for a decision's candidates, the check inlined: there are a
+ * hundred and more, and a call for each cost a quarter of the checks
+ * (callgrind, a batch customer). */
+void nbx_caps_check_candidates(const nbx_caps *c, nbx_candidate *cand, size_t n, int64_t now_ms)
+{
+    const nbx_offer *offers = c->catalog->offers;
+    for (size_t i = 0; i < n; i++) {
+        nbx_candidate *cd = &cand[i];
+        cd->excluded = (uint8_t)check_offer(c, &offers[cd->offer], now_ms);
+        if (c->has_summary[cd->offer])
+            cd->exposure = &c->summary[cd->offer];
+    }
 }
 
 bool nbx_caps_plan_impression(const nbx_caps *c, const nbx_offer *o, bool fallback)

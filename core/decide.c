@@ -519,18 +519,6 @@ static size_t build_candidates(nbx_ctx *c)
     return n;
 }
 
-static void check_eligibility(nbx_ctx *c, size_t n, int64_t now)
-{
-    const nbx_catalog *cat = c->snap->catalog;
-    for (size_t i = 0; i < n; i++) {
-        nbx_candidate *cd = &c->cand[i];
-        const nbx_offer *o = &cat->offers[cd->offer];
-        cd->excluded = (uint8_t)nbx_caps_check(&c->caps, o, now);
-        if (c->caps.has_summary[cd->offer])
-            cd->exposure = &c->caps.summary[cd->offer];
-    }
-}
-
 static void apply_guardrails(nbx_ctx *c, nbx_candidate *cand, size_t n)
 {
     const nbx_catalog *cat = c->snap->catalog;
@@ -1090,7 +1078,7 @@ static int decide(nbx_ctx *c, const nbx_request *req, const nbx_result **out)
     r->segment = seen->rfm.segment < NBX_SEGMENT_COUNT ? seen->rfm.segment : NBX_SEGMENT_NONE;
 
     size_t n = build_candidates(c);
-    check_eligibility(c, n, now);
+    nbx_caps_check_candidates(&c->caps, c->cand, n, now);
     nbx_caps_propensities(&c->caps, seen);
     if (c->snap->deployment && c->snap->deployment->n_shadow)
         memcpy(c->shadow_base, c->cand, n * sizeof *c->cand);

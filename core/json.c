@@ -645,6 +645,16 @@ void nbx_jw_number(nbx_buf *b, double v)
     nbx_buf_puts(b, tmp);
 }
 
+/* llround(x) for 0 <= x < 2^63, inline: a decision result prints three
+ * numbers per action, and the call cost more than the digits. Exact: x's
+ * fraction below the units holds fewer bits than x, so x - trunc(x) is
+ * exact (0 once x >= 2^52, where every double is whole). */
+static inline int64_t round_half_away(double x)
+{
+    int64_t whole = (int64_t)x;
+    return whole + (x - (double)whole >= 0.5);
+}
+
 /* Decision results print money and scores on every request: fixed point
  * with up to 9 decimals from integer arithmetic, instead of printf's exact
  * conversion (a third of the result's cost, measured). Values outside the
@@ -656,7 +666,7 @@ void nbx_jw_decimal(nbx_buf *b, double v)
         nbx_jw_number(b, v);
         return;
     }
-    int64_t scaled = llround(a * 1e9);
+    int64_t scaled = round_half_away(a * 1e9);
     uint64_t ip = (uint64_t)scaled / 1000000000u, fp = (uint64_t)scaled % 1000000000u;
     char tmp[32];
     char *e = tmp + sizeof tmp, *p = e;

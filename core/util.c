@@ -334,25 +334,13 @@ int nbx_buf_reserve(nbx_buf *b, size_t extra)
     return NBX_OK;
 }
 
-void nbx_buf_append(nbx_buf *b, const void *p, size_t n)
+void nbx_buf_append_grow(nbx_buf *b, const void *p, size_t n)
 {
     if (nbx_buf_reserve(b, n) != NBX_OK)
         return;
     if (n)
         memcpy(b->data + b->len, p, n);
     b->len += n;
-}
-
-void nbx_buf_putc(nbx_buf *b, char c)
-{
-    if (nbx_buf_reserve(b, 1) != NBX_OK)
-        return;
-    b->data[b->len++] = c;
-}
-
-void nbx_buf_puts(nbx_buf *b, const char *s)
-{
-    nbx_buf_append(b, s, strlen(s));
 }
 
 /* Counts in lines written per decision: printf's parsing would cost more

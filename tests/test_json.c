@@ -1,6 +1,7 @@
 /* Suite: json (core/json.c): the pull reader and the writer. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "nbx_int.h"
@@ -139,6 +140,42 @@ Test(json, writer_round_trips_numbers_and_escapes)
     nbx_jw_string(&b, "a\x7f\xc2\x9b\xc2\xa0\xc3\xa9", 8);
     nbx_buf_terminate(&b);
     cr_assert_str_eq(b.data, "\"a\\u007f\\u009b\xc2\xa0\xc3\xa9\"");
+    nbx_buf_free(&b);
+}
+
+/* The fixed-point digits of v as llround(|v| * 1e9) gives them: the
+ * writer's own rounding must agree, half-way cases included. */
+static void decimal_reference(double v, char *out, size_t cap)
+{
+    long long scaled = llround(fabs(v) * 1e9);
+    int n = snprintf(out, cap, "%s%lld.%09lld", v < 0 && scaled ? "-" : "", scaled / 1000000000,
+                     scaled % 1000000000);
+    while (n > 0 && out[n - 1] == '0')
+        out[--n] = '\0';
+    if (n > 0 && out[n - 1] == '.')
+        out[--n] = '\0';
+}
+
+Test(json, decimal_writer_rounds_half_away_from_zero_as_llround)
+{
+    /* half-way at the ninth decimal, a binary step either side of it,
+     * whole numbers, the top of the fixed-point range, and a value whose
+     * billionths are an odd whole number above 2^52 (adding 0.5 to it
+     * rounds to even, one up) */
+    double bases[] = {0.0015, 2.0000000005, 1.0000000025,   7.5,
+                      1,      999999999.5,  123.4567890125, 4503599.627370497};
+    nbx_buf b = {0};
+    char want[64];
+    for (size_t i = 0; i < sizeof bases / sizeof bases[0]; i++) {
+        double around[] = {bases[i], nextafter(bases[i], 0), nextafter(bases[i], 1e10), -bases[i]};
+        for (size_t k = 0; k < sizeof around / sizeof around[0]; k++) {
+            nbx_buf_reset(&b);
+            nbx_jw_decimal(&b, around[k]);
+            nbx_buf_terminate(&b);
+            decimal_reference(around[k], want, sizeof want);
+            cr_assert_str_eq(b.data, want, "%.17g: got %s, want %s", around[k], b.data, want);
+        }
+    }
     nbx_buf_free(&b);
 }
 
