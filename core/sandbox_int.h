@@ -71,15 +71,13 @@
  * (page faults) as well as bytes. A table part or Lua stack growing once
  * more (SB_OBJECT_MAX_RUN) fits. */
 #define SB_OVERDRAFT_LATE (1u << 20)
-/* The spare: memory whose pages were written once and are kept mapped,
- * from which the allocator grants what it grants past a fault, so that a
- * grant costs no page faults (sandbox_limits.c, "The spare"). What is
- * granted past the deadline alone (SB_OVERDRAFT_LATE) fits twice, with
- * room for alignment: the overdraft counts growth, and a part that doubles
- * takes twice its growth; and a faulted run's grants stay in use until
- * the collector frees them (the Lua stack a deep recursion grew, the
- * tables of a loop), where the next faulted run may need room. */
-#define SB_SPARE_BYTES (2 * SB_OVERDRAFT_LATE + (64u << 10))
+/* The spare: blocks of SB_OBJECT_MAX_RUN bytes whose pages were written
+ * once and are kept mapped, from which the allocator grants a big growth
+ * past a fault, so that the grant costs no page faults (sandbox_limits.c,
+ * "The spare"). Two: what a faulted run was granted may stay in use (the
+ * Lua stack it grew, a trace compiled past the deadline) when the next
+ * run faults. */
+#define SB_SPARES 2
 /* What one work unit may allocate, amortised (a string of SB_STRING_MAX
  * and its buffer; a table's share of its doublings is far less): a grant
  * of units is capped by the bytes left below the memory limit at this
@@ -185,11 +183,12 @@ struct nbx_sandbox {
         size_t size;
     } blocks[SB_BLOCKS];
     size_t blocks_bytes;
-    char *spare;           /* SB_SPARE_BYTES, pages written; NULL until Lua first runs */
-    size_t spare_top;      /* bytes handed out since the spare was last empty */
-    size_t spare_live;     /* allocations from the spare not yet freed */
-    uint64_t spare_grants; /* grants past a fault the spare held */
-    uint64_t spare_misses; /* grants past a fault the spare could not hold */
+    struct sb_spare {
+        char *p;   /* SB_OBJECT_MAX_RUN bytes, pages written; NULL until Lua first runs */
+        bool used; /* handed out, not yet freed by Lua */
+    } spare[SB_SPARES];
+    uint64_t spare_grants; /* big growths past a fault a spare block held */
+    uint64_t spare_misses; /* big growths past a fault with no spare block free */
 
     /* Deadline (nanoseconds, CLOCK_MONOTONIC and thread CPU time). */
     int64_t budget_ns;
@@ -280,6 +279,9 @@ void sb_blocks_free(nbx_sandbox *sb);
 void sb_spare_open(nbx_sandbox *sb);
 /* Free the spare (after lua_close: nothing of it is in use). */
 void sb_spare_free(nbx_sandbox *sb);
+/* Every spare block is in use (the next fault's big grants would be fresh
+ * memory): the garbage of faulted runs holds them until a collection. */
+bool sb_spare_exhausted(const nbx_sandbox *sb);
 /* Start a run's clock and grant its first work units (needs sb->L). */
 void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us);
 void sb_clock_stop(nbx_sandbox *sb);

@@ -63,65 +63,72 @@ static double sb_units_max(const nbx_sandbox *sb);
  * Fresh memory does: each page faults on first use (13 us here), and a
  * table part or Lua stack grown once more past the deadline copied itself
  * into up to 256 fresh pages, so hostile runs ended up to 2 ms past their
- * limit, every millisecond of it in page faults after the deadline. So the
- * grants past a fault come first from the big blocks the state kept, then
- * from the spare: SB_SPARE_BYTES whose pages were written when the sandbox
- * first ran policy code (outside any decision's budget) and are never
- * given back. It is a bump allocator: its allocations are counted as Lua
- * frees them (the garbage of the faulted run, collected later), and it
- * starts over once none is left. Until then, or past its size, a grant
- * comes from fresh memory as before, within the overdraft; spare_misses
- * counts those.
+ * limit, every millisecond of it in page faults after the deadline. So a
+ * big growth granted past a fault takes first one of the big blocks the
+ * state kept, then a spare block: SB_SPARES blocks of SB_OBJECT_MAX_RUN
+ * bytes (the most one allocation may be while policy code runs) whose
+ * pages were written when the sandbox first ran policy code, outside any
+ * decision's budget, and which are never given back. A block is handed out
+ * whole and comes back when Lua frees what it holds; what holds one may
+ * live on (the Lua stack a deep recursion grew, a trace the JIT compiled
+ * past the deadline), which pins that block only. With none free, a grant
+ * is fresh memory as before, within the overdraft (spare_misses counts
+ * them). A small growth is not worth a block: it is at most 16 pages.
  * ------------------------------------------------------------------------ */
-
-#define SB_SPARE_ALIGN 16
 
 void sb_spare_open(nbx_sandbox *sb)
 {
-    if (sb->spare)
-        return;
-    char *p = malloc(SB_SPARE_BYTES);
-    if (!p)
-        return;
-    /* A write, not MADV_POPULATE_WRITE: on the machine measured, a page
-     * populated that way still trapped on its first write. */
-    for (size_t off = 0; off < SB_SPARE_BYTES; off += SB_PAGE)
-        ((volatile char *)p)[off] = 0;
-    sb->spare = p;
-    sb->spare_top = 0;
-    sb->spare_live = 0;
+    for (int i = 0; i < SB_SPARES; i++) {
+        if (sb->spare[i].p)
+            continue;
+        char *p = malloc(SB_OBJECT_MAX_RUN);
+        if (!p)
+            return;
+        /* A write, not MADV_POPULATE_WRITE: on the machine measured, a
+         * page populated that way still trapped on its first write. */
+        for (size_t off = 0; off < SB_OBJECT_MAX_RUN; off += SB_PAGE)
+            ((volatile char *)p)[off] = 0;
+        sb->spare[i] = (struct sb_spare){.p = p, .used = false};
+    }
 }
 
 void sb_spare_free(nbx_sandbox *sb)
 {
-    free(sb->spare);
-    sb->spare = NULL;
+    for (int i = 0; i < SB_SPARES; i++) {
+        free(sb->spare[i].p);
+        sb->spare[i].p = NULL;
+    }
 }
 
-static bool sb_in_spare(const nbx_sandbox *sb, const void *p)
+/* The spare block p is, or -1. */
+static int sb_spare_of(const nbx_sandbox *sb, const void *p)
 {
-    const char *c = p;
-    return sb->spare && c >= sb->spare && c < sb->spare + SB_SPARE_BYTES;
+    for (int i = 0; i < SB_SPARES; i++)
+        if (p && sb->spare[i].p == p)
+            return i;
+    return -1;
 }
 
-/* size bytes from the spare; NULL when they do not fit. */
+bool sb_spare_exhausted(const nbx_sandbox *sb)
+{
+    for (int i = 0; i < SB_SPARES; i++)
+        if (sb->spare[i].p && !sb->spare[i].used)
+            return false;
+    return sb->spare[0].p != NULL;
+}
+
+/* A free spare block for size bytes; NULL when none. */
 static void *sb_spare_take(nbx_sandbox *sb, size_t size)
 {
-    size_t top = (sb->spare_top + SB_SPARE_ALIGN - 1) & ~(size_t)(SB_SPARE_ALIGN - 1);
-    if (!sb->spare || size > SB_SPARE_BYTES || top > SB_SPARE_BYTES - size) {
-        sb->spare_misses++;
-        return NULL;
+    for (int i = 0; size <= SB_OBJECT_MAX_RUN && i < SB_SPARES; i++) {
+        if (sb->spare[i].p && !sb->spare[i].used) {
+            sb->spare[i].used = true;
+            sb->spare_grants++;
+            return sb->spare[i].p;
+        }
     }
-    sb->spare_top = top + size;
-    sb->spare_live++;
-    sb->spare_grants++;
-    return sb->spare + top;
-}
-
-static void sb_spare_put(nbx_sandbox *sb)
-{
-    if (--sb->spare_live == 0)
-        sb->spare_top = 0;
+    sb->spare_misses++;
+    return NULL;
 }
 
 /* Is this growth a grant past a fault (sb_alloc_refused said yes to it)? */
@@ -169,8 +176,9 @@ static void sb_release(nbx_sandbox *sb, void *p, size_t size)
 {
     if (!p)
         return;
-    if (sb_in_spare(sb, p)) {
-        sb_spare_put(sb);
+    int spare = sb_spare_of(sb, p);
+    if (spare >= 0) {
+        sb->spare[spare].used = false;
         return;
     }
     if (size >= SB_BIG_ALLOC && size <= SB_BLOCKS_BYTES) {
@@ -387,12 +395,12 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return NULL;
     bool late = false;
     void *p;
-    if (nsize >= SB_BIG_ALLOC && nsize > osize)
+    if (nsize <= SB_OBJECT_MAX_RUN && sb_spare_of(sb, ptr) >= 0)
+        p = ptr; /* a spare block is whole: it grows and shrinks in place */
+    else if (nsize >= SB_BIG_ALLOC && nsize > osize)
         p = sb_grow_big(sb, ptr, osize, nsize, &late);
-    else if (nsize > osize && sb_granting(sb) && (p = sb_spare_take(sb, nsize)))
-        sb_move(sb, p, ptr, osize);
-    else if (sb_in_spare(sb, ptr))
-        p = nsize <= osize ? ptr : sb_move(sb, malloc(nsize), ptr, osize);
+    else if (sb_spare_of(sb, ptr) >= 0)
+        p = sb_move(sb, malloc(nsize), ptr, osize);
     else
         p = realloc(ptr, nsize);
     if (!p) {
