@@ -658,16 +658,17 @@ static int sb_validate_input(nbx_sandbox *sb, const nbx_sandbox_input *in, nbx_p
 /* What a fault leaves is garbage, not damage: the next decision must not
  * pay for a rebuild (re-running the top level). After a memory fault the
  * garbage fills the state, and LuaJIT never collects on a failed
- * allocation: collect it now. Likewise when the faulted runs' garbage
- * holds every spare block, which the next fault needs (sandbox_limits.c,
- * "The spare"). Otherwise the usual rule applies. Either way the
- * collection costs what the decision could allocate within its time. */
+ * allocation: collect it now. Otherwise the usual rule applies. Either way
+ * the collection costs what the decision could allocate within its time.
+ * Then, when the faulted runs' garbage holds every spare block, which the
+ * next fault needs, a few steps more (sandbox_limits.c, "The spare"). */
 static void sb_recover(nbx_sandbox *sb)
 {
-    bool full = sb->mem_exceeded || sb->object_exceeded || sb_spare_exhausted(sb);
+    bool full = sb->mem_exceeded || sb->object_exceeded;
     sb_reset_flags(sb);
     lua_settop(sb->L, 0);
     sb_collect_if_needed(sb, full);
+    sb_spare_reclaim(sb);
 }
 
 /* The JIT compiles a policy's hot paths while they run, and compiling takes

@@ -282,6 +282,9 @@ void sb_spare_free(nbx_sandbox *sb);
 /* Every spare block is in use (the next fault's big grants would be fresh
  * memory): the garbage of faulted runs holds them until a collection. */
 bool sb_spare_exhausted(const nbx_sandbox *sb);
+/* Collect, within a bound on time, until a spare block is free (after a
+ * faulted run, outside policy code). */
+void sb_spare_reclaim(nbx_sandbox *sb);
 /* Start a run's clock and grant its first work units (needs sb->L). */
 void sb_clock_start(nbx_sandbox *sb, uint32_t budget_us);
 void sb_clock_stop(nbx_sandbox *sb);
