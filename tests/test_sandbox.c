@@ -930,44 +930,59 @@ Test(sandbox, large_live_data_and_garbage_fit_the_limit)
     nbx_policy_unref(p);
 }
 
+/* A policy that grows tables of 60,000 numbers (512 KiB parts), keeping
+ * the last eight, without end when s.mode is 'hostile' and three times
+ * otherwise; then returns a checksum of the third. */
+static nbx_policy *blocks_policy(void)
+{
+    return policy_src("blocks.lua", "return { name = 'blocks', score = function(o, c, s)\n"
+                                    "  local keep = {}\n"
+                                    "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
+                                    "    local t = {}\n"
+                                    "    for i = 1, 60000 do t[i] = i * j end\n"
+                                    "    keep[j % 8] = t\n"
+                                    "  end\n"
+                                    "  local sum = 0\n"
+                                    "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
+                                    "  return sum + #keep[3]\n"
+                                    "end }\n");
+}
+
+/* rounds of a hostile decision of blocks_policy, which must fault, each
+ * followed by an honest one, which must return the checksum exactly. */
+static void blocks_rounds(nbx_sandbox *sb, nbx_candidate *cand, int rounds)
+{
+    double want = 60000;
+    for (int i = 1; i <= 60000; i += 997)
+        want += 3.0 * i;
+    nbx_kv hostile[] = {{"mode", "hostile"}}, normal[] = {{"mode", "normal"}};
+    nbx_policy_error pe;
+    for (int round = 0; round < rounds; round++) {
+        cr_assert_eq(run_simple(sb, cand, 1, hostile, 1, &pe), NBX_EPOLICY, "round %d", round);
+        cr_assert(pe.fault == NBX_FAULT_TIMEOUT || pe.fault == NBX_FAULT_MEMORY,
+                  "round %d: expected a timeout or a memory fault, got fault %d: %s", round,
+                  pe.fault, pe.reason);
+        cr_assert_eq(run_simple(sb, cand, 1, normal, 1, &pe), NBX_OK,
+                     "round %d, the decision after: %s at %s", round, pe.reason, pe.where);
+        cr_assert_eq(cand[0].score, want, "round %d: expected %.0f, got %.0f", round, want,
+                     cand[0].score);
+    }
+}
+
 Test(sandbox, big_blocks_kept_after_a_timeout_serve_later_decisions_right)
 {
     /* Table parts of 64 KiB and more are kept when freed and reused
      * (sandbox_limits.c), with the part-touched block of a timeout that
      * fell inside one: a later decision that grows its tables into them
      * must see its own numbers, exactly, and nothing of earlier ones. */
-    nbx_policy *p = policy_src("blocks.lua",
-                               "return { name = 'blocks', score = function(o, c, s)\n"
-                               "  local keep = {}\n"
-                               "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
-                               "    local t = {}\n"
-                               "    for i = 1, 60000 do t[i] = i * j end\n"
-                               "    keep[j % 8] = t\n"
-                               "  end\n"
-                               "  local sum = 0\n"
-                               "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
-                               "  return sum + #keep[3]\n"
-                               "end }\n");
+    nbx_policy *p = blocks_policy();
     /* JIT on: a 50 ms hostile run breaks its limits inside compiled code
      * (hostile_runs_under_the_jit_never_crash, below). */
     nbx_limits lim = {.time_us = 50000};
     nbx_sandbox *sb = open_sb(p, &lim);
     nbx_candidate cand[CAND_MAX];
     all_candidates(cand);
-    double want = 60000;
-    for (int i = 1; i <= 60000; i += 997)
-        want += 3.0 * i;
-    nbx_kv hostile[] = {{"mode", "hostile"}}, normal[] = {{"mode", "normal"}};
-    nbx_policy_error pe;
-    for (int round = 0; round < 3; round++) {
-        cr_expect_eq(run_simple(sb, cand, 1, hostile, 1, &pe), NBX_EPOLICY, "round %d", round);
-        cr_expect(pe.fault == NBX_FAULT_TIMEOUT || pe.fault == NBX_FAULT_MEMORY,
-                  "round %d: expected a timeout, got fault %d: %s", round, pe.fault, pe.reason);
-        cr_assert_eq(run_simple(sb, cand, 1, normal, 1, &pe), NBX_OK,
-                     "round %d, the decision after: %s at %s", round, pe.reason, pe.where);
-        cr_expect_eq(cand[0].score, want, "round %d: expected %.0f, got %.0f", round, want,
-                     cand[0].score);
-    }
+    blocks_rounds(sb, cand, 3);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
 }
@@ -979,38 +994,14 @@ Test(sandbox, grants_past_a_fault_come_from_the_spare_and_return_to_it)
      * (sandbox_limits.c, "The spare"): the allocation that breaks the
      * memory limit is the first such grant. The blocks must serve those
      * grants and come back when the collector frees what they hold, and
-     * the decisions after them must be exact. The
-     * memory limit (4 MiB) holds three of the 512 KiB tables, not eight. */
-    nbx_policy *p = policy_src("spare.lua",
-                               "return { name = 'spare', score = function(o, c, s)\n"
-                               "  local keep = {}\n"
-                               "  for j = 1, s.mode == 'hostile' and 1e9 or 3 do\n"
-                               "    local t = {}\n"
-                               "    for i = 1, 60000 do t[i] = i * j end\n"
-                               "    keep[j % 8] = t\n"
-                               "  end\n"
-                               "  local sum = 0\n"
-                               "  for i = 1, 60000, 997 do sum = sum + keep[3][i] end\n"
-                               "  return sum + #keep[3]\n"
-                               "end }\n");
+     * the decisions after them must be exact. The memory limit (4 MiB)
+     * holds three of the policy's 512 KiB tables, not eight. */
+    nbx_policy *p = blocks_policy();
     nbx_limits lim = {.time_us = 10000000, .memory = 4u << 20};
     nbx_sandbox *sb = open_sb(p, &lim);
     nbx_candidate cand[CAND_MAX];
     all_candidates(cand);
-    double want = 60000;
-    for (int i = 1; i <= 60000; i += 997)
-        want += 3.0 * i;
-    nbx_kv hostile[] = {{"mode", "hostile"}}, normal[] = {{"mode", "normal"}};
-    nbx_policy_error pe;
-    for (int round = 0; round < 20; round++) {
-        cr_assert_eq(run_simple(sb, cand, 1, hostile, 1, &pe), NBX_EPOLICY, "round %d", round);
-        cr_assert(pe.fault == NBX_FAULT_MEMORY || pe.fault == NBX_FAULT_TIMEOUT, "round %d: %s",
-                  round, pe.reason);
-        cr_assert_eq(run_simple(sb, cand, 1, normal, 1, &pe), NBX_OK, "round %d: %s", round,
-                     pe.reason);
-        cr_assert_eq(cand[0].score, want, "round %d: expected %.0f, got %.0f", round, want,
-                     cand[0].score);
-    }
+    blocks_rounds(sb, cand, 20);
     for (int i = 0; i < SB_SPARES; i++)
         cr_assert_not_null(sb->spare[i].p, "the spare is made before the first decision");
     cr_assert_gt(sb->spare_grants, SB_SPARES,
@@ -1025,8 +1016,7 @@ Test(sandbox, grants_past_a_fault_come_from_the_spare_and_return_to_it)
         free_blocks += !sb->spare[i].used;
     cr_assert_geq(free_blocks, 1, "the collector freed the grants: %d of %d spare blocks free",
                   free_blocks, SB_SPARES);
-    cr_assert_eq(run_simple(sb, cand, 1, normal, 1, &pe), NBX_OK, "%s", pe.reason);
-    cr_assert_eq(cand[0].score, want);
+    blocks_rounds(sb, cand, 1);
     nbx_sandbox_close(sb);
     nbx_policy_unref(p);
 }
