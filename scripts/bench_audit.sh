@@ -21,10 +21,8 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 rounds=${2:-5}
-data=${NBX_BENCH_DATA:-/tmp/nbx-bench-data}
-decisions=${NBX_BENCH_DECISIONS:-100000}
-store=$data/decide-store-1m
-catalog=$data/catalog-100.json
+. "$root/scripts/bench_lib.sh"
+decision_data
 [ -e "$store/data.mdb" ] || { echo "bench_audit: $store is missing: run make bench once" >&2; exit 1; }
 out=$(mktemp)
 log=$(mktemp)
@@ -62,7 +60,6 @@ while [ "$i" -lt "$rounds" ]; do
     i=$((i + 1))
 done
 
-. "$root/scripts/bench_lib.sh"
 base=$(awk '$1 == "policy" {print $2}' "$out" | median)
 echo
 echo "median p50 over $rounds rounds (us) and ratio to the policy alone"

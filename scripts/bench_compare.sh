@@ -19,10 +19,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 before=$(cd "$1" && pwd)
 after=$(cd "$2" && pwd)
 rounds=${3:-5}
-data=${NBX_BENCH_DATA:-/tmp/nbx-bench-data}
-decisions=${NBX_BENCH_DECISIONS:-100000}
-store=$data/decide-store-1m
-catalog=$data/catalog-100.json
+. "$root/scripts/bench_lib.sh"
+decision_data
 for f in "$store/data.mdb" "$catalog" "$data/margin_lua.lua"; do
     [ -e "$f" ] || { echo "bench_compare: $f is missing: run make bench once" >&2; exit 1; }
 done
@@ -57,7 +55,6 @@ while [ "$i" -lt "$rounds" ]; do
     i=$((i + 1))
 done
 
-. "$root/scripts/bench_lib.sh"
 echo
 echo "median p50 over $rounds rounds (us): policy before after after/before"
 for name in default lua retention; do
