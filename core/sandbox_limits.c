@@ -71,10 +71,12 @@ static int64_t sb_clock_ns(clockid_t id);
  * pages were written when the sandbox first ran policy code, outside any
  * decision's budget, and which are never given back. A block is handed out
  * whole and comes back when Lua frees what it holds; what holds one may
- * live on (the Lua stack a deep recursion grew, a trace the JIT compiled
- * past the deadline), which pins that block only. With none free, a grant
- * is fresh memory as before, within the overdraft (spare_misses counts
- * them). A small growth is not worth a block: it is at most 16 pages.
+ * live on (the Lua stack a deep recursion grew, a buffer of the JIT's
+ * grown past the deadline), which pins that block only. With none free,
+ * after the collector had a bounded chance to free one (sb_spare_reclaim,
+ * after each faulted run), a grant is fresh memory as before, within the
+ * overdraft (spare_misses counts them). A small growth is not worth a
+ * block: it is at most 16 pages.
  * ------------------------------------------------------------------------ */
 
 void sb_spare_open(nbx_sandbox *sb)
