@@ -411,13 +411,13 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > osize && sb_alloc_refused(sb, nsize - osize, nsize))
         return NULL;
-    bool late = false;
+    bool late = false, spare = sb_spare_of(sb, ptr) >= 0;
     void *p;
-    if (nsize <= SB_OBJECT_MAX_RUN && sb_spare_of(sb, ptr) >= 0)
+    if (spare && nsize <= SB_OBJECT_MAX_RUN)
         p = ptr; /* a spare block is whole: it grows and shrinks in place */
     else if (nsize >= SB_BIG_ALLOC && nsize > osize)
         p = sb_grow_big(sb, ptr, osize, nsize, &late);
-    else if (sb_spare_of(sb, ptr) >= 0)
+    else if (spare) /* never realloc'ed: its memory is not malloc's to move */
         p = sb_move(sb, malloc(nsize), ptr, osize);
     else
         p = realloc(ptr, nsize);
