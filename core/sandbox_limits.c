@@ -417,7 +417,7 @@ void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         p = ptr; /* a spare block is whole: it grows and shrinks in place */
     else if (nsize >= SB_BIG_ALLOC && nsize > osize)
         p = sb_grow_big(sb, ptr, osize, nsize, &late);
-    else if (spare) /* never realloc'ed: its memory is not malloc's to move */
+    else if (spare) /* copied out: realloc would give the block itself back */
         p = sb_move(sb, malloc(nsize), ptr, osize);
     else
         p = realloc(ptr, nsize);
