@@ -72,8 +72,13 @@ write_conf() {
     serve="nbx_policy $policy;"
     [ -n "$deployment" ] && serve="nbx_deployment $deployment;"
     audit_log=""
-    [ "$audit" = 1 ] &&
+    audit_format=""
+    # the format only when it is used: it names $nbx_decision, which a
+    # module from before issue 13 (a baseline build) does not know
+    if [ "$audit" = 1 ]; then
+        audit_format="log_format nbx_audit escape=none '\$nbx_decision';"
         audit_log="access_log $run/audit.log nbx_audit buffer=256k flush=1s if=\$nbx_decision;"
+    fi
     affinity=""
     if [ "$pin" = 1 ]; then
         # the last CPU's bit, once per worker
@@ -83,7 +88,7 @@ write_conf() {
     {
         nginx_conf_head "$module" "$workers" "$data/store" "$affinity"
         cat <<EOF
-    log_format nbx_audit escape=none '\$nbx_decision';
+    $audit_format
     server {
         listen 127.0.0.1:$port;
         location = /decide {

@@ -15,12 +15,15 @@
 # and prints each run's line, then the median p50 per mode over the rounds
 # and its ratio to the policy alone. Data: `make bench` ($NBX_BENCH_DATA,
 # default /tmp/nbx-bench-data); the deployment run writes arm counters into
-# that store.
+# that store. NBX_BENCH_EVICT=KIB passes --evict KIB to bench_decide: that
+# much other memory written between decisions, as a decision meets its
+# caches in a busy server (bench_decide --help).
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 rounds=${2:-5}
+evict=${NBX_BENCH_EVICT:-0}
 . "$root/scripts/bench_lib.sh"
 decision_data
 [ -e "$store/data.mdb" ] || { echo "bench_audit: $store is missing: run make bench once" >&2; exit 1; }
@@ -33,7 +36,7 @@ one() { # mode, then bench_decide arguments
     shift
     : >"$log"
     line=$("$build/bench/bench_decide" --store "$store" --catalog "$catalog" \
-        --decisions "$decisions" --threads 1 "$@" | grep '^1 thread')
+        --decisions "$decisions" --threads 1 --evict "$evict" "$@" | grep '^1 thread')
     p50=$(printf '%s\n' "$line" | sed -n 's/.* p50 \([0-9.]*\) us.*/\1/p')
     printf '%s %s\n' "$mode" "$p50" >>"$out"
     printf '%-11s %s\n' "$mode" "$line"
