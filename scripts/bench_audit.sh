@@ -17,7 +17,7 @@
 # default /tmp/nbx-bench-data); the deployment run writes arm counters into
 # that store. NBX_BENCH_EVICT=KIB passes --evict KIB to bench_decide: that
 # much other memory written between decisions, as a decision meets its
-# caches in a busy server (bench_decide --help).
+# caches in a busy server (bench/bench_decide.c says how).
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
