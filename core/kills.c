@@ -67,11 +67,15 @@ static int check_name(uint8_t kind, nbx_sv name, nbx_err *e)
                                (int)(name.len > 200 ? 200 : name.len), name.ptr, NBX_OFFER_ID_MAX);
         return NBX_OK;
     case NBX_KILL_ARM:
-        if (!split_arm(name, &dep, &arm))
+        /* ARM alone (no '.') is that arm in every deployment; with a '.',
+         * DEPLOYMENT.ARM */
+        arm = name;
+        if (memchr(name.ptr, '.', name.len) ? !split_arm(name, &dep, &arm)
+                                            : !nbx_arm_name_valid(name))
             return nbx_err_set(e, NBX_EINVAL,
-                               "field 'arm': '%.*s' is not DEPLOYMENT.ARM (two names of 1 to %d "
-                               "bytes of A-Z, a-z, 0-9, '_', '.' and '-'; the deployment's "
-                               "without '.')",
+                               "field 'arm': '%.*s' is not ARM or DEPLOYMENT.ARM (names of 1 to "
+                               "%d bytes of A-Z, a-z, 0-9, '_', '.' and '-'; the deployment's "
+                               "without '.', an ARM alone without '.')",
                                (int)(name.len > 200 ? 200 : name.len), name.ptr, NBX_ARM_NAME_MAX);
         if (nbx_sv_eq_cstr(arm, "holdout"))
             return nbx_err_set(e, NBX_EINVAL,
@@ -521,7 +525,13 @@ bool nbx_offer_killed(const nbx_kills *k, nbx_sv offer)
 
 bool nbx_arm_killed(const nbx_kills *k, nbx_sv deployment, nbx_sv arm)
 {
-    if (!k || k->n_kind[NBX_KILL_ARM] == 0 || deployment.len + 1 + arm.len > NBX_KILL_NAME_MAX)
+    if (!k || k->n_kind[NBX_KILL_ARM] == 0)
+        return false;
+    /* killed by its name alone, in every deployment: only a name without
+     * '.' can be killed so (with one, the kill's name is DEPLOYMENT.ARM) */
+    if (!memchr(arm.ptr, '.', arm.len) && nbx_kills_find(k, NBX_KILL_ARM, arm))
+        return true;
+    if (deployment.len + 1 + arm.len > NBX_KILL_NAME_MAX)
         return false;
     char name[NBX_KILL_NAME_MAX];
     memcpy(name, deployment.ptr, deployment.len);

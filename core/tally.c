@@ -110,13 +110,20 @@ static int kill_arm(nbx_store *s, MDB_txn *txn, const nbx_deployment *d, const n
                                scratch, e);
 }
 
-/* Whether DEPLOYMENT.ARM is killed in txn: an arm killed already (by hand,
- * or by another process's abort) is not aborted again. */
+/* Whether the arm is killed in txn, as DEPLOYMENT.ARM or by its name alone
+ * (nbx_arm_killed): an arm killed already (by hand, or by another process's
+ * abort) is not aborted again. */
 static bool arm_killed_in(nbx_store *s, MDB_txn *txn, const nbx_deployment *d, const nbx_arm *arm)
 {
     char name[2 * NBX_ARM_NAME_MAX + 2], key[NBX_KILL_KEY_MAX];
+    MDB_val k, v;
+    if (!strchr(arm->name, '.')) {
+        k = (MDB_val){nbx_kill_key(key, NBX_KILL_ARM, nbx_sv_of(arm->name)), key};
+        if (mdb_get(txn, s->kills, &k, &v) == 0)
+            return true;
+    }
     int n = snprintf(name, sizeof name, "%s.%s", d->name, arm->name);
-    MDB_val k = {nbx_kill_key(key, NBX_KILL_ARM, (nbx_sv){name, (size_t)n}), key}, v;
+    k = (MDB_val){nbx_kill_key(key, NBX_KILL_ARM, (nbx_sv){name, (size_t)n}), key};
     return mdb_get(txn, s->kills, &k, &v) == 0;
 }
 

@@ -1666,9 +1666,11 @@ NBX_API void nbx_report_close(nbx_report *r);
 /** What a kill names. */
 typedef enum nbx_kill_kind {
     NBX_KILL_OFFER = 1,  /**< an offer id: 1..128 bytes, no NUL */
-    NBX_KILL_ARM = 2,    /**< DEPLOYMENT.ARM: the deployment's and the arm's names,
-                              1..64 bytes of [A-Za-z0-9_.-] each (a deployment's
-                              name holds no '.'); not the holdout */
+    NBX_KILL_ARM = 2,    /**< DEPLOYMENT.ARM, that deployment's arm, or ARM
+                              alone, the arm of that name in every deployment:
+                              names of 1..64 bytes of [A-Za-z0-9_.-] (a
+                              deployment's name, and an ARM alone, hold no
+                              '.'); not the holdout */
     NBX_KILL_POLICY = 3, /**< a policy version: 16 lowercase hex digits, as the
                               result's policy.version */
 } nbx_kill_kind;
@@ -1679,7 +1681,7 @@ typedef enum nbx_kill_kind {
 /** A kill (current) or a change of the history, as nbx_kills_read() hands it. */
 typedef struct nbx_kill_info {
     int kind;           /**< nbx_kill_kind */
-    const char *name;   /**< the offer id, DEPLOYMENT.ARM or policy version */
+    const char *name;   /**< the offer id, [DEPLOYMENT.]ARM or policy version */
     const char *reason; /**< as given: escape it before a terminal; "" if none */
     const char *by;     /**< the origin: "cli", "abort", ... */
     int64_t at_ms;      /**< when (the writer's clock, epoch ms) */
@@ -1692,7 +1694,7 @@ typedef struct nbx_kill_info {
  * reason; appends the change to the history. All or nothing.
  * @param store opened writable, of format 3 (nbx store upgrade).
  * @param kind nbx_kill_kind.
- * @param name the offer id, DEPLOYMENT.ARM or policy version (see
+ * @param name the offer id, [DEPLOYMENT.]ARM or policy version (see
  *   nbx_kill_kind); it need not exist anywhere yet.
  * @param reason why: 1..NBX_KILL_REASON_MAX bytes of UTF-8, no NUL.
  * @param by the origin recorded with it: 1..64 bytes of [A-Za-z0-9_.-]

@@ -169,7 +169,8 @@ Test(kills, bad_input_names_the_field_and_writes_nothing)
     } bad[] = {
         {NBX_KILL_OFFER, "", "r", NULL, "'offer'"},
         {NBX_KILL_OFFER, long_id, "r", NULL, "'offer'"},
-        {NBX_KILL_ARM, "challenger", "r", NULL, "'arm'"},
+        {NBX_KILL_ARM, "chal lenger", "r", NULL, "'arm'"},
+        {NBX_KILL_ARM, "holdout", "r", NULL, "'arm'"},
         {NBX_KILL_ARM, "q4.", "r", NULL, "'arm'"},
         {NBX_KILL_ARM, "q4.chal lenger", "r", NULL, "'arm'"},
         {NBX_KILL_ARM, "q4.holdout", "r", NULL, "'arm'"},
@@ -281,6 +282,27 @@ Test(kills, the_set_is_read_again_only_when_it_changed)
     cr_assert(!nbx_policy_killed(&k, NBX_SV("fedcba9876543210")));
     cr_assert(!nbx_offer_killed(&k, NBX_SV("challenger")));
     cr_assert(!nbx_offer_killed(NULL, NBX_SV("o1")));
+
+    /* an arm by its name alone: that arm in every deployment; a name with a
+     * '.' is DEPLOYMENT.ARM, never an arm's name alone */
+    cr_assert_eq(nbx_kill(s, NBX_KILL_ARM, "canary", "r", NULL), NBX_OK, "%s",
+                 nbx_store_errmsg(s));
+    cr_assert_eq(nbx_kill(s, NBX_KILL_ARM, "v1.2", "r", NULL), NBX_OK, "%s", nbx_store_errmsg(s));
+    cr_assert_eq(nbx_store_read_begin(s, &txn, &e), NBX_OK);
+    cr_assert_eq(nbx_kills_refresh(&k, s, txn, &e), NBX_OK);
+    mdb_txn_abort(txn);
+    cr_assert(nbx_arm_killed(&k, NBX_SV("q4"), NBX_SV("canary")));
+    cr_assert(nbx_arm_killed(&k, NBX_SV("q5"), NBX_SV("canary")));
+    cr_assert(!nbx_arm_killed(&k, NBX_SV("q5"), NBX_SV("challenger")));
+    cr_assert(nbx_arm_killed(&k, NBX_SV("v1"), NBX_SV("2")));
+    cr_assert(!nbx_arm_killed(&k, NBX_SV("q4"), NBX_SV("v1.2")),
+              "q4's arm v1.2 taken for deployment v1's arm 2");
+    cr_assert(!nbx_offer_killed(&k, NBX_SV("canary")));
+    cr_assert_eq(nbx_unkill(s, NBX_KILL_ARM, "canary", NULL, NULL), NBX_OK);
+    cr_assert_eq(nbx_store_read_begin(s, &txn, &e), NBX_OK);
+    cr_assert_eq(nbx_kills_refresh(&k, s, txn, &e), NBX_OK);
+    mdb_txn_abort(txn);
+    cr_assert(!nbx_arm_killed(&k, NBX_SV("q4"), NBX_SV("canary")), "unkilled, still killed");
     nbx_kills_free(&k);
     nbx_store_close(s);
 }
@@ -399,10 +421,11 @@ Test(kills, killed_arms_send_their_customers_to_the_first_arm_or_the_control)
     cr_assert(challengers > 50 && challengers < 150, "%d challengers of %d", challengers,
               CUSTOMERS);
 
-    /* the arm by name, then by its policy version: the same */
-    for (int way = 0; way < 2; way++) {
-        int kind = way ? NBX_KILL_POLICY : NBX_KILL_ARM;
-        const char *name = way ? chal_version : "q4.challenger";
+    /* the arm by name, by its name alone (every deployment's), then by its
+     * policy version: the same */
+    for (int way = 0; way < 3; way++) {
+        int kind = way == 2 ? NBX_KILL_POLICY : NBX_KILL_ARM;
+        const char *name = way == 2 ? chal_version : way ? "challenger" : "q4.challenger";
         cr_assert_eq(nbx_kill(store, kind, name, "canary looks wrong", "cli"), NBX_OK, "%s",
                      nbx_store_errmsg(store));
         decide_all(&a);

@@ -384,6 +384,36 @@ Test(tally, a_challenger_failing_for_five_percent_is_aborted_in_a_batch)
     cr_assert_eq(arm_kills(NBX_KILLS_HISTORY).n, 1);
 }
 
+/* An arm killed by hand by its name alone (every deployment's arm of that
+ * name) is killed already: the abort, judging its counters later, does not
+ * kill it a second time as DEPLOYMENT.ARM. */
+Test(tally, an_arm_killed_by_its_name_alone_is_not_aborted_again)
+{
+    put_flaky_profiles(4000);
+    /* counters that break the rule, judged only past 100,000 decisions */
+    nbx_engine *e = open_engine(
+        DEPLOYMENT(",\"abort\":{\"min_decisions\":100000,\"max_fallback_rate\":0.01}"), 0);
+    cr_assert_geq(run_batch(e, 4000), 500);
+    nbx_engine_close(e);
+    cr_assert_eq(arm_kills(0).n, 0);
+
+    nbx_store *s;
+    cr_assert_eq(nbx_store_open(store_dir, 0, &s), NBX_OK, "%s", nbx_last_errmsg());
+    cr_assert_eq(nbx_kill(s, NBX_KILL_ARM, "challenger", "looks wrong", "cli"), NBX_OK, "%s",
+                 nbx_store_errmsg(s));
+    nbx_store_close(s);
+
+    /* the same counters judged past 500 decisions: broken, but killed */
+    e = open_engine(DEPLOYMENT(",\"abort\":{\"min_decisions\":500,\"max_fallback_rate\":0.01}"),
+                    0);
+    cr_assert_eq(run_batch(e, 1000), 0, "an arm killed by its name alone served");
+    nbx_engine_close(e);
+    kill_seen k = arm_kills(NBX_KILLS_HISTORY);
+    cr_assert_eq(k.n, 1, "killed again (last: %s by %s)", k.name, k.by);
+    cr_assert_str_eq(k.name, "challenger");
+    cr_assert_str_eq(k.by, "cli");
+}
+
 /* A challenger within its rules is left alone; one whose accept rate falls
  * below the ratio of the first arm's is aborted. */
 Test(tally, accept_rates_are_compared_with_the_first_arm_s)

@@ -122,7 +122,7 @@ static int change(cli_args *args, bool kill)
 {
     if (args->n_positional != 2)
         return cli_usage_error(args->cmd,
-                               "give what to %s: offer ID, arm DEPLOYMENT.ARM or "
+                               "give what to %s: offer ID, arm [DEPLOYMENT.]ARM or "
                                "policy VERSION",
                                kill ? "kill" : "unkill");
     const char *word = args->positional[0], *name = args->positional[1];

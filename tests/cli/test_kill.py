@@ -83,7 +83,8 @@ class Kill(CliTestCase):
 
     def test_bad_input_names_the_field_and_writes_nothing(self):
         cases = [
-            (1, ("kill", "arm", "challenger", "--reason", "r"), "field 'arm'"),
+            (1, ("kill", "arm", "chal/lenger", "--reason", "r"), "field 'arm'"),
+            (1, ("kill", "arm", "holdout", "--reason", "r"), "field 'arm'"),
             (1, ("kill", "arm", "q4.holdout", "--reason", "r"), "field 'arm'"),
             (1, ("kill", "policy", "not-a-version", "--reason", "r"), "field 'policy'"),
             (1, ("kill", "offer", "x" * 129, "--reason", "r"), "field 'offer'"),

@@ -124,6 +124,11 @@ class T02Arm(KillCase):
             self.assertEqual((r["arm"], r["assigned"]), ("champion", "challenger"), c)
         e.unkill("arm", "q4.challenger")
         self.assertEqual(e.decide(mine[0], as_of=AS_OF)["arm"], "challenger")
+        # by its name alone: the challenger of every deployment
+        nbx.kill(e, "arm", "challenger", "every challenger off")
+        self.assertEqual(e.decide(mine[0], as_of=AS_OF)["arm"], "champion")
+        e.unkill("arm", "challenger")
+        self.assertEqual(e.decide(mine[0], as_of=AS_OF)["arm"], "challenger")
 
 
 class T03BadInput(KillCase):
@@ -149,7 +154,8 @@ class T03BadInput(KillCase):
                      "r" * 1025)
         self.refused(nbx.InvalidArgument, ["field 'offer'"], s, "offer", "", "r")
         self.refused(nbx.InvalidArgument, ["field 'arm'", "DEPLOYMENT.ARM"],
-                     s, "arm", "challenger", "r")
+                     s, "arm", "chal lenger", "r")
+        self.refused(nbx.InvalidArgument, ["field 'arm'", "holdout"], s, "arm", "holdout", "r")
         self.refused(nbx.InvalidArgument, ["field 'arm'", "holdout"], s, "arm", "q4.holdout",
                      "r")
         self.refused(nbx.InvalidArgument, ["field 'policy'", "16 lowercase hex"],

@@ -500,7 +500,8 @@ class Engine:
 
     def kill(self, kind, name, reason, by="python"):
         """nbx.kill() on this engine's store: kill an offer, an arm
-        (DEPLOYMENT.ARM) or a policy version; effective on the next decision
+        ("q4.challenger", or "challenger" in every deployment) or a policy
+        version; effective on the next decision
         of every process using the store (needs an engine not opened
         read-only)."""
         from .kills import kill

@@ -96,7 +96,8 @@ def kill(store, kind, name, reason, by="python"):
 
     store: a store directory (opened writable; it must exist) or an open
     nbx.Engine not opened read-only. kind: "offer", "arm" or "policy".
-    name: the offer id, DEPLOYMENT.ARM ("q4.challenger") or policy version
+    name: the offer id, DEPLOYMENT.ARM ("q4.challenger") or an arm's name
+    alone ("challenger": that arm in every deployment), or policy version
     (16 lowercase hex digits, a result's policy.version); it need not
     exist anywhere yet. reason: why, 1 to 1024 bytes of text (required).
     by: the origin kept with it (1 to 64 of A-Z, a-z, 0-9, "_", ".", "-").
