@@ -232,15 +232,55 @@ int nbx_kills_write(nbx_store *s, MDB_txn *txn, const nbx_kill_change *c, nbx_bu
     return bump_generation(s, txn, e);
 }
 
+/* DEPLOYMENT.ARM, written in buf; empty if the two do not fit (names
+ * longer than a deployment's and an arm's can be). */
+static nbx_sv join_arm(nbx_sv deployment, nbx_sv arm, char buf[NBX_KILL_NAME_MAX])
+{
+    if (deployment.len + 1 + arm.len > NBX_KILL_NAME_MAX)
+        return (nbx_sv){buf, 0};
+    memcpy(buf, deployment.ptr, deployment.len);
+    buf[deployment.len] = '.';
+    memcpy(buf + deployment.len + 1, arm.ptr, arm.len);
+    return (nbx_sv){buf, deployment.len + 1 + arm.len};
+}
+
+/* The names of the kills that stop a deployment's arm: DEPLOYMENT.ARM
+ * (joined in buf), and ARM alone, the arm in every deployment, for a name
+ * without '.' (with one, a kill's name is read as DEPLOYMENT.ARM). The one
+ * place that says so: the decision's check (nbx_arm_killed) and the abort's
+ * (nbx_kills_arm_killed_in) both ask here. Returns how many, 0 to 2. */
+static size_t arm_kill_names(nbx_sv deployment, nbx_sv arm, char buf[NBX_KILL_NAME_MAX],
+                             nbx_sv names[2])
+{
+    size_t n = 0;
+    if (!memchr(arm.ptr, '.', arm.len))
+        names[n++] = arm;
+    nbx_sv joined = join_arm(deployment, arm, buf);
+    if (joined.len)
+        names[n++] = joined;
+    return n;
+}
+
+bool nbx_kills_arm_killed_in(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm)
+{
+    char buf[NBX_KILL_NAME_MAX], key[NBX_KILL_KEY_MAX];
+    nbx_sv names[2];
+    size_t n = arm_kill_names(deployment, arm, buf, names);
+    for (size_t i = 0; i < n; i++) {
+        MDB_val k = {nbx_kill_key(key, NBX_KILL_ARM, names[i]), key}, v;
+        if (mdb_get(txn, s->kills, &k, &v) == 0)
+            return true;
+    }
+    return false;
+}
+
 int nbx_kills_abort_arm(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
                         const char *reason, int64_t now_ms, nbx_buf *scratch, nbx_err *e)
 {
-    char name[NBX_KILL_NAME_MAX + 1];
-    if (deployment.len + 1 + arm.len > NBX_KILL_NAME_MAX)
+    char buf[NBX_KILL_NAME_MAX];
+    nbx_sv name = join_arm(deployment, arm, buf);
+    if (name.len == 0)
         return nbx_err_set(e, NBX_EINVAL, "field 'arm': names too long");
-    memcpy(name, deployment.ptr, deployment.len);
-    name[deployment.len] = '.';
-    memcpy(name + deployment.len + 1, arm.ptr, arm.len);
     size_t rlen = strlen(reason);
     if (rlen > NBX_KILL_REASON_MAX) { /* cut, never refused: at a character's start */
         rlen = NBX_KILL_REASON_MAX;
@@ -250,7 +290,7 @@ int nbx_kills_abort_arm(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv ar
     nbx_kill_change c = {
         .kind = NBX_KILL_ARM,
         .killed = true,
-        .name = {name, deployment.len + 1 + arm.len},
+        .name = name,
         .reason = {reason, rlen}, /* the rule and its figures */
         .by = NBX_SV("abort"),
         .at_ms = now_ms,
@@ -527,17 +567,13 @@ bool nbx_arm_killed(const nbx_kills *k, nbx_sv deployment, nbx_sv arm)
 {
     if (!k || k->n_kind[NBX_KILL_ARM] == 0)
         return false;
-    /* killed by its name alone, in every deployment: only a name without
-     * '.' can be killed so (with one, the kill's name is DEPLOYMENT.ARM) */
-    if (!memchr(arm.ptr, '.', arm.len) && nbx_kills_find(k, NBX_KILL_ARM, arm))
-        return true;
-    if (deployment.len + 1 + arm.len > NBX_KILL_NAME_MAX)
-        return false;
-    char name[NBX_KILL_NAME_MAX];
-    memcpy(name, deployment.ptr, deployment.len);
-    name[deployment.len] = '.';
-    memcpy(name + deployment.len + 1, arm.ptr, arm.len);
-    return nbx_kills_find(k, NBX_KILL_ARM, (nbx_sv){name, deployment.len + 1 + arm.len}) != NULL;
+    char buf[NBX_KILL_NAME_MAX];
+    nbx_sv names[2];
+    size_t n = arm_kill_names(deployment, arm, buf, names);
+    for (size_t i = 0; i < n; i++)
+        if (nbx_kills_find(k, NBX_KILL_ARM, names[i]))
+            return true;
+    return false;
 }
 
 bool nbx_policy_killed(const nbx_kills *k, nbx_sv version_hex)

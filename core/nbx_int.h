@@ -519,6 +519,10 @@ int nbx_kills_write(nbx_store *s, MDB_txn *txn, const nbx_kill_change *c, nbx_bu
  * NBX_KILL_REASON_MAX bytes; valid UTF-8 expected). */
 int nbx_kills_abort_arm(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm,
                         const char *reason, int64_t now_ms, nbx_buf *scratch, nbx_err *e);
+/* Whether the deployment's arm is killed in txn, as DEPLOYMENT.ARM or by its
+ * name alone (as nbx_arm_killed judges a context's copy): the abort does not
+ * kill an arm killed already. */
+bool nbx_kills_arm_killed_in(nbx_store *s, MDB_txn *txn, nbx_sv deployment, nbx_sv arm);
 
 typedef struct nbx_kill_entry {
     uint8_t kind; /* nbx_kill_kind */

@@ -110,23 +110,6 @@ static int kill_arm(nbx_store *s, MDB_txn *txn, const nbx_deployment *d, const n
                                scratch, e);
 }
 
-/* Whether the arm is killed in txn, as DEPLOYMENT.ARM or by its name alone
- * (nbx_arm_killed): an arm killed already (by hand, or by another process's
- * abort) is not aborted again. */
-static bool arm_killed_in(nbx_store *s, MDB_txn *txn, const nbx_deployment *d, const nbx_arm *arm)
-{
-    char name[2 * NBX_ARM_NAME_MAX + 2], key[NBX_KILL_KEY_MAX];
-    MDB_val k, v;
-    if (!strchr(arm->name, '.')) {
-        k = (MDB_val){nbx_kill_key(key, NBX_KILL_ARM, nbx_sv_of(arm->name)), key};
-        if (mdb_get(txn, s->kills, &k, &v) == 0)
-            return true;
-    }
-    int n = snprintf(name, sizeof name, "%s.%s", d->name, arm->name);
-    k = (MDB_val){nbx_kill_key(key, NBX_KILL_ARM, (nbx_sv){name, (size_t)n}), key};
-    return mdb_get(txn, s->kills, &k, &v) == 0;
-}
-
 /* Every arm of d with abort rules, judged on its counters in txn; an arm
  * broken and not killed yet is killed (t->aborted lists them for the
  * engine's log). */
@@ -139,7 +122,8 @@ static int judge_arms(nbx_tally *t, nbx_store *s, MDB_txn *txn, const nbx_deploy
         const nbx_arm *arm = &d->arms[i];
         if (arm->abort.min_decisions == 0)
             continue;
-        if (arm_killed_in(s, txn, d, arm))
+        /* killed already, by hand or by another process's abort */
+        if (nbx_kills_arm_killed_in(s, txn, nbx_sv_of(d->name), nbx_sv_of(arm->name)))
             continue;
         nbx_arm_counts c;
         int rc = nbx_arm_totals(s, txn, nbx_sv_of(d->name), nbx_sv_of(arm->name), &c, e);
