@@ -423,9 +423,17 @@ Test(kills, killed_arms_send_their_customers_to_the_first_arm_or_the_control)
 
     /* the arm by name, by its name alone (every deployment's), then by its
      * policy version: the same */
-    for (int way = 0; way < 3; way++) {
-        int kind = way == 2 ? NBX_KILL_POLICY : NBX_KILL_ARM;
-        const char *name = way == 2 ? chal_version : way ? "challenger" : "q4.challenger";
+    const struct {
+        int kind;
+        const char *name;
+    } ways[] = {
+        {NBX_KILL_ARM, "q4.challenger"},
+        {NBX_KILL_ARM, "challenger"},
+        {NBX_KILL_POLICY, chal_version},
+    };
+    for (size_t w = 0; w < NBX_ARRAY_LEN(ways); w++) {
+        int kind = ways[w].kind;
+        const char *name = ways[w].name;
         cr_assert_eq(nbx_kill(store, kind, name, "canary looks wrong", "cli"), NBX_OK, "%s",
                      nbx_store_errmsg(store));
         decide_all(&a);
