@@ -82,7 +82,11 @@ $locations
 EOF
 } >"$run/nginx.conf"
 
-trap stop_nginx EXIT INT TERM
+# an interrupt ends the run (through the EXIT trap), rather than running on
+# against the nginx the trap stopped
+trap stop_nginx EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 "$nginx" -p "$run" -c "$run/nginx.conf" -q || die "nginx did not start; see $run/error.log"
 sleep 0.5
 curl -sf "http://127.0.0.1:$port/static" >/dev/null || die "no static page; see $run/error.log"

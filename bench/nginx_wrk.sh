@@ -116,7 +116,11 @@ finish() {
     stop_nginx
     rm -f "$run/audit.log"
 }
-trap finish EXIT INT TERM
+# an interrupt ends the run (through the EXIT trap), rather than running on
+# against the nginx the trap stopped
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 write_conf '{}'
 "$nginx" -p "$run" -c "$run/nginx.conf" -q
